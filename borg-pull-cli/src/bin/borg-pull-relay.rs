@@ -1,0 +1,2 @@
+//! borg-pull-relay (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! borg-pull-server (being written).
+fn main() {}

@@ -1,0 +1,21 @@
+//! The SSH-free half of borg-pull: everything BorgBackup's socat pull-mode recipe does, without socat.
+//!
+//! - [`relay`]: UNIX socket <-> stdio relay with correct half-close (what `borg-pull-relay` runs as
+//!   `BORG_RSH` on the client).
+//! - [`rsh`]: parsing the ssh-style argv that borg appends to `BORG_RSH`.
+//! - [`serve`]: spawning, bridging, killing and reaping `borg serve` with restrictions that the
+//!   *server* fixes; nothing a client sends can widen them.
+//! - [`listen`]: private UNIX listeners (safe directory and socket modes, stale vs live sockets,
+//!   systemd socket activation) that hand each connection to [`serve`].
+//! - [`limits`]: every timeout and size in one place.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod limits;
+pub mod listen;
+pub mod relay;
+pub mod rsh;
+pub mod serve;
+
+pub use error::{Error, Result};
+pub use serve::ServeConfig;

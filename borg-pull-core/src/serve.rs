@@ -1,0 +1,194 @@
+//! Spawning, bridging and reaping `borg serve`.
+//!
+//! The server alone decides the flags: `--append-only` (unless the operator allowed deletes) and
+//! `--restrict-to-repo REPO`. The client's own idea of the remote command (what borg appends to
+//! `BORG_RSH`) never reaches this module.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::limits::{SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
+use crate::{Error, Result};
+
+/// How the server runs `borg serve` for every connection. Fixed by the server's operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// The borg program (`borg` on `PATH` by default).
+    pub borg: PathBuf,
+    /// The one repository clients may use (`--restrict-to-repo`). Absolute.
+    pub repo: PathBuf,
+    /// Let clients delete and prune (omits `--append-only`). Off by default.
+    pub allow_delete: bool,
+}
+
+/// What one bridged `borg serve` session did.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOutcome {
+    /// Bytes from the connection to borg serve.
+    pub to_serve: u64,
+    /// Bytes from borg serve to the connection.
+    pub from_serve: u64,
+    /// How borg serve ended (`None` if it had to be killed after cancellation).
+    pub status: Option<ExitStatus>,
+}
+
+impl ServeConfig {
+    /// An append-only configuration for `repo`, using `borg` from `PATH`.
+    ///
+    /// ```
+    /// let config = borg_pull_core::ServeConfig::new("/srv/borg/client1").unwrap();
+    /// assert_eq!(config.args(), ["serve", "--append-only", "--restrict-to-repo", "/srv/borg/client1"]);
+    /// assert!(borg_pull_core::ServeConfig::new("relative/repo").is_err());
+    /// ```
+    pub fn new(repo: impl Into<PathBuf>) -> Result<Self> {
+        let repo = repo.into();
+        if !repo.is_absolute() {
+            return Err(Error::RepoNotAbsolute { path: repo });
+        }
+        Ok(Self {
+            borg: PathBuf::from("borg"),
+            repo,
+            allow_delete: false,
+        })
+    }
+
+    /// The arguments after the program name: exactly what the server allows, nothing from clients.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["serve".into()];
+        if !self.allow_delete {
+            args.push("--append-only".into());
+        }
+        args.push("--restrict-to-repo".into());
+        args.push(self.repo.clone().into());
+        args
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.borg);
+        cmd.args(self.args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
+/// Runs one `borg serve` for `stream` and relays between them until both directions are done.
+///
+/// The child is killed and reaped on every path out: a clean end (after [`SERVE_EXIT_GRACE`]),
+/// a relay error, or `cancel`. Its stderr is logged line by line, since it cannot cross the socket.
+pub async fn serve_stream<S>(
+    config: &ServeConfig,
+    mut stream: S,
+    cancel: CancellationToken,
+) -> Result<ServeOutcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut child = config.command().spawn().map_err(|source| Error::SpawnBorg {
+        program: config.borg.clone(),
+        source,
+    })?;
+    debug!(pid = child.id(), repo = %config.repo.display(), "borg serve started");
+    let stderr_logger = child.stderr.take().map(|stderr| tokio::spawn(log_lines(stderr)));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stdin = ClosingWriter(child.stdin.take());
+    let mut serve_side = tokio::io::join(stdout, stdin);
+
+    let relayed = tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut serve_side, SERVE_RELAY_BUFFER, SERVE_RELAY_BUFFER) => Some(r),
+        () = cancel.cancelled() => None,
+    };
+    drop(serve_side);
+    let status = match relayed {
+        Some(_) => reap(&mut child, SERVE_EXIT_GRACE).await,
+        None => reap(&mut child, std::time::Duration::ZERO).await,
+    };
+    if let Some(logger) = stderr_logger {
+        // The pipe closes when the child is gone, so this ends promptly.
+        let _ = logger.await;
+    }
+    let (to_serve, from_serve) = match relayed {
+        Some(Ok(counts)) => counts,
+        Some(Err(e)) => return Err(Error::ServeIo(e)),
+        None => (0, 0),
+    };
+    Ok(ServeOutcome {
+        to_serve,
+        from_serve,
+        status,
+    })
+}
+
+/// Waits up to `grace` for the child to exit, then kills it; always reaps.
+async fn reap(child: &mut Child, grace: std::time::Duration) -> Option<ExitStatus> {
+    if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+        log_exit(status);
+        return Some(status);
+    }
+    warn!(pid = child.id(), "borg serve did not exit; killing it");
+    if let Err(e) = child.kill().await {
+        warn!("could not kill borg serve: {e}");
+    }
+    None
+}
+
+fn log_exit(status: ExitStatus) {
+    if status.success() {
+        debug!("borg serve exited: {status}");
+    } else {
+        warn!("borg serve exited: {status}");
+    }
+}
+
+async fn log_lines(stderr: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        info!(target: "borg_serve", "{line}");
+    }
+}
+
+/// A child's stdin whose shutdown really closes the pipe.
+///
+/// tokio's `ChildStdin::poll_shutdown` only flushes; borg serve exits on EOF, so the relay's
+/// half-close must drop the pipe or both sides wait for each other forever.
+struct ClosingWriter(Option<ChildStdin>);
+
+impl AsyncWrite for ClosingWriter {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.0.as_mut() {
+            Some(w) => Pin::new(w).poll_write(cx, buf),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.as_mut() {
+            Some(w) => Pin::new(w).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(w) = self.0.as_mut() {
+            std::task::ready!(Pin::new(w).poll_flush(cx))?;
+        }
+        self.0 = None;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Whether `repo` looks like a borg repository (has borg's `config` file); for early, clear errors.
+pub fn looks_like_repository(repo: &Path) -> bool {
+    repo.join("config").is_file() && repo.join("data").is_dir()
+}

@@ -1,0 +1,2 @@
+//! The SSH side of borg-pull (being written).
+#![warn(missing_docs)]
