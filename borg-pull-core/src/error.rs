@@ -30,4 +30,116 @@ pub enum Error {
     /// I/O on a `borg serve` child's pipes failed.
     #[error("relaying to borg serve failed: {0}")]
     ServeIo(#[source] std::io::Error),
+    /// The socket path cannot be a UNIX socket address (no file name, or too long for `sun_path`).
+    #[error("socket path {path:?} is unusable: {reason}")]
+    SocketPathInvalid {
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: &'static str,
+    },
+    /// The socket's directory is missing and so is the directory that should hold it.
+    #[error(
+        "cannot create socket directory {dir:?}: its parent {parent:?} does not exist (create it first; \
+         under /run, which is emptied at boot, add a tmpfiles.d line such as `d {dir_display} 0700 USER USER -` \
+         or use RuntimeDirectory= in the systemd unit)"
+    )]
+    SocketDirParentMissing {
+        /// The socket's directory.
+        dir: PathBuf,
+        /// `dir` as plain text, for the suggested tmpfiles.d line.
+        dir_display: String,
+        /// Its missing parent.
+        parent: PathBuf,
+    },
+    /// Creating, inspecting or fixing the socket's directory failed.
+    #[error("cannot prepare socket directory {dir:?}: {source}")]
+    SocketDirIo {
+        /// The socket's directory.
+        dir: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The socket's parent path exists but is not a directory.
+    #[error("socket directory {dir:?} is not a directory (choose a socket path inside a directory)")]
+    SocketDirNotDirectory {
+        /// The offending path.
+        dir: PathBuf,
+    },
+    /// Group or others may write to the socket's directory, so they could replace the socket.
+    #[error(
+        "socket directory {dir:?} is writable by group or others (mode {mode:04o}), so another user could \
+         replace the socket; run `chmod 700 {dir_display}`"
+    )]
+    SocketDirInsecure {
+        /// The socket's directory.
+        dir: PathBuf,
+        /// `dir` as plain text, for the suggested command.
+        dir_display: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The socket's directory belongs to another user, who could replace the socket.
+    #[error(
+        "socket directory {dir:?} belongs to uid {owner}, not to uid {uid} running borg-pull-server \
+         (run `chown {uid} {dir_display}`, or pick a directory of your own)"
+    )]
+    SocketDirNotOwned {
+        /// The socket's directory.
+        dir: PathBuf,
+        /// `dir` as plain text, for the suggested command.
+        dir_display: String,
+        /// The directory's owner.
+        owner: u32,
+        /// Our effective uid.
+        uid: u32,
+    },
+    /// Another process is listening on the socket: never take it over.
+    #[error(
+        "socket {path:?} is in use: another listener answers on it (stop that borg-pull-server or \
+         socat first, or choose another --socket)"
+    )]
+    SocketInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something other than a socket exists at the socket path: never delete it.
+    #[error("cannot listen on {path:?}: a {kind} is in the way (move it away or choose another --socket)")]
+    SocketPathOccupied {
+        /// The socket path.
+        path: PathBuf,
+        /// What is there ("regular file", "directory", ...).
+        kind: &'static str,
+    },
+    /// An existing socket file could not be probed or removed.
+    #[error("cannot check or remove existing socket {path:?}: {source} (remove it by hand if it is stale)")]
+    StaleSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Binding the socket or setting its mode failed.
+    #[error("cannot listen on socket {path:?}: {source}")]
+    SocketBind {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `LISTEN_FDS` was set but the inherited file descriptor is not a UNIX stream listener.
+    #[error(
+        "systemd passed a socket (LISTEN_FDS) that is not a usable UNIX stream listener: {source} \
+         (use ListenStream=/path/to.sock in the .socket unit)"
+    )]
+    SystemdSocket {
+        /// Why the inherited descriptor was rejected.
+        source: std::io::Error,
+    },
+    /// The borg program is not on `PATH` or not executable.
+    #[error("cannot find borg program {program:?} (is borgbackup installed? pass --borg /path/to/borg)")]
+    BorgNotFound {
+        /// The program as configured.
+        program: PathBuf,
+    },
 }

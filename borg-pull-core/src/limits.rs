@@ -14,3 +14,19 @@ pub const SERVE_EXIT_GRACE: Duration = Duration::from_secs(10);
 /// borg's protocol writes messages of up to a chunk (≤ 8 MiB by default, mostly far less); 64 KiB
 /// matches the Linux pipe capacity, so each read empties a full pipe in one call.
 pub const SERVE_RELAY_BUFFER: usize = 64 * 1024;
+
+/// Default for `borg-pull-server listen --max-connections`: concurrent `borg serve` sessions.
+///
+/// Each session is a borg serve process (~40 MiB RSS, python). Sessions on one repository
+/// serialise on borg's lock anyway, so a handful is plenty; 16 bounds memory if clients misbehave.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// How long a stopping listener (SIGINT/SIGTERM) lets running sessions finish before killing them.
+///
+/// Stays below systemd's default `TimeoutStopSec` (90 s) so we, not systemd's SIGKILL, do the
+/// clean-up (borg serve killed and reaped, socket removed); long enough for a running `borg list`
+/// or the commit at the end of a small `borg create`.
+pub const LISTEN_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Pause after a failed `accept` (e.g. EMFILE) before trying again, so the loop does not spin.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(200);

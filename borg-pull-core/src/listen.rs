@@ -1,1 +1,753 @@
-//! (being written)
+//! Private UNIX listeners that hand each connection to its own `borg serve`.
+//!
+//! This replaces the server half of Borg's socat recipe
+//! (`socat UNIX-LISTEN:/run/borg/reponame.sock,fork EXEC:"borg serve ..."`) and fixes its rough edges:
+//!
+//! - the socket's directory is created `0700` when missing, and refused when group or others could
+//!   write to it (they could swap the socket) or another user owns it; the socket itself is `0600`;
+//! - a *stale* socket (the file exists, nobody listens: `ECONNREFUSED`) is removed and re-bound,
+//!   where socat stops with `E "...sock" exists`; a *live* socket (another listener answers) is
+//!   never taken over, and a non-socket file in the way is never deleted;
+//! - the socket is removed on the way out, but only if it is still ours (same device and inode);
+//! - under systemd socket activation ([`PrivateListener::from_systemd`]) the inherited listener is
+//!   used and its file is left alone, since systemd owns it.
+//!
+//! [`serve_connections`] accepts connections, runs one [`serve_stream`] per connection with the
+//! server's fixed [`ServeConfig`], bounds the number of sessions and shuts down gracefully.
+//!
+//! ```no_run
+//! # async fn demo() -> borg_pull_core::Result<()> {
+//! use borg_pull_core::listen::{serve_connections, ListenLimits, PrivateListener};
+//! use borg_pull_core::ServeConfig;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let listener = PrivateListener::bind("/run/borg-pull/client1.sock")?;
+//! let config = ServeConfig::new("/srv/borg/client1")?;
+//! serve_connections(listener, config, ListenLimits::default(), CancellationToken::new()).await
+//! # }
+//! ```
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::limits::{ACCEPT_ERROR_BACKOFF, DEFAULT_MAX_CONNECTIONS, LISTEN_SHUTDOWN_GRACE};
+use crate::serve::{serve_stream, ServeConfig};
+use crate::{Error, Result};
+
+/// Longest socket path the kernel accepts: `sun_path` is 108 bytes including the trailing NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A listening UNIX stream socket that only its owner can reach.
+///
+/// Created by [`bind`](Self::bind) (we own the socket file and remove it when dropped, if it is
+/// still ours) or by [`from_systemd`](Self::from_systemd) (systemd owns the file; we leave it).
+#[derive(Debug)]
+pub struct PrivateListener {
+    listener: StdUnixListener,
+    path: Option<PathBuf>,
+    guard: Option<SocketGuard>,
+}
+
+/// Removes a socket file we bound when dropped, unless someone else has replaced it meanwhile.
+#[derive(Debug)]
+struct SocketGuard {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => match fs::remove_file(&self.path) {
+                Ok(()) => debug!(socket = %self.path.display(), "removed socket"),
+                Err(e) => warn!(socket = %self.path.display(), "could not remove socket: {e}"),
+            },
+            Ok(_) => warn!(
+                socket = %self.path.display(),
+                "socket was replaced by another file; leaving it in place"
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                debug!(socket = %self.path.display(), "socket already gone")
+            }
+            Err(e) => warn!(socket = %self.path.display(), "could not check socket before removal: {e}"),
+        }
+    }
+}
+
+/// What [`probe_existing`] found at the socket path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// Nothing there.
+    Nothing,
+    /// A socket file nobody listens on.
+    Stale,
+}
+
+impl PrivateListener {
+    /// Binds a private listener at `path`.
+    ///
+    /// Creates the socket's directory with mode `0700` if it is missing (its parent must exist),
+    /// refuses a directory that group or others can write to or that another user owns, removes a
+    /// stale socket, refuses a live one or any non-socket file, and makes the socket `0600`.
+    pub fn bind(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        check_socket_path(path)?;
+        let dir = socket_dir(path);
+        prepare_dir(dir)?;
+        if probe_existing(path)? == Existing::Stale {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::StaleSocket {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+            warn!(socket = %path.display(), "removed stale socket (nobody was listening on it)");
+        }
+        let listener = StdUnixListener::bind(path).map_err(|source| {
+            if source.kind() == io::ErrorKind::AddrInUse {
+                // Someone bound it between our probe and our bind.
+                Error::SocketInUse {
+                    path: path.to_owned(),
+                }
+            } else {
+                Error::SocketBind {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+        let bind_err = |source| Error::SocketBind {
+            path: path.to_owned(),
+            source,
+        };
+        // The directory is 0700 and ours, so nobody can reach the socket before this chmod.
+        let meta = fs::symlink_metadata(path).map_err(bind_err)?;
+        let guard = SocketGuard {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        info!(socket = %path.display(), "listening");
+        Ok(Self {
+            listener,
+            path: Some(path.to_owned()),
+            guard: Some(guard),
+        })
+    }
+
+    /// Takes the listener systemd passed through socket activation (`LISTEN_FDS`/`LISTEN_PID`).
+    ///
+    /// Returns `Ok(None)` when the process was not socket-activated. The socket file belongs to
+    /// systemd and is not removed when the listener is dropped.
+    ///
+    /// This reads and then removes `LISTEN_FDS` and `LISTEN_PID` from the environment (so children
+    /// never see them), which is not thread-safe: call it before starting threads or a runtime.
+    pub fn from_systemd() -> Result<Option<Self>> {
+        let mut fds = listenfd::ListenFd::from_env();
+        if fds.len() == 0 {
+            return Ok(None);
+        }
+        if fds.len() > 1 {
+            warn!(
+                count = fds.len(),
+                "systemd passed several sockets; using the first one only"
+            );
+        }
+        let Some(listener) = fds
+            .take_unix_listener(0)
+            .map_err(|source| Error::SystemdSocket { source })?
+        else {
+            return Ok(None);
+        };
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| Error::SystemdSocket { source })?;
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+        if let Some(path) = &path {
+            if let Ok(m) = fs::metadata(path) {
+                if m.mode() & 0o077 != 0 {
+                    warn!(
+                        socket = %path.display(),
+                        mode = format_args!("{:04o}", m.mode() & 0o7777),
+                        "socket from systemd is reachable by group or others; set SocketMode=0600"
+                    );
+                }
+            }
+        }
+        info!(socket = ?path, "listening on socket from systemd");
+        Ok(Some(Self {
+            listener,
+            path,
+            guard: None,
+        }))
+    }
+
+    /// The socket's path, if known (always for [`bind`](Self::bind)).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Whether the listener came from systemd (and its socket file is left alone at exit).
+    pub fn is_socket_activated(&self) -> bool {
+        self.guard.is_none()
+    }
+}
+
+/// The socket's directory: the parent of `path`, or `.` for a bare file name.
+fn socket_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn check_socket_path(path: &Path) -> Result<()> {
+    let invalid = |reason| {
+        Err(Error::SocketPathInvalid {
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    if path.file_name().is_none() {
+        return invalid("it names no file (give a path like /run/borg-pull/client.sock)");
+    }
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return invalid("longer than the 107 bytes a UNIX socket address allows (choose a shorter path)");
+    }
+    Ok(())
+}
+
+/// Makes sure `dir` exists, is a directory, is ours and only we can write to it.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    let io_err = |source| Error::SocketDirIo {
+        dir: dir.to_owned(),
+        source,
+    };
+    let meta = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = socket_dir(dir);
+            if !parent.is_dir() {
+                return Err(Error::SocketDirParentMissing {
+                    dir: dir.to_owned(),
+                    dir_display: dir.display().to_string(),
+                    parent: parent.to_owned(),
+                });
+            }
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {
+                    // The umask can only have narrowed 0700; make it exact anyway.
+                    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+                    info!(dir = %dir.display(), "created socket directory (mode 0700)");
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(e)),
+            }
+            fs::metadata(dir).map_err(io_err)?
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    check_dir_meta(dir, &meta, rustix::process::geteuid().as_raw())
+}
+
+/// The pure part of [`prepare_dir`]'s checks, for testing without other users.
+fn check_dir_meta(dir: &Path, meta: &fs::Metadata, euid: u32) -> Result<()> {
+    if !meta.is_dir() {
+        return Err(Error::SocketDirNotDirectory { dir: dir.to_owned() });
+    }
+    if meta.uid() != euid {
+        return Err(Error::SocketDirNotOwned {
+            dir: dir.to_owned(),
+            dir_display: dir.display().to_string(),
+            owner: meta.uid(),
+            uid: euid,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(Error::SocketDirInsecure {
+            dir: dir.to_owned(),
+            dir_display: dir.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Looks at what is at `path`: nothing, a stale socket, or (as errors) a live socket or another file.
+fn probe_existing(path: &Path) -> Result<Existing> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Nothing),
+        Err(source) => {
+            return Err(Error::StaleSocket {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let ft = meta.file_type();
+    if !ft.is_socket() {
+        let kind = if ft.is_dir() {
+            "directory"
+        } else if ft.is_symlink() {
+            "symbolic link"
+        } else if ft.is_file() {
+            "regular file"
+        } else if ft.is_fifo() {
+            "named pipe"
+        } else {
+            "special file"
+        };
+        return Err(Error::SocketPathOccupied {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    match connect_nonblocking(path) {
+        Ok(()) => Err(Error::SocketInUse {
+            path: path.to_owned(),
+        }),
+        Err(e) if e == rustix::io::Errno::CONNREFUSED => Ok(Existing::Stale),
+        // A full backlog means somebody is listening, just busy.
+        Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INPROGRESS => {
+            Err(Error::SocketInUse {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) => Err(Error::StaleSocket {
+            path: path.to_owned(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// A connect that never blocks, even when a live listener's backlog is full.
+fn connect_nonblocking(path: &Path) -> rustix::io::Result<()> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let addr = SocketAddrUnix::new(path)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&fd, &addr)
+}
+
+/// Limits of [`serve_connections`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenLimits {
+    /// Most `borg serve` sessions at once. When reached, further connections *wait* in the
+    /// socket's backlog until a session ends (see [`serve_connections`] for why). At least 1.
+    pub max_connections: usize,
+    /// After cancellation, how long running sessions may continue before their borg serve is killed.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ListenLimits {
+    /// [`DEFAULT_MAX_CONNECTIONS`] sessions, [`LISTEN_SHUTDOWN_GRACE`].
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_grace: LISTEN_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `cancel`, bridging each to its own `borg serve`.
+///
+/// Every session runs [`serve_stream`] with `config`; nothing a client sends changes its flags.
+/// Each session gets a tracing span with a connection number and the peer's uid and pid.
+///
+/// **Connection limit.** With `limits.max_connections` sessions running, the loop stops accepting
+/// and logs it once; new clients wait in the kernel's backlog and are served as sessions end.
+/// Waiting was chosen over refusing because concurrent sessions on one repository queue on borg's
+/// lock anyway, and a refused connection reaches the borg client only as the misleading
+/// "Connection closed by remote host. Is borg working on the server?".
+///
+/// **Shutdown.** On `cancel` it stops accepting and drops the listener at once (a socket it bound
+/// is removed if it is still ours, so new clients fail fast), lets running sessions finish for up
+/// to `limits.shutdown_grace`, then kills and reaps their borg serve. Returns `Ok(())` then.
+///
+/// Must run inside a tokio runtime. Errors only if the listener cannot be registered with it;
+/// failed `accept` calls are logged and retried after [`ACCEPT_ERROR_BACKOFF`].
+pub async fn serve_connections(
+    listener: PrivateListener,
+    config: ServeConfig,
+    limits: ListenLimits,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let PrivateListener {
+        listener,
+        path,
+        guard,
+    } = listener;
+    let listener = UnixListener::from_std(listener).map_err(|source| Error::SocketBind {
+        path: path.clone().unwrap_or_default(),
+        source,
+    })?;
+    let config = Arc::new(config);
+    let max = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    let sessions_cancel = CancellationToken::new();
+    let mut sessions = JoinSet::new();
+    let mut next_id: u64 = 0;
+
+    loop {
+        while let Some(done) = sessions.try_join_next() {
+            log_join(done);
+        }
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                warn!(
+                    max_connections = max,
+                    "connection limit reached; new connections wait until a session ends"
+                );
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = cancel.cancelled() => break,
+                }
+            }
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    error!("accepting a connection failed: {e}; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                        () = cancel.cancelled() => break,
+                    }
+                }
+            },
+            () = cancel.cancelled() => break,
+        };
+        next_id += 1;
+        let span = session_span(next_id, &stream);
+        let config = Arc::clone(&config);
+        let cancel = sessions_cancel.clone();
+        sessions.spawn(
+            async move {
+                let _permit = permit;
+                run_session(&config, stream, cancel).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    drop(listener);
+    drop(guard);
+    let running = sessions.len();
+    if running > 0 {
+        info!(
+            sessions = running,
+            grace = ?limits.shutdown_grace,
+            "stopped accepting; waiting for running sessions"
+        );
+    } else {
+        info!("stopped accepting");
+    }
+    if tokio::time::timeout(limits.shutdown_grace, drain(&mut sessions))
+        .await
+        .is_err()
+    {
+        warn!(
+            sessions = sessions.len(),
+            "grace period over; killing the remaining borg serve sessions"
+        );
+        sessions_cancel.cancel();
+        drain(&mut sessions).await;
+    }
+    Ok(())
+}
+
+fn session_span(id: u64, stream: &UnixStream) -> tracing::Span {
+    match stream.peer_cred() {
+        Ok(cred) => info_span!("session", id, peer_uid = cred.uid(), peer_pid = cred.pid()),
+        Err(_) => info_span!("session", id),
+    }
+}
+
+async fn run_session(config: &ServeConfig, stream: UnixStream, cancel: CancellationToken) {
+    info!("connection accepted; starting borg serve");
+    match serve_stream(config, stream, cancel).await {
+        Ok(outcome) => info!(
+            to_serve = outcome.to_serve,
+            from_serve = outcome.from_serve,
+            status = ?outcome.status,
+            "session ended"
+        ),
+        Err(e) => warn!("session failed: {e}"),
+    }
+}
+
+async fn drain(sessions: &mut JoinSet<()>) {
+    while let Some(done) = sessions.join_next().await {
+        log_join(done);
+    }
+}
+
+fn log_join(done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        error!("session task failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    fn private_tempdir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn creates_missing_dir_0700_and_socket_0600() {
+        let tmp = private_tempdir();
+        let dir = tmp.path().join("run");
+        let sock = dir.join("x.sock");
+        let listener = PrivateListener::bind(&sock).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&sock), 0o600);
+        assert!(fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
+        assert!(!listener.is_socket_activated());
+        assert_eq!(listener.path(), Some(sock.as_path()));
+        drop(listener);
+        assert!(!sock.exists(), "dropping the listener removes its socket");
+    }
+
+    #[test]
+    fn missing_parent_is_named() {
+        let tmp = private_tempdir();
+        let sock = tmp.path().join("a/b/x.sock");
+        let err = PrivateListener::bind(&sock).unwrap_err();
+        assert!(matches!(err, Error::SocketDirParentMissing { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("tmpfiles.d") && msg.contains("does not exist"),
+            "{msg}"
+        );
+        assert!(!tmp.path().join("a").exists(), "parents are not created");
+    }
+
+    #[test]
+    fn group_or_other_writable_dir_refused() {
+        for bad in [0o770, 0o702, 0o777] {
+            let tmp = private_tempdir();
+            let dir = tmp.path().join("d");
+            fs::create_dir(&dir).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(bad)).unwrap();
+            let err = PrivateListener::bind(dir.join("x.sock")).unwrap_err();
+            assert!(
+                matches!(err, Error::SocketDirInsecure { mode, .. } if mode == bad),
+                "{err}"
+            );
+            assert!(err.to_string().contains("chmod 700"), "{err}");
+            assert!(!dir.join("x.sock").exists());
+        }
+        // Readable by others is fine: only writers could swap the socket.
+        let tmp = private_tempdir();
+        let dir = tmp.path().join("d");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        PrivateListener::bind(dir.join("x.sock")).unwrap();
+    }
+
+    #[test]
+    fn foreign_owner_refused() {
+        let tmp = private_tempdir();
+        let meta = fs::metadata(tmp.path()).unwrap();
+        let err = check_dir_meta(tmp.path(), &meta, meta.uid() + 1).unwrap_err();
+        assert!(matches!(err, Error::SocketDirNotOwned { .. }), "{err}");
+        check_dir_meta(tmp.path(), &meta, meta.uid()).unwrap();
+    }
+
+    #[test]
+    fn stale_socket_replaced() {
+        let tmp = private_tempdir();
+        let sock = tmp.path().join("x.sock");
+        // A bound socket whose listener is gone: exactly what a crashed server leaves behind.
+        drop(StdUnixListener::bind(&sock).unwrap());
+        assert!(sock.exists());
+        assert!(
+            std::os::unix::net::UnixStream::connect(&sock).is_err(),
+            "stale: nobody listens"
+        );
+        let listener = PrivateListener::bind(&sock).unwrap();
+        assert_eq!(mode(&sock), 0o600);
+        std::os::unix::net::UnixStream::connect(&sock).expect("the new listener answers");
+        drop(listener);
+    }
+
+    #[test]
+    fn live_socket_refused_and_kept() {
+        let tmp = private_tempdir();
+        let sock = tmp.path().join("x.sock");
+        let other = StdUnixListener::bind(&sock).unwrap();
+        let ino = fs::symlink_metadata(&sock).unwrap().ino();
+        let err = PrivateListener::bind(&sock).unwrap_err();
+        assert!(matches!(err, Error::SocketInUse { .. }), "{err}");
+        assert_eq!(
+            fs::symlink_metadata(&sock).unwrap().ino(),
+            ino,
+            "never taken over"
+        );
+        drop(other);
+    }
+
+    #[test]
+    fn live_socket_with_full_backlog_refused_without_blocking() {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let tmp = private_tempdir();
+        let sock = tmp.path().join("x.sock");
+        let addr = SocketAddrUnix::new(&sock).unwrap();
+        let new_socket = || {
+            let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+            rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None).unwrap()
+        };
+        let other = new_socket();
+        rustix::net::bind(&other, &addr).unwrap();
+        rustix::net::listen(&other, 1).unwrap();
+        // Fill the tiny backlog (never accepted); a blocking connect would now hang.
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            let fd = new_socket();
+            if rustix::net::connect(&fd, &addr).is_err() {
+                break;
+            }
+            held.push(fd);
+        }
+        assert!(held.len() < 16, "backlog never filled");
+        let err = PrivateListener::bind(&sock).unwrap_err();
+        assert!(matches!(err, Error::SocketInUse { .. }), "{err}");
+        drop(other);
+    }
+
+    #[test]
+    fn non_socket_in_the_way_is_kept() {
+        let tmp = private_tempdir();
+        let sock = tmp.path().join("x.sock");
+        fs::write(&sock, b"precious").unwrap();
+        let err = PrivateListener::bind(&sock).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SocketPathOccupied {
+                    kind: "regular file",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(fs::read(&sock).unwrap(), b"precious");
+
+        let link = tmp.path().join("link.sock");
+        std::os::unix::fs::symlink("/nonexistent", &link).unwrap();
+        let err = PrivateListener::bind(&link).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SocketPathOccupied {
+                    kind: "symbolic link",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn replaced_socket_is_not_removed() {
+        let tmp = private_tempdir();
+        let sock = tmp.path().join("x.sock");
+        let listener = PrivateListener::bind(&sock).unwrap();
+        fs::remove_file(&sock).unwrap();
+        let newcomer = StdUnixListener::bind(&sock).unwrap();
+        drop(listener);
+        assert!(sock.exists(), "someone else's socket survives our clean-up");
+        drop(newcomer);
+    }
+
+    #[test]
+    fn bad_paths_refused() {
+        let long = PathBuf::from(format!("/tmp/{}.sock", "x".repeat(120)));
+        assert!(matches!(
+            PrivateListener::bind(long),
+            Err(Error::SocketPathInvalid { .. })
+        ));
+        assert!(matches!(
+            PrivateListener::bind("/"),
+            Err(Error::SocketPathInvalid { .. })
+        ));
+    }
+
+    #[test]
+    fn not_socket_activated_without_env() {
+        // The test harness is not started by systemd (and LISTEN_PID would not match anyway).
+        if std::env::var_os("LISTEN_FDS").is_none() {
+            assert!(PrivateListener::from_systemd().unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_accepting_and_removes_socket() {
+        let tmp = private_tempdir();
+        let sock = tmp.path().join("x.sock");
+        let listener = PrivateListener::bind(&sock).unwrap();
+        let config = ServeConfig {
+            borg: PathBuf::from("/nonexistent/borg"),
+            ..ServeConfig::new("/srv/repo").unwrap()
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(serve_connections(
+            listener,
+            config,
+            ListenLimits::default(),
+            cancel.clone(),
+        ));
+        // A connection whose borg serve cannot start is just a failed session, not a failed server.
+        let mut conn = UnixStream::connect(&sock).await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(&mut conn, &mut buf)
+            .await
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the connection is closed when borg serve cannot start");
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!sock.exists());
+    }
+}

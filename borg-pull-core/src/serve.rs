@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::limits::{SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
 use crate::{Error, Result};
@@ -72,12 +72,44 @@ impl ServeConfig {
         args
     }
 
+    /// Finds the borg program the way `exec` will: a path containing `/` as is, else on `PATH`.
+    ///
+    /// Lets a server fail at start-up, not at the first connection, when borg is missing.
+    pub fn find_program(&self) -> Result<PathBuf> {
+        let not_found = || Error::BorgNotFound {
+            program: self.borg.clone(),
+        };
+        let is_executable = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        if self.borg.as_os_str().is_empty() {
+            return Err(not_found());
+        }
+        if self.borg.components().count() > 1 || self.borg.is_absolute() {
+            return if is_executable(&self.borg) {
+                Ok(self.borg.clone())
+            } else {
+                Err(not_found())
+            };
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(&self.borg))
+            .find(|candidate| is_executable(candidate))
+            .ok_or_else(not_found)
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.borg);
         cmd.args(self.args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Socket activation variables are for us, never for borg serve.
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
             .kill_on_drop(true);
         cmd
     }
@@ -100,7 +132,10 @@ where
         source,
     })?;
     debug!(pid = child.id(), repo = %config.repo.display(), "borg serve started");
-    let stderr_logger = child.stderr.take().map(|stderr| tokio::spawn(log_lines(stderr)));
+    let stderr_logger = child
+        .stderr
+        .take()
+        .map(|stderr| tokio::spawn(log_lines(stderr).in_current_span()));
     let stdout = child.stdout.take().expect("stdout is piped");
     let stdin = ClosingWriter(child.stdin.take());
     let mut serve_side = tokio::io::join(stdout, stdin);
