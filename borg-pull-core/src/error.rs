@@ -142,4 +142,63 @@ pub enum Error {
         /// The program as configured.
         program: PathBuf,
     },
+    /// The argv borg appended to `BORG_RSH` is one ssh itself would refuse.
+    #[error("cannot parse the ssh arguments given to borg-pull-relay at {arg:?}: {reason} (check BORG_RSH)")]
+    RshArgs {
+        /// The offending argument.
+        arg: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Nothing exists at the relay's socket path.
+    #[error(
+        "cannot connect to {path:?}: no such socket (is borg-pull-server listening / was the ssh forward set up?)"
+    )]
+    SocketMissing {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The socket or a directory on its path is not accessible to this user.
+    #[error(
+        "cannot connect to {path:?}: permission denied (the socket's directory must be searchable and \
+         the socket writable by this user: check owner and mode with `ls -ld` on both)"
+    )]
+    SocketPermission {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// A socket file exists but no process accepts connections on it.
+    #[error(
+        "cannot connect to {path:?}: connection refused (stale socket nobody listens on: remove it or \
+         restart the listener)"
+    )]
+    SocketRefused {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The path exists but is not a UNIX socket.
+    #[error("cannot connect to {path:?}: not a socket (point --socket / BORG_PULL_SOCKET at the listener's socket)")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Any other failure to connect to the relay's socket.
+    #[error("cannot connect to {path:?}: {source}")]
+    SocketConnect {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Copying bytes in one direction of a relay failed mid-stream.
+    #[error("relaying {direction} failed: {source} (did borg, borg serve or the ssh forward exit early?)")]
+    Relay {
+        /// Which way the bytes were flowing, e.g. `stdin -> /run/borg/x.sock`.
+        direction: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The relay could not take over this process's stdin/stdout.
+    #[error("cannot set up stdin/stdout for relaying: {0}")]
+    RelayStdio(#[source] std::io::Error),
 }

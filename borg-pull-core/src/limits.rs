@@ -30,3 +30,15 @@ pub const LISTEN_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Pause after a failed `accept` (e.g. EMFILE) before trying again, so the loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Buffer of `borg-pull-relay`'s read/write copy, used where splice(2) cannot be (neither side is a
+/// pipe, e.g. stdin is a file or a tty).
+///
+/// Measured with benches/relay-bench.sh (see benches/RESULTS.md).
+pub const RELAY_COPY_BUFFER: usize = 64 * 1024;
+
+/// Most bytes one splice(2) call of `borg-pull-relay` asks to move.
+///
+/// The kernel moves at most what the pipe holds (64 KiB by default) whatever is asked; asking for
+/// more costs nothing and lets a pipe enlarged by the parent be emptied in one call.
+pub const RELAY_SPLICE_LEN: usize = 1024 * 1024;
