@@ -1,2 +1,41 @@
-//! The SSH side of borg-pull (being written).
+//! The SSH side of borg-pull: the backup server logs in to a client with an in-process SSH client
+//! (russh, no `ssh` binary), forwards a UNIX socket to the client and runs `borg create` there with
+//! `BORG_RSH` pointing at `borg-pull-relay` and that socket. Every connection to the socket comes
+//! back as an SSH channel and is bridged to a `borg serve --append-only --restrict-to-repo REPO` on
+//! the server ([`borg_pull_core::serve`]).
+//!
+//! - [`pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]).
+//! - [`session`]: connect, host key verification, public key authentication, the russh handler.
+//! - [`known_hosts`]: OpenSSH known_hosts matching (plain, `[host]:port`, hashed, wildcards,
+//!   negation, `@revoked`; not `@cert-authority`) and `accept-new` recording.
+//! - [`forward`]: the `streamlocal-forward@openssh.com` request, diagnosis of refusals, and the
+//!   per-channel bridges to `borg serve`.
+//! - [`exec`]: POSIX shell quoting, helper commands, streaming borg's output, exit status.
+//! - [`limits`]: windows, keepalives and timeouts, with the reasons for their values.
+//! - [`error`]: the one error type.
+//!
+//! ```no_run
+//! # async fn run() -> borg_pull_tunnel::Result<i32> {
+//! use borg_pull_tunnel::pull::{pull, PullOptions};
+//! let mut options = PullOptions::new(
+//!     "backup@client.example",
+//!     "/srv/borg/client",
+//!     vec!["create".into(), "--stats".into(), "::{hostname}-{now}".into(), "/etc".into()],
+//! )?;
+//! options.session.port = 2222;
+//! let code = pull(options).await?; // borg's own exit code
+//! # Ok(code) }
+//! ```
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod exec;
+pub mod forward;
+pub mod known_hosts;
+pub mod limits;
+pub mod pull;
+pub mod session;
+
+pub use error::{Error, ForwardDenial, Result};
+pub use pull::{pull, PullOptions};

@@ -1,0 +1,315 @@
+//! The one error type of borg-pull-tunnel.
+//!
+//! Messages are lowercase and name the host, key, file or sshd setting involved, the cause and the
+//! fix, in the spirit of OpenSSH's own messages: they are what a sysadmin sees when a nightly pull
+//! fails.
+
+use std::path::PathBuf;
+
+/// Result alias for borg-pull-tunnel.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the client's sshd refused to listen on our socket path (`streamlocal-forward@openssh.com`
+/// only answers "request denied"; we find the cause by looking at the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardDenial {
+    /// The directory exists and is writable and nothing is in the way: the sshd forbids it.
+    Forbidden,
+    /// The socket directory does not exist on the client.
+    NoDirectory,
+    /// The login user cannot create files in the socket directory.
+    NotWritable,
+    /// Something already exists at the socket path (a stale socket; sshd's
+    /// `StreamLocalBindUnlink` is `no` by default).
+    StaleSocket,
+    /// The socket path is longer than a UNIX socket path may be.
+    PathTooLong,
+    /// The diagnosis itself failed; the text says what we saw.
+    Unknown(String),
+}
+
+impl std::fmt::Display for ForwardDenial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardDenial::Forbidden => f.write_str(
+                "the directory exists, is writable and nothing is in the way, so the client's sshd \
+                 forbids UNIX socket forwarding: set `AllowStreamLocalForwarding yes` (or `remote`) in \
+                 its sshd_config, and check that `DisableForwarding` is not set and the key's \
+                 authorized_keys line has no `restrict` or `no-port-forwarding` option",
+            ),
+            ForwardDenial::NoDirectory => {
+                f.write_str("the socket directory does not exist on the client (was it removed meanwhile?)")
+            }
+            ForwardDenial::NotWritable => f.write_str(
+                "the login user cannot write to the socket directory (permissions; check $TMPDIR on the client)",
+            ),
+            ForwardDenial::StaleSocket => f.write_str(
+                "a stale socket is in the way (sshd's `StreamLocalBindUnlink` defaults to `no`); remove it",
+            ),
+            ForwardDenial::PathTooLong => f.write_str(
+                "the socket path is longer than 107 bytes (set a shorter TMPDIR for the login user on the client)",
+            ),
+            ForwardDenial::Unknown(seen) => write!(f, "cause unknown: {seen}"),
+        }
+    }
+}
+
+/// The details of a host key verification failure.
+#[derive(Debug, Clone, Default)]
+pub struct HostKeyProblem {
+    /// `host` or `[host]:port`, the name looked up in known_hosts.
+    pub host_port: String,
+    /// Host as given.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Algorithm of the offered key, e.g. `ssh-ed25519`.
+    pub key_type: String,
+    /// `SHA256:...` fingerprint of the offered key.
+    pub fingerprint: String,
+    /// The known_hosts file consulted.
+    pub known_hosts: PathBuf,
+    /// 1-based line of the relevant entry (changed, revoked), else 0.
+    pub line: usize,
+    /// Key types on record for the host (comma separated), for [`Error::HostKeyTypeUnknown`].
+    pub known_types: String,
+}
+
+/// Everything that can go wrong in borg-pull-tunnel.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An option or argument is unusable; the text says which and why.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+
+    /// An argument for the client contains a NUL byte, which no argv and no shell can carry.
+    #[error("argument {0:?} contains a NUL byte, which cannot be passed to a remote command")]
+    NulInArgument(String),
+
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {host} port {port}: {source}")]
+    Connect {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// The TCP connection or SSH handshake did not complete in time.
+    #[error("connecting to {host} port {port} timed out after {secs} s (is sshd running and reachable?)")]
+    ConnectTimeout {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// The timeout.
+        secs: u64,
+    },
+
+    /// The host is not in known_hosts (and `--accept-new-host-key` was not given).
+    #[error(
+        "host key verification failed: no {} key for {} in {:?}; the server's {} key fingerprint is {}. \
+         If that is the client you expect, run again with --accept-new-host-key to record it, or add it \
+         yourself (ssh-keyscan -p {} -t {} {} >> {:?})",
+        .0.key_type, .0.host_port, .0.known_hosts, .0.key_type, .0.fingerprint,
+        .0.port, .0.key_type, .0.host, .0.known_hosts
+    )]
+    UnknownHostKey(Box<HostKeyProblem>),
+
+    /// known_hosts has a different key of the same type for this host: possible man-in-the-middle.
+    #[error(
+        "host key verification failed: REMOTE HOST IDENTIFICATION HAS CHANGED for {}: the server \
+         offered {} key {}, but {:?} line {} records a different {} key. Someone could be eavesdropping \
+         (man-in-the-middle), or the host key was just changed. If the change is expected, remove the \
+         old key with `ssh-keygen -f {:?} -R '{}'` and run again with --accept-new-host-key",
+        .0.host_port, .0.key_type, .0.fingerprint, .0.known_hosts, .0.line, .0.key_type,
+        .0.known_hosts, .0.host_port
+    )]
+    HostKeyChanged(Box<HostKeyProblem>),
+
+    /// known_hosts only has keys of other types for this host; we refuse rather than silently
+    /// trusting a new key type (OpenSSH asks interactively here).
+    #[error(
+        "host key verification failed: the server {} offered a {} key ({}), but {:?} only records \
+         other key types for it ({}). Add the {} key after checking it (ssh-keyscan -p {} -t {} {}), \
+         or remove the old entries with `ssh-keygen -f {:?} -R '{}'` and run again with \
+         --accept-new-host-key",
+        .0.host_port, .0.key_type, .0.fingerprint, .0.known_hosts, .0.known_types, .0.key_type,
+        .0.port, .0.key_type, .0.host, .0.known_hosts, .0.host_port
+    )]
+    HostKeyTypeUnknown(Box<HostKeyProblem>),
+
+    /// The offered key is marked `@revoked` in known_hosts.
+    #[error(
+        "host key verification failed: the {} key {} of {} is marked @revoked in {:?} line {}; \
+         refusing to connect",
+        .0.key_type, .0.fingerprint, .0.host_port, .0.known_hosts, .0.line
+    )]
+    HostKeyRevoked(Box<HostKeyProblem>),
+
+    /// The server presented a host certificate; `@cert-authority` is not supported.
+    #[error(
+        "host key verification failed: {} presented a host certificate, but @cert-authority entries \
+         are not supported; record the plain host key in {:?}",
+        .0.host_port, .0.known_hosts
+    )]
+    HostCertificateUnsupported(Box<HostKeyProblem>),
+
+    /// Reading or appending to known_hosts failed.
+    #[error("cannot {action} known_hosts file {path:?}: {source}")]
+    KnownHostsIo {
+        /// `read` or `append to`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// The identity (private key) file could not be loaded.
+    #[error("cannot load identity {path:?}: {source}")]
+    Identity {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: russh::keys::Error,
+    },
+
+    /// The identity is encrypted and no passphrase was supplied.
+    #[error(
+        "identity {path:?} is encrypted: give its passphrase with --identity-passphrase-file FILE or \
+         the BORG_PULL_IDENTITY_PASSPHRASE environment variable"
+    )]
+    IdentityEncrypted {
+        /// The key file.
+        path: PathBuf,
+    },
+
+    /// No identity was given and none of the default ones exists.
+    #[error("no identity: pass -i FILE (none of ~/.ssh/id_ed25519, id_ecdsa, id_rsa exists)")]
+    NoIdentity,
+
+    /// The client's sshd refused our key.
+    #[error(
+        "{user}@{host} port {port}: permission denied (publickey) for identity {identity:?}; is its \
+         public key in ~{user}/.ssh/authorized_keys on the client (and is the account not locked)?"
+    )]
+    AuthFailed {
+        /// Login user.
+        user: String,
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// The key file used.
+        identity: PathBuf,
+    },
+
+    /// The repository passphrase could not be obtained on the server.
+    #[error("cannot get the repository passphrase: {0}")]
+    Passphrase(String),
+
+    /// An SSH protocol operation failed.
+    #[error("ssh {context} failed: {source}")]
+    Ssh {
+        /// What we were doing.
+        context: &'static str,
+        /// russh's error.
+        source: russh::Error,
+    },
+
+    /// The connection to the client was lost (keepalives unanswered, TCP reset, sshd exited).
+    #[error(
+        "connection to {host} port {port} lost while {context} (the client vanished or its sshd was stopped)"
+    )]
+    ConnectionLost {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// What we were doing.
+        context: &'static str,
+    },
+
+    /// A helper command on the client failed.
+    #[error("on the client, `{command}` failed (exit status {status:?}): {output}")]
+    RemoteHelper {
+        /// The command (never contains secrets).
+        command: String,
+        /// Its exit status, if any arrived.
+        status: Option<u32>,
+        /// What it printed on stdout/stderr (trimmed).
+        output: String,
+    },
+
+    /// A helper command on the client did not finish in time.
+    #[error("on the client, `{command}` did not finish within {secs} s")]
+    RemoteHelperTimeout {
+        /// The command.
+        command: String,
+        /// The timeout.
+        secs: u64,
+    },
+
+    /// The client's sshd refused to listen on our socket path.
+    #[error("the ssh server {host} port {port} refused to forward UNIX socket {path}: {cause}")]
+    ForwardDenied {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// The socket path on the client.
+        path: String,
+        /// What the diagnosis found.
+        cause: ForwardDenial,
+    },
+
+    /// borg's channel closed without an exit status or signal.
+    #[error("borg on the client ended without reporting an exit status (channel closed by {host})")]
+    NoExitStatus {
+        /// Host as given.
+        host: String,
+    },
+
+    /// The run was cancelled (Ctrl-C / SIGTERM).
+    #[error("interrupted; borg on the client was stopped and the socket directory removed")]
+    Interrupted,
+
+    /// Local I/O failed (writing borg's output, reading a file).
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// `borg serve` could not be started or relayed.
+    #[error(transparent)]
+    Serve(#[from] borg_pull_core::Error),
+}
+
+impl From<russh::Error> for Error {
+    fn from(source: russh::Error) -> Self {
+        Error::Ssh {
+            context: "session",
+            source,
+        }
+    }
+}
+
+impl Error {
+    /// Whether this is a host key verification failure (unknown, changed, revoked, certificate).
+    pub fn is_host_key(&self) -> bool {
+        matches!(
+            self,
+            Error::UnknownHostKey(_)
+                | Error::HostKeyChanged(_)
+                | Error::HostKeyTypeUnknown(_)
+                | Error::HostKeyRevoked(_)
+                | Error::HostCertificateUnsupported(_)
+        )
+    }
+}

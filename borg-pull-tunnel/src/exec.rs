@@ -1,0 +1,412 @@
+//! Remote commands: POSIX shell quoting, running helpers, streaming borg's output, exit status.
+//!
+//! sshd runs every command through the login user's shell (`$SHELL -c COMMAND`), so each argument
+//! is single-quoted ([`shell_quote`]); the login shell must be POSIX (sh, dash, bash, zsh, ksh).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use russh::client::{Handle, Msg};
+use russh::{Channel, ChannelMsg, Sig};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::{Error, Result};
+
+/// Quotes `arg` for a POSIX shell: `'...'`, with each `'` written as `'\''`.
+///
+/// Every byte except NUL survives unchanged (NUL cannot be part of an argv; it is an error).
+///
+/// ```
+/// use borg_pull_tunnel::exec::shell_quote;
+/// assert_eq!(shell_quote(b"it's").unwrap(), b"'it'\\''s'");
+/// assert_eq!(shell_quote(b"").unwrap(), b"''");
+/// assert!(shell_quote(b"a\0b").is_err());
+/// ```
+pub fn shell_quote(arg: &[u8]) -> Result<Vec<u8>> {
+    if arg.contains(&0) {
+        return Err(Error::NulInArgument(String::from_utf8_lossy(arg).into_owned()));
+    }
+    let mut out = Vec::with_capacity(arg.len() + 2);
+    out.push(b'\'');
+    for &b in arg {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+    Ok(out)
+}
+
+/// Quotes each argument and joins them with spaces.
+pub fn shell_join<I, S>(args: I) -> Result<Vec<u8>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut out = Vec::new();
+    for (i, arg) in args.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend(shell_quote(arg.as_ref().as_bytes())?);
+    }
+    Ok(out)
+}
+
+/// Whether `name` can be an environment variable assigned by a POSIX shell.
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// How a remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteExit {
+    /// It exited with this status.
+    Status(u32),
+    /// It was killed by this signal (name as sent by sshd, e.g. `KILL`).
+    Signal(String),
+}
+
+impl RemoteExit {
+    /// The shell-style exit code: the status, or 128 + signal number (129 for unknown signals).
+    ///
+    /// ```
+    /// use borg_pull_tunnel::exec::RemoteExit;
+    /// assert_eq!(RemoteExit::Status(2).code(), 2);
+    /// assert_eq!(RemoteExit::Signal("TERM".into()).code(), 143);
+    /// ```
+    pub fn code(&self) -> i32 {
+        match self {
+            RemoteExit::Status(s) => i32::try_from(*s).unwrap_or(255),
+            RemoteExit::Signal(name) => 128 + signal_number(name).unwrap_or(1),
+        }
+    }
+}
+
+fn signal_name(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT".into(),
+        Sig::ALRM => "ALRM".into(),
+        Sig::FPE => "FPE".into(),
+        Sig::HUP => "HUP".into(),
+        Sig::ILL => "ILL".into(),
+        Sig::INT => "INT".into(),
+        Sig::KILL => "KILL".into(),
+        Sig::PIPE => "PIPE".into(),
+        Sig::QUIT => "QUIT".into(),
+        Sig::SEGV => "SEGV".into(),
+        Sig::TERM => "TERM".into(),
+        Sig::USR1 => "USR1".into(),
+        Sig::Custom(s) => s.trim_start_matches("SIG").to_owned(),
+    }
+}
+
+/// Linux signal numbers of the names sshd sends (RFC 4254 section 6.10 plus USR2).
+fn signal_number(name: &str) -> Option<i32> {
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "ABRT" => 6,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "USR2" => 12,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        _ => return None,
+    })
+}
+
+/// What a helper command printed and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// Exit status, if sshd reported one.
+    pub status: Option<u32>,
+}
+
+impl Captured {
+    /// stdout and stderr, lossily decoded and trimmed, for error messages.
+    pub fn output_text(&self) -> String {
+        let mut s = String::from_utf8_lossy(&self.stdout).trim().to_owned();
+        let err = String::from_utf8_lossy(&self.stderr);
+        if !err.trim().is_empty() {
+            if !s.is_empty() {
+                s.push_str("; ");
+            }
+            s.push_str(err.trim());
+        }
+        s
+    }
+}
+
+/// Runs a short helper `command` on the client, collecting its output (stdin gets EOF at once).
+pub async fn capture<H: russh::client::Handler>(
+    handle: &Handle<H>,
+    command: &str,
+    timeout: Duration,
+) -> Result<Captured> {
+    let run = async {
+        let mut channel = handle.channel_open_session().await.map_err(|source| Error::Ssh {
+            context: "opening a session channel",
+            source,
+        })?;
+        channel.exec(true, command).await.map_err(|source| Error::Ssh {
+            context: "exec request",
+            source,
+        })?;
+        channel.eof().await.map_err(|source| Error::Ssh {
+            context: "sending EOF",
+            source,
+        })?;
+        let mut out = Captured::default();
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                ChannelMsg::Failure => {
+                    return Err(Error::RemoteHelper {
+                        command: command.to_owned(),
+                        status: None,
+                        output: "sshd refused the exec request".into(),
+                    })
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        Ok(out)
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| Error::RemoteHelperTimeout {
+            command: command.to_owned(),
+            secs: timeout.as_secs(),
+        })?
+}
+
+/// Like [`capture`], but a non-zero or missing exit status is an error.
+pub async fn capture_ok<H: russh::client::Handler>(
+    handle: &Handle<H>,
+    command: &str,
+    timeout: Duration,
+) -> Result<Captured> {
+    let out = capture(handle, command, timeout).await?;
+    if out.status != Some(0) {
+        return Err(Error::RemoteHelper {
+            command: command.to_owned(),
+            status: out.status,
+            output: out.output_text(),
+        });
+    }
+    Ok(out)
+}
+
+/// Starts `command` on `channel`, writes `stdin` (if any) and sends EOF.
+pub async fn start(channel: &Channel<Msg>, command: &[u8], stdin: Option<&[u8]>) -> Result<()> {
+    channel.exec(true, command).await.map_err(|source| Error::Ssh {
+        context: "exec request",
+        source,
+    })?;
+    if let Some(input) = stdin {
+        channel
+            .data_bytes(input.to_vec())
+            .await
+            .map_err(|source| Error::Ssh {
+                context: "writing the remote command's stdin",
+                source,
+            })?;
+    }
+    channel.eof().await.map_err(|source| Error::Ssh {
+        context: "sending EOF",
+        source,
+    })
+}
+
+/// How [`relay_output`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    /// How the command ended, if sshd said so before closing the channel.
+    pub exit: Option<RemoteExit>,
+    /// Whether `cancel` fired (the command was sent SIGINT, then its channel closed).
+    pub cancelled: bool,
+}
+
+/// Relays a running command's output to `stdout`/`stderr` until its channel closes.
+///
+/// The channel is always drained to the end, even after a write to `stdout` failed (a closed
+/// pipe on our side is not an error of the remote command; it must not stall the connection).
+/// When `cancel` fires, the command is sent SIGINT and gets `grace` to exit before we close the
+/// channel (sshd then hangs up on it).
+pub async fn relay_output<O, E>(
+    channel: &mut Channel<Msg>,
+    stdout: &mut O,
+    stderr: &mut E,
+    cancel: &CancellationToken,
+    grace: Duration,
+) -> Result<Relayed>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let mut exit = None;
+    let mut out_ok = true;
+    let mut err_ok = true;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let msg = tokio::select! {
+            msg = channel.wait() => msg,
+            () = cancel.cancelled(), if deadline.is_none() => {
+                debug!("cancelled: sending SIGINT to the remote command");
+                if let Err(e) = channel.signal(Sig::INT).await {
+                    debug!("signal request: {e}");
+                }
+                deadline = Some(tokio::time::Instant::now() + grace);
+                continue;
+            }
+            () = sleep_until(deadline) => {
+                debug!("remote command still running after SIGINT; closing its channel");
+                let _ = channel.close().await;
+                break;
+            }
+        };
+        let Some(msg) = msg else { break };
+        match msg {
+            ChannelMsg::Data { data } if out_ok => {
+                out_ok = stdout.write_all(&data).await.is_ok() && stdout.flush().await.is_ok();
+            }
+            ChannelMsg::ExtendedData { data, ext: 1 } if err_ok => {
+                err_ok = stderr.write_all(&data).await.is_ok() && stderr.flush().await.is_ok();
+            }
+            ChannelMsg::ExitStatus { exit_status } => exit = Some(RemoteExit::Status(exit_status)),
+            ChannelMsg::ExitSignal { signal_name: sig, .. } => {
+                exit = Some(RemoteExit::Signal(signal_name(&sig)))
+            }
+            ChannelMsg::Failure => {
+                return Err(Error::RemoteHelper {
+                    command: "borg".into(),
+                    status: None,
+                    output: "sshd refused the exec request".into(),
+                })
+            }
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    Ok(Relayed {
+        exit,
+        cancelled: deadline.is_some(),
+    })
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    /// Runs `sh -c 'printf %s <quoted>'` and returns what the shell printed.
+    fn through_sh(quoted: &[u8]) -> Vec<u8> {
+        let mut script = b"printf %s ".to_vec();
+        script.extend_from_slice(quoted);
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(std::ffi::OsString::from_vec(script))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    }
+
+    #[test]
+    fn hostile_examples() {
+        for s in [
+            &b"plain"[..],
+            b"",
+            b"'",
+            b"''",
+            b"a b",
+            b"$(touch /tmp/pwned)",
+            b"`id`",
+            b";rm -rf /",
+            b"new\nline",
+            b"\\'\"",
+            b"-n",
+            b"%s%%",
+            b"\xff\xfe",
+            b"{hostname}-{now}",
+        ] {
+            assert_eq!(through_sh(&shell_quote(s).unwrap()), s, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn join_splits_back() {
+        let args = ["a b", "it's", "", "$HOME"];
+        let joined = shell_join(args).unwrap();
+        let mut script = b"for a in ".to_vec();
+        script.extend_from_slice(&joined);
+        script.extend_from_slice(b"; do printf '<%s>' \"$a\"; done");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(std::ffi::OsString::from_vec(script))
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"<a b><it's><><$HOME>");
+    }
+
+    #[test]
+    fn env_names() {
+        assert!(is_env_name("BORG_BASE_DIR"));
+        assert!(is_env_name("_x1"));
+        assert!(!is_env_name("1x"));
+        assert!(!is_env_name("A-B"));
+        assert!(!is_env_name(""));
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(RemoteExit::Signal("KILL".into()).code(), 137);
+        assert_eq!(RemoteExit::Signal("WEIRD".into()).code(), 129);
+        assert_eq!(signal_name(&Sig::Custom("SIGUSR2".into())), "USR2");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn round_trips_through_sh(arg in proptest::collection::vec(1u8..=255, 0..64)) {
+            let quoted = shell_quote(&arg).unwrap();
+            prop_assert_eq!(through_sh(&quoted), arg);
+        }
+
+        #[test]
+        fn nul_is_rejected(mut arg in proptest::collection::vec(any::<u8>(), 0..16), at in 0usize..17) {
+            let at = at.min(arg.len());
+            arg.insert(at, 0);
+            prop_assert!(shell_quote(&arg).is_err());
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! A small OpenSSH `known_hosts` reader and writer.
+//!
+//! `russh::keys::known_hosts` only splits lines on single spaces and knows plain and hashed host
+//! names; it misses tabs, indented comments, wildcards, negations and markers (an `@revoked` line
+//! would be misread). This module implements what OpenSSH's `sshd(8)` "SSH_KNOWN_HOSTS FILE FORMAT"
+//! describes, except `@cert-authority` (host certificates are refused, see
+//! [`crate::Error::HostCertificateUnsupported`]):
+//!
+//! - one or more comma-separated host patterns, the lookup name being `host` for port 22 and
+//!   `[host]:port` otherwise (lower-cased, as OpenSSH does);
+//! - patterns with `*` and `?` wildcards, and `!pattern` negations (a negated match excludes the line);
+//! - hashed names `|1|salt|hash` (HMAC-SHA1 of the lookup name, `HashKnownHosts yes`);
+//! - `@revoked` lines: a matching key is refused even if also listed as valid;
+//! - fields separated by spaces or tabs, blank lines and `#` comments (also indented).
+//!
+//! Lines that do not parse (unknown key types, broken base64) are skipped, like OpenSSH does.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use data_encoding::BASE64;
+use hmac::{Hmac, KeyInit, Mac};
+use russh::keys::PublicKey;
+use sha1::Sha1;
+
+use crate::{Error, Result};
+
+/// The marker at the start of a known_hosts line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// A plain entry: this key is valid for these hosts.
+    None,
+    /// `@revoked`: never accept this key.
+    Revoked,
+    /// `@cert-authority`: a CA for host certificates (parsed, not used: unsupported).
+    CertAuthority,
+}
+
+/// One parsed known_hosts line.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// The line's marker.
+    pub marker: Marker,
+    /// The host pattern field as written.
+    pub hosts: String,
+    /// The key.
+    pub key: PublicKey,
+}
+
+/// The result of looking up a host's offered key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The key is recorded for this host (at this 1-based line).
+    Known {
+        /// Line of the matching entry.
+        line: usize,
+    },
+    /// Nothing is recorded for this host.
+    Unknown,
+    /// A different key of the same type is recorded for this host.
+    Changed {
+        /// Line of the first recorded key of that type.
+        line: usize,
+    },
+    /// Only keys of other types are recorded for this host.
+    OtherTypes {
+        /// The recorded key types.
+        types: Vec<String>,
+    },
+    /// The offered key is `@revoked`.
+    Revoked {
+        /// Line of the `@revoked` entry.
+        line: usize,
+    },
+}
+
+/// The name under which OpenSSH records `host:port`: `host` for 22, else `[host]:port`.
+///
+/// ```
+/// use borg_pull_tunnel::known_hosts::lookup_name;
+/// assert_eq!(lookup_name("Example.COM", 22), "example.com");
+/// assert_eq!(lookup_name("127.0.0.1", 2222), "[127.0.0.1]:2222");
+/// ```
+pub fn lookup_name(host: &str, port: u16) -> String {
+    let host = host.to_ascii_lowercase();
+    if port == 22 {
+        host
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// A parsed known_hosts file.
+#[derive(Debug, Clone, Default)]
+pub struct KnownHosts {
+    /// The parsed entries, in file order.
+    pub entries: Vec<Entry>,
+}
+
+impl KnownHosts {
+    /// Parses known_hosts text; lines that do not parse are skipped.
+    pub fn parse(text: &str) -> Self {
+        let entries = text
+            .lines()
+            .enumerate()
+            .filter_map(|(i, line)| parse_line(i + 1, line))
+            .collect();
+        KnownHosts { entries }
+    }
+
+    /// Reads and parses `path`; a missing file is an empty one.
+    pub fn read(path: &Path) -> Result<Self> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Self::parse(&String::from_utf8_lossy(&bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(Error::KnownHostsIo {
+                action: "read",
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Looks up `key` offered by `host` on `port`.
+    pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Verdict {
+        let name = lookup_name(host, port);
+        let matching = || self.entries.iter().filter(|e| hosts_match(&e.hosts, &name));
+        if let Some(e) = matching().find(|e| e.marker == Marker::Revoked && same_key(&e.key, key)) {
+            return Verdict::Revoked { line: e.line };
+        }
+        let plain: Vec<&Entry> = matching().filter(|e| e.marker == Marker::None).collect();
+        if let Some(e) = plain.iter().find(|e| same_key(&e.key, key)) {
+            return Verdict::Known { line: e.line };
+        }
+        if let Some(e) = plain.iter().find(|e| e.key.algorithm() == key.algorithm()) {
+            return Verdict::Changed { line: e.line };
+        }
+        if plain.is_empty() {
+            return Verdict::Unknown;
+        }
+        let mut types: Vec<String> = plain.iter().map(|e| e.key.algorithm().to_string()).collect();
+        types.dedup();
+        Verdict::OtherTypes { types }
+    }
+}
+
+fn same_key(a: &PublicKey, b: &PublicKey) -> bool {
+    a.key_data() == b.key_data()
+}
+
+fn parse_line(line: usize, text: &str) -> Option<Entry> {
+    let mut fields = text.split([' ', '\t']).filter(|f| !f.is_empty());
+    let mut first = fields.next()?;
+    if first.starts_with('#') {
+        return None;
+    }
+    let marker = match first {
+        "@revoked" => Marker::Revoked,
+        "@cert-authority" => Marker::CertAuthority,
+        m if m.starts_with('@') => return None,
+        _ => Marker::None,
+    };
+    if marker != Marker::None {
+        first = fields.next()?;
+    }
+    let key_type = fields.next()?;
+    let blob = fields.next()?;
+    let key = russh::keys::parse_public_key_base64(blob).ok()?;
+    if key.algorithm().as_str() != key_type {
+        return None;
+    }
+    Some(Entry {
+        line,
+        marker,
+        hosts: first.to_owned(),
+        key,
+    })
+}
+
+/// Whether the comma-separated pattern list `patterns` matches the lookup `name`.
+///
+/// A matching negated pattern (`!pat`) makes the whole list not match, as in OpenSSH.
+///
+/// ```
+/// use borg_pull_tunnel::known_hosts::hosts_match;
+/// assert!(hosts_match("a.example,[127.0.0.1]:2222", "[127.0.0.1]:2222"));
+/// assert!(hosts_match("*.example,!bad.example", "good.example"));
+/// assert!(!hosts_match("*.example,!bad.example", "bad.example"));
+/// ```
+pub fn hosts_match(patterns: &str, name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let mut matched = false;
+    for pattern in patterns.split(',') {
+        if let Some(hashed) = pattern.strip_prefix("|1|") {
+            matched |= hashed_match(hashed, &name);
+        } else if let Some(negated) = pattern.strip_prefix('!') {
+            if wildcard_match(negated.to_ascii_lowercase().as_bytes(), name.as_bytes()) {
+                return false;
+            }
+        } else {
+            matched |= wildcard_match(pattern.to_ascii_lowercase().as_bytes(), name.as_bytes());
+        }
+    }
+    matched
+}
+
+fn hashed_match(salt_and_hash: &str, name: &str) -> bool {
+    let Some((salt, hash)) = salt_and_hash.split_once('|') else {
+        return false;
+    };
+    let (Ok(salt), Ok(hash)) = (BASE64.decode(salt.as_bytes()), BASE64.decode(hash.as_bytes())) else {
+        return false;
+    };
+    let Ok(mac) = Hmac::<Sha1>::new_from_slice(&salt) else {
+        return false;
+    };
+    mac.chain_update(name.as_bytes()).verify_slice(&hash).is_ok()
+}
+
+/// `*` matches any run of bytes, `?` exactly one; everything else literally.
+fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
+    // Iterative matcher with one backtrack point: linear-ish and no recursion.
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    p = sp + 1;
+                    n = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Hashes `name` as OpenSSH's `HashKnownHosts` does, with the given salt (for tests and tools).
+pub fn hash_name(salt: &[u8], name: &str) -> String {
+    let mut mac = Hmac::<Sha1>::new_from_slice(salt).expect("HMAC takes any key length");
+    mac.update(name.as_bytes());
+    let hash = mac.finalize().into_bytes();
+    format!("|1|{}|{}", BASE64.encode(salt), BASE64.encode(&hash))
+}
+
+/// Appends `host`'s `key` to `path` (like OpenSSH's `StrictHostKeyChecking accept-new`),
+/// creating the file and its directory (mode 0700) if needed.
+pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()> {
+    let io_err = |source| Error::KnownHostsIo {
+        action: "append to",
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err)?;
+    }
+    let needs_newline = match std::fs::read(path) {
+        Ok(bytes) => bytes.last().is_some_and(|&b| b != b'\n'),
+        Err(_) => false,
+    };
+    let mut key_text = key.clone();
+    key_text.set_comment("");
+    let openssh = key_text
+        .to_openssh()
+        .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
+    let line = format!(
+        "{}{} {}\n",
+        if needs_newline { "\n" } else { "" },
+        lookup_name(host, port),
+        openssh.trim_end()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err)?;
+    file.write_all(line.as_bytes()).map_err(io_err)?;
+    file.sync_all().map_err(io_err)
+}
+
+/// `~/.ssh/known_hosts` of the current user (from `$HOME`).
+pub fn default_path() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|home| PathBuf::from(home).join(".ssh").join("known_hosts"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED1: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+    const ED2: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
+    const ECDSA: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBJ6bf3dbzde0DkKszja6oxFLSIa2yY6qS97T6c6L8ucbHM//MO5e0bKg+26xSd2S5ay8xUDYVwAWytmEqcmOK50=";
+
+    fn key(b64: &str) -> PublicKey {
+        russh::keys::parse_public_key_base64(b64).unwrap()
+    }
+
+    #[test]
+    fn plain_port_and_tabs() {
+        let kh = KnownHosts::parse(&format!(
+            "# comment\n\n   # indented comment\n[127.0.0.1]:2222\tssh-ed25519\t{ED1}\nexample.com ssh-ed25519 {ED2} c\n"
+        ));
+        assert_eq!(kh.entries.len(), 2);
+        assert_eq!(kh.check("127.0.0.1", 2222, &key(ED1)), Verdict::Known { line: 4 });
+        assert_eq!(
+            kh.check("127.0.0.1", 2222, &key(ED2)),
+            Verdict::Changed { line: 4 }
+        );
+        assert_eq!(kh.check("127.0.0.1", 22, &key(ED1)), Verdict::Unknown);
+        assert_eq!(kh.check("EXAMPLE.com", 22, &key(ED2)), Verdict::Known { line: 5 });
+        assert_eq!(kh.check("example.com", 2222, &key(ED2)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn multiple_hosts_wildcards_negation() {
+        let kh = KnownHosts::parse(&format!(
+            "a.test,*.example.org,!evil.example.org ssh-ed25519 {ED1}\n"
+        ));
+        assert!(matches!(kh.check("a.test", 22, &key(ED1)), Verdict::Known { .. }));
+        assert!(matches!(
+            kh.check("www.example.org", 22, &key(ED1)),
+            Verdict::Known { .. }
+        ));
+        assert_eq!(kh.check("evil.example.org", 22, &key(ED1)), Verdict::Unknown);
+        assert_eq!(kh.check("b.test", 22, &key(ED1)), Verdict::Unknown);
+        let kh = KnownHosts::parse(&format!("[10.0.0.?]:* ssh-ed25519 {ED1}\n"));
+        assert!(matches!(
+            kh.check("10.0.0.7", 2200, &key(ED1)),
+            Verdict::Known { .. }
+        ));
+        assert_eq!(kh.check("10.0.0.17", 2200, &key(ED1)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn hashed_entries() {
+        // Produced by `ssh-keygen -H` for "example.com" (same vector as russh's tests).
+        let kh = KnownHosts::parse(
+            "|1|O33ESRMWPVkMYIwJ1Uw+n877jTo=|nuuC5vEqXlEZ/8BXQR7m619W6Ak= ssh-ed25519 \
+             AAAAC3NzaC1lZDI1NTE5AAAAILIG2T/B0l0gaqj3puu510tu9N1OkQ4znY3LYuEm5zCF\n",
+        );
+        let k = key("AAAAC3NzaC1lZDI1NTE5AAAAILIG2T/B0l0gaqj3puu510tu9N1OkQ4znY3LYuEm5zCF");
+        assert_eq!(kh.check("example.com", 22, &k), Verdict::Known { line: 1 });
+        assert_eq!(kh.check("example.net", 22, &k), Verdict::Unknown);
+        let name = hash_name(b"0123456789abcdefghij", "[h]:2222");
+        let kh = KnownHosts::parse(&format!("{name} ssh-ed25519 {ED2}\n"));
+        assert!(matches!(kh.check("h", 2222, &key(ED2)), Verdict::Known { .. }));
+    }
+
+    #[test]
+    fn revoked_and_markers() {
+        let kh = KnownHosts::parse(&format!(
+            "@revoked * ssh-ed25519 {ED1}\nhost ssh-ed25519 {ED1}\n@cert-authority *.test ssh-ed25519 {ED2}\n"
+        ));
+        assert_eq!(kh.check("host", 22, &key(ED1)), Verdict::Revoked { line: 1 });
+        // A CA line is not a host key.
+        assert_eq!(kh.check("x.test", 22, &key(ED2)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn other_types_and_garbage() {
+        let kh = KnownHosts::parse(&format!(
+            "host ecdsa-sha2-nistp256 {ECDSA}\nhost ssh-ed25519 notbase64!!\nhost ssh-rsa {ED1}\n@bogus host ssh-ed25519 {ED1}\nhost\n"
+        ));
+        assert_eq!(kh.entries.len(), 1);
+        assert_eq!(
+            kh.check("host", 22, &key(ED1)),
+            Verdict::OtherTypes {
+                types: vec!["ecdsa-sha2-nistp256".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn append_then_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/known_hosts");
+        append(&path, "127.0.0.1", 2222, &key(ED1)).unwrap();
+        std::fs::write(&path, std::fs::read_to_string(&path).unwrap().trim_end()).unwrap();
+        append(&path, "h", 22, &key(ED2)).unwrap();
+        let kh = KnownHosts::read(&path).unwrap();
+        assert_eq!(kh.check("127.0.0.1", 2222, &key(ED1)), Verdict::Known { line: 1 });
+        assert_eq!(kh.check("h", 22, &key(ED2)), Verdict::Known { line: 2 });
+        assert!(KnownHosts::read(&dir.path().join("missing"))
+            .unwrap()
+            .entries
+            .is_empty());
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match(b"*", b""));
+        assert!(wildcard_match(b"a*b*c", b"aXXbYYc"));
+        assert!(!wildcard_match(b"a*b*c", b"aXXbYY"));
+        assert!(wildcard_match(b"??", b"ab"));
+        assert!(!wildcard_match(b"?", b""));
+    }
+}

@@ -1,0 +1,54 @@
+//! Every timeout, size and window of the SSH side, with the reason for its value.
+
+use std::time::Duration;
+
+/// SSH channel window we advertise (bytes the client may send before we acknowledge).
+///
+/// The window bounds throughput at `window / RTT`: russh's default of 2 MiB gives ~44 MB/s at
+/// 20 ms RTT (measured in the issue), 16 MiB ~280 MB/s, which is more than borg create produces
+/// on one core. The memory cost is per forwarded channel and only used while data is in flight.
+pub const CHANNEL_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Largest SSH packet we accept; OpenSSH sends at most 32 KiB of channel data per packet anyway.
+pub const MAX_PACKET: u32 = 32 * 1024;
+
+/// Messages buffered per channel before russh pushes back on the TCP stream.
+///
+/// With 32 KiB packets, 512 messages hold the whole 16 MiB window, so a full window never
+/// stalls the connection loop while the bridging task catches up.
+pub const CHANNEL_BUFFER: usize = 512;
+
+/// How long we wait for the TCP connection and the SSH handshake (including host key check).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Send a keepalive after this long without hearing from the client's sshd.
+///
+/// Together with [`KEEPALIVE_MAX`] a vanished client ends the run within about a minute
+/// (`interval * (max + 1)`), instead of hanging until TCP gives up (often 15+ minutes).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Unanswered keepalives before the connection is considered dead.
+pub const KEEPALIVE_MAX: usize = 3;
+
+/// Time allowed for each small helper command on the client (mktemp, diagnosis, rm).
+pub const REMOTE_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After borg's channel closed: how long forwarded channels may take to finish relaying.
+///
+/// borg create closes its connection before it exits, so the forwards normally end first; the
+/// bound only matters for a misbehaving client. `borg serve` itself gets the core crate's
+/// `SERVE_EXIT_GRACE` on top to release the repository lock.
+pub const FORWARD_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Total time allowed for clean-up (cancel forward, `rm -rf` the socket directory, disconnect).
+///
+/// Clean-up also runs after Ctrl-C, so it must be short; a client that does not answer leaves at
+/// most its private socket directory behind, which never blocks the next run.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// After a cancellation (Ctrl-C), how long borg on the client gets to exit after SIGINT before
+/// its channel is closed.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest path of a UNIX socket on Linux (`sun_path` is 108 bytes including the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
