@@ -34,8 +34,9 @@ impl std::fmt::Display for ForwardDenial {
             ForwardDenial::Forbidden => f.write_str(
                 "the directory exists, is writable and nothing is in the way, so the client's sshd \
                  forbids UNIX socket forwarding: set `AllowStreamLocalForwarding yes` (or `remote`) in \
-                 its sshd_config, and check that `DisableForwarding` is not set and the key's \
-                 authorized_keys line has no `restrict` or `no-port-forwarding` option",
+                 its sshd_config; OpenSSH also refuses it when `AllowTcpForwarding` is `no` or `local`, \
+                 `PermitListen` is `none`, `DisableForwarding` is set, or the key's authorized_keys line \
+                 has a `restrict` or `no-port-forwarding` option",
             ),
             ForwardDenial::NoDirectory => {
                 f.write_str("the socket directory does not exist on the client (was it removed meanwhile?)")

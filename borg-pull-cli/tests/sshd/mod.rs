@@ -1,0 +1,273 @@
+//! Starts a private OpenSSH sshd on 127.0.0.1 for one test: its own config, host key, client key,
+//! authorized_keys, known_hosts, TMPDIR and log, all in a fresh temp dir; killed on drop.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The sshd binary; by absolute path, since sshd re-execs itself.
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// How to configure the sshd.
+#[derive(Debug, Clone)]
+pub struct SshdOptions {
+    /// `AllowStreamLocalForwarding` (`yes`, `no`, `local`, `remote`, `all`).
+    pub allow_streamlocal: &'static str,
+    /// Host key type for `ssh-keygen -t` (ed25519, ecdsa, rsa).
+    pub host_key_type: &'static str,
+    /// Client key types to authorise; the first is [`Sshd::client_key`].
+    pub client_key_types: Vec<&'static str>,
+    /// Passphrase for the client keys ("" for none).
+    pub client_key_passphrase: &'static str,
+}
+
+impl Default for SshdOptions {
+    fn default() -> Self {
+        Self {
+            allow_streamlocal: "yes",
+            host_key_type: "ed25519",
+            client_key_types: vec!["ed25519"],
+            client_key_passphrase: "",
+        }
+    }
+}
+
+/// A running sshd.
+pub struct Sshd {
+    /// Everything of this sshd (and the test's other files) lives here.
+    pub dir: tempfile::TempDir,
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+    /// The login user (the current user, or [`TEST_USER`] when running as root).
+    pub user: String,
+    /// Client private keys, in the order of [`SshdOptions::client_key_types`].
+    pub client_keys: Vec<PathBuf>,
+    /// A known_hosts file with this sshd's host key as `[127.0.0.1]:PORT`.
+    pub known_hosts: PathBuf,
+    /// The host public key line (`TYPE BASE64 COMMENT`).
+    pub host_key_pub: String,
+    /// TMPDIR of sessions on this sshd (where `pull` makes its private socket directory).
+    pub tmpdir: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+fn keygen(kind: &str, path: &Path, passphrase: &str) {
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", kind, "-N", passphrase, "-C", "borg-pull-test", "-f"])
+        .arg(path);
+    if kind == "rsa" {
+        cmd.args(["-b", "2048"]);
+    }
+    let out = cmd.output().expect("run ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen -t {kind}: {out:?}");
+}
+
+fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("run id -un");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The unprivileged user tests log in as when they run as root.
+pub const TEST_USER: &str = "borg-pull-test";
+
+/// The login user: the current user, or [`TEST_USER`] (created if missing) when running as root:
+/// backups normally log in unprivileged, and root would hide permission mistakes.
+fn login_user() -> String {
+    static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if !is_root() {
+        return current_user();
+    }
+    let _guard = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+    let exists = Command::new("id")
+        .arg("-u")
+        .arg(TEST_USER)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !exists {
+        // `-p '*'`: not locked (with UsePAM no, sshd refuses locked accounts, pitfall P3).
+        let out = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", "-p", "*", TEST_USER])
+            .output()
+            .expect("run useradd");
+        assert!(out.status.success(), "useradd {TEST_USER}: {out:?}");
+    }
+    TEST_USER.to_owned()
+}
+
+/// Gives the login user `path` (when tests run as root).
+pub fn chown_to_login_user(path: &Path) {
+    if is_root() {
+        let out = Command::new("chown")
+            .arg("-R")
+            .arg(TEST_USER)
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "chown {}: {out:?}", path.display());
+    }
+}
+
+impl Sshd {
+    /// Starts an sshd with default options.
+    pub fn start() -> Sshd {
+        Self::start_with(SshdOptions::default())
+    }
+
+    /// Starts an sshd; panics with its log if it does not come up.
+    pub fn start_with(options: SshdOptions) -> Sshd {
+        if is_root() {
+            // sshd's privilege separation directory (normally made by systemd).
+            let _ = fs::create_dir_all("/run/sshd");
+        }
+        let user = login_user();
+        let dir = tempfile::Builder::new()
+            .prefix("bp-")
+            .tempdir()
+            .expect("temp dir");
+        let d = dir.path();
+        // The login user must reach the test's files (data, relay, its TMPDIR).
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        let host_key = d.join("host_key");
+        keygen(options.host_key_type, &host_key, "");
+        let host_key_pub = fs::read_to_string(d.join("host_key.pub"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let mut authorized = String::new();
+        let mut client_keys = Vec::new();
+        for (i, kind) in options.client_key_types.iter().enumerate() {
+            let key = d.join(format!("client_{i}_{kind}"));
+            keygen(kind, &key, options.client_key_passphrase);
+            authorized.push_str(&fs::read_to_string(format!("{}.pub", key.display())).unwrap());
+            client_keys.push(key);
+        }
+        fs::write(d.join("authorized_keys"), authorized).unwrap();
+        let tmpdir = d.join("tmp");
+        fs::create_dir(&tmpdir).unwrap();
+        chown_to_login_user(&tmpdir);
+        let log = d.join("sshd.log");
+
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let config = d.join("sshd_config");
+            fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
+                     PidFile {pid}\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                     AllowStreamLocalForwarding {fwd}\nStreamLocalBindUnlink no\n\
+                     X11Forwarding no\nPrintMotd no\nLogLevel DEBUG1\nMaxStartups 50\nMaxSessions 20\n\
+                     SetEnv TMPDIR={tmp}\n",
+                    hk = host_key.display(),
+                    ak = d.join("authorized_keys").display(),
+                    pid = d.join("sshd.pid").display(),
+                    fwd = options.allow_streamlocal,
+                    tmp = tmpdir.display(),
+                ),
+            )
+            .unwrap();
+            let log_file = fs::File::create(&log).unwrap();
+            let mut child = Command::new(SSHD)
+                .arg("-f")
+                .arg(&config)
+                .args(["-D", "-e"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .spawn()
+                .expect("start /usr/sbin/sshd");
+            if wait_ready(port, &mut child) {
+                let known_hosts = d.join("known_hosts");
+                fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key_pub}\n")).unwrap();
+                return Sshd {
+                    dir,
+                    port,
+                    user,
+                    client_keys,
+                    known_hosts,
+                    host_key_pub,
+                    tmpdir,
+                    log,
+                    child,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last_log = fs::read_to_string(&log).unwrap_or_default();
+            if !last_log.contains("Address already in use") {
+                break;
+            }
+        }
+        panic!("sshd did not start; its log:\n{last_log}");
+    }
+
+    /// The first client key.
+    pub fn client_key(&self) -> &Path {
+        &self.client_keys[0]
+    }
+
+    /// `USER@127.0.0.1`.
+    pub fn destination(&self) -> String {
+        format!("{}@127.0.0.1", self.user)
+    }
+
+    /// sshd's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Entries left in the sessions' TMPDIR (private socket directories not cleaned up).
+    pub fn tmpdir_entries(&self) -> Vec<String> {
+        fs::read_dir(&self.tmpdir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_root() -> bool {
+    current_user() == "root"
+}
+
+/// A port the OS just gave us; sshd binds it a moment later (callers retry on a race).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// Polls until sshd answers with its SSH banner, it exits, or 15 s pass.
+fn wait_ready(port: u16, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 8];
+            if s.read_exact(&mut buf).is_ok() && &buf[..4] == b"SSH-" {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
