@@ -589,20 +589,7 @@ fn sigkill_mid_backup_then_next_pull_is_clean() {
         return;
     }
     let f = Fixture::new(Sshd::start(), true);
-    let data = f.dir().join("data");
-    fs::create_dir(&data).unwrap();
-    // Enough incompressible data that the backup is still running when we kill it.
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    for i in 0..6 {
-        let mut v = vec![0u8; 8 << 20];
-        for b in v.iter_mut() {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            *b = seed as u8;
-        }
-        fs::write(data.join(format!("f{i}")), v).unwrap();
-    }
+    let data = big_dataset(&f);
     let child = f
         .pull(&[OsString::from("create"), "::killed".into(), data.clone().into()])
         .stdin(Stdio::null())
@@ -611,24 +598,7 @@ fn sigkill_mid_backup_then_next_pull_is_clean() {
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(child);
-    // Wait until borg serve for this repository runs, i.e. the backup is under way.
-    let repo = f.repo.as_os_str().as_bytes().to_vec();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let serving = processes_mentioning(&repo);
-        if serving.iter().any(|(_, c)| c.contains("serve")) {
-            // The passphrase is in no argv on either host.
-            let leaked = processes_mentioning(PASSPHRASE.as_bytes());
-            assert!(leaked.is_empty(), "passphrase in an argv: {leaked:?}");
-            break;
-        }
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "pull ended before the backup started"
-        );
-        assert!(Instant::now() < deadline, "borg serve never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_borg_serve(&f, &mut child.0);
     std::thread::sleep(Duration::from_millis(300));
     child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
@@ -654,6 +624,78 @@ fn sigkill_mid_backup_then_next_pull_is_clean() {
             .collect();
         assert!(inside.is_empty() || inside == ["borg.sock"], "{inside:?}");
     }
+}
+
+/// Enough incompressible data that a backup is still running when we interrupt it.
+fn big_dataset(f: &Fixture) -> PathBuf {
+    let data = f.dir().join("data");
+    fs::create_dir(&data).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..6 {
+        let mut v = vec![0u8; 8 << 20];
+        for b in v.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        fs::write(data.join(format!("f{i}")), v).unwrap();
+    }
+    data
+}
+
+/// Waits until `borg serve` for this fixture's repository runs (the backup is under way) and
+/// checks that the passphrase is in no process's argv meanwhile.
+fn wait_for_borg_serve(f: &Fixture, pull: &mut Child) {
+    let repo = f.repo.as_os_str().as_bytes().to_vec();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let serving = processes_mentioning(&repo);
+        if serving.iter().any(|(_, c)| c.contains("serve")) {
+            let leaked = processes_mentioning(PASSPHRASE.as_bytes());
+            assert!(leaked.is_empty(), "passphrase in an argv: {leaked:?}");
+            return;
+        }
+        assert!(
+            pull.try_wait().unwrap().is_none(),
+            "pull ended before the backup started"
+        );
+        assert!(Instant::now() < deadline, "borg serve never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigint_stops_borg_on_the_client_and_cleans_up() {
+    if !pull_available() {
+        return;
+    }
+    let f = Fixture::new(Sshd::start(), true);
+    let data = big_dataset(&f);
+    let child = f
+        .pull(&[OsString::from("create"), "::interrupted".into(), data.into()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut child = KillOnDrop(child);
+    wait_for_borg_serve(&f, &mut child.0);
+    let st = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = wait_output(
+        std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("interrupted"), "{}", describe(&out));
+    f.assert_clean();
+    let out = f.local_borg(&["check"]);
+    assert!(out.status.success(), "borg check: {}", describe(&out));
 }
 
 struct KillOnDrop(Child);
