@@ -7,6 +7,13 @@
 //! unread channel would stall the whole connection), shuts its write side down with EOF when
 //! `borg serve` is done, and `borg serve` is killed and reaped when the channel ends or the run is
 //! cancelled.
+//!
+//! If this process dies without running any of that (SIGKILL, OOM), the kernel closes our ends of
+//! `borg serve`'s pipes: it reads EOF, rolls back the unfinished transaction, releases the
+//! repository lock and exits (tested). The client's sshd sees the TCP connection close and ends the
+//! session, so borg create loses its relay and exits; only the dead socket in its private, unique
+//! directory remains, which never blocks the next run. `PR_SET_PDEATHSIG` on `borg serve` (in
+//! borg-pull-core) would add a hard kill for a `borg serve` stuck in a write; not needed so far.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +24,7 @@ use russh::client::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelOpenFailure};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use crate::error::ForwardDenial;
 use crate::exec::{capture, shell_quote};
@@ -87,7 +94,7 @@ impl Forwarder {
                     Ok(outcome) => {
                         totals.to_serve.fetch_add(outcome.to_serve, Ordering::Relaxed);
                         totals.from_serve.fetch_add(outcome.from_serve, Ordering::Relaxed);
-                        info!(
+                        debug!(
                             to_serve = outcome.to_serve,
                             from_serve = outcome.from_serve,
                             status = ?outcome.status,

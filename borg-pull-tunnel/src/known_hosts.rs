@@ -405,6 +405,31 @@ mod tests {
             .is_empty());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn hashed_names_match_only_their_host(host in "[a-z0-9.-]{1,30}", port in 1u16.., salt in proptest::collection::vec(proptest::prelude::any::<u8>(), 20)) {
+            let name = lookup_name(&host, port);
+            let hashed = hash_name(&salt, &name);
+            proptest::prop_assert!(hosts_match(&hashed, &name));
+            let other = format!("{}x", name);
+            proptest::prop_assert!(!hosts_match(&hashed, &other));
+            let kh = KnownHosts::parse(&format!("{hashed} ssh-ed25519 {ED1}\n"));
+            proptest::prop_assert_eq!(kh.check(&host, port, &key(ED1)), Verdict::Known { line: 1 });
+        }
+
+        #[test]
+        fn parsing_arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let kh = KnownHosts::parse(&text);
+            let _ = kh.check("h", 22, &key(ED1));
+        }
+
+        #[test]
+        fn star_matches_everything(name in "\\PC{0,40}") {
+            proptest::prop_assert!(wildcard_match(b"*", name.as_bytes()));
+            proptest::prop_assert!(wildcard_match(name.as_bytes(), name.as_bytes()) || name.contains(['*', '?']));
+        }
+    }
+
     #[test]
     fn wildcards() {
         assert!(wildcard_match(b"*", b""));

@@ -227,7 +227,7 @@ where
         () = cancel.cancelled() => return Err(Error::Interrupted),
     };
     let socket = format!("{dir}/{SOCKET_NAME}");
-    info!(socket, "private socket directory created on the client");
+    debug!(socket, "private socket directory created on the client");
     let result = forward_and_run(session, forwarder, options, &socket, stdout, stderr).await;
     // Clean up on every path: forward, borg serve children, directory.
     let cleanup = async {

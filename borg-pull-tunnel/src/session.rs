@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use russh::client::{self, ChannelOpenHandle, Handle, Msg, Session as RusshSession};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyBase64};
 use russh::{Channel, ChannelOpenFailure, Disconnect};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::error::HostKeyProblem;
 use crate::forward::Forwarder;
@@ -339,7 +339,7 @@ pub async fn connect(options: &SessionOptions, forwarder: Option<Arc<Forwarder>>
         return Err(e);
     }
     authenticate(&mut handle, options, &identity_path, key).await?;
-    info!(host = %options.host, port = options.port, user = %options.user, "authenticated");
+    debug!(host = %options.host, port = options.port, user = %options.user, "authenticated");
     Ok(Session {
         handle,
         host: options.host.clone(),
