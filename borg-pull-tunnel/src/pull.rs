@@ -151,6 +151,7 @@ impl PullOptions {
                 identity_passphrase: None,
                 known_hosts,
                 accept_new_host_key: false,
+                channel_window: crate::limits::CHANNEL_WINDOW,
             },
             serve: ServeConfig::new(repo)?,
             relay: "borg-pull-relay".into(),

@@ -11,9 +11,7 @@ use tracing::{debug, warn};
 use crate::error::HostKeyProblem;
 use crate::forward::Forwarder;
 use crate::known_hosts::{self, KnownHosts, Verdict};
-use crate::limits::{
-    CHANNEL_BUFFER, CHANNEL_WINDOW, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_MAX, MAX_PACKET,
-};
+use crate::limits::{CHANNEL_BUFFER, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_MAX, MAX_PACKET};
 use crate::{Error, Result};
 
 /// Where and how to log in.
@@ -34,6 +32,8 @@ pub struct SessionOptions {
     /// Record the key of a host not yet in `known_hosts` (OpenSSH's `accept-new`); a changed or
     /// revoked key is refused regardless.
     pub accept_new_host_key: bool,
+    /// SSH channel window in bytes ([`crate::limits::CHANNEL_WINDOW`] unless measured otherwise).
+    pub channel_window: u32,
 }
 
 impl std::fmt::Debug for SessionOptions {
@@ -49,6 +49,7 @@ impl std::fmt::Debug for SessionOptions {
             )
             .field("known_hosts", &self.known_hosts)
             .field("accept_new_host_key", &self.accept_new_host_key)
+            .field("channel_window", &self.channel_window)
             .finish()
     }
 }
@@ -257,10 +258,11 @@ impl client::Handler for ClientHandler {
     }
 }
 
-/// The russh client configuration: nodelay, keepalives and the large window from [`crate::limits`].
-pub fn client_config() -> client::Config {
+/// The russh client configuration: nodelay, keepalives and the given channel window (see
+/// [`crate::limits::CHANNEL_WINDOW`]).
+pub fn client_config(channel_window: u32) -> client::Config {
     client::Config {
-        window_size: CHANNEL_WINDOW,
+        window_size: channel_window,
         maximum_packet_size: MAX_PACKET,
         channel_buffer_size: CHANNEL_BUFFER,
         keepalive_interval: Some(KEEPALIVE_INTERVAL),
@@ -306,7 +308,7 @@ pub async fn connect(options: &SessionOptions, forwarder: Option<Arc<Forwarder>>
         forwarder,
         host_key_error: host_key_error.clone(),
     };
-    let config = Arc::new(client_config());
+    let config = Arc::new(client_config(options.channel_window));
     let addr = (options.host.as_str(), options.port);
     let connecting = async {
         let tcp = tokio::net::TcpStream::connect(addr)
