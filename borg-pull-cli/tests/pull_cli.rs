@@ -379,6 +379,18 @@ fn borg_exit_codes_pass_through() {
 
     let out = run(&mut f.pull(&["create", "::ok", data.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    // A relay missing on the client is named before anything is set up there.
+    let mut args: Vec<OsString> = f.pull(&["list"]).get_args().map(OsStr::to_owned).collect();
+    let i = args.iter().position(|a| a == "--relay").unwrap();
+    args[i + 1] = "/nonexistent/borg-pull-relay".into();
+    let out = run(Command::new(server_bin()).args(&args));
+    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("\"/nonexistent/borg-pull-relay\" was not found on the client"),
+        "{}",
+        describe(&out)
+    );
     assert_eq!(archive_names(&f), vec![b"warn".to_vec(), b"ok".to_vec()]);
     f.assert_clean();
 }

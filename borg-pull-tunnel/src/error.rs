@@ -254,6 +254,20 @@ pub enum Error {
         secs: u64,
     },
 
+    /// A program pull needs is not on the client (checked before anything is set up there).
+    #[error(
+        "{program:?} was not found on the client {host} (PATH of the login user's shell); install it \
+         there or pass its full path ({option})"
+    )]
+    RemoteProgramMissing {
+        /// The program as given.
+        program: String,
+        /// Host as given.
+        host: String,
+        /// The option that sets it (`--relay` or `--remote-borg`).
+        option: &'static str,
+    },
+
     /// The client's sshd refused to listen on our socket path.
     #[error("the ssh server {host} port {port} refused to forward UNIX socket {path}: {cause}")]
     ForwardDenied {

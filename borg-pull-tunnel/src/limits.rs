@@ -16,11 +16,13 @@ pub const CHANNEL_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest SSH packet we accept; OpenSSH sends at most 32 KiB of channel data per packet anyway.
 pub const MAX_PACKET: u32 = 32 * 1024;
 
-/// Messages buffered per channel before russh pushes back on the TCP stream.
+/// Messages buffered per channel before russh stops reading the TCP stream.
 ///
-/// With 32 KiB packets, 512 messages hold the whole 16 MiB window, so a full window never
-/// stalls the connection loop while the bridging task catches up.
-pub const CHANNEL_BUFFER: usize = 512;
+/// When a channel's buffer is full the whole connection stops reading, so window adjustments and
+/// keepalive replies for every channel wait too. 4096 messages hold a full [`CHANNEL_WINDOW`] even
+/// in 4 KiB packets, so the peer runs out of window before the buffer fills. tokio allocates the
+/// buffer lazily, so the size costs nothing until used.
+pub const CHANNEL_BUFFER: usize = 4096;
 
 /// How long we wait for the TCP connection and the SSH handshake (including host key check).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

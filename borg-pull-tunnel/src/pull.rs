@@ -224,7 +224,7 @@ where
 {
     let cancel = &options.cancel;
     let dir = tokio::select! {
-        d = make_private_dir(session) => d?,
+        d = make_private_dir(session, options) => d?,
         () = cancel.cancelled() => return Err(Error::Interrupted),
     };
     let socket = format!("{dir}/{SOCKET_NAME}");
@@ -324,20 +324,55 @@ fn lost_or(session: &Session, context: &'static str, source: russh::Error) -> Er
     }
 }
 
-/// `mktemp -d` on the client with umask 077: a fresh directory only the login user can enter.
-async fn make_private_dir(session: &Session) -> Result<String> {
-    let command = r#"umask 077 && mktemp -d "${TMPDIR:-/tmp}/borg-pull.XXXXXXXX""#;
-    let out = capture_ok(&session.handle, command, REMOTE_HELPER_TIMEOUT).await?;
+/// Checks that the relay and borg exist on the client, then `mktemp -d` there with umask 077: a
+/// fresh directory only the login user can enter.
+async fn make_private_dir(session: &Session, options: &PullOptions) -> Result<String> {
+    let quote = |p: &OsStr| shell_quote(p.as_bytes()).map(|q| String::from_utf8_lossy(&q).into_owned());
+    let (relay, borg) = (quote(&options.relay)?, quote(&options.remote_borg)?);
+    let command = format!(
+        "command -v {relay} >/dev/null 2>&1 || {{ echo missing-relay; exit 127; }}; \
+         command -v {borg} >/dev/null 2>&1 || {{ echo missing-borg; exit 127; }}; \
+         umask 077 && mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\""
+    );
+    let out = exec::capture(&session.handle, &command, REMOTE_HELPER_TIMEOUT).await?;
     let text = String::from_utf8_lossy(&out.stdout);
     let dir = text.strip_suffix('\n').unwrap_or(&text);
-    if !dir.starts_with('/') || dir.contains('\n') || dir.ends_with('/') {
-        return Err(Error::RemoteHelper {
-            command: command.into(),
-            status: out.status,
-            output: format!("unexpected output {dir:?} (expected an absolute directory)"),
-        });
+    let missing = |program: &OsStr, option| Error::RemoteProgramMissing {
+        program: program.to_string_lossy().into_owned(),
+        host: session.host.clone(),
+        option,
+    };
+    match (out.status, dir) {
+        (Some(127), "missing-relay") => return Err(missing(&options.relay, "--relay")),
+        (Some(127), "missing-borg") => return Err(missing(&options.remote_borg, "--remote-borg")),
+        (Some(0), dir) if is_private_dir_path(dir) => return Ok(dir.to_owned()),
+        _ => {}
     }
-    Ok(dir.to_owned())
+    Err(Error::RemoteHelper {
+        command: format!("umask 077 && mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\""),
+        status: out.status,
+        output: format!(
+            "{} (expected the new directory's absolute path)",
+            out.output_text()
+        ),
+    })
+}
+
+/// The private directories' name prefix on the client.
+const DIR_PREFIX: &str = "borg-pull.";
+
+/// Whether `dir` is what our mktemp makes: absolute, one line, `.../borg-pull.XXXXXXXX`. Checked
+/// before it is used, and before `rm -rf` ever runs on it.
+fn is_private_dir_path(dir: &str) -> bool {
+    let Some((parent, name)) = dir.rsplit_once('/') else {
+        return false;
+    };
+    dir.starts_with('/')
+        && !dir.contains(['\n', '\0'])
+        && !parent.split('/').any(|c| c == "..")
+        && name
+            .strip_prefix(DIR_PREFIX)
+            .is_some_and(|rand| rand.len() == 8 && rand.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 async fn remove_dir(session: &Session, dir: &str) {
@@ -467,6 +502,24 @@ mod tests {
         let mut o = options();
         o.borg_args.push(std::ffi::OsString::from_vec(b"a\0b".to_vec()));
         assert!(borg_command(&o, "/s").is_err());
+    }
+
+    #[test]
+    fn private_dir_paths() {
+        assert!(is_private_dir_path("/tmp/borg-pull.AbC123xy"));
+        assert!(is_private_dir_path("/var/tmp/x y/borg-pull.AbC123xy"));
+        for bad in [
+            "/",
+            "",
+            "tmp/borg-pull.AbC123xy",
+            "/tmp/borg-pull.AbC123x",
+            "/tmp/borg-pull.AbC123xy/",
+            "/tmp/../borg-pull.AbC123xy",
+            "/tmp/borg-pull.AbC1.3xy",
+            "/tmp\n/borg-pull.AbC123xy",
+        ] {
+            assert!(!is_private_dir_path(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -21,7 +21,8 @@ Failures of borg-pull-server itself:
    66  identity unusable or authentication refused
    67  the repository passphrase could not be obtained
    68  cannot connect to the client (DNS, refused, timeout)
-   69  the client's sshd refused the UNIX socket forward, or setting up on the client failed
+   69  the client's sshd refused the UNIX socket forward, the relay or borg is missing on the
+      client, or setting up the private socket directory there failed
    70  internal or SSH protocol error
    74  connection to the client lost (keepalives unanswered)
   130  interrupted (SIGINT/SIGTERM); borg on the client was stopped and cleaned up
@@ -201,7 +202,10 @@ fn exit_code(e: &Error) -> u8 {
         | Error::AuthFailed { .. } => 66,
         Error::Passphrase(_) => 67,
         Error::Connect { .. } | Error::ConnectTimeout { .. } => 68,
-        Error::ForwardDenied { .. } | Error::RemoteHelper { .. } | Error::RemoteHelperTimeout { .. } => 69,
+        Error::ForwardDenied { .. }
+        | Error::RemoteProgramMissing { .. }
+        | Error::RemoteHelper { .. }
+        | Error::RemoteHelperTimeout { .. } => 69,
         Error::ConnectionLost { .. } => 74,
         Error::Interrupted => 130,
         _ => 70,
