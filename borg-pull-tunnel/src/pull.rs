@@ -198,7 +198,9 @@ where
         let command_for = |socket: &str| borg_command(&options, socket);
         command_for("/x")?;
         let cancel = options.cancel.clone();
-        let forwarder = Forwarder::new(options.serve.clone(), cancel.child_token());
+        // Not a child of `cancel`: on Ctrl-C borg on the client first gets SIGINT and a grace
+        // period to end its session with borg serve cleanly; clean-up stops the bridges after.
+        let forwarder = Forwarder::new(options.serve.clone(), CancellationToken::new());
         let session = tokio::select! {
             s = session::connect(&options.session, Some(forwarder.clone())) => s?,
             () = cancel.cancelled() => return Err(Error::Interrupted),
