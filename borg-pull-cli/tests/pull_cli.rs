@@ -663,7 +663,7 @@ fn wait_for_borg_serve(f: &Fixture, pull: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let serving = processes_mentioning(&repo);
-        if serving.iter().any(|(_, c)| c.contains("serve")) {
+        if serving.iter().any(|(_, c)| c.contains("borg serve ")) {
             let leaked = processes_mentioning(PASSPHRASE.as_bytes());
             assert!(leaked.is_empty(), "passphrase in an argv: {leaked:?}");
             return;
@@ -708,6 +708,104 @@ fn sigint_stops_borg_on_the_client_and_cleans_up() {
     f.assert_clean();
     let out = f.local_borg(&["check"]);
     assert!(out.status.success(), "borg check: {}", describe(&out));
+}
+
+/// All descendants of `pid` (children first found through /proc/PID/stat's ppid).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The ppid is the second field after the parenthesised command name.
+        let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+            continue;
+        };
+        if let Some(ppid) = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse::<u32>().ok())
+        {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Sends SIGCONT to the stopped processes when dropped, whatever the test's outcome.
+struct Resume(Vec<u32>);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        }
+    }
+}
+
+#[test]
+fn dead_client_ends_the_run_within_the_keepalive_bound() {
+    if !pull_available() {
+        return;
+    }
+    let f = Fixture::new(Sshd::start(), false);
+    let data = big_dataset(&f);
+    let mut args: Vec<OsString> = f
+        .pull(&[OsString::from("create"), "::dead".into(), data.into()])
+        .get_args()
+        .map(OsStr::to_owned)
+        .collect();
+    args.splice(1..1, ["--keepalive".into(), "1".into()]);
+    let mut cmd = Command::new(server_bin());
+    cmd.args(&args)
+        .env("BORG_BASE_DIR", &f.server_base)
+        .env_remove("BORG_PASSPHRASE");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    wait_for_borg_serve(&f, &mut child.0);
+
+    // Freeze the client: its sshd session (and borg there) stops answering, TCP stays open.
+    let session = descendants(f.sshd.pid());
+    assert!(!session.is_empty());
+    let resume = Resume(session.clone());
+    for pid in &session {
+        let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    }
+    let started = Instant::now();
+    let out = wait_output(
+        std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()),
+        Duration::from_secs(90),
+    );
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(74), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("lost"), "{}", describe(&out));
+    // 1 s interval, 3 unanswered keepalives: a few seconds, far below TCP's own timeouts.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    // borg serve on this side was stopped by us, not left to the client.
+    let repo = f.repo.as_os_str().as_bytes().to_vec();
+    let serving: Vec<_> = processes_mentioning(&repo)
+        .into_iter()
+        .filter(|(_, c)| c.contains("borg serve "))
+        .collect();
+    assert!(serving.is_empty(), "{serving:?}");
+    drop(resume);
+    f.assert_clean_processes_only();
 }
 
 struct KillOnDrop(Child);

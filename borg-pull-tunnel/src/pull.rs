@@ -140,8 +140,8 @@ impl PullOptions {
                 "{destination:?} is not [USER@]HOST"
             )));
         }
-        let known_hosts = crate::known_hosts::default_path()
-            .ok_or_else(|| Error::InvalidOption("HOME is not set: pass --known-hosts FILE".into()))?;
+        // Checked at connect time, so a caller that sets its own file does not need HOME.
+        let known_hosts = crate::known_hosts::default_path().unwrap_or_default();
         Ok(Self {
             session: SessionOptions {
                 host,
@@ -151,6 +151,7 @@ impl PullOptions {
                 identity_passphrase: None,
                 known_hosts,
                 accept_new_host_key: false,
+                keepalive_interval: crate::limits::KEEPALIVE_INTERVAL,
                 channel_window: crate::limits::CHANNEL_WINDOW,
             },
             serve: ServeConfig::new(repo)?,

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use crate::error::HostKeyProblem;
 use crate::forward::Forwarder;
 use crate::known_hosts::{self, KnownHosts, Verdict};
-use crate::limits::{CHANNEL_BUFFER, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_MAX, MAX_PACKET};
+use crate::limits::{CHANNEL_BUFFER, CONNECT_TIMEOUT, KEEPALIVE_MAX, MAX_PACKET};
 use crate::{Error, Result};
 
 /// Where and how to log in.
@@ -32,6 +32,10 @@ pub struct SessionOptions {
     /// Record the key of a host not yet in `known_hosts` (OpenSSH's `accept-new`); a changed or
     /// revoked key is refused regardless.
     pub accept_new_host_key: bool,
+    /// Send a keepalive after this long without hearing from the client; after
+    /// [`KEEPALIVE_MAX`] unanswered ones the connection counts as lost (like OpenSSH's
+    /// `ServerAliveInterval`). [`crate::limits::KEEPALIVE_INTERVAL`] by default.
+    pub keepalive_interval: std::time::Duration,
     /// SSH channel window in bytes ([`crate::limits::CHANNEL_WINDOW`] unless measured otherwise).
     pub channel_window: u32,
 }
@@ -49,6 +53,7 @@ impl std::fmt::Debug for SessionOptions {
             )
             .field("known_hosts", &self.known_hosts)
             .field("accept_new_host_key", &self.accept_new_host_key)
+            .field("keepalive_interval", &self.keepalive_interval)
             .field("channel_window", &self.channel_window)
             .finish()
     }
@@ -258,14 +263,18 @@ impl client::Handler for ClientHandler {
     }
 }
 
-/// The russh client configuration: nodelay, keepalives and the given channel window (see
-/// [`crate::limits::CHANNEL_WINDOW`]).
-pub fn client_config(channel_window: u32) -> client::Config {
+/// The russh client configuration: nodelay, the options' keepalive interval and channel window
+/// (see [`crate::limits`]).
+pub fn client_config(options: &SessionOptions) -> client::Config {
     client::Config {
-        window_size: channel_window,
+        window_size: options.channel_window,
         maximum_packet_size: MAX_PACKET,
         channel_buffer_size: CHANNEL_BUFFER,
-        keepalive_interval: Some(KEEPALIVE_INTERVAL),
+        keepalive_interval: Some(
+            options
+                .keepalive_interval
+                .max(std::time::Duration::from_millis(100)),
+        ),
         keepalive_max: KEEPALIVE_MAX,
         nodelay: true,
         ..Default::default()
@@ -308,7 +317,12 @@ pub async fn connect(options: &SessionOptions, forwarder: Option<Arc<Forwarder>>
         forwarder,
         host_key_error: host_key_error.clone(),
     };
-    let config = Arc::new(client_config(options.channel_window));
+    if options.known_hosts.as_os_str().is_empty() {
+        return Err(Error::InvalidOption(
+            "HOME is not set: pass --known-hosts FILE".into(),
+        ));
+    }
+    let config = Arc::new(client_config(options));
     let addr = (options.host.as_str(), options.port);
     let connecting = async {
         let tcp = tokio::net::TcpStream::connect(addr)

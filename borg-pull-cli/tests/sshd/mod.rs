@@ -222,6 +222,11 @@ impl Sshd {
         format!("{}@127.0.0.1", self.user)
     }
 
+    /// PID of the listening sshd (its sessions are its descendants).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// sshd's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

@@ -63,6 +63,11 @@ pub struct PullArgs {
     #[arg(long)]
     accept_new_host_key: bool,
 
+    /// Seconds without traffic from the client before a keepalive is sent; after 3 unanswered
+    /// ones the client counts as dead and the run ends (exit 74). Like ssh's ServerAliveInterval.
+    #[arg(long, value_name = "SECS", default_value_t = borg_pull_tunnel::limits::KEEPALIVE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    keepalive: u64,
+
     /// The borg-pull-relay program on the client (looked up on the client's PATH by default).
     #[arg(long, value_name = "PATH", default_value = "borg-pull-relay")]
     relay: OsString,
@@ -138,6 +143,7 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     options.session.port = args.port;
     options.session.identity = args.identity;
     options.session.accept_new_host_key = args.accept_new_host_key;
+    options.session.keepalive_interval = std::time::Duration::from_secs(args.keepalive);
     if let Some(kh) = args.known_hosts {
         options.session.known_hosts = kh;
     }
