@@ -123,6 +123,26 @@ impl KnownHosts {
         }
     }
 
+    /// The key algorithms recorded (not revoked) for `host` on `port`, in file order.
+    ///
+    /// Used to ask the server for a key type we can verify, as OpenSSH does: a host with an old
+    /// `ecdsa` entry and a newer `ed25519` key must not fail as "other key type".
+    pub fn recorded_algorithms(&self, host: &str, port: u16) -> Vec<russh::keys::Algorithm> {
+        let name = lookup_name(host, port);
+        let mut out: Vec<russh::keys::Algorithm> = Vec::new();
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.marker == Marker::None && hosts_match(&e.hosts, &name))
+        {
+            let alg = e.key.algorithm();
+            if !out.contains(&alg) {
+                out.push(alg);
+            }
+        }
+        out
+    }
+
     /// Looks up `key` offered by `host` on `port`.
     pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Verdict {
         let name = lookup_name(host, port);
@@ -373,6 +393,20 @@ mod tests {
         assert_eq!(kh.check("host", 22, &key(ED1)), Verdict::Revoked { line: 1 });
         // A CA line is not a host key.
         assert_eq!(kh.check("x.test", 22, &key(ED2)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn recorded_algorithms_in_order() {
+        let kh = KnownHosts::parse(&format!(
+            "h ecdsa-sha2-nistp256 {ECDSA}\nh ssh-ed25519 {ED1}\nh ssh-ed25519 {ED2}\nother ssh-ed25519 {ED1}\n"
+        ));
+        let algs: Vec<String> = kh
+            .recorded_algorithms("h", 22)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(algs, ["ecdsa-sha2-nistp256", "ssh-ed25519"]);
+        assert!(kh.recorded_algorithms("nobody", 22).is_empty());
     }
 
     #[test]

@@ -281,6 +281,23 @@ pub fn client_config(options: &SessionOptions) -> client::Config {
     }
 }
 
+/// Moves the host key algorithms known_hosts records for this host to the front of what we offer,
+/// so the server proves itself with a key we can check (OpenSSH does the same).
+fn prefer_recorded_host_key_types(config: &mut client::Config, options: &SessionOptions) -> Result<()> {
+    let recorded = KnownHosts::read(&options.known_hosts)?.recorded_algorithms(&options.host, options.port);
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    let same_family = |a: &russh::keys::Algorithm, r: &russh::keys::Algorithm| {
+        a == r || (a.clone().is_rsa() && r.clone().is_rsa())
+    };
+    let mut keys = config.preferred.key.to_vec();
+    // Stable sort: recorded types first, each group keeping russh's order.
+    keys.sort_by_key(|a| !recorded.iter().any(|r| same_family(a, r)));
+    config.preferred.key = std::borrow::Cow::Owned(keys);
+    Ok(())
+}
+
 /// Loads the identity (or the first existing default one).
 fn load_identity(options: &SessionOptions) -> Result<(PathBuf, russh::keys::PrivateKey)> {
     let path = match &options.identity {
@@ -322,7 +339,9 @@ pub async fn connect(options: &SessionOptions, forwarder: Option<Arc<Forwarder>>
             "HOME is not set: pass --known-hosts FILE".into(),
         ));
     }
-    let config = Arc::new(client_config(options));
+    let mut config = client_config(options);
+    prefer_recorded_host_key_types(&mut config, options)?;
+    let config = Arc::new(config);
     let addr = (options.host.as_str(), options.port);
     let connecting = async {
         let tcp = tokio::net::TcpStream::connect(addr)

@@ -18,8 +18,10 @@ pub const SSHD: &str = "/usr/sbin/sshd";
 pub struct SshdOptions {
     /// `AllowStreamLocalForwarding` (`yes`, `no`, `local`, `remote`, `all`).
     pub allow_streamlocal: &'static str,
-    /// Host key type for `ssh-keygen -t` (ed25519, ecdsa, rsa).
+    /// Host key type for `ssh-keygen -t` (ed25519, ecdsa, rsa); the one in `known_hosts`.
     pub host_key_type: &'static str,
+    /// More host keys sshd also has (not in `known_hosts`).
+    pub extra_host_key_types: Vec<&'static str>,
     /// Client key types to authorise; the first is [`Sshd::client_key`].
     pub client_key_types: Vec<&'static str>,
     /// Passphrase for the client keys ("" for none).
@@ -31,6 +33,7 @@ impl Default for SshdOptions {
         Self {
             allow_streamlocal: "yes",
             host_key_type: "ed25519",
+            extra_host_key_types: Vec::new(),
             client_key_types: vec!["ed25519"],
             client_key_passphrase: "",
         }
@@ -142,6 +145,12 @@ impl Sshd {
             .unwrap()
             .trim()
             .to_owned();
+        let mut host_key_lines = format!("HostKey {}\n", host_key.display());
+        for (i, kind) in options.extra_host_key_types.iter().enumerate() {
+            let extra = d.join(format!("host_key_extra_{i}"));
+            keygen(kind, &extra, "");
+            host_key_lines.push_str(&format!("HostKey {}\n", extra.display()));
+        }
         let mut authorized = String::new();
         let mut client_keys = Vec::new();
         for (i, kind) in options.client_key_types.iter().enumerate() {
@@ -163,13 +172,13 @@ impl Sshd {
             fs::write(
                 &config,
                 format!(
-                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
+                    "Port {port}\nListenAddress 127.0.0.1\n{hk}AuthorizedKeysFile {ak}\n\
                      PidFile {pid}\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
                      AllowStreamLocalForwarding {fwd}\nStreamLocalBindUnlink no\n\
                      X11Forwarding no\nPrintMotd no\nLogLevel DEBUG1\nMaxStartups 50\nMaxSessions 20\n\
                      SetEnv TMPDIR={tmp}\n",
-                    hk = host_key.display(),
+                    hk = host_key_lines,
                     ak = d.join("authorized_keys").display(),
                     pid = d.join("sshd.pid").display(),
                     fwd = options.allow_streamlocal,
