@@ -380,6 +380,16 @@ fn borg_exit_codes_pass_through() {
     let out = run(&mut f.pull(&["create", "::ok", data.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 
+    // A command killed by a signal on the client: 128 + N, as a shell reports it.
+    let mut args: Vec<OsString> = f
+        .pull(&["-c", "kill -TERM $$"])
+        .get_args()
+        .map(OsStr::to_owned)
+        .collect();
+    args.splice(1..1, ["--remote-borg".into(), "/bin/sh".into()]);
+    let out = run(Command::new(server_bin()).args(&args));
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", describe(&out));
+
     // A relay missing on the client is named before anything is set up there.
     let mut args: Vec<OsString> = f.pull(&["list"]).get_args().map(OsStr::to_owned).collect();
     let i = args.iter().position(|a| a == "--relay").unwrap();
