@@ -348,6 +348,16 @@ fn hostile_names_round_trip_byte_for_byte_with_passphrase() {
     let out = run(&mut cmd2);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(text(&out.stdout), format!("{archive}\n"));
+
+    // The passphrase from the server's BORG_PASSCOMMAND (run on the server).
+    let mut cmd = f.pull(&["list", "--short"]);
+    cmd.env_remove("BORG_PASSPHRASE").env(
+        "BORG_PASSCOMMAND",
+        format!("cat '{}'", f.dir().join("pass").display()),
+    );
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), format!("{archive}\n"));
     f.assert_clean();
 }
 

@@ -132,7 +132,7 @@ impl Sshd {
         }
         let user = login_user();
         let dir = tempfile::Builder::new()
-            .prefix("bp-")
+            .prefix("bpt-")
             .tempdir()
             .expect("temp dir");
         let d = dir.path();
