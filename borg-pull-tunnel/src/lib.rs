@@ -4,7 +4,7 @@
 //! back as an SSH channel and is bridged to a `borg serve --append-only --restrict-to-repo REPO` on
 //! the server ([`borg_pull_core::serve`]).
 //!
-//! - [`pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]).
+//! - [`mod@pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]).
 //! - [`session`]: connect, host key verification, public key authentication, the russh handler.
 //! - [`known_hosts`]: OpenSSH known_hosts matching (plain, `[host]:port`, hashed, wildcards,
 //!   negation, `@revoked`; not `@cert-authority`) and `accept-new` recording.
