@@ -349,6 +349,20 @@ fn hostile_names_round_trip_byte_for_byte_with_passphrase() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(text(&out.stdout), format!("{archive}\n"));
 
+    // Binary output streams through unchanged: extract one file to stdout through pull.
+    let big_in_archive = rel.join("big file");
+    let out = run(&mut f.pull(&[
+        OsString::from("extract"),
+        "--stdout".into(),
+        format!("::{archive}").into(),
+        big_in_archive.into_os_string(),
+    ]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == fs::read(data.join("big file")).unwrap(),
+        "extracted bytes differ"
+    );
+
     // The passphrase from the server's BORG_PASSCOMMAND (run on the server).
     let mut cmd = f.pull(&["list", "--short"]);
     cmd.env_remove("BORG_PASSPHRASE").env(
