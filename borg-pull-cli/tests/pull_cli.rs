@@ -549,6 +549,26 @@ fn forwarding_disabled_names_allow_stream_local_forwarding() {
 }
 
 #[test]
+fn socket_path_too_long_is_diagnosed() {
+    if !pull_available() {
+        return;
+    }
+    let sshd = Sshd::start_with(SshdOptions {
+        long_tmpdir: true,
+        ..Default::default()
+    });
+    let f = Fixture::new(sshd, false);
+    let out = run(&mut f.pull(&["list"]));
+    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("longer than 107 bytes"),
+        "{}",
+        describe(&out)
+    );
+    f.assert_clean();
+}
+
+#[test]
 fn rsa_ecdsa_and_encrypted_identities_log_in() {
     if !pull_available() {
         return;

@@ -26,6 +26,8 @@ pub struct SshdOptions {
     pub client_key_types: Vec<&'static str>,
     /// Passphrase for the client keys ("" for none).
     pub client_key_passphrase: &'static str,
+    /// Make the sessions' TMPDIR so long that a socket path in it cannot be bound.
+    pub long_tmpdir: bool,
 }
 
 impl Default for SshdOptions {
@@ -36,6 +38,7 @@ impl Default for SshdOptions {
             extra_host_key_types: Vec::new(),
             client_key_types: vec!["ed25519"],
             client_key_passphrase: "",
+            long_tmpdir: false,
         }
     }
 }
@@ -160,8 +163,11 @@ impl Sshd {
             client_keys.push(key);
         }
         fs::write(d.join("authorized_keys"), authorized).unwrap();
-        let tmpdir = d.join("tmp");
-        fs::create_dir(&tmpdir).unwrap();
+        let mut tmpdir = d.join("tmp");
+        if options.long_tmpdir {
+            tmpdir = tmpdir.join("x".repeat(100));
+        }
+        fs::create_dir_all(&tmpdir).unwrap();
         chown_to_login_user(&tmpdir);
         let log = d.join("sshd.log");
 
