@@ -460,6 +460,9 @@ pub async fn serve_connections(
 
     drop(listener);
     drop(guard);
+    while let Some(done) = sessions.try_join_next() {
+        log_join(done);
+    }
     let running = sessions.len();
     if running > 0 {
         info!(
