@@ -1,0 +1,142 @@
+//! `borg-pull-server listen`: arguments, signals, and a call to `borg_pull_core::listen`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use borg_pull_core::limits::{DEFAULT_MAX_CONNECTIONS, LISTEN_SHUTDOWN_GRACE};
+use borg_pull_core::listen::{serve_connections, ListenLimits, PrivateListener};
+use borg_pull_core::serve::looks_like_repository;
+use borg_pull_core::ServeConfig;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::UsageError;
+
+/// Arguments of `borg-pull-server listen`.
+///
+/// Clients connect with BORG_RSH="borg-pull-relay --socket PATH" (directly, or through an ssh
+/// forward of PATH) and the URL ssh://borg-pull/REPO. Each connection gets its own
+/// `borg serve --append-only --restrict-to-repo REPO`; nothing a client sends changes these flags.
+#[derive(Debug, clap::Args)]
+pub struct ListenArgs {
+    /// UNIX socket to listen on, e.g. /run/borg-pull/client1.sock.
+    ///
+    /// Its directory is created with mode 0700 if missing (its parent must exist) and refused if
+    /// group or others can write to it; the socket is made 0600. A stale socket is replaced, a live
+    /// one refused. Optional under systemd socket activation (LISTEN_FDS), which provides it.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// The one repository clients may use (absolute path; borg serve --restrict-to-repo).
+    #[arg(long, value_name = "REPO")]
+    repo: PathBuf,
+
+    /// Let clients delete, prune and compact: run borg serve without --append-only.
+    #[arg(long)]
+    allow_delete: bool,
+
+    /// The borg program to run as `borg serve` (looked up on PATH unless it contains a `/`).
+    #[arg(long, value_name = "PATH", default_value = "borg")]
+    borg: PathBuf,
+
+    /// Most borg serve sessions at once; further connections wait until one ends.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
+    max_connections: usize,
+
+    /// Seconds running sessions may continue after SIGINT/SIGTERM before borg serve is killed.
+    /// Keep it below systemd's TimeoutStopSec.
+    #[arg(long, value_name = "SECS", default_value_t = LISTEN_SHUTDOWN_GRACE.as_secs())]
+    shutdown_grace: u64,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a whole number of at least 1, got {s:?}")),
+    }
+}
+
+/// Runs the listener until SIGINT or SIGTERM; `Ok(())` after a clean stop.
+pub fn run(args: ListenArgs) -> anyhow::Result<()> {
+    // First, while single-threaded: this reads and clears LISTEN_FDS/LISTEN_PID.
+    let activated = PrivateListener::from_systemd()?;
+
+    let config = ServeConfig {
+        borg: args.borg,
+        allow_delete: args.allow_delete,
+        ..ServeConfig::new(args.repo)?
+    };
+    let borg = config.find_program()?;
+    tracing::debug!(borg = %borg.display(), "found borg");
+    if !looks_like_repository(&config.repo) {
+        warn!(
+            repo = %config.repo.display(),
+            "not a borg repository (yet); clients get borg's error until `borg init` creates it"
+        );
+    }
+    if config.allow_delete {
+        warn!("--allow-delete: clients may delete archives (borg serve runs without --append-only)");
+    }
+    let limits = ListenLimits {
+        max_connections: args.max_connections,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    };
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        // Signal handlers before the socket exists, so a signal sent once it appears is never fatal.
+        let cancel = CancellationToken::new();
+        watch_signals(cancel.clone())?;
+        let listener = match (activated, args.socket) {
+            (Some(listener), requested) => {
+                if let Some(requested) = requested {
+                    if listener.path() != Some(requested.as_path()) {
+                        warn!(
+                            requested = %requested.display(),
+                            inherited = ?listener.path(),
+                            "--socket differs from the socket systemd passed; using systemd's"
+                        );
+                    }
+                }
+                listener
+            }
+            (None, Some(path)) => PrivateListener::bind(&path)?,
+            (None, None) => {
+                return Err(UsageError(
+                    "no --socket given and no socket passed by systemd (LISTEN_FDS); \
+                     pass --socket /run/borg-pull/NAME.sock"
+                        .into(),
+                )
+                .into())
+            }
+        };
+        info!(
+            repo = %config.repo.display(),
+            append_only = !config.allow_delete,
+            max_connections = limits.max_connections,
+            "serving"
+        );
+        serve_connections(listener, config, limits, cancel).await?;
+        info!("stopped");
+        anyhow::Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Cancels `cancel` on the first SIGINT or SIGTERM.
+fn watch_signals(cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!("{name} received; shutting down");
+        cancel.cancel();
+    });
+    Ok(())
+}
