@@ -1,0 +1,598 @@
+//! `borg-pull-server listen` end to end: the real binary, real borg, and `borg-pull-relay` as the
+//! client's BORG_RSH (URL `ssh://borg-pull/ABS_REPO`), each test in its own temp dir and borg env.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{assert_ok, children_of, process_exists, require_tool, wait_until, Spawned, TestDir};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_borg-pull-server");
+const RELAY: &str = env!("CARGO_BIN_EXE_borg-pull-relay");
+
+/// BORG_RSH for a client of `socket`: our relay.
+///
+/// For debugging the server alone, BORG_PULL_TEST_RSH overrides it (`{socket}` is replaced), e.g.
+/// `BORG_PULL_TEST_RSH="sh -c 'exec socat STDIO UNIX-CONNECT:{socket}'"`.
+fn rsh(socket: &Path) -> String {
+    match std::env::var("BORG_PULL_TEST_RSH") {
+        Ok(template) => template.replace("{socket}", &socket.display().to_string()),
+        Err(_) => format!("'{RELAY}' --socket '{}'", socket.display()),
+    }
+}
+
+fn url(repo: &Path) -> String {
+    format!("ssh://borg-pull{}", repo.display())
+}
+
+/// `borg ARGS` through the server at `socket`.
+fn client<I, S>(t: &TestDir, socket: &Path, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = t.borg(args);
+    cmd.env("BORG_RSH", rsh(socket));
+    cmd
+}
+
+fn server_cmd(t: &TestDir, args: &[&OsStr]) -> Command {
+    let mut cmd = Command::new(SERVER);
+    t.env(&mut cmd).arg("listen").args(args);
+    cmd
+}
+
+/// Starts `borg-pull-server listen --socket SOCKET --repo REPO EXTRA...` and waits until it listens.
+fn start_server(t: &TestDir, socket: &Path, repo: &Path, extra: &[&str]) -> Spawned {
+    let mut args = vec![
+        OsStr::new("--socket"),
+        socket.as_os_str(),
+        OsStr::new("--repo"),
+        repo.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    let log = t.join(format!("server-{}.log", unique()));
+    let mut server = Spawned::spawn(server_cmd(t, &args), log);
+    server.wait_for_socket(socket);
+    server
+}
+
+/// Runs the server with `args`, expecting it to exit by itself; returns its exit code and log.
+fn run_server_to_exit(t: &TestDir, args: &[&OsStr]) -> (Option<i32>, String) {
+    let log = t.join(format!("server-{}.log", unique()));
+    let mut server = Spawned::spawn(server_cmd(t, args), log);
+    let status = server.wait_exit();
+    (status.code(), server.log())
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A repo initialised locally and a socket path in a fresh `run/` dir (created by the server).
+fn setup() -> (TestDir, PathBuf, PathBuf) {
+    let t = TestDir::new();
+    let repo = t.join("repo");
+    t.init_repo(&repo);
+    let socket = t.join("run/borg.sock");
+    (t, repo, socket)
+}
+
+/// Every file under `root`: relative path (raw bytes) -> content (`None` for directories).
+fn tree(root: &Path) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            if path.is_dir() {
+                out.insert(rel, None);
+                walk(root, &path, out);
+            } else {
+                out.insert(rel, Some(fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Files with names that break naive quoting, plus a few hundred KiB of pseudo-random bytes.
+fn make_data(dir: &Path) {
+    fs::create_dir_all(dir.join("sub dir/deeper")).unwrap();
+    let names: &[&[u8]] = &[
+        b"plain.txt",
+        b"with space.txt",
+        b"single'quote",
+        b"double\"quote",
+        b"$(touch PWNED)",
+        b"`touch PWNED2`",
+        b"new\nline",
+        b"non-utf8-\xff\xfe-bytes",
+        b"sub dir/deeper/-leading-dash",
+        b"sub dir/star*and?glob",
+        b"sub dir/back\\slash",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let path = dir.join(OsStr::from_bytes(name));
+        fs::write(&path, format!("file {i}: {}\n", String::from_utf8_lossy(name))).unwrap();
+    }
+    // Deterministic noise, incompressible, several chunks' worth for borg's small-file path.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..300 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(dir.join("sub dir/noise.bin"), noise).unwrap();
+    fs::write(dir.join("empty"), b"").unwrap();
+}
+
+#[test]
+fn create_list_extract_check_round_trip() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let _server = start_server(&t, &socket, &repo, &[]);
+    make_data(&t.join("data"));
+
+    let archive = format!("{}::first", url(&repo));
+    let out = client(&t, &socket, ["create", &archive, "data"])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    assert_ok(&out, "borg create through the server");
+
+    let out = client(&t, &socket, ["list", "--short", &archive])
+        .output()
+        .unwrap();
+    assert_ok(&out, "borg list");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("data/with space.txt"), "{listed}");
+    assert!(listed.contains("data/$(touch PWNED)"), "{listed}");
+
+    let dest = t.join("restore");
+    fs::create_dir(&dest).unwrap();
+    let out = client(&t, &socket, ["extract", &archive])
+        .current_dir(&dest)
+        .output()
+        .unwrap();
+    assert_ok(&out, "borg extract");
+    assert_eq!(
+        tree(&t.join("data")),
+        tree(&dest.join("data")),
+        "extracted tree differs"
+    );
+    assert!(
+        !t.join("PWNED").exists() && !dest.join("PWNED").exists(),
+        "a file name was evaluated"
+    );
+
+    let out = client(&t, &socket, ["check", &url(&repo)]).output().unwrap();
+    assert_ok(&out, "borg check");
+}
+
+#[test]
+fn other_repository_path_is_refused() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let other = t.join("other");
+    t.init_repo(&other);
+    let server = start_server(&t, &socket, &repo, &[]);
+
+    let out = client(&t, &socket, ["list", &url(&other)]).output().unwrap();
+    assert!(!out.status.success(), "listing another repository must fail");
+    assert!(
+        stderr(&out).contains("not allowed"),
+        "borg's error: {}",
+        stderr(&out)
+    );
+    // A path inside the allowed repository is not the repository either.
+    let out = client(&t, &socket, ["init", "-e", "none", &url(&repo.join("nested"))])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "creating a repository below the allowed one must fail"
+    );
+    assert!(!repo.join("nested").exists());
+    // The allowed one still works on the same server.
+    let out = client(&t, &socket, ["list", &url(&repo)]).output().unwrap();
+    assert_ok(&out, "borg list of the allowed repository");
+    drop(server);
+}
+
+/// Relative paths of every file under `repo/data` (borg's segment files).
+fn segments(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in fs::read_dir(repo.join("data")).unwrap() {
+        let dir = dir.unwrap().path();
+        for seg in fs::read_dir(&dir).unwrap() {
+            out.push(seg.unwrap().path().strip_prefix(repo).unwrap().to_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Creates an archive, then deletes it and compacts through the server; returns the segments
+/// before and after.
+fn delete_and_compact(extra: &[&str]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (t, repo, socket) = setup();
+    let _server = start_server(&t, &socket, &repo, extra);
+    make_data(&t.join("data"));
+    let archive = format!("{}::doomed", url(&repo));
+    let out = client(&t, &socket, ["create", &archive, "data"])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    assert_ok(&out, "borg create");
+    let before = segments(&repo);
+
+    let out = client(&t, &socket, ["delete", &archive]).output().unwrap();
+    assert_ok(&out, "borg delete");
+    // In append-only mode borg compact has nothing it may do; its exit status is borg's business.
+    let _ = client(&t, &socket, ["compact", &url(&repo)]).output().unwrap();
+    (before, segments(&repo))
+}
+
+#[test]
+fn append_only_delete_and_compact_remove_no_segment() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (before, after) = delete_and_compact(&[]);
+    assert!(!before.is_empty());
+    let lost: Vec<_> = before.iter().filter(|s| !after.contains(s)).collect();
+    assert!(
+        lost.is_empty(),
+        "append-only server lost segments {lost:?} (after: {after:?})"
+    );
+}
+
+#[test]
+fn allow_delete_lets_compact_free_segments() {
+    if !require_tool("borg") {
+        return;
+    }
+    // The contrast case: proves --allow-delete reaches borg serve (and that the test above can fail).
+    let (before, after) = delete_and_compact(&["--allow-delete"]);
+    let lost: Vec<_> = before.iter().filter(|s| !after.contains(s)).collect();
+    assert!(
+        !lost.is_empty(),
+        "compact freed nothing: before {before:?}, after {after:?}"
+    );
+}
+
+#[test]
+fn four_simultaneous_clients() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let server = start_server(&t, &socket, &repo, &[]);
+    let out = client(&t, &socket, ["create", &format!("{}::a", url(&repo)), "home"])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    assert_ok(&out, "borg create");
+
+    // Four connections held open at once: four borg serve processes at the same time.
+    let held: Vec<UnixStream> = (0..4).map(|_| UnixStream::connect(&socket).unwrap()).collect();
+    wait_until("four borg serve sessions at once", || {
+        children_of(server.pid()).len() == 4
+    });
+    drop(held);
+    wait_until("the four sessions to end", || {
+        children_of(server.pid()).is_empty()
+    });
+
+    // Four real clients at once (borg list takes a shared lock, so they really overlap).
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let log = t.join(format!("client-{i}.log"));
+            Spawned::spawn(client(&t, &socket, ["list", "--short", &url(&repo)]), log)
+        })
+        .collect();
+    for mut c in clients {
+        let status = c.wait_exit();
+        assert!(status.success(), "borg list failed ({status}):\n{}", c.log());
+        assert!(c.log().contains('a'), "{}", c.log());
+    }
+}
+
+#[test]
+fn connections_over_the_limit_wait_for_a_free_slot() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let mut server = start_server(&t, &socket, &repo, &["--max-connections", "1"]);
+    let holder = UnixStream::connect(&socket).unwrap();
+    wait_until("the first session's borg serve", || {
+        children_of(server.pid()).len() == 1
+    });
+    server.wait_for_log("connection limit reached");
+
+    let mut waiting = Spawned::spawn(client(&t, &socket, ["list", &url(&repo)]), t.join("waiting.log"));
+    wait_until("the second client to wait in the backlog", || {
+        common::pending_connections(&socket).is_some_and(|n| n >= 1)
+    });
+    assert!(
+        waiting.is_running(),
+        "the second client must wait: {}",
+        waiting.log()
+    );
+    assert_eq!(
+        children_of(server.pid()).len(),
+        1,
+        "no second borg serve while at the limit"
+    );
+
+    drop(holder);
+    let status = waiting.wait_exit();
+    assert!(
+        status.success(),
+        "the waiting client failed ({status}):\n{}",
+        waiting.log()
+    );
+}
+
+#[test]
+fn sigterm_ends_sessions_removes_socket_and_exits_zero() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let mut server = start_server(&t, &socket, &repo, &["--shutdown-grace", "1"]);
+    // An idle session: borg serve waits for a request that never comes.
+    let _idle = UnixStream::connect(&socket).unwrap();
+    wait_until("the idle session's borg serve", || {
+        children_of(server.pid()).len() == 1
+    });
+    let serve_pid = children_of(server.pid())[0];
+
+    let start = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+    assert!(!socket.exists(), "socket left behind");
+    assert!(
+        !process_exists(serve_pid),
+        "borg serve {serve_pid} was not killed and reaped"
+    );
+    let log = server.log();
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("killing the remaining borg serve"), "{log}");
+}
+
+#[test]
+fn sigint_without_sessions_exits_zero_and_removes_socket() {
+    let t = TestDir::new();
+    let socket = t.join("run/borg.sock");
+    let true_bin = common::find_on_path("true").unwrap();
+    let mut server = start_server(
+        &t,
+        &socket,
+        &t.join("repo"),
+        &["--borg", true_bin.to_str().unwrap()],
+    );
+    server.signal("INT");
+    assert_eq!(server.wait_exit().code(), Some(0), "log:\n{}", server.log());
+    assert!(!socket.exists());
+    assert!(t.join("run").is_dir(), "the directory stays");
+}
+
+#[test]
+fn stale_socket_is_replaced() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    fs::create_dir(t.join("run")).unwrap();
+    fs::set_permissions(t.join("run"), fs::Permissions::from_mode(0o700)).unwrap();
+    drop(UnixListener::bind(&socket).unwrap()); // what a killed server leaves behind
+    assert!(UnixStream::connect(&socket).is_err());
+
+    let server = start_server(&t, &socket, &repo, &[]);
+    assert!(server.log().contains("removed stale socket"), "{}", server.log());
+    let out = client(&t, &socket, ["list", &url(&repo)]).output().unwrap();
+    assert_ok(&out, "borg list after replacing the stale socket");
+}
+
+#[test]
+fn live_socket_is_refused_and_left_alone() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let mut first = start_server(&t, &socket, &repo, &[]);
+    let ino = fs::metadata(&socket).unwrap().ino();
+
+    let args = [os("--socket"), socket.as_os_str(), os("--repo"), repo.as_os_str()];
+    let (code, log) = run_server_to_exit(&t, &args);
+    assert_eq!(code, Some(75), "log:\n{log}");
+    assert!(log.contains("is in use"), "{log}");
+
+    assert_eq!(
+        fs::metadata(&socket).unwrap().ino(),
+        ino,
+        "the first server's socket was touched"
+    );
+    first.assert_running();
+    let out = client(&t, &socket, ["list", &url(&repo)]).output().unwrap();
+    assert_ok(&out, "the first server still serves");
+}
+
+/// Runs the server with `--borg true` (no borg needed) on `socket`; expects exit `code`.
+fn refused(t: &TestDir, socket: &Path, code: i32) -> String {
+    let true_bin = common::find_on_path("true").unwrap();
+    let args = [
+        os("--socket"),
+        socket.as_os_str(),
+        os("--repo"),
+        t.path().as_os_str(),
+        os("--borg"),
+        true_bin.as_os_str(),
+    ];
+    let (got, log) = run_server_to_exit(t, &args);
+    assert_eq!(got, Some(code), "log:\n{log}");
+    log
+}
+
+#[test]
+fn missing_parent_of_socket_dir_is_explained() {
+    let t = TestDir::new();
+    let log = refused(&t, &t.join("no-such-parent/run/borg.sock"), 73);
+    assert!(log.contains("does not exist"), "{log}");
+    assert!(log.contains("tmpfiles.d"), "{log}");
+    assert!(!t.join("no-such-parent").exists(), "parents are not created");
+}
+
+#[test]
+fn group_writable_socket_dir_is_refused() {
+    let t = TestDir::new();
+    let dir = t.join("run");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
+    let log = refused(&t, &dir.join("borg.sock"), 73);
+    assert!(log.contains("writable by group or others"), "{log}");
+    assert!(log.contains("0770"), "{log}");
+    assert!(log.contains(&format!("chmod 700 {}", dir.display())), "{log}");
+    assert!(!dir.join("borg.sock").exists());
+}
+
+#[test]
+fn file_in_the_way_is_refused_and_kept() {
+    let t = TestDir::new();
+    let socket = t.join("borg.sock");
+    fs::write(&socket, b"not a socket").unwrap();
+    let log = refused(&t, &socket, 73);
+    assert!(log.contains("regular file is in the way"), "{log}");
+    assert_eq!(fs::read(&socket).unwrap(), b"not a socket");
+}
+
+#[test]
+fn socket_is_private() {
+    let t = TestDir::new();
+    let socket = t.join("run/borg.sock");
+    let true_bin = common::find_on_path("true").unwrap();
+    let _server = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
+    assert_eq!(fs::metadata(t.join("run")).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(fs::symlink_metadata(&socket).unwrap().mode() & 0o7777, 0o600);
+}
+
+#[test]
+fn usage_errors_exit_64_and_missing_borg_69() {
+    let t = TestDir::new();
+    let sock = t.join("s.sock");
+    let (code, log) = run_server_to_exit(
+        &t,
+        &[os("--socket"), sock.as_os_str(), os("--repo"), os("rel/repo")],
+    );
+    assert_eq!(code, Some(64), "{log}");
+    assert!(log.contains("must be absolute"), "{log}");
+
+    let (code, log) = run_server_to_exit(
+        &t,
+        &[os("--repo"), t.path().as_os_str(), os("--borg"), os("true")],
+    );
+    assert_eq!(code, Some(64), "{log}");
+    assert!(log.contains("no --socket"), "{log}");
+
+    let (code, log) = run_server_to_exit(&t, &[os("--socket"), sock.as_os_str(), os("--repo")]);
+    assert_eq!(code, Some(64), "{log}");
+
+    let args = [
+        os("--socket"),
+        sock.as_os_str(),
+        os("--repo"),
+        t.path().as_os_str(),
+        os("--borg"),
+        os("/nonexistent/borg"),
+    ];
+    let (code, log) = run_server_to_exit(&t, &args);
+    assert_eq!(code, Some(69), "{log}");
+    assert!(log.contains("cannot find borg program"), "{log}");
+    assert!(!sock.exists());
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let out = Command::new(SERVER).args(["listen", "--help"]).output().unwrap();
+    assert_ok(&out, "listen --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Exit codes",
+        "64",
+        "69",
+        "71",
+        "73",
+        "75",
+        "--max-connections",
+        "--allow-delete",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn systemd_socket_activation() {
+    if !require_tool("borg") || !require_tool("systemd-socket-activate") {
+        return;
+    }
+    let (t, repo, _) = setup();
+    let dir = t.join("run");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = dir.join("activated.sock");
+    // systemd-socket-activate binds the socket, waits for the first connection, then execs us with
+    // LISTEN_FDS=1 and the listener on fd 3, like a .socket unit with Accept=no. No --socket given.
+    let mut cmd = Command::new("systemd-socket-activate");
+    t.env(&mut cmd)
+        .arg("-l")
+        .arg(&socket)
+        .arg(SERVER)
+        .args(["listen", "--repo"])
+        .arg(&repo);
+    let mut server = Spawned::spawn(cmd, t.join("activated.log"));
+    server.wait_for_socket(&socket);
+
+    for _ in 0..2 {
+        let out = client(&t, &socket, ["list", &url(&repo)]).output().unwrap();
+        assert_ok(&out, "borg list through the activated server");
+    }
+    server.wait_for_log("listening on socket from systemd");
+    server.signal("TERM");
+    assert_eq!(server.wait_exit().code(), Some(0), "log:\n{}", server.log());
+    assert!(socket.exists(), "the socket belongs to systemd and must stay");
+}
