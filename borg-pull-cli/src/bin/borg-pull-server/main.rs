@@ -28,6 +28,7 @@ mod exit {
     pub const TEMPFAIL: u8 = 75;
 }
 
+/// Exit codes of `listen`, shown in its `--help`.
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
    0  success, including a clean stop on SIGINT/SIGTERM
@@ -43,7 +44,11 @@ Logging goes to stderr; RUST_LOG (e.g. RUST_LOG=debug) overrides -v.";
 
 /// Serve BorgBackup repositories to clients that are backed up in pull mode.
 #[derive(Debug, Parser)]
-#[command(name = "borg-pull-server", version, after_help = EXIT_CODES_HELP)]
+#[command(
+    name = "borg-pull-server",
+    version,
+    after_help = "Each subcommand's --help lists its exit codes (64 is always a usage error)."
+)]
 struct Cli {
     /// More log output: -v for debug, -vv for trace (RUST_LOG overrides).
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -53,6 +58,8 @@ struct Cli {
     command: Command,
 }
 
+/// The subcommands. Each arm of the dispatch in `main` turns its result into an [`ExitCode`]:
+/// `anyhow::Result` through [`finish`], or a subcommand's own exit code.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Listen on a private UNIX socket; run one restricted `borg serve` per connection.
@@ -85,9 +92,13 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(cli.verbose);
-    let result = match cli.command {
-        Command::Listen(args) => listen::run(args),
-    };
+    match cli.command {
+        Command::Listen(args) => finish(listen::run(args)),
+    }
+}
+
+/// Prints an error (whole chain, on stderr) and maps it to the exit code table of `listen`.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
