@@ -29,6 +29,11 @@ fn rsh(socket: &Path) -> String {
     }
 }
 
+/// Runs a client command with the suite's deadline.
+fn run(cmd: &mut Command) -> Output {
+    common::output(cmd)
+}
+
 fn url(repo: &Path) -> String {
     format!("ssh://borg-pull{}", repo.display())
 }
@@ -159,15 +164,10 @@ fn create_list_extract_check_round_trip() {
     make_data(&t.join("data"));
 
     let archive = format!("{}::first", url(&repo));
-    let out = client(&t, &socket, ["create", &archive, "data"])
-        .current_dir(t.path())
-        .output()
-        .unwrap();
+    let out = run(client(&t, &socket, ["create", &archive, "data"]).current_dir(t.path()));
     assert_ok(&out, "borg create through the server");
 
-    let out = client(&t, &socket, ["list", "--short", &archive])
-        .output()
-        .unwrap();
+    let out = run(&mut client(&t, &socket, ["list", "--short", &archive]));
     assert_ok(&out, "borg list");
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("data/with space.txt"), "{listed}");
@@ -175,10 +175,7 @@ fn create_list_extract_check_round_trip() {
 
     let dest = t.join("restore");
     fs::create_dir(&dest).unwrap();
-    let out = client(&t, &socket, ["extract", &archive])
-        .current_dir(&dest)
-        .output()
-        .unwrap();
+    let out = run(client(&t, &socket, ["extract", &archive]).current_dir(&dest));
     assert_ok(&out, "borg extract");
     assert_eq!(
         tree(&t.join("data")),
@@ -190,7 +187,7 @@ fn create_list_extract_check_round_trip() {
         "a file name was evaluated"
     );
 
-    let out = client(&t, &socket, ["check", &url(&repo)]).output().unwrap();
+    let out = run(&mut client(&t, &socket, ["check", &url(&repo)]));
     assert_ok(&out, "borg check");
 }
 
@@ -204,7 +201,7 @@ fn other_repository_path_is_refused() {
     t.init_repo(&other);
     let server = start_server(&t, &socket, &repo, &[]);
 
-    let out = client(&t, &socket, ["list", &url(&other)]).output().unwrap();
+    let out = run(&mut client(&t, &socket, ["list", &url(&other)]));
     assert!(!out.status.success(), "listing another repository must fail");
     assert!(
         stderr(&out).contains("not allowed"),
@@ -212,16 +209,18 @@ fn other_repository_path_is_refused() {
         stderr(&out)
     );
     // A path inside the allowed repository is not the repository either.
-    let out = client(&t, &socket, ["init", "-e", "none", &url(&repo.join("nested"))])
-        .output()
-        .unwrap();
+    let out = run(&mut client(
+        &t,
+        &socket,
+        ["init", "-e", "none", &url(&repo.join("nested"))],
+    ));
     assert!(
         !out.status.success(),
         "creating a repository below the allowed one must fail"
     );
     assert!(!repo.join("nested").exists());
     // The allowed one still works on the same server.
-    let out = client(&t, &socket, ["list", &url(&repo)]).output().unwrap();
+    let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
     assert_ok(&out, "borg list of the allowed repository");
     drop(server);
 }
@@ -246,17 +245,14 @@ fn delete_and_compact(extra: &[&str]) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let _server = start_server(&t, &socket, &repo, extra);
     make_data(&t.join("data"));
     let archive = format!("{}::doomed", url(&repo));
-    let out = client(&t, &socket, ["create", &archive, "data"])
-        .current_dir(t.path())
-        .output()
-        .unwrap();
+    let out = run(client(&t, &socket, ["create", &archive, "data"]).current_dir(t.path()));
     assert_ok(&out, "borg create");
     let before = segments(&repo);
 
-    let out = client(&t, &socket, ["delete", &archive]).output().unwrap();
+    let out = run(&mut client(&t, &socket, ["delete", &archive]));
     assert_ok(&out, "borg delete");
     // In append-only mode borg compact has nothing it may do; its exit status is borg's business.
-    let _ = client(&t, &socket, ["compact", &url(&repo)]).output().unwrap();
+    let _ = run(&mut client(&t, &socket, ["compact", &url(&repo)]));
     (before, segments(&repo))
 }
 
@@ -295,10 +291,8 @@ fn four_simultaneous_clients() {
     }
     let (t, repo, socket) = setup();
     let server = start_server(&t, &socket, &repo, &[]);
-    let out = client(&t, &socket, ["create", &format!("{}::a", url(&repo)), "home"])
-        .current_dir(t.path())
-        .output()
-        .unwrap();
+    let out =
+        run(client(&t, &socket, ["create", &format!("{}::a", url(&repo)), "home"]).current_dir(t.path()));
     assert_ok(&out, "borg create");
 
     // Four connections held open at once: four borg serve processes at the same time.
@@ -425,7 +419,7 @@ fn stale_socket_is_replaced() {
 
     let server = start_server(&t, &socket, &repo, &[]);
     assert!(server.log().contains("removed stale socket"), "{}", server.log());
-    let out = client(&t, &socket, ["list", &url(&repo)]).output().unwrap();
+    let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
     assert_ok(&out, "borg list after replacing the stale socket");
 }
 
@@ -449,7 +443,7 @@ fn live_socket_is_refused_and_left_alone() {
         "the first server's socket was touched"
     );
     first.assert_running();
-    let out = client(&t, &socket, ["list", &url(&repo)]).output().unwrap();
+    let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
     assert_ok(&out, "the first server still serves");
 }
 
@@ -548,7 +542,7 @@ fn usage_errors_exit_64_and_missing_borg_69() {
 
 #[test]
 fn help_documents_exit_codes() {
-    let out = Command::new(SERVER).args(["listen", "--help"]).output().unwrap();
+    let out = run(Command::new(SERVER).args(["listen", "--help"]));
     assert_ok(&out, "listen --help");
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
@@ -588,7 +582,7 @@ fn systemd_socket_activation() {
     server.wait_for_socket(&socket);
 
     for _ in 0..2 {
-        let out = client(&t, &socket, ["list", &url(&repo)]).output().unwrap();
+        let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
         assert_ok(&out, "borg list through the activated server");
     }
     server.wait_for_log("listening on socket from systemd");

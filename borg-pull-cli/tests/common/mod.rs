@@ -107,8 +107,50 @@ impl TestDir {
 
     /// `borg init -e none REPO`, locally; panics on failure.
     pub fn init_repo(&self, repo: &Path) {
-        let out = self.borg(["init", "-e", "none"]).arg(repo).output().unwrap();
+        let out = output(self.borg(["init", "-e", "none"]).arg(repo));
         assert_ok(&out, "borg init");
+    }
+}
+
+/// Runs `cmd` to completion like [`Command::output`], but kills it and panics (with what it printed)
+/// if it takes longer than [`DEADLINE`]: a hang fails the test instead of stalling the suite.
+pub fn output(cmd: &mut Command) -> Output {
+    use std::io::Read;
+    let name = format!("{:?} {:?}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>());
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {name}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err.join().unwrap_or_default();
+            panic!(
+                "{name} did not finish within {DEADLINE:?}; killed. stderr:\n{}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
 }
 
