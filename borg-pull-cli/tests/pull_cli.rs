@@ -549,6 +549,27 @@ fn forwarding_disabled_names_allow_stream_local_forwarding() {
 }
 
 #[test]
+fn forwarded_connections_are_bounded() {
+    if !pull_available() {
+        return;
+    }
+    let f = Fixture::new(Sshd::start(), false);
+    // Six relays at once, each holding its connection open for a while.
+    let script = r#"for i in 1 2 3 4 5 6; do (sleep 3 | eval "exec $BORG_RSH" >/dev/null 2>&1) & done; wait"#;
+    let mut args: Vec<OsString> = f.pull(&["-c", script]).get_args().map(OsStr::to_owned).collect();
+    args.splice(1..1, ["--remote-borg".into(), "/bin/sh".into()]);
+    let out = run(Command::new(server_bin())
+        .args(&args)
+        .env("BORG_BASE_DIR", &f.server_base));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let refused = text(&out.stderr)
+        .matches("refusing a forwarded connection")
+        .count();
+    assert_eq!(refused, 2, "{}", describe(&out));
+    f.assert_clean();
+}
+
+#[test]
 fn socket_path_too_long_is_diagnosed() {
     if !pull_available() {
         return;

@@ -15,7 +15,7 @@
 //! directory remains, which never blocks the next run. `PR_SET_PDEATHSIG` on `borg serve` (in
 //! borg-pull-core) would add a hard kill for a `borg serve` stuck in a write; not needed so far.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::error::ForwardDenial;
 use crate::exec::{capture, shell_quote};
-use crate::limits::{MAX_SOCKET_PATH, REMOTE_HELPER_TIMEOUT};
+use crate::limits::{MAX_FORWARDED_CONNECTIONS, MAX_SOCKET_PATH, REMOTE_HELPER_TIMEOUT};
 use crate::session::Session;
 use crate::{Error, Result};
 
@@ -82,6 +82,12 @@ impl Forwarder {
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return;
         }
+        if self.totals.active.fetch_add(1, Ordering::SeqCst) >= MAX_FORWARDED_CONNECTIONS {
+            self.totals.active.fetch_sub(1, Ordering::SeqCst);
+            warn!("refusing a forwarded connection: {MAX_FORWARDED_CONNECTIONS} already open");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return;
+        }
         reply.accept().await;
         let n = self.totals.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let serve = self.serve.clone();
@@ -103,6 +109,7 @@ impl Forwarder {
                     }
                     Err(e) => warn!("forwarded connection failed: {e:#}"),
                 }
+                totals.active.fetch_sub(1, Ordering::SeqCst);
             }
             .instrument(span),
         );
@@ -140,6 +147,7 @@ impl Forwarder {
 
 #[derive(Default)]
 struct Totals {
+    active: AtomicUsize,
     connections: AtomicU64,
     to_serve: AtomicU64,
     from_serve: AtomicU64,

@@ -56,5 +56,13 @@ pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// its channel is closed.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
+/// Most forwarded connections (each with its own `borg serve`) bridged at once; more are refused.
+///
+/// borg opens one connection per repository, so a pull needs one; the margin covers a borg that
+/// reconnects before the old bridge has wound down. Anything on the client that can reach the
+/// socket (only the login user: the directory is 0700) cannot start an unbounded number of
+/// `borg serve` processes on the server.
+pub const MAX_FORWARDED_CONNECTIONS: usize = 4;
+
 /// Longest path of a UNIX socket on Linux (`sun_path` is 108 bytes including the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
