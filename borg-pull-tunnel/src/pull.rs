@@ -1,4 +1,22 @@
 //! One whole pull: connect, private socket directory, forward, run borg, clean up.
+//!
+//! 1. Connect, verify the host key against known_hosts (refused before anything runs on the
+//!    client), authenticate with the identity ([`crate::session`]).
+//! 2. On the client: check that the relay and borg exist, then `mktemp -d` with umask 077 under
+//!    `${TMPDIR:-/tmp}`; the socket is `DIR/borg.sock`, so runs never collide and a run killed
+//!    with SIGKILL leaves at most a dead socket in its own directory.
+//! 3. `streamlocal-forward@openssh.com` for that socket; a refusal is diagnosed on the client
+//!    ([`crate::forward`]). Each forwarded connection is bridged to its own `borg serve` here.
+//! 4. Run `borg BORG_ARGS` on the client ([`borg_command`]); the passphrase (if any) is its first
+//!    stdin line, never an argv or a file. Its stdout/stderr stream to ours; we wait for the
+//!    channel to close, not just for the exit status.
+//! 5. Clean up on every path (success, failure, Ctrl-C): cancel the forward, let the bridges drain
+//!    (or stop them, killing and reaping `borg serve`), `rm -rf` the directory, disconnect.
+//!
+//! What the client can do: talk borg's protocol to a `borg serve --append-only
+//! --restrict-to-repo REPO` (flags fixed here), at most
+//! [`MAX_FORWARDED_CONNECTIONS`](crate::limits::MAX_FORWARDED_CONNECTIONS) at once. It cannot open
+//! other channels to us (refused), and nothing it prints is interpreted.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
