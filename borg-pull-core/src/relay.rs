@@ -229,7 +229,7 @@ impl Half {
     fn run(self) -> Result<u64> {
         let to_socket = is_socket(self.to.as_fd());
         let mut moved = 0;
-        let result = copy(self.from.as_fd(), self.to.as_fd(), &mut moved);
+        let result = copy(self.from.as_fd(), self.to.as_fd(), to_socket, &mut moved);
         if to_socket {
             // ENOTCONN: the peer is already gone, which is what we wanted to tell it.
             let _ = rustix::net::shutdown(&self.to, Shutdown::Write);
@@ -249,8 +249,8 @@ impl Half {
 }
 
 /// Moves bytes until EOF, by splice(2) where the kernel allows it, else through a buffer.
-fn copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, moved: &mut u64) -> io::Result<()> {
-    if tuning().splice {
+fn copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>, to_socket: bool, moved: &mut u64) -> io::Result<()> {
+    if tuning().splice == 2 || (tuning().splice == 1 && to_socket) {
         match splice_all(from, to, moved) {
             // Neither side is a pipe (or the file type cannot splice): nothing was moved by the
             // failed call, so the buffered copy can take over where splice stopped.
@@ -319,17 +319,21 @@ fn wait(fd: BorrowedFd<'_>, flags: PollFlags) -> rustix::io::Result<()> {
     }
 }
 
-// TEMPORARY (benchmarking only, removed once measured): BORG_PULL_RELAY_SPLICE=0 and
+// TEMPORARY (benchmarking only, removed once measured): BORG_PULL_RELAY_SPLICE=0|1|2 (off, only
+// into sockets, both ways) and
 // BORG_PULL_RELAY_BUFFER=N select the variant under test.
 struct Tuning {
-    splice: bool,
+    splice: u8,
     buffer: usize,
 }
 
 fn tuning() -> &'static Tuning {
     static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
     TUNING.get_or_init(|| Tuning {
-        splice: std::env::var("BORG_PULL_RELAY_SPLICE").map_or(true, |v| v != "0"),
+        splice: std::env::var("BORG_PULL_RELAY_SPLICE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         buffer: std::env::var("BORG_PULL_RELAY_BUFFER")
             .ok()
             .and_then(|v| v.parse().ok())
