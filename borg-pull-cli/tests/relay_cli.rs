@@ -1,0 +1,276 @@
+//! The real `borg-pull-relay` binary: exit codes and the one-line errors, byte-exact relaying with
+//! the argv borg appends, and real borg through it.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+const RELAY: &str = env!("CARGO_BIN_EXE_borg-pull-relay");
+/// Upper bound for one command (borg commands included); a hang fails the test.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `command` with `stdin` fed on a thread, failing the test if it outlives the deadline.
+fn run(mut command: Command, stdin: Vec<u8>) -> Output {
+    let described = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {described}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let (done, output) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match output.recv_timeout(DEADLINE) {
+        Ok(output) => output.unwrap(),
+        Err(_) => panic!("{described} did not finish within {DEADLINE:?}"),
+    }
+}
+
+fn relay(socket: &Path, ssh_args: &[&str]) -> Command {
+    let mut command = Command::new(RELAY);
+    command
+        .arg("--socket")
+        .arg(socket)
+        .args(ssh_args)
+        .env_remove("BORG_PULL_SOCKET");
+    command
+}
+
+fn stderr_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A failed connection: exit 255 (as ssh), nothing on stdout, one stderr line naming the socket.
+fn assert_one_line_failure(output: &Output, socket: &Path, hint: &str) {
+    let lines = stderr_lines(output);
+    assert_eq!(output.status.code(), Some(255), "stderr: {lines:?}");
+    assert!(
+        output.stdout.is_empty(),
+        "stdout must stay clean: {:?}",
+        output.stdout
+    );
+    assert_eq!(lines.len(), 1, "exactly one line expected: {lines:?}");
+    assert!(lines[0].contains(&*socket.to_string_lossy()), "{lines:?}");
+    assert!(lines[0].contains(hint), "{lines:?}");
+}
+
+#[test]
+fn missing_socket_fails_with_one_line_and_255() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("x.sock");
+    let output = run(relay(&socket, &["-p", "22", "u@h", "borg", "serve"]), Vec::new());
+    assert_one_line_failure(&output, &socket, "is borg-pull-server listening");
+}
+
+#[test]
+fn stale_socket_fails_with_one_line_and_255() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("x.sock");
+    drop(UnixListener::bind(&socket).unwrap());
+    let output = run(relay(&socket, &["h", "borg", "serve"]), Vec::new());
+    assert_one_line_failure(&output, &socket, "stale socket");
+}
+
+#[test]
+fn not_a_socket_fails_with_one_line_and_255() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("x.sock");
+    std::fs::write(&socket, b"").unwrap();
+    let output = run(relay(&socket, &["h"]), Vec::new());
+    assert_one_line_failure(&output, &socket, "not a socket");
+}
+
+/// Serves one connection: reads everything, then answers with `reply(everything)` and closes, the
+/// way borg serve answers the request it got just before the client's EOF.
+fn serve_once(socket: &Path, reply: fn(Vec<u8>) -> Vec<u8>) -> thread::JoinHandle<()> {
+    let listener = UnixListener::bind(socket).unwrap();
+    thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        stream.read_to_end(&mut request).unwrap();
+        stream.write_all(&reply(request)).unwrap();
+    })
+}
+
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[test]
+fn relays_byte_exact_and_keeps_logs_off_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("x.sock");
+    let server = serve_once(&socket, |request| request);
+    let borg_1_2_argv = [
+        "-p",
+        "2222",
+        "-oBatchMode=yes",
+        "-4",
+        "borg@backup-host",
+        "borg",
+        "serve",
+        "--umask=077",
+        "--debug",
+    ];
+    let mut command = relay(&socket, &borg_1_2_argv);
+    command.env("BORG_PULL_LOG", "debug");
+    let input = payload(3 << 20);
+    let output = run(command, input.clone());
+    server.join().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {:?}",
+        stderr_lines(&output)
+    );
+    assert!(
+        output.stdout == input,
+        "stdout differs from what the server sent (log lines on stdout?)"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("relay done"),
+        "debug logs go to stderr"
+    );
+}
+
+#[test]
+fn socket_from_env_and_borg_2_argv() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("x.sock");
+    let server = serve_once(&socket, |request| {
+        format!("{} bytes\n", request.len()).into_bytes()
+    });
+    let mut command = Command::new(RELAY);
+    command.args(["host", "borg", "serve", "--rest", "--backend", "FILE:/srv/repo"]);
+    command.env("BORG_PULL_SOCKET", &socket);
+    let output = run(command, b"hello".to_vec());
+    server.join().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {:?}",
+        stderr_lines(&output)
+    );
+    assert_eq!(output.stdout, b"5 bytes\n");
+    assert!(
+        output.stderr.is_empty(),
+        "quiet by default: {:?}",
+        stderr_lines(&output)
+    );
+}
+
+#[test]
+fn server_closing_early_ends_the_relay_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("x.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(b"bye").unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let output = run(relay(&socket, &["h"]), b"still sending".to_vec());
+    assert_eq!(server.join().unwrap(), b"still sending");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {:?}",
+        stderr_lines(&output)
+    );
+    assert_eq!(output.stdout, b"bye");
+}
+
+/// `borg`, or `None` when it is missing and the test may be skipped.
+fn borg_or_skip(test: &str) -> Option<()> {
+    let found = Command::new("borg")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("BORG_PULL_REQUIRE_DEPS").is_none_or(|v| v != "1"),
+            "borg is not installed but BORG_PULL_REQUIRE_DEPS=1"
+        );
+        eprintln!("note: {test} skipped: borg is not installed");
+    }
+    found.then_some(())
+}
+
+/// A stand-in for borg-pull-server: one `borg serve --restrict-to-repo REPO` per connection, with
+/// the connection as its stdin and stdout.
+fn borg_serve_listener(socket: &Path, repo: &Path, env: Vec<(&'static str, PathBuf)>) {
+    let listener = UnixListener::bind(socket).unwrap();
+    let repo = repo.to_path_buf();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let stream: UnixStream = stream.unwrap();
+            let stdin = OwnedFd::from(stream.try_clone().unwrap());
+            let mut child = Command::new("borg")
+                .args(["serve", "--restrict-to-repo"])
+                .arg(&repo)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(stdin)
+                .stdout(OwnedFd::from(stream))
+                .spawn()
+                .unwrap();
+            thread::spawn(move || child.wait());
+        }
+    });
+}
+
+#[test]
+fn real_borg_init_create_list_through_the_relay() {
+    if borg_or_skip("real_borg_init_create_list_through_the_relay").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (home, socket, repo, data) = (
+        dir.path().join("home"),
+        dir.path().join("s.sock"),
+        dir.path().join("repo"),
+        dir.path().join("data"),
+    );
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/file.bin"), payload(2 << 20)).unwrap();
+    let env = vec![("HOME", home.clone()), ("BORG_BASE_DIR", home.clone())];
+    borg_serve_listener(&socket, &repo, env.clone());
+    let url = format!("ssh://borg-server{}", repo.display());
+    let borg = |args: &[&str]| {
+        let mut command = Command::new("borg");
+        command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("BORG_RSH", format!("{RELAY} --socket {}", socket.display()))
+            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+            .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
+            .current_dir(dir.path());
+        let output = run(command, Vec::new());
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "borg {args:?} failed: {stderr}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    borg(&["init", "-e", "none", &url]);
+    borg(&["create", &format!("{url}::first"), "data"]);
+    let archives = borg(&["list", "--short", &url]);
+    assert_eq!(archives.trim(), "first");
+    let files = borg(&["list", "--short", &format!("{url}::first")]);
+    assert!(files.lines().any(|l| l == "data/sub/file.bin"), "{files}");
+}
