@@ -114,10 +114,15 @@ impl TestDir {
 
 /// Runs `cmd` to completion like [`Command::output`], but kills it and panics (with what it printed)
 /// if it takes longer than [`DEADLINE`]: a hang fails the test instead of stalling the suite.
+///
+/// The command runs in its own process group, so a timeout also kills what it started (borg's
+/// BORG_RSH process).
 pub fn output(cmd: &mut Command) -> Output {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
     let name = format!("{:?} {:?}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>());
     let mut child = cmd
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -137,6 +142,9 @@ pub fn output(cmd: &mut Command) -> Output {
             break status;
         }
         if start.elapsed() > DEADLINE {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
             let stderr = err.join().unwrap_or_default();
