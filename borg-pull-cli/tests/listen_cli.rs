@@ -590,3 +590,29 @@ fn systemd_socket_activation() {
     assert_eq!(server.wait_exit().code(), Some(0), "log:\n{}", server.log());
     assert!(socket.exists(), "the socket belongs to systemd and must stay");
 }
+
+#[test]
+fn borg_serve_stderr_is_logged_line_by_line() {
+    let t = TestDir::new();
+    // A stand-in for borg that complains on stderr, like borg serve does about a broken repository.
+    let fake = t.join("fake-borg");
+    fs::write(
+        &fake,
+        "#!/bin/sh\necho 'first complaint' >&2\necho 'second: $*' >&2\nexec cat\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = t.join("run/borg.sock");
+    let mut server = start_server(&t, &socket, t.path(), &["--borg", fake.to_str().unwrap()]);
+    let conn = UnixStream::connect(&socket).unwrap();
+    server.wait_for_log("first complaint");
+    server.wait_for_log("second: $*");
+    drop(conn);
+    server.wait_for_log("session ended");
+    let log = server.log();
+    let line = log.lines().find(|l| l.contains("first complaint")).unwrap();
+    assert!(
+        line.contains("session{id=1"),
+        "logged in the session's span: {line}"
+    );
+}
