@@ -53,7 +53,10 @@ pub enum Error {
         parent: PathBuf,
     },
     /// Creating, inspecting or fixing the socket's directory failed.
-    #[error("cannot prepare socket directory {dir:?}: {source}")]
+    #[error(
+        "cannot prepare socket directory {dir:?}: {source} (the user running borg-pull-server must be \
+         able to create it and read its attributes)"
+    )]
     SocketDirIo {
         /// The socket's directory.
         dir: PathBuf,
@@ -120,7 +123,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Binding the socket or setting its mode failed.
-    #[error("cannot listen on socket {path:?}: {source}")]
+    #[error(
+        "cannot listen on socket {path:?}: {source} (its directory must belong to the user running \
+         borg-pull-server)"
+    )]
     SocketBind {
         /// The socket path.
         path: PathBuf,
