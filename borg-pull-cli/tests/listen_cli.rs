@@ -616,3 +616,24 @@ fn borg_serve_stderr_is_logged_line_by_line() {
         "logged in the session's span: {line}"
     );
 }
+
+#[test]
+fn socket_activation_with_accept_yes_is_refused() {
+    if !require_tool("systemd-socket-activate") {
+        return;
+    }
+    let t = TestDir::new();
+    let socket = t.join("accept.sock");
+    let true_bin = common::find_on_path("true").unwrap();
+    // --accept hands each *connection* to a new process, like Accept=yes: not a listener for us.
+    let mut cmd = Command::new("systemd-socket-activate");
+    t.env(&mut cmd).arg("--accept").arg("-l").arg(&socket).arg(SERVER);
+    cmd.args(["listen", "--repo"])
+        .arg(t.path())
+        .arg("--borg")
+        .arg(&true_bin);
+    let mut activator = Spawned::spawn(cmd, t.join("accept.log"));
+    activator.wait_for_socket(&socket);
+    activator.wait_for_log("died with code 71");
+    assert!(activator.log().contains("Accept=no"), "{}", activator.log());
+}

@@ -135,8 +135,8 @@ pub enum Error {
     },
     /// `LISTEN_FDS` was set but the inherited file descriptor is not a UNIX stream listener.
     #[error(
-        "systemd passed a socket (LISTEN_FDS) that is not a usable UNIX stream listener: {source} \
-         (use ListenStream=/path/to.sock in the .socket unit)"
+        "systemd passed a socket (LISTEN_FDS) that borg-pull-server cannot accept connections on: \
+         {source} (the .socket unit needs ListenStream=/path/to.sock and Accept=no)"
     )]
     SystemdSocket {
         /// Why the inherited descriptor was rejected.

@@ -177,6 +177,15 @@ impl PrivateListener {
         else {
             return Ok(None);
         };
+        // A connected socket (a .socket unit with Accept=yes) passes the type check but cannot accept.
+        if !rustix::net::sockopt::socket_acceptconn(&listener).unwrap_or(true) {
+            return Err(Error::SystemdSocket {
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "it is a single connection, not a listening socket",
+                ),
+            });
+        }
         listener
             .set_nonblocking(true)
             .map_err(|source| Error::SystemdSocket { source })?;
