@@ -227,3 +227,43 @@ impl AsyncWrite for ClosingWriter {
 pub fn looks_like_repository(repo: &Path) -> bool {
     repo.join("config").is_file() && repo.join("data").is_dir()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_borg(borg: &str) -> ServeConfig {
+        ServeConfig {
+            borg: PathBuf::from(borg),
+            ..ServeConfig::new("/srv/repo").unwrap()
+        }
+    }
+
+    #[test]
+    fn find_program_on_path_and_by_path() {
+        // `sh` is on PATH on every system these tests run on.
+        let found = with_borg("sh").find_program().unwrap();
+        assert!(found.is_absolute() && found.ends_with("sh"), "{found:?}");
+        assert_eq!(with_borg("/bin/sh").find_program().unwrap(), Path::new("/bin/sh"));
+    }
+
+    #[test]
+    fn find_program_rejects_missing_and_non_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("borg");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap(); // not executable (mode 0644 or less)
+        let plain = plain.to_str().unwrap();
+        for bad in ["", "no-such-borg-xyz", "/nonexistent/borg", plain, "/"] {
+            let err = with_borg(bad).find_program().unwrap_err();
+            assert!(matches!(err, Error::BorgNotFound { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains("--borg"), "{err}");
+        }
+    }
+
+    #[test]
+    fn allow_delete_only_drops_append_only() {
+        let mut config = with_borg("borg");
+        config.allow_delete = true;
+        assert_eq!(config.args(), ["serve", "--restrict-to-repo", "/srv/repo"]);
+    }
+}
