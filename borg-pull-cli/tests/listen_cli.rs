@@ -66,7 +66,9 @@ fn start_server(t: &TestDir, socket: &Path, repo: &Path, extra: &[&str]) -> Spaw
     args.extend(extra.iter().map(OsStr::new));
     let log = t.join(format!("server-{}.log", unique()));
     let mut server = Spawned::spawn(server_cmd(t, &args), log);
-    server.wait_for_socket(socket);
+    // Not a probe connection: that would start a borg serve session of its own. The server logs
+    // "listening" once the socket is bound, 0600, and its signal handlers are in place.
+    server.wait_for_log("listening");
     server
 }
 
@@ -390,6 +392,38 @@ fn sigterm_ends_sessions_removes_socket_and_exits_zero() {
 }
 
 #[test]
+fn second_signal_stops_sessions_at_once() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    // The default grace period (30 s) would outlast this test's patience.
+    let mut server = start_server(&t, &socket, &repo, &[]);
+    let _idle = UnixStream::connect(&socket).unwrap();
+    wait_until("the idle session's borg serve", || {
+        children_of(server.pid()).len() == 1
+    });
+    let serve_pid = children_of(server.pid())[0];
+
+    let start = Instant::now();
+    server.signal("INT");
+    server.wait_for_log("waiting for running sessions");
+    server.signal("INT");
+    assert_eq!(server.wait_exit().code(), Some(0), "log:\n{}", server.log());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(server.log().contains("shutdown forced"), "{}", server.log());
+    assert!(!socket.exists());
+    assert!(
+        !process_exists(serve_pid),
+        "borg serve {serve_pid} was not killed and reaped"
+    );
+}
+
+#[test]
 fn sigint_without_sessions_exits_zero_and_removes_socket() {
     let t = TestDir::new();
     let socket = t.join("run/borg.sock");
@@ -612,7 +646,7 @@ fn borg_serve_stderr_is_logged_line_by_line() {
     let log = server.log();
     let line = log.lines().find(|l| l.contains("first complaint")).unwrap();
     assert!(
-        line.contains("session{id=1"),
+        line.contains("session{id="),
         "logged in the session's span: {line}"
     );
 }

@@ -408,6 +408,18 @@ pub async fn serve_connections(
     limits: ListenLimits,
     cancel: CancellationToken,
 ) -> Result<()> {
+    serve_connections_with_abort(listener, config, limits, cancel, CancellationToken::new()).await
+}
+
+/// [`serve_connections`], where `abort` cuts the shutdown grace period short: once both `cancel`
+/// and `abort` are cancelled, running sessions are killed at once (e.g. a second Ctrl-C).
+pub async fn serve_connections_with_abort(
+    listener: PrivateListener,
+    config: ServeConfig,
+    limits: ListenLimits,
+    cancel: CancellationToken,
+    abort: CancellationToken,
+) -> Result<()> {
     let PrivateListener {
         listener,
         path,
@@ -482,13 +494,19 @@ pub async fn serve_connections(
     } else {
         info!("stopped accepting");
     }
-    if tokio::time::timeout(limits.shutdown_grace, drain(&mut sessions))
-        .await
-        .is_err()
-    {
+    let finished = tokio::select! {
+        r = tokio::time::timeout(limits.shutdown_grace, drain(&mut sessions)) => r.is_ok(),
+        () = abort.cancelled() => false,
+    };
+    if !finished {
+        let why = if abort.is_cancelled() {
+            "shutdown forced"
+        } else {
+            "grace period over"
+        };
         warn!(
             sessions = sessions.len(),
-            "grace period over; killing the remaining borg serve sessions"
+            "{why}; killing the remaining borg serve sessions"
         );
         sessions_cancel.cancel();
         drain(&mut sessions).await;

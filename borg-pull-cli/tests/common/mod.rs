@@ -235,10 +235,21 @@ impl Spawned {
         });
     }
 
-    /// Waits (with [`DEADLINE`]) until the log contains `needle`.
+    /// Waits (with [`DEADLINE`]) until the log contains `needle`; fails fast (with the log) if the
+    /// child exits without writing it.
     pub fn wait_for_log(&mut self, needle: &str) {
         let start = Instant::now();
         while !self.log().contains(needle) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                if self.log().contains(needle) {
+                    break;
+                }
+                panic!(
+                    "{} exited ({status}) before logging {needle:?}; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
             assert!(
                 start.elapsed() < DEADLINE,
                 "timed out waiting for {needle:?} in the log of {}:\n{}",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use borg_pull_core::limits::{DEFAULT_MAX_CONNECTIONS, LISTEN_SHUTDOWN_GRACE};
-use borg_pull_core::listen::{serve_connections, ListenLimits, PrivateListener};
+use borg_pull_core::listen::{serve_connections_with_abort, ListenLimits, PrivateListener};
 use borg_pull_core::serve::looks_like_repository;
 use borg_pull_core::ServeConfig;
 use tokio::signal::unix::{signal, SignalKind};
@@ -45,8 +45,8 @@ pub struct ListenArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
     max_connections: usize,
 
-    /// Seconds running sessions may continue after SIGINT/SIGTERM before borg serve is killed.
-    /// Keep it below systemd's TimeoutStopSec.
+    /// Seconds running sessions may continue after SIGINT/SIGTERM before borg serve is killed
+    /// (a second signal kills them at once). Keep it below systemd's TimeoutStopSec.
     #[arg(long, value_name = "SECS", default_value_t = LISTEN_SHUTDOWN_GRACE.as_secs())]
     shutdown_grace: u64,
 }
@@ -88,7 +88,8 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         // Signal handlers before the socket exists, so a signal sent once it appears is never fatal.
         let cancel = CancellationToken::new();
-        watch_signals(cancel.clone())?;
+        let abort = CancellationToken::new();
+        watch_signals(cancel.clone(), abort.clone())?;
         let listener = match (activated, args.socket) {
             (Some(listener), requested) => {
                 if let Some(requested) = requested {
@@ -118,7 +119,7 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
             max_connections = limits.max_connections,
             "serving"
         );
-        serve_connections(listener, config, limits, cancel).await?;
+        serve_connections_with_abort(listener, config, limits, cancel, abort).await?;
         info!("stopped");
         anyhow::Ok(())
     });
@@ -126,17 +127,23 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
     result
 }
 
-/// Cancels `cancel` on the first SIGINT or SIGTERM.
-fn watch_signals(cancel: CancellationToken) -> anyhow::Result<()> {
+/// Cancels `cancel` on the first SIGINT or SIGTERM (graceful stop) and `abort` on the second
+/// (kill running sessions now).
+fn watch_signals(cancel: CancellationToken, abort: CancellationToken) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
     tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        info!("{name} received; shutting down");
-        cancel.cancel();
+        for (token, what) in [
+            (cancel, "shutting down (again to stop running sessions now)"),
+            (abort, "stopping running sessions now"),
+        ] {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            info!("{name} received; {what}");
+            token.cancel();
+        }
     });
     Ok(())
 }
