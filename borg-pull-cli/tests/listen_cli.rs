@@ -317,7 +317,11 @@ fn four_simultaneous_clients() {
     for mut c in clients {
         let status = c.wait_exit();
         assert!(status.success(), "borg list failed ({status}):\n{}", c.log());
-        assert!(c.log().contains('a'), "{}", c.log());
+        assert!(
+            c.log().lines().any(|l| l.trim() == "a"),
+            "archive a not listed: {}",
+            c.log()
+        );
     }
 }
 
@@ -335,9 +339,14 @@ fn connections_over_the_limit_wait_for_a_free_slot() {
     server.wait_for_log("connection limit reached");
 
     let mut waiting = Spawned::spawn(client(&t, &socket, ["list", &url(&repo)]), t.join("waiting.log"));
-    wait_until("the second client to wait in the backlog", || {
-        common::pending_connections(&socket).is_some_and(|n| n >= 1)
-    });
+    if common::optional_tool("ss") {
+        wait_until("the second client to wait in the backlog", || {
+            common::pending_connections(&socket).is_some_and(|n| n >= 1)
+        });
+    } else {
+        // Without ss the backlog is invisible: give the client a bounded moment to get there.
+        std::thread::sleep(Duration::from_secs(2));
+    }
     assert!(
         waiting.is_running(),
         "the second client must wait: {}",
@@ -595,7 +604,7 @@ fn help_documents_exit_codes() {
 
 #[test]
 fn systemd_socket_activation() {
-    if !require_tool("borg") || !require_tool("systemd-socket-activate") {
+    if !require_tool("borg") || !common::optional_tool("systemd-socket-activate") {
         return;
     }
     let (t, repo, _) = setup();
@@ -653,7 +662,7 @@ fn borg_serve_stderr_is_logged_line_by_line() {
 
 #[test]
 fn socket_activation_with_accept_yes_is_refused() {
-    if !require_tool("systemd-socket-activate") {
+    if !common::optional_tool("systemd-socket-activate") {
         return;
     }
     let t = TestDir::new();
