@@ -408,3 +408,27 @@ mod connect_errors {
         assert_eq!(&byte, b"x");
     }
 }
+
+#[test]
+fn files_take_the_blocking_thread_path() {
+    // Regular files are neither pipes nor sockets, so both directions run on blocking threads.
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    let request = payload(BIG, 5);
+    std::fs::write(&input, &request).unwrap();
+    let (mut b, b_end) = endpoint(Kind::Socket, "b", false);
+    let a_end = Endpoint::new("a", File::open(&input).unwrap(), File::create(&output).unwrap());
+    let relay = thread::spawn(move || copy_bidirectional(a_end, b_end));
+    assert!(b.read_to_end() == request, "file -> socket bytes differ");
+    b.write(b"reply after EOF").unwrap();
+    b.close_write();
+    let stats = relay.join().unwrap().unwrap();
+    assert_eq!(
+        stats,
+        RelayStats {
+            a_to_b: BIG as u64,
+            b_to_a: 15
+        }
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), b"reply after EOF");
+}
