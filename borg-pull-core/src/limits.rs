@@ -37,3 +37,9 @@ pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(200);
 /// empties a full stdin pipe per read. 16 KiB lost a third of the throughput; 256 KiB was slower
 /// in the poll loop (1805 vs 2303 MB/s) and 256 KiB / 1 MiB within the noise with threads.
 pub const RELAY_COPY_BUFFER: usize = 64 * 1024;
+
+/// listen(2) backlog of `borg-pull-server listen`: connections the kernel queues unaccepted.
+///
+/// Clients beyond `--max-connections` wait here until a session ends; 128 (the traditional
+/// SOMAXCONN, and what std's `UnixListener::bind` used) is far more than borg clients ever queue.
+pub const LISTEN_BACKLOG: i32 = 128;

@@ -41,7 +41,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::limits::{ACCEPT_ERROR_BACKOFF, DEFAULT_MAX_CONNECTIONS, LISTEN_SHUTDOWN_GRACE};
+use crate::limits::{ACCEPT_ERROR_BACKOFF, DEFAULT_MAX_CONNECTIONS, LISTEN_BACKLOG, LISTEN_SHUTDOWN_GRACE};
 use crate::serve::{serve_stream, ServeConfig};
 use crate::{Error, Result};
 
@@ -119,31 +119,17 @@ impl PrivateListener {
             }
             warn!(socket = %path.display(), "removed stale socket (nobody was listening on it)");
         }
-        let listener = StdUnixListener::bind(path).map_err(|source| {
-            if source.kind() == io::ErrorKind::AddrInUse {
-                // Someone bound it between our probe and our bind.
-                Error::SocketInUse {
-                    path: path.to_owned(),
-                }
-            } else {
-                Error::SocketBind {
-                    path: path.to_owned(),
-                    source,
-                }
-            }
-        })?;
         let bind_err = |source| Error::SocketBind {
             path: path.to_owned(),
             source,
         };
-        // The directory is 0700 and ours, so nobody can reach the socket before this chmod.
+        let listener = bind_0600(path)?;
         let meta = fs::symlink_metadata(path).map_err(bind_err)?;
         let guard = SocketGuard {
             path: path.to_owned(),
             dev: meta.dev(),
             ino: meta.ino(),
         };
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         info!(socket = %path.display(), "listening");
         Ok(Self {
@@ -221,6 +207,49 @@ impl PrivateListener {
     pub fn is_socket_activated(&self) -> bool {
         self.guard.is_none()
     }
+}
+
+/// Binds a socket that appears at `path` already `0600`.
+///
+/// bind(2) creates the file with the socket inode's mode masked by the umask, and a directory that
+/// others may search (0755 is allowed) would let them connect before a later chmod. On Linux the
+/// socket inode's mode can be set with fchmod(2) *before* bind, so the file never exists with a
+/// wider mode; the chmod afterwards only makes sure (other kernels ignore the early fchmod).
+fn bind_0600(path: &Path) -> Result<StdUnixListener> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let bind_err = |source: io::Error| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            // Someone bound it between our probe and our bind.
+            Error::SocketInUse {
+                path: path.to_owned(),
+            }
+        } else {
+            Error::SocketBind {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    };
+    let errno = |e: rustix::io::Errno| bind_err(e.into());
+    let addr = SocketAddrUnix::new(path).map_err(errno)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(errno)?;
+    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o600)).map_err(errno)?;
+    rustix::net::bind(&fd, &addr).map_err(errno)?;
+    let listener = StdUnixListener::from(fd);
+    // From here on the file is ours: remove it if anything below fails.
+    let cleanup = |e: Error| {
+        let _ = fs::remove_file(path);
+        e
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| cleanup(bind_err(e)))?;
+    rustix::net::listen(&listener, LISTEN_BACKLOG).map_err(|e| cleanup(errno(e)))?;
+    Ok(listener)
 }
 
 /// The socket's directory: the parent of `path`, or `.` for a bare file name.
@@ -572,6 +601,11 @@ mod tests {
         assert!(fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
         assert!(!listener.is_socket_activated());
         assert_eq!(listener.path(), Some(sock.as_path()));
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x.sock"], "no temporary name left behind");
         drop(listener);
         assert!(!sock.exists(), "dropping the listener removes its socket");
     }
@@ -726,6 +760,18 @@ mod tests {
         drop(listener);
         assert!(sock.exists(), "someone else's socket survives our clean-up");
         drop(newcomer);
+    }
+
+    #[test]
+    fn socket_is_0600_in_a_searchable_dir() {
+        let tmp = private_tempdir();
+        let dir = tmp.path().join("d");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = dir.join("x.sock");
+        let _listener = PrivateListener::bind(&sock).unwrap();
+        assert_eq!(mode(&sock), 0o600);
+        std::os::unix::net::UnixStream::connect(&sock).expect("connectable under its final name");
     }
 
     #[test]
