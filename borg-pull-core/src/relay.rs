@@ -42,7 +42,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 
 use rustix::event::{PollFd, PollFlags};
@@ -130,15 +130,15 @@ fn connect_error(socket: &Path, err: io::Error) -> Error {
     }
 }
 
-fn is_socket_path(path: &PathBuf) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket())
+fn is_socket_path(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_socket())
 }
 
 /// Connects to `socket` and relays this process's stdin to it and its replies to stdout until both
 /// directions are done.
 ///
-/// Takes over stdout as [`Endpoint::stdio`] describes. On an error in one direction the call
-/// returns at once; the other direction's thread ends when its input does.
+/// Takes over stdout as [`Endpoint::stdio`] describes. An error in either direction ends the call
+/// at once (where stdin is not a pipe or socket, its thread lingers until stdin ends: exit then).
 pub fn relay_stdio(socket: &Path) -> Result<RelayStats> {
     let stream = connect(socket)?;
     let label = socket.display().to_string();
@@ -334,6 +334,7 @@ mod event_loop {
         start: usize,
         end: usize,
         eof: bool,
+        drained: bool,
         moved: u64,
         direction: String,
     }
@@ -350,6 +351,7 @@ mod event_loop {
                 start: 0,
                 end: 0,
                 eof: false,
+                drained: false,
                 moved: 0,
                 direction: format!("{from_label} -> {to_label}"),
             })
@@ -378,6 +380,9 @@ mod event_loop {
                         Ok(n) => {
                             self.start += n;
                             self.moved += n as u64;
+                            if self.start == self.end && self.drained {
+                                return Ok(());
+                            }
                         }
                         Err(Errno::AGAIN) => return Ok(()),
                         Err(Errno::INTR) => {}
@@ -388,7 +393,12 @@ mod event_loop {
                 } else {
                     match rustix::io::read(&self.from, &mut self.buf[..]) {
                         Ok(0) => self.eof = true,
-                        Ok(n) => (self.start, self.end) = (0, n),
+                        Ok(n) => {
+                            (self.start, self.end) = (0, n);
+                            // A short read emptied the source: after writing, poll instead of
+                            // spending a read on EAGAIN (one syscall less per message).
+                            self.drained = n < self.buf.len();
+                        }
                         Err(Errno::AGAIN) => return Ok(()),
                         Err(Errno::INTR) => {}
                         Err(err) => return Err(err.into()),
