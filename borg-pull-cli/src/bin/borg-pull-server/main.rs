@@ -63,6 +63,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Listen on a private UNIX socket; run one restricted `borg serve` per connection.
+    ///
+    /// Replaces `socat UNIX-LISTEN:SOCK,fork EXEC:"borg serve ..."` from borg's pull-mode recipe.
+    /// Clients reach SOCK locally or through an ssh forward (`ssh -R SOCK_ON_CLIENT:SOCK`) and use
+    /// BORG_RSH="borg-pull-relay --socket SOCK_ON_CLIENT" with the URL ssh://borg-pull/REPO.
     #[command(after_help = EXIT_CODES_HELP)]
     Listen(listen::ListenArgs),
 }
