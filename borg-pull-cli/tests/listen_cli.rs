@@ -680,3 +680,20 @@ fn socket_activation_with_accept_yes_is_refused() {
     activator.wait_for_log("died with code 71");
     assert!(activator.log().contains("Accept=no"), "{}", activator.log());
 }
+
+#[test]
+fn socket_dir_of_another_user_is_refused() {
+    let t = TestDir::new();
+    let dir = t.join("run");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    // Only root can give a directory away; elsewhere the unit test of the check covers it.
+    let chown = Command::new("chown").arg("65534").arg(&dir).output().unwrap();
+    if !chown.status.success() {
+        eprintln!("note: skipping: cannot chown (not root)");
+        return;
+    }
+    let log = refused(&t, &dir.join("borg.sock"), 73);
+    assert!(log.contains("belongs to uid 65534"), "{log}");
+    assert!(log.contains("chown"), "{log}");
+}
