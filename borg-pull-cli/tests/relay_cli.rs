@@ -274,3 +274,25 @@ fn real_borg_init_create_list_through_the_relay() {
     let files = borg(&["list", "--short", &format!("{url}::first")]);
     assert!(files.lines().any(|l| l == "data/sub/file.bin"), "{files}");
 }
+
+#[test]
+fn connection_reset_mid_stream_fails_with_one_line_and_255() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("x.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).unwrap();
+        // Closing with unread data resets the relay's end of the connection.
+    });
+    let output = run(relay(&socket, &["h", "borg", "serve"]), payload(8 << 20));
+    server.join().unwrap();
+    let lines = stderr_lines(&output);
+    assert_eq!(output.status.code(), Some(255), "stderr: {lines:?}");
+    assert_eq!(lines.len(), 1, "exactly one line expected: {lines:?}");
+    assert!(
+        lines[0].contains("relaying stdin -> ") && lines[0].contains("x.sock"),
+        "{lines:?}"
+    );
+}

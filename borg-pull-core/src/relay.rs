@@ -334,7 +334,6 @@ mod event_loop {
         start: usize,
         end: usize,
         eof: bool,
-        drained: bool,
         moved: u64,
         direction: String,
     }
@@ -351,7 +350,6 @@ mod event_loop {
                 start: 0,
                 end: 0,
                 eof: false,
-                drained: false,
                 moved: 0,
                 direction: format!("{from_label} -> {to_label}"),
             })
@@ -380,9 +378,6 @@ mod event_loop {
                         Ok(n) => {
                             self.start += n;
                             self.moved += n as u64;
-                            if self.start == self.end && self.drained {
-                                return Ok(());
-                            }
                         }
                         Err(Errno::AGAIN) => return Ok(()),
                         Err(Errno::INTR) => {}
@@ -393,12 +388,7 @@ mod event_loop {
                 } else {
                     match rustix::io::read(&self.from, &mut self.buf[..]) {
                         Ok(0) => self.eof = true,
-                        Ok(n) => {
-                            (self.start, self.end) = (0, n);
-                            // A short read emptied the source: after writing, poll instead of
-                            // spending a read on EAGAIN (one syscall less per message).
-                            self.drained = n < self.buf.len();
-                        }
+                        Ok(n) => (self.start, self.end) = (0, n),
                         Err(Errno::AGAIN) => return Ok(()),
                         Err(Errno::INTR) => {}
                         Err(err) => return Err(err.into()),
