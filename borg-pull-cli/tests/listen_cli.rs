@@ -339,7 +339,7 @@ fn connections_over_the_limit_wait_for_a_free_slot() {
     server.wait_for_log("connection limit reached");
 
     let mut waiting = Spawned::spawn(client(&t, &socket, ["list", &url(&repo)]), t.join("waiting.log"));
-    if common::optional_tool("ss") {
+    if require_tool("ss") {
         wait_until("the second client to wait in the backlog", || {
             common::pending_connections(&socket).is_some_and(|n| n >= 1)
         });
@@ -604,7 +604,7 @@ fn help_documents_exit_codes() {
 
 #[test]
 fn systemd_socket_activation() {
-    if !require_tool("borg") || !common::optional_tool("systemd-socket-activate") {
+    if !require_tool("borg") || !require_tool("systemd-socket-activate") {
         return;
     }
     let (t, repo, _) = setup();
@@ -662,7 +662,7 @@ fn borg_serve_stderr_is_logged_line_by_line() {
 
 #[test]
 fn socket_activation_with_accept_yes_is_refused() {
-    if !common::optional_tool("systemd-socket-activate") {
+    if !require_tool("systemd-socket-activate") {
         return;
     }
     let t = TestDir::new();

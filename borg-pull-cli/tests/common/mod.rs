@@ -32,17 +32,6 @@ pub fn require_tool(tool: &str) -> bool {
     false
 }
 
-/// `true` if `tool` is on PATH, else prints a note and returns `false`, even under
-/// BORG_PULL_REQUIRE_DEPS=1: for tools that scripts/install-deps does not install (systemd's
-/// `systemd-socket-activate`, iproute2's `ss`), so a minimal CI image skips rather than fails.
-pub fn optional_tool(tool: &str) -> bool {
-    if find_on_path(tool).is_some() {
-        return true;
-    }
-    eprintln!("note: skipping: optional tool {tool} is not installed");
-    false
-}
-
 /// The full path of `tool` on PATH.
 pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
