@@ -6,6 +6,7 @@
 //!
 //! - [`mod@pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]).
 //! - [`session`]: connect, host key verification, public key authentication, the russh handler.
+//! - [`identity`]: loading the private key (with a work-around for ssh-key's short ECDSA scalars).
 //! - [`known_hosts`]: OpenSSH known_hosts matching (plain, `[host]:port`, hashed, wildcards,
 //!   negation, `@revoked`; not `@cert-authority`) and `accept-new` recording.
 //! - [`forward`]: the `streamlocal-forward@openssh.com` request, diagnosis of refusals, and the
@@ -32,6 +33,7 @@
 pub mod error;
 pub mod exec;
 pub mod forward;
+pub mod identity;
 pub mod known_hosts;
 pub mod limits;
 pub mod pull;

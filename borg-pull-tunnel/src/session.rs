@@ -304,11 +304,8 @@ fn load_identity(options: &SessionOptions) -> Result<(PathBuf, russh::keys::Priv
         Some(p) => p.clone(),
         None => default_identity().ok_or(Error::NoIdentity)?,
     };
-    match russh::keys::load_secret_key(&path, options.identity_passphrase.as_deref()) {
-        Ok(key) => Ok((path, key)),
-        Err(russh::keys::Error::KeyIsEncrypted) => Err(Error::IdentityEncrypted { path }),
-        Err(source) => Err(Error::Identity { path, source }),
-    }
+    let key = crate::identity::load(&path, options.identity_passphrase.as_deref())?;
+    Ok((path, key))
 }
 
 fn default_identity() -> Option<PathBuf> {
