@@ -143,6 +143,20 @@ impl Fixture {
     }
 }
 
+impl Drop for Fixture {
+    /// On a failing test, show the end of sshd's log next to the assertion.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.sshd.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- sshd log (last 40 lines)");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
