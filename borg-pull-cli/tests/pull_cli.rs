@@ -584,6 +584,36 @@ fn forwarded_connections_are_bounded() {
 }
 
 #[test]
+fn restricted_keys_work_with_port_forwarding_and_fail_clearly_without() {
+    if !pull_available() {
+        return;
+    }
+    // The recommended client-side restriction: everything off except forwarding.
+    let f = Fixture::new(
+        Sshd::start_with(SshdOptions {
+            authorized_keys_options: "restrict,port-forwarding ",
+            ..Default::default()
+        }),
+        false,
+    );
+    let out = run(&mut f.pull(&["create", "::r", "/etc/hostname"]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    f.assert_clean();
+
+    let f = Fixture::new(
+        Sshd::start_with(SshdOptions {
+            authorized_keys_options: "restrict ",
+            ..Default::default()
+        }),
+        false,
+    );
+    let out = run(&mut f.pull(&["create", "::r", "/etc/hostname"]));
+    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("`restrict`"), "{}", describe(&out));
+    f.assert_clean();
+}
+
+#[test]
 fn socket_path_too_long_is_diagnosed() {
     if !pull_available() {
         return;

@@ -26,6 +26,8 @@ pub struct SshdOptions {
     pub client_key_types: Vec<&'static str>,
     /// Passphrase for the client keys ("" for none).
     pub client_key_passphrase: &'static str,
+    /// Options in front of each authorized_keys line (e.g. `restrict,port-forwarding `).
+    pub authorized_keys_options: &'static str,
     /// Make the sessions' TMPDIR so long that a socket path in it cannot be bound.
     pub long_tmpdir: bool,
 }
@@ -39,6 +41,7 @@ impl Default for SshdOptions {
             client_key_types: vec!["ed25519"],
             client_key_passphrase: "",
             long_tmpdir: false,
+            authorized_keys_options: "",
         }
     }
 }
@@ -159,6 +162,7 @@ impl Sshd {
         for (i, kind) in options.client_key_types.iter().enumerate() {
             let key = d.join(format!("client_{i}_{kind}"));
             keygen(kind, &key, options.client_key_passphrase);
+            authorized.push_str(options.authorized_keys_options);
             authorized.push_str(&fs::read_to_string(format!("{}.pub", key.display())).unwrap());
             client_keys.push(key);
         }

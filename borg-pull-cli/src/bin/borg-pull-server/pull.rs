@@ -27,7 +27,10 @@ Failures of borg-pull-server itself:
    74  connection to the client lost (keepalives unanswered)
   130  interrupted (SIGINT/SIGTERM); borg on the client was stopped and cleaned up
 
-The client's login shell must be a POSIX shell. Logging goes to stderr; RUST_LOG overrides -v.";
+On the client: the login shell must be a POSIX shell, borg and borg-pull-relay must be
+installed, and the server's key may be limited in authorized_keys with
+`restrict,port-forwarding` (pull needs exec and UNIX socket forwarding, nothing else).
+Logging goes to stderr; RUST_LOG overrides -v.";
 
 /// Arguments of `borg-pull-server pull`.
 ///
