@@ -51,7 +51,7 @@ use rustix::io::Errno;
 use rustix::net::Shutdown;
 
 use crate::error::{Error, Result};
-use crate::limits::RELAY_COPY_BUFFER;
+use crate::limits::{RELAY_COPY_BUFFER, RELAY_PIPE_SIZE};
 
 /// Bytes moved by a finished relay, per direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,17 +98,31 @@ impl Endpoint {
     ///
     /// fd 1 is pointed at `/dev/null` so that closing the endpoint's copy really ends the stream
     /// for the reader of our stdout (borg waits for that EOF); later writes to stdout are lost.
+    /// Pipes are grown to [`RELAY_PIPE_SIZE`] where the system allows it.
     pub fn stdio() -> io::Result<Self> {
         let read = io::stdin().as_fd().try_clone_to_owned()?;
         let write = io::stdout().as_fd().try_clone_to_owned()?;
         let null = File::options().read(true).write(true).open("/dev/null")?;
         rustix::stdio::dup2_stdout(&null)?;
+        grow_pipe(read.as_fd());
+        grow_pipe(write.as_fd());
         Ok(Endpoint {
             read,
             write,
             read_label: "stdin".into(),
             write_label: "stdout".into(),
         })
+    }
+}
+
+/// Best effort: above `/proc/sys/fs/pipe-max-size` or the user's pipe quota the kernel refuses, and
+/// the default size only costs speed.
+fn grow_pipe(fd: BorrowedFd<'_>) {
+    let is_pipe = rustix::fs::fstat(fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Fifo);
+    if is_pipe {
+        if let Err(err) = rustix::pipe::fcntl_setpipe_size(fd, RELAY_PIPE_SIZE) {
+            tracing::debug!(%err, size = RELAY_PIPE_SIZE, "cannot grow a stdio pipe");
+        }
     }
 }
 
