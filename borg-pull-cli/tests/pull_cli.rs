@@ -84,10 +84,6 @@ impl Fixture {
             .arg(format!("BORG_BASE_DIR={}", self.client_base.display()))
             .arg("--env")
             .arg("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes")
-            // Workaround: borg-pull-relay's splice(2) path stalls after borg serve's first reply
-            // (reproduced without ssh too: socat listener + borg create); the buffered copy works.
-            .arg("--env")
-            .arg("BORG_PULL_RELAY_SPLICE=0")
             .arg(self.sshd.destination())
             .arg("--")
             .args(borg_args)

@@ -80,7 +80,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             o.serve = serve;
             o.relay = relay.into();
             o.remote_borg = "/bin/sh".into();
-            o.env.push(("BORG_PULL_RELAY_SPLICE".into(), "0".into()));
             o
         };
         let (mut out, mut err) = (tokio::io::sink(), tokio::io::stderr());
