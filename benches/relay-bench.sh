@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # borg-pull-relay against socat, interleaved in one run of the shared relay harness
+# (throughput, round trip, start-to-first-byte), then peak RSS of both (benches/relay-rss.py)
 # (shared/bench/relay-bench.sh, expected beside the clone as ../shared). Not run by CI.
 #
 # Usage:  benches/relay-bench.sh ['EXTRA_RELAY_CMD' ...]      ({sock} = socket path)
@@ -17,4 +18,6 @@ cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml" -p borg-pull-cl
 TARGET="$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Cargo.toml" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 RELAY="$TARGET/release/borg-pull-relay"
-exec bash "$SHARED/relay-bench.sh" 'socat STDIO UNIX-CONNECT:{sock}' "$RELAY --socket {sock}" "$@"
+bash "$SHARED/relay-bench.sh" 'socat STDIO UNIX-CONNECT:{sock}' "$RELAY --socket {sock}" "$@"
+# The harness does not measure memory: peak RSS of the same relays, same run.
+python3 "$ROOT/benches/relay-rss.py" 'socat STDIO UNIX-CONNECT:{sock}' "$RELAY --socket {sock}"
