@@ -134,6 +134,19 @@ def table(path):
             out.append(f"| {name} | {'-' if tool == 'local' else f'{rtt} ms'} | **{med(wall):.2f}** "
                        f"({rng(wall, '{:.2f}')}) | {med(cpu):.2f} | {len(rs)} |")
         out.append("")
+        wall_of = {k: med([r["wall_ns"] / 1e9 for r in v]) for k, v in bc.items()}
+        local = [v for k, v in wall_of.items() if k[2] == "local"]
+        for (rtt, d, tool), w in sorted(wall_of.items()):
+            if tool != "pull" or (rtt, d, "socat") not in wall_of:
+                continue
+            s = wall_of[(rtt, d, "socat")]
+            extra = ""
+            if local:
+                extra = (f"; time over the local repository: pull +{w - local[0]:.2f} s, "
+                         f"socat +{s - local[0]:.2f} s")
+            out.append(f"borg create at {rtt} ms: pull {w:.2f} s vs socat recipe {s:.2f} s = "
+                       f"**{s / w:.2f}x** as fast{extra}")
+        out.append("")
     out.append(f"rounds: {len(rounds)}; failed runs (excluded above): {len(bad)}")
     for r in bad:
         out.append(f"  FAILED: {r['kind']} {r['tool']} {r['dir']} rtt={r['rtt']} round={r['round']}: {r.get('note', '')}")
