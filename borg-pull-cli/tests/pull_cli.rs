@@ -23,19 +23,6 @@ fn server_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_borg-pull-server")))
 }
 
-/// Whether the binary has the `pull` subcommand yet. TEMPORARY: `pull` is wired into main.rs as
-/// the last step of its series; until then these tests skip instead of failing everyone's runs.
-fn pull_available() -> bool {
-    let ok = Command::new(server_bin())
-        .args(["pull", "--help"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipped: {} has no `pull` subcommand yet", server_bin().display());
-    }
-    ok
-}
-
 /// An sshd plus a repository on "the server" and borg state dirs for both ends.
 struct Fixture {
     sshd: Sshd,
@@ -306,9 +293,6 @@ fn archive_names(f: &Fixture) -> Vec<Vec<u8>> {
 
 #[test]
 fn hostile_names_round_trip_byte_for_byte_with_passphrase() {
-    if !pull_available() {
-        return;
-    }
     let f = Fixture::new(Sshd::start(), true);
     let data = f.dir().join("data 'dir' $(x)");
     hostile_dataset(&data);
@@ -387,9 +371,6 @@ fn hostile_names_round_trip_byte_for_byte_with_passphrase() {
 
 #[test]
 fn borg_exit_codes_pass_through() {
-    if !pull_available() {
-        return;
-    }
     let f = Fixture::new(Sshd::start(), false);
     let data = f.dir().join("data");
     fs::create_dir(&data).unwrap();
@@ -441,9 +422,6 @@ fn borg_exit_codes_pass_through() {
 
 #[test]
 fn unknown_and_changed_host_keys_are_refused_before_login() {
-    if !pull_available() {
-        return;
-    }
     let f = Fixture::new(Sshd::start(), false);
     let port = f.sshd.port;
 
@@ -541,9 +519,6 @@ fn with_known_hosts(f: &Fixture, known_hosts: &Path, borg_args: &[&str]) -> Comm
 
 #[test]
 fn forwarding_disabled_names_allow_stream_local_forwarding() {
-    if !pull_available() {
-        return;
-    }
     let sshd = Sshd::start_with(SshdOptions {
         allow_streamlocal: "no",
         ..Default::default()
@@ -560,9 +535,6 @@ fn forwarding_disabled_names_allow_stream_local_forwarding() {
 
 #[test]
 fn forwarded_connections_are_bounded() {
-    if !pull_available() {
-        return;
-    }
     let f = Fixture::new(Sshd::start(), false);
     // Six relays at once, each holding its connection open for a while.
     let script = r#"for i in 1 2 3 4 5 6; do (sleep 3 | eval "exec $BORG_RSH" >/dev/null 2>&1) & done; wait"#;
@@ -581,9 +553,6 @@ fn forwarded_connections_are_bounded() {
 
 #[test]
 fn restricted_keys_work_with_port_forwarding_and_fail_clearly_without() {
-    if !pull_available() {
-        return;
-    }
     // The recommended client-side restriction: everything off except forwarding.
     let f = Fixture::new(
         Sshd::start_with(SshdOptions {
@@ -611,9 +580,6 @@ fn restricted_keys_work_with_port_forwarding_and_fail_clearly_without() {
 
 #[test]
 fn socket_path_too_long_is_diagnosed() {
-    if !pull_available() {
-        return;
-    }
     let sshd = Sshd::start_with(SshdOptions {
         long_tmpdir: true,
         ..Default::default()
@@ -631,9 +597,6 @@ fn socket_path_too_long_is_diagnosed() {
 
 #[test]
 fn rsa_ecdsa_and_encrypted_identities_log_in() {
-    if !pull_available() {
-        return;
-    }
     let sshd = Sshd::start_with(SshdOptions {
         host_key_type: "ecdsa",
         // russh prefers ed25519: known_hosts (ecdsa only) must steer the host key choice.
@@ -714,9 +677,6 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
 
 #[test]
 fn sigkill_mid_backup_then_next_pull_is_clean() {
-    if !pull_available() {
-        return;
-    }
     let f = Fixture::new(Sshd::start(), true);
     let data = big_dataset(&f);
     let child = f
@@ -796,9 +756,6 @@ fn wait_for_borg_serve(f: &Fixture, pull: &mut Child) {
 
 #[test]
 fn sigint_stops_borg_on_the_client_and_cleans_up() {
-    if !pull_available() {
-        return;
-    }
     let f = Fixture::new(Sshd::start(), true);
     let data = big_dataset(&f);
     let child = f
@@ -873,9 +830,6 @@ impl Drop for Resume {
 
 #[test]
 fn dead_client_ends_the_run_within_the_keepalive_bound() {
-    if !pull_available() {
-        return;
-    }
     let f = Fixture::new(Sshd::start(), false);
     let data = big_dataset(&f);
     let mut args: Vec<OsString> = f
@@ -952,9 +906,6 @@ impl Fixture {
 
 #[test]
 fn bad_usage_exits_64_without_connecting() {
-    if !pull_available() {
-        return;
-    }
     let out = run(Command::new(server_bin()).args(["pull", "--repo", "relative/repo", "h", "--", "list"]));
     assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
     let out = run(Command::new(server_bin()).args(["pull", "--repo", "/r", "h"]));

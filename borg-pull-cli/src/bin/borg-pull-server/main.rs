@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser, Subcommand};
 
 mod listen;
+mod pull;
 
 /// Exit codes (sysexits.h names), shown in `--help`.
 mod exit {
@@ -69,6 +70,8 @@ enum Command {
     /// BORG_RSH="borg-pull-relay --socket SOCK_ON_CLIENT" with the URL ssh://borg-pull/REPO.
     #[command(after_help = EXIT_CODES_HELP)]
     Listen(listen::ListenArgs),
+    /// Back up a client: log in over SSH, forward a private socket there, run borg on it.
+    Pull(pull::PullArgs),
 }
 
 /// A command-line problem found after parsing (exit code 64).
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     match cli.command {
         Command::Listen(args) => finish(listen::run(args)),
+        Command::Pull(args) => pull::run(args),
     }
 }
 
