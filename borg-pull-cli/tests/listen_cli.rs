@@ -433,6 +433,55 @@ fn second_signal_stops_sessions_at_once() {
 }
 
 #[test]
+fn forced_stop_mid_backup_leaves_no_repository_lock() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let data = t.join("data");
+    fs::create_dir_all(&data).unwrap();
+    // Incompressible, so the backup is still running when the signals arrive.
+    let noise: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(data.join("big.bin"), noise).unwrap();
+    let mut server = start_server(&t, &socket, &repo, &[]);
+    let archive = format!("{}::interrupted", url(&repo));
+    let mut backup = Spawned::spawn(
+        client(
+            &t,
+            &socket,
+            [OsStr::new("create"), OsStr::new(&archive), data.as_os_str()],
+        ),
+        t.join("backup.log"),
+    );
+    wait_until("borg serve to lock the repository", || {
+        repo.join("lock.exclusive").exists()
+    });
+
+    server.signal("INT");
+    server.wait_for_log("waiting for running sessions");
+    server.signal("INT");
+    assert_eq!(server.wait_exit().code(), Some(0), "log:\n{}", server.log());
+    let backup_status = backup.wait_exit();
+    assert!(
+        !backup_status.success(),
+        "the backup must have been cut off: {}",
+        backup.log()
+    );
+    // Closing borg serve's stdin lets it roll back and unlock; a SIGKILL would leave the lock.
+    assert!(
+        !repo.join("lock.exclusive").exists() && !repo.join("lock.roster").exists(),
+        "the forced stop left the repository locked; server log:\n{}",
+        server.log()
+    );
+    assert_ok(
+        &common::output(&mut t.borg(["list", repo.to_str().unwrap()])),
+        "borg list",
+    );
+}
+
+#[test]
 fn sigint_without_sessions_exits_zero_and_removes_socket() {
     let t = TestDir::new();
     let socket = t.join("run/borg.sock");

@@ -9,6 +9,7 @@
 //!   systemd socket activation) that hand each connection to [`serve`].
 //! - [`limits`]: every timeout and size in one place.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod limits;

@@ -9,6 +9,13 @@ use std::time::Duration;
 /// the repository locked.
 pub const SERVE_EXIT_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a cancelled `borg serve` (Ctrl-C, listener shutdown) gets after its stdin is closed.
+///
+/// On EOF borg serve aborts the open transaction and removes its lock, which takes well under a
+/// second here; killing it at once instead leaves a lock that blocks the next backup until
+/// `borg break-lock`. Short, because whoever cancelled is waiting.
+pub const SERVE_CANCEL_GRACE: Duration = Duration::from_secs(3);
+
 /// Buffer size of the async relay between a connection and `borg serve`'s pipes.
 ///
 /// borg's protocol writes messages of up to a chunk (≤ 8 MiB by default, mostly far less); 64 KiB

@@ -16,7 +16,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::limits::{SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
+use crate::limits::{SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
 use crate::{Error, Result};
 
 /// How the server runs `borg serve` for every connection. Fixed by the server's operator.
@@ -118,7 +118,8 @@ impl ServeConfig {
 /// Runs one `borg serve` for `stream` and relays between them until both directions are done.
 ///
 /// The child is killed and reaped on every path out: a clean end (after [`SERVE_EXIT_GRACE`]),
-/// a relay error, or `cancel`. Its stderr is logged line by line, since it cannot cross the socket.
+/// a relay error, or `cancel` (stdin closed first, killed after [`SERVE_CANCEL_GRACE`]). Its stderr
+/// is logged line by line, since it cannot cross the socket.
 pub async fn serve_stream<S>(
     config: &ServeConfig,
     mut stream: S,
@@ -147,7 +148,9 @@ where
     drop(serve_side);
     let status = match relayed {
         Some(_) => reap(&mut child, SERVE_EXIT_GRACE).await,
-        None => reap(&mut child, std::time::Duration::ZERO).await,
+        // Cancelled mid-session: stdin is closed above, so borg serve rolls back and releases the
+        // lock by itself; a SIGKILL would leave a stale lock that only `borg break-lock` clears.
+        None => reap(&mut child, SERVE_CANCEL_GRACE).await,
     };
     if let Some(logger) = stderr_logger {
         // The pipe closes when the child is gone, so this ends promptly.
