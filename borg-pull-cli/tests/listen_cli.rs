@@ -1,5 +1,5 @@
 //! `borg-pull-server listen` end to end: the real binary, real borg, and `borg-pull-relay` as the
-//! client's BORG_RSH (URL `ssh://borg-pull/ABS_REPO`), each test in its own temp dir and borg env.
+//! client's BORG_RSH (URL `ssh://borg-pull-server/ABS_REPO`), each test in its own temp dir and borg env.
 
 mod common;
 
@@ -35,7 +35,7 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn url(repo: &Path) -> String {
-    format!("ssh://borg-pull{}", repo.display())
+    format!("ssh://borg-pull-server{}", repo.display())
 }
 
 /// `borg ARGS` through the server at `socket`.

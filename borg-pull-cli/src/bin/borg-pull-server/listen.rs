@@ -17,7 +17,7 @@ use crate::UsageError;
 /// Arguments of `borg-pull-server listen`.
 ///
 /// Clients connect with BORG_RSH="borg-pull-relay --socket PATH" (directly, or through an ssh
-/// forward of PATH) and the URL ssh://borg-pull/REPO. Each connection gets its own
+/// forward of PATH) and the URL ssh://borg-pull-server/REPO. Each connection gets its own
 /// `borg serve --append-only --restrict-to-repo REPO`; nothing a client sends changes these flags.
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {

@@ -67,7 +67,7 @@ enum Command {
     ///
     /// Replaces `socat UNIX-LISTEN:SOCK,fork EXEC:"borg serve ..."` from borg's pull-mode recipe.
     /// Clients reach SOCK locally or through an ssh forward (`ssh -R SOCK_ON_CLIENT:SOCK`) and use
-    /// BORG_RSH="borg-pull-relay --socket SOCK_ON_CLIENT" with the URL ssh://borg-pull/REPO.
+    /// BORG_RSH="borg-pull-relay --socket SOCK_ON_CLIENT" with the URL ssh://borg-pull-server/REPO.
     #[command(after_help = EXIT_CODES_HELP)]
     Listen(listen::ListenArgs),
     /// Back up a client: log in over SSH, forward a private socket there, run borg on it.
