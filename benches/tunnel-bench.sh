@@ -37,7 +37,11 @@ UsePAM no
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 AllowStreamLocalForwarding yes
+# pull makes its private socket directory under the session's TMPDIR; /tmp may not be
+# world-writable (it is 0755 on some VMs), so give the login user a directory of its own.
+SetEnv TMPDIR=$T/session-tmp
 CONF
+mkdir -p "$T/session-tmp"; chown "$USER_NAME" "$T/session-tmp"
 /usr/sbin/sshd -f "$T/sshd_config" -D -e 2>"$T/sshd.log" &
 SSHD_PID=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
