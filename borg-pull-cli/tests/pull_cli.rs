@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -356,6 +357,28 @@ fn hostile_names_round_trip_byte_for_byte_with_passphrase() {
         out.stdout == fs::read(data.join("big file")).unwrap(),
         "extracted bytes differ"
     );
+
+    // A restore through pull: borg extract runs on the client, in --remote-dir.
+    let client_restore = f.dir().join("client restore $(x) 'q'");
+    fs::create_dir(&client_restore).unwrap();
+    // The login user is not root; the test's own directory lets it write there.
+    fs::set_permissions(&client_restore, fs::Permissions::from_mode(0o777)).unwrap();
+    let cmd = f.pull(&["extract".to_owned(), format!("::{archive}")]);
+    let mut args: Vec<OsString> = cmd.get_args().map(OsStr::to_owned).collect();
+    let dd = args.iter().position(|a| a == "--").unwrap();
+    args.insert(dd - 1, "--remote-dir".into());
+    args.insert(dd, client_restore.clone().into());
+    let mut restore_cmd = Command::new(server_bin());
+    restore_cmd.args(&args);
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => restore_cmd.env(name, value),
+            None => restore_cmd.env_remove(name),
+        };
+    }
+    let out = run(&mut restore_cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(tree(&client_restore.join(rel)), tree(&data));
 
     // The passphrase from the server's BORG_PASSCOMMAND (run on the server).
     let mut cmd = f.pull(&["list", "--short"]);

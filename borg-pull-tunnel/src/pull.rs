@@ -133,6 +133,9 @@ pub struct PullOptions {
     pub borg_args: Vec<OsString>,
     /// Extra environment variables for borg on the client.
     pub env: Vec<(String, OsString)>,
+    /// Directory on the client to run borg in (`extract` restores into it); the login directory
+    /// when `None`.
+    pub remote_dir: Option<OsString>,
     /// The repository passphrase to hand to borg on the client.
     pub passphrase: Option<Passphrase>,
     /// Cancelling this (e.g. on Ctrl-C) stops borg on the client, cleans up and returns
@@ -177,6 +180,7 @@ impl PullOptions {
             remote_borg: "borg".into(),
             borg_args,
             env: Vec::new(),
+            remote_dir: None,
             passphrase: None,
             cancel: CancellationToken::new(),
         })
@@ -444,6 +448,12 @@ pub fn borg_command(options: &PullOptions, socket: &str) -> Result<Vec<u8>> {
     rsh.extend_from_slice(b" --socket ");
     rsh.extend(shell_quote(socket.as_bytes())?);
     assign("BORG_RSH", &rsh)?;
+    if let Some(dir) = &options.remote_dir {
+        // A missing directory must stop the restore, not extract into the login directory.
+        cmd.extend_from_slice(b"cd -- ");
+        cmd.extend(shell_quote(dir.as_bytes())?);
+        cmd.extend_from_slice(b" || exit 2; ");
+    }
     cmd.extend_from_slice(b"exec ");
     let program: &OsStr = &options.remote_borg;
     cmd.extend(exec::shell_join(
@@ -510,6 +520,33 @@ mod tests {
             "<a b><$(x)`y`;\n><ssh://borg-pull-server/srv/repo dir></tmp/b b><p w'd>\
              [/opt/relay's bin/borg-pull-relay][--socket][/tmp/d/borg.sock]"
         );
+    }
+
+    #[test]
+    fn remote_dir_is_entered_before_borg_and_a_missing_one_stops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("re'store $(x)");
+        std::fs::create_dir(&target).unwrap();
+        let mut o = options();
+        o.remote_borg = "/bin/sh".into();
+        o.borg_args = vec!["-c".into(), "pwd".into()];
+        o.remote_dir = Some(target.clone().into());
+        let cmd = borg_command(&o, "/s").unwrap();
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(std::ffi::OsStr::from_bytes(&cmd))
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, [target.as_os_str().as_bytes(), b"\n"].concat());
+        o.remote_dir = Some(dir.path().join("missing").into());
+        let cmd = borg_command(&o, "/s").unwrap();
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(std::ffi::OsStr::from_bytes(&cmd))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(out.stdout.is_empty(), "borg must not run: {:?}", out.stdout);
     }
 
     #[test]

@@ -71,7 +71,7 @@ enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Listen(listen::ListenArgs),
     /// Back up a client: log in over SSH, forward a private socket there, run borg on it.
-    Pull(pull::PullArgs),
+    Pull(Box<pull::PullArgs>),
 }
 
 /// A command-line problem found after parsing (exit code 64).
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     match cli.command {
         Command::Listen(args) => finish(listen::run(args)),
-        Command::Pull(args) => pull::run(args),
+        Command::Pull(args) => pull::run(*args),
     }
 }
 

@@ -79,6 +79,11 @@ pub struct PullArgs {
     #[arg(long, value_name = "PATH", default_value = "borg")]
     remote_borg: OsString,
 
+    /// Directory on the client to run borg in (restores: `extract` writes into it; `/` with
+    /// `extract --numeric-ids` for a full restore). Default: the login directory.
+    #[arg(long, value_name = "DIR")]
+    remote_dir: Option<OsString>,
+
     /// The repository on this server (absolute path); the only one the client can reach.
     #[arg(long, value_name = "REPO")]
     repo: PathBuf,
@@ -156,6 +161,7 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     };
     options.relay = args.relay;
     options.remote_borg = args.remote_borg;
+    options.remote_dir = args.remote_dir;
     options.env = args.env.into_iter().map(|(n, v)| (n, v.into())).collect();
     let mut serve = ServeConfig::new(&args.repo)?;
     serve.borg = args.borg;
