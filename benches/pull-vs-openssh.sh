@@ -41,6 +41,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO_ROOT=$PWD
+# shellcheck source=../scripts/private-sshd.sh
+. "$REPO_ROOT/scripts/private-sshd.sh"
 MIB=${MIB:-1024}
 ROUNDS=${ROUNDS:-3}
 RTT_MS=${RTT_MS:-20}
@@ -135,22 +137,8 @@ echo \$\$ > "$CG/\$1/cgroup.procs" && shift && exec "\$@"
 EOF
 chmod 755 "$BIN"/*
 
-ssh-keygen -q -t ed25519 -N '' -f "$T/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$T/client_key"
-cp "$T/client_key.pub" "$T/authorized_keys"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$T/sshd_config" <<CONF
-ListenAddress 127.0.0.1
-Port $PORT
-HostKey $T/host_key
-AuthorizedKeysFile $T/authorized_keys
-PidFile $T/sshd.pid
-StrictModes no
-UsePAM no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
+private_sshd_prepare "$T" <<CONF
 KbdInteractiveAuthentication no
-AllowStreamLocalForwarding yes
 StreamLocalBindUnlink no
 X11Forwarding no
 PrintMotd no
@@ -161,8 +149,7 @@ CONF
 # shellcheck disable=SC2016
 sh -c 'echo $$ > "$0/cgroup.procs" && exec /usr/sbin/sshd -f "$1" -D -e' "$CG/sshd" "$T/sshd_config" 2>"$T/sshd.log" &
 SSHD_PID=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
-kill -0 "$SSHD_PID" 2>/dev/null || { cat "$T/sshd.log"; die "sshd did not start"; }
+private_sshd_wait "$PORT" "$SSHD_PID" "$T/sshd.log" || die "sshd did not start"
 
 # The delay proxy: RTT_MS/2 each way, 127.0.0.1 only.
 coproc PROXY { exec "$BIN/delay-proxy" "$PORT" $((RTT_MS / 2)); }
@@ -171,8 +158,7 @@ read -r PPORT <&"${PROXY[0]}"
 [ -n "$PPORT" ] || die "delay proxy did not start"
 port_for() { if [ "$1" = 0 ]; then echo "$PORT"; else echo "$PPORT"; fi; }
 
-HOSTKEY=$(cut -d' ' -f1,2 "$T/host_key.pub")
-printf '[127.0.0.1]:%s %s\n[127.0.0.1]:%s %s\n' "$PORT" "$HOSTKEY" "$PPORT" "$HOSTKEY" >"$T/known_hosts"
+private_sshd_known_hosts "$T" "$PORT" "$PPORT"
 
 cpu() {  # nanoseconds of CPU used so far by the processes of cgroup $1
   if [ "$CGV" = 2 ]; then echo $(($(sed -n 's/^usage_usec //p' "$CG/$1/cpu.stat") * 1000)); else cat "$CG/$1/cpuacct.usage"; fi

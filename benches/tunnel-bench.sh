@@ -7,6 +7,7 @@
 # As root it logs in as the unprivileged user borg-pull-test (created by the tests if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/private-sshd.sh
 MIB=${1:-256}; RTT=${2:-20}; shift $(( $# < 2 ? $# : 2 )) || true
 WINDOWS=("$@"); [ ${#WINDOWS[@]} -gt 0 ] || WINDOWS=(2 4 16 32)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -16,34 +17,19 @@ USER_NAME=$(id -un)
 if [ "$(id -u)" = 0 ]; then
   USER_NAME=borg-pull-test
   id -u "$USER_NAME" >/dev/null 2>&1 || useradd -m -s /bin/sh -p '*' "$USER_NAME"
-  mkdir -p -m 0755 /run/sshd
 fi
 T=$(mktemp -d /tmp/borg-pull-tunnel-bench.XXXXXXXX)
 chmod 755 "$T"
 SSHD_PID=
 trap '[ -z "$SSHD_PID" ] || kill "$SSHD_PID" 2>/dev/null; rm -rf "$T"' EXIT
-ssh-keygen -q -t ed25519 -N '' -f "$T/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$T/client_key"
-cp "$T/client_key.pub" "$T/authorized_keys"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$T/sshd_config" <<CONF
-ListenAddress 127.0.0.1
-Port $PORT
-HostKey $T/host_key
-AuthorizedKeysFile $T/authorized_keys
-PidFile $T/sshd.pid
-StrictModes no
-UsePAM no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-AllowStreamLocalForwarding yes
 # pull makes its private socket directory under the session's TMPDIR; /tmp may not be
 # world-writable (it is 0755 on some VMs), so give the login user a directory of its own.
+private_sshd_prepare "$T" <<CONF
 SetEnv TMPDIR=$T/session-tmp
 CONF
 mkdir -p "$T/session-tmp"; chown "$USER_NAME" "$T/session-tmp"
 /usr/sbin/sshd -f "$T/sshd_config" -D -e 2>"$T/sshd.log" &
 SSHD_PID=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+private_sshd_wait "$PORT" "$SSHD_PID" "$T/sshd.log"
 "$BIN/examples/window_bench" "$USER_NAME@127.0.0.1" "$PORT" "$T/client_key" "$(realpath "$BIN/borg-pull-relay")" \
   "$MIB" "$RTT" "${WINDOWS[@]}"
