@@ -330,16 +330,26 @@ fn hostile_names_round_trip_byte_for_byte_with_passphrase() {
     // The passphrase from --passphrase-file, and read-only commands through pull too.
     let pass_file = f.dir().join("pass");
     fs::write(&pass_file, format!("{PASSPHRASE}\n")).unwrap();
+    fs::set_permissions(&pass_file, fs::Permissions::from_mode(0o644)).unwrap();
     let mut cmd = f.pull(&["list", "--short"]);
     cmd.env_remove("BORG_PASSPHRASE");
     let mut args: Vec<OsString> = cmd.get_args().map(OsStr::to_owned).collect();
     let dd = args.iter().position(|a| a == "--").unwrap();
     args.insert(dd - 1, "--passphrase-file".into());
-    args.insert(dd, pass_file.into());
+    args.insert(dd, pass_file.clone().into());
     let mut cmd2 = Command::new(server_bin());
     cmd2.args(&args)
         .env("BORG_BASE_DIR", &f.server_base)
         .env_remove("BORG_PASSPHRASE");
+    // A passphrase file others can read is refused before anything runs, naming the fix.
+    let out = run(&mut cmd2);
+    assert_eq!(out.status.code(), Some(67), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("too open") && text(&out.stderr).contains("chmod 600"),
+        "{}",
+        describe(&out)
+    );
+    fs::set_permissions(&pass_file, fs::Permissions::from_mode(0o600)).unwrap();
     let out = run(&mut cmd2);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(text(&out.stdout), format!("{archive}\n"));
@@ -660,6 +670,7 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
     fs::write(f.dir().join("authorized_keys"), ak).unwrap();
     let pass = f.dir().join("enc_pass");
     fs::write(&pass, "s3cret pass\n").unwrap();
+    fs::set_permissions(&pass, fs::Permissions::from_mode(0o600)).unwrap();
     let base: Vec<OsString> = f.pull(&["--version"]).get_args().map(OsStr::to_owned).collect();
     let i = base.iter().position(|a| a == "-i").unwrap();
     let mut args = base.clone();

@@ -188,6 +188,20 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A file holding a secret (key or passphrase) can be read by other users.
+    #[error(
+        "permissions {mode:04o} for {kind} {path:?} are too open: other users could read it; \
+         fix: chmod 600 {path:?}"
+    )]
+    SecretFileTooOpen {
+        /// What the file holds.
+        kind: SecretKind,
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
     /// No identity was given and none of the default ones exists.
     #[error("no identity: pass -i FILE (none of ~/.ssh/id_ed25519, id_ecdsa, id_rsa exists)")]
     NoIdentity,
@@ -326,5 +340,26 @@ impl Error {
                 | Error::HostKeyRevoked(_)
                 | Error::HostCertificateUnsupported(_)
         )
+    }
+}
+
+/// What a secret file holds (for [`Error::SecretFileTooOpen`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// An SSH private key.
+    Identity,
+    /// The passphrase of an SSH private key.
+    IdentityPassphrase,
+    /// The borg repository passphrase.
+    RepoPassphrase,
+}
+
+impl std::fmt::Display for SecretKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SecretKind::Identity => "identity",
+            SecretKind::IdentityPassphrase => "identity passphrase file",
+            SecretKind::RepoPassphrase => "passphrase file",
+        })
     }
 }

@@ -11,15 +11,36 @@ use std::path::{Path, PathBuf};
 use data_encoding::BASE64;
 use russh::keys::PrivateKey;
 
+use crate::error::SecretKind;
 use crate::{Error, Result};
 
 const MAGIC: &[u8] = b"openssh-key-v1\0";
 const BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
 const END: &str = "-----END OPENSSH PRIVATE KEY-----";
 
+/// Refuses a secret file that group or others may read, as OpenSSH does for private keys: a
+/// secret in such a file is already leaked, and using it would hide that.
+pub fn ensure_private(path: &Path, kind: SecretKind) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // A missing or unreadable file is reported by whoever reads it, with its own context.
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(Error::SecretFileTooOpen {
+            kind,
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 /// Loads `path` (decrypting with `passphrase` if it is encrypted), working around ssh-key's
-/// short-scalar ECDSA bug for unencrypted keys.
+/// short-scalar ECDSA bug for unencrypted keys. Refuses a key others can read.
 pub fn load(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey> {
+    ensure_private(path, SecretKind::Identity)?;
     match russh::keys::load_secret_key(path, passphrase) {
         Ok(key) => Ok(key),
         Err(russh::keys::Error::KeyIsEncrypted) => Err(Error::IdentityEncrypted {
@@ -122,6 +143,31 @@ fn put_string(out: &mut Vec<u8>, s: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_files_others_can_read_are_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id_ed25519");
+        std::fs::write(&key, "not a key").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = load(&key, None).unwrap_err();
+            assert!(
+                matches!(err, Error::SecretFileTooOpen { mode: m, .. } if m == mode),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("{mode:04o}")) && text.contains("chmod 600"),
+                "{text}"
+            );
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(ensure_private(&key, SecretKind::Identity).is_ok());
+        // Private but not a key: the parse error, not the mode, is reported.
+        assert!(matches!(load(&key, None), Err(Error::Identity { .. })));
+    }
 
     /// The P-256 generator: the public key of the private scalar 1.
     const G: &str = "046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5";

@@ -39,5 +39,5 @@ pub mod limits;
 pub mod pull;
 pub mod session;
 
-pub use error::{Error, ForwardDenial, Result};
+pub use error::{Error, ForwardDenial, Result, SecretKind};
 pub use pull::{pull, PullOptions};

@@ -74,6 +74,7 @@ impl Passphrase {
     /// `BORG_PASSCOMMAND`).
     pub async fn from_sources(file: Option<&Path>) -> Result<Option<Self>> {
         if let Some(path) = file {
+            crate::identity::ensure_private(path, crate::error::SecretKind::RepoPassphrase)?;
             let text = tokio::fs::read_to_string(path)
                 .await
                 .map_err(|e| Error::Passphrase(format!("cannot read passphrase file {path:?}: {e}")))?;

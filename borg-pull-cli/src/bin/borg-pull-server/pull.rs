@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use borg_pull_core::ServeConfig;
 use borg_pull_tunnel::pull::{pull, Passphrase, PullOptions};
-use borg_pull_tunnel::Error;
+use borg_pull_tunnel::{Error, SecretKind};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -176,6 +176,7 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
 }
 
 async fn first_line(path: &std::path::Path) -> Result<String, Error> {
+    borg_pull_tunnel::identity::ensure_private(path, SecretKind::IdentityPassphrase)?;
     let text = tokio::fs::read_to_string(path)
         .await
         .map_err(|source| Error::Io {
@@ -211,9 +212,14 @@ fn exit_code(e: &Error) -> u8 {
         Error::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => 64,
         e if e.is_host_key() => 65,
         Error::KnownHostsIo { .. } => 65,
+        Error::SecretFileTooOpen {
+            kind: SecretKind::RepoPassphrase,
+            ..
+        } => 67,
         Error::Identity { .. }
         | Error::IdentityEncrypted { .. }
         | Error::NoIdentity
+        | Error::SecretFileTooOpen { .. }
         | Error::AuthFailed { .. } => 66,
         Error::Passphrase(_) => 67,
         Error::Connect { .. } | Error::ConnectTimeout { .. } => 68,
