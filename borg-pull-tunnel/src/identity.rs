@@ -203,7 +203,7 @@ mod tests {
     fn short_scalar_is_repaired() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("id_ecdsa");
-        std::fs::write(&path, key_with_scalar(&[1])).unwrap();
+        write_private(&path, key_with_scalar(&[1]));
         assert!(
             russh::keys::load_secret_key(&path, None).is_err(),
             "ssh-key fixed the bug: drop this"
@@ -219,7 +219,14 @@ mod tests {
         assert!(pad_short_p256_scalar("garbage").is_none());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nope");
-        std::fs::write(&path, "not a key").unwrap();
+        write_private(&path, "not a key");
         assert!(matches!(load(&path, None), Err(Error::Identity { .. })));
+    }
+
+    /// Key files as ssh-keygen writes them (0600): `load` refuses anything looser.
+    fn write_private(path: &Path, text: impl AsRef<[u8]>) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
