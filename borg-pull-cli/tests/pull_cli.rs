@@ -56,20 +56,31 @@ impl Fixture {
 
     /// `borg-pull-server pull` with this fixture's options, then `--` and `borg_args`.
     fn pull<S: AsRef<OsStr>>(&self, borg_args: &[S]) -> Command {
+        self.pull_with::<&str, S>(&[], borg_args)
+    }
+
+    /// [`Fixture::pull`] with `options` (`--flag` or `--flag VALUE`) first; a flag given there
+    /// replaces the fixture's own value for it (`-i`, `--known-hosts`, `--relay`, ...).
+    fn pull_with<O: AsRef<OsStr>, S: AsRef<OsStr>>(&self, options: &[O], borg_args: &[S]) -> Command {
+        let given = |flag: &str| options.iter().any(|o| o.as_ref() == flag);
+        let client_base = format!("BORG_BASE_DIR={}", self.client_base.display());
+        let port = self.sshd.port.to_string();
+        let defaults: [(&str, &OsStr); 5] = [
+            ("-p", OsStr::new(&port)),
+            ("-i", self.sshd.client_key().as_os_str()),
+            ("--known-hosts", self.sshd.known_hosts.as_os_str()),
+            ("--relay", OsStr::new(RELAY)),
+            ("--repo", self.repo.as_os_str()),
+        ];
         let mut cmd = Command::new(server_bin());
-        cmd.arg("pull")
-            .arg("-p")
-            .arg(self.sshd.port.to_string())
-            .arg("-i")
-            .arg(self.sshd.client_key())
-            .arg("--known-hosts")
-            .arg(&self.sshd.known_hosts)
-            .arg("--relay")
-            .arg(RELAY)
-            .arg("--repo")
-            .arg(&self.repo)
-            .arg("--env")
-            .arg(format!("BORG_BASE_DIR={}", self.client_base.display()))
+        cmd.arg("pull").args(options);
+        for (flag, value) in defaults {
+            if !given(flag) {
+                cmd.arg(flag).arg(value);
+            }
+        }
+        cmd.arg("--env")
+            .arg(client_base)
             .arg("--env")
             .arg("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes")
             .arg(self.sshd.destination())
@@ -331,16 +342,11 @@ fn hostile_names_round_trip_byte_for_byte_with_passphrase() {
     let pass_file = f.dir().join("pass");
     fs::write(&pass_file, format!("{PASSPHRASE}\n")).unwrap();
     fs::set_permissions(&pass_file, fs::Permissions::from_mode(0o644)).unwrap();
-    let mut cmd = f.pull(&["list", "--short"]);
-    cmd.env_remove("BORG_PASSPHRASE");
-    let mut args: Vec<OsString> = cmd.get_args().map(OsStr::to_owned).collect();
-    let dd = args.iter().position(|a| a == "--").unwrap();
-    args.insert(dd - 1, "--passphrase-file".into());
-    args.insert(dd, pass_file.clone().into());
-    let mut cmd2 = Command::new(server_bin());
-    cmd2.args(&args)
-        .env("BORG_BASE_DIR", &f.server_base)
-        .env_remove("BORG_PASSPHRASE");
+    let mut cmd2 = f.pull_with(
+        &[OsStr::new("--passphrase-file"), pass_file.as_os_str()],
+        &["list", "--short"],
+    );
+    cmd2.env_remove("BORG_PASSPHRASE");
     // A passphrase file others can read is refused before anything runs, naming the fix.
     let out = run(&mut cmd2);
     assert_eq!(out.status.code(), Some(67), "{}", describe(&out));
@@ -373,20 +379,10 @@ fn hostile_names_round_trip_byte_for_byte_with_passphrase() {
     fs::create_dir(&client_restore).unwrap();
     // The login user is not root; the test's own directory lets it write there.
     fs::set_permissions(&client_restore, fs::Permissions::from_mode(0o777)).unwrap();
-    let cmd = f.pull(&["extract".to_owned(), format!("::{archive}")]);
-    let mut args: Vec<OsString> = cmd.get_args().map(OsStr::to_owned).collect();
-    let dd = args.iter().position(|a| a == "--").unwrap();
-    args.insert(dd - 1, "--remote-dir".into());
-    args.insert(dd, client_restore.clone().into());
-    let mut restore_cmd = Command::new(server_bin());
-    restore_cmd.args(&args);
-    for (name, value) in cmd.get_envs() {
-        match value {
-            Some(value) => restore_cmd.env(name, value),
-            None => restore_cmd.env_remove(name),
-        };
-    }
-    let out = run(&mut restore_cmd);
+    let out = run(&mut f.pull_with(
+        &[OsStr::new("--remote-dir"), client_restore.as_os_str()],
+        &["extract".to_owned(), format!("::{archive}")],
+    ));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(tree(&client_restore.join(rel)), tree(&data));
 
@@ -429,20 +425,11 @@ fn borg_exit_codes_pass_through() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 
     // A command killed by a signal on the client: 128 + N, as a shell reports it.
-    let mut args: Vec<OsString> = f
-        .pull(&["-c", "kill -TERM $$"])
-        .get_args()
-        .map(OsStr::to_owned)
-        .collect();
-    args.splice(1..1, ["--remote-borg".into(), "/bin/sh".into()]);
-    let out = run(Command::new(server_bin()).args(&args));
+    let out = run(&mut f.pull_with(&["--remote-borg", "/bin/sh"], &["-c", "kill -TERM $$"]));
     assert_eq!(out.status.code(), Some(128 + 15), "{}", describe(&out));
 
     // A relay missing on the client is named before anything is set up there.
-    let mut args: Vec<OsString> = f.pull(&["list"]).get_args().map(OsStr::to_owned).collect();
-    let i = args.iter().position(|a| a == "--relay").unwrap();
-    args[i + 1] = "/nonexistent/borg-pull-relay".into();
-    let out = run(Command::new(server_bin()).args(&args));
+    let out = run(&mut f.pull_with(&["--relay", "/nonexistent/borg-pull-relay"], &["list"]));
     assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("\"/nonexistent/borg-pull-relay\" was not found on the client"),
@@ -500,12 +487,7 @@ fn unknown_and_changed_host_keys_are_refused_before_login() {
 
     // accept-new: records the key, then it is known.
     let fresh = f.dir().join("new dir/known_hosts");
-    let mut cmd = with_known_hosts(&f, &fresh, &["--version"]);
-    let mut args: Vec<OsString> = cmd.get_args().map(OsStr::to_owned).collect();
-    args.insert(1, "--accept-new-host-key".into());
-    cmd = Command::new(server_bin());
-    cmd.args(&args);
-    let out = run(&mut cmd);
+    let out = run(&mut accepting_new_keys(&f, &fresh));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(text(&out.stdout).starts_with("borg "), "{}", describe(&out));
     let recorded = fs::read_to_string(&fresh).unwrap();
@@ -523,31 +505,24 @@ fn unknown_and_changed_host_keys_are_refused_before_login() {
     );
 
     // A changed key is refused even with --accept-new-host-key.
-    let mut cmd = with_known_hosts(&f, &changed, &["--version"]);
-    let mut args: Vec<OsString> = cmd.get_args().map(OsStr::to_owned).collect();
-    args.insert(1, "--accept-new-host-key".into());
-    cmd = Command::new(server_bin());
-    cmd.args(&args);
-    let out = run(&mut cmd);
+    let out = run(&mut accepting_new_keys(&f, &changed));
     assert_eq!(out.status.code(), Some(65), "{}", describe(&out));
     f.assert_clean();
 }
 
 /// `f.pull(args)` with a different known_hosts file.
 fn with_known_hosts(f: &Fixture, known_hosts: &Path, borg_args: &[&str]) -> Command {
-    let cmd = f.pull(borg_args);
-    let mut args: Vec<OsString> = cmd.get_args().map(OsStr::to_owned).collect();
-    let i = args.iter().position(|a| a == "--known-hosts").unwrap();
-    args[i + 1] = known_hosts.as_os_str().to_owned();
-    let mut new = Command::new(server_bin());
-    new.args(args);
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => new.env(k, v),
-            None => new.env_remove(k),
-        };
-    }
-    new
+    f.pull_with(&[OsStr::new("--known-hosts"), known_hosts.as_os_str()], borg_args)
+}
+
+/// `borg --version` through pull with `--accept-new-host-key` and `known_hosts`.
+fn accepting_new_keys(f: &Fixture, known_hosts: &Path) -> Command {
+    let options = [
+        OsStr::new("--accept-new-host-key"),
+        OsStr::new("--known-hosts"),
+        known_hosts.as_os_str(),
+    ];
+    f.pull_with(&options, &["--version"])
 }
 
 #[test]
@@ -571,11 +546,7 @@ fn forwarded_connections_are_bounded() {
     let f = Fixture::new(Sshd::start(), false);
     // Six relays at once, each holding its connection open for a while.
     let script = r#"for i in 1 2 3 4 5 6; do (sleep 3 | eval "exec $BORG_RSH" >/dev/null 2>&1) & done; wait"#;
-    let mut args: Vec<OsString> = f.pull(&["-c", script]).get_args().map(OsStr::to_owned).collect();
-    args.splice(1..1, ["--remote-borg".into(), "/bin/sh".into()]);
-    let out = run(Command::new(server_bin())
-        .args(&args)
-        .env("BORG_BASE_DIR", &f.server_base));
+    let out = run(&mut f.pull_with(&["--remote-borg", "/bin/sh"], &["-c", script]));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let refused = text(&out.stderr)
         .matches("refusing a forwarded connection")
@@ -640,13 +611,7 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
     assert!(sshd.host_key_pub.starts_with("ecdsa-sha2-nistp256 "));
     let f = Fixture::new(sshd, false);
     for key in &f.sshd.client_keys {
-        let mut cmd = f.pull(&["--version"]);
-        let mut args: Vec<OsString> = cmd.get_args().map(OsStr::to_owned).collect();
-        let i = args.iter().position(|a| a == "-i").unwrap();
-        args[i + 1] = key.as_os_str().to_owned();
-        cmd = Command::new(server_bin());
-        cmd.args(args);
-        let out = run(&mut cmd);
+        let out = run(&mut f.pull_with(&[OsStr::new("-i"), key.as_os_str()], &["--version"]));
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -671,12 +636,8 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
     let pass = f.dir().join("enc_pass");
     fs::write(&pass, "s3cret pass\n").unwrap();
     fs::set_permissions(&pass, fs::Permissions::from_mode(0o600)).unwrap();
-    let base: Vec<OsString> = f.pull(&["--version"]).get_args().map(OsStr::to_owned).collect();
-    let i = base.iter().position(|a| a == "-i").unwrap();
-    let mut args = base.clone();
-    args[i + 1] = enc.as_os_str().to_owned();
-    let out = run(Command::new(server_bin())
-        .args(&args)
+    let out = run(f
+        .pull_with(&[OsStr::new("-i"), enc.as_os_str()], &["--version"])
         .env_remove("BORG_PULL_IDENTITY_PASSPHRASE"));
     assert_eq!(out.status.code(), Some(66), "{}", describe(&out));
     assert!(
@@ -684,9 +645,15 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
         "{}",
         describe(&out)
     );
-    args.insert(i + 2, "--identity-passphrase-file".into());
-    args.insert(i + 3, pass.into_os_string());
-    let out = run(Command::new(server_bin()).args(&args));
+    let with_pass = [
+        OsStr::new("-i"),
+        enc.as_os_str(),
+        OsStr::new("--identity-passphrase-file"),
+        pass.as_os_str(),
+    ];
+    let out = run(f
+        .pull_with(&with_pass, &["--version"])
+        .env_remove("BORG_PULL_IDENTITY_PASSPHRASE"));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 
     // A key the client does not authorise.
@@ -697,9 +664,7 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
         .status()
         .unwrap();
     assert!(st.success());
-    let mut args = base;
-    args[i + 1] = stranger.into_os_string();
-    let out = run(Command::new(server_bin()).args(&args));
+    let out = run(&mut f.pull_with(&[OsStr::new("-i"), stranger.as_os_str()], &["--version"]));
     assert_eq!(out.status.code(), Some(66), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("permission denied"),
@@ -866,16 +831,10 @@ impl Drop for Resume {
 fn dead_client_ends_the_run_within_the_keepalive_bound() {
     let f = Fixture::new(Sshd::start(), false);
     let data = big_dataset(&f);
-    let mut args: Vec<OsString> = f
-        .pull(&[OsString::from("create"), "::dead".into(), data.into()])
-        .get_args()
-        .map(OsStr::to_owned)
-        .collect();
-    args.splice(1..1, ["--keepalive".into(), "1".into()]);
-    let mut cmd = Command::new(server_bin());
-    cmd.args(&args)
-        .env("BORG_BASE_DIR", &f.server_base)
-        .env_remove("BORG_PASSPHRASE");
+    let mut cmd = f.pull_with(
+        &["--keepalive", "1"],
+        &[OsString::from("create"), "::dead".into(), data.into()],
+    );
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
