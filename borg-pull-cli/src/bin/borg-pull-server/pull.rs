@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use borg_pull_core::ServeConfig;
-use borg_pull_tunnel::pull::{pull, Passphrase, PullOptions};
+use borg_pull_tunnel::pull::{pull, PullEnv, PullOptions};
+use borg_pull_tunnel::secret::Passphrase;
 use borg_pull_tunnel::{Error, SecretKind};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -147,7 +148,8 @@ pub fn run(args: PullArgs) -> ExitCode {
 }
 
 async fn run_async(args: PullArgs) -> Result<u8, Error> {
-    let mut options = PullOptions::new(&args.destination, &args.repo, args.borg_args)?;
+    let env = PullEnv::from_process();
+    let mut options = PullOptions::with_env(&args.destination, &args.repo, args.borg_args, &env)?;
     options.session.port = args.port;
     options.session.identity = args.identity;
     options.session.accept_new_host_key = args.accept_new_host_key;
@@ -155,10 +157,9 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     if let Some(kh) = args.known_hosts {
         options.session.known_hosts = kh;
     }
-    options.session.identity_passphrase = match args.identity_passphrase_file {
-        Some(path) => Some(first_line(&path).await?),
-        None => std::env::var("BORG_PULL_IDENTITY_PASSPHRASE").ok(),
-    };
+    if let Some(path) = args.identity_passphrase_file {
+        options.session.identity_passphrase = Some(first_line(&path).await?);
+    }
     options.relay = args.relay;
     options.remote_borg = args.remote_borg;
     options.remote_dir = args.remote_dir;
@@ -166,7 +167,7 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     let mut serve = ServeConfig::new(&args.repo)?;
     serve.borg = args.borg;
     options.serve = serve;
-    options.passphrase = Passphrase::from_sources(args.passphrase_file.as_deref()).await?;
+    options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
 
     let cancel = CancellationToken::new();
     options.cancel = cancel.clone();
@@ -218,7 +219,7 @@ fn exit_code(e: &Error) -> u8 {
         } => 67,
         Error::Identity { .. }
         | Error::IdentityEncrypted { .. }
-        | Error::NoIdentity
+        | Error::NoIdentity { .. }
         | Error::SecretFileTooOpen { .. }
         | Error::AuthFailed { .. } => 66,
         Error::Passphrase(_) => 67,
@@ -227,7 +228,11 @@ fn exit_code(e: &Error) -> u8 {
         | Error::RemoteProgramMissing { .. }
         | Error::RemoteHelper { .. }
         | Error::RemoteHelperTimeout { .. } => 69,
-        Error::ConnectionLost { .. } => 74,
+        Error::ConnectionLost { .. }
+        | Error::NoAnswer { .. }
+        | Error::OversizedPacket { .. }
+        | Error::ChannelOpenFlood { .. }
+        | Error::RemoteOutputTooLarge { .. } => 74,
         Error::Interrupted => 130,
         _ => 70,
     }

@@ -20,14 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use borg_pull_core::serve::{serve_stream, ServeConfig};
-use russh::client::{ChannelOpenHandle, Msg};
+use russh::client::Msg;
 use russh::{Channel, ChannelOpenFailure};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
 use crate::error::ForwardDenial;
-use crate::exec::{capture, shell_quote};
+use crate::exec::shell_quote;
+use crate::incoming::{Decision, Incoming};
 use crate::limits::{MAX_FORWARDED_CONNECTIONS, MAX_SOCKET_PATH, REMOTE_HELPER_TIMEOUT};
 use crate::session::Session;
 use crate::{Error, Result};
@@ -46,7 +47,7 @@ pub struct ForwardStats {
 /// Owns the tasks that bridge forwarded channels to `borg serve`.
 pub struct Forwarder {
     serve: ServeConfig,
-    expected: Mutex<Option<String>>,
+    expected: Arc<Mutex<Option<String>>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
     totals: Arc<Totals>,
@@ -57,11 +58,21 @@ impl Forwarder {
     pub fn new(serve: ServeConfig, cancel: CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             serve,
-            expected: Mutex::new(None),
+            expected: Arc::default(),
             tracker: TaskTracker::new(),
             cancel,
             totals: Arc::default(),
         })
+    }
+
+    fn clone_handles(&self) -> Self {
+        Self {
+            serve: self.serve.clone(),
+            expected: self.expected.clone(),
+            tracker: self.tracker.clone(),
+            cancel: self.cancel.clone(),
+            totals: self.totals.clone(),
+        }
     }
 
     /// Accept channels for this socket path only (set before requesting the forward).
@@ -69,26 +80,7 @@ impl Forwarder {
         *self.expected.lock().expect("not poisoned") = Some(socket_path.to_owned());
     }
 
-    /// Called from the russh handler: accept a channel for our socket and spawn its bridge.
-    ///
-    /// Returns at once; the connection loop must never wait for a bridge.
-    pub async fn accept(&self, channel: Channel<Msg>, socket_path: &str, reply: ChannelOpenHandle) {
-        let expected = self.expected.lock().expect("not poisoned").clone();
-        if expected.as_deref() != Some(socket_path) || self.cancel.is_cancelled() {
-            warn!(
-                socket_path,
-                "refusing a forwarded connection for a socket we did not ask for"
-            );
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
-            return;
-        }
-        if self.totals.active.fetch_add(1, Ordering::SeqCst) >= MAX_FORWARDED_CONNECTIONS {
-            self.totals.active.fetch_sub(1, Ordering::SeqCst);
-            warn!("refusing a forwarded connection: {MAX_FORWARDED_CONNECTIONS} already open");
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return;
-        }
-        reply.accept().await;
+    fn bridge(&self, channel: Channel<Msg>) {
         let n = self.totals.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let serve = self.serve.clone();
         let cancel = self.cancel.child_token();
@@ -153,30 +145,49 @@ struct Totals {
     from_serve: AtomicU64,
 }
 
+impl Incoming for Forwarder {
+    /// Accepts connections to our socket only, at most [`MAX_FORWARDED_CONNECTIONS`] at once;
+    /// the bridge task owns and drains the channel.
+    fn forwarded_streamlocal(&self, socket_path: &str) -> Decision {
+        let expected = self.expected.lock().expect("not poisoned").clone();
+        if expected.as_deref() != Some(socket_path) || self.cancel.is_cancelled() {
+            warn!(
+                socket_path,
+                "refusing a forwarded connection for a socket we did not ask for"
+            );
+            return Decision::prohibited();
+        }
+        if self.totals.active.fetch_add(1, Ordering::SeqCst) >= MAX_FORWARDED_CONNECTIONS {
+            self.totals.active.fetch_sub(1, Ordering::SeqCst);
+            warn!("refusing a forwarded connection: {MAX_FORWARDED_CONNECTIONS} already open");
+            return Decision::Refuse(ChannelOpenFailure::ResourceShortage);
+        }
+        let forwarder = self.clone_handles();
+        Decision::Accept(Box::new(move |channel| forwarder.bridge(channel)))
+    }
+}
+
 /// Asks the client's sshd to listen on `socket_path`; on refusal, finds out why.
 pub async fn listen(session: &Session, forwarder: &Forwarder, socket_path: &str) -> Result<()> {
     forwarder.expect(socket_path);
-    match session.handle.streamlocal_forward(socket_path).await {
+    match session.streamlocal_forward(socket_path).await {
         Ok(()) => {
             debug!(socket_path, "forward listening");
             Ok(())
         }
-        Err(russh::Error::RequestDenied) => Err(Error::ForwardDenied {
-            host: session.host.clone(),
-            port: session.port,
+        Err(Error::RequestDenied { host, port, .. }) => Err(Error::ForwardDenied {
+            host,
+            port,
             path: socket_path.to_owned(),
             cause: diagnose(session, socket_path).await,
         }),
-        Err(source) => Err(Error::Ssh {
-            context: "requesting the UNIX socket forward",
-            source,
-        }),
+        Err(e) => Err(e),
     }
 }
 
 /// Stops listening on `socket_path` (best effort: the directory is removed anyway).
 pub async fn unlisten(session: &Session, socket_path: &str) {
-    if let Err(e) = session.handle.cancel_streamlocal_forward(socket_path).await {
+    if let Err(e) = session.cancel_streamlocal_forward(socket_path).await {
         debug!(socket_path, "cancel-streamlocal-forward: {e}");
     }
 }
@@ -197,7 +208,7 @@ async fn diagnose(session: &Session, socket_path: &str) -> ForwardDenial {
         "if [ ! -d {qdir} ]; then echo nodir; elif [ -e {qsock} ] || [ -L {qsock} ]; then echo stale; \
          elif [ ! -w {qdir} ] || [ ! -x {qdir} ]; then echo notwritable; else echo ok; fi"
     );
-    match capture(&session.handle, &script, REMOTE_HELPER_TIMEOUT).await {
+    match session.capture(&script, REMOTE_HELPER_TIMEOUT).await {
         Ok(out) => match String::from_utf8_lossy(&out.stdout).trim() {
             "ok" => ForwardDenial::Forbidden,
             "nodir" => ForwardDenial::NoDirectory,
