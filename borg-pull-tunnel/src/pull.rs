@@ -355,7 +355,8 @@ impl Run<'_> {
         debug!(dir, "private socket directory created on the client");
         let socket = format!("{dir}/{SOCKET_NAME}");
         let listening = unix_forward::listen(self.session, self.forwarder, &socket);
-        // Dropping the channel on failure sends EOF: the script exits and removes the directory.
+        // On failure we disconnect: sshd ends the session, the script reads EOF instead of `go`,
+        // exits, and its watcher removes the directory.
         self.step("the UNIX socket forward request", REQUEST_TIMEOUT * 2, listening)
             .await?;
         let lines = Zeroizing::new(remote::go_lines(
