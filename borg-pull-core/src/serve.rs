@@ -103,19 +103,61 @@ impl ServeConfig {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.borg);
         cmd.args(self.args())
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(name, _)| passed_to_serve(name)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Socket activation variables are for us, never for borg serve.
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
             .kill_on_drop(true);
         cmd
     }
 }
 
+/// Whether the environment variable `name` of this process is passed on to `borg serve`.
+///
+/// An allowlist, because borg serve needs almost nothing and the server's environment may hold
+/// secrets meant for other work (`BORG_PASSPHRASE`, `BORG_PASSCOMMAND`, `BORG_PULL_IDENTITY_PASSPHRASE`,
+/// an ssh `SSH_ORIGINAL_COMMAND`), settings that would change what borg serve may do
+/// (`BORG_REPO_PERMISSIONS`, `BORG_RSH`, `PYTHONPATH`, `LD_PRELOAD`), or our own socket-activation
+/// variables (`LISTEN_*`). Passed:
+///
+/// - `PATH`, `HOME`, `USER`, `LOGNAME`, `TMPDIR`: where borg serve finds programs, its home and
+///   temporary files;
+/// - `LANG`, `LANGUAGE`, `LC_*`, `TZ`: how it decodes file names and formats times and messages;
+/// - `BORG_BASE_DIR`, `BORG_CONFIG_DIR`, `BORG_CACHE_DIR`, `BORG_SECURITY_DIR`, `BORG_KEYS_DIR`:
+///   where borg keeps its files (paths, not secrets; a repository server rarely uses them, but a
+///   borg that cannot find its config dir complains);
+/// - `BORG_HOST_ID`: identifies this host in the repository lock, which stale-lock detection
+///   relies on (containers set it).
+///
+/// Not passed, on purpose: `BORG_LOGGING_CONF` makes borg load a Python logging configuration,
+/// which may instantiate arbitrary classes; borg serve's stderr is logged by us anyway.
+pub fn passed_to_serve(name: &std::ffi::OsStr) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "BORG_BASE_DIR",
+        "BORG_CONFIG_DIR",
+        "BORG_CACHE_DIR",
+        "BORG_SECURITY_DIR",
+        "BORG_KEYS_DIR",
+        "BORG_HOST_ID",
+    ];
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    EXACT.contains(&name) || (name.starts_with("LC_") && name.len() > 3)
+}
+
 /// Runs one `borg serve` for `stream` and relays between them until both directions are done.
+///
+/// borg serve gets only the environment variables [`passed_to_serve`] allows.
 ///
 /// The child is killed and reaped on every path out: a clean end (after [`SERVE_EXIT_GRACE`]),
 /// a relay error, or `cancel` (stdin closed first, killed after [`SERVE_CANCEL_GRACE`]). Its stderr
@@ -260,6 +302,43 @@ mod tests {
             let err = with_borg(bad).find_program().unwrap_err();
             assert!(matches!(err, Error::BorgNotFound { .. }), "{bad}: {err}");
             assert!(err.to_string().contains("--borg"), "{err}");
+        }
+    }
+
+    #[test]
+    fn only_allowlisted_variables_reach_borg_serve() {
+        use std::ffi::OsStr;
+        for passed in [
+            "PATH",
+            "HOME",
+            "LANG",
+            "LC_ALL",
+            "LC_CTYPE",
+            "TZ",
+            "BORG_BASE_DIR",
+            "BORG_HOST_ID",
+        ] {
+            assert!(passed_to_serve(OsStr::new(passed)), "{passed}");
+        }
+        for secret in [
+            "BORG_PASSPHRASE",
+            "BORG_PASSCOMMAND",
+            "BORG_PASSPHRASE_FD",
+            "BORG_NEW_PASSPHRASE",
+            "BORG_PULL_IDENTITY_PASSPHRASE",
+            "SSH_ORIGINAL_COMMAND",
+            "BORG_REPO_PERMISSIONS",
+            "BORG_RSH",
+            "BORG_LOGGING_CONF",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LD_PRELOAD",
+            "PYTHONPATH",
+            "LC_",
+            "path",
+            "PATH2",
+        ] {
+            assert!(!passed_to_serve(OsStr::new(secret)), "{secret}");
         }
     }
 
