@@ -807,3 +807,26 @@ fn borg_serve_gets_no_secrets_from_the_servers_environment() {
     assert!(vars.iter().any(|v| v.starts_with("BORG_BASE_DIR=")), "{vars:?}");
     assert!(vars.iter().any(|v| v.starts_with("PATH=")), "{vars:?}");
 }
+
+#[test]
+fn borg_serve_stderr_is_escaped_and_survives_invalid_utf8() {
+    let t = TestDir::new();
+    let fake = t.join("fake-borg");
+    fs::write(
+        &fake,
+        "#!/bin/sh\nprintf 'colour \\033[31mred\\033]0;title\\007\\n' >&2\n\
+         printf 'bytes \\377\\376 here\\n' >&2\necho 'after the bad bytes' >&2\nexec cat\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = t.join("run/borg.sock");
+    let mut server = start_server(&t, &socket, t.path(), &["--borg", fake.to_str().unwrap()]);
+    let conn = UnixStream::connect(&socket).unwrap();
+    server.wait_for_log("after the bad bytes");
+    drop(conn);
+    server.wait_for_log("session ended");
+    let log = server.log();
+    assert!(!log.contains('\u{1b}'), "a raw ESC reached the log: {log:?}");
+    assert!(log.contains(r"colour \x1b[31mred\x1b]0;title\x07"), "{log}");
+    assert!(log.contains(r"bytes \xff\xfe here"), "{log}");
+}

@@ -9,6 +9,7 @@
 //!   systemd socket activation) that hand each connection to [`serve`].
 //! - [`supervise`]: one owner for all `borg serve` sessions of a run: admission (wait or refuse),
 //!   limits, graceful drain, totals.
+//! - [`text`]: untrusted output made fit for logs: escaped, lossy, bounded lines.
 //! - [`limits`]: every timeout and size in one place.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod relay;
 pub mod rsh;
 pub mod serve;
 pub mod supervise;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use serve::ServeConfig;

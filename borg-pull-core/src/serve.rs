@@ -11,12 +11,13 @@ use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::limits::{SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
+use crate::limits::{LOG_LINE_MAX, SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
+use crate::text::BoundedLines;
 use crate::{Error, Result};
 
 /// How the server runs `borg serve` for every connection. Fixed by the server's operator.
@@ -161,7 +162,7 @@ pub fn passed_to_serve(name: &std::ffi::OsStr) -> bool {
 ///
 /// The child is killed and reaped on every path out: a clean end (after [`SERVE_EXIT_GRACE`]),
 /// a relay error, or `cancel` (stdin closed first, killed after [`SERVE_CANCEL_GRACE`]). Its stderr
-/// is logged line by line, since it cannot cross the socket.
+/// is logged line by line (escaped, each line bounded), since it cannot cross the socket.
 pub async fn serve_stream<S>(
     config: &ServeConfig,
     mut stream: S,
@@ -231,10 +232,21 @@ fn log_exit(status: ExitStatus) {
     }
 }
 
+/// Logs borg serve's stderr, escaped and cut to [`LOG_LINE_MAX`] bytes a line, until EOF.
+///
+/// Reading on whatever arrives matters: if we stopped, borg serve's next write to stderr would get
+/// EPIPE and it would die mid-session.
 async fn log_lines(stderr: impl AsyncRead + Unpin) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        info!(target: "borg_serve", "{line}");
+    let mut lines = BoundedLines::new(stderr, LOG_LINE_MAX);
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => info!(target: "borg_serve", "{line}"),
+            Ok(None) => return,
+            Err(e) => {
+                warn!("cannot read borg serve's stderr any more: {e}");
+                return;
+            }
+        }
     }
 }
 
@@ -340,6 +352,46 @@ mod tests {
         ] {
             assert!(!passed_to_serve(OsStr::new(secret)), "{secret}");
         }
+    }
+
+    #[tokio::test]
+    async fn stderr_with_invalid_utf8_is_read_to_the_end() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("all-written");
+        let script = dir.path().join("fake-borg");
+        // Invalid UTF-8, then far more than a pipe holds: if we stopped reading, the writes would
+        // fail (EPIPE; sh dies of SIGPIPE) and the marker would never appear.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nprintf 'bad \\377\\376\\n' >&2\n\
+                 i=0; while [ $i -lt 3000 ]; do echo \"line $i of a long complaint on stderr ......................................\" >&2; i=$((i+1)); done\n\
+                 touch '{}'\nexec cat\n",
+                marker.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let config = with_borg(script.to_str().unwrap());
+        let (mut client, server) = tokio::io::duplex(1024);
+        let session =
+            tokio::spawn(async move { serve_stream(&config, server, CancellationToken::new()).await });
+        let start = std::time::Instant::now();
+        while !marker.exists() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "the fake borg's stderr writes failed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        client.write_all(b"still alive").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut echoed = Vec::new();
+        client.read_to_end(&mut echoed).await.unwrap();
+        assert_eq!(echoed, b"still alive");
+        let outcome = session.await.unwrap().unwrap();
+        assert!(outcome.status.is_some_and(|s| s.success()), "{outcome:?}");
     }
 
     #[test]
