@@ -746,3 +746,87 @@ fn socket_dir_of_another_user_is_refused() {
     assert!(log.contains("belongs to uid 65534"), "{log}");
     assert!(log.contains("chown"), "{log}");
 }
+
+#[test]
+fn borg_serve_gets_no_secrets_from_the_servers_environment() {
+    let t = TestDir::new();
+    let dump = t.join("serve.env");
+    let fake = t.join("fake-borg");
+    fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncat /proc/$$/environ > '{}'\nexec cat\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = t.join("run/borg.sock");
+    let args = [
+        os("--socket"),
+        socket.as_os_str(),
+        os("--repo"),
+        t.path().as_os_str(),
+        os("--borg"),
+        fake.as_os_str(),
+    ];
+    let mut cmd = server_cmd(&t, &args);
+    let secrets = [
+        "BORG_PASSPHRASE",
+        "BORG_PASSCOMMAND",
+        "BORG_NEW_PASSPHRASE",
+        "BORG_PULL_IDENTITY_PASSPHRASE",
+        "SSH_ORIGINAL_COMMAND",
+        "BORG_REPO_PERMISSIONS",
+        "BORG_RSH",
+    ];
+    for name in secrets {
+        cmd.env(name, "s3cret");
+    }
+    cmd.env("BORG_HOST_ID", "listen-test");
+    let mut server = Spawned::spawn(cmd, t.join("server.log"));
+    server.wait_for_log("listening");
+    let conn = UnixStream::connect(&socket).unwrap();
+    wait_until("the fake borg serve to dump its environment", || {
+        fs::read(&dump).is_ok_and(|d| d.ends_with(b"\0"))
+    });
+    drop(conn);
+    let env = fs::read(&dump).unwrap();
+    let vars: Vec<String> = env
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    for name in secrets {
+        assert!(
+            !vars.iter().any(|v| v.starts_with(&format!("{name}="))),
+            "{name} reached borg serve: {vars:?}"
+        );
+    }
+    assert!(vars.iter().any(|v| v == "BORG_HOST_ID=listen-test"), "{vars:?}");
+    assert!(vars.iter().any(|v| v.starts_with("BORG_BASE_DIR=")), "{vars:?}");
+    assert!(vars.iter().any(|v| v.starts_with("PATH=")), "{vars:?}");
+}
+
+#[test]
+fn borg_serve_stderr_is_escaped_and_survives_invalid_utf8() {
+    let t = TestDir::new();
+    let fake = t.join("fake-borg");
+    fs::write(
+        &fake,
+        "#!/bin/sh\nprintf 'colour \\033[31mred\\033]0;title\\007\\n' >&2\n\
+         printf 'bytes \\377\\376 here\\n' >&2\necho 'after the bad bytes' >&2\nexec cat\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = t.join("run/borg.sock");
+    let mut server = start_server(&t, &socket, t.path(), &["--borg", fake.to_str().unwrap()]);
+    let conn = UnixStream::connect(&socket).unwrap();
+    server.wait_for_log("after the bad bytes");
+    drop(conn);
+    server.wait_for_log("session ended");
+    let log = server.log();
+    assert!(!log.contains('\u{1b}'), "a raw ESC reached the log: {log:?}");
+    assert!(log.contains(r"colour \x1b[31mred\x1b]0;title\x07"), "{log}");
+    assert!(log.contains(r"bytes \xff\xfe here"), "{log}");
+}

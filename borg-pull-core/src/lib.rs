@@ -7,6 +7,9 @@
 //!   *server* fixes; nothing a client sends can widen them.
 //! - [`listen`]: private UNIX listeners (safe directory and socket modes, stale vs live sockets,
 //!   systemd socket activation) that hand each connection to [`serve`].
+//! - [`supervise`]: one owner for all `borg serve` sessions of a run: admission (wait or refuse),
+//!   limits, graceful drain, totals.
+//! - [`text`]: untrusted output made fit for logs: escaped, lossy, bounded lines.
 //! - [`limits`]: every timeout and size in one place.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -17,6 +20,8 @@ pub mod listen;
 pub mod relay;
 pub mod rsh;
 pub mod serve;
+pub mod supervise;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use serve::ServeConfig;

@@ -32,17 +32,15 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::limits::{ACCEPT_ERROR_BACKOFF, DEFAULT_MAX_CONNECTIONS, LISTEN_BACKLOG, LISTEN_SHUTDOWN_GRACE};
-use crate::serve::{serve_stream, ServeConfig};
+use crate::serve::ServeConfig;
+use crate::supervise::{LimitPolicy, Supervisor, SupervisorLimits};
 use crate::{Error, Result};
 
 /// Longest socket path the kernel accepts: `sun_path` is 108 bytes including the trailing NUL.
@@ -458,29 +456,49 @@ pub async fn serve_connections_with_abort(
         path: path.clone().unwrap_or_default(),
         source,
     })?;
-    let config = Arc::new(config);
-    let max = limits.max_connections.max(1);
-    let slots = Arc::new(Semaphore::new(max));
-    let sessions_cancel = CancellationToken::new();
-    let mut sessions = JoinSet::new();
-    let mut next_id: u64 = 0;
+    let supervisor = Supervisor::new(
+        config,
+        SupervisorLimits {
+            max_active: limits.max_connections,
+            max_total: None,
+            policy: LimitPolicy::Wait,
+        },
+    );
+    accept_loop(&listener, &supervisor, limits.max_connections, &cancel).await;
 
+    // New clients fail fast from here on: the socket is gone (if it is still ours).
+    drop(listener);
+    drop(guard);
+    shut_down(&supervisor, limits.shutdown_grace, &abort).await;
+    Ok(())
+}
+
+/// Accepts until `cancel`, admitting each connection before accepting it, so that clients over the
+/// limit wait in the kernel's backlog rather than in our memory.
+async fn accept_loop(
+    listener: &UnixListener,
+    supervisor: &Supervisor,
+    max_connections: usize,
+    cancel: &CancellationToken,
+) {
+    let mut next_id: u64 = 0;
     loop {
-        while let Some(done) = sessions.try_join_next() {
-            log_join(done);
+        if supervisor.available() == 0 {
+            warn!(
+                max_connections,
+                "connection limit reached; new connections wait until a session ends"
+            );
         }
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                warn!(
-                    max_connections = max,
-                    "connection limit reached; new connections wait until a session ends"
-                );
-                tokio::select! {
-                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                    () = cancel.cancelled() => break,
+        let admission = tokio::select! {
+            admitted = supervisor.admit() => match admitted {
+                Ok(admission) => admission,
+                Err(refusal) => {
+                    // Only Stopping is possible here (no max_total); nobody else stops it.
+                    debug!("not admitting: {refusal}");
+                    return;
                 }
-            }
+            },
+            () = cancel.cancelled() => return,
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -489,89 +507,54 @@ pub async fn serve_connections_with_abort(
                     error!("accepting a connection failed: {e}; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
-                        () = cancel.cancelled() => break,
+                        () = cancel.cancelled() => return,
                     }
                 }
             },
-            () = cancel.cancelled() => break,
+            () = cancel.cancelled() => return,
         };
         next_id += 1;
         let span = session_span(next_id, &stream);
-        let config = Arc::clone(&config);
-        let cancel = sessions_cancel.clone();
-        sessions.spawn(
-            async move {
-                let _permit = permit;
-                run_session(&config, stream, cancel).await;
-            }
-            .instrument(span),
-        );
+        span.in_scope(|| info!("connection accepted"));
+        admission.spawn(stream, span);
     }
+}
 
-    drop(listener);
-    drop(guard);
-    while let Some(done) = sessions.try_join_next() {
-        log_join(done);
-    }
-    let running = sessions.len();
+/// Lets running sessions finish for up to `grace` (cut short by `abort`), then kills and reaps them.
+async fn shut_down(supervisor: &Supervisor, grace: Duration, abort: &CancellationToken) {
+    let running = supervisor.stats().active;
     if running > 0 {
         info!(
             sessions = running,
-            grace = ?limits.shutdown_grace,
+            ?grace,
             "stopped accepting; waiting for running sessions"
         );
     } else {
         info!("stopped accepting");
     }
-    let finished = tokio::select! {
-        r = tokio::time::timeout(limits.shutdown_grace, drain(&mut sessions)) => r.is_ok(),
-        () = abort.cancelled() => false,
+    let stats = tokio::select! {
+        stats = supervisor.drain(grace) => stats,
+        () = abort.cancelled() => {
+            warn!(
+                sessions = supervisor.stats().active,
+                "shutdown forced; killing the remaining borg serve sessions"
+            );
+            supervisor.stop().await
+        }
     };
-    if !finished {
-        let why = if abort.is_cancelled() {
-            "shutdown forced"
-        } else {
-            "grace period over"
-        };
-        warn!(
-            sessions = sessions.len(),
-            "{why}; killing the remaining borg serve sessions"
-        );
-        sessions_cancel.cancel();
-        drain(&mut sessions).await;
-    }
-    Ok(())
+    debug!(
+        sessions = stats.accepted,
+        failed = stats.failed,
+        to_serve = stats.to_serve,
+        from_serve = stats.from_serve,
+        "all sessions ended"
+    );
 }
 
 fn session_span(id: u64, stream: &UnixStream) -> tracing::Span {
     match stream.peer_cred() {
         Ok(cred) => info_span!("session", id, peer_uid = cred.uid(), peer_pid = cred.pid()),
         Err(_) => info_span!("session", id),
-    }
-}
-
-async fn run_session(config: &ServeConfig, stream: UnixStream, cancel: CancellationToken) {
-    info!("connection accepted; starting borg serve");
-    match serve_stream(config, stream, cancel).await {
-        Ok(outcome) => info!(
-            to_serve = outcome.to_serve,
-            from_serve = outcome.from_serve,
-            status = ?outcome.status,
-            "session ended"
-        ),
-        Err(e) => warn!("session failed: {e}"),
-    }
-}
-
-async fn drain(sessions: &mut JoinSet<()>) {
-    while let Some(done) = sessions.join_next().await {
-        log_join(done);
-    }
-}
-
-fn log_join(done: std::result::Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        error!("session task failed: {e}");
     }
 }
 

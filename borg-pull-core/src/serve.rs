@@ -11,12 +11,13 @@ use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::limits::{SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
+use crate::limits::{LOG_LINE_MAX, SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
+use crate::text::BoundedLines;
 use crate::{Error, Result};
 
 /// How the server runs `borg serve` for every connection. Fixed by the server's operator.
@@ -103,23 +104,65 @@ impl ServeConfig {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.borg);
         cmd.args(self.args())
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(name, _)| passed_to_serve(name)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Socket activation variables are for us, never for borg serve.
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
             .kill_on_drop(true);
         cmd
     }
 }
 
+/// Whether the environment variable `name` of this process is passed on to `borg serve`.
+///
+/// An allowlist, because borg serve needs almost nothing and the server's environment may hold
+/// secrets meant for other work (`BORG_PASSPHRASE`, `BORG_PASSCOMMAND`, `BORG_PULL_IDENTITY_PASSPHRASE`,
+/// an ssh `SSH_ORIGINAL_COMMAND`), settings that would change what borg serve may do
+/// (`BORG_REPO_PERMISSIONS`, `BORG_RSH`, `PYTHONPATH`, `LD_PRELOAD`), or our own socket-activation
+/// variables (`LISTEN_*`). Passed:
+///
+/// - `PATH`, `HOME`, `USER`, `LOGNAME`, `TMPDIR`: where borg serve finds programs, its home and
+///   temporary files;
+/// - `LANG`, `LANGUAGE`, `LC_*`, `TZ`: how it decodes file names and formats times and messages;
+/// - `BORG_BASE_DIR`, `BORG_CONFIG_DIR`, `BORG_CACHE_DIR`, `BORG_SECURITY_DIR`, `BORG_KEYS_DIR`:
+///   where borg keeps its files (paths, not secrets; a repository server rarely uses them, but a
+///   borg that cannot find its config dir complains);
+/// - `BORG_HOST_ID`: identifies this host in the repository lock, which stale-lock detection
+///   relies on (containers set it).
+///
+/// Not passed, on purpose: `BORG_LOGGING_CONF` makes borg load a Python logging configuration,
+/// which may instantiate arbitrary classes; borg serve's stderr is logged by us anyway.
+pub fn passed_to_serve(name: &std::ffi::OsStr) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "BORG_BASE_DIR",
+        "BORG_CONFIG_DIR",
+        "BORG_CACHE_DIR",
+        "BORG_SECURITY_DIR",
+        "BORG_KEYS_DIR",
+        "BORG_HOST_ID",
+    ];
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    EXACT.contains(&name) || (name.starts_with("LC_") && name.len() > 3)
+}
+
 /// Runs one `borg serve` for `stream` and relays between them until both directions are done.
+///
+/// borg serve gets only the environment variables [`passed_to_serve`] allows.
 ///
 /// The child is killed and reaped on every path out: a clean end (after [`SERVE_EXIT_GRACE`]),
 /// a relay error, or `cancel` (stdin closed first, killed after [`SERVE_CANCEL_GRACE`]). Its stderr
-/// is logged line by line, since it cannot cross the socket.
+/// is logged line by line (escaped, each line bounded), since it cannot cross the socket.
 pub async fn serve_stream<S>(
     config: &ServeConfig,
     mut stream: S,
@@ -189,10 +232,21 @@ fn log_exit(status: ExitStatus) {
     }
 }
 
+/// Logs borg serve's stderr, escaped and cut to [`LOG_LINE_MAX`] bytes a line, until EOF.
+///
+/// Reading on whatever arrives matters: if we stopped, borg serve's next write to stderr would get
+/// EPIPE and it would die mid-session.
 async fn log_lines(stderr: impl AsyncRead + Unpin) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        info!(target: "borg_serve", "{line}");
+    let mut lines = BoundedLines::new(stderr, LOG_LINE_MAX);
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => info!(target: "borg_serve", "{line}"),
+            Ok(None) => return,
+            Err(e) => {
+                warn!("cannot read borg serve's stderr any more: {e}");
+                return;
+            }
+        }
     }
 }
 
@@ -261,6 +315,83 @@ mod tests {
             assert!(matches!(err, Error::BorgNotFound { .. }), "{bad}: {err}");
             assert!(err.to_string().contains("--borg"), "{err}");
         }
+    }
+
+    #[test]
+    fn only_allowlisted_variables_reach_borg_serve() {
+        use std::ffi::OsStr;
+        for passed in [
+            "PATH",
+            "HOME",
+            "LANG",
+            "LC_ALL",
+            "LC_CTYPE",
+            "TZ",
+            "BORG_BASE_DIR",
+            "BORG_HOST_ID",
+        ] {
+            assert!(passed_to_serve(OsStr::new(passed)), "{passed}");
+        }
+        for secret in [
+            "BORG_PASSPHRASE",
+            "BORG_PASSCOMMAND",
+            "BORG_PASSPHRASE_FD",
+            "BORG_NEW_PASSPHRASE",
+            "BORG_PULL_IDENTITY_PASSPHRASE",
+            "SSH_ORIGINAL_COMMAND",
+            "BORG_REPO_PERMISSIONS",
+            "BORG_RSH",
+            "BORG_LOGGING_CONF",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LD_PRELOAD",
+            "PYTHONPATH",
+            "LC_",
+            "path",
+            "PATH2",
+        ] {
+            assert!(!passed_to_serve(OsStr::new(secret)), "{secret}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stderr_with_invalid_utf8_is_read_to_the_end() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("all-written");
+        let script = dir.path().join("fake-borg");
+        // Invalid UTF-8, then far more than a pipe holds: if we stopped reading, the writes would
+        // fail (EPIPE; sh dies of SIGPIPE) and the marker would never appear.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nprintf 'bad \\377\\376\\n' >&2\n\
+                 i=0; while [ $i -lt 3000 ]; do echo \"line $i of a long complaint on stderr ......................................\" >&2; i=$((i+1)); done\n\
+                 touch '{}'\nexec cat\n",
+                marker.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let config = with_borg(script.to_str().unwrap());
+        let (mut client, server) = tokio::io::duplex(1024);
+        let session =
+            tokio::spawn(async move { serve_stream(&config, server, CancellationToken::new()).await });
+        let start = std::time::Instant::now();
+        while !marker.exists() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "the fake borg's stderr writes failed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        client.write_all(b"still alive").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut echoed = Vec::new();
+        client.read_to_end(&mut echoed).await.unwrap();
+        assert_eq!(echoed, b"still alive");
+        let outcome = session.await.unwrap().unwrap();
+        assert!(outcome.status.is_some_and(|s| s.success()), "{outcome:?}");
     }
 
     #[test]
