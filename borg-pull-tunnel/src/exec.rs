@@ -155,18 +155,10 @@ impl Captured {
     }
 }
 
-/// Output from the client made safe for a log line or a terminal: invalid UTF-8 replaced, control
-/// characters (escape sequences included) shown as `\u{..}` escapes; newlines and tabs kept.
+/// Output from the client made safe for a log line or a terminal (see
+/// [`borg_pull_core::text::escape_for_log`]).
 pub fn escape_output(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for c in String::from_utf8_lossy(bytes).chars() {
-        match c {
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => out.extend(c.escape_unicode()),
-            c => out.push(c),
-        }
-    }
-    out
+    borg_pull_core::text::escape_for_log(bytes)
 }
 
 /// Appends `data` to `kept` up to [`HELPER_OUTPUT_KEPT`] bytes; `false` once there was more.

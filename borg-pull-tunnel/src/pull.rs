@@ -260,9 +260,9 @@ where
         let marker = remote::new_marker();
         let script = options.remote_script(&marker)?;
         let cancel = options.cancel.clone();
-        // Not a child of `cancel`: on Ctrl-C borg on the client first gets SIGINT and a grace
-        // period to end its session with borg serve cleanly; clean-up stops the bridges after.
-        let forwarder = Forwarder::new(options.serve.clone(), CancellationToken::new());
+        // Not stopped by `cancel` directly: on Ctrl-C borg on the client first gets SIGINT and a
+        // grace period to end its session with borg serve cleanly; clean-up stops the bridges after.
+        let forwarder = Forwarder::new(options.serve.clone());
         let session = tokio::select! {
             s = session::connect(&options.session, forwarder.clone()) => s?,
             () = cancel.cancelled() => return Err(Error::Interrupted),
@@ -278,7 +278,8 @@ where
         let _ = stderr.flush().await;
         let exit = result?;
         info!(
-            connections = stats.connections,
+            connections = stats.accepted,
+            refused = stats.refused,
             to_serve = stats.to_serve,
             from_serve = stats.from_serve,
             ?exit,

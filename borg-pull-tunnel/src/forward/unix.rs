@@ -15,64 +15,47 @@
 //! directory remains, which never blocks the next run. `PR_SET_PDEATHSIG` on `borg serve` (in
 //! borg-pull-core) would add a hard kill for a `borg serve` stuck in a write; not needed so far.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use borg_pull_core::serve::{serve_stream, ServeConfig};
-use russh::client::Msg;
-use russh::{Channel, ChannelOpenFailure};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, warn, Instrument};
+use borg_pull_core::serve::ServeConfig;
+use borg_pull_core::supervise::{LimitPolicy, Supervisor, SupervisorLimits, SupervisorStats};
+use russh::ChannelOpenFailure;
+use tracing::{debug, warn};
 
 use crate::error::ForwardDenial;
 use crate::exec::shell_quote;
 use crate::incoming::{Decision, Incoming};
-use crate::limits::{MAX_FORWARDED_CONNECTIONS, MAX_SOCKET_PATH, REMOTE_HELPER_TIMEOUT};
+use crate::limits::{
+    MAX_FORWARDED_CONNECTIONS, MAX_FORWARDED_CONNECTIONS_TOTAL, MAX_SOCKET_PATH, REMOTE_HELPER_TIMEOUT,
+};
 use crate::session::Session;
 use crate::{Error, Result};
 
 /// Totals over all forwarded connections of one run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ForwardStats {
-    /// Forwarded connections bridged to `borg serve`.
-    pub connections: u64,
-    /// Bytes from the client's borg to `borg serve`.
-    pub to_serve: u64,
-    /// Bytes from `borg serve` to the client's borg.
-    pub from_serve: u64,
-}
+pub type ForwardStats = SupervisorStats;
 
-/// Owns the tasks that bridge forwarded channels to `borg serve`.
+/// Accepts forwarded connections to our one socket and hands each to the run's `borg serve`
+/// [`Supervisor`]: at most [`MAX_FORWARDED_CONNECTIONS`] at once (more are refused, never queued:
+/// the client must not be able to make the server wait on its behalf) and
+/// [`MAX_FORWARDED_CONNECTIONS_TOTAL`] per run.
 pub struct Forwarder {
-    serve: ServeConfig,
-    expected: Arc<Mutex<Option<String>>>,
-    tracker: TaskTracker,
-    cancel: CancellationToken,
-    totals: Arc<Totals>,
+    supervisor: Supervisor,
+    expected: Mutex<Option<String>>,
 }
 
 impl Forwarder {
-    /// A forwarder that runs `borg serve` as `serve` says; `cancel` stops every bridge.
-    pub fn new(serve: ServeConfig, cancel: CancellationToken) -> Arc<Self> {
+    /// A forwarder that runs `borg serve` as `serve` says.
+    pub fn new(serve: ServeConfig) -> Arc<Self> {
+        let limits = SupervisorLimits {
+            max_active: MAX_FORWARDED_CONNECTIONS,
+            max_total: Some(MAX_FORWARDED_CONNECTIONS_TOTAL),
+            policy: LimitPolicy::Refuse,
+        };
         Arc::new(Self {
-            serve,
-            expected: Arc::default(),
-            tracker: TaskTracker::new(),
-            cancel,
-            totals: Arc::default(),
+            supervisor: Supervisor::new(serve, limits),
+            expected: Mutex::new(None),
         })
-    }
-
-    fn clone_handles(&self) -> Self {
-        Self {
-            serve: self.serve.clone(),
-            expected: self.expected.clone(),
-            tracker: self.tracker.clone(),
-            cancel: self.cancel.clone(),
-            totals: self.totals.clone(),
-        }
     }
 
     /// Accept channels for this socket path only (set before requesting the forward).
@@ -80,90 +63,45 @@ impl Forwarder {
         *self.expected.lock().expect("not poisoned") = Some(socket_path.to_owned());
     }
 
-    fn bridge(&self, channel: Channel<Msg>) {
-        let n = self.totals.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let serve = self.serve.clone();
-        let cancel = self.cancel.child_token();
-        let totals = self.totals.clone();
-        let span = tracing::info_span!("forward", connection = n);
-        self.tracker.spawn(
-            async move {
-                match serve_stream(&serve, channel.into_stream(), cancel).await {
-                    Ok(outcome) => {
-                        totals.to_serve.fetch_add(outcome.to_serve, Ordering::Relaxed);
-                        totals.from_serve.fetch_add(outcome.from_serve, Ordering::Relaxed);
-                        debug!(
-                            to_serve = outcome.to_serve,
-                            from_serve = outcome.from_serve,
-                            status = ?outcome.status,
-                            "forwarded connection done"
-                        );
-                    }
-                    Err(e) => warn!("forwarded connection failed: {e:#}"),
-                }
-                totals.active.fetch_sub(1, Ordering::SeqCst);
-            }
-            .instrument(span),
-        );
+    /// Lets every bridge finish on its own for up to `grace`, then stops the rest (their
+    /// `borg serve` is killed and reaped).
+    pub async fn drain(&self, grace: Duration) -> ForwardStats {
+        self.supervisor.drain(grace).await
     }
 
-    /// Waits up to `timeout` for every bridge to finish on its own, then cancels the rest
-    /// (killing their `borg serve`) and waits for them to be reaped.
-    pub async fn drain(&self, timeout: Duration) -> ForwardStats {
-        self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait()).await.is_err() {
-            warn!("forwarded connections still open after {timeout:?}; stopping borg serve");
-            self.cancel.cancel();
-            self.tracker.wait().await;
-        }
-        self.stats()
-    }
-
-    /// Cancels every bridge now (their `borg serve` is killed and reaped) and waits for them.
+    /// Stops every bridge now (their `borg serve` is killed and reaped) and waits for them.
     pub async fn stop(&self) -> ForwardStats {
-        self.cancel.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
-        self.stats()
+        self.supervisor.stop().await
     }
 
     /// The totals so far.
     pub fn stats(&self) -> ForwardStats {
-        ForwardStats {
-            connections: self.totals.connections.load(Ordering::Relaxed),
-            to_serve: self.totals.to_serve.load(Ordering::Relaxed),
-            from_serve: self.totals.from_serve.load(Ordering::Relaxed),
-        }
+        self.supervisor.stats()
     }
 }
 
-#[derive(Default)]
-struct Totals {
-    active: AtomicUsize,
-    connections: AtomicU64,
-    to_serve: AtomicU64,
-    from_serve: AtomicU64,
-}
-
 impl Incoming for Forwarder {
-    /// Accepts connections to our socket only, at most [`MAX_FORWARDED_CONNECTIONS`] at once;
-    /// the bridge task owns and drains the channel.
     fn forwarded_streamlocal(&self, socket_path: &str) -> Decision {
         let expected = self.expected.lock().expect("not poisoned").clone();
-        if expected.as_deref() != Some(socket_path) || self.cancel.is_cancelled() {
+        if expected.as_deref() != Some(socket_path) {
             warn!(
                 socket_path,
                 "refusing a forwarded connection for a socket we did not ask for"
             );
             return Decision::prohibited();
         }
-        if self.totals.active.fetch_add(1, Ordering::SeqCst) >= MAX_FORWARDED_CONNECTIONS {
-            self.totals.active.fetch_sub(1, Ordering::SeqCst);
-            warn!("refusing a forwarded connection: {MAX_FORWARDED_CONNECTIONS} already open");
-            return Decision::Refuse(ChannelOpenFailure::ResourceShortage);
+        match self.supervisor.try_admit() {
+            Ok(admission) => {
+                let span = tracing::info_span!("forward", connection = self.supervisor.stats().accepted + 1);
+                Decision::Accept(Box::new(move |channel| {
+                    admission.spawn(channel.into_stream(), span)
+                }))
+            }
+            Err(refusal) => {
+                warn!("refusing a forwarded connection: {refusal}");
+                Decision::Refuse(ChannelOpenFailure::ResourceShortage)
+            }
         }
-        let forwarder = self.clone_handles();
-        Decision::Accept(Box::new(move |channel| forwarder.bridge(channel)))
     }
 }
 
