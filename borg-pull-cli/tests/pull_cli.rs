@@ -89,7 +89,7 @@ impl Fixture {
             .env("BORG_BASE_DIR", &self.server_base)
             .env_remove("BORG_PASSCOMMAND")
             .env_remove("BORG_REPO")
-            .env("RUST_LOG", "info");
+            .env("BORG_PULL_LOG", "info");
         if self.encrypted {
             cmd.env("BORG_PASSPHRASE", PASSPHRASE);
         } else {
@@ -349,7 +349,7 @@ fn hostile_names_round_trip_byte_for_byte_with_passphrase() {
     cmd2.env_remove("BORG_PASSPHRASE");
     // A passphrase file others can read is refused before anything runs, naming the fix.
     let out = run(&mut cmd2);
-    assert_eq!(out.status.code(), Some(67), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(212), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("too open") && text(&out.stderr).contains("chmod 600"),
         "{}",
@@ -430,7 +430,7 @@ fn borg_exit_codes_pass_through() {
 
     // A relay missing on the client is named before anything is set up there.
     let out = run(&mut f.pull_with(&["--relay", "/nonexistent/borg-pull-relay"], &["list"]));
-    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("\"/nonexistent/borg-pull-relay\" was not found on the client"),
         "{}",
@@ -449,7 +449,7 @@ fn unknown_and_changed_host_keys_are_refused_before_login() {
     let empty = f.dir().join("known_hosts.empty");
     fs::write(&empty, "# nothing here\n").unwrap();
     let out = run(&mut with_known_hosts(&f, &empty, &["--version"]));
-    assert_eq!(out.status.code(), Some(65), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(210), "{}", describe(&out));
     let err = text(&out.stderr);
     for needle in [
         format!("[127.0.0.1]:{port}"),
@@ -473,7 +473,7 @@ fn unknown_and_changed_host_keys_are_refused_before_login() {
     let changed = f.dir().join("known_hosts.changed");
     fs::write(&changed, format!("# a comment\n[127.0.0.1]:{port}\t{other_pub}")).unwrap();
     let out = run(&mut with_known_hosts(&f, &changed, &["--version"]));
-    assert_eq!(out.status.code(), Some(65), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(210), "{}", describe(&out));
     let err = text(&out.stderr);
     assert!(err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"), "{err}");
     assert!(
@@ -506,7 +506,7 @@ fn unknown_and_changed_host_keys_are_refused_before_login() {
 
     // A changed key is refused even with --accept-new-host-key.
     let out = run(&mut accepting_new_keys(&f, &changed));
-    assert_eq!(out.status.code(), Some(65), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(210), "{}", describe(&out));
     f.assert_clean();
 }
 
@@ -533,7 +533,7 @@ fn forwarding_disabled_names_allow_stream_local_forwarding() {
     });
     let f = Fixture::new(sshd, false);
     let out = run(&mut f.pull(&["create", "::x", "/etc/hostname"]));
-    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
     let err = text(&out.stderr);
     assert!(err.contains("AllowStreamLocalForwarding"), "{err}");
     assert!(err.contains("borg.sock"), "{err}");
@@ -577,7 +577,7 @@ fn restricted_keys_work_with_port_forwarding_and_fail_clearly_without() {
         false,
     );
     let out = run(&mut f.pull(&["create", "::r", "/etc/hostname"]));
-    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
     assert!(text(&out.stderr).contains("`restrict`"), "{}", describe(&out));
     f.assert_clean();
 }
@@ -590,7 +590,7 @@ fn socket_path_too_long_is_diagnosed() {
     });
     let f = Fixture::new(sshd, false);
     let out = run(&mut f.pull(&["list"]));
-    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("longer than 107 bytes"),
         "{}",
@@ -639,7 +639,7 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
     let out = run(f
         .pull_with(&[OsStr::new("-i"), enc.as_os_str()], &["--version"])
         .env_remove("BORG_PULL_IDENTITY_PASSPHRASE"));
-    assert_eq!(out.status.code(), Some(66), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(211), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("--identity-passphrase-file"),
         "{}",
@@ -665,7 +665,7 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
         .unwrap();
     assert!(st.success());
     let out = run(&mut f.pull_with(&[OsStr::new("-i"), stranger.as_os_str()], &["--version"]));
-    assert_eq!(out.status.code(), Some(66), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(211), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("permission denied"),
         "{}",
@@ -776,7 +776,7 @@ fn sigint_stops_borg_on_the_client_and_cleans_up() {
         std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()),
         Duration::from_secs(60),
     );
-    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(202), "{}", describe(&out));
     assert!(text(&out.stderr).contains("interrupted"), "{}", describe(&out));
     f.assert_clean();
     let out = f.local_borg(&["check"]);
@@ -857,7 +857,7 @@ fn dead_client_ends_the_run_within_the_keepalive_bound() {
         Duration::from_secs(90),
     );
     let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(74), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(215), "{}", describe(&out));
     assert!(text(&out.stderr).contains("lost"), "{}", describe(&out));
     // 1 s interval, 3 unanswered keepalives: a few seconds, far below TCP's own timeouts.
     assert!(took < Duration::from_secs(30), "took {took:?}");
@@ -898,11 +898,11 @@ impl Fixture {
 }
 
 #[test]
-fn bad_usage_exits_64_without_connecting() {
+fn bad_usage_exits_200_without_connecting() {
     let out = run(Command::new(server_bin()).args(["pull", "--repo", "relative/repo", "h", "--", "list"]));
-    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
     let out = run(Command::new(server_bin()).args(["pull", "--repo", "/r", "h"]));
-    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
     let out = run(Command::new(server_bin()).args([
         "pull",
         "--repo",
@@ -913,5 +913,5 @@ fn bad_usage_exits_64_without_connecting() {
         "--",
         "list",
     ]));
-    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
 }
