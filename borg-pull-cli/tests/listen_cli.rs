@@ -10,10 +10,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, children_of, process_exists, require_tool, wait_until, Spawned, TestDir};
+use common::{
+    assert_ok, children_of, process_exists, require_tool, wait_until, Outcome, Spawned, TestCommand, TestDir,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_borg-pull-server");
 const RELAY: &str = env!("CARGO_BIN_EXE_borg-pull-relay");
@@ -30,8 +32,8 @@ fn rsh(socket: &Path) -> String {
 }
 
 /// Runs a client command with the suite's deadline.
-fn run(cmd: &mut Command) -> Output {
-    common::output(cmd)
+fn run(cmd: &mut TestCommand) -> Outcome {
+    cmd.output()
 }
 
 fn url(repo: &Path) -> String {
@@ -39,7 +41,7 @@ fn url(repo: &Path) -> String {
 }
 
 /// `borg ARGS` through the server at `socket`.
-fn client<I, S>(t: &TestDir, socket: &Path, args: I) -> Command
+fn client<I, S>(t: &TestDir, socket: &Path, args: I) -> TestCommand
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -49,8 +51,8 @@ where
     cmd
 }
 
-fn server_cmd(t: &TestDir, args: &[&OsStr]) -> Command {
-    let mut cmd = Command::new(SERVER);
+fn server_cmd(t: &TestDir, args: &[&OsStr]) -> TestCommand {
+    let mut cmd = TestCommand::new(SERVER);
     t.env(&mut cmd).arg("listen").args(args);
     cmd
 }
@@ -90,7 +92,7 @@ fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
-fn stderr(out: &Output) -> String {
+fn stderr(out: &Outcome) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -634,7 +636,7 @@ fn usage_errors_exit_200_and_missing_borg_203() {
 
 #[test]
 fn help_documents_exit_codes() {
-    let out = run(Command::new(SERVER).args(["listen", "--help"]));
+    let out = run(TestCommand::new(SERVER).args(["listen", "--help"]));
     assert_ok(&out, "listen --help");
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
@@ -663,7 +665,7 @@ fn systemd_socket_activation() {
     let socket = dir.join("activated.sock");
     // systemd-socket-activate binds the socket, waits for the first connection, then execs us with
     // LISTEN_FDS=1 and the listener on fd 3, like a .socket unit with Accept=no. No --socket given.
-    let mut cmd = Command::new("systemd-socket-activate");
+    let mut cmd = TestCommand::new("systemd-socket-activate");
     t.env(&mut cmd)
         .arg("-l")
         .arg(&socket)
@@ -718,7 +720,7 @@ fn socket_activation_with_accept_yes_is_refused() {
     let socket = t.join("accept.sock");
     let true_bin = common::find_on_path("true").unwrap();
     // --accept hands each *connection* to a new process, like Accept=yes: not a listener for us.
-    let mut cmd = Command::new("systemd-socket-activate");
+    let mut cmd = TestCommand::new("systemd-socket-activate");
     t.env(&mut cmd).arg("--accept").arg("-l").arg(&socket).arg(SERVER);
     cmd.args(["listen", "--repo"])
         .arg(t.path())
