@@ -10,10 +10,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, children_of, process_exists, require_tool, wait_until, Spawned, TestDir};
+use common::{
+    assert_ok, children_of, process_exists, require_tool, wait_until, Outcome, Spawned, TestCommand, TestDir,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_borg-pull-server");
 const RELAY: &str = env!("CARGO_BIN_EXE_borg-pull-relay");
@@ -30,8 +32,8 @@ fn rsh(socket: &Path) -> String {
 }
 
 /// Runs a client command with the suite's deadline.
-fn run(cmd: &mut Command) -> Output {
-    common::output(cmd)
+fn run(cmd: &mut TestCommand) -> Outcome {
+    cmd.output()
 }
 
 fn url(repo: &Path) -> String {
@@ -39,7 +41,7 @@ fn url(repo: &Path) -> String {
 }
 
 /// `borg ARGS` through the server at `socket`.
-fn client<I, S>(t: &TestDir, socket: &Path, args: I) -> Command
+fn client<I, S>(t: &TestDir, socket: &Path, args: I) -> TestCommand
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -49,8 +51,8 @@ where
     cmd
 }
 
-fn server_cmd(t: &TestDir, args: &[&OsStr]) -> Command {
-    let mut cmd = Command::new(SERVER);
+fn server_cmd(t: &TestDir, args: &[&OsStr]) -> TestCommand {
+    let mut cmd = TestCommand::new(SERVER);
     t.env(&mut cmd).arg("listen").args(args);
     cmd
 }
@@ -90,7 +92,7 @@ fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
-fn stderr(out: &Output) -> String {
+fn stderr(out: &Outcome) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -526,7 +528,7 @@ fn live_socket_is_refused_and_left_alone() {
 
     let args = [os("--socket"), socket.as_os_str(), os("--repo"), repo.as_os_str()];
     let (code, log) = run_server_to_exit(&t, &args);
-    assert_eq!(code, Some(75), "log:\n{log}");
+    assert_eq!(code, Some(206), "log:\n{log}");
     assert!(log.contains("is in use"), "{log}");
 
     assert_eq!(
@@ -558,7 +560,7 @@ fn refused(t: &TestDir, socket: &Path, code: i32) -> String {
 #[test]
 fn missing_parent_of_socket_dir_is_explained() {
     let t = TestDir::new();
-    let log = refused(&t, &t.join("no-such-parent/run/borg.sock"), 73);
+    let log = refused(&t, &t.join("no-such-parent/run/borg.sock"), 205);
     assert!(log.contains("does not exist"), "{log}");
     assert!(log.contains("tmpfiles.d"), "{log}");
     assert!(!t.join("no-such-parent").exists(), "parents are not created");
@@ -570,7 +572,7 @@ fn group_writable_socket_dir_is_refused() {
     let dir = t.join("run");
     fs::create_dir(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
-    let log = refused(&t, &dir.join("borg.sock"), 73);
+    let log = refused(&t, &dir.join("borg.sock"), 205);
     assert!(log.contains("writable by group or others"), "{log}");
     assert!(log.contains("0770"), "{log}");
     assert!(log.contains(&format!("chmod 700 {}", dir.display())), "{log}");
@@ -582,7 +584,7 @@ fn file_in_the_way_is_refused_and_kept() {
     let t = TestDir::new();
     let socket = t.join("borg.sock");
     fs::write(&socket, b"not a socket").unwrap();
-    let log = refused(&t, &socket, 73);
+    let log = refused(&t, &socket, 205);
     assert!(log.contains("regular file is in the way"), "{log}");
     assert_eq!(fs::read(&socket).unwrap(), b"not a socket");
 }
@@ -598,25 +600,25 @@ fn socket_is_private() {
 }
 
 #[test]
-fn usage_errors_exit_64_and_missing_borg_69() {
+fn usage_errors_exit_200_and_missing_borg_203() {
     let t = TestDir::new();
     let sock = t.join("s.sock");
     let (code, log) = run_server_to_exit(
         &t,
         &[os("--socket"), sock.as_os_str(), os("--repo"), os("rel/repo")],
     );
-    assert_eq!(code, Some(64), "{log}");
+    assert_eq!(code, Some(200), "{log}");
     assert!(log.contains("must be absolute"), "{log}");
 
     let (code, log) = run_server_to_exit(
         &t,
         &[os("--repo"), t.path().as_os_str(), os("--borg"), os("true")],
     );
-    assert_eq!(code, Some(64), "{log}");
+    assert_eq!(code, Some(200), "{log}");
     assert!(log.contains("no --socket"), "{log}");
 
     let (code, log) = run_server_to_exit(&t, &[os("--socket"), sock.as_os_str(), os("--repo")]);
-    assert_eq!(code, Some(64), "{log}");
+    assert_eq!(code, Some(200), "{log}");
 
     let args = [
         os("--socket"),
@@ -627,23 +629,23 @@ fn usage_errors_exit_64_and_missing_borg_69() {
         os("/nonexistent/borg"),
     ];
     let (code, log) = run_server_to_exit(&t, &args);
-    assert_eq!(code, Some(69), "{log}");
+    assert_eq!(code, Some(203), "{log}");
     assert!(log.contains("cannot find borg program"), "{log}");
     assert!(!sock.exists());
 }
 
 #[test]
 fn help_documents_exit_codes() {
-    let out = run(Command::new(SERVER).args(["listen", "--help"]));
+    let out = run(TestCommand::new(SERVER).args(["listen", "--help"]));
     assert_ok(&out, "listen --help");
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "Exit codes",
-        "64",
-        "69",
-        "71",
-        "73",
-        "75",
+        "200",
+        "203",
+        "204",
+        "205",
+        "206",
         "--max-connections",
         "--allow-delete",
     ] {
@@ -663,7 +665,7 @@ fn systemd_socket_activation() {
     let socket = dir.join("activated.sock");
     // systemd-socket-activate binds the socket, waits for the first connection, then execs us with
     // LISTEN_FDS=1 and the listener on fd 3, like a .socket unit with Accept=no. No --socket given.
-    let mut cmd = Command::new("systemd-socket-activate");
+    let mut cmd = TestCommand::new("systemd-socket-activate");
     t.env(&mut cmd)
         .arg("-l")
         .arg(&socket)
@@ -718,7 +720,7 @@ fn socket_activation_with_accept_yes_is_refused() {
     let socket = t.join("accept.sock");
     let true_bin = common::find_on_path("true").unwrap();
     // --accept hands each *connection* to a new process, like Accept=yes: not a listener for us.
-    let mut cmd = Command::new("systemd-socket-activate");
+    let mut cmd = TestCommand::new("systemd-socket-activate");
     t.env(&mut cmd).arg("--accept").arg("-l").arg(&socket).arg(SERVER);
     cmd.args(["listen", "--repo"])
         .arg(t.path())
@@ -726,7 +728,7 @@ fn socket_activation_with_accept_yes_is_refused() {
         .arg(&true_bin);
     let mut activator = Spawned::spawn(cmd, t.join("accept.log"));
     activator.wait_for_socket(&socket);
-    activator.wait_for_log("died with code 71");
+    activator.wait_for_log("died with code 204");
     assert!(activator.log().contains("Accept=no"), "{}", activator.log());
 }
 
@@ -742,7 +744,7 @@ fn socket_dir_of_another_user_is_refused() {
         eprintln!("note: skipping: cannot chown (not root)");
         return;
     }
-    let log = refused(&t, &dir.join("borg.sock"), 73);
+    let log = refused(&t, &dir.join("borg.sock"), 205);
     assert!(log.contains("belongs to uid 65534"), "{log}");
     assert!(log.contains("chown"), "{log}");
 }

@@ -8,8 +8,6 @@ use borg_pull_core::limits::{DEFAULT_MAX_CONNECTIONS, LISTEN_SHUTDOWN_GRACE};
 use borg_pull_core::listen::{serve_connections_with_abort, ListenLimits, PrivateListener};
 use borg_pull_core::serve::looks_like_repository;
 use borg_pull_core::ServeConfig;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::UsageError;
@@ -84,12 +82,11 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
 
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let result = runtime.block_on(async {
+    borg_pull_cli::runtime::block_on(async {
         // Signal handlers before the socket exists, so a signal sent once it appears is never fatal.
-        let cancel = CancellationToken::new();
-        let abort = CancellationToken::new();
-        watch_signals(cancel.clone(), abort.clone())?;
+        let shutdown = borg_pull_cli::signals::install(SIGNAL_MESSAGES)
+            .context("cannot install the SIGINT/SIGTERM handlers")?;
+        let (cancel, abort) = (shutdown.graceful, shutdown.forced);
         let listener = match (activated, args.socket) {
             (Some(listener), requested) => {
                 if let Some(requested) = requested {
@@ -122,28 +119,12 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
         serve_connections_with_abort(listener, config, limits, cancel, abort).await?;
         info!("stopped");
         anyhow::Ok(())
-    });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    })
+    .context("cannot start the async runtime")?
 }
 
-/// Cancels `cancel` on the first SIGINT or SIGTERM (graceful stop) and `abort` on the second
-/// (kill running sessions now).
-fn watch_signals(cancel: CancellationToken, abort: CancellationToken) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
-    tokio::spawn(async move {
-        for (token, what) in [
-            (cancel, "shutting down (again to stop running sessions now)"),
-            (abort, "stopping running sessions now"),
-        ] {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            info!("{name} received; {what}");
-            token.cancel();
-        }
-    });
-    Ok(())
-}
+/// The first SIGINT/SIGTERM stops gracefully, the second stops running sessions now.
+const SIGNAL_MESSAGES: borg_pull_cli::signals::Messages = borg_pull_cli::signals::Messages {
+    first: "shutting down (again to stop running sessions now)",
+    second: "stopping running sessions now",
+};
