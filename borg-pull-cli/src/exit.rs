@@ -247,6 +247,8 @@ mod tests {
                 (213, "cannot c"),
                 (214, "the clie"),
                 (215, "connecti"),
+                (216, "the clie"),
+                (217, "borg on "),
                 (255, "any fail"),
             ]
         );

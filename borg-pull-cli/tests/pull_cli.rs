@@ -997,3 +997,56 @@ fn second_sigint_ends_the_pull_at_once() {
     assert!(took < Duration::from_secs(3), "took {took:?}: {}", pull.report());
     assert!(pull.log().contains("interrupted twice"), "{}", pull.report());
 }
+
+#[test]
+fn max_runtime_stops_borg_cleans_up_and_exits_217() {
+    let f = Fixture::new(Sshd::start(), false);
+    let started = Instant::now();
+    let out = run(&mut f.pull_with(
+        &["--remote-borg", "/bin/sh", "--max-runtime", "2s"],
+        &["-c", "sleep 60"],
+    ));
+    assert_eq!(out.status.code(), Some(217), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("maximum run time of 2 s") && text(&out.stderr).contains("--max-runtime"),
+        "{}",
+        describe(&out)
+    );
+    // 2 s, then SIGINT and its grace period at most: far from the 60 s the client wanted.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    f.assert_clean_processes_only();
+    f.assert_private_dirs_removed();
+    let out = run(TestCommand::new(server_bin()).args([
+        "pull",
+        "--max-runtime",
+        "0",
+        "--repo",
+        "/r",
+        "h",
+        "--",
+        "list",
+    ]));
+    assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
+}
+
+#[test]
+fn a_relay_behind_an_unsearchable_directory_is_told_from_a_missing_one() {
+    let f = Fixture::new(Sshd::start(), false);
+    // Mode 000: not searchable by the login user, whether it is us or the unprivileged test user.
+    let closed = f.dir().join("closed");
+    fs::create_dir(&closed).unwrap();
+    fs::copy(&f.relay, closed.join("borg-pull-relay")).unwrap();
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o000)).unwrap();
+    let relay = closed.join("borg-pull-relay");
+    let out = run(&mut f.pull_with(&[OsStr::new("--relay"), relay.as_os_str()], &["list"]));
+    assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
+    let expected = format!("directory {} is not searchable by user", closed.display());
+    assert!(text(&out.stderr).contains(&expected), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("--relay"), "{}", describe(&out));
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
+    f.assert_clean();
+}

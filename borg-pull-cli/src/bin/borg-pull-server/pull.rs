@@ -70,6 +70,13 @@ pub struct PullArgs {
     #[arg(long, value_name = "SECS", default_value_t = borg_pull_tunnel::limits::KEEPALIVE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     keepalive: u64,
 
+    /// The longest borg may run on the client, e.g. `90m`, `12h`, `2d` or seconds. Then borg is
+    /// stopped (SIGINT, then its channel closed), everything is cleaned up and pull exits 217,
+    /// so a client that stays connected but never finishes cannot hold `borg serve` and the
+    /// repository lock for ever.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    max_runtime: std::time::Duration,
+
     /// The borg-pull-relay program on the client (looked up on the client's PATH by default).
     #[arg(long, value_name = "PATH", default_value = "borg-pull-relay")]
     relay: OsString,
@@ -109,6 +116,30 @@ pub struct PullArgs {
     /// Arguments for borg on the client, after `--`, e.g. `create --stats ::NAME /etc`.
     #[arg(last = true, required = true, value_name = "BORG_ARGS")]
     borg_args: Vec<OsString>,
+}
+
+/// `N`, `Ns`, `Nm`, `Nh` or `Nd` with N > 0.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: expected a number with s, m, h or d, e.g. 12h")),
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 => n
+            .checked_mul(seconds_per)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long")),
+        _ => Err(format!(
+            "{s:?}: expected a number above 0 with s, m, h or d, e.g. 12h"
+        )),
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -151,6 +182,7 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     options.session.identity = args.identity;
     options.session.accept_new_host_key = args.accept_new_host_key;
     options.session.keepalive_interval = std::time::Duration::from_secs(args.keepalive);
+    options.max_runtime = args.max_runtime;
     if let Some(kh) = args.known_hosts {
         options.session.known_hosts = kh;
     }
