@@ -19,6 +19,7 @@
 //! open other channels to us (refused), and nothing it prints is interpreted.
 
 use std::ffi::OsString;
+use std::future::Future as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -355,20 +356,30 @@ impl Run<'_> {
         };
         debug!(dir, "private socket directory created on the client");
         let socket = format!("{dir}/{SOCKET_NAME}");
-        let listening = unix_forward::listen(self.session, self.forwarder, &socket);
-        // On failure we disconnect: sshd ends the session, the script reads EOF instead of `go`,
-        // exits, and its watcher removes the directory.
-        self.step("the UNIX socket forward request", REQUEST_TIMEOUT * 2, listening)
-            .await?;
         let lines = Zeroizing::new(remote::go_lines(
             &self.options.relay,
             &dir,
             self.options.passphrase.as_ref().map(Passphrase::expose),
         )?);
+        // The forward request goes out first and `go` right behind it, without waiting for the
+        // reply: sshd sets the forward up before it passes our data on to the script, which
+        // checks that the socket exists before it starts borg (and otherwise waits for EOF, so
+        // the directory is still there for the diagnosis). That saves the reply's round trip.
+        let mut listening = std::pin::pin!(unix_forward::listen(self.session, self.forwarder, &socket));
+        let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(listening.as_mut().poll(cx))).await;
         channel
             .data_bytes(lines.to_vec())
             .await
             .map_err(|e| self.session.failure("writing to the run's stdin", e))?;
+        match queued {
+            std::task::Poll::Ready(result) => result?,
+            std::task::Poll::Pending => {
+                self.step("the UNIX socket forward request", REQUEST_TIMEOUT * 2, listening)
+                    .await?
+            }
+        }
+        // On failure we return before this EOF and disconnect: sshd ends the session, the
+        // script reads EOF, exits, and its watcher removes the directory.
         channel
             .eof()
             .await

@@ -4,9 +4,10 @@
 //! own: the script checks that the relay and borg can run, makes a private directory (`mktemp -d`
 //! with umask 077), starts a watcher that removes the directory once borg has exited, reports the
 //! directory on stdout and waits for one line on stdin. We request the socket forward into that
-//! directory, then send `go` (and the passphrase line); the script exports borg's environment and
-//! `exec`s borg, so borg is the session's process and our SIGINT reaches it directly. EOF instead
-//! of `go` makes it exit (the watcher still cleans up). If the server dies, sshd closes the
+//! directory and send `go` (with `BORG_RSH` and the passphrase line) right behind the request; the
+//! script checks that sshd made the socket, exports borg's environment and `exec`s borg, so borg
+//! is the session's process and our SIGINT reaches it directly. EOF instead of `go` makes it exit
+//! (the watcher still cleans up). If the server dies, sshd closes the
 //! session: borg loses its relay and exits, and the watcher removes the directory.
 //!
 //! The script reports on lines that start with a per-run marker, so whatever the login user's
@@ -105,6 +106,15 @@ impl RemoteRun<'_> {
         if self.passphrase {
             s.extend_from_slice(b"IFS= read -r BORG_PASSPHRASE || exit 2; export BORG_PASSPHRASE; ");
         }
+        // `go` arrives without waiting for the forward's reply; sshd made the socket before it
+        // passed `go` on, unless it refused: then wait for EOF, keeping the directory to diagnose.
+        s.extend_from_slice(
+            format!(
+                "[ -S \"${DIR_VAR}/{SOCKET_NAME}\" ] || {{ IFS= read -r bp_go; \
+                 echo \"borg-pull: no socket at ${DIR_VAR}/{SOCKET_NAME}; borg not started\" >&2; exit 125; }}; "
+            )
+            .as_bytes(),
+        );
         for (name, value) in self.env {
             check_env_name(name)?;
             export(&mut s, name, value.as_bytes())?;
@@ -330,6 +340,11 @@ mod tests {
         /// Runs the script in `sh` as sshd would, answering its report with `go` lines (or EOF when
         /// `go` is false); returns the report, what followed on stdout, and the exit status.
         fn run(&self, tmpdir: &Path, go: bool) -> (Report, Vec<u8>, Option<i32>) {
+            self.run_with_socket(tmpdir, go, true)
+        }
+
+        /// Like `run`; `socket` says whether "sshd" (here: we) made the forward's socket.
+        fn run_with_socket(&self, tmpdir: &Path, go: bool, socket: bool) -> (Report, Vec<u8>, Option<i32>) {
             let mut child = Command::new("/bin/sh")
                 .arg("-c")
                 .arg(OsStr::from_bytes(&self.script().unwrap()))
@@ -353,7 +368,12 @@ mod tests {
                     panic!("no report: {:?} {status}", String::from_utf8_lossy(&seen));
                 }
             };
+            let mut _listener = None;
             if let (true, Report::Dir(dir)) = (go, &report) {
+                if socket {
+                    _listener =
+                        Some(std::os::unix::net::UnixListener::bind(format!("{dir}/{SOCKET_NAME}")).unwrap());
+                }
                 stdin
                     .write_all(&go_lines(&self.relay, dir, self.passphrase).unwrap())
                     .unwrap();
@@ -400,6 +420,19 @@ mod tests {
             )
         );
         assert!(gone_soon(&dir), "{dir} was not removed after borg exited");
+    }
+
+    #[test]
+    fn without_the_forward_socket_borg_does_not_start_and_the_directory_waits_for_eof() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new();
+        f.args = vec!["-c".into(), "echo borg ran".into()];
+        let (report, out, code) = f.run_with_socket(tmp.path(), true, false);
+        let Report::Dir(dir) = report else {
+            panic!("{report:?}")
+        };
+        assert_eq!((out, code), (vec![], Some(125)));
+        assert!(gone_soon(&dir));
     }
 
     #[test]
