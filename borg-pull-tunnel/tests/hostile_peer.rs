@@ -468,3 +468,26 @@ async fn happy_path_memory_in_a_child() {
     );
     assert_bounded_memory(&run);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 1. Endless output from the helper command.
+// ---------------------------------------------------------------------------------------------
+
+/// Every exec prints endlessly (e.g. a ForceCommand gone wrong). Today `exec::capture` collects
+/// everything for up to 30 s: GiBs (5.7 GiB seen against sshd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooded_helper_output_ends_quickly_with_bounded_memory() {
+    let fx = Fixture::start(Knobs {
+        flood_exec_output: true,
+        ..Knobs::default()
+    })
+    .await;
+    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, None));
+    let run = run_pull_in_child(&spec).await;
+    assert_bounded_memory(&run);
+    assert_eq!(run.value("HOSTILE_HIT_DEADLINE"), Some("false"), "{run:?}");
+    assert!(
+        run.value("HOSTILE_OUTCOME").is_some_and(|o| o.starts_with("err ")),
+        "{run:?}"
+    );
+}
