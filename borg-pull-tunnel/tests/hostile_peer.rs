@@ -491,3 +491,47 @@ async fn flooded_helper_output_ends_quickly_with_bounded_memory() {
         "{run:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 2. Garbage into a forwarded channel / withheld window, while borg serve does not consume.
+// ---------------------------------------------------------------------------------------------
+
+/// The sshd opens a forwarded channel itself and streams endless bytes into it; `borg serve`
+/// never reads. Today russh queues up to `CHANNEL_BUFFER` (4096) packets of 32 KiB per channel
+/// and then stops the whole connection loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_forwarded_channel_keeps_memory_bounded_and_cancel_works() {
+    let fx = Fixture::start(Knobs {
+        garbage_on_forward: true,
+        ..Knobs::default()
+    })
+    .await;
+    let mut spec = PullSpec::new(&fx, serve_sleeps(&fx), client_sleeps(&fx));
+    spec.cancel_after = Some(CANCEL_AFTER);
+    spec.deadline = CANCEL_AFTER + CANCEL_BOUND;
+    let run = run_pull_in_child(&spec).await;
+    assert_bounded_memory(&run);
+    assert_eq!(run.value("HOSTILE_HIT_DEADLINE"), Some("false"), "{run:?}");
+    let after = run.ms("HOSTILE_AFTER_CANCEL_MS").expect("cancelled");
+    assert!(after < CANCEL_BOUND, "returned {after:?} after cancel: {run:?}");
+    assert!(fx.stats.flood_bytes.load(Ordering::Relaxed) > 0);
+}
+
+/// The sshd withholds window on every channel; `borg serve` writes endlessly towards the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_window_keeps_memory_bounded_and_cancel_works() {
+    let fx = Fixture::start(Knobs {
+        withhold_window: true,
+        ..Knobs::default()
+    })
+    .await;
+    let mut spec = PullSpec::new(&fx, serve_floods(&fx), client_connects_and_idles(&fx));
+    spec.cancel_after = Some(CANCEL_AFTER);
+    spec.deadline = CANCEL_AFTER + CANCEL_BOUND;
+    let run = run_pull_in_child(&spec).await;
+    assert_bounded_memory(&run);
+    assert_eq!(run.value("HOSTILE_HIT_DEADLINE"), Some("false"), "{run:?}");
+    let after = run.ms("HOSTILE_AFTER_CANCEL_MS").expect("cancelled");
+    assert!(after < CANCEL_BOUND, "returned {after:?} after cancel: {run:?}");
+    assert_eq!(fx.stats.forwarded_connections.load(Ordering::SeqCst), 1);
+}
