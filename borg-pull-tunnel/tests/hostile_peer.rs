@@ -535,3 +535,91 @@ async fn withheld_window_keeps_memory_bounded_and_cancel_works() {
     assert!(after < CANCEL_BOUND, "returned {after:?} after cancel: {run:?}");
     assert_eq!(fx.stats.forwarded_connections.load(Ordering::SeqCst), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. Requests that are never answered.
+// ---------------------------------------------------------------------------------------------
+
+async fn hang_run(knobs: Knobs) -> PullRun {
+    let fx = Fixture::start(knobs).await;
+    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, None));
+    run_pull(&spec).await
+}
+
+/// Authentication is never answered. russh's client keepalive does not run before
+/// authentication, and only the handshake has a timeout today: hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_never_answered_ends_with_an_error() {
+    let run = hang_run(Knobs {
+        never_answer_auth: true,
+        ..Knobs::default()
+    })
+    .await;
+    assert_ends_with_error(&run);
+}
+
+/// No session channel is ever confirmed (the connection stays alive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_open_never_confirmed_ends_with_an_error() {
+    let run = hang_run(Knobs {
+        never_confirm_channel_open_from: Some(0),
+        ..Knobs::default()
+    })
+    .await;
+    assert_ends_with_error(&run);
+}
+
+/// The first session channel works, later ones are never confirmed (today: borg's own channel,
+/// opened without a timeout: hangs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_channel_open_never_confirmed_ends_the_pull() {
+    let run = hang_run(Knobs {
+        never_confirm_channel_open_from: Some(1),
+        ..Knobs::default()
+    })
+    .await;
+    assert!(
+        !run.hit_deadline,
+        "the pull did not end by itself within {HANG_BOUND:?}: {}",
+        describe(&run)
+    );
+}
+
+/// No exec is ever answered (no reply, no output, no exit; the connection stays alive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_never_answered_ends_with_an_error() {
+    let run = hang_run(Knobs {
+        never_answer_exec_from: Some(0),
+        ..Knobs::default()
+    })
+    .await;
+    assert_ends_with_error(&run);
+}
+
+/// The first exec works, later ones are never answered (today: borg's exec, relayed without a
+/// deadline: hangs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_exec_never_answered_ends_the_pull() {
+    let run = hang_run(Knobs {
+        never_answer_exec_from: Some(1),
+        ..Knobs::default()
+    })
+    .await;
+    assert!(
+        !run.hit_deadline,
+        "the pull did not end by itself within {HANG_BOUND:?}: {}",
+        describe(&run)
+    );
+}
+
+/// The forward request is never answered; this freezes the sshd's connection (russh answers
+/// global requests in order), so today only the keepalive (15 s x 4) ends it, after ~60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_never_answered_ends_with_an_error() {
+    let run = hang_run(Knobs {
+        never_answer_forward: true,
+        ..Knobs::default()
+    })
+    .await;
+    assert_ends_with_error(&run);
+}
