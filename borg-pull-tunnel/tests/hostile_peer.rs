@@ -623,3 +623,51 @@ async fn forward_never_answered_ends_with_an_error() {
     .await;
     assert_ends_with_error(&run);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. Channels we did not ask for.
+// ---------------------------------------------------------------------------------------------
+
+/// One channel of every kind is opened towards us mid-run: all refused, the pull goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unexpected_channels_are_refused_and_the_pull_continues() {
+    let fx = Fixture::start(Knobs {
+        open_unexpected_channels: true,
+        ..Knobs::default()
+    })
+    .await;
+    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, Some("unexpected-done")));
+    let run = run_pull(&spec).await;
+    assert!(
+        matches!(&run.result, Some(Ok(o)) if o.exit.code() == 0),
+        "{}",
+        describe(&run)
+    );
+    assert_eq!(run.stdout.text(), "client got: pong ping\n");
+    assert!(fx.stats.unexpected_done.load(Ordering::SeqCst));
+    assert_eq!(fx.stats.unexpected_refused.load(Ordering::SeqCst), 7);
+    assert_eq!(fx.stats.unexpected_accepted.load(Ordering::SeqCst), 0);
+    assert_eq!(fx.stats.forwarded_connections.load(Ordering::SeqCst), 1);
+}
+
+/// Thousands of unexpected channel opens: the client must end the connection instead of refusing
+/// (and logging) them forever. Today every one is refused and the pull succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unexpected_channels_ends_the_connection() {
+    const FLOOD: usize = 10_000;
+    let fx = Fixture::start(Knobs {
+        unexpected_channel_flood: Some(FLOOD),
+        ..Knobs::default()
+    })
+    .await;
+    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, Some("unexpected-done")));
+    let run = run_pull(&spec).await;
+    let refused = fx.stats.unexpected_refused.load(Ordering::SeqCst);
+    assert_eq!(fx.stats.unexpected_accepted.load(Ordering::SeqCst), 0);
+    assert!(!run.hit_deadline, "{}", describe(&run));
+    assert!(
+        matches!(run.result, Some(Err(_))) && refused < FLOOD,
+        "the client refused {refused} of {FLOOD} unexpected channel opens and went on: {}",
+        describe(&run)
+    );
+}
