@@ -671,3 +671,29 @@ async fn a_flood_of_unexpected_channels_ends_the_connection() {
         describe(&run)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. A refused forward is diagnosed.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_forward_is_diagnosed() {
+    let fx = Fixture::start(Knobs {
+        refuse_forward: true,
+        ..Knobs::default()
+    })
+    .await;
+    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, None));
+    let run = run_pull(&spec).await;
+    match &run.result {
+        Some(Err(Error::ForwardDenied { path, cause, .. })) => {
+            assert!(path.ends_with("/borg.sock"), "{path}");
+            assert_eq!(*cause, ForwardDenial::Forbidden, "{}", describe(&run));
+        }
+        _ => panic!("expected ForwardDenied: {}", describe(&run)),
+    }
+    assert_eq!(fx.stats.forward_requests.lock().unwrap().len(), 1);
+    // Clean-up still ran: the private directory is gone.
+    let left: Vec<_> = std::fs::read_dir(fx.dir().join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
