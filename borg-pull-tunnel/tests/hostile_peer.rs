@@ -62,6 +62,8 @@ struct PullSpec {
     cancel_after: Option<Duration>,
     /// The test's deadline: then the run is cancelled as a last resort and counted as a hang.
     deadline: Duration,
+    /// Keepalive interval (the library's default when `None`).
+    keepalive: Option<Duration>,
 }
 
 /// API adapter 1: the library's options for a spec.
@@ -78,6 +80,9 @@ fn pull_options(spec: &PullSpec) -> PullOptions {
     options.serve.borg = spec.serve_borg.clone();
     options.relay = relay_path().into();
     options.remote_borg = spec.remote_borg.clone().into();
+    if let Some(k) = spec.keepalive {
+        options.session.keepalive_interval = k;
+    }
     options
 }
 
@@ -157,6 +162,7 @@ impl PullSpec {
             remote_borg,
             cancel_after: None,
             deadline: HANG_BOUND,
+            keepalive: None,
         }
     }
 
@@ -173,6 +179,9 @@ impl PullSpec {
         ];
         if let Some(d) = self.cancel_after {
             env.push(("HOSTILE_CANCEL_AFTER_MS", ms(d)));
+        }
+        if let Some(d) = self.keepalive {
+            env.push(("HOSTILE_KEEPALIVE_MS", ms(d)));
         }
         env
     }
@@ -193,6 +202,7 @@ impl PullSpec {
             remote_borg: path("HOSTILE_REMOTE_BORG"),
             cancel_after: ms("HOSTILE_CANCEL_AFTER_MS"),
             deadline: ms("HOSTILE_DEADLINE_MS").unwrap(),
+            keepalive: ms("HOSTILE_KEEPALIVE_MS"),
         })
     }
 }
@@ -492,6 +502,59 @@ async fn flooded_helper_output_ends_quickly_with_bounded_memory() {
     );
 }
 
+/// The same with stderr (extended data), which `capture` collects as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooded_helper_stderr_ends_quickly_with_bounded_memory() {
+    let fx = Fixture::start(Knobs {
+        flood_exec_output: true,
+        flood_exec_stderr: true,
+        ..Knobs::default()
+    })
+    .await;
+    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, None));
+    let run = run_pull_in_child(&spec).await;
+    assert_bounded_memory(&run);
+    assert_eq!(run.value("HOSTILE_HIT_DEADLINE"), Some("false"), "{run:?}");
+    assert!(
+        run.value("HOSTILE_OUTCOME").is_some_and(|o| o.starts_with("err ")),
+        "{run:?}"
+    );
+}
+
+/// Runs a pull where the execs in `numbers` flood stdout, cancelled after [`CANCEL_AFTER`].
+async fn later_exec_flood(numbers: std::ops::Range<usize>) -> ChildRun {
+    let fx = Fixture::start(Knobs {
+        flood_exec_output: true,
+        flood_exec_numbers: Some(numbers),
+        ..Knobs::default()
+    })
+    .await;
+    let mut spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, None));
+    spec.cancel_after = Some(CANCEL_AFTER);
+    spec.deadline = CANCEL_AFTER + CANCEL_BOUND;
+    let run = run_pull_in_child(&spec).await;
+    assert_bounded_memory(&run);
+    assert_eq!(run.value("HOSTILE_HIT_DEADLINE"), Some("false"), "{run:?}");
+    if let Some(after) = run.ms("HOSTILE_AFTER_CANCEL_MS") {
+        assert!(after < CANCEL_BOUND, "returned {after:?} after cancel: {run:?}");
+    }
+    run
+}
+
+/// Only the second exec floods (today: borg's own, whose output is streamed to our stdout; after
+/// the helper and borg's exec merge: the clean-up). Memory stays bounded, cancel still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooded_second_exec_stays_bounded() {
+    later_exec_flood(1..2).await;
+}
+
+/// Every exec after the first floods (today: borg's, then the clean-up `rm -rf`, which
+/// `capture` buffers: +768 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooded_later_execs_stay_bounded() {
+    later_exec_flood(1..usize::MAX).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Garbage into a forwarded channel / withheld window, while borg serve does not consume.
 // ---------------------------------------------------------------------------------------------
@@ -622,6 +685,29 @@ async fn forward_never_answered_ends_with_an_error() {
     })
     .await;
     assert_ends_with_error(&run);
+}
+
+/// The sshd freezes mid-run (while borg talks to borg serve): nothing is read or sent any more.
+/// Only keepalives can tell; with a 1 s interval the pull must end within seconds (regression:
+/// passes today, ~5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sshd_frozen_mid_run_is_detected_by_keepalive() {
+    let fx = Fixture::start(Knobs {
+        freeze_on_data: true,
+        ..Knobs::default()
+    })
+    .await;
+    let mut spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, None));
+    spec.keepalive = Some(Duration::from_secs(1));
+    spec.deadline = Duration::from_secs(30);
+    let run = run_pull(&spec).await;
+    assert!(fx.stats.frozen.load(Ordering::SeqCst), "{}", describe(&run));
+    assert!(!run.hit_deadline, "not detected within 30 s: {}", describe(&run));
+    assert!(
+        matches!(run.result, Some(Err(Error::ConnectionLost { .. }))),
+        "{}",
+        describe(&run)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

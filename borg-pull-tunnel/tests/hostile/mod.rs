@@ -52,8 +52,17 @@ pub const FLOOD_CHUNK: usize = 32 * 1024;
 pub struct Knobs {
     /// Extra environment for every exec'd command (e.g. `TMPDIR`).
     pub env: Vec<(OsString, OsString)>,
-    /// Every exec is acknowledged, then prints endless data on stdout instead of running.
+    /// Every exec (or those in [`Knobs::flood_exec_numbers`]) is acknowledged, then prints
+    /// endless data (no newline) on stdout instead of running.
     pub flood_exec_output: bool,
+    /// With `flood_exec_output`: which execs flood (0-based, per connection); all when `None`.
+    pub flood_exec_numbers: Option<std::ops::Range<usize>>,
+    /// With `flood_exec_output`: flood stderr (extended data 1) instead of stdout.
+    pub flood_exec_stderr: bool,
+    /// The first CHANNEL_DATA from the client (on any channel; in a pull that is `borg serve`'s
+    /// output on a forwarded channel) freezes the connection: the handler never returns, nothing
+    /// is read or sent any more (a hung sshd mid-run; only keepalives can tell).
+    pub freeze_on_data: bool,
     /// Channels get a tiny window (256 bytes) and never more after one top-up: what the client
     /// sends into any channel (forwarded ones included) is withheld.
     pub withhold_window: bool,
@@ -69,6 +78,8 @@ pub struct Knobs {
     /// The streamlocal-forward handler never returns. Global replies are FIFO, so this freezes
     /// the whole connection (no keepalive replies either).
     pub never_answer_forward: bool,
+    /// The fixture's own rekey threshold in bytes (each direction); russh's default is 1 GiB.
+    pub rekey_after: Option<usize>,
     /// Refuse every streamlocal-forward (as `AllowStreamLocalForwarding no` does).
     pub refuse_forward: bool,
     /// After a forward was granted, open one channel of every kind the client did not ask for
@@ -105,6 +116,8 @@ pub struct Stats {
     pub unexpected_done: AtomicBool,
     /// Bytes the floods (exec output, garbage) got into russh's send pipeline.
     pub flood_bytes: AtomicU64,
+    /// Set when `freeze_on_data` froze a connection.
+    pub frozen: AtomicBool,
 }
 
 impl Stats {
@@ -187,6 +200,10 @@ impl Fixture {
         };
         if knobs.withhold_window {
             config.window_size = 256;
+        }
+        if let Some(bytes) = knobs.rekey_after {
+            config.limits.rekey_write_limit = bytes;
+            config.limits.rekey_read_limit = bytes;
         }
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
@@ -389,20 +406,32 @@ impl server::Handler for Conn {
             return Ok(());
         };
         session.channel_success(id)?;
-        if self.shared.knobs.flood_exec_output {
+        let knobs = &self.shared.knobs;
+        if knobs.flood_exec_output && knobs.flood_exec_numbers.as_ref().is_none_or(|r| r.contains(&n)) {
             let stats = self.shared.stats.clone();
             let stop = self.shared.stop.clone();
+            let stderr = knobs.flood_exec_stderr;
             tokio::spawn(async move {
-                let (_read, write) = channel.split();
-                loop {
-                    let sent = tokio::select! {
-                        r = write.data_bytes(vec![b'x'; FLOOD_CHUNK]) => r,
-                        () = stop.cancelled() => return,
-                    };
-                    if sent.is_err() {
-                        return;
+                let (read, write) = channel.split();
+                let flood = async {
+                    loop {
+                        let chunk = vec![b'x'; FLOOD_CHUNK];
+                        let sent = if stderr {
+                            write.extended_data_bytes(1, chunk).await
+                        } else {
+                            write.data_bytes(chunk).await
+                        };
+                        if sent.is_err() {
+                            return;
+                        }
+                        stats.flood_bytes.fetch_add(FLOOD_CHUNK as u64, Ordering::Relaxed);
                     }
-                    stats.flood_bytes.fetch_add(FLOOD_CHUNK as u64, Ordering::Relaxed);
+                };
+                // Until the client closes the channel (or the connection ends).
+                tokio::select! {
+                    () = flood => {}
+                    () = until_closed(read) => {}
+                    () = stop.cancelled() => {}
                 }
             });
             return Ok(());
@@ -436,6 +465,14 @@ impl server::Handler for Conn {
         self.channels.remove(&id);
         if let Some(pgid) = self.running.lock().unwrap().remove(&id) {
             kill_group(pgid, rustix::process::Signal::KILL);
+        }
+        Ok(())
+    }
+
+    async fn data(&mut self, _id: ChannelId, _data: &[u8], _session: &mut Session) -> HResult<()> {
+        if self.shared.knobs.freeze_on_data {
+            self.shared.stats.frozen.store(true, Ordering::SeqCst);
+            self.shared.stop.cancelled().await;
         }
         Ok(())
     }
@@ -514,6 +551,16 @@ impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.shared.groups.lock().unwrap().remove(&self.pgid);
         kill_group(self.pgid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Reads (and drops) a channel's messages until it is closed. A channel whose messages are not
+/// read would block the fixture's whole connection loop once russh's per-channel buffer is full.
+async fn until_closed(mut read: russh::ChannelReadHalf) {
+    while let Some(msg) = read.wait().await {
+        if matches!(msg, ChannelMsg::Close) {
+            return;
+        }
     }
 }
 
@@ -659,18 +706,21 @@ async fn garbage(handle: server::Handle, path: String, shared: Arc<Shared>) {
         () = shared.stop.cancelled() => return,
     };
     let Ok(channel) = opened else { return };
-    // Dropping the read half discards whatever comes back: never read.
-    let (_read, write) = channel.split();
-    drop(_read);
-    loop {
-        let sent = tokio::select! {
-            r = write.data_bytes(vec![0x5a; FLOOD_CHUNK]) => r,
-            () = shared.stop.cancelled() => return,
-        };
-        if sent.is_err() {
-            return;
+    // What comes back is discarded (russh grants window on arrival anyway, so from the client's
+    // side this is the same as never reading); reading it only tells us when the channel closes.
+    let (read, write) = channel.split();
+    let flood = async {
+        loop {
+            if write.data_bytes(vec![0x5a; FLOOD_CHUNK]).await.is_err() {
+                return;
+            }
+            shared.stats.flood_bytes.fetch_add(FLOOD_CHUNK as u64, Ordering::Relaxed);
         }
-        shared.stats.flood_bytes.fetch_add(FLOOD_CHUNK as u64, Ordering::Relaxed);
+    };
+    tokio::select! {
+        () = flood => {}
+        () = until_closed(read) => {}
+        () = shared.stop.cancelled() => {}
     }
 }
 
