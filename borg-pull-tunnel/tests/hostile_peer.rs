@@ -189,9 +189,7 @@ impl PullSpec {
     fn from_env() -> Option<Self> {
         let var = |name: &str| std::env::var_os(name);
         let path = |name: &str| PathBuf::from(var(name).unwrap());
-        let ms = |name: &str| {
-            var(name).map(|v| Duration::from_millis(v.to_str().unwrap().parse().unwrap()))
-        };
+        let ms = |name: &str| var(name).map(|v| Duration::from_millis(v.to_str().unwrap().parse().unwrap()));
         let port = var("HOSTILE_PORT")?.to_str()?.parse().ok()?;
         Some(PullSpec {
             port,
@@ -302,7 +300,9 @@ struct ChildRun {
 
 impl ChildRun {
     fn value(&self, key: &str) -> Option<&str> {
-        self.lines.iter().find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
     }
 
     fn growth_mib(&self) -> f64 {
@@ -359,7 +359,10 @@ async fn run_pull_in_child(spec: &PullSpec) -> ChildRun {
         }
         if let Some(base) = baseline(&lines) {
             if killed.is_none() && peak.saturating_sub(base) > MEMORY_KILL_KIB {
-                killed = Some(format!("peak RSS grew by more than {} MiB", MEMORY_KILL_KIB / 1024));
+                killed = Some(format!(
+                    "peak RSS grew by more than {} MiB",
+                    MEMORY_KILL_KIB / 1024
+                ));
                 let _ = child.kill();
             }
         }
@@ -393,19 +396,47 @@ async fn run_pull_in_child(spec: &PullSpec) -> ChildRun {
         run.peak_kib,
         run.killed,
         run.elapsed,
-        run.lines.iter().filter(|l| l.starts_with("HOSTILE_")).collect::<Vec<_>>()
+        run.lines
+            .iter()
+            .filter(|l| l.starts_with("HOSTILE_"))
+            .collect::<Vec<_>>()
     );
     run
 }
 
 /// Asserts a child run stayed within memory and was not killed.
 fn assert_bounded_memory(run: &ChildRun) {
-    assert!(run.killed.is_none(), "the pull had to be killed: {:?}", run.killed);
+    assert!(
+        run.killed.is_none(),
+        "the pull had to be killed: {:?}",
+        run.killed
+    );
     assert!(
         run.growth_mib() * 1024.0 < MEMORY_GROWTH_LIMIT_KIB as f64,
         "peak RSS grew by {:.1} MiB (limit {} MiB)",
         run.growth_mib(),
         MEMORY_GROWTH_LIMIT_KIB / 1024
+    );
+}
+
+/// The run's watcher on the "client" removes the private directory about a second after the
+/// script's process ends, whatever ended it.
+async fn assert_private_dir_removed(fx: &Fixture) {
+    let empty = || std::fs::read_dir(fx.dir().join("tmp")).unwrap().next().is_none();
+    for _ in 0..100 {
+        if empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Vec<_> = std::fs::read_dir(fx.dir().join("tmp")).unwrap().collect();
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pid,ppid,pgid,stat,args"])
+        .output()
+        .unwrap();
+    panic!(
+        "left behind after 10 s: {left:?}\n{}",
+        String::from_utf8_lossy(&ps.stdout)
     );
 }
 
@@ -454,16 +485,21 @@ async fn happy_path_through_the_fixture() {
         "{}",
         describe(&run)
     );
-    assert_eq!(outcome.forwarded.connections, 1);
+    assert_eq!(outcome.forwarded.accepted, 1);
     assert_eq!(outcome.forwarded.to_serve, 5);
     assert_eq!(outcome.forwarded.from_serve, 10);
     assert_eq!(fx.stats.forward_requests.lock().unwrap().len(), 1);
     assert_eq!(fx.stats.forwarded_connections.load(Ordering::SeqCst), 1);
-    assert!(fx.stats.exec_count() >= 2, "{:?}", fx.stats.exec_commands);
-    // The private directory on the "client" was removed again.
-    let left: Vec<_> = std::fs::read_dir(fx.dir().join("tmp")).unwrap().collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
-    assert!(fx.wait_for(Duration::from_secs(10), |s| s.connections_ended.load(Ordering::SeqCst) == 1).await);
+    // Set-up, borg and clean-up in one exec: no helper round trips.
+    assert_eq!(fx.stats.exec_count(), 1, "{:?}", fx.stats.exec_commands);
+    assert_private_dir_removed(&fx).await;
+    assert!(
+        fx.wait_for(Duration::from_secs(10), |s| s
+            .connections_ended
+            .load(Ordering::SeqCst)
+            == 1)
+            .await
+    );
 }
 
 /// The same happy path in a child process: the memory baseline the hostile cases compare with.
@@ -497,7 +533,8 @@ async fn flooded_helper_output_ends_quickly_with_bounded_memory() {
     assert_bounded_memory(&run);
     assert_eq!(run.value("HOSTILE_HIT_DEADLINE"), Some("false"), "{run:?}");
     assert!(
-        run.value("HOSTILE_OUTCOME").is_some_and(|o| o.starts_with("err ")),
+        run.value("HOSTILE_OUTCOME")
+            .is_some_and(|o| o.starts_with("err ")),
         "{run:?}"
     );
 }
@@ -516,7 +553,8 @@ async fn flooded_helper_stderr_ends_quickly_with_bounded_memory() {
     assert_bounded_memory(&run);
     assert_eq!(run.value("HOSTILE_HIT_DEADLINE"), Some("false"), "{run:?}");
     assert!(
-        run.value("HOSTILE_OUTCOME").is_some_and(|o| o.starts_with("err ")),
+        run.value("HOSTILE_OUTCOME")
+            .is_some_and(|o| o.starts_with("err ")),
         "{run:?}"
     );
 }
@@ -722,7 +760,11 @@ async fn unexpected_channels_are_refused_and_the_pull_continues() {
         ..Knobs::default()
     })
     .await;
-    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, Some("unexpected-done")));
+    let spec = PullSpec::new(
+        &fx,
+        serve_pong(&fx),
+        client_round_trip(&fx, Some("unexpected-done")),
+    );
     let run = run_pull(&spec).await;
     assert!(
         matches!(&run.result, Some(Ok(o)) if o.exit.code() == 0),
@@ -746,7 +788,11 @@ async fn a_flood_of_unexpected_channels_ends_the_connection() {
         ..Knobs::default()
     })
     .await;
-    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, Some("unexpected-done")));
+    let spec = PullSpec::new(
+        &fx,
+        serve_pong(&fx),
+        client_round_trip(&fx, Some("unexpected-done")),
+    );
     let run = run_pull(&spec).await;
     let refused = fx.stats.unexpected_refused.load(Ordering::SeqCst);
     assert_eq!(fx.stats.unexpected_accepted.load(Ordering::SeqCst), 0);
@@ -780,6 +826,5 @@ async fn refused_forward_is_diagnosed() {
     }
     assert_eq!(fx.stats.forward_requests.lock().unwrap().len(), 1);
     // Clean-up still ran: the private directory is gone.
-    let left: Vec<_> = std::fs::read_dir(fx.dir().join("tmp")).unwrap().collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_private_dir_removed(&fx).await;
 }
