@@ -830,3 +830,86 @@ fn borg_serve_stderr_is_escaped_and_survives_invalid_utf8() {
     assert!(log.contains(r"colour \x1b[31mred\x1b]0;title\x07"), "{log}");
     assert!(log.contains(r"bytes \xff\xfe here"), "{log}");
 }
+
+/// Runs the server with `--borg true` on `socket`, expecting a start-up failure; returns the log.
+///
+/// Exit code 73 (cannot create safely) once main.rs maps the directory-hardening errors
+/// (SocketDirSymlink, SocketDirAncestorUnsafe); until then any failure code other than 75.
+fn refused_unsafe_dir(t: &TestDir, socket: &Path) -> String {
+    let true_bin = common::find_on_path("true").unwrap();
+    let args = [
+        os("--socket"),
+        socket.as_os_str(),
+        os("--repo"),
+        t.path().as_os_str(),
+        os("--borg"),
+        true_bin.as_os_str(),
+    ];
+    let (code, log) = run_server_to_exit(t, &args);
+    assert!(
+        matches!(code, Some(c) if c != 0 && c != 75),
+        "{code:?}, log:\n{log}"
+    );
+    assert!(!socket.exists(), "{log}");
+    log
+}
+
+#[test]
+fn symlinked_socket_dir_is_refused() {
+    let t = TestDir::new();
+    let real = t.join("real");
+    fs::create_dir(&real).unwrap();
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&real, t.join("run")).unwrap();
+    let log = refused_unsafe_dir(&t, &t.join("run/borg.sock"));
+    assert!(log.contains("is a symbolic link"), "{log}");
+    assert!(!real.join("borg.sock").exists());
+}
+
+#[test]
+fn socket_dir_under_a_writable_parent_is_refused() {
+    let t = TestDir::new();
+    let parent = t.join("shared");
+    fs::create_dir(&parent).unwrap();
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+    let log = refused_unsafe_dir(&t, &parent.join("run/borg.sock"));
+    assert!(log.contains("not sticky"), "{log}");
+    assert!(log.contains(&format!("{:?}", parent)), "names the parent: {log}");
+    assert!(!parent.join("run").exists(), "nothing created under it");
+}
+
+#[test]
+fn socket_dir_under_a_sticky_parent_is_accepted() {
+    let t = TestDir::new();
+    let parent = t.join("sticky");
+    fs::create_dir(&parent).unwrap();
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = parent.join("run/borg.sock");
+    let true_bin = common::find_on_path("true").unwrap();
+    let _server = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
+    assert_eq!(fs::symlink_metadata(&socket).unwrap().mode() & 0o7777, 0o600);
+}
+
+#[test]
+fn running_listener_keeps_its_socket_even_if_it_looks_stale() {
+    let t = TestDir::new();
+    let socket = t.join("run/borg.sock");
+    let true_bin = common::find_on_path("true").unwrap();
+    let mut first = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
+    // Someone replaced the running server's socket with a dead one: a second server must not
+    // take the path over while the first still runs (their lock says so).
+    fs::remove_file(&socket).unwrap();
+    drop(UnixListener::bind(&socket).unwrap());
+    let args = [
+        os("--socket"),
+        socket.as_os_str(),
+        os("--repo"),
+        t.path().as_os_str(),
+        os("--borg"),
+        true_bin.as_os_str(),
+    ];
+    let (code, log) = run_server_to_exit(&t, &args);
+    assert_eq!(code, Some(75), "log:\n{log}");
+    assert!(log.contains("is in use"), "{log}");
+    first.assert_running();
+}

@@ -69,6 +69,35 @@ pub enum Error {
         /// The offending path.
         dir: PathBuf,
     },
+    /// The socket's directory is a symbolic link, which could be repointed after our checks.
+    #[error(
+        "socket directory {dir:?} is a symbolic link; refusing to follow it (use the directory it points to)"
+    )]
+    SocketDirSymlink {
+        /// The socket's directory as given.
+        dir: PathBuf,
+    },
+    /// A directory above the socket's directory would let another user swap it (OpenSSH's
+    /// `safe_path` rule: every ancestor owned by root or us and not writable by others, unless sticky).
+    #[error(
+        "socket directory {dir:?} is not safe: {ancestor:?} above it {problem} (owner uid {owner}, \
+         mode {mode:04o}), so another user could replace the directory; every directory above the \
+         socket must belong to root or uid {uid} and not be writable by group or others (unless sticky, like /tmp)"
+    )]
+    SocketDirAncestorUnsafe {
+        /// The socket's directory as given.
+        dir: PathBuf,
+        /// The offending directory above it (resolved path).
+        ancestor: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// Our effective uid.
+        uid: u32,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// Group or others may write to the socket's directory, so they could replace the socket.
     #[error(
         "socket directory {dir:?} is writable by group or others (mode {mode:04o}), so another user could \

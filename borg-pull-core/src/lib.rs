@@ -19,6 +19,7 @@ pub mod limits;
 pub mod listen;
 pub mod relay;
 pub mod rsh;
+mod safe_dir;
 pub mod serve;
 pub mod supervise;
 pub mod text;

@@ -24,8 +24,10 @@ pub struct ListenArgs {
     /// UNIX socket to listen on, e.g. /run/borg-pull/client1.sock.
     ///
     /// Its directory is created with mode 0700 if missing (its parent must exist) and refused if
-    /// group or others can write to it; the socket is made 0600. A stale socket is replaced, a live
-    /// one refused. Optional under systemd socket activation (LISTEN_FDS), which provides it.
+    /// group or others can write to it, if it is a symbolic link, or if a directory above it is not
+    /// owned by root or us or is writable by others (sticky ones like /tmp are fine); the socket is
+    /// made 0600, with a lock file .NAME.lock beside it. A stale socket is replaced, a live one
+    /// refused. Optional under systemd socket activation (LISTEN_FDS), which provides it.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
