@@ -913,3 +913,67 @@ fn running_listener_keeps_its_socket_even_if_it_looks_stale() {
     assert!(log.contains("is in use"), "{log}");
     first.assert_running();
 }
+
+#[test]
+fn storage_quota_stops_a_backup_that_would_exceed_it() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let _server = start_server(&t, &socket, &repo, &["--storage-quota", "10M"]);
+
+    let small = t.join("small");
+    fs::create_dir(&small).unwrap();
+    fs::write(small.join("a.txt"), b"fits easily\n").unwrap();
+    let archive = format!("{}::small", url(&repo));
+    let out = run(client(&t, &socket, ["create", &archive, "small"]).current_dir(t.path()));
+    assert_ok(&out, "a backup within the quota");
+
+    let big = t.join("big");
+    fs::create_dir(&big).unwrap();
+    // 16 MB of incompressible bytes: more than the 10 MB quota whatever borg's compression.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let noise: Vec<u8> = (0..16_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(big.join("noise.bin"), noise).unwrap();
+    let archive = format!("{}::big", url(&repo));
+    let out = run(client(&t, &socket, ["create", &archive, "big"]).current_dir(t.path()));
+    assert!(!out.status.success(), "the quota did not stop the backup");
+    assert!(
+        stderr(&out).contains("storage quota"),
+        "borg's quota error expected:\n{}",
+        stderr(&out)
+    );
+
+    let out = run(&mut client(&t, &socket, ["list", "--short", &url(&repo)]));
+    assert_ok(&out, "borg list after the refused backup");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("small") && !listed.contains("big"), "{listed}");
+}
+
+#[test]
+fn storage_quota_is_checked_before_starting() {
+    let t = TestDir::new();
+    let sock = t.join("s.sock");
+    for bad in ["9M", "lots", "5 G"] {
+        let (code, log) = run_server_to_exit(
+            &t,
+            &[
+                os("--socket"),
+                sock.as_os_str(),
+                os("--repo"),
+                t.path().as_os_str(),
+                os("--storage-quota"),
+                os(bad),
+            ],
+        );
+        assert_eq!(code, Some(64), "{bad}: {log}");
+        assert!(log.contains("storage quota"), "{log}");
+    }
+}

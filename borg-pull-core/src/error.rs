@@ -27,6 +27,14 @@ pub enum Error {
         /// The path as given.
         path: PathBuf,
     },
+    /// A storage quota borg would not accept (or would read differently).
+    #[error("storage quota {value:?} is invalid: {reason}")]
+    StorageQuotaInvalid {
+        /// The quota as given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// I/O on a `borg serve` child's pipes failed.
     #[error("relaying to borg serve failed: {0}")]
     ServeIo(#[source] std::io::Error),
