@@ -528,6 +528,7 @@ fn live_socket_is_refused_and_left_alone() {
     let (code, log) = run_server_to_exit(&t, &args);
     assert_eq!(code, Some(75), "log:\n{log}");
     assert!(log.contains("is in use"), "{log}");
+    assert!(log.contains("choose another --socket"), "{log}");
 
     assert_eq!(
         fs::metadata(&socket).unwrap().ino(),
@@ -584,6 +585,7 @@ fn file_in_the_way_is_refused_and_kept() {
     fs::write(&socket, b"not a socket").unwrap();
     let log = refused(&t, &socket, 73);
     assert!(log.contains("regular file is in the way"), "{log}");
+    assert!(log.contains("--socket"), "{log}");
     assert_eq!(fs::read(&socket).unwrap(), b"not a socket");
 }
 
@@ -629,6 +631,10 @@ fn usage_errors_exit_64_and_missing_borg_69() {
     let (code, log) = run_server_to_exit(&t, &args);
     assert_eq!(code, Some(69), "{log}");
     assert!(log.contains("cannot find borg program"), "{log}");
+    assert!(
+        log.contains("; pass --borg PATH"),
+        "listen adds its own option as the hint: {log}"
+    );
     assert!(!sock.exists());
 }
 

@@ -11,8 +11,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in borg-pull-core.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `borg` (or the program given with `--borg`) could not be started.
-    #[error("cannot start {program:?} serve: {source} (is borgbackup installed? pass --borg PATH)")]
+    /// `borg` (or the configured borg program) could not be started.
+    #[error("cannot start {program:?} serve: {source} (is borgbackup installed?)")]
     SpawnBorg {
         /// The program we tried to run.
         program: PathBuf,
@@ -62,8 +62,8 @@ pub enum Error {
     },
     /// Creating, inspecting or fixing the socket's directory failed.
     #[error(
-        "cannot prepare socket directory {dir:?}: {source} (the user running borg-pull-server must be \
-         able to create it and read its attributes)"
+        "cannot prepare socket directory {dir:?}: {source} (this process's user must be able to \
+         create it and read its attributes)"
     )]
     SocketDirIo {
         /// The socket's directory.
@@ -121,7 +121,7 @@ pub enum Error {
     },
     /// The socket's directory belongs to another user, who could replace the socket.
     #[error(
-        "socket directory {dir:?} belongs to uid {owner}, not to uid {uid} running borg-pull-server \
+        "socket directory {dir:?} belongs to uid {owner}, not to uid {uid} of this process \
          (run `chown {uid} {dir_display}`, or pick a directory of your own)"
     )]
     SocketDirNotOwned {
@@ -136,15 +136,15 @@ pub enum Error {
     },
     /// Another process is listening on the socket: never take it over.
     #[error(
-        "socket {path:?} is in use: another listener answers on it (stop that borg-pull-server or \
-         socat first, or choose another --socket)"
+        "socket {path:?} is in use: another listener answers on it or holds its lock file (stop that \
+         listener first)"
     )]
     SocketInUse {
         /// The socket path.
         path: PathBuf,
     },
     /// Something other than a socket exists at the socket path: never delete it.
-    #[error("cannot listen on {path:?}: a {kind} is in the way (move it away or choose another --socket)")]
+    #[error("cannot listen on {path:?}: a {kind} is in the way (move it away)")]
     SocketPathOccupied {
         /// The socket path.
         path: PathBuf,
@@ -160,10 +160,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Binding the socket or setting its mode failed.
-    #[error(
-        "cannot listen on socket {path:?}: {source} (its directory must belong to the user running \
-         borg-pull-server)"
-    )]
+    #[error("cannot listen on socket {path:?}: {source} (its directory must belong to this process's user)")]
     SocketBind {
         /// The socket path.
         path: PathBuf,
@@ -172,7 +169,7 @@ pub enum Error {
     },
     /// `LISTEN_FDS` was set but the inherited file descriptor is not a UNIX stream listener.
     #[error(
-        "systemd passed a socket (LISTEN_FDS) that borg-pull-server cannot accept connections on: \
+        "systemd passed a socket (LISTEN_FDS) that this server cannot accept connections on: \
          {source} (the .socket unit needs ListenStream=/path/to.sock and Accept=no)"
     )]
     SystemdSocket {
@@ -180,7 +177,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The borg program is not on `PATH` or not executable.
-    #[error("cannot find borg program {program:?} (is borgbackup installed? pass --borg /path/to/borg)")]
+    #[error("cannot find borg program {program:?} (is borgbackup installed?)")]
     BorgNotFound {
         /// The program as configured.
         program: PathBuf,
@@ -220,7 +217,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// The path exists but is not a UNIX socket.
-    #[error("cannot connect to {path:?}: not a socket (point --socket / BORG_PULL_SOCKET at the listener's socket)")]
+    #[error("cannot connect to {path:?}: not a socket")]
     NotASocket {
         /// The path.
         path: PathBuf,

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use borg_pull_core::limits::{DEFAULT_MAX_CONNECTIONS, LISTEN_SHUTDOWN_GRACE};
 use borg_pull_core::listen::{serve_connections_with_abort, ListenLimits, PrivateListener};
 use borg_pull_core::serve::looks_like_repository;
-use borg_pull_core::ServeConfig;
+use borg_pull_core::{Error as CoreError, ServeConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -76,15 +76,15 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 /// Runs the listener until SIGINT or SIGTERM; `Ok(())` after a clean stop.
 pub fn run(args: ListenArgs) -> anyhow::Result<()> {
     // First, while single-threaded: this reads and clears LISTEN_FDS/LISTEN_PID.
-    let activated = PrivateListener::from_systemd()?;
+    let activated = PrivateListener::from_systemd().map_err(hinted)?;
 
     let config = ServeConfig {
         borg: args.borg,
         allow_delete: args.allow_delete,
         storage_quota: args.storage_quota,
-        ..ServeConfig::new(args.repo)?
+        ..ServeConfig::new(args.repo).map_err(hinted)?
     };
-    let borg = config.find_program()?;
+    let borg = config.find_program().map_err(hinted)?;
     tracing::debug!(borg = %borg.display(), "found borg");
     if !looks_like_repository(&config.repo) {
         warn!(
@@ -119,7 +119,7 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
                 }
                 listener
             }
-            (None, Some(path)) => PrivateListener::bind(&path)?,
+            (None, Some(path)) => PrivateListener::bind(&path).map_err(hinted)?,
             (None, None) => {
                 return Err(UsageError(
                     "no --socket given and no socket passed by systemd (LISTEN_FDS); \
@@ -136,12 +136,57 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
             storage_quota = config.storage_quota.as_deref().unwrap_or("none"),
             "serving"
         );
-        serve_connections_with_abort(listener, config, limits, cancel, abort).await?;
+        serve_connections_with_abort(listener, config, limits, cancel, abort)
+            .await
+            .map_err(hinted)?;
         info!("stopped");
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// The `listen` option that fixes `err`, if one does: the library's messages name objects, not
+/// our flags, since the same call may come from elsewhere.
+fn hint(err: &CoreError) -> Option<&'static str> {
+    match err {
+        CoreError::BorgNotFound { .. } | CoreError::SpawnBorg { .. } => {
+            Some("pass --borg PATH to run another borg program")
+        }
+        CoreError::SocketInUse { .. } | CoreError::SocketPathOccupied { .. } => {
+            Some("or choose another --socket")
+        }
+        _ => None,
+    }
+}
+
+/// `err` with its [`hint`] appended, keeping the library error as the source (for exit codes).
+fn hinted(err: CoreError) -> anyhow::Error {
+    match hint(&err) {
+        Some(hint) => Hinted { error: err, hint }.into(),
+        None => err.into(),
+    }
+}
+
+/// A library error followed by the option that fixes it.
+#[derive(Debug)]
+struct Hinted {
+    error: CoreError,
+    hint: &'static str,
+}
+
+impl std::fmt::Display for Hinted {
+    /// "MESSAGE; HINT": the library's message stays whole, so `main`'s rendering of the error chain
+    /// recognises it as already shown and does not repeat it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.error, self.hint)
+    }
+}
+
+impl std::error::Error for Hinted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
 }
 
 /// Cancels `cancel` on the first SIGINT or SIGTERM (graceful stop) and `abort` on the second
