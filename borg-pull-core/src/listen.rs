@@ -15,7 +15,7 @@
 //! - under systemd socket activation ([`PrivateListener::from_systemd`]) the inherited listener is
 //!   used and its file is left alone, since systemd owns it.
 //!
-//! [`serve_connections`] accepts connections, runs one [`serve_stream`] per connection with the
+//! [`serve_connections`] accepts connections, runs one [`serve_stream`](crate::serve::serve_stream) per connection with the
 //! server's fixed [`ServeConfig`], bounds the number of sessions and shuts down gracefully.
 //!
 //! ```no_run
@@ -409,8 +409,8 @@ impl Default for ListenLimits {
 
 /// Accepts connections on `listener` until `cancel`, bridging each to its own `borg serve`.
 ///
-/// Every session runs [`serve_stream`] with `config`; nothing a client sends changes its flags.
-/// Each session gets a tracing span with a connection number and the peer's uid and pid.
+/// Every session runs [`serve_stream`](crate::serve::serve_stream) with `config`, owned by a
+/// [`Supervisor`] ([`LimitPolicy::Wait`]); nothing a client sends changes its flags. Each session gets a tracing span with a connection number and the peer's uid and pid.
 ///
 /// **Connection limit.** With `limits.max_connections` sessions running, the loop stops accepting
 /// and logs it once; new clients wait in the kernel's backlog and are served as sessions end.
