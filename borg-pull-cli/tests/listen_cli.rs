@@ -983,3 +983,41 @@ fn storage_quota_is_checked_before_starting() {
         assert!(log.contains("storage quota"), "{log}");
     }
 }
+
+#[test]
+fn real_borg_serve_environment_has_no_secrets() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let args = [os("--socket"), socket.as_os_str(), os("--repo"), repo.as_os_str()];
+    let mut cmd = server_cmd(&t, &args);
+    cmd.env("BORG_PASSPHRASE", "s3cret")
+        .env("BORG_PASSCOMMAND", "echo s3cret")
+        .env("SSH_ORIGINAL_COMMAND", "borg serve")
+        .env("BORG_RSH", "ssh -oProxyCommand=evil");
+    let mut server = Spawned::spawn(cmd, t.join("server.log"));
+    server.wait_for_log("listening");
+    let _idle = UnixStream::connect(&socket).unwrap();
+    wait_until("the session's borg serve", || {
+        children_of(server.pid()).len() == 1
+    });
+    let serve_pid = children_of(server.pid())[0];
+    let environ = fs::read(format!("/proc/{serve_pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    for name in [
+        "BORG_PASSPHRASE",
+        "BORG_PASSCOMMAND",
+        "SSH_ORIGINAL_COMMAND",
+        "BORG_RSH",
+    ] {
+        assert!(
+            !environ.split('\0').any(|v| v.starts_with(&format!("{name}="))),
+            "{name} reached borg serve {serve_pid}: {environ:?}"
+        );
+    }
+    assert!(environ.contains("BORG_BASE_DIR="), "{environ:?}");
+    // And it still serves.
+    let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
+    assert_ok(&out, "borg list");
+}
