@@ -33,6 +33,13 @@ pub fn core(err: &borg_pull_core::Error) -> Option<Hint> {
             "--borg",
             "pass the borg program's path with --borg PATH",
         )),
+        E::SocketInUse { .. } | E::SocketPathOccupied { .. } => {
+            Some(Hint::new("--socket", "or choose another --socket"))
+        }
+        E::StorageQuotaInvalid { .. } => Some(Hint::new(
+            "--storage-quota",
+            "give --storage-quota as a size of at least 10M, e.g. 500G",
+        )),
         E::NotASocket { .. }
         | E::SocketMissing { .. }
         | E::SocketRefused { .. }

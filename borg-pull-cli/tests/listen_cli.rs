@@ -530,6 +530,7 @@ fn live_socket_is_refused_and_left_alone() {
     let (code, log) = run_server_to_exit(&t, &args);
     assert_eq!(code, Some(206), "log:\n{log}");
     assert!(log.contains("is in use"), "{log}");
+    assert!(log.contains("choose another --socket"), "{log}");
 
     assert_eq!(
         fs::metadata(&socket).unwrap().ino(),
@@ -586,6 +587,7 @@ fn file_in_the_way_is_refused_and_kept() {
     fs::write(&socket, b"not a socket").unwrap();
     let log = refused(&t, &socket, 205);
     assert!(log.contains("regular file is in the way"), "{log}");
+    assert!(log.contains("--socket"), "{log}");
     assert_eq!(fs::read(&socket).unwrap(), b"not a socket");
 }
 
@@ -631,6 +633,10 @@ fn usage_errors_exit_200_and_missing_borg_203() {
     let (code, log) = run_server_to_exit(&t, &args);
     assert_eq!(code, Some(203), "{log}");
     assert!(log.contains("cannot find borg program"), "{log}");
+    assert!(
+        log.contains("; pass the borg program's path with --borg PATH"),
+        "listen adds its own option as the hint: {log}"
+    );
     assert!(!sock.exists());
 }
 
@@ -831,4 +837,185 @@ fn borg_serve_stderr_is_escaped_and_survives_invalid_utf8() {
     assert!(!log.contains('\u{1b}'), "a raw ESC reached the log: {log:?}");
     assert!(log.contains(r"colour \x1b[31mred\x1b]0;title\x07"), "{log}");
     assert!(log.contains(r"bytes \xff\xfe here"), "{log}");
+}
+
+/// Runs the server with `--borg true` on `socket`, expecting a start-up failure; returns the log.
+///
+/// Exit code 205: the socket cannot be created safely.
+fn refused_unsafe_dir(t: &TestDir, socket: &Path) -> String {
+    let true_bin = common::find_on_path("true").unwrap();
+    let args = [
+        os("--socket"),
+        socket.as_os_str(),
+        os("--repo"),
+        t.path().as_os_str(),
+        os("--borg"),
+        true_bin.as_os_str(),
+    ];
+    let (code, log) = run_server_to_exit(t, &args);
+    assert_eq!(code, Some(205), "log:\n{log}");
+    assert!(!socket.exists(), "{log}");
+    log
+}
+
+#[test]
+fn symlinked_socket_dir_is_refused() {
+    let t = TestDir::new();
+    let real = t.join("real");
+    fs::create_dir(&real).unwrap();
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&real, t.join("run")).unwrap();
+    let log = refused_unsafe_dir(&t, &t.join("run/borg.sock"));
+    assert!(log.contains("is a symbolic link"), "{log}");
+    assert!(!real.join("borg.sock").exists());
+}
+
+#[test]
+fn socket_dir_under_a_writable_parent_is_refused() {
+    let t = TestDir::new();
+    let parent = t.join("shared");
+    fs::create_dir(&parent).unwrap();
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+    let log = refused_unsafe_dir(&t, &parent.join("run/borg.sock"));
+    assert!(log.contains("not sticky"), "{log}");
+    assert!(log.contains(&format!("{:?}", parent)), "names the parent: {log}");
+    assert!(!parent.join("run").exists(), "nothing created under it");
+}
+
+#[test]
+fn socket_dir_under_a_sticky_parent_is_accepted() {
+    let t = TestDir::new();
+    let parent = t.join("sticky");
+    fs::create_dir(&parent).unwrap();
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = parent.join("run/borg.sock");
+    let true_bin = common::find_on_path("true").unwrap();
+    let _server = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
+    assert_eq!(fs::symlink_metadata(&socket).unwrap().mode() & 0o7777, 0o600);
+}
+
+#[test]
+fn running_listener_keeps_its_socket_even_if_it_looks_stale() {
+    let t = TestDir::new();
+    let socket = t.join("run/borg.sock");
+    let true_bin = common::find_on_path("true").unwrap();
+    let mut first = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
+    // Someone replaced the running server's socket with a dead one: a second server must not
+    // take the path over while the first still runs (their lock says so).
+    fs::remove_file(&socket).unwrap();
+    drop(UnixListener::bind(&socket).unwrap());
+    let args = [
+        os("--socket"),
+        socket.as_os_str(),
+        os("--repo"),
+        t.path().as_os_str(),
+        os("--borg"),
+        true_bin.as_os_str(),
+    ];
+    let (code, log) = run_server_to_exit(&t, &args);
+    assert_eq!(code, Some(206), "log:\n{log}");
+    assert!(log.contains("is in use"), "{log}");
+    first.assert_running();
+}
+
+#[test]
+fn storage_quota_stops_a_backup_that_would_exceed_it() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let _server = start_server(&t, &socket, &repo, &["--storage-quota", "10M"]);
+
+    let small = t.join("small");
+    fs::create_dir(&small).unwrap();
+    fs::write(small.join("a.txt"), b"fits easily\n").unwrap();
+    let archive = format!("{}::small", url(&repo));
+    let out = run(client(&t, &socket, ["create", &archive, "small"]).current_dir(t.path()));
+    assert_ok(&out, "a backup within the quota");
+
+    let big = t.join("big");
+    fs::create_dir(&big).unwrap();
+    // 16 MB of incompressible bytes: more than the 10 MB quota whatever borg's compression.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let noise: Vec<u8> = (0..16_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(big.join("noise.bin"), noise).unwrap();
+    let archive = format!("{}::big", url(&repo));
+    let out = run(client(&t, &socket, ["create", &archive, "big"]).current_dir(t.path()));
+    assert!(!out.status.success(), "the quota did not stop the backup");
+    assert!(
+        stderr(&out).contains("storage quota"),
+        "borg's quota error expected:\n{}",
+        stderr(&out)
+    );
+
+    let out = run(&mut client(&t, &socket, ["list", "--short", &url(&repo)]));
+    assert_ok(&out, "borg list after the refused backup");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("small") && !listed.contains("big"), "{listed}");
+}
+
+#[test]
+fn storage_quota_is_checked_before_starting() {
+    let t = TestDir::new();
+    let sock = t.join("s.sock");
+    for bad in ["9M", "lots", "5 G"] {
+        let (code, log) = run_server_to_exit(
+            &t,
+            &[
+                os("--socket"),
+                sock.as_os_str(),
+                os("--repo"),
+                t.path().as_os_str(),
+                os("--storage-quota"),
+                os(bad),
+            ],
+        );
+        assert_eq!(code, Some(200), "{bad}: {log}");
+        assert!(log.contains("storage quota"), "{log}");
+    }
+}
+
+#[test]
+fn real_borg_serve_environment_has_no_secrets() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let args = [os("--socket"), socket.as_os_str(), os("--repo"), repo.as_os_str()];
+    let mut cmd = server_cmd(&t, &args);
+    cmd.env("BORG_PASSPHRASE", "s3cret")
+        .env("BORG_PASSCOMMAND", "echo s3cret")
+        .env("SSH_ORIGINAL_COMMAND", "borg serve")
+        .env("BORG_RSH", "ssh -oProxyCommand=evil");
+    let mut server = Spawned::spawn(cmd, t.join("server.log"));
+    server.wait_for_log("listening");
+    let _idle = UnixStream::connect(&socket).unwrap();
+    wait_until("the session's borg serve", || {
+        children_of(server.pid()).len() == 1
+    });
+    let serve_pid = children_of(server.pid())[0];
+    let environ = fs::read(format!("/proc/{serve_pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    for name in [
+        "BORG_PASSPHRASE",
+        "BORG_PASSCOMMAND",
+        "SSH_ORIGINAL_COMMAND",
+        "BORG_RSH",
+    ] {
+        assert!(
+            !environ.split('\0').any(|v| v.starts_with(&format!("{name}="))),
+            "{name} reached borg serve {serve_pid}: {environ:?}"
+        );
+    }
+    assert!(environ.contains("BORG_BASE_DIR="), "{environ:?}");
+    // And it still serves.
+    let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
+    assert_ok(&out, "borg list");
 }

@@ -29,6 +29,10 @@ pub struct ServeConfig {
     pub repo: PathBuf,
     /// Let clients delete and prune (omits `--append-only`). Off by default.
     pub allow_delete: bool,
+    /// borg serve's `--storage-quota` (e.g. `5G`, `1.5T`): the most the repository may hold, so a
+    /// client cannot fill the server's disk. Checked by [`parse_storage_quota`] before borg serve
+    /// is started. `None`: no quota beyond the repository's own.
+    pub storage_quota: Option<String>,
 }
 
 /// What one bridged `borg serve` session did.
@@ -59,14 +63,28 @@ impl ServeConfig {
             borg: PathBuf::from("borg"),
             repo,
             allow_delete: false,
+            storage_quota: None,
         })
     }
 
     /// The arguments after the program name: exactly what the server allows, nothing from clients.
+    ///
+    /// ```
+    /// let mut config = borg_pull_core::ServeConfig::new("/srv/borg/client1").unwrap();
+    /// config.storage_quota = Some("50G".into());
+    /// assert_eq!(
+    ///     config.args(),
+    ///     ["serve", "--append-only", "--storage-quota", "50G", "--restrict-to-repo", "/srv/borg/client1"]
+    /// );
+    /// ```
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["serve".into()];
         if !self.allow_delete {
             args.push("--append-only".into());
+        }
+        if let Some(quota) = &self.storage_quota {
+            args.push("--storage-quota".into());
+            args.push(quota.into());
         }
         args.push("--restrict-to-repo".into());
         args.push(self.repo.clone().into());
@@ -101,7 +119,11 @@ impl ServeConfig {
             .ok_or_else(not_found)
     }
 
-    fn command(&self) -> Command {
+    /// The `borg serve` command, if the configuration is valid.
+    fn command(&self) -> Result<Command> {
+        if let Some(quota) = &self.storage_quota {
+            parse_storage_quota(quota)?;
+        }
         let mut cmd = Command::new(&self.borg);
         cmd.args(self.args())
             .env_clear()
@@ -110,8 +132,63 @@ impl ServeConfig {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        cmd
+        Ok(cmd)
     }
+}
+
+/// The smallest quota borg accepts (`parse_storage_quota` in borg 1.2's archiver.py: "At least 10M
+/// are required").
+const MIN_STORAGE_QUOTA: u64 = 10_000_000;
+
+/// Checks a storage quota the way borg 1.2 parses it, returning it in bytes: a decimal number
+/// with an optional fraction and an optional suffix `K`, `M`, `G`, `T` or `P` (powers of 1000), at
+/// least `10M`.
+///
+/// Stricter than borg's `float()` (no signs, exponents, spaces, `inf`), so that whatever passes
+/// here means the same to borg.
+///
+/// ```
+/// use borg_pull_core::serve::parse_storage_quota;
+/// assert_eq!(parse_storage_quota("10M").unwrap(), 10_000_000);
+/// assert_eq!(parse_storage_quota("1.5T").unwrap(), 1_500_000_000_000);
+/// assert!(parse_storage_quota("9M").is_err());
+/// assert!(parse_storage_quota("5 G").is_err());
+/// ```
+pub fn parse_storage_quota(quota: &str) -> Result<u64> {
+    let invalid = |reason| Error::StorageQuotaInvalid {
+        value: quota.to_owned(),
+        reason,
+    };
+    let (number, factor) = match quota.as_bytes().last() {
+        Some(b'K') => (&quota[..quota.len() - 1], 1e3),
+        Some(b'M') => (&quota[..quota.len() - 1], 1e6),
+        Some(b'G') => (&quota[..quota.len() - 1], 1e9),
+        Some(b'T') => (&quota[..quota.len() - 1], 1e12),
+        Some(b'P') => (&quota[..quota.len() - 1], 1e15),
+        _ => (quota, 1.0),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty()
+        || !digits(whole)
+        || !digits(fraction)
+        || (number.contains('.') && fraction.is_empty())
+    {
+        return Err(invalid(
+            "expected a number with an optional K, M, G, T or P suffix, like 500G or 1.5T",
+        ));
+    }
+    let value: f64 = number.parse().map_err(|_| invalid("not a number"))?;
+    // As borg computes it: int(float(number) * factor).
+    let bytes = value * factor;
+    if bytes >= 2f64.powi(63) {
+        return Err(invalid("too large"));
+    }
+    let bytes = bytes as u64;
+    if bytes < MIN_STORAGE_QUOTA {
+        return Err(invalid("borg requires at least 10M"));
+    }
+    Ok(bytes)
 }
 
 /// Whether the environment variable `name` of this process is passed on to `borg serve`.
@@ -171,7 +248,7 @@ pub async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut child = config.command().spawn().map_err(|source| Error::SpawnBorg {
+    let mut child = config.command()?.spawn().map_err(|source| Error::SpawnBorg {
         program: config.borg.clone(),
         source,
     })?;
@@ -313,7 +390,8 @@ mod tests {
         for bad in ["", "no-such-borg-xyz", "/nonexistent/borg", plain, "/"] {
             let err = with_borg(bad).find_program().unwrap_err();
             assert!(matches!(err, Error::BorgNotFound { .. }), "{bad}: {err}");
-            assert!(err.to_string().contains("--borg"), "{err}");
+            // The flag that sets the program is the binary's to name, not the library's.
+            assert!(!err.to_string().contains("--borg"), "{err}");
         }
     }
 
@@ -392,6 +470,59 @@ mod tests {
         assert_eq!(echoed, b"still alive");
         let outcome = session.await.unwrap().unwrap();
         assert!(outcome.status.is_some_and(|s| s.success()), "{outcome:?}");
+    }
+
+    #[test]
+    fn storage_quota_follows_borgs_rules() {
+        for (quota, bytes) in [
+            ("10M", 10_000_000),
+            ("10000000", 10_000_000),
+            ("0.01G", 10_000_000),
+            ("500G", 500_000_000_000),
+            ("1.5T", 1_500_000_000_000),
+            ("2P", 2_000_000_000_000_000),
+            ("10000K", 10_000_000),
+        ] {
+            assert_eq!(parse_storage_quota(quota).unwrap(), bytes, "{quota}");
+        }
+        for bad in [
+            "",
+            "M",
+            "9M",
+            "9999999",
+            "-20G",
+            "+20G",
+            "1e9",
+            "inf",
+            "nan",
+            " 20G",
+            "20 G",
+            "20g",
+            "20GB",
+            "1..5T",
+            "1.T",
+            ".5T",
+            "5Gi",
+            "99999999999999999999P",
+        ] {
+            let err = parse_storage_quota(bad).unwrap_err();
+            assert!(matches!(err, Error::StorageQuotaInvalid { .. }), "{bad}: {err}");
+        }
+        assert!(parse_storage_quota("9M")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 10M"));
+    }
+
+    #[tokio::test]
+    async fn invalid_storage_quota_never_reaches_borg() {
+        let mut config = with_borg("/nonexistent/borg");
+        config.storage_quota = Some("1M; rm -rf /".into());
+        let (_client, server) = tokio::io::duplex(64);
+        let err = serve_stream(&config, server, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::StorageQuotaInvalid { .. }), "{err}");
     }
 
     #[test]

@@ -314,7 +314,10 @@ pub struct Admission {
 impl Admission {
     /// Runs `borg serve` for `stream` in a task the supervisor owns, inside `span`.
     ///
-    /// Returns at once. The slot is released when `borg serve` has been reaped.
+    /// Returns at once. The slot is released when `borg serve` has been reaped. The session logs
+    /// "starting borg serve", then "session ended" (with byte counts and exit status) or
+    /// "session failed". An admission spawned after [`Supervisor::stop`] (or after `drain`'s grace
+    /// period) starts already cancelled: its `borg serve` gets EOF at once.
     pub fn spawn<S>(mut self, stream: S, span: tracing::Span)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -22,8 +22,10 @@ pub struct ListenArgs {
     /// UNIX socket to listen on, e.g. /run/borg-pull/client1.sock.
     ///
     /// Its directory is created with mode 0700 if missing (its parent must exist) and refused if
-    /// group or others can write to it; the socket is made 0600. A stale socket is replaced, a live
-    /// one refused. Optional under systemd socket activation (LISTEN_FDS), which provides it.
+    /// group or others can write to it, if it is a symbolic link, or if a directory above it is not
+    /// owned by root or us or is writable by others (sticky ones like /tmp are fine); the socket is
+    /// made 0600, with a lock file .NAME.lock beside it. A stale socket is replaced, a live one
+    /// refused. Optional under systemd socket activation (LISTEN_FDS), which provides it.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
@@ -34,6 +36,13 @@ pub struct ListenArgs {
     /// Let clients delete, prune and compact: run borg serve without --append-only.
     #[arg(long)]
     allow_delete: bool,
+
+    /// Most the repository may hold, e.g. 500G or 1.5T (borg serve --storage-quota; at least 10M).
+    ///
+    /// A backup that would go beyond it fails with borg's "storage quota has been exceeded", so a
+    /// client cannot fill the server's disk. Overrides the quota stored in the repository.
+    #[arg(long, value_name = "QUOTA", value_parser = storage_quota)]
+    storage_quota: Option<String>,
 
     /// The borg program to run as `borg serve` (looked up on PATH unless it contains a `/`).
     #[arg(long, value_name = "PATH", default_value = "borg")]
@@ -47,6 +56,12 @@ pub struct ListenArgs {
     /// (a second signal kills them at once). Keep it below systemd's TimeoutStopSec.
     #[arg(long, value_name = "SECS", default_value_t = LISTEN_SHUTDOWN_GRACE.as_secs())]
     shutdown_grace: u64,
+}
+
+fn storage_quota(s: &str) -> Result<String, String> {
+    borg_pull_core::serve::parse_storage_quota(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {
@@ -64,6 +79,7 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
     let config = ServeConfig {
         borg: args.borg,
         allow_delete: args.allow_delete,
+        storage_quota: args.storage_quota,
         ..ServeConfig::new(args.repo)?
     };
     let borg = config.find_program()?;
@@ -114,6 +130,7 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
             repo = %config.repo.display(),
             append_only = !config.allow_delete,
             max_connections = limits.max_connections,
+            storage_quota = config.storage_quota.as_deref().unwrap_or("none"),
             "serving"
         );
         serve_connections_with_abort(listener, config, limits, cancel, abort).await?;

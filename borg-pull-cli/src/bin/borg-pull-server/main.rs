@@ -129,13 +129,17 @@ fn exit_code(err: &anyhow::Error) -> Code {
 fn core_exit_code(e: &borg_pull_core::Error) -> Code {
     use borg_pull_core::Error as E;
     match e {
-        E::RepoNotAbsolute { .. } | E::SocketPathInvalid { .. } => exit::USAGE,
+        E::RepoNotAbsolute { .. } | E::SocketPathInvalid { .. } | E::StorageQuotaInvalid { .. } => {
+            exit::USAGE
+        }
         E::BorgNotFound { .. } | E::SpawnBorg { .. } => exit::BORG_UNAVAILABLE,
         E::SocketDirParentMissing { .. }
         | E::SocketDirIo { .. }
         | E::SocketDirNotDirectory { .. }
         | E::SocketDirInsecure { .. }
         | E::SocketDirNotOwned { .. }
+        | E::SocketDirSymlink { .. }
+        | E::SocketDirAncestorUnsafe { .. }
         | E::SocketPathOccupied { .. }
         | E::StaleSocket { .. } => exit::SOCKET_UNSAFE,
         E::SocketInUse { .. } => exit::SOCKET_IN_USE,
