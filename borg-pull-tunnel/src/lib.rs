@@ -37,6 +37,7 @@ pub mod identity;
 pub mod known_hosts;
 pub mod limits;
 pub mod pull;
+pub mod secret_file;
 pub mod session;
 
 pub use error::{Error, ForwardDenial, Result, SecretKind};
