@@ -97,7 +97,10 @@ pub fn pad_short_p256_scalar(text: &str) -> Option<Zeroizing<String>> {
     let mut padded = Zeroizing::new(vec![0u8; 32]);
     padded[32 - scalar.len()..].copy_from_slice(scalar);
 
-    let private_len = 8 + [key_type, curve, point, &padded, comment].iter().map(|f| 4 + f.len()).sum::<usize>();
+    let private_len = 8 + [key_type, curve, point, &padded, comment]
+        .iter()
+        .map(|f| 4 + f.len())
+        .sum::<usize>();
     let mut private = Zeroizing::new(Vec::with_capacity(private_len + 8));
     private.extend_from_slice(&check1.to_be_bytes());
     private.extend_from_slice(&check2.to_be_bytes());
@@ -109,7 +112,12 @@ pub fn pad_short_p256_scalar(text: &str) -> Option<Zeroizing<String>> {
         private.push(pad);
         pad += 1;
     }
-    let out_len = MAGIC.len() + [cipher, kdf, kdf_options, public, &private].iter().map(|f| 4 + f.len()).sum::<usize>() + 4;
+    let out_len = MAGIC.len()
+        + [cipher, kdf, kdf_options, public, &private]
+            .iter()
+            .map(|f| 4 + f.len())
+            .sum::<usize>()
+        + 4;
     let mut out = Zeroizing::new(Vec::with_capacity(out_len));
     out.extend_from_slice(MAGIC);
     for field in [cipher, kdf, kdf_options] {
@@ -119,7 +127,9 @@ pub fn pad_short_p256_scalar(text: &str) -> Option<Zeroizing<String>> {
     put_string(&mut out, public);
     put_string(&mut out, &private);
     let encoded = Zeroizing::new(BASE64.encode(&out));
-    let mut pem = Zeroizing::new(String::with_capacity(BEGIN.len() + END.len() + encoded.len() * 71 / 70 + 4));
+    let mut pem = Zeroizing::new(String::with_capacity(
+        BEGIN.len() + END.len() + encoded.len() * 71 / 70 + 4,
+    ));
     pem.push_str(BEGIN);
     for chunk in encoded.as_bytes().chunks(70) {
         pem.push('\n');
@@ -283,7 +293,10 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let err = load(&link, None).unwrap_err();
-        assert!(matches!(err, Error::Identity { .. }) && err.to_string().contains("symbolic link"), "{err}");
+        assert!(
+            matches!(err, Error::Identity { .. }) && err.to_string().contains("symbolic link"),
+            "{err}"
+        );
         let err = load(dir.path(), None).unwrap_err();
         assert!(err.to_string().contains("a directory"), "{err}");
         let binary = dir.path().join("binary");

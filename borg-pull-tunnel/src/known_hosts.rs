@@ -147,11 +147,21 @@ impl KnownHosts {
     pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Verdict {
         let name = lookup_name(host, port);
         // Matching is the costly part (hashed entries are an HMAC each): do it once.
-        let matching: Vec<&Entry> = self.entries.iter().filter(|e| hosts_match(&e.hosts, &name)).collect();
-        if let Some(e) = matching.iter().find(|e| e.marker == Marker::Revoked && same_key(&e.key, key)) {
+        let matching: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|e| hosts_match(&e.hosts, &name))
+            .collect();
+        if let Some(e) = matching
+            .iter()
+            .find(|e| e.marker == Marker::Revoked && same_key(&e.key, key))
+        {
             return Verdict::Revoked { line: e.line };
         }
-        let plain: Vec<&Entry> = matching.into_iter().filter(|e| e.marker == Marker::None).collect();
+        let plain: Vec<&Entry> = matching
+            .into_iter()
+            .filter(|e| e.marker == Marker::None)
+            .collect();
         if let Some(e) = plain.iter().find(|e| same_key(&e.key, key)) {
             return Verdict::Known { line: e.line };
         }
@@ -510,17 +520,41 @@ mod tests {
     fn append_refuses_names_that_would_read_back_as_patterns() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("known_hosts");
-        for host in ["\t", "a b", "", "*", "a,b", "h?", "[h]:2222", "!h", "#h", "@revoked", "|1|x|y",
-            &format!("x\n* ssh-ed25519 {ED2}")]
-        {
+        for host in [
+            "\t",
+            "a b",
+            "",
+            "*",
+            "a,b",
+            "h?",
+            "[h]:2222",
+            "!h",
+            "#h",
+            "@revoked",
+            "|1|x|y",
+            &format!("x\n* ssh-ed25519 {ED2}"),
+        ] {
             let err = append(&path, host, 22, &key(ED1)).unwrap_err();
-            assert!(err.to_string().contains("refusing to record host name"), "{host:?}: {err}");
+            assert!(
+                err.to_string().contains("refusing to record host name"),
+                "{host:?}: {err}"
+            );
         }
         assert!(!path.exists(), "nothing was written");
-        for host in ["h", "nas.example", "10.0.0.1", "fe80::1%eth0", "under_score", "Upper.Example"] {
+        for host in [
+            "h",
+            "nas.example",
+            "10.0.0.1",
+            "fe80::1%eth0",
+            "under_score",
+            "Upper.Example",
+        ] {
             append(&path, host, 2222, &key(ED1)).unwrap();
             let kh = KnownHosts::read(&path).unwrap();
-            assert!(matches!(kh.check(host, 2222, &key(ED1)), Verdict::Known { .. }), "{host}");
+            assert!(
+                matches!(kh.check(host, 2222, &key(ED1)), Verdict::Known { .. }),
+                "{host}"
+            );
             assert_eq!(kh.check("other", 2222, &key(ED1)), Verdict::Unknown, "{host}");
         }
     }
@@ -533,7 +567,9 @@ mod tests {
         let rsa = "AAAAB3NzaC1yc2EAAAADAQABAAABAQDMHLBWw/7MTZTg0cEhe5Lceisb7ylBC+2FzTyKlWavcYRsnqy7XCU9VsKz82t6hwtAFo/1s+e+J0097IXBhuB1ta6uZdNt6n0tSNvrZ2pn1PT5Q0+3QaIQLKHgsLm+qeBzkoSpcqKlJyJvDUKmUXWYugr2YXVgncnuTLawccSQOk5kea4tdYfsDoCUUpsgc2Gj+Elhpw17w4aodCiQWUeus1nHoM01uEbxtc+lm8WJlkANu5PvWGzdc6F3xqMfn4+QhAsatiJGibnRGDmU6TMLKM/kLvBr6qt+X03EpLMS2vITuBtjL7CJjsHVJJtlkzCWN9dv0wetoCi14aDwwuwP";
         assert_eq!(
             kh.check("h", 22, &key(rsa)),
-            Verdict::OtherTypes { types: vec!["ecdsa-sha2-nistp256".into(), "ssh-ed25519".into()] }
+            Verdict::OtherTypes {
+                types: vec!["ecdsa-sha2-nistp256".into(), "ssh-ed25519".into()]
+            }
         );
     }
 

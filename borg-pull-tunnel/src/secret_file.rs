@@ -179,7 +179,9 @@ fn refused(kind: SecretKind, path: &Path, io_kind: std::io::ErrorKind, reason: S
             path: path.to_owned(),
             source: russh::keys::Error::IO(std::io::Error::new(io_kind, reason)),
         },
-        SecretKind::RepoPassphrase => Error::Passphrase(format!("cannot use passphrase file {path:?}: {reason}")),
+        SecretKind::RepoPassphrase => {
+            Error::Passphrase(format!("cannot use passphrase file {path:?}: {reason}"))
+        }
         SecretKind::IdentityPassphrase => Error::Io {
             context: format!("cannot use identity passphrase file {path:?}"),
             source: std::io::Error::new(io_kind, reason),
@@ -243,7 +245,11 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    const KINDS: [SecretKind; 3] = [SecretKind::Identity, SecretKind::IdentityPassphrase, SecretKind::RepoPassphrase];
+    const KINDS: [SecretKind; 3] = [
+        SecretKind::Identity,
+        SecretKind::IdentityPassphrase,
+        SecretKind::RepoPassphrase,
+    ];
 
     #[test]
     fn reads_a_private_regular_file() {
@@ -252,7 +258,10 @@ mod tests {
         for mode in [0o600, 0o400, 0o700] {
             write(&path, b"s3cret\nsecond line\n", mode);
             for kind in KINDS {
-                assert_eq!(&read_secret_file(&path, kind).unwrap()[..], b"s3cret\nsecond line\n");
+                assert_eq!(
+                    &read_secret_file(&path, kind).unwrap()[..],
+                    b"s3cret\nsecond line\n"
+                );
             }
         }
         write(&path, b"", 0o600);
@@ -269,15 +278,33 @@ mod tests {
         for kind in KINDS {
             let err = read_secret_file(&link, kind).unwrap_err();
             let text = err.to_string();
-            assert!(text.contains("symbolic link") && text.contains("link\""), "{text}");
-            assert!(text.contains("give the path of the file itself") && text.contains("real\""), "{text}");
+            assert!(
+                text.contains("symbolic link") && text.contains("link\""),
+                "{text}"
+            );
+            assert!(
+                text.contains("give the path of the file itself") && text.contains("real\""),
+                "{text}"
+            );
         }
-        assert!(matches!(read_secret_file(&link, SecretKind::Identity), Err(Error::Identity { .. })));
-        assert!(matches!(read_secret_file(&link, SecretKind::RepoPassphrase), Err(Error::Passphrase(_))));
-        assert!(matches!(read_secret_file(&link, SecretKind::IdentityPassphrase), Err(Error::Io { .. })));
+        assert!(matches!(
+            read_secret_file(&link, SecretKind::Identity),
+            Err(Error::Identity { .. })
+        ));
+        assert!(matches!(
+            read_secret_file(&link, SecretKind::RepoPassphrase),
+            Err(Error::Passphrase(_))
+        ));
+        assert!(matches!(
+            read_secret_file(&link, SecretKind::IdentityPassphrase),
+            Err(Error::Io { .. })
+        ));
         // A dangling link is a link too.
         std::fs::remove_file(&real).unwrap();
-        assert!(read_secret_file(&link, SecretKind::RepoPassphrase).unwrap_err().to_string().contains("symbolic link"));
+        assert!(read_secret_file(&link, SecretKind::RepoPassphrase)
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link"));
     }
 
     #[test]
@@ -292,7 +319,9 @@ mod tests {
                     matches!(&err, Error::SecretFileTooOpen { mode: m, kind: k, .. } if *m == mode && *k == kind),
                     "{err}"
                 );
-                assert!(err.to_string().contains(&format!("{mode:04o}")) && err.to_string().contains("chmod 600"));
+                assert!(
+                    err.to_string().contains(&format!("{mode:04o}")) && err.to_string().contains("chmod 600")
+                );
             }
         }
     }
@@ -301,12 +330,22 @@ mod tests {
     fn fifos_directories_and_devices_are_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
-        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o600), 0)
-            .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
         let sub = dir.path().join("dir");
         std::fs::create_dir(&sub).unwrap();
         std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
-        for (path, what) in [(fifo.as_path(), "a FIFO"), (&sub, "a directory"), (Path::new("/dev/null"), "a device")] {
+        for (path, what) in [
+            (fifo.as_path(), "a FIFO"),
+            (&sub, "a directory"),
+            (Path::new("/dev/null"), "a device"),
+        ] {
             for kind in KINDS {
                 let err = read_secret_file(path, kind).unwrap_err();
                 assert!(err.to_string().contains(what), "{err}");
@@ -319,7 +358,10 @@ mod tests {
     fn missing_files_are_reported_as_such() {
         let err = read_secret_file(Path::new("/nonexistent/key"), SecretKind::Identity).unwrap_err();
         assert!(matches!(&err, Error::Identity { .. }), "{err}");
-        assert!(err.to_string().contains("/nonexistent/key") && err.to_string().contains("No such file"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/key") && err.to_string().contains("No such file"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -327,10 +369,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big");
         write(&path, &vec![b'x'; MAX_SECRET_FILE_BYTES], 0o600);
-        assert_eq!(read_secret_file(&path, SecretKind::Identity).unwrap().len(), MAX_SECRET_FILE_BYTES);
+        assert_eq!(
+            read_secret_file(&path, SecretKind::Identity).unwrap().len(),
+            MAX_SECRET_FILE_BYTES
+        );
         write(&path, &vec![b'x'; MAX_SECRET_FILE_BYTES + 1], 0o600);
         let err = read_secret_file(&path, SecretKind::RepoPassphrase).unwrap_err();
-        assert!(err.to_string().contains("more than a secret file may be"), "{err}");
+        assert!(
+            err.to_string().contains("more than a secret file may be"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -344,10 +392,16 @@ mod tests {
         write(&path, b"pw", 0o600);
         std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
         let err = read_secret_file(&path, SecretKind::RepoPassphrase).unwrap_err();
-        assert!(err.to_string().contains("belongs to uid 65534") && err.to_string().contains("chown"), "{err}");
+        assert!(
+            err.to_string().contains("belongs to uid 65534") && err.to_string().contains("chown"),
+            "{err}"
+        );
         // Root's own files are fine (a root-owned key read by root, or /etc files as root).
         std::os::unix::fs::chown(&path, Some(0), None).unwrap();
-        assert_eq!(&read_secret_file(&path, SecretKind::RepoPassphrase).unwrap()[..], b"pw");
+        assert_eq!(
+            &read_secret_file(&path, SecretKind::RepoPassphrase).unwrap()[..],
+            b"pw"
+        );
     }
 
     /// The file checked is the file read: a file swapped in after the open is neither read nor
@@ -375,12 +429,19 @@ mod tests {
             std::fs::rename(&other, path).unwrap();
         };
         let err = read_opened(&path, SecretKind::Identity, swap).unwrap_err();
-        assert!(matches!(err, Error::SecretFileTooOpen { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, Error::SecretFileTooOpen { mode: 0o644, .. }),
+            "{err}"
+        );
 
         // Made private by chmod after the open: the open file's current mode is what counts.
         write(&path, b"now private", 0o644);
-        let chmod = |path: &Path| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(&read_opened(&path, SecretKind::Identity, chmod).unwrap()[..], b"now private");
+        let chmod =
+            |path: &Path| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            &read_opened(&path, SecretKind::Identity, chmod).unwrap()[..],
+            b"now private"
+        );
 
         // Replaced by a symlink after the open: the file opened is read.
         write(&path, b"the file", 0o600);
@@ -389,7 +450,10 @@ mod tests {
             std::fs::remove_file(path).unwrap();
             std::os::unix::fs::symlink(&other, path).unwrap();
         };
-        assert_eq!(&read_opened(&path, SecretKind::Identity, to_link).unwrap()[..], b"the file");
+        assert_eq!(
+            &read_opened(&path, SecretKind::Identity, to_link).unwrap()[..],
+            b"the file"
+        );
     }
 
     #[test]
@@ -400,9 +464,17 @@ mod tests {
         // Grows between the open and the fstat: the size checked is the new one, read fully.
         let grow = |path: &Path| {
             use std::io::Write;
-            std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(b"more").unwrap();
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .unwrap()
+                .write_all(b"more")
+                .unwrap();
         };
-        assert_eq!(&read_opened(&path, SecretKind::Identity, grow).unwrap()[..], b"pwmore");
+        assert_eq!(
+            &read_opened(&path, SecretKind::Identity, grow).unwrap()[..],
+            b"pwmore"
+        );
     }
 
     #[test]
@@ -422,12 +494,19 @@ mod tests {
         ] {
             write(&path, content, 0o600);
             for kind in KINDS {
-                assert_eq!(read_secret_line(&path, kind).unwrap().as_str(), line, "{content:?}");
+                assert_eq!(
+                    read_secret_line(&path, kind).unwrap().as_str(),
+                    line,
+                    "{content:?}"
+                );
             }
         }
         write(&path, b"\xffpw\n", 0o600);
         let err = read_secret_line(&path, SecretKind::RepoPassphrase).unwrap_err();
-        assert!(matches!(&err, Error::Passphrase(m) if m.contains("not valid UTF-8")), "{err}");
+        assert!(
+            matches!(&err, Error::Passphrase(m) if m.contains("not valid UTF-8")),
+            "{err}"
+        );
         write(&path, b"pw\n", 0o640);
         assert!(matches!(
             read_secret_line(&path, SecretKind::IdentityPassphrase),
@@ -440,13 +519,21 @@ mod tests {
         let secret = SecretString::new("hunter2");
         assert_eq!(format!("{secret:?}"), "SecretString(<redacted>)");
         assert_eq!(format!("{secret:#?}"), "SecretString(<redacted>)");
-        assert_eq!(format!("{:?}", Some(secret.clone())), "Some(SecretString(<redacted>))");
+        assert_eq!(
+            format!("{:?}", Some(secret.clone())),
+            "Some(SecretString(<redacted>))"
+        );
         #[derive(Debug)]
         #[allow(dead_code)]
         struct Options {
             passphrase: SecretString,
         }
-        let options = format!("{:#?}", Options { passphrase: secret.clone() });
+        let options = format!(
+            "{:#?}",
+            Options {
+                passphrase: secret.clone()
+            }
+        );
         assert!(!options.contains("hunter2"), "{options}");
         assert_eq!(secret.as_str(), "hunter2");
         assert!(!secret.is_empty() && SecretString::new("").is_empty());

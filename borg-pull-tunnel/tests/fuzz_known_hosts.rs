@@ -33,7 +33,12 @@ const DEFAULT_CASES: u32 = 128;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
-    Some(value.trim().parse().unwrap_or_else(|_| panic!("{name}={value:?} is not a number")))
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
 }
 
 fn regressions_dir() -> PathBuf {
@@ -68,7 +73,10 @@ fn fuzz<S>(
                 let guard = current.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((since, input)) = &*guard {
                     if since.elapsed() > case_limit * 12 {
-                        eprintln!("fuzz {target}: HANG, input running for {:?}: {input:?}", since.elapsed());
+                        eprintln!(
+                            "fuzz {target}: HANG, input running for {:?}: {input:?}",
+                            since.elapsed()
+                        );
                         std::process::abort();
                     }
                 }
@@ -93,7 +101,9 @@ fn fuzz<S>(
             total.set(total.get() + 1);
             let took = start.elapsed();
             if took > case_limit {
-                return Err(TestCaseError::fail(format!("took {took:?} (limit {case_limit:?})")));
+                return Err(TestCaseError::fail(format!(
+                    "took {took:?} (limit {case_limit:?})"
+                )));
             }
             result
         });
@@ -150,7 +160,11 @@ fn pool() -> &'static [PublicKey] {
     static POOL: std::sync::OnceLock<Vec<PublicKey>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         let mut keys = vec![key(ED1), key(ED2), key(ECDSA)];
-        keys.extend(SAMPLE_KEYS.lines().filter_map(|l| russh::keys::parse_public_key_base64(l.split(' ').nth(1)?).ok()));
+        keys.extend(
+            SAMPLE_KEYS
+                .lines()
+                .filter_map(|l| russh::keys::parse_public_key_base64(l.split(' ').nth(1)?).ok()),
+        );
         assert!(keys.len() >= 7, "sample keys must parse");
         keys
     })
@@ -202,8 +216,13 @@ fn structured_blob() -> impl Strategy<Value = String> {
         Just(vec![0u8]),
         Just(vec![]),
     ];
-    (names, proptest::collection::vec(field, 0..6), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..8)).prop_map(
-        |(name, fields, bad_length, tail)| {
+    (
+        names,
+        proptest::collection::vec(field, 0..6),
+        any::<bool>(),
+        proptest::collection::vec(any::<u8>(), 0..8),
+    )
+        .prop_map(|(name, fields, bad_length, tail)| {
             let mut blob = Vec::new();
             put_string(&mut blob, name.as_bytes());
             for f in &fields {
@@ -214,8 +233,7 @@ fn structured_blob() -> impl Strategy<Value = String> {
             }
             blob.extend_from_slice(&tail);
             data_encoding::BASE64.encode(&blob)
-        },
-    )
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,13 +278,16 @@ fn ws() -> impl Strategy<Value = String> {
 fn key_fields() -> impl Strategy<Value = (String, String)> {
     let exact = any_key().prop_map(|k| (k.algorithm().as_str().to_owned(), b64(&k)));
     let wrong_type = (any_key(), any_key()).prop_map(|(a, b)| (b.algorithm().as_str().to_owned(), b64(&a)));
-    let truncated = (any_key(), any::<proptest::sample::Index>())
-        .prop_map(|(k, i)| {
-            let s = b64(&k);
-            let cut = i.index(s.len());
-            (k.algorithm().as_str().to_owned(), s[..cut].to_owned())
-        });
-    let flipped = (any_key(), any::<proptest::sample::Index>(), "[A-Za-z0-9+/=!.\\-_ ]")
+    let truncated = (any_key(), any::<proptest::sample::Index>()).prop_map(|(k, i)| {
+        let s = b64(&k);
+        let cut = i.index(s.len());
+        (k.algorithm().as_str().to_owned(), s[..cut].to_owned())
+    });
+    let flipped = (
+        any_key(),
+        any::<proptest::sample::Index>(),
+        "[A-Za-z0-9+/=!.\\-_ ]",
+    )
         .prop_map(|(k, i, c)| {
             let mut s = b64(&k);
             let at = i.index(s.len());
@@ -363,9 +384,13 @@ fn any_file() -> impl Strategy<Value = Vec<u8>> {
 
 /// Lookups worth making in a file: the hosts its lines name (wildcards replaced), and a few others.
 fn probes_for(text: &str) -> Vec<(String, u16)> {
-    let mut out: BTreeSet<(String, u16)> = [("h".to_owned(), 22), ("example.com".to_owned(), 22), ("127.0.0.1".to_owned(), 2222)]
-        .into_iter()
-        .collect();
+    let mut out: BTreeSet<(String, u16)> = [
+        ("h".to_owned(), 22),
+        ("example.com".to_owned(), 22),
+        ("127.0.0.1".to_owned(), 2222),
+    ]
+    .into_iter()
+    .collect();
     for line in text.lines() {
         let mut fields = line.split([' ', '\t']).filter(|f| !f.is_empty());
         let Some(mut first) = fields.next() else { continue };
@@ -396,12 +421,18 @@ fn check_file(bytes: &[u8], probes: &[(String, u16)]) -> Result<(), TestCaseErro
     prop_assert!(kh.entries.len() <= lines.len());
     let mut last = 0;
     for e in &kh.entries {
-        prop_assert!(e.line > last && e.line <= lines.len(), "line numbers increase: {e:?}");
+        prop_assert!(
+            e.line > last && e.line <= lines.len(),
+            "line numbers increase: {e:?}"
+        );
         last = e.line;
         let line = lines[e.line - 1];
         prop_assert!(line.contains(&e.hosts), "{e:?} from {line:?}");
         prop_assert!(line.contains(e.key.algorithm().as_str()), "{e:?} from {line:?}");
-        prop_assert!(!e.hosts.is_empty() && !e.hosts.contains([' ', '\t', '\n']), "{e:?}");
+        prop_assert!(
+            !e.hosts.is_empty() && !e.hosts.contains([' ', '\t', '\n']),
+            "{e:?}"
+        );
         prop_assert!(!line.trim_start().starts_with('#'), "a comment gave {e:?}");
     }
 
@@ -416,27 +447,49 @@ fn check_file(bytes: &[u8], probes: &[(String, u16)]) -> Result<(), TestCaseErro
         let recorded = kh.recorded_algorithms(host, *port);
         let unique: BTreeSet<String> = recorded.iter().map(|a| a.to_string()).collect();
         prop_assert_eq!(unique.len(), recorded.len(), "duplicates in {:?}", recorded);
-        let matching = |line: usize| kh.entries.iter().find(|e| e.line == line).filter(|e| hosts_match(&e.hosts, &name));
+        let matching = |line: usize| {
+            kh.entries
+                .iter()
+                .find(|e| e.line == line)
+                .filter(|e| hosts_match(&e.hosts, &name))
+        };
         for key in &keys {
             let verdict = kh.check(host, *port, key);
             let revoked = kh.entries.iter().any(|e| {
-                e.marker == known_hosts::Marker::Revoked && e.key.key_data() == key.key_data() && hosts_match(&e.hosts, &name)
+                e.marker == known_hosts::Marker::Revoked
+                    && e.key.key_data() == key.key_data()
+                    && hosts_match(&e.hosts, &name)
             });
             let plain_same = kh.entries.iter().any(|e| {
-                e.marker == known_hosts::Marker::None && e.key.key_data() == key.key_data() && hosts_match(&e.hosts, &name)
+                e.marker == known_hosts::Marker::None
+                    && e.key.key_data() == key.key_data()
+                    && hosts_match(&e.hosts, &name)
             });
-            prop_assert_eq!(revoked, matches!(verdict, Verdict::Revoked { .. }), "{:?} for {} {:?}", verdict, name, key);
+            prop_assert_eq!(
+                revoked,
+                matches!(verdict, Verdict::Revoked { .. }),
+                "{:?} for {} {:?}",
+                verdict,
+                name,
+                key
+            );
             match &verdict {
                 Verdict::Known { line } => {
                     let e = matching(*line);
                     prop_assert!(
-                        e.is_some_and(|e| e.marker == known_hosts::Marker::None && e.key.key_data() == key.key_data()),
-                        "Known at line {} for {}", line, name
+                        e.is_some_and(
+                            |e| e.marker == known_hosts::Marker::None && e.key.key_data() == key.key_data()
+                        ),
+                        "Known at line {} for {}",
+                        line,
+                        name
                     );
                 }
                 Verdict::Revoked { line } => {
                     let e = matching(*line);
-                    prop_assert!(e.is_some_and(|e| e.marker == known_hosts::Marker::Revoked && e.key.key_data() == key.key_data()));
+                    prop_assert!(e
+                        .is_some_and(|e| e.marker == known_hosts::Marker::Revoked
+                            && e.key.key_data() == key.key_data()));
                 }
                 Verdict::Changed { line } => {
                     prop_assert!(!plain_same);
@@ -455,11 +508,20 @@ fn check_file(bytes: &[u8], probes: &[(String, u16)]) -> Result<(), TestCaseErro
                     }
                 }
                 Verdict::Unknown => {
-                    prop_assert!(recorded.is_empty(), "Unknown for {} but recorded {:?}", name, recorded);
+                    prop_assert!(
+                        recorded.is_empty(),
+                        "Unknown for {} but recorded {:?}",
+                        name,
+                        recorded
+                    );
                 }
             }
             if recorded.is_empty() {
-                prop_assert!(matches!(verdict, Verdict::Unknown | Verdict::Revoked { .. }), "{:?}", verdict);
+                prop_assert!(
+                    matches!(verdict, Verdict::Unknown | Verdict::Revoked { .. }),
+                    "{:?}",
+                    verdict
+                );
             } else if !revoked {
                 prop_assert!(!matches!(verdict, Verdict::Unknown));
             }
@@ -474,7 +536,12 @@ fn check_read(dir: &Path, bytes: &[u8]) -> Result<(), TestCaseError> {
     std::fs::write(&path, bytes).unwrap();
     let read = KnownHosts::read(&path).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let parsed = KnownHosts::parse(&String::from_utf8_lossy(bytes));
-    let summary = |kh: &KnownHosts| kh.entries.iter().map(|e| (e.line, e.marker, e.hosts.clone(), b64(&e.key))).collect::<Vec<_>>();
+    let summary = |kh: &KnownHosts| {
+        kh.entries
+            .iter()
+            .map(|e| (e.line, e.marker, e.hosts.clone(), b64(&e.key)))
+            .collect::<Vec<_>>()
+    };
     prop_assert_eq!(summary(&read), summary(&parsed));
     Ok(())
 }
@@ -513,7 +580,11 @@ fn regressions_replay() {
         let start = Instant::now();
         check_file(&bytes, &probes_for(&text)).unwrap_or_else(|e| panic!("{path:?}: {e}"));
         check_read(tempdir(), &bytes).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-        assert!(start.elapsed() < Duration::from_secs(10), "{path:?} took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{path:?} took {:?}",
+            start.elapsed()
+        );
         n += 1;
     }
     assert!(n > 0, "no regression files in {dir:?}");
@@ -534,14 +605,22 @@ fn plain_host(host: &str) -> bool {
     // What every real host name or address looks like; `append` must record these.
     !host.is_empty()
         && !host.starts_with(['-', '.'])
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:%".contains(c))
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:%".contains(c))
 }
 
 /// A line `append`ed for a host is then found for that host and port, and changes nothing for
 /// any other lookup.
 #[test]
 fn fuzz_append_then_check() {
-    let input = (known_hosts_file(), append_host(), port(), any_key(), proptest::collection::vec((append_host(), port()), 0..4));
+    let input = (
+        known_hosts_file(),
+        append_host(),
+        port(),
+        any_key(),
+        proptest::collection::vec((append_host(), port()), 0..4),
+    );
     fuzz(
         "known_hosts-append",
         input,
@@ -556,7 +635,11 @@ fn fuzz_append_then_check() {
             }
             let after = KnownHosts::read(&path).unwrap();
             if result.is_err() {
-                prop_assert_eq!(std::fs::read(&path).unwrap(), existing, "a refused append changed the file");
+                prop_assert_eq!(
+                    std::fs::read(&path).unwrap(),
+                    existing,
+                    "a refused append changed the file"
+                );
                 return Ok(());
             }
             let old = before.check(&host, port, &key);
@@ -565,7 +648,9 @@ fn fuzz_append_then_check() {
                 Verdict::Known { .. } | Verdict::Revoked { .. } => prop_assert_eq!(new, old),
                 _ => {
                     let Verdict::Known { line } = new else {
-                        return Err(TestCaseError::fail(format!("after append: {new:?} (before: {old:?})")));
+                        return Err(TestCaseError::fail(format!(
+                            "after append: {new:?} (before: {old:?})"
+                        )));
                     };
                     let e = after.entries.iter().find(|e| e.line == line).unwrap();
                     prop_assert_eq!(e.hosts.clone(), lookup_name(&host, port));
@@ -584,7 +669,10 @@ fn fuzz_append_then_check() {
                     prop_assert_eq!(
                         after.check(&other, other_port, k),
                         before.check(&other, other_port, k),
-                        "appending for {:?} changed the verdict for {:?} port {}", name, other, other_port
+                        "appending for {:?} changed the verdict for {:?} port {}",
+                        name,
+                        other,
+                        other_port
                     );
                 }
             }
@@ -596,7 +684,14 @@ fn fuzz_append_then_check() {
 /// A hashed name made for a host matches that host (any case) and no other.
 #[test]
 fn fuzz_hashed_entries() {
-    let input = (hostname(), port(), proptest::collection::vec(any::<u8>(), 0..80), hostname(), port(), any_key());
+    let input = (
+        hostname(),
+        port(),
+        proptest::collection::vec(any::<u8>(), 0..80),
+        hostname(),
+        port(),
+        any_key(),
+    );
     fuzz(
         "known_hosts-hashed",
         input,
@@ -610,8 +705,15 @@ fn fuzz_hashed_entries() {
             if other_name != name {
                 prop_assert!(!hosts_match(&hashed, &other_name));
             }
-            let kh = KnownHosts::parse(&format!("{hashed}\t{} {} c\n", key.algorithm().as_str(), b64(&key)));
-            prop_assert_eq!(kh.check(&host.to_ascii_uppercase(), port, &key), Verdict::Known { line: 1 });
+            let kh = KnownHosts::parse(&format!(
+                "{hashed}\t{} {} c\n",
+                key.algorithm().as_str(),
+                b64(&key)
+            ));
+            prop_assert_eq!(
+                kh.check(&host.to_ascii_uppercase(), port, &key),
+                Verdict::Known { line: 1 }
+            );
             if other_name != name {
                 prop_assert_eq!(kh.check(&other, other_port, &key), Verdict::Unknown);
             }
@@ -653,7 +755,9 @@ fn reference_hosts_match(patterns: &str, name: &str) -> bool {
     let mut matched = false;
     for p in patterns.split(',') {
         if let Some(hashed) = p.strip_prefix("|1|") {
-            let Some((salt, _)) = hashed.split_once('|') else { continue };
+            let Some((salt, _)) = hashed.split_once('|') else {
+                continue;
+            };
             if let Ok(salt) = data_encoding::BASE64.decode(salt.as_bytes()) {
                 matched |= hash_name(&salt, &name) == p;
             }
@@ -676,10 +780,21 @@ fn fuzz_hosts_match_against_reference() {
         prop_oneof![4 => alphabet.prop_map(|s| s), 1 => "\\PC{0,10}", 1 => "[ab*]{0,30}"],
         prop_oneof![4 => "[aAb.:\\[\\]*?]{0,10}", 1 => "\\PC{0,10}", 1 => "[ab]{0,30}"],
     );
-    fuzz("known_hosts-hosts-match", input, |_| {}, |(patterns, name)| {
-        prop_assert_eq!(hosts_match(&patterns, &name), reference_hosts_match(&patterns, &name), "{:?} vs {:?}", patterns, name);
-        Ok(())
-    });
+    fuzz(
+        "known_hosts-hosts-match",
+        input,
+        |_| {},
+        |(patterns, name)| {
+            prop_assert_eq!(
+                hosts_match(&patterns, &name),
+                reference_hosts_match(&patterns, &name),
+                "{:?} vs {:?}",
+                patterns,
+                name
+            );
+            Ok(())
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -700,24 +815,42 @@ fn best_of(runs: usize, f: &dyn Fn()) -> Duration {
 fn big_lines(size: usize) -> Vec<(&'static str, String)> {
     let ed = ED1;
     vec![
-        ("many hosts", format!("{} ssh-ed25519 {ed}", "a.example,".repeat(size / 10))),
+        (
+            "many hosts",
+            format!("{} ssh-ed25519 {ed}", "a.example,".repeat(size / 10)),
+        ),
         ("long host", format!("{} ssh-ed25519 {ed}", "a".repeat(size))),
         ("stars", format!("{} ssh-ed25519 {ed}", "*a".repeat(size / 2))),
-        ("star then literal", format!("*{}b ssh-ed25519 {ed}", "a".repeat(size))),
+        (
+            "star then literal",
+            format!("*{}b ssh-ed25519 {ed}", "a".repeat(size)),
+        ),
         ("question marks", format!("{} ssh-ed25519 {ed}", "?".repeat(size))),
-        ("negations", format!("{} ssh-ed25519 {ed}", "!*x,".repeat(size / 4))),
-        ("hashed salt", format!("|1|{}|AAAA ssh-ed25519 {ed}", "QUFB".repeat(size / 4))),
-        ("many hashed", format!("{} ssh-ed25519 {ed}", "|1|QUFB|QUFB,".repeat(size / 14))),
+        (
+            "negations",
+            format!("{} ssh-ed25519 {ed}", "!*x,".repeat(size / 4)),
+        ),
+        (
+            "hashed salt",
+            format!("|1|{}|AAAA ssh-ed25519 {ed}", "QUFB".repeat(size / 4)),
+        ),
+        (
+            "many hashed",
+            format!("{} ssh-ed25519 {ed}", "|1|QUFB|QUFB,".repeat(size / 14)),
+        ),
         ("long base64", format!("h ssh-ed25519 {}", "A".repeat(size))),
-        ("long rsa blob", format!("h ssh-rsa {}", {
-            let mut blob = Vec::new();
-            put_string(&mut blob, b"ssh-rsa");
-            put_string(&mut blob, &[1, 0, 1]);
-            let mut n = vec![0xffu8; size / 2];
-            n[0] = 0x7f;
-            put_string(&mut blob, &n);
-            data_encoding::BASE64.encode(&blob)
-        })),
+        (
+            "long rsa blob",
+            format!("h ssh-rsa {}", {
+                let mut blob = Vec::new();
+                put_string(&mut blob, b"ssh-rsa");
+                put_string(&mut blob, &[1, 0, 1]);
+                let mut n = vec![0xffu8; size / 2];
+                n[0] = 0x7f;
+                put_string(&mut blob, &n);
+                data_encoding::BASE64.encode(&blob)
+            }),
+        ),
         ("many fields", "h ".repeat(size / 2)),
         ("spaces", " ".repeat(size)),
         ("many lines", "h ssh-ed25519 x\n".repeat(size / 16)),
@@ -741,7 +874,11 @@ fn big_lines_take_linear_time() {
     for ((name, small), (_, big)) in small.iter().zip(&big) {
         let t_small = best_of(3, &|| parse_and_check(small));
         let t_big = best_of(2, &|| parse_and_check(big));
-        eprintln!("{name}: {} bytes {t_small:?}, {} bytes {t_big:?}", small.len(), big.len());
+        eprintln!(
+            "{name}: {} bytes {t_small:?}, {} bytes {t_big:?}",
+            small.len(),
+            big.len()
+        );
         // Linear would be 8 times; quadratic 64 times. Allow for noise on a busy machine.
         assert!(
             t_big < t_small * 24 + Duration::from_millis(300),
