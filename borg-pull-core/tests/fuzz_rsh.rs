@@ -540,11 +540,16 @@ fn big_argv_takes_linear_time() {
                 .min()
                 .unwrap()
         };
-        let (t_small, t_big) = (time(&small, 3), time(&big, 2));
+        let t_small = time(&small, 3);
+        let linear = |t: Duration| t < t_small * 24 + Duration::from_millis(300);
+        // Measured again only when it looks slow (a busy machine), to keep the test short.
+        let mut t_big = time(&big, 1);
+        for _ in 0..2 {
+            if !linear(t_big) {
+                t_big = t_big.min(time(&big, 1));
+            }
+        }
         eprintln!("{name}: {t_small:?} for 128 KiB, {t_big:?} for 1 MiB");
-        assert!(
-            t_big < t_small * 24 + Duration::from_millis(300),
-            "{name}: {t_small:?} then {t_big:?}: not linear"
-        );
+        assert!(linear(t_big), "{name}: {t_small:?} then {t_big:?}: not linear");
     }
 }

@@ -92,6 +92,9 @@ pub fn lookup_name(host: &str, port: u16) -> String {
     }
 }
 
+/// The largest known_hosts file [`KnownHosts::read`] reads: some 300 000 hashed entries.
+pub const MAX_KNOWN_HOSTS_BYTES: u64 = 64 << 20;
+
 /// A parsed known_hosts file.
 #[derive(Debug, Clone, Default)]
 pub struct KnownHosts {
@@ -110,17 +113,31 @@ impl KnownHosts {
         KnownHosts { entries }
     }
 
-    /// Reads and parses `path`; a missing file is an empty one.
+    /// Reads and parses `path`; a missing file is an empty one. A file larger than
+    /// [`MAX_KNOWN_HOSTS_BYTES`] (or endless, like a device) is an error, not a hang.
     pub fn read(path: &Path) -> Result<Self> {
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(Self::parse(&String::from_utf8_lossy(&bytes))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(Error::KnownHostsIo {
-                action: "read",
-                path: path.to_owned(),
-                source,
-            }),
+        use std::io::Read;
+        let io_err = |source| Error::KnownHostsIo {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        };
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(io_err(source)),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_KNOWN_HOSTS_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        if bytes.len() as u64 > MAX_KNOWN_HOSTS_BYTES {
+            return Err(io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("it is larger than {MAX_KNOWN_HOSTS_BYTES} bytes; is it the right file?"),
+            )));
         }
+        Ok(Self::parse(&String::from_utf8_lossy(&bytes)))
     }
 
     /// The key algorithms recorded (not revoked) for `host` on `port`, in file order.
@@ -204,7 +221,10 @@ fn parse_line(line: usize, text: &str) -> Option<Entry> {
     let key_type = fields.next()?;
     let blob = fields.next()?;
     let key = russh::keys::parse_public_key_base64(blob).ok()?;
-    if key.algorithm().as_str() != key_type {
+    // ssh-key keeps a key of an unknown algorithm (`name@domain`) as an opaque `Other` key, which
+    // we can never verify: skip the line like OpenSSH does. Keeping it also made the algorithms
+    // recorded for a host grow with the file, and listing them quadratic in it (found by fuzzing).
+    if matches!(key.algorithm(), russh::keys::Algorithm::Other(_)) || key.algorithm().as_str() != key_type {
         return None;
     }
     Some(Entry {
@@ -324,10 +344,7 @@ pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()>
             .create(dir)
             .map_err(io_err)?;
     }
-    let needs_newline = match std::fs::read(path) {
-        Ok(bytes) => bytes.last().is_some_and(|&b| b != b'\n'),
-        Err(_) => false,
-    };
+    let needs_newline = last_byte(path).is_some_and(|b| b != b'\n');
     let mut key_text = key.clone();
     key_text.set_comment("");
     let openssh = key_text
@@ -346,6 +363,20 @@ pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()>
         .map_err(io_err)?;
     file.write_all(line.as_bytes()).map_err(io_err)?;
     file.sync_all().map_err(io_err)
+}
+
+/// The last byte of the regular file `path`, if it has one (read without reading the file).
+fn last_byte(path: &Path) -> Option<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return None;
+    }
+    file.seek(SeekFrom::End(-1)).ok()?;
+    let mut byte = [0u8];
+    file.read_exact(&mut byte).ok()?;
+    Some(byte[0])
 }
 
 /// Whether `append` can record `host` so that it reads back as exactly that host and nothing else.
@@ -571,6 +602,29 @@ mod tests {
                 types: vec!["ecdsa-sha2-nistp256".into(), "ssh-ed25519".into()]
             }
         );
+    }
+
+    /// Found by tests/fuzz_known_hosts.rs: keys of unknown algorithms were kept (as opaque keys),
+    /// so `recorded_algorithms` and `OtherTypes` listed one algorithm per line, quadratically.
+    #[test]
+    fn unknown_algorithms_are_skipped() {
+        let mut blob = Vec::new();
+        for field in [&b"x@example.com"[..], b"opaque"] {
+            blob.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            blob.extend_from_slice(field);
+        }
+        let kh = KnownHosts::parse(&format!(
+            "h x@example.com {}\nh ssh-ed25519 {ED1}\n",
+            BASE64.encode(&blob)
+        ));
+        assert_eq!(kh.entries.len(), 1);
+        assert_eq!(kh.recorded_algorithms("h", 22).len(), 1);
+    }
+
+    #[test]
+    fn read_refuses_endless_files() {
+        let err = KnownHosts::read(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]

@@ -295,8 +295,31 @@ fn key_fields() -> impl Strategy<Value = (String, String)> {
             (k.algorithm().as_str().to_owned(), s)
         });
     let structured = ("[a-z0-9@.-]{0,30}", structured_blob());
+    let structured_same_type = structured_blob().prop_map(|b64| {
+        let name = data_encoding::BASE64
+            .decode(b64.as_bytes())
+            .ok()
+            .and_then(|blob| {
+                String::from_utf8(
+                    blob.get(4..)?
+                        .get(..u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize)?
+                        .to_vec(),
+                )
+                .ok()
+            })
+            .unwrap_or_default();
+        (name, b64)
+    });
     let garbage = ("\\PC{0,20}", "[A-Za-z0-9+/=]{0,120}");
-    prop_oneof![8 => exact, 1 => wrong_type, 1 => truncated, 1 => flipped, 2 => structured, 1 => garbage]
+    prop_oneof![
+        8 => exact,
+        1 => wrong_type,
+        1 => truncated,
+        1 => flipped,
+        2 => structured,
+        2 => structured_same_type,
+        1 => garbage
+    ]
 }
 
 /// One known_hosts line.
@@ -434,6 +457,10 @@ fn check_file(bytes: &[u8], probes: &[(String, u16)]) -> Result<(), TestCaseErro
             "{e:?}"
         );
         prop_assert!(!line.trim_start().starts_with('#'), "a comment gave {e:?}");
+        prop_assert!(
+            !matches!(e.key.algorithm(), russh::keys::Algorithm::Other(_)),
+            "an unknown algorithm: {e:?}"
+        );
     }
 
     let mut keys: Vec<PublicKey> = Vec::new();
@@ -855,6 +882,7 @@ fn big_lines(size: usize) -> Vec<(&'static str, String)> {
         ("spaces", " ".repeat(size)),
         ("many lines", "h ssh-ed25519 x\n".repeat(size / 16)),
         ("invalid utf-8", "\u{fffd}".repeat(size / 3)),
+        ("unknown algorithms", other_algorithm_lines(size)),
     ]
 }
 
@@ -873,7 +901,14 @@ fn big_lines_take_linear_time() {
     let big: Vec<_> = big_lines(MIB);
     for ((name, small), (_, big)) in small.iter().zip(&big) {
         let t_small = best_of(3, &|| parse_and_check(small));
-        let t_big = best_of(2, &|| parse_and_check(big));
+        let linear = |t: Duration| t < t_small * 24 + Duration::from_millis(300);
+        // Measured again only when it looks slow (a busy machine), to keep the test short.
+        let mut t_big = best_of(1, &|| parse_and_check(big));
+        for _ in 0..2 {
+            if !linear(t_big) {
+                t_big = t_big.min(best_of(1, &|| parse_and_check(big)));
+            }
+        }
         eprintln!(
             "{name}: {} bytes {t_small:?}, {} bytes {t_big:?}",
             small.len(),
@@ -881,9 +916,24 @@ fn big_lines_take_linear_time() {
         );
         // Linear would be 8 times; quadratic 64 times. Allow for noise on a busy machine.
         assert!(
-            t_big < t_small * 24 + Duration::from_millis(300),
+            linear(t_big),
             "{name}: {t_small:?} for 128 KiB but {t_big:?} for 1 MiB: not linear"
         );
         assert!(t_big < Duration::from_secs(20), "{name}: {t_big:?} for 1 MiB");
     }
+}
+
+/// `size` bytes of lines, each a key of its own unknown algorithm for host `h`.
+fn other_algorithm_lines(size: usize) -> String {
+    let mut text = String::with_capacity(size + 100);
+    let mut i = 0;
+    while text.len() < size {
+        let name = format!("x{i}@example.com");
+        let mut blob = Vec::new();
+        put_string(&mut blob, name.as_bytes());
+        put_string(&mut blob, b"opaque");
+        text.push_str(&format!("h {name} {}\n", data_encoding::BASE64.encode(&blob)));
+        i += 1;
+    }
+    text
 }
