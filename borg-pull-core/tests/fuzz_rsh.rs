@@ -303,24 +303,26 @@ fn borg_argv() -> impl Strategy<Value = BorgArgv> {
         hostname(),
         prop_oneof![4 => Just(0u8), 1 => Just(1), 1 => Just(2)],
         remote_command(),
+        prop_oneof![3 => Just(vec![]), 1 => proptest::collection::vec(ssh_option(), 1..3)],
     )
-        .prop_map(|(options, borg_port, borg_user, host, form, command)| {
+        .prop_map(|(options, borg_port, borg_user, host, form, command, after)| {
             let mut argv = Vec::new();
             let (mut port, mut user) = (None, None);
+            // As in ssh, the first -p and -l win, over later ones and over the destination's.
             for (words, p, u) in options {
                 argv.extend(words);
-                port = p.or(port);
-                user = u.or(user);
+                port = port.or(p);
+                user = user.or(u);
             }
             if let Some(p) = borg_port {
                 argv.extend(["-p".into(), p.to_string().into()]);
-                port = Some(p);
+                port = port.or(Some(p));
             }
             let destination = match (form, &borg_user) {
                 // ssh://[user@]host:port, as a user's BORG_RSH could not produce, but ssh accepts
                 (1, _) => {
                     let p = borg_port.unwrap_or(22);
-                    port = Some(p);
+                    port = port.or(Some(p));
                     let h = if host.contains(':') {
                         format!("[{host}]")
                     } else {
@@ -334,13 +336,19 @@ fn borg_argv() -> impl Strategy<Value = BorgArgv> {
                 (_, Some(u)) => format!("{u}@{host}"),
                 (_, None) => host.clone(),
             };
-            if borg_user.is_some() {
-                user = borg_user;
-            }
+            user = user.or(borg_user);
             if form == 2 {
                 argv.push("--".into());
             }
             argv.push(destination.into());
+            // ssh reads options after the destination too (not after `--`); they lose to earlier ones.
+            if form != 2 {
+                for (words, p, u) in after {
+                    argv.extend(words);
+                    port = port.or(p);
+                    user = user.or(u);
+                }
+            }
             argv.extend(command.iter().cloned());
             BorgArgv {
                 argv,
@@ -425,7 +433,7 @@ fn fuzz_borg_argv() {
 }
 
 /// Junk inserted anywhere into an argv borg builds: an error or a parse, never a panic; junk
-/// after the destination only lengthens the remote command.
+/// after the remote command's first word only lengthens the remote command.
 #[test]
 fn fuzz_borg_argv_with_junk() {
     let input = (
@@ -442,7 +450,9 @@ fn fuzz_borg_argv_with_junk() {
             let mut after_destination = true;
             for (at, word) in junk {
                 let at = at.index(argv.len() + 1);
-                after_destination &= at > destination;
+                // Right after the destination, ssh reads options again: only junk after the
+                // first command word is sure to be command.
+                after_destination &= at > destination + 1;
                 argv.insert(at, word);
             }
             check_any(&argv)?;
