@@ -1050,3 +1050,34 @@ fn a_relay_behind_an_unsearchable_directory_is_told_from_a_missing_one() {
     fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
     f.assert_clean();
 }
+
+#[test]
+fn storage_quota_stops_a_pull_that_would_exceed_it() {
+    let f = Fixture::new(Sshd::start(), false);
+    let small = f.dir().join("small");
+    fs::create_dir(&small).unwrap();
+    fs::write(small.join("a.txt"), b"fits easily\n").unwrap();
+    let quota = ["--storage-quota", "10M"];
+    let out = run(&mut f.pull_with(&quota, &["create", "::small", small.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    // 48 MiB of incompressible data against a 10 MB quota: borg serve refuses it, borg says so.
+    let data = big_dataset(&f);
+    let out = run(&mut f.pull_with(&quota, &["create", "::big", data.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("storage quota"), "{}", describe(&out));
+    assert_eq!(archive_names(&f), vec![b"small".to_vec()]);
+    f.assert_clean_processes_only();
+
+    let out = run(TestCommand::new(server_bin()).args([
+        "pull",
+        "--storage-quota",
+        "9M",
+        "--repo",
+        "/r",
+        "h",
+        "--",
+        "list",
+    ]));
+    assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
+}

@@ -44,6 +44,7 @@ pub mod limits;
 pub mod pull;
 pub mod remote;
 pub mod secret;
+pub mod secret_file;
 pub mod session;
 
 pub use error::{Error, ForwardDenial, RemoteProgram, Result, SecretKind};

@@ -40,6 +40,7 @@ use crate::limits::{
 };
 use crate::remote::{self, RemoteRun, Report};
 use crate::secret::{Passphrase, SecretSources};
+use crate::secret_file::SecretString;
 use crate::session::{self, Session, SessionOptions};
 use crate::{Error, Result};
 
@@ -164,13 +165,12 @@ impl PullOptions {
             )));
         }
         let ssh_dir = env.home.as_ref().map(|home| home.join(".ssh"));
-        let identity_passphrase =
-            match &env.identity_passphrase {
-                Some(p) => Some(p.clone().into_string().map_err(|_| {
-                    Error::InvalidOption("the identity passphrase is not valid UTF-8".into())
-                })?),
-                None => None,
-            };
+        let identity_passphrase = match &env.identity_passphrase {
+            Some(p) => Some(SecretString::new(p.clone().into_string().map_err(|_| {
+                Error::InvalidOption("the identity passphrase is not valid UTF-8".into())
+            })?)),
+            None => None,
+        };
         Ok(Self {
             session: SessionOptions {
                 host,
@@ -469,7 +469,10 @@ mod tests {
             o.session.default_identities[0],
             PathBuf::from("/home/op/.ssh/id_ed25519")
         );
-        assert_eq!(o.session.identity_passphrase.as_deref(), Some("pw"));
+        assert_eq!(
+            o.session.identity_passphrase.as_ref().map(SecretString::as_str),
+            Some("pw")
+        );
         assert!(!format!("{env:?}").contains("pw\""));
     }
 

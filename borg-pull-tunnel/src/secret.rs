@@ -82,11 +82,14 @@ impl Passphrase {
 }
 
 async fn read_file(path: &Path) -> Result<Passphrase> {
-    crate::identity::ensure_private(path, crate::error::SecretKind::RepoPassphrase)?;
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| Error::Passphrase(format!("cannot read passphrase file {path:?}: {e}")))?;
-    Passphrase::new(strip_newline(text))
+    let path = path.to_owned();
+    // Small and bounded, but still file I/O: keep it off the runtime's threads.
+    let line = tokio::task::spawn_blocking(move || {
+        crate::secret_file::read_secret_line(&path, crate::error::SecretKind::RepoPassphrase)
+    })
+    .await
+    .map_err(|e| Error::Passphrase(format!("reading the passphrase file failed: {e}")))??;
+    Passphrase::new(line.as_str())
 }
 
 async fn run_passcommand(command: &OsString) -> Result<Passphrase> {

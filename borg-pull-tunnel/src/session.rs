@@ -21,6 +21,7 @@ use crate::limits::{
     CHANNEL_BUFFER, CONNECT_TIMEOUT, KEEPALIVE_MAX, MAX_PACKET, MAX_REFUSED_CHANNEL_OPENS, REFUSALS_LOGGED,
     REQUEST_TIMEOUT,
 };
+use crate::secret_file::SecretString;
 use crate::{Error, Result};
 
 /// Where and how to log in.
@@ -38,7 +39,7 @@ pub struct SessionOptions {
     /// HOME by [`crate::pull::PullOptions::from_env`]: `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
     pub default_identities: Vec<PathBuf>,
     /// Passphrase of an encrypted identity.
-    pub identity_passphrase: Option<String>,
+    pub identity_passphrase: Option<SecretString>,
     /// The known_hosts file to verify (and, with `accept_new_host_key`, record) host keys.
     pub known_hosts: PathBuf,
     /// Record the key of a host not yet in `known_hosts` (OpenSSH's `accept-new`); a changed or
@@ -526,7 +527,10 @@ fn load_identity(options: &SessionOptions) -> Result<(PathBuf, russh::keys::Priv
                 tried: options.default_identities.clone(),
             })?,
     };
-    let key = crate::identity::load(&path, options.identity_passphrase.as_deref())?;
+    let key = crate::identity::load(
+        &path,
+        options.identity_passphrase.as_ref().map(SecretString::as_str),
+    )?;
     Ok((path, key))
 }
 

@@ -58,7 +58,8 @@ pub struct ListenArgs {
     shutdown_grace: u64,
 }
 
-fn storage_quota(s: &str) -> Result<String, String> {
+/// Checks `--storage-quota` as borg does (also used by `pull`).
+pub(crate) fn storage_quota(s: &str) -> Result<String, String> {
     borg_pull_core::serve::parse_storage_quota(s)
         .map(|_| s.to_owned())
         .map_err(|e| e.to_string())

@@ -98,6 +98,12 @@ pub struct PullArgs {
     #[arg(long, value_name = "PATH", default_value = "borg")]
     borg: PathBuf,
 
+    /// Most the repository may hold, e.g. 500G (borg serve --storage-quota; at least 10M): a
+    /// backup beyond it fails with borg's "storage quota has been exceeded", so one append-only
+    /// client cannot fill the disk that holds everyone's repositories.
+    #[arg(long, value_name = "QUOTA", value_parser = crate::listen::storage_quota)]
+    storage_quota: Option<String>,
+
     /// File holding the repository passphrase (first line). Otherwise this server's
     /// BORG_PASSPHRASE or BORG_PASSCOMMAND is used. It reaches borg on the client through its
     /// stdin, never through an argv or a file.
@@ -187,7 +193,8 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
         options.session.known_hosts = kh;
     }
     if let Some(path) = args.identity_passphrase_file {
-        options.session.identity_passphrase = Some(first_line(&path).await?);
+        let line = borg_pull_tunnel::secret_file::read_secret_line(&path, SecretKind::IdentityPassphrase)?;
+        options.session.identity_passphrase = Some(line.into());
     }
     options.relay = args.relay;
     options.remote_borg = args.remote_borg;
@@ -195,6 +202,7 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     options.env = args.env.into_iter().map(|(n, v)| (n, v.into())).collect();
     let mut serve = ServeConfig::new(&args.repo)?;
     serve.borg = args.borg;
+    serve.storage_quota = args.storage_quota;
     options.serve = serve;
     options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
 
@@ -207,17 +215,6 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     options.cancel = shutdown.graceful;
     let code = pull(options).await?;
     Ok(u8::try_from(code).unwrap_or(255))
-}
-
-async fn first_line(path: &std::path::Path) -> Result<String, Error> {
-    borg_pull_tunnel::identity::ensure_private(path, SecretKind::IdentityPassphrase)?;
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|source| Error::Io {
-            context: format!("cannot read identity passphrase file {path:?}"),
-            source,
-        })?;
-    Ok(text.lines().next().unwrap_or("").to_owned())
 }
 
 /// The first SIGINT/SIGTERM stops borg on the client (SIGINT, then a grace period) and cleans up;
