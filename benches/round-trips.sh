@@ -20,8 +20,8 @@
 # Counting (benches/round_trips.py has the details): the proxy logs every chunk it reads, per
 # direction, with the time; sshd runs with LogLevel DEBUG1 and every line of its log gets the time
 # it was written (phase markers on the client's side: NEWKEYS received, Accepted publickey, exec
-# requests, borg's session exit); a wrapper around `borg serve` on the server records when it
-# starts. A round trip is a message one side waits for after sending: the counter follows the
+# requests); a wrapper around `borg serve` on the server records when it starts, one around borg
+# on the client (the same for every tool) when borg exits. A round trip is a message one side waits for after sending: the counter follows the
 # longest chain of "sent after the other side's message arrived" through the chunks. With
 # HANDSHAKE=1 (default) the proxy also charges TCP's handshake (1 RTT before the client may send,
 # the server accepting 1.5 RTT after connect) as a real network does; HANDSHAKE=0 is the proxy
@@ -93,7 +93,15 @@ rc=$?
 echo "end $(date +%s%N)" >>"$RT_STAMPS"
 exit $rc
 EOS
-chmod 755 "$BIN/borg-stamped"
+# borg on the client (every tool runs it), recording when borg exited (clean-up's start).
+cat >"$BIN/borg-client" <<'EOS'
+#!/bin/sh
+borg "$@"
+rc=$?
+echo "client_end $(date +%s%N)" >>"$RT_CSTAMPS"
+exit $rc
+EOS
+chmod 755 "$BIN/borg-stamped" "$BIN/borg-client"
 
 private_sshd_prepare "$T" <<CONF
 KbdInteractiveAuthentication no
@@ -151,11 +159,12 @@ CIPHER=${CIPHER:-chacha20-poly1305@openssh.com}
 
 # run TOOL WORK ROUND: one `borg create` of $T/data/WORK; appends the analysis to $RUNS.
 run() {
-  local tool=$1 work=$2 round=$3 id repo cb sb out err stamps ssock csock cmd rc=0 t0 t1
+  local tool=$1 work=$2 round=$3 id repo cb sb out err stamps cstamps ssock csock cmd rc=0 t0 t1
   N=$((N + 1)); id=$N-$tool-$work
   out=$T/runs/$id.out; err=$T/runs/$id.err; stamps=$T/runs/$id.stamps
   repo=$T/repos/$id; cb=$T/cbase/$id; sb=$T/sbase/$id
-  mkdir -p "$cb" "$sb"; chown "$USER_NAME" "$cb"; : >"$stamps"
+  cstamps=$T/ctmp/$id.cstamps
+  mkdir -p "$cb" "$sb"; chown "$USER_NAME" "$cb"; : >"$stamps"; : >"$cstamps"; chown "$USER_NAME" "$cstamps"
   BORG_BASE_DIR=$sb borg init -e none "$repo" 2>>"$err"
   cat "$T/data/$work"/* >/dev/null  # into the page cache (borg evicts what it read)
   quiet
@@ -165,7 +174,7 @@ run() {
       "EXEC:$BIN/borg-stamped serve --append-only --restrict-to-repo $repo" 2>>"$err" &
     SOCAT_PID=$!
     for _ in $(seq 100); do [ -S "$ssock" ] && break; sleep 0.02; done
-    cmd="BORG_BASE_DIR=$cb BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes borg create --rsh \"sh -c 'exec socat STDIO UNIX-CONNECT:$csock'\" ssh://borg-server$repo::a $T/data/$work; rc=\$?; rm -f $csock; exit \$rc"
+    cmd="RT_CSTAMPS=$cstamps BORG_BASE_DIR=$cb BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes $BIN/borg-client create --rsh \"sh -c 'exec socat STDIO UNIX-CONNECT:$csock'\" ssh://borg-server$repo::a $T/data/$work; rc=\$?; rm -f $csock; exit \$rc"
     t0=$(date +%s%N)
     ssh "${SSH_OPTS[@]}" -c "$CIPHER" -p "$PPORT" -R "$csock:$ssock" "$USER_NAME@127.0.0.1" "$cmd" \
       </dev/null >"$out" 2>>"$err" || rc=$?
@@ -176,6 +185,7 @@ run() {
     t0=$(date +%s%N)
     RT_STAMPS=$stamps BORG_BASE_DIR=$sb "$BIN/$tool/borg-pull-server" pull -i "$T/client_key" \
       --known-hosts "$T/known_hosts" --relay "$BIN/$tool/borg-pull-relay" --borg "$BIN/borg-stamped" \
+      --remote-borg "$BIN/borg-client" --env RT_CSTAMPS="$cstamps" \
       -p "$PPORT" --repo "$repo" --env BORG_BASE_DIR="$cb" --env BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
       "$USER_NAME@127.0.0.1" -- create ::a "$T/data/$work" </dev/null >"$out" 2>>"$err" || rc=$?
     t1=$(date +%s%N)
@@ -183,9 +193,9 @@ run() {
   sleep 0.3  # sshd's last lines of the session
   local names
   names=$(BORG_BASE_DIR=$sb BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes borg list --short "$repo" 2>>"$err" || true)
-  printf '{"tool":"%s","work":"%s","round":%s,"t0":%s,"t1":%s,"one_way_ms":%s,"handshake":%s,"proxy_log":"%s","sshd_log":"%s","stamps":"%s"}\n' \
+  printf '{"tool":"%s","work":"%s","round":%s,"t0":%s,"t1":%s,"one_way_ms":%s,"handshake":%s,"proxy_log":"%s","sshd_log":"%s","stamps":"%s","client_stamps":"%s"}\n' \
     "$tool" "$work" "$round" "$t0" "$t1" "$ONE_WAY" "$([ "$HANDSHAKE" = 1 ] && echo true || echo false)" \
-    "$T/proxy.log" "$T/sshd.log" "$stamps" >"$T/runs/$id.json"
+    "$T/proxy.log" "$T/sshd.log" "$stamps" "$cstamps" >"$T/runs/$id.json"
   local line
   if [ "$rc" != 0 ] || [ "$names" != a ]; then
     line="{\"tool\":\"$tool\",\"work\":\"$work\",\"round\":$round,\"error\":\"rc=$rc archives=[$names]; $(tail -c 200 "$err" | tr '\n\t"\\' '    ')\"}"

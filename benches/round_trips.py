@@ -11,7 +11,8 @@ Inputs of one run (all timestamps CLOCK_REALTIME ns):
   sent it). A chunk arrives ONE_WAY later (c2s: or at the proxy's connect to sshd, if later);
 * sshd's LogLevel DEBUG3 log, each line prefixed with the time it was written (phase markers on the
   backup client's side, the same sshd for every tool);
-* stamps written by a wrapper around `borg serve` on the server side (start and exit);
+* stamps written by a wrapper around `borg serve` on the server side (start and exit), and by
+  one around borg on the client (its exit; the same wrapper for every tool);
 * t0/t1: the tool's start and exit, taken by the script.
 
 Round trips: every chunk gets a depth, the number of one-way trips on the longest chain of
@@ -41,6 +42,8 @@ RX = {
     "req": re.compile(r"server_input_channel_req: channel (\d+) request (\S+) reply (\d)"),
     "command": re.compile(r"mm_audit_run_command entering command (.*)"),
     "exit": re.compile(r"session_exit_message: session (\d+) channel (\d+)"),
+    "kexalg": re.compile(r"kex: algorithm: (\S+)"),
+    "userauth": re.compile(r"userauth-request for user \S+ service \S+ method (\S+)"),
     "closed": re.compile(r"Connection closed by|Received disconnect from|Disconnected from"),
 }
 
@@ -84,16 +87,20 @@ def depths(chunks, one_way):
 
 
 def depth_at(chunks, t, frame):
-    """Depth known at time t on one side: 'sshd' (c2s arrived, s2c sent) or 'server' (the ssh
-    client: c2s sent, s2c arrived)."""
+    """Depth known at time t on one side: 'sshd' (c2s arrived, s2c sent), 'server' (the ssh
+    client: c2s sent, s2c arrived) or 'received' (c2s arrived: for what sshd logs when a message
+    arrives; its reply, sent before the log line got its time stamp, must not count)."""
     d = 0
     for ev, sent, arr, dd in chunks:
-        if frame == "sshd":
+        if frame == "received":
+            ok = ev == "c2s" and arr <= t
+        elif frame == "sshd":
             ok = arr <= t if ev == "c2s" else sent <= t
         else:
             ok = sent <= t if ev == "c2s" else arr <= t
-        if ok:
-            d = max(d, dd)
+        if ok:  # a chunk that arrived has made one more trip than when it was sent
+            arrived = frame == "received" or (frame == "sshd") == (ev == "c2s")
+            d = max(d, dd + 1 if arrived else dd)
     return d
 
 
@@ -121,10 +128,11 @@ def analyse(run):
     accept, connect, ch = depths(load_proxy(run["proxy_log"], t0, t1), one_way)
     ev = load_sshd(run["sshd_log"], t0, t1 + 2_000_000_000)
     stamps = {}
-    with open(run["stamps"]) as f:
-        for line in f:
-            k, v = line.split()
-            stamps.setdefault(k, int(v))
+    for path in (run["stamps"], run["client_stamps"]):
+        with open(path) as f:
+            for line in f:
+                k, v = line.split()
+                stamps.setdefault(k, int(v))
     serve_start, serve_end = stamps.get("start"), stamps.get("end")
     if serve_start is None:
         raise SystemExit("borg serve never started")
@@ -147,9 +155,9 @@ def analyse(run):
     if not borg or kex is None or auth is None:
         raise SystemExit(f"markers missing in sshd's log (kex {kex}, auth {auth}, execs {len(execs)})")
     borg = borg[-1]
-    borg_exit = next((t for t, n, g in ev if n == "exit" and g[1] == borg["channel"] and t > borg["t"]), None)
+    borg_exit = stamps.get("client_end")  # written on the client by a wrapper, just before borg's exit
     if borg_exit is None:
-        raise SystemExit("no exit of borg's session in sshd's log")
+        raise SystemExit("no stamp of borg's exit on the client")
 
     def requests(a, b):
         execs_n = sum(1 for e in execs if a <= e["t"] < b)
@@ -160,9 +168,9 @@ def analyse(run):
     marks = [
         ("launch", accept, 0, "server"),  # process start to its TCP connect: no network
         ("connect", connect, handshake, "server"),  # the ssh client may send from here
-        ("kex", kex, None, "sshd"),
-        ("auth", auth, None, "sshd"),
-        ("setup", borg["t"], None, "sshd"),
+        ("kex", kex, None, "received"),
+        ("auth", auth, None, "received"),
+        ("setup", borg["t"], None, "received"),
         ("start", serve_start, None, "server"),
         ("data", borg_exit, None, "sshd"),
         ("cleanup", t1, None, "server"),
@@ -179,6 +187,8 @@ def analyse(run):
         "setup_requests": requests(auth, borg["t"] + 1),
         "cleanup_requests": requests(borg_exit, t1 + 2_000_000_000),
         "execs": len(execs),
+        "kex_algorithm": next((g[0] for t, n, g in ev if n == "kexalg"), "?"),
+        "auth_methods": [g[0] for t, n, g in ev if n == "userauth"],
         "bytes_c2s": sum(n for e, t, n in load_proxy(run["proxy_log"], t0, t1) if e == "c2s"),
     }
 
@@ -243,6 +253,12 @@ def table(path):
         g = ", ".join(q["global_requests"]) or "none"
         return f"{q['sessions']} session(s), {q['execs']} exec(s); global requests wanting a reply: {g}"
 
+    def authm(t):
+        rs = [r for r in ok if r["tool"] == t]
+        r = rs[len(rs) // 2]
+        return f"{r['kex_algorithm']}; auth requests: {', '.join(r['auth_methods'])}"
+
+    out.append("| key exchange; userauth requests in order (sshd's log) | " + " | ".join(authm(t) for t in tools) + " |")
     out.append("| requests after auth, up to and incl. borg's exec (sshd's log) | " + " | ".join(reqs(t, "setup_requests") for t in tools) + " |")
     out.append("| requests after borg's exit (sshd's log) | " + " | ".join(reqs(t, "cleanup_requests") for t in tools) + " |")
     out.append("")
