@@ -220,31 +220,37 @@ def table(path):
     bad = [r for r in runs if "phases" not in r]
     order = {"pull": 0, "before": 1, "recipe": 2}
     tools = sorted({r["tool"] for r in ok}, key=lambda t: order.get(t, 9))
-    works = sorted({r["work"] for r in ok})
+    works = sorted({r["work"] for r in ok}, key=lambda w: ({"tiny": 0, "big": 1}.get(w, 9), w))
     names = {"pull": "pull", "before": "pull (before)", "recipe": "ssh -R + socat (recipe)"}
     out = []
-    out.append("Round trips per phase (median over every run of the tool, all sizes; seconds in brackets: median phase time)")
+    out.append("Round trips per phase, median over the rounds (in brackets: median seconds of the phase)")
     out.append("")
-    out.append("| phase | " + " | ".join(names.get(t, t) for t in tools) + " |")
-    out.append("|---|" + "---|" * len(tools))
+    cols = [(t, w) for t in tools for w in works]
+    out.append("| phase | " + " | ".join(f"{names.get(t, t)}, {w}" for t, w in cols) + " |")
+    out.append("|---|" + "---|" * len(cols))
 
-    def cell(t, key):
-        rs = [r for r in ok if r["tool"] == t]
+    def cell(tw, key):
+        t, w = tw
+        rs = [r for r in ok if r["tool"] == t and r["work"] == w]
         rt = med([r["phases"][key]["rt"] for r in rs])
         s = med([r["phases"][key]["s"] for r in rs])
         return f"{fmt_rt(rt)} ({s:.2f} s)"
 
     for key, label in PHASES:
-        out.append(f"| {label} | " + " | ".join(cell(t, key) for t in tools) + " |")
+        out.append(f"| {label} | " + " | ".join(cell(c, key) for c in cols) + " |")
 
-    def total(t, keys):
-        rs = [r for r in ok if r["tool"] == t]
+    def total(tw, keys):
+        t, w = tw
+        rs = [r for r in ok if r["tool"] == t and r["work"] == w]
         rt = med([sum(r["phases"][k]["rt"] for k in keys) for r in rs])
         s = med([sum(r["phases"][k]["s"] for k in keys) for r in rs])
         return f"**{fmt_rt(rt)}** ({s:.2f} s)"
 
-    out.append("| **set-up: start to borg's exec at sshd** | " + " | ".join(total(t, SETUP) for t in tools) + " |")
-    out.append("| **set-up + clean-up** | " + " | ".join(total(t, SETUP + ("cleanup",)) for t in tools) + " |")
+    out.append("| **set-up: start to borg's exec at sshd** | " + " | ".join(total(c, SETUP) for c in cols) + " |")
+    out.append("| **set-up + clean-up** | " + " | ".join(total(c, SETUP + ("cleanup",)) for c in cols) + " |")
+    out.append("")
+    out.append("| sshd's log, one run of each tool | " + " | ".join(names.get(t, t) for t in tools) + " |")
+    out.append("|---|" + "---|" * len(tools))
 
     def reqs(t, key):
         rs = [r for r in ok if r["tool"] == t]
