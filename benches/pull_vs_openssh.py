@@ -119,6 +119,23 @@ def table(path):
             out.append(f"| {rtt} ms | {'client -> server' if d == 'c2s' else 'server -> client'} | {tool} "
                        f"| **{tr:.2f}x** | {cr:.2f}x | >= {target:.0f}x: {verdict} |")
         out.append("")
+        # pull against the "before" build (BEFORE_BIN), same run: the regression check.
+        pairs = [k for k in sorted(tun) if k[2] == "pull" and (k[0], k[1], "before") in tun]
+        if pairs:
+            out.append("| RTT | direction | pull / before: throughput | CPU per GiB (setup: CPU s) | whole command s |")
+            out.append("|---|---|---|---|---|")
+            for rtt, d, _ in pairs:
+                p, b = tun[(rtt, d, "pull")], tun[(rtt, d, "before")]
+                wall = med([r["wall_ns"] for r in p]) / med([r["wall_ns"] for r in b])
+                if d == "setup":
+                    cpu = med([r["cpu_ns"] for r in p]) / med([r["cpu_ns"] for r in b])
+                    out.append(f"| {rtt} ms | setup only (0 bytes) | - | {cpu:.2f}x | {wall:.2f}x |")
+                    continue
+                tp = med([r["bytes"] / r["xfer_ns"] for r in p]) / med([r["bytes"] / r["xfer_ns"] for r in b])
+                cpu = med([r["cpu_ns"] / r["bytes"] for r in p]) / med([r["cpu_ns"] / r["bytes"] for r in b])
+                out.append(f"| {rtt} ms | {'client -> server' if d == 'c2s' else 'server -> client'} "
+                           f"| **{tp:.2f}x** | {cpu:.2f}x | {wall:.2f}x |")
+            out.append("")
     bc = group("borg")
     if bc:
         out.append("| method | RTT | wall s median (min..max) | CPU s median (all processes) | runs |")
@@ -148,6 +165,9 @@ def table(path):
                          f"socat +{s - local[0]:.2f} s")
             out.append(f"borg create at {rtt} ms: {tool} {w:.2f} s vs socat recipe {s:.2f} s = "
                        f"**{s / w:.2f}x** as fast{extra}")
+            if tool == "pull" and (rtt, d, "before") in wall_of:
+                b = wall_of[(rtt, d, "before")]
+                out.append(f"borg create at {rtt} ms: pull {w:.2f} s vs before {b:.2f} s = **{w / b:.2f}x** the time")
         out.append("")
     out.append(f"rounds: {len(rounds)}; failed runs (excluded above): {len(bad)}")
     for r in bad:
