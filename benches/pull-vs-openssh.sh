@@ -322,6 +322,7 @@ run_borg() {
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -z "${PREBUILT:-}" ] || echo "# pull: $PREBUILT/borg-pull-server (built $(date -u -r "$PREBUILT/borg-pull-server" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$PREBUILT/borg-pull-server" | cut -c1-12))"
 [ -z "$BEFORE_BIN" ] || echo "# before: $BEFORE_BIN (built $(date -u -r "$BEFORE_BIN" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$BEFORE_BIN" | cut -c1-12))"
 echo "# commit $(git -C "$REPO_ROOT" rev-parse --short HEAD)$(git -C "$REPO_ROOT" diff --quiet HEAD -- borg-pull-core borg-pull-tunnel borg-pull-cli || echo ' (+ uncommitted changes)');" \
   "$(ssh -V 2>&1); $(socat -V | sed -n 's/^socat version \([^ ]*\).*/socat \1/p'); $(borg --version)"
