@@ -146,7 +146,7 @@ def analyse(run):
     execs = []
     pending = None
     for t, n, g in ev:
-        if n == "req" and g[1] == "exec":
+        if n == "req" and g[1] in ("exec", "shell", "subsystem"):
             pending = {"t": t, "channel": g[0], "command": ""}
             execs.append(pending)
         elif n == "command" and pending is not None and not pending["command"]:
@@ -272,16 +272,19 @@ def table(path):
     out.append("")
     out.append("Wall time of the whole command, seconds, median (min..max)")
     out.append("")
+    ratio_cols = [(t, "recipe") for t in tools if t != "recipe" and "recipe" in tools]
+    if "pull" in tools and "before" in tools:
+        ratio_cols.append(("pull", "before"))
     out.append("| workload | " + " | ".join(names.get(t, t) for t in tools) + " | " +
-               " | ".join(f"{names.get(t, t)} / recipe" for t in tools if t != "recipe") + " |")
-    out.append("|---|" + "---|" * (len(tools) + len([t for t in tools if t != "recipe"])))
+               " | ".join(f"{a} / {b}" for a, b in ratio_cols) + " |")
+    out.append("|---|" + "---|" * (len(tools) + len(ratio_cols)))
     for w in works:
         cells, walls = [], {}
         for t in tools:
             xs = [r["wall_s"] for r in ok if r["tool"] == t and r["work"] == w]
             walls[t] = med(xs)
             cells.append(f"**{med(xs):.2f}** ({min(xs):.2f}..{max(xs):.2f}), n={len(xs)}" if xs else "-")
-        ratios = [f"{walls[t] / walls['recipe']:.2f}x" if "recipe" in walls else "-" for t in tools if t != "recipe"]
+        ratios = [f"**{walls[a] / walls[b]:.2f}x**" for a, b in ratio_cols]
         out.append(f"| {w} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     out.append("")
     out.append(f"runs: {len(ok)} ok, {len(bad)} failed")
