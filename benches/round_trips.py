@@ -44,6 +44,7 @@ RX = {
     "exit": re.compile(r"session_exit_message: session (\d+) channel (\d+)"),
     "kexalg": re.compile(r"kex: algorithm: (\S+)"),
     "userauth": re.compile(r"userauth-request for user \S+ service \S+ method (\S+)"),
+    "pktest": re.compile(r"userauth_pubkey: publickey test pkalg"),
     "closed": re.compile(r"Connection closed by|Received disconnect from|Disconnected from"),
 }
 
@@ -122,6 +123,18 @@ def load_sshd(path, t0, t1):
     return events
 
 
+def auth_methods(ev):
+    """userauth requests in order; a publickey request without signature is a query (sshd logs
+    'publickey test' for it), answered by PK_OK: one round trip that a signed request avoids."""
+    out = []
+    for t, n, g in ev:
+        if n == "userauth":
+            out.append(g[0])
+        elif n == "pktest" and out:
+            out[-1] += " (query, no signature)"
+    return out
+
+
 def analyse(run):
     t0, t1, one_way = run["t0"], run["t1"], run["one_way_ms"] * 1_000_000
     handshake = 2 if run.get("handshake") else 0
@@ -188,7 +201,7 @@ def analyse(run):
         "cleanup_requests": requests(borg_exit, t1 + 2_000_000_000),
         "execs": len(execs),
         "kex_algorithm": next((g[0] for t, n, g in ev if n == "kexalg"), "?"),
-        "auth_methods": [g[0] for t, n, g in ev if n == "userauth"],
+        "auth_methods": auth_methods(ev),
         "bytes_c2s": sum(n for e, t, n in load_proxy(run["proxy_log"], t0, t1) if e == "c2s"),
     }
 
