@@ -45,6 +45,7 @@ for p in socat borg ssh ssh-keygen /usr/sbin/sshd python3 rustc; do
   command -v "$p" >/dev/null || die "missing $p"
 done
 
+python3 benches/round_trips.py selftest >/dev/null || die "the round-trip counter fails its self-test"
 PULL_BIN=${1:-${PULL_BIN:-}}
 BEFORE_BIN=${BEFORE_BIN:-}
 TOOLS=${TOOLS:-pull${BEFORE_BIN:+ before} recipe}

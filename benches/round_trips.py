@@ -4,6 +4,8 @@ the tables.
 
     round_trips.py run RUN.json      # analyse one run (paths in RUN.json), print one JSON line
     round_trips.py table RUNS.jsonl  # markdown tables over all runs (medians over the rounds)
+    round_trips.py trace RUN.json    # every chunk with its depth, beside sshd's markers
+    round_trips.py selftest          # the counter on made-up exchanges
 
 Inputs of one run (all timestamps CLOCK_REALTIME ns):
 * the delay proxy's log (benches/delay_proxy.rs, DELAY_PROXY_LOG): `CONN EVENT NS BYTES` per chunk
@@ -306,6 +308,33 @@ def table(path):
     print("\n".join(out))
 
 
+def selftest():
+    """The counter on made-up exchanges whose round trips are known (one_way 50 ms)."""
+    ow = 50_000_000
+
+    def count(events):  # [(dir, sent_ms)] -> depth known at the end on the ssh client's side
+        chunks = [("accept", 0, 0), ("connect", 0, 0)] + [(d, int(t * 1e6), 10) for d, t in events]
+        _, _, ch = depths(chunks, ow)
+        return depth_at(ch, 10**12, "server") / 2
+
+    # 3 requests, each waiting for its reply (reply sent 1 ms after the request arrived): 3.
+    pingpong = []
+    t = 0
+    for _ in range(3):
+        pingpong += [("c2s", t), ("s2c", t + 51)]
+        t += 102
+    assert count(pingpong) == 3, count(pingpong)
+    # The same 3 requests pipelined (sent together), replies together: 1.
+    assert count([("c2s", 0), ("c2s", 0.1), ("c2s", 0.2), ("s2c", 51), ("s2c", 51.5)]) == 1
+    # The peer talking on its own (sent before the request could arrive) is no reply: 1.
+    assert count([("c2s", 0), ("s2c", 10), ("s2c", 51)]) == 1
+    # A reply after 300 ms of work on the peer is still one round trip.
+    assert count([("c2s", 0), ("s2c", 350)]) == 1
+    # A message nobody answers (the exit status): half a round trip on the receiver's side.
+    assert count([("s2c", 0)]) == 0.5
+    print("selftest ok")
+
+
 def trace(run):
     """Debug aid: every chunk with its depth, and the sshd markers (relative seconds)."""
     t0, t1 = run["t0"], run["t1"]
@@ -325,6 +354,8 @@ if __name__ == "__main__":
             print(json.dumps({"tool": run["tool"], "work": run["work"], "round": run["round"], "error": str(e)}))
     elif len(sys.argv) == 3 and sys.argv[1] == "table":
         table(sys.argv[2])
+    elif len(sys.argv) == 2 and sys.argv[1] == "selftest":
+        selftest()
     elif len(sys.argv) == 3 and sys.argv[1] == "trace":
         trace(json.load(open(sys.argv[2])))
     else:
