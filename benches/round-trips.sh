@@ -86,12 +86,15 @@ chmod -R a+rX "$BIN"
 rustc -O --edition 2021 benches/delay_proxy.rs -o "$BIN/delay-proxy"
 export HOME=$T/home  # no ~/.ssh or borg state of root's is used
 # `borg serve` on the server, recording when it starts and exits (the data phase's markers).
+# pull gives borg serve an allowlisted environment (no RT_STAMPS), so it stamps into
+# BORG_BASE_DIR, which is passed, and the run copies that file over afterwards.
 cat >"$BIN/borg-stamped" <<'EOS'
 #!/bin/sh
-echo "start $(date +%s%N)" >>"$RT_STAMPS"
+s=${RT_STAMPS:-$BORG_BASE_DIR/rt.stamps}
+echo "start $(date +%s%N)" >>"$s"
 borg "$@"
 rc=$?
-echo "end $(date +%s%N)" >>"$RT_STAMPS"
+echo "end $(date +%s%N)" >>"$s"
 exit $rc
 EOS
 # borg on the client (every tool runs it), recording when borg exited (clean-up's start).
@@ -190,6 +193,7 @@ run() {
       -p "$PPORT" --repo "$repo" --env BORG_BASE_DIR="$cb" --env BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
       "$USER_NAME@127.0.0.1" -- create ::a "$T/data/$work" </dev/null >"$out" 2>>"$err" || rc=$?
     t1=$(date +%s%N)
+    if [ -f "$sb/rt.stamps" ]; then cat "$sb/rt.stamps" >>"$stamps"; fi
   fi
   sleep 0.3  # sshd's last lines of the session
   local names
