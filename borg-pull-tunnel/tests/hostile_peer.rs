@@ -189,9 +189,7 @@ impl PullSpec {
     fn from_env() -> Option<Self> {
         let var = |name: &str| std::env::var_os(name);
         let path = |name: &str| PathBuf::from(var(name).unwrap());
-        let ms = |name: &str| {
-            var(name).map(|v| Duration::from_millis(v.to_str().unwrap().parse().unwrap()))
-        };
+        let ms = |name: &str| var(name).map(|v| Duration::from_millis(v.to_str().unwrap().parse().unwrap()));
         let port = var("HOSTILE_PORT")?.to_str()?.parse().ok()?;
         Some(PullSpec {
             port,
@@ -302,7 +300,9 @@ struct ChildRun {
 
 impl ChildRun {
     fn value(&self, key: &str) -> Option<&str> {
-        self.lines.iter().find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
     }
 
     fn growth_mib(&self) -> f64 {
@@ -359,7 +359,10 @@ async fn run_pull_in_child(spec: &PullSpec) -> ChildRun {
         }
         if let Some(base) = baseline(&lines) {
             if killed.is_none() && peak.saturating_sub(base) > MEMORY_KILL_KIB {
-                killed = Some(format!("peak RSS grew by more than {} MiB", MEMORY_KILL_KIB / 1024));
+                killed = Some(format!(
+                    "peak RSS grew by more than {} MiB",
+                    MEMORY_KILL_KIB / 1024
+                ));
                 let _ = child.kill();
             }
         }
@@ -393,7 +396,10 @@ async fn run_pull_in_child(spec: &PullSpec) -> ChildRun {
         run.peak_kib,
         run.killed,
         run.elapsed,
-        run.lines.iter().filter(|l| l.starts_with("HOSTILE_")).collect::<Vec<_>>()
+        run.lines
+            .iter()
+            .filter(|l| l.starts_with("HOSTILE_"))
+            .collect::<Vec<_>>()
     );
     run
 }
@@ -437,7 +443,9 @@ fn assert_child(run: &ChildRun, expect: ChildExpect) {
         ChildExpect::ReturnsAfterCancel => match run.ms("HOSTILE_AFTER_CANCEL_MS") {
             Some(after) if run.value("HOSTILE_OUTCOME").is_some_and(|o| o != "gave-up") => {
                 if after >= CANCEL_BOUND {
-                    problems.push(format!("returned {after:?} after cancel (bound {CANCEL_BOUND:?})"));
+                    problems.push(format!(
+                        "returned {after:?} after cancel (bound {CANCEL_BOUND:?})"
+                    ));
                 }
             }
             Some(_) => problems.push(format!(
@@ -511,7 +519,13 @@ async fn happy_path_through_the_fixture() {
     // The private directory on the "client" was removed again.
     let left: Vec<_> = std::fs::read_dir(fx.dir().join("tmp")).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-    assert!(fx.wait_for(Duration::from_secs(10), |s| s.connections_ended.load(Ordering::SeqCst) == 1).await);
+    assert!(
+        fx.wait_for(Duration::from_secs(10), |s| s
+            .connections_ended
+            .load(Ordering::SeqCst)
+            == 1)
+            .await
+    );
 }
 
 /// The same happy path in a child process: the memory baseline the hostile cases compare with.
@@ -746,7 +760,11 @@ async fn unexpected_channels_are_refused_and_the_pull_continues() {
         ..Knobs::default()
     })
     .await;
-    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, Some("unexpected-done")));
+    let spec = PullSpec::new(
+        &fx,
+        serve_pong(&fx),
+        client_round_trip(&fx, Some("unexpected-done")),
+    );
     let run = run_pull(&spec).await;
     assert!(
         matches!(&run.result, Some(Ok(o)) if o.exit.code() == 0),
@@ -770,7 +788,11 @@ async fn a_flood_of_unexpected_channels_ends_the_connection() {
         ..Knobs::default()
     })
     .await;
-    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, Some("unexpected-done")));
+    let spec = PullSpec::new(
+        &fx,
+        serve_pong(&fx),
+        client_round_trip(&fx, Some("unexpected-done")),
+    );
     let run = run_pull(&spec).await;
     let refused = fx.stats.unexpected_refused.load(Ordering::SeqCst);
     assert_eq!(fx.stats.unexpected_accepted.load(Ordering::SeqCst), 0);

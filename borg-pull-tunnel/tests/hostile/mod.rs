@@ -348,11 +348,13 @@ impl server::Handler for Conn {
         _user: &str,
         offer: server::PublicKeyOffer<'_>,
     ) -> HResult<Auth> {
-        Ok(if offer.public_key.key_data() == self.shared.client_key.key_data() {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(
+            if offer.public_key.key_data() == self.shared.client_key.key_data() {
+                Auth::Accept
+            } else {
+                Auth::reject()
+            },
+        )
     }
 
     async fn auth_publickey(&mut self, _user: &str, key: VerifiedPublicKey<'_>) -> HResult<Auth> {
@@ -362,11 +364,13 @@ impl server::Handler for Conn {
             self.shared.stop.cancelled().await;
             return Ok(Auth::reject());
         }
-        Ok(if key.public_key.key_data() == self.shared.client_key.key_data() {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(
+            if key.public_key.key_data() == self.shared.client_key.key_data() {
+                Auth::Accept
+            } else {
+                Auth::reject()
+            },
+        )
     }
 
     async fn channel_open_session(
@@ -378,7 +382,12 @@ impl server::Handler for Conn {
         let n = self.session_opens;
         self.session_opens += 1;
         self.shared.stats.session_opens.fetch_add(1, Ordering::SeqCst);
-        if self.shared.knobs.never_confirm_channel_open_from.is_some_and(|from| n >= from) {
+        if self
+            .shared
+            .knobs
+            .never_confirm_channel_open_from
+            .is_some_and(|from| n >= from)
+        {
             self.held_opens.push(reply);
             // Keep the channel too, so nothing is dropped and answered for us.
             self.channels.insert(channel.id(), channel);
@@ -398,7 +407,12 @@ impl server::Handler for Conn {
             .lock()
             .unwrap()
             .push(String::from_utf8_lossy(data).into_owned());
-        if self.shared.knobs.never_answer_exec_from.is_some_and(|from| n >= from) {
+        if self
+            .shared
+            .knobs
+            .never_answer_exec_from
+            .is_some_and(|from| n >= from)
+        {
             return Ok(()); // the channel stays in `channels`, open and silent
         }
         let Some(channel) = self.channels.remove(&id) else {
@@ -517,7 +531,11 @@ impl server::Handler for Conn {
             stop,
         ));
         if knobs.garbage_on_forward {
-            tokio::spawn(garbage(handle.clone(), socket_path.to_owned(), self.shared.clone()));
+            tokio::spawn(garbage(
+                handle.clone(),
+                socket_path.to_owned(),
+                self.shared.clone(),
+            ));
         }
         if knobs.open_unexpected_channels {
             tokio::spawn(unexpected_probe(handle.clone(), self.shared.clone()));
@@ -528,7 +546,11 @@ impl server::Handler for Conn {
         Ok(true)
     }
 
-    async fn cancel_streamlocal_forward(&mut self, socket_path: &str, _session: &mut Session) -> HResult<bool> {
+    async fn cancel_streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> HResult<bool> {
         match self.forwards.remove(socket_path) {
             Some(stop) => {
                 stop.cancel();
@@ -714,7 +736,10 @@ async fn garbage(handle: server::Handle, path: String, shared: Arc<Shared>) {
             if write.data_bytes(vec![0x5a; FLOOD_CHUNK]).await.is_err() {
                 return;
             }
-            shared.stats.flood_bytes.fetch_add(FLOOD_CHUNK as u64, Ordering::Relaxed);
+            shared
+                .stats
+                .flood_bytes
+                .fetch_add(FLOOD_CHUNK as u64, Ordering::Relaxed);
         }
     };
     tokio::select! {
@@ -729,11 +754,27 @@ async fn open_unexpected(handle: &server::Handle, kind: usize) -> Result<Channel
     match kind % 7 {
         0 => handle.channel_open_session().await,
         1 => handle.channel_open_x11("127.0.0.1", 6010).await,
-        2 => handle.channel_open_direct_tcpip("127.0.0.1", 22, "127.0.0.1", 40000).await,
-        3 => handle.channel_open_forwarded_tcpip("127.0.0.1", 2222, "127.0.0.1", 40001).await,
+        2 => {
+            handle
+                .channel_open_direct_tcpip("127.0.0.1", 22, "127.0.0.1", 40000)
+                .await
+        }
+        3 => {
+            handle
+                .channel_open_forwarded_tcpip("127.0.0.1", 2222, "127.0.0.1", 40001)
+                .await
+        }
         4 => handle.channel_open_agent().await,
-        5 => handle.channel_open_direct_streamlocal("/tmp/not-asked-for.sock").await,
-        _ => handle.channel_open_forwarded_streamlocal("/tmp/not-asked-for.sock").await,
+        5 => {
+            handle
+                .channel_open_direct_streamlocal("/tmp/not-asked-for.sock")
+                .await
+        }
+        _ => {
+            handle
+                .channel_open_forwarded_streamlocal("/tmp/not-asked-for.sock")
+                .await
+        }
     }
 }
 
@@ -816,11 +857,17 @@ impl tokio::io::AsyncWrite for Capped {
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
@@ -846,7 +893,10 @@ pub fn relay_path() -> PathBuf {
                     .current_dir(env!("CARGO_MANIFEST_DIR"))
                     .status()
                     .expect("run cargo build for borg-pull-relay");
-                assert!(status.success(), "cargo build -p borg-pull-cli --bin borg-pull-relay failed");
+                assert!(
+                    status.success(),
+                    "cargo build -p borg-pull-cli --bin borg-pull-relay failed"
+                );
             }
             assert!(relay.is_file(), "{} is missing", relay.display());
             relay.canonicalize().unwrap()
