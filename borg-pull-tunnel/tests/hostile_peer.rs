@@ -8,8 +8,9 @@
 //! itself do not pollute the number; the parent kills a child that grows past
 //! [`MEMORY_KILL_KIB`] so a regression cannot take the machine down.
 //!
-//! What the fixture cannot do (russh 0.65.1 server): send packets larger than our maximum packet
-//! or beyond our window; so there is no oversized-packet test (see `hostile/mod.rs`).
+//! What the fixture cannot do (russh 0.65.1 server): send *channel data* larger than our maximum
+//! packet or beyond our window (see `hostile/mod.rs`); oversized packets are tested with an
+//! SSH_MSG_DEBUG of any size instead.
 //!
 //! The library's API is used in exactly two places, [`pull_options`] and [`run_pull`].
 
@@ -634,6 +635,44 @@ async fn withheld_window_keeps_memory_bounded_and_cancel_works() {
     let run = run_pull_in_child(&spec).await;
     assert_child(&run, ChildExpect::ReturnsAfterCancel);
     assert_eq!(fx.stats.forwarded_connections.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Oversized packets (transport level: channel data cannot be oversized with russh's server).
+// ---------------------------------------------------------------------------------------------
+
+/// A 1 MiB packet (SSH_MSG_DEBUG) is beyond what any peer may send (russh's client refuses
+/// packets over 256 KiB + headroom): the connection ends with an error, no hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_packet_ends_the_connection_with_an_error() {
+    let fx = Fixture::start(Knobs {
+        oversized_debug_packet: Some(1024 * 1024),
+        ..Knobs::default()
+    })
+    .await;
+    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, None));
+    let run = run_pull(&spec).await;
+    eprintln!("{}", describe(&run));
+    assert_ends_with_error(&run);
+}
+
+/// A 128 KiB packet: larger than the 32 KiB we advertise for channel data but within what the
+/// transport accepts; for a non-channel message it is harmless (documents today's behaviour:
+/// the pull succeeds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_debug_packets_are_harmless() {
+    let fx = Fixture::start(Knobs {
+        oversized_debug_packet: Some(128 * 1024),
+        ..Knobs::default()
+    })
+    .await;
+    let spec = PullSpec::new(&fx, serve_pong(&fx), client_round_trip(&fx, None));
+    let run = run_pull(&spec).await;
+    assert!(
+        matches!(&run.result, Some(Ok(o)) if o.exit.code() == 0),
+        "{}",
+        describe(&run)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@
 //! clamp it to `recipient_window_size`; both come from the client's own CHANNEL_OPEN /
 //! CHANNEL_OPEN_CONFIRMATION and there is no public way to change them), and leave a global
 //! request unanswered while answering later ones (replies are FIFO, so a frozen handler is the
-//! only way; [`Knobs::never_answer_forward`] freezes the whole connection).
+//! only way; [`Knobs::never_answer_forward`] freezes the whole connection). Oversized packets are
+//! possible at the transport level only: `Session::debug` sends an SSH_MSG_DEBUG of any size
+//! ([`Knobs::oversized_debug_packet`]).
 //!
 //! Everything the fixture starts is owned: the TCP connections are shut down, every process group
 //! is killed and the accept loop stops when the [`Fixture`] drops (and when the test's runtime
@@ -81,6 +83,9 @@ pub struct Knobs {
     /// The streamlocal-forward handler never returns. Global replies are FIFO, so this freezes
     /// the whole connection (no keepalive replies either).
     pub never_answer_forward: bool,
+    /// At every exec request, first send one SSH_MSG_DEBUG whose message is this many bytes: a
+    /// transport packet of about that size (channel data cannot be made oversized, see above).
+    pub oversized_debug_packet: Option<usize>,
     /// The fixture's own rekey threshold in bytes (each direction); russh's default is 1 GiB.
     pub rekey_after: Option<usize>,
     /// Refuse every streamlocal-forward (as `AllowStreamLocalForwarding no` does).
@@ -410,6 +415,9 @@ impl server::Handler for Conn {
     async fn exec_request(&mut self, id: ChannelId, data: &[u8], session: &mut Session) -> HResult<()> {
         let n = self.execs;
         self.execs += 1;
+        if let Some(len) = self.shared.knobs.oversized_debug_packet {
+            session.debug(false, &"D".repeat(len), "en")?;
+        }
         self.shared
             .stats
             .exec_commands
