@@ -515,6 +515,11 @@ async fn happy_path_through_the_fixture() {
     assert_eq!(outcome.forwarded.from_serve, 10);
     assert_eq!(fx.stats.forward_requests.lock().unwrap().len(), 1);
     assert_eq!(fx.stats.forwarded_connections.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        fx.stats.client_data_bytes.load(Ordering::Relaxed),
+        10,
+        "pong ping\n"
+    );
     assert!(fx.stats.exec_count() >= 2, "{:?}", fx.stats.exec_commands);
     // The private directory on the "client" was removed again.
     let left: Vec<_> = std::fs::read_dir(fx.dir().join("tmp")).unwrap().collect();
@@ -635,6 +640,9 @@ async fn withheld_window_keeps_memory_bounded_and_cancel_works() {
     let run = run_pull_in_child(&spec).await;
     assert_child(&run, ChildExpect::ReturnsAfterCancel);
     assert_eq!(fx.stats.forwarded_connections.load(Ordering::SeqCst), 1);
+    // The knob worked: borg serve's endless output got no further than the withheld window.
+    let received = fx.stats.client_data_bytes.load(Ordering::Relaxed);
+    assert!(received > 0 && received <= 4096, "{received} bytes got through");
 }
 
 // ---------------------------------------------------------------------------------------------

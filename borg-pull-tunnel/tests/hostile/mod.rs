@@ -130,6 +130,8 @@ pub struct Stats {
     /// `forwarded_channel_flood`: opens the client accepted / refused.
     pub forwarded_flood_accepted: AtomicUsize,
     pub forwarded_flood_refused: AtomicUsize,
+    /// Bytes of CHANNEL_DATA received from the client (all channels).
+    pub client_data_bytes: AtomicU64,
     /// Set when `freeze_on_data` froze a connection.
     pub frozen: AtomicBool,
 }
@@ -501,7 +503,11 @@ impl server::Handler for Conn {
         Ok(())
     }
 
-    async fn data(&mut self, _id: ChannelId, _data: &[u8], _session: &mut Session) -> HResult<()> {
+    async fn data(&mut self, _id: ChannelId, data: &[u8], _session: &mut Session) -> HResult<()> {
+        self.shared
+            .stats
+            .client_data_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.shared.knobs.freeze_on_data {
             self.shared.stats.frozen.store(true, Ordering::SeqCst);
             self.shared.stop.cancelled().await;
