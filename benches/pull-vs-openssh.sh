@@ -6,6 +6,9 @@
 #   bash benches/pull-vs-openssh.sh
 #   MIB=1024 ROUNDS=3 RTT_MS=20 DATA_MB=400 BORG_ROUNDS=3 BORG_RTTS="0 20" bash benches/pull-vs-openssh.sh   # the defaults
 #   (KEEP_TMP=1 keeps the temporary directory with every run's stdout/stderr and sshd's log)
+#   BEFORE_BIN=/path/to/old/borg-pull-server bash benches/pull-vs-openssh.sh
+#   (a second, "before" build of pull, its borg-pull-relay next to it, as a third tool in the same
+#   run: rows "before" beside "pull" and "openssh"; PREBUILT=DIR sets the "pull" build)
 #
 # 1. Tunnel throughput, client -> server (c2s) and server -> client (s2c), MIB MiB per run, on
 #    loopback and through a user-space delay proxy (benches/delay_proxy.rs, RTT_MS round trip)
@@ -51,7 +54,8 @@ BORG_ROUNDS=${BORG_ROUNDS:-3}
 BORG_RTTS=${BORG_RTTS:-0 20}
 SKIP_TUNNEL=${SKIP_TUNNEL:-0}
 SKIP_BORG=${SKIP_BORG:-0}
-TOOLS=${TOOLS:-pull openssh}  # fewer only to try the script out; the comparison needs both
+BEFORE_BIN=${BEFORE_BIN:-}
+TOOLS=${TOOLS:-pull${BEFORE_BIN:+ before} openssh}  # fewer only to try the script out; the comparison needs pull and openssh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 
 die() { echo "pull-vs-openssh: $*" >&2; exit 1; }
@@ -70,6 +74,10 @@ else die "no cgroup2 hierarchy and no v1 cpuacct (CGROUP=$CGROUP)"; fi
 RELEASE=${PREBUILT:-$CARGO_TARGET_DIR/release}
 [ -n "${PREBUILT:-}" ] || cargo build -q --release -p borg-pull-cli --bins
 "$RELEASE/borg-pull-server" pull --help >/dev/null || die "this borg-pull-server has no working pull subcommand"
+if [ -n "$BEFORE_BIN" ]; then
+  [ -x "$(dirname "$BEFORE_BIN")/borg-pull-relay" ] || die "no borg-pull-relay next to $BEFORE_BIN"
+  "$BEFORE_BIN" pull --help >/dev/null || die "$BEFORE_BIN has no working pull subcommand"
+fi
 USER_NAME=borg-pull-test
 id -u "$USER_NAME" >/dev/null 2>&1 || useradd -m -s /bin/sh -p '*' "$USER_NAME"
 mkdir -p -m 0755 /run/sshd
@@ -104,6 +112,8 @@ chown "$USER_NAME" "$T/ctmp" "$T/cbase" "$T/lrepos"
 BIN=$T/bin
 # A snapshot of the binaries, so a rebuild by someone else cannot change them mid-run.
 cp "$RELEASE/borg-pull-server" "$RELEASE/borg-pull-relay" "$BIN/"
+mkdir "$BIN/before"
+[ -z "$BEFORE_BIN" ] || cp "$BEFORE_BIN" "$(dirname "$BEFORE_BIN")/borg-pull-relay" "$BIN/before/"
 rustc -O --edition 2021 benches/delay_proxy.rs -o "$BIN/delay-proxy"
 export HOME=$T/home  # no ~/.ssh or borg state of root's is used
 
@@ -189,7 +199,12 @@ wait_quiet() {  # until the previous run's processes are gone (bounded: 10 s), t
 SSH_OPTS=(-F /dev/null -T -i "$T/client_key" -o IdentitiesOnly=yes -o BatchMode=yes
   -o UserKnownHostsFile="$T/known_hosts" -o StrictHostKeyChecking=yes -o ExitOnForwardFailure=yes
   -o ControlMaster=no -o ControlPath=none)
-PULL_OPTS=(-i "$T/client_key" --known-hosts "$T/known_hosts" --relay "$BIN/borg-pull-relay")
+PULL_OPTS=(-i "$T/client_key" --known-hosts "$T/known_hosts")
+pull_bin() {  # the borg-pull-server of tool $1 (pull or before) and the options naming its relay
+  local dir=$BIN; [ "$1" = before ] && dir=$BIN/before
+  PULL_BIN=$dir/borg-pull-server
+  PULL_OPTS_TOOL=("${PULL_OPTS[@]}" --relay "$dir/borg-pull-relay")
+}
 
 RESULTS=$T/results.tsv
 printf 'kind\ttool\tdir\trtt\tround\tbytes\txfer_ns\twall_ns\tcpu_ns\tcpu_sshd_ns\tcpu_server_ns\tcpu_ends_ns\trc\tok\tnote\n' >"$RESULTS"
@@ -208,10 +223,11 @@ run_tunnel() {
   wait_quiet
   local s0 v0 e0 t0 t1
   s0=$(cpu sshd); v0=$(cpu server); e0=$(cpu ends); t0=$(now)
-  if [ "$tool" = pull ]; then
+  if [ "$tool" = pull ] || [ "$tool" = before ]; then
+    pull_bin "$tool"
     # shellcheck disable=SC2016
     cmd='t0=$(date +%s%N); '"$src"' eval "$BORG_RSH" '"$snk"'; t1=$(date +%s%N); echo "BPVS_NS $((t1 - t0))"'
-    BPVS_COUNT=$count BPVS_BYTES=$bytes "$BIN/in-cg" server "$BIN/borg-pull-server" pull "${PULL_OPTS[@]}" \
+    BPVS_COUNT=$count BPVS_BYTES=$bytes "$BIN/in-cg" server "$PULL_BIN" pull "${PULL_OPTS_TOOL[@]}" \
       -p "$port" --repo "$T/repos/none" --borg "$BIN/serve-$d" --remote-borg /bin/sh \
       "$USER_NAME@127.0.0.1" -- -c "$cmd" >"$out" 2>"$err" || rc=$?
   else
@@ -268,8 +284,9 @@ run_borg() {
     local)
       "$BIN/in-cg" server runuser -u "$USER_NAME" -- env HOME="$cb" BORG_BASE_DIR="$cb" \
         borg create "$repo::a" "$T/data" >"$out" 2>>"$err" || rc=$? ;;
-    pull)
-      BORG_BASE_DIR=$sb "$BIN/in-cg" server "$BIN/borg-pull-server" pull "${PULL_OPTS[@]}" -p "$port" --repo "$repo" \
+    pull|before)
+      pull_bin "$tool"
+      BORG_BASE_DIR=$sb "$BIN/in-cg" server "$PULL_BIN" pull "${PULL_OPTS_TOOL[@]}" -p "$port" --repo "$repo" \
         --env BORG_BASE_DIR="$cb" --env BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
         "$USER_NAME@127.0.0.1" -- create ::a "$T/data" >"$out" 2>>"$err" || rc=$? ;;
     socat)
@@ -305,6 +322,8 @@ run_borg() {
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(uname -r), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -z "${PREBUILT:-}" ] || echo "# pull: $PREBUILT/borg-pull-server (built $(date -u -r "$PREBUILT/borg-pull-server" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$PREBUILT/borg-pull-server" | cut -c1-12))"
+[ -z "$BEFORE_BIN" ] || echo "# before: $BEFORE_BIN (built $(date -u -r "$BEFORE_BIN" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$BEFORE_BIN" | cut -c1-12))"
 echo "# commit $(git -C "$REPO_ROOT" rev-parse --short HEAD)$(git -C "$REPO_ROOT" diff --quiet HEAD -- borg-pull-core borg-pull-tunnel borg-pull-cli || echo ' (+ uncommitted changes)');" \
   "$(ssh -V 2>&1); $(socat -V | sed -n 's/^socat version \([^ ]*\).*/socat \1/p'); $(borg --version)"
 
@@ -316,18 +335,21 @@ if has pull; then
   CIPHER=$(sed -n 's/.*kex: client->server cipher: \([^ ]*\) .*/\1/p' "$T/sshd.log" | tail -1)
   [ -n "$CIPHER" ] || { tail -20 "$T/sshd.log"; die "cannot tell the cipher from sshd's log"; }
 fi
+has before && run_tunnel before setup 0 0 0 >/dev/null
 has openssh && run_tunnel openssh setup 0 0 0 >/dev/null
 echo "# cipher (both tools): $CIPHER; payload $MIB MiB per run; RTT 0 (loopback) and $RTT_MS ms (delay proxy)"
-sed -i '2,$d' "$RESULTS"  # the two warm-up runs do not count
+sed -i '2,$d' "$RESULTS"  # the warm-up runs do not count
 
 if [ "$SKIP_TUNNEL" != 1 ]; then
   echo "## tunnel throughput, $ROUNDS interleaved rounds"
   for round in $(seq "$ROUNDS"); do
-    tools=(); for t in pull openssh; do has "$t" && tools+=("$t"); done
-    [ $((round % 2)) = 0 ] && [ ${#tools[@]} = 2 ] && tools=(openssh pull)
+    tools=(); for t in pull before openssh; do has "$t" && tools+=("$t"); done
+    # The order rotates every round (with two tools: alternates).
+    nt=${#tools[@]}
     for rtt in 0 "$RTT_MS"; do
       for dir in c2s s2c setup; do
-        for tool in "${tools[@]}"; do
+        for i in $(seq 0 $((nt - 1))); do
+          tool=${tools[$(((i + round - 1) % nt))]}
           bytes=$((MIB << 20)); [ "$dir" = setup ] && bytes=0
           run_tunnel "$tool" "$dir" "$rtt" "$round" "$bytes"
         done
@@ -344,6 +366,7 @@ if [ "$SKIP_BORG" != 1 ]; then
   methods=(local)
   for rtt in $BORG_RTTS; do
     has pull && methods+=("pull:$rtt")
+    has before && methods+=("before:$rtt")
     has openssh && methods+=("socat:$rtt")
   done
   for round in $(seq "$BORG_ROUNDS"); do

@@ -88,7 +88,8 @@ def table(path):
                    "| of which sshd side / server side | whole command s (incl. setup) | runs |")
         out.append("|---|---|---|---|---|---|---|---|")
         ratios = []
-        for key in sorted(tun, key=lambda k: (k[0], {"c2s": 0, "s2c": 1, "setup": 2}[k[1]], k[2] != "pull")):
+        torder = {"pull": 0, "before": 1, "openssh": 2}
+        for key in sorted(tun, key=lambda k: (k[0], {"c2s": 0, "s2c": 1, "setup": 2}[k[1]], torder.get(k[2], 9))):
             rtt, d, tool = key
             rs = tun[key]
             wall = [r["wall_ns"] / 1e9 for r in rs]
@@ -104,25 +105,42 @@ def table(path):
             out.append(f"| {rtt} ms | {'client -> server' if d == 'c2s' else 'server -> client'} | {tool} "
                        f"| **{med(mbs):.0f}** ({rng(mbs, '{:.0f}')}) | **{med(cpg):.2f}** ({rng(cpg, '{:.2f}')}) "
                        f"| {sshd:.2f} / {srv:.2f} | {med(wall):.2f} | {len(rs)} |")
-            if tool == "pull" and (rtt, d, "openssh") in tun:
+            if tool in ("pull", "before") and (rtt, d, "openssh") in tun:
                 o = tun[(rtt, d, "openssh")]
                 omb = med([r["bytes"] / (r["xfer_ns"] / 1e9) / 1e6 for r in o])
                 ocpu = med([r["cpu_ns"] / 1e9 / (r["bytes"] / GiB) for r in o])
-                ratios.append((rtt, d, med(mbs) / omb, med(cpg) / ocpu))
+                ratios.append((rtt, d, tool, med(mbs) / omb, med(cpg) / ocpu))
         out.append("")
-        out.append("| RTT | direction | pull / OpenSSH throughput | pull / OpenSSH CPU per GiB | target |")
-        out.append("|---|---|---|---|---|")
-        for rtt, d, tr, cr in ratios:
+        out.append("| RTT | direction | tool | tool / OpenSSH throughput | tool / OpenSSH CPU per GiB | target |")
+        out.append("|---|---|---|---|---|---|")
+        for rtt, d, tool, tr, cr in ratios:
             target = 1.0 if rtt == 0 else 2.0
             verdict = "met" if tr >= target else "MISSED"
-            out.append(f"| {rtt} ms | {'client -> server' if d == 'c2s' else 'server -> client'} "
+            out.append(f"| {rtt} ms | {'client -> server' if d == 'c2s' else 'server -> client'} | {tool} "
                        f"| **{tr:.2f}x** | {cr:.2f}x | >= {target:.0f}x: {verdict} |")
         out.append("")
+        # pull against the "before" build (BEFORE_BIN), same run: the regression check.
+        pairs = [k for k in sorted(tun) if k[2] == "pull" and (k[0], k[1], "before") in tun]
+        if pairs:
+            out.append("| RTT | direction | pull / before: throughput | CPU per GiB (setup: CPU s) | whole command s |")
+            out.append("|---|---|---|---|---|")
+            for rtt, d, _ in pairs:
+                p, b = tun[(rtt, d, "pull")], tun[(rtt, d, "before")]
+                wall = med([r["wall_ns"] for r in p]) / med([r["wall_ns"] for r in b])
+                if d == "setup":
+                    cpu = med([r["cpu_ns"] for r in p]) / med([r["cpu_ns"] for r in b])
+                    out.append(f"| {rtt} ms | setup only (0 bytes) | - | {cpu:.2f}x | {wall:.2f}x |")
+                    continue
+                tp = med([r["bytes"] / r["xfer_ns"] for r in p]) / med([r["bytes"] / r["xfer_ns"] for r in b])
+                cpu = med([r["cpu_ns"] / r["bytes"] for r in p]) / med([r["cpu_ns"] / r["bytes"] for r in b])
+                out.append(f"| {rtt} ms | {'client -> server' if d == 'c2s' else 'server -> client'} "
+                           f"| **{tp:.2f}x** | {cpu:.2f}x | {wall:.2f}x |")
+            out.append("")
     bc = group("borg")
     if bc:
         out.append("| method | RTT | wall s median (min..max) | CPU s median (all processes) | runs |")
         out.append("|---|---|---|---|---|")
-        order = {"local": 0, "pull": 1, "socat": 2}
+        order = {"local": 0, "pull": 1, "before": 2, "socat": 3}
         for key in sorted(bc, key=lambda k: (order.get(k[2], 9), k[0])):
             rtt, _, tool = key
             rs = bc[key]
@@ -130,22 +148,26 @@ def table(path):
             cpu = [(r["cpu_ns"] + r["cpu_ends_ns"]) / 1e9 for r in rs]
             name = {"local": "borg create /local/repo (no ssh; the limit)",
                     "pull": "borg-pull-server pull",
+                    "before": "borg-pull-server pull (before)",
                     "socat": "ssh -R + socat (docs' recipe)"}.get(tool, tool)
             out.append(f"| {name} | {'-' if tool == 'local' else f'{rtt} ms'} | **{med(wall):.2f}** "
                        f"({rng(wall, '{:.2f}')}) | {med(cpu):.2f} | {len(rs)} |")
         out.append("")
         wall_of = {k: med([r["wall_ns"] / 1e9 for r in v]) for k, v in bc.items()}
         local = [v for k, v in wall_of.items() if k[2] == "local"]
-        for (rtt, d, tool), w in sorted(wall_of.items()):
-            if tool != "pull" or (rtt, d, "socat") not in wall_of:
+        for (rtt, d, tool), w in sorted(wall_of.items(), key=lambda kv: (kv[0][0], order.get(kv[0][2], 9))):
+            if tool not in ("pull", "before") or (rtt, d, "socat") not in wall_of:
                 continue
             s = wall_of[(rtt, d, "socat")]
             extra = ""
             if local:
-                extra = (f"; time over the local repository: pull +{w - local[0]:.2f} s, "
+                extra = (f"; time over the local repository: {tool} +{w - local[0]:.2f} s, "
                          f"socat +{s - local[0]:.2f} s")
-            out.append(f"borg create at {rtt} ms: pull {w:.2f} s vs socat recipe {s:.2f} s = "
+            out.append(f"borg create at {rtt} ms: {tool} {w:.2f} s vs socat recipe {s:.2f} s = "
                        f"**{s / w:.2f}x** as fast{extra}")
+            if tool == "pull" and (rtt, d, "before") in wall_of:
+                b = wall_of[(rtt, d, "before")]
+                out.append(f"borg create at {rtt} ms: pull {w:.2f} s vs before {b:.2f} s = **{w / b:.2f}x** the time")
         out.append("")
     out.append(f"rounds: {len(rounds)}; failed runs (excluded above): {len(bad)}")
     for r in bad:

@@ -10,10 +10,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, children_of, process_exists, require_tool, wait_until, Spawned, TestDir};
+use common::{
+    assert_ok, children_of, process_exists, require_tool, wait_until, Outcome, Spawned, TestCommand, TestDir,
+};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_borg-pull-server");
 const RELAY: &str = env!("CARGO_BIN_EXE_borg-pull-relay");
@@ -30,8 +32,8 @@ fn rsh(socket: &Path) -> String {
 }
 
 /// Runs a client command with the suite's deadline.
-fn run(cmd: &mut Command) -> Output {
-    common::output(cmd)
+fn run(cmd: &mut TestCommand) -> Outcome {
+    cmd.output()
 }
 
 fn url(repo: &Path) -> String {
@@ -39,7 +41,7 @@ fn url(repo: &Path) -> String {
 }
 
 /// `borg ARGS` through the server at `socket`.
-fn client<I, S>(t: &TestDir, socket: &Path, args: I) -> Command
+fn client<I, S>(t: &TestDir, socket: &Path, args: I) -> TestCommand
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -49,8 +51,8 @@ where
     cmd
 }
 
-fn server_cmd(t: &TestDir, args: &[&OsStr]) -> Command {
-    let mut cmd = Command::new(SERVER);
+fn server_cmd(t: &TestDir, args: &[&OsStr]) -> TestCommand {
+    let mut cmd = TestCommand::new(SERVER);
     t.env(&mut cmd).arg("listen").args(args);
     cmd
 }
@@ -90,7 +92,7 @@ fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
-fn stderr(out: &Output) -> String {
+fn stderr(out: &Outcome) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -526,8 +528,9 @@ fn live_socket_is_refused_and_left_alone() {
 
     let args = [os("--socket"), socket.as_os_str(), os("--repo"), repo.as_os_str()];
     let (code, log) = run_server_to_exit(&t, &args);
-    assert_eq!(code, Some(75), "log:\n{log}");
+    assert_eq!(code, Some(206), "log:\n{log}");
     assert!(log.contains("is in use"), "{log}");
+    assert!(log.contains("choose another --socket"), "{log}");
 
     assert_eq!(
         fs::metadata(&socket).unwrap().ino(),
@@ -558,7 +561,7 @@ fn refused(t: &TestDir, socket: &Path, code: i32) -> String {
 #[test]
 fn missing_parent_of_socket_dir_is_explained() {
     let t = TestDir::new();
-    let log = refused(&t, &t.join("no-such-parent/run/borg.sock"), 73);
+    let log = refused(&t, &t.join("no-such-parent/run/borg.sock"), 205);
     assert!(log.contains("does not exist"), "{log}");
     assert!(log.contains("tmpfiles.d"), "{log}");
     assert!(!t.join("no-such-parent").exists(), "parents are not created");
@@ -570,7 +573,7 @@ fn group_writable_socket_dir_is_refused() {
     let dir = t.join("run");
     fs::create_dir(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
-    let log = refused(&t, &dir.join("borg.sock"), 73);
+    let log = refused(&t, &dir.join("borg.sock"), 205);
     assert!(log.contains("writable by group or others"), "{log}");
     assert!(log.contains("0770"), "{log}");
     assert!(log.contains(&format!("chmod 700 {}", dir.display())), "{log}");
@@ -582,8 +585,9 @@ fn file_in_the_way_is_refused_and_kept() {
     let t = TestDir::new();
     let socket = t.join("borg.sock");
     fs::write(&socket, b"not a socket").unwrap();
-    let log = refused(&t, &socket, 73);
+    let log = refused(&t, &socket, 205);
     assert!(log.contains("regular file is in the way"), "{log}");
+    assert!(log.contains("--socket"), "{log}");
     assert_eq!(fs::read(&socket).unwrap(), b"not a socket");
 }
 
@@ -598,25 +602,25 @@ fn socket_is_private() {
 }
 
 #[test]
-fn usage_errors_exit_64_and_missing_borg_69() {
+fn usage_errors_exit_200_and_missing_borg_203() {
     let t = TestDir::new();
     let sock = t.join("s.sock");
     let (code, log) = run_server_to_exit(
         &t,
         &[os("--socket"), sock.as_os_str(), os("--repo"), os("rel/repo")],
     );
-    assert_eq!(code, Some(64), "{log}");
+    assert_eq!(code, Some(200), "{log}");
     assert!(log.contains("must be absolute"), "{log}");
 
     let (code, log) = run_server_to_exit(
         &t,
         &[os("--repo"), t.path().as_os_str(), os("--borg"), os("true")],
     );
-    assert_eq!(code, Some(64), "{log}");
+    assert_eq!(code, Some(200), "{log}");
     assert!(log.contains("no --socket"), "{log}");
 
     let (code, log) = run_server_to_exit(&t, &[os("--socket"), sock.as_os_str(), os("--repo")]);
-    assert_eq!(code, Some(64), "{log}");
+    assert_eq!(code, Some(200), "{log}");
 
     let args = [
         os("--socket"),
@@ -627,23 +631,27 @@ fn usage_errors_exit_64_and_missing_borg_69() {
         os("/nonexistent/borg"),
     ];
     let (code, log) = run_server_to_exit(&t, &args);
-    assert_eq!(code, Some(69), "{log}");
+    assert_eq!(code, Some(203), "{log}");
     assert!(log.contains("cannot find borg program"), "{log}");
+    assert!(
+        log.contains("; pass the borg program's path with --borg PATH"),
+        "listen adds its own option as the hint: {log}"
+    );
     assert!(!sock.exists());
 }
 
 #[test]
 fn help_documents_exit_codes() {
-    let out = run(Command::new(SERVER).args(["listen", "--help"]));
+    let out = run(TestCommand::new(SERVER).args(["listen", "--help"]));
     assert_ok(&out, "listen --help");
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "Exit codes",
-        "64",
-        "69",
-        "71",
-        "73",
-        "75",
+        "200",
+        "203",
+        "204",
+        "205",
+        "206",
         "--max-connections",
         "--allow-delete",
     ] {
@@ -663,7 +671,7 @@ fn systemd_socket_activation() {
     let socket = dir.join("activated.sock");
     // systemd-socket-activate binds the socket, waits for the first connection, then execs us with
     // LISTEN_FDS=1 and the listener on fd 3, like a .socket unit with Accept=no. No --socket given.
-    let mut cmd = Command::new("systemd-socket-activate");
+    let mut cmd = TestCommand::new("systemd-socket-activate");
     t.env(&mut cmd)
         .arg("-l")
         .arg(&socket)
@@ -718,7 +726,7 @@ fn socket_activation_with_accept_yes_is_refused() {
     let socket = t.join("accept.sock");
     let true_bin = common::find_on_path("true").unwrap();
     // --accept hands each *connection* to a new process, like Accept=yes: not a listener for us.
-    let mut cmd = Command::new("systemd-socket-activate");
+    let mut cmd = TestCommand::new("systemd-socket-activate");
     t.env(&mut cmd).arg("--accept").arg("-l").arg(&socket).arg(SERVER);
     cmd.args(["listen", "--repo"])
         .arg(t.path())
@@ -726,7 +734,7 @@ fn socket_activation_with_accept_yes_is_refused() {
         .arg(&true_bin);
     let mut activator = Spawned::spawn(cmd, t.join("accept.log"));
     activator.wait_for_socket(&socket);
-    activator.wait_for_log("died with code 71");
+    activator.wait_for_log("died with code 204");
     assert!(activator.log().contains("Accept=no"), "{}", activator.log());
 }
 
@@ -742,7 +750,272 @@ fn socket_dir_of_another_user_is_refused() {
         eprintln!("note: skipping: cannot chown (not root)");
         return;
     }
-    let log = refused(&t, &dir.join("borg.sock"), 73);
+    let log = refused(&t, &dir.join("borg.sock"), 205);
     assert!(log.contains("belongs to uid 65534"), "{log}");
     assert!(log.contains("chown"), "{log}");
+}
+
+#[test]
+fn borg_serve_gets_no_secrets_from_the_servers_environment() {
+    let t = TestDir::new();
+    let dump = t.join("serve.env");
+    let fake = t.join("fake-borg");
+    fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncat /proc/$$/environ > '{}'\nexec cat\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = t.join("run/borg.sock");
+    let args = [
+        os("--socket"),
+        socket.as_os_str(),
+        os("--repo"),
+        t.path().as_os_str(),
+        os("--borg"),
+        fake.as_os_str(),
+    ];
+    let mut cmd = server_cmd(&t, &args);
+    let secrets = [
+        "BORG_PASSPHRASE",
+        "BORG_PASSCOMMAND",
+        "BORG_NEW_PASSPHRASE",
+        "BORG_PULL_IDENTITY_PASSPHRASE",
+        "SSH_ORIGINAL_COMMAND",
+        "BORG_REPO_PERMISSIONS",
+        "BORG_RSH",
+    ];
+    for name in secrets {
+        cmd.env(name, "s3cret");
+    }
+    cmd.env("BORG_HOST_ID", "listen-test");
+    let mut server = Spawned::spawn(cmd, t.join("server.log"));
+    server.wait_for_log("listening");
+    let conn = UnixStream::connect(&socket).unwrap();
+    wait_until("the fake borg serve to dump its environment", || {
+        fs::read(&dump).is_ok_and(|d| d.ends_with(b"\0"))
+    });
+    drop(conn);
+    let env = fs::read(&dump).unwrap();
+    let vars: Vec<String> = env
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    for name in secrets {
+        assert!(
+            !vars.iter().any(|v| v.starts_with(&format!("{name}="))),
+            "{name} reached borg serve: {vars:?}"
+        );
+    }
+    assert!(vars.iter().any(|v| v == "BORG_HOST_ID=listen-test"), "{vars:?}");
+    assert!(vars.iter().any(|v| v.starts_with("BORG_BASE_DIR=")), "{vars:?}");
+    assert!(vars.iter().any(|v| v.starts_with("PATH=")), "{vars:?}");
+}
+
+#[test]
+fn borg_serve_stderr_is_escaped_and_survives_invalid_utf8() {
+    let t = TestDir::new();
+    let fake = t.join("fake-borg");
+    fs::write(
+        &fake,
+        "#!/bin/sh\nprintf 'colour \\033[31mred\\033]0;title\\007\\n' >&2\n\
+         printf 'bytes \\377\\376 here\\n' >&2\necho 'after the bad bytes' >&2\nexec cat\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = t.join("run/borg.sock");
+    let mut server = start_server(&t, &socket, t.path(), &["--borg", fake.to_str().unwrap()]);
+    let conn = UnixStream::connect(&socket).unwrap();
+    server.wait_for_log("after the bad bytes");
+    drop(conn);
+    server.wait_for_log("session ended");
+    let log = server.log();
+    assert!(!log.contains('\u{1b}'), "a raw ESC reached the log: {log:?}");
+    assert!(log.contains(r"colour \x1b[31mred\x1b]0;title\x07"), "{log}");
+    assert!(log.contains(r"bytes \xff\xfe here"), "{log}");
+}
+
+/// Runs the server with `--borg true` on `socket`, expecting a start-up failure; returns the log.
+///
+/// Exit code 205: the socket cannot be created safely.
+fn refused_unsafe_dir(t: &TestDir, socket: &Path) -> String {
+    let true_bin = common::find_on_path("true").unwrap();
+    let args = [
+        os("--socket"),
+        socket.as_os_str(),
+        os("--repo"),
+        t.path().as_os_str(),
+        os("--borg"),
+        true_bin.as_os_str(),
+    ];
+    let (code, log) = run_server_to_exit(t, &args);
+    assert_eq!(code, Some(205), "log:\n{log}");
+    assert!(!socket.exists(), "{log}");
+    log
+}
+
+#[test]
+fn symlinked_socket_dir_is_refused() {
+    let t = TestDir::new();
+    let real = t.join("real");
+    fs::create_dir(&real).unwrap();
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&real, t.join("run")).unwrap();
+    let log = refused_unsafe_dir(&t, &t.join("run/borg.sock"));
+    assert!(log.contains("is a symbolic link"), "{log}");
+    assert!(!real.join("borg.sock").exists());
+}
+
+#[test]
+fn socket_dir_under_a_writable_parent_is_refused() {
+    let t = TestDir::new();
+    let parent = t.join("shared");
+    fs::create_dir(&parent).unwrap();
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+    let log = refused_unsafe_dir(&t, &parent.join("run/borg.sock"));
+    assert!(log.contains("not sticky"), "{log}");
+    assert!(log.contains(&format!("{:?}", parent)), "names the parent: {log}");
+    assert!(!parent.join("run").exists(), "nothing created under it");
+}
+
+#[test]
+fn socket_dir_under_a_sticky_parent_is_accepted() {
+    let t = TestDir::new();
+    let parent = t.join("sticky");
+    fs::create_dir(&parent).unwrap();
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = parent.join("run/borg.sock");
+    let true_bin = common::find_on_path("true").unwrap();
+    let _server = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
+    assert_eq!(fs::symlink_metadata(&socket).unwrap().mode() & 0o7777, 0o600);
+}
+
+#[test]
+fn running_listener_keeps_its_socket_even_if_it_looks_stale() {
+    let t = TestDir::new();
+    let socket = t.join("run/borg.sock");
+    let true_bin = common::find_on_path("true").unwrap();
+    let mut first = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
+    // Someone replaced the running server's socket with a dead one: a second server must not
+    // take the path over while the first still runs (their lock says so).
+    fs::remove_file(&socket).unwrap();
+    drop(UnixListener::bind(&socket).unwrap());
+    let args = [
+        os("--socket"),
+        socket.as_os_str(),
+        os("--repo"),
+        t.path().as_os_str(),
+        os("--borg"),
+        true_bin.as_os_str(),
+    ];
+    let (code, log) = run_server_to_exit(&t, &args);
+    assert_eq!(code, Some(206), "log:\n{log}");
+    assert!(log.contains("is in use"), "{log}");
+    first.assert_running();
+}
+
+#[test]
+fn storage_quota_stops_a_backup_that_would_exceed_it() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let _server = start_server(&t, &socket, &repo, &["--storage-quota", "10M"]);
+
+    let small = t.join("small");
+    fs::create_dir(&small).unwrap();
+    fs::write(small.join("a.txt"), b"fits easily\n").unwrap();
+    let archive = format!("{}::small", url(&repo));
+    let out = run(client(&t, &socket, ["create", &archive, "small"]).current_dir(t.path()));
+    assert_ok(&out, "a backup within the quota");
+
+    let big = t.join("big");
+    fs::create_dir(&big).unwrap();
+    // 16 MB of incompressible bytes: more than the 10 MB quota whatever borg's compression.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let noise: Vec<u8> = (0..16_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(big.join("noise.bin"), noise).unwrap();
+    let archive = format!("{}::big", url(&repo));
+    let out = run(client(&t, &socket, ["create", &archive, "big"]).current_dir(t.path()));
+    assert!(!out.status.success(), "the quota did not stop the backup");
+    assert!(
+        stderr(&out).contains("storage quota"),
+        "borg's quota error expected:\n{}",
+        stderr(&out)
+    );
+
+    let out = run(&mut client(&t, &socket, ["list", "--short", &url(&repo)]));
+    assert_ok(&out, "borg list after the refused backup");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("small") && !listed.contains("big"), "{listed}");
+}
+
+#[test]
+fn storage_quota_is_checked_before_starting() {
+    let t = TestDir::new();
+    let sock = t.join("s.sock");
+    for bad in ["9M", "lots", "5 G"] {
+        let (code, log) = run_server_to_exit(
+            &t,
+            &[
+                os("--socket"),
+                sock.as_os_str(),
+                os("--repo"),
+                t.path().as_os_str(),
+                os("--storage-quota"),
+                os(bad),
+            ],
+        );
+        assert_eq!(code, Some(200), "{bad}: {log}");
+        assert!(log.contains("storage quota"), "{log}");
+    }
+}
+
+#[test]
+fn real_borg_serve_environment_has_no_secrets() {
+    if !require_tool("borg") {
+        return;
+    }
+    let (t, repo, socket) = setup();
+    let args = [os("--socket"), socket.as_os_str(), os("--repo"), repo.as_os_str()];
+    let mut cmd = server_cmd(&t, &args);
+    cmd.env("BORG_PASSPHRASE", "s3cret")
+        .env("BORG_PASSCOMMAND", "echo s3cret")
+        .env("SSH_ORIGINAL_COMMAND", "borg serve")
+        .env("BORG_RSH", "ssh -oProxyCommand=evil");
+    let mut server = Spawned::spawn(cmd, t.join("server.log"));
+    server.wait_for_log("listening");
+    let _idle = UnixStream::connect(&socket).unwrap();
+    wait_until("the session's borg serve", || {
+        children_of(server.pid()).len() == 1
+    });
+    let serve_pid = children_of(server.pid())[0];
+    let environ = fs::read(format!("/proc/{serve_pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    for name in [
+        "BORG_PASSPHRASE",
+        "BORG_PASSCOMMAND",
+        "SSH_ORIGINAL_COMMAND",
+        "BORG_RSH",
+    ] {
+        assert!(
+            !environ.split('\0').any(|v| v.starts_with(&format!("{name}="))),
+            "{name} reached borg serve {serve_pid}: {environ:?}"
+        );
+    }
+    assert!(environ.contains("BORG_BASE_DIR="), "{environ:?}");
+    // And it still serves.
+    let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
+    assert_ok(&out, "borg list");
 }

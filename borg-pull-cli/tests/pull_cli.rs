@@ -1,6 +1,7 @@
 //! End-to-end tests of `borg-pull-server pull` against a real OpenSSH sshd (started per test on
 //! 127.0.0.1) and real borg on both ends, with our `borg-pull-relay` as the client's BORG_RSH.
 
+mod common;
 mod sshd;
 
 use std::collections::BTreeMap;
@@ -9,12 +10,14 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{assert_ok, Outcome, Spawned, TestCommand};
 use sshd::{Sshd, SshdOptions};
 
-const RELAY: &str = env!("CARGO_BIN_EXE_borg-pull-relay");
+/// The relay as cargo built it: possibly under a directory the login user cannot enter (a
+/// checkout in a private home or `mktemp -d`), so tests hand the client [`Fixture::relay`].
+const BUILT_RELAY: &str = env!("CARGO_BIN_EXE_borg-pull-relay");
 const PASSPHRASE: &str = "correct horse 'battery' $(staple)";
 
 /// The binary under test (`BORG_PULL_SERVER_BIN` overrides it, for trying another build).
@@ -30,6 +33,8 @@ struct Fixture {
     repo: PathBuf,
     server_base: PathBuf,
     client_base: PathBuf,
+    /// The relay, where the client's login user can reach it (see [`client_reachable_relay`]).
+    relay: PathBuf,
     encrypted: bool,
 }
 
@@ -40,13 +45,14 @@ impl Fixture {
             repo: d.join("repo"),
             server_base: d.join("server-base"),
             client_base: d.join("client base"),
+            relay: client_reachable_relay(&d),
             sshd,
             encrypted,
         };
         fs::create_dir(&f.client_base).unwrap();
         sshd::chown_to_login_user(&f.client_base);
         let out = f.local_borg(&["init", "-e", if encrypted { "repokey" } else { "none" }]);
-        assert!(out.status.success(), "borg init: {}", text(&out.stderr));
+        assert_ok(&out, "borg init");
         f
     }
 
@@ -55,13 +61,13 @@ impl Fixture {
     }
 
     /// `borg-pull-server pull` with this fixture's options, then `--` and `borg_args`.
-    fn pull<S: AsRef<OsStr>>(&self, borg_args: &[S]) -> Command {
+    fn pull<S: AsRef<OsStr>>(&self, borg_args: &[S]) -> TestCommand {
         self.pull_with::<&str, S>(&[], borg_args)
     }
 
     /// [`Fixture::pull`] with `options` (`--flag` or `--flag VALUE`) first; a flag given there
     /// replaces the fixture's own value for it (`-i`, `--known-hosts`, `--relay`, ...).
-    fn pull_with<O: AsRef<OsStr>, S: AsRef<OsStr>>(&self, options: &[O], borg_args: &[S]) -> Command {
+    fn pull_with<O: AsRef<OsStr>, S: AsRef<OsStr>>(&self, options: &[O], borg_args: &[S]) -> TestCommand {
         let given = |flag: &str| options.iter().any(|o| o.as_ref() == flag);
         let client_base = format!("BORG_BASE_DIR={}", self.client_base.display());
         let port = self.sshd.port.to_string();
@@ -69,10 +75,10 @@ impl Fixture {
             ("-p", OsStr::new(&port)),
             ("-i", self.sshd.client_key().as_os_str()),
             ("--known-hosts", self.sshd.known_hosts.as_os_str()),
-            ("--relay", OsStr::new(RELAY)),
+            ("--relay", self.relay.as_os_str()),
             ("--repo", self.repo.as_os_str()),
         ];
-        let mut cmd = Command::new(server_bin());
+        let mut cmd = TestCommand::new(server_bin());
         cmd.arg("pull").args(options);
         for (flag, value) in defaults {
             if !given(flag) {
@@ -89,7 +95,8 @@ impl Fixture {
             .env("BORG_BASE_DIR", &self.server_base)
             .env_remove("BORG_PASSCOMMAND")
             .env_remove("BORG_REPO")
-            .env("RUST_LOG", "info");
+            .env("BORG_PULL_LOG", "info")
+            .attach_log("sshd log", self.sshd.log_path());
         if self.encrypted {
             cmd.env("BORG_PASSPHRASE", PASSPHRASE);
         } else {
@@ -99,22 +106,24 @@ impl Fixture {
     }
 
     /// borg run locally on the server against the repository.
-    fn local_borg<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+    fn local_borg<S: AsRef<OsStr>>(&self, args: &[S]) -> Outcome {
         self.local_borg_in(args, self.dir())
     }
 
-    fn local_borg_in<S: AsRef<OsStr>>(&self, args: &[S], cwd: &Path) -> Output {
-        Command::new("borg")
-            .args(args)
-            .current_dir(cwd)
+    fn local_borg_in<S: AsRef<OsStr>>(&self, args: &[S], cwd: &Path) -> Outcome {
+        self.local_borg_command(args).current_dir(cwd).output()
+    }
+
+    /// The server's borg with the repository and passphrase set, not yet run.
+    fn local_borg_command<S: AsRef<OsStr>>(&self, args: &[S]) -> TestCommand {
+        let mut cmd = TestCommand::new("borg");
+        cmd.args(args)
             .env("BORG_REPO", &self.repo)
             .env("BORG_BASE_DIR", &self.server_base)
             .env("BORG_PASSPHRASE", PASSPHRASE)
             .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
-            .env_remove("BORG_PASSCOMMAND")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run borg")
+            .env_remove("BORG_PASSCOMMAND");
+        cmd
     }
 
     /// Panics with both logs unless nothing of this test is left running and no socket
@@ -152,60 +161,32 @@ impl Drop for Fixture {
     }
 }
 
+/// The relay linked (or copied) into `dir/bin`, which is 0755 like `dir`: the client's login user
+/// must reach what it runs, wherever the checkout and its target directory live.
+fn client_reachable_relay(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let relay = bin.join("borg-pull-relay");
+    // A hard link costs nothing (the debug relay is ~80 MB); across file systems, copy.
+    if fs::hard_link(BUILT_RELAY, &relay).is_err() {
+        fs::copy(BUILT_RELAY, &relay).unwrap();
+    }
+    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    relay
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Runs `cmd` with a deadline (a hung pull fails the test instead of hanging it).
-fn run(cmd: &mut Command) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    wait_output(child, Duration::from_secs(180))
+/// Runs `cmd` with its deadline (a hung pull fails the test instead of hanging it).
+fn run(cmd: &mut TestCommand) -> Outcome {
+    cmd.output()
 }
 
-fn wait_output(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    // Read the pipes on threads so a chatty child cannot block on a full pipe.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out, &mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut err, &mut v);
-        v
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("command did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-    }
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
+fn describe(out: &Outcome) -> String {
+    out.describe()
 }
 
 /// PIDs and command lines of processes whose argv mentions `needle` (sshd itself excluded).
@@ -349,7 +330,7 @@ fn hostile_names_round_trip_byte_for_byte_with_passphrase() {
     cmd2.env_remove("BORG_PASSPHRASE");
     // A passphrase file others can read is refused before anything runs, naming the fix.
     let out = run(&mut cmd2);
-    assert_eq!(out.status.code(), Some(67), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(212), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("too open") && text(&out.stderr).contains("chmod 600"),
         "{}",
@@ -430,9 +411,10 @@ fn borg_exit_codes_pass_through() {
 
     // A relay missing on the client is named before anything is set up there.
     let out = run(&mut f.pull_with(&["--relay", "/nonexistent/borg-pull-relay"], &["list"]));
-    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
     assert!(
-        text(&out.stderr).contains("\"/nonexistent/borg-pull-relay\" was not found on the client"),
+        text(&out.stderr).contains("\"/nonexistent/borg-pull-relay\" cannot be run on the client")
+            && text(&out.stderr).contains("no such file"),
         "{}",
         describe(&out)
     );
@@ -449,7 +431,7 @@ fn unknown_and_changed_host_keys_are_refused_before_login() {
     let empty = f.dir().join("known_hosts.empty");
     fs::write(&empty, "# nothing here\n").unwrap();
     let out = run(&mut with_known_hosts(&f, &empty, &["--version"]));
-    assert_eq!(out.status.code(), Some(65), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(210), "{}", describe(&out));
     let err = text(&out.stderr);
     for needle in [
         format!("[127.0.0.1]:{port}"),
@@ -463,17 +445,12 @@ fn unknown_and_changed_host_keys_are_refused_before_login() {
 
     // Changed key: another ed25519 key recorded for [127.0.0.1]:PORT.
     let other = f.dir().join("other_key");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&other)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    keygen(&other, "");
     let other_pub = fs::read_to_string(f.dir().join("other_key.pub")).unwrap();
     let changed = f.dir().join("known_hosts.changed");
     fs::write(&changed, format!("# a comment\n[127.0.0.1]:{port}\t{other_pub}")).unwrap();
     let out = run(&mut with_known_hosts(&f, &changed, &["--version"]));
-    assert_eq!(out.status.code(), Some(65), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(210), "{}", describe(&out));
     let err = text(&out.stderr);
     assert!(err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"), "{err}");
     assert!(
@@ -506,17 +483,26 @@ fn unknown_and_changed_host_keys_are_refused_before_login() {
 
     // A changed key is refused even with --accept-new-host-key.
     let out = run(&mut accepting_new_keys(&f, &changed));
-    assert_eq!(out.status.code(), Some(65), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(210), "{}", describe(&out));
     f.assert_clean();
 }
 
+/// `ssh-keygen -t ed25519` into `path` with `passphrase` ("" for none).
+fn keygen(path: &Path, passphrase: &str) {
+    let out = TestCommand::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+        .arg(path)
+        .output();
+    assert_ok(&out, "ssh-keygen");
+}
+
 /// `f.pull(args)` with a different known_hosts file.
-fn with_known_hosts(f: &Fixture, known_hosts: &Path, borg_args: &[&str]) -> Command {
+fn with_known_hosts(f: &Fixture, known_hosts: &Path, borg_args: &[&str]) -> TestCommand {
     f.pull_with(&[OsStr::new("--known-hosts"), known_hosts.as_os_str()], borg_args)
 }
 
 /// `borg --version` through pull with `--accept-new-host-key` and `known_hosts`.
-fn accepting_new_keys(f: &Fixture, known_hosts: &Path) -> Command {
+fn accepting_new_keys(f: &Fixture, known_hosts: &Path) -> TestCommand {
     let options = [
         OsStr::new("--accept-new-host-key"),
         OsStr::new("--known-hosts"),
@@ -533,7 +519,7 @@ fn forwarding_disabled_names_allow_stream_local_forwarding() {
     });
     let f = Fixture::new(sshd, false);
     let out = run(&mut f.pull(&["create", "::x", "/etc/hostname"]));
-    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
     let err = text(&out.stderr);
     assert!(err.contains("AllowStreamLocalForwarding"), "{err}");
     assert!(err.contains("borg.sock"), "{err}");
@@ -577,7 +563,7 @@ fn restricted_keys_work_with_port_forwarding_and_fail_clearly_without() {
         false,
     );
     let out = run(&mut f.pull(&["create", "::r", "/etc/hostname"]));
-    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
     assert!(text(&out.stderr).contains("`restrict`"), "{}", describe(&out));
     f.assert_clean();
 }
@@ -590,7 +576,7 @@ fn socket_path_too_long_is_diagnosed() {
     });
     let f = Fixture::new(sshd, false);
     let out = run(&mut f.pull(&["list"]));
-    assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("longer than 107 bytes"),
         "{}",
@@ -624,12 +610,7 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
 
     // An encrypted ed25519 key: refused without its passphrase, accepted with the file.
     let enc = f.dir().join("enc_key");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "s3cret pass", "-f"])
-        .arg(&enc)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    keygen(&enc, "s3cret pass");
     let mut ak = fs::read_to_string(f.dir().join("authorized_keys")).unwrap();
     ak.push_str(&fs::read_to_string(f.dir().join("enc_key.pub")).unwrap());
     fs::write(f.dir().join("authorized_keys"), ak).unwrap();
@@ -639,7 +620,7 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
     let out = run(f
         .pull_with(&[OsStr::new("-i"), enc.as_os_str()], &["--version"])
         .env_remove("BORG_PULL_IDENTITY_PASSPHRASE"));
-    assert_eq!(out.status.code(), Some(66), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(211), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("--identity-passphrase-file"),
         "{}",
@@ -658,14 +639,9 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
 
     // A key the client does not authorise.
     let stranger = f.dir().join("stranger");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&stranger)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    keygen(&stranger, "");
     let out = run(&mut f.pull_with(&[OsStr::new("-i"), stranger.as_os_str()], &["--version"]));
-    assert_eq!(out.status.code(), Some(66), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(211), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("permission denied"),
         "{}",
@@ -678,23 +654,18 @@ fn rsa_ecdsa_and_encrypted_identities_log_in() {
 fn sigkill_mid_backup_then_next_pull_is_clean() {
     let f = Fixture::new(Sshd::start(), true);
     let data = big_dataset(&f);
-    let child = f
+    let mut child = f
         .pull(&[OsString::from("create"), "::killed".into(), data.clone().into()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    wait_for_borg_serve(&f, &mut child.0);
+        .spawn(f.dir().join("killed-pull.log"));
+    wait_for_borg_serve(&f, &mut child);
     std::thread::sleep(Duration::from_millis(300));
-    child.0.kill().unwrap(); // SIGKILL
-    child.0.wait().unwrap();
+    child.signal("KILL");
+    child.wait_exit();
 
-    // borg serve gets EOF from its dead parent and exits; sshd ends the client's session.
+    // borg serve gets EOF from its dead parent and exits; sshd ends the client's session, borg
+    // loses its relay and exits, and the run's watcher on the client removes its directory.
     f.assert_clean_processes_only();
-    let left_after_kill = f.sshd.tmpdir_entries();
-    assert!(left_after_kill.len() <= 1, "{left_after_kill:?}");
+    f.assert_private_dirs_removed();
 
     let out = run(&mut f.pull(&["create", "::after", data.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
@@ -702,16 +673,7 @@ fn sigkill_mid_backup_then_next_pull_is_clean() {
     assert!(out.status.success(), "borg check: {}", describe(&out));
     assert_eq!(archive_names(&f), vec![b"after".to_vec()]);
     f.assert_clean_processes_only();
-    // The killed run may leave its own private directory with at most a dead socket in it;
-    // the next run used (and removed) a fresh one.
-    assert_eq!(f.sshd.tmpdir_entries(), left_after_kill);
-    for dir in &left_after_kill {
-        let inside: Vec<String> = fs::read_dir(f.sshd.tmpdir.join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(inside.is_empty() || inside == ["borg.sock"], "{inside:?}");
-    }
+    f.assert_private_dirs_removed();
 }
 
 /// Enough incompressible data that a backup is still running when we interrupt it.
@@ -734,7 +696,7 @@ fn big_dataset(f: &Fixture) -> PathBuf {
 
 /// Waits until `borg serve` for this fixture's repository runs (the backup is under way) and
 /// checks that the passphrase is in no process's argv meanwhile.
-fn wait_for_borg_serve(f: &Fixture, pull: &mut Child) {
+fn wait_for_borg_serve(f: &Fixture, pull: &mut Spawned) {
     let repo = f.repo.as_os_str().as_bytes().to_vec();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -745,8 +707,9 @@ fn wait_for_borg_serve(f: &Fixture, pull: &mut Child) {
             return;
         }
         assert!(
-            pull.try_wait().unwrap().is_none(),
-            "pull ended before the backup started"
+            pull.is_running(),
+            "pull ended before the backup started:\n{}",
+            pull.report()
         );
         assert!(Instant::now() < deadline, "borg serve never started");
         std::thread::sleep(Duration::from_millis(50));
@@ -757,27 +720,14 @@ fn wait_for_borg_serve(f: &Fixture, pull: &mut Child) {
 fn sigint_stops_borg_on_the_client_and_cleans_up() {
     let f = Fixture::new(Sshd::start(), true);
     let data = big_dataset(&f);
-    let child = f
+    let mut child = f
         .pull(&[OsString::from("create"), "::interrupted".into(), data.into()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut child = KillOnDrop(child);
-    wait_for_borg_serve(&f, &mut child.0);
-    let st = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = wait_output(
-        std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()),
-        Duration::from_secs(60),
-    );
-    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
-    assert!(text(&out.stderr).contains("interrupted"), "{}", describe(&out));
+        .spawn(f.dir().join("interrupted-pull.log"));
+    wait_for_borg_serve(&f, &mut child);
+    child.signal("INT");
+    let status = child.wait_exit();
+    assert_eq!(status.code(), Some(202), "{}", child.report());
+    assert!(child.log().contains("interrupted"), "{}", child.report());
     f.assert_clean();
     let out = f.local_borg(&["check"]);
     assert!(out.status.success(), "borg check: {}", describe(&out));
@@ -816,13 +766,20 @@ fn descendants(pid: u32) -> Vec<u32> {
     found
 }
 
+/// Sends `sig` to `pid`, if it still exists.
+fn send_signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
 /// Sends SIGCONT to the stopped processes when dropped, whatever the test's outcome.
 struct Resume(Vec<u32>);
 
 impl Drop for Resume {
     fn drop(&mut self) {
         for pid in &self.0 {
-            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+            send_signal(*pid, rustix::process::Signal::CONT);
         }
     }
 }
@@ -835,30 +792,21 @@ fn dead_client_ends_the_run_within_the_keepalive_bound() {
         &["--keepalive", "1"],
         &[OsString::from("create"), "::dead".into(), data.into()],
     );
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    wait_for_borg_serve(&f, &mut child.0);
+    let mut child = cmd.spawn(f.dir().join("dead-client-pull.log"));
+    wait_for_borg_serve(&f, &mut child);
 
     // Freeze the client: its sshd session (and borg there) stops answering, TCP stays open.
     let session = descendants(f.sshd.pid());
     assert!(!session.is_empty());
     let resume = Resume(session.clone());
     for pid in &session {
-        let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+        send_signal(*pid, rustix::process::Signal::STOP);
     }
     let started = Instant::now();
-    let out = wait_output(
-        std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()),
-        Duration::from_secs(90),
-    );
+    let status = child.wait_exit();
     let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(74), "{}", describe(&out));
-    assert!(text(&out.stderr).contains("lost"), "{}", describe(&out));
+    assert_eq!(status.code(), Some(215), "{}", child.report());
+    assert!(child.log().contains("lost"), "{}", child.report());
     // 1 s interval, 3 unanswered keepalives: a few seconds, far below TCP's own timeouts.
     assert!(took < Duration::from_secs(30), "took {took:?}");
     // borg serve on this side was stopped by us, not left to the client.
@@ -872,17 +820,22 @@ fn dead_client_ends_the_run_within_the_keepalive_bound() {
     f.assert_clean_processes_only();
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 impl Fixture {
     /// Like [`Fixture::assert_clean`], but a dead socket directory may remain (SIGKILL).
+    /// The watcher each run starts on the client removes its directory within about a second of
+    /// borg's exit, whatever ended borg.
+    fn assert_private_dirs_removed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.sshd.tmpdir_entries().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "left on the client: {:?}",
+                self.sshd.tmpdir_entries()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn assert_clean_processes_only(&self) {
         let needle = self.dir().as_os_str().as_bytes().to_vec();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -898,12 +851,13 @@ impl Fixture {
 }
 
 #[test]
-fn bad_usage_exits_64_without_connecting() {
-    let out = run(Command::new(server_bin()).args(["pull", "--repo", "relative/repo", "h", "--", "list"]));
-    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
-    let out = run(Command::new(server_bin()).args(["pull", "--repo", "/r", "h"]));
-    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
-    let out = run(Command::new(server_bin()).args([
+fn bad_usage_exits_200_without_connecting() {
+    let out =
+        run(TestCommand::new(server_bin()).args(["pull", "--repo", "relative/repo", "h", "--", "list"]));
+    assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
+    let out = run(TestCommand::new(server_bin()).args(["pull", "--repo", "/r", "h"]));
+    assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
+    let out = run(TestCommand::new(server_bin()).args([
         "pull",
         "--repo",
         "/r",
@@ -913,5 +867,217 @@ fn bad_usage_exits_64_without_connecting() {
         "--",
         "list",
     ]));
-    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
+}
+
+/// Where `scripts/install-deps` puts borg 1.4 (`BORG_PULL_BORG14` overrides it).
+const BORG14_DEFAULT: &str = "/opt/borg-pull/venv-borg1.4/bin/borg";
+
+/// borg 1.4, the first with modern exit codes, for the client side; `None` (skip) when missing,
+/// a failure under BORG_PULL_REQUIRE_DEPS=1.
+fn borg14() -> Option<PathBuf> {
+    let path = std::env::var_os("BORG_PULL_BORG14")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(BORG14_DEFAULT));
+    let runs = fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+        && TestCommand::new(&path)
+            .arg("--version")
+            .output()
+            .stdout_text()
+            .starts_with("borg 1.4.");
+    if runs {
+        Some(path)
+    } else {
+        common::missing(&format!(
+            "borg 1.4 at {} (set BORG_PULL_BORG14, or run scripts/install-deps)",
+            path.display()
+        ));
+        None
+    }
+}
+
+#[test]
+fn borg_1_4_modern_exit_codes_pass_through_and_ours_stay_apart() {
+    let Some(borg14) = borg14() else {
+        return;
+    };
+    let f = Fixture::new(Sshd::start(), false);
+    let data = f.dir().join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("f"), b"x").unwrap();
+    // The server's borg 1.2 holds the repository's lock, as a concurrent backup or `check` would.
+    let lock = f
+        .local_borg_command(&[
+            OsStr::new("with-lock"),
+            f.repo.as_os_str(),
+            OsStr::new("sleep"),
+            OsStr::new("120"),
+        ])
+        .spawn(f.dir().join("lock.log"));
+    common::wait_until("borg with-lock to lock the repository", || {
+        f.repo.join("lock.exclusive").exists()
+    });
+    let modern = [
+        OsStr::new("--remote-borg"),
+        borg14.as_os_str(),
+        OsStr::new("--env"),
+        OsStr::new("BORG_EXIT_CODES=modern"),
+    ];
+    let create = |lock_wait: &str| -> Vec<OsString> {
+        vec![
+            "create".into(),
+            "--lock-wait".into(),
+            lock_wait.into(),
+            "::a".into(),
+            data.clone().into(),
+        ]
+    };
+
+    // borg 1.4's modern code for "lock timeout" is 73, which was our "cannot create" once:
+    // it passes through unchanged, and the message says whose it is.
+    let out = run(&mut f.pull_with(&modern, &create("1")));
+    assert_eq!(out.status.code(), Some(73), "{}", describe(&out));
+    let err = out.stderr_text();
+    assert!(
+        err.contains("Failed to create/acquire the lock"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        err.contains("borg on the client exited with 73 (borg's own code"),
+        "{}",
+        describe(&out)
+    );
+
+    // The same borg waiting for the lock when the client stops answering: our own code, outside
+    // borg's range.
+    let mut options = modern.to_vec();
+    options.extend([OsStr::new("--keepalive"), OsStr::new("1")]);
+    let mut pull = f
+        .pull_with(&options, &create("600"))
+        .spawn(f.dir().join("lost.log"));
+    wait_for_borg_serve(&f, &mut pull);
+    let session = descendants(f.sshd.pid());
+    let resume = Resume(session.clone());
+    for pid in &session {
+        send_signal(*pid, rustix::process::Signal::STOP);
+    }
+    let status = pull.wait_exit();
+    assert_eq!(status.code(), Some(215), "{}", pull.report());
+    assert!(pull.log().contains("lost"), "{}", pull.report());
+    drop(resume);
+
+    // Without the lock, borg 1.4 on the client works with borg 1.2's `borg serve` here.
+    drop(lock); // SIGKILL: the lock stays behind until broken.
+    assert_ok(&f.local_borg(&["break-lock"]), "borg break-lock");
+    let out = run(&mut f.pull_with(&modern, &create("10")));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(archive_names(&f), vec![b"a".to_vec()]);
+    f.assert_clean_processes_only();
+}
+
+#[test]
+fn second_sigint_ends_the_pull_at_once() {
+    let f = Fixture::new(Sshd::start(), false);
+    let started = f.client_base.join("started");
+    // A client command that ignores SIGINT, so the first signal's grace period would run out in
+    // full (5 s) before clean-up even starts.
+    let script = format!("trap '' INT TERM; : > '{}'; sleep 15", started.display());
+    let mut pull = f
+        .pull_with(&["--remote-borg", "/bin/sh"], &["-c", script.as_str()])
+        .spawn(f.dir().join("twice.log"));
+    common::wait_until("the client command to start", || started.exists());
+    pull.signal("INT");
+    pull.wait_for_log("SIGINT received");
+    let second = Instant::now();
+    pull.signal("INT");
+    let status = pull.wait_exit();
+    let took = second.elapsed();
+    assert_eq!(status.code(), Some(202), "{}", pull.report());
+    assert!(took < Duration::from_secs(3), "took {took:?}: {}", pull.report());
+    assert!(pull.log().contains("interrupted twice"), "{}", pull.report());
+}
+
+#[test]
+fn max_runtime_stops_borg_cleans_up_and_exits_217() {
+    let f = Fixture::new(Sshd::start(), false);
+    let started = Instant::now();
+    let out = run(&mut f.pull_with(
+        &["--remote-borg", "/bin/sh", "--max-runtime", "2s"],
+        &["-c", "sleep 60"],
+    ));
+    assert_eq!(out.status.code(), Some(217), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("maximum run time of 2 s") && text(&out.stderr).contains("--max-runtime"),
+        "{}",
+        describe(&out)
+    );
+    // 2 s, then SIGINT and its grace period at most: far from the 60 s the client wanted.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    f.assert_clean_processes_only();
+    f.assert_private_dirs_removed();
+    let out = run(TestCommand::new(server_bin()).args([
+        "pull",
+        "--max-runtime",
+        "0",
+        "--repo",
+        "/r",
+        "h",
+        "--",
+        "list",
+    ]));
+    assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
+}
+
+#[test]
+fn a_relay_behind_an_unsearchable_directory_is_told_from_a_missing_one() {
+    let f = Fixture::new(Sshd::start(), false);
+    // Mode 000: not searchable by the login user, whether it is us or the unprivileged test user.
+    let closed = f.dir().join("closed");
+    fs::create_dir(&closed).unwrap();
+    fs::copy(&f.relay, closed.join("borg-pull-relay")).unwrap();
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o000)).unwrap();
+    let relay = closed.join("borg-pull-relay");
+    let out = run(&mut f.pull_with(&[OsStr::new("--relay"), relay.as_os_str()], &["list"]));
+    assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
+    let expected = format!("directory {} is not searchable by user", closed.display());
+    assert!(text(&out.stderr).contains(&expected), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("--relay"), "{}", describe(&out));
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
+    f.assert_clean();
+}
+
+#[test]
+fn storage_quota_stops_a_pull_that_would_exceed_it() {
+    let f = Fixture::new(Sshd::start(), false);
+    let small = f.dir().join("small");
+    fs::create_dir(&small).unwrap();
+    fs::write(small.join("a.txt"), b"fits easily\n").unwrap();
+    let quota = ["--storage-quota", "10M"];
+    let out = run(&mut f.pull_with(&quota, &["create", "::small", small.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    // 48 MiB of incompressible data against a 10 MB quota: borg serve refuses it, borg says so.
+    let data = big_dataset(&f);
+    let out = run(&mut f.pull_with(&quota, &["create", "::big", data.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("storage quota"), "{}", describe(&out));
+    assert_eq!(archive_names(&f), vec![b"small".to_vec()]);
+    f.assert_clean_processes_only();
+
+    let out = run(TestCommand::new(server_bin()).args([
+        "pull",
+        "--storage-quota",
+        "9M",
+        "--repo",
+        "/r",
+        "h",
+        "--",
+        "list",
+    ]));
+    assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
 }

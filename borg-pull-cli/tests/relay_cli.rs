@@ -1,44 +1,26 @@
 //! The real `borg-pull-relay` binary: exit codes and the one-line errors, byte-exact relaying with
 //! the argv borg appends, and real borg through it.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
-use std::time::Duration;
+
+use common::{Outcome, TestCommand};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_borg-pull-relay");
-/// Upper bound for one command (borg commands included); a hang fails the test.
-const DEADLINE: Duration = Duration::from_secs(120);
 
-/// Runs `command` with `stdin` fed on a thread, failing the test if it outlives the deadline.
-fn run(mut command: Command, stdin: Vec<u8>) -> Output {
-    let described = format!("{command:?}");
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {described}: {e}"));
-    let mut input = child.stdin.take().unwrap();
-    thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let (done, output) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    match output.recv_timeout(DEADLINE) {
-        Ok(output) => output.unwrap(),
-        Err(_) => panic!("{described} did not finish within {DEADLINE:?}"),
-    }
+/// Runs `command` with `stdin` fed on a thread, failing the test if it outlives its deadline.
+fn run(mut command: TestCommand, stdin: Vec<u8>) -> Outcome {
+    command.stdin(stdin).output()
 }
 
-fn relay(socket: &Path, ssh_args: &[&str]) -> Command {
-    let mut command = Command::new(RELAY);
+fn relay(socket: &Path, ssh_args: &[&str]) -> TestCommand {
+    let mut command = TestCommand::new(RELAY);
     command
         .arg("--socket")
         .arg(socket)
@@ -47,7 +29,7 @@ fn relay(socket: &Path, ssh_args: &[&str]) -> Command {
     command
 }
 
-fn stderr_lines(output: &Output) -> Vec<String> {
+fn stderr_lines(output: &Outcome) -> Vec<String> {
     String::from_utf8_lossy(&output.stderr)
         .lines()
         .map(str::to_owned)
@@ -55,7 +37,7 @@ fn stderr_lines(output: &Output) -> Vec<String> {
 }
 
 /// A failed connection: exit 255 (as ssh), nothing on stdout, one stderr line naming the socket.
-fn assert_one_line_failure(output: &Output, socket: &Path, hint: &str) {
+fn assert_one_line_failure(output: &Outcome, socket: &Path, hint: &str) {
     let lines = stderr_lines(output);
     assert_eq!(output.status.code(), Some(255), "stderr: {lines:?}");
     assert!(
@@ -154,7 +136,7 @@ fn socket_from_env_and_borg_2_argv() {
     let server = serve_once(&socket, |request| {
         format!("{} bytes\n", request.len()).into_bytes()
     });
-    let mut command = Command::new(RELAY);
+    let mut command = TestCommand::new(RELAY);
     command.args(["host", "borg", "serve", "--rest", "--backend", "FILE:/srv/repo"]);
     command.env("BORG_PULL_SOCKET", &socket);
     let output = run(command, b"hello".to_vec());
@@ -197,22 +179,6 @@ fn server_closing_early_ends_the_relay_cleanly() {
     assert_eq!(output.stdout, b"bye");
 }
 
-/// `borg`, or `None` when it is missing and the test may be skipped.
-fn borg_or_skip(test: &str) -> Option<()> {
-    let found = Command::new("borg")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("BORG_PULL_REQUIRE_DEPS").is_none_or(|v| v != "1"),
-            "borg is not installed but BORG_PULL_REQUIRE_DEPS=1"
-        );
-        eprintln!("note: {test} skipped: borg is not installed");
-    }
-    found.then_some(())
-}
-
 /// A stand-in for borg-pull-server: one `borg serve --restrict-to-repo REPO` per connection, with
 /// the connection as its stdin and stdout.
 fn borg_serve_listener(socket: &Path, repo: &Path, env: Vec<(&'static str, PathBuf)>) {
@@ -237,7 +203,7 @@ fn borg_serve_listener(socket: &Path, repo: &Path, env: Vec<(&'static str, PathB
 
 #[test]
 fn real_borg_init_create_list_through_the_relay() {
-    if borg_or_skip("real_borg_init_create_list_through_the_relay").is_none() {
+    if !common::require_tool("borg") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -254,7 +220,7 @@ fn real_borg_init_create_list_through_the_relay() {
     borg_serve_listener(&socket, &repo, env.clone());
     let url = format!("ssh://borg-server{}", repo.display());
     let borg = |args: &[&str]| {
-        let mut command = Command::new("borg");
+        let mut command = TestCommand::new("borg");
         command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -263,9 +229,8 @@ fn real_borg_init_create_list_through_the_relay() {
             .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
             .current_dir(dir.path());
         let output = run(command, Vec::new());
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(output.status.success(), "borg {args:?} failed: {stderr}");
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        common::assert_ok(&output, &format!("borg {args:?}"));
+        output.stdout_text()
     };
     borg(&["init", "-e", "none", &url]);
     borg(&["create", &format!("{url}::first"), "data"]);

@@ -11,8 +11,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in borg-pull-core.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `borg` (or the program given with `--borg`) could not be started.
-    #[error("cannot start {program:?} serve: {source} (is borgbackup installed? pass --borg PATH)")]
+    /// `borg` (or the configured borg program) could not be started.
+    #[error("cannot start {program:?} serve: {source} (is borgbackup installed?)")]
     SpawnBorg {
         /// The program we tried to run.
         program: PathBuf,
@@ -26,6 +26,14 @@ pub enum Error {
     RepoNotAbsolute {
         /// The path as given.
         path: PathBuf,
+    },
+    /// A storage quota borg would not accept (or would read differently).
+    #[error("storage quota {value:?} is invalid: {reason}")]
+    StorageQuotaInvalid {
+        /// The quota as given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// I/O on a `borg serve` child's pipes failed.
     #[error("relaying to borg serve failed: {0}")]
@@ -54,8 +62,8 @@ pub enum Error {
     },
     /// Creating, inspecting or fixing the socket's directory failed.
     #[error(
-        "cannot prepare socket directory {dir:?}: {source} (the user running borg-pull-server must be \
-         able to create it and read its attributes)"
+        "cannot prepare socket directory {dir:?}: {source} (this process's user must be able to \
+         create it and read its attributes)"
     )]
     SocketDirIo {
         /// The socket's directory.
@@ -68,6 +76,35 @@ pub enum Error {
     SocketDirNotDirectory {
         /// The offending path.
         dir: PathBuf,
+    },
+    /// The socket's directory is a symbolic link, which could be repointed after our checks.
+    #[error(
+        "socket directory {dir:?} is a symbolic link; refusing to follow it (use the directory it points to)"
+    )]
+    SocketDirSymlink {
+        /// The socket's directory as given.
+        dir: PathBuf,
+    },
+    /// A directory above the socket's directory would let another user swap it (OpenSSH's
+    /// `safe_path` rule: every ancestor owned by root or us and not writable by others, unless sticky).
+    #[error(
+        "socket directory {dir:?} is not safe: {ancestor:?} above it {problem} (owner uid {owner}, \
+         mode {mode:04o}), so another user could replace the directory; every directory above the \
+         socket must belong to root or uid {uid} and not be writable by group or others (unless sticky, like /tmp)"
+    )]
+    SocketDirAncestorUnsafe {
+        /// The socket's directory as given.
+        dir: PathBuf,
+        /// The offending directory above it (resolved path).
+        ancestor: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// Our effective uid.
+        uid: u32,
+        /// What is wrong with it.
+        problem: &'static str,
     },
     /// Group or others may write to the socket's directory, so they could replace the socket.
     #[error(
@@ -84,7 +121,7 @@ pub enum Error {
     },
     /// The socket's directory belongs to another user, who could replace the socket.
     #[error(
-        "socket directory {dir:?} belongs to uid {owner}, not to uid {uid} running borg-pull-server \
+        "socket directory {dir:?} belongs to uid {owner}, not to uid {uid} of this process \
          (run `chown {uid} {dir_display}`, or pick a directory of your own)"
     )]
     SocketDirNotOwned {
@@ -99,15 +136,15 @@ pub enum Error {
     },
     /// Another process is listening on the socket: never take it over.
     #[error(
-        "socket {path:?} is in use: another listener answers on it (stop that borg-pull-server or \
-         socat first, or choose another --socket)"
+        "socket {path:?} is in use: another listener answers on it or holds its lock file (stop that \
+         listener first)"
     )]
     SocketInUse {
         /// The socket path.
         path: PathBuf,
     },
     /// Something other than a socket exists at the socket path: never delete it.
-    #[error("cannot listen on {path:?}: a {kind} is in the way (move it away or choose another --socket)")]
+    #[error("cannot listen on {path:?}: a {kind} is in the way (move it away)")]
     SocketPathOccupied {
         /// The socket path.
         path: PathBuf,
@@ -123,10 +160,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Binding the socket or setting its mode failed.
-    #[error(
-        "cannot listen on socket {path:?}: {source} (its directory must belong to the user running \
-         borg-pull-server)"
-    )]
+    #[error("cannot listen on socket {path:?}: {source} (its directory must belong to this process's user)")]
     SocketBind {
         /// The socket path.
         path: PathBuf,
@@ -135,7 +169,7 @@ pub enum Error {
     },
     /// `LISTEN_FDS` was set but the inherited file descriptor is not a UNIX stream listener.
     #[error(
-        "systemd passed a socket (LISTEN_FDS) that borg-pull-server cannot accept connections on: \
+        "systemd passed a socket (LISTEN_FDS) that this server cannot accept connections on: \
          {source} (the .socket unit needs ListenStream=/path/to.sock and Accept=no)"
     )]
     SystemdSocket {
@@ -143,7 +177,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The borg program is not on `PATH` or not executable.
-    #[error("cannot find borg program {program:?} (is borgbackup installed? pass --borg /path/to/borg)")]
+    #[error("cannot find borg program {program:?} (is borgbackup installed?)")]
     BorgNotFound {
         /// The program as configured.
         program: PathBuf,
@@ -183,7 +217,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// The path exists but is not a UNIX socket.
-    #[error("cannot connect to {path:?}: not a socket (point --socket / BORG_PULL_SOCKET at the listener's socket)")]
+    #[error("cannot connect to {path:?}: not a socket")]
     NotASocket {
         /// The path.
         path: PathBuf,

@@ -58,3 +58,11 @@ pub const RELAY_PIPE_SIZE: usize = 1024 * 1024;
 /// Clients beyond `--max-connections` wait here until a session ends; 128 (the traditional
 /// SOMAXCONN, and what std's `UnixListener::bind` used) is far more than borg clients ever queue.
 pub const LISTEN_BACKLOG: i32 = 128;
+
+/// Longest line of someone else's output we log (`borg serve`'s stderr); the rest is dropped and
+/// counted (`… [N bytes cut]`).
+///
+/// borg's own messages, tracebacks included, come one line at a time and far below this; 4 KiB
+/// keeps a full path or error in view while a program writing megabytes without a newline costs
+/// us 4 KiB, not its output's size.
+pub const LOG_LINE_MAX: usize = 4 * 1024;

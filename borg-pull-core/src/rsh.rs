@@ -29,40 +29,53 @@ const OPTIONS_WITH_ARGUMENT: &str = "BbcDEeFIiJLlmOoPpQRSWw";
 pub struct RshArgs {
     /// The destination host without user and port; `None` when no destination was given.
     pub host: Option<String>,
-    /// The user from `user@host`, `-l user` or an `ssh://` destination (the last one wins, as in ssh).
+    /// The user from `-l user`, `user@host` or an `ssh://` destination (the first `-l` wins, then
+    /// the destination, as in ssh).
     pub user: Option<String>,
-    /// The port from `-p PORT` or an `ssh://host:PORT` destination.
+    /// The port from `-p PORT` (the first one) or else an `ssh://host:PORT` destination.
     pub port: Option<u16>,
-    /// Everything after the destination: the command borg wants run remotely.
+    /// Everything after the destination and any options following it: the command borg wants run
+    /// remotely.
     pub remote_command: Vec<OsString>,
     /// ssh options that were accepted and ignored, each as one string (`-o X=Y`, `-4`, `-i F`).
     pub ignored_options: Vec<String>,
 }
 
 impl RshArgs {
-    /// Parses the arguments that follow the relay's own options.
+    /// Parses the arguments that follow the relay's own options, as ssh(1) does: options, the
+    /// destination, more options (ssh reads options after the destination too, up to the first
+    /// word that is not one, unless `--` came before the destination), then the remote command.
+    /// The first `-p` and `-l` win, and beat a port or user in the destination.
     ///
-    /// Fails only where ssh itself would refuse the argv: an option missing its argument, or a port
-    /// that is not a number in 1..=65535.
+    /// Fails only where ssh itself would refuse the argv: an option missing its argument, a port
+    /// that is not a number in 1..=65535, or a destination `@host` with an empty user.
     pub fn parse<I, T>(args: I) -> Result<RshArgs>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString>,
     {
         let mut parsed = RshArgs::default();
-        let mut args = args.into_iter().map(Into::into);
-        while let Some(arg) = args.next() {
+        let mut args = args.into_iter().map(Into::into).peekable();
+        let mut have_destination = false;
+        while let Some(arg) = args.peek() {
             let text = arg.to_string_lossy().into_owned();
             if text == "--" {
-                if let Some(destination) = args.next() {
-                    parsed.set_destination(&destination)?;
+                args.next();
+                if !have_destination {
+                    if let Some(destination) = args.next() {
+                        parsed.set_destination(&destination)?;
+                    }
                 }
                 break;
             }
             if text.len() > 1 && text.starts_with('-') {
+                args.next();
                 parsed.option(&text, &mut args)?;
+            } else if !have_destination {
+                let destination = args.next().expect("peeked");
+                parsed.set_destination(&destination)?;
+                have_destination = true;
             } else {
-                parsed.set_destination(&arg)?;
                 break;
             }
         }
@@ -99,9 +112,10 @@ impl RshArgs {
     }
 
     fn option_with_value(&mut self, flags: &str, letter: char, value: String) -> Result<()> {
+        // ssh keeps the first -p and -l and ignores later ones (without checking them).
         match letter {
-            'p' => self.port = Some(parse_port(&value)?),
-            'l' => self.user = Some(value.clone()),
+            'p' if self.port.is_none() => self.port = Some(parse_port(&value)?),
+            'l' if self.user.is_none() => self.user = Some(value.clone()),
             _ => {}
         }
         self.ignored_options.push(format!("{flags} {value}"));
@@ -116,15 +130,24 @@ impl RshArgs {
             None => (false, &*destination),
         };
         let host = match rest.rsplit_once('@') {
+            Some(("", _)) if !uri => {
+                return Err(Error::RshArgs {
+                    arg: destination.to_string(),
+                    reason: "the destination has an empty user name before '@'".into(),
+                })
+            }
             Some((user, host)) => {
-                self.user = Some(user.to_owned());
+                // An earlier `-l` wins, as in ssh.
+                self.user.get_or_insert_with(|| user.to_owned());
                 host
             }
             None => rest,
         };
         let host = match host.rsplit_once(':').filter(|_| uri && !host.ends_with(']')) {
             Some((host, port)) => {
-                self.port = Some(parse_port(port)?);
+                // Checked even when an earlier `-p` wins, as ssh checks the URI.
+                let port = parse_port(port)?;
+                self.port.get_or_insert(port);
                 host
             }
             None => host,
@@ -185,7 +208,14 @@ mod tests {
         (&["-oBatchMode=yes", "-o", "X=Y", "-4", "-C", "-v", "h", "borg"], None, Some("h"), None, &["borg"]),
         (&["-l", "alice", "h", "borg"], Some("alice"), Some("h"), None, &["borg"]),
         (&["-4Cvp2200", "h"], None, Some("h"), Some(2200), &[]),
-        (&["-Cp", "2201", "h", "-p", "9"], None, Some("h"), Some(2201), &["-p", "9"]),
+        // ssh reads options after the destination too (up to the first non-option); the first -p wins.
+        (&["-Cp", "2201", "h", "-p", "9"], None, Some("h"), Some(2201), &[]),
+        (&["h", "-p", "9", "-l", "u", "borg", "-p", "1"], Some("u"), Some("h"), Some(9), &["borg", "-p", "1"]),
+        (&["--", "h", "-p", "9"], None, Some("h"), None, &["-p", "9"]),
+        (&["h", "--", "-p", "9"], None, Some("h"), None, &["-p", "9"]),
+        // The first -l beats user@; the first -p beats a later one and the URI's port.
+        (&["-l", "alice", "bob@h", "borg"], Some("alice"), Some("h"), None, &["borg"]),
+        (&["-p", "2200", "-p", "junk", "ssh://bob@h:2022", "borg"], Some("bob"), Some("h"), Some(2200), &["borg"]),
         (&["-o", "Port=1", "--", "-weird-host", "borg"], None, Some("-weird-host"), None, &["borg"]),
         (&["ssh://bob@h:2022", "borg"], Some("bob"), Some("h"), Some(2022), &["borg"]),
         (&["ssh://[::1]:2022/", "borg"], None, Some("::1"), Some(2022), &["borg"]),
@@ -218,6 +248,9 @@ mod tests {
             &["-p", "0", "h"],
             &["ssh://h:99999"],
             &["-o"],
+            &["h", "-p"],
+            &["h", "-p", "x", "borg"],
+            &["@h", "borg"],
         ] {
             let err = RshArgs::parse(argv.iter()).expect_err(&format!("{argv:?} must fail"));
             assert!(matches!(err, Error::RshArgs { .. }), "{argv:?}: {err}");
@@ -228,7 +261,10 @@ mod tests {
     fn remote_command_is_kept_byte_exact() {
         use std::os::unix::ffi::OsStringExt;
         let odd = OsString::from_vec(vec![b'-', 0xff, b' ', b';']);
-        let rsh = RshArgs::parse([OsString::from("h"), odd.clone()]).unwrap();
+        let rsh = RshArgs::parse([OsString::from("h"), "borg".into(), odd.clone()]).unwrap();
+        assert_eq!(rsh.remote_command, [OsString::from("borg"), odd.clone()]);
+        // Right after the destination ssh would read it as options; after `--` it is command.
+        let rsh = RshArgs::parse([OsString::from("h"), "--".into(), odd.clone()]).unwrap();
         assert_eq!(rsh.remote_command, [odd]);
     }
 }

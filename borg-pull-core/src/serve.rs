@@ -11,12 +11,13 @@ use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::limits::{SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
+use crate::limits::{LOG_LINE_MAX, SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
+use crate::text::BoundedLines;
 use crate::{Error, Result};
 
 /// How the server runs `borg serve` for every connection. Fixed by the server's operator.
@@ -28,6 +29,10 @@ pub struct ServeConfig {
     pub repo: PathBuf,
     /// Let clients delete and prune (omits `--append-only`). Off by default.
     pub allow_delete: bool,
+    /// borg serve's `--storage-quota` (e.g. `5G`, `1.5T`): the most the repository may hold, so a
+    /// client cannot fill the server's disk. Checked by [`parse_storage_quota`] before borg serve
+    /// is started. `None`: no quota beyond the repository's own.
+    pub storage_quota: Option<String>,
 }
 
 /// What one bridged `borg serve` session did.
@@ -58,14 +63,28 @@ impl ServeConfig {
             borg: PathBuf::from("borg"),
             repo,
             allow_delete: false,
+            storage_quota: None,
         })
     }
 
     /// The arguments after the program name: exactly what the server allows, nothing from clients.
+    ///
+    /// ```
+    /// let mut config = borg_pull_core::ServeConfig::new("/srv/borg/client1").unwrap();
+    /// config.storage_quota = Some("50G".into());
+    /// assert_eq!(
+    ///     config.args(),
+    ///     ["serve", "--append-only", "--storage-quota", "50G", "--restrict-to-repo", "/srv/borg/client1"]
+    /// );
+    /// ```
     pub fn args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["serve".into()];
         if !self.allow_delete {
             args.push("--append-only".into());
+        }
+        if let Some(quota) = &self.storage_quota {
+            args.push("--storage-quota".into());
+            args.push(quota.into());
         }
         args.push("--restrict-to-repo".into());
         args.push(self.repo.clone().into());
@@ -100,26 +119,127 @@ impl ServeConfig {
             .ok_or_else(not_found)
     }
 
-    fn command(&self) -> Command {
+    /// The `borg serve` command, if the configuration is valid.
+    fn command(&self) -> Result<Command> {
+        if let Some(quota) = &self.storage_quota {
+            parse_storage_quota(quota)?;
+        }
         let mut cmd = Command::new(&self.borg);
         cmd.args(self.args())
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(name, _)| passed_to_serve(name)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Socket activation variables are for us, never for borg serve.
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDNAMES")
             .kill_on_drop(true);
-        cmd
+        Ok(cmd)
     }
+}
+
+/// The smallest quota borg accepts (`parse_storage_quota` in borg 1.2's archiver.py: "At least 10M
+/// are required").
+const MIN_STORAGE_QUOTA: u64 = 10_000_000;
+
+/// Checks a storage quota the way borg 1.2 parses it, returning it in bytes: a decimal number
+/// with an optional fraction and an optional suffix `K`, `M`, `G`, `T` or `P` (powers of 1000), at
+/// least `10M`.
+///
+/// Stricter than borg's `float()` (no signs, exponents, spaces, `inf`), so that whatever passes
+/// here means the same to borg.
+///
+/// ```
+/// use borg_pull_core::serve::parse_storage_quota;
+/// assert_eq!(parse_storage_quota("10M").unwrap(), 10_000_000);
+/// assert_eq!(parse_storage_quota("1.5T").unwrap(), 1_500_000_000_000);
+/// assert!(parse_storage_quota("9M").is_err());
+/// assert!(parse_storage_quota("5 G").is_err());
+/// ```
+pub fn parse_storage_quota(quota: &str) -> Result<u64> {
+    let invalid = |reason| Error::StorageQuotaInvalid {
+        value: quota.to_owned(),
+        reason,
+    };
+    let (number, factor) = match quota.as_bytes().last() {
+        Some(b'K') => (&quota[..quota.len() - 1], 1e3),
+        Some(b'M') => (&quota[..quota.len() - 1], 1e6),
+        Some(b'G') => (&quota[..quota.len() - 1], 1e9),
+        Some(b'T') => (&quota[..quota.len() - 1], 1e12),
+        Some(b'P') => (&quota[..quota.len() - 1], 1e15),
+        _ => (quota, 1.0),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty()
+        || !digits(whole)
+        || !digits(fraction)
+        || (number.contains('.') && fraction.is_empty())
+    {
+        return Err(invalid(
+            "expected a number with an optional K, M, G, T or P suffix, like 500G or 1.5T",
+        ));
+    }
+    let value: f64 = number.parse().map_err(|_| invalid("not a number"))?;
+    // As borg computes it: int(float(number) * factor).
+    let bytes = value * factor;
+    if bytes >= 2f64.powi(63) {
+        return Err(invalid("too large"));
+    }
+    let bytes = bytes as u64;
+    if bytes < MIN_STORAGE_QUOTA {
+        return Err(invalid("borg requires at least 10M"));
+    }
+    Ok(bytes)
+}
+
+/// Whether the environment variable `name` of this process is passed on to `borg serve`.
+///
+/// An allowlist, because borg serve needs almost nothing and the server's environment may hold
+/// secrets meant for other work (`BORG_PASSPHRASE`, `BORG_PASSCOMMAND`, `BORG_PULL_IDENTITY_PASSPHRASE`,
+/// an ssh `SSH_ORIGINAL_COMMAND`), settings that would change what borg serve may do
+/// (`BORG_REPO_PERMISSIONS`, `BORG_RSH`, `PYTHONPATH`, `LD_PRELOAD`), or our own socket-activation
+/// variables (`LISTEN_*`). Passed:
+///
+/// - `PATH`, `HOME`, `USER`, `LOGNAME`, `TMPDIR`: where borg serve finds programs, its home and
+///   temporary files;
+/// - `LANG`, `LANGUAGE`, `LC_*`, `TZ`: how it decodes file names and formats times and messages;
+/// - `BORG_BASE_DIR`, `BORG_CONFIG_DIR`, `BORG_CACHE_DIR`, `BORG_SECURITY_DIR`, `BORG_KEYS_DIR`:
+///   where borg keeps its files (paths, not secrets; a repository server rarely uses them, but a
+///   borg that cannot find its config dir complains);
+/// - `BORG_HOST_ID`: identifies this host in the repository lock, which stale-lock detection
+///   relies on (containers set it).
+///
+/// Not passed, on purpose: `BORG_LOGGING_CONF` makes borg load a Python logging configuration,
+/// which may instantiate arbitrary classes; borg serve's stderr is logged by us anyway.
+pub fn passed_to_serve(name: &std::ffi::OsStr) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "BORG_BASE_DIR",
+        "BORG_CONFIG_DIR",
+        "BORG_CACHE_DIR",
+        "BORG_SECURITY_DIR",
+        "BORG_KEYS_DIR",
+        "BORG_HOST_ID",
+    ];
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    EXACT.contains(&name) || (name.starts_with("LC_") && name.len() > 3)
 }
 
 /// Runs one `borg serve` for `stream` and relays between them until both directions are done.
 ///
+/// borg serve gets only the environment variables [`passed_to_serve`] allows.
+///
 /// The child is killed and reaped on every path out: a clean end (after [`SERVE_EXIT_GRACE`]),
 /// a relay error, or `cancel` (stdin closed first, killed after [`SERVE_CANCEL_GRACE`]). Its stderr
-/// is logged line by line, since it cannot cross the socket.
+/// is logged line by line (escaped, each line bounded), since it cannot cross the socket.
 pub async fn serve_stream<S>(
     config: &ServeConfig,
     mut stream: S,
@@ -128,7 +248,7 @@ pub async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut child = config.command().spawn().map_err(|source| Error::SpawnBorg {
+    let mut child = config.command()?.spawn().map_err(|source| Error::SpawnBorg {
         program: config.borg.clone(),
         source,
     })?;
@@ -189,10 +309,21 @@ fn log_exit(status: ExitStatus) {
     }
 }
 
+/// Logs borg serve's stderr, escaped and cut to [`LOG_LINE_MAX`] bytes a line, until EOF.
+///
+/// Reading on whatever arrives matters: if we stopped, borg serve's next write to stderr would get
+/// EPIPE and it would die mid-session.
 async fn log_lines(stderr: impl AsyncRead + Unpin) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        info!(target: "borg_serve", "{line}");
+    let mut lines = BoundedLines::new(stderr, LOG_LINE_MAX);
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => info!(target: "borg_serve", "{line}"),
+            Ok(None) => return,
+            Err(e) => {
+                warn!("cannot read borg serve's stderr any more: {e}");
+                return;
+            }
+        }
     }
 }
 
@@ -259,8 +390,139 @@ mod tests {
         for bad in ["", "no-such-borg-xyz", "/nonexistent/borg", plain, "/"] {
             let err = with_borg(bad).find_program().unwrap_err();
             assert!(matches!(err, Error::BorgNotFound { .. }), "{bad}: {err}");
-            assert!(err.to_string().contains("--borg"), "{err}");
+            // The flag that sets the program is the binary's to name, not the library's.
+            assert!(!err.to_string().contains("--borg"), "{err}");
         }
+    }
+
+    #[test]
+    fn only_allowlisted_variables_reach_borg_serve() {
+        use std::ffi::OsStr;
+        for passed in [
+            "PATH",
+            "HOME",
+            "LANG",
+            "LC_ALL",
+            "LC_CTYPE",
+            "TZ",
+            "BORG_BASE_DIR",
+            "BORG_HOST_ID",
+        ] {
+            assert!(passed_to_serve(OsStr::new(passed)), "{passed}");
+        }
+        for secret in [
+            "BORG_PASSPHRASE",
+            "BORG_PASSCOMMAND",
+            "BORG_PASSPHRASE_FD",
+            "BORG_NEW_PASSPHRASE",
+            "BORG_PULL_IDENTITY_PASSPHRASE",
+            "SSH_ORIGINAL_COMMAND",
+            "BORG_REPO_PERMISSIONS",
+            "BORG_RSH",
+            "BORG_LOGGING_CONF",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LD_PRELOAD",
+            "PYTHONPATH",
+            "LC_",
+            "path",
+            "PATH2",
+        ] {
+            assert!(!passed_to_serve(OsStr::new(secret)), "{secret}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stderr_with_invalid_utf8_is_read_to_the_end() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("all-written");
+        let script = dir.path().join("fake-borg");
+        // Invalid UTF-8, then far more than a pipe holds: if we stopped reading, the writes would
+        // fail (EPIPE; sh dies of SIGPIPE) and the marker would never appear.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nprintf 'bad \\377\\376\\n' >&2\n\
+                 i=0; while [ $i -lt 3000 ]; do echo \"line $i of a long complaint on stderr ......................................\" >&2; i=$((i+1)); done\n\
+                 touch '{}'\nexec cat\n",
+                marker.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let config = with_borg(script.to_str().unwrap());
+        let (mut client, server) = tokio::io::duplex(1024);
+        let session =
+            tokio::spawn(async move { serve_stream(&config, server, CancellationToken::new()).await });
+        let start = std::time::Instant::now();
+        while !marker.exists() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "the fake borg's stderr writes failed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        client.write_all(b"still alive").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut echoed = Vec::new();
+        client.read_to_end(&mut echoed).await.unwrap();
+        assert_eq!(echoed, b"still alive");
+        let outcome = session.await.unwrap().unwrap();
+        assert!(outcome.status.is_some_and(|s| s.success()), "{outcome:?}");
+    }
+
+    #[test]
+    fn storage_quota_follows_borgs_rules() {
+        for (quota, bytes) in [
+            ("10M", 10_000_000),
+            ("10000000", 10_000_000),
+            ("0.01G", 10_000_000),
+            ("500G", 500_000_000_000),
+            ("1.5T", 1_500_000_000_000),
+            ("2P", 2_000_000_000_000_000),
+            ("10000K", 10_000_000),
+        ] {
+            assert_eq!(parse_storage_quota(quota).unwrap(), bytes, "{quota}");
+        }
+        for bad in [
+            "",
+            "M",
+            "9M",
+            "9999999",
+            "-20G",
+            "+20G",
+            "1e9",
+            "inf",
+            "nan",
+            " 20G",
+            "20 G",
+            "20g",
+            "20GB",
+            "1..5T",
+            "1.T",
+            ".5T",
+            "5Gi",
+            "99999999999999999999P",
+        ] {
+            let err = parse_storage_quota(bad).unwrap_err();
+            assert!(matches!(err, Error::StorageQuotaInvalid { .. }), "{bad}: {err}");
+        }
+        assert!(parse_storage_quota("9M")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 10M"));
+    }
+
+    #[tokio::test]
+    async fn invalid_storage_quota_never_reaches_borg() {
+        let mut config = with_borg("/nonexistent/borg");
+        config.storage_quota = Some("1M; rm -rf /".into());
+        let (_client, server) = tokio::io::duplex(64);
+        let err = serve_stream(&config, server, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::StorageQuotaInvalid { .. }), "{err}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use borg_pull_tunnel::pull::{pull, Passphrase, PullOptions};
+use borg_pull_tunnel::pull::{pull, PullEnv, PullOptions};
+use borg_pull_tunnel::secret::Passphrase;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -32,14 +33,15 @@ async fn main() -> ExitCode {
 
 async fn run(args: Vec<OsString>) -> borg_pull_tunnel::Result<i32> {
     let text = |i: usize| args[i].to_string_lossy().into_owned();
-    let mut options = PullOptions::new(&text(0), &args[5], args[6..].to_vec())?;
+    let env = PullEnv::from_process();
+    let mut options = PullOptions::with_env(&text(0), &args[5], args[6..].to_vec(), &env)?;
     options.session.port = text(1)
         .parse()
         .map_err(|_| borg_pull_tunnel::Error::InvalidOption(format!("bad port {:?}", text(1))))?;
     options.session.identity = Some(args[2].clone().into());
     options.session.known_hosts = args[3].clone().into();
     options.relay = args[4].clone();
-    options.passphrase = Passphrase::from_sources(None).await?;
+    options.passphrase = Passphrase::from_sources(&env.secret_sources(None)).await?;
 
     let cancel = options.cancel.clone();
     tokio::spawn(async move {

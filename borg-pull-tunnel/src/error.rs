@@ -112,8 +112,8 @@ pub enum Error {
     /// The host is not in known_hosts (and `--accept-new-host-key` was not given).
     #[error(
         "host key verification failed: no {} key for {} in {:?}; the server's {} key fingerprint is {}. \
-         If that is the client you expect, run again with --accept-new-host-key to record it, or add it \
-         yourself (ssh-keyscan -p {} -t {} {} >> {:?})",
+         If that is the client you expect, record it (ssh-keyscan -p {} -t {} {} >> {:?}) or let this \
+         run record a new host key (OpenSSH's accept-new)",
         .0.key_type, .0.host_port, .0.known_hosts, .0.key_type, .0.fingerprint,
         .0.port, .0.key_type, .0.host, .0.known_hosts
     )]
@@ -124,7 +124,7 @@ pub enum Error {
         "host key verification failed: REMOTE HOST IDENTIFICATION HAS CHANGED for {}: the server \
          offered {} key {}, but {:?} line {} records a different {} key. Someone could be eavesdropping \
          (man-in-the-middle), or the host key was just changed. If the change is expected, remove the \
-         old key with `ssh-keygen -f {:?} -R '{}'` and run again with --accept-new-host-key",
+         old key with `ssh-keygen -f {:?} -R '{}'` and let the next run record the new one (accept-new)",
         .0.host_port, .0.key_type, .0.fingerprint, .0.known_hosts, .0.line, .0.key_type,
         .0.known_hosts, .0.host_port
     )]
@@ -135,8 +135,8 @@ pub enum Error {
     #[error(
         "host key verification failed: the server {} offered a {} key ({}), but {:?} only records \
          other key types for it ({}). Add the {} key after checking it (ssh-keyscan -p {} -t {} {}), \
-         or remove the old entries with `ssh-keygen -f {:?} -R '{}'` and run again with \
-         --accept-new-host-key",
+         or remove the old entries with `ssh-keygen -f {:?} -R '{}'` and let the next run record the \
+         new one (accept-new)",
         .0.host_port, .0.key_type, .0.fingerprint, .0.known_hosts, .0.known_types, .0.key_type,
         .0.port, .0.key_type, .0.host, .0.known_hosts, .0.host_port
     )]
@@ -179,10 +179,7 @@ pub enum Error {
     },
 
     /// The identity is encrypted and no passphrase was supplied.
-    #[error(
-        "identity {path:?} is encrypted: give its passphrase with --identity-passphrase-file FILE or \
-         the BORG_PULL_IDENTITY_PASSPHRASE environment variable"
-    )]
+    #[error("identity {path:?} is encrypted and no passphrase for it was given")]
     IdentityEncrypted {
         /// The key file.
         path: PathBuf,
@@ -203,8 +200,15 @@ pub enum Error {
     },
 
     /// No identity was given and none of the default ones exists.
-    #[error("no identity: pass -i FILE (none of ~/.ssh/id_ed25519, id_ecdsa, id_rsa exists)")]
-    NoIdentity,
+    #[error("no identity given, and none of the default keys exists ({})", display_paths(.tried))]
+    NoIdentity {
+        /// The default key files looked for.
+        tried: Vec<PathBuf>,
+    },
+
+    /// No known_hosts file was given and there is no HOME to find the default one in.
+    #[error("no known_hosts file given and HOME is not set, so host keys cannot be verified")]
+    NoKnownHostsFile,
 
     /// The client's sshd refused our key.
     #[error(
@@ -268,18 +272,92 @@ pub enum Error {
         secs: u64,
     },
 
-    /// A program pull needs is not on the client (checked before anything is set up there).
-    #[error(
-        "{program:?} was not found on the client {host} (PATH of the login user's shell); install it \
-         there or pass its full path ({option})"
-    )]
+    /// A program pull needs cannot be run on the client (checked before anything is set up there).
+    #[error("the {role} program {program:?} cannot be run on the client {host}: {why}")]
     RemoteProgramMissing {
         /// The program as given.
         program: String,
+        /// Which program it is.
+        role: RemoteProgram,
         /// Host as given.
         host: String,
-        /// The option that sets it (`--relay` or `--remote-borg`).
-        option: &'static str,
+        /// What the client's shell found: not found on PATH, not executable, a parent directory
+        /// the login user cannot search.
+        why: String,
+    },
+
+    /// The client refused a request (a forward, usually); the caller explains why.
+    #[error("{host} port {port} refused {request}")]
+    RequestDenied {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// What we asked for.
+        request: &'static str,
+    },
+
+    /// The client did not answer a request in time (while still answering keepalives, or not).
+    #[error("{host} port {port} did not answer {what} within {secs} s")]
+    NoAnswer {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// What we asked for.
+        what: &'static str,
+        /// The deadline.
+        secs: u64,
+    },
+
+    /// The client's sshd sent a packet larger than we allow; the connection was ended.
+    #[error(
+        "{host} port {port} sent a {len}-byte data packet, above the {max} bytes we accept; connection \
+         ended (the client's sshd is not a well-behaved SSH server)"
+    )]
+    OversizedPacket {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// Its size.
+        len: usize,
+        /// Our limit.
+        max: u32,
+    },
+
+    /// The client's sshd kept opening channels we did not ask for; the connection was ended.
+    #[error("{host} port {port} opened {count} channels we did not ask for (all refused); connection ended")]
+    ChannelOpenFlood {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// Refused opens so far.
+        count: usize,
+    },
+
+    /// A helper command on the client printed more than we keep.
+    #[error("on the client, `{command}` printed more than {limit} bytes; stopped it. It began: {output}")]
+    RemoteOutputTooLarge {
+        /// The command (never contains secrets).
+        command: String,
+        /// Bytes kept per stream.
+        limit: usize,
+        /// The kept output, escaped.
+        output: String,
+    },
+
+    /// borg ran longer than the run's maximum time; it was stopped and everything cleaned up.
+    #[error(
+        "borg on the client {host} was still running after the maximum run time of {secs} s; it was \
+         stopped and the run cleaned up"
+    )]
+    MaxRuntime {
+        /// Host as given.
+        host: String,
+        /// The limit.
+        secs: u64,
     },
 
     /// The client's sshd refused to listen on our socket path.
@@ -341,6 +419,29 @@ impl Error {
                 | Error::HostCertificateUnsupported(_)
         )
     }
+}
+
+/// A program that pull runs on the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteProgram {
+    /// `borg-pull-relay`, borg's `BORG_RSH`.
+    Relay,
+    /// borg itself.
+    Borg,
+}
+
+impl std::fmt::Display for RemoteProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemoteProgram::Relay => "relay",
+            RemoteProgram::Borg => "borg",
+        })
+    }
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    shown.join(", ")
 }
 
 /// What a secret file holds (for [`Error::SecretFileTooOpen`]).

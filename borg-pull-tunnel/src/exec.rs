@@ -7,12 +7,13 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use russh::client::{Handle, Msg};
+use russh::client::Msg;
 use russh::{Channel, ChannelMsg, Sig};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::limits::HELPER_OUTPUT_KEPT;
 use crate::{Error, Result};
 
 /// Quotes `arg` for a POSIX shell: `'...'`, with each `'` written as `'\''`.
@@ -128,22 +129,22 @@ fn signal_number(name: &str) -> Option<i32> {
     })
 }
 
-/// What a helper command printed and how it ended.
+/// What a helper command printed (a bounded prefix) and how it ended.
 #[derive(Debug, Clone, Default)]
 pub struct Captured {
-    /// Standard output.
+    /// Standard output, at most [`HELPER_OUTPUT_KEPT`] bytes.
     pub stdout: Vec<u8>,
-    /// Standard error.
+    /// Standard error, at most [`HELPER_OUTPUT_KEPT`] bytes.
     pub stderr: Vec<u8>,
     /// Exit status, if sshd reported one.
     pub status: Option<u32>,
 }
 
 impl Captured {
-    /// stdout and stderr, lossily decoded and trimmed, for error messages.
+    /// stdout and stderr, escaped and trimmed, for error messages and logs.
     pub fn output_text(&self) -> String {
-        let mut s = String::from_utf8_lossy(&self.stdout).trim().to_owned();
-        let err = String::from_utf8_lossy(&self.stderr);
+        let mut s = escape_output(&self.stdout).trim().to_owned();
+        let err = escape_output(&self.stderr);
         if !err.trim().is_empty() {
             if !s.is_empty() {
                 s.push_str("; ");
@@ -154,88 +155,63 @@ impl Captured {
     }
 }
 
-/// Runs a short helper `command` on the client, collecting its output (stdin gets EOF at once).
-pub async fn capture<H: russh::client::Handler>(
-    handle: &Handle<H>,
-    command: &str,
-    timeout: Duration,
-) -> Result<Captured> {
-    let run = async {
-        let mut channel = handle.channel_open_session().await.map_err(|source| Error::Ssh {
-            context: "opening a session channel",
-            source,
-        })?;
-        channel.exec(true, command).await.map_err(|source| Error::Ssh {
-            context: "exec request",
-            source,
-        })?;
-        channel.eof().await.map_err(|source| Error::Ssh {
-            context: "sending EOF",
-            source,
-        })?;
-        let mut out = Captured::default();
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
-                ChannelMsg::Failure => {
-                    return Err(Error::RemoteHelper {
-                        command: command.to_owned(),
-                        status: None,
-                        output: "sshd refused the exec request".into(),
-                    })
-                }
-                ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        Ok(out)
-    };
-    tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| Error::RemoteHelperTimeout {
-            command: command.to_owned(),
-            secs: timeout.as_secs(),
-        })?
+/// Output from the client made safe for a log line or a terminal (see
+/// [`borg_pull_core::text::escape_for_log`]).
+pub fn escape_output(bytes: &[u8]) -> String {
+    borg_pull_core::text::escape_for_log(bytes)
 }
 
-/// Like [`capture`], but a non-zero or missing exit status is an error.
-pub async fn capture_ok<H: russh::client::Handler>(
-    handle: &Handle<H>,
-    command: &str,
-    timeout: Duration,
-) -> Result<Captured> {
-    let out = capture(handle, command, timeout).await?;
-    if out.status != Some(0) {
-        return Err(Error::RemoteHelper {
-            command: command.to_owned(),
-            status: out.status,
-            output: out.output_text(),
-        });
+/// Appends `data` to `kept` up to [`HELPER_OUTPUT_KEPT`] bytes; `false` once there was more.
+fn keep(kept: &mut Vec<u8>, data: &[u8]) -> bool {
+    let room = HELPER_OUTPUT_KEPT.saturating_sub(kept.len());
+    kept.extend_from_slice(&data[..data.len().min(room)]);
+    data.len() <= room
+}
+
+/// Collects a helper command's output from its `channel` until the channel closes.
+///
+/// Only a bounded prefix is kept: a client that prints more than [`HELPER_OUTPUT_KEPT`] bytes on
+/// either stream gets its channel closed and the run an [`Error::RemoteOutputTooLarge`]; once the
+/// channel is dropped russh discards whatever else arrives for it, so nothing piles up.
+pub async fn capture(channel: &mut Channel<Msg>, command: &str) -> Result<Captured> {
+    let mut out = Captured::default();
+    while let Some(msg) = channel.wait().await {
+        let fits = match msg {
+            ChannelMsg::Data { data } => keep(&mut out.stdout, &data),
+            ChannelMsg::ExtendedData { data, .. } => keep(&mut out.stderr, &data),
+            ChannelMsg::ExitStatus { exit_status } => {
+                out.status = Some(exit_status);
+                true
+            }
+            ChannelMsg::Failure => {
+                return Err(Error::RemoteHelper {
+                    command: command.to_owned(),
+                    status: None,
+                    output: "sshd refused the exec request".into(),
+                })
+            }
+            ChannelMsg::Close => break,
+            _ => true,
+        };
+        if !fits {
+            let _ = channel.close().await;
+            return Err(Error::RemoteOutputTooLarge {
+                command: command.to_owned(),
+                limit: HELPER_OUTPUT_KEPT,
+                output: out.output_text(),
+            });
+        }
     }
     Ok(out)
 }
 
-/// Starts `command` on `channel`, writes `stdin` (if any) and sends EOF.
-pub async fn start(channel: &Channel<Msg>, command: &[u8], stdin: Option<&[u8]>) -> Result<()> {
-    channel.exec(true, command).await.map_err(|source| Error::Ssh {
-        context: "exec request",
-        source,
-    })?;
-    if let Some(input) = stdin {
-        channel
-            .data_bytes(input.to_vec())
-            .await
-            .map_err(|source| Error::Ssh {
-                context: "writing the remote command's stdin",
-                source,
-            })?;
-    }
-    channel.eof().await.map_err(|source| Error::Ssh {
-        context: "sending EOF",
-        source,
-    })
+/// Why [`relay_output`] stopped the remote command before it ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The cancel token fired.
+    Cancelled,
+    /// The deadline passed.
+    Deadline,
 }
 
 /// How [`relay_output`] ended.
@@ -243,21 +219,22 @@ pub async fn start(channel: &Channel<Msg>, command: &[u8], stdin: Option<&[u8]>)
 pub struct Relayed {
     /// How the command ended, if sshd said so before closing the channel.
     pub exit: Option<RemoteExit>,
-    /// Whether `cancel` fired (the command was sent SIGINT, then its channel closed).
-    pub cancelled: bool,
+    /// Whether we stopped it (SIGINT, then its channel closed after the grace), and why.
+    pub stopped: Option<Stop>,
 }
 
 /// Relays a running command's output to `stdout`/`stderr` until its channel closes.
 ///
 /// The channel is always drained to the end, even after a write to `stdout` failed (a closed
 /// pipe on our side is not an error of the remote command; it must not stall the connection).
-/// When `cancel` fires, the command is sent SIGINT and gets `grace` to exit before we close the
-/// channel (sshd then hangs up on it).
+/// When `cancel` fires or `deadline` passes, the command is sent SIGINT and gets `grace` to exit
+/// before we close the channel (sshd then hangs up on it).
 pub async fn relay_output<O, E>(
     channel: &mut Channel<Msg>,
     stdout: &mut O,
     stderr: &mut E,
     cancel: &CancellationToken,
+    deadline: tokio::time::Instant,
     grace: Duration,
 ) -> Result<Relayed>
 where
@@ -267,19 +244,22 @@ where
     let mut exit = None;
     let mut out_ok = true;
     let mut err_ok = true;
-    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut stopped = None;
+    let mut hang_up_at: Option<tokio::time::Instant> = None;
     loop {
         let msg = tokio::select! {
             msg = channel.wait() => msg,
-            () = cancel.cancelled(), if deadline.is_none() => {
-                debug!("cancelled: sending SIGINT to the remote command");
-                if let Err(e) = channel.signal(Sig::INT).await {
-                    debug!("signal request: {e}");
-                }
-                deadline = Some(tokio::time::Instant::now() + grace);
+            () = cancel.cancelled(), if stopped.is_none() => {
+                stopped = Some(Stop::Cancelled);
+                hang_up_at = Some(interrupt(channel, grace).await);
                 continue;
             }
-            () = sleep_until(deadline) => {
+            () = tokio::time::sleep_until(deadline), if stopped.is_none() => {
+                stopped = Some(Stop::Deadline);
+                hang_up_at = Some(interrupt(channel, grace).await);
+                continue;
+            }
+            () = sleep_until(hang_up_at) => {
                 debug!("remote command still running after SIGINT; closing its channel");
                 let _ = channel.close().await;
                 break;
@@ -308,10 +288,16 @@ where
             _ => {}
         }
     }
-    Ok(Relayed {
-        exit,
-        cancelled: deadline.is_some(),
-    })
+    Ok(Relayed { exit, stopped })
+}
+
+/// Sends SIGINT to the remote command; returns when to give up on it.
+async fn interrupt(channel: &Channel<Msg>, grace: Duration) -> tokio::time::Instant {
+    debug!("sending SIGINT to the remote command");
+    if let Err(e) = channel.signal(Sig::INT).await {
+        debug!("signal request: {e}");
+    }
+    tokio::time::Instant::now() + grace
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -12,6 +12,7 @@ use data_encoding::BASE64;
 use russh::keys::PrivateKey;
 
 use crate::error::SecretKind;
+use crate::secret_file::{read_secret_file, Zeroizing};
 use crate::{Error, Result};
 
 const MAGIC: &[u8] = b"openssh-key-v1\0";
@@ -20,6 +21,10 @@ const END: &str = "-----END OPENSSH PRIVATE KEY-----";
 
 /// Refuses a secret file that group or others may read, as OpenSSH does for private keys: a
 /// secret in such a file is already leaked, and using it would hide that.
+///
+/// This looks at the path, so the file read afterwards may not be the file checked: read secrets
+/// with [`crate::secret_file::read_secret_file`] / [`crate::secret_file::read_secret_line`],
+/// which check the file they opened (and [`load`] does).
 pub fn ensure_private(path: &Path, kind: SecretKind) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // A missing or unreadable file is reported by whoever reads it, with its own context.
@@ -38,38 +43,42 @@ pub fn ensure_private(path: &Path, kind: SecretKind) -> Result<()> {
 }
 
 /// Loads `path` (decrypting with `passphrase` if it is encrypted), working around ssh-key's
-/// short-scalar ECDSA bug for unencrypted keys. Refuses a key others can read.
+/// short-scalar ECDSA bug for unencrypted keys.
+///
+/// The file is opened once and checked as opened ([`read_secret_file`]): a symbolic link, a file
+/// others can read, not a regular file or one too large are refused.
 pub fn load(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey> {
-    ensure_private(path, SecretKind::Identity)?;
-    match russh::keys::load_secret_key(path, passphrase) {
+    let bytes = read_secret_file(path, SecretKind::Identity)?;
+    let identity_error = |source| Error::Identity {
+        path: PathBuf::from(path),
+        source,
+    };
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        identity_error(russh::keys::Error::IO(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is not text (an OpenSSH private key is)",
+        )))
+    })?;
+    match russh::keys::decode_secret_key(text, passphrase) {
         Ok(key) => Ok(key),
         Err(russh::keys::Error::KeyIsEncrypted) => Err(Error::IdentityEncrypted {
             path: path.to_owned(),
         }),
-        Err(source) => {
-            let repaired = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|text| pad_short_p256_scalar(&text))
-                .and_then(|text| russh::keys::decode_secret_key(&text, None).ok());
-            repaired.ok_or(Error::Identity {
-                path: PathBuf::from(path),
-                source,
-            })
-        }
+        Err(source) => pad_short_p256_scalar(text)
+            .and_then(|text| russh::keys::decode_secret_key(&text, None).ok())
+            .ok_or_else(|| identity_error(source)),
     }
 }
 
 /// For an unencrypted OpenSSH `ecdsa-sha2-nistp256` key whose scalar `mpint` is shorter than 32
 /// bytes, the same key with the scalar zero-padded to 32 bytes; `None` for anything else.
-pub fn pad_short_p256_scalar(text: &str) -> Option<String> {
-    let b64: String = text
-        .trim()
-        .strip_prefix(BEGIN)?
-        .strip_suffix(END)?
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    let blob = BASE64.decode(b64.as_bytes()).ok()?;
+///
+/// Every buffer holding key material is allocated at its final size and wiped when dropped.
+pub fn pad_short_p256_scalar(text: &str) -> Option<Zeroizing<String>> {
+    let armored = text.trim().strip_prefix(BEGIN)?.strip_suffix(END)?;
+    let mut b64 = Zeroizing::new(String::with_capacity(armored.len()));
+    b64.extend(armored.chars().filter(|c| !c.is_whitespace()));
+    let blob = Zeroizing::new(BASE64.decode(b64.as_bytes()).ok()?);
     let mut r = Reader(blob.strip_prefix(MAGIC)?);
     let (cipher, kdf, kdf_options) = (r.string()?, r.string()?, r.string()?);
     if cipher != b"none" || r.u32()? != 1 {
@@ -85,10 +94,14 @@ pub fn pad_short_p256_scalar(text: &str) -> Option<String> {
     if scalar.is_empty() || scalar.len() >= 32 || scalar[0] >= 0x80 {
         return None;
     }
-    let mut padded = vec![0u8; 32 - scalar.len()];
-    padded.extend_from_slice(scalar);
+    let mut padded = Zeroizing::new(vec![0u8; 32]);
+    padded[32 - scalar.len()..].copy_from_slice(scalar);
 
-    let mut private = Vec::new();
+    let private_len = 8 + [key_type, curve, point, &padded, comment]
+        .iter()
+        .map(|f| 4 + f.len())
+        .sum::<usize>();
+    let mut private = Zeroizing::new(Vec::with_capacity(private_len + 8));
     private.extend_from_slice(&check1.to_be_bytes());
     private.extend_from_slice(&check2.to_be_bytes());
     for field in [key_type, curve, point, &padded, comment] {
@@ -99,20 +112,33 @@ pub fn pad_short_p256_scalar(text: &str) -> Option<String> {
         private.push(pad);
         pad += 1;
     }
-    let mut out = MAGIC.to_vec();
+    let out_len = MAGIC.len()
+        + [cipher, kdf, kdf_options, public, &private]
+            .iter()
+            .map(|f| 4 + f.len())
+            .sum::<usize>()
+        + 4;
+    let mut out = Zeroizing::new(Vec::with_capacity(out_len));
+    out.extend_from_slice(MAGIC);
     for field in [cipher, kdf, kdf_options] {
         put_string(&mut out, field);
     }
     out.extend_from_slice(&1u32.to_be_bytes());
     put_string(&mut out, public);
     put_string(&mut out, &private);
-    let encoded = BASE64.encode(&out);
-    let lines: Vec<&str> = encoded
-        .as_bytes()
-        .chunks(70)
-        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
-        .collect();
-    Some(format!("{BEGIN}\n{}\n{END}\n", lines.join("\n")))
+    let encoded = Zeroizing::new(BASE64.encode(&out));
+    let mut pem = Zeroizing::new(String::with_capacity(
+        BEGIN.len() + END.len() + encoded.len() * 71 / 70 + 4,
+    ));
+    pem.push_str(BEGIN);
+    for chunk in encoded.as_bytes().chunks(70) {
+        pem.push('\n');
+        pem.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+    }
+    pem.push('\n');
+    pem.push_str(END);
+    pem.push('\n');
+    Some(pem)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -221,6 +247,62 @@ mod tests {
         let path = dir.path().join("nope");
         write_private(&path, "not a key");
         assert!(matches!(load(&path, None), Err(Error::Identity { .. })));
+    }
+
+    /// Test-only keys from `ssh-keygen` (ed25519, ecdsa P-256, rsa 2048, and ed25519 encrypted
+    /// with "correct horse" and 2 KDF rounds).
+    const ED25519: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\nQyNTUxOQAAACD63pAkjphQ9wqltjRO20Wj/QtgPW0UXOiLF/qHsBZZXQAAAIiEEhCIhBIQ\niAAAAAtzc2gtZWQyNTUxOQAAACD63pAkjphQ9wqltjRO20Wj/QtgPW0UXOiLF/qHsBZZXQ\nAAAEDGzc6ozErUe8JFsW2G9ArVmwwumwy/gn9nPzY7/o5TefrekCSOmFD3CqW2NE7bRaP9\nC2A9bRRc6IsX+oewFlldAAAAAmVkAQID\n-----END OPENSSH PRIVATE KEY-----\n";
+    const ECDSA: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAaAAAABNlY2RzYS\n1zaGEyLW5pc3RwMjU2AAAACG5pc3RwMjU2AAAAQQQInU5Fx8l8ad8z5vbcQOoErM0b62r8\nscrs7TVOFUXsaQx8Geb2lKLSOv2ULiHFl0OIz2fgdX+yeYvk2efkI1ThAAAAoGdOVWhnTl\nVoAAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBAidTkXHyXxp3zPm\n9txA6gSszRvravyxyuztNU4VRexpDHwZ5vaUotI6/ZQuIcWXQ4jPZ+B1f7J5i+TZ5+QjVO\nEAAAAgfSg3kBfPoo2sXWiPnPJdkza5BcS3EPkxkFSDnxBd2iYAAAACZWMBAgMEBQY=\n-----END OPENSSH PRIVATE KEY-----\n";
+    const RSA: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAABFwAAAAdzc2gtcn\nNhAAAAAwEAAQAAAQEA7QuRViREad/uSYaAy3LY6vPboXpO+W+lQe0gIclmVn4ceytJJmYC\nF5VSPbk89xIrqVqX2Y911DU/mWvrmmBhPUkD0uEisJyAX5VqZVbeIvHYSzBv3xwFvlpBLT\np6slmbHXHfKTDDAYtXvTZGN97kxDA8fIRRp6oLWjG/A7M4wu1ObKu9vmH9t2+bz0PY7hU2\nPa98RREQ+Fn8JYorZkScuFpztTMDI3b228NXgWUYgz92QGDMzr0Rb44OxSTuK3V6OAOW0s\n9vUlowT4jhZZtXCUlyoWVe/VPZW1ABCW1CWOsWrKh1XFAMjCD4VDlLBM+EKSAPyTjUrM+4\nLLC8p0I2yQAAA7hktMiwZLTIsAAAAAdzc2gtcnNhAAABAQDtC5FWJERp3+5JhoDLctjq89\nuhek75b6VB7SAhyWZWfhx7K0kmZgIXlVI9uTz3EiupWpfZj3XUNT+Za+uaYGE9SQPS4SKw\nnIBflWplVt4i8dhLMG/fHAW+WkEtOnqyWZsdcd8pMMMBi1e9NkY33uTEMDx8hFGnqgtaMb\n8DszjC7U5sq72+Yf23b5vPQ9juFTY9r3xFERD4WfwliitmRJy4WnO1MwMjdvbbw1eBZRiD\nP3ZAYMzOvRFvjg7FJO4rdXo4A5bSz29SWjBPiOFlm1cJSXKhZV79U9lbUAEJbUJY6xasqH\nVcUAyMIPhUOUsEz4QpIA/JONSsz7gssLynQjbJAAAAAwEAAQAAAQAUaafNIgTKLg0+qguy\n38or1KGxmO8hriphY2KEkx7yJjYDQ7Au7R95zGzVzkfTtu4PmjLAlDwMJCTv7BbQp0NFNc\ngG6hN335VzP1JENWQEell36bN+8QWfMlwYFJS2tKsVsNXY0QKNKLF+viSNClXrSlDkubhJ\nlrkXit66GnFLriosPrHIS2tq6RqqZJu8XrNmP1PJyqMCNYwmA9D+IumV4s8fnViz/bqjPF\nvI0VxvXQ54FFKedTBAh2Z4iSsNbOvJlNnA9eNbqIUGZkFR6QL0F/m/DASyfEZyNS6GpVtg\nQgYZQod14P8WDpwNK1f2nijmFUqeUzfvvrxkTLpUHuzpAAAAgFzassuy2U55pGA7Lx+X87\nJHohz4H50OXukXnEbGLAxTHbIE+VvEu/jQnUHqFxoxfGHMpExTq+Br94reJoHc7kw6Ker2\nY0gFXVwpSvhd2kIhXPswhyCg5u1HYVnVjtStL370GnQV1O5+d6eFYO4e284il54gxPq+Wg\nWzeub+6C5qAAAAgQD8YHM3STe9tjEv33GLQgz9JT/Fm/8qM2ZCr7NW3finXE8hPHyrd6mi\n397P9wrWMUeMfJ+b1IpjnAODiGewdO9pozwn3aTuK01Y+St7EP6S0IaHIwpW2+1umN1zv0\nyEQrNodBOwmxvNLJCXENohIgTvi3tCtk1xgm6NvgJRteId7wAAAIEA8HLFKV46+V8namGM\nK1Wps2/OIrbby3EU0mR5/ml0mLIoc9/XljoW4BHbUfqmqbXuW84wJjNOqW4X3Kd/1z4VAZ\nIxFRjIHGF2cneMImiJv4t1O44Pq9x6yYraA7nnK1DQo+SdzuECO+Vt6zBriosKCRLwYI0c\nkKoWAVe2zuqkLscAAAADcnNh\n-----END OPENSSH PRIVATE KEY-----\n";
+    const ENCRYPTED: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAACmFlczI1Ni1jdHIAAAAGYmNyeXB0AAAAGAAAABA+kEbduL\nOVWs0qx32xg4SIAAAAAgAAAAEAAAAzAAAAC3NzaC1lZDI1NTE5AAAAIPdg8dD9+I7xg9s5\nSCuUSKzp80zfOqNXHJab67YRXGZvAAAAkHH/eHnWSKAIRfHKztQPunR9m9h2SMQTOqhFOd\nYYEfldDnWm+pK0Jy1HBmykZLIPsOEMUC8RI7mKLtcSQO/dqRjCWysRg+6dt/ILNQ1HQDMh\njv1N0eOw0tRqj5n3ipRAi1pNK7QOc/drDuBMdEqrdu7IPOjisIbDSRgiG0WYPK9e7yqT6z\n+TwmbvI5K/zywv3w==\n-----END OPENSSH PRIVATE KEY-----\n";
+
+    #[test]
+    fn loads_the_key_types_ssh_keygen_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text, alg, comment) in [
+            ("id_ed25519", ED25519, "ssh-ed25519", "ed"),
+            ("id_ecdsa", ECDSA, "ecdsa-sha2-nistp256", "ec"),
+            ("id_rsa", RSA, "ssh-rsa", "rsa"),
+        ] {
+            let path = dir.path().join(name);
+            write_private(&path, text);
+            let key = load(&path, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(key.algorithm().as_str(), alg);
+            assert_eq!(key.comment().to_string(), comment);
+            // A passphrase given for an unencrypted key is not an error (as with ssh -i).
+            assert!(load(&path, Some("unused")).is_ok());
+        }
+    }
+
+    #[test]
+    fn encrypted_keys_need_their_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id_enc");
+        write_private(&path, ENCRYPTED);
+        assert!(matches!(load(&path, None), Err(Error::IdentityEncrypted { .. })));
+        let key = load(&path, Some("correct horse")).unwrap();
+        assert_eq!(key.algorithm().as_str(), "ssh-ed25519");
+        assert!(matches!(load(&path, Some("wrong")), Err(Error::Identity { .. })));
+    }
+
+    #[test]
+    fn keys_behind_symlinks_or_in_odd_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("id_ed25519");
+        write_private(&real, ED25519);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = load(&link, None).unwrap_err();
+        assert!(
+            matches!(err, Error::Identity { .. }) && err.to_string().contains("symbolic link"),
+            "{err}"
+        );
+        let err = load(dir.path(), None).unwrap_err();
+        assert!(err.to_string().contains("a directory"), "{err}");
+        let binary = dir.path().join("binary");
+        write_private(&binary, b"\xff\xfe-----BEGIN");
+        let err = load(&binary, None).unwrap_err();
+        assert!(err.to_string().contains("not text"), "{err}");
     }
 
     /// Key files as ssh-keygen writes them (0600): `load` refuses anything looser.

@@ -92,6 +92,9 @@ pub fn lookup_name(host: &str, port: u16) -> String {
     }
 }
 
+/// The largest known_hosts file [`KnownHosts::read`] reads: some 300 000 hashed entries.
+pub const MAX_KNOWN_HOSTS_BYTES: u64 = 64 << 20;
+
 /// A parsed known_hosts file.
 #[derive(Debug, Clone, Default)]
 pub struct KnownHosts {
@@ -110,17 +113,31 @@ impl KnownHosts {
         KnownHosts { entries }
     }
 
-    /// Reads and parses `path`; a missing file is an empty one.
+    /// Reads and parses `path`; a missing file is an empty one. A file larger than
+    /// [`MAX_KNOWN_HOSTS_BYTES`] (or endless, like a device) is an error, not a hang.
     pub fn read(path: &Path) -> Result<Self> {
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(Self::parse(&String::from_utf8_lossy(&bytes))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(Error::KnownHostsIo {
-                action: "read",
-                path: path.to_owned(),
-                source,
-            }),
+        use std::io::Read;
+        let io_err = |source| Error::KnownHostsIo {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        };
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(io_err(source)),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_KNOWN_HOSTS_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        if bytes.len() as u64 > MAX_KNOWN_HOSTS_BYTES {
+            return Err(io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("it is larger than {MAX_KNOWN_HOSTS_BYTES} bytes; is it the right file?"),
+            )));
         }
+        Ok(Self::parse(&String::from_utf8_lossy(&bytes)))
     }
 
     /// The key algorithms recorded (not revoked) for `host` on `port`, in file order.
@@ -146,11 +163,22 @@ impl KnownHosts {
     /// Looks up `key` offered by `host` on `port`.
     pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Verdict {
         let name = lookup_name(host, port);
-        let matching = || self.entries.iter().filter(|e| hosts_match(&e.hosts, &name));
-        if let Some(e) = matching().find(|e| e.marker == Marker::Revoked && same_key(&e.key, key)) {
+        // Matching is the costly part (hashed entries are an HMAC each): do it once.
+        let matching: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|e| hosts_match(&e.hosts, &name))
+            .collect();
+        if let Some(e) = matching
+            .iter()
+            .find(|e| e.marker == Marker::Revoked && same_key(&e.key, key))
+        {
             return Verdict::Revoked { line: e.line };
         }
-        let plain: Vec<&Entry> = matching().filter(|e| e.marker == Marker::None).collect();
+        let plain: Vec<&Entry> = matching
+            .into_iter()
+            .filter(|e| e.marker == Marker::None)
+            .collect();
         if let Some(e) = plain.iter().find(|e| same_key(&e.key, key)) {
             return Verdict::Known { line: e.line };
         }
@@ -160,8 +188,13 @@ impl KnownHosts {
         if plain.is_empty() {
             return Verdict::Unknown;
         }
-        let mut types: Vec<String> = plain.iter().map(|e| e.key.algorithm().to_string()).collect();
-        types.dedup();
+        // Each type once, in file order (types need not be adjacent in the file).
+        let mut types: Vec<String> = Vec::new();
+        for t in plain.iter().map(|e| e.key.algorithm().to_string()) {
+            if !types.contains(&t) {
+                types.push(t);
+            }
+        }
         Verdict::OtherTypes { types }
     }
 }
@@ -188,7 +221,10 @@ fn parse_line(line: usize, text: &str) -> Option<Entry> {
     let key_type = fields.next()?;
     let blob = fields.next()?;
     let key = russh::keys::parse_public_key_base64(blob).ok()?;
-    if key.algorithm().as_str() != key_type {
+    // ssh-key keeps a key of an unknown algorithm (`name@domain`) as an opaque `Other` key, which
+    // we can never verify: skip the line like OpenSSH does. Keeping it also made the algorithms
+    // recorded for a host grow with the file, and listing them quadratic in it (found by fuzzing).
+    if matches!(key.algorithm(), russh::keys::Algorithm::Other(_)) || key.algorithm().as_str() != key_type {
         return None;
     }
     Some(Entry {
@@ -214,13 +250,14 @@ pub fn hosts_match(patterns: &str, name: &str) -> bool {
     let mut matched = false;
     for pattern in patterns.split(',') {
         if let Some(hashed) = pattern.strip_prefix("|1|") {
-            matched |= hashed_match(hashed, &name);
+            // Costly (an HMAC): only worth it while nothing matched yet.
+            matched = matched || hashed_match(hashed, &name);
         } else if let Some(negated) = pattern.strip_prefix('!') {
-            if wildcard_match(negated.to_ascii_lowercase().as_bytes(), name.as_bytes()) {
+            if wildcard_match(negated.as_bytes(), name.as_bytes()) {
                 return false;
             }
         } else {
-            matched |= wildcard_match(pattern.to_ascii_lowercase().as_bytes(), name.as_bytes());
+            matched = matched || wildcard_match(pattern.as_bytes(), name.as_bytes());
         }
     }
     matched
@@ -239,7 +276,8 @@ fn hashed_match(salt_and_hash: &str, name: &str) -> bool {
     mac.chain_update(name.as_bytes()).verify_slice(&hash).is_ok()
 }
 
-/// `*` matches any run of bytes, `?` exactly one; everything else literally.
+/// `*` matches any run of bytes, `?` exactly one; everything else literally, ASCII letters in
+/// `pattern` in either case (`name` is lower case already).
 fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
     // Iterative matcher with one backtrack point: linear-ish and no recursion.
     let (mut p, mut n) = (0, 0);
@@ -250,7 +288,7 @@ fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
                 star = Some((p, n));
                 p += 1;
             }
-            Some(&c) if c == b'?' || c == name[n] => {
+            Some(&c) if c == b'?' || c.to_ascii_lowercase() == name[n] => {
                 p += 1;
                 n += 1;
             }
@@ -277,12 +315,27 @@ pub fn hash_name(salt: &[u8], name: &str) -> String {
 
 /// Appends `host`'s `key` to `path` (like OpenSSH's `StrictHostKeyChecking accept-new`),
 /// creating the file and its directory (mode 0700) if needed.
+///
+/// Refuses a host name that would not read back as exactly that host ([`recordable_host`]): one
+/// with a space, tab, newline or control character would split or add lines (a newline could
+/// record a second, attacker-chosen entry), `,` `*` `?` `[` `]` would record a pattern matching
+/// other hosts or ports, and a leading `!` `#` `@` `|` a negation, comment, marker or hash.
 pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()> {
     let io_err = |source| Error::KnownHostsIo {
         action: "append to",
         path: path.to_owned(),
         source,
     };
+    if !recordable_host(host) {
+        return Err(io_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "refusing to record host name {host:?}: known_hosts would read it as something else \
+                 (it is empty, contains whitespace, a control character or one of `,*?[]`, or starts \
+                 with one of `!#@|`)"
+            ),
+        )));
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -291,10 +344,7 @@ pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()>
             .create(dir)
             .map_err(io_err)?;
     }
-    let needs_newline = match std::fs::read(path) {
-        Ok(bytes) => bytes.last().is_some_and(|&b| b != b'\n'),
-        Err(_) => false,
-    };
+    let needs_newline = last_byte(path).is_some_and(|b| b != b'\n');
     let mut key_text = key.clone();
     key_text.set_comment("");
     let openssh = key_text
@@ -313,6 +363,35 @@ pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()>
         .map_err(io_err)?;
     file.write_all(line.as_bytes()).map_err(io_err)?;
     file.sync_all().map_err(io_err)
+}
+
+/// The last byte of the regular file `path`, if it has one (read without reading the file).
+fn last_byte(path: &Path) -> Option<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return None;
+    }
+    file.seek(SeekFrom::End(-1)).ok()?;
+    let mut byte = [0u8];
+    file.read_exact(&mut byte).ok()?;
+    Some(byte[0])
+}
+
+/// Whether `append` can record `host` so that it reads back as exactly that host and nothing else.
+///
+/// ```
+/// use borg_pull_tunnel::known_hosts::recordable_host;
+/// assert!(recordable_host("nas.example") && recordable_host("fe80::1%eth0") && recordable_host("10.0.0.1"));
+/// assert!(!recordable_host("*") && !recordable_host("a,b") && !recordable_host("a\nb") && !recordable_host("[a]:1"));
+/// ```
+pub fn recordable_host(host: &str) -> bool {
+    !host.is_empty()
+        && !host.starts_with(['!', '#', '@', '|'])
+        && !host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '*' | '?' | '[' | ']'))
 }
 
 /// `~/.ssh/known_hosts` of the current user (from `$HOME`).
@@ -460,8 +539,98 @@ mod tests {
         #[test]
         fn star_matches_everything(name in "\\PC{0,40}") {
             proptest::prop_assert!(wildcard_match(b"*", name.as_bytes()));
-            proptest::prop_assert!(wildcard_match(name.as_bytes(), name.as_bytes()) || name.contains(['*', '?']));
+            let lower = name.to_ascii_lowercase();
+            proptest::prop_assert!(wildcard_match(name.as_bytes(), lower.as_bytes()) || name.contains(['*', '?']));
         }
+    }
+
+    /// Found by tests/fuzz_known_hosts.rs: `append` wrote any host name as it was, so a name with
+    /// a tab or space recorded nothing usable, one with a newline could add a second entry of the
+    /// caller's choosing, and `*`, `,` or `[h]:p` recorded a pattern for other hosts or ports.
+    #[test]
+    fn append_refuses_names_that_would_read_back_as_patterns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        for host in [
+            "\t",
+            "a b",
+            "",
+            "*",
+            "a,b",
+            "h?",
+            "[h]:2222",
+            "!h",
+            "#h",
+            "@revoked",
+            "|1|x|y",
+            &format!("x\n* ssh-ed25519 {ED2}"),
+        ] {
+            let err = append(&path, host, 22, &key(ED1)).unwrap_err();
+            assert!(
+                err.to_string().contains("refusing to record host name"),
+                "{host:?}: {err}"
+            );
+        }
+        assert!(!path.exists(), "nothing was written");
+        for host in [
+            "h",
+            "nas.example",
+            "10.0.0.1",
+            "fe80::1%eth0",
+            "under_score",
+            "Upper.Example",
+        ] {
+            append(&path, host, 2222, &key(ED1)).unwrap();
+            let kh = KnownHosts::read(&path).unwrap();
+            assert!(
+                matches!(kh.check(host, 2222, &key(ED1)), Verdict::Known { .. }),
+                "{host}"
+            );
+            assert_eq!(kh.check("other", 2222, &key(ED1)), Verdict::Unknown, "{host}");
+        }
+    }
+
+    #[test]
+    fn other_types_are_listed_once_each() {
+        let kh = KnownHosts::parse(&format!(
+            "h ecdsa-sha2-nistp256 {ECDSA}\nh ssh-ed25519 {ED1}\nh ecdsa-sha2-nistp256 {ECDSA}\n"
+        ));
+        let rsa = "AAAAB3NzaC1yc2EAAAADAQABAAABAQDMHLBWw/7MTZTg0cEhe5Lceisb7ylBC+2FzTyKlWavcYRsnqy7XCU9VsKz82t6hwtAFo/1s+e+J0097IXBhuB1ta6uZdNt6n0tSNvrZ2pn1PT5Q0+3QaIQLKHgsLm+qeBzkoSpcqKlJyJvDUKmUXWYugr2YXVgncnuTLawccSQOk5kea4tdYfsDoCUUpsgc2Gj+Elhpw17w4aodCiQWUeus1nHoM01uEbxtc+lm8WJlkANu5PvWGzdc6F3xqMfn4+QhAsatiJGibnRGDmU6TMLKM/kLvBr6qt+X03EpLMS2vITuBtjL7CJjsHVJJtlkzCWN9dv0wetoCi14aDwwuwP";
+        assert_eq!(
+            kh.check("h", 22, &key(rsa)),
+            Verdict::OtherTypes {
+                types: vec!["ecdsa-sha2-nistp256".into(), "ssh-ed25519".into()]
+            }
+        );
+    }
+
+    /// Found by tests/fuzz_known_hosts.rs: keys of unknown algorithms were kept (as opaque keys),
+    /// so `recorded_algorithms` and `OtherTypes` listed one algorithm per line, quadratically.
+    #[test]
+    fn unknown_algorithms_are_skipped() {
+        let mut blob = Vec::new();
+        for field in [&b"x@example.com"[..], b"opaque"] {
+            blob.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            blob.extend_from_slice(field);
+        }
+        let kh = KnownHosts::parse(&format!(
+            "h x@example.com {}\nh ssh-ed25519 {ED1}\n",
+            BASE64.encode(&blob)
+        ));
+        assert_eq!(kh.entries.len(), 1);
+        assert_eq!(kh.recorded_algorithms("h", 22).len(), 1);
+    }
+
+    #[test]
+    fn read_refuses_endless_files() {
+        let err = KnownHosts::read(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn patterns_match_in_any_case() {
+        assert!(hosts_match("*.EXAMPLE.org,!BAD.example.org", "www.example.org"));
+        assert!(!hosts_match("*.EXAMPLE.org,!BAD.example.org", "bad.EXAMPLE.org"));
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //! back as an SSH channel and is bridged to a `borg serve --append-only --restrict-to-repo REPO` on
 //! the server ([`borg_pull_core::serve`]).
 //!
-//! - [`mod@pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]).
-//! - [`session`]: connect, host key verification, public key authentication, the russh handler.
+//! - [`mod@pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]), orchestration only.
+//! - [`session`]: connect, host key verification, public key authentication, the russh handler;
+//!   [`session::Session`] is what everything else uses to talk to the client.
+//! - [`incoming`]: what happens to channels the client's sshd opens (one method per kind).
+//! - [`remote`]: the one shell script a pull runs on the client and its reports.
+//! - [`secret`]: the repository passphrase, its sources and zeroing.
 //! - [`identity`]: loading the private key (with a work-around for ssh-key's short ECDSA scalars).
 //! - [`known_hosts`]: OpenSSH known_hosts matching (plain, `[host]:port`, hashed, wildcards,
 //!   negation, `@revoked`; not `@cert-authority`) and `accept-new` recording.
-//! - [`forward`]: the `streamlocal-forward@openssh.com` request, diagnosis of refusals, and the
-//!   per-channel bridges to `borg serve`.
+//! - [`forward`]: one module per forward kind; [`forward::unix`] is the
+//!   `streamlocal-forward@openssh.com` request, diagnosis of refusals and the bridges to `borg serve`.
 //! - [`exec`]: POSIX shell quoting, helper commands, streaming borg's output, exit status.
 //! - [`limits`]: windows, keepalives and timeouts, with the reasons for their values.
 //! - [`error`]: the one error type.
@@ -18,7 +22,7 @@
 //! ```no_run
 //! # async fn run() -> borg_pull_tunnel::Result<i32> {
 //! use borg_pull_tunnel::pull::{pull, PullOptions};
-//! let mut options = PullOptions::new(
+//! let mut options = PullOptions::from_env(
 //!     "backup@client.example",
 //!     "/srv/borg/client",
 //!     vec!["create".into(), "--stats".into(), "::{hostname}-{now}".into(), "/etc".into()],
@@ -34,10 +38,14 @@ pub mod error;
 pub mod exec;
 pub mod forward;
 pub mod identity;
+pub mod incoming;
 pub mod known_hosts;
 pub mod limits;
 pub mod pull;
+pub mod remote;
+pub mod secret;
+pub mod secret_file;
 pub mod session;
 
-pub use error::{Error, ForwardDenial, Result, SecretKind};
-pub use pull::{pull, PullOptions};
+pub use error::{Error, ForwardDenial, RemoteProgram, Result, SecretKind};
+pub use pull::{pull, PullEnv, PullOptions};

@@ -13,16 +13,21 @@ use std::time::Duration;
 /// flight (borg uses one channel per repository connection).
 pub const CHANNEL_WINDOW: u32 = 16 * 1024 * 1024;
 
-/// Largest SSH packet we accept; OpenSSH sends at most 32 KiB of channel data per packet anyway.
+/// Largest SSH packet of channel data we accept; OpenSSH sends at most 32 KiB per packet anyway.
+///
+/// russh itself accepts packets of up to 256 KiB whatever we advertise; the session's handler
+/// ends the connection on the first larger one ([`crate::Error::OversizedPacket`]).
 pub const MAX_PACKET: u32 = 32 * 1024;
 
 /// Messages buffered per channel before russh stops reading the TCP stream.
 ///
-/// When a channel's buffer is full the whole connection stops reading, so window adjustments and
-/// keepalive replies for every channel wait too. 4096 messages hold a full [`CHANNEL_WINDOW`] even
-/// in 4 KiB packets, so the peer runs out of window before the buffer fills. tokio allocates the
-/// buffer lazily, so the size costs nothing until used.
-pub const CHANNEL_BUFFER: usize = 4096;
+/// russh grants window when data *arrives*, not when we consume it, so the window does not bound
+/// what a channel buffers: this does. A channel whose reader is stuck (borg serve not reading
+/// while the client withholds window from its replies) holds at most this many packets of at most
+/// [`MAX_PACKET`] bytes, i.e. [`CHANNEL_WINDOW`] (16 MiB), plus the one oversized packet that ends
+/// the connection. When it is full the connection stops reading (TCP pushes back on the peer) until
+/// the reader catches up or the run's deadline ends it.
+pub const CHANNEL_BUFFER: usize = (CHANNEL_WINDOW / MAX_PACKET) as usize;
 
 /// How long we wait for the TCP connection and the SSH handshake (including host key check).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,8 +41,30 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// Unanswered keepalives before the connection is considered dead.
 pub const KEEPALIVE_MAX: usize = 3;
 
-/// Time allowed for each small helper command on the client (mktemp, diagnosis, rm).
+/// Time allowed for each small helper command on the client (the diagnosis of a refused forward)
+/// and for the start of the run (until the client reports its private directory).
 pub const REMOTE_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long any single request to the client may go unanswered (authentication, channel open,
+/// forward requests, disconnect). A client that answers keepalives but nothing else would
+/// otherwise hold the run for ever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Output kept from a helper command (or printed before the client reports its directory) for
+/// error messages; the rest is read and dropped, so an endless printer costs no memory.
+pub const HELPER_OUTPUT_KEPT: usize = 16 * 1024;
+
+/// Default for the longest a pull may run before borg is stopped and the run ends with its own
+/// error: far above a nightly backup (hours), far below "never" (a client that keeps the
+/// connection alive but never finishes would hold `borg serve` and the repository lock for ever).
+pub const DEFAULT_MAX_RUNTIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Channel opens we refuse (kinds we did not ask for) before ending the connection: a well-behaved
+/// sshd opens none, so this only cuts off a peer that floods us (and our logs).
+pub const MAX_REFUSED_CHANNEL_OPENS: usize = 64;
+
+/// Refused channel opens logged one by one; later ones are only counted.
+pub const REFUSALS_LOGGED: usize = 8;
 
 /// After borg's channel closed: how long forwarded channels may take to finish relaying.
 ///
@@ -46,15 +73,22 @@ pub const REMOTE_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 /// `SERVE_EXIT_GRACE` on top to release the repository lock.
 pub const FORWARD_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Total time allowed for clean-up (cancel forward, `rm -rf` the socket directory, disconnect).
+/// Total time allowed for clean-up (bridges drained, disconnect).
 ///
-/// Clean-up also runs after Ctrl-C, so it must be short; a client that does not answer leaves at
-/// most its private socket directory behind, which never blocks the next run.
+/// Clean-up also runs after Ctrl-C, so it must be short. The private directory is removed by the
+/// shell on the client itself once borg has exited; a client that does not answer leaves at most
+/// its private socket directory behind, which never blocks the next run.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// After a cancellation (Ctrl-C), how long borg on the client gets to exit after SIGINT before
 /// its channel is closed.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Most forwarded connections (each with its own `borg serve`) in total during one pull.
+///
+/// borg opens one per repository and reconnects a few times at most; a client that keeps
+/// connecting would otherwise start `borg serve` after `borg serve` for the whole run.
+pub const MAX_FORWARDED_CONNECTIONS_TOTAL: u64 = 64;
 
 /// Most forwarded connections (each with its own `borg serve`) bridged at once; more are refused.
 ///

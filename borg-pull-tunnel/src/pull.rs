@@ -1,122 +1,108 @@
-//! One whole pull: connect, private socket directory, forward, run borg, clean up.
+//! One whole pull: a validated plan carried out on one SSH session.
 //!
 //! 1. Connect, verify the host key against known_hosts (refused before anything runs on the
-//!    client), authenticate with the identity ([`crate::session`]).
-//! 2. On the client: check that the relay and borg exist, then `mktemp -d` with umask 077 under
-//!    `${TMPDIR:-/tmp}`; the socket is `DIR/borg.sock`, so runs never collide and a run killed
-//!    with SIGKILL leaves at most a dead socket in its own directory.
-//! 3. `streamlocal-forward@openssh.com` for that socket; a refusal is diagnosed on the client
-//!    ([`crate::forward`]). Each forwarded connection is bridged to its own `borg serve` here.
-//! 4. Run `borg BORG_ARGS` on the client ([`borg_command`]); the passphrase (if any) is its first
-//!    stdin line, never an argv or a file. Its stdout/stderr stream to ours; we wait for the
-//!    channel to close, not just for the exit status.
-//! 5. Clean up on every path (success, failure, Ctrl-C): cancel the forward, let the bridges drain
-//!    (or stop them, killing and reaping `borg serve`), `rm -rf` the directory, disconnect.
+//!    client), authenticate ([`crate::session`]).
+//! 2. One exec runs the script of [`crate::remote`]: it checks the relay and borg, makes a private
+//!    directory with `mktemp -d` (umask 077) and reports it.
+//! 3. `streamlocal-forward@openssh.com` for `DIR/borg.sock`; a refusal is diagnosed on the client
+//!    ([`crate::forward::unix`]). Each forwarded connection is bridged to its own `borg serve`.
+//! 4. We send `go`, borg's `BORG_RSH` and the passphrase (if any) on stdin and the script `exec`s
+//!    borg; its output streams to ours; we wait for the channel to close.
+//! 5. On every path: the bridges drain (or are stopped, killing and reaping `borg serve`), and we
+//!    disconnect. The script's watcher removes the directory on the client once borg has exited.
 //!
-//! What the client can do: talk borg's protocol to a `borg serve --append-only
-//! --restrict-to-repo REPO` (flags fixed here), at most
-//! [`MAX_FORWARDED_CONNECTIONS`](crate::limits::MAX_FORWARDED_CONNECTIONS) at once. It cannot open
-//! other channels to us (refused), and nothing it prints is interpreted.
+//! Every wait on the client has a deadline: each request [`REQUEST_TIMEOUT`], the start of the
+//! run [`REMOTE_HELPER_TIMEOUT`], borg itself [`PullOptions::max_runtime`].
+//!
+//! What the client can do: talk borg's protocol to a `borg serve` whose flags the server fixed, at
+//! most [`MAX_FORWARDED_CONNECTIONS`](crate::limits::MAX_FORWARDED_CONNECTIONS) at once. It cannot
+//! open other channels to us (refused), and nothing it prints is interpreted.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
+use std::future::Future as _;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use borg_pull_core::serve::ServeConfig;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
+use zeroize::Zeroizing;
 
-use crate::exec::{self, capture_ok, is_env_name, shell_quote, RemoteExit};
-use crate::forward::{self, ForwardStats, Forwarder};
-use crate::limits::{CANCEL_GRACE, CLEANUP_TIMEOUT, FORWARD_DRAIN_TIMEOUT, REMOTE_HELPER_TIMEOUT};
+use crate::exec::{self, RemoteExit, Stop};
+use crate::forward::unix::{self as unix_forward, ForwardStats, Forwarder};
+use crate::limits::{
+    CANCEL_GRACE, CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, FORWARD_DRAIN_TIMEOUT, REMOTE_HELPER_TIMEOUT,
+    REQUEST_TIMEOUT,
+};
+use crate::remote::{self, RemoteRun, Report};
+use crate::secret::{Passphrase, SecretSources};
+use crate::secret_file::SecretString;
 use crate::session::{self, Session, SessionOptions};
 use crate::{Error, Result};
+
+pub use crate::remote::{RESERVED_ENV, SOCKET_NAME};
 
 /// The host part of the `BORG_REPO` URL given to borg on the client. borg needs an `ssh://` URL
 /// to use `BORG_RSH`; the relay ignores the host, so this only shows up in borg's messages.
 pub const REPO_URL_HOST: &str = "borg-pull-server";
 
-/// The name of the socket inside the private directory on the client.
-pub const SOCKET_NAME: &str = "borg.sock";
+/// The environment a pull may use, read in one place ([`PullEnv::from_process`]) so that nothing
+/// deeper in the library reads variables behind the caller's back.
+#[derive(Clone, Default)]
+pub struct PullEnv {
+    /// `HOME`: the default known_hosts and identities.
+    pub home: Option<PathBuf>,
+    /// `USER` (or `LOGNAME`): the login user when the destination names none.
+    pub user: Option<String>,
+    /// `BORG_PASSPHRASE`.
+    pub borg_passphrase: Option<OsString>,
+    /// `BORG_PASSCOMMAND`.
+    pub borg_passcommand: Option<OsString>,
+    /// `BORG_PULL_IDENTITY_PASSPHRASE`: the identity's passphrase.
+    pub identity_passphrase: Option<OsString>,
+}
 
-/// Environment variables `pull` sets itself on the client; `--env` may not override them.
-pub const RESERVED_ENV: &[&str] = &["BORG_REPO", "BORG_RSH", "BORG_PASSPHRASE"];
-
-/// The repository passphrase, handed to borg on the client through its channel's stdin.
-///
-/// Never put in an argv or a file on either host. `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Passphrase(String);
-
-impl std::fmt::Debug for Passphrase {
+impl std::fmt::Debug for PullEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Passphrase(<redacted>)")
+        let redacted = |v: &Option<OsString>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("PullEnv")
+            .field("home", &self.home)
+            .field("user", &self.user)
+            .field("borg_passphrase", &redacted(&self.borg_passphrase))
+            .field("borg_passcommand", &self.borg_passcommand)
+            .field("identity_passphrase", &redacted(&self.identity_passphrase))
+            .finish()
     }
 }
 
-impl Passphrase {
-    /// Wraps a passphrase; it must be a single line (it is read with `read -r` on the client).
-    pub fn new(passphrase: impl Into<String>) -> Result<Self> {
-        let passphrase = passphrase.into();
-        if passphrase.contains(['\n', '\0']) {
-            return Err(Error::Passphrase(
-                "it contains a newline or NUL byte, which cannot be passed on".into(),
-            ));
+impl PullEnv {
+    /// Reads HOME, USER/LOGNAME, BORG_PASSPHRASE, BORG_PASSCOMMAND and
+    /// BORG_PULL_IDENTITY_PASSPHRASE from this process's environment.
+    pub fn from_process() -> Self {
+        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+        Self {
+            home: var("HOME").map(PathBuf::from),
+            user: var("USER")
+                .or_else(|| var("LOGNAME"))
+                .and_then(|u| u.into_string().ok()),
+            borg_passphrase: std::env::var_os("BORG_PASSPHRASE"),
+            borg_passcommand: var("BORG_PASSCOMMAND"),
+            identity_passphrase: std::env::var_os("BORG_PULL_IDENTITY_PASSPHRASE"),
         }
-        Ok(Self(passphrase))
     }
 
-    /// The passphrase from, in this order: `file` (trailing newline stripped), the server's
-    /// `BORG_PASSPHRASE`, or the output of the server's `BORG_PASSCOMMAND` (run with `sh -c`).
-    /// `None` if none is set (an unencrypted repository, or a client with its own
-    /// `BORG_PASSCOMMAND`).
-    pub async fn from_sources(file: Option<&Path>) -> Result<Option<Self>> {
-        if let Some(path) = file {
-            crate::identity::ensure_private(path, crate::error::SecretKind::RepoPassphrase)?;
-            let text = tokio::fs::read_to_string(path)
-                .await
-                .map_err(|e| Error::Passphrase(format!("cannot read passphrase file {path:?}: {e}")))?;
-            return Self::new(strip_newline(text)).map(Some);
-        }
-        if let Some(p) = std::env::var_os("BORG_PASSPHRASE") {
-            let p = p
-                .into_string()
-                .map_err(|_| Error::Passphrase("BORG_PASSPHRASE is not valid UTF-8".into()))?;
-            return Self::new(p).map(Some);
-        }
-        if let Some(cmd) = std::env::var_os("BORG_PASSCOMMAND").filter(|c| !c.is_empty()) {
-            let out = tokio::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(&cmd)
-                .stdin(Stdio::null())
-                .stderr(Stdio::inherit())
-                .output()
-                .await
-                .map_err(|e| Error::Passphrase(format!("cannot run BORG_PASSCOMMAND: {e}")))?;
-            if !out.status.success() {
-                return Err(Error::Passphrase(format!(
-                    "BORG_PASSCOMMAND failed: {}",
-                    out.status
-                )));
-            }
-            let text = String::from_utf8(out.stdout)
-                .map_err(|_| Error::Passphrase("BORG_PASSCOMMAND printed invalid UTF-8".into()))?;
-            return Self::new(strip_newline(text)).map(Some);
-        }
-        Ok(None)
-    }
-}
-
-fn strip_newline(mut s: String) -> String {
-    if s.ends_with('\n') {
-        s.pop();
-        if s.ends_with('\r') {
-            s.pop();
+    /// Where the repository passphrase may come from, with an optional file first.
+    pub fn secret_sources(&self, file: Option<PathBuf>) -> SecretSources {
+        SecretSources {
+            file,
+            passphrase: self.borg_passphrase.clone(),
+            passcommand: self.borg_passcommand.clone(),
         }
     }
-    s
 }
 
 /// Everything one pull needs.
@@ -139,21 +125,37 @@ pub struct PullOptions {
     pub remote_dir: Option<OsString>,
     /// The repository passphrase to hand to borg on the client.
     pub passphrase: Option<Passphrase>,
+    /// The longest borg may run ([`DEFAULT_MAX_RUNTIME`]); then it is stopped like on
+    /// cancellation and the pull ends with [`Error::MaxRuntime`].
+    pub max_runtime: Duration,
     /// Cancelling this (e.g. on Ctrl-C) stops borg on the client, cleans up and returns
     /// [`Error::Interrupted`].
     pub cancel: CancellationToken,
 }
 
 impl PullOptions {
-    /// Options for pulling into `repo` from `destination` (`[user@]host`) with defaults: port 22,
-    /// `~/.ssh/known_hosts`, default identities, `borg-pull-relay` and `borg` on the client's PATH.
+    /// Options for pulling into `repo` from `destination` (`USER@HOST`) with defaults: port 22,
+    /// `borg-pull-relay` and `borg` on the client's PATH; no known_hosts file and no default
+    /// identities (see [`PullOptions::from_env`]). Reads no environment variable.
     pub fn new(destination: &str, repo: impl Into<PathBuf>, borg_args: Vec<OsString>) -> Result<Self> {
+        Self::with_env(destination, repo, borg_args, &PullEnv::default())
+    }
+
+    /// Like [`PullOptions::new`], with the defaults OpenSSH takes from the environment `env`:
+    /// the login user when `destination` names none, `~/.ssh/known_hosts`, `~/.ssh/id_*` and
+    /// the identity passphrase.
+    pub fn with_env(
+        destination: &str,
+        repo: impl Into<PathBuf>,
+        borg_args: Vec<OsString>,
+        env: &PullEnv,
+    ) -> Result<Self> {
         let (user, host) = match destination.rsplit_once('@') {
             Some((user, host)) => (user.to_owned(), host.to_owned()),
             None => (
-                std::env::var("USER")
-                    .or_else(|_| std::env::var("LOGNAME"))
-                    .map_err(|_| Error::InvalidOption("no login user: write USER@HOST".into()))?,
+                env.user
+                    .clone()
+                    .ok_or_else(|| Error::InvalidOption("no login user: write USER@HOST".into()))?,
                 destination.to_owned(),
             ),
         };
@@ -162,16 +164,27 @@ impl PullOptions {
                 "{destination:?} is not [USER@]HOST"
             )));
         }
-        // Checked at connect time, so a caller that sets its own file does not need HOME.
-        let known_hosts = crate::known_hosts::default_path().unwrap_or_default();
+        let ssh_dir = env.home.as_ref().map(|home| home.join(".ssh"));
+        let identity_passphrase = match &env.identity_passphrase {
+            Some(p) => Some(SecretString::new(p.clone().into_string().map_err(|_| {
+                Error::InvalidOption("the identity passphrase is not valid UTF-8".into())
+            })?)),
+            None => None,
+        };
         Ok(Self {
             session: SessionOptions {
                 host,
                 port: 22,
                 user,
                 identity: None,
-                identity_passphrase: None,
-                known_hosts,
+                default_identities: env
+                    .home
+                    .as_deref()
+                    .map(session::default_identities)
+                    .unwrap_or_default(),
+                identity_passphrase,
+                // Checked at connect time, so a caller that sets its own file does not need HOME.
+                known_hosts: ssh_dir.map(|d| d.join("known_hosts")).unwrap_or_default(),
                 accept_new_host_key: false,
                 keepalive_interval: crate::limits::KEEPALIVE_INTERVAL,
                 channel_window: crate::limits::CHANNEL_WINDOW,
@@ -183,8 +196,35 @@ impl PullOptions {
             env: Vec::new(),
             remote_dir: None,
             passphrase: None,
+            max_runtime: DEFAULT_MAX_RUNTIME,
             cancel: CancellationToken::new(),
         })
+    }
+
+    /// [`PullOptions::with_env`] with this process's environment ([`PullEnv::from_process`]).
+    pub fn from_env(destination: &str, repo: impl Into<PathBuf>, borg_args: Vec<OsString>) -> Result<Self> {
+        Self::with_env(destination, repo, borg_args, &PullEnv::from_process())
+    }
+
+    fn repo_url(&self) -> Vec<u8> {
+        let mut url = format!("ssh://{REPO_URL_HOST}").into_bytes();
+        url.extend_from_slice(self.serve.repo.as_os_str().as_bytes());
+        url
+    }
+
+    /// The script for the client ([`crate::remote`]), checked before anything touches the network.
+    pub fn remote_script(&self, marker: &str) -> Result<Vec<u8>> {
+        let url = self.repo_url();
+        RemoteRun {
+            relay: &self.relay,
+            borg: &self.remote_borg,
+            borg_args: &self.borg_args,
+            env: &self.env,
+            repo_url: &url,
+            remote_dir: self.remote_dir.as_deref(),
+            passphrase: self.passphrase.is_some(),
+        }
+        .script(marker)
     }
 }
 
@@ -218,380 +258,230 @@ where
 {
     let span = tracing::info_span!("pull", client = %options.session.host, port = options.session.port);
     async move {
-        // Check everything we can before touching the network.
-        let command_for = |socket: &str| borg_command(&options, socket);
-        command_for("/x")?;
+        let marker = remote::new_marker();
+        let script = options.remote_script(&marker)?;
         let cancel = options.cancel.clone();
-        // Not a child of `cancel`: on Ctrl-C borg on the client first gets SIGINT and a grace
-        // period to end its session with borg serve cleanly; clean-up stops the bridges after.
-        let forwarder = Forwarder::new(options.serve.clone(), CancellationToken::new());
+        // Not stopped by `cancel` directly: on Ctrl-C borg on the client first gets SIGINT and a
+        // grace period to end its session with borg serve cleanly; clean-up stops the bridges after.
+        let forwarder = Forwarder::new(options.serve.clone());
         let session = tokio::select! {
-            s = session::connect(&options.session, Some(forwarder.clone())) => s?,
+            s = session::connect(&options.session, forwarder.clone()) => s?,
             () = cancel.cancelled() => return Err(Error::Interrupted),
         };
-        let result = with_session(&session, &forwarder, &options, stdout, stderr).await;
-        session.disconnect().await;
-        result
+        let run = Run {
+            session: &session,
+            forwarder: &forwarder,
+            options: &options,
+            marker: &marker,
+        };
+        let result = run.carry_out(&script, stdout, stderr).await;
+        let stats = run.clean_up(result.is_ok()).await;
+        let _ = stderr.flush().await;
+        let exit = result?;
+        info!(
+            connections = stats.accepted,
+            refused = stats.refused,
+            to_serve = stats.to_serve,
+            from_serve = stats.from_serve,
+            ?exit,
+            "pull finished"
+        );
+        Ok(PullOutcome {
+            exit,
+            forwarded: stats,
+        })
     }
     .instrument(span)
     .await
 }
 
-async fn with_session<O, E>(
-    session: &Session,
-    forwarder: &Forwarder,
-    options: &PullOptions,
-    stdout: &mut O,
-    stderr: &mut E,
-) -> Result<PullOutcome>
-where
-    O: AsyncWrite + Unpin,
-    E: AsyncWrite + Unpin,
-{
-    let cancel = &options.cancel;
-    let dir = tokio::select! {
-        d = make_private_dir(session, options) => d?,
-        () = cancel.cancelled() => return Err(Error::Interrupted),
-    };
-    let socket = format!("{dir}/{SOCKET_NAME}");
-    debug!(socket, "private socket directory created on the client");
-    let result = forward_and_run(session, forwarder, options, &socket, stdout, stderr).await;
-    // Clean up on every path: forward, borg serve children, directory.
-    let cleanup = async {
-        forward::unlisten(session, &socket).await;
-        let stats = if cancel.is_cancelled() || result.is_err() {
-            forwarder.stop().await
-        } else {
-            forwarder.drain(FORWARD_DRAIN_TIMEOUT).await
+/// One pull on a connected session.
+struct Run<'a> {
+    session: &'a Session,
+    forwarder: &'a Arc<Forwarder>,
+    options: &'a PullOptions,
+    marker: &'a str,
+}
+
+impl Run<'_> {
+    /// Waits for `step`, at most `limit`; cancellation ends it with [`Error::Interrupted`].
+    async fn step<T>(
+        &self,
+        what: &'static str,
+        limit: Duration,
+        step: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::select! {
+            r = tokio::time::timeout(limit, step) => r.map_err(|_| Error::NoAnswer {
+                host: self.session.host().to_owned(),
+                port: self.session.port(),
+                what,
+                secs: limit.as_secs(),
+            })?,
+            () = self.options.cancel.cancelled() => Err(Error::Interrupted),
+        }
+    }
+
+    async fn carry_out<O, E>(&self, script: &[u8], stdout: &mut O, stderr: &mut E) -> Result<RemoteExit>
+    where
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let mut channel = self
+            .step(
+                "opening the run's channel",
+                REQUEST_TIMEOUT,
+                self.session.exec(script),
+            )
+            .await?;
+        let report = remote::read_report(&mut channel, self.marker);
+        let (report, early_output) = self
+            .step("the start of the run", REMOTE_HELPER_TIMEOUT, report)
+            .await?;
+        let dir = match report {
+            Report::Dir(dir) => dir,
+            Report::Missing(role, why) => {
+                return Err(Error::RemoteProgramMissing {
+                    program: match role {
+                        crate::error::RemoteProgram::Relay => &self.options.relay,
+                        crate::error::RemoteProgram::Borg => &self.options.remote_borg,
+                    }
+                    .to_string_lossy()
+                    .into_owned(),
+                    role,
+                    host: self.session.host().to_owned(),
+                    why,
+                })
+            }
         };
-        remove_dir(session, &dir).await;
+        debug!(dir, "private socket directory created on the client");
+        let socket = format!("{dir}/{SOCKET_NAME}");
+        let lines = Zeroizing::new(remote::go_lines(
+            &self.options.relay,
+            &dir,
+            self.options.passphrase.as_ref().map(Passphrase::expose),
+        )?);
+        // The forward request goes out first and `go` right behind it, without waiting for the
+        // reply: sshd sets the forward up before it passes our data on to the script, which
+        // checks that the socket exists before it starts borg (and otherwise waits for EOF, so
+        // the directory is still there for the diagnosis). That saves the reply's round trip.
+        let mut listening = std::pin::pin!(unix_forward::listen(self.session, self.forwarder, &socket));
+        let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(listening.as_mut().poll(cx))).await;
+        channel
+            .data_bytes(lines.to_vec())
+            .await
+            .map_err(|e| self.session.failure("writing to the run's stdin", e))?;
+        match queued {
+            std::task::Poll::Ready(result) => result?,
+            std::task::Poll::Pending => {
+                self.step("the UNIX socket forward request", REQUEST_TIMEOUT * 2, listening)
+                    .await?
+            }
+        }
+        // On failure we return before this EOF and disconnect: sshd ends the session, the
+        // script reads EOF, exits, and its watcher removes the directory.
+        channel
+            .eof()
+            .await
+            .map_err(|e| self.session.failure("sending EOF", e))?;
+        debug!("borg started on the client");
+        if !early_output.is_empty() {
+            let _ = stdout.write_all(&early_output).await;
+        }
+        let deadline = Instant::now() + self.options.max_runtime;
+        let relayed = exec::relay_output(
+            &mut channel,
+            stdout,
+            stderr,
+            &self.options.cancel,
+            deadline,
+            CANCEL_GRACE,
+        )
+        .await?;
+        match relayed.stopped {
+            Some(Stop::Cancelled) => return Err(Error::Interrupted),
+            Some(Stop::Deadline) => {
+                return Err(Error::MaxRuntime {
+                    host: self.session.host().to_owned(),
+                    secs: self.options.max_runtime.as_secs(),
+                })
+            }
+            None => {}
+        }
+        match relayed.exit {
+            Some(exit) => Ok(exit),
+            None if self.session.is_closed() => {
+                Err(self.session.failure("borg was running", russh::Error::Disconnect))
+            }
+            None => Err(Error::NoExitStatus {
+                host: self.session.host().to_owned(),
+            }),
+        }
+    }
+
+    /// Drains (after success) or stops the bridges, then disconnects; bounded in time.
+    async fn clean_up(&self, succeeded: bool) -> ForwardStats {
+        let stats = if succeeded && !self.options.cancel.is_cancelled() {
+            match tokio::time::timeout(
+                CLEANUP_TIMEOUT + FORWARD_DRAIN_TIMEOUT,
+                self.forwarder.drain(FORWARD_DRAIN_TIMEOUT),
+            )
+            .await
+            {
+                Ok(stats) => stats,
+                Err(_) => self.forwarder.stop().await,
+            }
+        } else {
+            self.forwarder.stop().await
+        };
+        if tokio::time::timeout(CLEANUP_TIMEOUT, self.session.disconnect())
+            .await
+            .is_err()
+        {
+            warn!("the client did not take our disconnect in time");
+        }
         stats
-    };
-    let stats = match tokio::time::timeout(CLEANUP_TIMEOUT + FORWARD_DRAIN_TIMEOUT, cleanup).await {
-        Ok(stats) => stats,
-        Err(_) => {
-            warn!(
-                dir,
-                "clean-up on the client timed out; its private socket directory may remain"
-            );
-            forwarder.stop().await
-        }
-    };
-    let _ = stderr.flush().await;
-    let exit = result?;
-    info!(
-        connections = stats.connections,
-        to_serve = stats.to_serve,
-        from_serve = stats.from_serve,
-        ?exit,
-        "pull finished"
-    );
-    Ok(PullOutcome {
-        exit,
-        forwarded: stats,
-    })
-}
-
-async fn forward_and_run<O, E>(
-    session: &Session,
-    forwarder: &Forwarder,
-    options: &PullOptions,
-    socket: &str,
-    stdout: &mut O,
-    stderr: &mut E,
-) -> Result<RemoteExit>
-where
-    O: AsyncWrite + Unpin,
-    E: AsyncWrite + Unpin,
-{
-    let cancel = &options.cancel;
-    tokio::select! {
-        r = forward::listen(session, forwarder, socket) => r?,
-        () = cancel.cancelled() => return Err(Error::Interrupted),
     }
-    let command = borg_command(options, socket)?;
-    let mut channel = session
-        .handle
-        .channel_open_session()
-        .await
-        .map_err(|source| lost_or(session, "opening borg's session channel", source))?;
-    let stdin = options
-        .passphrase
-        .as_ref()
-        .map(|p| format!("{}\n", p.0).into_bytes());
-    exec::start(&channel, &command, stdin.as_deref()).await?;
-    debug!("borg started on the client");
-    let relayed = exec::relay_output(&mut channel, stdout, stderr, cancel, CANCEL_GRACE).await?;
-    if relayed.cancelled {
-        return Err(Error::Interrupted);
-    }
-    match relayed.exit {
-        Some(exit) => Ok(exit),
-        None if session.is_closed() => Err(Error::ConnectionLost {
-            host: session.host.clone(),
-            port: session.port,
-            context: "borg was running",
-        }),
-        None => Err(Error::NoExitStatus {
-            host: session.host.clone(),
-        }),
-    }
-}
-
-fn lost_or(session: &Session, context: &'static str, source: russh::Error) -> Error {
-    if session.is_closed() {
-        Error::ConnectionLost {
-            host: session.host.clone(),
-            port: session.port,
-            context,
-        }
-    } else {
-        Error::Ssh { context, source }
-    }
-}
-
-/// Checks that the relay and borg exist on the client, then `mktemp -d` there with umask 077: a
-/// fresh directory only the login user can enter.
-async fn make_private_dir(session: &Session, options: &PullOptions) -> Result<String> {
-    let quote = |p: &OsStr| shell_quote(p.as_bytes()).map(|q| String::from_utf8_lossy(&q).into_owned());
-    let (relay, borg) = (quote(&options.relay)?, quote(&options.remote_borg)?);
-    let command = format!(
-        "command -v {relay} >/dev/null 2>&1 || {{ echo missing-relay; exit 127; }}; \
-         command -v {borg} >/dev/null 2>&1 || {{ echo missing-borg; exit 127; }}; \
-         umask 077 && mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\""
-    );
-    let out = exec::capture(&session.handle, &command, REMOTE_HELPER_TIMEOUT).await?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let dir = text.strip_suffix('\n').unwrap_or(&text);
-    let missing = |program: &OsStr, option| Error::RemoteProgramMissing {
-        program: program.to_string_lossy().into_owned(),
-        host: session.host.clone(),
-        option,
-    };
-    match (out.status, dir) {
-        (Some(127), "missing-relay") => return Err(missing(&options.relay, "--relay")),
-        (Some(127), "missing-borg") => return Err(missing(&options.remote_borg, "--remote-borg")),
-        (Some(0), dir) if is_private_dir_path(dir) => return Ok(dir.to_owned()),
-        _ => {}
-    }
-    Err(Error::RemoteHelper {
-        command: format!("umask 077 && mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\""),
-        status: out.status,
-        output: format!(
-            "{} (expected the new directory's absolute path)",
-            out.output_text()
-        ),
-    })
-}
-
-/// The private directories' name prefix on the client.
-const DIR_PREFIX: &str = "borg-pull.";
-
-/// Whether `dir` is what our mktemp makes: absolute, one line, `.../borg-pull.XXXXXXXX`. Checked
-/// before it is used, and before `rm -rf` ever runs on it.
-fn is_private_dir_path(dir: &str) -> bool {
-    let Some((parent, name)) = dir.rsplit_once('/') else {
-        return false;
-    };
-    dir.starts_with('/')
-        && !dir.contains(['\n', '\0'])
-        && !parent.split('/').any(|c| c == "..")
-        && name
-            .strip_prefix(DIR_PREFIX)
-            .is_some_and(|rand| rand.len() == 8 && rand.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
-
-async fn remove_dir(session: &Session, dir: &str) {
-    let Ok(quoted) = shell_quote(dir.as_bytes()) else {
-        return;
-    };
-    let command = format!("rm -rf -- {}", String::from_utf8_lossy(&quoted));
-    match capture_ok(&session.handle, &command, REMOTE_HELPER_TIMEOUT).await {
-        Ok(_) => debug!(dir, "removed the private socket directory"),
-        Err(e) => warn!("could not remove {dir} on the client: {e}"),
-    }
-}
-
-/// The command line run on the client (through the login user's POSIX shell).
-///
-/// With a passphrase it first reads one line from stdin into `BORG_PASSPHRASE`; then it exports
-/// `BORG_REPO=ssh://borg-pull-server/REPO`, `BORG_RSH='RELAY --socket SOCKET'` (quoted once more
-/// for borg's own shlex splitting) and the extra variables, and `exec`s borg with every argument
-/// single-quoted.
-pub fn borg_command(options: &PullOptions, socket: &str) -> Result<Vec<u8>> {
-    let mut cmd = Vec::new();
-    if options.passphrase.is_some() {
-        cmd.extend_from_slice(b"IFS= read -r BORG_PASSPHRASE || exit 2; export BORG_PASSPHRASE; ");
-    }
-    let mut assign = |name: &str, value: &[u8]| -> Result<()> {
-        cmd.extend_from_slice(b"export ");
-        cmd.extend_from_slice(name.as_bytes());
-        cmd.push(b'=');
-        cmd.extend(shell_quote(value)?);
-        cmd.extend_from_slice(b"; ");
-        Ok(())
-    };
-    for (name, value) in &options.env {
-        if !is_env_name(name) {
-            return Err(Error::InvalidOption(format!(
-                "{name:?} is not a valid environment variable name"
-            )));
-        }
-        if RESERVED_ENV.contains(&name.as_str()) {
-            return Err(Error::InvalidOption(format!("{name} is set by borg-pull itself")));
-        }
-        assign(name, value.as_bytes())?;
-    }
-    let mut repo_url = format!("ssh://{REPO_URL_HOST}").into_bytes();
-    repo_url.extend_from_slice(options.serve.repo.as_os_str().as_bytes());
-    assign("BORG_REPO", &repo_url)?;
-    let mut rsh = shell_quote(options.relay.as_bytes())?;
-    rsh.extend_from_slice(b" --socket ");
-    rsh.extend(shell_quote(socket.as_bytes())?);
-    assign("BORG_RSH", &rsh)?;
-    if let Some(dir) = &options.remote_dir {
-        // A missing directory must stop the restore, not extract into the login directory.
-        cmd.extend_from_slice(b"cd -- ");
-        cmd.extend(shell_quote(dir.as_bytes())?);
-        cmd.extend_from_slice(b" || exit 2; ");
-    }
-    cmd.extend_from_slice(b"exec ");
-    let program: &OsStr = &options.remote_borg;
-    cmd.extend(exec::shell_join(
-        std::iter::once(program).chain(options.borg_args.iter().map(|a| a.as_os_str())),
-    )?);
-    Ok(cmd)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn options() -> PullOptions {
-        let mut o = PullOptions::new(
-            "u@h",
-            "/srv/repo dir",
-            vec!["create".into(), "::it's {now}".into(), "/etc".into()],
-        )
-        .unwrap();
-        o.relay = "/opt/relay's bin/borg-pull-relay".into();
-        o.env.push(("BORG_BASE_DIR".into(), "/tmp/b b".into()));
-        o
-    }
-
     #[test]
-    fn command_shape() {
-        let o = options();
-        let cmd = String::from_utf8(borg_command(&o, "/tmp/borg-pull.X/borg.sock").unwrap()).unwrap();
-        assert_eq!(
-            cmd,
-            "export BORG_BASE_DIR='/tmp/b b'; export BORG_REPO='ssh://borg-pull-server/srv/repo dir'; \
-             export BORG_RSH=''\\''/opt/relay'\\''\\'\\'''\\''s bin/borg-pull-relay'\\'' --socket \
-             '\\''/tmp/borg-pull.X/borg.sock'\\'''; exec 'borg' 'create' '::it'\\''s {now}' '/etc'"
-        );
-    }
-
-    #[test]
-    fn command_runs_in_sh() {
-        // Replace borg by a printer and check what it sees, including BORG_RSH after shlex-style
-        // splitting by sh (same rules as Python's shlex.split in POSIX mode).
-        let mut o = options();
-        o.remote_borg = "/bin/sh".into();
-        o.borg_args = vec![
-            "-c".into(),
-            r#"printf '<%s>' "$@" "$BORG_REPO" "$BORG_BASE_DIR" "$BORG_PASSPHRASE"; eval "set -- $BORG_RSH"; printf '[%s]' "$@""#.into(),
-            "sh".into(),
-            "a b".into(),
-            "$(x)`y`;\n".into(),
-        ];
-        o.passphrase = Some(Passphrase::new("p w'd").unwrap());
-        let cmd = borg_command(&o, "/tmp/d/borg.sock").unwrap();
-        let mut child = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(std::ffi::OsStr::from_bytes(&cmd))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"p w'd\nrest\n").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            String::from_utf8(out.stdout).unwrap(),
-            "<a b><$(x)`y`;\n><ssh://borg-pull-server/srv/repo dir></tmp/b b><p w'd>\
-             [/opt/relay's bin/borg-pull-relay][--socket][/tmp/d/borg.sock]"
-        );
-    }
-
-    #[test]
-    fn remote_dir_is_entered_before_borg_and_a_missing_one_stops_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("re'store $(x)");
-        std::fs::create_dir(&target).unwrap();
-        let mut o = options();
-        o.remote_borg = "/bin/sh".into();
-        o.borg_args = vec!["-c".into(), "pwd".into()];
-        o.remote_dir = Some(target.clone().into());
-        let cmd = borg_command(&o, "/s").unwrap();
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(std::ffi::OsStr::from_bytes(&cmd))
-            .output()
-            .unwrap();
-        assert_eq!(out.stdout, [target.as_os_str().as_bytes(), b"\n"].concat());
-        o.remote_dir = Some(dir.path().join("missing").into());
-        let cmd = borg_command(&o, "/s").unwrap();
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(std::ffi::OsStr::from_bytes(&cmd))
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2));
-        assert!(out.stdout.is_empty(), "borg must not run: {:?}", out.stdout);
-    }
-
-    #[test]
-    fn env_checks() {
-        let mut o = options();
-        o.env.push(("BORG_RSH".into(), "x".into()));
-        assert!(borg_command(&o, "/s").is_err());
-        let mut o = options();
-        o.env.push(("A-B".into(), "x".into()));
-        assert!(borg_command(&o, "/s").is_err());
-        let mut o = options();
-        o.borg_args.push(std::ffi::OsString::from_vec(b"a\0b".to_vec()));
-        assert!(borg_command(&o, "/s").is_err());
-    }
-
-    #[test]
-    fn private_dir_paths() {
-        assert!(is_private_dir_path("/tmp/borg-pull.AbC123xy"));
-        assert!(is_private_dir_path("/var/tmp/x y/borg-pull.AbC123xy"));
-        for bad in [
-            "/",
-            "",
-            "tmp/borg-pull.AbC123xy",
-            "/tmp/borg-pull.AbC123x",
-            "/tmp/borg-pull.AbC123xy/",
-            "/tmp/../borg-pull.AbC123xy",
-            "/tmp/borg-pull.AbC1.3xy",
-            "/tmp\n/borg-pull.AbC123xy",
-        ] {
-            assert!(!is_private_dir_path(bad), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn passphrase_rules() {
-        assert!(Passphrase::new("a\nb").is_err());
-        assert_eq!(
-            format!("{:?}", Passphrase::new("secret").unwrap()),
-            "Passphrase(<redacted>)"
-        );
-        assert_eq!(strip_newline("x\r\n".into()), "x");
+    fn options_read_no_environment_unless_asked() {
+        assert!(PullOptions::new("host-only", "/r", vec![]).is_err());
         assert!(PullOptions::new("u@", "/r", vec![]).is_err());
-        assert!(PullOptions::new("h", "relative", vec![]).is_err());
+        assert!(PullOptions::new("u@h", "relative", vec![]).is_err());
+        let o = PullOptions::new("u@h", "/r", vec![]).unwrap();
+        assert!(o.session.known_hosts.as_os_str().is_empty());
+        assert!(o.session.default_identities.is_empty());
+        let env = PullEnv {
+            home: Some("/home/op".into()),
+            user: Some("op".into()),
+            identity_passphrase: Some("pw".into()),
+            ..Default::default()
+        };
+        let o = PullOptions::with_env("h", "/r", vec![], &env).unwrap();
+        assert_eq!(o.session.user, "op");
+        assert_eq!(o.session.known_hosts, PathBuf::from("/home/op/.ssh/known_hosts"));
+        assert_eq!(
+            o.session.default_identities[0],
+            PathBuf::from("/home/op/.ssh/id_ed25519")
+        );
+        assert_eq!(
+            o.session.identity_passphrase.as_ref().map(SecretString::as_str),
+            Some("pw")
+        );
+        assert!(!format!("{env:?}").contains("pw\""));
     }
 
-    use std::os::unix::ffi::OsStringExt;
+    #[test]
+    fn bad_arguments_fail_before_connecting() {
+        let mut o = PullOptions::new("u@h", "/r", vec!["a\0b".into()]).unwrap();
+        assert!(o.remote_script("m:").is_err());
+        o.borg_args.clear();
+        o.env.push(("BORG_RSH".into(), "x".into()));
+        assert!(o.remote_script("m:").is_err());
+    }
 }

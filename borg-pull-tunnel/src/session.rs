@@ -1,17 +1,27 @@
-//! Connecting to the client's sshd: TCP, host key verification, public key authentication.
+//! Connecting to the client's sshd: TCP, host key verification, public key authentication, and
+//! the [`Session`] through which everything else talks to the client.
+//!
+//! This module knows nothing of borg: channels the client's sshd opens are handed to an
+//! [`Incoming`] given at connect time.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use russh::client::{self, ChannelOpenHandle, Handle, Msg, Session as RusshSession};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyBase64};
-use russh::{Channel, ChannelOpenFailure, Disconnect};
+use russh::{Channel, ChannelId, Disconnect};
 use tracing::{debug, warn};
 
 use crate::error::HostKeyProblem;
-use crate::forward::Forwarder;
+use crate::exec::Captured;
+use crate::incoming::{Decision, Incoming, TcpOrigin};
 use crate::known_hosts::{self, KnownHosts, Verdict};
-use crate::limits::{CHANNEL_BUFFER, CONNECT_TIMEOUT, KEEPALIVE_MAX, MAX_PACKET};
+use crate::limits::{
+    CHANNEL_BUFFER, CONNECT_TIMEOUT, KEEPALIVE_MAX, MAX_PACKET, MAX_REFUSED_CHANNEL_OPENS, REFUSALS_LOGGED,
+    REQUEST_TIMEOUT,
+};
+use crate::secret_file::SecretString;
 use crate::{Error, Result};
 
 /// Where and how to log in.
@@ -23,10 +33,13 @@ pub struct SessionOptions {
     pub port: u16,
     /// Login user on the client.
     pub user: String,
-    /// Private key file; `None` tries `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
+    /// Private key file; `None` tries [`default_identities`](Self::default_identities).
     pub identity: Option<PathBuf>,
+    /// Keys tried in order when `identity` is `None` (the first that exists is used); set from
+    /// HOME by [`crate::pull::PullOptions::from_env`]: `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
+    pub default_identities: Vec<PathBuf>,
     /// Passphrase of an encrypted identity.
-    pub identity_passphrase: Option<String>,
+    pub identity_passphrase: Option<SecretString>,
     /// The known_hosts file to verify (and, with `accept_new_host_key`, record) host keys.
     pub known_hosts: PathBuf,
     /// Record the key of a host not yet in `known_hosts` (OpenSSH's `accept-new`); a changed or
@@ -47,6 +60,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("identity", &self.identity)
+            .field("default_identities", &self.default_identities)
             .field(
                 "identity_passphrase",
                 &self.identity_passphrase.as_ref().map(|_| "<redacted>"),
@@ -60,16 +74,31 @@ impl std::fmt::Debug for SessionOptions {
 }
 
 /// An authenticated SSH connection to the client.
+///
+/// The russh handle stays inside: callers get the operations a pull needs, each with a deadline
+/// and with errors that name the host.
 pub struct Session {
-    /// russh's handle: open channels, request forwards, disconnect.
-    pub handle: Handle<ClientHandler>,
-    /// Host as given.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
+    handle: Handle<ClientHandler>,
+    host: String,
+    port: u16,
+    ended: EndReason,
 }
 
+/// Why our handler ended the connection (host key refused, oversized packet, channel flood):
+/// russh itself only reports a generic disconnect.
+type EndReason = Arc<Mutex<Option<Error>>>;
+
 impl Session {
+    /// Host as given.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// sshd's TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Whether the connection has ended (keepalive timeout, reset, disconnect).
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
@@ -77,22 +106,146 @@ impl Session {
 
     /// Sends a polite disconnect; errors are ignored (the peer may already be gone).
     pub async fn disconnect(&self) {
-        if let Err(e) = self.handle.disconnect(Disconnect::ByApplication, "", "en").await {
-            debug!("disconnect: {e}");
+        let bye = self.handle.disconnect(Disconnect::ByApplication, "", "en");
+        match tokio::time::timeout(REQUEST_TIMEOUT, bye).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!("disconnect: {e}"),
+            Err(_) => debug!("disconnect: no answer"),
         }
+    }
+
+    /// The error for a failed operation: why our handler ended the connection if it did, a lost
+    /// connection if it is gone, else the protocol error.
+    pub fn failure(&self, context: &'static str, source: russh::Error) -> Error {
+        if let Some(reason) = self.ended.lock().expect("not poisoned").take() {
+            return reason;
+        }
+        if self.is_closed() {
+            return Error::ConnectionLost {
+                host: self.host.clone(),
+                port: self.port,
+                context,
+            };
+        }
+        Error::Ssh { context, source }
+    }
+
+    /// Runs `request` with the deadline every request to the client gets.
+    async fn answer<T>(
+        &self,
+        what: &'static str,
+        request: impl std::future::Future<Output = std::result::Result<T, russh::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(russh::Error::RequestDenied)) => Err(Error::RequestDenied {
+                host: self.host.clone(),
+                port: self.port,
+                request: what,
+            }),
+            Ok(Err(source)) => Err(self.failure(what, source)),
+            Err(_) => Err(Error::NoAnswer {
+                host: self.host.clone(),
+                port: self.port,
+                what,
+                secs: REQUEST_TIMEOUT.as_secs(),
+            }),
+        }
+    }
+
+    /// Opens a session channel and sends `exec command` on it without waiting for the reply (a
+    /// refusal arrives on the channel as [`russh::ChannelMsg::Failure`]), saving a round trip.
+    pub async fn exec(&self, command: &[u8]) -> Result<Channel<Msg>> {
+        let channel = self
+            .answer("opening a session channel", self.handle.channel_open_session())
+            .await?;
+        channel
+            .exec(true, command.to_vec())
+            .await
+            .map_err(|source| self.failure("sending an exec request", source))?;
+        Ok(channel)
+    }
+
+    /// Runs a short helper `command` and collects a bounded prefix of its output; see
+    /// [`crate::exec::capture`].
+    pub async fn capture(&self, command: &str, timeout: Duration) -> Result<Captured> {
+        let run = async {
+            let mut channel = self.exec(command.as_bytes()).await?;
+            channel
+                .eof()
+                .await
+                .map_err(|source| self.failure("sending EOF", source))?;
+            crate::exec::capture(&mut channel, command).await
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| Error::RemoteHelperTimeout {
+                command: command.to_owned(),
+                secs: timeout.as_secs(),
+            })?
+    }
+
+    /// Asks the sshd to listen on the UNIX socket `path` for us
+    /// (`streamlocal-forward@openssh.com`); a refusal is [`Error::RequestDenied`].
+    pub async fn streamlocal_forward(&self, path: &str) -> Result<()> {
+        self.answer(
+            "the UNIX socket forward request",
+            self.handle.streamlocal_forward(path),
+        )
+        .await
+    }
+
+    /// Stops the UNIX socket forward on `path`.
+    pub async fn cancel_streamlocal_forward(&self, path: &str) -> Result<()> {
+        self.answer(
+            "cancelling the UNIX socket forward",
+            self.handle.cancel_streamlocal_forward(path),
+        )
+        .await
+    }
+
+    /// Asks the sshd to listen on TCP `address:port` for us (`tcpip-forward`); returns the port
+    /// it listens on (the one it chose when `port` is 0).
+    pub async fn tcpip_forward(&self, address: &str, port: u32) -> Result<u32> {
+        let chosen = self
+            .answer(
+                "the TCP forward request",
+                self.handle.tcpip_forward(address, port),
+            )
+            .await?;
+        Ok(if port == 0 { chosen } else { port })
+    }
+
+    /// Stops the TCP forward on `address:port`.
+    pub async fn cancel_tcpip_forward(&self, address: &str, port: u32) -> Result<()> {
+        self.answer(
+            "cancelling the TCP forward",
+            self.handle.cancel_tcpip_forward(address, port),
+        )
+        .await
+    }
+
+    /// Opens a `direct-tcpip` channel: the sshd connects to `host:port` on our behalf.
+    pub async fn direct_tcpip(&self, host: &str, port: u32, originator: (&str, u32)) -> Result<Channel<Msg>> {
+        self.answer(
+            "opening a direct-tcpip channel",
+            self.handle
+                .channel_open_direct_tcpip(host, port, originator.0, originator.1),
+        )
+        .await
     }
 }
 
-/// The russh client handler: verifies the host key, bridges forwarded UNIX socket channels to
-/// `borg serve` (through a [`Forwarder`]) and refuses every channel we did not ask for.
+/// The russh client handler: verifies the host key, refuses oversized packets and hands every
+/// channel the server opens to an [`Incoming`], cutting off a peer that floods refused opens.
 pub struct ClientHandler {
     host: String,
     port: u16,
     known_hosts: PathBuf,
     accept_new: bool,
-    forwarder: Option<Arc<Forwarder>>,
-    /// The host key verification error, kept because russh may report a generic disconnect.
-    host_key_error: Arc<Mutex<Option<Error>>>,
+    incoming: Arc<dyn Incoming>,
+    refused: usize,
+    ended: EndReason,
 }
 
 impl ClientHandler {
@@ -146,16 +299,55 @@ impl ClientHandler {
         }
     }
 
-    fn fail(&self, e: Error) -> Error {
+    /// Records why we end the connection and returns what russh passes on (it loses the type).
+    fn end(&self, e: Error) -> Error {
         let text = e.to_string();
-        *self.host_key_error.lock().expect("not poisoned") = Some(e);
+        *self.ended.lock().expect("not poisoned") = Some(e);
         Error::InvalidOption(text)
     }
-}
 
-async fn refuse(what: &str, reply: ChannelOpenHandle) {
-    warn!("the client's sshd opened a {what} channel we did not ask for; refused");
-    reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+    async fn decide(
+        &mut self,
+        kind: &'static str,
+        decision: Decision,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+    ) -> Result<()> {
+        match decision {
+            Decision::Accept(start) => {
+                reply.accept().await;
+                start(channel);
+                Ok(())
+            }
+            Decision::Refuse(reason) => {
+                reply.reject(reason).await;
+                self.refused += 1;
+                if self.refused <= REFUSALS_LOGGED {
+                    warn!("the client's sshd opened a {kind} channel we did not ask for; refused");
+                }
+                if self.refused > MAX_REFUSED_CHANNEL_OPENS {
+                    return Err(self.end(Error::ChannelOpenFlood {
+                        host: self.host.clone(),
+                        port: self.port,
+                        count: self.refused,
+                    }));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn check_packet(&self, len: usize) -> Result<()> {
+        if len > MAX_PACKET as usize {
+            return Err(self.end(Error::OversizedPacket {
+                host: self.host.clone(),
+                port: self.port,
+                len,
+                max: MAX_PACKET,
+            }));
+        }
+        Ok(())
+    }
 }
 
 impl client::Handler for ClientHandler {
@@ -168,13 +360,34 @@ impl client::Handler for ClientHandler {
         match key {
             russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => match self.verify(key) {
                 Ok(()) => Ok(true),
-                Err(e) => Err(self.fail(e)),
+                Err(e) => Err(self.end(e)),
             },
             russh::keys::PublicKeyOrCertificate::Certificate(_) => {
                 let e = Error::HostCertificateUnsupported(self.problem(None));
-                Err(self.fail(e))
+                Err(self.end(e))
             }
         }
+    }
+
+    // Called after russh queued the packet for the channel: at most one oversized packet is ever
+    // buffered before the connection ends.
+    async fn data(
+        &mut self,
+        _channel: ChannelId,
+        data: &[u8],
+        _session: &mut RusshSession,
+    ) -> Result<(), Self::Error> {
+        self.check_packet(data.len())
+    }
+
+    async fn extended_data(
+        &mut self,
+        _channel: ChannelId,
+        _ext: u32,
+        data: &[u8],
+        _session: &mut RusshSession,
+    ) -> Result<(), Self::Error> {
+        self.check_packet(data.len())
     }
 
     async fn server_channel_open_forwarded_streamlocal(
@@ -184,50 +397,54 @@ impl client::Handler for ClientHandler {
         reply: ChannelOpenHandle,
         _session: &mut RusshSession,
     ) -> Result<(), Self::Error> {
-        match &self.forwarder {
-            Some(forwarder) => forwarder.accept(channel, socket_path, reply).await,
-            None => refuse("forwarded-streamlocal", reply).await,
-        }
-        Ok(())
+        let decision = self.incoming.forwarded_streamlocal(socket_path);
+        self.decide("forwarded-streamlocal", decision, channel, reply)
+            .await
     }
 
     async fn server_channel_open_forwarded_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
-        _connected_address: &str,
-        _connected_port: u32,
-        _originator_address: &str,
-        _originator_port: u32,
+        channel: Channel<Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
         reply: ChannelOpenHandle,
         _session: &mut RusshSession,
     ) -> Result<(), Self::Error> {
-        refuse("forwarded-tcpip", reply).await;
-        Ok(())
+        let origin = TcpOrigin {
+            connected_address: connected_address.to_owned(),
+            connected_port,
+            originator_address: originator_address.to_owned(),
+            originator_port,
+        };
+        let decision = self.incoming.forwarded_tcpip(&origin);
+        self.decide("forwarded-tcpip", decision, channel, reply).await
     }
 
     async fn server_channel_open_agent_forward(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         _session: &mut RusshSession,
     ) -> Result<(), Self::Error> {
-        refuse("auth-agent", reply).await;
-        Ok(())
+        let decision = self.incoming.agent();
+        self.decide("auth-agent", decision, channel, reply).await
     }
 
     async fn server_channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         _session: &mut RusshSession,
     ) -> Result<(), Self::Error> {
-        refuse("session", reply).await;
-        Ok(())
+        self.decide("session", Decision::prohibited(), channel, reply)
+            .await
     }
 
     async fn server_channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         _host_to_connect: &str,
         _port_to_connect: u32,
         _originator_address: &str,
@@ -235,31 +452,30 @@ impl client::Handler for ClientHandler {
         reply: ChannelOpenHandle,
         _session: &mut RusshSession,
     ) -> Result<(), Self::Error> {
-        refuse("direct-tcpip", reply).await;
-        Ok(())
+        self.decide("direct-tcpip", Decision::prohibited(), channel, reply)
+            .await
     }
 
     async fn server_channel_open_direct_streamlocal(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         _socket_path: &str,
         reply: ChannelOpenHandle,
         _session: &mut RusshSession,
     ) -> Result<(), Self::Error> {
-        refuse("direct-streamlocal", reply).await;
-        Ok(())
+        self.decide("direct-streamlocal", Decision::prohibited(), channel, reply)
+            .await
     }
 
     async fn server_channel_open_x11(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         _originator_address: &str,
         _originator_port: u32,
         reply: ChannelOpenHandle,
         _session: &mut RusshSession,
     ) -> Result<(), Self::Error> {
-        refuse("x11", reply).await;
-        Ok(())
+        self.decide("x11", Decision::prohibited(), channel, reply).await
     }
 }
 
@@ -302,40 +518,48 @@ fn prefer_recorded_host_key_types(config: &mut client::Config, options: &Session
 fn load_identity(options: &SessionOptions) -> Result<(PathBuf, russh::keys::PrivateKey)> {
     let path = match &options.identity {
         Some(p) => p.clone(),
-        None => default_identity().ok_or(Error::NoIdentity)?,
+        None => options
+            .default_identities
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+            .ok_or_else(|| Error::NoIdentity {
+                tried: options.default_identities.clone(),
+            })?,
     };
-    let key = crate::identity::load(&path, options.identity_passphrase.as_deref())?;
+    let key = crate::identity::load(
+        &path,
+        options.identity_passphrase.as_ref().map(SecretString::as_str),
+    )?;
     Ok((path, key))
 }
 
-fn default_identity() -> Option<PathBuf> {
-    let home = PathBuf::from(std::env::var_os("HOME")?);
+/// The keys OpenSSH tries by default, in its order, under `home`.
+pub fn default_identities(home: &Path) -> Vec<PathBuf> {
     ["id_ed25519", "id_ecdsa", "id_rsa"]
         .iter()
         .map(|name| home.join(".ssh").join(name))
-        .find(|p| p.is_file())
+        .collect()
 }
 
 /// Connects, verifies the host key against `known_hosts` and authenticates with the identity.
 ///
-/// Forwarded UNIX socket channels are handed to `forwarder` (if any); every other channel the
-/// server tries to open is refused.
-pub async fn connect(options: &SessionOptions, forwarder: Option<Arc<Forwarder>>) -> Result<Session> {
+/// Channels the server opens are handed to `incoming`; see [`Incoming`].
+pub async fn connect(options: &SessionOptions, incoming: Arc<dyn Incoming>) -> Result<Session> {
+    if options.known_hosts.as_os_str().is_empty() {
+        return Err(Error::NoKnownHostsFile);
+    }
     let (identity_path, key) = load_identity(options)?;
-    let host_key_error = Arc::new(Mutex::new(None));
+    let ended: EndReason = Arc::default();
     let handler = ClientHandler {
         host: options.host.clone(),
         port: options.port,
         known_hosts: options.known_hosts.clone(),
         accept_new: options.accept_new_host_key,
-        forwarder,
-        host_key_error: host_key_error.clone(),
+        incoming,
+        refused: 0,
+        ended: ended.clone(),
     };
-    if options.known_hosts.as_os_str().is_empty() {
-        return Err(Error::InvalidOption(
-            "HOME is not set: pass --known-hosts FILE".into(),
-        ));
-    }
     let mut config = client_config(options);
     prefer_recorded_host_key_types(&mut config, options)?;
     let config = Arc::new(config);
@@ -353,8 +577,7 @@ pub async fn connect(options: &SessionOptions, forwarder: Option<Arc<Forwarder>>
         }
         client::connect_stream(config, tcp, handler).await
     };
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await;
-    let mut handle = match connected {
+    let handle = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => {
             return Err(Error::ConnectTimeout {
                 host: options.host.clone(),
@@ -362,35 +585,46 @@ pub async fn connect(options: &SessionOptions, forwarder: Option<Arc<Forwarder>>
                 secs: CONNECT_TIMEOUT.as_secs(),
             })
         }
-        Ok(Err(e)) => {
-            return Err(host_key_error.lock().expect("not poisoned").take().unwrap_or(e));
-        }
+        Ok(Err(e)) => return Err(ended.lock().expect("not poisoned").take().unwrap_or(e)),
         Ok(Ok(handle)) => handle,
     };
-    if let Some(e) = host_key_error.lock().expect("not poisoned").take() {
+    if let Some(e) = ended.lock().expect("not poisoned").take() {
         return Err(e);
     }
-    authenticate(&mut handle, options, &identity_path, key).await?;
-    debug!(host = %options.host, port = options.port, user = %options.user, "authenticated");
-    Ok(Session {
+    let mut session = Session {
         handle,
         host: options.host.clone(),
         port: options.port,
-    })
+        ended,
+    };
+    let auth = authenticate(&mut session, options, &identity_path, key);
+    match tokio::time::timeout(REQUEST_TIMEOUT, auth).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(Error::NoAnswer {
+                host: options.host.clone(),
+                port: options.port,
+                what: "public key authentication",
+                secs: REQUEST_TIMEOUT.as_secs(),
+            })
+        }
+    }
+    debug!(host = %options.host, port = options.port, user = %options.user, "authenticated");
+    Ok(session)
 }
 
 async fn authenticate(
-    handle: &mut Handle<ClientHandler>,
+    session: &mut Session,
     options: &SessionOptions,
     identity: &Path,
     key: russh::keys::PrivateKey,
 ) -> Result<()> {
-    let ssh = |context| move |source| Error::Ssh { context, source };
     let hash = if key.algorithm().is_rsa() {
-        handle
+        session
+            .handle
             .best_supported_rsa_hash()
             .await
-            .map_err(ssh("negotiating the RSA signature hash"))?
+            .map_err(|e| session.failure("negotiating the RSA signature hash", e))?
             // `None`: the server did not say (no ext-info); rsa-sha2-512 is what OpenSSH prefers.
             .unwrap_or(Some(HashAlg::Sha512))
     } else {
@@ -398,10 +632,11 @@ async fn authenticate(
     };
     debug!(identity = %identity.display(), key = %key.public_key().public_key_base64(), "authenticating");
     let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-    let result = handle
+    let result = session
+        .handle
         .authenticate_publickey(options.user.clone(), key)
         .await
-        .map_err(ssh("public key authentication"))?;
+        .map_err(|e| session.failure("public key authentication", e))?;
     if result.success() {
         Ok(())
     } else {

@@ -465,6 +465,27 @@ fn assert_child(run: &ChildRun, expect: ChildExpect) {
     );
 }
 
+/// The run's watcher on the "client" removes the private directory about a second after the
+/// script's process ends, whatever ended it.
+async fn assert_private_dir_removed(fx: &Fixture) {
+    let empty = || std::fs::read_dir(fx.dir().join("tmp")).unwrap().next().is_none();
+    for _ in 0..100 {
+        if empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Vec<_> = std::fs::read_dir(fx.dir().join("tmp")).unwrap().collect();
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pid,ppid,pgid,stat,args"])
+        .output()
+        .unwrap();
+    panic!(
+        "left behind after 10 s: {left:?}\n{}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+}
+
 fn describe(run: &PullRun) -> String {
     format!(
         "result {:?} after {:?} (hit deadline: {}, after cancel: {:?}); stderr: {}",
@@ -510,17 +531,16 @@ async fn happy_path_through_the_fixture() {
         "{}",
         describe(&run)
     );
-    assert_eq!(outcome.forwarded.connections, 1);
+    assert_eq!(outcome.forwarded.accepted, 1);
     assert_eq!(outcome.forwarded.to_serve, 5);
     assert_eq!(outcome.forwarded.from_serve, 10);
     assert_eq!(fx.stats.forward_requests.lock().unwrap().len(), 1);
     assert_eq!(fx.stats.forwarded_connections.load(Ordering::SeqCst), 1);
     // At least "pong ping\n" (the library may also write to its exec channels' stdin).
     assert!(fx.stats.client_data_bytes.load(Ordering::Relaxed) >= 10);
-    assert!(fx.stats.exec_count() >= 2, "{:?}", fx.stats.exec_commands);
-    // The private directory on the "client" was removed again.
-    let left: Vec<_> = std::fs::read_dir(fx.dir().join("tmp")).unwrap().collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    // Set-up, borg and clean-up in one exec: no helper round trips.
+    assert_eq!(fx.stats.exec_count(), 1, "{:?}", fx.stats.exec_commands);
+    assert_private_dir_removed(&fx).await;
     assert!(
         fx.wait_for(Duration::from_secs(10), |s| s
             .connections_ended
@@ -791,20 +811,26 @@ async fn sshd_frozen_mid_run_is_detected_by_keepalive() {
     );
 }
 
-/// Every exec works and reports its exit status, but its channel is never closed (no exec
-/// answered completely). Today the helper's 30 s timeout ends it.
+/// Every exec runs, sends its output, exit status and EOF, but the sshd never closes its channel.
+/// The pull must still end by itself within [`HANG_BOUND`] (with borg's exit code or an error):
+/// waiting for the close is fine, waiting for it forever is not. Fails on main at 6c13034: the
+/// single exec's channel is awaited until `max_runtime`/cancel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exec_exiting_without_closing_ends_with_an_error() {
+async fn exec_exiting_without_closing_ends_the_pull() {
     let run = hang_run(Knobs {
         exit_without_close_from: Some(0),
         ..Knobs::default()
     })
     .await;
-    assert_ends_with_error(&run);
+    assert!(
+        !run.hit_deadline,
+        "the pull did not end by itself within {HANG_BOUND:?}: {}",
+        describe(&run)
+    );
 }
 
-/// The first exec is complete, later ones exit without their channel ever closing (today:
-/// borg's, which exits 0 but `relay_output` waits for the close: hangs).
+/// The first exec is complete, later ones exit without their channel ever closing (before the
+/// one-exec design: borg's, which exited 0 but was awaited forever; now a guard for any extra exec).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_exec_exiting_without_closing_ends_the_pull() {
     let run = hang_run(Knobs {
@@ -936,6 +962,5 @@ async fn refused_forward_is_diagnosed() {
     }
     assert_eq!(fx.stats.forward_requests.lock().unwrap().len(), 1);
     // Clean-up still ran: the private directory is gone.
-    let left: Vec<_> = std::fs::read_dir(fx.dir().join("tmp")).unwrap().collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_private_dir_removed(&fx).await;
 }

@@ -4,17 +4,13 @@
 //! `BORG_RSH="borg-pull-relay --socket /run/borg/x.sock" borg create ssh://x/repo::a dir`.
 
 use std::ffi::OsString;
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use borg_pull_cli::{exit, hint, runtime};
 use borg_pull_core::relay::relay_stdio;
 use borg_pull_core::rsh::RshArgs;
 use clap::Parser;
-
-/// Exit status for every failure, as ssh(1) uses for connection errors: borg reports it as a
-/// failed connection rather than as an error of `borg serve`.
-const EXIT_FAILURE: u8 = 255;
 
 /// Relay borg's BORG_RSH stdin/stdout to a borg-pull UNIX socket.
 ///
@@ -22,7 +18,11 @@ const EXIT_FAILURE: u8 = 255;
 /// that borg appends (`[-p PORT] [user@]host borg serve ...`) are accepted and ignored: the socket
 /// alone decides where the connection goes, and the server decides what runs there.
 #[derive(Debug, Parser)]
-#[command(name = "borg-pull-relay", disable_version_flag = true)]
+#[command(
+    name = "borg-pull-relay",
+    disable_version_flag = true,
+    after_help = after_help()
+)]
 struct Args {
     /// UNIX socket to connect to (borg-pull-server's listener or the end of an ssh forward).
     #[arg(long, env = "BORG_PULL_SOCKET", value_name = "PATH")]
@@ -33,21 +33,27 @@ struct Args {
     ssh_args: Vec<OsString>,
 }
 
+/// Exit codes and logging, from the shared table.
+fn after_help() -> String {
+    format!(
+        "Exit codes:\n    0  borg's connection ended normally\n{}\n\n{}\n\nLogs go to stderr \
+         (default: warnings); {} (e.g. {}=debug) sets the filter.",
+        exit::lines(exit::RELAY).trim_end(),
+        exit::range_note(),
+        runtime::LOG_VAR,
+        runtime::LOG_VAR,
+    )
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BORG_PULL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // Quiet by default: borg shows our stderr to its user as `Remote: ...` lines.
+    runtime::init_logging("warn");
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(err) => {
             let _ = err.print();
             return if err.use_stderr() {
-                ExitCode::from(EXIT_FAILURE)
+                exit::RELAY_FAILURE.into()
             } else {
                 ExitCode::SUCCESS
             };
@@ -56,9 +62,9 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // Not `{:#}`: borg-pull-core's messages already embed their cause, then the fix.
-            eprintln!("borg-pull-relay: {err}");
-            ExitCode::from(EXIT_FAILURE)
+            // One line: borg-pull-core's messages already embed their cause; the hint names the flag.
+            eprintln!("borg-pull-relay: {}", hint::render(err.as_ref()));
+            exit::RELAY_FAILURE.into()
         }
     }
 }
@@ -69,4 +75,22 @@ fn run(args: Args) -> anyhow::Result<()> {
     let stats = relay_stdio(&args.socket)?;
     tracing::debug!(sent = stats.a_to_b, received = stats.b_to_a, "relay done");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every code the help shows is in the shared table for the relay, and vice versa.
+    #[test]
+    fn help_lists_the_relay_table() {
+        let help = super::Args::command().render_long_help().to_string();
+        let listed: Vec<u8> = help
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .filter(|&c| c != 0)
+            .collect();
+        let table: Vec<u8> = borg_pull_cli::exit::RELAY.iter().map(|c| c.code).collect();
+        assert_eq!(listed, table, "{help}");
+    }
 }

@@ -1,23 +1,35 @@
 //! Helpers shared by the integration tests that spawn the real binaries and real borg.
 //!
+//! - [`TestCommand`]: the one way tests run a program (in the style of ripgrep's `tests/util.rs`).
+//!   It owns the environment, the deadline, the process-group kill and the failure report: the
+//!   command line, exit status, the tails of stdout and stderr and of any attached log (sshd's).
+//!   [`TestCommand::output`] runs to completion; [`Spawned`] is one running in the background.
 //! - [`TestDir`]: a private temp dir with its own HOME and BORG_BASE_DIR, so borg's caches and
 //!   security dirs never collide and tests run in parallel; [`TestDir::borg`] builds a borg command
 //!   with that environment and the "are you sure" prompts answered.
 //! - [`require_tool`]: skip a test when a tool is missing, or fail it under BORG_PULL_REQUIRE_DEPS=1.
-//! - [`Spawned`]: a child that is killed and reaped on drop, with its stderr in a file for asserts.
 //! - [`wait_until`]: poll a condition with a deadline; tests never sleep a fixed time.
 #![allow(dead_code)] // Each test binary uses its own subset.
 
 use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::fs;
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long any single wait in a test may take before it fails (the machine is slow and noisy).
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long one command may run: a whole pull with borg on both ends, on a machine shared by many.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(180);
+
+/// How much of each output the failure report shows (its end, where the error is).
+const REPORT_TAIL: usize = 4000;
 
 /// `true` if `tool` is on PATH. If it is not: panics when BORG_PULL_REQUIRE_DEPS=1 (CI), otherwise
 /// prints a note and returns `false` so the caller can skip.
@@ -25,10 +37,20 @@ pub fn require_tool(tool: &str) -> bool {
     if find_on_path(tool).is_some() {
         return true;
     }
-    if std::env::var_os("BORG_PULL_REQUIRE_DEPS").is_some_and(|v| v == "1") {
-        panic!("{tool} is required (BORG_PULL_REQUIRE_DEPS=1) but not on PATH; run scripts/install-deps");
+    missing(&format!("{tool} (not on PATH)"))
+}
+
+/// Whether missing dependencies fail the tests (CI, `scripts/test`) instead of skipping them.
+pub fn deps_required() -> bool {
+    std::env::var_os("BORG_PULL_REQUIRE_DEPS").is_some_and(|v| v == "1")
+}
+
+/// Panics about `what` under BORG_PULL_REQUIRE_DEPS=1, else prints a note; returns `false`.
+pub fn missing(what: &str) -> bool {
+    if deps_required() {
+        panic!("{what} is required (BORG_PULL_REQUIRE_DEPS=1); run scripts/install-deps");
     }
-    eprintln!("note: skipping: {tool} is not installed (set BORG_PULL_REQUIRE_DEPS=1 to make this fail)");
+    eprintln!("note: skipping: {what} is missing (set BORG_PULL_REQUIRE_DEPS=1 to make this fail)");
     false
 }
 
@@ -38,6 +60,363 @@ pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(tool))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// A program to run with a deadline, in its own process group, with stdin from `/dev/null` unless
+/// given, and a readable report when it fails.
+pub struct TestCommand {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+    deadline: Duration,
+    logs: Vec<(String, PathBuf)>,
+}
+
+impl TestCommand {
+    /// `program`, with no arguments yet.
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        let mut cmd = Command::new(program);
+        // Its own group: a timeout or drop kills what it started too (borg's BORG_RSH, borg serve).
+        cmd.process_group(0);
+        Self {
+            cmd,
+            stdin: None,
+            deadline: COMMAND_DEADLINE,
+            logs: Vec::new(),
+        }
+    }
+
+    /// Adds one argument.
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Sets environment variables.
+    pub fn envs<I, K, V>(&mut self, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        self.cmd.envs(vars);
+        self
+    }
+
+    /// Removes an environment variable.
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
+        self.cmd.env_remove(key);
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
+        self.cmd.current_dir(dir);
+        self
+    }
+
+    /// Feeds `bytes` to stdin (from a thread, so a child that does not read cannot block us).
+    pub fn stdin(&mut self, bytes: Vec<u8>) -> &mut Self {
+        self.stdin = Some(bytes);
+        self
+    }
+
+    /// Fails the test if the command runs longer than `limit` (default [`COMMAND_DEADLINE`]).
+    pub fn deadline(&mut self, limit: Duration) -> &mut Self {
+        self.deadline = limit;
+        self
+    }
+
+    /// Shows the end of `path` (e.g. sshd's log) in the failure report, under `name`.
+    pub fn attach_log(&mut self, name: &str, path: &Path) -> &mut Self {
+        self.logs.push((name.to_owned(), path.to_owned()));
+        self
+    }
+
+    /// The command line, quoted for reading.
+    pub fn command_line(&self) -> String {
+        let mut line = format!("{:?}", self.cmd.get_program());
+        for arg in self.cmd.get_args() {
+            let _ = write!(line, " {arg:?}");
+        }
+        line
+    }
+
+    /// Runs to completion with stdout and stderr captured; on a timeout kills the process group
+    /// and panics with the report.
+    pub fn output(&mut self) -> Outcome {
+        let dir = tempfile::tempdir().expect("temp dir for output");
+        let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+        let mut running = self.start(
+            fs::File::create(&out).unwrap(),
+            fs::File::create(&err).unwrap(),
+            err.clone(),
+        );
+        let status = running.wait_exit();
+        Outcome {
+            status,
+            stdout: fs::read(&out).unwrap_or_default(),
+            stderr: fs::read(&err).unwrap_or_default(),
+            report: running.report_header(),
+        }
+    }
+
+    /// Starts it in the background with stdout and stderr appended to `log`.
+    pub fn spawn(&mut self, log: PathBuf) -> Spawned {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        self.start(file.try_clone().unwrap(), file, log)
+    }
+
+    fn start(&mut self, stdout: fs::File, stderr: fs::File, log: PathBuf) -> Spawned {
+        let line = self.command_line();
+        self.cmd.stdout(stdout).stderr(stderr);
+        self.cmd.stdin(match self.stdin {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        });
+        let mut child = self
+            .cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {line}: {e}"));
+        if let (Some(bytes), Some(mut pipe)) = (self.stdin.clone(), child.stdin.take()) {
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            });
+        }
+        Spawned {
+            child: Some(child),
+            log,
+            name: line,
+            started: Instant::now(),
+            deadline: self.deadline,
+            logs: self.logs.clone(),
+        }
+    }
+}
+
+/// What a finished [`TestCommand`] did.
+pub struct Outcome {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr.
+    pub stderr: Vec<u8>,
+    report: String,
+}
+
+impl Outcome {
+    /// stdout as text.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stderr as text.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// The failure report: command line, status, the ends of stdout, stderr and attached logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}\nstatus: {}\n--- stdout (end)\n{}\n--- stderr (end)\n{}",
+            self.report,
+            self.status,
+            tail(&self.stdout),
+            tail(&self.stderr)
+        )
+    }
+
+    /// Panics with the report unless the exit code is `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(self.status.code(), Some(code), "{}", self.describe());
+    }
+}
+
+/// The last [`REPORT_TAIL`] bytes of `bytes`, as text.
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(REPORT_TAIL);
+    let cut = if start > 0 { "[...]" } else { "" };
+    format!("{cut}{}", String::from_utf8_lossy(&bytes[start..]))
+}
+
+/// Panics with the command's report unless it succeeded.
+#[track_caller]
+pub fn assert_ok(out: &Outcome, what: &str) {
+    assert!(out.status.success(), "{what} failed:\n{}", out.describe());
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A [`TestCommand`] running in the background: its process group is killed and the child reaped
+/// when this is dropped, and every wait has a deadline.
+pub struct Spawned {
+    child: Option<Child>,
+    log: PathBuf,
+    name: String,
+    started: Instant,
+    deadline: Duration,
+    logs: Vec<(String, PathBuf)>,
+}
+
+impl Spawned {
+    /// Starts `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(mut cmd: TestCommand, log: PathBuf) -> Self {
+        cmd.spawn(log)
+    }
+
+    /// The child's pid (also its process group).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Everything the child logged so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// The command line and the ends of the attached logs, for failure messages.
+    fn report_header(&self) -> String {
+        let mut report = format!("command: {}", self.name);
+        for (name, path) in &self.logs {
+            let text = fs::read(path).unwrap_or_default();
+            let _ = write!(report, "\n--- {name} ({}, end)\n{}", path.display(), tail(&text));
+        }
+        report
+    }
+
+    /// [`Spawned::report_header`] plus the end of the child's own log.
+    pub fn report(&self) -> String {
+        format!(
+            "{}\n--- its output (end)\n{}",
+            self.report_header(),
+            tail(self.log().as_bytes())
+        )
+    }
+
+    /// Panics with the log if the child has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("exited early ({status}):\n{}", self.report());
+        }
+    }
+
+    /// Waits (with [`DEADLINE`]) until `path` accepts connections, failing fast if the child dies.
+    pub fn wait_for_socket(&mut self, path: &Path) {
+        wait_until(&format!("{} to listen on {}", self.name, path.display()), || {
+            self.assert_running();
+            UnixStream::connect(path).is_ok()
+        });
+    }
+
+    /// Waits (with [`DEADLINE`]) until the log contains `needle`; fails fast (with the log) if the
+    /// child exits without writing it.
+    pub fn wait_for_log(&mut self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                if self.log().contains(needle) {
+                    break;
+                }
+                panic!("exited ({status}) before logging {needle:?}:\n{}", self.report());
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {needle:?} in the log:\n{}",
+                self.report()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT", "KILL") to the child itself, not its group.
+    pub fn signal(&self, signal: &str) {
+        let sig = match signal {
+            "TERM" => rustix::process::Signal::TERM,
+            "INT" => rustix::process::Signal::INT,
+            "KILL" => rustix::process::Signal::KILL,
+            other => panic!("no such signal in the tests: {other}"),
+        };
+        rustix::process::kill_process(pid(self.pid()), sig)
+            .unwrap_or_else(|e| panic!("kill -{signal} {}: {e}", self.pid()));
+    }
+
+    /// Waits for the child to exit and reaps it; kills its process group and panics with the
+    /// report if that takes longer than the command's deadline (counted from its start), or for a
+    /// long-running server, than [`DEADLINE`] from now.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let until = (self.started + self.deadline).max(Instant::now() + DEADLINE);
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > until {
+                self.kill();
+                panic!(
+                    "did not finish within {:?}; killed its process group:\n{}",
+                    self.deadline,
+                    self.report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the child is still running (and not yet reaped).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// SIGKILLs the child's whole process group and reaps the child.
+    fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = rustix::process::kill_process_group(pid(child.id()), rustix::process::Signal::KILL);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+        self.child = None;
+    }
+}
+
+fn pid(id: u32) -> rustix::process::Pid {
+    rustix::process::Pid::from_raw(i32::try_from(id).unwrap()).unwrap()
 }
 
 /// A private temporary directory (mode 0700) with a HOME and BORG_BASE_DIR of its own.
@@ -80,7 +459,7 @@ impl TestDir {
     }
 
     /// Applies this test's private environment to `cmd`.
-    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+    pub fn env<'a>(&self, cmd: &'a mut TestCommand) -> &'a mut TestCommand {
         cmd.env("HOME", self.home())
             .env("BORG_BASE_DIR", self.base())
             .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
@@ -91,216 +470,29 @@ impl TestDir {
             .env_remove("BORG_RSH")
             .env_remove("BORG_PASSPHRASE")
             .env_remove("BORG_PASSCOMMAND")
-            .stdin(Stdio::null())
     }
 
     /// `borg ARGS` with this test's environment.
-    pub fn borg<I, S>(&self, args: I) -> Command
+    pub fn borg<I, S>(&self, args: I) -> TestCommand
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new("borg");
+        let mut cmd = TestCommand::new("borg");
         self.env(&mut cmd).args(args);
         cmd
     }
 
     /// `borg init -e none REPO`, locally; panics on failure.
     pub fn init_repo(&self, repo: &Path) {
-        let out = output(self.borg(["init", "-e", "none"]).arg(repo));
+        let out = self.borg(["init", "-e", "none"]).arg(repo).output();
         assert_ok(&out, "borg init");
     }
 }
 
-/// Runs `cmd` to completion like [`Command::output`], but kills it and panics (with what it printed)
-/// if it takes longer than [`DEADLINE`]: a hang fails the test instead of stalling the suite.
-///
-/// The command runs in its own process group, so a timeout also kills what it started (borg's
-/// BORG_RSH process).
-pub fn output(cmd: &mut Command) -> Output {
-    use std::io::Read;
-    use std::os::unix::process::CommandExt;
-    let name = format!("{:?} {:?}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>());
-    let mut child = cmd
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {name}: {e}"));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err.join().unwrap_or_default();
-            panic!(
-                "{name} did not finish within {DEADLINE:?}; killed. stderr:\n{}",
-                String::from_utf8_lossy(&stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
-}
-
-/// Panics with the command's output unless it succeeded.
-pub fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after [`DEADLINE`].
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A spawned child that is killed and reaped when dropped; its stderr goes to a log file.
-pub struct Spawned {
-    child: Option<Child>,
-    log: PathBuf,
-    name: String,
-}
-
-impl Spawned {
-    /// Spawns `cmd` with stdout/stderr appended to `log`.
-    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
-        let name = format!("{:?}", cmd.get_program());
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        cmd.stdout(file.try_clone().unwrap()).stderr(file);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {name}: {e}"));
-        Self {
-            child: Some(child),
-            log,
-            name,
-        }
-    }
-
-    /// The child's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// Everything the child logged so far.
-    pub fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-
-    /// Panics with the log if the child has exited.
-    pub fn assert_running(&mut self) {
-        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("{} exited early ({status}); its log:\n{}", self.name, self.log());
-        }
-    }
-
-    /// Waits (with [`DEADLINE`]) until `path` accepts connections, failing fast if the child dies.
-    pub fn wait_for_socket(&mut self, path: &Path) {
-        wait_until(&format!("{} to listen on {}", self.name, path.display()), || {
-            self.assert_running();
-            UnixStream::connect(path).is_ok()
-        });
-    }
-
-    /// Waits (with [`DEADLINE`]) until the log contains `needle`; fails fast (with the log) if the
-    /// child exits without writing it.
-    pub fn wait_for_log(&mut self, needle: &str) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                if self.log().contains(needle) {
-                    break;
-                }
-                panic!(
-                    "{} exited ({status}) before logging {needle:?}; its log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for {needle:?} in the log of {}:\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Sends `signal` (e.g. "TERM") with kill(1).
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
-    /// Waits (with [`DEADLINE`]) for the child to exit; the child is then reaped.
-    pub fn wait_exit(&mut self) -> ExitStatus {
-        let child = self.child.as_mut().unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "{} did not exit within {DEADLINE:?}; its log:\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Whether the child is still running (and not yet reaped).
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Runs `cmd` to completion (see [`TestCommand::output`]).
+pub fn output(cmd: &mut TestCommand) -> Outcome {
+    cmd.output()
 }
 
 /// The pids of the direct children of `pid` (spawned by any of its threads), from /proc.

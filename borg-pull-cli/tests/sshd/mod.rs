@@ -7,8 +7,10 @@ use std::fs;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use crate::common::{Spawned, TestCommand};
 
 /// The sshd binary; by absolute path, since sshd re-execs itself.
 pub const SSHD: &str = "/usr/sbin/sshd";
@@ -48,6 +50,8 @@ impl Default for SshdOptions {
 
 /// A running sshd.
 pub struct Sshd {
+    /// First, so it is dropped (sshd killed) before its directory is removed.
+    child: Spawned,
     /// Everything of this sshd (and the test's other files) lives here.
     pub dir: tempfile::TempDir,
     /// Its TCP port on 127.0.0.1.
@@ -63,7 +67,6 @@ pub struct Sshd {
     /// TMPDIR of sessions on this sshd (where `pull` makes its private socket directory).
     pub tmpdir: PathBuf,
     log: PathBuf,
-    child: Child,
 }
 
 fn keygen(kind: &str, path: &Path, passphrase: &str) {
@@ -196,16 +199,12 @@ impl Sshd {
                 ),
             )
             .unwrap();
-            let log_file = fs::File::create(&log).unwrap();
-            let mut child = Command::new(SSHD)
+            let _ = fs::remove_file(&log);
+            let mut child = TestCommand::new(SSHD)
                 .arg("-f")
                 .arg(&config)
                 .args(["-D", "-e"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file)
-                .spawn()
-                .expect("start /usr/sbin/sshd");
+                .spawn(log.clone());
             if wait_ready(port, &mut child) {
                 let known_hosts = d.join("known_hosts");
                 fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key_pub}\n")).unwrap();
@@ -221,8 +220,7 @@ impl Sshd {
                     child,
                 };
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(child);
             last_log = fs::read_to_string(&log).unwrap_or_default();
             if !last_log.contains("Address already in use") {
                 break;
@@ -243,12 +241,17 @@ impl Sshd {
 
     /// PID of the listening sshd (its sessions are its descendants).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     /// sshd's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The path of sshd's log (for [`TestCommand::attach_log`]).
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// Entries left in the sessions' TMPDIR (private socket directories not cleaned up).
@@ -257,13 +260,6 @@ impl Sshd {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -278,10 +274,10 @@ fn free_port() -> u16 {
 }
 
 /// Polls until sshd answers with its SSH banner, it exits, or 15 s pass.
-fn wait_ready(port: u16, child: &mut Child) -> bool {
+fn wait_ready(port: u16, child: &mut Spawned) -> bool {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
+        if !child.is_running() {
             return false;
         }
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {

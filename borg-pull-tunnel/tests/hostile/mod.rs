@@ -294,6 +294,15 @@ impl Drop for Fixture {
     }
 }
 
+/// Kills the command sshd started, not what it left running in its process group: OpenSSH does not
+/// kill a session's processes when a no-pty session ends (a script's clean-up watcher relies on
+/// that). Whatever is left is killed when the fixture drops.
+fn kill_leader(pgid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
 fn kill_group(pgid: i32, sig: rustix::process::Signal) {
     if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
         let _ = rustix::process::kill_process_group(pid, sig);
@@ -330,9 +339,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, config: Arc<server::Conf
                 let _ = running.await;
             }
             shared.stats.connections_ended.fetch_add(1, Ordering::SeqCst);
-            // Like sshd hanging up: the connection's commands die with it.
+            // Like sshd hanging up: the commands it started die with it (what they left running in
+            // the background stays, as with OpenSSH, until the fixture drops).
             for pgid in conn_groups.lock().unwrap().drain(..) {
-                kill_group(pgid, rustix::process::Signal::KILL);
+                kill_leader(pgid);
             }
         });
     }
@@ -498,7 +508,7 @@ impl server::Handler for Conn {
     async fn channel_close(&mut self, id: ChannelId, _session: &mut Session) -> HResult<()> {
         self.channels.remove(&id);
         if let Some(pgid) = self.running.lock().unwrap().remove(&id) {
-            kill_group(pgid, rustix::process::Signal::KILL);
+            kill_leader(pgid);
         }
         Ok(())
     }
@@ -603,8 +613,9 @@ struct GroupGuard {
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        self.shared.groups.lock().unwrap().remove(&self.pgid);
-        kill_group(self.pgid, rustix::process::Signal::KILL);
+        // The group stays registered: the fixture's drop kills what is still in it.
+        let _ = &self.shared;
+        kill_leader(self.pgid);
     }
 }
 
@@ -678,7 +689,7 @@ async fn run_command(
                 _ => {}
             }
         }
-        kill_group(pgid, rustix::process::Signal::KILL);
+        kill_leader(pgid);
     };
     let input = tokio::spawn(input);
     let mut out_w = write.make_writer();

@@ -8,8 +8,6 @@ use borg_pull_core::limits::{DEFAULT_MAX_CONNECTIONS, LISTEN_SHUTDOWN_GRACE};
 use borg_pull_core::listen::{serve_connections_with_abort, ListenLimits, PrivateListener};
 use borg_pull_core::serve::looks_like_repository;
 use borg_pull_core::ServeConfig;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::UsageError;
@@ -24,8 +22,10 @@ pub struct ListenArgs {
     /// UNIX socket to listen on, e.g. /run/borg-pull/client1.sock.
     ///
     /// Its directory is created with mode 0700 if missing (its parent must exist) and refused if
-    /// group or others can write to it; the socket is made 0600. A stale socket is replaced, a live
-    /// one refused. Optional under systemd socket activation (LISTEN_FDS), which provides it.
+    /// group or others can write to it, if it is a symbolic link, or if a directory above it is not
+    /// owned by root or us or is writable by others (sticky ones like /tmp are fine); the socket is
+    /// made 0600, with a lock file .NAME.lock beside it. A stale socket is replaced, a live one
+    /// refused. Optional under systemd socket activation (LISTEN_FDS), which provides it.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
@@ -36,6 +36,13 @@ pub struct ListenArgs {
     /// Let clients delete, prune and compact: run borg serve without --append-only.
     #[arg(long)]
     allow_delete: bool,
+
+    /// Most the repository may hold, e.g. 500G or 1.5T (borg serve --storage-quota; at least 10M).
+    ///
+    /// A backup that would go beyond it fails with borg's "storage quota has been exceeded", so a
+    /// client cannot fill the server's disk. Overrides the quota stored in the repository.
+    #[arg(long, value_name = "QUOTA", value_parser = storage_quota)]
+    storage_quota: Option<String>,
 
     /// The borg program to run as `borg serve` (looked up on PATH unless it contains a `/`).
     #[arg(long, value_name = "PATH", default_value = "borg")]
@@ -49,6 +56,13 @@ pub struct ListenArgs {
     /// (a second signal kills them at once). Keep it below systemd's TimeoutStopSec.
     #[arg(long, value_name = "SECS", default_value_t = LISTEN_SHUTDOWN_GRACE.as_secs())]
     shutdown_grace: u64,
+}
+
+/// Checks `--storage-quota` as borg does (also used by `pull`).
+pub(crate) fn storage_quota(s: &str) -> Result<String, String> {
+    borg_pull_core::serve::parse_storage_quota(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {
@@ -66,6 +80,7 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
     let config = ServeConfig {
         borg: args.borg,
         allow_delete: args.allow_delete,
+        storage_quota: args.storage_quota,
         ..ServeConfig::new(args.repo)?
     };
     let borg = config.find_program()?;
@@ -84,12 +99,11 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
 
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let result = runtime.block_on(async {
+    borg_pull_cli::runtime::block_on(async {
         // Signal handlers before the socket exists, so a signal sent once it appears is never fatal.
-        let cancel = CancellationToken::new();
-        let abort = CancellationToken::new();
-        watch_signals(cancel.clone(), abort.clone())?;
+        let shutdown = borg_pull_cli::signals::install(SIGNAL_MESSAGES)
+            .context("cannot install the SIGINT/SIGTERM handlers")?;
+        let (cancel, abort) = (shutdown.graceful, shutdown.forced);
         let listener = match (activated, args.socket) {
             (Some(listener), requested) => {
                 if let Some(requested) = requested {
@@ -117,33 +131,18 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
             repo = %config.repo.display(),
             append_only = !config.allow_delete,
             max_connections = limits.max_connections,
+            storage_quota = config.storage_quota.as_deref().unwrap_or("none"),
             "serving"
         );
         serve_connections_with_abort(listener, config, limits, cancel, abort).await?;
         info!("stopped");
         anyhow::Ok(())
-    });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    })
+    .context("cannot start the async runtime")?
 }
 
-/// Cancels `cancel` on the first SIGINT or SIGTERM (graceful stop) and `abort` on the second
-/// (kill running sessions now).
-fn watch_signals(cancel: CancellationToken, abort: CancellationToken) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
-    tokio::spawn(async move {
-        for (token, what) in [
-            (cancel, "shutting down (again to stop running sessions now)"),
-            (abort, "stopping running sessions now"),
-        ] {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            info!("{name} received; {what}");
-            token.cancel();
-        }
-    });
-    Ok(())
-}
+/// The first SIGINT/SIGTERM stops gracefully, the second stops running sessions now.
+const SIGNAL_MESSAGES: borg_pull_cli::signals::Messages = borg_pull_cli::signals::Messages {
+    first: "shutting down (again to stop running sessions now)",
+    second: "stopping running sessions now",
+};

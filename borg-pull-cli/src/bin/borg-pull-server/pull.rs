@@ -4,33 +4,33 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use borg_pull_cli::exit::{self, Code};
+use borg_pull_cli::{hint, signals};
 use borg_pull_core::ServeConfig;
-use borg_pull_tunnel::pull::{pull, Passphrase, PullOptions};
+use borg_pull_tunnel::pull::{pull, PullEnv, PullOptions};
+use borg_pull_tunnel::secret::Passphrase;
 use borg_pull_tunnel::{Error, SecretKind};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 
-/// Exit codes of `pull`, shown in its `--help`.
-pub const PULL_EXIT_CODES_HELP: &str = "\
-Exit codes: borg's own code passes through unchanged:
-    0  success            1  warning (e.g. a file vanished)     2  error
-  128+N  borg on the client was killed by signal N
+/// Exit codes of `pull` (from the shared table) and what the client needs, shown in its `--help`.
+pub fn after_help() -> String {
+    format!(
+        "Exit codes: borg's own code passes through unchanged: 0 success, 1 warning (e.g. a file
+vanished), 2 error; with BORG_EXIT_CODES=modern (borg 1.4 and later) 3-99 for specific errors
+and 100-127 for warnings; 128+N when borg on the client was killed by signal N (130: SIGINT).
 Failures of borg-pull-server itself:
-   64  usage error (bad option or argument, NUL byte in an argument)
-   65  host key verification failed (unknown host, changed or revoked key)
-   66  identity unusable or authentication refused
-   67  the repository passphrase could not be obtained
-   68  cannot connect to the client (DNS, refused, timeout)
-   69  the client's sshd refused the UNIX socket forward, the relay or borg is missing on the
-      client, or setting up the private socket directory there failed
-   70  internal or SSH protocol error
-   74  connection to the client lost (keepalives unanswered)
-  130  interrupted (SIGINT/SIGTERM); borg on the client was stopped and cleaned up
+{}
+
+{}
 
 On the client: the login shell must be a POSIX shell, borg and borg-pull-relay must be
 installed, and the server's key may be limited in authorized_keys with
 `restrict,port-forwarding` (pull needs exec and UNIX socket forwarding, nothing else).
-Logging goes to stderr; RUST_LOG overrides -v.";
+Logging goes to stderr; {var} (e.g. {var}=debug) overrides -v.",
+        exit::lines(exit::PULL).trim_end(),
+        exit::range_note(),
+        var = borg_pull_cli::runtime::LOG_VAR,
+    )
+}
 
 /// Arguments of `borg-pull-server pull`.
 ///
@@ -41,7 +41,6 @@ Logging goes to stderr; RUST_LOG overrides -v.";
 /// in REPO, e.g. `borg-pull-server pull --repo /srv/borg/c1 backup@c1 -- create --stats
 /// '::{hostname}-{now}' /etc`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = PULL_EXIT_CODES_HELP)]
 pub struct PullArgs {
     /// The client's sshd port.
     #[arg(short = 'p', long, default_value_t = 22)]
@@ -67,9 +66,16 @@ pub struct PullArgs {
     accept_new_host_key: bool,
 
     /// Seconds without traffic from the client before a keepalive is sent; after 3 unanswered
-    /// ones the client counts as dead and the run ends (exit 74). Like ssh's ServerAliveInterval.
+    /// ones the client counts as dead and the run ends (exit 215). Like ssh's ServerAliveInterval.
     #[arg(long, value_name = "SECS", default_value_t = borg_pull_tunnel::limits::KEEPALIVE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     keepalive: u64,
+
+    /// The longest borg may run on the client, e.g. `90m`, `12h`, `2d` or seconds. Then borg is
+    /// stopped (SIGINT, then its channel closed), everything is cleaned up and pull exits 217,
+    /// so a client that stays connected but never finishes cannot hold `borg serve` and the
+    /// repository lock for ever.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    max_runtime: std::time::Duration,
 
     /// The borg-pull-relay program on the client (looked up on the client's PATH by default).
     #[arg(long, value_name = "PATH", default_value = "borg-pull-relay")]
@@ -92,6 +98,12 @@ pub struct PullArgs {
     #[arg(long, value_name = "PATH", default_value = "borg")]
     borg: PathBuf,
 
+    /// Most the repository may hold, e.g. 500G (borg serve --storage-quota; at least 10M): a
+    /// backup beyond it fails with borg's "storage quota has been exceeded", so one append-only
+    /// client cannot fill the disk that holds everyone's repositories.
+    #[arg(long, value_name = "QUOTA", value_parser = crate::listen::storage_quota)]
+    storage_quota: Option<String>,
+
     /// File holding the repository passphrase (first line). Otherwise this server's
     /// BORG_PASSPHRASE or BORG_PASSCOMMAND is used. It reaches borg on the client through its
     /// stdin, never through an argv or a file.
@@ -112,6 +124,30 @@ pub struct PullArgs {
     borg_args: Vec<OsString>,
 }
 
+/// `N`, `Ns`, `Nm`, `Nh` or `Nd` with N > 0.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: expected a number with s, m, h or d, e.g. 12h")),
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 => n
+            .checked_mul(seconds_per)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long")),
+        _ => Err(format!(
+            "{s:?}: expected a number above 0 with s, m, h or d, e.g. 12h"
+        )),
+    }
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, value)) if borg_pull_tunnel::exec::is_env_name(name) => {
@@ -123,112 +159,103 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Runs `pull` and returns borg's exit code, or our own (64 and up) for our failures.
+/// Runs `pull` and returns borg's exit code, or our own (200 and up) for our failures.
 pub fn run(args: PullArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
+    let result = borg_pull_cli::runtime::block_on(run_async(args));
+    match result {
+        Ok(Ok(code)) => {
+            if code != 0 {
+                // Say whose code it is: ours are 200 and up, everything below is borg's.
+                eprintln!("borg-pull-server: borg on the client exited with {code} (borg's own code, passed through)");
+            }
+            ExitCode::from(code)
+        }
+        Ok(Err(e)) => {
+            eprintln!("borg-pull-server: error: {}", hint::render(&e));
+            exit_code(&e).into()
+        }
         Err(e) => {
             eprintln!("borg-pull-server: error: cannot start the async runtime: {e}");
-            return ExitCode::from(70);
+            exit::FAILURE.into()
         }
-    };
-    let code = runtime.block_on(async {
-        match run_async(args).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("borg-pull-server: error: {e}");
-                exit_code(&e)
-            }
-        }
-    });
-    // Do not wait for blocking stdin/stdout tasks of the runtime.
-    runtime.shutdown_background();
-    ExitCode::from(code)
+    }
 }
 
 async fn run_async(args: PullArgs) -> Result<u8, Error> {
-    let mut options = PullOptions::new(&args.destination, &args.repo, args.borg_args)?;
+    let env = PullEnv::from_process();
+    let mut options = PullOptions::with_env(&args.destination, &args.repo, args.borg_args, &env)?;
     options.session.port = args.port;
     options.session.identity = args.identity;
     options.session.accept_new_host_key = args.accept_new_host_key;
     options.session.keepalive_interval = std::time::Duration::from_secs(args.keepalive);
+    options.max_runtime = args.max_runtime;
     if let Some(kh) = args.known_hosts {
         options.session.known_hosts = kh;
     }
-    options.session.identity_passphrase = match args.identity_passphrase_file {
-        Some(path) => Some(first_line(&path).await?),
-        None => std::env::var("BORG_PULL_IDENTITY_PASSPHRASE").ok(),
-    };
+    if let Some(path) = args.identity_passphrase_file {
+        let line = borg_pull_tunnel::secret_file::read_secret_line(&path, SecretKind::IdentityPassphrase)?;
+        options.session.identity_passphrase = Some(line.into());
+    }
     options.relay = args.relay;
     options.remote_borg = args.remote_borg;
     options.remote_dir = args.remote_dir;
     options.env = args.env.into_iter().map(|(n, v)| (n, v.into())).collect();
     let mut serve = ServeConfig::new(&args.repo)?;
     serve.borg = args.borg;
+    serve.storage_quota = args.storage_quota;
     options.serve = serve;
-    options.passphrase = Passphrase::from_sources(args.passphrase_file.as_deref()).await?;
+    options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
 
-    let cancel = CancellationToken::new();
-    options.cancel = cancel.clone();
-    spawn_signal_watch(cancel.clone())?;
+    let shutdown = signals::install(SIGNAL_MESSAGES).map_err(|source| Error::Io {
+        context: "cannot install signal handlers".into(),
+        source,
+    })?;
+    // The pull library takes one token; a second signal cannot wait for its clean-up.
+    signals::exit_on_forced(&shutdown);
+    options.cancel = shutdown.graceful;
     let code = pull(options).await?;
     Ok(u8::try_from(code).unwrap_or(255))
 }
 
-async fn first_line(path: &std::path::Path) -> Result<String, Error> {
-    borg_pull_tunnel::identity::ensure_private(path, SecretKind::IdentityPassphrase)?;
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|source| Error::Io {
-            context: format!("cannot read identity passphrase file {path:?}"),
-            source,
-        })?;
-    Ok(text.lines().next().unwrap_or("").to_owned())
-}
+/// The first SIGINT/SIGTERM stops borg on the client (SIGINT, then a grace period) and cleans up;
+/// the second exits at once.
+const SIGNAL_MESSAGES: signals::Messages = signals::Messages {
+    first: "stopping borg on the client and cleaning up (again to exit at once)",
+    second: "exiting at once",
+};
 
-/// SIGINT/SIGTERM cancel the pull: borg on the client gets SIGINT, then everything is cleaned up.
-fn spawn_signal_watch(cancel: CancellationToken) -> Result<(), Error> {
-    let io = |source| Error::Io {
-        context: "cannot install signal handlers".into(),
-        source,
-    };
-    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
-    let mut term = signal(SignalKind::terminate()).map_err(io)?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-        }
-        tracing::warn!("signal received: stopping borg on the client and cleaning up");
-        cancel.cancel();
-    });
-    Ok(())
-}
-
-/// Our own failures map to codes 64 and up (see [`PULL_EXIT_CODES_HELP`]).
-fn exit_code(e: &Error) -> u8 {
+/// Our own failures map to codes 200 and up (see [`exit::PULL`]).
+fn exit_code(e: &Error) -> Code {
     match e {
-        Error::InvalidOption(_) | Error::NulInArgument(_) => 64,
-        Error::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => 64,
-        e if e.is_host_key() => 65,
-        Error::KnownHostsIo { .. } => 65,
+        Error::InvalidOption(_) | Error::NulInArgument(_) => exit::USAGE,
+        Error::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => exit::USAGE,
+        Error::Serve(
+            borg_pull_core::Error::BorgNotFound { .. } | borg_pull_core::Error::SpawnBorg { .. },
+        ) => exit::BORG_UNAVAILABLE,
+        e if e.is_host_key() => exit::HOST_KEY,
+        Error::KnownHostsIo { .. } => exit::HOST_KEY,
         Error::SecretFileTooOpen {
             kind: SecretKind::RepoPassphrase,
             ..
-        } => 67,
+        } => exit::PASSPHRASE,
         Error::Identity { .. }
         | Error::IdentityEncrypted { .. }
-        | Error::NoIdentity
+        | Error::NoIdentity { .. }
         | Error::SecretFileTooOpen { .. }
-        | Error::AuthFailed { .. } => 66,
-        Error::Passphrase(_) => 67,
-        Error::Connect { .. } | Error::ConnectTimeout { .. } => 68,
+        | Error::AuthFailed { .. } => exit::AUTH,
+        Error::Passphrase(_) => exit::PASSPHRASE,
+        Error::Connect { .. } | Error::ConnectTimeout { .. } => exit::CONNECT,
         Error::ForwardDenied { .. }
         | Error::RemoteProgramMissing { .. }
         | Error::RemoteHelper { .. }
-        | Error::RemoteHelperTimeout { .. } => 69,
-        Error::ConnectionLost { .. } => 74,
-        Error::Interrupted => 130,
-        _ => 70,
+        | Error::RemoteHelperTimeout { .. } => exit::CLIENT_SETUP,
+        Error::ConnectionLost { .. } => exit::CONNECTION_LOST,
+        Error::NoAnswer { .. }
+        | Error::OversizedPacket { .. }
+        | Error::ChannelOpenFlood { .. }
+        | Error::RemoteOutputTooLarge { .. } => exit::CLIENT_MISBEHAVED,
+        Error::MaxRuntime { .. } => exit::MAX_RUNTIME,
+        Error::Interrupted => exit::INTERRUPTED,
+        _ => exit::FAILURE,
     }
 }

@@ -1,0 +1,256 @@
+//! The one exit-code table of both binaries, and the `--help` text made from it.
+//!
+//! borg owns 0-127 (with `BORG_EXIT_CODES=modern`, borg 1.4 and 2 use 3-99 for errors and
+//! 100-127 for warnings) and 128+N for "killed by signal N" (N up to 64, so up to 192). `pull`
+//! passes borg's code through unchanged, so our own codes live in 200-254, where a caller can tell
+//! "borg said 74" from "the connection was lost". 255 stays what ssh means by it: the relay, which
+//! borg runs in place of ssh, exits 255 on every failure, and borg reports that as a failed
+//! connection.
+
+use std::fmt::Write as _;
+
+/// One exit code of ours: its number and what it means (one line of `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Code {
+    /// The process exit status.
+    pub code: u8,
+    /// What it means, as shown in `--help`.
+    pub meaning: &'static str,
+}
+
+impl From<Code> for std::process::ExitCode {
+    fn from(code: Code) -> Self {
+        std::process::ExitCode::from(code.code)
+    }
+}
+
+/// The first code of our block; everything below belongs to borg (or to a signal).
+pub const FIRST: u8 = 200;
+
+/// The command line is wrong (unknown option, relative --repo, no --socket, ...).
+pub const USAGE: Code = Code {
+    code: 200,
+    meaning: "usage error (bad option or argument, relative --repo, NUL byte in an argument)",
+};
+/// Any failure not listed on its own: an internal or SSH protocol error.
+pub const FAILURE: Code = Code {
+    code: 201,
+    meaning: "any other failure (an internal error; in pull also an SSH protocol error)",
+};
+/// Stopped by SIGINT/SIGTERM. Not 130 (128+SIGINT): `pull` passes borg's 130 through when borg on
+/// the client is killed or interrupted by SIGINT, and that must stay distinguishable.
+pub const INTERRUPTED: Code = Code {
+    code: 202,
+    meaning: "interrupted by SIGINT/SIGTERM; a second signal exits at once (not 130: borg exits \
+              130 when it gets SIGINT, and pull passes that through)",
+};
+/// The borg program on this server cannot be found or started.
+pub const BORG_UNAVAILABLE: Code = Code {
+    code: 203,
+    meaning: "the borg program on this server was not found or cannot run (--borg)",
+};
+/// The operating system refused (bind, socket passed by systemd, signal set-up).
+pub const OS_ERROR: Code = Code {
+    code: 204,
+    meaning: "operating system error (bind, socket passed by systemd, signal set-up)",
+};
+/// The listener's socket cannot be created safely.
+pub const SOCKET_UNSAFE: Code = Code {
+    code: 205,
+    meaning: "the socket cannot be created safely (directory missing, group/other-writable or \
+              owned by another user; a non-socket file in the way)",
+};
+/// Another listener serves the socket; retry once it has stopped.
+pub const SOCKET_IN_USE: Code = Code {
+    code: 206,
+    meaning: "the socket is in use by another running listener",
+};
+/// The client's host key is unknown, changed or revoked.
+pub const HOST_KEY: Code = Code {
+    code: 210,
+    meaning: "host key verification failed (unknown host, changed or revoked key)",
+};
+/// The identity cannot be used or the client refused it.
+pub const AUTH: Code = Code {
+    code: 211,
+    meaning: "identity unusable or authentication refused",
+};
+/// The repository passphrase could not be obtained on this server.
+pub const PASSPHRASE: Code = Code {
+    code: 212,
+    meaning: "the repository passphrase could not be obtained",
+};
+/// No SSH connection to the client (DNS, refused, timeout).
+pub const CONNECT: Code = Code {
+    code: 213,
+    meaning: "cannot connect to the client (DNS, refused, timeout)",
+};
+/// The client cannot run the pull: forward refused, relay or borg missing, socket dir failed.
+pub const CLIENT_SETUP: Code = Code {
+    code: 214,
+    meaning: "the client's sshd refused the UNIX socket forward, the relay or borg is missing on \
+              the client, or setting up the private socket directory there failed",
+};
+/// The connection to the client was lost (keepalives unanswered).
+pub const CONNECTION_LOST: Code = Code {
+    code: 215,
+    meaning: "connection to the client lost (keepalives unanswered)",
+};
+/// The client broke a bound the server sets: it did not answer a request in time, sent an
+/// oversized packet, flooded us with channel opens or printed endless helper output.
+pub const CLIENT_MISBEHAVED: Code = Code {
+    code: 216,
+    meaning: "the client did not answer in time or broke a limit (oversized packets, a flood of \
+              channel opens, endless output); the connection was ended",
+};
+/// borg on the client ran past --max-runtime; it was stopped and everything cleaned up.
+pub const MAX_RUNTIME: Code = Code {
+    code: 217,
+    meaning: "borg on the client ran longer than --max-runtime; it was stopped and cleaned up",
+};
+/// Every failure of `borg-pull-relay`, as ssh(1) uses for connection errors.
+pub const RELAY_FAILURE: Code = Code {
+    code: 255,
+    meaning: "any failure (as ssh: borg reports it as a failed connection)",
+};
+
+/// Every code of ours, in both binaries.
+pub const ALL: &[Code] = &[
+    USAGE,
+    FAILURE,
+    INTERRUPTED,
+    BORG_UNAVAILABLE,
+    OS_ERROR,
+    SOCKET_UNSAFE,
+    SOCKET_IN_USE,
+    HOST_KEY,
+    AUTH,
+    PASSPHRASE,
+    CONNECT,
+    CLIENT_SETUP,
+    CONNECTION_LOST,
+    CLIENT_MISBEHAVED,
+    MAX_RUNTIME,
+    RELAY_FAILURE,
+];
+
+/// The codes `borg-pull-server pull` can exit with (besides borg's own).
+pub const PULL: &[Code] = &[
+    USAGE,
+    FAILURE,
+    INTERRUPTED,
+    BORG_UNAVAILABLE,
+    HOST_KEY,
+    AUTH,
+    PASSPHRASE,
+    CONNECT,
+    CLIENT_SETUP,
+    CONNECTION_LOST,
+    CLIENT_MISBEHAVED,
+    MAX_RUNTIME,
+];
+
+/// The codes `borg-pull-server listen` can exit with (0 also after a clean stop on a signal).
+pub const LISTEN: &[Code] = &[
+    USAGE,
+    FAILURE,
+    BORG_UNAVAILABLE,
+    OS_ERROR,
+    SOCKET_UNSAFE,
+    SOCKET_IN_USE,
+];
+
+/// The codes of `borg-pull-relay`.
+pub const RELAY: &[Code] = &[RELAY_FAILURE];
+
+/// `--help` lines for `codes`: "  NNN  meaning", wrapped at 100 columns.
+pub fn lines(codes: &[Code]) -> String {
+    let mut out = String::new();
+    for code in codes {
+        let mut line = format!("  {:>3} ", code.code);
+        for word in code.meaning.split_whitespace() {
+            if line.len() + 1 + word.len() > 100 {
+                let _ = writeln!(out, "{line}");
+                line = " ".repeat(6);
+            }
+            line.push(' ');
+            line.push_str(word);
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// The range sentence every `--help` shows.
+pub fn range_note() -> String {
+    format!(
+        "borg-pull's own codes are {FIRST}-254 (255: the relay, as ssh), outside what borg uses\n\
+         (0-127, and 128+N for signal N), so they never collide with borg's, modern exit codes\n\
+         (BORG_EXIT_CODES=modern) included."
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The numbers in a `--help` text: the first word of each indented line that is a number.
+    fn codes_in(help: &str) -> Vec<u8> {
+        help.lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn help_lists_exactly_the_table() {
+        for table in [PULL, LISTEN, RELAY, ALL] {
+            let listed = codes_in(&lines(table));
+            let expected: Vec<u8> = table.iter().map(|c| c.code).collect();
+            assert_eq!(listed, expected, "{}", lines(table));
+        }
+    }
+
+    #[test]
+    fn every_subcommand_code_is_in_the_table() {
+        for code in PULL.iter().chain(LISTEN).chain(RELAY) {
+            assert!(ALL.contains(code), "{code:?} missing from ALL");
+        }
+    }
+
+    #[test]
+    fn codes_are_unique_and_outside_borgs_range() {
+        let mut seen = std::collections::BTreeSet::new();
+        for code in ALL {
+            assert!(seen.insert(code.code), "{} used twice", code.code);
+            // borg: 0-127, and 128+N for signals up to 64 (192).
+            assert!(code.code >= FIRST, "{code:?} collides with borg's codes");
+        }
+    }
+
+    /// The numbers are an interface (scripts test them): changing one is a breaking change.
+    #[test]
+    fn codes_are_stable() {
+        let pinned: Vec<(u8, &str)> = ALL.iter().map(|c| (c.code, &c.meaning[..8])).collect();
+        assert_eq!(
+            pinned,
+            [
+                (200, "usage er"),
+                (201, "any othe"),
+                (202, "interrup"),
+                (203, "the borg"),
+                (204, "operatin"),
+                (205, "the sock"),
+                (206, "the sock"),
+                (210, "host key"),
+                (211, "identity"),
+                (212, "the repo"),
+                (213, "cannot c"),
+                (214, "the clie"),
+                (215, "connecti"),
+                (216, "the clie"),
+                (217, "borg on "),
+                (255, "any fail"),
+            ]
+        );
+    }
+}

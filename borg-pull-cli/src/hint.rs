@@ -1,0 +1,186 @@
+//! Hints that name command-line flags, added by the binaries to library errors.
+//!
+//! Library errors carry data (a path, a program, a host) but no flag names: the same call may come
+//! from a config file or another program. The binary knows which flag sets what, so it appends the
+//! fix here. While the libraries' own messages still name some flags, a hint whose flag the message
+//! already mentions is left out, so nothing is said twice.
+
+use std::error::Error as StdError;
+
+/// A fix to append to an error message; `flag` is what makes it redundant when already present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    /// The flag or variable the hint is about (`--borg`, `BORG_PULL_SOCKET`, ...).
+    pub flag: &'static str,
+    /// The whole hint, e.g. "pass --borg PATH".
+    pub text: String,
+}
+
+impl Hint {
+    fn new(flag: &'static str, text: impl Into<String>) -> Self {
+        Self {
+            flag,
+            text: text.into(),
+        }
+    }
+}
+
+/// The hint for one error of `borg_pull_core`, if a flag fixes it.
+pub fn core(err: &borg_pull_core::Error) -> Option<Hint> {
+    use borg_pull_core::Error as E;
+    match err {
+        E::BorgNotFound { .. } | E::SpawnBorg { .. } => Some(Hint::new(
+            "--borg",
+            "pass the borg program's path with --borg PATH",
+        )),
+        E::SocketInUse { .. } | E::SocketPathOccupied { .. } => {
+            Some(Hint::new("--socket", "or choose another --socket"))
+        }
+        E::StorageQuotaInvalid { .. } => Some(Hint::new(
+            "--storage-quota",
+            "give --storage-quota as a size of at least 10M, e.g. 500G",
+        )),
+        E::NotASocket { .. }
+        | E::SocketMissing { .. }
+        | E::SocketRefused { .. }
+        | E::SocketConnect { .. } => Some(Hint::new(
+            "--socket",
+            "point --socket or BORG_PULL_SOCKET at the listener's socket",
+        )),
+        _ => None,
+    }
+}
+
+/// The hint for one error of `borg_pull_tunnel`, if a flag fixes it.
+pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
+    use borg_pull_tunnel::Error as E;
+    match err {
+        E::UnknownHostKey(_) | E::HostKeyChanged(_) | E::HostKeyTypeUnknown(_) => Some(Hint::new(
+            "--accept-new-host-key",
+            "--accept-new-host-key records a key not yet in known_hosts",
+        )),
+        E::IdentityEncrypted { .. } => Some(Hint::new(
+            "--identity-passphrase-file",
+            "give the key's passphrase with --identity-passphrase-file FILE or \
+             BORG_PULL_IDENTITY_PASSPHRASE",
+        )),
+        E::NoIdentity { .. } => Some(Hint::new("-i FILE", "pass the private key with -i FILE")),
+        E::NoKnownHostsFile => Some(Hint::new("--known-hosts", "pass --known-hosts FILE")),
+        E::RemoteProgramMissing { role, .. } => {
+            let option = match role {
+                borg_pull_tunnel::RemoteProgram::Relay => "--relay",
+                borg_pull_tunnel::RemoteProgram::Borg => "--remote-borg",
+            };
+            Some(Hint::new(
+                option,
+                format!("install it there or pass its full path on the client with {option} PATH"),
+            ))
+        }
+        E::MaxRuntime { .. } => Some(Hint::new(
+            "--max-runtime",
+            "raise --max-runtime if the run needs longer",
+        )),
+        E::Serve(inner) => core(inner),
+        _ => None,
+    }
+}
+
+/// The hint for the first error in `err`'s chain that has one.
+pub fn for_chain(err: &(dyn StdError + 'static)) -> Option<Hint> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        let found = if let Some(e) = e.downcast_ref::<borg_pull_tunnel::Error>() {
+            tunnel(e)
+        } else if let Some(e) = e.downcast_ref::<borg_pull_core::Error>() {
+            core(e)
+        } else {
+            None
+        };
+        if found.is_some() {
+            return found;
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// `message` with `hint` appended, unless the message already names the hint's flag.
+pub fn append(message: String, hint: Option<Hint>) -> String {
+    match hint {
+        Some(hint) if !message.contains(hint.flag) => format!("{message}; {}", hint.text),
+        _ => message,
+    }
+}
+
+/// The error chain on one line, skipping causes a message already quotes (library errors embed
+/// theirs), then the hint.
+pub fn render(err: &(dyn StdError + 'static)) -> String {
+    let mut out = String::new();
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cause = e.source();
+    }
+    append(out, for_chain(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_hint_is_appended_once() {
+        let err = borg_pull_core::Error::BorgNotFound {
+            program: PathBuf::from("/nope/borg"),
+        };
+        let text = render(&err);
+        assert_eq!(text.matches("--borg").count(), 1, "{text}");
+        let bare = append("cannot find borg program \"/nope/borg\"".into(), core(&err));
+        assert!(
+            bare.ends_with("; pass the borg program's path with --borg PATH"),
+            "{bare}"
+        );
+    }
+
+    #[test]
+    fn tunnel_errors_get_their_flags() {
+        use borg_pull_tunnel::Error as E;
+        let missing = E::RemoteProgramMissing {
+            program: "borg-pull-relay".into(),
+            role: borg_pull_tunnel::RemoteProgram::Relay,
+            host: "h".into(),
+            why: "no such file".into(),
+        };
+        assert_eq!(tunnel(&missing).unwrap().flag, "--relay");
+        let no_identity = E::NoIdentity { tried: vec![] };
+        assert_eq!(tunnel(&no_identity).unwrap().flag, "-i FILE");
+        let enc = E::IdentityEncrypted {
+            path: PathBuf::from("k"),
+        };
+        assert!(tunnel(&enc)
+            .unwrap()
+            .text
+            .contains("BORG_PULL_IDENTITY_PASSPHRASE"));
+        let wrapped = E::Serve(borg_pull_core::Error::BorgNotFound {
+            program: PathBuf::from("b"),
+        });
+        assert_eq!(tunnel(&wrapped).unwrap().flag, "--borg");
+        assert_eq!(tunnel(&E::Interrupted), None);
+    }
+
+    #[test]
+    fn relay_socket_errors_name_the_socket_option() {
+        let err = borg_pull_core::Error::SocketMissing {
+            path: PathBuf::from("/run/x.sock"),
+        };
+        let text = render(&err);
+        assert!(text.contains("--socket or BORG_PULL_SOCKET"), "{text}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Forwards the server asks the client's sshd for, one module per kind. Each implements
+//! [`crate::incoming::Incoming`] for the channels its forward produces and uses
+//! [`crate::session::Session`] to set itself up; the session never depends on them.
+//!
+//! - [`unix`]: a UNIX socket in a private directory on the client
+//!   (`streamlocal-forward@openssh.com`), each connection bridged to its own `borg serve`.
+
+pub mod unix;

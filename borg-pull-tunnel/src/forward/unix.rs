@@ -1,0 +1,159 @@
+//! The UNIX socket forward on the client and the bridge from each forwarded channel to `borg serve`.
+//!
+//! We ask the client's sshd to listen on a socket in a private directory
+//! (`streamlocal-forward@openssh.com`); every connection borg's `BORG_RSH` relay makes to it arrives
+//! here as a `forwarded-streamlocal@openssh.com` channel. Each channel gets one task that runs
+//! [`borg_pull_core::serve::serve_stream`] on it: the task always reads the channel to its end (an
+//! unread channel would stall the whole connection), shuts its write side down with EOF when
+//! `borg serve` is done, and `borg serve` is killed and reaped when the channel ends or the run is
+//! cancelled.
+//!
+//! If this process dies without running any of that (SIGKILL, OOM), the kernel closes our ends of
+//! `borg serve`'s pipes: it reads EOF, rolls back the unfinished transaction, releases the
+//! repository lock and exits (tested). The client's sshd sees the TCP connection close and ends the
+//! session, so borg create loses its relay and exits; only the dead socket in its private, unique
+//! directory remains, which never blocks the next run. `PR_SET_PDEATHSIG` on `borg serve` (in
+//! borg-pull-core) would add a hard kill for a `borg serve` stuck in a write; not needed so far.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use borg_pull_core::serve::ServeConfig;
+use borg_pull_core::supervise::{LimitPolicy, Supervisor, SupervisorLimits, SupervisorStats};
+use russh::ChannelOpenFailure;
+use tracing::{debug, warn};
+
+use crate::error::ForwardDenial;
+use crate::exec::shell_quote;
+use crate::incoming::{Decision, Incoming};
+use crate::limits::{
+    MAX_FORWARDED_CONNECTIONS, MAX_FORWARDED_CONNECTIONS_TOTAL, MAX_SOCKET_PATH, REMOTE_HELPER_TIMEOUT,
+};
+use crate::session::Session;
+use crate::{Error, Result};
+
+/// Totals over all forwarded connections of one run.
+pub type ForwardStats = SupervisorStats;
+
+/// Accepts forwarded connections to our one socket and hands each to the run's `borg serve`
+/// [`Supervisor`]: at most [`MAX_FORWARDED_CONNECTIONS`] at once (more are refused, never queued:
+/// the client must not be able to make the server wait on its behalf) and
+/// [`MAX_FORWARDED_CONNECTIONS_TOTAL`] per run.
+pub struct Forwarder {
+    supervisor: Supervisor,
+    expected: Mutex<Option<String>>,
+}
+
+impl Forwarder {
+    /// A forwarder that runs `borg serve` as `serve` says.
+    pub fn new(serve: ServeConfig) -> Arc<Self> {
+        let limits = SupervisorLimits {
+            max_active: MAX_FORWARDED_CONNECTIONS,
+            max_total: Some(MAX_FORWARDED_CONNECTIONS_TOTAL),
+            policy: LimitPolicy::Refuse,
+        };
+        Arc::new(Self {
+            supervisor: Supervisor::new(serve, limits),
+            expected: Mutex::new(None),
+        })
+    }
+
+    /// Accept channels for this socket path only (set before requesting the forward).
+    pub fn expect(&self, socket_path: &str) {
+        *self.expected.lock().expect("not poisoned") = Some(socket_path.to_owned());
+    }
+
+    /// Lets every bridge finish on its own for up to `grace`, then stops the rest (their
+    /// `borg serve` is killed and reaped).
+    pub async fn drain(&self, grace: Duration) -> ForwardStats {
+        self.supervisor.drain(grace).await
+    }
+
+    /// Stops every bridge now (their `borg serve` is killed and reaped) and waits for them.
+    pub async fn stop(&self) -> ForwardStats {
+        self.supervisor.stop().await
+    }
+
+    /// The totals so far.
+    pub fn stats(&self) -> ForwardStats {
+        self.supervisor.stats()
+    }
+}
+
+impl Incoming for Forwarder {
+    fn forwarded_streamlocal(&self, socket_path: &str) -> Decision {
+        let expected = self.expected.lock().expect("not poisoned").clone();
+        if expected.as_deref() != Some(socket_path) {
+            warn!(
+                socket_path,
+                "refusing a forwarded connection for a socket we did not ask for"
+            );
+            return Decision::prohibited();
+        }
+        match self.supervisor.try_admit() {
+            Ok(admission) => {
+                let span = tracing::info_span!("forward", connection = self.supervisor.stats().accepted + 1);
+                Decision::Accept(Box::new(move |channel| {
+                    admission.spawn(channel.into_stream(), span)
+                }))
+            }
+            Err(refusal) => {
+                warn!("refusing a forwarded connection: {refusal}");
+                Decision::Refuse(ChannelOpenFailure::ResourceShortage)
+            }
+        }
+    }
+}
+
+/// Asks the client's sshd to listen on `socket_path`; on refusal, finds out why.
+pub async fn listen(session: &Session, forwarder: &Forwarder, socket_path: &str) -> Result<()> {
+    forwarder.expect(socket_path);
+    match session.streamlocal_forward(socket_path).await {
+        Ok(()) => {
+            debug!(socket_path, "forward listening");
+            Ok(())
+        }
+        Err(Error::RequestDenied { host, port, .. }) => Err(Error::ForwardDenied {
+            host,
+            port,
+            path: socket_path.to_owned(),
+            cause: diagnose(session, socket_path).await,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Stops listening on `socket_path` (best effort: the directory is removed anyway).
+pub async fn unlisten(session: &Session, socket_path: &str) {
+    if let Err(e) = session.cancel_streamlocal_forward(socket_path).await {
+        debug!(socket_path, "cancel-streamlocal-forward: {e}");
+    }
+}
+
+/// Looks at the client to explain a refused forward.
+async fn diagnose(session: &Session, socket_path: &str) -> ForwardDenial {
+    if socket_path.len() > MAX_SOCKET_PATH {
+        return ForwardDenial::PathTooLong;
+    }
+    let Some((dir, _)) = socket_path.rsplit_once('/') else {
+        return ForwardDenial::Unknown(format!("{socket_path:?} is not absolute"));
+    };
+    let (Ok(qdir), Ok(qsock)) = (shell_quote(dir.as_bytes()), shell_quote(socket_path.as_bytes())) else {
+        return ForwardDenial::Unknown("path contains NUL".into());
+    };
+    let (qdir, qsock) = (String::from_utf8_lossy(&qdir), String::from_utf8_lossy(&qsock));
+    let script = format!(
+        "if [ ! -d {qdir} ]; then echo nodir; elif [ -e {qsock} ] || [ -L {qsock} ]; then echo stale; \
+         elif [ ! -w {qdir} ] || [ ! -x {qdir} ]; then echo notwritable; else echo ok; fi"
+    );
+    match session.capture(&script, REMOTE_HELPER_TIMEOUT).await {
+        Ok(out) => match String::from_utf8_lossy(&out.stdout).trim() {
+            "ok" => ForwardDenial::Forbidden,
+            "nodir" => ForwardDenial::NoDirectory,
+            "stale" => ForwardDenial::StaleSocket,
+            "notwritable" => ForwardDenial::NotWritable,
+            _ => ForwardDenial::Unknown(out.output_text()),
+        },
+        Err(e) => ForwardDenial::Unknown(format!("could not look at the client: {e}")),
+    }
+}

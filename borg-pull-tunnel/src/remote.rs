@@ -1,0 +1,567 @@
+//! The one shell script a pull runs on the client, and how we read what it reports.
+//!
+//! One exec does everything on the client, so set-up and clean-up cost no round trips of their
+//! own: the script checks that the relay and borg can run, makes a private directory (`mktemp -d`
+//! with umask 077), starts a watcher that removes the directory once borg has exited, reports the
+//! directory on stdout and waits for one line on stdin. We request the socket forward into that
+//! directory and send `go` (with `BORG_RSH` and the passphrase line) right behind the request; the
+//! script checks that sshd made the socket, exports borg's environment and `exec`s borg, so borg
+//! is the session's process and our SIGINT reaches it directly. EOF instead of `go` makes it exit
+//! (the watcher still cleans up). If the server dies, sshd closes the
+//! session: borg loses its relay and exits, and the watcher removes the directory.
+//!
+//! The script reports on lines that start with a per-run marker, so whatever the login user's
+//! shell start-up files print cannot be mistaken for a report.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use russh::client::Msg;
+use russh::{Channel, ChannelMsg};
+
+use crate::error::RemoteProgram;
+use crate::exec::{escape_output, is_env_name, shell_join, shell_quote};
+use crate::limits::HELPER_OUTPUT_KEPT;
+use crate::{Error, Result};
+
+/// The private directories' name prefix on the client.
+pub const DIR_PREFIX: &str = "borg-pull.";
+
+/// What the script on the client needs to know: plain data, no options or sessions.
+#[derive(Debug, Clone)]
+pub struct RemoteRun<'a> {
+    /// The relay program on the client.
+    pub relay: &'a OsStr,
+    /// The borg program on the client.
+    pub borg: &'a OsStr,
+    /// borg's arguments.
+    pub borg_args: &'a [OsString],
+    /// Extra variables for borg, already checked against the reserved names.
+    pub env: &'a [(String, OsString)],
+    /// `BORG_REPO` for borg.
+    pub repo_url: &'a [u8],
+    /// Directory to run borg in.
+    pub remote_dir: Option<&'a OsStr>,
+    /// Whether a passphrase line follows the `BORG_RSH` line on stdin.
+    pub passphrase: bool,
+}
+
+/// The lines the script reads once the forward listens: `go`, borg's `BORG_RSH` (the relay and
+/// the socket, each quoted for borg's shlex splitting) and the passphrase, if any.
+pub fn go_lines(relay: &OsStr, dir: &str, passphrase: Option<&str>) -> Result<Vec<u8>> {
+    let mut rsh = shell_quote(relay.as_bytes())?;
+    rsh.extend_from_slice(b" --socket ");
+    rsh.extend(shell_quote(format!("{dir}/{SOCKET_NAME}").as_bytes())?);
+    if rsh.contains(&b'\n') {
+        return Err(Error::InvalidOption(format!(
+            "the relay path {:?} contains a newline",
+            relay.to_string_lossy()
+        )));
+    }
+    let mut lines = b"go\n".to_vec();
+    lines.extend(rsh);
+    lines.push(b'\n');
+    if let Some(p) = passphrase {
+        lines.extend_from_slice(p.as_bytes());
+        lines.push(b'\n');
+    }
+    Ok(lines)
+}
+
+/// Environment variables the script sets itself; extra variables may not override them.
+pub const RESERVED_ENV: &[&str] = &["BORG_REPO", "BORG_RSH", "BORG_PASSPHRASE"];
+
+/// The file name of the socket inside the private directory.
+pub const SOCKET_NAME: &str = "borg.sock";
+
+/// The variable in the script that holds the private directory.
+const DIR_VAR: &str = "bp_dir";
+
+impl RemoteRun<'_> {
+    /// The script, with `marker` starting each report line. Fails on a NUL byte or a bad or
+    /// reserved variable name, before anything touches the network.
+    pub fn script(&self, marker: &str) -> Result<Vec<u8>> {
+        let q = |b: &[u8]| shell_quote(b);
+        let mut s = Vec::new();
+        s.extend_from_slice(format!("bp_m={marker}; ").as_bytes());
+        s.extend_from_slice(CHECK_FUNCTION.as_bytes());
+        for (program, role) in [(self.relay, "relay"), (self.borg, "borg")] {
+            s.extend_from_slice(b"bp_check ");
+            s.extend(q(program.as_bytes())?);
+            s.extend_from_slice(format!(" {role}; ").as_bytes());
+        }
+        s.extend_from_slice(
+            format!(
+                "bp_u=$(umask); umask 077; {DIR_VAR}=$(mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\") || exit 2; \
+                 umask \"$bp_u\"; \
+                 (trap '' INT TERM HUP; while kill -0 $$ 2>/dev/null; do sleep 1; done; rm -rf -- \"${DIR_VAR}\") \
+                 </dev/null >/dev/null 2>&1 & \
+                 printf '%sdir %s\\n' \"$bp_m\" \"${DIR_VAR}\"; \
+                 IFS= read -r bp_go && [ \"$bp_go\" = go ] || exit 0; "
+            )
+            .as_bytes(),
+        );
+        s.extend_from_slice(b"IFS= read -r BORG_RSH || exit 2; export BORG_RSH; ");
+        if self.passphrase {
+            s.extend_from_slice(b"IFS= read -r BORG_PASSPHRASE || exit 2; export BORG_PASSPHRASE; ");
+        }
+        // `go` arrives without waiting for the forward's reply; sshd made the socket before it
+        // passed `go` on, unless it refused: then wait for EOF, keeping the directory to diagnose.
+        s.extend_from_slice(
+            format!(
+                "[ -S \"${DIR_VAR}/{SOCKET_NAME}\" ] || {{ IFS= read -r bp_go; \
+                 echo \"borg-pull: no socket at ${DIR_VAR}/{SOCKET_NAME}; borg not started\" >&2; exit 125; }}; "
+            )
+            .as_bytes(),
+        );
+        for (name, value) in self.env {
+            check_env_name(name)?;
+            export(&mut s, name, value.as_bytes())?;
+        }
+        export(&mut s, "BORG_REPO", self.repo_url)?;
+        if let Some(dir) = self.remote_dir {
+            // A missing directory must stop a restore, not extract into the login directory.
+            s.extend_from_slice(b"cd -- ");
+            s.extend(q(dir.as_bytes())?);
+            s.extend_from_slice(b" || exit 2; ");
+        }
+        s.extend_from_slice(b"exec ");
+        s.extend(shell_join(
+            std::iter::once(self.borg).chain(self.borg_args.iter().map(|a| a.as_os_str())),
+        )?);
+        Ok(s)
+    }
+}
+
+fn check_env_name(name: &str) -> Result<()> {
+    if !is_env_name(name) {
+        return Err(Error::InvalidOption(format!(
+            "{name:?} is not a valid environment variable name"
+        )));
+    }
+    if RESERVED_ENV.contains(&name) {
+        return Err(Error::InvalidOption(format!("{name} is set by borg-pull itself")));
+    }
+    Ok(())
+}
+
+fn export(script: &mut Vec<u8>, name: &str, value: &[u8]) -> Result<()> {
+    script.extend_from_slice(format!("export {name}=").as_bytes());
+    script.extend(shell_quote(value)?);
+    script.extend_from_slice(b"; ");
+    Ok(())
+}
+
+/// `bp_check PROGRAM ROLE`: returns if PROGRAM can be run, else reports why and exits 127.
+///
+/// A path is checked along its parents, so "a parent directory is not searchable" is told apart
+/// from "not there" (the shell sees both as a missing file).
+const CHECK_FUNCTION: &str = "bp_check() { \
+case $1 in \
+*/*) [ -f \"$1\" ] && [ -x \"$1\" ] && return 0; \
+if [ -e \"$1\" ]; then bp_w='it is not an executable file'; \
+else bp_w='no such file'; bp_d=$1; \
+while case $bp_d in */*) bp_d=${bp_d%/*}; [ -n \"$bp_d\" ] || bp_d=/;; *) false;; esac; do \
+if [ -d \"$bp_d\" ]; then [ -x \"$bp_d\" ] || bp_w=\"directory $bp_d is not searchable by user $(id -un)\"; break; fi; \
+[ \"$bp_d\" = / ] && break; done; fi;; \
+*) command -v \"$1\" >/dev/null 2>&1 && return 0; bp_w=\"not found in PATH ($PATH)\";; \
+esac; printf '%smissing %s %s\\n' \"$bp_m\" \"$2\" \"$bp_w\"; exit 127; }; ";
+
+/// A marker for this run's report lines (not a secret: it only keeps start-up noise apart).
+pub fn new_marker() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("borg-pull-{:016x}:", h.finish())
+}
+
+/// What the script reported before borg could start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The private directory it made (checked with [`is_private_dir_path`]).
+    Dir(String),
+    /// A program cannot run, and why.
+    Missing(RemoteProgram, String),
+}
+
+/// Reads the channel until the script's first report; anything else it printed before (bounded by
+/// [`HELPER_OUTPUT_KEPT`]) only shows up in errors. Bytes after the report line are returned too.
+pub async fn read_report(channel: &mut Channel<Msg>, marker: &str) -> Result<(Report, Vec<u8>)> {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut status = None;
+    while let Some(msg) = channel.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => {
+                stdout.extend_from_slice(&data);
+                if let Some(found) = find_report(&stdout, marker)? {
+                    return Ok(found);
+                }
+            }
+            ChannelMsg::ExtendedData { data, .. } => {
+                let room = HELPER_OUTPUT_KEPT.saturating_sub(stderr.len());
+                stderr.extend_from_slice(&data[..data.len().min(room)]);
+            }
+            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            ChannelMsg::Failure => status = status.or(Some(u32::MAX)),
+            ChannelMsg::Close | ChannelMsg::Eof if status.is_some() => break,
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+        if stdout.len() > HELPER_OUTPUT_KEPT {
+            return Err(Error::RemoteOutputTooLarge {
+                command: "the start of the run".into(),
+                limit: HELPER_OUTPUT_KEPT,
+                output: escape_output(&stdout[..HELPER_OUTPUT_KEPT.min(512)]),
+            });
+        }
+    }
+    let mut output = escape_output(&stdout).trim().to_owned();
+    let err = escape_output(&stderr);
+    if !err.trim().is_empty() {
+        output = format!("{output}; {}", err.trim())
+            .trim_start_matches("; ")
+            .to_owned();
+    }
+    Err(Error::RemoteHelper {
+        command: format!("umask 077 && mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\""),
+        status: status.filter(|s| *s != u32::MAX),
+        output: if status == Some(u32::MAX) {
+            "sshd refused the exec request".into()
+        } else {
+            format!("{output} (expected the new directory's absolute path)")
+        },
+    })
+}
+
+fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>> {
+    let mut start = 0;
+    while let Some(end) = stdout[start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| start + i)
+    {
+        let line = &stdout[start..end];
+        if let Some(rest) = line.strip_prefix(marker.as_bytes()) {
+            let report = parse_report(rest)?;
+            return Ok(Some((report, stdout[end + 1..].to_vec())));
+        }
+        start = end + 1;
+    }
+    Ok(None)
+}
+
+fn parse_report(line: &[u8]) -> Result<Report> {
+    let text = String::from_utf8_lossy(line);
+    let bad = || Error::RemoteHelper {
+        command: "the start of the run".into(),
+        status: None,
+        output: format!("unexpected report {:?}", escape_output(line)),
+    };
+    if let Some(dir) = text.strip_prefix("dir ") {
+        return if is_private_dir_path(dir) {
+            Ok(Report::Dir(dir.to_owned()))
+        } else {
+            Err(bad())
+        };
+    }
+    let rest = text.strip_prefix("missing ").ok_or_else(bad)?;
+    let (role, why) = rest.split_once(' ').ok_or_else(bad)?;
+    let role = match role {
+        "relay" => RemoteProgram::Relay,
+        "borg" => RemoteProgram::Borg,
+        _ => return Err(bad()),
+    };
+    Ok(Report::Missing(role, escape_output(why.as_bytes())))
+}
+
+/// Whether `dir` is what our mktemp makes: absolute, one line, `.../borg-pull.XXXXXXXX`. Checked
+/// before it is used for the socket.
+pub fn is_private_dir_path(dir: &str) -> bool {
+    let Some((parent, name)) = dir.rsplit_once('/') else {
+        return false;
+    };
+    Path::new(dir).is_absolute()
+        && !dir.contains(['\n', '\0'])
+        && !parent.split('/').any(|c| c == "..")
+        && name
+            .strip_prefix(DIR_PREFIX)
+            .is_some_and(|rand| rand.len() == 8 && rand.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    const MARKER: &str = "borg-pull-test:";
+
+    struct Fixture {
+        relay: OsString,
+        borg: OsString,
+        args: Vec<OsString>,
+        env: Vec<(String, OsString)>,
+        remote_dir: Option<OsString>,
+        passphrase: Option<&'static str>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                relay: "/bin/sh".into(),
+                borg: "/bin/sh".into(),
+                args: vec![],
+                env: vec![("BORG_BASE_DIR".into(), "/tmp/b b".into())],
+                remote_dir: None,
+                passphrase: None,
+            }
+        }
+
+        fn script(&self) -> Result<Vec<u8>> {
+            RemoteRun {
+                relay: &self.relay,
+                borg: &self.borg,
+                borg_args: &self.args,
+                env: &self.env,
+                repo_url: b"ssh://borg-pull-server/srv/repo dir",
+                remote_dir: self.remote_dir.as_deref(),
+                passphrase: self.passphrase.is_some(),
+            }
+            .script(MARKER)
+        }
+
+        /// Runs the script in `sh` as sshd would, answering its report with `go` lines (or EOF when
+        /// `go` is false); returns the report, what followed on stdout, and the exit status.
+        fn run(&self, tmpdir: &Path, go: bool) -> (Report, Vec<u8>, Option<i32>) {
+            self.run_with_socket(tmpdir, go, true)
+        }
+
+        /// Like `run`; `socket` says whether "sshd" (here: we) made the forward's socket.
+        fn run_with_socket(&self, tmpdir: &Path, go: bool, socket: bool) -> (Report, Vec<u8>, Option<i32>) {
+            let mut child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(OsStr::from_bytes(&self.script().unwrap()))
+                .env("TMPDIR", tmpdir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let mut stdout = child.stdout.take().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            let report = loop {
+                let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+                seen.extend_from_slice(&buf[..n]);
+                if let Some(found) = find_report(&seen, MARKER).unwrap() {
+                    break found.0;
+                }
+                if n == 0 {
+                    let status = child.wait().unwrap();
+                    panic!("no report: {:?} {status}", String::from_utf8_lossy(&seen));
+                }
+            };
+            let mut _listener = None;
+            if let (true, Report::Dir(dir)) = (go, &report) {
+                if socket {
+                    _listener =
+                        Some(std::os::unix::net::UnixListener::bind(format!("{dir}/{SOCKET_NAME}")).unwrap());
+                }
+                stdin
+                    .write_all(&go_lines(&self.relay, dir, self.passphrase).unwrap())
+                    .unwrap();
+            }
+            drop(stdin);
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+            (report, rest, child.wait().unwrap().code())
+        }
+    }
+
+    fn gone_soon(dir: &str) -> bool {
+        // The watcher polls once a second.
+        (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            !Path::new(dir).exists()
+        })
+    }
+
+    #[test]
+    fn borg_sees_its_arguments_environment_and_passphrase_and_the_directory_goes_away() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new();
+        f.relay = "/bin/sh".into();
+        f.args = vec![
+            "-c".into(),
+            r#"printf '<%s>' "$@" "$BORG_REPO" "$BORG_BASE_DIR" "$BORG_PASSPHRASE"; eval "set -- $BORG_RSH"; printf '[%s]' "$@""#.into(),
+            "sh".into(),
+            "a b".into(),
+            "$(x)`y`;\n".into(),
+        ];
+        f.passphrase = Some("p w'd");
+        let (report, out, code) = f.run(tmp.path(), true);
+        let Report::Dir(dir) = report else {
+            panic!("{report:?}")
+        };
+        assert!(dir.starts_with(tmp.path().to_str().unwrap()), "{dir}");
+        assert_eq!(code, Some(0));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "<a b><$(x)`y`;\n><ssh://borg-pull-server/srv/repo dir></tmp/b b><p w'd>\
+                 [/bin/sh][--socket][{dir}/borg.sock]"
+            )
+        );
+        assert!(gone_soon(&dir), "{dir} was not removed after borg exited");
+    }
+
+    #[test]
+    fn without_the_forward_socket_borg_does_not_start_and_the_directory_waits_for_eof() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new();
+        f.args = vec!["-c".into(), "echo borg ran".into()];
+        let (report, out, code) = f.run_with_socket(tmp.path(), true, false);
+        let Report::Dir(dir) = report else {
+            panic!("{report:?}")
+        };
+        assert_eq!((out, code), (vec![], Some(125)));
+        assert!(gone_soon(&dir));
+    }
+
+    #[test]
+    fn eof_instead_of_go_runs_nothing_and_cleans_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new();
+        f.args = vec!["-c".into(), "echo borg ran".into()];
+        let (report, out, code) = f.run(tmp.path(), false);
+        let Report::Dir(dir) = report else {
+            panic!("{report:?}")
+        };
+        assert_eq!((out, code), (vec![], Some(0)));
+        assert!(gone_soon(&dir));
+    }
+
+    #[test]
+    fn missing_programs_are_reported_with_the_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = tmp.path().join("relay");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        let cases: [(&str, OsString, RemoteProgram, &str); 4] = [
+            (
+                "relay",
+                "/nonexistent/dir/borg-pull-relay".into(),
+                RemoteProgram::Relay,
+                "no such file",
+            ),
+            (
+                "relay",
+                plain.into(),
+                RemoteProgram::Relay,
+                "not an executable file",
+            ),
+            (
+                "relay",
+                "/".into(),
+                RemoteProgram::Relay,
+                "not an executable file",
+            ),
+            (
+                "borg",
+                "no-such-borg-xyz".into(),
+                RemoteProgram::Borg,
+                "not found in PATH",
+            ),
+        ];
+        for (which, program, role, why) in cases {
+            let mut f = Fixture::new();
+            if which == "relay" {
+                f.relay = program.clone();
+            } else {
+                f.borg = program.clone();
+            }
+            let (report, _, code) = f.run(tmp.path(), true);
+            match report {
+                Report::Missing(r, w) => {
+                    assert_eq!(r, role, "{program:?}");
+                    assert!(w.contains(why), "{program:?}: {w}");
+                }
+                other => panic!("{program:?}: {other:?}"),
+            }
+            assert_eq!(code, Some(127));
+        }
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            1,
+            "no directory made"
+        );
+    }
+
+    #[test]
+    fn a_missing_remote_dir_stops_borg() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("re'store $(x)");
+        std::fs::create_dir(&target).unwrap();
+        let mut f = Fixture::new();
+        f.args = vec!["-c".into(), "pwd".into()];
+        f.remote_dir = Some(target.clone().into());
+        let (_, out, _) = f.run(tmp.path(), true);
+        assert_eq!(out, [target.as_os_str().as_bytes(), b"\n"].concat());
+        f.remote_dir = Some(tmp.path().join("missing").into());
+        let (_, out, code) = f.run(tmp.path(), true);
+        assert_eq!(code, Some(2));
+        assert!(out.is_empty(), "borg must not run: {out:?}");
+    }
+
+    #[test]
+    fn env_checks() {
+        let mut f = Fixture::new();
+        f.env.push(("BORG_RSH".into(), "x".into()));
+        assert!(f.script().is_err());
+        let mut f = Fixture::new();
+        f.env.push(("A-B".into(), "x".into()));
+        assert!(f.script().is_err());
+        let mut f = Fixture::new();
+        f.args
+            .push(std::os::unix::ffi::OsStringExt::from_vec(b"a\0b".to_vec()));
+        assert!(f.script().is_err());
+        assert!(go_lines(OsStr::new("/a\nb"), "/tmp/borg-pull.AbC123xy", None).is_err());
+    }
+
+    #[test]
+    fn reports_are_found_after_noise_and_checked() {
+        let noise = b"motd\nborg-pull-test:dir /tmp/borg-pull.AbC123xy\nrest";
+        let (report, rest) = find_report(noise, MARKER).unwrap().unwrap();
+        assert_eq!(report, Report::Dir("/tmp/borg-pull.AbC123xy".into()));
+        assert_eq!(rest, b"rest");
+        assert!(find_report(b"borg-pull-test:dir /etc\n", MARKER).is_err());
+        assert!(find_report(b"borg-pull-test:dir /tmp/borg-pull.AbC123xy", MARKER)
+            .unwrap()
+            .is_none());
+        assert_ne!(new_marker(), new_marker());
+    }
+
+    #[test]
+    fn private_dir_paths() {
+        assert!(is_private_dir_path("/tmp/borg-pull.AbC123xy"));
+        assert!(is_private_dir_path("/var/tmp/x y/borg-pull.AbC123xy"));
+        for bad in [
+            "/",
+            "",
+            "tmp/borg-pull.AbC123xy",
+            "/tmp/borg-pull.AbC123x",
+            "/tmp/borg-pull.AbC123xy/",
+            "/tmp/../borg-pull.AbC123xy",
+            "/tmp/borg-pull.AbC1.3xy",
+            "/tmp\n/borg-pull.AbC123xy",
+        ] {
+            assert!(!is_private_dir_path(bad), "{bad:?}");
+        }
+    }
+}
