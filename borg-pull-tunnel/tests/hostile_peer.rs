@@ -621,6 +621,22 @@ async fn flooded_later_execs_stay_bounded() {
     later_exec_flood(1..usize::MAX).await;
 }
 
+/// borg on the client (not the sshd) prints endlessly on stdout and stderr while it runs: its
+/// output is streamed to ours, never buffered; cancel still ends the run promptly. With one exec
+/// per pull this is what `flooded_second_exec_stays_bounded` used to cover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn borg_output_flood_is_streamed_with_bounded_memory() {
+    let fx = Fixture::start(Knobs::default()).await;
+    let borg = fx.script("client-floods", "cat /dev/zero & exec cat /dev/zero >&2");
+    let mut spec = PullSpec::new(&fx, serve_pong(&fx), borg);
+    spec.cancel_after = Some(CANCEL_AFTER);
+    spec.deadline = CANCEL_AFTER + CANCEL_BOUND;
+    let run = run_pull_in_child(&spec).await;
+    assert_child(&run, ChildExpect::ReturnsAfterCancel);
+    let streamed: u64 = run.value("HOSTILE_STDOUT_BYTES").unwrap_or("0").parse().unwrap();
+    assert!(streamed > 0, "nothing reached our stdout: {run:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Garbage into a forwarded channel / withheld window, while borg serve does not consume.
 // ---------------------------------------------------------------------------------------------
