@@ -81,8 +81,8 @@ fn pull_options(spec: &PullSpec) -> PullOptions {
     options.serve.borg = spec.serve_borg.clone();
     options.relay = relay_path().into();
     options.remote_borg = spec.remote_borg.clone().into();
-    // When the library gets per-step deadlines or a maximum run time, set them here (shorter
-    // ones make the hang tests faster; HANG_BOUND must stay above them).
+    // The library's own deadlines (REQUEST_TIMEOUT, `max_runtime`) stay at their defaults: the
+    // hang tests check that those end a run within HANG_BOUND. Shorter ones belong here if wanted.
     if let Some(k) = spec.keepalive {
         options.session.keepalive_interval = k;
     }
