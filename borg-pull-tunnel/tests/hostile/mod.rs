@@ -18,7 +18,9 @@
 //! clamp it to `recipient_window_size`; both come from the client's own CHANNEL_OPEN /
 //! CHANNEL_OPEN_CONFIRMATION and there is no public way to change them), and leave a global
 //! request unanswered while answering later ones (replies are FIFO, so a frozen handler is the
-//! only way; [`Knobs::never_answer_forward`] freezes the whole connection).
+//! only way; [`Knobs::never_answer_forward`] freezes the whole connection). Oversized packets are
+//! possible at the transport level only: `Session::debug` sends an SSH_MSG_DEBUG of any size
+//! ([`Knobs::oversized_debug_packet`]).
 //!
 //! Everything the fixture starts is owned: the TCP connections are shut down, every process group
 //! is killed and the accept loop stops when the [`Fixture`] drops (and when the test's runtime
@@ -75,9 +77,15 @@ pub struct Knobs {
     /// Exec requests number N and later (0-based, per connection) get no reply, no output, no
     /// exit status; the channel stays open and the connection alive.
     pub never_answer_exec_from: Option<usize>,
+    /// Exec requests number N and later (0-based, per connection) run normally and report their
+    /// exit status and EOF, but the fixture never closes their channel.
+    pub exit_without_close_from: Option<usize>,
     /// The streamlocal-forward handler never returns. Global replies are FIFO, so this freezes
     /// the whole connection (no keepalive replies either).
     pub never_answer_forward: bool,
+    /// At every exec request, first send one SSH_MSG_DEBUG whose message is this many bytes: a
+    /// transport packet of about that size (channel data cannot be made oversized, see above).
+    pub oversized_debug_packet: Option<usize>,
     /// The fixture's own rekey threshold in bytes (each direction); russh's default is 1 GiB.
     pub rekey_after: Option<usize>,
     /// Refuse every streamlocal-forward (as `AllowStreamLocalForwarding no` does).
@@ -89,6 +97,9 @@ pub struct Knobs {
     /// After a forward was granted, open this many unexpected channels (kinds in turn, 32 at a
     /// time), stopping early when the connection ends.
     pub unexpected_channel_flood: Option<usize>,
+    /// After a forward was granted, open this many forwarded-streamlocal channels for its own
+    /// path (32 at a time) and hold the accepted ones open, silent, until the connection ends.
+    pub forwarded_channel_flood: Option<usize>,
     /// After a forward was granted, open a forwarded-streamlocal channel for its path ourselves
     /// and stream endless bytes into it, never reading what comes back.
     pub garbage_on_forward: bool,
@@ -116,6 +127,11 @@ pub struct Stats {
     pub unexpected_done: AtomicBool,
     /// Bytes the floods (exec output, garbage) got into russh's send pipeline.
     pub flood_bytes: AtomicU64,
+    /// `forwarded_channel_flood`: opens the client accepted / refused.
+    pub forwarded_flood_accepted: AtomicUsize,
+    pub forwarded_flood_refused: AtomicUsize,
+    /// Bytes of CHANNEL_DATA received from the client (all channels).
+    pub client_data_bytes: AtomicU64,
     /// Set when `freeze_on_data` froze a connection.
     pub frozen: AtomicBool,
 }
@@ -411,6 +427,9 @@ impl server::Handler for Conn {
     async fn exec_request(&mut self, id: ChannelId, data: &[u8], session: &mut Session) -> HResult<()> {
         let n = self.execs;
         self.execs += 1;
+        if let Some(len) = self.shared.knobs.oversized_debug_packet {
+            session.debug(false, &"D".repeat(len), "en")?;
+        }
         self.shared
             .stats
             .exec_commands
@@ -461,12 +480,13 @@ impl server::Handler for Conn {
             return Ok(());
         }
         let command = data.to_vec();
+        let close = knobs.exit_without_close_from.is_none_or(|from| n < from);
         let shared = self.shared.clone();
         let running = self.running.clone();
         let conn_groups = self.conn_groups.clone();
         let handle = session.handle();
         tokio::spawn(async move {
-            run_command(channel, command, shared, running, conn_groups, handle).await;
+            run_command(channel, command, close, shared, running, conn_groups, handle).await;
         });
         Ok(())
     }
@@ -493,7 +513,11 @@ impl server::Handler for Conn {
         Ok(())
     }
 
-    async fn data(&mut self, _id: ChannelId, _data: &[u8], _session: &mut Session) -> HResult<()> {
+    async fn data(&mut self, _id: ChannelId, data: &[u8], _session: &mut Session) -> HResult<()> {
+        self.shared
+            .stats
+            .client_data_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.shared.knobs.freeze_on_data {
             self.shared.stats.frozen.store(true, Ordering::SeqCst);
             self.shared.stop.cancelled().await;
@@ -551,7 +575,15 @@ impl server::Handler for Conn {
             tokio::spawn(unexpected_probe(handle.clone(), self.shared.clone()));
         }
         if let Some(n) = knobs.unexpected_channel_flood {
-            tokio::spawn(unexpected_flood(handle, n, self.shared.clone()));
+            tokio::spawn(unexpected_flood(handle.clone(), n, self.shared.clone()));
+        }
+        if let Some(n) = knobs.forwarded_channel_flood {
+            tokio::spawn(forwarded_flood(
+                handle,
+                socket_path.to_owned(),
+                n,
+                self.shared.clone(),
+            ));
         }
         Ok(true)
     }
@@ -601,6 +633,7 @@ async fn until_closed(mut read: russh::ChannelReadHalf) {
 async fn run_command(
     channel: Channel<Msg>,
     command: Vec<u8>,
+    close: bool,
     shared: Arc<Shared>,
     running: Arc<Mutex<HashMap<ChannelId, i32>>>,
     conn_groups: Arc<Mutex<Vec<i32>>>,
@@ -695,7 +728,9 @@ async fn run_command(
         }
     }
     let _ = write.eof().await;
-    let _ = write.close().await;
+    if close {
+        let _ = write.close().await;
+    }
 }
 
 /// Accepts connections on a forwarded socket; each becomes a forwarded-streamlocal channel.
@@ -846,6 +881,67 @@ async fn unexpected_flood(handle: server::Handle, n: usize, shared: Arc<Shared>)
     while workers.join_next().await.is_some() {}
     shared.stats.unexpected_done.store(true, Ordering::SeqCst);
     set_flag(&shared, "unexpected-done");
+}
+
+/// Opens `n` forwarded-streamlocal channels for `path`, holding the accepted ones.
+async fn forwarded_flood(handle: server::Handle, path: String, n: usize, shared: Arc<Shared>) {
+    const WORKERS: usize = 32;
+    let next = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..WORKERS {
+        let (handle, shared, next, path) = (handle.clone(), shared.clone(), next.clone(), path.clone());
+        let finished = finished.clone();
+        workers.spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                if next.fetch_add(1, Ordering::SeqCst) >= n {
+                    break;
+                }
+                let r = tokio::select! {
+                    r = handle.channel_open_forwarded_streamlocal(path.clone()) => r,
+                    () = shared.stop.cancelled() => return,
+                };
+                match r {
+                    Ok(channel) => {
+                        shared
+                            .stats
+                            .forwarded_flood_accepted
+                            .fetch_add(1, Ordering::SeqCst);
+                        held.push(channel);
+                    }
+                    Err(russh::Error::ChannelOpenFailure(_)) => {
+                        shared
+                            .stats
+                            .forwarded_flood_refused
+                            .fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if finished.fetch_add(1, Ordering::SeqCst) + 1 == WORKERS {
+                set_flag(&shared, "forwarded-flood-done");
+            }
+            // Hold the accepted channels (their messages drained) until they or the fixture end.
+            let drains = held.into_iter().map(|c| until_closed(c.split().0));
+            tokio::select! {
+                _ = futures_join_all(drains) => {}
+                () = shared.stop.cancelled() => {}
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// Awaits every future (a tiny `join_all` without the futures crate).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for f in futures {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
 }
 
 /// A bounded sink for borg's stdout/stderr in tests: counts everything, keeps the first 64 KiB.
