@@ -120,13 +120,16 @@ export HOME=$T/home  # no ~/.ssh or borg state of root's is used
 # Sources and sinks; each moves itself into the `ends` cgroup first.
 cat >"$BIN/serve-c2s" <<EOF
 #!/bin/sh
-# "borg serve" stand-in (arguments ignored): count what arrives.
+# "borg serve" stand-in (arguments ignored): count what arrives. Its environment is pull's
+# allowlist (no BPVS_*), so the run's settings also come from a file.
+[ -n "\${BPVS_COUNT:-}" ] || . "$BIN/bpvs.env"
 echo \$\$ > $CG/ends/cgroup.procs
 exec wc -c > "\$BPVS_COUNT"
 EOF
 cat >"$BIN/serve-s2c" <<EOF
 #!/bin/sh
 # "borg serve" stand-in (arguments ignored): send BPVS_BYTES zeros.
+[ -n "\${BPVS_BYTES:-}" ] || . "$BIN/bpvs.env"
 echo \$\$ > $CG/ends/cgroup.procs
 exec head -c "\$BPVS_BYTES" /dev/zero
 EOF
@@ -225,6 +228,7 @@ run_tunnel() {
   s0=$(cpu sshd); v0=$(cpu server); e0=$(cpu ends); t0=$(now)
   if [ "$tool" = pull ] || [ "$tool" = before ]; then
     pull_bin "$tool"
+    printf 'BPVS_COUNT=%s\nBPVS_BYTES=%s\n' "$count" "$bytes" >"$BIN/bpvs.env"
     # shellcheck disable=SC2016
     cmd='t0=$(date +%s%N); '"$src"' eval "$BORG_RSH" '"$snk"'; t1=$(date +%s%N); echo "BPVS_NS $((t1 - t0))"'
     BPVS_COUNT=$count BPVS_BYTES=$bytes "$BIN/in-cg" server "$PULL_BIN" pull "${PULL_OPTS_TOOL[@]}" \

@@ -13,7 +13,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::limits::HELPER_OUTPUT_KEPT;
+use crate::limits::{EXIT_CLOSE_GRACE, HELPER_OUTPUT_KEPT};
 use crate::{Error, Result};
 
 /// Quotes `arg` for a POSIX shell: `'...'`, with each `'` written as `'\''`.
@@ -228,7 +228,9 @@ pub struct Relayed {
 /// The channel is always drained to the end, even after a write to `stdout` failed (a closed
 /// pipe on our side is not an error of the remote command; it must not stall the connection).
 /// When `cancel` fires or `deadline` passes, the command is sent SIGINT and gets `grace` to exit
-/// before we close the channel (sshd then hangs up on it).
+/// before we close the channel (sshd then hangs up on it). Once the exit status has arrived the
+/// channel gets [`EXIT_CLOSE_GRACE`] to close (output of what the command left running may still
+/// come), then we close it: a client that never closes cannot hold the run.
 pub async fn relay_output<O, E>(
     channel: &mut Channel<Msg>,
     stdout: &mut O,
@@ -260,7 +262,7 @@ where
                 continue;
             }
             () = sleep_until(hang_up_at) => {
-                debug!("remote command still running after SIGINT; closing its channel");
+                debug!("the remote command's channel is still open after its exit status or SIGINT; closing it");
                 let _ = channel.close().await;
                 break;
             }
@@ -273,9 +275,13 @@ where
             ChannelMsg::ExtendedData { data, ext: 1 } if err_ok => {
                 err_ok = stderr.write_all(&data).await.is_ok() && stderr.flush().await.is_ok();
             }
-            ChannelMsg::ExitStatus { exit_status } => exit = Some(RemoteExit::Status(exit_status)),
+            ChannelMsg::ExitStatus { exit_status } => {
+                exit = Some(RemoteExit::Status(exit_status));
+                hang_up_at = hang_up_at.or(Some(tokio::time::Instant::now() + EXIT_CLOSE_GRACE));
+            }
             ChannelMsg::ExitSignal { signal_name: sig, .. } => {
-                exit = Some(RemoteExit::Signal(signal_name(&sig)))
+                exit = Some(RemoteExit::Signal(signal_name(&sig)));
+                hang_up_at = hang_up_at.or(Some(tokio::time::Instant::now() + EXIT_CLOSE_GRACE));
             }
             ChannelMsg::Failure => {
                 return Err(Error::RemoteHelper {

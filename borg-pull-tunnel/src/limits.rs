@@ -80,6 +80,12 @@ pub const FORWARD_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// its private socket directory behind, which never blocks the next run.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// After borg's exit status arrived, how long its channel may stay open before we close it.
+///
+/// sshd closes the channel right after the exit status once the command's output is drained
+/// (milliseconds); a client that never closes it must not hold the run, `borg serve` or the lock.
+pub const EXIT_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// After a cancellation (Ctrl-C), how long borg on the client gets to exit after SIGINT before
 /// its channel is closed.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
