@@ -8,6 +8,8 @@
 //! - `BORG_PULL_FUZZ_SECS=S`: long mode, every target runs batches until S seconds are up and
 //!   prints the number of cases it ran (use `--nocapture`), e.g.
 //!   `BORG_PULL_FUZZ_SECS=600 nice -n 19 cargo test -p borg-pull-core --test fuzz_rsh -- --nocapture`
+//!   (`--release` runs some ten times as many cases; every target runs in its own thread, so
+//!   `--test-threads` as many as there are targets runs them all at once).
 //! - `BORG_PULL_FUZZ_CASE_SECS=S`: one input taking longer than this fails (default 10), and an
 //!   input still running after 12 times that aborts the process after printing it (a hang).
 //!

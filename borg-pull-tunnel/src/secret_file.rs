@@ -1,6 +1,7 @@
 //! Secret files (private keys, passphrase files) and secrets in memory.
 //!
-//! A secret file is opened once, without following a symbolic link, and everything is checked on
+//! A secret file is opened once, without following a symbolic link (to the file itself; linked
+//! directories on the way are fine), and everything is checked on
 //! the open file (`fstat`), never by path: that it is a regular file, that no other user may read
 //! it (as OpenSSH requires of private keys), that it belongs to us or root, and that it is not
 //! larger than a secret can be. The bytes read are the bytes checked, whatever happens to the
@@ -81,7 +82,8 @@ fn read_opened(path: &Path, kind: SecretKind, after_open: impl FnOnce(&Path)) ->
                 source.kind(),
                 format!(
                     "it is a symbolic link{target}; secret files are not read through links (the file \
-                     checked must be the file read): give the path of the file itself"
+                     checked must be the file read): give the path of the file itself{}",
+                    from_a_command(kind)
                 ),
             );
         }
@@ -109,7 +111,10 @@ fn read_opened(path: &Path, kind: SecretKind, after_open: impl FnOnce(&Path)) ->
             kind,
             path,
             std::io::ErrorKind::InvalidInput,
-            format!("it is {what}; a secret must be in a regular file"),
+            format!(
+                "it is {what}; a secret must be in a regular file{}",
+                from_a_command(kind)
+            ),
         ));
     }
     let mode = meta.mode() & 0o7777;
@@ -158,6 +163,20 @@ fn read_opened(path: &Path, kind: SecretKind, after_open: impl FnOnce(&Path)) ->
     }
     buf.truncate(filled);
     Ok(buf)
+}
+
+/// For passphrases, where to put one that comes from a command (`<(pass show x)` is a link to a
+/// pipe, refused as both).
+fn from_a_command(kind: SecretKind) -> &'static str {
+    match kind {
+        SecretKind::Identity => "",
+        SecretKind::IdentityPassphrase => {
+            " (a passphrase from a command can be given in BORG_PULL_IDENTITY_PASSPHRASE instead)"
+        }
+        SecretKind::RepoPassphrase => {
+            " (a passphrase from a command can be given with BORG_PASSCOMMAND instead)"
+        }
+    }
 }
 
 fn too_big(kind: SecretKind, path: &Path, len: u64) -> Error {
@@ -352,6 +371,21 @@ mod tests {
                 assert!(err.to_string().contains("regular file"), "{err}");
             }
         }
+    }
+
+    /// `--passphrase-file <(pass show borg)` gives `/dev/fd/63`, a link to a pipe: refused, with
+    /// the way to pass a passphrase from a command.
+    #[test]
+    fn pipes_as_from_process_substitution_are_refused_with_the_alternative() {
+        let (read, _write) = rustix::pipe::pipe().unwrap();
+        let path = std::path::PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&read)
+        ));
+        let err = read_secret_file(&path, SecretKind::RepoPassphrase).unwrap_err();
+        assert!(err.to_string().contains("BORG_PASSCOMMAND"), "{err}");
+        let err = read_secret_file(&path, SecretKind::IdentityPassphrase).unwrap_err();
+        assert!(err.to_string().contains("BORG_PULL_IDENTITY_PASSPHRASE"), "{err}");
     }
 
     #[test]
