@@ -19,29 +19,6 @@ const MAGIC: &[u8] = b"openssh-key-v1\0";
 const BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
 const END: &str = "-----END OPENSSH PRIVATE KEY-----";
 
-/// Refuses a secret file that group or others may read, as OpenSSH does for private keys: a
-/// secret in such a file is already leaked, and using it would hide that.
-///
-/// This looks at the path, so the file read afterwards may not be the file checked: read secrets
-/// with [`crate::secret_file::read_secret_file`] / [`crate::secret_file::read_secret_line`],
-/// which check the file they opened (and [`load`] does).
-pub fn ensure_private(path: &Path, kind: SecretKind) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    // A missing or unreadable file is reported by whoever reads it, with its own context.
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
-    };
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(Error::SecretFileTooOpen {
-            kind,
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
 /// Loads `path` (decrypting with `passphrase` if it is encrypted), working around ssh-key's
 /// short-scalar ECDSA bug for unencrypted keys.
 ///
@@ -190,7 +167,6 @@ mod tests {
             );
         }
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(ensure_private(&key, SecretKind::Identity).is_ok());
         // Private but not a key: the parse error, not the mode, is reported.
         assert!(matches!(load(&key, None), Err(Error::Identity { .. })));
     }

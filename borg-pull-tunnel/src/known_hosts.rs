@@ -394,13 +394,6 @@ pub fn recordable_host(host: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '*' | '?' | '[' | ']'))
 }
 
-/// `~/.ssh/known_hosts` of the current user (from `$HOME`).
-pub fn default_path() -> Option<PathBuf> {
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|home| PathBuf::from(home).join(".ssh").join("known_hosts"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
