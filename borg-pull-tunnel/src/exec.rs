@@ -162,10 +162,19 @@ pub fn escape_output(bytes: &[u8]) -> String {
 }
 
 /// Appends `data` to `kept` up to [`HELPER_OUTPUT_KEPT`] bytes; `false` once there was more.
-fn keep(kept: &mut Vec<u8>, data: &[u8]) -> bool {
+pub(crate) fn keep(kept: &mut Vec<u8>, data: &[u8]) -> bool {
     let room = HELPER_OUTPUT_KEPT.saturating_sub(kept.len());
     kept.extend_from_slice(&data[..data.len().min(room)]);
     data.len() <= room
+}
+
+/// sshd answered an exec request with failure (e.g. a `ForceCommand` or subsystem-only account).
+pub(crate) fn exec_refused(command: &str) -> Error {
+    Error::RemoteHelper {
+        command: command.to_owned(),
+        status: None,
+        output: "sshd refused the exec request".into(),
+    }
 }
 
 /// Collects a helper command's output from its `channel` until the channel closes.
@@ -183,13 +192,7 @@ pub async fn capture(channel: &mut Channel<Msg>, command: &str) -> Result<Captur
                 out.status = Some(exit_status);
                 true
             }
-            ChannelMsg::Failure => {
-                return Err(Error::RemoteHelper {
-                    command: command.to_owned(),
-                    status: None,
-                    output: "sshd refused the exec request".into(),
-                })
-            }
+            ChannelMsg::Failure => return Err(exec_refused(command)),
             ChannelMsg::Close => break,
             _ => true,
         };
@@ -283,13 +286,7 @@ where
                 exit = Some(RemoteExit::Signal(signal_name(&sig)));
                 hang_up_at = hang_up_at.or(Some(tokio::time::Instant::now() + EXIT_CLOSE_GRACE));
             }
-            ChannelMsg::Failure => {
-                return Err(Error::RemoteHelper {
-                    command: "borg".into(),
-                    status: None,
-                    output: "sshd refused the exec request".into(),
-                })
-            }
+            ChannelMsg::Failure => return Err(exec_refused("borg")),
             ChannelMsg::Close => break,
             _ => {}
         }

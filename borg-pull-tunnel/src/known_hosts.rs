@@ -16,7 +16,7 @@
 //! Lines that do not parse (unknown key types, broken base64) are skipped, like OpenSSH does.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use data_encoding::BASE64;
 use hmac::{Hmac, KeyInit, Mac};

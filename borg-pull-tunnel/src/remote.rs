@@ -21,7 +21,7 @@ use russh::client::Msg;
 use russh::{Channel, ChannelMsg};
 
 use crate::error::RemoteProgram;
-use crate::exec::{escape_output, is_env_name, shell_join, shell_quote};
+use crate::exec::{escape_output, exec_refused, is_env_name, keep, shell_join, shell_quote, Captured};
 use crate::limits::HELPER_OUTPUT_KEPT;
 use crate::{Error, Result};
 
@@ -193,52 +193,45 @@ pub enum Report {
 /// Reads the channel until the script's first report; anything else it printed before (bounded by
 /// [`HELPER_OUTPUT_KEPT`]) only shows up in errors. Bytes after the report line are returned too.
 pub async fn read_report(channel: &mut Channel<Msg>, marker: &str) -> Result<(Report, Vec<u8>)> {
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let mut status = None;
+    let mut out = Captured::default();
     while let Some(msg) = channel.wait().await {
-        match msg {
+        let fits = match msg {
             ChannelMsg::Data { data } => {
-                stdout.extend_from_slice(&data);
-                if let Some(found) = find_report(&stdout, marker)? {
+                let fits = keep(&mut out.stdout, &data);
+                if let Some(found) = find_report(&out.stdout, marker)? {
                     return Ok(found);
                 }
+                fits
             }
-            ChannelMsg::ExtendedData { data, .. } => {
-                let room = HELPER_OUTPUT_KEPT.saturating_sub(stderr.len());
-                stderr.extend_from_slice(&data[..data.len().min(room)]);
+            ChannelMsg::ExtendedData { data, .. } => keep(&mut out.stderr, &data),
+            ChannelMsg::ExitStatus { exit_status } => {
+                out.status = Some(exit_status);
+                true
             }
-            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
-            ChannelMsg::Failure => status = status.or(Some(u32::MAX)),
-            ChannelMsg::Close | ChannelMsg::Eof if status.is_some() => break,
+            ChannelMsg::Failure => return Err(exec_refused(START_COMMAND)),
             ChannelMsg::Close => break,
-            _ => {}
-        }
-        if stdout.len() > HELPER_OUTPUT_KEPT {
+            _ => true,
+        };
+        if !fits {
             return Err(Error::RemoteOutputTooLarge {
-                command: "the start of the run".into(),
+                command: START_COMMAND.into(),
                 limit: HELPER_OUTPUT_KEPT,
-                output: escape_output(&stdout[..HELPER_OUTPUT_KEPT.min(512)]),
+                output: out.output_text(),
             });
         }
     }
-    let mut output = escape_output(&stdout).trim().to_owned();
-    let err = escape_output(&stderr);
-    if !err.trim().is_empty() {
-        output = format!("{output}; {}", err.trim())
-            .trim_start_matches("; ")
-            .to_owned();
-    }
     Err(Error::RemoteHelper {
-        command: format!("umask 077 && mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\""),
-        status: status.filter(|s| *s != u32::MAX),
-        output: if status == Some(u32::MAX) {
-            "sshd refused the exec request".into()
-        } else {
-            format!("{output} (expected the new directory's absolute path)")
-        },
+        command: START_COMMAND.into(),
+        status: out.status,
+        output: format!(
+            "{} (expected the new directory's absolute path)",
+            out.output_text()
+        ),
     })
 }
+
+/// How errors name the start of the run (the script itself is long and not what failed).
+const START_COMMAND: &str = "the start of the run (mktemp -d, umask 077)";
 
 fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>> {
     let mut start = 0;
@@ -260,7 +253,7 @@ fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>>
 fn parse_report(line: &[u8]) -> Result<Report> {
     let text = String::from_utf8_lossy(line);
     let bad = || Error::RemoteHelper {
-        command: "the start of the run".into(),
+        command: START_COMMAND.into(),
         status: None,
         output: format!("unexpected report {:?}", escape_output(line)),
     };
