@@ -648,3 +648,35 @@ async fn authenticate(
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler() -> ClientHandler {
+        ClientHandler {
+            host: "client".into(),
+            port: 22,
+            known_hosts: PathBuf::from("/nonexistent"),
+            accept_new: false,
+            incoming: Arc::new(crate::incoming::RefuseAll),
+            refused: 0,
+            ended: Arc::default(),
+        }
+    }
+
+    // russh's own server never sends channel data above our maximum packet, so no peer in the
+    // tests can; the check itself is tested here.
+    #[test]
+    fn a_data_packet_above_max_packet_ends_the_connection_and_says_why() {
+        let h = handler();
+        assert!(h.check_packet(MAX_PACKET as usize).is_ok());
+        assert!(h.ended.lock().unwrap().is_none());
+        assert!(h.check_packet(MAX_PACKET as usize + 1).is_err());
+        let reason = h.ended.lock().unwrap().take();
+        assert!(
+            matches!(reason, Some(Error::OversizedPacket { len, max: MAX_PACKET, .. }) if len == MAX_PACKET as usize + 1),
+            "{reason:?}"
+        );
+    }
+}
