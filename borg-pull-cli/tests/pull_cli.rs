@@ -417,6 +417,7 @@ fn borg_exit_codes_pass_through() {
         "{}",
         describe(&out)
     );
+    assert!(text(&out.stderr).contains("--relay"), "{}", describe(&out));
     assert_eq!(archive_names(&f), vec![b"warn".to_vec(), b"ok".to_vec()]);
     f.assert_clean();
 }
