@@ -40,7 +40,7 @@ pub fn install(messages: Messages) -> io::Result<Shutdown> {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             };
-            tracing::warn!("{name} received; {what}");
+            tracing::info!("{name} received; {what}");
             token.cancel();
         }
     });
