@@ -884,7 +884,7 @@ fn borg14() -> Option<PathBuf> {
         Some(path)
     } else {
         common::missing(&format!(
-            "borg 1.4 at {} (set BORG_PULL_BORG14, or run scripts/install-deps)",
+            "borg 1.4 at {} (BORG_PULL_BORG14), runnable by others,",
             path.display()
         ));
         None
