@@ -70,14 +70,13 @@ pub struct Sshd {
 }
 
 fn keygen(kind: &str, path: &Path, passphrase: &str) {
-    let mut cmd = Command::new("ssh-keygen");
+    let mut cmd = TestCommand::new("ssh-keygen");
     cmd.args(["-q", "-t", kind, "-N", passphrase, "-C", "borg-pull-test", "-f"])
         .arg(path);
     if kind == "rsa" {
         cmd.args(["-b", "2048"]);
     }
-    let out = cmd.output().expect("run ssh-keygen");
-    assert!(out.status.success(), "ssh-keygen -t {kind}: {out:?}");
+    crate::common::assert_ok(&cmd.output(), &format!("ssh-keygen -t {kind}"));
 }
 
 fn current_user() -> String {
