@@ -1,9 +1,9 @@
 //! What both borg-pull binaries share: the exit-code table, the signal handler, the runtime and
 //! logging set-up, and the hints that name command-line flags.
 //!
-//! The libraries (`borg_pull_core`, `borg_pull_tunnel`) know nothing of flags or exit codes: their
-//! errors carry data. This crate is where a failure becomes a line on stderr and an exit code, so
-//! `borg-pull-relay` and `borg-pull-server` cannot drift apart.
+//! The libraries (`borg_pull_core`, `borg_pull_tunnel`) return errors that carry data; this crate
+//! is where a failure becomes a line on stderr (with a hint naming the flag that fixes it) and an
+//! exit code, once for both `borg-pull-relay` and `borg-pull-server`, so they cannot drift apart.
 #![forbid(unsafe_code)]
 
 pub mod exit;

@@ -40,7 +40,7 @@ pub fn install(messages: Messages) -> io::Result<Shutdown> {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             };
-            tracing::warn!("{name} received; {what}");
+            tracing::info!("{name} received; {what}");
             token.cancel();
         }
     });
@@ -53,8 +53,7 @@ pub fn exit_on_forced(shutdown: &Shutdown) {
     let forced = shutdown.forced.clone();
     tokio::spawn(async move {
         forced.cancelled().await;
-        // stdout may hold borg's output; flush what we can before leaving without clean-up.
-        let _ = io::Write::flush(&mut io::stdout());
+        // No flush of stdout: a reader that stalls would hold its lock and keep us here.
         eprintln!("borg-pull-server: interrupted twice; exiting without waiting for clean-up");
         std::process::exit(i32::from(crate::exit::INTERRUPTED.code));
     });

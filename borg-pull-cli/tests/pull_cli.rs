@@ -418,6 +418,7 @@ fn borg_exit_codes_pass_through() {
         "{}",
         describe(&out)
     );
+    assert!(text(&out.stderr).contains("--relay"), "{}", describe(&out));
     assert_eq!(archive_names(&f), vec![b"warn".to_vec(), b"ok".to_vec()]);
     f.assert_clean();
 }
@@ -889,7 +890,7 @@ fn borg14() -> Option<PathBuf> {
         Some(path)
     } else {
         common::missing(&format!(
-            "borg 1.4 at {} (set BORG_PULL_BORG14, or run scripts/install-deps)",
+            "borg 1.4 at {} (BORG_PULL_BORG14), runnable by others,",
             path.display()
         ));
         None

@@ -56,6 +56,8 @@ fn missing_socket_fails_with_one_line_and_255() {
     let socket = dir.path().join("x.sock");
     let output = run(relay(&socket, &["-p", "22", "u@h", "borg", "serve"]), Vec::new());
     assert_one_line_failure(&output, &socket, "is borg-pull-server listening");
+    // The binary's hint names where the socket comes from.
+    assert_one_line_failure(&output, &socket, "BORG_PULL_SOCKET");
 }
 
 #[test]
@@ -74,6 +76,9 @@ fn not_a_socket_fails_with_one_line_and_255() {
     std::fs::write(&socket, b"").unwrap();
     let output = run(relay(&socket, &["h"]), Vec::new());
     assert_one_line_failure(&output, &socket, "not a socket");
+    // Named once: a hint the message already gives is not appended again.
+    let line = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(line.matches("BORG_PULL_SOCKET").count(), 1, "{line}");
 }
 
 /// Serves one connection: reads everything, then answers with `reply(everything)` and closes, the

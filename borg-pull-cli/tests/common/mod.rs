@@ -172,7 +172,8 @@ impl TestCommand {
             status,
             stdout: fs::read(&out).unwrap_or_default(),
             stderr: fs::read(&err).unwrap_or_default(),
-            report: running.report_header(),
+            command: running.name.clone(),
+            logs: running.attached_logs(),
         }
     }
 
@@ -221,7 +222,8 @@ pub struct Outcome {
     pub stdout: Vec<u8>,
     /// Everything it wrote to stderr.
     pub stderr: Vec<u8>,
-    report: String,
+    command: String,
+    logs: String,
 }
 
 impl Outcome {
@@ -238,11 +240,12 @@ impl Outcome {
     /// The failure report: command line, status, the ends of stdout, stderr and attached logs.
     pub fn describe(&self) -> String {
         format!(
-            "{}\nstatus: {}\n--- stdout (end)\n{}\n--- stderr (end)\n{}",
-            self.report,
+            "command: {}\nstatus: {}\n--- stdout (end)\n{}\n--- stderr (end)\n{}{}",
+            self.command,
             self.status,
             tail(&self.stdout),
-            tail(&self.stderr)
+            tail(&self.stderr),
+            self.logs
         )
     }
 
@@ -305,9 +308,9 @@ impl Spawned {
         String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
-    /// The command line and the ends of the attached logs, for failure messages.
-    fn report_header(&self) -> String {
-        let mut report = format!("command: {}", self.name);
+    /// The ends of the attached logs (sshd's), for failure messages.
+    fn attached_logs(&self) -> String {
+        let mut report = String::new();
         for (name, path) in &self.logs {
             let text = fs::read(path).unwrap_or_default();
             let _ = write!(report, "\n--- {name} ({}, end)\n{}", path.display(), tail(&text));
@@ -315,12 +318,13 @@ impl Spawned {
         report
     }
 
-    /// [`Spawned::report_header`] plus the end of the child's own log.
+    /// The failure report: command line, the end of its output, then of the attached logs.
     pub fn report(&self) -> String {
         format!(
-            "{}\n--- its output (end)\n{}",
-            self.report_header(),
-            tail(self.log().as_bytes())
+            "command: {}\n--- its output (end)\n{}{}",
+            self.name,
+            tail(self.log().as_bytes()),
+            self.attached_logs()
         )
     }
 

@@ -70,14 +70,13 @@ pub struct Sshd {
 }
 
 fn keygen(kind: &str, path: &Path, passphrase: &str) {
-    let mut cmd = Command::new("ssh-keygen");
+    let mut cmd = TestCommand::new("ssh-keygen");
     cmd.args(["-q", "-t", kind, "-N", passphrase, "-C", "borg-pull-test", "-f"])
         .arg(path);
     if kind == "rsa" {
         cmd.args(["-b", "2048"]);
     }
-    let out = cmd.output().expect("run ssh-keygen");
-    assert!(out.status.success(), "ssh-keygen -t {kind}: {out:?}");
+    crate::common::assert_ok(&cmd.output(), &format!("ssh-keygen -t {kind}"));
 }
 
 fn current_user() -> String {
@@ -142,12 +141,13 @@ impl Sshd {
         let user = login_user();
         let dir = tempfile::Builder::new()
             .prefix("bpt-")
-            .tempdir()
+            .tempdir_in(reachable_temp_base())
             .expect("temp dir");
         let d = dir.path();
         // The login user must reach the test's files (data, relay, its TMPDIR).
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_searchable_by_others(d);
         let host_key = d.join("host_key");
         keygen(options.host_key_type, &host_key, "");
         let host_key_pub = fs::read_to_string(d.join("host_key.pub"))
@@ -261,6 +261,40 @@ impl Sshd {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
     }
+}
+
+/// Where the test's files go: TMPDIR, unless the login user cannot pass through it (a private
+/// TMPDIR), then `/tmp`. Everything the client side runs or reads lives below it.
+fn reachable_temp_base() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    match blocked_ancestor(&tmp.join("x")) {
+        None => tmp,
+        Some(_) => PathBuf::from("/tmp"),
+    }
+}
+
+/// Panics, naming the culprit, unless every directory above `dir` lets others through: otherwise
+/// the login user cannot reach what the tests put there, and pull reports it "not found".
+fn assert_searchable_by_others(dir: &Path) {
+    if let Some(culprit) = blocked_ancestor(dir) {
+        panic!(
+            "{culprit} keeps the login user {TEST_USER} out of the test's files in {}",
+            dir.display()
+        );
+    }
+}
+
+/// The first directory above `dir` that others cannot pass through (when running as root; as
+/// another user the login user is ourselves).
+fn blocked_ancestor(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        return None;
+    }
+    dir.ancestors().skip(1).find_map(|ancestor| {
+        let mode = fs::metadata(ancestor).ok()?.permissions().mode();
+        (mode & 0o001 == 0).then(|| format!("{} (mode {:04o})", ancestor.display(), mode & 0o7777))
+    })
 }
 
 fn is_root() -> bool {

@@ -182,6 +182,14 @@ pub fn run(args: PullArgs) -> ExitCode {
 }
 
 async fn run_async(args: PullArgs) -> Result<u8, Error> {
+    // First: a signal during set-up (a slow BORG_PASSCOMMAND) then cancels the pull before it
+    // connects, instead of killing us with the default action.
+    let shutdown = signals::install(SIGNAL_MESSAGES).map_err(|source| Error::Io {
+        context: "cannot install signal handlers".into(),
+        source,
+    })?;
+    // The pull library takes one token; a second signal cannot wait for its clean-up.
+    signals::exit_on_forced(&shutdown);
     let env = PullEnv::from_process();
     let mut options = PullOptions::with_env(&args.destination, &args.repo, args.borg_args, &env)?;
     options.session.port = args.port;
@@ -205,13 +213,6 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     serve.storage_quota = args.storage_quota;
     options.serve = serve;
     options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
-
-    let shutdown = signals::install(SIGNAL_MESSAGES).map_err(|source| Error::Io {
-        context: "cannot install signal handlers".into(),
-        source,
-    })?;
-    // The pull library takes one token; a second signal cannot wait for its clean-up.
-    signals::exit_on_forced(&shutdown);
     options.cancel = shutdown.graceful;
     let code = pull(options).await?;
     Ok(u8::try_from(code).unwrap_or(255))
