@@ -536,7 +536,7 @@ fn forwarded_connections_are_bounded() {
     let out = run(&mut f.pull_with(&["--remote-borg", "/bin/sh"], &["-c", script]));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let refused = text(&out.stderr)
-        .matches("refusing a forwarded connection")
+        .matches("refusing a forwarded-streamlocal channel the client's sshd opened: 4 borg serve sessions are already running")
         .count();
     assert_eq!(refused, 2, "{}", describe(&out));
     f.assert_clean();

@@ -18,14 +18,17 @@ pub type Start = Box<dyn FnOnce(Channel<Msg>) + Send>;
 pub enum Decision {
     /// Confirm the channel and hand it to this function.
     Accept(Start),
-    /// Refuse it with this reason.
-    Refuse(ChannelOpenFailure),
+    /// Refuse it with this reason code; `why` goes into the (bounded) log.
+    Refuse(ChannelOpenFailure, String),
 }
 
 impl Decision {
     /// Refused as administratively prohibited: what every kind nobody asked for gets.
     pub fn prohibited() -> Self {
-        Decision::Refuse(ChannelOpenFailure::AdministrativelyProhibited)
+        Decision::Refuse(
+            ChannelOpenFailure::AdministrativelyProhibited,
+            "nothing asked for it".into(),
+        )
     }
 }
 
@@ -33,7 +36,7 @@ impl std::fmt::Debug for Decision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Decision::Accept(_) => f.write_str("Accept"),
-            Decision::Refuse(reason) => write!(f, "Refuse({reason:?})"),
+            Decision::Refuse(reason, why) => write!(f, "Refuse({reason:?}, {why:?})"),
         }
     }
 }

@@ -59,7 +59,9 @@ pub fn go_lines(relay: &OsStr, dir: &str, passphrase: Option<&str>) -> Result<Ve
             relay.to_string_lossy()
         )));
     }
-    let mut lines = b"go\n".to_vec();
+    // Sized once, so growing it leaves no copy of the passphrase behind in freed memory.
+    let mut lines = Vec::with_capacity(3 + rsh.len() + 1 + passphrase.map_or(0, |p| p.len() + 1));
+    lines.extend_from_slice(b"go\n");
     lines.extend(rsh);
     lines.push(b'\n');
     if let Some(p) = passphrase {

@@ -319,11 +319,11 @@ impl ClientHandler {
                 start(channel);
                 Ok(())
             }
-            Decision::Refuse(reason) => {
+            Decision::Refuse(reason, why) => {
                 reply.reject(reason).await;
                 self.refused += 1;
                 if self.refused <= REFUSALS_LOGGED {
-                    warn!("the client's sshd opened a {kind} channel we did not ask for; refused");
+                    warn!("refusing a {kind} channel the client's sshd opened: {why}");
                 }
                 if self.refused > MAX_REFUSED_CHANNEL_OPENS {
                     return Err(self.end(Error::ChannelOpenFlood {

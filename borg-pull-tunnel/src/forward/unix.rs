@@ -2,17 +2,16 @@
 //!
 //! We ask the client's sshd to listen on a socket in a private directory
 //! (`streamlocal-forward@openssh.com`); every connection borg's `BORG_RSH` relay makes to it arrives
-//! here as a `forwarded-streamlocal@openssh.com` channel. Each channel gets one task that runs
-//! [`borg_pull_core::serve::serve_stream`] on it: the task always reads the channel to its end (an
-//! unread channel would stall the whole connection), shuts its write side down with EOF when
-//! `borg serve` is done, and `borg serve` is killed and reaped when the channel ends or the run is
-//! cancelled.
+//! here as a `forwarded-streamlocal@openssh.com` channel and is handed to the run's
+//! [`Supervisor`], which runs one `borg serve` per channel in a task that always reads the channel
+//! to its end (an unread channel would stall the whole connection) and kills and reaps `borg serve`
+//! when the channel ends or the run stops.
 //!
 //! If this process dies without running any of that (SIGKILL, OOM), the kernel closes our ends of
 //! `borg serve`'s pipes: it reads EOF, rolls back the unfinished transaction, releases the
 //! repository lock and exits (tested). The client's sshd sees the TCP connection close and ends the
-//! session, so borg create loses its relay and exits; only the dead socket in its private, unique
-//! directory remains, which never blocks the next run. `PR_SET_PDEATHSIG` on `borg serve` (in
+//! session, so borg create loses its relay and exits, and the run's watcher on the client removes
+//! the private directory ([`crate::remote`]). `PR_SET_PDEATHSIG` on `borg serve` (in
 //! borg-pull-core) would add a hard kill for a `borg serve` stuck in a write; not needed so far.
 
 use std::sync::{Arc, Mutex};
@@ -21,7 +20,7 @@ use std::time::Duration;
 use borg_pull_core::serve::ServeConfig;
 use borg_pull_core::supervise::{LimitPolicy, Supervisor, SupervisorLimits, SupervisorStats};
 use russh::ChannelOpenFailure;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::error::ForwardDenial;
 use crate::exec::shell_quote;
@@ -84,7 +83,7 @@ impl Incoming for Forwarder {
     fn forwarded_streamlocal(&self, socket_path: &str) -> Decision {
         let expected = self.expected.lock().expect("not poisoned").clone();
         if expected.as_deref() != Some(socket_path) {
-            warn!(
+            debug!(
                 socket_path,
                 "refusing a forwarded connection for a socket we did not ask for"
             );
@@ -97,10 +96,7 @@ impl Incoming for Forwarder {
                     admission.spawn(channel.into_stream(), span)
                 }))
             }
-            Err(refusal) => {
-                warn!("refusing a forwarded connection: {refusal}");
-                Decision::Refuse(ChannelOpenFailure::ResourceShortage)
-            }
+            Err(refusal) => Decision::Refuse(ChannelOpenFailure::ResourceShortage, refusal.to_string()),
         }
     }
 }
@@ -120,13 +116,6 @@ pub async fn listen(session: &Session, forwarder: &Forwarder, socket_path: &str)
             cause: diagnose(session, socket_path).await,
         }),
         Err(e) => Err(e),
-    }
-}
-
-/// Stops listening on `socket_path` (best effort: the directory is removed anyway).
-pub async fn unlisten(session: &Session, socket_path: &str) {
-    if let Err(e) = session.cancel_streamlocal_forward(socket_path).await {
-        debug!(socket_path, "cancel-streamlocal-forward: {e}");
     }
 }
 
