@@ -326,6 +326,25 @@ pub enum Error {
         max: u32,
     },
 
+    /// An agent connection sent a message longer than any agent request we answer; it was ended.
+    #[error(
+        "an agent connection sent a {len}-byte message, above the {max} bytes any request we answer \
+         needs; connection ended"
+    )]
+    AgentFrameTooLarge {
+        /// The length it announced.
+        len: u32,
+        /// Our limit.
+        max: usize,
+    },
+
+    /// An agent connection sent no complete message for too long; it was ended.
+    #[error("an agent connection sent no complete message for {secs} s; connection ended")]
+    AgentIdle {
+        /// The deadline.
+        secs: u64,
+    },
+
     /// The client's sshd kept opening channels we did not ask for; the connection was ended.
     #[error("{host} port {port} opened {count} channels we did not ask for (all refused); connection ended")]
     ChannelOpenFlood {

@@ -2,7 +2,8 @@
 //!
 //! The connection layer ([`crate::session`]) knows nothing of borg: it asks an [`Incoming`] value
 //! about every channel the peer opens and carries out the [`Decision`]. Each forward kind (the
-//! UNIX socket forward in [`crate::forward::unix`]; TCP forwards and agent channels later)
+//! UNIX socket forward in [`crate::forward::unix`], agent channels in [`crate::forward::agent`];
+//! TCP forwards later)
 //! implements the method for its channel kind; every method refuses by default, so a kind nobody
 //! asked for is always refused. A peer that keeps opening refused channels is cut off by the
 //! session (see [`MAX_REFUSED_CHANNEL_OPENS`](crate::limits::MAX_REFUSED_CHANNEL_OPENS)).

@@ -14,7 +14,11 @@
 //! - [`known_hosts`]: OpenSSH known_hosts matching (plain, `[host]:port`, hashed, wildcards,
 //!   negation, `@revoked`; not `@cert-authority`) and `accept-new` recording.
 //! - [`forward`]: one module per forward kind; [`forward::unix`] is the
-//!   `streamlocal-forward@openssh.com` request, diagnosis of refusals and the bridges to `borg serve`.
+//!   `streamlocal-forward@openssh.com` request, diagnosis of refusals and the bridges to `borg serve`;
+//!   [`forward::agent`] serves the `auth-agent@openssh.com` channels with a [`agent::KeyAgent`].
+//! - [`agent`]: an in-process ssh-agent holding exactly one key (list and sign only; add, remove
+//!   and lock refused), for the pull method where borg on the client logs in to the server with
+//!   the server's key through agent forwarding.
 //! - [`exec`]: POSIX shell quoting, helper commands, streaming borg's output, exit status.
 //! - [`limits`]: windows, keepalives and timeouts, with the reasons for their values.
 //! - [`error`]: the one error type.
@@ -34,6 +38,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod error;
 pub mod exec;
 pub mod forward;

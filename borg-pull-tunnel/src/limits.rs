@@ -63,7 +63,8 @@ pub const DEFAULT_MAX_RUNTIME: Duration = Duration::from_secs(24 * 3600);
 /// sshd opens none, so this only cuts off a peer that floods us (and our logs).
 pub const MAX_REFUSED_CHANNEL_OPENS: usize = 64;
 
-/// Refused channel opens logged one by one; later ones are only counted.
+/// Refused channel opens (and refused agent requests, per agent) logged one by one; later ones are
+/// only counted.
 pub const REFUSALS_LOGGED: usize = 8;
 
 /// After borg's channel closed: how long forwarded channels may take to finish relaying.
@@ -106,3 +107,32 @@ pub const MAX_FORWARDED_CONNECTIONS: usize = 4;
 
 /// Longest path of a UNIX socket on Linux (`sun_path` is 108 bytes including the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Longest agent message (after its 4-byte length) we read; a longer length ends the connection
+/// before anything is allocated for it.
+///
+/// The largest request we answer is a sign request: our key blob, the data (for SSH user
+/// authentication a session id of at most 64 bytes plus the userauth request with user name,
+/// service, algorithm and the key blob again) and the flags. Even with an RSA 16384 key (a 2 KiB
+/// blob) that is well under 16 KiB; OpenSSH's `session-bind@openssh.com` extension (host key,
+/// session id, signature) is of the same size. russh's agent allows 256 KiB.
+pub const MAX_AGENT_FRAME: usize = 16 * 1024;
+
+/// An agent connection that sends no complete message for this long is ended.
+///
+/// OpenSSH's `ssh` keeps its agent connection open only while it authenticates and sends its
+/// requests one round trip to the server's sshd apart (milliseconds to seconds); a minute is far
+/// beyond that, and a connection held open longer would only tie up one of [`MAX_AGENT_CHANNELS`].
+pub const AGENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most agent channels served at once; more are refused.
+///
+/// borg's `ssh` opens one agent connection per login to the server (one per repository
+/// connection, and borg makes one); the margin covers a reconnect before the old one has closed.
+pub const MAX_AGENT_CHANNELS: usize = 4;
+
+/// Most agent channels in total during one pull.
+///
+/// A handful of logins per run is normal (borg reconnects a few times at most); a client that
+/// keeps opening agent channels would otherwise keep the server signing for the whole run.
+pub const MAX_AGENT_CHANNELS_TOTAL: u64 = 256;

@@ -4,5 +4,8 @@
 //!
 //! - [`unix`]: a UNIX socket in a private directory on the client
 //!   (`streamlocal-forward@openssh.com`), each connection bridged to its own `borg serve`.
+//! - [`agent`]: agent channels (`auth-agent@openssh.com`), each served by the run's one-key
+//!   [`crate::agent::KeyAgent`].
 
+pub mod agent;
 pub mod unix;
