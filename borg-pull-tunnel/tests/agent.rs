@@ -348,8 +348,57 @@ async fn ssh_keygen_signs_through_the_agent_for_every_key_type() {
             "{key_type}: {}",
             report(&checked)
         );
+
+        // Raw sign requests: the flags choose the RSA hash (SHA-1 refused) and are ignored for
+        // other keys; a request for a key we do not hold fails.
+        let blob = blob_of(&fixture.agent);
+        let expected: &[(u32, Option<&str>)] = match key_type {
+            "rsa" => &[(0, None), (2, Some("rsa-sha2-256")), (4, Some("rsa-sha2-512"))],
+            "ed25519" => &[(0, Some("ssh-ed25519")), (4, Some("ssh-ed25519"))],
+            _ => &[(0, Some("ecdsa-sha2-nistp256"))],
+        };
+        for &(flags, algorithm) in expected {
+            let reply = exchange(&fixture.socket, &sign_request(&blob, flags)).await;
+            match algorithm {
+                None => assert_eq!(reply, FAILURE, "{key_type} flags {flags}"),
+                Some(name) => {
+                    assert_eq!(reply[4], 14, "{key_type} flags {flags}: {reply:?}");
+                    // string signature { string algorithm, string blob }
+                    let algorithm = &reply[13..13 + name.len()];
+                    assert_eq!(algorithm, name.as_bytes(), "{key_type} flags {flags}");
+                }
+            }
+        }
+        let mut other = blob.clone();
+        *other.last_mut().unwrap() ^= 1;
+        assert_eq!(exchange(&fixture.socket, &sign_request(&other, 0)).await, FAILURE);
+        let signed = expected.iter().filter(|(_, a)| a.is_some()).count() as u64;
+        let refused = expected.len() as u64 - signed + 1;
+        assert_eq!(
+            fixture.agent.stats(),
+            AgentStats {
+                signatures: 1 + signed,
+                refused
+            },
+            "{key_type}"
+        );
         fixture.assert_no_panic();
     }
+}
+
+fn blob_of(agent: &KeyAgent) -> Vec<u8> {
+    russh::keys::ssh_encoding::Encode::encode_vec(agent.public_key().key_data()).unwrap()
+}
+
+/// A complete `SIGN_REQUEST` frame for `blob` over a fixed message.
+fn sign_request(blob: &[u8], flags: u32) -> Vec<u8> {
+    let mut body = vec![13];
+    for field in [blob, b"data to sign"] {
+        body.extend_from_slice(&u32::try_from(field.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    body.extend_from_slice(&flags.to_be_bytes());
+    frame(&body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,8 +435,7 @@ async fn garbage_gets_failure_or_a_close_never_a_panic() {
 
     let fixture = Fixture::start("ed25519").await;
     let mut rng = rand::rng();
-    let blob = fixture.agent.public_key().key_data().clone();
-    let blob = russh::keys::ssh_encoding::Encode::encode_vec(&blob).unwrap();
+    let blob = blob_of(&fixture.agent);
     let mut cases: Vec<Vec<u8>> = vec![
         vec![],
         vec![0],
