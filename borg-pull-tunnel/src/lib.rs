@@ -16,6 +16,9 @@
 //! - [`forward`]: one module per forward kind; [`forward::unix`] is the
 //!   `streamlocal-forward@openssh.com` request, diagnosis of refusals and the bridges to `borg serve`.
 //! - [`exec`]: POSIX shell quoting, helper commands, streaming borg's output, exit status.
+//! - [`authorized_keys`]: the `authorized_keys` line that forces a restricted `borg serve` for one
+//!   key (quoted for sshd and the login shell), installed idempotently under a lock, and ephemeral
+//!   entries removed after their pull (or by the next one when their process is gone).
 //! - [`limits`]: windows, keepalives and timeouts, with the reasons for their values.
 //! - [`error`]: the one error type.
 //!
@@ -34,6 +37,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod authorized_keys;
 pub mod error;
 pub mod exec;
 pub mod forward;
