@@ -114,6 +114,13 @@ pub const RELAY_FAILURE: Code = Code {
     meaning: "any failure (as ssh: borg reports it as a failed connection)",
 };
 
+/// `authorize --install`: the key already has an authorized_keys entry with other options.
+pub const AUTHORIZED_KEYS_CONFLICT: Code = Code {
+    code: 207,
+    meaning: "authorized_keys already has an entry for the key with other options (it is never \
+              changed; the message names its line)",
+};
+
 /// Every code of ours, in both binaries.
 pub const ALL: &[Code] = &[
     USAGE,
@@ -132,6 +139,7 @@ pub const ALL: &[Code] = &[
     CLIENT_MISBEHAVED,
     MAX_RUNTIME,
     RELAY_FAILURE,
+    AUTHORIZED_KEYS_CONFLICT,
 ];
 
 /// The codes `borg-pull-server pull` can exit with (besides borg's own).
@@ -159,6 +167,9 @@ pub const LISTEN: &[Code] = &[
     SOCKET_UNSAFE,
     SOCKET_IN_USE,
 ];
+
+/// The codes `borg-pull-server authorize` can exit with.
+pub const AUTHORIZE: &[Code] = &[USAGE, FAILURE, OS_ERROR, AUTHORIZED_KEYS_CONFLICT];
 
 /// The codes of `borg-pull-relay`.
 pub const RELAY: &[Code] = &[RELAY_FAILURE];
@@ -203,7 +214,7 @@ mod tests {
 
     #[test]
     fn help_lists_exactly_the_table() {
-        for table in [PULL, LISTEN, RELAY, ALL] {
+        for table in [PULL, LISTEN, RELAY, AUTHORIZE, ALL] {
             let listed = codes_in(&lines(table));
             let expected: Vec<u8> = table.iter().map(|c| c.code).collect();
             assert_eq!(listed, expected, "{}", lines(table));
@@ -212,7 +223,7 @@ mod tests {
 
     #[test]
     fn every_subcommand_code_is_in_the_table() {
-        for code in PULL.iter().chain(LISTEN).chain(RELAY) {
+        for code in PULL.iter().chain(LISTEN).chain(RELAY).chain(AUTHORIZE) {
             assert!(ALL.contains(code), "{code:?} missing from ALL");
         }
     }
@@ -250,6 +261,7 @@ mod tests {
                 (216, "the clie"),
                 (217, "borg on "),
                 (255, "any fail"),
+                (207, "authoriz"),
             ]
         );
     }

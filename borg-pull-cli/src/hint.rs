@@ -85,6 +85,28 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
     }
 }
 
+/// The hint for an error of `borg-pull-server authorize` (its flags differ from pull's).
+pub fn authorize(err: &borg_pull_tunnel::Error) -> Option<Hint> {
+    use borg_pull_tunnel::Error as E;
+    match err {
+        E::PublicKeyFile { .. } => Some(Hint::new(
+            "--key",
+            "pass the public key (the .pub file) with --key FILE.pub",
+        )),
+        E::ForcedCommandInvalid { what, .. } if *what == "borg program" => {
+            Some(Hint::new("--borg", "pass another --borg PROGRAM"))
+        }
+        E::ForcedCommandInvalid { .. } | E::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => Some(
+            Hint::new("--repo", "pass the repository's absolute path with --repo"),
+        ),
+        E::AuthorizedKeysUnsafe { .. } | E::AuthorizedKeysIo { .. } => Some(Hint::new(
+            "--authorized-keys",
+            "or point --authorized-keys at another file",
+        )),
+        _ => None,
+    }
+}
+
 /// The hint for the first error in `err`'s chain that has one.
 pub fn for_chain(err: &(dyn StdError + 'static)) -> Option<Hint> {
     let mut cause = Some(err);

@@ -412,6 +412,63 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A public key file cannot be used for an authorized_keys entry (missing, a private key,
+    /// several lines, an unknown key type).
+    #[error("cannot use public key file {path:?}: {why}")]
+    PublicKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, and the fix.
+        why: String,
+    },
+
+    /// A value cannot be part of an authorized_keys entry (NUL, line break, not UTF-8).
+    #[error("the {what} {value:?} cannot be part of an authorized_keys entry: {why}")]
+    ForcedCommandInvalid {
+        /// Which value (`repository path`, `borg program`, `key comment`).
+        what: &'static str,
+        /// The value, lossily as text.
+        value: String,
+        /// Why not.
+        why: &'static str,
+    },
+
+    /// Reading or writing an authorized_keys file, its lock file or its directory failed.
+    #[error("cannot {action} {path:?}: {source}")]
+    AuthorizedKeysIo {
+        /// What we were doing.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// The authorized_keys file is not safe to edit (a symbolic link, not a regular file, writable
+    /// by group or others, in a directory anyone may write to).
+    #[error("refusing to edit authorized_keys file {path:?}: {why}")]
+    AuthorizedKeysUnsafe {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and the fix.
+        why: String,
+    },
+
+    /// The key already has an entry with other options; it is never widened or narrowed silently.
+    #[error(
+        "{path:?} line {line} already has an entry for this key with other options ({existing}); \
+         sshd uses the first entry for a key, and an existing entry is never widened or narrowed \
+         silently: edit or remove that line yourself, then run again"
+    )]
+    AuthorizedKeysConflict {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the existing entry.
+        line: usize,
+        /// Its options.
+        existing: String,
+    },
+
     /// `borg serve` could not be started or relayed.
     #[error(transparent)]
     Serve(#[from] borg_pull_core::Error),

@@ -20,6 +20,9 @@
 //!   and lock refused), for the pull method where borg on the client logs in to the server with
 //!   the server's key through agent forwarding.
 //! - [`exec`]: POSIX shell quoting, helper commands, streaming borg's output, exit status.
+//! - [`authorized_keys`]: the `authorized_keys` line that forces a restricted `borg serve` for one
+//!   key (quoted for sshd and the login shell), installed idempotently under a lock, and ephemeral
+//!   entries removed after their pull (or by the next one when their process is gone).
 //! - [`limits`]: windows, keepalives and timeouts, with the reasons for their values.
 //! - [`error`]: the one error type.
 //!
@@ -39,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod authorized_keys;
 pub mod error;
 pub mod exec;
 pub mod forward;

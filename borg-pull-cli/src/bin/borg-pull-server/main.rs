@@ -11,6 +11,7 @@ use borg_pull_cli::exit::{self, Code};
 use borg_pull_cli::{hint, runtime};
 use clap::{ArgAction, Parser, Subcommand};
 
+mod authorize;
 mod listen;
 mod pull;
 
@@ -66,6 +67,10 @@ enum Command {
     /// Back up a client: log in over SSH, forward a private socket there, run borg on it.
     #[command(after_help = pull::after_help())]
     Pull(Box<pull::PullArgs>),
+    /// Print (or --install) the authorized_keys line that limits a key to `borg serve` of one
+    /// repository.
+    #[command(after_help = authorize::after_help())]
+    Authorize(authorize::AuthorizeArgs),
 }
 
 /// A command-line problem found after parsing (exit code [`exit::USAGE`]).
@@ -96,6 +101,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Listen(args) => finish(listen::run(args)),
         Command::Pull(args) => pull::run(*args),
+        Command::Authorize(args) => authorize::run(args),
     }
 }
 
