@@ -70,12 +70,21 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             let option = match role {
                 borg_pull_tunnel::RemoteProgram::Relay => "--relay",
                 borg_pull_tunnel::RemoteProgram::Borg => "--remote-borg",
+                borg_pull_tunnel::RemoteProgram::Ssh => "--remote-ssh",
             };
             Some(Hint::new(
                 option,
                 format!("install it there or pass its full path on the client with {option} PATH"),
             ))
         }
+        E::ServerHostKey { .. } => Some(Hint::new(
+            "--server-host-key",
+            "pass this server's public host key (a .pub file) with --server-host-key",
+        )),
+        E::TcpForwardDenied { .. } => Some(Hint::new(
+            "--via",
+            "or use --via socket or --via agent, which need no TCP forwarding on the client",
+        )),
         E::MaxRuntime { .. } => Some(Hint::new(
             "--max-runtime",
             "raise --max-runtime if the run needs longer",

@@ -286,6 +286,40 @@ pub enum Error {
         why: String,
     },
 
+    /// The agent and TCP methods: the client's sshd started our command without forwarding the
+    /// agent, so the client's ssh would have no key to log in to the server with.
+    #[error(
+        "the client {host} did not forward the agent to borg's session (no SSH_AUTH_SOCK): its sshd \
+         has AllowAgentForwarding no, or our key's authorized_keys line has `restrict` without \
+         `agent-forwarding`"
+    )]
+    AgentNotForwarded {
+        /// Host as given.
+        host: String,
+    },
+
+    /// `--via tcp`: the client's sshd refused to listen on its loopback for us.
+    #[error(
+        "the client {host} port {port} refused to forward a TCP port on its loopback: its sshd has \
+         AllowTcpForwarding no (or local), or our key's authorized_keys line has `restrict` without \
+         `port-forwarding`"
+    )]
+    TcpForwardDenied {
+        /// Host as given.
+        host: String,
+        /// sshd's TCP port.
+        port: u16,
+    },
+
+    /// The server's host key for the client's ssh (agent and TCP methods) cannot be read.
+    #[error("cannot use {path} as the server's public host key: {why}")]
+    ServerHostKey {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+
     /// The client refused a request (a forward, usually); the caller explains why.
     #[error("{host} port {port} refused {request}")]
     RequestDenied {
@@ -504,6 +538,8 @@ pub enum RemoteProgram {
     Relay,
     /// borg itself.
     Borg,
+    /// The client's OpenSSH `ssh` (the agent and TCP methods).
+    Ssh,
 }
 
 impl std::fmt::Display for RemoteProgram {
@@ -511,6 +547,7 @@ impl std::fmt::Display for RemoteProgram {
         f.write_str(match self {
             RemoteProgram::Relay => "relay",
             RemoteProgram::Borg => "borg",
+            RemoteProgram::Ssh => "ssh",
         })
     }
 }

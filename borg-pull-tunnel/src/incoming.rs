@@ -84,3 +84,36 @@ pub trait Incoming: Send + Sync + 'static {
 pub struct RefuseAll;
 
 impl Incoming for RefuseAll {}
+
+/// One [`Incoming`] per channel kind, for a session that serves several kinds (a pull through the
+/// agent method answers agent channels and, with `--via tcp`, forwarded TCP connections). A kind
+/// left `None` is refused.
+#[derive(Default, Clone)]
+pub struct ByKind {
+    /// Answers `forwarded-streamlocal@openssh.com`.
+    pub streamlocal: Option<std::sync::Arc<dyn Incoming>>,
+    /// Answers `forwarded-tcpip`.
+    pub tcpip: Option<std::sync::Arc<dyn Incoming>>,
+    /// Answers `auth-agent@openssh.com`.
+    pub agent: Option<std::sync::Arc<dyn Incoming>>,
+}
+
+impl Incoming for ByKind {
+    fn forwarded_streamlocal(&self, socket_path: &str) -> Decision {
+        self.streamlocal
+            .as_ref()
+            .map_or_else(Decision::prohibited, |i| i.forwarded_streamlocal(socket_path))
+    }
+
+    fn forwarded_tcpip(&self, origin: &TcpOrigin) -> Decision {
+        self.tcpip
+            .as_ref()
+            .map_or_else(Decision::prohibited, |i| i.forwarded_tcpip(origin))
+    }
+
+    fn agent(&self) -> Decision {
+        self.agent
+            .as_ref()
+            .map_or_else(Decision::prohibited, |i| i.agent())
+    }
+}

@@ -8,6 +8,7 @@
 //! - [`session`]: connect, host key verification, public key authentication, the russh handler;
 //!   [`session::Session`] is what everything else uses to talk to the client.
 //! - [`incoming`]: what happens to channels the client's sshd opens (one method per kind).
+//! - [`via`]: the three ways borg on the client reaches `borg serve` (socket, agent, TCP).
 //! - [`remote`]: the one shell script a pull runs on the client and its reports.
 //! - [`secret`]: the repository passphrase, its sources and zeroing.
 //! - [`identity`]: loading the private key (with a work-around for ssh-key's short ECDSA scalars).
@@ -55,6 +56,7 @@ pub mod remote;
 pub mod secret;
 pub mod secret_file;
 pub mod session;
+pub mod via;
 
 pub use error::{Error, ForwardDenial, RemoteProgram, Result, SecretKind};
 pub use pull::{pull, PullEnv, PullOptions};

@@ -32,19 +32,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 use zeroize::Zeroizing;
 
+use crate::error::RemoteProgram;
 use crate::exec::{self, RemoteExit, Stop};
+use crate::forward::agent::AgentForward;
+use crate::forward::tcp::TcpBridge;
 use crate::forward::unix::{self as unix_forward, ForwardStats, Forwarder};
+use crate::incoming::ByKind;
 use crate::limits::{
     CANCEL_GRACE, CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, FORWARD_DRAIN_TIMEOUT, REMOTE_HELPER_TIMEOUT,
     REQUEST_TIMEOUT,
 };
-use crate::remote::{self, RemoteRun, Report};
+use crate::remote::{self, RemoteRun, Report, SshBack};
 use crate::secret::{Passphrase, SecretSources};
 use crate::secret_file::SecretString;
 use crate::session::{self, Session, SessionOptions};
 use crate::{Error, Result};
 
 pub use crate::remote::{RESERVED_ENV, SOCKET_NAME};
+use crate::via::RunAgent;
+pub use crate::via::{AgentKey, ServerLogin, Via};
 
 /// The host part of the `BORG_REPO` URL given to borg on the client. borg needs an `ssh://` URL
 /// to use `BORG_RSH`; the relay ignores the host, so this only shows up in borg's messages.
@@ -131,6 +137,8 @@ pub struct PullOptions {
     /// Cancelling this (e.g. on Ctrl-C) stops borg on the client, cleans up and returns
     /// [`Error::Interrupted`].
     pub cancel: CancellationToken,
+    /// How borg on the client reaches `borg serve` ([`Via::Socket`] unless set).
+    pub via: Via,
 }
 
 impl PullOptions {
@@ -198,6 +206,7 @@ impl PullOptions {
             passphrase: None,
             max_runtime: DEFAULT_MAX_RUNTIME,
             cancel: CancellationToken::new(),
+            via: Via::Socket,
         })
     }
 
@@ -206,15 +215,37 @@ impl PullOptions {
         Self::with_env(destination, repo, borg_args, &PullEnv::from_process())
     }
 
+    /// `BORG_REPO` for borg on the client: the relay ignores the host; the agent method names
+    /// the server's sshd; the TCP method its forward on the client's loopback (the port comes in
+    /// `BORG_RSH`, once sshd has picked it).
     fn repo_url(&self) -> Vec<u8> {
-        let mut url = format!("ssh://{REPO_URL_HOST}").into_bytes();
+        let mut url = match &self.via {
+            Via::Socket => format!("ssh://{REPO_URL_HOST}"),
+            Via::Agent(l) => format!("ssh://{}@{}:{}", l.user, crate::via::url_host(&l.host), l.port),
+            Via::Tcp(l) => format!("ssh://{}@{}", l.user, crate::forward::tcp::LISTEN_ADDRESS),
+        }
+        .into_bytes();
         url.extend_from_slice(self.serve.repo.as_os_str().as_bytes());
         url
     }
 
     /// The script for the client ([`crate::remote`]), checked before anything touches the network.
-    pub fn remote_script(&self, marker: &str) -> Result<Vec<u8>> {
+    /// `identity_line` is the agent key's public half (agent and TCP methods).
+    pub fn remote_script(&self, marker: &str, identity_line: Option<&str>) -> Result<Vec<u8>> {
         let url = self.repo_url();
+        let known_hosts_line = match self.via.server_login() {
+            Some(login) => Some(login.known_hosts_line()?),
+            None => None,
+        };
+        let ssh_back = match (self.via.server_login(), &known_hosts_line, identity_line) {
+            (Some(login), Some(known_hosts_line), Some(identity_line)) => Some(SshBack {
+                ssh: &login.ssh,
+                known_hosts_line,
+                identity_line,
+            }),
+            (None, _, _) => None,
+            _ => return Err(Error::InvalidOption("the agent key is not known yet".into())),
+        };
         RemoteRun {
             relay: &self.relay,
             borg: &self.remote_borg,
@@ -223,6 +254,7 @@ impl PullOptions {
             repo_url: &url,
             remote_dir: self.remote_dir.as_deref(),
             passphrase: self.passphrase.is_some(),
+            ssh_back,
         }
         .script(marker)
     }
@@ -259,23 +291,37 @@ where
     let span = tracing::info_span!("pull", client = %options.session.host, port = options.session.port);
     async move {
         let marker = remote::new_marker();
-        let script = options.remote_script(&marker)?;
+        // Everything that can be checked is, before anything touches the network or a file.
+        let mut agent = match options.via.server_login() {
+            Some(login) => Some(RunAgent::prepare(login)?),
+            None => None,
+        };
+        let script = options.remote_script(&marker, agent.as_ref().map(RunAgent::public_line))?;
         let cancel = options.cancel.clone();
         // Not stopped by `cancel` directly: on Ctrl-C borg on the client first gets SIGINT and a
         // grace period to end its session with borg serve cleanly; clean-up stops the bridges after.
-        let forwarder = Forwarder::new(options.serve.clone());
+        let bridges = Bridges::new(&options, agent.as_ref());
         let session = tokio::select! {
-            s = session::connect(&options.session, forwarder.clone()) => s?,
+            s = session::connect(&options.session, bridges.incoming()) => s?,
             () = cancel.cancelled() => return Err(Error::Interrupted),
         };
+        if let Some(agent) = agent.as_mut() {
+            if let Err(e) = agent.authorize(&options.serve) {
+                session.disconnect().await;
+                return Err(e);
+            }
+        }
         let run = Run {
             session: &session,
-            forwarder: &forwarder,
+            bridges: &bridges,
             options: &options,
             marker: &marker,
         };
         let result = run.carry_out(&script, stdout, stderr).await;
         let stats = run.clean_up(result.is_ok()).await;
+        if let Some(agent) = agent {
+            agent.finish().await;
+        }
         let _ = stderr.flush().await;
         let exit = result?;
         info!(
@@ -295,10 +341,60 @@ where
     .await
 }
 
+/// What answers the channels the client's sshd opens during one run: the UNIX socket forward
+/// (socket method) or the TCP forward (TCP method), and the agent (agent and TCP methods).
+struct Bridges {
+    unix: Option<Arc<Forwarder>>,
+    tcp: Option<Arc<TcpBridge>>,
+    agent: Option<Arc<AgentForward>>,
+}
+
+impl Bridges {
+    fn new(options: &PullOptions, agent: Option<&RunAgent>) -> Self {
+        Self {
+            unix: matches!(options.via, Via::Socket).then(|| Forwarder::new(options.serve.clone())),
+            tcp: match &options.via {
+                Via::Tcp(login) => Some(TcpBridge::new(login.host.clone(), login.port)),
+                _ => None,
+            },
+            agent: agent.map(|a| a.forward.clone()),
+        }
+    }
+
+    fn incoming(&self) -> Arc<dyn crate::incoming::Incoming> {
+        fn dyn_incoming<T: crate::incoming::Incoming>(
+            i: &Option<Arc<T>>,
+        ) -> Option<Arc<dyn crate::incoming::Incoming>> {
+            i.clone().map(|i| i as Arc<dyn crate::incoming::Incoming>)
+        }
+        Arc::new(ByKind {
+            streamlocal: dyn_incoming(&self.unix),
+            tcpip: dyn_incoming(&self.tcp),
+            agent: dyn_incoming(&self.agent),
+        })
+    }
+
+    async fn drain(&self, grace: Duration) -> ForwardStats {
+        match (&self.unix, &self.tcp) {
+            (Some(unix), _) => unix.drain(grace).await,
+            (_, Some(tcp)) => tcp.drain(grace).await,
+            _ => ForwardStats::default(),
+        }
+    }
+
+    async fn stop(&self) -> ForwardStats {
+        match (&self.unix, &self.tcp) {
+            (Some(unix), _) => unix.stop().await,
+            (_, Some(tcp)) => tcp.stop().await,
+            _ => ForwardStats::default(),
+        }
+    }
+}
+
 /// One pull on a connected session.
 struct Run<'a> {
     session: &'a Session,
-    forwarder: &'a Arc<Forwarder>,
+    bridges: &'a Bridges,
     options: &'a PullOptions,
     marker: &'a str,
 }
@@ -327,57 +423,22 @@ impl Run<'_> {
         O: AsyncWrite + Unpin,
         E: AsyncWrite + Unpin,
     {
+        let exec = async {
+            match self.options.via {
+                Via::Socket => self.session.exec(script).await,
+                Via::Agent(_) | Via::Tcp(_) => self.session.exec_forwarding_agent(script).await,
+            }
+        };
         let mut channel = self
-            .step(
-                "opening the run's channel",
-                REQUEST_TIMEOUT,
-                self.session.exec(script),
-            )
+            .step("opening the run's channel", REQUEST_TIMEOUT, exec)
             .await?;
         let report = remote::read_report(&mut channel, self.marker);
         let (report, early_output) = self
             .step("the start of the run", REMOTE_HELPER_TIMEOUT, report)
             .await?;
-        let dir = match report {
-            Report::Dir(dir) => dir,
-            Report::Missing(role, why) => {
-                return Err(Error::RemoteProgramMissing {
-                    program: match role {
-                        crate::error::RemoteProgram::Relay => &self.options.relay,
-                        crate::error::RemoteProgram::Borg => &self.options.remote_borg,
-                    }
-                    .to_string_lossy()
-                    .into_owned(),
-                    role,
-                    host: self.session.host().to_owned(),
-                    why,
-                })
-            }
-        };
-        debug!(dir, "private socket directory created on the client");
-        let socket = format!("{dir}/{SOCKET_NAME}");
-        let lines = Zeroizing::new(remote::go_lines(
-            &self.options.relay,
-            &dir,
-            self.options.passphrase.as_ref().map(Passphrase::expose),
-        )?);
-        // The forward request goes out first and `go` right behind it, without waiting for the
-        // reply: sshd sets the forward up before it passes our data on to the script, which
-        // checks that the socket exists before it starts borg (and otherwise waits for EOF, so
-        // the directory is still there for the diagnosis). That saves the reply's round trip.
-        let mut listening = std::pin::pin!(unix_forward::listen(self.session, self.forwarder, &socket));
-        let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(listening.as_mut().poll(cx))).await;
-        channel
-            .data_bytes(lines.to_vec())
-            .await
-            .map_err(|e| self.session.failure("writing to the run's stdin", e))?;
-        match queued {
-            std::task::Poll::Ready(result) => result?,
-            std::task::Poll::Pending => {
-                self.step("the UNIX socket forward request", REQUEST_TIMEOUT * 2, listening)
-                    .await?
-            }
-        }
+        let dir = self.private_dir(report)?;
+        debug!(dir, "private directory created on the client");
+        self.start_borg(&mut channel, &dir).await?;
         // On failure we return before this EOF and disconnect: sshd ends the session, the
         // script reads EOF, exits, and its watcher removes the directory.
         channel
@@ -419,25 +480,123 @@ impl Run<'_> {
         }
     }
 
-    /// Drains (after success) or stops the bridges, then disconnects; bounded in time.
+    /// The private directory the script reported, or why it could not start.
+    fn private_dir(&self, report: Report) -> Result<String> {
+        let (role, why) = match report {
+            Report::Dir(dir) => return Ok(dir),
+            Report::NoAgent => {
+                return Err(Error::AgentNotForwarded {
+                    host: self.session.host().to_owned(),
+                })
+            }
+            Report::Missing(role, why) => (role, why),
+        };
+        let program = match (role, self.options.via.server_login()) {
+            (RemoteProgram::Relay, _) => &self.options.relay,
+            (RemoteProgram::Borg, _) => &self.options.remote_borg,
+            (RemoteProgram::Ssh, Some(login)) => &login.ssh,
+            (RemoteProgram::Ssh, None) => &self.options.relay,
+        };
+        Err(Error::RemoteProgramMissing {
+            program: program.to_string_lossy().into_owned(),
+            role,
+            host: self.session.host().to_owned(),
+            why,
+        })
+    }
+
+    /// Sets up the way back to the server (socket or TCP forward) and sends `go`, `BORG_RSH`
+    /// and the passphrase: the script `exec`s borg.
+    async fn start_borg(&self, channel: &mut russh::Channel<russh::client::Msg>, dir: &str) -> Result<()> {
+        let passphrase = self.options.passphrase.as_ref().map(Passphrase::expose);
+        let login = self.options.via.server_login();
+        let lines = match (&self.options.via, login) {
+            (Via::Tcp(_), Some(login)) => {
+                let tcp = self
+                    .bridges
+                    .tcp
+                    .as_ref()
+                    .expect("the TCP method has a TCP bridge");
+                let port = match self
+                    .step(
+                        "the TCP forward request",
+                        REQUEST_TIMEOUT * 2,
+                        tcp.listen(self.session),
+                    )
+                    .await
+                {
+                    Err(Error::RequestDenied { host, port, .. }) => {
+                        return Err(Error::TcpForwardDenied { host, port })
+                    }
+                    other => other?,
+                };
+                remote::go_lines_ssh(&login.ssh, dir, Some(port), passphrase)?
+            }
+            (_, Some(login)) => remote::go_lines_ssh(&login.ssh, dir, None, passphrase)?,
+            (_, None) => return self.start_borg_on_socket(channel, dir, passphrase).await,
+        };
+        let lines = Zeroizing::new(lines);
+        channel
+            .data_bytes(lines.to_vec())
+            .await
+            .map_err(|e| self.session.failure("writing to the run's stdin", e))
+    }
+
+    /// The socket method: the forward request goes out first and `go` right behind it, without
+    /// waiting for the reply: sshd sets the forward up before it passes our data on to the
+    /// script, which checks that the socket exists before it starts borg (and otherwise waits
+    /// for EOF, so the directory is still there for the diagnosis). That saves a round trip.
+    async fn start_borg_on_socket(
+        &self,
+        channel: &mut russh::Channel<russh::client::Msg>,
+        dir: &str,
+        passphrase: Option<&str>,
+    ) -> Result<()> {
+        let forwarder = self
+            .bridges
+            .unix
+            .as_ref()
+            .expect("the socket method has a forwarder");
+        let socket = format!("{dir}/{SOCKET_NAME}");
+        let lines = Zeroizing::new(remote::go_lines(&self.options.relay, dir, passphrase)?);
+        let mut listening = std::pin::pin!(unix_forward::listen(self.session, forwarder, &socket));
+        let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(listening.as_mut().poll(cx))).await;
+        channel
+            .data_bytes(lines.to_vec())
+            .await
+            .map_err(|e| self.session.failure("writing to the run's stdin", e))?;
+        match queued {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => {
+                self.step("the UNIX socket forward request", REQUEST_TIMEOUT * 2, listening)
+                    .await
+            }
+        }
+    }
+
+    /// Drains (after success) or stops the bridges, cancels a TCP forward, then disconnects;
+    /// bounded in time.
     async fn clean_up(&self, succeeded: bool) -> ForwardStats {
         let stats = if succeeded && !self.options.cancel.is_cancelled() {
             match tokio::time::timeout(
                 CLEANUP_TIMEOUT + FORWARD_DRAIN_TIMEOUT,
-                self.forwarder.drain(FORWARD_DRAIN_TIMEOUT),
+                self.bridges.drain(FORWARD_DRAIN_TIMEOUT),
             )
             .await
             {
                 Ok(stats) => stats,
-                Err(_) => self.forwarder.stop().await,
+                Err(_) => self.bridges.stop().await,
             }
         } else {
-            self.forwarder.stop().await
+            self.bridges.stop().await
         };
-        if tokio::time::timeout(CLEANUP_TIMEOUT, self.session.disconnect())
-            .await
-            .is_err()
-        {
+        let bye = async {
+            if let Some(tcp) = &self.bridges.tcp {
+                tcp.unlisten(self.session).await;
+            }
+            self.session.disconnect().await;
+        };
+        if tokio::time::timeout(CLEANUP_TIMEOUT, bye).await.is_err() {
             warn!("the client did not take our disconnect in time");
         }
         stats
@@ -479,9 +638,9 @@ mod tests {
     #[test]
     fn bad_arguments_fail_before_connecting() {
         let mut o = PullOptions::new("u@h", "/r", vec!["a\0b".into()]).unwrap();
-        assert!(o.remote_script("m:").is_err());
+        assert!(o.remote_script("m:", None).is_err());
         o.borg_args.clear();
         o.env.push(("BORG_RSH".into(), "x".into()));
-        assert!(o.remote_script("m:").is_err());
+        assert!(o.remote_script("m:", None).is_err());
     }
 }

@@ -45,7 +45,29 @@ pub struct RemoteRun<'a> {
     pub remote_dir: Option<&'a OsStr>,
     /// Whether a passphrase line follows the `BORG_RSH` line on stdin.
     pub passphrase: bool,
+    /// `Some`: borg reaches the server with the client's own `ssh` and our forwarded agent (the
+    /// docs' agent and TCP methods) instead of the relay and the forwarded socket.
+    pub ssh_back: Option<SshBack<'a>>,
 }
+
+/// What the client's `ssh` needs to log in to the server's sshd (the agent and TCP methods).
+#[derive(Debug, Clone)]
+pub struct SshBack<'a> {
+    /// The ssh program on the client.
+    pub ssh: &'a OsStr,
+    /// The server's host key as a known_hosts line for [`SERVER_HOST_ALIAS`].
+    pub known_hosts_line: &'a str,
+    /// The agent key's public half (one OpenSSH line): ssh offers only this agent key.
+    pub identity_line: &'a str,
+}
+
+/// The name the client's ssh checks the server's host key under (`HostKeyAlias`), whatever
+/// address and port it connects to; the temporary known_hosts file has this one entry.
+pub const SERVER_HOST_ALIAS: &str = "borg-pull-server";
+
+/// File names in the private directory for the agent and TCP methods.
+const KNOWN_HOSTS_NAME: &str = "known_hosts";
+const IDENTITY_NAME: &str = "agent_key.pub";
 
 /// The lines the script reads once the forward listens: `go`, borg's `BORG_RSH` (the relay and
 /// the socket, each quoted for borg's shlex splitting) and the passphrase, if any.
@@ -59,6 +81,63 @@ pub fn go_lines(relay: &OsStr, dir: &str, passphrase: Option<&str>) -> Result<Ve
             relay.to_string_lossy()
         )));
     }
+    Ok(go_lines_with(rsh, passphrase))
+}
+
+/// Like [`go_lines`] for the agent and TCP methods: `BORG_RSH` is the client's `ssh` with the
+/// server's host key pinned (only the temporary known_hosts file, `StrictHostKeyChecking=yes`)
+/// and only the agent key offered; `port` is the TCP forward's port on the client's loopback.
+pub fn go_lines_ssh(ssh: &OsStr, dir: &str, port: Option<u16>, passphrase: Option<&str>) -> Result<Vec<u8>> {
+    if ssh.as_bytes().contains(&b'\n') || dir.contains(['"', '\n']) {
+        return Err(Error::InvalidOption(format!(
+            "the ssh program {:?} or the client's directory {dir:?} contains a newline or a double quote",
+            ssh.to_string_lossy()
+        )));
+    }
+    // ssh expands %-tokens in these two options and splits UserKnownHostsFile at spaces: escape
+    // `%` and quote the value for ssh's own config parser.
+    let file = |name: &str| format!("\"{}/{name}\"", dir.replace('%', "%%"));
+    let mut words: Vec<String> = vec![
+        "-F".into(),
+        "/dev/null".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", file(KNOWN_HOSTS_NAME)),
+        "-o".into(),
+        "GlobalKnownHostsFile=/dev/null".into(),
+        "-o".into(),
+        format!("HostKeyAlias={SERVER_HOST_ALIAS}"),
+        "-o".into(),
+        "UpdateHostKeys=no".into(),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-o".into(),
+        format!("IdentityFile={}", file(IDENTITY_NAME)),
+        "-o".into(),
+        "ClearAllForwardings=yes".into(),
+        "-o".into(),
+        format!("ConnectTimeout={}", crate::limits::CONNECT_TIMEOUT.as_secs()),
+        "-o".into(),
+        format!(
+            "ServerAliveInterval={}",
+            crate::limits::KEEPALIVE_INTERVAL.as_secs()
+        ),
+    ];
+    if let Some(port) = port {
+        words.extend(["-p".into(), port.to_string()]);
+    }
+    let mut rsh = shell_quote(ssh.as_bytes())?;
+    for word in words {
+        rsh.push(b' ');
+        rsh.extend(shell_quote(word.as_bytes())?);
+    }
+    Ok(go_lines_with(rsh, passphrase))
+}
+
+fn go_lines_with(rsh: Vec<u8>, passphrase: Option<&str>) -> Vec<u8> {
     // Sized once, so growing it leaves no copy of the passphrase behind in freed memory.
     let mut lines = Vec::with_capacity(3 + rsh.len() + 1 + passphrase.map_or(0, |p| p.len() + 1));
     lines.extend_from_slice(b"go\n");
@@ -68,7 +147,7 @@ pub fn go_lines(relay: &OsStr, dir: &str, passphrase: Option<&str>) -> Result<Ve
         lines.extend_from_slice(p.as_bytes());
         lines.push(b'\n');
     }
-    Ok(lines)
+    lines
 }
 
 /// Environment variables the script sets itself; extra variables may not override them.
@@ -88,17 +167,44 @@ impl RemoteRun<'_> {
         let mut s = Vec::new();
         s.extend_from_slice(format!("bp_m={marker}; ").as_bytes());
         s.extend_from_slice(CHECK_FUNCTION.as_bytes());
-        for (program, role) in [(self.relay, "relay"), (self.borg, "borg")] {
+        let transport = match &self.ssh_back {
+            None => (self.relay, "relay"),
+            Some(back) => (back.ssh, "ssh"),
+        };
+        for (program, role) in [transport, (self.borg, "borg")] {
             s.extend_from_slice(b"bp_check ");
             s.extend(q(program.as_bytes())?);
             s.extend_from_slice(format!(" {role}; ").as_bytes());
         }
+        if self.ssh_back.is_some() {
+            // sshd sets SSH_AUTH_SOCK only when it forwards the agent (AllowAgentForwarding,
+            // and no `restrict` without `agent-forwarding` in authorized_keys).
+            s.extend_from_slice(
+                b"[ -n \"${SSH_AUTH_SOCK-}\" ] || { printf '%snoagent\\n' \"$bp_m\"; exit 2; }; ",
+            );
+        }
+        let files = match &self.ssh_back {
+            None => String::new(),
+            Some(back) => {
+                let mut files = String::new();
+                for (name, line) in [
+                    (KNOWN_HOSTS_NAME, back.known_hosts_line),
+                    (IDENTITY_NAME, back.identity_line),
+                ] {
+                    let line = String::from_utf8(q(line.as_bytes())?).expect("quoting keeps UTF-8");
+                    files.push_str(&format!(
+                        "printf '%s\\n' {line} >\"${DIR_VAR}/{name}\" || exit 2; "
+                    ));
+                }
+                files
+            }
+        };
         s.extend_from_slice(
             format!(
                 "bp_u=$(umask); umask 077; {DIR_VAR}=$(mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\") || exit 2; \
                  umask \"$bp_u\"; \
                  (trap '' INT TERM HUP; while kill -0 $$ 2>/dev/null; do sleep 1; done; rm -rf -- \"${DIR_VAR}\") \
-                 </dev/null >/dev/null 2>&1 & \
+                 </dev/null >/dev/null 2>&1 & {files}\
                  printf '%sdir %s\\n' \"$bp_m\" \"${DIR_VAR}\"; \
                  IFS= read -r bp_go && [ \"$bp_go\" = go ] || exit 0; "
             )
@@ -110,13 +216,15 @@ impl RemoteRun<'_> {
         }
         // `go` arrives without waiting for the forward's reply; sshd made the socket before it
         // passed `go` on, unless it refused: then wait for EOF, keeping the directory to diagnose.
-        s.extend_from_slice(
-            format!(
-                "[ -S \"${DIR_VAR}/{SOCKET_NAME}\" ] || {{ IFS= read -r bp_go; \
-                 echo \"borg-pull: no socket at ${DIR_VAR}/{SOCKET_NAME}; borg not started\" >&2; exit 125; }}; "
-            )
-            .as_bytes(),
-        );
+        if self.ssh_back.is_none() {
+            s.extend_from_slice(
+                format!(
+                    "[ -S \"${DIR_VAR}/{SOCKET_NAME}\" ] || {{ IFS= read -r bp_go; \
+                     echo \"borg-pull: no socket at ${DIR_VAR}/{SOCKET_NAME}; borg not started\" >&2; exit 125; }}; "
+                )
+                .as_bytes(),
+            );
+        }
         for (name, value) in self.env {
             check_env_name(name)?;
             export(&mut s, name, value.as_bytes())?;
@@ -190,6 +298,8 @@ pub enum Report {
     Dir(String),
     /// A program cannot run, and why.
     Missing(RemoteProgram, String),
+    /// The client's sshd did not forward our agent (no `SSH_AUTH_SOCK` in the session).
+    NoAgent,
 }
 
 /// Reads the channel until the script's first report; anything else it printed before (bounded by
@@ -266,11 +376,15 @@ fn parse_report(line: &[u8]) -> Result<Report> {
             Err(bad())
         };
     }
+    if text == "noagent" {
+        return Ok(Report::NoAgent);
+    }
     let rest = text.strip_prefix("missing ").ok_or_else(bad)?;
     let (role, why) = rest.split_once(' ').ok_or_else(bad)?;
     let role = match role {
         "relay" => RemoteProgram::Relay,
         "borg" => RemoteProgram::Borg,
+        "ssh" => RemoteProgram::Ssh,
         _ => return Err(bad()),
     };
     Ok(Report::Missing(role, escape_output(why.as_bytes())))
@@ -328,6 +442,7 @@ mod tests {
                 repo_url: b"ssh://borg-pull-server/srv/repo dir",
                 remote_dir: self.remote_dir.as_deref(),
                 passphrase: self.passphrase.is_some(),
+                ssh_back: None,
             }
             .script(MARKER)
         }

@@ -156,9 +156,27 @@ impl Session {
     /// Opens a session channel and sends `exec command` on it without waiting for the reply (a
     /// refusal arrives on the channel as [`russh::ChannelMsg::Failure`]), saving a round trip.
     pub async fn exec(&self, command: &[u8]) -> Result<Channel<Msg>> {
+        self.exec_with(command, false).await
+    }
+
+    /// Like [`Session::exec`], asking sshd first to forward our agent to the command
+    /// (`auth-agent-req@openssh.com`, without waiting for its reply either: a refusal shows as
+    /// no `SSH_AUTH_SOCK` in the command's environment). The agent channels the sshd then opens
+    /// go to the connection's [`Incoming::agent`].
+    pub async fn exec_forwarding_agent(&self, command: &[u8]) -> Result<Channel<Msg>> {
+        self.exec_with(command, true).await
+    }
+
+    async fn exec_with(&self, command: &[u8], forward_agent: bool) -> Result<Channel<Msg>> {
         let channel = self
             .answer("opening a session channel", self.handle.channel_open_session())
             .await?;
+        if forward_agent {
+            channel
+                .agent_forward(false)
+                .await
+                .map_err(|source| self.failure("requesting agent forwarding", source))?;
+        }
         channel
             .exec(true, command.to_vec())
             .await

@@ -6,6 +6,9 @@
 //!   (`streamlocal-forward@openssh.com`), each connection bridged to its own `borg serve`.
 //! - [`agent`]: agent channels (`auth-agent@openssh.com`), each served by the run's one-key
 //!   [`crate::agent::KeyAgent`].
+//! - [`tcp`]: a TCP port on the client's loopback (`tcpip-forward`), each connection bridged to
+//!   the server's sshd (the docs' `ssh -R 8022:localhost:22` method).
 
 pub mod agent;
+pub mod tcp;
 pub mod unix;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use borg_pull_cli::exit::{self, Code};
 use borg_pull_cli::{hint, signals};
 use borg_pull_core::ServeConfig;
-use borg_pull_tunnel::pull::{pull, PullEnv, PullOptions};
+use borg_pull_tunnel::pull::{pull, AgentKey, PullEnv, PullOptions, ServerLogin, Via};
 use borg_pull_tunnel::secret::Passphrase;
 use borg_pull_tunnel::{Error, SecretKind};
 
@@ -115,6 +115,53 @@ pub struct PullArgs {
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
 
+    /// How borg on the client reaches borg serve on this server. `socket` (recommended): a
+    /// private UNIX socket forwarded to the client, borg-pull-relay there, borg serve run by pull
+    /// itself; needs only exec and UNIX socket forwarding on the client. `agent` (borg docs'
+    /// ssh-agent method): the client's own ssh logs in to this server's sshd (--server-ssh) with a
+    /// key held by pull's in-process agent and forwarded to the client; the server's
+    /// authorized_keys forces borg serve for that key (see `authorize`). Pick it when the client
+    /// may only reach the server's sshd or the server's admin allows borg serve only as a forced
+    /// command. `tcp` (the docs' `ssh -R 8022:localhost:22` method): like agent, through a TCP
+    /// port forwarded on the client's loopback to --server-ssh; pick it when the client's sshd
+    /// forbids UNIX socket forwarding but allows TCP forwarding, or the client cannot reach the
+    /// server.
+    #[arg(long, value_enum, default_value = "socket")]
+    via: ViaArg,
+
+    /// agent/tcp: the server's sshd as USER@HOST[:PORT]: as the client reaches it (agent), or as
+    /// this server reaches it (tcp).
+    #[arg(long, value_name = "USER@HOST[:PORT]")]
+    server_ssh: Option<String>,
+
+    /// agent/tcp: the private key the in-process agent holds (loaded from this file only), whose
+    /// authorized_keys line on the server forces borg serve.
+    #[arg(long, value_name = "FILE", conflicts_with = "ephemeral_key")]
+    agent_key: Option<PathBuf>,
+
+    /// agent/tcp: a fresh ed25519 key for this pull only, added to --authorized-keys with the
+    /// forced command and `restrict` and removed afterwards (also after a failure or Ctrl-C; a
+    /// killed run's entry is removed by the next run).
+    #[arg(long)]
+    ephemeral_key: bool,
+
+    /// --ephemeral-key: the server user's authorized_keys file (default ~/.ssh/authorized_keys).
+    #[arg(long, value_name = "FILE", requires = "ephemeral_key")]
+    authorized_keys: Option<PathBuf>,
+
+    /// agent/tcp: this server's public host key, pinned for the client's ssh (a temporary
+    /// known_hosts file with this one key, StrictHostKeyChecking=yes).
+    #[arg(
+        long,
+        value_name = "FILE.pub",
+        default_value = "/etc/ssh/ssh_host_ed25519_key.pub"
+    )]
+    server_host_key: PathBuf,
+
+    /// agent/tcp: the ssh program on the client.
+    #[arg(long, value_name = "PATH", default_value = "ssh")]
+    remote_ssh: OsString,
+
     /// The client: [USER@]HOST.
     #[arg(value_name = "[USER@]HOST")]
     destination: String,
@@ -122,6 +169,46 @@ pub struct PullArgs {
     /// Arguments for borg on the client, after `--`, e.g. `create --stats ::NAME /etc`.
     #[arg(last = true, required = true, value_name = "BORG_ARGS")]
     borg_args: Vec<OsString>,
+}
+
+/// `--via`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ViaArg {
+    Socket,
+    Agent,
+    Tcp,
+}
+
+/// The method from `--via` and its options; an option of another method is a usage error.
+fn via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
+    let usage = |m: &str| Err(Error::InvalidOption(m.to_owned()));
+    if args.via == ViaArg::Socket {
+        if args.server_ssh.is_some() || args.agent_key.is_some() || args.ephemeral_key {
+            return usage("--server-ssh, --agent-key and --ephemeral-key need --via agent or --via tcp");
+        }
+        return Ok(Via::Socket);
+    }
+    let Some(server) = &args.server_ssh else {
+        return usage("--via agent and --via tcp need --server-ssh USER@HOST[:PORT] (the server's sshd)");
+    };
+    let agent_key = match (&args.agent_key, args.ephemeral_key) {
+        (Some(file), false) => AgentKey::File(file.clone()),
+        (None, true) => AgentKey::Ephemeral {
+            authorized_keys: match (&args.authorized_keys, &env.home) {
+                (Some(file), _) => file.clone(),
+                (None, Some(home)) => home.join(".ssh/authorized_keys"),
+                (None, None) => return usage("--ephemeral-key without HOME needs --authorized-keys FILE"),
+            },
+        },
+        _ => return usage("--via agent and --via tcp need --agent-key FILE or --ephemeral-key"),
+    };
+    let host_key = borg_pull_tunnel::via::read_host_key(&args.server_host_key)?;
+    let mut login = ServerLogin::new(server, host_key, agent_key)?;
+    login.ssh = args.remote_ssh.clone();
+    Ok(match args.via {
+        ViaArg::Agent => Via::Agent(login),
+        _ => Via::Tcp(login),
+    })
 }
 
 /// `N`, `Ns`, `Nm`, `Nh` or `Nd` with N > 0.
@@ -191,6 +278,7 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     // The pull library takes one token; a second signal cannot wait for its clean-up.
     signals::exit_on_forced(&shutdown);
     let env = PullEnv::from_process();
+    let via = via(&args, &env)?;
     let mut options = PullOptions::with_env(&args.destination, &args.repo, args.borg_args, &env)?;
     options.session.port = args.port;
     options.session.identity = args.identity;
@@ -214,6 +302,7 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     options.serve = serve;
     options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
     options.cancel = shutdown.graceful;
+    options.via = via;
     let code = pull(options).await?;
     Ok(u8::try_from(code).unwrap_or(255))
 }
@@ -246,7 +335,10 @@ fn exit_code(e: &Error) -> Code {
         | Error::AuthFailed { .. } => exit::AUTH,
         Error::Passphrase(_) => exit::PASSPHRASE,
         Error::Connect { .. } | Error::ConnectTimeout { .. } => exit::CONNECT,
+        Error::ServerHostKey { .. } => exit::USAGE,
         Error::ForwardDenied { .. }
+        | Error::TcpForwardDenied { .. }
+        | Error::AgentNotForwarded { .. }
         | Error::RemoteProgramMissing { .. }
         | Error::RemoteHelper { .. }
         | Error::RemoteHelperTimeout { .. } => exit::CLIENT_SETUP,
