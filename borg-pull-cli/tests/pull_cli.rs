@@ -132,7 +132,7 @@ impl Fixture {
         let needle = self.dir().as_os_str().as_bytes().to_vec();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let left = processes_mentioning(&needle);
+            let left = common::processes_mentioning(&needle);
             if left.is_empty() {
                 break;
             }
@@ -187,30 +187,6 @@ fn run(cmd: &mut TestCommand) -> Outcome {
 
 fn describe(out: &Outcome) -> String {
     out.describe()
-}
-
-/// PIDs and command lines of processes whose argv mentions `needle` (sshd itself excluded).
-fn processes_mentioning(needle: &[u8]) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    let me = std::process::id();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline.is_empty() || cmdline.starts_with(sshd::SSHD.as_bytes()) || cmdline.starts_with(b"sshd:") {
-            continue;
-        }
-        if cmdline.windows(needle.len()).any(|w| w == needle) {
-            found.push((pid, text(&cmdline).replace('\0', " ")));
-        }
-    }
-    found
 }
 
 /// A small data set whose names break every naive quoting.
@@ -701,9 +677,9 @@ fn wait_for_borg_serve(f: &Fixture, pull: &mut Spawned) {
     let repo = f.repo.as_os_str().as_bytes().to_vec();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let serving = processes_mentioning(&repo);
+        let serving = common::processes_mentioning(&repo);
         if serving.iter().any(|(_, c)| c.contains("borg serve ")) {
-            let leaked = processes_mentioning(PASSPHRASE.as_bytes());
+            let leaked = common::processes_mentioning(PASSPHRASE.as_bytes());
             assert!(leaked.is_empty(), "passphrase in an argv: {leaked:?}");
             return;
         }
@@ -732,39 +708,6 @@ fn sigint_stops_borg_on_the_client_and_cleans_up() {
     f.assert_clean();
     let out = f.local_borg(&["check"]);
     assert!(out.status.success(), "borg check: {}", describe(&out));
-}
-
-/// All descendants of `pid` (children first found through /proc/PID/stat's ppid).
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut parent_of = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The ppid is the second field after the parenthesised command name.
-        let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
-            continue;
-        };
-        if let Some(ppid) = after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|x| x.parse::<u32>().ok())
-        {
-            parent_of.push((p, ppid));
-        }
-    }
-    let mut found = vec![pid];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(parent_of.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
 
 /// Sends `sig` to `pid`, if it still exists.
@@ -797,7 +740,7 @@ fn dead_client_ends_the_run_within_the_keepalive_bound() {
     wait_for_borg_serve(&f, &mut child);
 
     // Freeze the client: its sshd session (and borg there) stops answering, TCP stays open.
-    let session = descendants(f.sshd.pid());
+    let session = common::descendants(f.sshd.pid());
     assert!(!session.is_empty());
     let resume = Resume(session.clone());
     for pid in &session {
@@ -812,7 +755,7 @@ fn dead_client_ends_the_run_within_the_keepalive_bound() {
     assert!(took < Duration::from_secs(30), "took {took:?}");
     // borg serve on this side was stopped by us, not left to the client.
     let repo = f.repo.as_os_str().as_bytes().to_vec();
-    let serving: Vec<_> = processes_mentioning(&repo)
+    let serving: Vec<_> = common::processes_mentioning(&repo)
         .into_iter()
         .filter(|(_, c)| c.contains("borg serve "))
         .collect();
@@ -841,7 +784,7 @@ impl Fixture {
         let needle = self.dir().as_os_str().as_bytes().to_vec();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let left = processes_mentioning(&needle);
+            let left = common::processes_mentioning(&needle);
             if left.is_empty() {
                 return;
             }
@@ -958,7 +901,7 @@ fn borg_1_4_modern_exit_codes_pass_through_and_ours_stay_apart() {
         .pull_with(&options, &create("600"))
         .spawn(f.dir().join("lost.log"));
     wait_for_borg_serve(&f, &mut pull);
-    let session = descendants(f.sshd.pid());
+    let session = common::descendants(f.sshd.pid());
     let resume = Resume(session.clone());
     for pid in &session {
         send_signal(*pid, rustix::process::Signal::STOP);

@@ -53,6 +53,8 @@ const SIGN_REQUEST: u8 = 13;
 const SIGN_RESPONSE: u8 = 14;
 /// `SSH_AGENTC_EXTENSION`.
 const EXTENSION: u8 = 27;
+/// The extension OpenSSH's ssh sends before each use of a forwarded agent.
+const SESSION_BIND: &str = "session-bind@openssh.com";
 /// Sign-request flag: RSA signature with SHA-256 (`rsa-sha2-256`).
 const RSA_SHA2_256: u32 = 2;
 /// Sign-request flag: RSA signature with SHA-512 (`rsa-sha2-512`).
@@ -182,6 +184,12 @@ impl KeyAgent {
                 put_string(reply, COMMENT.as_bytes());
             }
             SIGN_REQUEST => self.sign(body, reply),
+            // OpenSSH 8.9+ binds every agent use to its session; without the extension it still
+            // signs (ssh ignores the failure), so this is routine, not worth a warning.
+            EXTENSION if Reader(body).string() == Some(SESSION_BIND.as_bytes()) => {
+                reply.push(FAILURE);
+                debug!("agent: session-bind@openssh.com not supported (ssh goes on without it)");
+            }
             EXTENSION => {
                 let name = Reader(body)
                     .string()

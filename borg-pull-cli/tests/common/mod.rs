@@ -537,3 +537,60 @@ pub fn pending_connections(path: &Path) -> Option<u32> {
         }
     })
 }
+
+/// PIDs and command lines of processes whose argv mentions `needle` (sshd itself excluded).
+pub fn processes_mentioning(needle: &[u8]) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let me = std::process::id();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.is_empty() || cmdline.starts_with(b"/usr/sbin/sshd") || cmdline.starts_with(b"sshd:") {
+            continue;
+        }
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// All descendants of `pid` (children first found through /proc/PID/stat's ppid).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The ppid is the second field after the parenthesised command name.
+        let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+            continue;
+        };
+        if let Some(ppid) = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse::<u32>().ok())
+        {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
