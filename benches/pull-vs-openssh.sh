@@ -60,9 +60,12 @@
 # login shell, relay or socat, borg on the client) is charged there even if it is orphaned or
 # never reaped; `server` holds borg-pull-server or ssh + the server-side socat (and borg serve).
 # The byte source/sink processes (head, wc) move themselves into a third cgroup `ends`, reported
-# apart and not counted as tunnel CPU (same for both tools). After each run we wait until no live
-# process is left in `sshd` (besides the listener) or `server`, so their last CPU is counted. The
-# delay proxy is outside all three (it plays the network). CPU includes the run's setup.
+# apart and not counted as tunnel CPU (same for both tools). In the agent and tcp methods the
+# server's `borg serve` is a session of the same sshd (the forced command), so it is charged to
+# `sshd`, and the recipes' ssh-agent to `server`; the borg create rows add up all three cgroups.
+# After each run we wait until no live process is left in `sshd` (besides the listener) or
+# `server`, so their last CPU is counted. The delay proxy is outside all three (it plays the
+# network). CPU includes the run's setup.
 #
 # The cipher: russh (ours) offers chacha20-poly1305@openssh.com first; the script reads the cipher
 # sshd's debug log reports for the first pull and forces it on ssh with -c; at the end it checks

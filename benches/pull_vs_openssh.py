@@ -175,7 +175,8 @@ def table(path):
             if local:
                 extra = (f"; time over the local repository: {tool} +{w - local[0]:.2f} s, "
                          f"{rec} +{s - local[0]:.2f} s")
-            out.append(f"borg create at {rtt} ms: {tool} {w:.2f} s vs {rec} recipe {s:.2f} s = "
+            label = rec if rec.startswith("recipe-") else f"{rec} recipe"
+            out.append(f"borg create at {rtt} ms: {tool} {w:.2f} s vs {label} {s:.2f} s = "
                        f"**{s / w:.2f}x** as fast{extra}")
             if tool == "pull" and (rtt, d, "before") in wall_of:
                 b = wall_of[(rtt, d, "before")]
