@@ -9,6 +9,10 @@
 #   BEFORE_BIN=/path/to/old/borg-pull-server bash benches/pull-vs-openssh.sh
 #   (a second, "before" build of pull, its borg-pull-relay next to it, as a third tool in the same
 #   run: rows "before" beside "pull" and "openssh"; PREBUILT=DIR sets the "pull" build)
+#   SKIP_TUNNEL=1 DATA_MB=100 METHODS="socket recipe-socat agent recipe-agent tcp recipe-tcp" bash benches/pull-vs-openssh.sh
+#   (only borg create, the six methods side by side; see METHODS below)
+#   TOOLS=openssh SKIP_TUNNEL=1 DATA_MB=20 BORG_ROUNDS=1 bash benches/pull-vs-openssh.sh
+#   (only the docs' recipes with OpenSSH, local as the limit: no pull build needed)
 #
 # 1. Tunnel throughput, client -> server (c2s) and server -> client (s2c), MIB MiB per run, on
 #    loopback and through a user-space delay proxy (benches/delay_proxy.rs, RTT_MS round trip)
@@ -26,15 +30,42 @@
 #    last; re-read before every run because borg's fadvise(DONTNEED) drops it from the page cache)
 #    into a fresh `-e none` repository per run: pull, the docs' socat recipe on the same sshd, and
 #    `borg create /local/repo` (no ssh at all: the limit). Wall seconds, median over BORG_ROUNDS.
+#    METHODS picks the methods of this part (default: all those TOOLS allows), any of
+#      local         borg create /local/repo as the login user (no ssh; the limit)
+#      socket        borg-pull-server pull (--via socket, the default method)       [TOOLS pull]
+#      before        the same with the BEFORE_BIN build                             [TOOLS before]
+#      agent         borg-pull-server pull --via agent --agent-key K --server-ssh U@127.0.0.1:P
+#                    --server-host-key HOST.pub                                     [TOOLS pull]
+#      tcp           borg-pull-server pull --via tcp (same options; P is the server's own sshd)
+#      recipe-socat  the docs' socat recipe (above)                                 [TOOLS openssh]
+#      recipe-agent  the docs' ssh-agent recipe: `eval $(ssh-agent)`, `ssh-add K`, `ssh -A client
+#                    'BORG_RSH="ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile=KH" borg
+#                    create ssh://U@127.0.0.1:P/REPO::a DATA'`, `kill $SSH_AGENT_PID`
+#      recipe-tcp    the docs' remote-forwarding recipe: the same agent, `ssh -A -R F:localhost:SSHD
+#                    client 'BORG_RSH=... borg create ssh://U@localhost:F/REPO::a DATA'` (F a free
+#                    port instead of the docs' 8022)
+#    e.g. METHODS="socket recipe-socat agent recipe-agent tcp recipe-tcp". One sshd plays client and
+#    server: the login key (client_key) is one line of its authorized_keys, and for the agent and
+#    tcp methods the run adds a second line for a separate dedicated key (agent_key, the only key
+#    the agent holds), `command="borg serve --append-only --restrict-to-repository REPO",restrict
+#    ssh-ed25519 ...`, rewritten for each run's fresh repository and removed after it; that borg
+#    serve runs as the login user (the repository is chowned to it). At RTT > 0 the agent methods'
+#    second connection (client -> server's sshd) goes through the delay proxy too (it crosses the
+#    network); the tcp methods' goes inside the first connection and then to the server's sshd
+#    directly (the server-local hop). agent and tcp need a pull with `--via`: a build without it
+#    prints "skipped: this build has no --via" for them and runs the rest.
 #
 # CPU: a cgroup per side, created for the run (cgroup2 cpu.stat usage_usec, which needs no
 # controller and so also works on a hybrid v1/v2 host; v1 cpuacct.usage where there is no cgroup2): `sshd` holds our sshd, so every session process it forks (privsep monitor, user process,
 # login shell, relay or socat, borg on the client) is charged there even if it is orphaned or
 # never reaped; `server` holds borg-pull-server or ssh + the server-side socat (and borg serve).
 # The byte source/sink processes (head, wc) move themselves into a third cgroup `ends`, reported
-# apart and not counted as tunnel CPU (same for both tools). After each run we wait until no live
-# process is left in `sshd` (besides the listener) or `server`, so their last CPU is counted. The
-# delay proxy is outside all three (it plays the network). CPU includes the run's setup.
+# apart and not counted as tunnel CPU (same for both tools). In the agent and tcp methods the
+# server's `borg serve` is a session of the same sshd (the forced command), so it is charged to
+# `sshd`, and the recipes' ssh-agent to `server`; the borg create rows add up all three cgroups.
+# After each run we wait until no live process is left in `sshd` (besides the listener) or
+# `server`, so their last CPU is counted. The delay proxy is outside all three (it plays the
+# network). CPU includes the run's setup.
 #
 # The cipher: russh (ours) offers chacha20-poly1305@openssh.com first; the script reads the cipher
 # sshd's debug log reports for the first pull and forces it on ssh with -c; at the end it checks
@@ -44,7 +75,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO_ROOT=$PWD
-# shellcheck source=../scripts/private-sshd.sh
+# shellcheck source-path=SCRIPTDIR source=../scripts/private-sshd.sh
 . "$REPO_ROOT/scripts/private-sshd.sh"
 MIB=${MIB:-1024}
 ROUNDS=${ROUNDS:-3}
@@ -56,11 +87,27 @@ SKIP_TUNNEL=${SKIP_TUNNEL:-0}
 SKIP_BORG=${SKIP_BORG:-0}
 BEFORE_BIN=${BEFORE_BIN:-}
 TOOLS=${TOOLS:-pull${BEFORE_BIN:+ before} openssh}  # fewer only to try the script out; the comparison needs pull and openssh
+has() { [[ " $TOOLS " == *" $1 "* ]]; }
+if [ -z "${METHODS:-}" ]; then
+  METHODS=local
+  has pull && METHODS+=" socket agent tcp"
+  has before && METHODS+=" before"
+  has openssh && METHODS+=" recipe-socat recipe-agent recipe-tcp"
+fi
+has_m() { [[ " $METHODS " == *" $1 "* ]]; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 
 die() { echo "pull-vs-openssh: $*" >&2; exit 1; }
+for m in $METHODS; do
+  case $m in local|socket|before|agent|tcp|recipe-socat|recipe-agent|recipe-tcp) ;; *) die "unknown method $m in METHODS" ;; esac
+done
+[ -z "$BEFORE_BIN" ] && has_m before && die "METHODS has before but BEFORE_BIN is not set"
+# A pull build is needed for the tunnel part with pull and for the pull methods of borg create.
+NEED_PULL=0
+{ [ "$SKIP_TUNNEL" != 1 ] && has pull; } && NEED_PULL=1
+{ [ "$SKIP_BORG" != 1 ] && { has_m socket || has_m agent || has_m tcp; }; } && NEED_PULL=1
 [ "$(id -u)" = 0 ] || die "run as root (cgroups, sshd, login user)"
-for p in socat borg ssh ssh-keygen /usr/sbin/sshd runuser python3 rustc; do
+for p in socat borg ssh ssh-keygen ssh-agent ssh-add /usr/sbin/sshd runuser python3 rustc; do
   command -v "$p" >/dev/null || die "missing $p"
 done
 # CPU accounting: cgroup2's cpu.stat (always there, no controller needed), else v1 cpuacct.
@@ -72,20 +119,22 @@ else die "no cgroup2 hierarchy and no v1 cpuacct (CGROUP=$CGROUP)"; fi
 
 # PREBUILT=DIR takes borg-pull-server and borg-pull-relay from DIR instead of building them.
 RELEASE=${PREBUILT:-$CARGO_TARGET_DIR/release}
-[ -n "${PREBUILT:-}" ] || cargo build -q --release -p borg-pull-cli --bins
-"$RELEASE/borg-pull-server" pull --help >/dev/null || die "this borg-pull-server has no working pull subcommand"
+if [ "$NEED_PULL" = 1 ]; then
+  [ -n "${PREBUILT:-}" ] || cargo build -q --release -p borg-pull-cli --bins
+  "$RELEASE/borg-pull-server" pull --help >/dev/null || die "this borg-pull-server has no working pull subcommand"
+fi
 if [ -n "$BEFORE_BIN" ]; then
   [ -x "$(dirname "$BEFORE_BIN")/borg-pull-relay" ] || die "no borg-pull-relay next to $BEFORE_BIN"
   "$BEFORE_BIN" pull --help >/dev/null || die "$BEFORE_BIN has no working pull subcommand"
 fi
 USER_NAME=borg-pull-test
 id -u "$USER_NAME" >/dev/null 2>&1 || useradd -m -s /bin/sh -p '*' "$USER_NAME"
-mkdir -p -m 0755 /run/sshd
+[ -d /run/sshd ] || mkdir -m 0755 /run/sshd
 
 T=$(mktemp -d /tmp/bpvs.XXXXXXXX)
 chmod 755 "$T"
 CG=$CGROOT/$(basename "$T")
-SSHD_PID= PROXY_PID= SOCAT_PID=
+SSHD_PID='' PROXY_PID='' SOCAT_PID=''
 cleanup() {
   set +e
   for pid in $SOCAT_PID $PROXY_PID $SSHD_PID; do kill "$pid" 2>/dev/null; done
@@ -111,7 +160,7 @@ mkdir -p "$T/bin" "$T/runs" "$T/ctmp" "$T/cbase" "$T/sbase" "$T/repos" "$T/lrepo
 chown "$USER_NAME" "$T/ctmp" "$T/cbase" "$T/lrepos"
 BIN=$T/bin
 # A snapshot of the binaries, so a rebuild by someone else cannot change them mid-run.
-cp "$RELEASE/borg-pull-server" "$RELEASE/borg-pull-relay" "$BIN/"
+[ "$NEED_PULL" = 0 ] || cp "$RELEASE/borg-pull-server" "$RELEASE/borg-pull-relay" "$BIN/"
 mkdir "$BIN/before"
 [ -z "$BEFORE_BIN" ] || cp "$BEFORE_BIN" "$(dirname "$BEFORE_BIN")/borg-pull-relay" "$BIN/before/"
 rustc -O --edition 2021 benches/delay_proxy.rs -o "$BIN/delay-proxy"
@@ -162,16 +211,33 @@ CONF
 # shellcheck disable=SC2016
 sh -c 'echo $$ > "$0/cgroup.procs" && exec /usr/sbin/sshd -f "$1" -D -e' "$CG/sshd" "$T/sshd_config" 2>"$T/sshd.log" &
 SSHD_PID=$!
+# shellcheck disable=SC2153 # PORT is set by private_sshd_prepare
 private_sshd_wait "$PORT" "$SSHD_PID" "$T/sshd.log" || die "sshd did not start"
 
 # The delay proxy: RTT_MS/2 each way, 127.0.0.1 only.
 coproc PROXY { exec "$BIN/delay-proxy" "$PORT" $((RTT_MS / 2)); }
+# shellcheck disable=SC2269 # coproc set it; named here so cleanup sees it
 PROXY_PID=$PROXY_PID
 read -r PPORT <&"${PROXY[0]}"
 [ -n "$PPORT" ] || die "delay proxy did not start"
 port_for() { if [ "$1" = 0 ]; then echo "$PORT"; else echo "$PPORT"; fi; }
 
 private_sshd_known_hosts "$T" "$PORT" "$PPORT"
+# The agent and tcp methods: a dedicated key (the only one the agent holds), given a forced
+# command in authorized_keys for each run (auth_forced REPO; auth_login_only removes it again).
+ssh-keygen -q -t ed25519 -N '' -C borg-pull-bench-agent-key -f "$T/agent_key"
+cp "$T/authorized_keys" "$T/authorized_keys.login"
+auth_forced() {
+  { cat "$T/authorized_keys.login"
+    printf 'command="borg serve --append-only --restrict-to-repository %s",restrict %s\n' "$1" "$(cut -d' ' -f1,2 "$T/agent_key.pub")"
+  } >"$T/authorized_keys.new"
+  mv "$T/authorized_keys.new" "$T/authorized_keys"
+}
+auth_login_only() { cp "$T/authorized_keys.login" "$T/authorized_keys.new" && mv "$T/authorized_keys.new" "$T/authorized_keys"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# Does this pull have --via (agent, tcp)? Without it those methods are skipped.
+VIA=0
+if [ "$NEED_PULL" = 1 ] && "$BIN/borg-pull-server" pull --help | grep -q -- --via; then VIA=1; fi
 
 cpu() {  # nanoseconds of CPU used so far by the processes of cgroup $1
   if [ "$CGV" = 2 ]; then echo $(($(sed -n 's/^usage_usec //p' "$CG/$1/cpu.stat") * 1000)); else cat "$CG/$1/cpuacct.usage"; fi
@@ -179,6 +245,7 @@ cpu() {  # nanoseconds of CPU used so far by the processes of cgroup $1
 now() { date +%s%N; }
 live_pids() {  # live (non-zombie) processes of the run, other than the sshd listener
   local pid state
+  # shellcheck disable=SC2013 # one pid a line
   for pid in $(cat "$CG/sshd/cgroup.procs" "$CG/server/cgroup.procs" "$CG/ends/cgroup.procs"); do
     [ "$pid" = "$SSHD_PID" ] && continue
     state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1) || continue
@@ -265,9 +332,11 @@ run_tunnel() {
 
 warm() { find "$T/data" -type f -print0 | xargs -0 cat >/dev/null; }
 
-# run_borg METHOD RTT ROUND: one fresh `borg create` of $T/data; appends a line to $RESULTS.
+# run_borg TOOL RTT ROUND: one fresh `borg create` of $T/data; appends a line to $RESULTS.
+# TOOL: local, pull (METHODS socket), before, agent, tcp, socat (recipe-socat), recipe-agent,
+# recipe-tcp.
 run_borg() {
-  local tool=$1 rtt=$2 round=$3 port id out err repo cb sb ssock csock cmd rc=0
+  local tool=$1 rtt=$2 round=$3 port id out err repo cb sb ssock csock cmd kh fport rsh rc=0
   port=$(port_for "$rtt")
   N=$((N + 1)); id=$N-borg-$tool-$rtt
   out=$T/runs/$id.out; err=$T/runs/$id.err
@@ -280,6 +349,17 @@ run_borg() {
     repo=$T/repos/$id
     BORG_BASE_DIR=$sb borg init -e none "$repo" 2>>"$err"
   fi
+  case $tool in
+    agent|tcp|recipe-agent|recipe-tcp)
+      # borg serve runs as the login user here: sshd's forced command for the agent key.
+      chown -R "$USER_NAME" "$repo"
+      auth_forced "$repo"
+      # The recipes' known_hosts on the client (ours: pull makes its own from --server-host-key).
+      kh=$T/ctmp/$id.known_hosts fport=$(free_port)
+      { cat "$T/known_hosts"; printf '[localhost]:%s %s\n' "$fport" "$(cut -d' ' -f1,2 "$T/host_key.pub")"; } >"$kh"
+      chmod 644 "$kh"
+      rsh="ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$kh" ;;
+  esac
   warm
   wait_quiet
   local s0 v0 e0 t0 t1
@@ -304,11 +384,34 @@ run_borg() {
       "$BIN/in-cg" server ssh "${SSH_OPTS[@]}" -c "$CIPHER" -p "$port" -R "$csock:$ssock" "$USER_NAME@127.0.0.1" "$cmd" >"$out" 2>>"$err" || rc=$?
       kill "$SOCAT_PID" 2>/dev/null; wait "$SOCAT_PID" 2>/dev/null || true; SOCAT_PID=
       rm -f "$ssock" ;;
+    agent|tcp)
+      # agent: the client's ssh reaches the server's sshd over the network (the proxy at RTT > 0);
+      # tcp: pull bridges the client's forwarded port to its own sshd, locally.
+      local sport=$port; [ "$tool" = tcp ] && sport=$PORT
+      BORG_BASE_DIR=$sb "$BIN/in-cg" server "$BIN/borg-pull-server" pull "${PULL_OPTS[@]}" -p "$port" --repo "$repo" \
+        --via "$tool" --agent-key "$T/agent_key" --server-ssh "$USER_NAME@127.0.0.1:$sport" --server-host-key "$T/host_key.pub" \
+        --env BORG_BASE_DIR="$cb" --env BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
+        "$USER_NAME@127.0.0.1" -- create ::a "$T/data" >"$out" 2>>"$err" || rc=$? ;;
+    recipe-agent|recipe-tcp)
+      # The docs' recipes, as the docs run them: an ssh-agent for this run only (in the server's
+      # cgroup) holding just the dedicated key, ssh -A to the client, borg's ssh back to the server.
+      local fwd=() url=ssh://$USER_NAME@127.0.0.1:$port$repo::a
+      if [ "$tool" = recipe-tcp ]; then fwd=(-R "$fport:localhost:$PORT"); url=ssh://$USER_NAME@localhost:$fport$repo::a; fi
+      cmd="BORG_BASE_DIR=$cb BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RSH=\"$rsh\" borg create $url $T/data"
+      (
+        eval "$("$BIN/in-cg" server ssh-agent -s -a "$T/runs/$id.agent")" >/dev/null
+        r=0
+        ssh-add -q "$T/agent_key" 2>>"$err" &&
+          "$BIN/in-cg" server ssh "${SSH_OPTS[@]}" -A -c "$CIPHER" -p "$port" "${fwd[@]}" "$USER_NAME@127.0.0.1" "$cmd" >"$out" 2>>"$err" || r=$?
+        kill "$SSH_AGENT_PID"
+        exit "$r"
+      ) || rc=$? ;;
   esac
   t1=$(now)
   wait_quiet
   local s1 v1 e1 ok=yes note="" names
   s1=$(cpu sshd); v1=$(cpu server); e1=$(cpu ends)
+  case $tool in agent|tcp|recipe-agent|recipe-tcp) auth_login_only; rm -f "$kh" ;; esac
   if [ "$tool" = local ]; then
     names=$(runuser -u "$USER_NAME" -- env HOME="$cb" BORG_BASE_DIR="$cb" borg list --short "$repo" 2>>"$err" || true)
   else
@@ -318,10 +421,10 @@ run_borg() {
     ok=no; note="rc=$rc archives=[${names}]; $(tail -c 300 "$err" | tr '\n\t' '  ')"
     echo "run $id FAILED: $note" >&2
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' borg "$tool" create "$rtt" "$round" 0 0 \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' borg "$tool" create "$rtt" "$round" "$DATA_BYTES" 0 \
     $((t1 - t0)) $((s1 - s0 + v1 - v0)) $((s1 - s0)) $((v1 - v0)) $((e1 - e0)) "$rc" "$ok" "$note" >>"$RESULTS"
   awk -v t="$tool" -v r="$rtt" -v n="$round" -v w=$((t1 - t0)) -v c=$((s1 - s0 + v1 - v0 + e1 - e0)) -v ok="$ok" 'BEGIN {
-    printf "  borg create %-6s rtt %2s ms round %s: %.2f s wall, %.2f CPU s%s\n", t, r, n, w / 1e9, c / 1e9, ok == "yes" ? "" : " FAILED" }'
+    printf "  borg create %-12s rtt %2s ms round %s: %.2f s wall, %.2f CPU s%s\n", t, r, n, w / 1e9, c / 1e9, ok == "yes" ? "" : " FAILED" }'
   rm -rf "$repo" "$cb" "$sb"
 }
 
@@ -332,9 +435,8 @@ echo "# commit $(git -C "$REPO_ROOT" rev-parse --short HEAD)$(git -C "$REPO_ROOT
   "$(ssh -V 2>&1); $(socat -V | sed -n 's/^socat version \([^ ]*\).*/socat \1/p'); $(borg --version)"
 
 # The cipher russh negotiates: from sshd's debug log of a 0-byte pull (also a warm-up).
-has() { [[ " $TOOLS " == *" $1 "* ]]; }
 CIPHER=${CIPHER:-chacha20-poly1305@openssh.com}
-if has pull; then
+if [ "$NEED_PULL" = 1 ] && has pull; then
   run_tunnel pull setup 0 0 0 >/dev/null
   CIPHER=$(sed -n 's/.*kex: client->server cipher: \([^ ]*\) .*/\1/p' "$T/sshd.log" | tail -1)
   [ -n "$CIPHER" ] || { tail -20 "$T/sshd.log"; die "cannot tell the cipher from sshd's log"; }
@@ -367,11 +469,24 @@ if [ "$SKIP_BORG" != 1 ]; then
   python3 benches/pull_vs_openssh.py gen "$T/data" "$DATA_MB"
   chmod -R a+rX "$T/data"
   echo "# data: $(du -sm "$T/data" | cut -f1) MiB in $(find "$T/data" -type f | wc -l) files"
-  methods=(local)
+  DATA_BYTES=$(du -sb "$T/data" | cut -f1)
+  echo "# methods: $METHODS"
+  methods=()
+  has_m local && methods+=(local)
   for rtt in $BORG_RTTS; do
-    has pull && methods+=("pull:$rtt")
-    has before && methods+=("before:$rtt")
-    has openssh && methods+=("socat:$rtt")
+    for m in socket before agent tcp recipe-socat recipe-agent recipe-tcp; do
+      has_m "$m" || continue
+      case $m in
+        agent|tcp)
+          if [ "$VIA" != 1 ]; then
+            [ "$rtt" != "${BORG_RTTS%% *}" ] || echo "  borg create $m: skipped: this build has no --via"
+            printf 'borg\t%s\tcreate\t%s\t0\t0\t0\t0\t0\t0\t0\t0\t0\tskipped\tthis build has no --via\n' "$m" "$rtt" >>"$RESULTS"
+            continue
+          fi ;;
+      esac
+      case $m in socket) t=pull ;; recipe-socat) t=socat ;; *) t=$m ;; esac
+      methods+=("$t:$rtt")
+    done
   done
   for round in $(seq "$BORG_ROUNDS"); do
     # Rotate the order every round.

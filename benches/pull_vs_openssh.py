@@ -71,8 +71,9 @@ def table(path):
                   "cpu_server_ns", "cpu_ends_ns", "rc"):
             if k in r:
                 r[k] = int(r[k])
-    bad = [r for r in rows if r["ok"] != "yes"]
-    rounds = sorted({r["round"] for r in rows})
+    bad = [r for r in rows if r["ok"] not in ("yes", "skipped")]
+    skipped = sorted({(r["tool"], r.get("note", "")) for r in rows if r["ok"] == "skipped"})
+    rounds = sorted({r["round"] for r in rows if r["ok"] != "skipped"})
 
     def group(kind):
         g = {}
@@ -138,32 +139,44 @@ def table(path):
             out.append("")
     bc = group("borg")
     if bc:
-        out.append("| method | RTT | wall s median (min..max) | CPU s median (all processes) | runs |")
-        out.append("|---|---|---|---|---|")
-        order = {"local": 0, "pull": 1, "before": 2, "socat": 3}
+        order = {"local": 0, "pull": 1, "before": 2, "socat": 3, "agent": 4, "recipe-agent": 5,
+                 "tcp": 6, "recipe-tcp": 7}
+        names = {"local": "borg create /local/repo (no ssh; the limit)",
+                 "pull": "borg-pull-server pull (--via socket)",
+                 "before": "borg-pull-server pull (before)",
+                 "socat": "ssh -R + socat (docs' recipe)",
+                 "agent": "borg-pull-server pull --via agent",
+                 "recipe-agent": "ssh-agent + ssh -A (docs' recipe)",
+                 "tcp": "borg-pull-server pull --via tcp",
+                 "recipe-tcp": "ssh -A -R PORT:localhost:22 (docs' recipe)"}
+        out.append("| method | RTT | wall s median (min..max) | MB/s (data / wall) | CPU s median (all processes) | runs |")
+        out.append("|---|---|---|---|---|---|")
         for key in sorted(bc, key=lambda k: (order.get(k[2], 9), k[0])):
             rtt, _, tool = key
             rs = bc[key]
             wall = [r["wall_ns"] / 1e9 for r in rs]
             cpu = [(r["cpu_ns"] + r["cpu_ends_ns"]) / 1e9 for r in rs]
-            name = {"local": "borg create /local/repo (no ssh; the limit)",
-                    "pull": "borg-pull-server pull",
-                    "before": "borg-pull-server pull (before)",
-                    "socat": "ssh -R + socat (docs' recipe)"}.get(tool, tool)
-            out.append(f"| {name} | {'-' if tool == 'local' else f'{rtt} ms'} | **{med(wall):.2f}** "
-                       f"({rng(wall, '{:.2f}')}) | {med(cpu):.2f} | {len(rs)} |")
+            mbs = "-"
+            if rs[0]["bytes"] > 0:
+                mbs = f"{rs[0]['bytes'] / med(wall) / 1e6:.1f}"
+            out.append(f"| {names.get(tool, tool)} | {'-' if tool == 'local' else f'{rtt} ms'} | **{med(wall):.2f}** "
+                       f"({rng(wall, '{:.2f}')}) | {mbs} | {med(cpu):.2f} | {len(rs)} |")
         out.append("")
         wall_of = {k: med([r["wall_ns"] / 1e9 for r in v]) for k, v in bc.items()}
         local = [v for k, v in wall_of.items() if k[2] == "local"]
+        # Each of ours against the docs' recipe of the same method.
+        recipe_of = {"pull": "socat", "before": "socat", "agent": "recipe-agent", "tcp": "recipe-tcp"}
         for (rtt, d, tool), w in sorted(wall_of.items(), key=lambda kv: (kv[0][0], order.get(kv[0][2], 9))):
-            if tool not in ("pull", "before") or (rtt, d, "socat") not in wall_of:
+            rec = recipe_of.get(tool)
+            if rec is None or (rtt, d, rec) not in wall_of:
                 continue
-            s = wall_of[(rtt, d, "socat")]
+            s = wall_of[(rtt, d, rec)]
             extra = ""
             if local:
                 extra = (f"; time over the local repository: {tool} +{w - local[0]:.2f} s, "
-                         f"socat +{s - local[0]:.2f} s")
-            out.append(f"borg create at {rtt} ms: {tool} {w:.2f} s vs socat recipe {s:.2f} s = "
+                         f"{rec} +{s - local[0]:.2f} s")
+            label = rec if rec.startswith("recipe-") else f"{rec} recipe"
+            out.append(f"borg create at {rtt} ms: {tool} {w:.2f} s vs {label} {s:.2f} s = "
                        f"**{s / w:.2f}x** as fast{extra}")
             if tool == "pull" and (rtt, d, "before") in wall_of:
                 b = wall_of[(rtt, d, "before")]
@@ -172,6 +185,8 @@ def table(path):
     out.append(f"rounds: {len(rounds)}; failed runs (excluded above): {len(bad)}")
     for r in bad:
         out.append(f"  FAILED: {r['kind']} {r['tool']} {r['dir']} rtt={r['rtt']} round={r['round']}: {r.get('note', '')}")
+    for tool, note in skipped:
+        out.append(f"  {tool}: skipped: {note}")
     print("\n".join(out))
 
 
