@@ -687,7 +687,7 @@ mod tests {
     /// What sshd's opt_dequote() makes of the option value in `line` (the C code, transcribed).
     fn opt_dequote(line: &str) -> String {
         let start = line.find("command=\"").unwrap() + "command=\"".len();
-        let s = line[start..].as_bytes();
+        let s = &line.as_bytes()[start..];
         let mut out = Vec::new();
         let mut i = 0;
         while i < s.len() && s[i] != b'"' {
@@ -886,7 +886,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_entries_of_a_killed_process_are_removed() {
+    fn stale_entries_are_recognised_by_pid_and_start_time() {
         let dir = private_dir();
         let file = dir.path().join("authorized_keys");
         let forced = ForcedCommand::new("/srv/r").unwrap();
@@ -910,6 +910,76 @@ mod tests {
         assert!(text.contains(mine.tag()) && text.contains(&odd), "{text}");
         mine.remove().unwrap();
         assert_eq!(remove_stale_ephemeral(&dir.path().join("missing")).unwrap(), 0);
+    }
+
+    /// Where [`ephemeral_child`] adds its entry; only set in the child process.
+    const CHILD_FILE: &str = "BORG_PULL_TEST_EPHEMERAL_FILE";
+
+    /// Not a test on its own: the child of [`a_killed_process_leaves_an_entry_the_next_run_removes`],
+    /// which adds an ephemeral entry, says so, and waits to be killed.
+    #[test]
+    #[ignore = "run by a_killed_process_leaves_an_entry_the_next_run_removes"]
+    fn ephemeral_child() {
+        let Some(file) = std::env::var_os(CHILD_FILE) else {
+            return;
+        };
+        let forced = ForcedCommand::new("/srv/child").unwrap();
+        let entry = add_ephemeral(Path::new(&file), &forced, &key(42)).unwrap();
+        println!("added {}", entry.tag());
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        drop(entry);
+    }
+
+    #[test]
+    fn a_killed_process_leaves_an_entry_the_next_run_removes() {
+        use std::io::BufRead as _;
+        let dir = private_dir();
+        let file = dir.path().join("authorized_keys");
+        fs::write(&file, b"# first\nssh-ed25519 AAAAx other\n").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        let forced = ForcedCommand::new("/srv/r").unwrap();
+        let mine = add_ephemeral(&file, &forced, &key(1)).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "authorized_keys::tests::ephemeral_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_FILE, &file)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let tag = loop {
+            line.clear();
+            assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "the child ended early");
+            if let Some(tag) = line.trim_end().strip_prefix("added ") {
+                break tag.to_owned();
+            }
+        };
+        assert!(tag.contains(&format!("pid={} ", child.id())), "{tag}");
+        // Alive: not stale.
+        assert_eq!(remove_stale_ephemeral(&file).unwrap(), 0);
+        // SIGKILL: no Drop, the entry stays behind.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let with_entry = fs::read_to_string(&file).unwrap();
+        assert!(with_entry.contains(&tag), "{with_entry}");
+        assert_eq!(remove_stale_ephemeral(&file).unwrap(), 1);
+        let after = fs::read_to_string(&file).unwrap();
+        let expected: String = with_entry
+            .split_inclusive('\n')
+            .filter(|l| !l.contains(&tag))
+            .collect();
+        assert_eq!(after, expected);
+        assert!(after.starts_with("# first\nssh-ed25519 AAAAx other\n") && after.contains(mine.tag()));
+        mine.remove().unwrap();
+        assert_eq!(
+            fs::read_to_string(&file).unwrap(),
+            "# first\nssh-ed25519 AAAAx other\n"
+        );
     }
 
     #[test]
