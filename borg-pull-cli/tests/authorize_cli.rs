@@ -86,15 +86,21 @@ impl Server {
 
     /// `authorize --install` of our key for `repo` into the sshd's authorized_keys.
     fn install(&self, repo: &Path) -> Outcome {
-        authorize(&[
-            "--repo".as_ref(),
-            repo.as_os_str(),
-            "--key".as_ref(),
-            self.pubkey().as_os_str(),
-            "--install".as_ref(),
-            "--authorized-keys".as_ref(),
-            self.authorized_keys().as_os_str(),
-        ])
+        self.install_with(repo, &[])
+    }
+
+    fn install_with(&self, repo: &Path, extra: &[&str]) -> Outcome {
+        let mut cmd = TestCommand::new(server_bin());
+        cmd.arg("authorize")
+            .arg("--repo")
+            .arg(repo)
+            .arg("--key")
+            .arg(self.pubkey())
+            .arg("--install")
+            .arg("--authorized-keys")
+            .arg(self.authorized_keys())
+            .args(extra);
+        cmd.output()
     }
 
     /// `ssh://USER@127.0.0.1:PORT/REPO` (borg takes the path as it is after the port).
@@ -218,6 +224,31 @@ fn an_installed_key_serves_exactly_its_repository() {
     assert!(!out.status.success(), "{}", out.describe());
     assert!(out.stderr_text().contains("append-only"), "{}", out.describe());
     assert!(repo.join("config").exists(), "the repository was deleted");
+}
+
+/// With `--allow-delete` the forced `borg serve` runs without `--append-only`: the key may delete.
+#[test]
+fn allow_delete_drops_append_only() {
+    if !tools_present() {
+        return;
+    }
+    let server = Server::start();
+    let repo = server.repos.join("deletable");
+    let out = server.install_with(&repo, &["--allow-delete"]);
+    assert_ok(&out, "authorize --install --allow-delete");
+    assert!(!out.stdout_text().contains("--append-only"), "{}", out.describe());
+    let url = server.url(&repo);
+    assert_ok(
+        &server.borg(&["init", "-e", "none"]).arg(&url).output(),
+        "borg init",
+    );
+    assert_ok(&server.borg(&["delete"]).arg(&url).output(), "borg delete");
+    assert!(!repo.join("config").exists(), "the repository is still there");
+    let log = server.sshd.log();
+    assert!(
+        log.contains("Starting session: forced-command (key-option) 'borg serve --restrict-to-repository "),
+        "{log}"
+    );
 }
 
 /// `--install` twice adds one line; an entry for the key with other options is an error naming its
@@ -353,4 +384,43 @@ fn unsafe_files_and_bad_arguments_are_refused() {
     ]);
     out.assert_code(200);
     assert!(out.stderr_text().contains("line break"), "{}", out.describe());
+}
+
+/// Installing for another user (as root, e.g. with sudo) gives what is created to the owner of
+/// the directory it is created in: sshd reads authorized_keys as that user, and the user's own
+/// later runs must open the lock file. Run as another user, everything is simply ours.
+#[test]
+fn new_files_belong_to_the_owner_of_their_directory() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !common::require_tool("ssh-keygen") {
+        return;
+    }
+    sshd::ensure_login_user();
+    let dir = TestDir::new();
+    keygen(&dir.join("k"), "me@host");
+    let home = dir.join("user-home");
+    fs::create_dir(&home).unwrap();
+    sshd::chown_to_login_user(&home);
+    let file = home.join(".ssh/authorized_keys");
+    let out = authorize(&[
+        "--repo".as_ref(),
+        "/srv/r".as_ref(),
+        "--key".as_ref(),
+        dir.join("k.pub").as_os_str(),
+        "--install".as_ref(),
+        "--authorized-keys".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert_ok(&out, "authorize --install");
+    let owner = fs::metadata(&home).unwrap().uid();
+    for made in [
+        home.join(".ssh"),
+        file.clone(),
+        home.join(".ssh/.authorized_keys.borg-pull.lock"),
+    ] {
+        let meta = fs::symlink_metadata(&made).unwrap();
+        assert_eq!(meta.uid(), owner, "owner of {}", made.display());
+    }
+    assert_eq!(fs::metadata(home.join(".ssh")).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o600);
 }

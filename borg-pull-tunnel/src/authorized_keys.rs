@@ -570,7 +570,10 @@ impl Lock {
     fn acquire(file: &Path) -> Result<Lock> {
         let dir = parent_dir(file);
         match fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => debug!(dir = %dir.display(), "created directory"),
+            Ok(()) => {
+                debug!(dir = %dir.display(), "created directory");
+                give_to_owner_of(dir.parent().unwrap_or(Path::new("/")), dir, None)?;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(source) => return Err(io_error("create directory", dir, source)),
         }
@@ -591,31 +594,66 @@ impl Lock {
         name.push(file.file_name().unwrap_or_default());
         name.push(".borg-pull.lock");
         let path = dir.join(name);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .map_err(|source| io_error("open lock file", &path, source))?;
+        let open = |create_new: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(create_new)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+        };
+        let lock = match open(true) {
+            Ok(lock) => {
+                give_to_owner_of(dir, &path, Some(&lock))?;
+                lock
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                open(false).map_err(|source| io_error("open lock file", &path, source))?
+            }
+            Err(source) => return Err(io_error("create lock file", &path, source)),
+        };
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| io_error("lock", &path, e.into()))?;
         Ok(Lock { _file: lock })
     }
 }
 
-/// Opens (creating 0600 if missing) for reading and appending, refusing unsafe files.
+/// Opens (creating 0600 if missing) for reading and appending, refusing unsafe files. Called
+/// under the lock, so nobody else creates the file in between.
 fn open_authorized_keys(file: &Path) -> Result<File> {
-    open_checked(
+    let missing = matches!(fs::symlink_metadata(file), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    let keys = open_checked(
         file,
         OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600),
-    )
+    )?;
+    if missing {
+        give_to_owner_of(parent_dir(file), file, Some(&keys))?;
+    }
+    Ok(keys)
+}
+
+/// When root creates a file or directory in another user's directory (installing for the backup
+/// user, e.g. with sudo), it goes to that directory's owner: sshd reads authorized_keys as the
+/// user, and the user's own later runs must open the lock file.
+fn give_to_owner_of(dir: &Path, path: &Path, opened: Option<&File>) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let meta = fs::metadata(dir).map_err(|source| io_error("inspect directory", dir, source))?;
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    let (uid, gid) = (Some(meta.uid()), Some(meta.gid()));
+    match opened {
+        Some(file) => std::os::unix::fs::fchown(file, uid, gid),
+        None => std::os::unix::fs::lchown(path, uid, gid),
+    }
+    .map_err(|source| io_error("give the directory's owner", path, source))
 }
 
 /// Opens an existing file for reading, refusing unsafe files.
