@@ -51,6 +51,18 @@ const MAX_PUBLIC_KEY_FILE: u64 = 64 << 10;
 
 /// What the forced command runs: `BORG serve --append-only --restrict-to-repository REPO`
 /// (without `--append-only` when `allow_delete`).
+///
+/// ```
+/// use borg_pull_tunnel::authorized_keys::ForcedCommand;
+/// let mut forced = ForcedCommand::new("/srv/borg/it's \"web\"")?;
+/// assert_eq!(
+///     forced.command()?,
+///     r#"borg serve --append-only --restrict-to-repository '/srv/borg/it'\''s "web"'"#
+/// );
+/// forced.allow_delete = true;
+/// assert_eq!(forced.command()?, "borg serve --restrict-to-repository '/srv/borg/it'\\''s \"web\"'");
+/// # Ok::<(), borg_pull_tunnel::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForcedCommand {
     /// The borg program on this server (`borg` by default, looked up on the login user's PATH).
@@ -93,15 +105,15 @@ impl ForcedCommand {
                 path: self.repo.clone(),
             }));
         }
-        let mut words = Vec::new();
-        for (i, word) in self.argv().iter().enumerate() {
+        let argv = self.argv();
+        let mut words = Vec::with_capacity(argv.len());
+        for (i, word) in argv.iter().enumerate() {
             let what = match i {
                 0 => "borg program",
-                _ if i == self.argv().len() - 1 => "repository path",
+                _ if i == argv.len() - 1 => "repository path",
                 _ => "argument",
             };
-            let text = checked_text(what, word.as_bytes())?;
-            words.push(shell_word(text));
+            words.push(shell_word(checked_text(what, word.as_bytes())?));
         }
         Ok(words.join(" "))
     }
@@ -401,12 +413,11 @@ pub fn add_ephemeral(file: &Path, forced: &ForcedCommand, key: &PublicKey) -> Re
     let tag = format!("{EPHEMERAL_TAG} pid={pid} start={start} id={}", random_id()?);
     let line = forced.line(key, &tag)?;
     if !install(file, &line)? {
-        // A fresh key and a random id: an identical entry means someone else wrote ours.
-        return Err(Error::AuthorizedKeysConflict {
-            path: file.to_owned(),
-            line: 0,
-            existing: format!("an entry with our own comment {tag:?} was already there"),
-        });
+        // A fresh key and a random id: an identical entry means someone copied ours.
+        return Err(unsafe_file(
+            file,
+            format!("it already holds an entry with this run's own comment {tag:?}; remove it"),
+        ));
     }
     Ok(EphemeralEntry {
         file: file.to_owned(),
