@@ -52,7 +52,8 @@ pub const BORG_UNAVAILABLE: Code = Code {
 /// The operating system refused (bind, socket passed by systemd, signal set-up).
 pub const OS_ERROR: Code = Code {
     code: 204,
-    meaning: "operating system error (bind, socket passed by systemd, signal set-up)",
+    meaning: "operating system error (bind, socket passed by systemd, signal set-up; in authorize: \
+              the authorized_keys file cannot be read or written, or is unsafe to edit)",
 };
 /// The listener's socket cannot be created safely.
 pub const SOCKET_UNSAFE: Code = Code {

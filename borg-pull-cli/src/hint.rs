@@ -105,6 +105,7 @@ pub fn authorize(err: &borg_pull_tunnel::Error) -> Option<Hint> {
         E::ForcedCommandInvalid { what, .. } if *what == "borg program" => {
             Some(Hint::new("--borg", "pass another --borg PROGRAM"))
         }
+        E::ForcedCommandInvalid { what, .. } if *what != "repository path" => None,
         E::ForcedCommandInvalid { .. } | E::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => Some(
             Hint::new("--repo", "pass the repository's absolute path with --repo"),
         ),

@@ -51,6 +51,18 @@ const MAX_PUBLIC_KEY_FILE: u64 = 64 << 10;
 
 /// What the forced command runs: `BORG serve --append-only --restrict-to-repository REPO`
 /// (without `--append-only` when `allow_delete`).
+///
+/// ```
+/// use borg_pull_tunnel::authorized_keys::ForcedCommand;
+/// let mut forced = ForcedCommand::new("/srv/borg/it's \"web\"")?;
+/// assert_eq!(
+///     forced.command()?,
+///     r#"borg serve --append-only --restrict-to-repository '/srv/borg/it'\''s "web"'"#
+/// );
+/// forced.allow_delete = true;
+/// assert_eq!(forced.command()?, "borg serve --restrict-to-repository '/srv/borg/it'\\''s \"web\"'");
+/// # Ok::<(), borg_pull_tunnel::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForcedCommand {
     /// The borg program on this server (`borg` by default, looked up on the login user's PATH).
@@ -93,15 +105,15 @@ impl ForcedCommand {
                 path: self.repo.clone(),
             }));
         }
-        let mut words = Vec::new();
-        for (i, word) in self.argv().iter().enumerate() {
+        let argv = self.argv();
+        let mut words = Vec::with_capacity(argv.len());
+        for (i, word) in argv.iter().enumerate() {
             let what = match i {
                 0 => "borg program",
-                _ if i == self.argv().len() - 1 => "repository path",
+                _ if i == argv.len() - 1 => "repository path",
                 _ => "argument",
             };
-            let text = checked_text(what, word.as_bytes())?;
-            words.push(shell_word(text));
+            words.push(shell_word(checked_text(what, word.as_bytes())?));
         }
         Ok(words.join(" "))
     }
@@ -401,12 +413,11 @@ pub fn add_ephemeral(file: &Path, forced: &ForcedCommand, key: &PublicKey) -> Re
     let tag = format!("{EPHEMERAL_TAG} pid={pid} start={start} id={}", random_id()?);
     let line = forced.line(key, &tag)?;
     if !install(file, &line)? {
-        // A fresh key and a random id: an identical entry means someone else wrote ours.
-        return Err(Error::AuthorizedKeysConflict {
-            path: file.to_owned(),
-            line: 0,
-            existing: format!("an entry with our own comment {tag:?} was already there"),
-        });
+        // A fresh key and a random id: an identical entry means someone copied ours.
+        return Err(unsafe_file(
+            file,
+            format!("it already holds an entry with this run's own comment {tag:?}; remove it"),
+        ));
     }
     Ok(EphemeralEntry {
         file: file.to_owned(),
@@ -570,7 +581,10 @@ impl Lock {
     fn acquire(file: &Path) -> Result<Lock> {
         let dir = parent_dir(file);
         match fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => debug!(dir = %dir.display(), "created directory"),
+            Ok(()) => {
+                debug!(dir = %dir.display(), "created directory");
+                give_to_owner_of(dir.parent().unwrap_or(Path::new("/")), dir, None)?;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(source) => return Err(io_error("create directory", dir, source)),
         }
@@ -591,31 +605,66 @@ impl Lock {
         name.push(file.file_name().unwrap_or_default());
         name.push(".borg-pull.lock");
         let path = dir.join(name);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .map_err(|source| io_error("open lock file", &path, source))?;
+        let open = |create_new: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(create_new)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+        };
+        let lock = match open(true) {
+            Ok(lock) => {
+                give_to_owner_of(dir, &path, Some(&lock))?;
+                lock
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                open(false).map_err(|source| io_error("open lock file", &path, source))?
+            }
+            Err(source) => return Err(io_error("create lock file", &path, source)),
+        };
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| io_error("lock", &path, e.into()))?;
         Ok(Lock { _file: lock })
     }
 }
 
-/// Opens (creating 0600 if missing) for reading and appending, refusing unsafe files.
+/// Opens (creating 0600 if missing) for reading and appending, refusing unsafe files. Called
+/// under the lock, so nobody else creates the file in between.
 fn open_authorized_keys(file: &Path) -> Result<File> {
-    open_checked(
+    let missing = matches!(fs::symlink_metadata(file), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    let keys = open_checked(
         file,
         OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600),
-    )
+    )?;
+    if missing {
+        give_to_owner_of(parent_dir(file), file, Some(&keys))?;
+    }
+    Ok(keys)
+}
+
+/// When root creates a file or directory in another user's directory (installing for the backup
+/// user, e.g. with sudo), it goes to that directory's owner: sshd reads authorized_keys as the
+/// user, and the user's own later runs must open the lock file.
+fn give_to_owner_of(dir: &Path, path: &Path, opened: Option<&File>) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let meta = fs::metadata(dir).map_err(|source| io_error("inspect directory", dir, source))?;
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    let (uid, gid) = (Some(meta.uid()), Some(meta.gid()));
+    match opened {
+        Some(file) => std::os::unix::fs::fchown(file, uid, gid),
+        None => std::os::unix::fs::lchown(path, uid, gid),
+    }
+    .map_err(|source| io_error("give the directory's owner", path, source))
 }
 
 /// Opens an existing file for reading, refusing unsafe files.
@@ -687,7 +736,7 @@ mod tests {
     /// What sshd's opt_dequote() makes of the option value in `line` (the C code, transcribed).
     fn opt_dequote(line: &str) -> String {
         let start = line.find("command=\"").unwrap() + "command=\"".len();
-        let s = line[start..].as_bytes();
+        let s = &line.as_bytes()[start..];
         let mut out = Vec::new();
         let mut i = 0;
         while i < s.len() && s[i] != b'"' {
@@ -886,7 +935,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_entries_of_a_killed_process_are_removed() {
+    fn stale_entries_are_recognised_by_pid_and_start_time() {
         let dir = private_dir();
         let file = dir.path().join("authorized_keys");
         let forced = ForcedCommand::new("/srv/r").unwrap();
@@ -910,6 +959,76 @@ mod tests {
         assert!(text.contains(mine.tag()) && text.contains(&odd), "{text}");
         mine.remove().unwrap();
         assert_eq!(remove_stale_ephemeral(&dir.path().join("missing")).unwrap(), 0);
+    }
+
+    /// Where [`ephemeral_child`] adds its entry; only set in the child process.
+    const CHILD_FILE: &str = "BORG_PULL_TEST_EPHEMERAL_FILE";
+
+    /// Not a test on its own: the child of [`a_killed_process_leaves_an_entry_the_next_run_removes`],
+    /// which adds an ephemeral entry, says so, and waits to be killed.
+    #[test]
+    #[ignore = "run by a_killed_process_leaves_an_entry_the_next_run_removes"]
+    fn ephemeral_child() {
+        let Some(file) = std::env::var_os(CHILD_FILE) else {
+            return;
+        };
+        let forced = ForcedCommand::new("/srv/child").unwrap();
+        let entry = add_ephemeral(Path::new(&file), &forced, &key(42)).unwrap();
+        println!("added {}", entry.tag());
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        drop(entry);
+    }
+
+    #[test]
+    fn a_killed_process_leaves_an_entry_the_next_run_removes() {
+        use std::io::BufRead as _;
+        let dir = private_dir();
+        let file = dir.path().join("authorized_keys");
+        fs::write(&file, b"# first\nssh-ed25519 AAAAx other\n").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        let forced = ForcedCommand::new("/srv/r").unwrap();
+        let mine = add_ephemeral(&file, &forced, &key(1)).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "authorized_keys::tests::ephemeral_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_FILE, &file)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let tag = loop {
+            line.clear();
+            assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "the child ended early");
+            if let Some(tag) = line.trim_end().strip_prefix("added ") {
+                break tag.to_owned();
+            }
+        };
+        assert!(tag.contains(&format!("pid={} ", child.id())), "{tag}");
+        // Alive: not stale.
+        assert_eq!(remove_stale_ephemeral(&file).unwrap(), 0);
+        // SIGKILL: no Drop, the entry stays behind.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let with_entry = fs::read_to_string(&file).unwrap();
+        assert!(with_entry.contains(&tag), "{with_entry}");
+        assert_eq!(remove_stale_ephemeral(&file).unwrap(), 1);
+        let after = fs::read_to_string(&file).unwrap();
+        let expected: String = with_entry
+            .split_inclusive('\n')
+            .filter(|l| !l.contains(&tag))
+            .collect();
+        assert_eq!(after, expected);
+        assert!(after.starts_with("# first\nssh-ed25519 AAAAx other\n") && after.contains(mine.tag()));
+        mine.remove().unwrap();
+        assert_eq!(
+            fs::read_to_string(&file).unwrap(),
+            "# first\nssh-ed25519 AAAAx other\n"
+        );
     }
 
     #[test]

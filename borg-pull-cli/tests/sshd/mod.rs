@@ -325,3 +325,8 @@ fn wait_ready(port: u16, child: &mut Spawned) -> bool {
     }
     false
 }
+
+/// The login user tests use (created when running as root and missing), without starting an sshd.
+pub fn ensure_login_user() -> String {
+    login_user()
+}
