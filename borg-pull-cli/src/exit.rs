@@ -89,8 +89,9 @@ pub const CONNECT: Code = Code {
 /// The client cannot run the pull: forward refused, relay or borg missing, socket dir failed.
 pub const CLIENT_SETUP: Code = Code {
     code: 214,
-    meaning: "the client's sshd refused the UNIX socket forward, the relay or borg is missing on \
-              the client, or setting up the private socket directory there failed",
+    meaning: "the client's sshd refused the UNIX socket or TCP forward or agent forwarding, the \
+              relay, ssh or borg is missing on the client, or setting up the private directory \
+              there failed",
 };
 /// The connection to the client was lost (keepalives unanswered).
 pub const CONNECTION_LOST: Code = Code {

@@ -22,9 +22,12 @@ Failures of borg-pull-server itself:
 
 {}
 
-On the client: the login shell must be a POSIX shell, borg and borg-pull-relay must be
-installed, and the server's key may be limited in authorized_keys with
-`restrict,port-forwarding` (pull needs exec and UNIX socket forwarding, nothing else).
+On the client: the login shell must be a POSIX shell and borg installed. --via socket needs
+borg-pull-relay there and exec plus UNIX socket forwarding from its sshd (the server's key may
+be limited with `restrict,port-forwarding`); --via agent needs ssh there and agent forwarding
+(`restrict,agent-forwarding`); --via tcp needs ssh, agent and TCP forwarding
+(`restrict,agent-forwarding,port-forwarding`). For agent and tcp, the server's authorized_keys
+must force borg serve for the agent key (`borg-pull-server authorize`), or use --ephemeral-key.
 Logging goes to stderr; {var} (e.g. {var}=debug) overrides -v.",
         exit::lines(exit::PULL).trim_end(),
         exit::range_note(),
