@@ -409,3 +409,39 @@ fn a_jump_host_that_cannot_reach_the_client_exits_213_naming_both() {
         "{err}"
     );
 }
+
+#[test]
+fn two_comma_separated_jump_hosts_are_passed_in_order() {
+    let f = Fixture::new();
+    let known_hosts = f.known_hosts("known_hosts", true, true);
+    // 127.0.0.1, then localhost (through the first), then the client (through the second).
+    let jumps = format!(
+        "{user}@127.0.0.1:{port},localhost:{port}",
+        user = f.sshd.user,
+        port = f.sshd.port
+    );
+    let options = [
+        os("-J"),
+        os(&jumps),
+        os("-i"),
+        f.sshd.client_key().as_os_str(),
+        os("--known-hosts"),
+        known_hosts.as_os_str(),
+    ];
+    let out = f.pull(&options, &["--version"]).output();
+    out.assert_code(0);
+    assert!(out.stdout_text().starts_with("borg "), "{}", out.describe());
+    let log = f.sshd.log();
+    assert_eq!(log.matches("Accepted publickey").count(), 3, "{log}");
+    assert_eq!(
+        log.matches(&format!("target localhost port {}", f.sshd.port))
+            .count(),
+        2,
+        "{log}"
+    );
+
+    // A malformed jump host is a usage error, before anything connects.
+    let out = f.pull(&[os("-J"), os("host:0")], &["--version"]).output();
+    out.assert_code(200);
+    assert!(out.stderr_text().contains("host:0"), "{}", out.describe());
+}
