@@ -47,8 +47,8 @@ pub struct PullArgs {
     #[arg(short = 'p', long, default_value_t = 22)]
     port: u16,
 
-    /// Private key to log in with (ed25519, ecdsa or rsa; default ~/.ssh/id_ed25519, id_ecdsa,
-    /// id_rsa). An encrypted key takes its passphrase from --identity-passphrase-file or the
+    /// Private key to log in with (ed25519, ecdsa or rsa; default: the ssh-agent's keys at
+    /// SSH_AUTH_SOCK, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa). An encrypted key takes its passphrase from --identity-passphrase-file or the
     /// BORG_PULL_IDENTITY_PASSPHRASE environment variable, never from the command line.
     #[arg(short = 'i', long, value_name = "FILE")]
     identity: Option<PathBuf>,
