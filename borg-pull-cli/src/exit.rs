@@ -81,10 +81,11 @@ pub const PASSPHRASE: Code = Code {
     code: 212,
     meaning: "the repository passphrase could not be obtained",
 };
-/// No SSH connection to the client (DNS, refused, timeout).
+/// No SSH connection to the client or a jump host (DNS, refused, timeout).
 pub const CONNECT: Code = Code {
     code: 213,
-    meaning: "cannot connect to the client (DNS, refused, timeout)",
+    meaning: "cannot connect to the client or a jump host (DNS, refused, timeout; a jump host \
+              that cannot reach the next host)",
 };
 /// The client cannot run the pull: forward refused, relay or borg missing, socket dir failed.
 pub const CLIENT_SETUP: Code = Code {

@@ -64,7 +64,12 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "give the key's passphrase with --identity-passphrase-file FILE or \
              BORG_PULL_IDENTITY_PASSPHRASE",
         )),
-        E::NoIdentity { .. } => Some(Hint::new("-i FILE", "pass the private key with -i FILE")),
+        E::NoIdentity { agent: None, .. } => Some(Hint::new("-i FILE", "pass the private key with -i FILE")),
+        E::NoIdentity { agent: Some(_), .. } => Some(Hint::new(
+            "-i FILE",
+            "pass the private key with -i FILE, or add it to the agent (ssh-add)",
+        )),
+        E::JumpHost { source, .. } => tunnel(source),
         E::NoKnownHostsFile => Some(Hint::new("--known-hosts", "pass --known-hosts FILE")),
         E::RemoteProgramMissing { role, .. } => {
             let option = match role {
@@ -191,7 +196,10 @@ mod tests {
             why: "no such file".into(),
         };
         assert_eq!(tunnel(&missing).unwrap().flag, "--relay");
-        let no_identity = E::NoIdentity { tried: vec![] };
+        let no_identity = E::NoIdentity {
+            tried: vec![],
+            agent: None,
+        };
         assert_eq!(tunnel(&no_identity).unwrap().flag, "-i FILE");
         let enc = E::IdentityEncrypted {
             path: PathBuf::from("k"),
@@ -204,6 +212,15 @@ mod tests {
             program: PathBuf::from("b"),
         });
         assert_eq!(tunnel(&wrapped).unwrap().flag, "--borg");
+        let at_jump_host = E::JumpHost {
+            host: "bastion".into(),
+            port: 22,
+            source: Box::new(E::NoIdentity {
+                tried: vec![],
+                agent: Some(PathBuf::from("/run/agent.sock")),
+            }),
+        };
+        assert!(tunnel(&at_jump_host).unwrap().text.contains("ssh-add"));
         assert_eq!(tunnel(&E::Interrupted), None);
     }
 

@@ -199,21 +199,26 @@ pub enum Error {
         mode: u32,
     },
 
-    /// No identity was given and none of the default ones exists.
-    #[error("no identity given, and none of the default keys exists ({})", display_paths(.tried))]
+    /// No identity was given, the agent (if any) offered no key and none of the default key files
+    /// exists.
+    #[error("no identity given, {}none of the default keys exists ({})", agent_offered_none(.agent), display_paths(.tried))]
     NoIdentity {
         /// The default key files looked for.
         tried: Vec<PathBuf>,
+        /// The agent socket asked for keys (unreachable, or it holds none); `None` when no agent
+        /// was given.
+        agent: Option<PathBuf>,
     },
 
     /// No known_hosts file was given and there is no HOME to find the default one in.
     #[error("no known_hosts file given and HOME is not set, so host keys cannot be verified")]
     NoKnownHostsFile,
 
-    /// The client's sshd refused our key.
+    /// The client's sshd refused our key(s).
     #[error(
-        "{user}@{host} port {port}: permission denied (publickey) for identity {identity:?}; is its \
-         public key in ~{user}/.ssh/authorized_keys on the client (and is the account not locked)?"
+        "{user}@{host} port {port}: permission denied (publickey) for {}; is its \
+         public key in ~{user}/.ssh/authorized_keys on the client (and is the account not locked)?",
+        keys_offered(.identity, .agent, *.agent_keys)
     )]
     AuthFailed {
         /// Login user.
@@ -222,8 +227,44 @@ pub enum Error {
         host: String,
         /// TCP port.
         port: u16,
-        /// The key file used.
+        /// The key file offered; empty when only the agent's keys were.
         identity: PathBuf,
+        /// The agent socket whose keys were offered first, if any.
+        agent: Option<PathBuf>,
+        /// How many of the agent's keys were offered.
+        agent_keys: usize,
+    },
+
+    /// Something failed at a jump host (connecting, logging in, a lost connection); host key
+    /// failures of a jump host are the host key variants themselves, naming its `host:port`.
+    #[error("jump host {host} port {port}: {source}")]
+    JumpHost {
+        /// The jump host as given.
+        host: String,
+        /// Its sshd's TCP port.
+        port: u16,
+        /// What went wrong there.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A jump host could not open the `direct-tcpip` channel to the next host.
+    #[error(
+        "jump host {host} port {port} cannot connect to {target_host} port {target_port}: {reason} \
+         (can the jump host reach it, and does its sshd allow TCP forwarding: AllowTcpForwarding, \
+         PermitOpen, the key's restrict / no-port-forwarding options?)"
+    )]
+    JumpConnect {
+        /// The jump host as given.
+        host: String,
+        /// Its sshd's TCP port.
+        port: u16,
+        /// The next host (jump host or client) as given.
+        target_host: String,
+        /// Its TCP port.
+        target_port: u16,
+        /// What the jump host said.
+        reason: String,
     },
 
     /// The repository passphrase could not be obtained on the server.
@@ -552,6 +593,33 @@ impl std::fmt::Display for RemoteProgram {
     }
 }
 
+fn agent_offered_none(agent: &Option<PathBuf>) -> String {
+    match agent {
+        Some(socket) => format!(
+            "the agent at {} offered no key (or could not be reached), and ",
+            socket.display()
+        ),
+        None => String::new(),
+    }
+}
+
+fn keys_offered(identity: &std::path::Path, agent: &Option<PathBuf>, agent_keys: usize) -> String {
+    let file = format!("identity {identity:?}");
+    let keys = if agent_keys == 1 { "key" } else { "keys" };
+    match agent {
+        Some(socket) if agent_keys > 0 => {
+            let agent = format!("the {agent_keys} {keys} of the agent at {}", socket.display());
+            if identity.as_os_str().is_empty() {
+                agent
+            } else {
+                format!("{agent} and {file}")
+            }
+        }
+        Some(socket) => format!("{file} (the agent at {} offered no key)", socket.display()),
+        None => file,
+    }
+}
+
 fn display_paths(paths: &[PathBuf]) -> String {
     let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     shown.join(", ")
@@ -575,5 +643,52 @@ impl std::fmt::Display for SecretKind {
             SecretKind::IdentityPassphrase => "identity passphrase file",
             SecretKind::RepoPassphrase => "passphrase file",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth_failed(identity: &str, agent: Option<&str>, agent_keys: usize) -> String {
+        Error::AuthFailed {
+            user: "u".into(),
+            host: "h".into(),
+            port: 22,
+            identity: identity.into(),
+            agent: agent.map(PathBuf::from),
+            agent_keys,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn auth_failures_say_which_keys_were_offered() {
+        let file = auth_failed("/k", None, 0);
+        assert!(
+            file.contains("for identity \"/k\";") && !file.contains("agent"),
+            "{file}"
+        );
+        let agent = auth_failed("", Some("/run/a.sock"), 3);
+        assert!(
+            agent.contains("for the 3 keys of the agent at /run/a.sock;"),
+            "{agent}"
+        );
+        let both = auth_failed("/k", Some("/run/a.sock"), 1);
+        assert!(
+            both.contains("the 1 key of the agent at /run/a.sock and identity \"/k\""),
+            "{both}"
+        );
+        let empty_agent = auth_failed("/k", Some("/run/a.sock"), 0);
+        assert!(
+            empty_agent.contains("(the agent at /run/a.sock offered no key)"),
+            "{empty_agent}"
+        );
+        let none = Error::NoIdentity {
+            tried: vec![PathBuf::from("/h/.ssh/id_ed25519")],
+            agent: Some(PathBuf::from("/run/a.sock")),
+        }
+        .to_string();
+        assert!(none.contains("the agent at /run/a.sock offered no key"), "{none}");
     }
 }

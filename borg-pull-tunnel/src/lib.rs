@@ -7,6 +7,7 @@
 //! - [`mod@pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]), orchestration only.
 //! - [`session`]: connect, host key verification, public key authentication, the russh handler;
 //!   [`session::Session`] is what everything else uses to talk to the client.
+//! - [`jump`]: jump hosts (`ssh -J`), reached one through the other by [`session::connect`].
 //! - [`incoming`]: what happens to channels the client's sshd opens (one method per kind).
 //! - [`via`]: the three ways borg on the client reaches `borg serve` (socket, agent, TCP).
 //! - [`remote`]: the one shell script a pull runs on the client and its reports.
@@ -49,8 +50,10 @@ pub mod exec;
 pub mod forward;
 pub mod identity;
 pub mod incoming;
+pub mod jump;
 pub mod known_hosts;
 pub mod limits;
+mod login;
 pub mod pull;
 pub mod remote;
 pub mod secret;

@@ -32,6 +32,13 @@ pub const CHANNEL_BUFFER: usize = (CHANNEL_WINDOW / MAX_PACKET) as usize;
 /// How long we wait for the TCP connection and the SSH handshake (including host key check).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Most keys of the user's ssh-agent offered when logging in, in the agent's order.
+///
+/// Each refused key costs a round trip and counts against the sshd's `MaxAuthTries` (6 by
+/// default: OpenSSH's own client gets "too many authentication failures" past that too), so more
+/// keys buy nothing; the bound stops an agent listing thousands of keys from holding the login.
+pub const MAX_AGENT_KEYS: usize = 16;
+
 /// Send a keepalive after this long without hearing from the client's sshd.
 ///
 /// Together with [`KEEPALIVE_MAX`] a vanished client ends the run within about a minute

@@ -70,6 +70,8 @@ pub struct PullEnv {
     pub borg_passcommand: Option<OsString>,
     /// `BORG_PULL_IDENTITY_PASSPHRASE`: the identity's passphrase.
     pub identity_passphrase: Option<OsString>,
+    /// `SSH_AUTH_SOCK`: the user's ssh-agent, whose keys are offered when no identity is given.
+    pub ssh_auth_sock: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PullEnv {
@@ -81,13 +83,14 @@ impl std::fmt::Debug for PullEnv {
             .field("borg_passphrase", &redacted(&self.borg_passphrase))
             .field("borg_passcommand", &self.borg_passcommand)
             .field("identity_passphrase", &redacted(&self.identity_passphrase))
+            .field("ssh_auth_sock", &self.ssh_auth_sock)
             .finish()
     }
 }
 
 impl PullEnv {
-    /// Reads HOME, USER/LOGNAME, BORG_PASSPHRASE, BORG_PASSCOMMAND and
-    /// BORG_PULL_IDENTITY_PASSPHRASE from this process's environment.
+    /// Reads HOME, USER/LOGNAME, BORG_PASSPHRASE, BORG_PASSCOMMAND,
+    /// BORG_PULL_IDENTITY_PASSPHRASE and SSH_AUTH_SOCK from this process's environment.
     pub fn from_process() -> Self {
         let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
         Self {
@@ -98,6 +101,7 @@ impl PullEnv {
             borg_passphrase: std::env::var_os("BORG_PASSPHRASE"),
             borg_passcommand: var("BORG_PASSCOMMAND"),
             identity_passphrase: std::env::var_os("BORG_PULL_IDENTITY_PASSPHRASE"),
+            ssh_auth_sock: var("SSH_AUTH_SOCK").map(PathBuf::from),
         }
     }
 
@@ -150,8 +154,8 @@ impl PullOptions {
     }
 
     /// Like [`PullOptions::new`], with the defaults OpenSSH takes from the environment `env`:
-    /// the login user when `destination` names none, `~/.ssh/known_hosts`, `~/.ssh/id_*` and
-    /// the identity passphrase.
+    /// the login user when `destination` names none, `~/.ssh/known_hosts`, `~/.ssh/id_*`, the
+    /// identity passphrase and the ssh-agent.
     pub fn with_env(
         destination: &str,
         repo: impl Into<PathBuf>,
@@ -191,11 +195,13 @@ impl PullOptions {
                     .map(session::default_identities)
                     .unwrap_or_default(),
                 identity_passphrase,
+                agent_socket: env.ssh_auth_sock.clone(),
                 // Checked at connect time, so a caller that sets its own file does not need HOME.
                 known_hosts: ssh_dir.map(|d| d.join("known_hosts")).unwrap_or_default(),
                 accept_new_host_key: false,
                 keepalive_interval: crate::limits::KEEPALIVE_INTERVAL,
                 channel_window: crate::limits::CHANNEL_WINDOW,
+                jump: Vec::new(),
             },
             serve: ServeConfig::new(repo)?,
             relay: "borg-pull-relay".into(),
@@ -615,13 +621,16 @@ mod tests {
         let o = PullOptions::new("u@h", "/r", vec![]).unwrap();
         assert!(o.session.known_hosts.as_os_str().is_empty());
         assert!(o.session.default_identities.is_empty());
+        assert!(o.session.agent_socket.is_none());
         let env = PullEnv {
             home: Some("/home/op".into()),
             user: Some("op".into()),
             identity_passphrase: Some("pw".into()),
+            ssh_auth_sock: Some("/run/agent.sock".into()),
             ..Default::default()
         };
         let o = PullOptions::with_env("h", "/r", vec![], &env).unwrap();
+        assert_eq!(o.session.agent_socket, Some(PathBuf::from("/run/agent.sock")));
         assert_eq!(o.session.user, "op");
         assert_eq!(o.session.known_hosts, PathBuf::from("/home/op/.ssh/known_hosts"));
         assert_eq!(

@@ -1,5 +1,6 @@
-//! Connecting to the client's sshd: TCP, host key verification, public key authentication, and
-//! the [`Session`] through which everything else talks to the client.
+//! Connecting to the client's sshd: TCP (directly or through jump hosts), host key verification,
+//! public key authentication, and the [`Session`] through which everything else talks to the
+//! client.
 //!
 //! This module knows nothing of borg: channels the client's sshd opens are handed to an
 //! [`Incoming`] given at connect time.
@@ -9,18 +10,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client::{self, ChannelOpenHandle, Handle, Msg, Session as RusshSession};
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyBase64};
-use russh::{Channel, ChannelId, Disconnect};
+use russh::keys::{HashAlg, PublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelStream, Disconnect};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tracing::{debug, warn};
 
 use crate::error::HostKeyProblem;
 use crate::exec::Captured;
-use crate::incoming::{Decision, Incoming, TcpOrigin};
+use crate::incoming::{Decision, Incoming, RefuseAll, TcpOrigin};
+use crate::jump::JumpHost;
 use crate::known_hosts::{self, KnownHosts, Verdict};
 use crate::limits::{
     CHANNEL_BUFFER, CONNECT_TIMEOUT, KEEPALIVE_MAX, MAX_PACKET, MAX_REFUSED_CHANNEL_OPENS, REFUSALS_LOGGED,
     REQUEST_TIMEOUT,
 };
+use crate::login::Login;
 use crate::secret_file::SecretString;
 use crate::{Error, Result};
 
@@ -33,11 +38,17 @@ pub struct SessionOptions {
     pub port: u16,
     /// Login user on the client.
     pub user: String,
-    /// Private key file; `None` tries [`default_identities`](Self::default_identities).
+    /// Private key file; `None` tries the keys of the agent at
+    /// [`agent_socket`](Self::agent_socket), then [`default_identities`](Self::default_identities).
     pub identity: Option<PathBuf>,
-    /// Keys tried in order when `identity` is `None` (the first that exists is used); set from
-    /// HOME by [`crate::pull::PullOptions::from_env`]: `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
+    /// Keys tried in order when `identity` is `None` and the agent's keys did not get us in (the
+    /// first that exists is used); set from HOME by [`crate::pull::PullOptions::from_env`]:
+    /// `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
     pub default_identities: Vec<PathBuf>,
+    /// The user's ssh-agent (`SSH_AUTH_SOCK`, set by [`crate::pull::PullOptions::from_env`]): its
+    /// keys are offered first when `identity` is `None` (at most
+    /// [`MAX_AGENT_KEYS`](crate::limits::MAX_AGENT_KEYS)); an unreachable agent is skipped.
+    pub agent_socket: Option<PathBuf>,
     /// Passphrase of an encrypted identity.
     pub identity_passphrase: Option<SecretString>,
     /// The known_hosts file to verify (and, with `accept_new_host_key`, record) host keys.
@@ -51,6 +62,10 @@ pub struct SessionOptions {
     pub keepalive_interval: std::time::Duration,
     /// SSH channel window in bytes ([`crate::limits::CHANNEL_WINDOW`] unless measured otherwise).
     pub channel_window: u32,
+    /// Jump hosts, first hop first (`ssh -J`): each is reached through a `direct-tcpip` channel of
+    /// the one before, its host key verified against `known_hosts` and logged in to with the same
+    /// keys (as its own user, or [`user`](Self::user)).
+    pub jump: Vec<JumpHost>,
 }
 
 impl std::fmt::Debug for SessionOptions {
@@ -69,6 +84,8 @@ impl std::fmt::Debug for SessionOptions {
             .field("accept_new_host_key", &self.accept_new_host_key)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("channel_window", &self.channel_window)
+            .field("agent_socket", &self.agent_socket)
+            .field("jump", &self.jump)
             .finish()
     }
 }
@@ -76,12 +93,15 @@ impl std::fmt::Debug for SessionOptions {
 /// An authenticated SSH connection to the client.
 ///
 /// The russh handle stays inside: callers get the operations a pull needs, each with a deadline
-/// and with errors that name the host.
+/// and with errors that name the host. The connections to the jump hosts it goes through live as
+/// long as it does.
 pub struct Session {
-    handle: Handle<ClientHandler>,
+    pub(crate) handle: Handle<ClientHandler>,
     host: String,
     port: u16,
     ended: EndReason,
+    /// The jump host connections carrying this one, first hop first.
+    hops: Vec<Session>,
 }
 
 /// Why our handler ended the connection (host key refused, oversized packet, channel flood):
@@ -104,14 +124,16 @@ impl Session {
         self.handle.is_closed()
     }
 
-    /// Sends a polite disconnect; errors are ignored (the peer may already be gone).
+    /// The jump hosts this connection goes through (host, port), first hop first.
+    pub fn jump_hosts(&self) -> Vec<(&str, u16)> {
+        self.hops.iter().map(|hop| (hop.host(), hop.port())).collect()
+    }
+
+    /// Sends a polite disconnect, then to the jump hosts, last hop first; errors are ignored (the
+    /// peer may already be gone).
     pub async fn disconnect(&self) {
-        let bye = self.handle.disconnect(Disconnect::ByApplication, "", "en");
-        match tokio::time::timeout(REQUEST_TIMEOUT, bye).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!("disconnect: {e}"),
-            Err(_) => debug!("disconnect: no answer"),
-        }
+        say_goodbye(&self.handle).await;
+        close_hops(&self.hops).await;
     }
 
     /// The error for a failed operation: why our handler ended the connection if it did, a lost
@@ -517,8 +539,12 @@ pub fn client_config(options: &SessionOptions) -> client::Config {
 
 /// Moves the host key algorithms known_hosts records for this host to the front of what we offer,
 /// so the server proves itself with a key we can check (OpenSSH does the same).
-fn prefer_recorded_host_key_types(config: &mut client::Config, options: &SessionOptions) -> Result<()> {
-    let recorded = KnownHosts::read(&options.known_hosts)?.recorded_algorithms(&options.host, options.port);
+fn prefer_recorded_host_key_types(
+    config: &mut client::Config,
+    known_hosts: &Path,
+    target: &Target<'_>,
+) -> Result<()> {
+    let recorded = KnownHosts::read(known_hosts)?.recorded_algorithms(target.host, target.port);
     if recorded.is_empty() {
         return Ok(());
     }
@@ -532,26 +558,6 @@ fn prefer_recorded_host_key_types(config: &mut client::Config, options: &Session
     Ok(())
 }
 
-/// Loads the identity (or the first existing default one).
-fn load_identity(options: &SessionOptions) -> Result<(PathBuf, russh::keys::PrivateKey)> {
-    let path = match &options.identity {
-        Some(p) => p.clone(),
-        None => options
-            .default_identities
-            .iter()
-            .find(|p| p.is_file())
-            .cloned()
-            .ok_or_else(|| Error::NoIdentity {
-                tried: options.default_identities.clone(),
-            })?,
-    };
-    let key = crate::identity::load(
-        &path,
-        options.identity_passphrase.as_ref().map(SecretString::as_str),
-    )?;
-    Ok((path, key))
-}
-
 /// The keys OpenSSH tries by default, in its order, under `home`.
 pub fn default_identities(home: &Path) -> Vec<PathBuf> {
     ["id_ed25519", "id_ecdsa", "id_rsa"]
@@ -560,18 +566,82 @@ pub fn default_identities(home: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Connects, verifies the host key against `known_hosts` and authenticates with the identity.
+/// One host to reach and log in to: a jump host or the client.
+struct Target<'a> {
+    host: &'a str,
+    port: u16,
+    user: &'a str,
+}
+
+/// Connects (through the jump hosts, if any), verifies each host key against `known_hosts` and
+/// logs in to each host with the same keys (see [`SessionOptions::identity`]).
 ///
-/// Channels the server opens are handed to `incoming`; see [`Incoming`].
+/// Channels the client's sshd opens are handed to `incoming`; jump hosts get none (every channel
+/// they open is refused). A failure at a jump host names it: host key failures are the host key
+/// errors for its `host:port`, anything else is [`Error::JumpHost`] or [`Error::JumpConnect`].
 pub async fn connect(options: &SessionOptions, incoming: Arc<dyn Incoming>) -> Result<Session> {
     if options.known_hosts.as_os_str().is_empty() {
         return Err(Error::NoKnownHostsFile);
     }
-    let (identity_path, key) = load_identity(options)?;
+    let mut login = Login::new(options)?;
+    let mut hops: Vec<Session> = Vec::with_capacity(options.jump.len());
+    let mut via = None;
+    for (i, jump) in options.jump.iter().enumerate() {
+        let target = Target {
+            host: &jump.host,
+            port: jump.port,
+            user: jump.user.as_deref().unwrap_or(&options.user),
+        };
+        let next = match options.jump.get(i + 1) {
+            Some(next) => (next.host.as_str(), next.port),
+            None => (options.host.as_str(), options.port),
+        };
+        let hop = async {
+            let hop = reach(options, &target, via.take(), Arc::new(RefuseAll), &mut login).await?;
+            let channel = open_tunnel(&hop, next).await?;
+            Ok::<_, Error>((hop, channel))
+        };
+        match hop.await {
+            Ok((hop, channel)) => {
+                debug!(jump_host = %jump, next = %next.0, next_port = next.1, "tunnel through the jump host open");
+                via = Some(channel.into_stream());
+                hops.push(hop);
+            }
+            Err(e) => {
+                close_hops(&hops).await;
+                return Err(at_jump_host(e, jump));
+            }
+        }
+    }
+    let target = Target {
+        host: &options.host,
+        port: options.port,
+        user: &options.user,
+    };
+    match reach(options, &target, via, incoming, &mut login).await {
+        Ok(mut session) => {
+            session.hops = hops;
+            Ok(session)
+        }
+        Err(e) => {
+            close_hops(&hops).await;
+            Err(e)
+        }
+    }
+}
+
+/// TCP (or the tunnel `via` a jump host), handshake with host key check, login.
+async fn reach(
+    options: &SessionOptions,
+    target: &Target<'_>,
+    via: Option<ChannelStream<Msg>>,
+    incoming: Arc<dyn Incoming>,
+    login: &mut Login<'_>,
+) -> Result<Session> {
     let ended: EndReason = Arc::default();
     let handler = ClientHandler {
-        host: options.host.clone(),
-        port: options.port,
+        host: target.host.to_owned(),
+        port: target.port,
         known_hosts: options.known_hosts.clone(),
         accept_new: options.accept_new_host_key,
         incoming,
@@ -579,27 +649,59 @@ pub async fn connect(options: &SessionOptions, incoming: Arc<dyn Incoming>) -> R
         ended: ended.clone(),
     };
     let mut config = client_config(options);
-    prefer_recorded_host_key_types(&mut config, options)?;
-    let config = Arc::new(config);
-    let addr = (options.host.as_str(), options.port);
+    prefer_recorded_host_key_types(&mut config, &options.known_hosts, target)?;
+    let handle = handshake(target, Arc::new(config), via, handler, &ended).await?;
+    let mut session = Session {
+        handle,
+        host: target.host.to_owned(),
+        port: target.port,
+        ended,
+        hops: Vec::new(),
+    };
+    login.authenticate(&mut session, target.user).await?;
+    debug!(host = %target.host, port = target.port, user = %target.user, "authenticated");
+    Ok(session)
+}
+
+/// The byte stream to the target's sshd: a new TCP connection, or the tunnel through the last jump
+/// host.
+async fn transport(
+    target: &Target<'_>,
+    via: Option<ChannelStream<Msg>>,
+) -> Result<Either<TcpStream, ChannelStream<Msg>>> {
+    if let Some(tunnel) = via {
+        return Ok(Either::Right(tunnel));
+    }
+    let tcp = TcpStream::connect((target.host, target.port))
+        .await
+        .map_err(|source| Error::Connect {
+            host: target.host.to_owned(),
+            port: target.port,
+            source,
+        })?;
+    if let Err(e) = tcp.set_nodelay(true) {
+        warn!("cannot set TCP_NODELAY: {e}");
+    }
+    Ok(Either::Left(tcp))
+}
+
+/// Transport and SSH handshake (host key verified by the handler), within [`CONNECT_TIMEOUT`].
+async fn handshake(
+    target: &Target<'_>,
+    config: Arc<client::Config>,
+    via: Option<ChannelStream<Msg>>,
+    handler: ClientHandler,
+    ended: &EndReason,
+) -> Result<Handle<ClientHandler>> {
     let connecting = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|source| Error::Connect {
-                host: options.host.clone(),
-                port: options.port,
-                source,
-            })?;
-        if let Err(e) = tcp.set_nodelay(true) {
-            warn!("cannot set TCP_NODELAY: {e}");
-        }
-        client::connect_stream(config, tcp, handler).await
+        let stream = transport(target, via).await?;
+        client::connect_stream(config, stream, handler).await
     };
     let handle = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => {
             return Err(Error::ConnectTimeout {
-                host: options.host.clone(),
-                port: options.port,
+                host: target.host.to_owned(),
+                port: target.port,
                 secs: CONNECT_TIMEOUT.as_secs(),
             })
         }
@@ -609,61 +711,66 @@ pub async fn connect(options: &SessionOptions, incoming: Arc<dyn Incoming>) -> R
     if let Some(e) = ended.lock().expect("not poisoned").take() {
         return Err(e);
     }
-    let mut session = Session {
-        handle,
-        host: options.host.clone(),
-        port: options.port,
-        ended,
-    };
-    let auth = authenticate(&mut session, options, &identity_path, key);
-    match tokio::time::timeout(REQUEST_TIMEOUT, auth).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(Error::NoAnswer {
-                host: options.host.clone(),
-                port: options.port,
-                what: "public key authentication",
-                secs: REQUEST_TIMEOUT.as_secs(),
-            })
-        }
-    }
-    debug!(host = %options.host, port = options.port, user = %options.user, "authenticated");
-    Ok(session)
+    Ok(handle)
 }
 
-async fn authenticate(
-    session: &mut Session,
-    options: &SessionOptions,
-    identity: &Path,
-    key: russh::keys::PrivateKey,
-) -> Result<()> {
-    let hash = if key.algorithm().is_rsa() {
-        session
-            .handle
-            .best_supported_rsa_hash()
-            .await
-            .map_err(|e| session.failure("negotiating the RSA signature hash", e))?
-            // `None`: the server did not say (no ext-info); rsa-sha2-512 is what OpenSSH prefers.
-            .unwrap_or(Some(HashAlg::Sha512))
-    } else {
-        None
+/// Asks the jump host `hop` for a `direct-tcpip` channel to `next`, the next hop's sshd.
+async fn open_tunnel(hop: &Session, (host, port): (&str, u16)) -> Result<Channel<Msg>> {
+    let refused = |reason: String| Error::JumpConnect {
+        host: hop.host().to_owned(),
+        port: hop.port(),
+        target_host: host.to_owned(),
+        target_port: port,
+        reason,
     };
-    debug!(identity = %identity.display(), key = %key.public_key().public_key_base64(), "authenticating");
-    let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-    let result = session
-        .handle
-        .authenticate_publickey(options.user.clone(), key)
-        .await
-        .map_err(|e| session.failure("public key authentication", e))?;
-    if result.success() {
-        Ok(())
-    } else {
-        Err(Error::AuthFailed {
-            user: options.user.clone(),
-            host: options.host.clone(),
-            port: options.port,
-            identity: identity.to_owned(),
-        })
+    match hop.direct_tcpip(host, u32::from(port), ("127.0.0.1", 0)).await {
+        Err(Error::Ssh {
+            source: russh::Error::ChannelOpenFailure(failure),
+            ..
+        }) => Err(refused(match failure {
+            ChannelOpenFailure::ConnectFailed => "connection failed".into(),
+            ChannelOpenFailure::AdministrativelyProhibited => "administratively prohibited".into(),
+            other => format!("{other:?}"),
+        })),
+        Err(Error::RequestDenied { .. }) => Err(refused("request denied".into())),
+        other => other,
+    }
+}
+
+/// `e`, from the jump host `jump`, said to be from there unless it already names it (host key
+/// and known_hosts failures, [`Error::JumpConnect`]) or is about our own key files.
+fn at_jump_host(e: Error, jump: &JumpHost) -> Error {
+    match e {
+        Error::Connect { .. }
+        | Error::ConnectTimeout { .. }
+        | Error::AuthFailed { .. }
+        | Error::NoAnswer { .. }
+        | Error::ConnectionLost { .. }
+        | Error::Ssh { .. }
+        | Error::RequestDenied { .. }
+        | Error::OversizedPacket { .. }
+        | Error::ChannelOpenFlood { .. } => Error::JumpHost {
+            host: jump.host.clone(),
+            port: jump.port,
+            source: Box::new(e),
+        },
+        e => e,
+    }
+}
+
+async fn say_goodbye(handle: &Handle<ClientHandler>) {
+    let bye = handle.disconnect(Disconnect::ByApplication, "", "en");
+    match tokio::time::timeout(REQUEST_TIMEOUT, bye).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!("disconnect: {e}"),
+        Err(_) => debug!("disconnect: no answer"),
+    }
+}
+
+/// Disconnects from the jump hosts, last hop first.
+async fn close_hops(hops: &[Session]) {
+    for hop in hops.iter().rev() {
+        say_goodbye(&hop.handle).await;
     }
 }
 
@@ -681,6 +788,37 @@ mod tests {
             refused: 0,
             ended: Arc::default(),
         }
+    }
+
+    #[test]
+    fn jump_host_failures_name_the_hop_but_host_key_failures_stay_what_they_are() {
+        let hop = JumpHost::parse("ops@bastion:2222").unwrap();
+        let refused = Error::Connect {
+            host: "bastion".into(),
+            port: 2222,
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        let wrapped = at_jump_host(refused, &hop);
+        assert!(
+            matches!(&wrapped, Error::JumpHost { host, port: 2222, source } if host == "bastion" && matches!(**source, Error::Connect { .. })),
+            "{wrapped:?}"
+        );
+        assert!(
+            wrapped
+                .to_string()
+                .starts_with("jump host bastion port 2222: cannot connect"),
+            "{wrapped}"
+        );
+        let unknown = at_jump_host(Error::UnknownHostKey(handler().problem(None)), &hop);
+        assert!(unknown.is_host_key(), "{unknown:?}");
+        let no_key = at_jump_host(
+            Error::NoIdentity {
+                tried: vec![],
+                agent: None,
+            },
+            &hop,
+        );
+        assert!(matches!(no_key, Error::NoIdentity { .. }), "{no_key:?}");
     }
 
     // russh's own server never sends channel data above our maximum packet, so no peer in the

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use borg_pull_cli::exit::{self, Code};
 use borg_pull_cli::{hint, signals};
 use borg_pull_core::ServeConfig;
+use borg_pull_tunnel::jump::JumpHost;
 use borg_pull_tunnel::pull::{pull, AgentKey, PullEnv, PullOptions, ServerLogin, Via};
 use borg_pull_tunnel::secret::Passphrase;
 use borg_pull_tunnel::{Error, SecretKind};
@@ -49,8 +50,8 @@ pub struct PullArgs {
     #[arg(short = 'p', long, default_value_t = 22)]
     port: u16,
 
-    /// Private key to log in with (ed25519, ecdsa or rsa; default ~/.ssh/id_ed25519, id_ecdsa,
-    /// id_rsa). An encrypted key takes its passphrase from --identity-passphrase-file or the
+    /// Private key to log in with (ed25519, ecdsa or rsa; default: the ssh-agent's keys at
+    /// SSH_AUTH_SOCK, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa). An encrypted key takes its passphrase from --identity-passphrase-file or the
     /// BORG_PULL_IDENTITY_PASSPHRASE environment variable, never from the command line.
     #[arg(short = 'i', long, value_name = "FILE")]
     identity: Option<PathBuf>,
@@ -172,6 +173,14 @@ pub struct PullArgs {
     /// Arguments for borg on the client, after `--`, e.g. `create --stats ::NAME /etc`.
     #[arg(last = true, required = true, value_name = "BORG_ARGS")]
     borg_args: Vec<OsString>,
+
+    /// Reach the client through this jump host (like ssh -J): repeatable or comma-separated,
+    /// first hop first. Each jump host's key is checked against the same known_hosts and it is
+    /// logged in to with the same key or agent, as USER or the client's login user; the client is
+    /// then reached through a direct-tcpip channel (the jump host's sshd must allow TCP
+    /// forwarding).
+    #[arg(short = 'J', long = "jump", value_name = "[USER@]HOST[:PORT]", value_delimiter = ',', value_parser = parse_jump)]
+    jump: Vec<JumpHost>,
 }
 
 /// `--via`.
@@ -238,6 +247,10 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+fn parse_jump(s: &str) -> Result<JumpHost, String> {
+    JumpHost::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, value)) if borg_pull_tunnel::exec::is_env_name(name) => {
@@ -285,6 +298,7 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     let mut options = PullOptions::with_env(&args.destination, &args.repo, args.borg_args, &env)?;
     options.session.port = args.port;
     options.session.identity = args.identity;
+    options.session.jump = args.jump;
     options.session.accept_new_host_key = args.accept_new_host_key;
     options.session.keepalive_interval = std::time::Duration::from_secs(args.keepalive);
     options.max_runtime = args.max_runtime;
@@ -325,6 +339,8 @@ fn exit_code(e: &Error) -> Code {
         Error::Serve(
             borg_pull_core::Error::BorgNotFound { .. } | borg_pull_core::Error::SpawnBorg { .. },
         ) => exit::BORG_UNAVAILABLE,
+        Error::JumpHost { source, .. } => exit_code(source),
+        Error::JumpConnect { .. } => exit::CONNECT,
         e if e.is_host_key() => exit::HOST_KEY,
         Error::KnownHostsIo { .. } => exit::HOST_KEY,
         Error::SecretFileTooOpen {
