@@ -52,7 +52,7 @@ pub const BORG_UNAVAILABLE: Code = Code {
 /// The operating system refused (bind, socket passed by systemd, signal set-up).
 pub const OS_ERROR: Code = Code {
     code: 204,
-    meaning: "operating system error (bind, socket passed by systemd, signal set-up; in authorize: \
+    meaning: "operating system error (bind, socket passed by systemd, signal set-up; in authorize and pull --ephemeral-key: \
               the authorized_keys file cannot be read or written, or is unsafe to edit)",
 };
 /// The listener's socket cannot be created safely.
@@ -151,6 +151,7 @@ pub const PULL: &[Code] = &[
     FAILURE,
     INTERRUPTED,
     BORG_UNAVAILABLE,
+    OS_ERROR,
     HOST_KEY,
     AUTH,
     PASSPHRASE,

@@ -997,8 +997,12 @@ fn real_borg_serve_environment_has_no_secrets() {
     let mut server = Spawned::spawn(cmd, t.join("server.log"));
     server.wait_for_log("listening");
     let _idle = UnixStream::connect(&socket).unwrap();
+    // Until it has exec'd, the forked child still has our environment: wait for borg's argv.
     wait_until("the session's borg serve", || {
-        children_of(server.pid()).len() == 1
+        let children = children_of(server.pid());
+        children.len() == 1
+            && fs::read(format!("/proc/{}/cmdline", children[0]))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"serve"))
     });
     let serve_pid = children_of(server.pid())[0];
     let environ = fs::read(format!("/proc/{serve_pid}/environ")).unwrap();

@@ -62,6 +62,10 @@ impl Fixture {
                 w = work.display()
             ),
         );
+        // A key the client's user may try to add to the forwarded agent (ssh-add wants it 0600
+        // and its own).
+        let other_key = work.join("other_key");
+        keygen(&other_key);
         let client_borg = d.join("client-borg");
         let askpass = d.join("askpass");
         script(&askpass, "echo lockpw\n");
@@ -70,13 +74,14 @@ impl Fixture {
             &client_borg,
             &format!(
                 "w='{w}'\nprintf '%s\\n' \"$SSH_AUTH_SOCK\" >\"$w/agent-sock\"\n\
-                 {{ ssh-add -D; echo \"D=$?\"; ssh-add -d '{key}.pub'; echo \"d=$?\"; \
+                 {{ ssh-add '{other}'; echo \"a=$?\"; ssh-add -D; echo \"D=$?\"; ssh-add -d '{key}.pub'; echo \"d=$?\"; \
                  SSH_ASKPASS='{askpass}' SSH_ASKPASS_REQUIRE=force ssh-add -x; echo \"x=$?\"; \
                  ssh-add -l; echo \"l=$?\"; }} </dev/null >\"$w/agent-checks\" 2>&1\n\
                  n=0; while [ -e \"$w/hold\" ] && [ $n -lt 600 ]; do : >\"$w/started\"; sleep 0.1; n=$((n+1)); done\n\
                  exec borg \"$@\"\n",
                 w = work.display(),
                 key = agent_key.display(),
+                other = other_key.display(),
                 askpass = askpass.display(),
             ),
         );
@@ -294,9 +299,9 @@ fn agent_method_backs_up_through_the_forced_command_with_the_agent_key() {
         "sshd did not log the agent key {}:\n{log}",
         f.agent_fingerprint()
     );
-    // The forwarded agent listed the key and refused remove-all, remove and lock.
+    // The forwarded agent listed the key and refused add, remove-all, remove and lock.
     let checks = f.work_file("agent-checks");
-    for refused in ["D=1", "d=1", "x=1"] {
+    for refused in ["a=1", "D=1", "d=1", "x=1"] {
         assert!(checks.contains(refused), "{refused} missing in:\n{checks}");
     }
     assert!(
@@ -537,6 +542,33 @@ fn via_options_are_checked_before_connecting() {
     f.assert_code(200);
     assert!(
         f.stderr_text().contains("/nonexistent/key.pub"),
+        "{}",
+        f.describe()
+    );
+    // A quota pull cannot enforce (the forced command runs borg serve) is refused, not ignored.
+    let f = TestCommand::new(server_bin())
+        .args([
+            "pull",
+            "--via",
+            "agent",
+            "--agent-key",
+            "/k",
+            "--server-ssh",
+            "u@h",
+        ])
+        .args([
+            "--storage-quota",
+            "1G",
+            "--repo",
+            "/r",
+            "u@127.0.0.1",
+            "--",
+            "list",
+        ])
+        .output();
+    f.assert_code(200);
+    assert!(
+        f.stderr_text().contains("--storage-quota needs --via socket"),
         "{}",
         f.describe()
     );

@@ -200,6 +200,13 @@ fn via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
         }
         return Ok(Via::Socket);
     }
+    if args.storage_quota.is_some() {
+        // pull does not run borg serve in these methods: the forced command does.
+        return usage(
+            "--storage-quota needs --via socket; with --via agent or tcp the server's forced command \
+             runs borg serve (add --storage-quota to it in authorized_keys)",
+        );
+    }
     let Some(server) = &args.server_ssh else {
         return usage("--via agent and --via tcp need --server-ssh USER@HOST[:PORT] (the server's sshd)");
     };
@@ -354,7 +361,12 @@ fn exit_code(e: &Error) -> Code {
         | Error::AuthFailed { .. } => exit::AUTH,
         Error::Passphrase(_) => exit::PASSPHRASE,
         Error::Connect { .. } | Error::ConnectTimeout { .. } => exit::CONNECT,
-        Error::ServerHostKey { .. } => exit::USAGE,
+        Error::ServerHostKey { .. } | Error::ForcedCommandInvalid { .. } => exit::USAGE,
+        // --ephemeral-key: the server user's authorized_keys cannot be edited safely.
+        Error::AuthorizedKeysIo { .. }
+        | Error::AuthorizedKeysUnsafe { .. }
+        | Error::AuthorizedKeysConflict { .. }
+        | Error::Io { .. } => exit::OS_ERROR,
         Error::ForwardDenied { .. }
         | Error::TcpForwardDenied { .. }
         | Error::AgentNotForwarded { .. }
