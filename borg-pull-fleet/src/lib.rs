@@ -1,0 +1,20 @@
+//! borg-pull for a fleet: many clients from one TOML config, pulled N at a time by one process,
+//! with retention, checks and status handled on the server (which owns the repositories; the
+//! clients' `borg serve` stays append-only).
+//!
+//! - [`config`]: the config file (`[defaults]` + `[[client]]`), validated with file, line and key
+//!   in every error; `~/.ssh/config` aliases.
+//! - [`run`]: pulling the clients N at a time, output prefixed per client, the summary.
+//! - [`retention`]: `prune`, `compact` and `check` on the server after a successful create.
+//! - [`state`]: the last run's result per client, kept on the server.
+//! - [`status`]: newest archive and its age per client, read from the repositories only.
+//! - [`metrics`]: the node_exporter textfile (written atomically).
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod metrics;
+pub mod retention;
+pub mod run;
+pub mod state;
+pub mod status;
