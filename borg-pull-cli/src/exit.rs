@@ -92,7 +92,8 @@ pub const CLIENT_SETUP: Code = Code {
     code: 214,
     meaning: "the client's sshd refused the UNIX socket or TCP forward or agent forwarding, the \
               relay, ssh or borg is missing on the client, or setting up the private directory \
-              there failed",
+              there failed (restore-tar: tar cannot run on the client, or the directory is missing \
+              or not writable)",
 };
 /// The connection to the client was lost (keepalives unanswered).
 pub const CONNECTION_LOST: Code = Code {
@@ -109,7 +110,8 @@ pub const CLIENT_MISBEHAVED: Code = Code {
 /// borg on the client ran past --max-runtime; it was stopped and everything cleaned up.
 pub const MAX_RUNTIME: Code = Code {
     code: 217,
-    meaning: "borg on the client ran longer than --max-runtime; it was stopped and cleaned up",
+    meaning: "borg on the client (restore-tar: the stream into tar) ran longer than --max-runtime; \
+              it was stopped and cleaned up",
 };
 /// Every failure of `borg-pull-relay`, as ssh(1) uses for connection errors.
 pub const RELAY_FAILURE: Code = Code {
@@ -147,6 +149,23 @@ pub const ALL: &[Code] = &[
 
 /// The codes `borg-pull-server pull` can exit with (besides borg's own).
 pub const PULL: &[Code] = &[
+    USAGE,
+    FAILURE,
+    INTERRUPTED,
+    BORG_UNAVAILABLE,
+    OS_ERROR,
+    HOST_KEY,
+    AUTH,
+    PASSPHRASE,
+    CONNECT,
+    CLIENT_SETUP,
+    CONNECTION_LOST,
+    CLIENT_MISBEHAVED,
+    MAX_RUNTIME,
+];
+
+/// The codes `borg-pull-server restore-tar` can exit with (besides borg's and tar's own).
+pub const RESTORE: &[Code] = &[
     USAGE,
     FAILURE,
     INTERRUPTED,
@@ -218,7 +237,7 @@ mod tests {
 
     #[test]
     fn help_lists_exactly_the_table() {
-        for table in [PULL, LISTEN, RELAY, AUTHORIZE, ALL] {
+        for table in [PULL, RESTORE, LISTEN, RELAY, AUTHORIZE, ALL] {
             let listed = codes_in(&lines(table));
             let expected: Vec<u8> = table.iter().map(|c| c.code).collect();
             assert_eq!(listed, expected, "{}", lines(table));
@@ -227,7 +246,13 @@ mod tests {
 
     #[test]
     fn every_subcommand_code_is_in_the_table() {
-        for code in PULL.iter().chain(LISTEN).chain(RELAY).chain(AUTHORIZE) {
+        for code in PULL
+            .iter()
+            .chain(RESTORE)
+            .chain(LISTEN)
+            .chain(RELAY)
+            .chain(AUTHORIZE)
+        {
             assert!(ALL.contains(code), "{code:?} missing from ALL");
         }
     }

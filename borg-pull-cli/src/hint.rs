@@ -76,6 +76,7 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
                 borg_pull_tunnel::RemoteProgram::Relay => "--relay",
                 borg_pull_tunnel::RemoteProgram::Borg => "--remote-borg",
                 borg_pull_tunnel::RemoteProgram::Ssh => "--remote-ssh",
+                borg_pull_tunnel::RemoteProgram::Tar => "--remote-tar",
             };
             Some(Hint::new(
                 option,
@@ -90,7 +91,7 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "--via",
             "or use --via socket or --via agent, which need no TCP forwarding on the client",
         )),
-        E::MaxRuntime { .. } => Some(Hint::new(
+        E::MaxRuntime { .. } | E::RestoreMaxRuntime { .. } => Some(Hint::new(
             "--max-runtime",
             "raise --max-runtime if the run needs longer",
         )),

@@ -454,6 +454,37 @@ pub enum Error {
         secs: u64,
     },
 
+    /// A restore's target directory on the client cannot be used (checked before anything streams).
+    #[error("cannot restore into {dir:?} on the client {host}: {why}")]
+    RemoteDirUnusable {
+        /// The directory as given.
+        dir: String,
+        /// Host as given.
+        host: String,
+        /// What the client's shell found: missing, not a directory, not writable or searchable.
+        why: String,
+    },
+
+    /// A restore ran longer than its maximum time; borg export-tar was stopped, tar on the client
+    /// hung up on, and the connection closed.
+    #[error(
+        "the restore to {host} was still running after the maximum run time of {secs} s; borg \
+         export-tar was stopped and tar on the client hung up on (the directory may hold a partial restore)"
+    )]
+    RestoreMaxRuntime {
+        /// Host as given.
+        host: String,
+        /// The limit.
+        secs: u64,
+    },
+
+    /// tar's channel closed without an exit status.
+    #[error("tar on the client {host} ended without reporting an exit status")]
+    TarNoExitStatus {
+        /// Host as given.
+        host: String,
+    },
+
     /// The client's sshd refused to listen on our socket path.
     #[error("the ssh server {host} port {port} refused to forward UNIX socket {path}: {cause}")]
     ForwardDenied {
@@ -581,6 +612,8 @@ pub enum RemoteProgram {
     Borg,
     /// The client's OpenSSH `ssh` (the agent and TCP methods).
     Ssh,
+    /// `tar`, which unpacks a restore on the client (`restore-tar`).
+    Tar,
 }
 
 impl std::fmt::Display for RemoteProgram {
@@ -589,6 +622,7 @@ impl std::fmt::Display for RemoteProgram {
             RemoteProgram::Relay => "relay",
             RemoteProgram::Borg => "borg",
             RemoteProgram::Ssh => "ssh",
+            RemoteProgram::Tar => "tar",
         })
     }
 }

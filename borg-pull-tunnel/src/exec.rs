@@ -91,7 +91,7 @@ impl RemoteExit {
     }
 }
 
-fn signal_name(sig: &Sig) -> String {
+pub(crate) fn signal_name(sig: &Sig) -> String {
     match sig {
         Sig::ABRT => "ABRT".into(),
         Sig::ALRM => "ALRM".into(),

@@ -11,6 +11,7 @@
 //! - [`incoming`]: what happens to channels the client's sshd opens (one method per kind).
 //! - [`via`]: the three ways borg on the client reaches `borg serve` (socket, agent, TCP).
 //! - [`remote`]: the one shell script a pull runs on the client and its reports.
+//! - [`restore`]: `restore-tar`: borg export-tar here, streamed into `tar -x` on the client.
 //! - [`secret`]: the repository passphrase, its sources and zeroing.
 //! - [`identity`]: loading the private key (with a work-around for ssh-key's short ECDSA scalars).
 //! - [`known_hosts`]: OpenSSH known_hosts matching (plain, `[host]:port`, hashed, wildcards,
@@ -56,6 +57,7 @@ pub mod limits;
 mod login;
 pub mod pull;
 pub mod remote;
+pub mod restore;
 pub mod secret;
 pub mod secret_file;
 pub mod session;

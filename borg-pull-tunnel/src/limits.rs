@@ -143,3 +143,15 @@ pub const MAX_AGENT_CHANNELS: usize = 4;
 /// A handful of logins per run is normal (borg reconnects a few times at most); a client that
 /// keeps opening agent channels would otherwise keep the server signing for the whole run.
 pub const MAX_AGENT_CHANNELS_TOTAL: u64 = 256;
+
+/// `restore-tar`: the buffer borg export-tar's stdout is read into before it goes to the channel.
+///
+/// Two packets of [`MAX_PACKET`]: russh cuts writes into packets and awaits the client's window
+/// for each, so a larger buffer only holds more of the archive in memory, and a smaller one costs
+/// a system call per packet. With the channel's queue ([`CHANNEL_BUFFER`] messages, shared with
+/// every channel) this bounds what a restore holds, whatever the archive's size.
+pub const RESTORE_READ_BUFFER: usize = 2 * MAX_PACKET as usize;
+
+/// `restore-tar`: after tar on the client ended early, how long borg export-tar gets to exit on
+/// its own (SIGTERM, and its stdout closed, so it releases the repository lock) before SIGKILL.
+pub const BORG_STOP_GRACE: Duration = Duration::from_secs(5);

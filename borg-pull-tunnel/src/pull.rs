@@ -115,6 +115,53 @@ impl PullEnv {
     }
 }
 
+/// How to reach `destination` (`[USER@]HOST`) with the defaults OpenSSH takes from `env`: the
+/// login user when `destination` names none, `~/.ssh/known_hosts`, `~/.ssh/id_*`, the identity
+/// passphrase and the ssh-agent; port 22. Shared by [`PullOptions::with_env`] and
+/// [`crate::restore::RestoreOptions::with_env`].
+pub fn session_options(destination: &str, env: &PullEnv) -> Result<SessionOptions> {
+    let (user, host) = match destination.rsplit_once('@') {
+        Some((user, host)) => (user.to_owned(), host.to_owned()),
+        None => (
+            env.user
+                .clone()
+                .ok_or_else(|| Error::InvalidOption("no login user: write USER@HOST".into()))?,
+            destination.to_owned(),
+        ),
+    };
+    if host.is_empty() || user.is_empty() {
+        return Err(Error::InvalidOption(format!(
+            "{destination:?} is not [USER@]HOST"
+        )));
+    }
+    let ssh_dir = env.home.as_ref().map(|home| home.join(".ssh"));
+    let identity_passphrase = match &env.identity_passphrase {
+        Some(p) => Some(SecretString::new(p.clone().into_string().map_err(|_| {
+            Error::InvalidOption("the identity passphrase is not valid UTF-8".into())
+        })?)),
+        None => None,
+    };
+    Ok(SessionOptions {
+        host,
+        port: 22,
+        user,
+        identity: None,
+        default_identities: env
+            .home
+            .as_deref()
+            .map(session::default_identities)
+            .unwrap_or_default(),
+        identity_passphrase,
+        agent_socket: env.ssh_auth_sock.clone(),
+        // Checked at connect time, so a caller that sets its own file does not need HOME.
+        known_hosts: ssh_dir.map(|d| d.join("known_hosts")).unwrap_or_default(),
+        accept_new_host_key: false,
+        keepalive_interval: crate::limits::KEEPALIVE_INTERVAL,
+        channel_window: crate::limits::CHANNEL_WINDOW,
+        jump: Vec::new(),
+    })
+}
+
 /// Everything one pull needs.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -162,47 +209,8 @@ impl PullOptions {
         borg_args: Vec<OsString>,
         env: &PullEnv,
     ) -> Result<Self> {
-        let (user, host) = match destination.rsplit_once('@') {
-            Some((user, host)) => (user.to_owned(), host.to_owned()),
-            None => (
-                env.user
-                    .clone()
-                    .ok_or_else(|| Error::InvalidOption("no login user: write USER@HOST".into()))?,
-                destination.to_owned(),
-            ),
-        };
-        if host.is_empty() || user.is_empty() {
-            return Err(Error::InvalidOption(format!(
-                "{destination:?} is not [USER@]HOST"
-            )));
-        }
-        let ssh_dir = env.home.as_ref().map(|home| home.join(".ssh"));
-        let identity_passphrase = match &env.identity_passphrase {
-            Some(p) => Some(SecretString::new(p.clone().into_string().map_err(|_| {
-                Error::InvalidOption("the identity passphrase is not valid UTF-8".into())
-            })?)),
-            None => None,
-        };
         Ok(Self {
-            session: SessionOptions {
-                host,
-                port: 22,
-                user,
-                identity: None,
-                default_identities: env
-                    .home
-                    .as_deref()
-                    .map(session::default_identities)
-                    .unwrap_or_default(),
-                identity_passphrase,
-                agent_socket: env.ssh_auth_sock.clone(),
-                // Checked at connect time, so a caller that sets its own file does not need HOME.
-                known_hosts: ssh_dir.map(|d| d.join("known_hosts")).unwrap_or_default(),
-                accept_new_host_key: false,
-                keepalive_interval: crate::limits::KEEPALIVE_INTERVAL,
-                channel_window: crate::limits::CHANNEL_WINDOW,
-                jump: Vec::new(),
-            },
+            session: session_options(destination, env)?,
             serve: ServeConfig::new(repo)?,
             relay: "borg-pull-relay".into(),
             remote_borg: "borg".into(),
@@ -501,7 +509,8 @@ impl Run<'_> {
             (RemoteProgram::Relay, _) => &self.options.relay,
             (RemoteProgram::Borg, _) => &self.options.remote_borg,
             (RemoteProgram::Ssh, Some(login)) => &login.ssh,
-            (RemoteProgram::Ssh, None) => &self.options.relay,
+            // pull runs no tar: never reported.
+            (RemoteProgram::Ssh, None) | (RemoteProgram::Tar, _) => &self.options.relay,
         };
         Err(Error::RemoteProgramMissing {
             program: program.to_string_lossy().into_owned(),

@@ -12,8 +12,10 @@ use borg_pull_cli::{hint, runtime};
 use clap::{ArgAction, Parser, Subcommand};
 
 mod authorize;
+mod connect_args;
 mod listen;
 mod pull;
+mod restore_tar;
 
 /// Exit codes of `listen`, shown in its `--help`.
 fn listen_after_help() -> String {
@@ -67,6 +69,9 @@ enum Command {
     /// Back up a client: log in over SSH, forward a private socket there, run borg on it.
     #[command(after_help = pull::after_help())]
     Pull(Box<pull::PullArgs>),
+    /// Restore an archive to a client without borg there: borg export-tar here, tar -x there.
+    #[command(after_help = restore_tar::after_help())]
+    RestoreTar(Box<restore_tar::RestoreTarArgs>),
     /// Print (or --install) the authorized_keys line that limits a key to `borg serve` of one
     /// repository.
     #[command(after_help = authorize::after_help())]
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Listen(args) => finish(listen::run(args)),
         Command::Pull(args) => pull::run(*args),
+        Command::RestoreTar(args) => restore_tar::run(*args),
         Command::Authorize(args) => authorize::run(args),
     }
 }
@@ -176,7 +182,11 @@ mod tests {
     /// Every code in the help text is in the table, and every code of the table is in the help.
     #[test]
     fn help_lists_exactly_the_tables() {
-        for (sub, table) in [("listen", exit::LISTEN), ("pull", exit::PULL)] {
+        for (sub, table) in [
+            ("listen", exit::LISTEN),
+            ("pull", exit::PULL),
+            ("restore-tar", exit::RESTORE),
+        ] {
             let table: Vec<u8> = table.iter().map(|c| c.code).collect();
             assert_eq!(codes_in_help(sub), table, "{sub} --help");
         }

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use borg_pull_cli::exit::{self, Code};
 use borg_pull_cli::{hint, signals};
 use borg_pull_core::ServeConfig;
-use borg_pull_tunnel::jump::JumpHost;
 use borg_pull_tunnel::pull::{pull, AgentKey, PullEnv, PullOptions, ServerLogin, Via};
 use borg_pull_tunnel::secret::Passphrase;
 use borg_pull_tunnel::{Error, SecretKind};
+
+use crate::connect_args::ConnectArgs;
 
 /// Exit codes of `pull` (from the shared table) and what the client needs, shown in its `--help`.
 pub fn after_help() -> String {
@@ -46,40 +47,8 @@ Logging goes to stderr; {var} (e.g. {var}=debug) overrides -v.",
 /// '::{hostname}-{now}' /etc`.
 #[derive(Debug, clap::Args)]
 pub struct PullArgs {
-    /// The client's sshd port.
-    #[arg(short = 'p', long, default_value_t = 22)]
-    port: u16,
-
-    /// Private key to log in with (ed25519, ecdsa or rsa; default: the ssh-agent's keys at
-    /// SSH_AUTH_SOCK, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa). An encrypted key takes its passphrase from --identity-passphrase-file or the
-    /// BORG_PULL_IDENTITY_PASSPHRASE environment variable, never from the command line.
-    #[arg(short = 'i', long, value_name = "FILE")]
-    identity: Option<PathBuf>,
-
-    /// File holding the identity's passphrase (first line).
-    #[arg(long, value_name = "FILE")]
-    identity_passphrase_file: Option<PathBuf>,
-
-    /// known_hosts file used to verify the client's host key (default ~/.ssh/known_hosts).
-    #[arg(long, value_name = "FILE")]
-    known_hosts: Option<PathBuf>,
-
-    /// Record the host key of a client not yet in known_hosts (like StrictHostKeyChecking
-    /// accept-new); a changed key is still refused.
-    #[arg(long)]
-    accept_new_host_key: bool,
-
-    /// Seconds without traffic from the client before a keepalive is sent; after 3 unanswered
-    /// ones the client counts as dead and the run ends (exit 215). Like ssh's ServerAliveInterval.
-    #[arg(long, value_name = "SECS", default_value_t = borg_pull_tunnel::limits::KEEPALIVE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
-    keepalive: u64,
-
-    /// The longest borg may run on the client, e.g. `90m`, `12h`, `2d` or seconds. Then borg is
-    /// stopped (SIGINT, then its channel closed), everything is cleaned up and pull exits 217,
-    /// so a client that stays connected but never finishes cannot hold `borg serve` and the
-    /// repository lock for ever.
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
-    max_runtime: std::time::Duration,
+    #[command(flatten)]
+    connect: ConnectArgs,
 
     /// The borg-pull-relay program on the client (looked up on the client's PATH by default).
     #[arg(long, value_name = "PATH", default_value = "borg-pull-relay")]
@@ -173,14 +142,6 @@ pub struct PullArgs {
     /// Arguments for borg on the client, after `--`, e.g. `create --stats ::NAME /etc`.
     #[arg(last = true, required = true, value_name = "BORG_ARGS")]
     borg_args: Vec<OsString>,
-
-    /// Reach the client through this jump host (like ssh -J): repeatable or comma-separated,
-    /// first hop first. Each jump host's key is checked against the same known_hosts and it is
-    /// logged in to with the same key or agent, as USER or the client's login user; the client is
-    /// then reached through a direct-tcpip channel (the jump host's sshd must allow TCP
-    /// forwarding).
-    #[arg(short = 'J', long = "jump", value_name = "[USER@]HOST[:PORT]", value_delimiter = ',', value_parser = parse_jump)]
-    jump: Vec<JumpHost>,
 }
 
 /// `--via`.
@@ -230,34 +191,6 @@ fn via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
     })
 }
 
-/// `N`, `Ns`, `Nm`, `Nh` or `Nd` with N > 0.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => s.split_at(at),
-        None => (s, "s"),
-    };
-    let seconds_per = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: expected a number with s, m, h or d, e.g. 12h")),
-    };
-    match digits.parse::<u64>() {
-        Ok(n) if n > 0 => n
-            .checked_mul(seconds_per)
-            .map(std::time::Duration::from_secs)
-            .ok_or_else(|| format!("{s:?} is too long")),
-        _ => Err(format!(
-            "{s:?}: expected a number above 0 with s, m, h or d, e.g. 12h"
-        )),
-    }
-}
-
-fn parse_jump(s: &str) -> Result<JumpHost, String> {
-    JumpHost::parse(s).map_err(|e| e.to_string())
-}
-
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, value)) if borg_pull_tunnel::exec::is_env_name(name) => {
@@ -303,19 +236,8 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     let env = PullEnv::from_process();
     let via = via(&args, &env)?;
     let mut options = PullOptions::with_env(&args.destination, &args.repo, args.borg_args, &env)?;
-    options.session.port = args.port;
-    options.session.identity = args.identity;
-    options.session.jump = args.jump;
-    options.session.accept_new_host_key = args.accept_new_host_key;
-    options.session.keepalive_interval = std::time::Duration::from_secs(args.keepalive);
-    options.max_runtime = args.max_runtime;
-    if let Some(kh) = args.known_hosts {
-        options.session.known_hosts = kh;
-    }
-    if let Some(path) = args.identity_passphrase_file {
-        let line = borg_pull_tunnel::secret_file::read_secret_line(&path, SecretKind::IdentityPassphrase)?;
-        options.session.identity_passphrase = Some(line.into());
-    }
+    options.max_runtime = args.connect.max_runtime;
+    args.connect.apply(&mut options.session)?;
     options.relay = args.relay;
     options.remote_borg = args.remote_borg;
     options.remote_dir = args.remote_dir;
@@ -338,8 +260,8 @@ const SIGNAL_MESSAGES: signals::Messages = signals::Messages {
     second: "exiting at once",
 };
 
-/// Our own failures map to codes 200 and up (see [`exit::PULL`]).
-fn exit_code(e: &Error) -> Code {
+/// Our own failures map to codes 200 and up (see [`exit::PULL`]); `restore-tar` uses the same.
+pub(crate) fn exit_code(e: &Error) -> Code {
     match e {
         Error::InvalidOption(_) | Error::NulInArgument(_) => exit::USAGE,
         Error::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => exit::USAGE,
@@ -371,6 +293,7 @@ fn exit_code(e: &Error) -> Code {
         | Error::TcpForwardDenied { .. }
         | Error::AgentNotForwarded { .. }
         | Error::RemoteProgramMissing { .. }
+        | Error::RemoteDirUnusable { .. }
         | Error::RemoteHelper { .. }
         | Error::RemoteHelperTimeout { .. } => exit::CLIENT_SETUP,
         Error::ConnectionLost { .. } => exit::CONNECTION_LOST,
@@ -378,7 +301,7 @@ fn exit_code(e: &Error) -> Code {
         | Error::OversizedPacket { .. }
         | Error::ChannelOpenFlood { .. }
         | Error::RemoteOutputTooLarge { .. } => exit::CLIENT_MISBEHAVED,
-        Error::MaxRuntime { .. } => exit::MAX_RUNTIME,
+        Error::MaxRuntime { .. } | Error::RestoreMaxRuntime { .. } => exit::MAX_RUNTIME,
         Error::Interrupted => exit::INTERRUPTED,
         _ => exit::FAILURE,
     }

@@ -1,0 +1,143 @@
+//! `borg-pull-server restore-tar`: arguments, signals, a call to
+//! `borg_pull_tunnel::restore::restore_tar`, exit codes.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use borg_pull_cli::{exit, hint, signals};
+use borg_pull_tunnel::pull::PullEnv;
+use borg_pull_tunnel::restore::{restore_tar, RestoreOptions, RestoreOutcome};
+use borg_pull_tunnel::secret::Passphrase;
+use borg_pull_tunnel::Error;
+
+use crate::connect_args::ConnectArgs;
+
+/// Exit codes of `restore-tar` and what tar can restore, shown in its `--help`.
+pub fn after_help() -> String {
+    format!(
+        "What tar restores: borg export-tar writes the GNU tar format, a lossy conversion (borg's
+docs): no ACLs, extended attributes (xattrs) or BSD flags, no atime/ctime, mtimes in whole
+seconds; sparse files arrive with their holes filled (export-tar has no --sparse). Hard links,
+symlinks, modes and owners are kept; owners by name unless --numeric-owner, and only when tar
+runs as root (then also with -p, exact modes). For ACLs, xattrs, sparse files and exact times,
+run borg extract on the client instead: pull --remote-dir DIR -- extract ::NAME.
+
+Exit codes: the worse of borg export-tar's and tar's own codes (0 success, 1 warning, 2 error,
+128+N killed by signal N), each named in the last message; if tar ends before the archive was
+sent in full, borg export-tar is stopped and the code is tar's (2 if tar said 0).
+Failures of borg-pull-server itself:
+{}
+
+{}
+
+On the client: a POSIX login shell and tar (GNU tar or one that takes -C, -x, -f - and, with
+--numeric-owner, --numeric-owner); no borg and no relay. DIR must exist and be writable by the
+login user. Logging goes to stderr; {var} (e.g. {var}=debug) overrides -v.",
+        exit::lines(exit::RESTORE).trim_end(),
+        exit::range_note(),
+        var = borg_pull_cli::runtime::LOG_VAR,
+    )
+}
+
+/// Arguments of `borg-pull-server restore-tar`.
+///
+/// Runs `borg export-tar REPO::NAME - [PATH...]` on this server and streams the tar into
+/// `tar -C DIR -x -f -` on the client over SSH: borg's `borg export-tar ... - | ssh root@host
+/// 'tar -C DIR -x'` recipe, in-process. The client needs no borg and no relay, e.g.
+/// `borg-pull-server restore-tar --repo /srv/borg/c1 --archive c1-2024-05-01 --remote-dir /
+/// --numeric-owner root@c1 etc home/alice`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreTarArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+
+    /// The repository on this server (absolute path).
+    #[arg(long, value_name = "REPO")]
+    repo: PathBuf,
+
+    /// The archive to restore.
+    #[arg(long, value_name = "NAME")]
+    archive: OsString,
+
+    /// The directory on the client tar unpacks into (`/` for a full restore); it must exist.
+    #[arg(long, value_name = "DIR")]
+    remote_dir: OsString,
+
+    /// The borg program on this server (runs `borg export-tar`).
+    #[arg(long, value_name = "PATH", default_value = "borg")]
+    borg: PathBuf,
+
+    /// File holding the repository passphrase (first line). Otherwise this server's
+    /// BORG_PASSPHRASE or BORG_PASSCOMMAND is used. It reaches borg export-tar through its
+    /// environment, never through an argv.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+
+    /// tar --numeric-owner on the client: owners by the archive's uid/gid, not by user and group
+    /// names (for a client whose users differ, e.g. a rescue system).
+    #[arg(long)]
+    numeric_owner: bool,
+
+    /// The tar program on the client.
+    #[arg(long, value_name = "PATH", default_value = "tar")]
+    remote_tar: OsString,
+
+    /// The client: [USER@]HOST.
+    #[arg(value_name = "[USER@]HOST")]
+    destination: String,
+
+    /// Only these paths of the archive (as borg export-tar takes them; patterns allowed).
+    #[arg(value_name = "PATH")]
+    paths: Vec<OsString>,
+}
+
+/// Runs `restore-tar`; returns the worse of borg's and tar's codes, or our own (200 and up).
+pub fn run(args: RestoreTarArgs) -> ExitCode {
+    match borg_pull_cli::runtime::block_on(run_async(args)) {
+        Ok(Ok(outcome)) => {
+            let code = outcome.code();
+            let summary = outcome.summary();
+            if code == 0 {
+                tracing::info!("{summary}");
+            } else {
+                eprintln!("borg-pull-server: {summary}");
+            }
+            ExitCode::from(u8::try_from(code).unwrap_or(255))
+        }
+        Ok(Err(e)) => {
+            eprintln!("borg-pull-server: error: {}", hint::render(&e));
+            crate::pull::exit_code(&e).into()
+        }
+        Err(e) => {
+            eprintln!("borg-pull-server: error: cannot start the async runtime: {e}");
+            exit::FAILURE.into()
+        }
+    }
+}
+
+async fn run_async(args: RestoreTarArgs) -> Result<RestoreOutcome, Error> {
+    let shutdown = signals::install(SIGNAL_MESSAGES).map_err(|source| Error::Io {
+        context: "cannot install signal handlers".into(),
+        source,
+    })?;
+    signals::exit_on_forced(&shutdown);
+    let env = PullEnv::from_process();
+    let mut options =
+        RestoreOptions::with_env(&args.destination, &args.repo, args.archive, args.remote_dir, &env)?;
+    options.max_runtime = args.connect.max_runtime;
+    args.connect.apply(&mut options.session)?;
+    options.borg = args.borg;
+    options.paths = args.paths;
+    options.numeric_owner = args.numeric_owner;
+    options.remote_tar = args.remote_tar;
+    options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
+    options.cancel = shutdown.graceful;
+    restore_tar(options).await
+}
+
+/// The first SIGINT/SIGTERM stops borg export-tar and tar; the second exits at once.
+const SIGNAL_MESSAGES: signals::Messages = signals::Messages {
+    first: "stopping borg export-tar and tar on the client (again to exit at once)",
+    second: "exiting at once",
+};

@@ -1,0 +1,778 @@
+//! `restore-tar`: borg's `borg export-tar REPO::NAME - | ssh root@host 'tar -C DIR -x'` recipe,
+//! in-process.
+//!
+//! 1. Connect as for a pull ([`crate::session::connect`]); the client's sshd may open no channel
+//!    to us ([`RefuseAll`]).
+//! 2. One exec on the client: a short script checks that tar can run and that DIR is a directory
+//!    the login user can write to, reports on a marked line, then `exec`s `tar -C DIR -x -f -`
+//!    (`--numeric-owner` if asked, `-p` as root). Nothing has been read from the repository yet,
+//!    so a missing DIR or tar fails before anything streams.
+//! 3. `borg export-tar -- REPO::NAME - [PATH...]` runs here, on the server (the passphrase in its
+//!    environment, never its argv; no `--tar-filter`: `-` gets none). Its stdout goes to the
+//!    channel's stdin through a small buffer ([`RESTORE_READ_BUFFER`]); russh's writer awaits the
+//!    client's window, so the archive is never buffered in memory. Its stderr is relayed to ours,
+//!    escaped and cut per line.
+//! 4. borg's stdout ends: EOF to tar. tar ends first (disk full, a failing `--remote-tar`): borg
+//!    is stopped (its stdout closed, SIGTERM, SIGKILL after [`BORG_STOP_GRACE`]) and reaped
+//!    instead of streaming the rest. The result names both exit codes ([`RestoreOutcome`]).
+//!
+//! Deadlines as for a pull: [`REQUEST_TIMEOUT`] per request, [`REMOTE_HELPER_TIMEOUT`] for the
+//! check, [`RestoreOptions::max_runtime`] for the stream; cancelling stops borg and tar.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use borg_pull_core::serve::ServeConfig;
+use borg_pull_core::text::{escape_for_log, BoundedLines};
+use russh::client::Msg;
+use russh::{Channel, ChannelMsg, Sig};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::error::RemoteProgram;
+use crate::exec::{exec_refused, keep, shell_quote, signal_name, Captured, RemoteExit};
+use crate::incoming::RefuseAll;
+use crate::limits::{
+    BORG_STOP_GRACE, CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, EXIT_CLOSE_GRACE, HELPER_OUTPUT_KEPT,
+    REMOTE_HELPER_TIMEOUT, REQUEST_TIMEOUT, RESTORE_READ_BUFFER,
+};
+use crate::pull::{session_options, PullEnv};
+use crate::remote::{new_marker, CHECK_FUNCTION};
+use crate::secret::Passphrase;
+use crate::session::{self, Session, SessionOptions};
+use crate::{Error, Result};
+
+/// The longest line of borg's or tar's stderr kept for the final message.
+const MESSAGE_LINE_MAX: usize = 512;
+
+/// Everything one restore needs.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// How to reach and log in to the client.
+    pub session: SessionOptions,
+    /// The borg program on this server (`borg`: looked up on PATH).
+    pub borg: PathBuf,
+    /// The repository on this server (absolute path).
+    pub repo: PathBuf,
+    /// The archive to restore.
+    pub archive: OsString,
+    /// Only these paths of the archive (all when empty), as `borg export-tar` takes them.
+    pub paths: Vec<OsString>,
+    /// The directory on the client tar unpacks into (must exist).
+    pub remote_dir: OsString,
+    /// tar `--numeric-owner`: owners by uid/gid, not by name.
+    pub numeric_owner: bool,
+    /// The tar program on the client (`tar`: looked up on its PATH).
+    pub remote_tar: OsString,
+    /// The repository passphrase, put in borg export-tar's environment.
+    pub passphrase: Option<Passphrase>,
+    /// The longest the stream may run ([`DEFAULT_MAX_RUNTIME`]).
+    pub max_runtime: Duration,
+    /// Cancelling this stops borg export-tar and tar and returns [`Error::Interrupted`].
+    pub cancel: CancellationToken,
+}
+
+impl RestoreOptions {
+    /// Options to restore `archive` of `repo` into `remote_dir` on `destination` (`[USER@]HOST`),
+    /// with the SSH defaults of `env` (see [`session_options`]).
+    pub fn with_env(
+        destination: &str,
+        repo: impl Into<PathBuf>,
+        archive: impl Into<OsString>,
+        remote_dir: impl Into<OsString>,
+        env: &PullEnv,
+    ) -> Result<Self> {
+        Ok(Self {
+            session: session_options(destination, env)?,
+            borg: "borg".into(),
+            repo: repo.into(),
+            archive: archive.into(),
+            paths: Vec::new(),
+            remote_dir: remote_dir.into(),
+            numeric_owner: false,
+            remote_tar: "tar".into(),
+            passphrase: None,
+            max_runtime: DEFAULT_MAX_RUNTIME,
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// Checks what can be checked before anything touches the network; returns the borg program.
+    fn check(&self) -> Result<PathBuf> {
+        let mut serve = ServeConfig::new(&self.repo)?;
+        serve.borg = self.borg.clone();
+        if self.archive.is_empty() {
+            return Err(Error::InvalidOption("the archive name is empty".into()));
+        }
+        for arg in std::iter::once(&self.archive).chain(&self.paths) {
+            if arg.as_bytes().contains(&0) {
+                return Err(Error::NulInArgument(arg.to_string_lossy().into_owned()));
+            }
+        }
+        if self.remote_dir.is_empty() {
+            return Err(Error::InvalidOption(
+                "the directory on the client is empty".into(),
+            ));
+        }
+        Ok(serve.find_program()?)
+    }
+
+    /// The script run on the client: check tar and the directory, report, `exec` tar.
+    pub fn remote_script(&self, marker: &str) -> Result<Vec<u8>> {
+        let tar = shell_quote(self.remote_tar.as_bytes())?;
+        let dir = shell_quote(self.remote_dir.as_bytes())?;
+        let mut s = format!("bp_m={marker}; ").into_bytes();
+        s.extend_from_slice(CHECK_FUNCTION.as_bytes());
+        s.extend_from_slice(b"bp_check ");
+        s.extend_from_slice(&tar);
+        s.extend_from_slice(b" tar; bp_d=");
+        s.extend_from_slice(&dir);
+        s.extend_from_slice(
+            b"; if [ ! -e \"$bp_d\" ]; then bp_w='no such directory'; \
+              elif [ ! -d \"$bp_d\" ]; then bp_w='it is not a directory'; \
+              elif [ ! -w \"$bp_d\" ] || [ ! -x \"$bp_d\" ]; then \
+              bp_w=\"it is not writable and searchable by user $(id -un)\"; else bp_w=; fi; \
+              [ -z \"$bp_w\" ] || { printf '%snodir %s\\n' \"$bp_m\" \"$bp_w\"; exit 2; }; \
+              set -- ",
+        );
+        s.extend_from_slice(&tar);
+        s.extend_from_slice(b" -C \"$bp_d\" -x -f -");
+        if self.numeric_owner {
+            s.extend_from_slice(b" --numeric-owner");
+        }
+        s.extend_from_slice(
+            b"; [ \"$(id -u)\" = 0 ] && set -- \"$@\" -p; printf '%sready\\n' \"$bp_m\"; exec \"$@\"",
+        );
+        Ok(s)
+    }
+
+    /// `borg export-tar -- REPO::NAME - [PATH...]`, the passphrase in its environment.
+    fn borg_command(&self, borg: &std::path::Path) -> Command {
+        let mut location = self.repo.as_os_str().to_owned();
+        location.push("::");
+        location.push(&self.archive);
+        let mut cmd = Command::new(borg);
+        cmd.arg("export-tar")
+            .arg("--")
+            .arg(location)
+            .arg("-")
+            .args(&self.paths)
+            // Secrets not meant for borg, and a passcommand we already ran.
+            .env_remove("BORG_PULL_IDENTITY_PASSPHRASE")
+            .env_remove("BORG_PASSCOMMAND")
+            .env_remove("BORG_PASSPHRASE_FD")
+            .env_remove("BORG_REPO")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        match &self.passphrase {
+            Some(p) => cmd.env("BORG_PASSPHRASE", p.expose()),
+            None => cmd.env_remove("BORG_PASSPHRASE"),
+        };
+        cmd
+    }
+}
+
+/// How a restore ended; [`RestoreOutcome::code`] and [`RestoreOutcome::summary`] say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreOutcome {
+    /// borg export-tar's exit code (128+N if killed by signal N).
+    pub borg_rc: i32,
+    /// Whether we stopped borg export-tar because tar ended before it had sent everything (then
+    /// `borg_rc` is how it ended after that, not a verdict on the archive).
+    pub borg_stopped: bool,
+    /// tar's exit code on the client (128+N if killed by signal N).
+    pub tar_rc: i32,
+    /// Bytes of the tar stream sent to the client.
+    pub bytes: u64,
+    /// borg's last line on stderr, escaped.
+    pub borg_said: Option<String>,
+    /// tar's last line on stderr, escaped.
+    pub tar_said: Option<String>,
+}
+
+impl RestoreOutcome {
+    /// The worse of borg's and tar's codes; a restore cut short by tar is never 0.
+    pub fn code(&self) -> i32 {
+        let borg = if self.borg_stopped { 0 } else { self.borg_rc };
+        match borg.max(self.tar_rc) {
+            0 if self.borg_stopped => 2,
+            worse => worse,
+        }
+    }
+
+    /// One line naming both programs and their codes, e.g. `borg export-tar exited 2: Archive x
+    /// does not exist; tar on the client exited 2: ...`.
+    pub fn summary(&self) -> String {
+        let said = |s: &Option<String>| s.as_ref().map(|s| format!(": {s}")).unwrap_or_default();
+        let tar = format!("tar on the client exited {}{}", self.tar_rc, said(&self.tar_said));
+        if self.borg_stopped {
+            format!(
+                "{tar} before the archive was sent in full ({} bytes sent); borg export-tar was stopped",
+                self.bytes
+            )
+        } else {
+            format!(
+                "borg export-tar exited {}{}; {tar} ({} bytes sent)",
+                self.borg_rc,
+                said(&self.borg_said),
+                self.bytes
+            )
+        }
+    }
+}
+
+/// Restores `options.archive` into `options.remote_dir` on the client; borg's and tar's stderr go
+/// to ours. `Ok` whenever both ran: their codes are in the outcome.
+pub async fn restore_tar(options: RestoreOptions) -> Result<RestoreOutcome> {
+    let span = tracing::info_span!("restore", client = %options.session.host, port = options.session.port);
+    async move {
+        let borg = options.check()?;
+        let marker = new_marker();
+        let script = options.remote_script(&marker)?;
+        let session = tokio::select! {
+            s = session::connect(&options.session, Arc::new(RefuseAll)) => s?,
+            () = options.cancel.cancelled() => return Err(Error::Interrupted),
+        };
+        let run = Run {
+            session: &session,
+            options: &options,
+        };
+        let result = run.carry_out(&borg, &script, &marker).await;
+        if tokio::time::timeout(CLEANUP_TIMEOUT, session.disconnect())
+            .await
+            .is_err()
+        {
+            warn!("the client did not take our disconnect in time");
+        }
+        let outcome = result?;
+        info!(
+            bytes = outcome.bytes,
+            borg_rc = outcome.borg_rc,
+            borg_stopped = outcome.borg_stopped,
+            tar_rc = outcome.tar_rc,
+            "restore finished"
+        );
+        Ok(outcome)
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the script on the client reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ready {
+    /// tar is starting.
+    Ready,
+    /// The directory cannot be used, and why.
+    NoDir(String),
+    /// tar cannot run, and why.
+    NoTar(String),
+}
+
+/// Why the stream was cut off by us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Cancelled,
+    Deadline,
+}
+
+/// One restore on a connected session.
+struct Run<'a> {
+    session: &'a Session,
+    options: &'a RestoreOptions,
+}
+
+impl Run<'_> {
+    /// Waits for `step`, at most `limit`; cancellation ends it with [`Error::Interrupted`].
+    async fn step<T>(
+        &self,
+        what: &'static str,
+        limit: Duration,
+        step: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::select! {
+            r = tokio::time::timeout(limit, step) => r.map_err(|_| Error::NoAnswer {
+                host: self.session.host().to_owned(),
+                port: self.session.port(),
+                what,
+                secs: limit.as_secs(),
+            })?,
+            () = self.options.cancel.cancelled() => Err(Error::Interrupted),
+        }
+    }
+
+    async fn carry_out(&self, borg: &std::path::Path, script: &[u8], marker: &str) -> Result<RestoreOutcome> {
+        let mut channel = self
+            .step(
+                "opening the restore's channel",
+                REQUEST_TIMEOUT,
+                self.session.exec(script),
+            )
+            .await?;
+        let report = read_ready(&mut channel, marker);
+        let (ready, early) = self
+            .step(
+                "the check of tar and the directory",
+                REMOTE_HELPER_TIMEOUT,
+                report,
+            )
+            .await?;
+        match ready {
+            Ready::Ready => {}
+            Ready::NoDir(why) => {
+                return Err(Error::RemoteDirUnusable {
+                    dir: self.options.remote_dir.to_string_lossy().into_owned(),
+                    host: self.session.host().to_owned(),
+                    why,
+                })
+            }
+            Ready::NoTar(why) => {
+                return Err(Error::RemoteProgramMissing {
+                    program: self.options.remote_tar.to_string_lossy().into_owned(),
+                    role: RemoteProgram::Tar,
+                    host: self.session.host().to_owned(),
+                    why,
+                })
+            }
+        }
+        let mut stderr = tokio::io::stderr();
+        if !early.is_empty() {
+            let _ = stderr.write_all(escape_keeping_lines(&early).as_bytes()).await;
+        }
+        debug!(borg = %borg.display(), "tar is ready on the client; starting borg export-tar");
+        let child =
+            self.options
+                .borg_command(borg)
+                .spawn()
+                .map_err(|source| borg_pull_core::Error::SpawnBorg {
+                    program: borg.to_owned(),
+                    source,
+                })?;
+        self.stream(child, channel, &mut stderr).await
+    }
+
+    /// Streams borg's stdout into tar until both have ended (or we stop them).
+    async fn stream<E: AsyncWrite + Unpin>(
+        &self,
+        mut child: Child,
+        mut channel: Channel<Msg>,
+        stderr: &mut E,
+    ) -> Result<RestoreOutcome> {
+        let borg_err = child.stderr.take().expect("stderr is piped");
+        let borg_said = tokio::spawn(relay_borg_stderr(borg_err).in_current_span());
+        let sent = Arc::new(AtomicU64::new(0));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut copy = Some(Box::pin(send(stdout, channel.make_writer(), sent.clone())));
+        let mut copied: Option<std::io::Result<()>> = None;
+        let mut borg_status: Option<ExitStatus> = None;
+        let mut borg_stopped = false;
+        let mut kill_at: Option<Instant> = None;
+        let mut tar_exit: Option<RemoteExit> = None;
+        let mut tar_said = LastLine::default();
+        let mut channel_open = true;
+        let mut hang_up_at: Option<Instant> = None;
+        let deadline = Instant::now() + self.options.max_runtime;
+        let mut err_ok = true;
+        let stop = loop {
+            if !channel_open && borg_status.is_some() {
+                break None;
+            }
+            tokio::select! {
+                r = async { copy.as_mut().expect("polled only while copying").await }, if copy.is_some() => {
+                    copy = None;
+                    if let Err(e) = &r {
+                        debug!("sending the archive to tar stopped: {e}");
+                    }
+                    copied = Some(r);
+                }
+                status = child.wait(), if borg_status.is_none() => {
+                    borg_status = Some(status.map_err(|source| Error::Io {
+                        context: "cannot wait for borg export-tar".into(),
+                        source,
+                    })?);
+                    kill_at = None;
+                }
+                () = sleep_until(kill_at) => {
+                    warn!(pid = child.id(), "borg export-tar did not exit after SIGTERM; killing it");
+                    let _ = child.start_kill();
+                    kill_at = None;
+                }
+                msg = channel.wait(), if channel_open => match msg {
+                    None | Some(ChannelMsg::Close) => channel_open = false,
+                    Some(ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }) => {
+                        tar_said.push(&data);
+                        if err_ok {
+                            err_ok = stderr.write_all(escape_keeping_lines(&data).as_bytes()).await.is_ok();
+                        }
+                    }
+                    Some(ChannelMsg::ExitStatus { exit_status }) => {
+                        tar_exit = Some(RemoteExit::Status(exit_status));
+                        hang_up_at = hang_up_at.or(Some(Instant::now() + EXIT_CLOSE_GRACE));
+                    }
+                    Some(ChannelMsg::ExitSignal { signal_name: sig, .. }) => {
+                        tar_exit = Some(RemoteExit::Signal(signal_name(&sig)));
+                        hang_up_at = hang_up_at.or(Some(Instant::now() + EXIT_CLOSE_GRACE));
+                    }
+                    Some(ChannelMsg::Failure) => return Err(exec_refused("tar")),
+                    Some(_) => {}
+                },
+                () = sleep_until(hang_up_at), if channel_open => {
+                    debug!("tar's channel is still open after its exit status; closing it");
+                    let _ = channel.close().await;
+                    channel_open = false;
+                }
+                () = self.options.cancel.cancelled() => break Some(Stop::Cancelled),
+                () = tokio::time::sleep_until(deadline) => break Some(Stop::Deadline),
+            }
+            // tar is gone (or cannot take more) before borg's output was all sent: stop borg
+            // instead of streaming the rest.
+            let tar_gone = tar_exit.is_some() || !channel_open || matches!(copied, Some(Err(_)));
+            let all_sent = matches!(copied, Some(Ok(())));
+            if tar_gone && !all_sent && !borg_stopped && borg_status.is_none() {
+                borg_stopped = true;
+                copy = None;
+                kill_at = Some(terminate(&child));
+            } else if tar_gone && !all_sent && borg_status.is_some() {
+                copy = None;
+            }
+        };
+        if let Some(stop) = stop {
+            drop(copy);
+            if borg_status.is_none() {
+                terminate(&child);
+                if tokio::time::timeout(BORG_STOP_GRACE, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+            let _ = channel.signal(Sig::INT).await;
+            let _ = channel.close().await;
+            borg_said.abort();
+            return Err(match stop {
+                Stop::Cancelled => Error::Interrupted,
+                Stop::Deadline => Error::RestoreMaxRuntime {
+                    host: self.session.host().to_owned(),
+                    secs: self.options.max_runtime.as_secs(),
+                },
+            });
+        }
+        let _ = stderr.flush().await;
+        let borg_status = borg_status.expect("the loop ends once borg has exited");
+        let borg_said = match tokio::time::timeout(EXIT_CLOSE_GRACE, borg_said).await {
+            Ok(Ok(said)) => said,
+            _ => None,
+        };
+        let tar_rc = match tar_exit {
+            Some(exit) => exit.code(),
+            None if self.session.is_closed() => {
+                return Err(self.session.failure("tar was running", russh::Error::Disconnect))
+            }
+            None => {
+                return Err(Error::TarNoExitStatus {
+                    host: self.session.host().to_owned(),
+                })
+            }
+        };
+        let borg_rc = borg_status
+            .code()
+            .unwrap_or_else(|| 128 + borg_status.signal().unwrap_or(1));
+        Ok(RestoreOutcome {
+            borg_rc,
+            borg_stopped,
+            tar_rc,
+            bytes: sent.load(Ordering::Relaxed),
+            borg_said,
+            tar_said: tar_said.get(),
+        })
+    }
+}
+
+/// Copies borg's stdout to the channel (each write awaits the client's window), counting bytes
+/// in `sent`, then sends EOF.
+async fn send(
+    mut stdout: ChildStdout,
+    mut writer: impl AsyncWrite + Unpin,
+    sent: Arc<AtomicU64>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; RESTORE_READ_BUFFER];
+    loop {
+        let n = stdout.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        writer.write_all(&buf[..n]).await?;
+        sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    writer.flush().await?;
+    // russh's writer sends EOF on shutdown: tar sees the end of its input.
+    writer.shutdown().await
+}
+
+/// Asks borg export-tar to stop (SIGTERM: it releases the repository lock); returns when to kill it.
+fn terminate(child: &Child) -> Instant {
+    if let Some(pid) = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+    {
+        debug!(pid = pid.as_raw_nonzero().get(), "stopping borg export-tar");
+        if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
+            debug!("SIGTERM to borg export-tar: {e}");
+        }
+    }
+    Instant::now() + BORG_STOP_GRACE
+}
+
+/// Relays borg's stderr to ours, escaped and cut per line; returns its last non-empty line.
+async fn relay_borg_stderr(stderr: impl tokio::io::AsyncRead + Unpin) -> Option<String> {
+    let mut lines = BoundedLines::new(stderr, borg_pull_core::limits::LOG_LINE_MAX);
+    let mut out = tokio::io::stderr();
+    let mut last = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let shown = line.to_string();
+        let _ = out.write_all(format!("{shown}\n").as_bytes()).await;
+        if !shown.trim().is_empty() {
+            last = Some(cut(&shown));
+        }
+    }
+    last
+}
+
+fn cut(s: &str) -> String {
+    if s.len() <= MESSAGE_LINE_MAX {
+        return s.to_owned();
+    }
+    let mut end = MESSAGE_LINE_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Output from the client made safe for a terminal, its line breaks kept.
+fn escape_keeping_lines(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for (i, piece) in bytes.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&escape_for_log(piece));
+    }
+    out
+}
+
+/// The last non-empty line of a stream, bounded.
+#[derive(Debug, Default)]
+struct LastLine {
+    current: Vec<u8>,
+    last: Vec<u8>,
+}
+
+impl LastLine {
+    fn push(&mut self, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' {
+                if !self.current.iter().all(u8::is_ascii_whitespace) {
+                    self.last = std::mem::take(&mut self.current);
+                }
+                self.current.clear();
+            } else if self.current.len() < MESSAGE_LINE_MAX {
+                self.current.push(b);
+            }
+        }
+    }
+
+    fn get(&self) -> Option<String> {
+        let line = if self.current.iter().all(u8::is_ascii_whitespace) {
+            &self.last
+        } else {
+            &self.current
+        };
+        (!line.is_empty()).then(|| escape_for_log(line))
+    }
+}
+
+/// Reads the channel until the script's report; bytes after it are returned too.
+async fn read_ready(channel: &mut Channel<Msg>, marker: &str) -> Result<(Ready, Vec<u8>)> {
+    let command = "the check of tar and the directory";
+    let mut out = Captured::default();
+    while let Some(msg) = channel.wait().await {
+        let fits = match msg {
+            ChannelMsg::Data { data } => {
+                let fits = keep(&mut out.stdout, &data);
+                if let Some(found) = find_ready(&out.stdout, marker) {
+                    return Ok(found);
+                }
+                fits
+            }
+            ChannelMsg::ExtendedData { data, .. } => keep(&mut out.stderr, &data),
+            ChannelMsg::ExitStatus { exit_status } => {
+                out.status = Some(exit_status);
+                true
+            }
+            ChannelMsg::Failure => return Err(exec_refused(command)),
+            ChannelMsg::Close => break,
+            _ => true,
+        };
+        if !fits {
+            return Err(Error::RemoteOutputTooLarge {
+                command: command.into(),
+                limit: HELPER_OUTPUT_KEPT,
+                output: out.output_text(),
+            });
+        }
+    }
+    Err(Error::RemoteHelper {
+        command: command.into(),
+        status: out.status,
+        output: format!("{} (expected a report)", out.output_text()),
+    })
+}
+
+fn find_ready(stdout: &[u8], marker: &str) -> Option<(Ready, Vec<u8>)> {
+    let mut start = 0;
+    while let Some(end) = stdout[start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| start + i)
+    {
+        if let Some(rest) = stdout[start..end].strip_prefix(marker.as_bytes()) {
+            let text = escape_for_log(rest);
+            let ready = if text == "ready" {
+                Ready::Ready
+            } else if let Some(why) = text.strip_prefix("nodir ") {
+                Ready::NoDir(why.to_owned())
+            } else if let Some(why) = text.strip_prefix("missing tar ") {
+                Ready::NoTar(why.to_owned())
+            } else {
+                Ready::NoTar(format!("unexpected report {text:?}"))
+            };
+            return Some((ready, stdout[end + 1..].to_vec()));
+        }
+        start = end + 1;
+    }
+    None
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    fn options(dir: &str) -> RestoreOptions {
+        let env = PullEnv {
+            user: Some("op".into()),
+            ..Default::default()
+        };
+        RestoreOptions::with_env("client", "/srv/repo", "arch", dir, &env).unwrap()
+    }
+
+    /// Runs the script in `sh` with `tar` replaced by a program that prints its argv; returns
+    /// stdout.
+    fn run_script(o: &RestoreOptions) -> String {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(std::ffi::OsStr::from_bytes(&o.remote_script("M:").unwrap()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn the_script_checks_the_directory_and_tar_before_tar_starts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hostile = tmp.path().join("it's $(x) dir");
+        std::fs::create_dir(&hostile).unwrap();
+        let mut o = options(hostile.to_str().unwrap());
+        o.remote_tar = "/bin/echo".into();
+        o.numeric_owner = true;
+        let out = run_script(&o);
+        assert!(out.starts_with("M:ready\n"), "{out}");
+        assert!(
+            out.contains(&format!("-C {} -x -f - --numeric-owner", hostile.display())),
+            "{out}"
+        );
+        let missing = options(tmp.path().join("nope").to_str().unwrap());
+        assert_eq!(run_script(&missing), "M:nodir no such directory\n");
+        let mut no_tar = options(tmp.path().to_str().unwrap());
+        no_tar.remote_tar = "/nonexistent/tar".into();
+        assert!(
+            run_script(&no_tar).starts_with("M:missing tar "),
+            "{}",
+            run_script(&no_tar)
+        );
+        assert_eq!(
+            find_ready(b"noise\nM:nodir x\n", "M:"),
+            Some((Ready::NoDir("x".into()), vec![]))
+        );
+    }
+
+    #[test]
+    fn bad_arguments_fail_before_connecting() {
+        let mut o = options("/d");
+        o.borg = "/bin/sh".into();
+        assert!(o.check().is_ok());
+        o.paths.push("a\0b".into());
+        assert!(matches!(o.check(), Err(Error::NulInArgument(_))));
+        let mut o = options("/d");
+        o.repo = "relative".into();
+        assert!(o.check().is_err());
+        let mut o = options("");
+        o.borg = "/bin/sh".into();
+        assert!(matches!(o.check(), Err(Error::InvalidOption(_))));
+    }
+
+    #[test]
+    fn outcomes_name_both_programs_and_take_the_worse_code() {
+        let mut o = RestoreOutcome {
+            borg_rc: 2,
+            borg_stopped: false,
+            tar_rc: 0,
+            bytes: 0,
+            borg_said: Some("Archive x does not exist".into()),
+            tar_said: None,
+        };
+        assert_eq!(o.code(), 2);
+        assert_eq!(
+            o.summary(),
+            "borg export-tar exited 2: Archive x does not exist; tar on the client exited 0 (0 bytes sent)"
+        );
+        o.borg_stopped = true;
+        o.borg_rc = 143;
+        o.tar_rc = 0;
+        assert_eq!(o.code(), 2, "a restore cut short is never a success");
+        o.tar_rc = 7;
+        assert_eq!(o.code(), 7);
+        assert!(
+            o.summary().starts_with("tar on the client exited 7 before"),
+            "{}",
+            o.summary()
+        );
+    }
+
+    #[test]
+    fn last_line_is_bounded_and_escaped() {
+        let mut l = LastLine::default();
+        l.push(b"first\nsec");
+        l.push(b"ond \x1b[31m\n\n");
+        assert_eq!(l.get().as_deref(), Some("second \\x1b[31m"));
+        l.push(&vec![b'x'; 5000]);
+        assert_eq!(l.get().unwrap().len(), MESSAGE_LINE_MAX);
+    }
+}
