@@ -152,6 +152,8 @@ pub const MAX_AGENT_CHANNELS_TOTAL: u64 = 256;
 /// every channel) this bounds what a restore holds, whatever the archive's size.
 pub const RESTORE_READ_BUFFER: usize = 2 * MAX_PACKET as usize;
 
-/// `restore-tar`: after tar on the client ended early, how long borg export-tar gets to exit on
-/// its own (SIGTERM, and its stdout closed, so it releases the repository lock) before SIGKILL.
+/// `restore-tar`: after tar on the client ended with 0 before borg export-tar closed its output
+/// (tar stops at the end-of-archive marker; only padding follows), how long borg gets to finish
+/// by itself; and after we stop it (its stdout closed and SIGTERM, so it releases the repository
+/// lock), how long before SIGKILL. borg exits within milliseconds of either.
 pub const BORG_STOP_GRACE: Duration = Duration::from_secs(5);

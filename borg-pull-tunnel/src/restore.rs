@@ -377,6 +377,7 @@ impl Run<'_> {
         let mut copied: Option<std::io::Result<()>> = None;
         let mut borg_status: Option<ExitStatus> = None;
         let mut borg_stopped = false;
+        let mut stop_at: Option<Instant> = None;
         let mut kill_at: Option<Instant> = None;
         let mut tar_exit: Option<RemoteExit> = None;
         let mut tar_said = LastLine::default();
@@ -402,6 +403,11 @@ impl Run<'_> {
                         source,
                     })?);
                     kill_at = None;
+                }
+                () = sleep_until(stop_at), if !borg_stopped && borg_status.is_none() => {
+                    borg_stopped = true;
+                    copy = None;
+                    kill_at = Some(terminate(&child));
                 }
                 () = sleep_until(kill_at) => {
                     warn!(pid = child.id(), "borg export-tar did not exit after SIGTERM; killing it");
@@ -436,15 +442,20 @@ impl Run<'_> {
                 () = tokio::time::sleep_until(deadline) => break Some(Stop::Deadline),
             }
             // tar is gone (or cannot take more) before borg's output was all sent: stop borg
-            // instead of streaming the rest.
+            // instead of streaming the rest. After tar's 0 it read the end-of-archive marker, and
+            // all borg may still send is padding: it gets a grace period to finish by itself.
             let tar_gone = tar_exit.is_some() || !channel_open || matches!(copied, Some(Err(_)));
             let all_sent = matches!(copied, Some(Ok(())));
-            if tar_gone && !all_sent && !borg_stopped && borg_status.is_none() {
-                borg_stopped = true;
-                copy = None;
-                kill_at = Some(terminate(&child));
-            } else if tar_gone && !all_sent && borg_status.is_some() {
-                copy = None;
+            if tar_gone && !all_sent {
+                if borg_status.is_some() {
+                    copy = None;
+                } else if !borg_stopped && stop_at.is_none() {
+                    let grace = match tar_exit {
+                        Some(RemoteExit::Status(0)) => BORG_STOP_GRACE,
+                        _ => Duration::ZERO,
+                    };
+                    stop_at = Some(Instant::now() + grace);
+                }
             }
         };
         if let Some(stop) = stop {
