@@ -271,9 +271,9 @@ pub async fn restore_tar(options: RestoreOptions) -> Result<RestoreOutcome> {
 
 /// What the script on the client reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Ready {
+enum Report {
     /// tar is starting.
-    Ready,
+    TarStarting,
     /// The directory cannot be used, and why.
     NoDir(String),
     /// tar cannot run, and why.
@@ -329,15 +329,15 @@ impl Run<'_> {
             )
             .await?;
         match ready {
-            Ready::Ready => {}
-            Ready::NoDir(why) => {
+            Report::TarStarting => {}
+            Report::NoDir(why) => {
                 return Err(Error::RemoteDirUnusable {
                     dir: self.options.remote_dir.to_string_lossy().into_owned(),
                     host: self.session.host().to_owned(),
                     why,
                 })
             }
-            Ready::NoTar(why) => {
+            Report::NoTar(why) => {
                 return Err(Error::RemoteProgramMissing {
                     program: self.options.remote_tar.to_string_lossy().into_owned(),
                     role: RemoteProgram::Tar,
@@ -613,7 +613,7 @@ impl LastLine {
 }
 
 /// Reads the channel until the script's report; bytes after it are returned too.
-async fn read_ready(channel: &mut Channel<Msg>, marker: &str) -> Result<(Ready, Vec<u8>)> {
+async fn read_ready(channel: &mut Channel<Msg>, marker: &str) -> Result<(Report, Vec<u8>)> {
     let command = "the check of tar and the directory";
     let mut out = Captured::default();
     while let Some(msg) = channel.wait().await {
@@ -649,7 +649,7 @@ async fn read_ready(channel: &mut Channel<Msg>, marker: &str) -> Result<(Ready, 
     })
 }
 
-fn find_ready(stdout: &[u8], marker: &str) -> Option<(Ready, Vec<u8>)> {
+fn find_ready(stdout: &[u8], marker: &str) -> Option<(Report, Vec<u8>)> {
     let mut start = 0;
     while let Some(end) = stdout[start..]
         .iter()
@@ -659,13 +659,13 @@ fn find_ready(stdout: &[u8], marker: &str) -> Option<(Ready, Vec<u8>)> {
         if let Some(rest) = stdout[start..end].strip_prefix(marker.as_bytes()) {
             let text = escape_for_log(rest);
             let ready = if text == "ready" {
-                Ready::Ready
+                Report::TarStarting
             } else if let Some(why) = text.strip_prefix("nodir ") {
-                Ready::NoDir(why.to_owned())
+                Report::NoDir(why.to_owned())
             } else if let Some(why) = text.strip_prefix("missing tar ") {
-                Ready::NoTar(why.to_owned())
+                Report::NoTar(why.to_owned())
             } else {
-                Ready::NoTar(format!("unexpected report {text:?}"))
+                Report::NoTar(format!("unexpected report {text:?}"))
             };
             return Some((ready, stdout[end + 1..].to_vec()));
         }
@@ -730,7 +730,7 @@ mod tests {
         );
         assert_eq!(
             find_ready(b"noise\nM:nodir x\n", "M:"),
-            Some((Ready::NoDir("x".into()), vec![]))
+            Some((Report::NoDir("x".into()), vec![]))
         );
     }
 
