@@ -625,3 +625,62 @@ fn help_states_tars_limits() {
         assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
     }
 }
+
+/// Resident memory of process `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_tar_that_stops_reading_holds_no_archive_in_memory_and_max_runtime_ends_it() {
+    let Some(f) = Fixture::new(true) else { return };
+    // A "tar" that never reads: the client's window fills, then borg's pipe; nothing may pile up
+    // in our memory (the archive is 64 MiB).
+    let bin = f.sshd.dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let tar = bin.join("stalling tar");
+    fs::write(&tar, "#!/bin/sh\nexec sleep 20\n").unwrap();
+    fs::set_permissions(&tar, fs::Permissions::from_mode(0o755)).unwrap();
+    let target = f.target("t", &f.sshd.user);
+    let mut cmd = f.restore(
+        &f.sshd.user,
+        &[
+            OsStr::new("--remote-dir"),
+            target.as_os_str(),
+            OsStr::new("--remote-tar"),
+            tar.as_os_str(),
+            OsStr::new("--max-runtime"),
+            OsStr::new("5s"),
+        ],
+        &[],
+    );
+    let log = f.sshd.dir.path().join("restore.log");
+    let started = Instant::now();
+    let mut running = cmd.spawn(log.clone());
+    let mut peak = 0;
+    while running.is_running() {
+        peak = peak.max(rss_kib(running.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = running.wait_exit();
+    let out = fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(217), "{out}");
+    assert!(
+        out.contains("maximum run time of 5 s") && out.contains("--max-runtime"),
+        "{out}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60), "{out}");
+    eprintln!("restore-tar peak RSS while tar stalled: {peak} KiB");
+    // The window (2 MiB from OpenSSH) and our buffers, not the archive.
+    assert!(
+        peak < 48 * 1024,
+        "peak RSS {peak} KiB: the archive piled up in memory\n{out}"
+    );
+    f.assert_no_processes_left();
+}
