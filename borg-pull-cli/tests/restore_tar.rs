@@ -684,3 +684,37 @@ fn a_tar_that_stops_reading_holds_no_archive_in_memory_and_max_runtime_ends_it()
     );
     f.assert_no_processes_left();
 }
+
+#[test]
+fn sigint_mid_stream_stops_borg_and_tar_and_exits_202() {
+    let Some(f) = Fixture::new(true) else { return };
+    let bin = f.sshd.dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let tar = bin.join("slow tar");
+    fs::write(&tar, "#!/bin/sh\nhead -c 1000 >/dev/null\nexec sleep 20\n").unwrap();
+    fs::set_permissions(&tar, fs::Permissions::from_mode(0o755)).unwrap();
+    let target = f.target("t", &f.sshd.user);
+    let mut cmd = f.restore(
+        &f.sshd.user,
+        &[
+            OsStr::new("--remote-dir"),
+            target.as_os_str(),
+            OsStr::new("--remote-tar"),
+            tar.as_os_str(),
+        ],
+        &[],
+    );
+    let mut running = cmd.spawn(f.sshd.dir.path().join("restore.log"));
+    // borg export-tar runs once tar is ready on the client.
+    let mut location = f.repo.as_os_str().as_bytes().to_vec();
+    location.extend_from_slice(b"::");
+    common::wait_until("borg export-tar to start", || {
+        running.assert_running();
+        !common::processes_mentioning(&location).is_empty()
+    });
+    running.signal("INT");
+    let status = running.wait_exit();
+    assert_eq!(status.code(), Some(202), "{}", running.report());
+    f.assert_no_processes_left();
+}
