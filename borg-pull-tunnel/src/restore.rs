@@ -285,6 +285,8 @@ enum Report {
 enum Stop {
     Cancelled,
     Deadline,
+    /// sshd refused the exec request (it arrives as a channel failure).
+    Refused,
 }
 
 /// One restore on a connected session.
@@ -430,7 +432,7 @@ impl Run<'_> {
                         tar_exit = Some(RemoteExit::Signal(signal_name(&sig)));
                         hang_up_at = hang_up_at.or(Some(Instant::now() + EXIT_CLOSE_GRACE));
                     }
-                    Some(ChannelMsg::Failure) => return Err(exec_refused("tar")),
+                    Some(ChannelMsg::Failure) => break Some(Stop::Refused),
                     Some(_) => {}
                 },
                 () = sleep_until(hang_up_at), if channel_open => {
@@ -471,6 +473,7 @@ impl Run<'_> {
             borg_said.abort();
             return Err(match stop {
                 Stop::Cancelled => Error::Interrupted,
+                Stop::Refused => exec_refused("tar"),
                 Stop::Deadline => Error::RestoreMaxRuntime {
                     host: self.session.host().to_owned(),
                     secs: self.options.max_runtime.as_secs(),
