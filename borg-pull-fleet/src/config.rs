@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use crate::retention::{CheckPolicy, Retention};
 
 mod ssh_config;
-pub use ssh_config::{HostSettings, SshConfig};
 use ssh_config::read_ssh_config;
+pub use ssh_config::{HostSettings, SshConfig};
 
 /// A loaded, validated config.
 #[derive(Debug, Clone)]
@@ -186,7 +186,9 @@ pub fn load(path: &Path) -> Result<Fleet, ConfigError> {
 /// Parses and validates config `text` read from `path` (used in messages only), with
 /// `$HOME/.ssh/config` for host aliases.
 pub fn parse(text: &str, path: &Path) -> Result<Fleet, ConfigError> {
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
     parse_with_home(text, path, home.as_deref())
 }
 
@@ -228,7 +230,13 @@ pub fn parse_with_home(text: &str, path: &Path, home: Option<&Path>) -> Result<F
     for entry in raw.client {
         let span = entry.span();
         let raw = entry.into_inner();
-        let client = cx.client(raw, defaults.as_ref().map(|d| &d.1), span.clone(), ssh_config.as_ref(), home)?;
+        let client = cx.client(
+            raw,
+            defaults.as_ref().map(|d| &d.1),
+            span.clone(),
+            ssh_config.as_ref(),
+            home,
+        )?;
         if let Some(other) = clients.iter().find(|c| c.name == client.name) {
             return Err(cx.at_key(
                 Some(span),
@@ -385,7 +393,11 @@ struct Context<'a> {
 impl Context<'_> {
     fn line_of(&self, offset: usize) -> usize {
         let offset = offset.min(self.text.len());
-        self.text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
     /// The table around `offset`: `[server]`, `[defaults]` or `[[client]] NAME`.
@@ -412,7 +424,11 @@ impl Context<'_> {
             if i > 0 && t.starts_with('[') {
                 break;
             }
-            if let Some(value) = t.strip_prefix("name").map(str::trim_start).and_then(|v| v.strip_prefix('=')) {
+            if let Some(value) = t
+                .strip_prefix("name")
+                .map(str::trim_start)
+                .and_then(|v| v.strip_prefix('='))
+            {
                 if let Ok(name) = toml::from_str::<toml::Table>(&format!("v = {}", value.trim())) {
                     if let Some(name) = name.get("v").and_then(|v| v.as_str()) {
                         return format!("[[client]] {name}");
@@ -467,7 +483,13 @@ impl Context<'_> {
 
     /// An error about `key` in the table starting at `span` (the line of `key` in it if it is
     /// there, else the table's first line).
-    fn at_key(&self, span: Option<std::ops::Range<usize>>, key: &str, table: &str, message: String) -> ConfigError {
+    fn at_key(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        table: &str,
+        message: String,
+    ) -> ConfigError {
         let line = span.map(|span| {
             // toml's span of a table may be its header only: look up to the next header.
             let block = &self.text[span.start.min(self.text.len())..];
@@ -507,7 +529,14 @@ impl Context<'_> {
         let table_for = |name: &str| format!("[[client]] {name}");
         let name = match raw.name {
             Some(name) => name,
-            None => return Err(self.at_key(Some(span), "name", "[[client]]", "every client needs a name".into())),
+            None => {
+                return Err(self.at_key(
+                    Some(span),
+                    "name",
+                    "[[client]]",
+                    "every client needs a name".into(),
+                ))
+            }
         };
         let table = table_for(&name);
         let err = |key: &str, message: String| self.at_key(Some(span.clone()), key, &table, message);
@@ -527,11 +556,21 @@ impl Context<'_> {
         let repo = match raw.repo {
             Some(repo) if repo.is_absolute() => repo,
             Some(repo) => return Err(err("repo", format!("{} is not an absolute path", repo.display()))),
-            None => return Err(err("repo", "no repository (an absolute path on this server)".into())),
+            None => {
+                return Err(err(
+                    "repo",
+                    "no repository (an absolute path on this server)".into(),
+                ))
+            }
         };
         let args = match raw.args {
             Some(args) if !args.is_empty() => args,
-            _ => return Err(err("args", "no borg arguments, e.g. [\"create\", \"::{now}\", \"/etc\"]".into())),
+            _ => {
+                return Err(err(
+                    "args",
+                    "no borg arguments, e.g. [\"create\", \"::{now}\", \"/etc\"]".into(),
+                ))
+            }
         };
         let passphrase = match (raw.passphrase_file, raw.passcommand) {
             (Some(_), Some(_)) => {
@@ -551,8 +590,13 @@ impl Context<'_> {
         let max_runtime = duration("max_runtime", raw.max_runtime, DEFAULT_MAX_RUNTIME)?;
         let max_age = duration("max_age", raw.max_age, DEFAULT_MAX_AGE)?;
         for (k, _) in raw.env.iter().flatten() {
-            if !borg_pull_tunnel::exec::is_env_name(k) || borg_pull_tunnel::pull::RESERVED_ENV.contains(&k.as_str()) {
-                return Err(err("env", format!("{k:?} cannot be set (not a shell variable name, or set by borg-pull)")));
+            if !borg_pull_tunnel::exec::is_env_name(k)
+                || borg_pull_tunnel::pull::RESERVED_ENV.contains(&k.as_str())
+            {
+                return Err(err(
+                    "env",
+                    format!("{k:?} cannot be set (not a shell variable name, or set by borg-pull)"),
+                ));
             }
         }
         let via_name = raw.via.as_deref().unwrap_or("socket");
@@ -578,14 +622,25 @@ impl Context<'_> {
                     ));
                 }
                 let Some(server_ssh) = raw.server_ssh else {
-                    return Err(err("server_ssh", format!("via = {via_name:?} needs server_ssh = \"USER@HOST[:PORT]\"")));
+                    return Err(err(
+                        "server_ssh",
+                        format!("via = {via_name:?} needs server_ssh = \"USER@HOST[:PORT]\""),
+                    ));
                 };
                 let agent_key = match (raw.agent_key, raw.ephemeral_key.unwrap_or(false)) {
                     (Some(file), false) => Some(file),
                     (None, true) => None,
-                    (Some(_), true) => return Err(err("ephemeral_key", "set agent_key or ephemeral_key, not both".into())),
+                    (Some(_), true) => {
+                        return Err(err(
+                            "ephemeral_key",
+                            "set agent_key or ephemeral_key, not both".into(),
+                        ))
+                    }
                     (None, false) => {
-                        return Err(err("agent_key", format!("via = {via_name:?} needs agent_key = FILE or ephemeral_key = true")))
+                        return Err(err(
+                            "agent_key",
+                            format!("via = {via_name:?} needs agent_key = FILE or ephemeral_key = true"),
+                        ))
                     }
                 };
                 ViaConfig::Agent {
@@ -598,7 +653,12 @@ impl Context<'_> {
                         .unwrap_or_else(|| PathBuf::from("/etc/ssh/ssh_host_ed25519_key.pub")),
                 }
             }
-            other => return Err(err("via", format!("{other:?}: expected \"socket\", \"agent\" or \"tcp\""))),
+            other => {
+                return Err(err(
+                    "via",
+                    format!("{other:?}: expected \"socket\", \"agent\" or \"tcp\""),
+                ))
+            }
         };
         // ~/.ssh/config: what this entry (with [defaults]) leaves open.
         let alias_settings = ssh_config.map(|c| c.lookup(&alias)).unwrap_or_default();
@@ -606,11 +666,7 @@ impl Context<'_> {
             .host_name
             .map(|h| h.replace("%h", &alias))
             .unwrap_or_else(|| alias.clone());
-        let port = own
-            .port
-            .or(alias_settings.port)
-            .or(raw.port)
-            .unwrap_or(22);
+        let port = own.port.or(alias_settings.port).or(raw.port).unwrap_or(22);
         let user = own.user.clone().or(alias_settings.user).or(raw.user);
         let identity = own
             .identity
@@ -690,7 +746,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .checked_mul(per)
             .map(Duration::from_secs)
             .ok_or_else(|| format!("{s:?} is too long")),
-        _ => Err(format!("{s:?}: expected a number above 0 with s, m, h or d, e.g. 36h")),
+        _ => Err(format!(
+            "{s:?}: expected a number above 0 with s, m, h or d, e.g. 36h"
+        )),
     }
 }
 
@@ -857,7 +915,14 @@ max_runtime = "90m"
         assert_eq!(db.port, 2222);
         assert_eq!(db.passphrase, PassphraseSource::Command("pass show borg".into()));
         assert_eq!(db.max_runtime, Duration::from_secs(90 * 60));
-        assert!(matches!(&db.via, ViaConfig::Agent { tcp: false, agent_key: Some(_), .. }));
+        assert!(matches!(
+            &db.via,
+            ViaConfig::Agent {
+                tcp: false,
+                agent_key: Some(_),
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -868,33 +933,49 @@ max_runtime = "90m"
             e.to_string(),
             "fleet.toml line 18: unknown key \"keep_daly\" in [[client]] web1"
         );
-        let ConfigError::Invalid { line, key, .. } = e else { panic!() };
+        let ConfigError::Invalid { line, key, .. } = e else {
+            panic!()
+        };
         assert_eq!((line, key.as_deref()), (Some(18), Some("keep_daly")));
         let text = GOOD.replace("prune = { keep_daily = 7 }", "prune = { keep_daly = 7 }");
         assert_eq!(
             message(&text),
             "fleet.toml line 12: unknown key \"keep_daly\" in [defaults]"
         );
-        assert!(message("[server]\njobz = 3\n").starts_with("fleet.toml line 2: unknown key \"jobz\" in [server]"));
+        assert!(message("[server]\njobz = 3\n")
+            .starts_with("fleet.toml line 2: unknown key \"jobz\" in [server]"));
     }
 
     #[test]
     fn wrong_type_names_file_line_key() {
         let text = GOOD.replace("port = 2222", "port = \"ssh\"");
         let m = message(&text);
-        assert!(m.starts_with("fleet.toml line 23: key \"port\" in [[client]] db.2: "), "{m}");
+        assert!(
+            m.starts_with("fleet.toml line 23: key \"port\" in [[client]] db.2: "),
+            "{m}"
+        );
         let text = GOOD.replace("jobs = 2", "jobs = -1");
         let m = message(&text);
-        assert!(m.starts_with("fleet.toml line 4: key \"jobs\" in [server]"), "{m}");
+        assert!(
+            m.starts_with("fleet.toml line 4: key \"jobs\" in [server]"),
+            "{m}"
+        );
     }
 
     #[test]
     fn validation_errors() {
         let dup_name = GOOD.replace("name = \"db.2\"", "name = \"web1\"");
-        assert!(message(&dup_name).contains("used twice"), "{}", message(&dup_name));
+        assert!(
+            message(&dup_name).contains("used twice"),
+            "{}",
+            message(&dup_name)
+        );
         let dup_repo = GOOD.replace("/srv/borg/db2", "/srv/borg/web1");
         let m = message(&dup_repo);
-        assert!(m.contains("line 25") && m.contains("borg's repository lock"), "{m}");
+        assert!(
+            m.contains("line 25") && m.contains("borg's repository lock"),
+            "{m}"
+        );
         let relative = GOOD.replace("/srv/borg/db2", "srv/borg/db2");
         assert!(message(&relative).contains("not an absolute path"));
         let bad_name = GOOD.replace("name = \"db.2\"", "name = \"db 2\"");
@@ -914,7 +995,9 @@ max_runtime = "90m"
         assert!(message(&socket_with_agent_key).contains("needs via"));
         let name_in_defaults = GOOD.replace("user = \"root\"", "name = \"x\"");
         assert!(message(&name_in_defaults).contains("cannot be in [defaults]"));
-        assert!(message("[[client]]\nname = \"a\"\nhost = \"h\"\nrepo = \"/r\"\n").contains("no borg arguments"));
+        assert!(
+            message("[[client]]\nname = \"a\"\nhost = \"h\"\nrepo = \"/r\"\n").contains("no borg arguments")
+        );
     }
 
     #[test]
@@ -930,7 +1013,11 @@ max_runtime = "90m"
         let fleet = parse_with_home(&text, Path::new("fleet.toml"), Some(home.path())).unwrap();
         let web = &fleet.clients[0];
         assert_eq!(web.host, "192.0.2.7");
-        assert_eq!(web.user.as_deref(), Some("alias-user"), "the alias beats [defaults]");
+        assert_eq!(
+            web.user.as_deref(),
+            Some("alias-user"),
+            "the alias beats [defaults]"
+        );
         assert_eq!(web.port, 2200);
         assert_eq!(web.identity, Some(home.path().join(".ssh/web")));
         assert_eq!(web.jump, vec!["gw:2022".to_owned()]);

@@ -242,6 +242,9 @@ Host *
         assert!(!glob(b"a?c", b"ac"));
         assert!(host_matches(&["*".into(), "!x".into()], "y"));
         assert!(!host_matches(&["*".into(), "!x".into()], "x"));
-        assert!(!host_matches(&["!x".into()], "y"), "a negation alone matches nothing");
+        assert!(
+            !host_matches(&["!x".into()], "y"),
+            "a negation alone matches nothing"
+        );
     }
 }
