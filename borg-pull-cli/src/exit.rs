@@ -211,9 +211,9 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
     match e {
         E::InvalidOption(_) | E::NulInArgument(_) => USAGE,
         E::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => USAGE,
-        E::Serve(
-            borg_pull_core::Error::BorgNotFound { .. } | borg_pull_core::Error::SpawnBorg { .. },
-        ) => BORG_UNAVAILABLE,
+        E::Serve(borg_pull_core::Error::BorgNotFound { .. } | borg_pull_core::Error::SpawnBorg { .. }) => {
+            BORG_UNAVAILABLE
+        }
         E::JumpHost { source, .. } => for_pull_error(source),
         E::JumpConnect { .. } => CONNECT,
         e if e.is_host_key() => HOST_KEY,
