@@ -1,6 +1,8 @@
 //! The fleet config: a TOML file with a `[server]` table, a `[defaults]` table and one
 //! `[[client]]` entry per client. Every client key but `name` may be set in `[defaults]`; a
-//! client's own value wins. Unknown keys and wrong types are errors naming the file, line and key.
+//! client's own value wins. Where a client's `host` is a `~/.ssh/config` alias, its HostName,
+//! User, Port, IdentityFile and ProxyJump fill what the client entry and `[defaults]` leave unset
+//! (the fleet config wins, as ssh's command line beats its config). Unknown keys and wrong types are errors naming the file, line and key.
 //!
 //! ```toml
 //! [server]
@@ -660,24 +662,24 @@ impl Context<'_> {
                 ))
             }
         };
-        // ~/.ssh/config: what this entry (with [defaults]) leaves open.
+        // ~/.ssh/config fills what this entry and [defaults] leave open, as ssh's own command
+        // line beats its config: a `Host *` IdentityFile or User in the operator's file must not
+        // silently replace what the fleet config says.
         let alias_settings = ssh_config.map(|c| c.lookup(&alias)).unwrap_or_default();
         let host = alias_settings
             .host_name
             .map(|h| h.replace("%h", &alias))
             .unwrap_or_else(|| alias.clone());
-        let port = own.port.or(alias_settings.port).or(raw.port).unwrap_or(22);
-        let user = own.user.clone().or(alias_settings.user).or(raw.user);
-        let identity = own
+        let port = raw.port.or(alias_settings.port).unwrap_or(22);
+        let user = raw.user.or(alias_settings.user);
+        let identity = raw
             .identity
-            .clone()
-            .or(alias_settings.identity.map(|i| expand_tilde(&i, home)))
-            .or(raw.identity);
-        let jump = match (&own.jump, alias_settings.proxy_jump) {
-            (Some(j), _) => j.clone(),
+            .or(alias_settings.identity.map(|i| expand_tilde(&i, home)));
+        let jump = match (raw.jump, alias_settings.proxy_jump) {
+            (Some(j), _) => j,
             (None, Some(j)) if j == "none" => Vec::new(),
             (None, Some(j)) => j.split(',').map(|s| s.trim().to_owned()).collect(),
-            (None, None) => raw.jump.unwrap_or_default(),
+            (None, None) => Vec::new(),
         };
         for hop in &jump {
             borg_pull_tunnel::jump::JumpHost::parse(hop).map_err(|e| err("jump", e.to_string()))?;
@@ -1013,11 +1015,10 @@ max_runtime = "90m"
         let fleet = parse_with_home(&text, Path::new("fleet.toml"), Some(home.path())).unwrap();
         let web = &fleet.clients[0];
         assert_eq!(web.host, "192.0.2.7");
-        assert_eq!(
-            web.user.as_deref(),
-            Some("alias-user"),
-            "the alias beats [defaults]"
-        );
+        assert_eq!(web.user.as_deref(), Some("root"), "[defaults] beats the ssh config");
+        let no_user = text.replace("user = \"root\"\n", "");
+        let fleet = parse_with_home(&no_user, Path::new("fleet.toml"), Some(home.path())).unwrap();
+        assert_eq!(fleet.clients[0].user.as_deref(), Some("alias-user"));
         assert_eq!(web.port, 2200);
         assert_eq!(web.identity, Some(home.path().join(".ssh/web")));
         assert_eq!(web.jump, vec!["gw:2022".to_owned()]);
