@@ -258,7 +258,10 @@ fn run_pulls_eight_clients_three_at_a_time_and_reports_the_failures() {
         assert_eq!(cells[7], "-", "error of {name}: {}", out.describe());
         assert!(cells[5].parse::<u64>().unwrap() > 0, "bytes of {name}");
         let archive = cells[1];
-        assert!(archive.starts_with("arch-2"), "archive name from --stats: {archive}");
+        assert!(
+            archive.starts_with("arch-2"),
+            "archive name from --stats: {archive}"
+        );
         assert!(
             stderr.contains(&format!("\n{name}: Archive name: {archive}")),
             "{name}'s borg output is prefixed: {}",
@@ -301,8 +304,8 @@ fn run_pulls_eight_clients_three_at_a_time_and_reports_the_failures() {
         .args(["c1", "alias-8", "wrong-key"])
         .output();
     out.assert_code(210);
-    let json: serde_json::Value = serde_json::from_str(&out.stdout_text())
-        .unwrap_or_else(|e| panic!("JSON: {e}: {}", out.describe()));
+    let json: serde_json::Value =
+        serde_json::from_str(&out.stdout_text()).unwrap_or_else(|e| panic!("JSON: {e}: {}", out.describe()));
     let rows = json.as_array().unwrap();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["client"], "c1");
@@ -343,7 +346,11 @@ fn config_errors_name_file_line_and_key() {
     let config = f.config(&["create", "::x", "DATA"], &clients);
     let out = f.server(&["check-config", "--config"]).arg(&config).output();
     out.assert_code(200);
-    assert!(out.stderr_text().contains("key \"port\" in [[client]] c1"), "{}", out.describe());
+    assert!(
+        out.stderr_text().contains("key \"port\" in [[client]] c1"),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]
@@ -377,9 +384,15 @@ fn check_config_connect_reports_each_client() {
     };
     let good = line("good");
     assert!(good.starts_with("good: ok: relay "), "{}", out.describe());
-    assert!(good.contains("borg 1.") && good.contains("forwarding allowed"), "{good}");
+    assert!(
+        good.contains("borg 1.") && good.contains("forwarding allowed"),
+        "{good}"
+    );
     assert!(line("wrong-key").starts_with("wrong-key: FAILED (210)"), "{text}");
-    assert!(line("no-repo").contains("does not exist on this server"), "{text}");
+    assert!(
+        line("no-repo").contains("does not exist on this server"),
+        "{text}"
+    );
     f.assert_nothing_left();
 }
 
@@ -394,8 +407,24 @@ fn sigint_stops_every_client_and_leaves_nothing_running() {
         f.init(name, false);
         clients.push_str(&f.client(name, None, ""));
     }
-    // borg holds its session with borg serve (and the repository lock) until stopped.
-    let config = f.config(&["with-lock", "::", "sleep", "120"], &clients);
+    // Enough incompressible data that the backups are still running when the signal comes (a
+    // borg blocked outside the repository, e.g. opening a FIFO, would only notice the closed
+    // session at its next request: stopping it needs sshd to deliver the signal).
+    let big = f.dir().join("big");
+    fs::create_dir(&big).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..4 {
+        let mut v = vec![0u8; 8 << 20];
+        for b in v.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        fs::write(big.join(format!("f{i}")), v).unwrap();
+    }
+    sshd::chown_to_login_user(&big);
+    let config = f.config(&["create", "::interrupted", &big.to_string_lossy()], &clients);
     let mut run = f
         .server(&["run", "--jobs", "2", "--config"])
         .arg(&config)
@@ -411,7 +440,11 @@ fn sigint_stops_every_client_and_leaves_nothing_running() {
             break;
         }
         assert!(run.is_running(), "run ended early:\n{}", run.report());
-        assert!(Instant::now() < deadline, "two borg serve never ran:\n{}", run.report());
+        assert!(
+            Instant::now() < deadline,
+            "two borg serve never ran:\n{}",
+            run.report()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     run.signal("INT");
@@ -419,7 +452,10 @@ fn sigint_stops_every_client_and_leaves_nothing_running() {
     assert_eq!(status.code(), Some(202), "{}", run.report());
     let log = run.log();
     for name in ["s1", "s2", "s3", "s4"] {
-        assert!(log.lines().any(|l| l.starts_with(name) && l.contains("202")), "{name}: {log}");
+        assert!(
+            log.lines().any(|l| l.starts_with(name) && l.contains("202")),
+            "{name}: {log}"
+        );
     }
     f.assert_nothing_left();
 }

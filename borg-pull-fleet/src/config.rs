@@ -1015,7 +1015,11 @@ max_runtime = "90m"
         let fleet = parse_with_home(&text, Path::new("fleet.toml"), Some(home.path())).unwrap();
         let web = &fleet.clients[0];
         assert_eq!(web.host, "192.0.2.7");
-        assert_eq!(web.user.as_deref(), Some("root"), "[defaults] beats the ssh config");
+        assert_eq!(
+            web.user.as_deref(),
+            Some("root"),
+            "[defaults] beats the ssh config"
+        );
         let no_user = text.replace("user = \"root\"\n", "");
         let fleet = parse_with_home(&no_user, Path::new("fleet.toml"), Some(home.path())).unwrap();
         assert_eq!(fleet.clients[0].user.as_deref(), Some("alias-user"));
