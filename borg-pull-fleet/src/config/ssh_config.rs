@@ -145,11 +145,7 @@ impl SshConfig {
                     "user" => {
                         s.user.get_or_insert(value);
                     }
-                    "port" => {
-                        if s.port.is_none() {
-                            s.port = value.parse().ok();
-                        }
-                    }
+                    "port" if s.port.is_none() => s.port = value.parse().ok(),
                     "identityfile" => {
                         s.identity.get_or_insert(value);
                     }
