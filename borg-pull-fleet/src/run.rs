@@ -322,9 +322,13 @@ pub async fn run(
         let handle = tasks.spawn(async move {
             let started = SystemTime::now();
             let permit = tokio::select! {
-                p = permits.acquire_owned() => p,
+                biased;
                 () = job.cancel.cancelled() => return (index, job.not_started(started)),
+                p = permits.acquire_owned() => p,
             };
+            if job.cancel.is_cancelled() {
+                return (index, job.not_started(started));
+            }
             let result = job.pull().await;
             drop(permit);
             (index, result)
@@ -404,11 +408,13 @@ impl Job {
         };
         stdout.finish();
         stderr.finish();
-        let archive = stdout
-            .archive
-            .take()
-            .or(stderr.archive.take())
-            .or_else(|| archive_in_args(&self.client.args));
+        // borg's own line if it printed one; else the argument, but only if borg ran at all.
+        let archive = stdout.archive.take().or(stderr.archive.take()).or_else(|| {
+            outcome
+                .is_ok()
+                .then(|| archive_in_args(&self.client.args))
+                .flatten()
+        });
         let mut result = ClientResult {
             name: name.clone(),
             archive,
@@ -450,7 +456,14 @@ impl Job {
             state.last_success = Some(record.clone());
         }
         state.last_run = Some(record);
-        let created = self.client.args.first().map(String::as_str) == Some("create");
+        // borg's subcommand: its first argument that is not an option.
+        let created = self
+            .client
+            .args
+            .iter()
+            .find(|a| !a.starts_with('-'))
+            .map(String::as_str)
+            == Some("create");
         if succeeded && created && !self.cancel.is_cancelled() {
             let outcome = after_create(&self.client, &self.server, &mut state).await;
             info!(client = %name, pruned = ?outcome.pruned, compacted = ?outcome.compacted, checked = ?outcome.checked, "retention done");
@@ -719,5 +732,95 @@ mod tests {
             Some("x")
         );
         assert_eq!(archive_in_args(&args(&["list"])), None);
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+
+    fn classify(e: &borg_pull_tunnel::Error) -> (u8, String) {
+        let code = match e {
+            borg_pull_tunnel::Error::Interrupted => 202,
+            _ => 213,
+        };
+        (code, e.to_string())
+    }
+
+    /// Clients on closed ports of 127.0.0.1, state in `dir`.
+    fn fleet(dir: &std::path::Path, n: usize) -> Fleet {
+        let mut text = format!(
+            "[server]\nstate_dir = {:?}\n[defaults]\nuser = \"u\"\nargs = [\"create\", \"::a\", \"/etc\"]\nknown_hosts = \"/dev/null\"\n",
+            dir.display().to_string()
+        );
+        for i in 0..n {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            text.push_str(&format!(
+                "[[client]]\nname = \"c{i}\"\nhost = \"127.0.0.1\"\nport = {port}\nrepo = \"/srv/c{i}\"\n"
+            ));
+        }
+        crate::config::parse_with_home(&text, std::path::Path::new("f.toml"), None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_client_gets_a_result_in_order_and_its_state_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = fleet(dir.path(), 5);
+        let sink = OutputSink::new(Box::new(std::io::sink()), Box::new(std::io::sink()));
+        let results = run(
+            &fleet,
+            &[],
+            2,
+            &PullEnv::default(),
+            classify,
+            CancellationToken::new(),
+            sink,
+        )
+        .await;
+        let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
+        for r in &results {
+            assert_eq!(r.error.as_ref().map(|e| e.0), Some(213), "{r:?}");
+            assert_eq!(r.archive, None, "no archive without borg");
+        }
+        assert_eq!(worst_code(&results), 213);
+        let state = StateStore::open(dir.path()).unwrap().load("c3");
+        assert_eq!(state.last_run.unwrap().error.unwrap().0, 213);
+        assert!(state.last_success.is_none());
+        // Only the named ones.
+        let sink = OutputSink::new(Box::new(std::io::sink()), Box::new(std::io::sink()));
+        let results = run(
+            &fleet,
+            &["c4".into()],
+            2,
+            &PullEnv::default(),
+            classify,
+            CancellationToken::new(),
+            sink,
+        )
+        .await;
+        assert_eq!(results.len(), 1);
+        assert!(select(&fleet, &["nope".into()])
+            .unwrap_err()
+            .contains("no client \"nope\""));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_starts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = fleet(dir.path(), 3);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let sink = OutputSink::new(Box::new(std::io::sink()), Box::new(std::io::sink()));
+        let results = run(&fleet, &[], 1, &PullEnv::default(), classify, cancel, sink).await;
+        assert_eq!(results.len(), 3);
+        assert!(
+            results.iter().all(|r| r.error.as_ref().map(|e| e.0) == Some(202)),
+            "{results:?}"
+        );
     }
 }
