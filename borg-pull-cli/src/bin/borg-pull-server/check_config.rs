@@ -86,7 +86,7 @@ async fn connect_all(fleet: &Fleet) -> u8 {
 }
 
 async fn check(fleet: &Fleet, client: &Client, env: &PullEnv) -> Result<String, (u8, String)> {
-    let fail = |e: Error| (exit::for_pull_error(&e).code, hint::render(&e));
+    let fail = |e: Error| (exit::for_pull_error(&e).code, hint::render_fleet(&e));
     let options = client
         .pull_options(&fleet.server, env, CancellationToken::new())
         .await
@@ -149,7 +149,7 @@ async fn check(fleet: &Fleet, client: &Client, env: &PullEnv) -> Result<String, 
                 let _ = session.capture(&format!("rm -rf {quoted}"), CHECK_TIMEOUT).await;
             }
         }
-        let forward = forward.map_err(|e| (exit::CLIENT_SETUP.code, format!("forwarding refused: {}", hint::render(&e))))?;
+        let forward = forward.map_err(|e| (exit::CLIENT_SETUP.code, format!("forwarding refused: {}", hint::render_fleet(&e))))?;
         // borg 1.x repositories have a `config` file at their top.
         if !client.repo.join("config").is_file() {
             return Err((

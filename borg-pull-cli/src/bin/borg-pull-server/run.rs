@@ -52,7 +52,7 @@ pub struct RunArgs {
 
 /// The message and code of a failed client.
 fn classify(e: &borg_pull_tunnel::Error) -> (u8, String) {
-    (exit::for_pull_error(e).code, hint::render(e))
+    (exit::for_pull_error(e).code, hint::render_fleet(e))
 }
 
 /// Runs the fleet; the exit code is the worst result ([`run::worst_code`]).
