@@ -9,7 +9,9 @@
 //!   grace period; then everything is cleaned up).
 //! - Output is line-buffered per client and written one whole line at a time, so lines of two
 //!   clients never mix; a line longer than [`MAX_LINE`] is cut (borg's progress output without
-//!   newlines cannot grow our memory).
+//!   newlines cannot grow our memory). The write itself is a blocking write under a lock: a reader
+//!   of our stdout that stalls holds the clients back (backpressure instead of an unbounded
+//!   buffer), and may stall a runtime worker while it does.
 //! - After a successful `create` (borg rc 0 or 1) retention runs on the server
 //!   ([`crate::retention`]); the result is recorded ([`crate::state`]) and the metrics file
 //!   rewritten ([`crate::metrics`]) when `[server] prometheus` is set.
