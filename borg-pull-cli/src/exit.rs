@@ -224,6 +224,54 @@ pub fn range_note() -> String {
     )
 }
 
+/// Our own failures map to codes 200 and up (see [`PULL`]).
+pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
+    use borg_pull_tunnel::{Error as E, SecretKind};
+    match e {
+        E::InvalidOption(_) | E::NulInArgument(_) => USAGE,
+        E::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => USAGE,
+        E::Serve(borg_pull_core::Error::BorgNotFound { .. } | borg_pull_core::Error::SpawnBorg { .. }) => {
+            BORG_UNAVAILABLE
+        }
+        E::JumpHost { source, .. } => for_pull_error(source),
+        E::JumpConnect { .. } => CONNECT,
+        e if e.is_host_key() => HOST_KEY,
+        E::KnownHostsIo { .. } => HOST_KEY,
+        E::SecretFileTooOpen {
+            kind: SecretKind::RepoPassphrase,
+            ..
+        } => PASSPHRASE,
+        E::Identity { .. }
+        | E::IdentityEncrypted { .. }
+        | E::NoIdentity { .. }
+        | E::SecretFileTooOpen { .. }
+        | E::AuthFailed { .. } => AUTH,
+        E::Passphrase(_) => PASSPHRASE,
+        E::Connect { .. } | E::ConnectTimeout { .. } => CONNECT,
+        E::ServerHostKey { .. } | E::ForcedCommandInvalid { .. } => USAGE,
+        // --ephemeral-key: the server user's authorized_keys cannot be edited safely.
+        E::AuthorizedKeysIo { .. }
+        | E::AuthorizedKeysUnsafe { .. }
+        | E::AuthorizedKeysConflict { .. }
+        | E::Io { .. } => OS_ERROR,
+        E::ForwardDenied { .. }
+        | E::RemoteDirUnusable { .. }
+        | E::TcpForwardDenied { .. }
+        | E::AgentNotForwarded { .. }
+        | E::RemoteProgramMissing { .. }
+        | E::RemoteHelper { .. }
+        | E::RemoteHelperTimeout { .. } => CLIENT_SETUP,
+        E::ConnectionLost { .. } => CONNECTION_LOST,
+        E::NoAnswer { .. }
+        | E::OversizedPacket { .. }
+        | E::ChannelOpenFlood { .. }
+        | E::RemoteOutputTooLarge { .. } => CLIENT_MISBEHAVED,
+        E::MaxRuntime { .. } | E::RestoreMaxRuntime { .. } => MAX_RUNTIME,
+        E::Interrupted => INTERRUPTED,
+        _ => FAILURE,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

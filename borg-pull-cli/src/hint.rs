@@ -100,6 +100,74 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
     }
 }
 
+/// The hint for one error of a client of `run` / `check-config`: the fix is a key of the fleet
+/// config, not a flag.
+pub fn fleet(err: &borg_pull_tunnel::Error) -> Option<Hint> {
+    use borg_pull_tunnel::Error as E;
+    let key = |key: &'static str, text: &str| Some(Hint::new(key, text));
+    match err {
+        E::UnknownHostKey(_) | E::HostKeyTypeUnknown(_) => key(
+            "accept_new_host_key =",
+            "accept_new_host_key = true records a key not yet in known_hosts",
+        ),
+        E::IdentityEncrypted { .. } => key(
+            "in BORG_PULL_IDENTITY_PASSPHRASE",
+            "give the key's passphrase in BORG_PULL_IDENTITY_PASSPHRASE",
+        ),
+        E::NoIdentity { .. } => key(
+            "identity =",
+            "set identity = FILE for the client or in [defaults]",
+        ),
+        E::JumpHost { source, .. } => fleet(source),
+        E::NoKnownHostsFile => key("known_hosts =", "set known_hosts = FILE"),
+        E::RemoteProgramMissing { role, .. } => match role {
+            borg_pull_tunnel::RemoteProgram::Relay => key(
+                "relay =",
+                "install it there or set relay = PATH (its full path on the client)",
+            ),
+            borg_pull_tunnel::RemoteProgram::Borg => key(
+                "remote_borg =",
+                "install it there or set remote_borg = PATH (its full path on the client)",
+            ),
+            borg_pull_tunnel::RemoteProgram::Ssh | borg_pull_tunnel::RemoteProgram::Tar => None,
+        },
+        E::ServerHostKey { .. } => key(
+            "server_host_key =",
+            "set server_host_key = FILE.pub (this server's public host key)",
+        ),
+        E::TcpForwardDenied { .. } => key(
+            "via =",
+            "or use via = \"socket\" or \"agent\", which need no TCP forwarding on the client",
+        ),
+        E::MaxRuntime { .. } => key("max_runtime =", "raise max_runtime if the run needs longer"),
+        E::Serve(borg_pull_core::Error::BorgNotFound { .. } | borg_pull_core::Error::SpawnBorg { .. }) => {
+            key("borg = PATH in [server]", "set borg = PATH in [server]")
+        }
+        E::Serve(borg_pull_core::Error::StorageQuotaInvalid { .. }) => key(
+            "storage_quota =",
+            "give storage_quota as a size of at least 10M, e.g. \"500G\"",
+        ),
+        _ => None,
+    }
+}
+
+/// [`render`] for a client of `run` / `check-config`: the hint names the config key ([`fleet`]).
+pub fn render_fleet(err: &borg_pull_tunnel::Error) -> String {
+    let mut out = String::new();
+    let mut cause: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cause = e.source();
+    }
+    append(out, fleet(err))
+}
+
 /// The hint for an error of `borg-pull-server authorize` (its flags differ from pull's).
 pub fn authorize(err: &borg_pull_tunnel::Error) -> Option<Hint> {
     use borg_pull_tunnel::Error as E;
@@ -232,5 +300,21 @@ mod tests {
         };
         let text = render(&err);
         assert!(text.contains("--socket or BORG_PULL_SOCKET"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod fleet_tests {
+    use super::*;
+
+    /// In a fleet, hints name config keys, never command-line flags.
+    #[test]
+    fn fleet_hints_name_keys() {
+        let e = borg_pull_tunnel::Error::NoKnownHostsFile;
+        let text = render_fleet(&e);
+        assert!(text.ends_with("; set known_hosts = FILE"), "{text}");
+        assert!(!text.contains("--"), "{text}");
+        let e = borg_pull_tunnel::Error::Interrupted;
+        assert_eq!(render_fleet(&e), e.to_string());
     }
 }

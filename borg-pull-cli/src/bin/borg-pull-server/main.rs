@@ -12,10 +12,12 @@ use borg_pull_cli::{hint, runtime};
 use clap::{ArgAction, Parser, Subcommand};
 
 mod authorize;
+mod check_config;
 mod connect_args;
 mod listen;
 mod pull;
 mod restore_tar;
+mod run;
 
 /// Exit codes of `listen`, shown in its `--help`.
 fn listen_after_help() -> String {
@@ -76,6 +78,12 @@ enum Command {
     /// repository.
     #[command(after_help = authorize::after_help())]
     Authorize(authorize::AuthorizeArgs),
+    /// Back up every client of a fleet config, N at a time, then print a summary.
+    #[command(after_help = run::after_help())]
+    Run(run::RunArgs),
+    /// Validate a fleet config; with --connect also try every client.
+    #[command(after_help = check_config::after_help())]
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 /// A command-line problem found after parsing (exit code [`exit::USAGE`]).
@@ -108,6 +116,8 @@ fn main() -> ExitCode {
         Command::Pull(args) => pull::run(*args),
         Command::RestoreTar(args) => restore_tar::run(*args),
         Command::Authorize(args) => authorize::run(args),
+        Command::Run(args) => run::run(args),
+        Command::CheckConfig(args) => check_config::run(args),
     }
 }
 

@@ -4,12 +4,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use borg_pull_cli::exit::{self, Code};
+use borg_pull_cli::exit;
 use borg_pull_cli::{hint, signals};
 use borg_pull_core::ServeConfig;
 use borg_pull_tunnel::pull::{pull, AgentKey, PullEnv, PullOptions, ServerLogin, Via};
 use borg_pull_tunnel::secret::Passphrase;
-use borg_pull_tunnel::{Error, SecretKind};
+use borg_pull_tunnel::Error;
 
 use crate::connect_args::ConnectArgs;
 
@@ -215,7 +215,7 @@ pub fn run(args: PullArgs) -> ExitCode {
         }
         Ok(Err(e)) => {
             eprintln!("borg-pull-server: error: {}", hint::render(&e));
-            exit_code(&e).into()
+            exit::for_pull_error(&e).into()
         }
         Err(e) => {
             eprintln!("borg-pull-server: error: cannot start the async runtime: {e}");
@@ -259,50 +259,3 @@ const SIGNAL_MESSAGES: signals::Messages = signals::Messages {
     first: "stopping borg on the client and cleaning up (again to exit at once)",
     second: "exiting at once",
 };
-
-/// Our own failures map to codes 200 and up (see [`exit::PULL`]); `restore-tar` uses the same.
-pub(crate) fn exit_code(e: &Error) -> Code {
-    match e {
-        Error::InvalidOption(_) | Error::NulInArgument(_) => exit::USAGE,
-        Error::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => exit::USAGE,
-        Error::Serve(
-            borg_pull_core::Error::BorgNotFound { .. } | borg_pull_core::Error::SpawnBorg { .. },
-        ) => exit::BORG_UNAVAILABLE,
-        Error::JumpHost { source, .. } => exit_code(source),
-        Error::JumpConnect { .. } => exit::CONNECT,
-        e if e.is_host_key() => exit::HOST_KEY,
-        Error::KnownHostsIo { .. } => exit::HOST_KEY,
-        Error::SecretFileTooOpen {
-            kind: SecretKind::RepoPassphrase,
-            ..
-        } => exit::PASSPHRASE,
-        Error::Identity { .. }
-        | Error::IdentityEncrypted { .. }
-        | Error::NoIdentity { .. }
-        | Error::SecretFileTooOpen { .. }
-        | Error::AuthFailed { .. } => exit::AUTH,
-        Error::Passphrase(_) => exit::PASSPHRASE,
-        Error::Connect { .. } | Error::ConnectTimeout { .. } => exit::CONNECT,
-        Error::ServerHostKey { .. } | Error::ForcedCommandInvalid { .. } => exit::USAGE,
-        // --ephemeral-key: the server user's authorized_keys cannot be edited safely.
-        Error::AuthorizedKeysIo { .. }
-        | Error::AuthorizedKeysUnsafe { .. }
-        | Error::AuthorizedKeysConflict { .. }
-        | Error::Io { .. } => exit::OS_ERROR,
-        Error::ForwardDenied { .. }
-        | Error::TcpForwardDenied { .. }
-        | Error::AgentNotForwarded { .. }
-        | Error::RemoteProgramMissing { .. }
-        | Error::RemoteDirUnusable { .. }
-        | Error::RemoteHelper { .. }
-        | Error::RemoteHelperTimeout { .. } => exit::CLIENT_SETUP,
-        Error::ConnectionLost { .. } => exit::CONNECTION_LOST,
-        Error::NoAnswer { .. }
-        | Error::OversizedPacket { .. }
-        | Error::ChannelOpenFlood { .. }
-        | Error::RemoteOutputTooLarge { .. } => exit::CLIENT_MISBEHAVED,
-        Error::MaxRuntime { .. } | Error::RestoreMaxRuntime { .. } => exit::MAX_RUNTIME,
-        Error::Interrupted => exit::INTERRUPTED,
-        _ => exit::FAILURE,
-    }
-}

@@ -107,7 +107,7 @@ pub fn run(args: RestoreTarArgs) -> ExitCode {
         }
         Ok(Err(e)) => {
             eprintln!("borg-pull-server: error: {}", hint::render(&e));
-            crate::pull::exit_code(&e).into()
+            exit::for_pull_error(&e).into()
         }
         Err(e) => {
             eprintln!("borg-pull-server: error: cannot start the async runtime: {e}");

@@ -1,0 +1,119 @@
+//! `borg-pull-server run`: every client of a fleet config, N at a time, then a summary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use borg_pull_cli::{exit, hint, signals};
+use borg_pull_fleet::run::{self, OutputSink};
+use borg_pull_tunnel::pull::PullEnv;
+
+/// Exit codes of `run`, shown in its `--help`.
+pub fn after_help() -> String {
+    format!(
+        "Exit code: the worst of the clients' results. Any borg-pull error of a client (our codes, \
+listed below; the highest when several clients failed) is worse than every borg code; among \
+borg's codes a higher one is worse (2 error > 1 warning > 0 success). A client that failed never \
+stops the others; each one's result is in the summary.
+{}
+
+Configuration errors exit 200 naming the file, line and key. Ctrl-C (SIGINT/SIGTERM) stops every \
+running client as `pull` does (borg gets SIGINT and a grace period) and skips those not started \
+(202); a second one exits at once.",
+        exit::lines(exit::PULL).trim_end(),
+    )
+}
+
+/// Arguments of `borg-pull-server run`.
+///
+/// Pulls every client of the config (or the NAMEs given), at most --jobs at once, with borg's
+/// output lines prefixed `NAME: `, then prints a summary table (client, archive, start, duration,
+/// bytes sent, borg's rc, our error) on stdout, or with --json a JSON array (borg's output then
+/// goes to stderr). After a successful create, prune/compact/check run on this server as
+/// configured.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The fleet config (TOML: [server], [defaults], [[client]]).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+
+    /// Clients pulled at once (default: [server] jobs, else 4).
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+
+    /// Print the summary as JSON on stdout (no secret is in it: the config holds only the paths
+    /// and commands that give the passphrases).
+    #[arg(long)]
+    json: bool,
+
+    /// Only these clients (default: all), by name.
+    #[arg(value_name = "NAME")]
+    names: Vec<String>,
+}
+
+/// The message and code of a failed client.
+fn classify(e: &borg_pull_tunnel::Error) -> (u8, String) {
+    (exit::for_pull_error(e).code, hint::render_fleet(e))
+}
+
+/// Runs the fleet; the exit code is the worst result ([`run::worst_code`]).
+pub fn run(args: RunArgs) -> ExitCode {
+    match borg_pull_cli::runtime::block_on(run_async(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("borg-pull-server: error: cannot start the async runtime: {e}");
+            exit::FAILURE.into()
+        }
+    }
+}
+
+async fn run_async(args: RunArgs) -> ExitCode {
+    let shutdown = match signals::install(SIGNAL_MESSAGES) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("borg-pull-server: error: cannot install signal handlers: {e}");
+            return exit::OS_ERROR.into();
+        }
+    };
+    signals::exit_on_forced(&shutdown);
+    let fleet = match borg_pull_fleet::config::load(&args.config) {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            eprintln!("borg-pull-server: error: {e}");
+            return exit::USAGE.into();
+        }
+    };
+    if let Err(e) = run::select(&fleet, &args.names) {
+        eprintln!("borg-pull-server: error: {e}");
+        return exit::USAGE.into();
+    }
+    let jobs = args.jobs.map_or(fleet.server.jobs, usize::from);
+    // With --json stdout carries only the JSON: borg's stdout lines go to stderr too.
+    let sink = if args.json {
+        OutputSink::new(Box::new(std::io::stderr()), Box::new(std::io::stderr()))
+    } else {
+        OutputSink::stdio()
+    };
+    let env = PullEnv::from_process();
+    let results = run::run(&fleet, &args.names, jobs, &env, classify, shutdown.graceful, sink).await;
+    let summary = if args.json {
+        match serde_json::to_string_pretty(&results) {
+            Ok(json) => json + "\n",
+            Err(e) => {
+                eprintln!("borg-pull-server: error: cannot write the JSON summary: {e}");
+                return exit::FAILURE.into();
+            }
+        }
+    } else {
+        run::summary_table(&results)
+    };
+    use std::io::Write as _;
+    // A closed stdout (`| head`) is not an error of the run.
+    let _ = std::io::stdout().lock().write_all(summary.as_bytes());
+    ExitCode::from(run::worst_code(&results))
+}
+
+/// The first SIGINT/SIGTERM stops every running pull cleanly; the second exits at once.
+const SIGNAL_MESSAGES: signals::Messages = signals::Messages {
+    first: "stopping borg on every client and cleaning up (again to exit at once)",
+    second: "exiting at once",
+};

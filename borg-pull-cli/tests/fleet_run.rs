@@ -1,0 +1,461 @@
+//! End-to-end tests of `borg-pull-server run` and `check-config` against a real OpenSSH sshd
+//! (one on 127.0.0.1 standing for every client, reached directly and through `~/.ssh/config`
+//! aliases) and real borg on both ends.
+
+mod common;
+mod sshd;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{assert_ok, Outcome, TestCommand};
+use sshd::Sshd;
+
+const BUILT_RELAY: &str = env!("CARGO_BIN_EXE_borg-pull-relay");
+const SERVER: &str = env!("CARGO_BIN_EXE_borg-pull-server");
+/// The repositories' passphrase, in a file the config names; must never show in any output.
+const PASSPHRASE: &str = "fleet 'secret' $(staple) \"horse\"";
+
+/// A TOML basic string (JSON's escaping is valid TOML).
+fn toml_str(s: impl AsRef<std::ffi::OsStr>) -> String {
+    serde_json::to_string(&s.as_ref().to_string_lossy()).unwrap()
+}
+
+/// One sshd, a relay the login user can run, a data set, a passphrase file, an ssh config with
+/// aliases for the sshd, and repositories with hostile names.
+struct Fleet {
+    sshd: Sshd,
+    relay: PathBuf,
+    data: PathBuf,
+    home: PathBuf,
+    server_base: PathBuf,
+    passphrase_file: PathBuf,
+    repos_dir: PathBuf,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let sshd = Sshd::start();
+        let d = sshd.dir.path().to_owned();
+        let bin = d.join("bin");
+        fs::create_dir(&bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let relay = bin.join("borg-pull-relay");
+        if fs::hard_link(BUILT_RELAY, &relay).is_err() {
+            fs::copy(BUILT_RELAY, &relay).unwrap();
+        }
+        fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+        let data = d.join("data");
+        fs::create_dir(&data).unwrap();
+        fs::write(data.join("hello.txt"), b"hello from the fleet\n").unwrap();
+        fs::write(data.join("it's $x"), b"hostile\n").unwrap();
+        sshd::chown_to_login_user(&data);
+        let home = d.join("home");
+        fs::create_dir_all(home.join(".ssh")).unwrap();
+        fs::write(
+            home.join(".ssh/config"),
+            format!(
+                "Host alias-*\n    HostName 127.0.0.1\n    Port {}\nHost *\n    User nobody-from-ssh-config\n",
+                sshd.port
+            ),
+        )
+        .unwrap();
+        let passphrase_file = d.join("passphrase");
+        fs::write(&passphrase_file, format!("{PASSPHRASE}\n")).unwrap();
+        fs::set_permissions(&passphrase_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let repos_dir = d.join("repos it's \"q\" $HOME");
+        fs::create_dir(&repos_dir).unwrap();
+        let server_base = d.join("server-base");
+        fs::create_dir(&server_base).unwrap();
+        Fleet {
+            sshd,
+            relay,
+            data,
+            home,
+            server_base,
+            passphrase_file,
+            repos_dir,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.sshd.dir.path()
+    }
+
+    fn repo(&self, name: &str) -> PathBuf {
+        self.repos_dir.join(format!("{name} repo"))
+    }
+
+    fn local_borg(&self, args: &[&std::ffi::OsStr]) -> Outcome {
+        let mut cmd = TestCommand::new("borg");
+        cmd.args(args)
+            .env("BORG_BASE_DIR", &self.server_base)
+            .env("BORG_PASSPHRASE", PASSPHRASE)
+            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+            .env_remove("BORG_PASSCOMMAND")
+            .env_remove("BORG_REPO");
+        cmd.output()
+    }
+
+    fn init(&self, name: &str, encrypted: bool) {
+        let repo = self.repo(name);
+        let mode = if encrypted { "repokey" } else { "none" };
+        let out = self.local_borg(&["init".as_ref(), "-e".as_ref(), mode.as_ref(), repo.as_os_str()]);
+        assert_ok(&out, "borg init");
+    }
+
+    /// The config text: `[server]`, `[defaults]` for this sshd, then `clients`.
+    fn config(&self, args: &[&str], clients: &str) -> PathBuf {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| toml_str(a.replace("DATA", &self.data.to_string_lossy())))
+            .collect();
+        let text = format!(
+            "[server]\nstate_dir = {state}\njobs = 2\n\n[defaults]\nuser = {user}\nidentity = {key}\n\
+             known_hosts = {kh}\nrelay = {relay}\npassphrase_file = {pf}\nargs = [{args}]\n\
+             env = {{ BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK = \"yes\" }}\n\n{clients}",
+            state = toml_str(self.dir().join("state")),
+            user = toml_str(&self.sshd.user),
+            key = toml_str(self.sshd.client_key()),
+            kh = toml_str(&self.sshd.known_hosts),
+            relay = toml_str(&self.relay),
+            pf = toml_str(&self.passphrase_file),
+            args = args.join(", "),
+        );
+        let path = self.dir().join("fleet.toml");
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A `[[client]]` entry; `host` None: 127.0.0.1 and this sshd's port.
+    fn client(&self, name: &str, host: Option<&str>, extra: &str) -> String {
+        let base = self.dir().join(format!("client-base-{name}"));
+        if !base.exists() {
+            fs::create_dir(&base).unwrap();
+            sshd::chown_to_login_user(&base);
+        }
+        let host = match host {
+            Some(alias) => format!("host = {}\n", toml_str(alias)),
+            None => format!("host = \"127.0.0.1\"\nport = {}\n", self.sshd.port),
+        };
+        format!(
+            "[[client]]\nname = {}\n{host}repo = {}\nenv = {{ BORG_BASE_DIR = {} }}\n{extra}\n",
+            toml_str(name),
+            toml_str(self.repo(name)),
+            toml_str(&base),
+        )
+    }
+
+    fn server(&self, args: &[&str]) -> TestCommand {
+        let mut cmd = TestCommand::new(SERVER);
+        cmd.args(args)
+            .env("HOME", &self.home)
+            .env("BORG_BASE_DIR", &self.server_base)
+            .env("BORG_PULL_LOG", "info")
+            .env_remove("BORG_PASSPHRASE")
+            .env_remove("BORG_PASSCOMMAND")
+            .env_remove("SSH_AUTH_SOCK")
+            .attach_log("sshd log", self.sshd.log_path());
+        cmd
+    }
+
+    /// Waits until no process mentions this test's directory (borg serve, relays, ...).
+    fn assert_nothing_left(&self) {
+        let needle = self.dir().as_os_str().as_bytes().to_vec();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = common::processes_mentioning(&needle);
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A closed port on 127.0.0.1.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A known_hosts file naming another key for the sshd.
+fn wrong_known_hosts(f: &Fleet) -> PathBuf {
+    let key = f.dir().join("other_host_key");
+    let out = TestCommand::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output();
+    assert_ok(&out, "ssh-keygen");
+    let public = fs::read_to_string(key.with_extension("pub")).unwrap();
+    let path = f.dir().join("wrong_known_hosts");
+    fs::write(&path, format!("[127.0.0.1]:{} {}", f.sshd.port, public)).unwrap();
+    path
+}
+
+const OK_CLIENTS: [&str; 8] = ["c1", "c2", "c3", "c4", "web.5", "db_6", "alias-7", "alias-8"];
+
+fn fleet_config(f: &Fleet) -> PathBuf {
+    let mut clients = String::new();
+    for (i, name) in OK_CLIENTS.iter().enumerate() {
+        f.init(name, i < 2);
+        // Half reach the sshd through `~/.ssh/config` aliases (HostName and Port from there).
+        let host = (i % 2 == 1).then(|| format!("alias-{name}"));
+        clients.push_str(&f.client(name, host.as_deref(), ""));
+    }
+    f.init("unreachable", false);
+    clients.push_str(&f.client(
+        "unreachable",
+        Some("127.0.0.1"),
+        &format!("port = {}", closed_port()),
+    ));
+    f.init("wrong-key", false);
+    clients.push_str(&f.client(
+        "wrong-key",
+        None,
+        &format!("known_hosts = {}", toml_str(wrong_known_hosts(f))),
+    ));
+    f.config(
+        &["create", "--stats", "::arch-{now:%Y-%m-%dT%H:%M:%S.%f}", "DATA"],
+        &clients,
+    )
+}
+
+/// The summary row of `name`, split on whitespace: client, archive, date, time, duration,
+/// bytes, rc, error...
+fn row<'a>(summary: &'a str, name: &str) -> Vec<&'a str> {
+    summary
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no row for {name} in:\n{summary}"))
+        .split_whitespace()
+        .collect()
+}
+
+#[test]
+fn run_pulls_eight_clients_three_at_a_time_and_reports_the_failures() {
+    if !common::require_tool("borg") {
+        return;
+    }
+    let f = Fleet::new();
+    let config = fleet_config(&f);
+    let out = f
+        .server(&["run", "--jobs", "3", "--config"])
+        .arg(&config)
+        .output();
+    let summary = out.stdout_text();
+    let stderr = out.stderr_text();
+    // The worst: our "cannot connect" (213) beats "host key" (210) and borg's 0.
+    out.assert_code(213);
+    assert!(summary.starts_with("client"), "{}", out.describe());
+    for name in OK_CLIENTS {
+        let cells = row(&summary, name);
+        assert_eq!(cells[6], "0", "borg rc of {name}: {}", out.describe());
+        assert_eq!(cells[7], "-", "error of {name}: {}", out.describe());
+        assert!(cells[5].parse::<u64>().unwrap() > 0, "bytes of {name}");
+        let archive = cells[1];
+        assert!(
+            archive.starts_with("arch-2"),
+            "archive name from --stats: {archive}"
+        );
+        assert!(
+            stderr.contains(&format!("\n{name}: Archive name: {archive}")),
+            "{name}'s borg output is prefixed: {}",
+            out.describe()
+        );
+        // Every archive is in its repository and holds the data.
+        let repo = f.repo(name);
+        let list = f.local_borg(&["list".as_ref(), "--short".as_ref(), repo.as_os_str()]);
+        assert_ok(&list, "borg list");
+        assert_eq!(list.stdout_text().trim(), archive);
+        let mut spec = repo.as_os_str().to_owned();
+        spec.push("::");
+        spec.push(archive);
+        let file = f.data.join("hello.txt");
+        let member = file.strip_prefix("/").unwrap();
+        let extracted = f.local_borg(&[
+            "extract".as_ref(),
+            "--stdout".as_ref(),
+            spec.as_os_str(),
+            member.as_os_str(),
+        ]);
+        assert_ok(&extracted, "borg extract");
+        assert_eq!(extracted.stdout_text(), "hello from the fleet\n");
+    }
+    let unreachable = row(&summary, "unreachable");
+    assert_eq!(unreachable[7], "213:", "{summary}");
+    let wrong = row(&summary, "wrong-key");
+    assert_eq!(wrong[7], "210:", "{summary}");
+    for (name, _) in [("unreachable", 0), ("wrong-key", 0)] {
+        let list = f.local_borg(&["list".as_ref(), "--short".as_ref(), f.repo(name).as_os_str()]);
+        assert_eq!(list.stdout_text().trim(), "", "no archive for {name}");
+    }
+    assert!(!summary.contains(PASSPHRASE) && !stderr.contains(PASSPHRASE));
+    f.assert_nothing_left();
+
+    // --json: stdout is exactly the JSON summary; no secret in it.
+    let out = f
+        .server(&["run", "--json", "--config"])
+        .arg(&config)
+        .args(["c1", "alias-8", "wrong-key"])
+        .output();
+    out.assert_code(210);
+    let json: serde_json::Value =
+        serde_json::from_str(&out.stdout_text()).unwrap_or_else(|e| panic!("JSON: {e}: {}", out.describe()));
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["client"], "c1");
+    assert_eq!(rows[0]["borg_rc"], 0);
+    assert!(rows[0]["error"].is_null());
+    assert!(rows[1]["bytes_sent"].as_u64().unwrap() > 0);
+    assert_eq!(rows[2]["error"]["code"], 210);
+    assert!(!out.stdout_text().contains(PASSPHRASE));
+    assert!(!out.stderr_text().contains(PASSPHRASE));
+    // Unknown names are usage errors.
+    let out = f.server(&["run", "--config"]).arg(&config).arg("nope").output();
+    out.assert_code(200);
+    f.assert_nothing_left();
+}
+
+#[test]
+fn config_errors_name_file_line_and_key() {
+    let f = Fleet::new();
+    let mut clients = f.client("c1", None, "");
+    clients.push_str("keep_daly = 3\n");
+    let config = f.config(&["create", "::x", "DATA"], &clients);
+    for sub in ["run", "check-config"] {
+        let out = f.server(&[sub, "--config"]).arg(&config).output();
+        out.assert_code(200);
+        let line = fs::read_to_string(&config)
+            .unwrap()
+            .lines()
+            .position(|l| l.starts_with("keep_daly"))
+            .unwrap()
+            + 1;
+        let expected = format!(
+            "{} line {line}: unknown key \"keep_daly\" in [[client]] c1",
+            config.display()
+        );
+        assert!(out.stderr_text().contains(&expected), "{}", out.describe());
+    }
+    let clients = f.client("c1", None, "port = \"ssh\"");
+    let config = f.config(&["create", "::x", "DATA"], &clients);
+    let out = f.server(&["check-config", "--config"]).arg(&config).output();
+    out.assert_code(200);
+    assert!(
+        out.stderr_text().contains("key \"port\" in [[client]] c1"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn check_config_connect_reports_each_client() {
+    if !common::require_tool("borg") {
+        return;
+    }
+    let f = Fleet::new();
+    f.init("good", false);
+    let mut clients = f.client("good", Some("alias-good"), "");
+    clients.push_str(&f.client(
+        "wrong-key",
+        None,
+        &format!("known_hosts = {}", toml_str(wrong_known_hosts(&f))),
+    ));
+    clients.push_str(&f.client("no-repo", None, ""));
+    let config = f.config(&["create", "::x", "DATA"], &clients);
+    let out = f.server(&["check-config", "--config"]).arg(&config).output();
+    out.assert_code(0);
+    let out = f
+        .server(&["check-config", "--connect", "--config"])
+        .arg(&config)
+        .output();
+    out.assert_code(210);
+    let text = out.stdout_text();
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no line for {name}: {}", out.describe()))
+            .to_owned()
+    };
+    let good = line("good");
+    assert!(good.starts_with("good: ok: relay "), "{}", out.describe());
+    assert!(
+        good.contains("borg 1.") && good.contains("forwarding allowed"),
+        "{good}"
+    );
+    assert!(line("wrong-key").starts_with("wrong-key: FAILED (210)"), "{text}");
+    assert!(
+        line("no-repo").contains("does not exist on this server"),
+        "{text}"
+    );
+    f.assert_nothing_left();
+}
+
+#[test]
+fn sigint_stops_every_client_and_leaves_nothing_running() {
+    if !common::require_tool("borg") {
+        return;
+    }
+    let f = Fleet::new();
+    let mut clients = String::new();
+    for name in ["s1", "s2", "s3", "s4"] {
+        f.init(name, false);
+        clients.push_str(&f.client(name, None, ""));
+    }
+    // Enough incompressible data that the backups are still running when the signal comes (a
+    // borg blocked outside the repository, e.g. opening a FIFO, would only notice the closed
+    // session at its next request: stopping it needs sshd to deliver the signal).
+    let big = f.dir().join("big");
+    fs::create_dir(&big).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..4 {
+        let mut v = vec![0u8; 8 << 20];
+        for b in v.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        fs::write(big.join(format!("f{i}")), v).unwrap();
+    }
+    sshd::chown_to_login_user(&big);
+    let config = f.config(&["create", "::interrupted", &big.to_string_lossy()], &clients);
+    let mut run = f
+        .server(&["run", "--jobs", "2", "--config"])
+        .arg(&config)
+        .spawn(f.dir().join("run.log"));
+    let needle = f.repos_dir.as_os_str().as_bytes().to_vec();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let serving = common::processes_mentioning(&needle)
+            .into_iter()
+            .filter(|(_, c)| c.contains("borg serve "))
+            .count();
+        if serving == 2 {
+            break;
+        }
+        assert!(run.is_running(), "run ended early:\n{}", run.report());
+        assert!(
+            Instant::now() < deadline,
+            "two borg serve never ran:\n{}",
+            run.report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.signal("INT");
+    let status = run.wait_exit();
+    assert_eq!(status.code(), Some(202), "{}", run.report());
+    let log = run.log();
+    for name in ["s1", "s2", "s3", "s4"] {
+        assert!(
+            log.lines().any(|l| l.starts_with(name) && l.contains("202")),
+            "{name}: {log}"
+        );
+    }
+    f.assert_nothing_left();
+}
