@@ -14,6 +14,7 @@ use clap::{ArgAction, Parser, Subcommand};
 mod authorize;
 mod listen;
 mod pull;
+mod status;
 
 /// Exit codes of `listen`, shown in its `--help`.
 fn listen_after_help() -> String {
@@ -71,6 +72,10 @@ enum Command {
     /// repository.
     #[command(after_help = authorize::after_help())]
     Authorize(authorize::AuthorizeArgs),
+    /// Show every client's newest archive and its age from the repositories on this server;
+    /// flag stale clients; optionally write a node_exporter textfile.
+    #[command(after_help = status::after_help())]
+    Status(status::StatusArgs),
 }
 
 /// A command-line problem found after parsing (exit code [`exit::USAGE`]).
@@ -102,6 +107,7 @@ fn main() -> ExitCode {
         Command::Listen(args) => finish(listen::run(args)),
         Command::Pull(args) => pull::run(*args),
         Command::Authorize(args) => authorize::run(args),
+        Command::Status(args) => status::run(args),
     }
 }
 
@@ -176,7 +182,11 @@ mod tests {
     /// Every code in the help text is in the table, and every code of the table is in the help.
     #[test]
     fn help_lists_exactly_the_tables() {
-        for (sub, table) in [("listen", exit::LISTEN), ("pull", exit::PULL)] {
+        for (sub, table) in [
+            ("listen", exit::LISTEN),
+            ("pull", exit::PULL),
+            ("status", exit::STATUS),
+        ] {
             let table: Vec<u8> = table.iter().map(|c| c.code).collect();
             assert_eq!(codes_in_help(sub), table, "{sub} --help");
         }
