@@ -205,13 +205,13 @@ fn record(
             (Some(finished.rc), true)
         }
         Ok(finished) => {
+            let said = finished.last_error.map(|e| format!(": {e}")).unwrap_or_default();
             let message = if finished.timed_out {
                 format!(
-                    "borg {what} ran past its time limit and was stopped (exit code {})",
+                    "borg {what} ran past its time limit and was stopped (exit code {}){said}",
                     finished.rc
                 )
             } else {
-                let said = finished.last_error.map(|e| format!(": {e}")).unwrap_or_default();
                 format!("borg {what} exited with {}{said}", finished.rc)
             };
             warn!(client = %name, "{message}");

@@ -5,7 +5,8 @@
 //! every user can read in `/proc`), its stdin from `/dev/null` (borg never waits on a prompt), its
 //! output logged line by line with the client's name, and a deadline: past it the run's process
 //! group gets SIGTERM, then SIGKILL after a grace, and borg is reaped. Dropping the future (a
-//! cancelled run) kills the group too; tokio reaps the child.
+//! cancelled run) kills the group too (SIGKILL: a cancelled run does not wait); tokio reaps the
+//! child, and the tasks reading its pipes are aborted.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt as _;
@@ -19,6 +20,7 @@ use borg_pull_tunnel::SecretKind;
 use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::Command;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{Client, PassphraseSource};
@@ -167,10 +169,13 @@ impl BorgRun<'_> {
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
 
+        // The pipes are read by tasks of their own, which keep reading while a timed-out borg
+        // cleans up: a closed pipe would make its last messages fail and could stop it before it
+        // has removed its lock.
         let quiet = self.quiet;
-        let capture = self.capture_stdout;
-        let work = async {
-            let out = async {
+        let stdout_task = AbortOnDropHandle::new(tokio::spawn({
+            let (name, what, capture) = (name.clone(), what.clone(), self.capture_stdout);
+            async move {
                 match capture {
                     Some(max) => read_capped(stdout, max).await,
                     None => {
@@ -178,40 +183,51 @@ impl BorgRun<'_> {
                         (Vec::new(), false)
                     }
                 }
-            };
-            let err = log_lines(stderr, &name, &what, quiet);
-            let ((stdout, cut), last_error, status) = tokio::join!(out, err, child.wait());
-            (stdout, cut, last_error, status)
+            }
+        }));
+        let stderr_task = AbortOnDropHandle::new(tokio::spawn({
+            let (name, what) = (name.clone(), what.clone());
+            async move { log_lines(stderr, &name, &what, quiet).await }
+        }));
+        let (status, timed_out) = match tokio::time::timeout(self.timeout, child.wait()).await {
+            Ok(status) => (status, false),
+            Err(_) => {
+                warn!(
+                    client = %name,
+                    "borg {what} ran longer than {}s, stopping it",
+                    self.timeout.as_secs_f64()
+                );
+                guard.signal(Signal::TERM);
+                let status = match tokio::time::timeout(self.kill_grace, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        warn!(client = %name, "borg {what} ignored SIGTERM, killing it");
+                        guard.signal(Signal::KILL);
+                        child.wait().await
+                    }
+                };
+                (status, true)
+            }
         };
-        let (stdout, stdout_cut, last_error, status, timed_out) =
-            match tokio::time::timeout(self.timeout, work).await {
-                Ok((stdout, cut, last_error, status)) => (stdout, cut, last_error, status, false),
-                Err(_) => {
-                    warn!(
-                        client = %name,
-                        "borg {what} ran longer than {}s, stopping it",
-                        self.timeout.as_secs_f64()
-                    );
-                    guard.signal(Signal::TERM);
-                    let status = match tokio::time::timeout(self.kill_grace, child.wait()).await {
-                        Ok(status) => status,
-                        Err(_) => {
-                            warn!(client = %name, "borg {what} ignored SIGTERM, killing it");
-                            guard.signal(Signal::KILL);
-                            child.wait().await
-                        }
-                    };
-                    (Vec::new(), false, None, status, true)
-                }
-            };
         let status = status.map_err(|source| BorgError::Wait {
             borg: self.borg.to_owned(),
             source,
         })?;
-        // Reaped: the group id may be reused from now on. Whatever borg left running in its group
-        // (nothing, normally) gets the same end as on a timeout.
+        // borg is reaped. Whatever it left in its group (normally nothing) is killed too, so the
+        // pipes reach EOF: while a member lives the group id cannot be reused, and once none does
+        // the signal finds nobody.
         guard.signal(Signal::KILL);
         guard.0 = None;
+        // What is still in the pipes is read; only a process that left the group (setsid) could
+        // hold them open longer, and it is not waited for.
+        let output = tokio::time::timeout(self.kill_grace, async {
+            let (out, err) = tokio::join!(stdout_task, stderr_task);
+            (out.unwrap_or_default(), err.ok().flatten())
+        });
+        let ((stdout, stdout_cut), last_error) = output.await.unwrap_or_else(|_| {
+            warn!(client = %name, "borg {what}'s output was still open after it exited; not read to its end");
+            ((Vec::new(), true), None)
+        });
         let rc = exit_code(status);
         debug!(client = %name, "borg {what} exited with {rc}");
         Ok(Finished {

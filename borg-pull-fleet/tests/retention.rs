@@ -400,6 +400,44 @@ async fn a_hanging_borg_is_stopped_at_the_timeout() {
     }
 }
 
+/// After SIGTERM borg's pipes are still read: its last words (a lock being removed) are not
+/// lost, and writing them does not fail.
+#[tokio::test]
+async fn a_stopped_borg_can_still_say_goodbye() {
+    setup();
+    let limits = BorgLimits {
+        prune: Duration::from_millis(500),
+        kill_grace: Duration::from_secs(5),
+        ..BorgLimits::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let borg = stand_in(
+        dir.path(),
+        "borg",
+        "trap 'sleep 0.2; echo \"removing the lock\" >&2; exit 2' TERM\nsleep 1000 &\nwait",
+    );
+    let mut client = client("slow", &dir.path().join("repo"));
+    client.prune = policy();
+    let started = Instant::now();
+    let outcome = after_create_with(
+        &client,
+        &server(&borg, dir.path()),
+        &mut ClientState::default(),
+        &limits,
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "waited for the grace: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(outcome.pruned, Some(2));
+    assert!(
+        outcome.errors[0].ends_with("(exit code 2): removing the lock"),
+        "{outcome:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_cancelled_run_kills_borg() {
     setup();
