@@ -343,6 +343,28 @@ async fn encrypted_repository_with_passphrase_file_and_command_never_in_argv() {
     );
 }
 
+/// A passphrase file others may read is refused before borg runs (as for `pull`), and said so.
+#[tokio::test]
+async fn a_passphrase_file_others_can_read_is_refused() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let borg = recording_borg(dir.path(), "none", 0);
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "secret\n").unwrap();
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut client = client("c", &dir.path().join("repo"));
+    client.passphrase = PassphraseSource::File(pass);
+    client.prune = policy();
+    client.compact = true;
+    let outcome = after_create(&client, &server(&borg, dir.path()), &mut ClientState::default()).await;
+    assert!(calls(dir.path()).is_empty(), "borg ran");
+    assert_eq!((outcome.pruned, outcome.compacted), (None, None));
+    assert!(
+        outcome.errors[0].starts_with("borg prune did not run: cannot read the repository passphrase"),
+        "{outcome:?}"
+    );
+}
+
 fn alive(pid: &str) -> bool {
     // Gone, or a zombie waiting for whoever inherited it: not running either way.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
