@@ -126,6 +126,19 @@ pub const AUTHORIZED_KEYS_CONFLICT: Code = Code {
               changed; the message names its line)",
 };
 
+/// `status`: some client's newest archive is older than its `max_age`, or it has none.
+pub const STALE: Code = Code {
+    code: 208,
+    meaning: "a client is stale: its repository has no archive, or its newest archive is older \
+              than its max_age",
+};
+/// `status`: some client's repository could not be read on this server.
+pub const REPO_UNREADABLE: Code = Code {
+    code: 209,
+    meaning: "a client's repository could not be read on this server (missing, locked, wrong \
+              passphrase, borg failed); the table or JSON says which and why",
+};
+
 /// Every code of ours, in both binaries.
 pub const ALL: &[Code] = &[
     USAGE,
@@ -145,6 +158,8 @@ pub const ALL: &[Code] = &[
     MAX_RUNTIME,
     RELAY_FAILURE,
     AUTHORIZED_KEYS_CONFLICT,
+    STALE,
+    REPO_UNREADABLE,
 ];
 
 /// The codes `borg-pull-server pull` can exit with (besides borg's own).
@@ -193,6 +208,10 @@ pub const LISTEN: &[Code] = &[
 
 /// The codes `borg-pull-server authorize` can exit with.
 pub const AUTHORIZE: &[Code] = &[USAGE, FAILURE, OS_ERROR, AUTHORIZED_KEYS_CONFLICT];
+
+/// The codes `borg-pull-server status` can exit with: an unreadable repository wins over a
+/// stale client (both are alarms; the unreadable one needs a person).
+pub const STATUS: &[Code] = &[USAGE, FAILURE, OS_ERROR, STALE, REPO_UNREADABLE];
 
 /// The codes of `borg-pull-relay`.
 pub const RELAY: &[Code] = &[RELAY_FAILURE];
@@ -285,7 +304,7 @@ mod tests {
 
     #[test]
     fn help_lists_exactly_the_table() {
-        for table in [PULL, RESTORE, LISTEN, RELAY, AUTHORIZE, ALL] {
+        for table in [PULL, RESTORE, LISTEN, RELAY, AUTHORIZE, STATUS, ALL] {
             let listed = codes_in(&lines(table));
             let expected: Vec<u8> = table.iter().map(|c| c.code).collect();
             assert_eq!(listed, expected, "{}", lines(table));
@@ -300,6 +319,7 @@ mod tests {
             .chain(LISTEN)
             .chain(RELAY)
             .chain(AUTHORIZE)
+            .chain(STATUS)
         {
             assert!(ALL.contains(code), "{code:?} missing from ALL");
         }
@@ -339,6 +359,8 @@ mod tests {
                 (217, "borg on "),
                 (255, "any fail"),
                 (207, "authoriz"),
+                (208, "a client"),
+                (209, "a client"),
             ]
         );
     }

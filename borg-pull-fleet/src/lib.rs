@@ -9,12 +9,16 @@
 //! - [`state`]: the last run's result per client, kept on the server.
 //! - [`status`]: newest archive and its age per client, read from the repositories only.
 //! - [`metrics`]: the node_exporter textfile (written atomically).
+//! - [`limits`]: the time limits of the borg runs on this server, with their reasons.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod atomic_file;
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod retention;
 pub mod run;
+mod server_borg;
 pub mod state;
 pub mod status;

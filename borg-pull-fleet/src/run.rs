@@ -34,11 +34,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Client, Fleet};
+use crate::metrics::write_textfile;
+use crate::retention::after_create;
+use crate::state::StateStore;
 use crate::state::{ClientState, RunRecord};
-// TODO(merge): replace this line with
-// `use crate::{metrics::write_textfile, retention::after_create, state::StateStore};`
-// and delete `mod merge_shim` at the end of this file.
-use merge_shim::{after_create, write_textfile, StateStore};
 
 /// The longest output line passed on whole; longer lines are cut there and marked. borg's own
 /// lines are short; this bounds what a client printing without newlines can make us hold.
@@ -198,13 +197,18 @@ pub struct ClientResult {
     pub borg_rc: Option<i32>,
     /// borg-pull's own failure: exit code (200 and up) and message.
     pub error: Option<(u8, String)>,
+    /// What failed of prune, compact and check on the server after a successful create.
+    pub retention_errors: Vec<String>,
 }
 
 impl ClientResult {
     /// The exit code this result alone would give: ours, else borg's.
+    /// A failed prune, compact or check after a successful create counts as "any other
+    /// failure" (201): the backup is there, but the repository needs an operator.
     pub fn code(&self) -> u8 {
         match (&self.error, self.borg_rc) {
             (Some((code, _)), _) => *code,
+            (None, Some(0 | 1)) if !self.retention_errors.is_empty() => INTERNAL_FAILURE,
             (None, Some(rc)) => u8::try_from(rc).unwrap_or(255),
             (None, None) => 0,
         }
@@ -228,6 +232,7 @@ impl serde::Serialize for ClientResult {
             bytes_sent: u64,
             borg_rc: Option<i32>,
             error: Option<Error<'a>>,
+            retention_errors: &'a [String],
         }
         Json {
             client: &self.name,
@@ -240,6 +245,7 @@ impl serde::Serialize for ClientResult {
                 .error
                 .as_ref()
                 .map(|(code, message)| Error { code: *code, message }),
+            retention_errors: &self.retention_errors,
         }
         .serialize(s)
     }
@@ -356,6 +362,7 @@ pub async fn run(
                         INTERNAL_FAILURE,
                         format!("internal error: the pull task ended abnormally: {e}"),
                     )),
+                    retention_errors: Vec::new(),
                 });
             }
         }
@@ -390,6 +397,7 @@ impl Job {
             bytes_sent: 0,
             borg_rc: None,
             error: Some((code, format!("not started: {message}"))),
+            retention_errors: Vec::new(),
         }
     }
 
@@ -425,6 +433,7 @@ impl Job {
             bytes_sent: 0,
             borg_rc: None,
             error: None,
+            retention_errors: Vec::new(),
         };
         match outcome {
             Ok(outcome) => {
@@ -434,12 +443,12 @@ impl Job {
             Err(e) => result.error = Some((self.classify)(&e)),
         }
         info!(client = %name, rc = ?result.borg_rc, error = ?result.error.as_ref().map(|e| e.0), "pull finished");
-        self.record(&result).await;
+        result.retention_errors = self.record(&result).await;
         result
     }
 
     /// Retention after a successful create, and the state file.
-    async fn record(&self, result: &ClientResult) {
+    async fn record(&self, result: &ClientResult) -> Vec<String> {
         let name = &self.client.name;
         let mut state = match &self.store {
             Some(store) => store.load(name),
@@ -466,15 +475,21 @@ impl Job {
             .find(|a| !a.starts_with('-'))
             .map(String::as_str)
             == Some("create");
+        let mut retention_errors = Vec::new();
         if succeeded && created && !self.cancel.is_cancelled() {
             let outcome = after_create(&self.client, &self.server, &mut state).await;
             info!(client = %name, pruned = ?outcome.pruned, compacted = ?outcome.compacted, checked = ?outcome.checked, "retention done");
+            for e in &outcome.errors {
+                warn!(client = %name, "retention: {e}");
+            }
+            retention_errors = outcome.errors;
         }
         if let Some(store) = &self.store {
             if let Err(e) = store.save(name, &state) {
                 warn!(client = %name, "cannot record the result: {e}");
             }
         }
+        retention_errors
     }
 }
 
@@ -500,10 +515,14 @@ pub fn summary_table(results: &[ClientResult]) -> String {
                 format_duration(r.duration),
                 r.bytes_sent.to_string(),
                 r.borg_rc.map_or_else(|| "-".into(), |rc| rc.to_string()),
-                r.error.as_ref().map_or_else(
-                    || "-".into(),
-                    |(code, m)| format!("{code}: {}", m.replace('\n', " ")),
-                ),
+                match (&r.error, r.retention_errors.is_empty()) {
+                    (Some((code, m)), _) => format!("{code}: {}", m.replace('\n', " ")),
+                    (None, false) => format!(
+                        "{INTERNAL_FAILURE}: retention: {}",
+                        r.retention_errors.join("; ").replace('\n', " ")
+                    ),
+                    (None, true) => "-".into(),
+                },
             ]
         })
         .collect();
@@ -563,266 +582,4 @@ fn utc(t: SystemTime) -> String {
         rem / 60 % 60,
         rem % 60
     )
-}
-
-/// Minimal stand-ins for what the retention/state/metrics modules provide, so this file compiles
-/// before they are merged. TODO(merge): delete this module and switch the `use` at the top.
-mod merge_shim {
-    use std::path::{Path, PathBuf};
-
-    use crate::state::ClientState;
-
-    /// TODO(merge): `crate::state::StateStore`.
-    pub struct StateStore {
-        dir: PathBuf,
-    }
-
-    impl StateStore {
-        pub fn open(dir: &Path) -> std::io::Result<Self> {
-            std::fs::create_dir_all(dir)?;
-            Ok(Self { dir: dir.to_owned() })
-        }
-
-        pub fn load(&self, name: &str) -> ClientState {
-            std::fs::read(self.dir.join(format!("{name}.json")))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default()
-        }
-
-        pub fn save(&self, name: &str, state: &ClientState) -> std::io::Result<()> {
-            let json = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-            let tmp = self.dir.join(format!(".{name}.json.tmp"));
-            std::fs::write(&tmp, json)?;
-            std::fs::rename(tmp, self.dir.join(format!("{name}.json")))
-        }
-    }
-
-    /// TODO(merge): `crate::retention::RetentionOutcome`.
-    pub struct RetentionOutcome {
-        pub pruned: Option<i32>,
-        pub compacted: Option<i32>,
-        pub checked: Option<i32>,
-    }
-
-    /// TODO(merge): `crate::retention::after_create`.
-    pub async fn after_create(
-        _client: &crate::config::Client,
-        _server: &crate::config::ServerSettings,
-        _state: &mut ClientState,
-    ) -> RetentionOutcome {
-        RetentionOutcome {
-            pruned: None,
-            compacted: None,
-            checked: None,
-        }
-    }
-
-    /// TODO(merge): `crate::metrics::write_textfile`.
-    pub fn write_textfile(
-        _path: &Path,
-        _fleet: &crate::config::Fleet,
-        _store: &StateStore,
-    ) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn lines_are_prefixed_whole_and_bounded() {
-        let out = Shared::default();
-        let sink = OutputSink::new(Box::new(out.clone()), Box::new(std::io::sink()));
-        let mut a = PrefixWriter::new("a", sink.clone(), false);
-        let mut b = PrefixWriter::new("b", sink, false);
-        a.push(b"one ");
-        b.push(b"two\nthr");
-        a.push(b"half\nArchive name: host-2026\n");
-        b.push(b"ee");
-        let long = vec![b'x'; MAX_LINE + 10];
-        a.push(&long);
-        a.push(b"yy\nafter\n");
-        a.finish();
-        b.finish();
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "b: two");
-        assert_eq!(lines[1], "a: one half");
-        assert_eq!(lines[2], "a: Archive name: host-2026");
-        assert!(lines[3].starts_with("a: xxx") && lines[3].ends_with("[line cut at 64 KiB]"));
-        assert_eq!(lines[3].len(), 3 + MAX_LINE + " [line cut at 64 KiB]".len());
-        assert_eq!(lines[4], "a: after");
-        assert_eq!(lines[5], "b: three");
-        assert_eq!(a.archive.as_deref(), Some("host-2026"));
-    }
-
-    fn result(name: &str, rc: Option<i32>, error: Option<u8>) -> ClientResult {
-        ClientResult {
-            name: name.into(),
-            archive: Some("a-1".into()),
-            started: UNIX_EPOCH + Duration::from_secs(1_764_667_200),
-            duration: Duration::from_secs(65),
-            bytes_sent: 1234,
-            borg_rc: rc,
-            error: error.map(|c| (c, "cannot connect".into())),
-        }
-    }
-
-    #[test]
-    fn worst_code_rule() {
-        assert_eq!(worst_code(&[]), 0);
-        assert_eq!(
-            worst_code(&[result("a", Some(0), None), result("b", Some(1), None)]),
-            1
-        );
-        assert_eq!(
-            worst_code(&[result("a", Some(2), None), result("b", Some(1), None)]),
-            2
-        );
-        assert_eq!(
-            worst_code(&[
-                result("a", Some(2), None),
-                result("b", None, Some(213)),
-                result("c", None, Some(210))
-            ]),
-            213
-        );
-    }
-
-    #[test]
-    fn summary_and_json() {
-        let rs = [result("web1", Some(0), None), result("db", None, Some(213))];
-        let table = summary_table(&rs);
-        let lines: Vec<&str> = table.lines().collect();
-        assert!(lines[0].starts_with("client  archive  start (UTC)"), "{table}");
-        assert!(
-            lines[1].contains("2025-12-02 09:20:00") && lines[1].contains("1m05s"),
-            "{table}"
-        );
-        assert!(lines[2].ends_with("213: cannot connect"), "{table}");
-        let json = serde_json::to_value(&rs).unwrap();
-        assert_eq!(json[1]["error"]["code"], 213);
-        assert_eq!(json[0]["borg_rc"], 0);
-        assert_eq!(json[0]["bytes_sent"], 1234);
-    }
-
-    #[test]
-    fn archive_from_args() {
-        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            archive_in_args(&args(&["create", "--stats", "::{hostname}-{now}", "/etc"])).as_deref(),
-            Some("{hostname}-{now}")
-        );
-        assert_eq!(
-            archive_in_args(&args(&["create", "/r::x", "/etc"])).as_deref(),
-            Some("x")
-        );
-        assert_eq!(archive_in_args(&args(&["list"])), None);
-    }
-}
-
-#[cfg(test)]
-mod run_tests {
-    use super::*;
-
-    fn classify(e: &borg_pull_tunnel::Error) -> (u8, String) {
-        let code = match e {
-            borg_pull_tunnel::Error::Interrupted => 202,
-            _ => 213,
-        };
-        (code, e.to_string())
-    }
-
-    /// Clients on closed ports of 127.0.0.1, state in `dir`.
-    fn fleet(dir: &std::path::Path, n: usize) -> Fleet {
-        let mut text = format!(
-            "[server]\nstate_dir = {:?}\n[defaults]\nuser = \"u\"\nargs = [\"create\", \"::a\", \"/etc\"]\nknown_hosts = \"/dev/null\"\n",
-            dir.display().to_string()
-        );
-        for i in 0..n {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            text.push_str(&format!(
-                "[[client]]\nname = \"c{i}\"\nhost = \"127.0.0.1\"\nport = {port}\nrepo = \"/srv/c{i}\"\n"
-            ));
-        }
-        crate::config::parse_with_home(&text, std::path::Path::new("f.toml"), None).unwrap()
-    }
-
-    #[tokio::test]
-    async fn every_client_gets_a_result_in_order_and_its_state_is_recorded() {
-        let dir = tempfile::tempdir().unwrap();
-        let fleet = fleet(dir.path(), 5);
-        let sink = OutputSink::new(Box::new(std::io::sink()), Box::new(std::io::sink()));
-        let results = run(
-            &fleet,
-            &[],
-            2,
-            &PullEnv::default(),
-            classify,
-            CancellationToken::new(),
-            sink,
-        )
-        .await;
-        let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
-        for r in &results {
-            assert_eq!(r.error.as_ref().map(|e| e.0), Some(213), "{r:?}");
-            assert_eq!(r.archive, None, "no archive without borg");
-        }
-        assert_eq!(worst_code(&results), 213);
-        let state = StateStore::open(dir.path()).unwrap().load("c3");
-        assert_eq!(state.last_run.unwrap().error.unwrap().0, 213);
-        assert!(state.last_success.is_none());
-        // Only the named ones.
-        let sink = OutputSink::new(Box::new(std::io::sink()), Box::new(std::io::sink()));
-        let results = run(
-            &fleet,
-            &["c4".into()],
-            2,
-            &PullEnv::default(),
-            classify,
-            CancellationToken::new(),
-            sink,
-        )
-        .await;
-        assert_eq!(results.len(), 1);
-        assert!(select(&fleet, &["nope".into()])
-            .unwrap_err()
-            .contains("no client \"nope\""));
-    }
-
-    #[tokio::test]
-    async fn a_cancelled_run_starts_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let fleet = fleet(dir.path(), 3);
-        let cancel = CancellationToken::new();
-        cancel.cancel();
-        let sink = OutputSink::new(Box::new(std::io::sink()), Box::new(std::io::sink()));
-        let results = run(&fleet, &[], 1, &PullEnv::default(), classify, cancel, sink).await;
-        assert_eq!(results.len(), 3);
-        assert!(
-            results.iter().all(|r| r.error.as_ref().map(|e| e.0) == Some(202)),
-            "{results:?}"
-        );
-    }
 }

@@ -1,7 +1,127 @@
 //! What `run` remembers per client on this server (`[server] state_dir`), for `status`, the
-//! metrics and the check schedule.
+//! metrics and the check schedule: one JSON file per client, `STATE_DIR/NAME.json`, replaced
+//! atomically, so a crash or a concurrent `status` never sees half a record.
+//!
+//! ```
+//! use borg_pull_fleet::state::{ClientState, StateStore};
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = StateStore::open(&dir.path().join("state")).unwrap();
+//! assert_eq!(store.load("web1"), ClientState::default()); // nothing recorded yet
+//! let state = ClientState { runs_since_check: 3, ..ClientState::default() };
+//! store.save("web1", &state).unwrap();
+//! assert_eq!(store.load("web1"), state);
+//! ```
 
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+
+use borg_pull_core::text::escape_for_log;
 use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::atomic_file::write_atomically;
+
+/// The largest state file read: a record is a few hundred bytes (an error message is the longest
+/// part); anything much larger is not ours.
+const MAX_STATE_FILE: u64 = 1024 * 1024;
+
+/// The per-client records in one directory.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    /// The store in `dir`, created (mode 0700, with missing parents) when it does not exist. An
+    /// existing directory is used as it is.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        if !dir.is_dir() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot create the state directory {}: {e}", dir.display()),
+                    )
+                })?;
+        }
+        Ok(Self { dir: dir.to_owned() })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of client `name`, `None` for a name that is not a plain file name.
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']);
+        plain.then(|| self.dir.join(format!("{name}.json")))
+    }
+
+    /// What is recorded for client `name`; the default (nothing yet) when there is no file. An
+    /// unreadable or corrupt file is logged at warn and read as the default too: the next run
+    /// replaces it, and a lost record must not stop backups.
+    pub fn load(&self, name: &str) -> ClientState {
+        let Some(path) = self.path(name) else {
+            warn!(
+                "no state for client {}: not a usable file name",
+                escape_for_log(name.as_bytes())
+            );
+            return ClientState::default();
+        };
+        let shown = || escape_for_log(path.as_os_str().as_encoded_bytes());
+        match read_bounded(&path) {
+            Ok(None) => ClientState::default(),
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                warn!("ignoring the corrupt state file {}: {e}", shown());
+                ClientState::default()
+            }),
+            Err(e) => {
+                warn!("ignoring the state file {}: {e}", shown());
+                ClientState::default()
+            }
+        }
+    }
+
+    /// Records `state` for client `name`: `NAME.json`, mode 0600, written to a temporary file,
+    /// flushed and renamed over the old one.
+    pub fn save(&self, name: &str, state: &ClientState) -> io::Result<()> {
+        let path = self.path(name).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("client name {name:?} cannot name a state file"),
+            )
+        })?;
+        let mut json = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+        json.push(b'\n');
+        write_atomically(&path, 0o600, &json)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
+    }
+}
+
+/// The file's bytes, `None` when it does not exist; an error for one over [`MAX_STATE_FILE`].
+fn read_bounded(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STATE_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_STATE_FILE} bytes"),
+        ));
+    }
+    Ok(Some(bytes))
+}
 
 /// One client's record, one JSON file per client (`STATE_DIR/NAME.json`, written atomically).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

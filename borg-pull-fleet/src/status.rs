@@ -1,1 +1,431 @@
-//! (to be written)
+//! `status`: the newest archive per client and its age, read from the repositories on this server
+//! only (no client is contacted), with the last run's result from the [`StateStore`].
+//!
+//! A client is stale when its repository has no archive, cannot be read, or its newest archive is
+//! older than the client's `max_age`.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use borg_pull_core::text::escape_for_log;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::{Client, Fleet, ServerSettings};
+use crate::limits::{BorgLimits, LIST_LOCK_WAIT_SECS, MAX_LIST_JSON};
+use crate::retention::unix_now;
+use crate::server_borg::BorgRun;
+use crate::state::{RunRecord, StateStore};
+
+/// One client's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientStatus {
+    /// The client's name.
+    pub name: String,
+    /// Its repository on this server.
+    pub repo: PathBuf,
+    /// The newest archive's name (as borg prints it; the client chose it).
+    pub newest_archive: Option<String>,
+    /// The newest archive's time, Unix seconds.
+    pub newest_time: Option<u64>,
+    /// How old the newest archive is (0 if its time is in the future); `age_seconds` in JSON.
+    #[serde(rename = "age_seconds", serialize_with = "serialize_secs_opt")]
+    pub age: Option<Duration>,
+    /// The client's `max_age`; `max_age_seconds` in JSON.
+    #[serde(rename = "max_age_seconds", serialize_with = "serialize_secs")]
+    pub max_age: Duration,
+    /// No archive, an unreadable repository, or a newest archive older than `max_age`.
+    pub stale: bool,
+    /// The last run recorded by `run`.
+    pub last_run: Option<RunRecord>,
+    /// Why the repository could not be read.
+    pub error: Option<String>,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+fn serialize_secs_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs()),
+        None => s.serialize_none(),
+    }
+}
+
+/// The status of every client of `fleet`, in config order; `server.jobs` repositories are read
+/// at once.
+pub async fn status(fleet: &Fleet, store: &StateStore) -> Vec<ClientStatus> {
+    status_with(fleet, store, &BorgLimits::default()).await
+}
+
+/// [`status`] with other timeouts (tests).
+pub async fn status_with(fleet: &Fleet, store: &StateStore, limits: &BorgLimits) -> Vec<ClientStatus> {
+    let slots = Arc::new(Semaphore::new(fleet.server.jobs.max(1)));
+    let server = Arc::new(fleet.server.clone());
+    let mut tasks = JoinSet::new();
+    for (index, client) in fleet.clients.iter().enumerate() {
+        let (client, server, slots, limits) = (client.clone(), server.clone(), slots.clone(), *limits);
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            (index, newest_archive(&client, &server, &limits).await)
+        });
+    }
+    let mut newest = vec![Err("not read".to_owned()); fleet.clients.len()];
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((index, result)) => newest[index] = result,
+            // Only a panic gets here; its slot keeps "not read".
+            Err(e) => tracing::error!("reading a repository failed: {e}"),
+        }
+    }
+    let now = unix_now();
+    fleet
+        .clients
+        .iter()
+        .zip(newest)
+        .map(|(client, newest)| client_status(client, newest, store, now))
+        .collect()
+}
+
+fn client_status(
+    client: &Client,
+    newest: Result<Option<(String, u64)>, String>,
+    store: &StateStore,
+    now: u64,
+) -> ClientStatus {
+    let (newest, error) = match newest {
+        Ok(newest) => (newest, None),
+        Err(error) => (None, Some(error)),
+    };
+    let age = newest
+        .as_ref()
+        .map(|(_, time)| Duration::from_secs(now.saturating_sub(*time)));
+    let stale = age.is_none_or(|age| age > client.max_age);
+    let (newest_archive, newest_time) = newest.map_or((None, None), |(name, time)| (Some(name), Some(time)));
+    ClientStatus {
+        name: client.name.clone(),
+        repo: client.repo.clone(),
+        newest_archive,
+        newest_time,
+        age,
+        max_age: client.max_age,
+        stale,
+        last_run: store.load(&client.name).last_run,
+        error,
+    }
+}
+
+/// The newest archive of `client`'s repository and its time: `borg list --json --last 1`.
+async fn newest_archive(
+    client: &Client,
+    server: &ServerSettings,
+    limits: &BorgLimits,
+) -> Result<Option<(String, u64)>, String> {
+    let mut args: Vec<OsString> = ["list", "--json", "--last", "1", "--lock-wait"]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    args.push(LIST_LOCK_WAIT_SECS.to_string().into());
+    args.push(client.repo.clone().into());
+    let run = BorgRun {
+        client,
+        borg: &server.borg,
+        args,
+        timeout: limits.list,
+        kill_grace: limits.kill_grace,
+        capture_stdout: Some(MAX_LIST_JSON),
+        // borg 1.2 prints local time without a zone: make local time UTC.
+        env: &[("TZ", "UTC")],
+        quiet: true,
+    };
+    let finished = run.run().await.map_err(|e| e.to_string())?;
+    if finished.timed_out {
+        return Err(format!(
+            "borg list ran longer than {}s and was stopped",
+            limits.list.as_secs()
+        ));
+    }
+    if finished.rc != 0 {
+        let said = finished.last_error.map(|e| format!(": {e}")).unwrap_or_default();
+        return Err(format!("borg list exited with {}{said}", finished.rc));
+    }
+    if finished.stdout_cut {
+        return Err(format!("borg list printed more than {MAX_LIST_JSON} bytes"));
+    }
+    parse_list_json(&finished.stdout)
+}
+
+/// The newest archive in `borg list --json` output: its name and time (Unix seconds).
+///
+/// Archives carry `time` (borg 1.x, 2) and `start`; borg 1.2 prints them in local time without a
+/// zone (read as UTC: borg runs with `TZ=UTC`), borg 1.4 and 2 with an offset.
+fn parse_list_json(json: &[u8]) -> Result<Option<(String, u64)>, String> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        archives: Vec<Archive>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Archive {
+        name: Option<String>,
+        archive: Option<String>,
+        time: Option<String>,
+        start: Option<String>,
+    }
+    let list: List =
+        serde_json::from_slice(json).map_err(|e| format!("cannot parse borg list --json: {e}"))?;
+    let mut newest: Option<(String, u64)> = None;
+    for archive in list.archives {
+        let name = archive.name.or(archive.archive).unwrap_or_default();
+        let when = archive.time.or(archive.start).ok_or_else(|| {
+            format!(
+                "borg list --json gave no time for archive {}",
+                escape_for_log(name.as_bytes())
+            )
+        })?;
+        let time = parse_iso_time(&when).ok_or_else(|| {
+            format!(
+                "borg list --json: cannot read the time {:?}",
+                escape_for_log(when.as_bytes())
+            )
+        })?;
+        if newest.as_ref().is_none_or(|(_, t)| time >= *t) {
+            newest = Some((name, time));
+        }
+    }
+    Ok(newest)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction][Z|±HH:MM|±HHMM]` as Unix seconds (no zone: UTC); fractions
+/// are dropped. `None` for anything else or a time before 1970.
+pub(crate) fn parse_iso_time(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &fraction[digits..];
+    }
+    let offset = match rest {
+        "" | "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let zone = rest[1..].replace(':', "");
+            if zone.len() != 4 || !zone.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            let (h, m): (i64, i64) = (zone[..2].parse().ok()?, zone[2..].parse().ok()?);
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    u64::try_from(seconds).ok()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM` UTC (Howard Hinnant's `civil_from_days`).
+pub(crate) fn format_utc(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let secs = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+/// A duration for people: `45m`, `5h07m`, `3d04h`.
+fn format_age(d: Duration) -> String {
+    let minutes = d.as_secs() / 60;
+    match minutes {
+        m if m < 60 => format!("{m}m"),
+        m if m < 48 * 60 => format!("{}h{:02}m", m / 60, m % 60),
+        m => format!("{}d{:02}h", m / 1440, m % 1440 / 60),
+    }
+}
+
+/// The last run in a few words: `ok`, `warning (borg 1)`, `borg 2`, `error 213`.
+fn describe_run(run: &RunRecord) -> String {
+    let result = match (&run.error, run.borg_rc) {
+        (Some((code, _)), _) => format!("error {code}"),
+        (None, Some(0)) => "ok".to_owned(),
+        (None, Some(1)) => "warning (borg 1)".to_owned(),
+        (None, Some(rc)) => format!("borg {rc}"),
+        (None, None) => "unknown".to_owned(),
+    };
+    format!("{} {result}", format_utc(run.started))
+}
+
+/// The statuses as a table for people, one line per client and a header; text that came from a
+/// repository (archive names) or an error is escaped.
+pub fn status_table(statuses: &[ClientStatus]) -> String {
+    let header = [
+        "CLIENT",
+        "NEWEST ARCHIVE",
+        "TIME (UTC)",
+        "AGE",
+        "MAX AGE",
+        "STATE",
+        "LAST RUN",
+        "ERROR",
+    ];
+    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_owned)];
+    for s in statuses {
+        let state = match (&s.error, s.stale) {
+            (Some(_), _) => "UNREADABLE",
+            (None, true) => "STALE",
+            (None, false) => "ok",
+        };
+        let error = s
+            .error
+            .clone()
+            .or_else(|| {
+                s.last_run
+                    .as_ref()?
+                    .error
+                    .as_ref()
+                    .map(|(_, message)| message.clone())
+            })
+            .unwrap_or_default();
+        rows.push([
+            escape_for_log(s.name.as_bytes()),
+            s.newest_archive
+                .as_deref()
+                .map_or("-".to_owned(), |n| escape_for_log(n.as_bytes())),
+            s.newest_time.map_or("-".to_owned(), format_utc),
+            s.age.map_or("-".to_owned(), format_age),
+            format_age(s.max_age),
+            state.to_owned(),
+            s.last_run.as_ref().map_or("-".to_owned(), describe_run),
+            escape_for_log(error.as_bytes()),
+        ]);
+    }
+    let mut widths = [0; 8];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let _ = write!(line, "{cell:<width$}  ", width = widths[i]);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_times_with_and_without_zone() {
+        assert_eq!(parse_iso_time("1970-01-01T00:00:00"), Some(0));
+        assert_eq!(parse_iso_time("2026-01-01T12:00:00.000000"), Some(1_767_268_800));
+        assert_eq!(parse_iso_time("2026-01-01T12:00:00Z"), Some(1_767_268_800));
+        assert_eq!(
+            parse_iso_time("2026-01-01T13:00:00.123+01:00"),
+            Some(1_767_268_800)
+        );
+        assert_eq!(parse_iso_time("2026-01-01T07:00:00-0500"), Some(1_767_268_800));
+        assert_eq!(parse_iso_time("2024-02-29T00:00:00"), Some(1_709_164_800));
+        for bad in [
+            "",
+            "2026-01-01",
+            "2026-13-01T00:00:00",
+            "2026-01-01T00:00:00.",
+            "2026-01-01T00:00:00+1",
+            "x026-01-01T00:00:00",
+            "1969-12-31T23:59:59",
+        ] {
+            assert_eq!(parse_iso_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn utc_formatting_round_trips() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00");
+        assert_eq!(format_utc(1_767_268_800), "2026-01-01 12:00");
+        assert_eq!(format_utc(1_709_164_800 + 61), "2024-02-29 00:01");
+        for t in (0..4_000_000_000u64).step_by(86_400 * 97 + 3_607) {
+            assert_eq!(
+                parse_iso_time(&format!("{}:00", format_utc(t).replace(' ', "T"))),
+                Some(t - t % 60)
+            );
+        }
+    }
+
+    #[test]
+    fn list_json_of_borg_1_2_and_2() {
+        let v12 = br#"{"archives": [{"archive": "a1", "barchive": "a1", "id": "c7", "name": "a1",
+            "start": "2026-01-01T12:00:00.000000", "time": "2026-01-01T12:00:00.000000"}],
+            "encryption": {"mode": "none"}, "repository": {"id": "55", "location": "/r"}}"#;
+        assert_eq!(parse_list_json(v12), Ok(Some(("a1".into(), 1_767_268_800))));
+        let v2 = br#"{"archives": [{"name": "b", "time": "2026-01-01T13:00:00.000000+01:00"}]}"#;
+        assert_eq!(parse_list_json(v2), Ok(Some(("b".into(), 1_767_268_800))));
+        let start_only = br#"{"archives": [{"name": "c", "start": "2026-01-01T12:00:00"}]}"#;
+        assert_eq!(parse_list_json(start_only), Ok(Some(("c".into(), 1_767_268_800))));
+        assert_eq!(parse_list_json(br#"{"archives": []}"#), Ok(None));
+        assert!(parse_list_json(b"not json").is_err());
+        assert!(parse_list_json(br#"{"archives": [{"name": "d"}]}"#).is_err());
+    }
+
+    #[test]
+    fn ages_for_people() {
+        assert_eq!(format_age(Duration::from_secs(59 * 60)), "59m");
+        assert_eq!(format_age(Duration::from_secs(36 * 3600)), "36h00m");
+        assert_eq!(format_age(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3d04h");
+    }
+}

@@ -18,6 +18,7 @@ mod listen;
 mod pull;
 mod restore_tar;
 mod run;
+mod status;
 
 /// Exit codes of `listen`, shown in its `--help`.
 fn listen_after_help() -> String {
@@ -84,6 +85,10 @@ enum Command {
     /// Validate a fleet config; with --connect also try every client.
     #[command(after_help = check_config::after_help())]
     CheckConfig(check_config::CheckConfigArgs),
+    /// Show every client's newest archive and its age from the repositories on this server;
+    /// flag stale clients; optionally write a node_exporter textfile.
+    #[command(after_help = status::after_help())]
+    Status(status::StatusArgs),
 }
 
 /// A command-line problem found after parsing (exit code [`exit::USAGE`]).
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
         Command::Authorize(args) => authorize::run(args),
         Command::Run(args) => run::run(args),
         Command::CheckConfig(args) => check_config::run(args),
+        Command::Status(args) => status::run(args),
     }
 }
 
@@ -196,6 +202,7 @@ mod tests {
             ("listen", exit::LISTEN),
             ("pull", exit::PULL),
             ("restore-tar", exit::RESTORE),
+            ("status", exit::STATUS),
         ] {
             let table: Vec<u8> = table.iter().map(|c| c.code).collect();
             assert_eq!(codes_in_help(sub), table, "{sub} --help");

@@ -1,0 +1,159 @@
+//! `borg-pull-server status`: the newest archive of every client of a fleet config and its age,
+//! read from the repositories on this server only, as a table, JSON, and a node_exporter textfile
+//! (`borg_pull_fleet::status` and `borg_pull_fleet::metrics` do the work).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use borg_pull_cli::exit::{self, Code};
+use borg_pull_cli::{hint, runtime};
+use borg_pull_fleet::config::Fleet;
+use borg_pull_fleet::metrics::write_textfile_with_status;
+use borg_pull_fleet::state::StateStore;
+use borg_pull_fleet::status::{status, status_table, ClientStatus};
+
+/// Exit codes of `status` (from the shared table), shown in its `--help`.
+pub fn after_help() -> String {
+    format!(
+        "No client is contacted: each repository is read on this server with `borg list --json \
+--last 1`
+(with the client's passphrase_file or passcommand), and the last run's result comes from
+[server] state_dir. A client is stale when its repository has no archive or its newest archive
+is older than its max_age. Use it from cron or as a monitoring check.
+
+Exit codes:
+    0  every client is fresh
+{}
+
+{}
+
+{}",
+        exit::lines(exit::STATUS).trim_end(),
+        exit::range_note(),
+        crate::log_note(),
+    )
+}
+
+/// Arguments of `borg-pull-server status`.
+///
+/// Prints, per client of the config: the newest archive, its time and age, the client's max_age,
+/// whether it is stale, and the last run's result.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The fleet config (TOML: [server], [defaults], [[client]]).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+
+    /// Print the statuses as JSON on stdout instead of a table (times in Unix seconds).
+    #[arg(long)]
+    json: bool,
+
+    /// Also write the node_exporter textfile FILE (atomically, mode 0644); default: the config's
+    /// [server] prometheus, if set.
+    #[arg(long, value_name = "FILE")]
+    prometheus: Option<PathBuf>,
+}
+
+/// Runs `status`; prints errors and maps the result to the exit code table.
+pub fn run(args: StatusArgs) -> ExitCode {
+    match report(&args) {
+        Ok(statuses) => exit_code(&statuses).map_or(ExitCode::SUCCESS, ExitCode::from),
+        Err((code, err)) => {
+            eprintln!("borg-pull-server: error: {}", hint::render(err.as_ref()));
+            code.into()
+        }
+    }
+}
+
+/// The code for what was found: an unreadable repository first, then a stale client.
+fn exit_code(statuses: &[ClientStatus]) -> Option<Code> {
+    if statuses.iter().any(|s| s.error.is_some()) {
+        Some(exit::REPO_UNREADABLE)
+    } else if statuses.iter().any(|s| s.stale) {
+        Some(exit::STALE)
+    } else {
+        None
+    }
+}
+
+fn report(args: &StatusArgs) -> Result<Vec<ClientStatus>, (Code, anyhow::Error)> {
+    let fleet = load_config(&args.config).map_err(|e| (exit::USAGE, e))?;
+    let store = StateStore::open(&fleet.server.state_dir).map_err(|e| (exit::OS_ERROR, e.into()))?;
+    let statuses = runtime::block_on(status(&fleet, &store)).map_err(|e| (exit::OS_ERROR, e.into()))?;
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&statuses).map_err(|e| (exit::FAILURE, e.into()))?;
+        json.push('\n');
+        json
+    } else {
+        status_table(&statuses)
+    };
+    // A closed stdout (`| head -1`) is not an error; the exit code still tells the result.
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err((exit::OS_ERROR, e.into())),
+        _ => {}
+    }
+    if let Some(path) = args.prometheus.as_ref().or(fleet.server.prometheus.as_ref()) {
+        write_textfile_with_status(path, &fleet, &store, &statuses)
+            .map_err(|e| (exit::OS_ERROR, e.into()))?;
+    }
+    Ok(statuses)
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Fleet> {
+    Ok(borg_pull_fleet::config::load(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+    use std::time::Duration;
+
+    /// Every code in `status --help` is in its table, and every code of the table is in it.
+    #[test]
+    fn help_lists_exactly_the_table() {
+        let mut cli = crate::Cli::command();
+        let help = cli
+            .find_subcommand_mut("status")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let listed: Vec<u8> = help
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .filter(|&c| c != 0)
+            .collect();
+        let table: Vec<u8> = exit::STATUS.iter().map(|c| c.code).collect();
+        assert_eq!(listed, table, "{help}");
+    }
+
+    fn client(stale: bool, error: bool) -> ClientStatus {
+        ClientStatus {
+            name: "c".into(),
+            repo: "/r".into(),
+            newest_archive: None,
+            newest_time: None,
+            age: None,
+            max_age: Duration::from_secs(3600),
+            stale,
+            last_run: None,
+            error: error.then(|| "borg list exited with 2".to_owned()),
+        }
+    }
+
+    #[test]
+    fn unreadable_wins_over_stale() {
+        assert_eq!(exit_code(&[]), None);
+        assert_eq!(exit_code(&[client(false, false)]), None);
+        assert_eq!(
+            exit_code(&[client(false, false), client(true, false)]),
+            Some(exit::STALE)
+        );
+        assert_eq!(
+            exit_code(&[client(true, true), client(true, false)]),
+            Some(exit::REPO_UNREADABLE)
+        );
+    }
+}

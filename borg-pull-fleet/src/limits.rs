@@ -1,0 +1,92 @@
+//! Every timeout and size of the borg runs on this server (retention, checks, status), with the
+//! reason for its value. Tests shorten the timeouts through [`BorgLimits`].
+
+use std::time::Duration;
+
+/// How long `borg prune` may run after a create.
+///
+/// Prune deletes archive metadata and updates the chunk reference counts through the cache: a
+/// few seconds for a small repository, minutes for one with millions of chunks and a cold cache
+/// (the first prune on this server builds the cache from every archive). Two hours is far beyond
+/// that; past it borg is stuck (e.g. on a dead NFS mount) and is stopped so the run can finish.
+pub const PRUNE_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
+
+/// How long `borg compact` may run after a prune.
+///
+/// Compact rewrites every segment with freed space: after a large prune it copies up to the whole
+/// repository once, at disk speed (a 1 TB repository at 100 MB/s: under 3 hours). Six hours
+/// leaves room for slow disks and still ends before the next nightly run.
+pub const COMPACT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// How long `borg check` may run.
+///
+/// A full check (repository and archives) reads and decrypts every chunk: 4 TB at 200 MB/s is
+/// about 5.5 hours, slower with encryption on a small CPU. A day is the bound after which it can
+/// no longer be what the operator wants to wait for.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// How long `status`'s `borg list --json --last 1` may run per client.
+///
+/// It reads the manifest and one archive's metadata: about a second (python start-up) locally.
+/// A minute allows for a busy disk; beyond that `status`, often a monitoring check with its own
+/// timeout, must answer rather than hang.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `--lock-wait` of prune, compact and check (seconds).
+///
+/// The create before them has released the lock; what may still hold it briefly is a `status`
+/// reading the same repository (a shared lock held for about a second). A minute covers that
+/// without waiting on a lock that some hung process will never release.
+pub const RETENTION_LOCK_WAIT_SECS: u64 = 60;
+
+/// `--lock-wait` of `status`'s `borg list` (seconds).
+///
+/// While a backup runs, the repository is locked exclusively for hours; `status` then reports it
+/// as unreadable (naming the lock) after this short wait instead of blocking a monitoring check.
+pub const LIST_LOCK_WAIT_SECS: u64 = 10;
+
+/// How long a borg that ran past its timeout gets after SIGTERM before SIGKILL.
+///
+/// On SIGTERM borg rolls back its transaction and removes its lock, which takes a second or two;
+/// killed at once it would leave a lock that blocks the next backup until `borg break-lock`.
+pub const KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// The longest line of borg's output that is logged in full; the rest is cut and counted.
+///
+/// borg's log lines are short (under 200 bytes); a path listed by `prune --list` can be up to
+/// 4096 bytes (PATH_MAX). Bounds memory whatever borg (or a stand-in) prints.
+pub const MAX_LOG_LINE: usize = 4096;
+
+/// The most stdout of `borg list --json --last 1` that is read.
+///
+/// The answer for one archive is under 1 KiB (archive name up to 255 bytes, ids, times, the
+/// repository's location). 1 MiB is far more; anything larger is not borg's answer.
+pub const MAX_LIST_JSON: usize = 1024 * 1024;
+
+/// The timeouts of one set of borg runs, so tests can shorten them; [`Default`] is the constants
+/// above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BorgLimits {
+    /// See [`PRUNE_TIMEOUT`].
+    pub prune: Duration,
+    /// See [`COMPACT_TIMEOUT`].
+    pub compact: Duration,
+    /// See [`CHECK_TIMEOUT`].
+    pub check: Duration,
+    /// See [`LIST_TIMEOUT`].
+    pub list: Duration,
+    /// See [`KILL_GRACE`].
+    pub kill_grace: Duration,
+}
+
+impl Default for BorgLimits {
+    fn default() -> Self {
+        Self {
+            prune: PRUNE_TIMEOUT,
+            compact: COMPACT_TIMEOUT,
+            check: CHECK_TIMEOUT,
+            list: LIST_TIMEOUT,
+            kill_grace: KILL_GRACE,
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! borg run on this server, on a repository it owns: prune, compact and check after a create
+//! ([`crate::retention`]) and `list` for [`crate::status`].
+//!
+//! Each run gets the client's repository passphrase in its environment (never in its argv, which
+//! every user can read in `/proc`), its stdin from `/dev/null` (borg never waits on a prompt), its
+//! output logged line by line with the client's name, and a deadline: past it the run's process
+//! group gets SIGTERM, then SIGKILL after a grace, and borg is reaped. Dropping the future (a
+//! cancelled run) kills the group too (SIGKILL: a cancelled run does not wait); tokio reaps the
+//! child, and the tasks reading its pipes are aborted.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use borg_pull_core::text::{escape_for_log, BoundedLines};
+use borg_pull_tunnel::secret_file::read_secret_line;
+use borg_pull_tunnel::SecretKind;
+use rustix::process::{kill_process_group, Pid, Signal};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::process::Command;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::{Client, PassphraseSource};
+use crate::limits::MAX_LOG_LINE;
+
+/// What borg may read its repository passphrase from; each run sets one and removes the others,
+/// because borg takes the first it finds in this order.
+const PASSPHRASE_VARS: [&str; 3] = ["BORG_PASSPHRASE", "BORG_PASSCOMMAND", "BORG_PASSPHRASE_FD"];
+
+/// One borg command on this server.
+#[derive(Debug)]
+pub(crate) struct BorgRun<'a> {
+    /// The client whose repository it works on (passphrase, log prefix).
+    pub client: &'a Client,
+    /// The borg program.
+    pub borg: &'a Path,
+    /// borg's arguments, subcommand first.
+    pub args: Vec<OsString>,
+    /// Deadline of the whole run.
+    pub timeout: Duration,
+    /// Between SIGTERM and SIGKILL once the deadline has passed.
+    pub kill_grace: Duration,
+    /// Keep at most this much of stdout instead of logging it (`list --json`).
+    pub capture_stdout: Option<usize>,
+    /// Extra environment (e.g. `TZ=UTC` so that borg 1.2 prints times in UTC).
+    pub env: &'a [(&'a str, &'a str)],
+    /// Log borg's output at debug instead of info.
+    pub quiet: bool,
+}
+
+/// How a borg run ended.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    /// borg's exit code, or 128 + N when it was ended by signal N.
+    pub rc: i32,
+    /// Stdout, when captured (at most the cap; [`Finished::stdout_cut`] says whether more came).
+    pub stdout: Vec<u8>,
+    /// Stdout was longer than the cap.
+    pub stdout_cut: bool,
+    /// The last non-empty line borg wrote on stderr, escaped (its error message when it failed).
+    pub last_error: Option<String>,
+    /// It ran past the timeout and was stopped.
+    pub timed_out: bool,
+}
+
+impl Finished {
+    /// borg's own view: 0 success, 1 warning (the work was done), anything else an error.
+    pub fn succeeded(&self) -> bool {
+        !self.timed_out && (self.rc == 0 || self.rc == 1)
+    }
+}
+
+/// Why borg could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BorgError {
+    /// The passphrase file could not be read.
+    #[error("cannot read the repository passphrase: {0}")]
+    Passphrase(#[source] borg_pull_tunnel::Error),
+    /// borg could not be started.
+    #[error("cannot start {}: {source}", .borg.display())]
+    Spawn {
+        /// The program.
+        borg: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for borg failed.
+    #[error("waiting for {}: {source}", .borg.display())]
+    Wait {
+        /// The program.
+        borg: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Kills a process group when dropped, unless disarmed (the leader has been reaped).
+struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.0 {
+            // ESRCH: the group is gone already, which is what we want.
+            let _ = kill_process_group(pid, signal);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(Signal::KILL);
+    }
+}
+
+impl BorgRun<'_> {
+    /// Runs borg to the end or the deadline. Errors only when it could not be started.
+    pub async fn run(self) -> Result<Finished, BorgError> {
+        let name = escape_for_log(self.client.name.as_bytes());
+        let what = self
+            .args
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut cmd = Command::new(self.borg);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own group, so that a timeout also stops what borg started (a passcommand).
+            .process_group(0)
+            .kill_on_drop(true);
+        // The server names the repository itself, so borg's question about a repository it has
+        // not seen before (asked on the first local access to an unencrypted repository that
+        // clients wrote) has one answer; without a tty borg would take it as "no".
+        if std::env::var_os("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK").is_none() {
+            cmd.env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes");
+        }
+        for (key, value) in self.env {
+            cmd.env(key, value);
+        }
+        match &self.client.passphrase {
+            PassphraseSource::Inherited => {}
+            PassphraseSource::File(path) => {
+                let secret =
+                    read_secret_line(path, SecretKind::RepoPassphrase).map_err(BorgError::Passphrase)?;
+                for var in PASSPHRASE_VARS {
+                    cmd.env_remove(var);
+                }
+                cmd.env("BORG_PASSPHRASE", secret.as_str());
+            }
+            PassphraseSource::Command(command) => {
+                for var in PASSPHRASE_VARS {
+                    cmd.env_remove(var);
+                }
+                cmd.env("BORG_PASSCOMMAND", command);
+            }
+        }
+        debug!(client = %name, "running {} {}", self.borg.display(), what);
+        let mut child = cmd.spawn().map_err(|source| BorgError::Spawn {
+            borg: self.borg.to_owned(),
+            source,
+        })?;
+        let mut guard = GroupGuard(child.id().and_then(|id| Pid::from_raw(id as i32)));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+
+        // The pipes are read by tasks of their own, which keep reading while a timed-out borg
+        // cleans up: a closed pipe would make its last messages fail and could stop it before it
+        // has removed its lock.
+        let quiet = self.quiet;
+        let stdout_task = AbortOnDropHandle::new(tokio::spawn({
+            let (name, what, capture) = (name.clone(), what.clone(), self.capture_stdout);
+            async move {
+                match capture {
+                    Some(max) => read_capped(stdout, max).await,
+                    None => {
+                        log_lines(stdout, &name, &what, quiet).await;
+                        (Vec::new(), false)
+                    }
+                }
+            }
+        }));
+        let stderr_task = AbortOnDropHandle::new(tokio::spawn({
+            let (name, what) = (name.clone(), what.clone());
+            async move { log_lines(stderr, &name, &what, quiet).await }
+        }));
+        let (status, timed_out) = match tokio::time::timeout(self.timeout, child.wait()).await {
+            Ok(status) => (status, false),
+            Err(_) => {
+                warn!(
+                    client = %name,
+                    "borg {what} ran longer than {}s, stopping it",
+                    self.timeout.as_secs_f64()
+                );
+                guard.signal(Signal::TERM);
+                let status = match tokio::time::timeout(self.kill_grace, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        warn!(client = %name, "borg {what} ignored SIGTERM, killing it");
+                        guard.signal(Signal::KILL);
+                        child.wait().await
+                    }
+                };
+                (status, true)
+            }
+        };
+        let status = status.map_err(|source| BorgError::Wait {
+            borg: self.borg.to_owned(),
+            source,
+        })?;
+        // borg is reaped. Whatever it left in its group (normally nothing) is killed too, so the
+        // pipes reach EOF: while a member lives the group id cannot be reused, and once none does
+        // the signal finds nobody.
+        guard.signal(Signal::KILL);
+        guard.0 = None;
+        // What is still in the pipes is read; only a process that left the group (setsid) could
+        // hold them open longer, and it is not waited for.
+        let output = tokio::time::timeout(self.kill_grace, async {
+            let (out, err) = tokio::join!(stdout_task, stderr_task);
+            (out.unwrap_or_default(), err.ok().flatten())
+        });
+        let ((stdout, stdout_cut), last_error) = output.await.unwrap_or_else(|_| {
+            warn!(client = %name, "borg {what}'s output was still open after it exited; not read to its end");
+            ((Vec::new(), true), None)
+        });
+        let rc = exit_code(status);
+        debug!(client = %name, "borg {what} exited with {rc}");
+        Ok(Finished {
+            rc,
+            stdout,
+            stdout_cut,
+            last_error,
+            timed_out,
+        })
+    }
+}
+
+/// The exit code as a shell reports it: the code, or 128 + N for signal N.
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Logs every line of `reader` (escaped, bounded) and returns the last non-empty one.
+async fn log_lines(reader: impl AsyncRead + Unpin, name: &str, what: &str, quiet: bool) -> Option<String> {
+    let mut lines = BoundedLines::new(reader, MAX_LOG_LINE);
+    let mut last = None;
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                let shown = line.to_string();
+                if quiet {
+                    debug!(client = %name, "borg {what}: {shown}");
+                } else {
+                    info!(client = %name, "borg {what}: {shown}");
+                }
+                if !shown.trim().is_empty() {
+                    last = Some(shown);
+                }
+            }
+            Ok(None) => return last,
+            Err(e) => {
+                warn!(client = %name, "reading borg {what}'s output: {e}");
+                return last;
+            }
+        }
+    }
+}
+
+/// At most `max` bytes of `reader`, reading (and dropping) the rest to EOF so borg never gets
+/// EPIPE; `true` when something was dropped.
+async fn read_capped(mut reader: impl AsyncRead + Unpin, max: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut cut = false;
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, cut),
+            Ok(n) => {
+                let room = max - kept.len();
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                cut |= n > room;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn capped_read_keeps_the_start_and_drains_the_rest() {
+        let input = vec![b'x'; 100_000];
+        assert_eq!(read_capped(&input[..], 10).await, (vec![b'x'; 10], true));
+        assert_eq!(read_capped(&b"abc"[..], 10).await, (b"abc".to_vec(), false));
+    }
+
+    #[test]
+    fn signals_map_like_a_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(2 << 8)), 2);
+        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+    }
+}

@@ -1,0 +1,514 @@
+//! `status` against real repositories (fresh, stale, empty, missing, encrypted), the Prometheus
+//! textfile checked by a strict parser (and promtool when installed), and the state store.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use borg_pull_fleet::config::{Fleet, PassphraseSource};
+use borg_pull_fleet::metrics::{render, write_textfile, write_textfile_with_status};
+use borg_pull_fleet::state::{ClientState, RunRecord, StateStore};
+use borg_pull_fleet::status::{status, status_table};
+use common::*;
+
+fn fleet(
+    server: borg_pull_fleet::config::ServerSettings,
+    clients: Vec<borg_pull_fleet::config::Client>,
+) -> Fleet {
+    Fleet {
+        path: PathBuf::from("/nonexistent/fleet.toml"),
+        server,
+        clients,
+    }
+}
+
+fn record(started: u64, rc: Option<i32>, error: Option<(u8, &str)>) -> RunRecord {
+    RunRecord {
+        started,
+        duration_ms: 12_345,
+        archive: Some(format!("arch-{started}")),
+        bytes_sent: 987_654,
+        borg_rc: rc,
+        error: error.map(|(c, m)| (c, m.to_owned())),
+    }
+}
+
+#[tokio::test]
+async fn fresh_stale_empty_missing_and_encrypted_clients() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let now = now();
+    let fresh_time = now - 3600;
+    let fresh = repo_with(
+        dir.path(),
+        "fresh",
+        &[("old", now - 5 * 86_400), ("new", fresh_time)],
+    );
+    let stale = repo_with(dir.path(), "stale", &[("three-days", now - 3 * 86_400)]);
+    let empty = repo_with(dir.path(), "empty", &[]);
+    let missing = dir.path().join("missing");
+    let passphrase = "s3cret status";
+    let enc = dir.path().join("enc");
+    borg(
+        &["init", "-e", "repokey", enc.to_str().unwrap()],
+        &[("BORG_PASSPHRASE", passphrase)],
+    );
+    add_archives(&enc, &[("e1", now - 7200)], &[("BORG_PASSPHRASE", passphrase)]);
+    let pass_file = dir.path().join("pass");
+    secret_file(&pass_file, passphrase);
+
+    let state_dir = dir.path().join("state");
+    let store = StateStore::open(&state_dir).unwrap();
+    store
+        .save(
+            "fresh",
+            &ClientState {
+                last_run: Some(record(fresh_time, Some(0), None)),
+                last_success: Some(record(fresh_time, Some(0), None)),
+                ..ClientState::default()
+            },
+        )
+        .unwrap();
+    store
+        .save(
+            "stale",
+            &ClientState {
+                last_run: Some(record(
+                    now - 600,
+                    None,
+                    Some((213, "cannot connect to stale.invalid")),
+                )),
+                ..ClientState::default()
+            },
+        )
+        .unwrap();
+
+    let mut enc_client = client("enc", &enc);
+    enc_client.passphrase = PassphraseSource::File(pass_file);
+    let fleet = fleet(
+        server(Path::new(BORG), &state_dir),
+        vec![
+            client("fresh", &fresh),
+            client("stale", &stale),
+            client("empty", &empty),
+            client("missing", &missing),
+            enc_client,
+        ],
+    );
+    let statuses = status(&fleet, &store).await;
+    let by_name: BTreeMap<&str, _> = statuses.iter().map(|s| (s.name.as_str(), s)).collect();
+    assert_eq!(
+        statuses.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["fresh", "stale", "empty", "missing", "enc"]
+    );
+
+    let f = by_name["fresh"];
+    assert_eq!(
+        (f.newest_archive.as_deref(), f.newest_time, f.stale, &f.error),
+        (Some("new"), Some(fresh_time), false, &None)
+    );
+    let age = f.age.unwrap();
+    assert!(
+        age >= Duration::from_secs(3600) && age < Duration::from_secs(3700),
+        "{age:?}"
+    );
+    assert_eq!(f.last_run, Some(record(fresh_time, Some(0), None)));
+
+    let s = by_name["stale"];
+    assert_eq!(
+        (s.newest_archive.as_deref(), s.stale, &s.error),
+        (Some("three-days"), true, &None)
+    );
+    assert!(s.age.unwrap() > s.max_age);
+    assert_eq!(s.last_run.as_ref().unwrap().error.as_ref().unwrap().0, 213);
+
+    let e = by_name["empty"];
+    assert_eq!(
+        (&e.newest_archive, e.newest_time, e.age, e.stale, &e.error),
+        (&None, None, None, true, &None)
+    );
+    assert_eq!(e.last_run, None);
+
+    let m = by_name["missing"];
+    assert!(m.stale && m.newest_archive.is_none());
+    let error = m.error.as_deref().unwrap();
+    assert!(
+        error.contains("borg list exited with 2") && error.contains("does not exist"),
+        "{error}"
+    );
+
+    let x = by_name["enc"];
+    assert_eq!(
+        (x.newest_archive.as_deref(), x.newest_time, x.stale, &x.error),
+        (Some("e1"), Some(now - 7200), false, &None)
+    );
+
+    let table = status_table(&statuses);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 6, "{table}");
+    assert!(
+        lines[0].starts_with("CLIENT") && lines[0].contains("MAX AGE"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("fresh") && lines[1].contains(" ok "),
+        "{table}"
+    );
+    assert!(
+        lines[2].contains("STALE") && lines[2].contains("error 213") && lines[2].contains("cannot connect"),
+        "{table}"
+    );
+    assert!(lines[3].contains("STALE"), "{table}");
+    assert!(
+        lines[4].contains("UNREADABLE") && lines[4].contains("does not exist"),
+        "{table}"
+    );
+    assert!(lines[5].contains("36h00m"), "{table}");
+
+    let json: serde_json::Value = serde_json::to_value(&statuses).unwrap();
+    assert_eq!(json[0]["name"], "fresh");
+    assert_eq!(json[0]["newest_time"], fresh_time);
+    assert_eq!(json[0]["max_age_seconds"], 36 * 3600);
+    assert!(json[0]["age_seconds"].as_u64().unwrap() >= 3600);
+    assert_eq!(json[2]["age_seconds"], serde_json::Value::Null);
+    assert_eq!(json[3]["stale"], true);
+    assert!(!json.to_string().contains(passphrase));
+
+    // The textfile, with the newest archive times status read.
+    let prom_dir = dir.path().join("textfile");
+    std::fs::create_dir(&prom_dir).unwrap();
+    let prom = prom_dir.join("borg_pull.prom");
+    write_textfile_with_status(&prom, &fleet, &store, &statuses).unwrap();
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let samples = parse_exposition(&text);
+    let value = |metric: &str, client: &str| {
+        samples
+            .iter()
+            .find(|s| s.0 == metric && s.1 == [("client".to_owned(), client.to_owned())])
+            .map(|s| s.2)
+    };
+    assert_eq!(
+        value("borg_pull_newest_archive_timestamp_seconds", "fresh"),
+        Some(fresh_time as f64)
+    );
+    assert_eq!(
+        value("borg_pull_newest_archive_timestamp_seconds", "enc"),
+        Some((now - 7200) as f64)
+    );
+    assert_eq!(value("borg_pull_newest_archive_timestamp_seconds", "empty"), None);
+    assert_eq!(
+        value("borg_pull_last_run_duration_seconds", "fresh"),
+        Some(12.345)
+    );
+    assert_eq!(value("borg_pull_last_run_bytes_sent", "fresh"), Some(987_654.0));
+    assert_eq!(value("borg_pull_last_run_borg_exit_code", "fresh"), Some(0.0));
+    assert_eq!(value("borg_pull_last_run_error", "fresh"), Some(0.0));
+    assert_eq!(value("borg_pull_last_run_error", "stale"), Some(1.0));
+    assert_eq!(value("borg_pull_last_run_borg_exit_code", "stale"), None);
+    assert_eq!(
+        value("borg_pull_last_success_timestamp_seconds", "fresh"),
+        Some((fresh_time + 12) as f64)
+    );
+    assert_eq!(value("borg_pull_last_success_timestamp_seconds", "stale"), None);
+    assert_eq!(
+        value("borg_pull_last_run_timestamp_seconds", "stale"),
+        Some((now - 600) as f64)
+    );
+    promtool_check(&prom);
+    assert_atomic_result(&prom_dir, &prom);
+}
+
+/// Mode 0644 whatever the umask, and no temporary file left beside it.
+fn assert_atomic_result(dir: &Path, file: &Path) {
+    assert_eq!(std::fs::metadata(file).unwrap().mode() & 0o7777, 0o644);
+    let names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [file.file_name().unwrap()]);
+}
+
+/// `promtool check metrics`, when promtool is installed (it is not required).
+fn promtool_check(file: &Path) {
+    let Ok(out) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(file).unwrap())
+        .output()
+    else {
+        eprintln!("promtool not installed: only the strict parser checked the textfile");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// A strict reader of the text exposition format as node_exporter's textfile collector takes it:
+/// every line is `# HELP name text`, `# TYPE name gauge|counter|...` or `name{label="value",...}
+/// value`; HELP and TYPE come once per metric, before its samples, and a metric's samples are
+/// together; names and label names are valid; label values use only the escapes `\\`, `\"`, `\n`;
+/// the file ends with a newline; no label set appears twice. Returns the samples, labels unescaped.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    assert!(text.ends_with('\n'), "no final newline");
+    let valid_name = |n: &str, colon: bool| {
+        let mut chars = n.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':'))
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':'))
+    };
+    let (mut helped, mut typed, mut finished) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    let mut current: Option<String> = None;
+    let mut seen = BTreeSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let (kind, rest) = rest
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("bad comment {line:?}"));
+            let (name, arg) = rest
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("bad {kind} {line:?}"));
+            assert!(valid_name(name, true), "{line:?}");
+            assert!(
+                !finished.contains(name) && samples.iter().all(|s: &Sample| s.0 != name),
+                "{kind} after samples: {line:?}"
+            );
+            match kind {
+                "HELP" => {
+                    assert!(helped.insert(name.to_owned()), "second HELP {line:?}");
+                    let mut chars = arg.chars();
+                    while let Some(c) = chars.next() {
+                        if c == '\\' {
+                            assert!(matches!(chars.next(), Some('\\' | 'n')), "bad escape in {line:?}");
+                        }
+                    }
+                }
+                "TYPE" => {
+                    assert!(typed.insert(name.to_owned()), "second TYPE {line:?}");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&arg),
+                        "{line:?}"
+                    );
+                }
+                _ => panic!("unknown comment {line:?}"),
+            }
+            if current.as_deref() != Some(name) {
+                if let Some(done) = current.replace(name.to_owned()) {
+                    finished.insert(done);
+                }
+            }
+            continue;
+        }
+        assert!(!line.starts_with('#') && !line.is_empty(), "bad line {line:?}");
+        let name_end = line
+            .find(['{', ' '])
+            .unwrap_or_else(|| panic!("no value: {line:?}"));
+        let name = &line[..name_end];
+        assert!(valid_name(name, true), "{line:?}");
+        assert!(
+            typed.contains(name) && helped.contains(name),
+            "sample before HELP/TYPE: {line:?}"
+        );
+        assert_eq!(
+            current.as_deref(),
+            Some(name),
+            "samples of {name} not together: {line:?}"
+        );
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let mut chars = inner.char_indices();
+            loop {
+                let (start, c) = chars.next().unwrap_or_else(|| panic!("open labels: {line:?}"));
+                if c == '}' {
+                    rest = &inner[start + 1..];
+                    break;
+                }
+                let eq = inner[start..]
+                    .find('=')
+                    .unwrap_or_else(|| panic!("no = in {line:?}"))
+                    + start;
+                let label = &inner[start..eq];
+                assert!(
+                    valid_name(label, false) && !label.starts_with("__"),
+                    "label {label:?} in {line:?}"
+                );
+                while chars.next().is_some_and(|(i, _)| i < eq) {}
+                assert_eq!(chars.next().map(|c| c.1), Some('"'), "unquoted value in {line:?}");
+                let mut value = String::new();
+                loop {
+                    match chars.next().unwrap_or_else(|| panic!("open value: {line:?}")).1 {
+                        '"' => break,
+                        '\\' => value.push(match chars.next().map(|c| c.1) {
+                            Some('\\') => '\\',
+                            Some('"') => '"',
+                            Some('n') => '\n',
+                            other => panic!("bad escape {other:?} in {line:?}"),
+                        }),
+                        '\n' => unreachable!(),
+                        c => value.push(c),
+                    }
+                }
+                labels.push((label.to_owned(), value));
+                match chars.next().unwrap_or_else(|| panic!("open labels: {line:?}")) {
+                    (_, ',') => {}
+                    (i, '}') => {
+                        rest = &inner[i + 1..];
+                        break;
+                    }
+                    (_, c) => panic!("{c:?} after a label value in {line:?}"),
+                }
+            }
+        }
+        let value = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("no space before the value: {line:?}"));
+        assert!(!value.contains(' '), "timestamps are not for textfiles: {line:?}");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(
+            seen.insert((name.to_owned(), labels.clone())),
+            "duplicate sample {line:?}"
+        );
+        samples.push((name.to_owned(), labels, value));
+    }
+    samples
+}
+
+/// The parser above is only worth what it refuses.
+#[test]
+fn the_strict_parser_refuses_malformed_files() {
+    let good = "# HELP m Help.\n# TYPE m gauge\nm{client=\"a\\\\b\\\"c\\nd\"} 1.5\n";
+    assert_eq!(
+        parse_exposition(good)[0].1,
+        [("client".to_owned(), "a\\b\"c\nd".to_owned())]
+    );
+    for bad in [
+        "# TYPE m gauge\n# HELP m Help.\nm 1", // no final newline
+        "m 1\n",                               // no HELP/TYPE
+        "# HELP m Help.\n# TYPE m gauge\nm{client=\"a\\tb\"} 1\n", // unknown escape
+        "# HELP m Help.\n# TYPE m gauge\nm{client=\"a} 1\n", // open value
+        "# HELP m Help.\n# TYPE m gauge\nm{client=a} 1\n", // unquoted
+        "# HELP m Help.\n# TYPE m gauge\nm{client=\"a\"} x\n", // not a number
+        "# HELP m Help.\n# TYPE m gauge\nm{client=\"a\"} 1\nm{client=\"a\"} 2\n", // twice
+        "# HELP m Help.\n# TYPE m gauge\nm 1\n# HELP n N.\n# TYPE n gauge\nn 1\nm 2\n", // apart
+        "# HELP m Help.\n# TYPE m gauge\nm 1\n# HELP m Again.\n", // HELP after samples
+        "# HELP m Help.\n# TYPE m gauge\n1m 1\n", // bad name
+        "# HELP m Help.\n# TYPE m gauge\nm 1 1700000000\n", // timestamp
+    ] {
+        let parsed = std::panic::catch_unwind(|| parse_exposition(bad));
+        assert!(parsed.is_err(), "accepted {bad:?}");
+    }
+}
+
+#[test]
+fn textfile_escapes_hostile_names_and_is_written_atomically() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(&dir.path().join("state")).unwrap();
+    let hostile = ["quote\"d", "back\\slash", "new\nline", "plain"];
+    for (i, name) in hostile.iter().enumerate() {
+        store
+            .save(
+                name,
+                &ClientState {
+                    last_run: Some(record(1_000 + i as u64, Some(i as i32), None)),
+                    last_success: Some(record(1_000, Some(0), None)),
+                    ..ClientState::default()
+                },
+            )
+            .unwrap();
+    }
+    let clients = hostile
+        .iter()
+        .chain(["never-ran"].iter())
+        .map(|n| client(n, Path::new("/nonexistent")))
+        .collect();
+    let fleet = fleet(server(Path::new(BORG), dir.path()), clients);
+    let samples = parse_exposition(&render(&fleet, &store, &[]));
+    for (i, name) in hostile.iter().enumerate() {
+        let rc = samples
+            .iter()
+            .find(|s| s.0 == "borg_pull_last_run_borg_exit_code" && s.1[0].1 == *name)
+            .unwrap_or_else(|| panic!("no sample for {name:?}"));
+        assert_eq!(rc.2, i as f64);
+        let newest = samples
+            .iter()
+            .find(|s| s.0 == "borg_pull_newest_archive_timestamp_seconds" && s.1[0].1 == *name);
+        assert_eq!(newest.map(|s| s.2), Some(1_000.0), "from the last success");
+    }
+    assert!(samples.iter().all(|s| s.1[0].1 != "never-ran"));
+
+    // Written atomically over an older file: mode 0644 although the old one was 0600.
+    let prom_dir = dir.path().join("textfile");
+    std::fs::create_dir(&prom_dir).unwrap();
+    let prom = prom_dir.join("borg_pull.prom");
+    std::fs::write(&prom, "old").unwrap();
+    std::fs::set_permissions(&prom, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    write_textfile(&prom, &fleet, &store).unwrap();
+    assert_eq!(
+        parse_exposition(&std::fs::read_to_string(&prom).unwrap()),
+        samples
+    );
+    assert_atomic_result(&prom_dir, &prom);
+    promtool_check(&prom);
+    // A directory that does not exist: an error naming the file, nothing written anywhere.
+    let error = write_textfile(&dir.path().join("no/such.prom"), &fleet, &store).unwrap_err();
+    assert!(error.to_string().contains("no/such.prom"), "{error}");
+}
+
+#[test]
+fn state_store_round_trip_and_corrupt_files() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("var/lib/borg-pull");
+    let store = StateStore::open(&state_dir).unwrap();
+    assert_eq!(std::fs::metadata(&state_dir).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(store.load("web1"), ClientState::default());
+
+    let state = ClientState {
+        last_run: Some(record(
+            1_700_000_000,
+            Some(1),
+            Some((213, "cannot connect: \"quotes\" \n and newlines")),
+        )),
+        last_success: Some(record(1_690_000_000, Some(0), None)),
+        runs_since_check: 4,
+        last_check: Some((1_680_000_000, false)),
+    };
+    store.save("web1", &state).unwrap();
+    store.save("web1", &state).unwrap();
+    assert_eq!(store.load("web1"), state);
+    let file = state_dir.join("web1.json");
+    assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o7777, 0o600);
+    let names: Vec<_> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["web1.json"]);
+    // Reopening an existing directory works and sees the same records.
+    assert_eq!(StateStore::open(&state_dir).unwrap().load("web1"), state);
+
+    for corrupt in ["", "{", "[1,2]", "{\"runs_since_check\": -1}", "\u{0}\u{1}"] {
+        std::fs::write(&file, corrupt).unwrap();
+        assert_eq!(store.load("web1"), ClientState::default(), "{corrupt:?}");
+    }
+    std::fs::write(&file, vec![b' '; 2 << 20]).unwrap();
+    assert_eq!(store.load("web1"), ClientState::default(), "oversized");
+    std::fs::create_dir(state_dir.join("dir.json")).unwrap();
+    assert_eq!(store.load("dir"), ClientState::default(), "a directory");
+
+    for bad in ["", ".", "..", "a/b", "../escape"] {
+        assert!(store.save(bad, &state).is_err(), "{bad:?}");
+        assert_eq!(store.load(bad), ClientState::default());
+    }
+    assert!(!dir.path().join("var/lib/escape.json").exists());
+}
