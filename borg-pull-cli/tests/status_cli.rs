@@ -40,7 +40,7 @@ fn repo(t: &TestDir, name: &str, age: Option<u64>) -> PathBuf {
 /// A config for `clients` (name, repository), max_age 36 h, state and textfile in the test dir.
 fn config(t: &TestDir, clients: &[(&str, &Path)]) -> PathBuf {
     let mut toml = format!(
-        "[server]\nstate_dir = {:?}\nprometheus = {:?}\n\n[defaults]\nmax_age = \"36h\"\n",
+        "[server]\nstate_dir = {:?}\nprometheus = {:?}\n\n[defaults]\nmax_age = \"36h\"\nargs = [\"create\", \"::{{now}}\", \"/etc\"]\n",
         t.join("state"),
         t.join("borg_pull.prom")
     );
