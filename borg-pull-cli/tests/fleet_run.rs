@@ -459,3 +459,79 @@ fn sigint_stops_every_client_and_leaves_nothing_running() {
     }
     f.assert_nothing_left();
 }
+
+/// Retention runs on the server after the client's append-only create: `prune` keeps what the
+/// policy says, `compact` and `check` run, the state and the textfile record the run, and
+/// `status` (repositories only) sees a fresh archive.
+#[test]
+fn run_prunes_on_the_server_and_status_sees_the_result() {
+    let f = Fleet::new();
+    f.init("keeper", false);
+    let repo = f.repo("keeper");
+    for day in 1..=5 {
+        let archive = format!("{}::old-{day}", repo.display());
+        let stamp = format!("2026-01-0{day}T12:00:00");
+        let args: [&std::ffi::OsStr; 6] = [
+            "create".as_ref(),
+            "--timestamp".as_ref(),
+            stamp.as_ref(),
+            archive.as_ref(),
+            f.data.as_os_str(),
+            "--one-file-system".as_ref(),
+        ];
+        assert_ok(&f.local_borg(&args), "borg create --timestamp");
+    }
+    let client = f.client(
+        "keeper",
+        None,
+        "prune = { keep_daily = 2 }\ncompact = true\ncheck_every_runs = 1\nmax_age = \"1h\"",
+    );
+    let config = f.config(&["create", "::fleet-{now}", "DATA"], &client);
+    let prom = f.dir().join("borg_pull.prom");
+    let text = fs::read_to_string(&config).unwrap().replacen(
+        "jobs = 2\n",
+        &format!("jobs = 2\nprometheus = {}\n", toml_str(&prom)),
+        1,
+    );
+    fs::write(&config, text).unwrap();
+
+    let out = f.server(&["run", "--json", "--config"]).arg(&config).output();
+    out.assert_code(0);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json[0]["retention_errors"],
+        serde_json::json!([]),
+        "{}",
+        out.describe()
+    );
+    // keep_daily = 2: today's new archive and the newest of the faked days.
+    let list = f.local_borg(&["list".as_ref(), "--short".as_ref(), repo.as_os_str()]);
+    assert_ok(&list, "borg list");
+    let mut names: Vec<String> = list.stdout_text().lines().map(str::to_owned).collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names[1], "old-5", "{names:?}");
+    assert!(names[0].starts_with("fleet-"), "{names:?}");
+    let log = out.stderr_text();
+    assert!(log.contains("retention done"), "{}", out.describe());
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.dir().join("state/keeper.json")).unwrap()).unwrap();
+    assert_eq!(state["runs_since_check"], 0, "the check ran: {state}");
+    assert_eq!(state["last_check"][1], true, "{state}");
+    let metrics = fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("borg_pull_last_success_timestamp_seconds{client=\"keeper\"}"),
+        "{metrics}"
+    );
+
+    let out = f.server(&["status", "--config"]).arg(&config).output();
+    out.assert_code(0);
+    let line = out
+        .stdout_text()
+        .lines()
+        .find(|l| l.starts_with("keeper"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.contains("fleet-"), "{}", out.describe());
+    f.assert_nothing_left();
+}
