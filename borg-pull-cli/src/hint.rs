@@ -29,7 +29,14 @@ impl Hint {
 pub fn core(err: &borg_pull_core::Error) -> Option<Hint> {
     use borg_pull_core::Error as E;
     match err {
-        E::BorgNotFound { .. } | E::SpawnBorg { .. } => Some(Hint::new(
+        E::UnsupportedByBorg { .. } => Some(Hint::new(
+            "--storage-quota",
+            "drop --storage-quota (borg 2 has none; use a filesystem quota) or use borg 1.x",
+        )),
+        E::BorgNotFound { .. }
+        | E::SpawnBorg { .. }
+        | E::SpawnBorgVersion { .. }
+        | E::BorgVersionUnknown { .. } => Some(Hint::new(
             "--borg",
             "pass the borg program's path with --borg PATH",
         )),

@@ -698,7 +698,7 @@ fn borg_serve_stderr_is_logged_line_by_line() {
     let fake = t.join("fake-borg");
     fs::write(
         &fake,
-        "#!/bin/sh\necho 'first complaint' >&2\necho 'second: $*' >&2\nexec cat\n",
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'borg 1.2.4'; exit 0; }\necho 'first complaint' >&2\necho 'second: $*' >&2\nexec cat\n",
     )
     .unwrap();
     fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
@@ -763,7 +763,7 @@ fn borg_serve_gets_no_secrets_from_the_servers_environment() {
     fs::write(
         &fake,
         format!(
-            "#!/bin/sh\ncat /proc/$$/environ > '{}'\nexec cat\n",
+            "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'borg 1.2.4'; exit 0; }}\ncat /proc/$$/environ > '{}'\nexec cat\n",
             dump.display()
         ),
     )
@@ -822,7 +822,7 @@ fn borg_serve_stderr_is_escaped_and_survives_invalid_utf8() {
     let fake = t.join("fake-borg");
     fs::write(
         &fake,
-        "#!/bin/sh\nprintf 'colour \\033[31mred\\033]0;title\\007\\n' >&2\n\
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'borg 1.2.4'; exit 0; }\nprintf 'colour \\033[31mred\\033]0;title\\007\\n' >&2\n\
          printf 'bytes \\377\\376 here\\n' >&2\necho 'after the bad bytes' >&2\nexec cat\n",
     )
     .unwrap();

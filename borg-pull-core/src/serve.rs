@@ -1,8 +1,10 @@
 //! Spawning, bridging and reaping `borg serve`.
 //!
-//! The server alone decides the flags: `--append-only` (unless the operator allowed deletes) and
-//! `--restrict-to-repo REPO`. The client's own idea of the remote command (what borg appends to
-//! `BORG_RSH`) never reaches this module.
+//! The server alone decides the flags, by the server borg's major version ([`ServeConfig::args`]):
+//! borg 1.x `serve --append-only --restrict-to-repository REPO`, borg 2 `serve --rest --backend
+//! FILE:REPO --restrict-to-repository REPO --permissions no-delete` (`--append-only` and
+//! `no-delete` dropped/widened to `all` only when the operator allowed deletes). The client's own
+//! idea of the remote command (what borg appends to `BORG_RSH`) never reaches this module.
 
 use std::ffi::OsString;
 use std::io;
@@ -18,6 +20,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::limits::{LOG_LINE_MAX, SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
 use crate::text::BoundedLines;
+use crate::version::BorgVersion;
 use crate::{Error, Result};
 
 /// How the server runs `borg serve` for every connection. Fixed by the server's operator.
@@ -25,14 +28,19 @@ use crate::{Error, Result};
 pub struct ServeConfig {
     /// The borg program (`borg` on `PATH` by default).
     pub borg: PathBuf,
-    /// The one repository clients may use (`--restrict-to-repo`). Absolute.
+    /// The one repository clients may use (`--restrict-to-repository`; borg 2 also `--backend
+    /// FILE:REPO`). Absolute.
     pub repo: PathBuf,
-    /// Let clients delete and prune (omits `--append-only`). Off by default.
+    /// Let clients delete and prune (borg 1: omits `--append-only`; borg 2: `--permissions all`
+    /// instead of `no-delete`). Off by default.
     pub allow_delete: bool,
     /// borg serve's `--storage-quota` (e.g. `5G`, `1.5T`): the most the repository may hold, so a
     /// client cannot fill the server's disk. Checked by [`parse_storage_quota`] before borg serve
     /// is started. `None`: no quota beyond the repository's own.
     pub storage_quota: Option<String>,
+    /// The server borg's version, which decides the flags. `None` until
+    /// [`learn_version`](Self::learn_version) runs `borg --version`: then the borg 1.x flags are used.
+    pub version: Option<BorgVersion>,
 }
 
 /// What one bridged `borg serve` session did.
@@ -51,7 +59,10 @@ impl ServeConfig {
     ///
     /// ```
     /// let config = borg_pull_core::ServeConfig::new("/srv/borg/client1").unwrap();
-    /// assert_eq!(config.args(), ["serve", "--append-only", "--restrict-to-repo", "/srv/borg/client1"]);
+    /// assert_eq!(
+    ///     config.args().unwrap(),
+    ///     ["serve", "--append-only", "--restrict-to-repository", "/srv/borg/client1"]
+    /// );
     /// assert!(borg_pull_core::ServeConfig::new("relative/repo").is_err());
     /// ```
     pub fn new(repo: impl Into<PathBuf>) -> Result<Self> {
@@ -64,31 +75,72 @@ impl ServeConfig {
             repo,
             allow_delete: false,
             storage_quota: None,
+            version: None,
         })
+    }
+
+    /// Runs `borg --version` once and keeps the result in [`version`](Self::version); later calls
+    /// (and clones made after the first) reuse it.
+    pub fn learn_version(&mut self) -> Result<&BorgVersion> {
+        if self.version.is_none() {
+            self.version = Some(BorgVersion::probe(&self.borg)?);
+        }
+        Ok(self.version.as_ref().expect("just set"))
     }
 
     /// The arguments after the program name: exactly what the server allows, nothing from clients.
     ///
+    /// Options are spelled out: borg 2 no longer accepts abbreviations such as `--restrict-to-repo`.
+    /// borg 2 has no `--append-only` and no `--storage-quota` (an error here); without `--rest`
+    /// it would serve only legacy repositories and ignore `--permissions`.
+    ///
     /// ```
-    /// let mut config = borg_pull_core::ServeConfig::new("/srv/borg/client1").unwrap();
+    /// use borg_pull_core::{BorgVersion, ServeConfig};
+    /// let mut config = ServeConfig::new("/srv/borg/client1").unwrap();
     /// config.storage_quota = Some("50G".into());
     /// assert_eq!(
-    ///     config.args(),
-    ///     ["serve", "--append-only", "--storage-quota", "50G", "--restrict-to-repo", "/srv/borg/client1"]
+    ///     config.args().unwrap(),
+    ///     ["serve", "--append-only", "--storage-quota", "50G", "--restrict-to-repository", "/srv/borg/client1"]
+    /// );
+    /// config.storage_quota = None;
+    /// config.version = BorgVersion::parse("borg 2.0.0b25");
+    /// assert_eq!(
+    ///     config.args().unwrap(),
+    ///     ["serve", "--rest", "--backend", "FILE:/srv/borg/client1",
+    ///      "--restrict-to-repository", "/srv/borg/client1", "--permissions", "no-delete"]
     /// );
     /// ```
-    pub fn args(&self) -> Vec<OsString> {
+    pub fn args(&self) -> Result<Vec<OsString>> {
         let mut args: Vec<OsString> = vec!["serve".into()];
-        if !self.allow_delete {
-            args.push("--append-only".into());
+        match &self.version {
+            Some(version) if version.major >= 2 => {
+                if self.storage_quota.is_some() {
+                    return Err(Error::UnsupportedByBorg {
+                        version: version.clone(),
+                        flag: "--storage-quota",
+                    });
+                }
+                let mut backend = OsString::from("FILE:");
+                backend.push(&self.repo);
+                args.extend(["--rest".into(), "--backend".into(), backend]);
+                args.push("--restrict-to-repository".into());
+                args.push(self.repo.clone().into());
+                args.push("--permissions".into());
+                args.push(if self.allow_delete { "all" } else { "no-delete" }.into());
+            }
+            _ => {
+                if !self.allow_delete {
+                    args.push("--append-only".into());
+                }
+                if let Some(quota) = &self.storage_quota {
+                    args.push("--storage-quota".into());
+                    args.push(quota.into());
+                }
+                args.push("--restrict-to-repository".into());
+                args.push(self.repo.clone().into());
+            }
         }
-        if let Some(quota) = &self.storage_quota {
-            args.push("--storage-quota".into());
-            args.push(quota.into());
-        }
-        args.push("--restrict-to-repo".into());
-        args.push(self.repo.clone().into());
-        args
+        Ok(args)
     }
 
     /// Finds the borg program the way `exec` will: a path containing `/` as is, else on `PATH`.
@@ -125,7 +177,7 @@ impl ServeConfig {
             parse_storage_quota(quota)?;
         }
         let mut cmd = Command::new(&self.borg);
-        cmd.args(self.args())
+        cmd.args(self.args()?)
             .env_clear()
             .envs(std::env::vars_os().filter(|(name, _)| passed_to_serve(name)))
             .stdin(Stdio::piped())
@@ -357,9 +409,13 @@ impl AsyncWrite for ClosingWriter {
     }
 }
 
-/// Whether `repo` looks like a borg repository (has borg's `config` file); for early, clear errors.
+/// Whether `repo` looks like a borg repository, for early, clear errors: borg 1.x has a `config`
+/// file and a `data/` directory, borg 2 (borgstore) the directories `config/`, `keys/`, `packs/`
+/// and `archives/`.
 pub fn looks_like_repository(repo: &Path) -> bool {
-    repo.join("config").is_file() && repo.join("data").is_dir()
+    let dir = |name: &str| repo.join(name).is_dir();
+    (repo.join("config").is_file() && dir("data"))
+        || ["config", "keys", "packs", "archives"].into_iter().all(dir)
 }
 
 #[cfg(test)]
@@ -529,6 +585,103 @@ mod tests {
     fn allow_delete_only_drops_append_only() {
         let mut config = with_borg("borg");
         config.allow_delete = true;
-        assert_eq!(config.args(), ["serve", "--restrict-to-repo", "/srv/repo"]);
+        assert_eq!(
+            config.args().unwrap(),
+            ["serve", "--restrict-to-repository", "/srv/repo"]
+        );
+    }
+
+    #[test]
+    fn argv_by_version() {
+        let v = |s: &str| BorgVersion::parse(s);
+        for (version, allow_delete, want) in [
+            (None, false, "serve --append-only --restrict-to-repository /srv/repo"),
+            (v("borg 1.1.18"), false, "serve --append-only --restrict-to-repository /srv/repo"),
+            (v("borg 1.2.4"), false, "serve --append-only --restrict-to-repository /srv/repo"),
+            (v("borg 1.4.5"), false, "serve --append-only --restrict-to-repository /srv/repo"),
+            (v("borg 1.4.5"), true, "serve --restrict-to-repository /srv/repo"),
+            (
+                v("borg 2.0.0b25"),
+                false,
+                "serve --rest --backend FILE:/srv/repo --restrict-to-repository /srv/repo --permissions no-delete",
+            ),
+            (
+                v("borg 2.0.0b25"),
+                true,
+                "serve --rest --backend FILE:/srv/repo --restrict-to-repository /srv/repo --permissions all",
+            ),
+        ] {
+            let mut config = with_borg("borg");
+            config.version = version.clone();
+            config.allow_delete = allow_delete;
+            let args: Vec<String> = config
+                .args()
+                .unwrap()
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect();
+            assert_eq!(args.join(" "), want, "{version:?} allow_delete={allow_delete}");
+        }
+    }
+
+    #[test]
+    fn storage_quota_only_for_borg_1() {
+        let mut config = with_borg("borg");
+        config.storage_quota = Some("10G".into());
+        config.version = BorgVersion::parse("borg 1.4.5");
+        assert!(config.args().unwrap().contains(&"--storage-quota".into()));
+        config.version = BorgVersion::parse("borg 2.0.0b25");
+        let err = config.args().unwrap_err();
+        assert!(matches!(err, Error::UnsupportedByBorg { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("borg 2.0.0b25 serve has no --storage-quota"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn learn_version_runs_borg_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let script = dir.path().join("borg");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh
+echo x >>'{}'
+echo 'borg 2.0.0b25'
+",
+                count.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut config = with_borg(script.to_str().unwrap());
+        assert_eq!(config.learn_version().unwrap().major, 2);
+        assert_eq!(config.learn_version().unwrap().to_string(), "2.0.0b25");
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
+        let err = with_borg("/bin/false").learn_version().unwrap_err();
+        assert!(matches!(err, Error::BorgVersionUnknown { .. }), "{err}");
+        let err = with_borg("/nonexistent/borg").learn_version().unwrap_err();
+        assert!(matches!(err, Error::SpawnBorgVersion { .. }), "{err}");
+    }
+
+    #[test]
+    fn repository_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path();
+        assert!(!looks_like_repository(repo));
+        std::fs::write(repo.join("config"), "[repository]\n").unwrap();
+        assert!(!looks_like_repository(repo));
+        std::fs::create_dir(repo.join("data")).unwrap();
+        assert!(looks_like_repository(repo), "borg 1.x");
+        let repo = &dir.path().join("two");
+        for name in ["config", "keys", "packs"] {
+            std::fs::create_dir_all(repo.join(name)).unwrap();
+        }
+        assert!(!looks_like_repository(repo));
+        std::fs::create_dir(repo.join("archives")).unwrap();
+        assert!(looks_like_repository(repo), "borg 2");
     }
 }

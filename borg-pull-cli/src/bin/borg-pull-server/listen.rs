@@ -15,8 +15,11 @@ use crate::UsageError;
 /// Arguments of `borg-pull-server listen`.
 ///
 /// Clients connect with BORG_RSH="borg-pull-relay --socket PATH" (directly, or through an ssh
-/// forward of PATH) and the URL ssh://borg-pull-server/REPO. Each connection gets its own
-/// `borg serve --append-only --restrict-to-repo REPO`; nothing a client sends changes these flags.
+/// forward of PATH) and the URL ssh://borg-pull-server/REPO (borg 2: ssh://borg-pull-server//REPO,
+/// and BORGSTORE_RSH as BORG_RSH). Each connection gets its own `borg serve --append-only
+/// --restrict-to-repository REPO` (borg 2: `borg serve --rest --backend FILE:REPO
+/// --restrict-to-repository REPO --permissions no-delete`); nothing a client sends changes these
+/// flags.
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {
     /// UNIX socket to listen on, e.g. /run/borg-pull/client1.sock.
@@ -29,15 +32,17 @@ pub struct ListenArgs {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// The one repository clients may use (absolute path; borg serve --restrict-to-repo).
+    /// The one repository clients may use (absolute path; borg serve --restrict-to-repository).
     #[arg(long, value_name = "REPO")]
     repo: PathBuf,
 
-    /// Let clients delete, prune and compact: run borg serve without --append-only.
+    /// Let clients delete, prune and compact: run borg serve without --append-only (borg 2:
+    /// --permissions all instead of no-delete).
     #[arg(long)]
     allow_delete: bool,
 
-    /// Most the repository may hold, e.g. 500G or 1.5T (borg serve --storage-quota; at least 10M).
+    /// Most the repository may hold, e.g. 500G or 1.5T (borg serve --storage-quota; at least 10M;
+    /// borg 1.x only: borg 2's serve has no quota).
     ///
     /// A backup that would go beyond it fails with borg's "storage quota has been exceeded", so a
     /// client cannot fill the server's disk. Overrides the quota stored in the repository.
@@ -77,14 +82,25 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
     // First, while single-threaded: this reads and clears LISTEN_FDS/LISTEN_PID.
     let activated = PrivateListener::from_systemd()?;
 
-    let config = ServeConfig {
+    let mut config = ServeConfig {
         borg: args.borg,
         allow_delete: args.allow_delete,
         storage_quota: args.storage_quota,
         ..ServeConfig::new(args.repo)?
     };
     let borg = config.find_program()?;
-    tracing::debug!(borg = %borg.display(), "found borg");
+    let version = config.learn_version()?.clone();
+    tracing::debug!(borg = %borg.display(), %version, "found borg");
+    // Fails now, not at the first connection, if this borg has no flag for a setting.
+    let argv = config.args()?;
+    info!(
+        "each connection runs: {} {}",
+        config.borg.display(),
+        argv.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     if !looks_like_repository(&config.repo) {
         warn!(
             repo = %config.repo.display(),

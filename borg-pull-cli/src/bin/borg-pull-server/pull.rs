@@ -323,6 +323,16 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     let mut serve = ServeConfig::new(&args.repo)?;
     serve.borg = args.borg;
     serve.storage_quota = args.storage_quota;
+    // Once per run, before connecting: the version decides borg serve's flags and what the client's
+    // borg must be; a --storage-quota that this borg has no flag for fails here.
+    let serve = tokio::task::spawn_blocking(move || -> borg_pull_core::Result<ServeConfig> {
+        serve.learn_version()?;
+        serve.args()?;
+        Ok(serve)
+    })
+    .await
+    .expect("borg --version does not panic")
+    .map_err(Error::Serve)?;
     options.serve = serve;
     options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
     options.cancel = shutdown.graceful;
@@ -343,8 +353,12 @@ fn exit_code(e: &Error) -> Code {
     match e {
         Error::InvalidOption(_) | Error::NulInArgument(_) => exit::USAGE,
         Error::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => exit::USAGE,
+        Error::Serve(borg_pull_core::Error::UnsupportedByBorg { .. }) => exit::USAGE,
         Error::Serve(
-            borg_pull_core::Error::BorgNotFound { .. } | borg_pull_core::Error::SpawnBorg { .. },
+            borg_pull_core::Error::BorgNotFound { .. }
+            | borg_pull_core::Error::SpawnBorg { .. }
+            | borg_pull_core::Error::SpawnBorgVersion { .. }
+            | borg_pull_core::Error::BorgVersionUnknown { .. },
         ) => exit::BORG_UNAVAILABLE,
         Error::JumpHost { source, .. } => exit_code(source),
         Error::JumpConnect { .. } => exit::CONNECT,
