@@ -14,7 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_ok, children_of, process_exists, require_tool, wait_until, Outcome, Spawned, TestCommand, TestDir,
+    assert_ok, borg2, children_of, process_exists, require_tool, wait_until, Outcome, Spawned, TestCommand,
+    TestDir,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_borg-pull-server");
@@ -1022,4 +1023,172 @@ fn real_borg_serve_environment_has_no_secrets() {
     // And it still serves.
     let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
     assert_ok(&out, "borg list");
+}
+
+/// `borg ARGS` with borg 2 through the server at `socket`: BORG_RSH and BORGSTORE_RSH are the relay
+/// (borg 2 copies BORG_RSH to BORGSTORE_RSH itself; set both as `pull` does).
+fn client2(t: &TestDir, borg: &Path, socket: &Path, args: &[&str]) -> TestCommand {
+    let mut cmd = TestCommand::new(borg);
+    t.env(&mut cmd)
+        .args(args)
+        .env("BORG_RSH", rsh(socket))
+        .env("BORGSTORE_RSH", rsh(socket))
+        .env("BORG_PASSPHRASE", "borg2-test");
+    cmd
+}
+
+/// borg 2's URL for an absolute path: `ssh://host//abs` (one slash would be relative to the login
+/// directory).
+fn url2(repo: &Path) -> String {
+    format!("ssh://borg-pull-server/{}", repo.display())
+}
+
+/// A borg 2 repository created locally (`repo-create`), as `--init` does.
+fn setup2(borg: &Path) -> (TestDir, PathBuf, PathBuf) {
+    let t = TestDir::new();
+    let repo = t.join("repo");
+    let mut cmd = TestCommand::new(borg);
+    t.env(&mut cmd)
+        .env("BORG_PASSPHRASE", "borg2-test")
+        .arg("-r")
+        .arg(&repo)
+        .args(["repo-create", "-e", "aes256-ocb"]);
+    assert_ok(&cmd.output(), "borg 2 repo-create");
+    let socket = t.join("run/borg.sock");
+    (t, repo, socket)
+}
+
+#[test]
+fn borg2_create_list_extract_check_and_no_delete() {
+    let Some(borg) = borg2() else {
+        return;
+    };
+    let (t, repo, socket) = setup2(&borg);
+    let server = start_server(&t, &socket, &repo, &["--borg", borg.to_str().unwrap()]);
+    let log = server.log();
+    assert!(
+        log.contains("serve --rest --backend FILE:") && log.contains("--permissions no-delete"),
+        "{log}"
+    );
+    make_data(&t.join("data"));
+    let r = url2(&repo);
+
+    let out = run(client2(&t, &borg, &socket, &["-r", &r, "create", "first", "data"]).current_dir(t.path()));
+    assert_ok(&out, "borg 2 create through the server");
+    let out = run(&mut client2(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &r, "list", "--short", "first"],
+    ));
+    assert_ok(&out, "borg 2 list");
+    let listed = out.stdout_text();
+    assert!(
+        listed.contains("data/with space.txt") && listed.contains("data/$(touch PWNED)"),
+        "{listed}"
+    );
+
+    let dest = t.join("restore");
+    fs::create_dir(&dest).unwrap();
+    let out = run(client2(&t, &borg, &socket, &["-r", &r, "extract", "first"]).current_dir(&dest));
+    assert_ok(&out, "borg 2 extract");
+    assert_eq!(
+        tree(&t.join("data")),
+        tree(&dest.join("data")),
+        "extracted tree differs"
+    );
+    assert!(
+        !t.join("PWNED").exists() && !dest.join("PWNED").exists(),
+        "a file name was evaluated"
+    );
+    let out = run(&mut client2(&t, &borg, &socket, &["-r", &r, "check"]));
+    assert_ok(&out, "borg 2 check");
+
+    // --permissions no-delete: deleting an archive or the repository is refused; nothing is gone.
+    let archives_before = fs::read_dir(repo.join("archives")).unwrap().count();
+    let out = run(&mut client2(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &r, "delete", "-a", "first"],
+    ));
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "delete was allowed: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr_text().contains("PermissionDenied"),
+        "{}",
+        out.describe()
+    );
+    let out = run(&mut client2(&t, &borg, &socket, &["-r", &r, "repo-delete"]));
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "repo-delete was allowed: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr_text().contains("PermissionDenied"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        fs::read_dir(repo.join("archives")).unwrap().count(),
+        archives_before
+    );
+    let out = run(&mut client2(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &r, "repo-list", "--format", "{archive}{NL}"],
+    ));
+    assert_ok(&out, "borg 2 repo-list after the refused deletes");
+    assert_eq!(out.stdout_text().trim(), "first");
+
+    // The path in the client's URL never reaches borg serve (the server fixes --backend): asking
+    // for another path reaches the one repository, and creating one there is refused.
+    let other = t.join("other");
+    let out = run(&mut client2(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &url2(&other), "repo-list", "--format", "{archive}{NL}"],
+    ));
+    assert_ok(&out, "borg 2 repo-list of another path");
+    assert_eq!(out.stdout_text().trim(), "first", "not the served repository");
+    let out = run(&mut client2(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &url2(&other), "repo-create", "-e", "none"],
+    ));
+    assert_ne!(out.status.code(), Some(0), "{}", out.describe());
+    assert!(!other.exists());
+}
+
+#[test]
+fn borg2_storage_quota_is_a_usage_error() {
+    let Some(borg) = borg2() else {
+        return;
+    };
+    let t = TestDir::new();
+    let socket = t.join("run/borg.sock");
+    let (code, log) = run_server_to_exit(
+        &t,
+        &[
+            os("--socket"),
+            socket.as_os_str(),
+            os("--repo"),
+            t.path().as_os_str(),
+            os("--borg"),
+            borg.as_os_str(),
+            os("--storage-quota"),
+            os("10G"),
+        ],
+    );
+    assert_eq!(code, Some(200), "{log}");
+    assert!(log.contains("has no --storage-quota"), "{log}");
 }
