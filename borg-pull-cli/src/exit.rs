@@ -91,8 +91,8 @@ pub const CONNECT: Code = Code {
 pub const CLIENT_SETUP: Code = Code {
     code: 214,
     meaning: "the client's sshd refused the UNIX socket or TCP forward or agent forwarding, the \
-              relay, ssh or borg is missing on the client, or setting up the private directory \
-              there failed",
+              relay, ssh or borg is missing on the client, its borg's major version differs from \
+              the server's, or setting up the private directory there failed",
 };
 /// The connection to the client was lost (keepalives unanswered).
 pub const CONNECTION_LOST: Code = Code {

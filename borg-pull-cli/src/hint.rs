@@ -77,6 +77,10 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "pass the private key with -i FILE, or add it to the agent (ssh-add)",
         )),
         E::JumpHost { source, .. } => tunnel(source),
+        E::BorgVersionMismatch { .. } => Some(Hint::new(
+            "--remote-borg",
+            "point --remote-borg at the client's matching borg, or --borg at this server's",
+        )),
         E::NoKnownHostsFile => Some(Hint::new("--known-hosts", "pass --known-hosts FILE")),
         E::RemoteProgramMissing { role, .. } => {
             let option = match role {

@@ -385,6 +385,7 @@ fn exit_code(e: &Error) -> Code {
         | Error::TcpForwardDenied { .. }
         | Error::AgentNotForwarded { .. }
         | Error::RemoteProgramMissing { .. }
+        | Error::BorgVersionMismatch { .. }
         | Error::RemoteHelper { .. }
         | Error::RemoteHelperTimeout { .. } => exit::CLIENT_SETUP,
         Error::ConnectionLost { .. } => exit::CONNECTION_LOST,
