@@ -1192,3 +1192,77 @@ fn borg2_storage_quota_is_a_usage_error() {
     assert_eq!(code, Some(200), "{log}");
     assert!(log.contains("has no --storage-quota"), "{log}");
 }
+
+#[test]
+fn init_creates_a_missing_repository_with_the_servers_borg() {
+    if !require_tool("borg") {
+        return;
+    }
+    let Some(borg2) = borg2() else {
+        return;
+    };
+    for (borg, encryption, layout) in [
+        (PathBuf::from("borg"), "repokey-blake2", "data"),
+        (borg2.clone(), "aes256-ocb", "packs"),
+    ] {
+        let t = TestDir::new();
+        let repo = t.join("new repo");
+        let socket = t.join("run/borg.sock");
+        let mut cmd = server_cmd(
+            &t,
+            &[
+                os("--socket"),
+                socket.as_os_str(),
+                os("--repo"),
+                repo.as_os_str(),
+                os("--borg"),
+                borg.as_os_str(),
+                os("--init"),
+                os("--encryption"),
+                os(encryption),
+            ],
+        );
+        cmd.env("BORG_PASSPHRASE", "borg2-test");
+        let mut server = Spawned::spawn(cmd, t.join("server.log"));
+        server.wait_for_log("listening");
+        assert!(server.log().contains("repository created"), "{}", server.log());
+        assert!(
+            repo.join(layout).is_dir(),
+            "{borg:?}: no {layout}/ in the new repository"
+        );
+        // A client can use it at once.
+        let out = if borg == borg2 {
+            run(&mut client2(
+                &t,
+                &borg2,
+                &socket,
+                &["-r", &url2(&repo), "repo-info"],
+            ))
+        } else {
+            let mut cmd = client(&t, &socket, ["info", &url(&repo)]);
+            cmd.env("BORG_PASSPHRASE", "borg2-test");
+            run(&mut cmd)
+        };
+        assert_ok(&out, "info on the repository --init created");
+        // Given again, --init leaves the existing repository alone.
+        drop(server);
+        let mut cmd = server_cmd(
+            &t,
+            &[
+                os("--socket"),
+                socket.as_os_str(),
+                os("--repo"),
+                repo.as_os_str(),
+                os("--borg"),
+                borg.as_os_str(),
+                os("--init"),
+                os("--encryption"),
+                os(encryption),
+            ],
+        );
+        cmd.env("BORG_PASSPHRASE", "borg2-test");
+        let mut server = Spawned::spawn(cmd, t.join("server2.log"));
+        server.wait_for_log("listening");
+        assert!(!server.log().contains("repository created"), "{}", server.log());
+    }
+}

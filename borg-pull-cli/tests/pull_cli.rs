@@ -1049,12 +1049,13 @@ fn borg2_local(f: &Fixture, borg2: &Path, repo: &Path, args: &[&str]) -> Outcome
 }
 
 #[test]
-fn borg_2_on_both_ends_create_list_extract_and_no_delete() {
+fn borg_2_on_both_ends_init_create_list_extract_and_no_delete() {
     let Some(borg2) = common::borg2() else {
         return;
     };
     let f = Fixture::new(Sshd::start(), true);
-    let repo = borg2_repo(&f, &borg2);
+    // --init creates it on the server with borg 2 and the passphrase pull uses.
+    let repo = f.dir().join("repo2");
     let data = f.dir().join("data 'dir' $(x)");
     hostile_dataset(&data);
     let both = [
@@ -1066,11 +1067,21 @@ fn borg_2_on_both_ends_create_list_extract_and_no_delete() {
         borg2.as_os_str(),
     ];
     let archive = "it's `a` $(archive)";
+    let init = [
+        OsStr::new("--init"),
+        OsStr::new("--encryption"),
+        OsStr::new("aes256-ocb"),
+    ];
     let out = run(&mut f.pull_with(
-        &both,
+        &[&both[..], &init[..]].concat(),
         &[OsStr::new("create"), OsStr::new(archive), data.as_os_str()],
     ));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        repo.join("packs").is_dir() && out.stderr_text().contains("repository created"),
+        "{}",
+        describe(&out)
+    );
 
     let out = run(&mut f.pull_with(&both, &["repo-list", "--format", "{archive}{NL}"]));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));

@@ -35,6 +35,18 @@ pub enum Error {
         /// What it printed (escaped, cut).
         output: String,
     },
+    /// Creating the repository locally (`--init`) failed.
+    #[error("{program:?} could not create the repository {repo:?} ({status}): {output}")]
+    InitFailed {
+        /// The borg program.
+        program: PathBuf,
+        /// The repository.
+        repo: PathBuf,
+        /// How borg exited.
+        status: std::process::ExitStatus,
+        /// What borg printed (escaped, cut).
+        output: String,
+    },
     /// A setting that the server's borg version has no flag for.
     #[error("borg {version} serve has no {flag} (it exists in borg 1.x only)")]
     UnsupportedByBorg {

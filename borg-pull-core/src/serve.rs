@@ -409,6 +409,71 @@ impl AsyncWrite for ClosingWriter {
     }
 }
 
+impl ServeConfig {
+    /// The argv that creates the repository with this borg: `init -e MODE REPO` (borg 1.x) or
+    /// `-r REPO repo-create -e MODE` (borg 2).
+    ///
+    /// ```
+    /// use borg_pull_core::{BorgVersion, ServeConfig};
+    /// let mut config = ServeConfig::new("/srv/borg/c1").unwrap();
+    /// config.version = BorgVersion::parse("borg 1.4.5");
+    /// assert_eq!(config.init_args("repokey-blake2"), ["init", "-e", "repokey-blake2", "/srv/borg/c1"]);
+    /// config.version = BorgVersion::parse("borg 2.0.0b25");
+    /// assert_eq!(config.init_args("aes256-ocb"), ["-r", "/srv/borg/c1", "repo-create", "-e", "aes256-ocb"]);
+    /// ```
+    pub fn init_args(&self, encryption: &str) -> Vec<OsString> {
+        match &self.version {
+            Some(v) if v.major >= 2 => vec![
+                "-r".into(),
+                self.repo.clone().into(),
+                "repo-create".into(),
+                "-e".into(),
+                encryption.into(),
+            ],
+            _ => vec![
+                "init".into(),
+                "-e".into(),
+                encryption.into(),
+                self.repo.clone().into(),
+            ],
+        }
+    }
+
+    /// Creates the repository locally unless it already [looks like one](looks_like_repository);
+    /// `Ok(true)` if it was created. The client cannot create it through an append-only (borg 1)
+    /// or `no-delete` (borg 2) serve.
+    ///
+    /// borg gets this process's environment (it is the operator's own command, not a serve for a
+    /// client), with `BORG_PASSPHRASE` set to `passphrase` if given, else whatever
+    /// `BORG_PASSPHRASE`/`BORG_PASSCOMMAND` say. Blocking; its output is kept for the error.
+    pub fn create_repository(&self, encryption: &str, passphrase: Option<&str>) -> Result<bool> {
+        if looks_like_repository(&self.repo) {
+            return Ok(false);
+        }
+        let mut cmd = std::process::Command::new(&self.borg);
+        cmd.args(self.init_args(encryption)).stdin(Stdio::null());
+        if let Some(p) = passphrase {
+            cmd.env("BORG_PASSPHRASE", p);
+        }
+        let output = cmd.output().map_err(|source| Error::SpawnBorg {
+            program: self.borg.clone(),
+            source,
+        })?;
+        if !output.status.success() {
+            return Err(Error::InitFailed {
+                program: self.borg.clone(),
+                repo: self.repo.clone(),
+                status: output.status,
+                output: crate::text::escape_truncated(
+                    &[&output.stdout[..], &output.stderr[..]].concat(),
+                    4096,
+                ),
+            });
+        }
+        Ok(true)
+    }
+}
+
 /// Whether `repo` looks like a borg repository, for early, clear errors: borg 1.x has a `config`
 /// file and a `data/` directory, borg 2 (borgstore) the directories `config/`, `keys/`, `packs/`
 /// and `archives/`.

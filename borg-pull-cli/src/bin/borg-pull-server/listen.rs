@@ -49,6 +49,17 @@ pub struct ListenArgs {
     #[arg(long, value_name = "QUOTA", value_parser = storage_quota)]
     storage_quota: Option<String>,
 
+    /// Create the repository here first if it does not exist yet (`borg init -e MODE REPO` with
+    /// borg 1.x, `borg -r REPO repo-create -e MODE` with borg 2), with --encryption; the
+    /// passphrase comes from BORG_PASSPHRASE or BORG_PASSCOMMAND. Clients cannot create it
+    /// through the restricted borg serve.
+    #[arg(long, requires = "encryption")]
+    init: bool,
+
+    /// --init: borg's encryption mode, e.g. repokey-blake2 (borg 1.x) or aes256-ocb (borg 2).
+    #[arg(long, value_name = "MODE", requires = "init")]
+    encryption: Option<String>,
+
     /// The borg program to run as `borg serve` (looked up on PATH unless it contains a `/`).
     #[arg(long, value_name = "PATH", default_value = "borg")]
     borg: PathBuf,
@@ -101,10 +112,15 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if let Some(encryption) = args.encryption.as_deref() {
+        if config.create_repository(encryption, None)? {
+            info!(repo = %config.repo.display(), encryption, "repository created");
+        }
+    }
     if !looks_like_repository(&config.repo) {
         warn!(
             repo = %config.repo.display(),
-            "not a borg repository (yet); clients get borg's error until `borg init` creates it"
+            "not a borg repository (yet); clients get borg's error until --init (or borg init / repo-create) creates it"
         );
     }
     if config.allow_delete {

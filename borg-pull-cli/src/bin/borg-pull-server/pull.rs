@@ -98,6 +98,16 @@ pub struct PullArgs {
     #[arg(long, value_name = "REPO")]
     repo: PathBuf,
 
+    /// Create the repository on this server first if it does not exist yet (`borg init -e MODE
+    /// REPO` with borg 1.x, `borg -r REPO repo-create -e MODE` with borg 2), with --encryption and
+    /// the passphrase pull uses: the client cannot create it through the restricted borg serve.
+    #[arg(long, requires = "encryption")]
+    init: bool,
+
+    /// --init: borg's encryption mode, e.g. repokey-blake2 (borg 1.x) or aes256-ocb (borg 2).
+    #[arg(long, value_name = "MODE", requires = "init")]
+    encryption: Option<String>,
+
     /// The borg program on this server (runs `borg serve`).
     #[arg(long, value_name = "PATH", default_value = "borg")]
     borg: PathBuf,
@@ -335,6 +345,19 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     .map_err(Error::Serve)?;
     options.serve = serve;
     options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
+    if let Some(encryption) = args.encryption {
+        let serve = options.serve.clone();
+        let passphrase = options.passphrase.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            serve.create_repository(&encryption, passphrase.as_ref().map(Passphrase::expose))
+        })
+        .await
+        .expect("borg init does not panic")
+        .map_err(Error::Serve)?;
+        if created {
+            tracing::info!(repo = %options.serve.repo.display(), "repository created");
+        }
+    }
     options.cancel = shutdown.graceful;
     options.via = via;
     let code = pull(options).await?;
