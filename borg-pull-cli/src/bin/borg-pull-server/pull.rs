@@ -41,8 +41,10 @@ Logging goes to stderr; {var} (e.g. {var}=debug) overrides -v.",
 /// Logs in to the client over SSH, forwards a private UNIX socket there and runs
 /// `borg BORG_ARGS...` on the client with BORG_REPO=ssh://borg-pull-server/REPO and
 /// BORG_RSH="borg-pull-relay --socket SOCKET"; every connection to the socket is served by
-/// `borg serve --append-only --restrict-to-repo REPO` here. So `::NAME` in BORG_ARGS is an archive
-/// in REPO, e.g. `borg-pull-server pull --repo /srv/borg/c1 backup@c1 -- create --stats
+/// `borg serve --append-only --restrict-to-repository REPO` here (borg 2 on the server:
+/// BORG_REPO=ssh://borg-pull-server//REPO, BORGSTORE_RSH as BORG_RSH, and `borg serve --rest
+/// --backend FILE:REPO --restrict-to-repository REPO --permissions no-delete`; the client's borg
+/// must have the server's major version). So `::NAME` in BORG_ARGS is an archive in REPO, e.g. `borg-pull-server pull --repo /srv/borg/c1 backup@c1 -- create --stats
 /// '::{hostname}-{now}' /etc`.
 #[derive(Debug, clap::Args)]
 pub struct PullArgs {
