@@ -1266,3 +1266,43 @@ fn init_creates_a_missing_repository_with_the_servers_borg() {
         assert!(!server.log().contains("repository created"), "{}", server.log());
     }
 }
+
+#[test]
+fn a_borg_1_client_of_a_borg_2_listener_is_named_in_the_log() {
+    if !require_tool("borg") {
+        return;
+    }
+    let Some(borg2) = borg2() else {
+        return;
+    };
+    let (t, repo, socket) = setup2(&borg2);
+    let server = start_server(&t, &socket, &repo, &["--borg", borg2.to_str().unwrap()]);
+    let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
+    assert_ne!(out.status.code(), Some(0), "{}", out.describe());
+    let log = server.log();
+    assert!(
+        log.contains("the client runs borg 1.x but this server's borg serve is borg 2.0.0b25"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_borg_2_client_of_a_borg_1_listener_is_named_in_the_log() {
+    let Some(borg2) = borg2() else {
+        return;
+    };
+    let (t, repo, socket) = setup();
+    let server = start_server(&t, &socket, &repo, &[]);
+    let out = run(&mut client2(
+        &t,
+        &borg2,
+        &socket,
+        &["-r", &url2(&repo), "repo-list"],
+    ));
+    assert_ne!(out.status.code(), Some(0), "{}", out.describe());
+    let log = server.log();
+    assert!(
+        log.contains("the client runs borg 2.x but this server's borg serve is borg 1."),
+        "{log}"
+    );
+}

@@ -294,12 +294,17 @@ pub fn passed_to_serve(name: &std::ffi::OsStr) -> bool {
 /// is logged line by line (escaped, each line bounded), since it cannot cross the socket.
 pub async fn serve_stream<S>(
     config: &ServeConfig,
-    mut stream: S,
+    stream: S,
     cancel: CancellationToken,
 ) -> Result<ServeOutcome>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut stream = SniffProtocol {
+        inner: stream,
+        server: config.version.clone(),
+        done: false,
+    };
     let mut child = config.command()?.spawn().map_err(|source| Error::SpawnBorg {
         program: config.borg.clone(),
         source,
@@ -338,6 +343,105 @@ where
         from_serve,
         status,
     })
+}
+
+/// Which borg protocol a client's first bytes speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientProtocol {
+    /// borg 1.x's RPC: msgpack, starting with a fixarray (`\x94\x01\x01\xa9negotiate`) or fixmap.
+    Borg1Rpc,
+    /// borg 2's HTTP/1.1 over stdio (`GET /config/config HTTP/1.1`, ...).
+    Borg2Http,
+}
+
+impl ClientProtocol {
+    /// Classifies the first bytes of a connection; `None` if they fit neither.
+    ///
+    /// ```
+    /// use borg_pull_core::serve::ClientProtocol;
+    /// assert_eq!(ClientProtocol::detect(b"\x94\x01\x01\xa9negotiate"), Some(ClientProtocol::Borg1Rpc));
+    /// assert_eq!(ClientProtocol::detect(b"GET /config/config HTTP/1.1\r\n"), Some(ClientProtocol::Borg2Http));
+    /// assert_eq!(ClientProtocol::detect(b"hello"), None);
+    /// ```
+    pub fn detect(first: &[u8]) -> Option<Self> {
+        match first.first()? {
+            0x80..=0x9f | 0xdc..=0xdf => Some(Self::Borg1Rpc),
+            b'A'..=b'Z' => {
+                let method_len = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
+                (method_len >= 3 && first.get(method_len) == Some(&b' ')).then_some(Self::Borg2Http)
+            }
+            _ => None,
+        }
+    }
+
+    /// The borg major version that speaks it.
+    pub fn major(self) -> u32 {
+        match self {
+            Self::Borg1Rpc => 1,
+            Self::Borg2Http => 2,
+        }
+    }
+}
+
+/// The connection, read through: the first bytes tell which borg the client runs. A major version
+/// other than the server's ends the session with an error naming both, before those bytes reach
+/// borg serve: a borg 1 client of borg 2's `serve --rest` would otherwise wait for ever, and a
+/// borg 2 client of borg 1 gets only "Got unexpected RPC data format". Other bytes pass unchanged.
+struct SniffProtocol<S> {
+    inner: S,
+    server: Option<BorgVersion>,
+    done: bool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SniffProtocol<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.done && buf.filled().len() > before {
+            self.done = true;
+            let protocol = ClientProtocol::detect(&buf.filled()[before..]);
+            let server_major = self.server.as_ref().map_or(1, |v| v.major);
+            match protocol {
+                Some(p) if p.major() != server_major => {
+                    buf.set_filled(before);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the client runs borg {}.x but this server's borg serve is borg {}: they cannot \
+                             talk (install borg {}.x on the client, or serve with a borg {}.x)",
+                            p.major(),
+                            self.server
+                                .as_ref()
+                                .map_or_else(|| "1.x".to_owned(), ToString::to_string),
+                            server_major,
+                            p.major(),
+                        ),
+                    )));
+                }
+                Some(p) => debug!(client_borg = p.major(), "client protocol"),
+                None => debug!("client protocol not recognised"),
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SniffProtocol<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Waits up to `grace` for the child to exit, then kills it; always reaps.
@@ -654,6 +758,43 @@ mod tests {
             config.args().unwrap(),
             ["serve", "--restrict-to-repository", "/srv/repo"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_of_the_other_major_version_never_reaches_borg_serve() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let got = dir.path().join("got");
+        let script = dir.path().join("fake-borg");
+        std::fs::write(&script, format!("#!/bin/sh\nexec cat > '{}'\n", got.display())).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        for (server, first, refused) in [
+            ("borg 2.0.0b25", &b"\x94\x01\x01\xa9negotiate"[..], true),
+            ("borg 1.4.5", &b"GET /config/config HTTP/1.1\r\n"[..], true),
+            ("borg 2.0.0b25", &b"GET /config/config HTTP/1.1\r\n"[..], false),
+            ("borg 1.2.4", &b"\x94\x01\x01\xa9negotiate"[..], false),
+        ] {
+            let _ = std::fs::remove_file(&got);
+            let mut config = with_borg(script.to_str().unwrap());
+            config.version = BorgVersion::parse(server);
+            let (mut client, conn) = tokio::io::duplex(1024);
+            let session =
+                tokio::spawn(async move { serve_stream(&config, conn, CancellationToken::new()).await });
+            client.write_all(first).await.unwrap();
+            client.shutdown().await.unwrap();
+            let result = session.await.unwrap();
+            if refused {
+                let err = result.unwrap_err().to_string();
+                assert!(
+                    err.contains("the client runs borg") && err.contains(server.trim_start_matches("borg ")),
+                    "{err}"
+                );
+                assert!(std::fs::read(&got).unwrap_or_default().is_empty(), "{server}");
+            } else {
+                result.unwrap();
+                assert_eq!(std::fs::read(&got).unwrap(), first, "{server}");
+            }
+        }
     }
 
     #[test]
