@@ -488,7 +488,7 @@ fn forced_stop_mid_backup_leaves_no_repository_lock() {
 fn sigint_without_sessions_exits_zero_and_removes_socket() {
     let t = TestDir::new();
     let socket = t.join("run/borg.sock");
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     let mut server = start_server(
         &t,
         &socket,
@@ -543,9 +543,23 @@ fn live_socket_is_refused_and_left_alone() {
     assert_ok(&out, "the first server still serves");
 }
 
-/// Runs the server with `--borg true` (no borg needed) on `socket`; expects exit `code`.
+/// A stand-in borg for tests that need no borg serve: says it is borg 1.2.4 and does nothing else.
+fn stand_in_borg(t: &TestDir) -> PathBuf {
+    let path = t.join("stand-in-borg");
+    if !path.exists() {
+        fs::write(
+            &path,
+            "#!/bin/sh\n[ \"$1\" = --version ] && echo 'borg 1.2.4'\nexit 0\n",
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    path
+}
+
+/// Runs the server with a stand-in borg (no borg needed) on `socket`; expects exit `code`.
 fn refused(t: &TestDir, socket: &Path, code: i32) -> String {
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     let args = [
         os("--socket"),
         socket.as_os_str(),
@@ -596,7 +610,7 @@ fn file_in_the_way_is_refused_and_kept() {
 fn socket_is_private() {
     let t = TestDir::new();
     let socket = t.join("run/borg.sock");
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     let _server = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
     assert_eq!(fs::metadata(t.join("run")).unwrap().mode() & 0o7777, 0o700);
     assert_eq!(fs::symlink_metadata(&socket).unwrap().mode() & 0o7777, 0o600);
@@ -615,7 +629,12 @@ fn usage_errors_exit_200_and_missing_borg_203() {
 
     let (code, log) = run_server_to_exit(
         &t,
-        &[os("--repo"), t.path().as_os_str(), os("--borg"), os("true")],
+        &[
+            os("--repo"),
+            t.path().as_os_str(),
+            os("--borg"),
+            stand_in_borg(&t).as_os_str(),
+        ],
     );
     assert_eq!(code, Some(200), "{log}");
     assert!(log.contains("no --socket"), "{log}");
@@ -725,7 +744,7 @@ fn socket_activation_with_accept_yes_is_refused() {
     }
     let t = TestDir::new();
     let socket = t.join("accept.sock");
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     // --accept hands each *connection* to a new process, like Accept=yes: not a listener for us.
     let mut cmd = TestCommand::new("systemd-socket-activate");
     t.env(&mut cmd).arg("--accept").arg("-l").arg(&socket).arg(SERVER);
@@ -844,7 +863,7 @@ fn borg_serve_stderr_is_escaped_and_survives_invalid_utf8() {
 ///
 /// Exit code 205: the socket cannot be created safely.
 fn refused_unsafe_dir(t: &TestDir, socket: &Path) -> String {
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     let args = [
         os("--socket"),
         socket.as_os_str(),
@@ -890,7 +909,7 @@ fn socket_dir_under_a_sticky_parent_is_accepted() {
     fs::create_dir(&parent).unwrap();
     fs::set_permissions(&parent, fs::Permissions::from_mode(0o1777)).unwrap();
     let socket = parent.join("run/borg.sock");
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     let _server = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
     assert_eq!(fs::symlink_metadata(&socket).unwrap().mode() & 0o7777, 0o600);
 }
@@ -899,7 +918,7 @@ fn socket_dir_under_a_sticky_parent_is_accepted() {
 fn running_listener_keeps_its_socket_even_if_it_looks_stale() {
     let t = TestDir::new();
     let socket = t.join("run/borg.sock");
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     let mut first = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
     // Someone replaced the running server's socket with a dead one: a second server must not
     // take the path over while the first still runs (their lock says so).
