@@ -559,7 +559,7 @@ fn stand_in_borg(t: &TestDir) -> PathBuf {
 
 /// Runs the server with a stand-in borg (no borg needed) on `socket`; expects exit `code`.
 fn refused(t: &TestDir, socket: &Path, code: i32) -> String {
-    let true_bin = stand_in_borg(&t);
+    let true_bin = stand_in_borg(t);
     let args = [
         os("--socket"),
         socket.as_os_str(),
@@ -863,7 +863,7 @@ fn borg_serve_stderr_is_escaped_and_survives_invalid_utf8() {
 ///
 /// Exit code 205: the socket cannot be created safely.
 fn refused_unsafe_dir(t: &TestDir, socket: &Path) -> String {
-    let true_bin = stand_in_borg(&t);
+    let true_bin = stand_in_borg(t);
     let args = [
         os("--socket"),
         socket.as_os_str(),
