@@ -203,11 +203,19 @@ impl RemoteRun<'_> {
             }
         };
         // The client borg's version, learned in this same exec (no round trip of its own): the
-        // server refuses a major version other than its own before anything is relayed.
-        s.extend_from_slice(b"bp_v=$(");
+        // server refuses a major version other than its own before anything is relayed. Bounded:
+        // `dd` takes one read of at most 256 bytes (a program that floods gets SIGPIPE), and
+        // `timeout`, where there is one, ends a program that hangs.
+        s.extend_from_slice(b"bp_b=");
         s.extend(q(self.borg.as_bytes())?);
         s.extend_from_slice(
-            b" --version </dev/null 2>&1 | sed -n 1p); printf '%sversion %s\\n' \"$bp_m\" \"$bp_v\"; ",
+            format!(
+                "; bp_v=$({{ if command -v timeout >/dev/null 2>&1; then timeout {secs} \"$bp_b\" --version; \
+                 else \"$bp_b\" --version; fi; }} </dev/null 2>&1 | dd bs=256 count=1 2>/dev/null | sed -n 1p); \
+                 printf '%sversion %s\\n' \"$bp_m\" \"$bp_v\"; ",
+                secs = crate::limits::BORG_VERSION_TIMEOUT.as_secs()
+            )
+            .as_bytes(),
         );
         s.extend_from_slice(
             format!(
@@ -593,6 +601,26 @@ mod tests {
         f.borgstore_rsh = false;
         let (_, out, _) = f.run(tmp.path(), true);
         assert!(String::from_utf8(out).unwrap().starts_with('|'));
+    }
+
+    #[test]
+    fn a_borg_that_floods_on_version_cannot_hold_up_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new();
+        let borg = tmp.path().join("borg");
+        std::fs::write(&borg, "#!/bin/sh\ncat /dev/zero & exec cat /dev/zero >&2\n").unwrap();
+        std::fs::set_permissions(&borg, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        f.borg = borg.into_os_string();
+        let started = std::time::Instant::now();
+        let (report, _, _) = f.run(tmp.path(), false);
+        let Report::Dir { borg_version, .. } = report else {
+            panic!("{report:?}")
+        };
+        assert!(
+            borg_version.is_some_and(|v| v.len() <= 4 * 256),
+            "cut to one read"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]
