@@ -1325,3 +1325,32 @@ fn a_borg_2_client_of_a_borg_1_listener_is_named_in_the_log() {
         "{log}"
     );
 }
+
+#[test]
+fn borg_1_4_serves_with_the_spelled_out_flags() {
+    let Some(borg14) = common::borg14() else {
+        return;
+    };
+    let (t, repo, socket) = setup();
+    let server = start_server(&t, &socket, &repo, &["--borg", borg14.to_str().unwrap()]);
+    assert!(
+        server
+            .log()
+            .contains("serve --append-only --restrict-to-repository"),
+        "{}",
+        server.log()
+    );
+    fs::create_dir(t.join("data")).unwrap();
+    fs::write(t.join("data/f"), b"x").unwrap();
+    let archive = format!("{}::a", url(&repo));
+    let borg = |args: &[&str]| {
+        let mut cmd = TestCommand::new(&borg14);
+        t.env(&mut cmd).args(args).env("BORG_RSH", rsh(&socket));
+        cmd
+    };
+    let out = run(borg(&["create", &archive, "data"]).current_dir(t.path()));
+    assert_ok(&out, "borg 1.4 create through borg 1.4's serve");
+    let out = run(&mut borg(&["list", "--short", &archive]));
+    assert_ok(&out, "borg 1.4 list");
+    assert_eq!(out.stdout_text(), "data\ndata/f\n");
+}

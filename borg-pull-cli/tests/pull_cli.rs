@@ -814,35 +814,9 @@ fn bad_usage_exits_200_without_connecting() {
     assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
 }
 
-/// Where `scripts/install-deps` puts borg 1.4 (`BORG_PULL_BORG14` overrides it).
-const BORG14_DEFAULT: &str = "/opt/borg-pull/venv-borg1.4/bin/borg";
-
-/// borg 1.4, the first with modern exit codes, for the client side; `None` (skip) when missing,
-/// a failure under BORG_PULL_REQUIRE_DEPS=1.
-fn borg14() -> Option<PathBuf> {
-    let path = std::env::var_os("BORG_PULL_BORG14")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(BORG14_DEFAULT));
-    let runs = fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
-        && TestCommand::new(&path)
-            .arg("--version")
-            .output()
-            .stdout_text()
-            .starts_with("borg 1.4.");
-    if runs {
-        Some(path)
-    } else {
-        common::missing(&format!(
-            "borg 1.4 at {} (BORG_PULL_BORG14), runnable by others,",
-            path.display()
-        ));
-        None
-    }
-}
-
 #[test]
 fn borg_1_4_modern_exit_codes_pass_through_and_ours_stay_apart() {
-    let Some(borg14) = borg14() else {
+    let Some(borg14) = common::borg14() else {
         return;
     };
     let f = Fixture::new(Sshd::start(), false);
