@@ -91,9 +91,9 @@ pub const CONNECT: Code = Code {
 pub const CLIENT_SETUP: Code = Code {
     code: 214,
     meaning: "the client's sshd refused the UNIX socket or TCP forward or agent forwarding, the \
-              relay, ssh or borg is missing on the client, or setting up the private directory \
-              there failed (restore-tar: tar cannot run on the client, or the directory is missing \
-              or not writable)",
+              relay, ssh or borg is missing on the client, its borg's major version differs from \
+              the server's, or setting up the private directory there failed (restore-tar: tar \
+              cannot run on the client, or the directory is missing or not writable)",
 };
 /// The connection to the client was lost (keepalives unanswered).
 pub const CONNECTION_LOST: Code = Code {
@@ -248,10 +248,15 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
     use borg_pull_tunnel::{Error as E, SecretKind};
     match e {
         E::InvalidOption(_) | E::NulInArgument(_) => USAGE,
-        E::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => USAGE,
-        E::Serve(borg_pull_core::Error::BorgNotFound { .. } | borg_pull_core::Error::SpawnBorg { .. }) => {
-            BORG_UNAVAILABLE
-        }
+        E::Serve(
+            borg_pull_core::Error::RepoNotAbsolute { .. } | borg_pull_core::Error::UnsupportedByBorg { .. },
+        ) => USAGE,
+        E::Serve(
+            borg_pull_core::Error::BorgNotFound { .. }
+            | borg_pull_core::Error::SpawnBorg { .. }
+            | borg_pull_core::Error::SpawnBorgVersion { .. }
+            | borg_pull_core::Error::BorgVersionUnknown { .. },
+        ) => BORG_UNAVAILABLE,
         E::JumpHost { source, .. } => for_pull_error(source),
         E::JumpConnect { .. } => CONNECT,
         e if e.is_host_key() => HOST_KEY,
@@ -276,6 +281,7 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
         E::ForwardDenied { .. }
         | E::RemoteDirUnusable { .. }
         | E::TcpForwardDenied { .. }
+        | E::BorgVersionMismatch { .. }
         | E::AgentNotForwarded { .. }
         | E::RemoteProgramMissing { .. }
         | E::RemoteHelper { .. }

@@ -29,7 +29,14 @@ impl Hint {
 pub fn core(err: &borg_pull_core::Error) -> Option<Hint> {
     use borg_pull_core::Error as E;
     match err {
-        E::BorgNotFound { .. } | E::SpawnBorg { .. } => Some(Hint::new(
+        E::UnsupportedByBorg { .. } => Some(Hint::new(
+            "--storage-quota",
+            "drop --storage-quota (borg 2 has none; use a filesystem quota) or use borg 1.x",
+        )),
+        E::BorgNotFound { .. }
+        | E::SpawnBorg { .. }
+        | E::SpawnBorgVersion { .. }
+        | E::BorgVersionUnknown { .. } => Some(Hint::new(
             "--borg",
             "pass the borg program's path with --borg PATH",
         )),
@@ -70,6 +77,10 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "pass the private key with -i FILE, or add it to the agent (ssh-add)",
         )),
         E::JumpHost { source, .. } => tunnel(source),
+        E::BorgVersionMismatch { .. } => Some(Hint::new(
+            "--remote-borg",
+            "point --remote-borg at the client's matching borg, or --borg at this server's",
+        )),
         E::NoKnownHostsFile => Some(Hint::new("--known-hosts", "pass --known-hosts FILE")),
         E::RemoteProgramMissing { role, .. } => {
             let option = match role {

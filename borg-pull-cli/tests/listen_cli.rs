@@ -14,7 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_ok, children_of, process_exists, require_tool, wait_until, Outcome, Spawned, TestCommand, TestDir,
+    assert_ok, borg2, children_of, process_exists, require_tool, wait_until, Outcome, Spawned, TestCommand,
+    TestDir,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_borg-pull-server");
@@ -487,7 +488,7 @@ fn forced_stop_mid_backup_leaves_no_repository_lock() {
 fn sigint_without_sessions_exits_zero_and_removes_socket() {
     let t = TestDir::new();
     let socket = t.join("run/borg.sock");
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     let mut server = start_server(
         &t,
         &socket,
@@ -542,9 +543,23 @@ fn live_socket_is_refused_and_left_alone() {
     assert_ok(&out, "the first server still serves");
 }
 
-/// Runs the server with `--borg true` (no borg needed) on `socket`; expects exit `code`.
+/// A stand-in borg for tests that need no borg serve: says it is borg 1.2.4 and does nothing else.
+fn stand_in_borg(t: &TestDir) -> PathBuf {
+    let path = t.join("stand-in-borg");
+    if !path.exists() {
+        fs::write(
+            &path,
+            "#!/bin/sh\n[ \"$1\" = --version ] && echo 'borg 1.2.4'\nexit 0\n",
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    path
+}
+
+/// Runs the server with a stand-in borg (no borg needed) on `socket`; expects exit `code`.
 fn refused(t: &TestDir, socket: &Path, code: i32) -> String {
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(t);
     let args = [
         os("--socket"),
         socket.as_os_str(),
@@ -595,7 +610,7 @@ fn file_in_the_way_is_refused_and_kept() {
 fn socket_is_private() {
     let t = TestDir::new();
     let socket = t.join("run/borg.sock");
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     let _server = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
     assert_eq!(fs::metadata(t.join("run")).unwrap().mode() & 0o7777, 0o700);
     assert_eq!(fs::symlink_metadata(&socket).unwrap().mode() & 0o7777, 0o600);
@@ -614,7 +629,12 @@ fn usage_errors_exit_200_and_missing_borg_203() {
 
     let (code, log) = run_server_to_exit(
         &t,
-        &[os("--repo"), t.path().as_os_str(), os("--borg"), os("true")],
+        &[
+            os("--repo"),
+            t.path().as_os_str(),
+            os("--borg"),
+            stand_in_borg(&t).as_os_str(),
+        ],
     );
     assert_eq!(code, Some(200), "{log}");
     assert!(log.contains("no --socket"), "{log}");
@@ -698,7 +718,7 @@ fn borg_serve_stderr_is_logged_line_by_line() {
     let fake = t.join("fake-borg");
     fs::write(
         &fake,
-        "#!/bin/sh\necho 'first complaint' >&2\necho 'second: $*' >&2\nexec cat\n",
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'borg 1.2.4'; exit 0; }\necho 'first complaint' >&2\necho 'second: $*' >&2\nexec cat\n",
     )
     .unwrap();
     fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
@@ -724,7 +744,7 @@ fn socket_activation_with_accept_yes_is_refused() {
     }
     let t = TestDir::new();
     let socket = t.join("accept.sock");
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     // --accept hands each *connection* to a new process, like Accept=yes: not a listener for us.
     let mut cmd = TestCommand::new("systemd-socket-activate");
     t.env(&mut cmd).arg("--accept").arg("-l").arg(&socket).arg(SERVER);
@@ -763,7 +783,7 @@ fn borg_serve_gets_no_secrets_from_the_servers_environment() {
     fs::write(
         &fake,
         format!(
-            "#!/bin/sh\ncat /proc/$$/environ > '{}'\nexec cat\n",
+            "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'borg 1.2.4'; exit 0; }}\ncat /proc/$$/environ > '{}'\nexec cat\n",
             dump.display()
         ),
     )
@@ -822,7 +842,7 @@ fn borg_serve_stderr_is_escaped_and_survives_invalid_utf8() {
     let fake = t.join("fake-borg");
     fs::write(
         &fake,
-        "#!/bin/sh\nprintf 'colour \\033[31mred\\033]0;title\\007\\n' >&2\n\
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'borg 1.2.4'; exit 0; }\nprintf 'colour \\033[31mred\\033]0;title\\007\\n' >&2\n\
          printf 'bytes \\377\\376 here\\n' >&2\necho 'after the bad bytes' >&2\nexec cat\n",
     )
     .unwrap();
@@ -843,7 +863,7 @@ fn borg_serve_stderr_is_escaped_and_survives_invalid_utf8() {
 ///
 /// Exit code 205: the socket cannot be created safely.
 fn refused_unsafe_dir(t: &TestDir, socket: &Path) -> String {
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(t);
     let args = [
         os("--socket"),
         socket.as_os_str(),
@@ -889,7 +909,7 @@ fn socket_dir_under_a_sticky_parent_is_accepted() {
     fs::create_dir(&parent).unwrap();
     fs::set_permissions(&parent, fs::Permissions::from_mode(0o1777)).unwrap();
     let socket = parent.join("run/borg.sock");
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     let _server = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
     assert_eq!(fs::symlink_metadata(&socket).unwrap().mode() & 0o7777, 0o600);
 }
@@ -898,7 +918,7 @@ fn socket_dir_under_a_sticky_parent_is_accepted() {
 fn running_listener_keeps_its_socket_even_if_it_looks_stale() {
     let t = TestDir::new();
     let socket = t.join("run/borg.sock");
-    let true_bin = common::find_on_path("true").unwrap();
+    let true_bin = stand_in_borg(&t);
     let mut first = start_server(&t, &socket, t.path(), &["--borg", true_bin.to_str().unwrap()]);
     // Someone replaced the running server's socket with a dead one: a second server must not
     // take the path over while the first still runs (their lock says so).
@@ -1022,4 +1042,315 @@ fn real_borg_serve_environment_has_no_secrets() {
     // And it still serves.
     let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
     assert_ok(&out, "borg list");
+}
+
+/// `borg ARGS` with borg 2 through the server at `socket`: BORG_RSH and BORGSTORE_RSH are the relay
+/// (borg 2 copies BORG_RSH to BORGSTORE_RSH itself; set both as `pull` does).
+fn client2(t: &TestDir, borg: &Path, socket: &Path, args: &[&str]) -> TestCommand {
+    let mut cmd = TestCommand::new(borg);
+    t.env(&mut cmd)
+        .args(args)
+        .env("BORG_RSH", rsh(socket))
+        .env("BORGSTORE_RSH", rsh(socket))
+        .env("BORG_PASSPHRASE", "borg2-test");
+    cmd
+}
+
+/// borg 2's URL for an absolute path: `ssh://host//abs` (one slash would be relative to the login
+/// directory).
+fn url2(repo: &Path) -> String {
+    format!("ssh://borg-pull-server/{}", repo.display())
+}
+
+/// A borg 2 repository created locally (`repo-create`), as `--init` does.
+fn setup2(borg: &Path) -> (TestDir, PathBuf, PathBuf) {
+    let t = TestDir::new();
+    let repo = t.join("repo");
+    let mut cmd = TestCommand::new(borg);
+    t.env(&mut cmd)
+        .env("BORG_PASSPHRASE", "borg2-test")
+        .arg("-r")
+        .arg(&repo)
+        .args(["repo-create", "-e", "aes256-ocb"]);
+    assert_ok(&cmd.output(), "borg 2 repo-create");
+    let socket = t.join("run/borg.sock");
+    (t, repo, socket)
+}
+
+#[test]
+fn borg2_create_list_extract_check_and_no_delete() {
+    let Some(borg) = borg2() else {
+        return;
+    };
+    let (t, repo, socket) = setup2(&borg);
+    let server = start_server(&t, &socket, &repo, &["--borg", borg.to_str().unwrap()]);
+    let log = server.log();
+    assert!(
+        log.contains("serve --rest --backend FILE:") && log.contains("--permissions no-delete"),
+        "{log}"
+    );
+    make_data(&t.join("data"));
+    let r = url2(&repo);
+
+    let out = run(client2(&t, &borg, &socket, &["-r", &r, "create", "first", "data"]).current_dir(t.path()));
+    assert_ok(&out, "borg 2 create through the server");
+    let out = run(&mut client2(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &r, "list", "--short", "first"],
+    ));
+    assert_ok(&out, "borg 2 list");
+    let listed = out.stdout_text();
+    assert!(
+        listed.contains("data/with space.txt") && listed.contains("data/$(touch PWNED)"),
+        "{listed}"
+    );
+
+    let dest = t.join("restore");
+    fs::create_dir(&dest).unwrap();
+    let out = run(client2(&t, &borg, &socket, &["-r", &r, "extract", "first"]).current_dir(&dest));
+    assert_ok(&out, "borg 2 extract");
+    assert_eq!(
+        tree(&t.join("data")),
+        tree(&dest.join("data")),
+        "extracted tree differs"
+    );
+    assert!(
+        !t.join("PWNED").exists() && !dest.join("PWNED").exists(),
+        "a file name was evaluated"
+    );
+    let out = run(&mut client2(&t, &borg, &socket, &["-r", &r, "check"]));
+    assert_ok(&out, "borg 2 check");
+
+    // --permissions no-delete: deleting an archive or the repository is refused; nothing is gone.
+    let archives_before = fs::read_dir(repo.join("archives")).unwrap().count();
+    let out = run(&mut client2(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &r, "delete", "-a", "first"],
+    ));
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "delete was allowed: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr_text().contains("PermissionDenied"),
+        "{}",
+        out.describe()
+    );
+    let out = run(&mut client2(&t, &borg, &socket, &["-r", &r, "repo-delete"]));
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "repo-delete was allowed: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr_text().contains("PermissionDenied"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        fs::read_dir(repo.join("archives")).unwrap().count(),
+        archives_before
+    );
+    let out = run(&mut client2(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &r, "repo-list", "--format", "{archive}{NL}"],
+    ));
+    assert_ok(&out, "borg 2 repo-list after the refused deletes");
+    assert_eq!(out.stdout_text().trim(), "first");
+
+    // The path in the client's URL never reaches borg serve (the server fixes --backend): asking
+    // for another path reaches the one repository, and creating one there is refused.
+    let other = t.join("other");
+    let out = run(&mut client2(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &url2(&other), "repo-list", "--format", "{archive}{NL}"],
+    ));
+    assert_ok(&out, "borg 2 repo-list of another path");
+    assert_eq!(out.stdout_text().trim(), "first", "not the served repository");
+    let out = run(&mut client2(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &url2(&other), "repo-create", "-e", "none"],
+    ));
+    assert_ne!(out.status.code(), Some(0), "{}", out.describe());
+    assert!(!other.exists());
+}
+
+#[test]
+fn borg2_storage_quota_is_a_usage_error() {
+    let Some(borg) = borg2() else {
+        return;
+    };
+    let t = TestDir::new();
+    let socket = t.join("run/borg.sock");
+    let (code, log) = run_server_to_exit(
+        &t,
+        &[
+            os("--socket"),
+            socket.as_os_str(),
+            os("--repo"),
+            t.path().as_os_str(),
+            os("--borg"),
+            borg.as_os_str(),
+            os("--storage-quota"),
+            os("10G"),
+        ],
+    );
+    assert_eq!(code, Some(200), "{log}");
+    assert!(log.contains("has no --storage-quota"), "{log}");
+}
+
+#[test]
+fn init_creates_a_missing_repository_with_the_servers_borg() {
+    if !require_tool("borg") {
+        return;
+    }
+    let Some(borg2) = borg2() else {
+        return;
+    };
+    for (borg, encryption, layout) in [
+        (PathBuf::from("borg"), "repokey-blake2", "data"),
+        (borg2.clone(), "aes256-ocb", "packs"),
+    ] {
+        let t = TestDir::new();
+        let repo = t.join("new repo");
+        let socket = t.join("run/borg.sock");
+        let mut cmd = server_cmd(
+            &t,
+            &[
+                os("--socket"),
+                socket.as_os_str(),
+                os("--repo"),
+                repo.as_os_str(),
+                os("--borg"),
+                borg.as_os_str(),
+                os("--init"),
+                os("--encryption"),
+                os(encryption),
+            ],
+        );
+        cmd.env("BORG_PASSPHRASE", "borg2-test");
+        let mut server = Spawned::spawn(cmd, t.join("server.log"));
+        server.wait_for_log("listening");
+        assert!(server.log().contains("repository created"), "{}", server.log());
+        assert!(
+            repo.join(layout).is_dir(),
+            "{borg:?}: no {layout}/ in the new repository"
+        );
+        // A client can use it at once.
+        let out = if borg == borg2 {
+            run(&mut client2(
+                &t,
+                &borg2,
+                &socket,
+                &["-r", &url2(&repo), "repo-info"],
+            ))
+        } else {
+            let mut cmd = client(&t, &socket, ["info", &url(&repo)]);
+            cmd.env("BORG_PASSPHRASE", "borg2-test");
+            run(&mut cmd)
+        };
+        assert_ok(&out, "info on the repository --init created");
+        // Given again, --init leaves the existing repository alone.
+        drop(server);
+        let mut cmd = server_cmd(
+            &t,
+            &[
+                os("--socket"),
+                socket.as_os_str(),
+                os("--repo"),
+                repo.as_os_str(),
+                os("--borg"),
+                borg.as_os_str(),
+                os("--init"),
+                os("--encryption"),
+                os(encryption),
+            ],
+        );
+        cmd.env("BORG_PASSPHRASE", "borg2-test");
+        let mut server = Spawned::spawn(cmd, t.join("server2.log"));
+        server.wait_for_log("listening");
+        assert!(!server.log().contains("repository created"), "{}", server.log());
+    }
+}
+
+#[test]
+fn a_borg_1_client_of_a_borg_2_listener_is_named_in_the_log() {
+    if !require_tool("borg") {
+        return;
+    }
+    let Some(borg2) = borg2() else {
+        return;
+    };
+    let (t, repo, socket) = setup2(&borg2);
+    let server = start_server(&t, &socket, &repo, &["--borg", borg2.to_str().unwrap()]);
+    let out = run(&mut client(&t, &socket, ["list", &url(&repo)]));
+    assert_ne!(out.status.code(), Some(0), "{}", out.describe());
+    let log = server.log();
+    assert!(
+        log.contains("the client runs borg 1.x but this server's borg serve is borg 2.0.0b25"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_borg_2_client_of_a_borg_1_listener_is_named_in_the_log() {
+    let Some(borg2) = borg2() else {
+        return;
+    };
+    let (t, repo, socket) = setup();
+    let server = start_server(&t, &socket, &repo, &[]);
+    let out = run(&mut client2(
+        &t,
+        &borg2,
+        &socket,
+        &["-r", &url2(&repo), "repo-list"],
+    ));
+    assert_ne!(out.status.code(), Some(0), "{}", out.describe());
+    let log = server.log();
+    assert!(
+        log.contains("the client runs borg 2.x but this server's borg serve is borg 1."),
+        "{log}"
+    );
+}
+
+#[test]
+fn borg_1_4_serves_with_the_spelled_out_flags() {
+    let Some(borg14) = common::borg14() else {
+        return;
+    };
+    let (t, repo, socket) = setup();
+    let server = start_server(&t, &socket, &repo, &["--borg", borg14.to_str().unwrap()]);
+    assert!(
+        server
+            .log()
+            .contains("serve --append-only --restrict-to-repository"),
+        "{}",
+        server.log()
+    );
+    fs::create_dir(t.join("data")).unwrap();
+    fs::write(t.join("data/f"), b"x").unwrap();
+    let archive = format!("{}::a", url(&repo));
+    let borg = |args: &[&str]| {
+        let mut cmd = TestCommand::new(&borg14);
+        t.env(&mut cmd).args(args).env("BORG_RSH", rsh(&socket));
+        cmd
+    };
+    let out = run(borg(&["create", &archive, "data"]).current_dir(t.path()));
+    assert_ok(&out, "borg 1.4 create through borg 1.4's serve");
+    let out = run(&mut borg(&["list", "--short", &archive]));
+    assert_ok(&out, "borg 1.4 list");
+    assert_eq!(out.stdout_text(), "data\ndata/f\n");
 }

@@ -814,35 +814,9 @@ fn bad_usage_exits_200_without_connecting() {
     assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
 }
 
-/// Where `scripts/install-deps` puts borg 1.4 (`BORG_PULL_BORG14` overrides it).
-const BORG14_DEFAULT: &str = "/opt/borg-pull/venv-borg1.4/bin/borg";
-
-/// borg 1.4, the first with modern exit codes, for the client side; `None` (skip) when missing,
-/// a failure under BORG_PULL_REQUIRE_DEPS=1.
-fn borg14() -> Option<PathBuf> {
-    let path = std::env::var_os("BORG_PULL_BORG14")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(BORG14_DEFAULT));
-    let runs = fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
-        && TestCommand::new(&path)
-            .arg("--version")
-            .output()
-            .stdout_text()
-            .starts_with("borg 1.4.");
-    if runs {
-        Some(path)
-    } else {
-        common::missing(&format!(
-            "borg 1.4 at {} (BORG_PULL_BORG14), runnable by others,",
-            path.display()
-        ));
-        None
-    }
-}
-
 #[test]
 fn borg_1_4_modern_exit_codes_pass_through_and_ours_stay_apart() {
-    let Some(borg14) = borg14() else {
+    let Some(borg14) = common::borg14() else {
         return;
     };
     let f = Fixture::new(Sshd::start(), false);
@@ -1024,4 +998,149 @@ fn storage_quota_stops_a_pull_that_would_exceed_it() {
         "list",
     ]));
     assert_eq!(out.status.code(), Some(200), "{}", describe(&out));
+}
+
+/// A borg 2 repository beside the fixture's borg 1 one, created on the server by `borg2`.
+fn borg2_repo(f: &Fixture, borg2: &Path) -> PathBuf {
+    let repo = f.dir().join("repo2");
+    let out = borg2_local(f, borg2, &repo, &["repo-create", "-e", "aes256-ocb"]);
+    assert_ok(&out, "borg 2 repo-create");
+    repo
+}
+
+/// borg 2 run locally on the server against `repo`.
+fn borg2_local(f: &Fixture, borg2: &Path, repo: &Path, args: &[&str]) -> Outcome {
+    TestCommand::new(borg2)
+        .arg("-r")
+        .arg(repo)
+        .args(args)
+        .env("BORG_BASE_DIR", &f.server_base)
+        .env("BORG_PASSPHRASE", PASSPHRASE)
+        .env_remove("BORG_PASSCOMMAND")
+        .env_remove("BORG_REPO")
+        .current_dir(f.dir())
+        .output()
+}
+
+#[test]
+fn borg_2_on_both_ends_init_create_list_extract_and_no_delete() {
+    let Some(borg2) = common::borg2() else {
+        return;
+    };
+    let f = Fixture::new(Sshd::start(), true);
+    // --init creates it on the server with borg 2 and the passphrase pull uses.
+    let repo = f.dir().join("repo2");
+    let data = f.dir().join("data 'dir' $(x)");
+    hostile_dataset(&data);
+    let both = [
+        OsStr::new("--repo"),
+        repo.as_os_str(),
+        OsStr::new("--borg"),
+        borg2.as_os_str(),
+        OsStr::new("--remote-borg"),
+        borg2.as_os_str(),
+    ];
+    let archive = "it's `a` $(archive)";
+    let init = [
+        OsStr::new("--init"),
+        OsStr::new("--encryption"),
+        OsStr::new("aes256-ocb"),
+    ];
+    let out = run(&mut f.pull_with(
+        &[&both[..], &init[..]].concat(),
+        &[OsStr::new("create"), OsStr::new(archive), data.as_os_str()],
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        repo.join("packs").is_dir() && out.stderr_text().contains("repository created"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = run(&mut f.pull_with(&both, &["repo-list", "--format", "{archive}{NL}"]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), format!("{archive}\n"));
+
+    let client_restore = f.dir().join("client restore");
+    fs::create_dir(&client_restore).unwrap();
+    fs::set_permissions(&client_restore, fs::Permissions::from_mode(0o777)).unwrap();
+    let mut options = both.to_vec();
+    options.extend([OsStr::new("--remote-dir"), client_restore.as_os_str()]);
+    let out = run(&mut f.pull_with(&options, &["extract", archive]));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        tree(&client_restore.join(data.strip_prefix("/").unwrap())),
+        tree(&data)
+    );
+
+    // --permissions no-delete: the client cannot delete the archive or the repository.
+    for delete in [&["delete", "-a", archive][..], &["repo-delete"][..]] {
+        let out = run(&mut f.pull_with(
+            &[
+                &both[..],
+                &[
+                    OsStr::new("--env"),
+                    OsStr::new("BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=YES"),
+                ],
+            ]
+            .concat(),
+            delete,
+        ));
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{delete:?} allowed: {}",
+            describe(&out)
+        );
+        assert!(
+            text(&out.stderr).contains("PermissionDenied"),
+            "{}",
+            describe(&out)
+        );
+    }
+    let out = borg2_local(&f, &borg2, &repo, &["repo-list", "--format", "{archive}{NL}"]);
+    assert_ok(&out, "borg 2 repo-list on the server");
+    assert_eq!(text(&out.stdout), format!("{archive}\n"));
+    // borg 2's modern exit codes pass through: 4 is "archive not found".
+    let out = run(&mut f.pull_with(&both, &["extract", "no such archive"]));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("borg on the client exited with 4 (borg's own code"),
+        "{}",
+        describe(&out)
+    );
+    f.assert_clean_processes_only();
+}
+
+#[test]
+fn borg_major_version_mismatch_is_refused_before_anything_moves() {
+    let Some(borg2) = common::borg2() else {
+        return;
+    };
+    let f = Fixture::new(Sshd::start(), true);
+    let repo2 = borg2_repo(&f, &borg2);
+    // Server borg 2, client borg 1.2 (Debian's), and the other way round.
+    let server2 = [
+        OsStr::new("--repo"),
+        repo2.as_os_str(),
+        OsStr::new("--borg"),
+        borg2.as_os_str(),
+    ];
+    let client2 = [OsStr::new("--remote-borg"), borg2.as_os_str()];
+    for (options, client, server) in [(&server2[..], "1.", "2.0.0b25"), (&client2[..], "2.0.0b25", "1.")] {
+        let out = run(&mut f.pull_with(options, &["repo-list"]));
+        assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("has borg {client}")) && err.contains(&format!("runs borg {server}")),
+            "{}",
+            describe(&out)
+        );
+        assert!(
+            !err.contains("borg serve"),
+            "a borg serve ran: {}",
+            describe(&out)
+        );
+    }
+    f.assert_clean_processes_only();
 }

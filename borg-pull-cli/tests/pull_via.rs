@@ -58,7 +58,7 @@ impl Fixture {
         script(
             &serve_borg,
             &format!(
-                "printf '%s\\n' \"$*\" >>'{w}/serve-argv'\nBORG_BASE_DIR='{w}/serve-base' exec borg \"$@\"\n",
+                "[ \"$1\" = --version ] || printf '%s\\n' \"$*\" >>'{w}/serve-argv'\nBORG_BASE_DIR='{w}/serve-base' exec borg \"$@\"\n",
                 w = work.display()
             ),
         );
@@ -73,7 +73,8 @@ impl Fixture {
         script(
             &client_borg,
             &format!(
-                "w='{w}'\nprintf '%s\\n' \"$SSH_AUTH_SOCK\" >\"$w/agent-sock\"\n\
+                "[ \"$1\" = --version ] && exec borg --version\n\
+                 w='{w}'\nprintf '%s\\n' \"$SSH_AUTH_SOCK\" >\"$w/agent-sock\"\n\
                  {{ ssh-add '{other}'; echo \"a=$?\"; ssh-add -D; echo \"D=$?\"; ssh-add -d '{key}.pub'; echo \"d=$?\"; \
                  SSH_ASKPASS='{askpass}' SSH_ASKPASS_REQUIRE=force ssh-add -x; echo \"x=$?\"; \
                  ssh-add -l; echo \"l=$?\"; }} </dev/null >\"$w/agent-checks\" 2>&1\n\

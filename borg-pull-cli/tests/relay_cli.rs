@@ -184,7 +184,7 @@ fn server_closing_early_ends_the_relay_cleanly() {
     assert_eq!(output.stdout, b"bye");
 }
 
-/// A stand-in for borg-pull-server: one `borg serve --restrict-to-repo REPO` per connection, with
+/// A stand-in for borg-pull-server: one `borg serve --restrict-to-repository REPO` per connection, with
 /// the connection as its stdin and stdout.
 fn borg_serve_listener(socket: &Path, repo: &Path, env: Vec<(&'static str, PathBuf)>) {
     let listener = UnixListener::bind(socket).unwrap();
@@ -194,7 +194,7 @@ fn borg_serve_listener(socket: &Path, repo: &Path, env: Vec<(&'static str, PathB
             let stream: UnixStream = stream.unwrap();
             let stdin = OwnedFd::from(stream.try_clone().unwrap());
             let mut child = Command::new("borg")
-                .args(["serve", "--restrict-to-repo"])
+                .args(["serve", "--restrict-to-repository"])
                 .arg(&repo)
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(stdin)

@@ -19,6 +19,42 @@ pub enum Error {
         /// Why exec failed.
         source: std::io::Error,
     },
+    /// `borg --version` could not be run.
+    #[error("cannot run {program:?} --version: {source} (is borgbackup installed?)")]
+    SpawnBorgVersion {
+        /// The program we tried to run.
+        program: PathBuf,
+        /// Why exec failed.
+        source: std::io::Error,
+    },
+    /// `borg --version` did not print a borg 1.x or 2.x version.
+    #[error("{program:?} --version did not print a borg 1.x or 2.x version (got {output:?}); is it borg?")]
+    BorgVersionUnknown {
+        /// The program.
+        program: PathBuf,
+        /// What it printed (escaped, cut).
+        output: String,
+    },
+    /// Creating the repository locally (`--init`) failed.
+    #[error("{program:?} could not create the repository {repo:?} ({status}): {output}")]
+    InitFailed {
+        /// The borg program.
+        program: PathBuf,
+        /// The repository.
+        repo: PathBuf,
+        /// How borg exited.
+        status: std::process::ExitStatus,
+        /// What borg printed (escaped, cut).
+        output: String,
+    },
+    /// A setting that the server's borg version has no flag for.
+    #[error("borg {version} serve has no {flag} (it exists in borg 1.x only)")]
+    UnsupportedByBorg {
+        /// The server borg's version.
+        version: crate::version::BorgVersion,
+        /// The flag, e.g. `--storage-quota`.
+        flag: &'static str,
+    },
     /// The repository path handed to the server is unusable as a restriction.
     #[error(
         "repository path {path:?} must be absolute (borg serve --restrict-to-repo compares absolute paths)"

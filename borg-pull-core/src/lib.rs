@@ -9,6 +9,7 @@
 //!   systemd socket activation) that hand each connection to [`serve`].
 //! - [`supervise`]: one owner for all `borg serve` sessions of a run: admission (wait or refuse),
 //!   limits, graceful drain, totals.
+//! - [`version`]: borg's version from `borg --version`, which decides the serve flags.
 //! - [`text`]: untrusted output made fit for logs: escaped, lossy, bounded lines.
 //! - [`limits`]: every timeout and size in one place.
 //!
@@ -29,6 +30,8 @@ mod safe_dir;
 pub mod serve;
 pub mod supervise;
 pub mod text;
+pub mod version;
 
 pub use error::{Error, Result};
 pub use serve::ServeConfig;
+pub use version::BorgVersion;

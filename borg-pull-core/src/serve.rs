@@ -1,8 +1,10 @@
 //! Spawning, bridging and reaping `borg serve`.
 //!
-//! The server alone decides the flags: `--append-only` (unless the operator allowed deletes) and
-//! `--restrict-to-repo REPO`. The client's own idea of the remote command (what borg appends to
-//! `BORG_RSH`) never reaches this module.
+//! The server alone decides the flags, by the server borg's major version ([`ServeConfig::args`]):
+//! borg 1.x `serve --append-only --restrict-to-repository REPO`, borg 2 `serve --rest --backend
+//! FILE:REPO --restrict-to-repository REPO --permissions no-delete` (`--append-only` and
+//! `no-delete` dropped/widened to `all` only when the operator allowed deletes). The client's own
+//! idea of the remote command (what borg appends to `BORG_RSH`) never reaches this module.
 
 use std::ffi::OsString;
 use std::io;
@@ -18,6 +20,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::limits::{LOG_LINE_MAX, SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
 use crate::text::BoundedLines;
+use crate::version::BorgVersion;
 use crate::{Error, Result};
 
 /// How the server runs `borg serve` for every connection. Fixed by the server's operator.
@@ -25,14 +28,19 @@ use crate::{Error, Result};
 pub struct ServeConfig {
     /// The borg program (`borg` on `PATH` by default).
     pub borg: PathBuf,
-    /// The one repository clients may use (`--restrict-to-repo`). Absolute.
+    /// The one repository clients may use (`--restrict-to-repository`; borg 2 also `--backend
+    /// FILE:REPO`). Absolute.
     pub repo: PathBuf,
-    /// Let clients delete and prune (omits `--append-only`). Off by default.
+    /// Let clients delete and prune (borg 1: omits `--append-only`; borg 2: `--permissions all`
+    /// instead of `no-delete`). Off by default.
     pub allow_delete: bool,
     /// borg serve's `--storage-quota` (e.g. `5G`, `1.5T`): the most the repository may hold, so a
     /// client cannot fill the server's disk. Checked by [`parse_storage_quota`] before borg serve
     /// is started. `None`: no quota beyond the repository's own.
     pub storage_quota: Option<String>,
+    /// The server borg's version, which decides the flags. `None` until
+    /// [`learn_version`](Self::learn_version) runs `borg --version`: then the borg 1.x flags are used.
+    pub version: Option<BorgVersion>,
 }
 
 /// What one bridged `borg serve` session did.
@@ -51,7 +59,10 @@ impl ServeConfig {
     ///
     /// ```
     /// let config = borg_pull_core::ServeConfig::new("/srv/borg/client1").unwrap();
-    /// assert_eq!(config.args(), ["serve", "--append-only", "--restrict-to-repo", "/srv/borg/client1"]);
+    /// assert_eq!(
+    ///     config.args().unwrap(),
+    ///     ["serve", "--append-only", "--restrict-to-repository", "/srv/borg/client1"]
+    /// );
     /// assert!(borg_pull_core::ServeConfig::new("relative/repo").is_err());
     /// ```
     pub fn new(repo: impl Into<PathBuf>) -> Result<Self> {
@@ -64,31 +75,72 @@ impl ServeConfig {
             repo,
             allow_delete: false,
             storage_quota: None,
+            version: None,
         })
+    }
+
+    /// Runs `borg --version` once and keeps the result in [`version`](Self::version); later calls
+    /// (and clones made after the first) reuse it.
+    pub fn learn_version(&mut self) -> Result<&BorgVersion> {
+        if self.version.is_none() {
+            self.version = Some(BorgVersion::probe(&self.borg)?);
+        }
+        Ok(self.version.as_ref().expect("just set"))
     }
 
     /// The arguments after the program name: exactly what the server allows, nothing from clients.
     ///
+    /// Options are spelled out: borg 2 no longer accepts abbreviations such as `--restrict-to-repo`.
+    /// borg 2 has no `--append-only` and no `--storage-quota` (an error here); without `--rest`
+    /// it would serve only legacy repositories and ignore `--permissions`.
+    ///
     /// ```
-    /// let mut config = borg_pull_core::ServeConfig::new("/srv/borg/client1").unwrap();
+    /// use borg_pull_core::{BorgVersion, ServeConfig};
+    /// let mut config = ServeConfig::new("/srv/borg/client1").unwrap();
     /// config.storage_quota = Some("50G".into());
     /// assert_eq!(
-    ///     config.args(),
-    ///     ["serve", "--append-only", "--storage-quota", "50G", "--restrict-to-repo", "/srv/borg/client1"]
+    ///     config.args().unwrap(),
+    ///     ["serve", "--append-only", "--storage-quota", "50G", "--restrict-to-repository", "/srv/borg/client1"]
+    /// );
+    /// config.storage_quota = None;
+    /// config.version = BorgVersion::parse("borg 2.0.0b25");
+    /// assert_eq!(
+    ///     config.args().unwrap(),
+    ///     ["serve", "--rest", "--backend", "FILE:/srv/borg/client1",
+    ///      "--restrict-to-repository", "/srv/borg/client1", "--permissions", "no-delete"]
     /// );
     /// ```
-    pub fn args(&self) -> Vec<OsString> {
+    pub fn args(&self) -> Result<Vec<OsString>> {
         let mut args: Vec<OsString> = vec!["serve".into()];
-        if !self.allow_delete {
-            args.push("--append-only".into());
+        match &self.version {
+            Some(version) if version.major >= 2 => {
+                if self.storage_quota.is_some() {
+                    return Err(Error::UnsupportedByBorg {
+                        version: version.clone(),
+                        flag: "--storage-quota",
+                    });
+                }
+                let mut backend = OsString::from("FILE:");
+                backend.push(&self.repo);
+                args.extend(["--rest".into(), "--backend".into(), backend]);
+                args.push("--restrict-to-repository".into());
+                args.push(self.repo.clone().into());
+                args.push("--permissions".into());
+                args.push(if self.allow_delete { "all" } else { "no-delete" }.into());
+            }
+            _ => {
+                if !self.allow_delete {
+                    args.push("--append-only".into());
+                }
+                if let Some(quota) = &self.storage_quota {
+                    args.push("--storage-quota".into());
+                    args.push(quota.into());
+                }
+                args.push("--restrict-to-repository".into());
+                args.push(self.repo.clone().into());
+            }
         }
-        if let Some(quota) = &self.storage_quota {
-            args.push("--storage-quota".into());
-            args.push(quota.into());
-        }
-        args.push("--restrict-to-repo".into());
-        args.push(self.repo.clone().into());
-        args
+        Ok(args)
     }
 
     /// Finds the borg program the way `exec` will: a path containing `/` as is, else on `PATH`.
@@ -125,7 +177,7 @@ impl ServeConfig {
             parse_storage_quota(quota)?;
         }
         let mut cmd = Command::new(&self.borg);
-        cmd.args(self.args())
+        cmd.args(self.args()?)
             .env_clear()
             .envs(std::env::vars_os().filter(|(name, _)| passed_to_serve(name)))
             .stdin(Stdio::piped())
@@ -242,12 +294,17 @@ pub fn passed_to_serve(name: &std::ffi::OsStr) -> bool {
 /// is logged line by line (escaped, each line bounded), since it cannot cross the socket.
 pub async fn serve_stream<S>(
     config: &ServeConfig,
-    mut stream: S,
+    stream: S,
     cancel: CancellationToken,
 ) -> Result<ServeOutcome>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut stream = SniffProtocol {
+        inner: stream,
+        server: config.version.clone(),
+        done: false,
+    };
     let mut child = config.command()?.spawn().map_err(|source| Error::SpawnBorg {
         program: config.borg.clone(),
         source,
@@ -286,6 +343,105 @@ where
         from_serve,
         status,
     })
+}
+
+/// Which borg protocol a client's first bytes speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientProtocol {
+    /// borg 1.x's RPC: msgpack, starting with a fixarray (`\x94\x01\x01\xa9negotiate`) or fixmap.
+    Borg1Rpc,
+    /// borg 2's HTTP/1.1 over stdio (`GET /config/config HTTP/1.1`, ...).
+    Borg2Http,
+}
+
+impl ClientProtocol {
+    /// Classifies the first bytes of a connection; `None` if they fit neither.
+    ///
+    /// ```
+    /// use borg_pull_core::serve::ClientProtocol;
+    /// assert_eq!(ClientProtocol::detect(b"\x94\x01\x01\xa9negotiate"), Some(ClientProtocol::Borg1Rpc));
+    /// assert_eq!(ClientProtocol::detect(b"GET /config/config HTTP/1.1\r\n"), Some(ClientProtocol::Borg2Http));
+    /// assert_eq!(ClientProtocol::detect(b"hello"), None);
+    /// ```
+    pub fn detect(first: &[u8]) -> Option<Self> {
+        match first.first()? {
+            0x80..=0x9f | 0xdc..=0xdf => Some(Self::Borg1Rpc),
+            b'A'..=b'Z' => {
+                let method_len = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
+                (method_len >= 3 && first.get(method_len) == Some(&b' ')).then_some(Self::Borg2Http)
+            }
+            _ => None,
+        }
+    }
+
+    /// The borg major version that speaks it.
+    pub fn major(self) -> u32 {
+        match self {
+            Self::Borg1Rpc => 1,
+            Self::Borg2Http => 2,
+        }
+    }
+}
+
+/// The connection, read through: the first bytes tell which borg the client runs. A major version
+/// other than the server's ends the session with an error naming both, before those bytes reach
+/// borg serve: a borg 1 client of borg 2's `serve --rest` would otherwise wait for ever, and a
+/// borg 2 client of borg 1 gets only "Got unexpected RPC data format". Other bytes pass unchanged.
+struct SniffProtocol<S> {
+    inner: S,
+    server: Option<BorgVersion>,
+    done: bool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SniffProtocol<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.done && buf.filled().len() > before {
+            self.done = true;
+            let protocol = ClientProtocol::detect(&buf.filled()[before..]);
+            let server_major = self.server.as_ref().map_or(1, |v| v.major);
+            match protocol {
+                Some(p) if p.major() != server_major => {
+                    buf.set_filled(before);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the client runs borg {}.x but this server's borg serve is borg {}: they cannot \
+                             talk (install borg {}.x on the client, or serve with a borg {}.x)",
+                            p.major(),
+                            self.server
+                                .as_ref()
+                                .map_or_else(|| "1.x".to_owned(), ToString::to_string),
+                            server_major,
+                            p.major(),
+                        ),
+                    )));
+                }
+                Some(p) => debug!(client_borg = p.major(), "client protocol"),
+                None => debug!("client protocol not recognised"),
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SniffProtocol<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Waits up to `grace` for the child to exit, then kills it; always reaps.
@@ -357,9 +513,78 @@ impl AsyncWrite for ClosingWriter {
     }
 }
 
-/// Whether `repo` looks like a borg repository (has borg's `config` file); for early, clear errors.
+impl ServeConfig {
+    /// The argv that creates the repository with this borg: `init -e MODE REPO` (borg 1.x) or
+    /// `-r REPO repo-create -e MODE` (borg 2).
+    ///
+    /// ```
+    /// use borg_pull_core::{BorgVersion, ServeConfig};
+    /// let mut config = ServeConfig::new("/srv/borg/c1").unwrap();
+    /// config.version = BorgVersion::parse("borg 1.4.5");
+    /// assert_eq!(config.init_args("repokey-blake2"), ["init", "-e", "repokey-blake2", "/srv/borg/c1"]);
+    /// config.version = BorgVersion::parse("borg 2.0.0b25");
+    /// assert_eq!(config.init_args("aes256-ocb"), ["-r", "/srv/borg/c1", "repo-create", "-e", "aes256-ocb"]);
+    /// ```
+    pub fn init_args(&self, encryption: &str) -> Vec<OsString> {
+        match &self.version {
+            Some(v) if v.major >= 2 => vec![
+                "-r".into(),
+                self.repo.clone().into(),
+                "repo-create".into(),
+                "-e".into(),
+                encryption.into(),
+            ],
+            _ => vec![
+                "init".into(),
+                "-e".into(),
+                encryption.into(),
+                self.repo.clone().into(),
+            ],
+        }
+    }
+
+    /// Creates the repository locally unless it already [looks like one](looks_like_repository);
+    /// `Ok(true)` if it was created. The client cannot create it through an append-only (borg 1)
+    /// or `no-delete` (borg 2) serve.
+    ///
+    /// borg gets this process's environment (it is the operator's own command, not a serve for a
+    /// client), with `BORG_PASSPHRASE` set to `passphrase` if given, else whatever
+    /// `BORG_PASSPHRASE`/`BORG_PASSCOMMAND` say. Blocking; its output is kept for the error.
+    pub fn create_repository(&self, encryption: &str, passphrase: Option<&str>) -> Result<bool> {
+        if looks_like_repository(&self.repo) {
+            return Ok(false);
+        }
+        let mut cmd = std::process::Command::new(&self.borg);
+        cmd.args(self.init_args(encryption)).stdin(Stdio::null());
+        if let Some(p) = passphrase {
+            cmd.env("BORG_PASSPHRASE", p);
+        }
+        let output = cmd.output().map_err(|source| Error::SpawnBorg {
+            program: self.borg.clone(),
+            source,
+        })?;
+        if !output.status.success() {
+            return Err(Error::InitFailed {
+                program: self.borg.clone(),
+                repo: self.repo.clone(),
+                status: output.status,
+                output: crate::text::escape_truncated(
+                    &[&output.stdout[..], &output.stderr[..]].concat(),
+                    4096,
+                ),
+            });
+        }
+        Ok(true)
+    }
+}
+
+/// Whether `repo` looks like a borg repository, for early, clear errors: borg 1.x has a `config`
+/// file and a `data/` directory, borg 2 (borgstore) the directories `config/`, `keys/`, `packs/`
+/// and `archives/`.
 pub fn looks_like_repository(repo: &Path) -> bool {
-    repo.join("config").is_file() && repo.join("data").is_dir()
+    let dir = |name: &str| repo.join(name).is_dir();
+    (repo.join("config").is_file() && dir("data"))
+        || ["config", "keys", "packs", "archives"].into_iter().all(dir)
 }
 
 #[cfg(test)]
@@ -529,6 +754,140 @@ mod tests {
     fn allow_delete_only_drops_append_only() {
         let mut config = with_borg("borg");
         config.allow_delete = true;
-        assert_eq!(config.args(), ["serve", "--restrict-to-repo", "/srv/repo"]);
+        assert_eq!(
+            config.args().unwrap(),
+            ["serve", "--restrict-to-repository", "/srv/repo"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_of_the_other_major_version_never_reaches_borg_serve() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let got = dir.path().join("got");
+        let script = dir.path().join("fake-borg");
+        std::fs::write(&script, format!("#!/bin/sh\nexec cat > '{}'\n", got.display())).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        for (server, first, refused) in [
+            ("borg 2.0.0b25", &b"\x94\x01\x01\xa9negotiate"[..], true),
+            ("borg 1.4.5", &b"GET /config/config HTTP/1.1\r\n"[..], true),
+            ("borg 2.0.0b25", &b"GET /config/config HTTP/1.1\r\n"[..], false),
+            ("borg 1.2.4", &b"\x94\x01\x01\xa9negotiate"[..], false),
+        ] {
+            let _ = std::fs::remove_file(&got);
+            let mut config = with_borg(script.to_str().unwrap());
+            config.version = BorgVersion::parse(server);
+            let (mut client, conn) = tokio::io::duplex(1024);
+            let session =
+                tokio::spawn(async move { serve_stream(&config, conn, CancellationToken::new()).await });
+            client.write_all(first).await.unwrap();
+            client.shutdown().await.unwrap();
+            let result = session.await.unwrap();
+            if refused {
+                let err = result.unwrap_err().to_string();
+                assert!(
+                    err.contains("the client runs borg") && err.contains(server.trim_start_matches("borg ")),
+                    "{err}"
+                );
+                assert!(std::fs::read(&got).unwrap_or_default().is_empty(), "{server}");
+            } else {
+                result.unwrap();
+                assert_eq!(std::fs::read(&got).unwrap(), first, "{server}");
+            }
+        }
+    }
+
+    #[test]
+    fn argv_by_version() {
+        let v = |s: &str| BorgVersion::parse(s);
+        for (version, allow_delete, want) in [
+            (None, false, "serve --append-only --restrict-to-repository /srv/repo"),
+            (v("borg 1.1.18"), false, "serve --append-only --restrict-to-repository /srv/repo"),
+            (v("borg 1.2.4"), false, "serve --append-only --restrict-to-repository /srv/repo"),
+            (v("borg 1.4.5"), false, "serve --append-only --restrict-to-repository /srv/repo"),
+            (v("borg 1.4.5"), true, "serve --restrict-to-repository /srv/repo"),
+            (
+                v("borg 2.0.0b25"),
+                false,
+                "serve --rest --backend FILE:/srv/repo --restrict-to-repository /srv/repo --permissions no-delete",
+            ),
+            (
+                v("borg 2.0.0b25"),
+                true,
+                "serve --rest --backend FILE:/srv/repo --restrict-to-repository /srv/repo --permissions all",
+            ),
+        ] {
+            let mut config = with_borg("borg");
+            config.version = version.clone();
+            config.allow_delete = allow_delete;
+            let args: Vec<String> = config
+                .args()
+                .unwrap()
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect();
+            assert_eq!(args.join(" "), want, "{version:?} allow_delete={allow_delete}");
+        }
+    }
+
+    #[test]
+    fn storage_quota_only_for_borg_1() {
+        let mut config = with_borg("borg");
+        config.storage_quota = Some("10G".into());
+        config.version = BorgVersion::parse("borg 1.4.5");
+        assert!(config.args().unwrap().contains(&"--storage-quota".into()));
+        config.version = BorgVersion::parse("borg 2.0.0b25");
+        let err = config.args().unwrap_err();
+        assert!(matches!(err, Error::UnsupportedByBorg { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("borg 2.0.0b25 serve has no --storage-quota"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn learn_version_runs_borg_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let script = dir.path().join("borg");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh
+echo x >>'{}'
+echo 'borg 2.0.0b25'
+",
+                count.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut config = with_borg(script.to_str().unwrap());
+        assert_eq!(config.learn_version().unwrap().major, 2);
+        assert_eq!(config.learn_version().unwrap().to_string(), "2.0.0b25");
+        assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
+        let err = with_borg("/bin/false").learn_version().unwrap_err();
+        assert!(matches!(err, Error::BorgVersionUnknown { .. }), "{err}");
+        let err = with_borg("/nonexistent/borg").learn_version().unwrap_err();
+        assert!(matches!(err, Error::SpawnBorgVersion { .. }), "{err}");
+    }
+
+    #[test]
+    fn repository_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path();
+        assert!(!looks_like_repository(repo));
+        std::fs::write(repo.join("config"), "[repository]\n").unwrap();
+        assert!(!looks_like_repository(repo));
+        std::fs::create_dir(repo.join("data")).unwrap();
+        assert!(looks_like_repository(repo), "borg 1.x");
+        let repo = &dir.path().join("two");
+        for name in ["config", "keys", "packs"] {
+            std::fs::create_dir_all(repo.join(name)).unwrap();
+        }
+        assert!(!looks_like_repository(repo));
+        std::fs::create_dir(repo.join("archives")).unwrap();
+        assert!(looks_like_repository(repo), "borg 2");
     }
 }

@@ -100,7 +100,7 @@ async fn each_connection_gets_fixed_flags_and_a_full_relay() {
     let args = fs::read_to_string(&f.args_log).unwrap();
     assert_eq!(
         args.trim_end(),
-        "serve --append-only --restrict-to-repo /srv/borg/client one"
+        "serve --append-only --restrict-to-repository /srv/borg/client one"
     );
     stop(f).await;
 }
@@ -112,7 +112,10 @@ async fn allow_delete_drops_append_only() {
     echo_round_trip(&mut conn, b"x").await;
     drop(conn);
     let args = fs::read_to_string(&f.args_log).unwrap();
-    assert_eq!(args.trim_end(), "serve --restrict-to-repo /srv/borg/client one");
+    assert_eq!(
+        args.trim_end(),
+        "serve --restrict-to-repository /srv/borg/client one"
+    );
     stop(f).await;
 }
 

@@ -327,6 +327,28 @@ pub enum Error {
         why: String,
     },
 
+    /// The client's borg is of another major version than the server's: borg 1 and borg 2 speak
+    /// different protocols to `borg serve` (msgpack RPC vs. HTTP) and use different repositories.
+    #[error(
+        "the client {host} has borg {client} ({program:?}) but this server runs borg {server}: \
+         borg 1 and borg 2 cannot use each other's repositories or serve; install borg {server_major}.x \
+         on the client, or use a borg {client_major}.x here"
+    )]
+    BorgVersionMismatch {
+        /// Host as given.
+        host: String,
+        /// The client's borg program as given.
+        program: String,
+        /// The client's borg version.
+        client: String,
+        /// Its major version.
+        client_major: u32,
+        /// The server's borg version.
+        server: String,
+        /// Its major version.
+        server_major: u32,
+    },
+
     /// The agent and TCP methods: the client's sshd started our command without forwarding the
     /// agent, so the client's ssh would have no key to log in to the server with.
     #[error(

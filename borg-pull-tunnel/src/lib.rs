@@ -1,7 +1,7 @@
 //! The SSH side of borg-pull: the backup server logs in to a client with an in-process SSH client
 //! (russh, no `ssh` binary), forwards a UNIX socket to the client and runs `borg create` there with
 //! `BORG_RSH` pointing at `borg-pull-relay` and that socket. Every connection to the socket comes
-//! back as an SSH channel and is bridged to a `borg serve --append-only --restrict-to-repo REPO` on
+//! back as an SSH channel and is bridged to a `borg serve` with server-fixed flags (by borg version) on
 //! the server ([`borg_pull_core::serve`]).
 //!
 //! - [`mod@pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]), orchestration only.

@@ -48,6 +48,11 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// Unanswered keepalives before the connection is considered dead.
 pub const KEEPALIVE_MAX: usize = 3;
 
+/// How long `borg --version` may take on the client in the start script (where `timeout` exists):
+/// Python's start-up is well under a second, a few on a loaded machine; well below
+/// [`REMOTE_HELPER_TIMEOUT`], so a hanging borg leaves time for the start report.
+pub const BORG_VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Time allowed for each small helper command on the client (the diagnosis of a refused forward)
 /// and for the start of the run (until the client reports its private directory).
 pub const REMOTE_HELPER_TIMEOUT: Duration = Duration::from_secs(30);

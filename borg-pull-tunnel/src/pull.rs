@@ -232,6 +232,11 @@ impl PullOptions {
     /// `BORG_REPO` for borg on the client: the relay ignores the host; the agent method names
     /// the server's sshd; the TCP method its forward on the client's loopback (the port comes in
     /// `BORG_RSH`, once sshd has picked it).
+    /// The server borg's major version (1 until [`ServeConfig::learn_version`] ran).
+    fn server_major(&self) -> u32 {
+        self.serve.version.as_ref().map_or(1, |v| v.major)
+    }
+
     fn repo_url(&self) -> Vec<u8> {
         let mut url = match &self.via {
             Via::Socket => format!("ssh://{REPO_URL_HOST}"),
@@ -239,6 +244,10 @@ impl PullOptions {
             Via::Tcp(l) => format!("ssh://{}@{}", l.user, crate::forward::tcp::LISTEN_ADDRESS),
         }
         .into_bytes();
+        // borg 2: `ssh://host/path` is relative to the login directory, `ssh://host//path` absolute.
+        if self.server_major() >= 2 {
+            url.push(b'/');
+        }
         url.extend_from_slice(self.serve.repo.as_os_str().as_bytes());
         url
     }
@@ -246,6 +255,14 @@ impl PullOptions {
     /// The script for the client ([`crate::remote`]), checked before anything touches the network.
     /// `identity_line` is the agent key's public half (agent and TCP methods).
     pub fn remote_script(&self, marker: &str, identity_line: Option<&str>) -> Result<Vec<u8>> {
+        if self.server_major() >= 2 && self.via.server_login().is_some() {
+            return Err(Error::InvalidOption(
+                "--via agent and --via tcp run the forced command of the server's authorized_keys, \
+                 which borg-pull-server authorize writes for borg 1.x; with borg 2 on the server use \
+                 --via socket"
+                    .into(),
+            ));
+        }
         let url = self.repo_url();
         let known_hosts_line = match self.via.server_login() {
             Some(login) => Some(login.known_hosts_line()?),
@@ -266,6 +283,7 @@ impl PullOptions {
             borg_args: &self.borg_args,
             env: &self.env,
             repo_url: &url,
+            borgstore_rsh: self.server_major() >= 2,
             remote_dir: self.remote_dir.as_deref(),
             passphrase: self.passphrase.is_some(),
             ssh_back,
@@ -450,8 +468,10 @@ impl Run<'_> {
         let (report, early_output) = self
             .step("the start of the run", REMOTE_HELPER_TIMEOUT, report)
             .await?;
-        let dir = self.private_dir(report)?;
+        let (dir, client_borg) = self.private_dir(report)?;
         debug!(dir, "private directory created on the client");
+        // Before `go`: nothing has been forwarded or relayed yet.
+        self.check_client_borg(client_borg.as_deref())?;
         self.start_borg(&mut channel, &dir).await?;
         // On failure we return before this EOF and disconnect: sshd ends the session, the
         // script reads EOF, exits, and its watcher removes the directory.
@@ -494,10 +514,37 @@ impl Run<'_> {
         }
     }
 
-    /// The private directory the script reported, or why it could not start.
-    fn private_dir(&self, report: Report) -> Result<String> {
+    /// Refuses a client borg whose major version differs from the server's. A version the check
+    /// cannot read (a wrapper script, a future format) is logged and let through: borg serve's
+    /// own protocol check then fails the first connection.
+    fn check_client_borg(&self, reported: Option<&str>) -> Result<()> {
+        let server = self.options.serve.version.as_ref();
+        let client = reported.and_then(borg_pull_core::BorgVersion::parse);
+        match (client, server) {
+            (Some(client), Some(server)) if client.major != server.major => Err(Error::BorgVersionMismatch {
+                host: self.session.host().to_owned(),
+                program: self.options.remote_borg.to_string_lossy().into_owned(),
+                client: client.to_string(),
+                client_major: client.major,
+                server: server.to_string(),
+                server_major: server.major,
+            }),
+            (Some(client), _) => {
+                info!(client_borg = %client, server_borg = ?server.map(ToString::to_string), "borg versions");
+                Ok(())
+            }
+            (None, _) => {
+                warn!(reported = ?reported, "cannot tell the client borg's version; not checked");
+                Ok(())
+            }
+        }
+    }
+
+    /// The private directory the script reported (and the client borg's `--version` line), or
+    /// why it could not start.
+    fn private_dir(&self, report: Report) -> Result<(String, Option<String>)> {
         let (role, why) = match report {
-            Report::Dir(dir) => return Ok(dir),
+            Report::Dir { dir, borg_version } => return Ok((dir, borg_version)),
             Report::NoAgent => {
                 return Err(Error::AgentNotForwarded {
                     host: self.session.host().to_owned(),

@@ -41,6 +41,9 @@ pub struct RemoteRun<'a> {
     pub env: &'a [(String, OsString)],
     /// `BORG_REPO` for borg.
     pub repo_url: &'a [u8],
+    /// Also export `BORGSTORE_RSH` as `BORG_RSH` (borg 2 reaches a `rest://`/`ssh://` store
+    /// through borgstore, which reads its own variable).
+    pub borgstore_rsh: bool,
     /// Directory to run borg in.
     pub remote_dir: Option<&'a OsStr>,
     /// Whether a passphrase line follows the `BORG_RSH` line on stdin.
@@ -151,7 +154,7 @@ fn go_lines_with(rsh: Vec<u8>, passphrase: Option<&str>) -> Vec<u8> {
 }
 
 /// Environment variables the script sets itself; extra variables may not override them.
-pub const RESERVED_ENV: &[&str] = &["BORG_REPO", "BORG_RSH", "BORG_PASSPHRASE"];
+pub const RESERVED_ENV: &[&str] = &["BORG_REPO", "BORG_RSH", "BORGSTORE_RSH", "BORG_PASSPHRASE"];
 
 /// The file name of the socket inside the private directory.
 pub const SOCKET_NAME: &str = "borg.sock";
@@ -199,6 +202,21 @@ impl RemoteRun<'_> {
                 files
             }
         };
+        // The client borg's version, learned in this same exec (no round trip of its own): the
+        // server refuses a major version other than its own before anything is relayed. Bounded:
+        // `dd` takes one read of at most 256 bytes (a program that floods gets SIGPIPE), and
+        // `timeout`, where there is one, ends a program that hangs.
+        s.extend_from_slice(b"bp_b=");
+        s.extend(q(self.borg.as_bytes())?);
+        s.extend_from_slice(
+            format!(
+                "; bp_v=$({{ if command -v timeout >/dev/null 2>&1; then timeout {secs} \"$bp_b\" --version; \
+                 else \"$bp_b\" --version; fi; }} </dev/null 2>&1 | dd bs=256 count=1 2>/dev/null | sed -n 1p); \
+                 printf '%sversion %s\\n' \"$bp_m\" \"$bp_v\"; ",
+                secs = crate::limits::BORG_VERSION_TIMEOUT.as_secs()
+            )
+            .as_bytes(),
+        );
         s.extend_from_slice(
             format!(
                 "bp_u=$(umask); umask 077; {DIR_VAR}=$(mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\") || exit 2; \
@@ -211,6 +229,9 @@ impl RemoteRun<'_> {
             .as_bytes(),
         );
         s.extend_from_slice(b"IFS= read -r BORG_RSH || exit 2; export BORG_RSH; ");
+        if self.borgstore_rsh {
+            s.extend_from_slice(b"BORGSTORE_RSH=$BORG_RSH; export BORGSTORE_RSH; ");
+        }
         if self.passphrase {
             s.extend_from_slice(b"IFS= read -r BORG_PASSPHRASE || exit 2; export BORG_PASSPHRASE; ");
         }
@@ -294,8 +315,14 @@ pub fn new_marker() -> String {
 /// What the script reported before borg could start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// The private directory it made (checked with [`is_private_dir_path`]).
-    Dir(String),
+    /// The private directory it made (checked with [`is_private_dir_path`]), and the first line
+    /// `borg --version` printed on the client just before (`None` if no version line came).
+    Dir {
+        /// The directory.
+        dir: String,
+        /// What `borg --version` printed (escaped).
+        borg_version: Option<String>,
+    },
     /// A program cannot run, and why.
     Missing(RemoteProgram, String),
     /// The client's sshd did not forward our agent (no `SSH_AUTH_SOCK` in the session).
@@ -347,6 +374,7 @@ const START_COMMAND: &str = "the start of the run (mktemp -d, umask 077)";
 
 fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>> {
     let mut start = 0;
+    let mut borg_version = None;
     while let Some(end) = stdout[start..]
         .iter()
         .position(|&b| b == b'\n')
@@ -354,8 +382,15 @@ fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>>
     {
         let line = &stdout[start..end];
         if let Some(rest) = line.strip_prefix(marker.as_bytes()) {
-            let report = parse_report(rest)?;
-            return Ok(Some((report, stdout[end + 1..].to_vec())));
+            if let Some(version) = rest.strip_prefix(b"version ") {
+                borg_version = Some(escape_output(version));
+            } else {
+                let mut report = parse_report(rest)?;
+                if let Report::Dir { borg_version: v, .. } = &mut report {
+                    *v = borg_version;
+                }
+                return Ok(Some((report, stdout[end + 1..].to_vec())));
+            }
         }
         start = end + 1;
     }
@@ -371,7 +406,10 @@ fn parse_report(line: &[u8]) -> Result<Report> {
     };
     if let Some(dir) = text.strip_prefix("dir ") {
         return if is_private_dir_path(dir) {
-            Ok(Report::Dir(dir.to_owned()))
+            Ok(Report::Dir {
+                dir: dir.to_owned(),
+                borg_version: None,
+            })
         } else {
             Err(bad())
         };
@@ -419,6 +457,7 @@ mod tests {
         env: Vec<(String, OsString)>,
         remote_dir: Option<OsString>,
         passphrase: Option<&'static str>,
+        borgstore_rsh: bool,
     }
 
     impl Fixture {
@@ -430,6 +469,7 @@ mod tests {
                 env: vec![("BORG_BASE_DIR".into(), "/tmp/b b".into())],
                 remote_dir: None,
                 passphrase: None,
+                borgstore_rsh: false,
             }
         }
 
@@ -440,6 +480,7 @@ mod tests {
                 borg_args: &self.args,
                 env: &self.env,
                 repo_url: b"ssh://borg-pull-server/srv/repo dir",
+                borgstore_rsh: self.borgstore_rsh,
                 remote_dir: self.remote_dir.as_deref(),
                 passphrase: self.passphrase.is_some(),
                 ssh_back: None,
@@ -479,7 +520,7 @@ mod tests {
                 }
             };
             let mut _listener = None;
-            if let (true, Report::Dir(dir)) = (go, &report) {
+            if let (true, Report::Dir { dir, .. }) = (go, &report) {
                 if socket {
                     _listener =
                         Some(std::os::unix::net::UnixListener::bind(format!("{dir}/{SOCKET_NAME}")).unwrap());
@@ -517,7 +558,7 @@ mod tests {
         ];
         f.passphrase = Some("p w'd");
         let (report, out, code) = f.run(tmp.path(), true);
-        let Report::Dir(dir) = report else {
+        let Report::Dir { dir, .. } = report else {
             panic!("{report:?}")
         };
         assert!(dir.starts_with(tmp.path().to_str().unwrap()), "{dir}");
@@ -533,12 +574,62 @@ mod tests {
     }
 
     #[test]
+    fn borg_version_is_reported_and_borgstore_rsh_follows_borg_rsh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new();
+        // A stand-in borg: prints a borg 2 version for --version, else its BORGSTORE_RSH.
+        let borg = tmp.path().join("borg");
+        std::fs::write(
+            &borg,
+            "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'borg 2.0.0b25'; echo more; exit 0; }\n\
+             printf '%s|%s' \"$BORGSTORE_RSH\" \"$BORG_RSH\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&borg, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        f.borg = borg.into_os_string();
+        f.borgstore_rsh = true;
+        let (report, out, code) = f.run(tmp.path(), true);
+        let Report::Dir { dir, borg_version } = report else {
+            panic!("{report:?}")
+        };
+        assert_eq!(borg_version.as_deref(), Some("borg 2.0.0b25"));
+        assert_eq!(code, Some(0));
+        let out = String::from_utf8(out).unwrap();
+        let (store, rsh) = out.split_once('|').unwrap();
+        assert_eq!(store, rsh);
+        assert!(rsh.contains(&format!("{dir}/borg.sock")), "{out}");
+        f.borgstore_rsh = false;
+        let (_, out, _) = f.run(tmp.path(), true);
+        assert!(String::from_utf8(out).unwrap().starts_with('|'));
+    }
+
+    #[test]
+    fn a_borg_that_floods_on_version_cannot_hold_up_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new();
+        let borg = tmp.path().join("borg");
+        std::fs::write(&borg, "#!/bin/sh\ncat /dev/zero & exec cat /dev/zero >&2\n").unwrap();
+        std::fs::set_permissions(&borg, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        f.borg = borg.into_os_string();
+        let started = std::time::Instant::now();
+        let (report, _, _) = f.run(tmp.path(), false);
+        let Report::Dir { borg_version, .. } = report else {
+            panic!("{report:?}")
+        };
+        assert!(
+            borg_version.is_some_and(|v| v.len() <= 4 * 256),
+            "cut to one read"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
     fn without_the_forward_socket_borg_does_not_start_and_the_directory_waits_for_eof() {
         let tmp = tempfile::tempdir().unwrap();
         let mut f = Fixture::new();
         f.args = vec!["-c".into(), "echo borg ran".into()];
         let (report, out, code) = f.run_with_socket(tmp.path(), true, false);
-        let Report::Dir(dir) = report else {
+        let Report::Dir { dir, .. } = report else {
             panic!("{report:?}")
         };
         assert_eq!((out, code), (vec![], Some(125)));
@@ -551,7 +642,7 @@ mod tests {
         let mut f = Fixture::new();
         f.args = vec!["-c".into(), "echo borg ran".into()];
         let (report, out, code) = f.run(tmp.path(), false);
-        let Report::Dir(dir) = report else {
+        let Report::Dir { dir, .. } = report else {
             panic!("{report:?}")
         };
         assert_eq!((out, code), (vec![], Some(0)));
@@ -648,8 +739,29 @@ mod tests {
     fn reports_are_found_after_noise_and_checked() {
         let noise = b"motd\nborg-pull-test:dir /tmp/borg-pull.AbC123xy\nrest";
         let (report, rest) = find_report(noise, MARKER).unwrap().unwrap();
-        assert_eq!(report, Report::Dir("/tmp/borg-pull.AbC123xy".into()));
+        let dir = || "/tmp/borg-pull.AbC123xy".to_owned();
+        assert_eq!(
+            report,
+            Report::Dir {
+                dir: dir(),
+                borg_version: None
+            }
+        );
         assert_eq!(rest, b"rest");
+        let noise =
+            b"motd\nborg-pull-test:version borg 2.0.0b25\nborg-pull-test:dir /tmp/borg-pull.AbC123xy\n";
+        let (report, _) = find_report(noise, MARKER).unwrap().unwrap();
+        assert_eq!(
+            report,
+            Report::Dir {
+                dir: dir(),
+                borg_version: Some("borg 2.0.0b25".into())
+            }
+        );
+        // A version line alone is not yet a report.
+        assert!(find_report(b"borg-pull-test:version borg 1.4.5\n", MARKER)
+            .unwrap()
+            .is_none());
         assert!(find_report(b"borg-pull-test:dir /etc\n", MARKER).is_err());
         assert!(find_report(b"borg-pull-test:dir /tmp/borg-pull.AbC123xy", MARKER)
             .unwrap()

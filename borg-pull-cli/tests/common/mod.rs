@@ -54,6 +54,45 @@ pub fn missing(what: &str) -> bool {
     false
 }
 
+/// Where `scripts/install-deps` puts the borg 2 beta (`BORG_PULL_BORG2` overrides it).
+pub const BORG2_DEFAULT: &str = "/opt/borg-pull/venv-borg2/bin/borg";
+
+/// Where `scripts/install-deps` puts borg 1.4 (`BORG_PULL_BORG14` overrides it).
+pub const BORG14_DEFAULT: &str = "/opt/borg-pull/venv-borg1.4/bin/borg";
+
+/// The borg 2 beta, runnable by others (the tests' sshd login user runs it too); `None` (skip)
+/// when missing, a failure under BORG_PULL_REQUIRE_DEPS=1.
+pub fn borg2() -> Option<PathBuf> {
+    venv_borg("BORG_PULL_BORG2", BORG2_DEFAULT, "borg 2.")
+}
+
+/// borg 1.4 (the first with modern exit codes), like [`borg2`].
+pub fn borg14() -> Option<PathBuf> {
+    venv_borg("BORG_PULL_BORG14", BORG14_DEFAULT, "borg 1.4.")
+}
+
+fn venv_borg(var: &str, default: &str, version_prefix: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    let runs = fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+        && TestCommand::new(&path)
+            .arg("--version")
+            .output()
+            .stdout_text()
+            .starts_with(version_prefix);
+    if runs {
+        Some(path)
+    } else {
+        missing(&format!(
+            "{} at {} ({var}), runnable by others,",
+            version_prefix.trim_end_matches('.'),
+            path.display()
+        ));
+        None
+    }
+}
+
 /// The full path of `tool` on PATH.
 pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -472,6 +511,7 @@ impl TestDir {
             .env("BORG_DELETE_I_KNOW_WHAT_I_AM_DOING", "YES")
             .env_remove("BORG_REPO")
             .env_remove("BORG_RSH")
+            .env_remove("BORGSTORE_RSH")
             .env_remove("BORG_PASSPHRASE")
             .env_remove("BORG_PASSCOMMAND")
     }

@@ -249,9 +249,15 @@ impl Fixture {
     }
 
     /// Writes an executable `#!/bin/sh` script `name` with `body` into the fixture's directory.
+    /// Called with `--version` alone (as the pull's start script does for the client's borg), it
+    /// says it is borg 1.2.4 and runs nothing of `body`.
     pub fn script(&self, name: &str, body: &str) -> PathBuf {
         let path = self.dir.path().join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\n[ \"$*\" = --version ] && {{ echo 'borg 1.2.4'; exit 0; }}\n{body}\n"),
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
     }

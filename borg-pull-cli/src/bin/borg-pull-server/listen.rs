@@ -15,8 +15,11 @@ use crate::UsageError;
 /// Arguments of `borg-pull-server listen`.
 ///
 /// Clients connect with BORG_RSH="borg-pull-relay --socket PATH" (directly, or through an ssh
-/// forward of PATH) and the URL ssh://borg-pull-server/REPO. Each connection gets its own
-/// `borg serve --append-only --restrict-to-repo REPO`; nothing a client sends changes these flags.
+/// forward of PATH) and the URL ssh://borg-pull-server/REPO (borg 2: ssh://borg-pull-server//REPO,
+/// and BORGSTORE_RSH as BORG_RSH). Each connection gets its own `borg serve --append-only
+/// --restrict-to-repository REPO` (borg 2: `borg serve --rest --backend FILE:REPO
+/// --restrict-to-repository REPO --permissions no-delete`); nothing a client sends changes these
+/// flags.
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {
     /// UNIX socket to listen on, e.g. /run/borg-pull/client1.sock.
@@ -29,20 +32,33 @@ pub struct ListenArgs {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// The one repository clients may use (absolute path; borg serve --restrict-to-repo).
+    /// The one repository clients may use (absolute path; borg serve --restrict-to-repository).
     #[arg(long, value_name = "REPO")]
     repo: PathBuf,
 
-    /// Let clients delete, prune and compact: run borg serve without --append-only.
+    /// Let clients delete, prune and compact: run borg serve without --append-only (borg 2:
+    /// --permissions all instead of no-delete).
     #[arg(long)]
     allow_delete: bool,
 
-    /// Most the repository may hold, e.g. 500G or 1.5T (borg serve --storage-quota; at least 10M).
+    /// Most the repository may hold, e.g. 500G or 1.5T (borg serve --storage-quota; at least 10M;
+    /// borg 1.x only: borg 2's serve has no quota).
     ///
     /// A backup that would go beyond it fails with borg's "storage quota has been exceeded", so a
     /// client cannot fill the server's disk. Overrides the quota stored in the repository.
     #[arg(long, value_name = "QUOTA", value_parser = storage_quota)]
     storage_quota: Option<String>,
+
+    /// Create the repository here first if it does not exist yet (`borg init -e MODE REPO` with
+    /// borg 1.x, `borg -r REPO repo-create -e MODE` with borg 2), with --encryption; the
+    /// passphrase comes from BORG_PASSPHRASE or BORG_PASSCOMMAND. Clients cannot create it
+    /// through the restricted borg serve.
+    #[arg(long, requires = "encryption")]
+    init: bool,
+
+    /// --init: borg's encryption mode, e.g. repokey-blake2 (borg 1.x) or aes256-ocb (borg 2).
+    #[arg(long, value_name = "MODE", requires = "init")]
+    encryption: Option<String>,
 
     /// The borg program to run as `borg serve` (looked up on PATH unless it contains a `/`).
     #[arg(long, value_name = "PATH", default_value = "borg")]
@@ -77,18 +93,34 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
     // First, while single-threaded: this reads and clears LISTEN_FDS/LISTEN_PID.
     let activated = PrivateListener::from_systemd()?;
 
-    let config = ServeConfig {
+    let mut config = ServeConfig {
         borg: args.borg,
         allow_delete: args.allow_delete,
         storage_quota: args.storage_quota,
         ..ServeConfig::new(args.repo)?
     };
     let borg = config.find_program()?;
-    tracing::debug!(borg = %borg.display(), "found borg");
+    let version = config.learn_version()?.clone();
+    tracing::debug!(borg = %borg.display(), %version, "found borg");
+    // Fails now, not at the first connection, if this borg has no flag for a setting.
+    let argv = config.args()?;
+    info!(
+        "each connection runs: {} {}",
+        config.borg.display(),
+        argv.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if let Some(encryption) = args.encryption.as_deref() {
+        if config.create_repository(encryption, None)? {
+            info!(repo = %config.repo.display(), encryption, "repository created");
+        }
+    }
     if !looks_like_repository(&config.repo) {
         warn!(
             repo = %config.repo.display(),
-            "not a borg repository (yet); clients get borg's error until `borg init` creates it"
+            "not a borg repository (yet); clients get borg's error until --init (or borg init / repo-create) creates it"
         );
     }
     if config.allow_delete {

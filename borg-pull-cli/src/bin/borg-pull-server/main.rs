@@ -157,10 +157,14 @@ fn exit_code(err: &anyhow::Error) -> Code {
 fn core_exit_code(e: &borg_pull_core::Error) -> Code {
     use borg_pull_core::Error as E;
     match e {
-        E::RepoNotAbsolute { .. } | E::SocketPathInvalid { .. } | E::StorageQuotaInvalid { .. } => {
-            exit::USAGE
-        }
-        E::BorgNotFound { .. } | E::SpawnBorg { .. } => exit::BORG_UNAVAILABLE,
+        E::RepoNotAbsolute { .. }
+        | E::SocketPathInvalid { .. }
+        | E::StorageQuotaInvalid { .. }
+        | E::UnsupportedByBorg { .. } => exit::USAGE,
+        E::BorgNotFound { .. }
+        | E::SpawnBorg { .. }
+        | E::SpawnBorgVersion { .. }
+        | E::BorgVersionUnknown { .. } => exit::BORG_UNAVAILABLE,
         E::SocketDirParentMissing { .. }
         | E::SocketDirIo { .. }
         | E::SocketDirNotDirectory { .. }

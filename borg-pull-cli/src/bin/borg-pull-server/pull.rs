@@ -42,8 +42,10 @@ Logging goes to stderr; {var} (e.g. {var}=debug) overrides -v.",
 /// Logs in to the client over SSH, forwards a private UNIX socket there and runs
 /// `borg BORG_ARGS...` on the client with BORG_REPO=ssh://borg-pull-server/REPO and
 /// BORG_RSH="borg-pull-relay --socket SOCKET"; every connection to the socket is served by
-/// `borg serve --append-only --restrict-to-repo REPO` here. So `::NAME` in BORG_ARGS is an archive
-/// in REPO, e.g. `borg-pull-server pull --repo /srv/borg/c1 backup@c1 -- create --stats
+/// `borg serve --append-only --restrict-to-repository REPO` here (borg 2 on the server:
+/// BORG_REPO=ssh://borg-pull-server//REPO, BORGSTORE_RSH as BORG_RSH, and `borg serve --rest
+/// --backend FILE:REPO --restrict-to-repository REPO --permissions no-delete`; the client's borg
+/// must have the server's major version). So `::NAME` in BORG_ARGS is an archive in REPO, e.g. `borg-pull-server pull --repo /srv/borg/c1 backup@c1 -- create --stats
 /// '::{hostname}-{now}' /etc`.
 #[derive(Debug, clap::Args)]
 pub struct PullArgs {
@@ -66,6 +68,16 @@ pub struct PullArgs {
     /// The repository on this server (absolute path); the only one the client can reach.
     #[arg(long, value_name = "REPO")]
     repo: PathBuf,
+
+    /// Create the repository on this server first if it does not exist yet (`borg init -e MODE
+    /// REPO` with borg 1.x, `borg -r REPO repo-create -e MODE` with borg 2), with --encryption and
+    /// the passphrase pull uses: the client cannot create it through the restricted borg serve.
+    #[arg(long, requires = "encryption")]
+    init: bool,
+
+    /// --init: borg's encryption mode, e.g. repokey-blake2 (borg 1.x) or aes256-ocb (borg 2).
+    #[arg(long, value_name = "MODE", requires = "init")]
+    encryption: Option<String>,
 
     /// The borg program on this server (runs `borg serve`).
     #[arg(long, value_name = "PATH", default_value = "borg")]
@@ -245,8 +257,31 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     let mut serve = ServeConfig::new(&args.repo)?;
     serve.borg = args.borg;
     serve.storage_quota = args.storage_quota;
+    // Once per run, before connecting: the version decides borg serve's flags and what the client's
+    // borg must be; a --storage-quota that this borg has no flag for fails here.
+    let serve = tokio::task::spawn_blocking(move || -> borg_pull_core::Result<ServeConfig> {
+        serve.learn_version()?;
+        serve.args()?;
+        Ok(serve)
+    })
+    .await
+    .expect("borg --version does not panic")
+    .map_err(Error::Serve)?;
     options.serve = serve;
     options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
+    if let Some(encryption) = args.encryption {
+        let serve = options.serve.clone();
+        let passphrase = options.passphrase.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            serve.create_repository(&encryption, passphrase.as_ref().map(Passphrase::expose))
+        })
+        .await
+        .expect("borg init does not panic")
+        .map_err(Error::Serve)?;
+        if created {
+            tracing::info!(repo = %options.serve.repo.display(), "repository created");
+        }
+    }
     options.cancel = shutdown.graceful;
     options.via = via;
     let code = pull(options).await?;
