@@ -857,6 +857,30 @@ impl Client {
     }
 }
 
+/// The server borg's version (it decides `borg serve`'s flags), asked once per program and process
+/// however many clients a run pulls.
+async fn server_borg_version(borg: &Path) -> borg_pull_tunnel::Result<borg_pull_core::BorgVersion> {
+    static KNOWN: std::sync::Mutex<Vec<(PathBuf, borg_pull_core::BorgVersion)>> =
+        std::sync::Mutex::new(Vec::new());
+    let cached = |borg: &Path| {
+        let known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+        known.iter().find(|(p, _)| p == borg).map(|(_, v)| v.clone())
+    };
+    if let Some(version) = cached(borg) {
+        return Ok(version);
+    }
+    let program = borg.to_owned();
+    let probed = tokio::task::spawn_blocking(move || borg_pull_core::BorgVersion::probe(&program))
+        .await
+        .map_err(|e| borg_pull_tunnel::Error::InvalidOption(format!("asking borg for its version: {e}")))?
+        .map_err(borg_pull_tunnel::Error::Serve)?;
+    KNOWN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((borg.to_owned(), probed.clone()));
+    Ok(probed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1044,28 +1068,4 @@ max_runtime = "90m"
         assert!(parse_duration("0h").is_err());
         assert!(parse_duration("h").is_err());
     }
-}
-
-/// The server borg's version (it decides `borg serve`'s flags), asked once per program and process
-/// however many clients a run pulls.
-async fn server_borg_version(borg: &Path) -> borg_pull_tunnel::Result<borg_pull_core::BorgVersion> {
-    static KNOWN: std::sync::Mutex<Vec<(PathBuf, borg_pull_core::BorgVersion)>> =
-        std::sync::Mutex::new(Vec::new());
-    let cached = |borg: &Path| {
-        let known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
-        known.iter().find(|(p, _)| p == borg).map(|(_, v)| v.clone())
-    };
-    if let Some(version) = cached(borg) {
-        return Ok(version);
-    }
-    let program = borg.to_owned();
-    let probed = tokio::task::spawn_blocking(move || borg_pull_core::BorgVersion::probe(&program))
-        .await
-        .map_err(|e| borg_pull_tunnel::Error::InvalidOption(format!("asking borg for its version: {e}")))?
-        .map_err(borg_pull_tunnel::Error::Serve)?;
-    KNOWN
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((borg.to_owned(), probed.clone()));
-    Ok(probed)
 }
