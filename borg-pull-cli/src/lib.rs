@@ -8,5 +8,6 @@
 
 pub mod exit;
 pub mod hint;
+pub mod relay_args;
 pub mod runtime;
 pub mod signals;

@@ -14,6 +14,7 @@ use clap::{ArgAction, Parser, Subcommand};
 mod authorize;
 mod check_config;
 mod connect_args;
+mod generate_docs;
 mod listen;
 mod pull;
 mod restore_tar;
@@ -49,7 +50,7 @@ fn log_note() -> String {
         exit::FIRST
     )
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// More log output: -v for debug, -vv for trace (BORG_PULL_LOG overrides).
     #[arg(short, long, action = ArgAction::Count, global = true)]
     verbose: u8,
@@ -75,6 +76,9 @@ enum Command {
     /// Restore an archive to a client without borg there: borg export-tar here, tar -x there.
     #[command(after_help = restore_tar::after_help())]
     RestoreTar(Box<restore_tar::RestoreTarArgs>),
+    /// Write man pages and shell completions of both binaries (for packaging).
+    #[command(hide = true)]
+    GenerateDocs(generate_docs::GenerateDocsArgs),
     /// Print (or --install) the authorized_keys line that limits a key to `borg serve` of one
     /// repository.
     #[command(after_help = authorize::after_help())]
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
         Command::Listen(args) => finish(listen::run(args)),
         Command::Pull(args) => pull::run(*args),
         Command::RestoreTar(args) => restore_tar::run(*args),
+        Command::GenerateDocs(args) => finish(generate_docs::run(args)),
         Command::Authorize(args) => authorize::run(args),
         Command::Run(args) => run::run(args),
         Command::CheckConfig(args) => check_config::run(args),
