@@ -8,6 +8,7 @@
 
 pub mod exit;
 pub mod hint;
+pub mod notify;
 pub mod relay_args;
 pub mod runtime;
 pub mod signals;

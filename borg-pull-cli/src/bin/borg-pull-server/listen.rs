@@ -92,6 +92,7 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 pub fn run(args: ListenArgs) -> anyhow::Result<()> {
     // First, while single-threaded: this reads and clears LISTEN_FDS/LISTEN_PID.
     let activated = PrivateListener::from_systemd()?;
+    let notifier = borg_pull_cli::notify::Notifier::from_env();
 
     let mut config = ServeConfig {
         borg: args.borg,
@@ -166,7 +167,25 @@ pub fn run(args: ListenArgs) -> anyhow::Result<()> {
             storage_quota = config.storage_quota.as_deref().unwrap_or("none"),
             "serving"
         );
-        serve_connections_with_abort(listener, config, limits, cancel, abort).await?;
+        // Type=notify: ready once the socket accepts; the watchdog pings while the loop runs.
+        notifier.send(&format!("READY=1\nSTATUS=serving {}", config.repo.display()));
+        let watchdog_stop = tokio_util::sync::CancellationToken::new();
+        let shutting_down = cancel.clone();
+        let (served, (), ()) = tokio::join!(
+            async {
+                let served = serve_connections_with_abort(listener, config, limits, cancel, abort).await;
+                watchdog_stop.cancel();
+                served
+            },
+            notifier.watchdog(watchdog_stop.clone()),
+            async {
+                tokio::select! {
+                    () = shutting_down.cancelled() => notifier.send("STOPPING=1"),
+                    () = watchdog_stop.cancelled() => {}
+                }
+            },
+        );
+        served?;
         info!("stopped");
         anyhow::Ok(())
     })
