@@ -282,6 +282,7 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
         | E::RemoteDirUnusable { .. }
         | E::TcpForwardDenied { .. }
         | E::BorgVersionMismatch { .. }
+        | E::RelayInstall { .. }
         | E::AgentNotForwarded { .. }
         | E::RemoteProgramMissing { .. }
         | E::RemoteHelper { .. }

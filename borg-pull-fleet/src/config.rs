@@ -84,6 +84,9 @@ pub struct Client {
     pub accept_new_host_key: bool,
     /// The relay on the client (`borg-pull-relay`).
     pub relay: Option<String>,
+    /// Copy this server's relay (the `borg-pull-relay` beside `run`) into the client's cache
+    /// when it has none of this version (`pull --install-relay`).
+    pub install_relay: bool,
     /// borg on the client (`borg`).
     pub remote_borg: Option<String>,
     /// The repository on this server (absolute).
@@ -309,6 +312,7 @@ struct RawClient {
     known_hosts: Option<PathBuf>,
     accept_new_host_key: Option<bool>,
     relay: Option<String>,
+    install_relay: Option<bool>,
     remote_borg: Option<String>,
     repo: Option<PathBuf>,
     via: Option<String>,
@@ -353,6 +357,7 @@ impl RawClient {
             known_hosts: self.known_hosts.or(d.known_hosts),
             accept_new_host_key: self.accept_new_host_key.or(d.accept_new_host_key),
             relay: self.relay.or(d.relay),
+            install_relay: self.install_relay.or(d.install_relay),
             remote_borg: self.remote_borg.or(d.remote_borg),
             repo: self.repo.or(d.repo),
             via: self.via.or(d.via),
@@ -693,6 +698,7 @@ impl Context<'_> {
             known_hosts: raw.known_hosts,
             accept_new_host_key: raw.accept_new_host_key.unwrap_or(false),
             relay: raw.relay,
+            install_relay: raw.install_relay.unwrap_or(false),
             remote_borg: raw.remote_borg,
             repo,
             via,
@@ -796,6 +802,9 @@ impl Client {
         options.session.port = self.port;
         options.session.identity = self.identity.clone();
         options.session.accept_new_host_key = self.accept_new_host_key;
+        if self.install_relay {
+            options.install_relay = Some(borg_pull_tunnel::pull::RelayBinary::beside_this_program()?);
+        }
         if let Some(kh) = &self.known_hosts {
             options.session.known_hosts = kh.clone();
         }

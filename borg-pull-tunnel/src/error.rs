@@ -361,6 +361,15 @@ pub enum Error {
         host: String,
     },
 
+    /// `--install-relay`: the relay could not be installed on the client.
+    #[error("cannot install the relay on the client {host}: {why}")]
+    RelayInstall {
+        /// Host as given.
+        host: String,
+        /// What went wrong.
+        why: String,
+    },
+
     /// `--via tcp`: the client's sshd refused to listen on its loopback for us.
     #[error(
         "the client {host} port {port} refused to forward a TCP port on its loopback: its sshd has \

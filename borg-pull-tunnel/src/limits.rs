@@ -162,3 +162,7 @@ pub const RESTORE_READ_BUFFER: usize = 2 * MAX_PACKET as usize;
 /// by itself; and after we stop it (its stdout closed and SIGTERM, so it releases the repository
 /// lock), how long before SIGKILL. borg exits within milliseconds of either.
 pub const BORG_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// `--install-relay`: how long sending the relay binary (a few MB) and the client's check of it
+/// may take; generous for a slow link, bounded for a client that stops reading.
+pub const RELAY_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);

@@ -190,6 +190,58 @@ pub struct PullOptions {
     pub cancel: CancellationToken,
     /// How borg on the client reaches `borg serve` ([`Via::Socket`] unless set).
     pub via: Via,
+    /// Install this relay binary (this server's, statically linked) into the login user's cache
+    /// on the client when it is not there yet, and use it instead of [`PullOptions::relay`].
+    pub install_relay: Option<PathBuf>,
+}
+
+/// A relay binary to install on clients (`--install-relay`): read once, named by version and
+/// checksum so a client's cached copy is current exactly when its name matches.
+#[derive(Debug, Clone)]
+pub struct RelayBinary {
+    bytes: Vec<u8>,
+    name: String,
+    sha256: String,
+}
+
+impl RelayBinary {
+    /// Reads the binary at `path`.
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        use sha2::Digest as _;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            context: format!("cannot read the relay to install, {}", path.display()),
+            source,
+        })?;
+        let sha256: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let name = format!("relay-{}-{}", env!("CARGO_PKG_VERSION"), &sha256[..16]);
+        Ok(Self { bytes, name, sha256 })
+    }
+
+    /// The `borg-pull-relay` next to this program: what `--install-relay` copies by default (the
+    /// package's is statically linked).
+    pub fn beside_this_program() -> Result<PathBuf> {
+        let exe = std::env::current_exe().map_err(|source| Error::Io {
+            context: "cannot find this program's path to locate borg-pull-relay beside it".into(),
+            source,
+        })?;
+        Ok(exe.with_file_name("borg-pull-relay"))
+    }
+
+    /// The name of the cached copy on clients (`relay-VERSION-SHA256PREFIX`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn install(&self) -> remote::RelayInstall<'_> {
+        remote::RelayInstall {
+            name: &self.name,
+            size: self.bytes.len() as u64,
+            sha256: &self.sha256,
+        }
+    }
 }
 
 impl PullOptions {
@@ -221,6 +273,7 @@ impl PullOptions {
             max_runtime: DEFAULT_MAX_RUNTIME,
             cancel: CancellationToken::new(),
             via: Via::Socket,
+            install_relay: None,
         })
     }
 
@@ -229,14 +282,14 @@ impl PullOptions {
         Self::with_env(destination, repo, borg_args, &PullEnv::from_process())
     }
 
-    /// `BORG_REPO` for borg on the client: the relay ignores the host; the agent method names
-    /// the server's sshd; the TCP method its forward on the client's loopback (the port comes in
-    /// `BORG_RSH`, once sshd has picked it).
     /// The server borg's major version (1 until [`ServeConfig::learn_version`] ran).
     fn server_major(&self) -> u32 {
         self.serve.version.as_ref().map_or(1, |v| v.major)
     }
 
+    /// `BORG_REPO` for borg on the client: the relay ignores the host; the agent method names
+    /// the server's sshd; the TCP method its forward on the client's loopback (the port comes in
+    /// `BORG_RSH`, once sshd has picked it).
     fn repo_url(&self) -> Vec<u8> {
         let mut url = match &self.via {
             Via::Socket => format!("ssh://{REPO_URL_HOST}"),
@@ -253,8 +306,14 @@ impl PullOptions {
     }
 
     /// The script for the client ([`crate::remote`]), checked before anything touches the network.
-    /// `identity_line` is the agent key's public half (agent and TCP methods).
-    pub fn remote_script(&self, marker: &str, identity_line: Option<&str>) -> Result<Vec<u8>> {
+    /// `identity_line` is the agent key's public half (agent and TCP methods); `relay` the relay
+    /// to install (`install_relay`).
+    pub fn remote_script(
+        &self,
+        marker: &str,
+        identity_line: Option<&str>,
+        relay: Option<&RelayBinary>,
+    ) -> Result<Vec<u8>> {
         if self.server_major() >= 2 && self.via.server_login().is_some() {
             return Err(Error::InvalidOption(
                 "--via agent and --via tcp run the forced command of the server's authorized_keys, \
@@ -287,6 +346,7 @@ impl PullOptions {
             remote_dir: self.remote_dir.as_deref(),
             passphrase: self.passphrase.is_some(),
             ssh_back,
+            install_relay: relay.map(RelayBinary::install),
         }
         .script(marker)
     }
@@ -328,7 +388,12 @@ where
             Some(login) => Some(RunAgent::prepare(login)?),
             None => None,
         };
-        let script = options.remote_script(&marker, agent.as_ref().map(RunAgent::public_line))?;
+        let relay = match (&options.install_relay, &options.via) {
+            (Some(path), Via::Socket) => Some(RelayBinary::read(path)?),
+            _ => None,
+        };
+        let script =
+            options.remote_script(&marker, agent.as_ref().map(RunAgent::public_line), relay.as_ref())?;
         let cancel = options.cancel.clone();
         // Not stopped by `cancel` directly: on Ctrl-C borg on the client first gets SIGINT and a
         // grace period to end its session with borg serve cleanly; clean-up stops the bridges after.
@@ -348,6 +413,7 @@ where
             bridges: &bridges,
             options: &options,
             marker: &marker,
+            relay: relay.as_ref(),
         };
         let result = run.carry_out(&script, stdout, stderr).await;
         let stats = run.clean_up(result.is_ok()).await;
@@ -429,6 +495,8 @@ struct Run<'a> {
     bridges: &'a Bridges,
     options: &'a PullOptions,
     marker: &'a str,
+    /// The relay to install when the client asks for it.
+    relay: Option<&'a RelayBinary>,
 }
 
 impl Run<'_> {
@@ -465,14 +533,18 @@ impl Run<'_> {
             .step("opening the run's channel", REQUEST_TIMEOUT, exec)
             .await?;
         let report = remote::read_report(&mut channel, self.marker);
-        let (report, early_output) = self
+        let (mut report, mut early_output) = self
             .step("the start of the run", REMOTE_HELPER_TIMEOUT, report)
             .await?;
-        let (dir, client_borg) = self.private_dir(report)?;
+        if report == Report::NeedRelay {
+            (report, early_output) = self.install_relay(&mut channel).await?;
+        }
+        let (dir, client_borg, installed_relay) = self.private_dir(report)?;
         debug!(dir, "private directory created on the client");
         // Before `go`: nothing has been forwarded or relayed yet.
         self.check_client_borg(client_borg.as_deref())?;
-        self.start_borg(&mut channel, &dir).await?;
+        self.start_borg(&mut channel, &dir, installed_relay.as_deref())
+            .await?;
         // On failure we return before this EOF and disconnect: sshd ends the session, the
         // script reads EOF, exits, and its watcher removes the directory.
         channel
@@ -542,9 +614,23 @@ impl Run<'_> {
 
     /// The private directory the script reported (and the client borg's `--version` line), or
     /// why it could not start.
-    fn private_dir(&self, report: Report) -> Result<(String, Option<String>)> {
+    fn private_dir(&self, report: Report) -> Result<(String, Option<String>, Option<String>)> {
         let (role, why) = match report {
-            Report::Dir { dir, borg_version } => return Ok((dir, borg_version)),
+            Report::Dir {
+                dir,
+                borg_version,
+                relay,
+            } => return Ok((dir, borg_version, relay)),
+            Report::NeedRelay | Report::BadRelay(_) => {
+                let why = match report {
+                    Report::BadRelay(got) => format!("its SHA-256 on the client was {got}"),
+                    _ => "the client asked for it twice".into(),
+                };
+                return Err(Error::RelayInstall {
+                    host: self.session.host().to_owned(),
+                    why,
+                });
+            }
             Report::NoAgent => {
                 return Err(Error::AgentNotForwarded {
                     host: self.session.host().to_owned(),
@@ -569,7 +655,39 @@ impl Run<'_> {
 
     /// Sets up the way back to the server (socket or TCP forward) and sends `go`, `BORG_RSH`
     /// and the passphrase: the script `exec`s borg.
-    async fn start_borg(&self, channel: &mut russh::Channel<russh::client::Msg>, dir: &str) -> Result<()> {
+    /// `--install-relay`: the client has no current copy; send `relay` and the binary (at the
+    /// pace of its window), then read the start of the run on.
+    async fn install_relay(
+        &self,
+        channel: &mut russh::Channel<russh::client::Msg>,
+    ) -> Result<(Report, Vec<u8>)> {
+        let relay = self.relay.ok_or_else(|| Error::RelayInstall {
+            host: self.session.host().to_owned(),
+            why: "the client asked for a relay we did not offer".into(),
+        })?;
+        info!(
+            name = relay.name(),
+            bytes = relay.bytes.len(),
+            "installing the relay on the client"
+        );
+        let send = async {
+            channel
+                .data(&b"relay\n"[..])
+                .await
+                .and(channel.data(&relay.bytes[..]).await)
+                .map_err(|e| self.session.failure("sending the relay", e))?;
+            remote::read_report(channel, self.marker).await
+        };
+        self.step("installing the relay", crate::limits::RELAY_INSTALL_TIMEOUT, send)
+            .await
+    }
+
+    async fn start_borg(
+        &self,
+        channel: &mut russh::Channel<russh::client::Msg>,
+        dir: &str,
+        installed_relay: Option<&str>,
+    ) -> Result<()> {
         let passphrase = self.options.passphrase.as_ref().map(Passphrase::expose);
         let login = self.options.via.server_login();
         let lines = match (&self.options.via, login) {
@@ -595,7 +713,11 @@ impl Run<'_> {
                 remote::go_lines_ssh(&login.ssh, dir, Some(port), passphrase)?
             }
             (_, Some(login)) => remote::go_lines_ssh(&login.ssh, dir, None, passphrase)?,
-            (_, None) => return self.start_borg_on_socket(channel, dir, passphrase).await,
+            (_, None) => {
+                return self
+                    .start_borg_on_socket(channel, dir, installed_relay, passphrase)
+                    .await
+            }
         };
         let lines = Zeroizing::new(lines);
         channel
@@ -612,6 +734,7 @@ impl Run<'_> {
         &self,
         channel: &mut russh::Channel<russh::client::Msg>,
         dir: &str,
+        installed_relay: Option<&str>,
         passphrase: Option<&str>,
     ) -> Result<()> {
         let forwarder = self
@@ -620,7 +743,8 @@ impl Run<'_> {
             .as_ref()
             .expect("the socket method has a forwarder");
         let socket = format!("{dir}/{SOCKET_NAME}");
-        let lines = Zeroizing::new(remote::go_lines(&self.options.relay, dir, passphrase)?);
+        let relay = installed_relay.map_or(self.options.relay.as_os_str(), std::ffi::OsStr::new);
+        let lines = Zeroizing::new(remote::go_lines(relay, dir, passphrase)?);
         let mut listening = std::pin::pin!(unix_forward::listen(self.session, forwarder, &socket));
         let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(listening.as_mut().poll(cx))).await;
         channel
@@ -703,9 +827,9 @@ mod tests {
     #[test]
     fn bad_arguments_fail_before_connecting() {
         let mut o = PullOptions::new("u@h", "/r", vec!["a\0b".into()]).unwrap();
-        assert!(o.remote_script("m:", None).is_err());
+        assert!(o.remote_script("m:", None, None).is_err());
         o.borg_args.clear();
         o.env.push(("BORG_RSH".into(), "x".into()));
-        assert!(o.remote_script("m:", None).is_err());
+        assert!(o.remote_script("m:", None, None).is_err());
     }
 }

@@ -51,6 +51,22 @@ pub struct RemoteRun<'a> {
     /// `Some`: borg reaches the server with the client's own `ssh` and our forwarded agent (the
     /// docs' agent and TCP methods) instead of the relay and the forwarded socket.
     pub ssh_back: Option<SshBack<'a>>,
+    /// `Some`: use the relay from the login user's cache, installing it first when it is not
+    /// there ([`RelayInstall`]); `relay` is then ignored.
+    pub install_relay: Option<RelayInstall<'a>>,
+}
+
+/// The server's relay binary, for `--install-relay`: the client keeps it as
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/borg-pull/NAME` (0700), where NAME carries the version and
+/// checksum, so a cached file is current exactly when its name matches.
+#[derive(Debug, Clone)]
+pub struct RelayInstall<'a> {
+    /// `relay-VERSION-SHA256PREFIX`.
+    pub name: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256, hex: checked on the client before the file is renamed into place.
+    pub sha256: &'a str,
 }
 
 /// What the client's `ssh` needs to log in to the server's sshd (the agent and TCP methods).
@@ -174,7 +190,12 @@ impl RemoteRun<'_> {
             None => (self.relay, "relay"),
             Some(back) => (back.ssh, "ssh"),
         };
-        for (program, role) in [transport, (self.borg, "borg")] {
+        let mut checks = vec![transport, (self.borg, "borg")];
+        if let (Some(install), None) = (&self.install_relay, &self.ssh_back) {
+            s.extend(install.script()?);
+            checks.remove(0);
+        }
+        for (program, role) in checks {
             s.extend_from_slice(b"bp_check ");
             s.extend(q(program.as_bytes())?);
             s.extend_from_slice(format!(" {role}; ").as_bytes());
@@ -284,6 +305,40 @@ fn export(script: &mut Vec<u8>, name: &str, value: &[u8]) -> Result<()> {
     Ok(())
 }
 
+impl RelayInstall<'_> {
+    /// The part of the script that finds the cached relay, or asks for it (`needrelay`), reads
+    /// exactly `size` bytes after a `relay` line, checks the SHA-256 and renames the file into
+    /// place (0700); then it reports the relay's path (`relay PATH`).
+    fn script(&self) -> Result<Vec<u8>> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !valid(self.name) || !valid(self.sha256) {
+            return Err(Error::InvalidOption(format!(
+                "bad relay name {:?} or checksum",
+                self.name
+            )));
+        }
+        Ok(format!(
+            "bp_r=\"${{XDG_CACHE_HOME:-${{HOME:-/nonexistent}}/.cache}}/borg-pull/{name}\"; \
+             if [ ! -x \"$bp_r\" ]; then printf '%sneedrelay\\n' \"$bp_m\"; \
+             IFS= read -r bp_x && [ \"$bp_x\" = relay ] || exit 0; \
+             (umask 077; mkdir -p \"${{bp_r%/*}}\") || exit 2; bp_t=\"$bp_r.$$.tmp\"; \
+             head -c {size} >\"$bp_t\" || {{ rm -f \"$bp_t\"; exit 2; }}; \
+             bp_h=$( (sha256sum || shasum -a 256) <\"$bp_t\" 2>/dev/null ); bp_h=${{bp_h%% *}}; \
+             [ \"$bp_h\" = {sha} ] || {{ rm -f \"$bp_t\"; printf '%sbadrelay %s\\n' \"$bp_m\" \"${{bp_h:-no sha256sum or shasum}}\"; exit 2; }}; \
+             chmod 700 \"$bp_t\" && mv -f \"$bp_t\" \"$bp_r\" || {{ rm -f \"$bp_t\"; exit 2; }}; fi; \
+             bp_check \"$bp_r\" relay; printf '%srelay %s\\n' \"$bp_m\" \"$bp_r\"; ",
+            name = self.name,
+            size = self.size,
+            sha = self.sha256,
+        )
+        .into_bytes())
+    }
+}
+
 /// `bp_check PROGRAM ROLE`: returns if PROGRAM can be run, else reports why and exits 127.
 ///
 /// A path is checked along its parents, so "a parent directory is not searchable" is told apart
@@ -322,7 +377,13 @@ pub enum Report {
         dir: String,
         /// What `borg --version` printed (escaped).
         borg_version: Option<String>,
+        /// The installed relay's path (`--install-relay`).
+        relay: Option<String>,
     },
+    /// `--install-relay`: the cached relay is missing or another version; send `relay` and it.
+    NeedRelay,
+    /// `--install-relay`: the received relay's checksum did not match (what the client computed).
+    BadRelay(String),
     /// A program cannot run, and why.
     Missing(RemoteProgram, String),
     /// The client's sshd did not forward our agent (no `SSH_AUTH_SOCK` in the session).
@@ -375,6 +436,7 @@ const START_COMMAND: &str = "the start of the run (mktemp -d, umask 077)";
 fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>> {
     let mut start = 0;
     let mut borg_version = None;
+    let mut relay = None;
     while let Some(end) = stdout[start..]
         .iter()
         .position(|&b| b == b'\n')
@@ -384,10 +446,18 @@ fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>>
         if let Some(rest) = line.strip_prefix(marker.as_bytes()) {
             if let Some(version) = rest.strip_prefix(b"version ") {
                 borg_version = Some(escape_output(version));
+            } else if let Some(path) = rest.strip_prefix(b"relay ") {
+                relay = Some(String::from_utf8_lossy(path).into_owned());
             } else {
                 let mut report = parse_report(rest)?;
-                if let Report::Dir { borg_version: v, .. } = &mut report {
+                if let Report::Dir {
+                    borg_version: v,
+                    relay: r,
+                    ..
+                } = &mut report
+                {
                     *v = borg_version;
+                    *r = relay;
                 }
                 return Ok(Some((report, stdout[end + 1..].to_vec())));
             }
@@ -409,6 +479,7 @@ fn parse_report(line: &[u8]) -> Result<Report> {
             Ok(Report::Dir {
                 dir: dir.to_owned(),
                 borg_version: None,
+                relay: None,
             })
         } else {
             Err(bad())
@@ -416,6 +487,12 @@ fn parse_report(line: &[u8]) -> Result<Report> {
     }
     if text == "noagent" {
         return Ok(Report::NoAgent);
+    }
+    if text == "needrelay" {
+        return Ok(Report::NeedRelay);
+    }
+    if let Some(got) = text.strip_prefix("badrelay ") {
+        return Ok(Report::BadRelay(escape_output(got.as_bytes())));
     }
     let rest = text.strip_prefix("missing ").ok_or_else(bad)?;
     let (role, why) = rest.split_once(' ').ok_or_else(bad)?;
@@ -484,6 +561,7 @@ mod tests {
                 remote_dir: self.remote_dir.as_deref(),
                 passphrase: self.passphrase.is_some(),
                 ssh_back: None,
+                install_relay: None,
             }
             .script(MARKER)
         }
@@ -533,6 +611,77 @@ mod tests {
             let mut rest = Vec::new();
             std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
             (report, rest, child.wait().unwrap().code())
+        }
+    }
+
+    /// `--install-relay`'s part of the script: a transfer whose SHA-256 differs is reported and
+    /// removed, never renamed into place; a matching one lands 0700 under its name.
+    #[test]
+    fn an_installed_relay_is_checked_before_it_is_used() {
+        for (sha, ok) in [
+            (
+                "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+                true,
+            ), // "hello"
+            (
+                "0000000000000000000000000000000000000000000000000000000000000000",
+                false,
+            ),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut f = Fixture::new();
+            f.borg = "/bin/true".into();
+            let script = RemoteRun {
+                relay: &f.relay,
+                borg: &f.borg,
+                borg_args: &f.args,
+                env: &f.env,
+                repo_url: b"ssh://borg-pull-server/r",
+                borgstore_rsh: false,
+                remote_dir: None,
+                passphrase: false,
+                ssh_back: None,
+                install_relay: Some(RelayInstall {
+                    name: "relay-test-1",
+                    size: 5,
+                    sha256: sha,
+                }),
+            }
+            .script(MARKER)
+            .unwrap();
+            let mut child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(OsStr::from_bytes(&script))
+                .env("TMPDIR", tmp.path())
+                .env("XDG_CACHE_HOME", tmp.path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            // The script asks before anything else it reports (it waits for the answer).
+            stdin.write_all(b"relay\nhello").unwrap();
+            drop(stdin);
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let installed = tmp.path().join("borg-pull/relay-test-1");
+            assert!(text.contains(&format!("{MARKER}needrelay")), "{text}");
+            let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("borg-pull")).unwrap().collect();
+            if ok {
+                assert!(
+                    text.contains(&format!("{MARKER}relay {}", installed.display())),
+                    "{text}"
+                );
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o700);
+                assert_eq!(std::fs::read(&installed).unwrap(), b"hello");
+                assert_eq!(leftovers.len(), 1);
+            } else {
+                assert!(text.contains(&format!("{MARKER}badrelay 2cf24dba")), "{text}");
+                assert_eq!(out.status.code(), Some(2));
+                assert!(leftovers.is_empty(), "{leftovers:?}");
+            }
         }
     }
 
@@ -589,7 +738,10 @@ mod tests {
         f.borg = borg.into_os_string();
         f.borgstore_rsh = true;
         let (report, out, code) = f.run(tmp.path(), true);
-        let Report::Dir { dir, borg_version } = report else {
+        let Report::Dir {
+            dir, borg_version, ..
+        } = report
+        else {
             panic!("{report:?}")
         };
         assert_eq!(borg_version.as_deref(), Some("borg 2.0.0b25"));
@@ -744,7 +896,8 @@ mod tests {
             report,
             Report::Dir {
                 dir: dir(),
-                borg_version: None
+                borg_version: None,
+                relay: None,
             }
         );
         assert_eq!(rest, b"rest");
@@ -755,7 +908,8 @@ mod tests {
             report,
             Report::Dir {
                 dir: dir(),
-                borg_version: Some("borg 2.0.0b25".into())
+                borg_version: Some("borg 2.0.0b25".into()),
+                relay: None,
             }
         );
         // A version line alone is not yet a report.

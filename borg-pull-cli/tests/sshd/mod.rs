@@ -176,6 +176,10 @@ impl Sshd {
         }
         fs::create_dir_all(&tmpdir).unwrap();
         chown_to_login_user(&tmpdir);
+        // The sessions' cache (`pull --install-relay`), so tests never write to a real home.
+        let cache = d.join("cache");
+        fs::create_dir_all(&cache).unwrap();
+        chown_to_login_user(&cache);
         let log = d.join("sshd.log");
 
         let mut last_log = String::new();
@@ -190,12 +194,13 @@ impl Sshd {
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
                      AllowStreamLocalForwarding {fwd}\nStreamLocalBindUnlink no\n\
                      X11Forwarding no\nPrintMotd no\nLogLevel DEBUG1\nMaxStartups 50\nMaxSessions 20\n\
-                     SetEnv TMPDIR={tmp}\n",
+                     SetEnv TMPDIR={tmp} XDG_CACHE_HOME={cache}\n",
                     hk = host_key_lines,
                     ak = d.join("authorized_keys").display(),
                     pid = d.join("sshd.pid").display(),
                     fwd = options.allow_streamlocal,
                     tmp = tmpdir.display(),
+                    cache = cache.display(),
                 ),
             )
             .unwrap();

@@ -56,6 +56,14 @@ pub struct PullArgs {
     #[arg(long, value_name = "PATH", default_value = "borg-pull-relay")]
     relay: OsString,
 
+    /// Copy this server's relay to the client when it has none of this version: into the login
+    /// user's ${XDG_CACHE_HOME:-~/.cache}/borg-pull/relay-VERSION-SHA256 (0700, written to a temp
+    /// name, checksum verified, then renamed), used instead of --relay. Costs nothing when it is
+    /// already there. FILE defaults to the borg-pull-relay next to this program (the package's is
+    /// statically linked, so it runs on any x86_64 Linux client).
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
+    install_relay: Option<PathBuf>,
+
     /// The borg program on the client.
     #[arg(long, value_name = "PATH", default_value = "borg")]
     remote_borg: OsString,
@@ -251,6 +259,12 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     options.max_runtime = args.connect.max_runtime;
     args.connect.apply(&mut options.session)?;
     options.relay = args.relay;
+    options.install_relay = match args.install_relay {
+        Some(path) if path.as_os_str().is_empty() => {
+            Some(borg_pull_tunnel::pull::RelayBinary::beside_this_program()?)
+        }
+        other => other,
+    };
     options.remote_borg = args.remote_borg;
     options.remote_dir = args.remote_dir;
     options.env = args.env.into_iter().map(|(n, v)| (n, v.into())).collect();

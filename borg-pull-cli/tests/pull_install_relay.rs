@@ -1,0 +1,122 @@
+//! `pull --install-relay`: a client without borg-pull-relay gets this server's copy in its cache
+//! (`$XDG_CACHE_HOME/borg-pull/relay-VERSION-SHA256`, 0700, checksum verified, renamed into
+//! place), once; later pulls find it and send nothing. Real sshd and borg.
+
+mod common;
+mod sshd;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::{assert_ok, TestCommand};
+use sshd::Sshd;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_borg-pull-server");
+const BUILT_RELAY: &str = env!("CARGO_BIN_EXE_borg-pull-relay");
+
+#[test]
+fn the_relay_is_installed_once_verified_and_used() {
+    let sshd = Sshd::start();
+    let d = sshd.dir.path().to_owned();
+    let (repo, base) = (d.join("repo"), d.join("server-base"));
+    let out = TestCommand::new("borg")
+        .args(["init", "-e", "none"])
+        .arg(&repo)
+        .env("BORG_BASE_DIR", &base)
+        .output();
+    assert_ok(&out, "borg init");
+    let data = d.join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("file"), b"pulled with an installed relay\n").unwrap();
+    let client_base = d.join("client-base");
+    fs::create_dir(&client_base).unwrap();
+    sshd::chown_to_login_user(&client_base);
+    // The copy to install must be readable by us only; the client never sees this path.
+    let relay_to_install = d.join("relay-to-install");
+    fs::copy(BUILT_RELAY, &relay_to_install).unwrap();
+    let pull = |archive: &str| {
+        TestCommand::new(SERVER)
+            .arg("pull")
+            .arg("-p")
+            .arg(sshd.port.to_string())
+            .arg("-i")
+            .arg(sshd.client_key())
+            .arg("--known-hosts")
+            .arg(&sshd.known_hosts)
+            // Not on the client: only the installed relay can make this work.
+            .args(["--relay", "/nonexistent/borg-pull-relay"])
+            .arg(format!("--install-relay={}", relay_to_install.display()))
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--env")
+            .arg(format!("BORG_BASE_DIR={}", client_base.display()))
+            .arg("--env")
+            .arg("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes")
+            .arg(sshd.destination())
+            .arg("--")
+            .arg("create")
+            .arg(format!("::{archive}"))
+            .arg(&data)
+            .env("BORG_BASE_DIR", &base)
+            .env("BORG_PULL_LOG", "info")
+            .env_remove("BORG_PASSPHRASE")
+            .attach_log("sshd log", sshd.log_path())
+            .output()
+    };
+    let first = pull("first");
+    first.assert_code(0);
+    assert!(
+        first.stderr_text().contains("installing the relay on the client"),
+        "{}",
+        first.describe()
+    );
+    let cache = d.join("cache/borg-pull");
+    let entries: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "only the relay, no temp file: {entries:?}");
+    let installed = &entries[0];
+    let name = installed.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with(&format!("relay-{}-", env!("CARGO_PKG_VERSION"))),
+        "{name}"
+    );
+    assert_eq!(
+        fs::read(installed).unwrap(),
+        fs::read(BUILT_RELAY).unwrap(),
+        "not byte for byte"
+    );
+    assert_eq!(
+        fs::metadata(installed).unwrap().permissions().mode() & 0o7777,
+        0o700
+    );
+    assert_eq!(fs::metadata(&cache).unwrap().permissions().mode() & 0o7777, 0o700);
+
+    // Already there and current: nothing is sent.
+    let second = pull("second");
+    second.assert_code(0);
+    assert!(
+        !second.stderr_text().contains("installing the relay"),
+        "{}",
+        second.describe()
+    );
+
+    // Another build (another checksum) is installed beside it, not mixed up with it.
+    let mut other = fs::read(BUILT_RELAY).unwrap();
+    other.extend_from_slice(b"\0another build");
+    fs::write(&relay_to_install, other).unwrap();
+    let third = pull("third");
+    third.assert_code(0);
+    assert!(
+        third.stderr_text().contains("installing the relay on the client"),
+        "{}",
+        third.describe()
+    );
+    assert_eq!(fs::read_dir(&cache).unwrap().count(), 2);
+
+    let list = TestCommand::new("borg")
+        .args(["list", "--short"])
+        .arg(&repo)
+        .env("BORG_BASE_DIR", &base)
+        .output();
+    assert_ok(&list, "borg list");
+    assert_eq!(list.stdout_text(), "first\nsecond\nthird\n");
+}
