@@ -137,6 +137,7 @@ pub fn client(name: &str, repo: &Path) -> Client {
         known_hosts: None,
         accept_new_host_key: false,
         relay: None,
+        install_relay: false,
         remote_borg: None,
         repo: repo.to_owned(),
         via: ViaConfig::Socket,
