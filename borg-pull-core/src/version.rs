@@ -36,10 +36,13 @@ impl BorgVersion {
     /// ```
     pub fn parse(output: &str) -> Option<Self> {
         let line = output.lines().find(|l| !l.trim().is_empty())?.trim();
-        let text = match line.split_once(' ') {
-            Some((_, v)) => v.trim(),
-            None => line,
-        };
+        // `borg 1.2.4`, `borg.exe 1.4.0`: the program's name first. A bare `2.1.10` is another
+        // program (borgmatic prints its own version so) and must not pass for a borg.
+        let (name, text) = line.split_once(' ')?;
+        if !name.starts_with("borg") || name.starts_with("borgmatic") {
+            return None;
+        }
+        let text = text.trim();
         let mut numbers = text.splitn(3, '.');
         let number = |s: &str| -> Option<u32> {
             (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
@@ -131,6 +134,9 @@ mod tests {
             "usage: borg [-V] [-h]",
             "borg -1.2.3",
             "borg 1..2",
+            // borgmatic's --version: not a borg.
+            "2.1.10",
+            "borgmatic 2.1.10",
         ] {
             assert!(BorgVersion::parse(text).is_none(), "{text:?}");
         }
