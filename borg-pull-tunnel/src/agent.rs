@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::limits::{AGENT_IDLE_TIMEOUT, MAX_AGENT_FRAME, REFUSALS_LOGGED};
+use crate::wire::{put_string, Reader};
 use crate::{Error, Result};
 
 /// `SSH_AGENT_FAILURE`.
@@ -320,31 +321,6 @@ async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S, frame: &mut Vec<u8>) -
         }
         Err(e) => Err(io(e)),
     }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn u32(&mut self) -> Option<u32> {
-        let (head, rest) = self.0.split_first_chunk::<4>()?;
-        self.0 = rest;
-        Some(u32::from_be_bytes(*head))
-    }
-
-    fn string(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.u32()?).ok()?;
-        if len > self.0.len() {
-            return None;
-        }
-        let (s, rest) = self.0.split_at(len);
-        self.0 = rest;
-        Some(s)
-    }
-}
-
-fn put_string(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&u32::try_from(s.len()).expect("small").to_be_bytes());
-    out.extend_from_slice(s);
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use russh::keys::PrivateKey;
 
 use crate::error::SecretKind;
 use crate::secret_file::{read_secret_file, Zeroizing};
+use crate::wire::{put_string, Reader};
 use crate::{Error, Result};
 
 const MAGIC: &[u8] = b"openssh-key-v1\0";
@@ -116,31 +117,6 @@ pub fn pad_short_p256_scalar(text: &str) -> Option<Zeroizing<String>> {
     pem.push_str(END);
     pem.push('\n');
     Some(pem)
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn u32(&mut self) -> Option<u32> {
-        let (head, rest) = self.0.split_first_chunk::<4>()?;
-        self.0 = rest;
-        Some(u32::from_be_bytes(*head))
-    }
-
-    fn string(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.u32()?).ok()?;
-        if len > self.0.len() {
-            return None;
-        }
-        let (s, rest) = self.0.split_at(len);
-        self.0 = rest;
-        Some(s)
-    }
-}
-
-fn put_string(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&u32::try_from(s.len()).expect("small").to_be_bytes());
-    out.extend_from_slice(s);
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ pub mod secret;
 pub mod secret_file;
 pub mod session;
 pub mod via;
+mod wire;
 
 pub use error::{Error, ForwardDenial, RemoteProgram, Result, SecretKind};
 pub use pull::{pull, PullEnv, PullOptions};

@@ -171,27 +171,3 @@ fn exit_code(err: &anyhow::Error) -> Code {
     }
     exit::FAILURE
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory as _;
-
-    /// Every code in `authorize --help` is in its table, and every code of the table is in it.
-    #[test]
-    fn help_lists_exactly_the_table() {
-        let mut cli = crate::Cli::command();
-        let help = cli
-            .find_subcommand_mut("authorize")
-            .unwrap()
-            .render_long_help()
-            .to_string();
-        let listed: Vec<u8> = help
-            .lines()
-            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-            .filter(|&c| c != 0)
-            .collect();
-        let table: Vec<u8> = exit::AUTHORIZE.iter().map(|c| c.code).collect();
-        assert_eq!(listed, table, "{help}");
-    }
-}

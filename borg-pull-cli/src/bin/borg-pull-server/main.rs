@@ -212,6 +212,8 @@ mod tests {
             ("pull", exit::PULL),
             ("restore-tar", exit::RESTORE),
             ("status", exit::STATUS),
+            ("authorize", exit::AUTHORIZE),
+            ("run", exit::PULL),
         ] {
             let table: Vec<u8> = table.iter().map(|c| c.code).collect();
             assert_eq!(codes_in_help(sub), table, "{sub} --help");

@@ -111,7 +111,6 @@ mod tests {
     use clap::CommandFactory as _;
     use std::time::Duration;
 
-    /// Every code in `status --help` is in its table, and every code of the table is in it.
     #[test]
     fn help_lists_exactly_the_table() {
         let mut cli = crate::Cli::command();
