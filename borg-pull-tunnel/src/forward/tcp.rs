@@ -206,3 +206,65 @@ async fn bridge(
         () = stop.cancelled() => debug!("forwarded TCP connection stopped"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(address: &str, port: u32) -> TcpOrigin {
+        TcpOrigin {
+            connected_address: address.into(),
+            connected_port: port,
+            originator_address: "127.0.0.1".into(),
+            originator_port: 40000,
+        }
+    }
+
+    fn refused(decision: &Decision) -> Option<ChannelOpenFailure> {
+        match decision {
+            Decision::Accept(_) => None,
+            Decision::Refuse(reason, _) => Some(reason.clone()),
+        }
+    }
+
+    /// What the client's sshd may open to us: only connections to the forward we asked for, at
+    /// most MAX_FORWARDED_CONNECTIONS at once and MAX_FORWARDED_CONNECTIONS_TOTAL per run.
+    #[test]
+    fn only_our_forward_is_accepted_and_within_the_limits() {
+        let bridge = TcpBridge::new("127.0.0.1", 22);
+        // Nothing asked for yet: everything is refused.
+        assert_eq!(
+            refused(&bridge.forwarded_tcpip(&origin(LISTEN_ADDRESS, 1234))),
+            Some(ChannelOpenFailure::AdministrativelyProhibited)
+        );
+        *bridge.listening.lock().unwrap() = Some(1234);
+        for (address, port) in [("0.0.0.0", 1234), (LISTEN_ADDRESS, 1235), ("127.0.0.1\n", 1234)] {
+            assert_eq!(
+                refused(&bridge.forwarded_tcpip(&origin(address, port))),
+                Some(ChannelOpenFailure::AdministrativelyProhibited),
+                "{address}:{port}"
+            );
+        }
+        // Accepted channels hold a slot until their bridge task ends (never started here).
+        let accepted: Vec<Decision> = (0..MAX_FORWARDED_CONNECTIONS)
+            .map(|_| bridge.forwarded_tcpip(&origin(LISTEN_ADDRESS, 1234)))
+            .collect();
+        assert!(accepted.iter().all(|d| refused(d).is_none()));
+        assert_eq!(
+            refused(&bridge.forwarded_tcpip(&origin(LISTEN_ADDRESS, 1234))),
+            Some(ChannelOpenFailure::ResourceShortage)
+        );
+        // The per-run total holds even when slots are free again.
+        bridge.counts.active.store(0, Ordering::Relaxed);
+        bridge
+            .counts
+            .accepted
+            .store(MAX_FORWARDED_CONNECTIONS_TOTAL, Ordering::Relaxed);
+        assert_eq!(
+            refused(&bridge.forwarded_tcpip(&origin(LISTEN_ADDRESS, 1234))),
+            Some(ChannelOpenFailure::ResourceShortage)
+        );
+        let stats = bridge.stats();
+        assert_eq!(stats.refused, 6);
+    }
+}
