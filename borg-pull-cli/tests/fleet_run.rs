@@ -535,3 +535,49 @@ fn run_prunes_on_the_server_and_status_sees_the_result() {
     assert!(line.contains("fleet-"), "{}", out.describe());
     f.assert_nothing_left();
 }
+
+/// Ctrl-C while retention runs on the server stops it at once: the hanging `borg prune` (a
+/// stand-in that never ends) is killed with its process group, nothing is left running, and the
+/// summary says the retention was stopped.
+#[test]
+fn sigint_during_retention_kills_the_servers_borg() {
+    let f = Fleet::new();
+    f.init("slow", false);
+    let marker = f.dir().join("prune-started");
+    let wrapper = f.dir().join("server-borg");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in prune) : > '{}'; while :; do sleep 1; done;; esac\nexec borg \"$@\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let client = f.client("slow", None, "prune = { keep_daily = 1 }");
+    let config = f.config(&["create", "::retention-{now}", "DATA"], &client);
+    let text = fs::read_to_string(&config).unwrap().replacen(
+        "jobs = 2\n",
+        &format!("jobs = 2\nborg = {}\n", toml_str(&wrapper)),
+        1,
+    );
+    fs::write(&config, text).unwrap();
+    let mut run = f
+        .server(&["run", "--json", "--config"])
+        .arg(&config)
+        .spawn(f.dir().join("run.log"));
+    common::wait_until("borg prune to start on the server", || {
+        assert!(run.is_running(), "run ended early:\n{}", run.report());
+        marker.exists()
+    });
+    run.signal("INT");
+    let status = run.wait_exit();
+    assert_ne!(status.code(), Some(0), "{}", run.report());
+    assert!(
+        run.log().contains("retention stopped: interrupted"),
+        "{}",
+        run.report()
+    );
+    // The stand-in prune (its argv names the test's directory) is gone with its group.
+    f.assert_nothing_left();
+}

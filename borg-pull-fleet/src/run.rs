@@ -477,12 +477,25 @@ impl Job {
             == Some("create");
         let mut retention_errors = Vec::new();
         if succeeded && created && !self.cancel.is_cancelled() {
-            let outcome = after_create(&self.client, &self.server, &mut state).await;
-            info!(client = %name, pruned = ?outcome.pruned, compacted = ?outcome.compacted, checked = ?outcome.checked, "retention done");
-            for e in &outcome.errors {
-                warn!(client = %name, "retention: {e}");
+            // Ctrl-C must not wait for a long check: dropping the retention future kills its
+            // borg's process group (borg rolls the transaction back on the next access).
+            let retention = tokio::select! {
+                outcome = after_create(&self.client, &self.server, &mut state) => Some(outcome),
+                () = self.cancel.cancelled() => None,
+            };
+            match retention {
+                Some(outcome) => {
+                    info!(client = %name, pruned = ?outcome.pruned, compacted = ?outcome.compacted, checked = ?outcome.checked, "retention done");
+                    for e in &outcome.errors {
+                        warn!(client = %name, "retention: {e}");
+                    }
+                    retention_errors = outcome.errors;
+                }
+                None => {
+                    warn!(client = %name, "retention stopped: interrupted");
+                    retention_errors.push("stopped: interrupted by SIGINT/SIGTERM".into());
+                }
             }
-            retention_errors = outcome.errors;
         }
         if let Some(store) = &self.store {
             if let Err(e) = store.save(name, &state) {
