@@ -139,11 +139,9 @@ impl Fixture {
             assert!(Instant::now() < deadline, "processes left behind: {left:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert_eq!(
-            self.sshd.tmpdir_entries(),
-            Vec::<String>::new(),
-            "socket directory left on the client"
-        );
+        // The client's watcher removes the directory within a second of borg's exit (it polls):
+        // waited for, bounded, not asserted at once (that raced under load).
+        self.assert_private_dirs_removed();
     }
 }
 
