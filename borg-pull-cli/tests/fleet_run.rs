@@ -164,16 +164,7 @@ impl Fleet {
 
     /// Waits until no process mentions this test's directory (borg serve, relays, ...).
     fn assert_nothing_left(&self) {
-        let needle = self.dir().as_os_str().as_bytes().to_vec();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = common::processes_mentioning(&needle);
-            if left.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "processes left behind: {left:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::assert_no_process_mentions(self.dir());
     }
 }
 

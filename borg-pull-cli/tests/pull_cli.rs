@@ -129,16 +129,7 @@ impl Fixture {
     /// Panics with both logs unless nothing of this test is left running and no socket
     /// directory is left on the client.
     fn assert_clean(&self) {
-        let needle = self.dir().as_os_str().as_bytes().to_vec();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = common::processes_mentioning(&needle);
-            if left.is_empty() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "processes left behind: {left:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::assert_no_process_mentions(self.dir());
         // The client's watcher removes the directory within a second of borg's exit (it polls):
         // waited for, bounded, not asserted at once (that raced under load).
         self.assert_private_dirs_removed();
@@ -779,16 +770,7 @@ impl Fixture {
     }
 
     fn assert_clean_processes_only(&self) {
-        let needle = self.dir().as_os_str().as_bytes().to_vec();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = common::processes_mentioning(&needle);
-            if left.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "processes left behind: {left:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::assert_no_process_mentions(self.dir());
     }
 }
 

@@ -227,10 +227,7 @@ impl Fixture {
 
     /// Nothing of this test runs any more and no private directory is left on the client.
     fn assert_clean(&self) {
-        let needle = self.dir().to_str().unwrap().to_owned();
-        common::wait_until("the test's processes to end", || {
-            common::processes_mentioning(needle.as_bytes()).is_empty()
-        });
+        common::assert_no_process_mentions(self.dir());
         // The client's watcher removes the private directory within a second of borg's exit
         // (it polls), so its removal is waited for, bounded, like the processes.
         common::wait_until("the private directory on the client to go", || {

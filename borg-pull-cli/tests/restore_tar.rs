@@ -130,16 +130,7 @@ impl Fixture {
 
     /// Waits until no process mentions this test's directory (borg export-tar included).
     fn assert_no_processes_left(&self) {
-        let needle = self.sshd.dir.path().as_os_str().as_bytes().to_vec();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = common::processes_mentioning(&needle);
-            if left.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "processes left behind: {left:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::assert_no_process_mentions(self.sshd.dir.path());
     }
 }
 

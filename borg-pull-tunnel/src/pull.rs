@@ -389,7 +389,15 @@ where
             None => None,
         };
         let relay = match (&options.install_relay, &options.via) {
-            (Some(path), Via::Socket) => Some(RelayBinary::read(path)?),
+            (Some(path), Via::Socket) => {
+                // A few MB read and hashed: not on the runtime's threads.
+                let path = path.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || RelayBinary::read(&path))
+                        .await
+                        .map_err(|e| Error::InvalidOption(format!("reading the relay to install: {e}")))??,
+                )
+            }
             _ => None,
         };
         let script =
@@ -403,7 +411,7 @@ where
             () = cancel.cancelled() => return Err(Error::Interrupted),
         };
         if let Some(agent) = agent.as_mut() {
-            if let Err(e) = agent.authorize(&options.serve) {
+            if let Err(e) = agent.authorize(&options.serve).await {
                 session.disconnect().await;
                 return Err(e);
             }

@@ -200,29 +200,33 @@ impl RunAgent {
 
     /// For an ephemeral key: removes entries left by runs that did not finish, then adds this
     /// run's key with the forced command for `serve`'s repository. Nothing for a key file.
-    pub(crate) fn authorize(&mut self, serve: &ServeConfig) -> Result<()> {
-        let Some(file) = &self.ephemeral else {
+    pub(crate) async fn authorize(&mut self, serve: &ServeConfig) -> Result<()> {
+        let Some(file) = self.ephemeral.clone() else {
             return Ok(());
         };
-        let removed = authorized_keys::remove_stale_ephemeral(file)?;
-        if removed > 0 {
-            warn!(
-                removed,
-                file = %file.display(),
-                "removed ephemeral keys left behind by runs that did not finish"
-            );
-        }
         let forced = ForcedCommand {
             borg: serve.borg.clone().into_os_string(),
             repo: serve.repo.clone(),
             allow_delete: serve.allow_delete,
         };
-        self.entry = Some(authorized_keys::add_ephemeral(
-            file,
-            &forced,
-            self.agent.public_key(),
-        )?);
-        info!(file = %file.display(), fingerprint = %self.agent.fingerprint(), "ephemeral key authorised for this pull");
+        let key = self.agent.public_key().clone();
+        // File edits under an flock another pull may hold: not on the runtime's threads.
+        let edit = move || -> Result<(usize, EphemeralEntry)> {
+            let removed = authorized_keys::remove_stale_ephemeral(&file)?;
+            Ok((removed, authorized_keys::add_ephemeral(&file, &forced, &key)?))
+        };
+        let (removed, entry) = tokio::task::spawn_blocking(edit)
+            .await
+            .map_err(|e| Error::InvalidOption(format!("editing authorized_keys: {e}")))??;
+        if removed > 0 {
+            warn!(
+                removed,
+                file = %entry.file().display(),
+                "removed ephemeral keys left behind by runs that did not finish"
+            );
+        }
+        info!(file = %entry.file().display(), fingerprint = %self.agent.fingerprint(), "ephemeral key authorised for this pull");
+        self.entry = Some(entry);
         Ok(())
     }
 
@@ -235,9 +239,10 @@ impl RunAgent {
     pub(crate) async fn finish(self) {
         self.forward.stop().await;
         if let Some(entry) = self.entry {
-            match entry.remove() {
-                Ok(()) => info!("ephemeral key removed from authorized_keys"),
-                Err(e) => warn!("{e}"),
+            match tokio::task::spawn_blocking(move || entry.remove()).await {
+                Ok(Ok(())) => info!("ephemeral key removed from authorized_keys"),
+                Ok(Err(e)) => warn!("{e}"),
+                Err(e) => warn!("removing the ephemeral key: {e}"),
             }
         }
     }

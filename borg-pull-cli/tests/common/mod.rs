@@ -634,3 +634,18 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     found.remove(0);
     found
 }
+
+/// Waits (30 s at most, then panics listing them) until no process's argv mentions `dir`: borg
+/// serve, relays, the client's borg, wrappers of this test.
+pub fn assert_no_process_mentions(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = processes_mentioning(&needle);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
