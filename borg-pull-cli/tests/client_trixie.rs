@@ -520,5 +520,31 @@ fn a_64_mib_pull_survives_a_rekey_every_megabyte() {
         .output();
     assert_ok(&out, "borg extract --stdout");
     assert!(out.stdout == bytes, "the 64 MiB file came back different");
+
+    // The other direction: the 64 MiB come from russh's side (borg serve's replies through the
+    // forwarded socket) while sshd starts a re-exchange every MiB: a restore on the client.
+    let before = key_exchanges(&t.sshd.log());
+    let restore = writable_dir(&t.dir().join("client restore"));
+    let started = std::time::Instant::now();
+    let out = t
+        .pull(
+            &[OsStr::new("--remote-dir"), restore.as_os_str()],
+            &[OsStr::new("extract"), OsStr::new("::rekeyed"), inside.as_os_str()],
+        )
+        .output();
+    out.assert_code(0);
+    let elapsed = started.elapsed();
+    let rekeys = key_exchanges(&t.sshd.log()) - before;
+    eprintln!("64 MiB restore with RekeyLimit 1M: {rekeys} key exchanges in {elapsed:?}");
+    assert!(rekeys >= 16, "only {rekeys} key exchanges:\n{}", t.sshd.log());
+    assert!(
+        fs::read(restore.join(inside)).unwrap() == bytes,
+        "the 64 MiB file restored on the client differs"
+    );
+    // sshd never saw a message out of place during a key exchange.
+    let log = t.sshd.log();
+    for bad in ["dispatch_protocol_error", "protocol error", "Bad packet"] {
+        assert!(!log.contains(bad), "{bad:?} in the trixie sshd's log:\n{log}");
+    }
     t.finish();
 }
