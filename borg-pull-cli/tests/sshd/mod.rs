@@ -474,6 +474,9 @@ impl Sshd {
             ..
         } = self;
         let (pid_ns, mnt_ns) = namespaces.expect("stop_and_assert_gone is for a chrooted sshd");
+        // The check below sees the namespaces' processes at all (it is not vacuous).
+        assert!(!processes_in_namespace(&pid_ns).is_empty(), "no process in {pid_ns}");
+        assert!(!processes_in_namespace(&mnt_ns).is_empty(), "no process in {mnt_ns}");
         drop(child);
         for ns in [&pid_ns, &mnt_ns] {
             crate::common::wait_until(&format!("every process of {ns} to end"), || {
