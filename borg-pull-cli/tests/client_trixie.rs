@@ -237,7 +237,10 @@ fn pull_create_check_and_extract_with_a_trixie_client() {
     // A restore through pull: borg extract runs on the client, in --remote-dir.
     let restore = writable_dir(&t.dir().join("client restore 'q'"));
     let out = t
-        .pull(&[OsStr::new("--remote-dir"), restore.as_os_str()], &["extract", "::first"])
+        .pull(
+            &[OsStr::new("--remote-dir"), restore.as_os_str()],
+            &["extract", "::first"],
+        )
         .output();
     out.assert_code(0);
     let rel = t.data.strip_prefix("/").unwrap();
@@ -259,7 +262,11 @@ fn restore_tar_into_a_trixie_client_as_user_and_as_root() {
         "chown",
     );
     let out = t
-        .server_borg(&[OsString::from("create"), "::tarred".into(), "data 'dir' $(x)".into()])
+        .server_borg(&[
+            OsString::from("create"),
+            "::tarred".into(),
+            "data 'dir' $(x)".into(),
+        ])
         .output();
     assert_ok(&out, "borg create on the server");
     for (login, numeric) in [(t.sshd.user.clone(), false), ("root".to_owned(), true)] {
@@ -481,7 +488,9 @@ fn key_exchanges(log: &str) -> usize {
 
 #[test]
 fn a_64_mib_pull_survives_a_rekey_every_megabyte() {
-    let Some(t) = Trixie::start("RekeyLimit 1M\n") else { return };
+    let Some(t) = Trixie::start("RekeyLimit 1M\n") else {
+        return;
+    };
     let big = t.data.join("random 64 MiB");
     let mut bytes = Vec::with_capacity(64 << 20);
     fs::File::open("/dev/urandom")
@@ -508,15 +517,16 @@ fn a_64_mib_pull_survives_a_rekey_every_megabyte() {
     eprintln!("64 MiB pull with RekeyLimit 1M: {rekeys} key exchanges in {elapsed:?}");
     // 64 MiB from the client alone passes the 1 MiB limit 64 times: many re-exchanges, each
     // in the middle of channel data.
-    assert!(
-        rekeys >= 16,
-        "only {rekeys} key exchanges:\n{}",
-        t.sshd.log()
-    );
+    assert!(rekeys >= 16, "only {rekeys} key exchanges:\n{}", t.sshd.log());
     t.assert_check_clean();
     let inside = big.strip_prefix("/").unwrap();
     let out = t
-        .server_borg(&[OsStr::new("extract"), OsStr::new("--stdout"), OsStr::new("::rekeyed"), inside.as_os_str()])
+        .server_borg(&[
+            OsStr::new("extract"),
+            OsStr::new("--stdout"),
+            OsStr::new("::rekeyed"),
+            inside.as_os_str(),
+        ])
         .output();
     assert_ok(&out, "borg extract --stdout");
     assert!(out.stdout == bytes, "the 64 MiB file came back different");

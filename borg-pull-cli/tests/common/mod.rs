@@ -661,9 +661,14 @@ pub fn trixie_root() -> Option<PathBuf> {
     let root = std::env::var_os("BORG_PULL_TRIXIE_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(TRIXIE_ROOT_DEFAULT));
-    let complete = ["/.borg-pull-stamp", "/usr/sbin/sshd", "/usr/bin/borg", "/usr/bin/ssh"]
-        .iter()
-        .all(|p| root.join(p.trim_start_matches('/')).is_file());
+    let complete = [
+        "/.borg-pull-stamp",
+        "/usr/sbin/sshd",
+        "/usr/bin/borg",
+        "/usr/bin/ssh",
+    ]
+    .iter()
+    .all(|p| root.join(p.trim_start_matches('/')).is_file());
     if !complete {
         missing(&format!(
             "the Debian 13 client tree at {} (BORG_PULL_TRIXIE_ROOT), built by scripts/install-deps,",

@@ -375,11 +375,18 @@ exec chroot "$m" /usr/sbin/sshd -f "$BP_CONFIG" -D -e
 /// The chrooted sshd of [`SshdOptions::chroot`], not yet started.
 fn chrooted_sshd(d: &Path, tree: &Path, config: &Path) -> TestCommand {
     let mut cmd = TestCommand::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "--pid", "--fork", "--kill-child"])
-        .args(["--", "/bin/sh", "-c", CHROOT_SCRIPT])
-        .env("BP_TREE", tree)
-        .env("BP_DIR", d)
-        .env("BP_CONFIG", config);
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+    ])
+    .args(["--", "/bin/sh", "-c", CHROOT_SCRIPT])
+    .env("BP_TREE", tree)
+    .env("BP_DIR", d)
+    .env("BP_CONFIG", config);
     cmd
 }
 
@@ -407,8 +414,8 @@ fn prepare_chroot(d: &Path, tree: &Path, user: &str) {
         ("shadow", format!("{user}:*:20000:0:99999:7:::\n")),
     ] {
         let original = tree.join("etc").join(file);
-        let mut text = fs::read_to_string(&original)
-            .unwrap_or_else(|e| panic!("{}: {e}", original.display()));
+        let mut text =
+            fs::read_to_string(&original).unwrap_or_else(|e| panic!("{}: {e}", original.display()));
         text.push_str(&line);
         let copy = upper.join("etc").join(file);
         fs::write(&copy, text).unwrap();
@@ -417,7 +424,10 @@ fn prepare_chroot(d: &Path, tree: &Path, user: &str) {
     }
     let home_dir = upper.join(home.trim_start_matches('/'));
     fs::create_dir_all(&home_dir).unwrap();
-    let out = TestCommand::new("chown").arg(format!("{uid}:{gid}")).arg(&home_dir).output();
+    let out = TestCommand::new("chown")
+        .arg(format!("{uid}:{gid}"))
+        .arg(&home_dir)
+        .output();
     crate::common::assert_ok(&out, "chown home");
 }
 
@@ -456,8 +466,7 @@ fn processes_in_namespace(ns: &str) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            fs::read_link(format!("/proc/{pid}/ns/{kind}"))
-                .is_ok_and(|link| link.to_string_lossy() == ns)
+            fs::read_link(format!("/proc/{pid}/ns/{kind}")).is_ok_and(|link| link.to_string_lossy() == ns)
         })
         .collect()
 }
@@ -475,8 +484,14 @@ impl Sshd {
         } = self;
         let (pid_ns, mnt_ns) = namespaces.expect("stop_and_assert_gone is for a chrooted sshd");
         // The check below sees the namespaces' processes at all (it is not vacuous).
-        assert!(!processes_in_namespace(&pid_ns).is_empty(), "no process in {pid_ns}");
-        assert!(!processes_in_namespace(&mnt_ns).is_empty(), "no process in {mnt_ns}");
+        assert!(
+            !processes_in_namespace(&pid_ns).is_empty(),
+            "no process in {pid_ns}"
+        );
+        assert!(
+            !processes_in_namespace(&mnt_ns).is_empty(),
+            "no process in {mnt_ns}"
+        );
         drop(child);
         for ns in [&pid_ns, &mnt_ns] {
             crate::common::wait_until(&format!("every process of {ns} to end"), || {
