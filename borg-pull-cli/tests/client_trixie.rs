@@ -558,3 +558,30 @@ fn a_64_mib_pull_survives_a_rekey_every_megabyte() {
     }
     t.finish();
 }
+
+#[test]
+fn stopping_the_fixture_mid_pull_ends_every_process_and_mount_of_the_chroot() {
+    let Some(t) = Trixie::start("") else { return };
+    let started = t.client_base.join("started");
+    // Stands in for borg on the client: a session child that would outlive a careless fixture.
+    let script = format!(": >'{}'; exec sleep 300", started.display());
+    // Its log outlives the test's directory, which the fixture's stop removes.
+    let logs = tempfile::tempdir().unwrap();
+    let mut pull = t
+        .pull(&["--remote-borg", "/bin/sh"], &["-c", script.as_str()])
+        .spawn(logs.path().join("pull.log"));
+    common::wait_until("the client's command to start in the chroot", || {
+        pull.assert_running();
+        started.exists()
+    });
+    let sleepers = common::descendants(t.sshd.pid())
+        .into_iter()
+        .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0300")))
+        .count();
+    assert_eq!(sleepers, 1, "the session's sleep is not under the chrooted sshd");
+    let Trixie { sshd, .. } = t;
+    sshd.stop_and_assert_gone();
+    let status = pull.wait_exit();
+    // pull loses its client and says so with its own code for a lost connection.
+    assert_eq!(status.code(), Some(215), "{}", pull.report());
+}
