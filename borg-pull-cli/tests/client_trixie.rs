@@ -576,7 +576,7 @@ fn stopping_the_fixture_mid_pull_ends_every_process_and_mount_of_the_chroot() {
     });
     let sleepers = common::descendants(t.sshd.pid())
         .into_iter()
-        .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0300")))
+        .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\x00300")))
         .count();
     assert_eq!(sleepers, 1, "the session's sleep is not under the chrooted sshd");
     let Trixie { sshd, .. } = t;
