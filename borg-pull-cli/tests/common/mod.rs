@@ -649,3 +649,36 @@ pub fn assert_no_process_mentions(dir: &Path) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Where `scripts/install-deps` builds the Debian 13 client tree (`BORG_PULL_TRIXIE_ROOT`
+/// overrides it).
+pub const TRIXIE_ROOT_DEFAULT: &str = "/var/cache/borg-pull-test/trixie-client";
+
+/// The Debian 13 (trixie) client tree: complete (the build's stamp is written last), with its
+/// sshd and borg; and root to chroot into it. `None` (skip) when not, a failure under
+/// BORG_PULL_REQUIRE_DEPS=1.
+pub fn trixie_root() -> Option<PathBuf> {
+    let root = std::env::var_os("BORG_PULL_TRIXIE_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(TRIXIE_ROOT_DEFAULT));
+    let complete = [
+        "/.borg-pull-stamp",
+        "/usr/sbin/sshd",
+        "/usr/bin/borg",
+        "/usr/bin/ssh",
+    ]
+    .iter()
+    .all(|p| root.join(p.trim_start_matches('/')).is_file());
+    if !complete {
+        missing(&format!(
+            "the Debian 13 client tree at {} (BORG_PULL_TRIXIE_ROOT), built by scripts/install-deps,",
+            root.display()
+        ));
+        return None;
+    }
+    if !rustix::process::geteuid().is_root() {
+        missing("root (to chroot into the Debian 13 client tree)");
+        return None;
+    }
+    Some(root)
+}

@@ -32,6 +32,11 @@ pub struct SshdOptions {
     pub authorized_keys_options: &'static str,
     /// Make the sessions' TMPDIR so long that a socket path in it cannot be bound.
     pub long_tmpdir: bool,
+    /// Run this OS tree's own sshd (the Debian 13 client, [`crate::common::trixie_root`]) chrooted
+    /// in private mount and pid namespaces; see [`CHROOT_SCRIPT`].
+    pub chroot: Option<PathBuf>,
+    /// Lines appended to sshd_config (e.g. `RekeyLimit 1M\n`).
+    pub extra_config: String,
 }
 
 impl Default for SshdOptions {
@@ -44,6 +49,8 @@ impl Default for SshdOptions {
             client_key_passphrase: "",
             long_tmpdir: false,
             authorized_keys_options: "",
+            chroot: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -67,6 +74,8 @@ pub struct Sshd {
     /// TMPDIR of sessions on this sshd (where `pull` makes its private socket directory).
     pub tmpdir: PathBuf,
     log: PathBuf,
+    /// The chrooted sshd's pid and mount namespaces (`pid:[N]`, `mnt:[N]`), to see them gone.
+    namespaces: Option<(String, String)>,
 }
 
 fn keygen(kind: &str, path: &Path, passphrase: &str) {
@@ -181,6 +190,9 @@ impl Sshd {
         fs::create_dir_all(&cache).unwrap();
         chown_to_login_user(&cache);
         let log = d.join("sshd.log");
+        if let Some(tree) = &options.chroot {
+            prepare_chroot(d, tree, &user);
+        }
 
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -204,13 +216,18 @@ impl Sshd {
                 ),
             )
             .unwrap();
+            append_config(&config, &options);
             let _ = fs::remove_file(&log);
-            let mut child = TestCommand::new(SSHD)
-                .arg("-f")
-                .arg(&config)
-                .args(["-D", "-e"])
-                .spawn(log.clone());
+            let mut child = match &options.chroot {
+                None => TestCommand::new(SSHD)
+                    .arg("-f")
+                    .arg(&config)
+                    .args(["-D", "-e"])
+                    .spawn(log.clone()),
+                Some(tree) => chrooted_sshd(d, tree, &config).spawn(log.clone()),
+            };
             if wait_ready(port, &mut child) {
+                let namespaces = options.chroot.as_ref().map(|_| namespaces_of(&child));
                 let known_hosts = d.join("known_hosts");
                 fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key_pub}\n")).unwrap();
                 return Sshd {
@@ -223,6 +240,7 @@ impl Sshd {
                     tmpdir,
                     log,
                     child,
+                    namespaces,
                 };
             }
             drop(child);
@@ -334,4 +352,158 @@ fn wait_ready(port: u16, child: &mut Spawned) -> bool {
 /// The login user tests use (created when running as root and missing), without starting an sshd.
 pub fn ensure_login_user() -> String {
     login_user()
+}
+
+/// Run by `unshare --mount --propagation private --pid --fork --kill-child` as the new pid
+/// namespace's first process, so no mount reaches the host and every process and mount goes with
+/// the fixture: its SIGKILL of the process group kills unshare and this process (then sshd), and
+/// the kernel kills everything else in a pid namespace whose first process dies. The tree is the
+/// lower layer of a per-test overlay (parallel tests never write to the shared cache); the test's
+/// directory is bound at its own path, so config, keys, TMPDIR, relay and data paths are the same
+/// inside. Paths come in the environment, not argv: the tests look for leftovers of a test by its
+/// directory in every process's argv.
+pub const CHROOT_SCRIPT: &str = r#"set -eu
+m="$BP_DIR/chroot/root"
+mount -t overlay overlay -o "lowerdir=$BP_TREE,upperdir=$BP_DIR/chroot/upper,workdir=$BP_DIR/chroot/work" "$m"
+mkdir -p "$m$BP_DIR"
+mount --bind "$BP_DIR" "$m$BP_DIR"
+mount --rbind /dev "$m/dev"
+mount -t proc proc "$m/proc"
+exec chroot "$m" /usr/sbin/sshd -f "$BP_CONFIG" -D -e
+"#;
+
+/// The chrooted sshd of [`SshdOptions::chroot`], not yet started.
+fn chrooted_sshd(d: &Path, tree: &Path, config: &Path) -> TestCommand {
+    let mut cmd = TestCommand::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+    ])
+    .args(["--", "/bin/sh", "-c", CHROOT_SCRIPT])
+    .env("BP_TREE", tree)
+    .env("BP_DIR", d)
+    .env("BP_CONFIG", config);
+    cmd
+}
+
+/// The overlay's directories, and in its upper layer what the test adds to the tree: the login
+/// user with its host uid and gid (files it writes in the bound test directory are the test's
+/// to read), its home, and sshd's privilege separation directory.
+fn prepare_chroot(d: &Path, tree: &Path, user: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(is_root(), "a chrooted sshd needs root (mount, chroot)");
+    for sub in ["root", "work", "upper/etc", "upper/run/sshd"] {
+        fs::create_dir_all(d.join("chroot").join(sub)).unwrap();
+    }
+    let upper = d.join("chroot/upper");
+    let id = |flag: &str| -> String {
+        let out = TestCommand::new("id").arg(flag).arg(user).output();
+        crate::common::assert_ok(&out, "id");
+        out.stdout_text().trim().to_owned()
+    };
+    let (uid, gid) = (id("-u"), id("-g"));
+    let home = format!("/home/{user}");
+    for (file, line) in [
+        ("passwd", format!("{user}:x:{uid}:{gid}::{home}:/bin/sh\n")),
+        ("group", format!("{user}:x:{gid}:\n")),
+        // `*`, not `!`: with UsePAM no, sshd refuses locked accounts.
+        ("shadow", format!("{user}:*:20000:0:99999:7:::\n")),
+    ] {
+        let original = tree.join("etc").join(file);
+        let mut text =
+            fs::read_to_string(&original).unwrap_or_else(|e| panic!("{}: {e}", original.display()));
+        text.push_str(&line);
+        let copy = upper.join("etc").join(file);
+        fs::write(&copy, text).unwrap();
+        let mode = fs::metadata(&original).unwrap().permissions().mode();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let home_dir = upper.join(home.trim_start_matches('/'));
+    fs::create_dir_all(&home_dir).unwrap();
+    let out = TestCommand::new("chown")
+        .arg(format!("{uid}:{gid}"))
+        .arg(&home_dir)
+        .output();
+    crate::common::assert_ok(&out, "chown home");
+}
+
+/// Appends [`SshdOptions::extra_config`], and for a chrooted sshd (OpenSSH 10) what only it knows.
+fn append_config(config: &Path, options: &SshdOptions) {
+    use std::io::Write;
+    let mut extra = String::new();
+    if options.chroot.is_some() {
+        // OpenSSH >= 9.8 shuns an address for a while after failed logins or early disconnects;
+        // every test client is 127.0.0.1 and some fail on purpose.
+        extra.push_str("PerSourcePenalties no\n");
+    }
+    extra.push_str(&options.extra_config);
+    let mut file = fs::OpenOptions::new().append(true).open(config).unwrap();
+    file.write_all(extra.as_bytes()).unwrap();
+}
+
+/// The pid and mount namespaces of the chrooted sshd (the only child of unshare).
+fn namespaces_of(child: &Spawned) -> (String, String) {
+    let inner = crate::common::children_of(child.pid());
+    assert_eq!(inner.len(), 1, "unshare's children: {inner:?}");
+    let ns = |kind: &str| -> String {
+        fs::read_link(format!("/proc/{}/ns/{kind}", inner[0]))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    (ns("pid"), ns("mnt"))
+}
+
+/// Pids of the processes in the namespace `ns` (`pid:[N]` or `mnt:[N]`).
+fn processes_in_namespace(ns: &str) -> Vec<u32> {
+    let kind = ns.split(':').next().unwrap();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/ns/{kind}")).is_ok_and(|link| link.to_string_lossy() == ns)
+        })
+        .collect()
+}
+
+impl Sshd {
+    /// Stops a chrooted sshd and waits (bounded) until no process is left in its pid or mount
+    /// namespace (so its mounts are gone with it), and checks that no mount of the test's
+    /// directory ever reached the host.
+    pub fn stop_and_assert_gone(self) {
+        let Sshd {
+            child,
+            dir,
+            namespaces,
+            ..
+        } = self;
+        let (pid_ns, mnt_ns) = namespaces.expect("stop_and_assert_gone is for a chrooted sshd");
+        // The check below sees the namespaces' processes at all (it is not vacuous).
+        assert!(
+            !processes_in_namespace(&pid_ns).is_empty(),
+            "no process in {pid_ns}"
+        );
+        assert!(
+            !processes_in_namespace(&mnt_ns).is_empty(),
+            "no process in {mnt_ns}"
+        );
+        drop(child);
+        for ns in [&pid_ns, &mnt_ns] {
+            crate::common::wait_until(&format!("every process of {ns} to end"), || {
+                processes_in_namespace(ns).is_empty()
+            });
+        }
+        let needle = dir.path().to_string_lossy().into_owned();
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(&needle),
+            "a mount of the test reached the host:\n{mounts}"
+        );
+        drop(dir);
+    }
 }
