@@ -77,6 +77,14 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "pass the private key with -i FILE, or add it to the agent (ssh-add)",
         )),
         E::JumpHost { source, .. } => tunnel(source),
+        E::AuthFailed {
+            agent_keys,
+            agent_keys_held,
+            ..
+        } if agent_keys_held > agent_keys => Some(Hint::new(
+            "-i FILE",
+            "pass the key the client authorises with -i FILE (then it is the only key offered)",
+        )),
         E::BorgVersionMismatch { .. } => Some(Hint::new(
             "--remote-borg",
             "point --remote-borg at the client's matching borg, or --borg at this server's",
@@ -130,6 +138,14 @@ pub fn fleet(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "set identity = FILE for the client or in [defaults]",
         ),
         E::JumpHost { source, .. } => fleet(source),
+        E::AuthFailed {
+            agent_keys,
+            agent_keys_held,
+            ..
+        } if agent_keys_held > agent_keys => key(
+            "identity =",
+            "set identity = FILE (the key the client authorises; then it is the only key offered)",
+        ),
         E::NoKnownHostsFile => key("known_hosts =", "set known_hosts = FILE"),
         E::RemoteProgramMissing { role, .. } => match role {
             borg_pull_tunnel::RemoteProgram::Relay => key(

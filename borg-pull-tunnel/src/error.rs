@@ -217,8 +217,9 @@ pub enum Error {
     /// The client's sshd refused our key(s).
     #[error(
         "{user}@{host} port {port}: permission denied (publickey) for {}; is its \
-         public key in ~{user}/.ssh/authorized_keys on the client (and is the account not locked)?",
-        keys_offered(.identity, .agent, *.agent_keys)
+         public key in ~{user}/.ssh/authorized_keys on the client (and is the account not locked)?{}",
+        keys_offered(.identity, .agent, *.agent_keys),
+        keys_left_out(*.agent_keys, *.agent_keys_held)
     )]
     AuthFailed {
         /// Login user.
@@ -233,6 +234,9 @@ pub enum Error {
         agent: Option<PathBuf>,
         /// How many of the agent's keys were offered.
         agent_keys: usize,
+        /// How many distinct keys the agent holds: more than `agent_keys` when the bound on keys
+        /// offered per login ([`crate::limits::MAX_KEY_OFFERS`]) left some out.
+        agent_keys_held: usize,
     },
 
     /// Something failed at a jump host (connecting, logging in, a lost connection); host key
@@ -609,6 +613,47 @@ pub enum Error {
     /// `borg serve` could not be started or relayed.
     #[error(transparent)]
     Serve(#[from] borg_pull_core::Error),
+
+    /// The client's sshd accepted the TCP connection and closed it before key exchange finished:
+    /// what OpenSSH >= 9.8 does to a source address it penalises (PerSourcePenalties) and any
+    /// sshd does past MaxStartups.
+    #[error(
+        "{host} port {port}: the client's sshd closed the connection {stage}, before key exchange; \
+         OpenSSH >= 9.8 does this to a source address under PerSourcePenalties (after failed logins) \
+         or with MaxStartups; wait for the penalty to expire or add this server to \
+         PerSourcePenaltyExemptList in the client's sshd_config"
+    )]
+    ClosedBeforeKex {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// How far the connection got.
+        stage: KexStage,
+    },
+}
+
+/// How far a connection the client's sshd closed before key exchange got (for
+/// [`Error::ClosedBeforeKex`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KexStage {
+    /// Nothing at all arrived.
+    NoBanner,
+    /// Text arrived but no SSH banner: OpenSSH >= 9.8 writes "Not allowed at this time" to a
+    /// penalised source or past MaxStartups. The text is the peer's, escaped and shortened.
+    Refused(String),
+    /// The SSH banner arrived, key exchange did not finish.
+    AfterBanner,
+}
+
+impl std::fmt::Display for KexStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KexStage::NoBanner => f.write_str("without sending its SSH banner"),
+            KexStage::Refused(said) => write!(f, "without sending its SSH banner (it said \"{said}\")"),
+            KexStage::AfterBanner => f.write_str("right after its SSH banner"),
+        }
+    }
 }
 
 impl From<russh::Error> for Error {
@@ -685,6 +730,19 @@ fn keys_offered(identity: &std::path::Path, agent: &Option<PathBuf>, agent_keys:
     }
 }
 
+/// The bound on keys offered per login, when it left some of the agent's keys out.
+fn keys_left_out(agent_keys: usize, agent_keys_held: usize) -> String {
+    if agent_keys_held <= agent_keys {
+        return String::new();
+    }
+    format!(
+        " The agent holds {agent_keys_held} keys, but at most {} keys are offered per login: sshd \
+         disconnects at MaxAuthTries (6 by default) failed attempts and OpenSSH >= 9.8 then \
+         penalises this server's address; name the key the client authorises instead",
+        crate::limits::MAX_KEY_OFFERS
+    )
+}
+
 fn display_paths(paths: &[PathBuf]) -> String {
     let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     shown.join(", ")
@@ -723,6 +781,7 @@ mod tests {
             identity: identity.into(),
             agent: agent.map(PathBuf::from),
             agent_keys,
+            agent_keys_held: agent_keys,
         }
         .to_string()
     }

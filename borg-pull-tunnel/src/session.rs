@@ -584,6 +584,7 @@ pub async fn connect(options: &SessionOptions, incoming: Arc<dyn Incoming>) -> R
         return Err(Error::NoKnownHostsFile);
     }
     let mut login = Login::new(options)?;
+    login.prepare().await?;
     let mut hops: Vec<Session> = Vec::with_capacity(options.jump.len());
     let mut via = None;
     for (i, jump) in options.jump.iter().enumerate() {
@@ -693,9 +694,10 @@ async fn handshake(
     handler: ClientHandler,
     ended: &EndReason,
 ) -> Result<Handle<ClientHandler>> {
+    let heard = Heard::default();
     let connecting = async {
         let stream = transport(target, via).await?;
-        client::connect_stream(config, stream, handler).await
+        client::connect_stream(config, Watched::new(stream, heard.clone()), handler).await
     };
     let handle = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => {
@@ -705,13 +707,156 @@ async fn handshake(
                 secs: CONNECT_TIMEOUT.as_secs(),
             })
         }
-        Ok(Err(e)) => return Err(ended.lock().expect("not poisoned").take().unwrap_or(e)),
+        Ok(Err(e)) => {
+            if let Some(reason) = ended.lock().expect("not poisoned").take() {
+                return Err(reason);
+            }
+            return Err(closed_before_kex(e, target, &heard));
+        }
         Ok(Ok(handle)) => handle,
     };
     if let Some(e) = ended.lock().expect("not poisoned").take() {
         return Err(e);
     }
     Ok(handle)
+}
+
+/// `e`, from a handshake that failed before key exchange finished, named
+/// [`Error::ClosedBeforeKex`] when the peer simply closed the connection (what a penalised source
+/// or one past MaxStartups sees); other failures (no common algorithm, a broken banner) stay
+/// what they are.
+fn closed_before_kex(e: Error, target: &Target<'_>, heard: &Heard) -> Error {
+    use std::io::ErrorKind;
+    let closed = match &e {
+        Error::Ssh { source, .. } => match source {
+            russh::Error::Disconnect => true,
+            russh::Error::IO(io) => matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        },
+        _ => false,
+    };
+    if !closed {
+        return e;
+    }
+    debug!(host = %target.host, port = target.port, "closed before key exchange: {e}");
+    Error::ClosedBeforeKex {
+        host: target.host.to_owned(),
+        port: target.port,
+        stage: heard.stage(),
+    }
+}
+
+/// The first bytes the peer sent (at most [`HEARD_KEPT`]), to tell how far a refused connection
+/// got.
+#[derive(Clone, Default)]
+struct Heard(Arc<Mutex<Vec<u8>>>);
+
+/// Bytes of the peer's first output kept: a banner line is at most 255 bytes (RFC 4253), and
+/// OpenSSH's refusal line is 26.
+const HEARD_KEPT: usize = 256;
+
+impl Heard {
+    fn record(&self, bytes: &[u8]) {
+        let mut kept = self.0.lock().expect("not poisoned");
+        let room = HEARD_KEPT.saturating_sub(kept.len());
+        kept.extend_from_slice(&bytes[..room.min(bytes.len())]);
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.lock().expect("not poisoned").len() >= HEARD_KEPT
+    }
+
+    fn stage(&self) -> crate::error::KexStage {
+        use crate::error::KexStage;
+        let kept = self.0.lock().expect("not poisoned");
+        if kept.is_empty() {
+            return KexStage::NoBanner;
+        }
+        let lines = || kept.split(|&b| b == b'\n');
+        if lines().any(|line| line.starts_with(b"SSH-")) {
+            return KexStage::AfterBanner;
+        }
+        // The peer's own words, escaped (it is untrusted) and short.
+        let first = lines().next().unwrap_or_default();
+        let text: String = String::from_utf8_lossy(first).trim_end().escape_debug().take(80).collect();
+        KexStage::Refused(text)
+    }
+}
+
+/// The transport with what the peer first sent recorded in [`Heard`] (bounded; after the first
+/// [`HEARD_KEPT`] bytes nothing more is copied).
+struct Watched<S> {
+    inner: S,
+    heard: Heard,
+    full: bool,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, heard: Heard) -> Self {
+        Self {
+            inner,
+            heard,
+            full: false,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.full && buf.filled().len() > before {
+            self.heard.record(&buf.filled()[before..]);
+            self.full = self.heard.is_full();
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// Asks the jump host `hop` for a `direct-tcpip` channel to `next`, the next hop's sshd.
@@ -749,7 +894,8 @@ fn at_jump_host(e: Error, jump: &JumpHost) -> Error {
         | Error::Ssh { .. }
         | Error::RequestDenied { .. }
         | Error::OversizedPacket { .. }
-        | Error::ChannelOpenFlood { .. } => Error::JumpHost {
+        | Error::ChannelOpenFlood { .. }
+        | Error::ClosedBeforeKex { .. } => Error::JumpHost {
             host: jump.host.clone(),
             port: jump.port,
             source: Box::new(e),
