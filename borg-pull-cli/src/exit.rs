@@ -282,7 +282,8 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
         | E::IdentityEncrypted { .. }
         | E::NoIdentity { .. }
         | E::SecretFileTooOpen { .. }
-        | E::AuthFailed { .. } => AUTH,
+        | E::AuthFailed { .. }
+        | E::AuthCutOff { .. } => AUTH,
         E::Passphrase(_) => PASSPHRASE,
         E::Connect { .. } | E::ConnectTimeout { .. } => CONNECT,
         E::ServerHostKey { .. } | E::ForcedCommandInvalid { .. } => USAGE,
@@ -354,6 +355,33 @@ mod tests {
             // borg: 0-127, and 128+N for signals up to 64 (192).
             assert!(code.code >= FIRST, "{code:?} collides with borg's codes");
         }
+    }
+
+    #[test]
+    fn a_close_before_key_exchange_has_its_own_code_even_behind_a_jump_host() {
+        use borg_pull_tunnel::error::KexStage;
+        use borg_pull_tunnel::Error as E;
+        let closed = E::ClosedBeforeKex {
+            host: "c".into(),
+            port: 22,
+            stage: KexStage::NoBanner,
+        };
+        assert_eq!(for_pull_error(&closed), REFUSED_BEFORE_KEX);
+        let behind = E::JumpHost {
+            host: "j".into(),
+            port: 22,
+            source: Box::new(closed),
+        };
+        assert_eq!(for_pull_error(&behind), REFUSED_BEFORE_KEX);
+        assert!(PULL.contains(&REFUSED_BEFORE_KEX) && RESTORE.contains(&REFUSED_BEFORE_KEX));
+        let cut_off = E::AuthCutOff {
+            user: "u".into(),
+            host: "c".into(),
+            port: 22,
+            offered: 3,
+            said: String::new(),
+        };
+        assert_eq!(for_pull_error(&cut_off), AUTH);
     }
 
     /// The numbers are an interface (scripts test them): changing one is a breaking change.

@@ -239,6 +239,29 @@ pub enum Error {
         agent_keys_held: usize,
     },
 
+    /// The client's sshd ended the login while refusing our keys: its `MaxAuthTries` is below the
+    /// number of keys offered (what it says then: "Too many authentication failures").
+    #[error(
+        "{user}@{host} port {port}: the client's sshd ended the login after {offered} refused {} \
+         (it said \"{said}\"): sshd does this at MaxAuthTries failed attempts, which the client has \
+         set below the {} keys a login may offer, and OpenSSH >= 9.8 also penalises this server's \
+         address for it; name the key the client authorises, which is then the only key offered",
+        if *.offered == 1 { "key" } else { "keys" },
+        crate::limits::MAX_KEY_OFFERS
+    )]
+    AuthCutOff {
+        /// Login user.
+        user: String,
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// Keys offered on the connection, the one it ended at included.
+        offered: usize,
+        /// Its disconnect message, escaped; empty when it closed without one.
+        said: String,
+    },
+
     /// Something failed at a jump host (connecting, logging in, a lost connection); host key
     /// failures of a jump host are the host key variants themselves, naming its `host:port`.
     #[error("jump host {host} port {port}: {source}")]
@@ -814,5 +837,63 @@ mod tests {
         }
         .to_string();
         assert!(none.contains("the agent at /run/a.sock offered no key"), "{none}");
+    }
+
+    #[test]
+    fn keys_left_out_by_the_bound_are_counted_and_explained() {
+        let all = auth_failed("", Some("/run/a.sock"), 3);
+        assert!(!all.contains("at most"), "{all}");
+        let mut e = Error::AuthFailed {
+            user: "u".into(),
+            host: "h".into(),
+            port: 22,
+            identity: "/k".into(),
+            agent: Some(PathBuf::from("/run/a.sock")),
+            agent_keys: 4,
+            agent_keys_held: 12,
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("the 4 keys of the agent at /run/a.sock and identity \"/k\"")
+                && text.contains("The agent holds 12 keys, but at most 5 keys are offered per login")
+                && text.contains("MaxAuthTries"),
+            "{text}"
+        );
+        e = Error::AuthCutOff {
+            user: "u".into(),
+            host: "h".into(),
+            port: 22,
+            offered: 3,
+            said: "Too many authentication failures".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("u@h port 22: the client's sshd ended the login after 3 refused keys \
+                              (it said \"Too many authentication failures\"): sshd does this at MaxAuthTries"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_close_before_key_exchange_says_how_far_it_got_and_the_fix() {
+        let closed = |stage| {
+            Error::ClosedBeforeKex {
+                host: "client".into(),
+                port: 2222,
+                stage,
+            }
+            .to_string()
+        };
+        let refused = closed(KexStage::Refused("Not allowed at this time".into()));
+        assert!(
+            refused.starts_with(
+                "client port 2222: the client's sshd closed the connection without sending its SSH \
+                 banner (it said \"Not allowed at this time\"), before key exchange; OpenSSH >= 9.8"
+            ),
+            "{refused}"
+        );
+        assert!(refused.ends_with("PerSourcePenaltyExemptList in the client's sshd_config"), "{refused}");
+        assert!(closed(KexStage::NoBanner).contains("closed the connection without sending its SSH banner, before"));
+        assert!(closed(KexStage::AfterBanner).contains("closed the connection right after its SSH banner, before"));
     }
 }

@@ -121,6 +121,8 @@ impl<'a> Login<'a> {
                 debug!(identity = %path.display(), "the agent already offered this key, not offered again");
             } else if offer_key_file(session, user, path, key.clone()).await? {
                 return Ok(());
+            } else if let Some(e) = ended_login(session, user, agent_keys + 1) {
+                return Err(e);
             }
         } else if agent_keys == 0 {
             return Err(Error::NoIdentity {
@@ -182,18 +184,40 @@ impl<'a> Login<'a> {
                 .authenticate_publickey_with(user, key.clone(), hash, client);
             match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
                 Ok(Ok(result)) if result.success() => return Ok(Offered::Accepted),
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    if let Some(e) = ended_login(session, user, offered) {
+                        return Err(e);
+                    }
+                }
                 Ok(Err(AgentAuthError::Key(e))) => {
                     debug!(key = %key.fingerprint(HashAlg::Sha256), "the agent did not sign: {e}");
                 }
                 Ok(Err(AgentAuthError::Send(_))) => {
-                    return Err(session.failure("public key authentication", russh::Error::SendError))
+                    return Err(ended_login(session, user, offered)
+                        .unwrap_or_else(|| session.failure("public key authentication", russh::Error::SendError)))
                 }
                 Err(_) => return Err(no_answer(session, "public key authentication with an agent key")),
             }
         }
         Ok(Offered::Refused(offered))
     }
+}
+
+/// After a refused key: [`Error::AuthCutOff`] when the client's sshd has ended the connection with
+/// a disconnect message (at `MaxAuthTries` failures OpenSSH says "Too many authentication
+/// failures"); `None` while the connection lasts, or when it just vanished (the next request
+/// reports that).
+fn ended_login(session: &Session, user: &str, offered: usize) -> Option<Error> {
+    if !session.is_closed() {
+        return None;
+    }
+    Some(Error::AuthCutOff {
+        user: user.to_owned(),
+        host: session.host().to_owned(),
+        port: session.port(),
+        offered,
+        said: session.goodbye()?,
+    })
 }
 
 /// Connects to the agent and lists its keys; anything going wrong is logged at debug and the

@@ -102,11 +102,19 @@ pub struct Session {
     ended: EndReason,
     /// The jump host connections carrying this one, first hop first.
     hops: Vec<Session>,
+    goodbye: Goodbye,
 }
 
 /// Why our handler ended the connection (host key refused, oversized packet, channel flood):
 /// russh itself only reports a generic disconnect.
 type EndReason = Arc<Mutex<Option<Error>>>;
+
+/// What the client's sshd said when it ended the connection (SSH_MSG_DISCONNECT), escaped and
+/// cut at [`GOODBYE_KEPT`] characters: russh turns it into a failed request.
+type Goodbye = Arc<Mutex<Option<String>>>;
+
+/// Characters kept of the client's disconnect message; OpenSSH's are one short sentence.
+const GOODBYE_KEPT: usize = 200;
 
 impl Session {
     /// Host as given.
@@ -122,6 +130,11 @@ impl Session {
     /// Whether the connection has ended (keepalive timeout, reset, disconnect).
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
+    }
+
+    /// What the client's sshd said when it disconnected, if it did (escaped, shortened).
+    pub(crate) fn goodbye(&self) -> Option<String> {
+        self.goodbye.lock().expect("not poisoned").clone()
     }
 
     /// The jump hosts this connection goes through (host, port), first hop first.
@@ -286,6 +299,7 @@ pub struct ClientHandler {
     incoming: Arc<dyn Incoming>,
     refused: usize,
     ended: EndReason,
+    goodbye: Goodbye,
 }
 
 impl ClientHandler {
@@ -392,6 +406,21 @@ impl ClientHandler {
 
 impl client::Handler for ClientHandler {
     type Error = Error;
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(info) => {
+                debug!(code = ?info.reason_code, "the client's sshd disconnected: {}", info.message.escape_debug());
+                let said: String = info.message.trim().escape_debug().take(GOODBYE_KEPT).collect();
+                *self.goodbye.lock().expect("not poisoned") = Some(said);
+                Ok(())
+            }
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
 
     async fn check_server_key(
         &mut self,
@@ -640,6 +669,7 @@ async fn reach(
     login: &mut Login<'_>,
 ) -> Result<Session> {
     let ended: EndReason = Arc::default();
+    let goodbye: Goodbye = Arc::default();
     let handler = ClientHandler {
         host: target.host.to_owned(),
         port: target.port,
@@ -648,6 +678,7 @@ async fn reach(
         incoming,
         refused: 0,
         ended: ended.clone(),
+        goodbye: goodbye.clone(),
     };
     let mut config = client_config(options);
     prefer_recorded_host_key_types(&mut config, &options.known_hosts, target)?;
@@ -658,6 +689,7 @@ async fn reach(
         port: target.port,
         ended,
         hops: Vec::new(),
+        goodbye,
     };
     login.authenticate(&mut session, target.user).await?;
     debug!(host = %target.host, port = target.port, user = %target.user, "authenticated");
@@ -889,6 +921,7 @@ fn at_jump_host(e: Error, jump: &JumpHost) -> Error {
         Error::Connect { .. }
         | Error::ConnectTimeout { .. }
         | Error::AuthFailed { .. }
+        | Error::AuthCutOff { .. }
         | Error::NoAnswer { .. }
         | Error::ConnectionLost { .. }
         | Error::Ssh { .. }
@@ -933,6 +966,7 @@ mod tests {
             incoming: Arc::new(crate::incoming::RefuseAll),
             refused: 0,
             ended: Arc::default(),
+            goodbye: Arc::default(),
         }
     }
 
@@ -965,6 +999,31 @@ mod tests {
             &hop,
         );
         assert!(matches!(no_key, Error::NoIdentity { .. }), "{no_key:?}");
+    }
+
+    // The peer's first bytes are untrusted: kept bounded, shown escaped and short.
+    #[test]
+    fn what_a_refusing_peer_said_is_bounded_and_escaped() {
+        use crate::error::KexStage;
+        assert_eq!(Heard::default().stage(), KexStage::NoBanner);
+        let heard = Heard::default();
+        heard.record(b"Not allowed at this time\r\n");
+        assert_eq!(heard.stage(), KexStage::Refused("Not allowed at this time".into()));
+        let heard = Heard::default();
+        heard.record(b"hello\n\x1b[31mSSH-2.0-x\r\n");
+        assert_eq!(heard.stage(), KexStage::Refused("hello".into()));
+        let heard = Heard::default();
+        heard.record(b"\x1b]0;pwned\x07");
+        heard.record(&[b'x'; 4096]);
+        assert!(heard.is_full());
+        assert_eq!(heard.0.lock().unwrap().len(), HEARD_KEPT);
+        let KexStage::Refused(said) = heard.stage() else {
+            panic!("{:?}", heard.stage())
+        };
+        assert!(said.starts_with("\\u{1b}]0;pwned\\u{7}xxx") && said.chars().count() == 80, "{said}");
+        let heard = Heard::default();
+        heard.record(b"debug line\r\nSSH-2.0-OpenSSH_9.9\r\n");
+        assert_eq!(heard.stage(), KexStage::AfterBanner);
     }
 
     // russh's own server never sends channel data above our maximum packet, so no peer in the

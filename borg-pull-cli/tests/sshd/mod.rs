@@ -32,6 +32,9 @@ pub struct SshdOptions {
     pub authorized_keys_options: &'static str,
     /// Make the sessions' TMPDIR so long that a socket path in it cannot be bound.
     pub long_tmpdir: bool,
+    /// More sshd_config lines, appended after the fixture's own (e.g. `MaxAuthTries 3`); for a
+    /// keyword the fixture already sets, sshd keeps the fixture's (the first) value.
+    pub extra_config: Vec<String>,
 }
 
 impl Default for SshdOptions {
@@ -44,6 +47,7 @@ impl Default for SshdOptions {
             client_key_passphrase: "",
             long_tmpdir: false,
             authorized_keys_options: "",
+            extra_config: Vec::new(),
         }
     }
 }
@@ -194,13 +198,14 @@ impl Sshd {
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
                      AllowStreamLocalForwarding {fwd}\nStreamLocalBindUnlink no\n\
                      X11Forwarding no\nPrintMotd no\nLogLevel DEBUG1\nMaxStartups 50\nMaxSessions 20\n\
-                     SetEnv TMPDIR={tmp} XDG_CACHE_HOME={cache}\n",
+                     SetEnv TMPDIR={tmp} XDG_CACHE_HOME={cache}\n{extra}",
                     hk = host_key_lines,
                     ak = d.join("authorized_keys").display(),
                     pid = d.join("sshd.pid").display(),
                     fwd = options.allow_streamlocal,
                     tmp = tmpdir.display(),
                     cache = cache.display(),
+                    extra = options.extra_config.iter().map(|l| format!("{l}\n")).collect::<String>(),
                 ),
             )
             .unwrap();
