@@ -71,9 +71,10 @@ impl<'a> Login<'a> {
     }
 
     /// Settles, before any connection is made, whether there is a key to offer: asks the agent (at
-    /// most once) and looks for the default key files. Without any it is [`Error::NoIdentity`]
-    /// now, instead of a connection closed without authenticating, which OpenSSH >= 9.8 counts
-    /// against this server's address (`noauth` in PerSourcePenalties).
+    /// most once) and, when it has no key, reads the default key file. Without any key it is
+    /// [`Error::NoIdentity`] now (an unreadable key file its own error), instead of a connection
+    /// closed without authenticating, which OpenSSH >= 9.8 counts against this server's address
+    /// (`noauth` in PerSourcePenalties).
     pub(crate) async fn prepare(&mut self) -> Result<()> {
         if self.options.identity.is_some() {
             return Ok(());
@@ -85,7 +86,12 @@ impl<'a> Login<'a> {
             Agent::Ready { keys, .. } => keys.len(),
             Agent::Unasked | Agent::Absent => 0,
         };
-        if agent_keys == 0 && !self.default_file_exists() {
+        if agent_keys > 0 {
+            return Ok(());
+        }
+        // Without agent keys the default key file is the only one: read it now, so an encrypted
+        // one without passphrase also fails before connecting.
+        if self.key_file()?.is_none() {
             return Err(Error::NoIdentity {
                 tried: self.options.default_identities.clone(),
                 agent: self.options.agent_socket.clone(),

@@ -312,9 +312,23 @@ async fn without_any_key_nothing_connects() {
     options.session.default_identities = vec![files.dir.path().join("absent_key")];
     let e = failed_pull(options).await;
     assert!(matches!(e, Error::NoIdentity { .. }), "{e:?}");
-    // Nothing is waiting to be accepted: the pull never connected.
+    // An unreadable default key file (and no agent) fails before connecting too.
+    let broken = files.dir.path().join("id_broken");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&broken)
+        .unwrap();
+    std::fs::write(&broken, "not a key\n").unwrap();
+    let mut options = self::options(port, None, &files.known_hosts);
+    options.session.default_identities = vec![broken.clone()];
+    let e = failed_pull(options).await;
+    assert!(matches!(&e, Error::Identity { path, .. } if *path == broken), "{e:?}");
+    // Nothing is waiting to be accepted: neither pull connected. A connection made would be in
+    // the backlog already (TCP completes before the pull can fail), so a short look suffices.
     let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
-    assert!(accepted.is_err(), "the pull connected: {accepted:?}");
+    assert!(accepted.is_err(), "a pull connected: {accepted:?}");
 }
 
 /// OpenSSH's `ssh-agent -D -a SOCK`, killed on drop, as the user's agent (a reference peer).
