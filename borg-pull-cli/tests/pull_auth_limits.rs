@@ -203,6 +203,9 @@ fn an_agent_with_more_keys_than_max_auth_tries_stops_at_five_and_says_so() {
     }
     let log = f.sshd.log();
     assert!(!log.contains(MAX_TRIES_LOGGED), "sshd cut the login off:\n{log}");
+    // sshd logs every refused key: five, all on one connection (one first userauth attempt).
+    assert_eq!(log.matches("Failed publickey for").count(), 5, "{log}");
+    assert_eq!(log.matches("attempt 0 failures 0").count(), 1, "{log}");
     assert!(!out.stderr_text().contains(MAX_TRIES_SAID), "{}", out.describe());
     assert!(!log.contains("Accepted publickey"), "{log}");
 
@@ -217,7 +220,9 @@ fn an_agent_with_more_keys_than_max_auth_tries_stops_at_five_and_says_so() {
         err.contains("The agent holds 8 keys, but at most 5 keys are offered per login"),
         "{err}"
     );
-    assert!(!f.sshd.log().contains(MAX_TRIES_LOGGED), "{}", f.sshd.log());
+    let log = f.sshd.log();
+    assert!(!log.contains(MAX_TRIES_LOGGED), "{log}");
+    assert_eq!(log.matches("Failed publickey for").count(), 10, "{log}");
 
     // Naming the key works with the same agent present: it is then the only key offered.
     let out = f
@@ -258,8 +263,21 @@ fn a_penalised_address_exits_220_naming_per_source_penalties() {
     // TCP connection is accepted, "Not allowed at this time" written, the socket closed.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
     let peer = std::thread::spawn(move || {
-        let (tcp, _) = listener.accept().unwrap();
+        // Bounded: a pull that never connects fails the test instead of hanging it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let tcp = loop {
+            match listener.accept() {
+                Ok((tcp, _)) => break tcp,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "the pull never connected");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        tcp.set_nonblocking(false).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut reader = BufReader::new(tcp.try_clone().unwrap());
         // The client's banner is read first, so the close is a FIN (closing with unread data
