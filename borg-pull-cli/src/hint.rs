@@ -77,11 +77,7 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "pass the private key with -i FILE, or add it to the agent (ssh-add)",
         )),
         E::JumpHost { source, .. } => tunnel(source),
-        E::AuthFailed {
-            agent_keys,
-            agent_keys_held,
-            ..
-        } if agent_keys_held > agent_keys => Some(Hint::new(
+        e @ E::AuthFailed { .. } if e.agent_keys_left_out() => Some(Hint::new(
             "-i FILE",
             "pass the key the client authorises with -i FILE (then it is the only key offered)",
         )),
@@ -142,11 +138,7 @@ pub fn fleet(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "set identity = FILE for the client or in [defaults]",
         ),
         E::JumpHost { source, .. } => fleet(source),
-        E::AuthFailed {
-            agent_keys,
-            agent_keys_held,
-            ..
-        } if agent_keys_held > agent_keys => key(
+        e @ E::AuthFailed { .. } if e.agent_keys_left_out() => key(
             "identity =",
             "set identity = FILE (the key the client authorises; then it is the only key offered)",
         ),
@@ -360,7 +352,7 @@ mod key_budget_tests {
     use borg_pull_tunnel::Error as E;
     use std::path::PathBuf;
 
-    fn auth_failed(agent_keys: usize, agent_keys_held: usize) -> E {
+    fn auth_failed(agent_keys: usize, agent_keys_held: u32) -> E {
         E::AuthFailed {
             user: "u".into(),
             host: "h".into(),
@@ -377,7 +369,9 @@ mod key_budget_tests {
     #[test]
     fn a_bounded_or_cut_off_login_says_how_to_name_the_key() {
         let left_out = auth_failed(5, 9);
-        assert!(render(&left_out).ends_with("; pass the key the client authorises with -i FILE (then it is the only key offered)"));
+        assert!(render(&left_out).ends_with(
+            "; pass the key the client authorises with -i FILE (then it is the only key offered)"
+        ));
         assert!(render_fleet(&left_out).contains("; set identity = FILE"));
         let all = auth_failed(3, 3);
         assert_eq!(render(&all), all.to_string());

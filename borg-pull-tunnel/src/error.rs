@@ -236,7 +236,7 @@ pub enum Error {
         agent_keys: usize,
         /// How many distinct keys the agent holds: more than `agent_keys` when the bound on keys
         /// offered per login ([`crate::limits::MAX_KEY_OFFERS`]) left some out.
-        agent_keys_held: usize,
+        agent_keys_held: u32,
     },
 
     /// The client's sshd ended the login while refusing our keys: its `MaxAuthTries` is below the
@@ -688,7 +688,25 @@ impl From<russh::Error> for Error {
     }
 }
 
+/// Whether the agent holds more keys than were offered.
+fn left_out(agent_keys: usize, agent_keys_held: u32) -> bool {
+    usize::try_from(agent_keys_held).is_ok_and(|held| held > agent_keys)
+}
+
 impl Error {
+    /// Whether the bound on keys offered per login ([`crate::limits::MAX_KEY_OFFERS`]) left some
+    /// of the agent's keys out of a refused login: naming the key is the fix.
+    pub fn agent_keys_left_out(&self) -> bool {
+        match self {
+            Error::AuthFailed {
+                agent_keys,
+                agent_keys_held,
+                ..
+            } => left_out(*agent_keys, *agent_keys_held),
+            _ => false,
+        }
+    }
+
     /// Whether this is a host key verification failure (unknown, changed, revoked, certificate).
     pub fn is_host_key(&self) -> bool {
         matches!(
@@ -754,8 +772,8 @@ fn keys_offered(identity: &std::path::Path, agent: &Option<PathBuf>, agent_keys:
 }
 
 /// The bound on keys offered per login, when it left some of the agent's keys out.
-fn keys_left_out(agent_keys: usize, agent_keys_held: usize) -> String {
-    if agent_keys_held <= agent_keys {
+fn keys_left_out(agent_keys: usize, agent_keys_held: u32) -> String {
+    if !left_out(agent_keys, agent_keys_held) {
         return String::new();
     }
     format!(
@@ -804,7 +822,7 @@ mod tests {
             identity: identity.into(),
             agent: agent.map(PathBuf::from),
             agent_keys,
-            agent_keys_held: agent_keys,
+            agent_keys_held: agent_keys as u32,
         }
         .to_string()
     }
@@ -868,8 +886,10 @@ mod tests {
         };
         let text = e.to_string();
         assert!(
-            text.starts_with("u@h port 22: the client's sshd ended the login after 3 refused keys \
-                              (it said \"Too many authentication failures\"): sshd does this at MaxAuthTries"),
+            text.starts_with(
+                "u@h port 22: the client's sshd ended the login after 3 refused keys \
+                              (it said \"Too many authentication failures\"): sshd does this at MaxAuthTries"
+            ),
             "{text}"
         );
     }
@@ -892,8 +912,13 @@ mod tests {
             ),
             "{refused}"
         );
-        assert!(refused.ends_with("PerSourcePenaltyExemptList in the client's sshd_config"), "{refused}");
-        assert!(closed(KexStage::NoBanner).contains("closed the connection without sending its SSH banner, before"));
-        assert!(closed(KexStage::AfterBanner).contains("closed the connection right after its SSH banner, before"));
+        assert!(
+            refused.ends_with("PerSourcePenaltyExemptList in the client's sshd_config"),
+            "{refused}"
+        );
+        assert!(closed(KexStage::NoBanner)
+            .contains("closed the connection without sending its SSH banner, before"));
+        assert!(closed(KexStage::AfterBanner)
+            .contains("closed the connection right after its SSH banner, before"));
     }
 }

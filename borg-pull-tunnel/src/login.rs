@@ -122,7 +122,9 @@ impl<'a> Login<'a> {
         if let Some((path, key)) = &file {
             // A key the agent just offered is refused again: offering it would only count
             // another failure against MaxAuthTries.
-            let offered = self.agent_keys(agent_keys).any(|k| k.key_data() == key.public_key().key_data());
+            let offered = self
+                .agent_keys(agent_keys)
+                .any(|k| k.key_data() == key.public_key().key_data());
             if offered {
                 debug!(identity = %path.display(), "the agent already offered this key, not offered again");
             } else if offer_key_file(session, user, path, key.clone()).await? {
@@ -137,7 +139,7 @@ impl<'a> Login<'a> {
             });
         }
         let agent_keys_held = match &self.agent {
-            Agent::Ready { held, .. } => *held,
+            Agent::Ready { held, .. } => u32::try_from(*held).unwrap_or(u32::MAX),
             Agent::Unasked | Agent::Absent => 0,
         };
         Err(Error::AuthFailed {
@@ -199,8 +201,9 @@ impl<'a> Login<'a> {
                     debug!(key = %key.fingerprint(HashAlg::Sha256), "the agent did not sign: {e}");
                 }
                 Ok(Err(AgentAuthError::Send(_))) => {
-                    return Err(ended_login(session, user, offered)
-                        .unwrap_or_else(|| session.failure("public key authentication", russh::Error::SendError)))
+                    return Err(ended_login(session, user, offered).unwrap_or_else(|| {
+                        session.failure("public key authentication", russh::Error::SendError)
+                    }))
                 }
                 Err(_) => return Err(no_answer(session, "public key authentication with an agent key")),
             }

@@ -816,7 +816,11 @@ impl Heard {
         }
         // The peer's own words, escaped (it is untrusted) and short.
         let first = lines().next().unwrap_or_default();
-        let text: String = String::from_utf8_lossy(first).trim_end().escape_debug().take(80).collect();
+        let text: String = String::from_utf8_lossy(first)
+            .trim_end()
+            .escape_debug()
+            .take(80)
+            .collect();
         KexStage::Refused(text)
     }
 }
@@ -1008,7 +1012,10 @@ mod tests {
         assert_eq!(Heard::default().stage(), KexStage::NoBanner);
         let heard = Heard::default();
         heard.record(b"Not allowed at this time\r\n");
-        assert_eq!(heard.stage(), KexStage::Refused("Not allowed at this time".into()));
+        assert_eq!(
+            heard.stage(),
+            KexStage::Refused("Not allowed at this time".into())
+        );
         let heard = Heard::default();
         heard.record(b"hello\n\x1b[31mSSH-2.0-x\r\n");
         assert_eq!(heard.stage(), KexStage::Refused("hello".into()));
@@ -1020,7 +1027,10 @@ mod tests {
         let KexStage::Refused(said) = heard.stage() else {
             panic!("{:?}", heard.stage())
         };
-        assert!(said.starts_with("\\u{1b}]0;pwned\\u{7}xxx") && said.chars().count() == 80, "{said}");
+        assert!(
+            said.starts_with("\\u{1b}]0;pwned\\u{7}xxx") && said.chars().count() == 80,
+            "{said}"
+        );
         let heard = Heard::default();
         heard.record(b"debug line\r\nSSH-2.0-OpenSSH_9.9\r\n");
         assert_eq!(heard.stage(), KexStage::AfterBanner);

@@ -67,10 +67,14 @@ impl RawPeer {
         let reached_kex = Arc::new(AtomicBool::new(false));
         let flag = reached_kex.clone();
         let task = tokio::spawn(async move {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             // Everything the client sent is read before closing, so the close is a FIN (a close
             // with unread data is a reset, which may overtake what we wrote).
-            let Some(_client_banner) = read_line(&mut tcp).await else { return };
+            let Some(_client_banner) = read_line(&mut tcp).await else {
+                return;
+            };
             match refusal {
                 Refusal::NotAllowed => {
                     let _ = tcp.write_all(b"Not allowed at this time\r\n").await;
@@ -80,10 +84,14 @@ impl RawPeer {
                 }
                 Refusal::MidKex => {
                     let _ = tcp.write_all(b"SSH-2.0-OpenSSH_9.9\r\n").await;
-                    let Some(kexinit) = read_packet(&mut tcp).await else { return };
+                    let Some(kexinit) = read_packet(&mut tcp).await else {
+                        return;
+                    };
                     assert_eq!(kexinit.first(), Some(&20), "the client's first packet is KEXINIT");
                     let _ = tcp.write_all(&kexinit_packet()).await;
-                    let Some(init) = read_packet(&mut tcp).await else { return };
+                    let Some(init) = read_packet(&mut tcp).await else {
+                        return;
+                    };
                     if init.first() == Some(&30) {
                         flag.store(true, Ordering::SeqCst);
                     }
@@ -250,19 +258,32 @@ async fn the_refusal_of_openssh_9_8_is_named_with_what_sshd_said() {
     match &e {
         Error::ClosedBeforeKex { port, stage, .. } => {
             assert_eq!(*port, peer.port);
-            assert_eq!(*stage, KexStage::Refused("Not allowed at this time".into()), "{e}");
+            assert_eq!(
+                *stage,
+                KexStage::Refused("Not allowed at this time".into()),
+                "{e}"
+            );
         }
         other => panic!("want ClosedBeforeKex, got {other:?}"),
     }
     assert_names_the_penalty(&e, peer.port);
-    assert!(e.to_string().contains("(it said \"Not allowed at this time\")"), "{e}");
+    assert!(
+        e.to_string().contains("(it said \"Not allowed at this time\")"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
 async fn a_close_right_after_the_banner_is_named() {
     let (e, _) = refused_with(Refusal::AfterBanner).await;
     assert!(
-        matches!(&e, Error::ClosedBeforeKex { stage: KexStage::AfterBanner, .. }),
+        matches!(
+            &e,
+            Error::ClosedBeforeKex {
+                stage: KexStage::AfterBanner,
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(e.to_string().contains("right after its SSH banner"), "{e}");
@@ -271,9 +292,18 @@ async fn a_close_right_after_the_banner_is_named() {
 #[tokio::test]
 async fn a_close_in_the_middle_of_key_exchange_is_named() {
     let (e, reached_kex) = refused_with(Refusal::MidKex).await;
-    assert!(reached_kex, "the peer never saw the client's key exchange init: {e:?}");
     assert!(
-        matches!(&e, Error::ClosedBeforeKex { stage: KexStage::AfterBanner, .. }),
+        reached_kex,
+        "the peer never saw the client's key exchange init: {e:?}"
+    );
+    assert!(
+        matches!(
+            &e,
+            Error::ClosedBeforeKex {
+                stage: KexStage::AfterBanner,
+                ..
+            }
+        ),
         "{e:?}"
     );
 }
@@ -295,7 +325,13 @@ async fn a_peer_that_sends_nothing_and_closes_is_named() {
     let e = failed_pull(options(port, Some(&files.identity), &files.known_hosts)).await;
     closer.abort();
     assert!(
-        matches!(&e, Error::ClosedBeforeKex { stage: KexStage::NoBanner, .. }),
+        matches!(
+            &e,
+            Error::ClosedBeforeKex {
+                stage: KexStage::NoBanner,
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(e.to_string().contains("without sending its SSH banner"), "{e}");
@@ -324,7 +360,10 @@ async fn without_any_key_nothing_connects() {
     let mut options = self::options(port, None, &files.known_hosts);
     options.session.default_identities = vec![broken.clone()];
     let e = failed_pull(options).await;
-    assert!(matches!(&e, Error::Identity { path, .. } if *path == broken), "{e:?}");
+    assert!(
+        matches!(&e, Error::Identity { path, .. } if *path == broken),
+        "{e:?}"
+    );
     // Nothing is waiting to be accepted: neither pull connected. A connection made would be in
     // the backlog already (TCP completes before the pull can fail), so a short look suffices.
     let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
@@ -440,6 +479,10 @@ async fn a_default_key_file_keeps_its_turn_after_many_agent_keys() {
     let ended = tokio::time::timeout(REFUSAL_BOUND, pull).await;
     assert!(logged_in, "no login: {ended:?}");
     assert!(ended.is_ok(), "the pull did not end after cancel");
-    assert_eq!(fixture.stats.auth_attempts.load(Ordering::SeqCst), 1, "the key file logged in");
+    assert_eq!(
+        fixture.stats.auth_attempts.load(Ordering::SeqCst),
+        1,
+        "the key file logged in"
+    );
     assert_eq!(fixture.stats.key_offers.load(Ordering::SeqCst), MAX_KEY_OFFERS);
 }

@@ -205,7 +205,11 @@ impl Sshd {
                     fwd = options.allow_streamlocal,
                     tmp = tmpdir.display(),
                     cache = cache.display(),
-                    extra = options.extra_config.iter().map(|l| format!("{l}\n")).collect::<String>(),
+                    extra = options
+                        .extra_config
+                        .iter()
+                        .map(|l| format!("{l}\n"))
+                        .collect::<String>(),
                 ),
             )
             .unwrap();
