@@ -38,7 +38,7 @@ struct Fixture {
 impl Fixture {
     fn new(extra: &[&str]) -> Fixture {
         let sshd = Sshd::start_with(SshdOptions {
-            extra_config: extra.iter().map(|l| l.to_string()).collect(),
+            extra_config: extra.iter().map(|l| format!("{l}\n")).collect(),
             ..Default::default()
         });
         let d = sshd.dir.path().to_owned();

@@ -32,9 +32,8 @@ pub struct SshdOptions {
     pub authorized_keys_options: &'static str,
     /// Make the sessions' TMPDIR so long that a socket path in it cannot be bound.
     pub long_tmpdir: bool,
-    /// More sshd_config lines, appended after the fixture's own (e.g. `MaxAuthTries 3`); for a
-    /// keyword the fixture already sets, sshd keeps the fixture's (the first) value.
-    pub extra_config: Vec<String>,
+    /// Lines appended to sshd_config (e.g. `RekeyLimit 1M\n`).
+    pub extra_config: String,
 }
 
 impl Default for SshdOptions {
@@ -47,7 +46,7 @@ impl Default for SshdOptions {
             client_key_passphrase: "",
             long_tmpdir: false,
             authorized_keys_options: "",
-            extra_config: Vec::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -205,11 +204,7 @@ impl Sshd {
                     fwd = options.allow_streamlocal,
                     tmp = tmpdir.display(),
                     cache = cache.display(),
-                    extra = options
-                        .extra_config
-                        .iter()
-                        .map(|l| format!("{l}\n"))
-                        .collect::<String>(),
+                    extra = options.extra_config,
                 ),
             )
             .unwrap();
