@@ -177,3 +177,16 @@ pub const RELAY_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// add round trips, never a login OpenSSH's own client gets. A client with a lower
 /// `MaxAuthTries` needs the key named (`--identity`), which is then the only key offered.
 pub const MAX_KEY_OFFERS: usize = 5;
+
+/// Bytes kept of what the client's sshd sends first, to tell a refusal before key exchange
+/// ([`crate::Error::ClosedBeforeKex`]) by how far it got: an SSH banner line is at most 255 bytes
+/// (RFC 4253), OpenSSH's refusal "Not allowed at this time" 26; nothing more is copied after.
+pub const PEER_FIRST_BYTES_KEPT: usize = 256;
+
+/// Characters shown of the text a refusing sshd sent instead of its banner: OpenSSH's is one short
+/// line; the rest of what an untrusted peer sends has no place in an error message.
+pub const REFUSAL_TEXT_SHOWN: usize = 80;
+
+/// Characters kept of the client's disconnect message (quoted in [`crate::Error::AuthCutOff`]):
+/// OpenSSH's are one short sentence ("Too many authentication failures").
+pub const DISCONNECT_MESSAGE_KEPT: usize = 200;

@@ -22,8 +22,8 @@ use crate::incoming::{Decision, Incoming, RefuseAll, TcpOrigin};
 use crate::jump::JumpHost;
 use crate::known_hosts::{self, KnownHosts, Verdict};
 use crate::limits::{
-    CHANNEL_BUFFER, CONNECT_TIMEOUT, KEEPALIVE_MAX, MAX_PACKET, MAX_REFUSED_CHANNEL_OPENS, REFUSALS_LOGGED,
-    REQUEST_TIMEOUT,
+    CHANNEL_BUFFER, CONNECT_TIMEOUT, DISCONNECT_MESSAGE_KEPT, KEEPALIVE_MAX, MAX_PACKET,
+    MAX_REFUSED_CHANNEL_OPENS, PEER_FIRST_BYTES_KEPT, REFUSALS_LOGGED, REFUSAL_TEXT_SHOWN, REQUEST_TIMEOUT,
 };
 use crate::login::Login;
 use crate::secret_file::SecretString;
@@ -110,11 +110,8 @@ pub struct Session {
 type EndReason = Arc<Mutex<Option<Error>>>;
 
 /// What the client's sshd said when it ended the connection (SSH_MSG_DISCONNECT), escaped and
-/// cut at [`GOODBYE_KEPT`] characters: russh turns it into a failed request.
+/// cut at [`DISCONNECT_MESSAGE_KEPT`] characters: russh turns it into a failed request.
 type Goodbye = Arc<Mutex<Option<String>>>;
-
-/// Characters kept of the client's disconnect message; OpenSSH's are one short sentence.
-const GOODBYE_KEPT: usize = 200;
 
 impl Session {
     /// Host as given.
@@ -414,7 +411,12 @@ impl client::Handler for ClientHandler {
         match reason {
             client::DisconnectReason::ReceivedDisconnect(info) => {
                 debug!(code = ?info.reason_code, "the client's sshd disconnected: {}", info.message.escape_debug());
-                let said: String = info.message.trim().escape_debug().take(GOODBYE_KEPT).collect();
+                let said: String = info
+                    .message
+                    .trim()
+                    .escape_debug()
+                    .take(DISCONNECT_MESSAGE_KEPT)
+                    .collect();
                 *self.goodbye.lock().expect("not poisoned") = Some(said);
                 Ok(())
             }
@@ -682,7 +684,7 @@ async fn reach(
     };
     let mut config = client_config(options);
     prefer_recorded_host_key_types(&mut config, &options.known_hosts, target)?;
-    let handle = handshake(target, Arc::new(config), via, handler, &ended).await?;
+    let handle = handshake(target, Arc::new(config), via, handler, &ended, &goodbye).await?;
     let mut session = Session {
         handle,
         host: target.host.to_owned(),
@@ -725,6 +727,7 @@ async fn handshake(
     via: Option<ChannelStream<Msg>>,
     handler: ClientHandler,
     ended: &EndReason,
+    goodbye: &Goodbye,
 ) -> Result<Handle<ClientHandler>> {
     let heard = Heard::default();
     let connecting = async {
@@ -743,7 +746,7 @@ async fn handshake(
             if let Some(reason) = ended.lock().expect("not poisoned").take() {
                 return Err(reason);
             }
-            return Err(closed_before_kex(e, target, &heard));
+            return Err(closed_before_kex(e, target, &heard, goodbye));
         }
         Ok(Ok(handle)) => handle,
     };
@@ -755,10 +758,14 @@ async fn handshake(
 
 /// `e`, from a handshake that failed before key exchange finished, named
 /// [`Error::ClosedBeforeKex`] when the peer simply closed the connection (what a penalised source
-/// or one past MaxStartups sees); other failures (no common algorithm, a broken banner) stay
-/// what they are.
-fn closed_before_kex(e: Error, target: &Target<'_>, heard: &Heard) -> Error {
+/// or one past MaxStartups sees); other failures (no common algorithm, a broken banner, a
+/// disconnect message, which a penalty never sends) stay what they are.
+fn closed_before_kex(e: Error, target: &Target<'_>, heard: &Heard, goodbye: &Goodbye) -> Error {
     use std::io::ErrorKind;
+    if let Some(said) = goodbye.lock().expect("not poisoned").as_deref() {
+        debug!(host = %target.host, port = target.port, "disconnected during key exchange: {said}");
+        return e;
+    }
     let closed = match &e {
         Error::Ssh { source, .. } => match source {
             russh::Error::Disconnect => true,
@@ -784,24 +791,20 @@ fn closed_before_kex(e: Error, target: &Target<'_>, heard: &Heard) -> Error {
     }
 }
 
-/// The first bytes the peer sent (at most [`HEARD_KEPT`]), to tell how far a refused connection
-/// got.
+/// The first bytes the peer sent (at most [`PEER_FIRST_BYTES_KEPT`]), to tell how far a refused
+/// connection got.
 #[derive(Clone, Default)]
 struct Heard(Arc<Mutex<Vec<u8>>>);
-
-/// Bytes of the peer's first output kept: a banner line is at most 255 bytes (RFC 4253), and
-/// OpenSSH's refusal line is 26.
-const HEARD_KEPT: usize = 256;
 
 impl Heard {
     fn record(&self, bytes: &[u8]) {
         let mut kept = self.0.lock().expect("not poisoned");
-        let room = HEARD_KEPT.saturating_sub(kept.len());
+        let room = PEER_FIRST_BYTES_KEPT.saturating_sub(kept.len());
         kept.extend_from_slice(&bytes[..room.min(bytes.len())]);
     }
 
     fn is_full(&self) -> bool {
-        self.0.lock().expect("not poisoned").len() >= HEARD_KEPT
+        self.0.lock().expect("not poisoned").len() >= PEER_FIRST_BYTES_KEPT
     }
 
     fn stage(&self) -> crate::error::KexStage {
@@ -819,14 +822,14 @@ impl Heard {
         let text: String = String::from_utf8_lossy(first)
             .trim_end()
             .escape_debug()
-            .take(80)
+            .take(REFUSAL_TEXT_SHOWN)
             .collect();
         KexStage::Refused(text)
     }
 }
 
 /// The transport with what the peer first sent recorded in [`Heard`] (bounded; after the first
-/// [`HEARD_KEPT`] bytes nothing more is copied).
+/// [`PEER_FIRST_BYTES_KEPT`] bytes nothing more is copied).
 struct Watched<S> {
     inner: S,
     heard: Heard,
@@ -1023,7 +1026,7 @@ mod tests {
         heard.record(b"\x1b]0;pwned\x07");
         heard.record(&[b'x'; 4096]);
         assert!(heard.is_full());
-        assert_eq!(heard.0.lock().unwrap().len(), HEARD_KEPT);
+        assert_eq!(heard.0.lock().unwrap().len(), PEER_FIRST_BYTES_KEPT);
         let KexStage::Refused(said) = heard.stage() else {
             panic!("{:?}", heard.stage())
         };

@@ -44,6 +44,9 @@ enum Refusal {
     AfterBanner,
     /// Banner, KEXINIT, the client's KEXINIT and key exchange init read, then close.
     MidKex,
+    /// Banner, the client's KEXINIT read, then SSH_MSG_DISCONNECT with a reason, then close: a
+    /// deliberate refusal with words, which no penalty sends.
+    DisconnectMidKex,
 }
 
 /// A one-connection raw TCP peer on 127.0.0.1; `reached_kex` is set once it has read the
@@ -96,6 +99,17 @@ impl RawPeer {
                         flag.store(true, Ordering::SeqCst);
                     }
                 }
+                Refusal::DisconnectMidKex => {
+                    let _ = tcp.write_all(b"SSH-2.0-OpenSSH_9.9\r\n").await;
+                    let Some(kexinit) = read_packet(&mut tcp).await else {
+                        return;
+                    };
+                    assert_eq!(kexinit.first(), Some(&20), "the client's first packet is KEXINIT");
+                    flag.store(true, Ordering::SeqCst);
+                    let _ = tcp
+                        .write_all(&disconnect_packet("no matching host key type found"))
+                        .await;
+                }
             }
             let _ = tcp.shutdown().await;
             // Hold the socket until the client has closed its side (bounded by the test's life).
@@ -135,6 +149,16 @@ async fn read_packet(tcp: &mut TcpStream) -> Option<Vec<u8>> {
     packet.get(1..len.checked_sub(padding)?).map(<[u8]>::to_vec)
 }
 
+/// SSH_MSG_DISCONNECT (reason 3, key exchange failed) with `why`, unencrypted.
+fn disconnect_packet(why: &str) -> Vec<u8> {
+    let mut payload = vec![1u8];
+    payload.extend_from_slice(&3u32.to_be_bytes());
+    payload.extend_from_slice(&(why.len() as u32).to_be_bytes());
+    payload.extend_from_slice(why.as_bytes());
+    payload.extend_from_slice(&0u32.to_be_bytes()); // language tag
+    packet(payload)
+}
+
 /// A KEXINIT offering one algorithm of each kind that russh's client also offers.
 fn kexinit_packet() -> Vec<u8> {
     let mut payload = vec![20u8];
@@ -156,6 +180,11 @@ fn kexinit_packet() -> Vec<u8> {
     }
     payload.push(0); // first_kex_packet_follows
     payload.extend_from_slice(&0u32.to_be_bytes());
+    packet(payload)
+}
+
+/// `payload` as an unencrypted binary packet (RFC 4253 section 6).
+fn packet(payload: Vec<u8>) -> Vec<u8> {
     // Padding: at least 4 bytes, the whole packet a multiple of 8.
     let mut padding = 8 - (4 + 1 + payload.len()) % 8;
     if padding < 4 {
@@ -306,6 +335,14 @@ async fn a_close_in_the_middle_of_key_exchange_is_named() {
         ),
         "{e:?}"
     );
+}
+
+#[tokio::test]
+async fn a_disconnect_with_a_reason_during_key_exchange_is_not_called_a_penalty() {
+    let (e, reached) = refused_with(Refusal::DisconnectMidKex).await;
+    assert!(reached, "the peer never saw the client's KEXINIT: {e:?}");
+    assert!(!matches!(e, Error::ClosedBeforeKex { .. }), "{e:?}");
+    assert!(!e.to_string().contains("PerSourcePenalties"), "{e}");
 }
 
 #[tokio::test]
