@@ -177,6 +177,24 @@ fn error_line(out: &Outcome) -> String {
         .to_owned()
 }
 
+/// sshd's log once it has logged `n` ends of logins that did not get in (ours: "Connection closed
+/// by authenticating user", its own: "Disconnecting authenticating user"), waited for (bounded):
+/// sshd's monitor writes the log, not in step with what the client sees.
+fn log_after_failed_logins(sshd: &Sshd, n: usize) -> String {
+    let ends = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("Connection closed by authenticating user")
+                    || l.contains("Disconnecting authenticating user")
+            })
+            .count()
+    };
+    common::wait_until(&format!("{n} failed logins in the sshd log"), || {
+        ends(&sshd.log()) >= n
+    });
+    sshd.log()
+}
+
 fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
@@ -201,7 +219,7 @@ fn an_agent_with_more_keys_than_max_auth_tries_stops_at_five_and_says_so() {
     ] {
         assert!(err.contains(needle), "{needle:?} missing from: {err}");
     }
-    let log = f.sshd.log();
+    let log = log_after_failed_logins(&f.sshd, 1);
     assert!(!log.contains(MAX_TRIES_LOGGED), "sshd cut the login off:\n{log}");
     // sshd logs every refused key: five, all on one connection (one first userauth attempt).
     assert_eq!(log.matches("Failed publickey for").count(), 5, "{log}");
@@ -220,7 +238,7 @@ fn an_agent_with_more_keys_than_max_auth_tries_stops_at_five_and_says_so() {
         err.contains("The agent holds 8 keys, but at most 5 keys are offered per login"),
         "{err}"
     );
-    let log = f.sshd.log();
+    let log = log_after_failed_logins(&f.sshd, 2);
     assert!(!log.contains(MAX_TRIES_LOGGED), "{log}");
     assert_eq!(log.matches("Failed publickey for").count(), 10, "{log}");
 
@@ -231,6 +249,9 @@ fn an_agent_with_more_keys_than_max_auth_tries_stops_at_five_and_says_so() {
         .output();
     out.assert_code(0);
     assert!(out.stdout_text().starts_with("borg "), "{}", out.describe());
+    common::wait_until("the login in the sshd log", || {
+        f.sshd.log().contains("Accepted publickey")
+    });
     let log = f.sshd.log();
     assert_eq!(log.matches("Accepted publickey").count(), 1, "{log}");
     assert!(!log.contains(MAX_TRIES_LOGGED), "{log}");
@@ -254,7 +275,8 @@ fn a_lower_max_auth_tries_is_named_when_sshd_ends_the_login() {
         assert!(err.contains(needle), "{needle:?} missing from: {err}");
     }
     // The reference: the real sshd did cut us off at its limit.
-    assert!(f.sshd.log().contains(MAX_TRIES_LOGGED), "{}", f.sshd.log());
+    let log = log_after_failed_logins(&f.sshd, 1);
+    assert!(log.contains(MAX_TRIES_LOGGED), "{log}");
 }
 
 #[test]
