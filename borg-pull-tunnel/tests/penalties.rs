@@ -6,7 +6,13 @@
 //! penalise us on demand here (the machine's sshd is 9.2), so in-process peers that speak raw
 //! bytes play the refusing sshd: one that says what 9.8 says, one that closes right after its
 //! banner and one that closes in the middle of key exchange (after its KEXINIT, once it has read
-//! the client's key exchange init, so the test proves key exchange really started).
+//! the client's key exchange init, so the test proves key exchange really started); and, as the
+//! counter-example, one that ends key exchange with a disconnect message, which no penalty sends.
+//! The raw bytes, not the hostile fixture's russh server: russh cannot be stopped at a chosen point
+//! of its handshake, and raw bytes say exactly what OpenSSH says. (Checked by hand against Debian
+//! 13's OpenSSH 10 with penalties on: four failed pulls, then the fifth got exactly this
+//! "Not allowed at this time" and exit 220; with `PerSourcePenaltyExemptList 127.0.0.1` eight
+//! failed pulls in a row all got 211.)
 //!
 //! The key budget is tested against the hostile fixture (an in-process russh sshd that counts
 //! every key offered) with OpenSSH's `ssh-agent` holding more keys than sshd's MaxAuthTries
