@@ -139,6 +139,16 @@ pub const REPO_UNREADABLE: Code = Code {
               passphrase, borg failed); the table or JSON says which and why",
 };
 
+/// The client's sshd closed the connection before key exchange: OpenSSH >= 9.8's
+/// PerSourcePenalties (after failed logins from this server) or MaxStartups. Not [`CONNECT`]: the
+/// fix is waiting or the client's `PerSourcePenaltyExemptList`, not the network.
+pub const REFUSED_BEFORE_KEX: Code = Code {
+    code: 220,
+    meaning: "the client's sshd closed the connection before key exchange (OpenSSH >= 9.8 \
+              PerSourcePenalties after failed logins, or MaxStartups); wait for the penalty to expire \
+              or add this server to the client's PerSourcePenaltyExemptList",
+};
+
 /// Every code of ours, in both binaries.
 pub const ALL: &[Code] = &[
     USAGE,
@@ -160,6 +170,7 @@ pub const ALL: &[Code] = &[
     AUTHORIZED_KEYS_CONFLICT,
     STALE,
     REPO_UNREADABLE,
+    REFUSED_BEFORE_KEX,
 ];
 
 /// The codes `borg-pull-server pull` can exit with (besides borg's own).
@@ -177,6 +188,7 @@ pub const PULL: &[Code] = &[
     CONNECTION_LOST,
     CLIENT_MISBEHAVED,
     MAX_RUNTIME,
+    REFUSED_BEFORE_KEX,
 ];
 
 /// The codes `borg-pull-server restore-tar` can exit with (besides borg's and tar's own).
@@ -194,6 +206,7 @@ pub const RESTORE: &[Code] = &[
     CONNECTION_LOST,
     CLIENT_MISBEHAVED,
     MAX_RUNTIME,
+    REFUSED_BEFORE_KEX,
 ];
 
 /// The codes `borg-pull-server listen` can exit with (0 also after a clean stop on a signal).
@@ -269,7 +282,8 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
         | E::IdentityEncrypted { .. }
         | E::NoIdentity { .. }
         | E::SecretFileTooOpen { .. }
-        | E::AuthFailed { .. } => AUTH,
+        | E::AuthFailed { .. }
+        | E::AuthCutOff { .. } => AUTH,
         E::Passphrase(_) => PASSPHRASE,
         E::Connect { .. } | E::ConnectTimeout { .. } => CONNECT,
         E::ServerHostKey { .. } | E::ForcedCommandInvalid { .. } => USAGE,
@@ -293,6 +307,7 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
         | E::ChannelOpenFlood { .. }
         | E::RemoteOutputTooLarge { .. } => CLIENT_MISBEHAVED,
         E::MaxRuntime { .. } | E::RestoreMaxRuntime { .. } => MAX_RUNTIME,
+        E::ClosedBeforeKex { .. } => REFUSED_BEFORE_KEX,
         E::Interrupted => INTERRUPTED,
         _ => FAILURE,
     }
@@ -342,6 +357,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_close_before_key_exchange_has_its_own_code_even_behind_a_jump_host() {
+        use borg_pull_tunnel::error::KexStage;
+        use borg_pull_tunnel::Error as E;
+        let closed = E::ClosedBeforeKex {
+            host: "c".into(),
+            port: 22,
+            stage: KexStage::NoBanner,
+        };
+        assert_eq!(for_pull_error(&closed), REFUSED_BEFORE_KEX);
+        let behind = E::JumpHost {
+            host: "j".into(),
+            port: 22,
+            source: Box::new(closed),
+        };
+        assert_eq!(for_pull_error(&behind), REFUSED_BEFORE_KEX);
+        assert!(PULL.contains(&REFUSED_BEFORE_KEX) && RESTORE.contains(&REFUSED_BEFORE_KEX));
+        let cut_off = E::AuthCutOff {
+            user: "u".into(),
+            host: "c".into(),
+            port: 22,
+            offered: 3,
+            said: String::new(),
+        };
+        assert_eq!(for_pull_error(&cut_off), AUTH);
+    }
+
     /// The numbers are an interface (scripts test them): changing one is a breaking change.
     #[test]
     fn codes_are_stable() {
@@ -368,6 +410,7 @@ mod tests {
                 (207, "authoriz"),
                 (208, "a client"),
                 (209, "a client"),
+                (220, "the clie"),
             ]
         );
     }

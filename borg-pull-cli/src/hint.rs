@@ -77,6 +77,14 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "pass the private key with -i FILE, or add it to the agent (ssh-add)",
         )),
         E::JumpHost { source, .. } => tunnel(source),
+        e @ E::AuthFailed { .. } if e.agent_keys_left_out() => Some(Hint::new(
+            "-i FILE",
+            "pass the key the client authorises with -i FILE (then it is the only key offered)",
+        )),
+        E::AuthCutOff { .. } => Some(Hint::new(
+            "-i FILE",
+            "pass the key the client authorises with -i FILE (then it is the only key offered)",
+        )),
         E::BorgVersionMismatch { .. } => Some(Hint::new(
             "--remote-borg",
             "point --remote-borg at the client's matching borg, or --borg at this server's",
@@ -130,6 +138,14 @@ pub fn fleet(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "set identity = FILE for the client or in [defaults]",
         ),
         E::JumpHost { source, .. } => fleet(source),
+        e @ E::AuthFailed { .. } if e.agent_keys_left_out() => key(
+            "identity =",
+            "set identity = FILE (the key the client authorises; then it is the only key offered)",
+        ),
+        E::AuthCutOff { .. } => key(
+            "identity =",
+            "set identity = FILE (the key the client authorises; then it is the only key offered)",
+        ),
         E::NoKnownHostsFile => key("known_hosts =", "set known_hosts = FILE"),
         E::RemoteProgramMissing { role, .. } => match role {
             borg_pull_tunnel::RemoteProgram::Relay => key(
@@ -327,5 +343,46 @@ mod fleet_tests {
         assert!(!text.contains("--"), "{text}");
         let e = borg_pull_tunnel::Error::Interrupted;
         assert_eq!(render_fleet(&e), e.to_string());
+    }
+}
+
+#[cfg(test)]
+mod key_budget_tests {
+    use super::*;
+    use borg_pull_tunnel::Error as E;
+    use std::path::PathBuf;
+
+    fn auth_failed(agent_keys: usize, agent_keys_held: u32) -> E {
+        E::AuthFailed {
+            user: "u".into(),
+            host: "h".into(),
+            port: 22,
+            identity: PathBuf::new(),
+            agent: Some(PathBuf::from("/run/a.sock")),
+            agent_keys,
+            agent_keys_held,
+        }
+    }
+
+    /// Keys left out by the bound, or sshd ending the login: name the key (a flag for pull, a
+    /// config key in a fleet); all keys offered and refused: the usual message alone.
+    #[test]
+    fn a_bounded_or_cut_off_login_says_how_to_name_the_key() {
+        let left_out = auth_failed(5, 9);
+        assert!(render(&left_out).ends_with(
+            "; pass the key the client authorises with -i FILE (then it is the only key offered)"
+        ));
+        assert!(render_fleet(&left_out).contains("; set identity = FILE"));
+        let all = auth_failed(3, 3);
+        assert_eq!(render(&all), all.to_string());
+        let cut_off = E::AuthCutOff {
+            user: "u".into(),
+            host: "h".into(),
+            port: 22,
+            offered: 3,
+            said: "Too many authentication failures".into(),
+        };
+        assert!(render(&cut_off).contains("with -i FILE"));
+        assert!(render_fleet(&cut_off).contains("set identity = FILE"));
     }
 }

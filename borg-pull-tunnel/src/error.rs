@@ -217,8 +217,9 @@ pub enum Error {
     /// The client's sshd refused our key(s).
     #[error(
         "{user}@{host} port {port}: permission denied (publickey) for {}; is its \
-         public key in ~{user}/.ssh/authorized_keys on the client (and is the account not locked)?",
-        keys_offered(.identity, .agent, *.agent_keys)
+         public key in ~{user}/.ssh/authorized_keys on the client (and is the account not locked)?{}",
+        keys_offered(.identity, .agent, *.agent_keys),
+        keys_left_out(*.agent_keys, *.agent_keys_held)
     )]
     AuthFailed {
         /// Login user.
@@ -233,6 +234,32 @@ pub enum Error {
         agent: Option<PathBuf>,
         /// How many of the agent's keys were offered.
         agent_keys: usize,
+        /// How many distinct keys the agent holds: more than `agent_keys` when the bound on keys
+        /// offered per login ([`crate::limits::MAX_KEY_OFFERS`]) left some out.
+        agent_keys_held: u32,
+    },
+
+    /// The client's sshd ended the login while refusing our keys: its `MaxAuthTries` is below the
+    /// number of keys offered (what it says then: "Too many authentication failures").
+    #[error(
+        "{user}@{host} port {port}: the client's sshd ended the login after {offered} refused {} \
+         (it said \"{said}\"): sshd does this at MaxAuthTries failed attempts, which the client has \
+         set below the {} keys a login may offer, and OpenSSH >= 9.8 also penalises this server's \
+         address for it; name the key the client authorises, which is then the only key offered",
+        if *.offered == 1 { "key" } else { "keys" },
+        crate::limits::MAX_KEY_OFFERS
+    )]
+    AuthCutOff {
+        /// Login user.
+        user: String,
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// Keys offered on the connection, the one it ended at included.
+        offered: usize,
+        /// Its disconnect message, escaped; empty when it closed without one.
+        said: String,
     },
 
     /// Something failed at a jump host (connecting, logging in, a lost connection); host key
@@ -609,6 +636,47 @@ pub enum Error {
     /// `borg serve` could not be started or relayed.
     #[error(transparent)]
     Serve(#[from] borg_pull_core::Error),
+
+    /// The client's sshd accepted the TCP connection and closed it before key exchange finished:
+    /// what OpenSSH >= 9.8 does to a source address it penalises (PerSourcePenalties) and any
+    /// sshd does past MaxStartups.
+    #[error(
+        "{host} port {port}: the client's sshd closed the connection {stage}, before key exchange; \
+         OpenSSH >= 9.8 does this to a source address under PerSourcePenalties (after failed logins) \
+         or with MaxStartups; wait for the penalty to expire or add this server to \
+         PerSourcePenaltyExemptList in the client's sshd_config"
+    )]
+    ClosedBeforeKex {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// How far the connection got.
+        stage: KexStage,
+    },
+}
+
+/// How far a connection the client's sshd closed before key exchange got (for
+/// [`Error::ClosedBeforeKex`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KexStage {
+    /// Nothing at all arrived.
+    NoBanner,
+    /// Text arrived but no SSH banner: OpenSSH >= 9.8 writes "Not allowed at this time" to a
+    /// penalised source or past MaxStartups. The text is the peer's, escaped and shortened.
+    Refused(String),
+    /// The SSH banner arrived, key exchange did not finish.
+    AfterBanner,
+}
+
+impl std::fmt::Display for KexStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KexStage::NoBanner => f.write_str("without sending its SSH banner"),
+            KexStage::Refused(said) => write!(f, "without sending its SSH banner (it said \"{said}\")"),
+            KexStage::AfterBanner => f.write_str("right after its SSH banner"),
+        }
+    }
 }
 
 impl From<russh::Error> for Error {
@@ -620,7 +688,25 @@ impl From<russh::Error> for Error {
     }
 }
 
+/// Whether the agent holds more keys than were offered.
+fn left_out(agent_keys: usize, agent_keys_held: u32) -> bool {
+    usize::try_from(agent_keys_held).is_ok_and(|held| held > agent_keys)
+}
+
 impl Error {
+    /// Whether the bound on keys offered per login ([`crate::limits::MAX_KEY_OFFERS`]) left some
+    /// of the agent's keys out of a refused login: naming the key is the fix.
+    pub fn agent_keys_left_out(&self) -> bool {
+        match self {
+            Error::AuthFailed {
+                agent_keys,
+                agent_keys_held,
+                ..
+            } => left_out(*agent_keys, *agent_keys_held),
+            _ => false,
+        }
+    }
+
     /// Whether this is a host key verification failure (unknown, changed, revoked, certificate).
     pub fn is_host_key(&self) -> bool {
         matches!(
@@ -685,6 +771,19 @@ fn keys_offered(identity: &std::path::Path, agent: &Option<PathBuf>, agent_keys:
     }
 }
 
+/// The bound on keys offered per login, when it left some of the agent's keys out.
+fn keys_left_out(agent_keys: usize, agent_keys_held: u32) -> String {
+    if !left_out(agent_keys, agent_keys_held) {
+        return String::new();
+    }
+    format!(
+        " The agent holds {agent_keys_held} keys, but at most {} keys are offered per login: sshd \
+         disconnects at MaxAuthTries (6 by default) failed attempts and OpenSSH >= 9.8 then \
+         penalises this server's address; name the key the client authorises instead",
+        crate::limits::MAX_KEY_OFFERS
+    )
+}
+
 fn display_paths(paths: &[PathBuf]) -> String {
     let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     shown.join(", ")
@@ -723,6 +822,7 @@ mod tests {
             identity: identity.into(),
             agent: agent.map(PathBuf::from),
             agent_keys,
+            agent_keys_held: agent_keys as u32,
         }
         .to_string()
     }
@@ -755,5 +855,70 @@ mod tests {
         }
         .to_string();
         assert!(none.contains("the agent at /run/a.sock offered no key"), "{none}");
+    }
+
+    #[test]
+    fn keys_left_out_by_the_bound_are_counted_and_explained() {
+        let all = auth_failed("", Some("/run/a.sock"), 3);
+        assert!(!all.contains("at most"), "{all}");
+        let mut e = Error::AuthFailed {
+            user: "u".into(),
+            host: "h".into(),
+            port: 22,
+            identity: "/k".into(),
+            agent: Some(PathBuf::from("/run/a.sock")),
+            agent_keys: 4,
+            agent_keys_held: 12,
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("the 4 keys of the agent at /run/a.sock and identity \"/k\"")
+                && text.contains("The agent holds 12 keys, but at most 5 keys are offered per login")
+                && text.contains("MaxAuthTries"),
+            "{text}"
+        );
+        e = Error::AuthCutOff {
+            user: "u".into(),
+            host: "h".into(),
+            port: 22,
+            offered: 3,
+            said: "Too many authentication failures".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "u@h port 22: the client's sshd ended the login after 3 refused keys \
+                              (it said \"Too many authentication failures\"): sshd does this at MaxAuthTries"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_close_before_key_exchange_says_how_far_it_got_and_the_fix() {
+        let closed = |stage| {
+            Error::ClosedBeforeKex {
+                host: "client".into(),
+                port: 2222,
+                stage,
+            }
+            .to_string()
+        };
+        let refused = closed(KexStage::Refused("Not allowed at this time".into()));
+        assert!(
+            refused.starts_with(
+                "client port 2222: the client's sshd closed the connection without sending its SSH \
+                 banner (it said \"Not allowed at this time\"), before key exchange; OpenSSH >= 9.8"
+            ),
+            "{refused}"
+        );
+        assert!(
+            refused.ends_with("PerSourcePenaltyExemptList in the client's sshd_config"),
+            "{refused}"
+        );
+        assert!(closed(KexStage::NoBanner)
+            .contains("closed the connection without sending its SSH banner, before"));
+        assert!(closed(KexStage::AfterBanner)
+            .contains("closed the connection right after its SSH banner, before"));
     }
 }

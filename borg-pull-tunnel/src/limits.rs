@@ -32,12 +32,10 @@ pub const CHANNEL_BUFFER: usize = (CHANNEL_WINDOW / MAX_PACKET) as usize;
 /// How long we wait for the TCP connection and the SSH handshake (including host key check).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Most keys of the user's ssh-agent offered when logging in, in the agent's order.
-///
-/// Each refused key costs a round trip and counts against the sshd's `MaxAuthTries` (6 by
-/// default: OpenSSH's own client gets "too many authentication failures" past that too), so more
-/// keys buy nothing; the bound stops an agent listing thousands of keys from holding the login.
-pub const MAX_AGENT_KEYS: usize = 16;
+/// Most keys of the user's ssh-agent offered when logging in, in the agent's order: no more
+/// than [`MAX_KEY_OFFERS`], the bound on all keys offered on one connection (one fewer when a
+/// default key file exists, so it still gets its turn).
+pub const MAX_AGENT_KEYS: usize = MAX_KEY_OFFERS;
 
 /// Send a keepalive after this long without hearing from the client's sshd.
 ///
@@ -166,3 +164,29 @@ pub const BORG_STOP_GRACE: Duration = Duration::from_secs(5);
 /// `--install-relay`: how long sending the relay binary (a few MB) and the client's check of it
 /// may take; generous for a slow link, bounded for a client that stops reading.
 pub const RELAY_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Most public keys offered on one connection (the agent's keys and the key file together; each
+/// hop of a jump host chain is a connection of its own).
+///
+/// sshd counts every refused key as a failed attempt; at `MaxAuthTries` failures (6 by default)
+/// it disconnects with "Too many authentication failures" and logs "maximum authentication
+/// attempts exceeded", the line fail2ban-style tools ban on. Five refusals stay below the
+/// default, so a login that fails ends with our own disconnect and a clear error instead. Any
+/// failed login still costs this server's address an `authfail` penalty on OpenSSH >= 9.8
+/// (PerSourcePenalties, 5 s each, enforced from 15 s accumulated): keys beyond five would only
+/// add round trips, never a login OpenSSH's own client gets. A client with a lower
+/// `MaxAuthTries` needs the key named (`--identity`), which is then the only key offered.
+pub const MAX_KEY_OFFERS: usize = 5;
+
+/// Bytes kept of what the client's sshd sends first, to tell a refusal before key exchange
+/// ([`crate::Error::ClosedBeforeKex`]) by how far it got: an SSH banner line is at most 255 bytes
+/// (RFC 4253), OpenSSH's refusal "Not allowed at this time" 26; nothing more is copied after.
+pub const PEER_FIRST_BYTES_KEPT: usize = 256;
+
+/// Characters shown of the text a refusing sshd sent instead of its banner: OpenSSH's is one short
+/// line; the rest of what an untrusted peer sends has no place in an error message.
+pub const REFUSAL_TEXT_SHOWN: usize = 80;
+
+/// Characters kept of the client's disconnect message (quoted in [`crate::Error::AuthCutOff`]):
+/// OpenSSH's are one short sentence ("Too many authentication failures").
+pub const DISCONNECT_MESSAGE_KEPT: usize = 200;

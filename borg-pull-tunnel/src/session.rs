@@ -22,8 +22,8 @@ use crate::incoming::{Decision, Incoming, RefuseAll, TcpOrigin};
 use crate::jump::JumpHost;
 use crate::known_hosts::{self, KnownHosts, Verdict};
 use crate::limits::{
-    CHANNEL_BUFFER, CONNECT_TIMEOUT, KEEPALIVE_MAX, MAX_PACKET, MAX_REFUSED_CHANNEL_OPENS, REFUSALS_LOGGED,
-    REQUEST_TIMEOUT,
+    CHANNEL_BUFFER, CONNECT_TIMEOUT, DISCONNECT_MESSAGE_KEPT, KEEPALIVE_MAX, MAX_PACKET,
+    MAX_REFUSED_CHANNEL_OPENS, PEER_FIRST_BYTES_KEPT, REFUSALS_LOGGED, REFUSAL_TEXT_SHOWN, REQUEST_TIMEOUT,
 };
 use crate::login::Login;
 use crate::secret_file::SecretString;
@@ -102,11 +102,16 @@ pub struct Session {
     ended: EndReason,
     /// The jump host connections carrying this one, first hop first.
     hops: Vec<Session>,
+    goodbye: Goodbye,
 }
 
 /// Why our handler ended the connection (host key refused, oversized packet, channel flood):
 /// russh itself only reports a generic disconnect.
 type EndReason = Arc<Mutex<Option<Error>>>;
+
+/// What the client's sshd said when it ended the connection (SSH_MSG_DISCONNECT), escaped and
+/// cut at [`DISCONNECT_MESSAGE_KEPT`] characters: russh turns it into a failed request.
+type Goodbye = Arc<Mutex<Option<String>>>;
 
 impl Session {
     /// Host as given.
@@ -122,6 +127,11 @@ impl Session {
     /// Whether the connection has ended (keepalive timeout, reset, disconnect).
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
+    }
+
+    /// What the client's sshd said when it disconnected, if it did (escaped, shortened).
+    pub(crate) fn goodbye(&self) -> Option<String> {
+        self.goodbye.lock().expect("not poisoned").clone()
     }
 
     /// The jump hosts this connection goes through (host, port), first hop first.
@@ -286,6 +296,7 @@ pub struct ClientHandler {
     incoming: Arc<dyn Incoming>,
     refused: usize,
     ended: EndReason,
+    goodbye: Goodbye,
 }
 
 impl ClientHandler {
@@ -392,6 +403,26 @@ impl ClientHandler {
 
 impl client::Handler for ClientHandler {
     type Error = Error;
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(info) => {
+                debug!(code = ?info.reason_code, "the client's sshd disconnected: {}", info.message.escape_debug());
+                let said: String = info
+                    .message
+                    .trim()
+                    .escape_debug()
+                    .take(DISCONNECT_MESSAGE_KEPT)
+                    .collect();
+                *self.goodbye.lock().expect("not poisoned") = Some(said);
+                Ok(())
+            }
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
 
     async fn check_server_key(
         &mut self,
@@ -584,6 +615,7 @@ pub async fn connect(options: &SessionOptions, incoming: Arc<dyn Incoming>) -> R
         return Err(Error::NoKnownHostsFile);
     }
     let mut login = Login::new(options)?;
+    login.prepare().await?;
     let mut hops: Vec<Session> = Vec::with_capacity(options.jump.len());
     let mut via = None;
     for (i, jump) in options.jump.iter().enumerate() {
@@ -639,6 +671,7 @@ async fn reach(
     login: &mut Login<'_>,
 ) -> Result<Session> {
     let ended: EndReason = Arc::default();
+    let goodbye: Goodbye = Arc::default();
     let handler = ClientHandler {
         host: target.host.to_owned(),
         port: target.port,
@@ -647,16 +680,18 @@ async fn reach(
         incoming,
         refused: 0,
         ended: ended.clone(),
+        goodbye: goodbye.clone(),
     };
     let mut config = client_config(options);
     prefer_recorded_host_key_types(&mut config, &options.known_hosts, target)?;
-    let handle = handshake(target, Arc::new(config), via, handler, &ended).await?;
+    let handle = handshake(target, Arc::new(config), via, handler, &ended, &goodbye).await?;
     let mut session = Session {
         handle,
         host: target.host.to_owned(),
         port: target.port,
         ended,
         hops: Vec::new(),
+        goodbye,
     };
     login.authenticate(&mut session, target.user).await?;
     debug!(host = %target.host, port = target.port, user = %target.user, "authenticated");
@@ -692,10 +727,12 @@ async fn handshake(
     via: Option<ChannelStream<Msg>>,
     handler: ClientHandler,
     ended: &EndReason,
+    goodbye: &Goodbye,
 ) -> Result<Handle<ClientHandler>> {
+    let heard = Heard::default();
     let connecting = async {
         let stream = transport(target, via).await?;
-        client::connect_stream(config, stream, handler).await
+        client::connect_stream(config, Watched::new(stream, heard.clone()), handler).await
     };
     let handle = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => {
@@ -705,13 +742,160 @@ async fn handshake(
                 secs: CONNECT_TIMEOUT.as_secs(),
             })
         }
-        Ok(Err(e)) => return Err(ended.lock().expect("not poisoned").take().unwrap_or(e)),
+        Ok(Err(e)) => {
+            if let Some(reason) = ended.lock().expect("not poisoned").take() {
+                return Err(reason);
+            }
+            return Err(closed_before_kex(e, target, &heard, goodbye));
+        }
         Ok(Ok(handle)) => handle,
     };
     if let Some(e) = ended.lock().expect("not poisoned").take() {
         return Err(e);
     }
     Ok(handle)
+}
+
+/// `e`, from a handshake that failed before key exchange finished, named
+/// [`Error::ClosedBeforeKex`] when the peer simply closed the connection (what a penalised source
+/// or one past MaxStartups sees); other failures (no common algorithm, a broken banner, a
+/// disconnect message, which a penalty never sends) stay what they are.
+fn closed_before_kex(e: Error, target: &Target<'_>, heard: &Heard, goodbye: &Goodbye) -> Error {
+    use std::io::ErrorKind;
+    if let Some(said) = goodbye.lock().expect("not poisoned").as_deref() {
+        debug!(host = %target.host, port = target.port, "disconnected during key exchange: {said}");
+        return e;
+    }
+    let closed = match &e {
+        Error::Ssh { source, .. } => match source {
+            russh::Error::Disconnect => true,
+            russh::Error::IO(io) => matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        },
+        _ => false,
+    };
+    if !closed {
+        return e;
+    }
+    debug!(host = %target.host, port = target.port, "closed before key exchange: {e}");
+    Error::ClosedBeforeKex {
+        host: target.host.to_owned(),
+        port: target.port,
+        stage: heard.stage(),
+    }
+}
+
+/// The first bytes the peer sent (at most [`PEER_FIRST_BYTES_KEPT`]), to tell how far a refused
+/// connection got.
+#[derive(Clone, Default)]
+struct Heard(Arc<Mutex<Vec<u8>>>);
+
+impl Heard {
+    fn record(&self, bytes: &[u8]) {
+        let mut kept = self.0.lock().expect("not poisoned");
+        let room = PEER_FIRST_BYTES_KEPT.saturating_sub(kept.len());
+        kept.extend_from_slice(&bytes[..room.min(bytes.len())]);
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.lock().expect("not poisoned").len() >= PEER_FIRST_BYTES_KEPT
+    }
+
+    fn stage(&self) -> crate::error::KexStage {
+        use crate::error::KexStage;
+        let kept = self.0.lock().expect("not poisoned");
+        if kept.is_empty() {
+            return KexStage::NoBanner;
+        }
+        let lines = || kept.split(|&b| b == b'\n');
+        if lines().any(|line| line.starts_with(b"SSH-")) {
+            return KexStage::AfterBanner;
+        }
+        // The peer's own words, escaped (it is untrusted) and short.
+        let first = lines().next().unwrap_or_default();
+        let text: String = String::from_utf8_lossy(first)
+            .trim_end()
+            .escape_debug()
+            .take(REFUSAL_TEXT_SHOWN)
+            .collect();
+        KexStage::Refused(text)
+    }
+}
+
+/// The transport with what the peer first sent recorded in [`Heard`] (bounded; after the first
+/// [`PEER_FIRST_BYTES_KEPT`] bytes nothing more is copied).
+struct Watched<S> {
+    inner: S,
+    heard: Heard,
+    full: bool,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, heard: Heard) -> Self {
+        Self {
+            inner,
+            heard,
+            full: false,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.full && buf.filled().len() > before {
+            self.heard.record(&buf.filled()[before..]);
+            self.full = self.heard.is_full();
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// Asks the jump host `hop` for a `direct-tcpip` channel to `next`, the next hop's sshd.
@@ -744,12 +928,14 @@ fn at_jump_host(e: Error, jump: &JumpHost) -> Error {
         Error::Connect { .. }
         | Error::ConnectTimeout { .. }
         | Error::AuthFailed { .. }
+        | Error::AuthCutOff { .. }
         | Error::NoAnswer { .. }
         | Error::ConnectionLost { .. }
         | Error::Ssh { .. }
         | Error::RequestDenied { .. }
         | Error::OversizedPacket { .. }
-        | Error::ChannelOpenFlood { .. } => Error::JumpHost {
+        | Error::ChannelOpenFlood { .. }
+        | Error::ClosedBeforeKex { .. } => Error::JumpHost {
             host: jump.host.clone(),
             port: jump.port,
             source: Box::new(e),
@@ -787,6 +973,7 @@ mod tests {
             incoming: Arc::new(crate::incoming::RefuseAll),
             refused: 0,
             ended: Arc::default(),
+            goodbye: Arc::default(),
         }
     }
 
@@ -819,6 +1006,37 @@ mod tests {
             &hop,
         );
         assert!(matches!(no_key, Error::NoIdentity { .. }), "{no_key:?}");
+    }
+
+    // The peer's first bytes are untrusted: kept bounded, shown escaped and short.
+    #[test]
+    fn what_a_refusing_peer_said_is_bounded_and_escaped() {
+        use crate::error::KexStage;
+        assert_eq!(Heard::default().stage(), KexStage::NoBanner);
+        let heard = Heard::default();
+        heard.record(b"Not allowed at this time\r\n");
+        assert_eq!(
+            heard.stage(),
+            KexStage::Refused("Not allowed at this time".into())
+        );
+        let heard = Heard::default();
+        heard.record(b"hello\n\x1b[31mSSH-2.0-x\r\n");
+        assert_eq!(heard.stage(), KexStage::Refused("hello".into()));
+        let heard = Heard::default();
+        heard.record(b"\x1b]0;pwned\x07");
+        heard.record(&[b'x'; 4096]);
+        assert!(heard.is_full());
+        assert_eq!(heard.0.lock().unwrap().len(), PEER_FIRST_BYTES_KEPT);
+        let KexStage::Refused(said) = heard.stage() else {
+            panic!("{:?}", heard.stage())
+        };
+        assert!(
+            said.starts_with("\\u{1b}]0;pwned\\u{7}xxx") && said.chars().count() == 80,
+            "{said}"
+        );
+        let heard = Heard::default();
+        heard.record(b"debug line\r\nSSH-2.0-OpenSSH_9.9\r\n");
+        assert_eq!(heard.stage(), KexStage::AfterBanner);
     }
 
     // russh's own server never sends channel data above our maximum packet, so no peer in the

@@ -206,13 +206,14 @@ impl Sshd {
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
                      AllowStreamLocalForwarding {fwd}\nStreamLocalBindUnlink no\n\
                      X11Forwarding no\nPrintMotd no\nLogLevel DEBUG1\nMaxStartups 50\nMaxSessions 20\n\
-                     SetEnv TMPDIR={tmp} XDG_CACHE_HOME={cache}\n",
+                     SetEnv TMPDIR={tmp} XDG_CACHE_HOME={cache}\n{extra}",
                     hk = host_key_lines,
                     ak = d.join("authorized_keys").display(),
                     pid = d.join("sshd.pid").display(),
                     fwd = options.allow_streamlocal,
                     tmp = tmpdir.display(),
                     cache = cache.display(),
+                    extra = options.extra_config,
                 ),
             )
             .unwrap();
@@ -434,13 +435,14 @@ fn prepare_chroot(d: &Path, tree: &Path, user: &str) {
 /// Appends [`SshdOptions::extra_config`], and for a chrooted sshd (OpenSSH 10) what only it knows.
 fn append_config(config: &Path, options: &SshdOptions) {
     use std::io::Write;
-    let mut extra = String::new();
+    // The test's own lines first: sshd keeps the first value it reads, so a test can turn
+    // penalties back on.
+    let mut extra = options.extra_config.clone();
     if options.chroot.is_some() {
         // OpenSSH >= 9.8 shuns an address for a while after failed logins or early disconnects;
         // every test client is 127.0.0.1 and some fail on purpose.
         extra.push_str("PerSourcePenalties no\n");
     }
-    extra.push_str(&options.extra_config);
     let mut file = fs::OpenOptions::new().append(true).open(config).unwrap();
     file.write_all(extra.as_bytes()).unwrap();
 }

@@ -111,6 +111,8 @@ pub struct Stats {
     pub connections: AtomicUsize,
     pub connections_ended: AtomicUsize,
     pub auth_attempts: AtomicUsize,
+    /// Public keys the client offered (accepted or not): what sshd's MaxAuthTries counts.
+    pub key_offers: AtomicUsize,
     pub session_opens: AtomicUsize,
     /// Every exec request's command, in order.
     pub exec_commands: Mutex<Vec<String>>,
@@ -380,6 +382,7 @@ impl server::Handler for Conn {
         _user: &str,
         offer: server::PublicKeyOffer<'_>,
     ) -> HResult<Auth> {
+        self.shared.stats.key_offers.fetch_add(1, Ordering::SeqCst);
         Ok(
             if offer.public_key.key_data() == self.shared.client_key.key_data() {
                 Auth::Accept
