@@ -262,6 +262,28 @@ impl Fixture {
             assert!(run.is_running(), "the first run ended early:\n{}", run.report());
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The server's heartbeats reach the run's guard (they, not a clock from the start, keep
+        // a long run alive): its stamp moves on from the one the start wrote.
+        let beat = || -> Option<(PathBuf, u64)> {
+            let entries = self.sshd.tmpdir_entries();
+            let [name] = entries.as_slice() else { return None };
+            let dir = self.sshd.tmpdir.join(name);
+            let stamp = fs::read_to_string(dir.join("beat")).ok()?.trim().parse().ok()?;
+            Some((dir, stamp))
+        };
+        let until = Instant::now() + common::DEADLINE;
+        let first_stamp = loop {
+            if let Some(found) = beat() {
+                break found;
+            }
+            assert!(Instant::now() < until, "no guarded run on the client:\n{}", run.report());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        while beat().is_none_or(|now| now.1 <= first_stamp.1) {
+            assert!(Instant::now() < until, "no heartbeat reached the client:\n{}", run.report());
+            assert!(run.is_running(), "the first run ended early:\n{}", run.report());
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.proxy.freeze();
         let frozen_at = Instant::now();
         let status = run.wait_exit();
@@ -310,4 +332,90 @@ fn after_a_frozen_link_the_next_pull_succeeds_and_the_repository_checks_clean() 
         list.describe()
     );
     f.assert_clean();
+}
+
+impl Fixture {
+    /// `borg-pull-server restore-tar` of `archive` through the proxy into `target`.
+    fn restore(&self, archive: &str, target: &Path, tar: Option<&Path>) -> TestCommand {
+        let mut cmd = TestCommand::new(server_bin());
+        cmd.arg("restore-tar")
+            .arg("-p")
+            .arg(self.proxy.port.to_string())
+            .arg("-i")
+            .arg(self.sshd.client_key())
+            .arg("--known-hosts")
+            .arg(&self.known_hosts)
+            .arg("--repo")
+            .arg(&self.repo)
+            .arg("--archive")
+            .arg(archive)
+            .arg("--remote-dir")
+            .arg(target);
+        if let Some(tar) = tar {
+            cmd.arg("--remote-tar").arg(tar);
+        }
+        cmd.arg(self.sshd.destination())
+            .env("BORG_BASE_DIR", &self.server_base)
+            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+            .env_remove("BORG_PASSPHRASE")
+            .env_remove("BORG_PASSCOMMAND")
+            .env_remove("BORG_REPO")
+            .env("BORG_PULL_LOG", "info")
+            .attach_log("sshd log", self.sshd.log_path());
+        cmd
+    }
+
+    /// A directory the client's login user can restore into.
+    fn target(&self, name: &str) -> PathBuf {
+        let target = self.work.join(name);
+        fs::create_dir(&target).unwrap();
+        sshd::chown_to_login_user(&target);
+        target
+    }
+}
+
+#[test]
+fn after_a_frozen_link_the_next_restore_succeeds_and_the_dead_runs_tar_is_stopped() {
+    let f = Fixture::new();
+    // 16 MiB that do not compress: at the dead run's pace (64 KiB per 200 ms) the stream lasts
+    // far beyond the freeze.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let big: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    fs::write(f.data.join("big"), &big).unwrap();
+    let data = f.data.to_str().unwrap().to_owned();
+    assert_ok(
+        &f.local_borg(&["create", "--compression", "none", "::src", data.as_str()]),
+        "borg create",
+    );
+    let slow_tar = f.dir().join("bin/slow-tar");
+    fs::write(
+        &slow_tar,
+        format!(
+            "#!/bin/sh\nn=0; while [ $n -lt 750 ]; do echo $n >>'{w}/progress'; \
+             dd bs=65536 count=1 of=/dev/null 2>/dev/null; sleep 0.2; n=$((n+1)); done\n",
+            w = f.work.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&slow_tar, fs::Permissions::from_mode(0o755)).unwrap();
+    let first = f.restore("src", &f.target("dead"), Some(&slow_tar));
+    let frozen_at = f.kill_the_link_under(first, |f| f.progress() >= 10);
+    let target = f.target("next");
+    let out = f.restore("src", &target, None).output();
+    assert_ok(&out, "the restore after the freeze");
+    let took = frozen_at.elapsed();
+    eprintln!("next restore succeeded {took:?} after the freeze");
+    assert!(took < NEXT_RUN_WITHIN, "the next restore took until {took:?} after the freeze");
+    let restored = target.join(f.data.join("big").strip_prefix("/").unwrap());
+    assert!(fs::read(&restored).unwrap() == big, "{} differs", restored.display());
+    // The dead run's tar is gone with its directory (its guard, or the next run, stopped it).
+    f.assert_clean();
+    common::assert_no_process_mentions(&slow_tar);
 }

@@ -18,6 +18,12 @@
 //!
 //! Deadlines as for a pull: [`REQUEST_TIMEOUT`] per request, [`REMOTE_HELPER_TIMEOUT`] for the
 //! check, [`RestoreOptions::max_runtime`] for the stream; cancelling stops borg and tar.
+//!
+//! A link that dies silently: the client's script guards tar as a pull's guards borg (a private
+//! directory, a watcher, [`crate::remote::Guard`]). tar's stdin is the stream, so the heartbeats
+//! come on a second exec channel (its script stamps the private directory), opened right after
+//! the report while the stream starts; without them the watcher stops tar and the next run
+//! clears what is left.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -126,10 +132,9 @@ impl RestoreOptions {
         Ok(serve.find_program()?)
     }
 
-    /// The script run on the client: check tar and the directory, report, `exec` tar.
+    /// The script run on the client: check tar and the directory, make the private directory and
+    /// its guard ([`crate::remote::Guard`]), report, `exec` tar.
     pub fn remote_script(&self, marker: &str) -> Result<Vec<u8>> {
-        let tar = shell_quote(self.remote_tar.as_bytes())?;
-        let dir = shell_quote(self.remote_dir.as_bytes())?;
         self.remote_script_guarded(marker, &Guard::default())
     }
 
