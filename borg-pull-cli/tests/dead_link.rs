@@ -216,11 +216,7 @@ impl Fixture {
     /// A backup whose source (run by borg on the client) writes a line to `work/progress` and
     /// 64 KiB of data every 200 ms, for at most 150 s: still running when the link dies.
     fn slow_backup(&self) -> TestCommand {
-        let source = format!(
-            "n=0; while [ $n -lt 750 ]; do echo $n >>'{w}/progress'; head -c 65536 /dev/urandom; \
-             sleep 0.2; n=$((n+1)); done",
-            w = self.work.display()
-        );
+        let source = self.slow_source();
         self.pull(&[
             "create",
             "--content-from-command",
@@ -418,4 +414,119 @@ fn after_a_frozen_link_the_next_restore_succeeds_and_the_dead_runs_tar_is_stoppe
     // The dead run's tar is gone with its directory (its guard, or the next run, stopped it).
     f.assert_clean();
     common::assert_no_process_mentions(&slow_tar);
+}
+
+/// `--via agent` / `--via tcp`: the client's borg logs in to the server's sshd (here the same
+/// sshd) with the forwarded agent; `authorize` put the agent key there with its forced
+/// `borg serve`. The client's own ssh reaches the server directly (agent method) or through the
+/// run's TCP forward (TCP method): the freeze cuts the run's connection to the client.
+fn via_fixture() -> (Fixture, PathBuf) {
+    let f = Fixture::new();
+    let agent_key = f.dir().join("agent_key");
+    assert_ok(
+        &TestCommand::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "agent-key", "-f"])
+            .arg(&agent_key)
+            .output(),
+        "ssh-keygen",
+    );
+    // The forced borg serve runs as the login user.
+    sshd::chown_to_login_user(&f.repo);
+    let out = TestCommand::new(server_bin())
+        .arg("authorize")
+        .arg("--repo")
+        .arg(&f.repo)
+        .arg("--borg")
+        .arg("/usr/bin/borg")
+        .arg("--key")
+        .arg(agent_key.with_extension("pub"))
+        .arg("--install")
+        .arg("--authorized-keys")
+        .arg(f.dir().join("authorized_keys"))
+        .output();
+    assert_ok(&out, "authorize --install");
+    (f, agent_key)
+}
+
+impl Fixture {
+    /// `pull --via VIA` through the proxy with the agent key.
+    fn via_pull(&self, via: &str, agent_key: &Path, borg_args: &[&str]) -> TestCommand {
+        let server = format!("{}@127.0.0.1:{}", self.sshd.user, self.sshd.port);
+        let mut with = TestCommand::new(server_bin());
+        with.arg("pull")
+            .args(["--via", via, "--agent-key"])
+            .arg(agent_key)
+            .arg("--server-ssh")
+            .arg(server)
+            .arg("--server-host-key")
+            .arg(self.dir().join("host_key.pub"))
+            .arg("-p")
+            .arg(self.proxy.port.to_string())
+            .arg("-i")
+            .arg(self.sshd.client_key())
+            .arg("--known-hosts")
+            .arg(&self.known_hosts)
+            .arg("--repo")
+            .arg(&self.repo)
+            .arg("--env")
+            .arg(format!("BORG_BASE_DIR={}/client-base", self.work.display()))
+            .arg("--env")
+            .arg("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes")
+            .arg(self.sshd.destination())
+            .arg("--")
+            .args(borg_args)
+            .env("BORG_BASE_DIR", &self.server_base)
+            .env_remove("BORG_PASSPHRASE")
+            .env_remove("BORG_PASSCOMMAND")
+            .env_remove("BORG_REPO")
+            .env_remove("SSH_AUTH_SOCK")
+            .env("BORG_PULL_LOG", "info")
+            .attach_log("sshd log", self.sshd.log_path());
+        with
+    }
+
+    fn slow_source(&self) -> String {
+        format!(
+            "n=0; while [ $n -lt 750 ]; do echo $n >>'{w}/progress'; head -c 65536 /dev/urandom; \
+             sleep 0.2; n=$((n+1)); done",
+            w = self.work.display()
+        )
+    }
+}
+
+fn next_run_after_a_frozen_link_via(via: &str) {
+    let (f, agent_key) = via_fixture();
+    let source = f.slow_source();
+    let first = f.via_pull(
+        via,
+        &agent_key,
+        &["create", "--content-from-command", "::dead-run", "--", "sh", "-c", &source],
+    );
+    let frozen_at = f.kill_the_link_under(first, |f| f.progress() >= 10);
+    let data = f.data.to_str().unwrap().to_owned();
+    let out = f
+        .via_pull(via, &agent_key, &["create", "::next-run", data.as_str()])
+        .output();
+    assert_ok(&out, &format!("the pull --via {via} after the freeze"));
+    let took = frozen_at.elapsed();
+    eprintln!("next pull --via {via} succeeded {took:?} after the freeze");
+    assert!(took < NEXT_RUN_WITHIN, "the next pull took until {took:?} after the freeze");
+    assert_ok(&f.local_borg(&["check"]), "borg check");
+    let list = f.local_borg(&["list", "--short"]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).lines().any(|l| l == "next-run"),
+        "{}",
+        list.describe()
+    );
+    f.assert_clean();
+}
+
+#[test]
+fn after_a_frozen_link_the_next_pull_via_agent_succeeds() {
+    next_run_after_a_frozen_link_via("agent");
+}
+
+#[test]
+fn after_a_frozen_link_the_next_pull_via_tcp_succeeds() {
+    next_run_after_a_frozen_link_via("tcp");
 }
