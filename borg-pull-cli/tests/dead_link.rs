@@ -114,7 +114,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool, done: &Atom
                     continue;
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => break,
         }
     }
@@ -148,7 +152,11 @@ impl Fixture {
         let data = d.join("data");
         fs::create_dir(&data).unwrap();
         for i in 0..20 {
-            fs::write(data.join(format!("file-{i}")), format!("content {i}\n").repeat(500)).unwrap();
+            fs::write(
+                data.join(format!("file-{i}")),
+                format!("content {i}\n").repeat(500),
+            )
+            .unwrap();
         }
         sshd::chown_to_login_user(&work);
         let bin = d.join("bin");
@@ -254,7 +262,11 @@ impl Fixture {
         let mut run = first.spawn(log);
         let until = Instant::now() + common::DEADLINE;
         while !started(self) {
-            assert!(Instant::now() < until, "the first run never got going:\n{}", run.report());
+            assert!(
+                Instant::now() < until,
+                "the first run never got going:\n{}",
+                run.report()
+            );
             assert!(run.is_running(), "the first run ended early:\n{}", run.report());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -272,11 +284,19 @@ impl Fixture {
             if let Some(found) = beat() {
                 break found;
             }
-            assert!(Instant::now() < until, "no guarded run on the client:\n{}", run.report());
+            assert!(
+                Instant::now() < until,
+                "no guarded run on the client:\n{}",
+                run.report()
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         while beat().is_none_or(|now| now.1 <= first_stamp.1) {
-            assert!(Instant::now() < until, "no heartbeat reached the client:\n{}", run.report());
+            assert!(
+                Instant::now() < until,
+                "no heartbeat reached the client:\n{}",
+                run.report()
+            );
             assert!(run.is_running(), "the first run ended early:\n{}", run.report());
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -318,12 +338,17 @@ fn after_a_frozen_link_the_next_pull_succeeds_and_the_repository_checks_clean() 
     assert_ok(&out, "the pull after the freeze");
     let took = frozen_at.elapsed();
     eprintln!("next pull succeeded {took:?} after the freeze");
-    assert!(took < NEXT_RUN_WITHIN, "the next pull took until {took:?} after the freeze");
+    assert!(
+        took < NEXT_RUN_WITHIN,
+        "the next pull took until {took:?} after the freeze"
+    );
     assert_ok(&f.local_borg(&["check"]), "borg check");
     let list = f.local_borg(&["list", "--short"]);
     assert_ok(&list, "borg list");
     assert!(
-        String::from_utf8_lossy(&list.stdout).lines().any(|l| l == "next-run"),
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .any(|l| l == "next-run"),
         "{}",
         list.describe()
     );
@@ -408,9 +433,16 @@ fn after_a_frozen_link_the_next_restore_succeeds_and_the_dead_runs_tar_is_stoppe
     assert_ok(&out, "the restore after the freeze");
     let took = frozen_at.elapsed();
     eprintln!("next restore succeeded {took:?} after the freeze");
-    assert!(took < NEXT_RUN_WITHIN, "the next restore took until {took:?} after the freeze");
+    assert!(
+        took < NEXT_RUN_WITHIN,
+        "the next restore took until {took:?} after the freeze"
+    );
     let restored = target.join(f.data.join("big").strip_prefix("/").unwrap());
-    assert!(fs::read(&restored).unwrap() == big, "{} differs", restored.display());
+    assert!(
+        fs::read(&restored).unwrap() == big,
+        "{} differs",
+        restored.display()
+    );
     // The dead run's tar is gone with its directory (its guard, or the next run, stopped it).
     f.assert_clean();
     common::assert_no_process_mentions(&slow_tar);
@@ -500,7 +532,15 @@ fn next_run_after_a_frozen_link_via(via: &str) {
     let first = f.via_pull(
         via,
         &agent_key,
-        &["create", "--content-from-command", "::dead-run", "--", "sh", "-c", &source],
+        &[
+            "create",
+            "--content-from-command",
+            "::dead-run",
+            "--",
+            "sh",
+            "-c",
+            &source,
+        ],
     );
     let frozen_at = f.kill_the_link_under(first, |f| f.progress() >= 10);
     let data = f.data.to_str().unwrap().to_owned();
@@ -510,11 +550,16 @@ fn next_run_after_a_frozen_link_via(via: &str) {
     assert_ok(&out, &format!("the pull --via {via} after the freeze"));
     let took = frozen_at.elapsed();
     eprintln!("next pull --via {via} succeeded {took:?} after the freeze");
-    assert!(took < NEXT_RUN_WITHIN, "the next pull took until {took:?} after the freeze");
+    assert!(
+        took < NEXT_RUN_WITHIN,
+        "the next pull took until {took:?} after the freeze"
+    );
     assert_ok(&f.local_borg(&["check"]), "borg check");
     let list = f.local_borg(&["list", "--short"]);
     assert!(
-        String::from_utf8_lossy(&list.stdout).lines().any(|l| l == "next-run"),
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .any(|l| l == "next-run"),
         "{}",
         list.describe()
     );

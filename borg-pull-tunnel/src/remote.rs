@@ -483,7 +483,9 @@ date +%s >\"$bp_dir/beat\" 2>/dev/null; ";
 /// left alone.
 pub(crate) fn beat_script(dir: &str) -> Result<Vec<u8>> {
     if !is_private_dir_path(dir) {
-        return Err(Error::InvalidOption(format!("{dir:?} is not a private directory path")));
+        return Err(Error::InvalidOption(format!(
+            "{dir:?} is not a private directory path"
+        )));
     }
     let mut s = b"bp_m=; ".to_vec();
     s.extend_from_slice(Guard::default().functions().as_bytes());
@@ -538,8 +540,16 @@ pub struct Cleared {
 impl std::fmt::Display for Cleared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.pid {
-            Some(pid) => write!(f, "cleared a dead run on the client: borg pid {pid} stopped, {} removed", self.dir),
-            None => write!(f, "cleared a dead run on the client: no process left, {} removed", self.dir),
+            Some(pid) => write!(
+                f,
+                "cleared a dead run on the client: borg pid {pid} stopped, {} removed",
+                self.dir
+            ),
+            None => write!(
+                f,
+                "cleared a dead run on the client: no process left, {} removed",
+                self.dir
+            ),
         }
     }
 }
@@ -976,7 +986,10 @@ mod tests {
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt as _;
         assert_eq!(status.signal(), Some(15), "borg gets SIGTERM: {status}");
-        assert!(within(bound, || !group_alive(pgid)), "borg's process group is left");
+        assert!(
+            within(bound, || !group_alive(pgid)),
+            "borg's process group is left"
+        );
         drop(stdin);
     }
 
@@ -1012,7 +1025,14 @@ mod tests {
         let mut stdin = child.stdin.take().unwrap();
         // No socket, no `go`: the start bound applies; here the run is started by hand.
         let dir = within(10, || std::fs::read_dir(tmp.path()).unwrap().count() == 1)
-            .then(|| std::fs::read_dir(tmp.path()).unwrap().next().unwrap().unwrap().path())
+            .then(|| {
+                std::fs::read_dir(tmp.path())
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .path()
+            })
             .unwrap();
         let _listener = std::os::unix::net::UnixListener::bind(dir.join(SOCKET_NAME)).unwrap();
         stdin
@@ -1045,8 +1065,10 @@ mod tests {
             let child = cmd.process_group(0).spawn().unwrap();
             // setpriv execs sleep: wait until the uid changed.
             let pid = child.id();
-            assert!(within(10, || std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.starts_with("sleep"))));
+            assert!(within(10, || std::fs::read_to_string(format!(
+                "/proc/{pid}/cmdline"
+            ))
+            .is_ok_and(|c| c.starts_with("sleep"))));
             Proc(child)
         }
 
@@ -1097,13 +1119,23 @@ mod tests {
         let record = |p: &Proc, start: &str, uid: u32| format!("{} {start} {} {uid}", p.pid(), p.pid());
         // Dead: stale beat, its borg still running as recorded.
         let mut dead_borg = Proc::start(false);
-        let dead = left_dir(tmp.path(), "dead0001", stale, Some(record(&dead_borg, &dead_borg.start_time(), uid)));
+        let dead = left_dir(
+            tmp.path(),
+            "dead0001",
+            stale,
+            Some(record(&dead_borg, &dead_borg.start_time(), uid)),
+        );
         // Dead, but the pid is now another process (its start time differs): not signalled.
         let mut recycled = Proc::start(false);
         let wrong_start = left_dir(tmp.path(), "recycl01", stale, Some(record(&recycled, "1", uid)));
         // Live: a fresh beat.
         let mut live_borg = Proc::start(false);
-        let live = left_dir(tmp.path(), "live0001", 1, Some(record(&live_borg, &live_borg.start_time(), uid)));
+        let live = left_dir(
+            tmp.path(),
+            "live0001",
+            1,
+            Some(record(&live_borg, &live_borg.start_time(), uid)),
+        );
         // Dead, never started (no `run`), stale beyond the start bound.
         let unstarted = left_dir(tmp.path(), "nostart1", Guard::default().start + 30, None);
         // Unstarted, within the start bound: left alone.
@@ -1111,9 +1143,24 @@ mod tests {
         // As root: a process of another user recorded with our uid, and another user's directory.
         let mut other = (uid == 0).then(|| Proc::start(true));
         let other_dirs = other.as_ref().map(|o| {
-            let foreign_proc = left_dir(tmp.path(), "foreign1", stale, Some(record(o, &o.start_time(), uid)));
-            let foreign_dir = left_dir(tmp.path(), "foreign2", stale, Some(record(&live_borg, &live_borg.start_time(), uid)));
-            let out = Command::new("chown").arg("-R").arg("65534").arg(&foreign_dir).output().unwrap();
+            let foreign_proc = left_dir(
+                tmp.path(),
+                "foreign1",
+                stale,
+                Some(record(o, &o.start_time(), uid)),
+            );
+            let foreign_dir = left_dir(
+                tmp.path(),
+                "foreign2",
+                stale,
+                Some(record(&live_borg, &live_borg.start_time(), uid)),
+            );
+            let out = Command::new("chown")
+                .arg("-R")
+                .arg("65534")
+                .arg(&foreign_dir)
+                .output()
+                .unwrap();
             assert!(out.status.success());
             (foreign_proc, foreign_dir)
         });
@@ -1137,11 +1184,23 @@ mod tests {
         expected.sort_by(|a, b| a.1.cmp(&b.1));
         assert_eq!(cleared, expected);
         assert_eq!(
-            format!("{}", Cleared { pid: Some(7), dir: "/t/x".into() }),
+            format!(
+                "{}",
+                Cleared {
+                    pid: Some(7),
+                    dir: "/t/x".into()
+                }
+            ),
             "cleared a dead run on the client: borg pid 7 stopped, /t/x removed"
         );
-        assert!(within(5, || !dead_borg.running()), "the dead run's borg still runs");
-        assert!(recycled.running(), "a process with another start time was signalled");
+        assert!(
+            within(5, || !dead_borg.running()),
+            "the dead run's borg still runs"
+        );
+        assert!(
+            recycled.running(),
+            "a process with another start time was signalled"
+        );
         assert!(live_borg.running() && live.exists(), "a live run was touched");
         assert!(starting.exists(), "a starting run was cleared");
         for gone in [&dead, &wrong_start, &unstarted] {

@@ -52,7 +52,9 @@ use crate::limits::{
     REMOTE_HELPER_TIMEOUT, REQUEST_TIMEOUT, RESTORE_READ_BUFFER,
 };
 use crate::pull::{session_options, PullEnv};
-use crate::remote::{beat_script, is_private_dir_path, new_marker, Cleared, Guard, CHECK_FUNCTION, DIR_PREFIX};
+use crate::remote::{
+    beat_script, is_private_dir_path, new_marker, Cleared, Guard, CHECK_FUNCTION, DIR_PREFIX,
+};
 use crate::secret::Passphrase;
 use crate::session::{self, Session, SessionOptions};
 use crate::{Error, Result};
