@@ -276,8 +276,10 @@ impl Fixture {
             let entries = self.sshd.tmpdir_entries();
             let [name] = entries.as_slice() else { return None };
             let dir = self.sshd.tmpdir.join(name);
-            let stamp = fs::read_to_string(dir.join("beat")).ok()?.trim().parse().ok()?;
-            Some((dir, stamp))
+            // `TIME COUNT`: the count of heartbeats received.
+            let line = fs::read_to_string(dir.join("beat")).ok()?;
+            let count = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some((dir, count))
         };
         let until = Instant::now() + common::DEADLINE;
         let first_stamp = loop {

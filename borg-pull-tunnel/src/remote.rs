@@ -10,6 +10,15 @@
 //! (the watcher still cleans up). If the server dies, sshd closes the
 //! session: borg loses its relay and exits, and the watcher removes the directory.
 //!
+//! If the link dies silently (no FIN or RST: the client's sshd never learns of it, and borg would
+//! keep the cache lock), the run's [`Guard`] ends it: after `go` the server writes a heartbeat
+//! line on stdin every [`HEARTBEAT_INTERVAL`](crate::limits::HEARTBEAT_INTERVAL); a reader in the
+//! background stamps each into the private directory (borg itself gets /dev/null), and the
+//! watcher, after [`CLIENT_SILENCE_LIMIT`](crate::limits::CLIENT_SILENCE_LIMIT) without a beat,
+//! stops borg's process group and removes the directory. The directory records what the next
+//! run needs to clear a dead run whose watcher is gone or late: the pid borg has, its start time,
+//! process group and uid.
+//!
 //! The script reports on lines that start with a per-run marker, so whatever the login user's
 //! shell start-up files print cannot be mistaken for a report.
 
@@ -376,6 +385,9 @@ impl Default for Guard {
 
 /// The guard's shell functions (POSIX sh; `/proc` where there is one).
 ///
+/// - `bp_beat FILE N`: writes the time (`date +%s`, 0 where it has no `%s`) and the count N: the
+///   line changes with every beat even where the time cannot be read (the watcher compares
+///   lines; only the next run's age check needs the time, and skips a 0).
 /// - `bp_stat PID`: `bp_st` its start time (field 22 of `/proc/PID/stat`, after the command
 ///   name, which may hold spaces and parentheses), `bp_pg` its process group.
 /// - `bp_alive PID START UID`: PID still is that process (same start time) of that user (real
@@ -384,11 +396,13 @@ impl Default for Guard {
 ///   SIGKILL after the grace if the same process is still there. Signals go to the group only
 ///   while its leader is verified alive, so the group id cannot have been reused.
 /// - `bp_clear OWN`: the next run's look at the login user's other private directories in the
-///   same TMPDIR: one whose last heartbeat (a `date +%s` stamp in `beat`) is older than the
+///   same TMPDIR: one whose last heartbeat (`beat`: a `date +%s` stamp, then a count) is older than the
 ///   bound (the start bound until `run` records a started run) is dead; the process `run`
 ///   recorded is stopped if it is still the same one, the directory removed and one `cleared`
 ///   line reported. A directory without a stamp (an older version's) is left to its own watcher.
-const GUARD_FUNCTIONS: &str = "bp_stat() { bp_st=; bp_pg=; bp_s=; \
+const GUARD_FUNCTIONS: &str = "bp_beat() { bp_t=$(date +%s 2>/dev/null); case $bp_t in ''|*[!0-9]*) bp_t=0;; esac; \
+printf '%s %s\\n' \"$bp_t\" \"$2\" >\"$1\"; }; \
+bp_stat() { bp_st=; bp_pg=; bp_s=; \
 [ -r \"/proc/$1/stat\" ] && read -r bp_s 2>/dev/null <\"/proc/$1/stat\" || return 1; \
 bp_s=${bp_s##*) }; set -- $bp_s; bp_pg=$3; bp_st=${20}; [ -n \"$bp_st\" ]; }; \
 bp_alive() { bp_stat \"$1\" && [ \"$bp_st\" = \"$2\" ] && [ -r \"/proc/$1/status\" ] || return 1; \
@@ -403,7 +417,7 @@ case $bp_t in ''|*[!0-9]*) return 0;; esac; \
 for bp_o in \"${TMPDIR:-/tmp}\"/@PREFIX@????????; do \
 [ \"$bp_o\" != \"$1\" ] && [ -d \"$bp_o\" ] && [ ! -L \"$bp_o\" ] || continue; \
 bp_w=$(ls -nd -- \"$bp_o\" 2>/dev/null) || continue; set -- \"$1\" $bp_w; [ \"$4\" = \"$bp_id\" ] || continue; \
-bp_b=; read -r bp_b 2>/dev/null <\"$bp_o/beat\"; case $bp_b in ''|*[!0-9]*) continue;; esac; \
+bp_b=; read -r bp_b bp_r 2>/dev/null <\"$bp_o/beat\"; case $bp_b in ''|0|*[!0-9]*) continue;; esac; \
 if [ -e \"$bp_o/run\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
 [ $((bp_t - bp_b)) -gt $bp_x ] || continue; \
 bp_p=; bp_q=; bp_g=; bp_v=; read -r bp_p bp_q bp_g bp_v 2>/dev/null <\"$bp_o/run\"; \
@@ -419,7 +433,7 @@ rm -rf -- \"$bp_o\"; printf '%scleared %s %s\\n' \"$bp_m\" \"$bp_p\" \"$bp_o\"; 
 /// under sshd), ends the group's rest: the heartbeat reader and whatever borg left running (the
 /// watcher itself is in the group, so the group id cannot have been reused).
 const GUARD_WATCHER: &str = "bp_stat $$; bp_me=$$; bp_mg=$bp_pg; bp_id=$(id -u); \
-date +%s >\"$bp_dir/beat\" 2>/dev/null; \
+bp_beat \"$bp_dir/beat\" 0 2>/dev/null; \
 (trap '' INT TERM HUP; bp_n=0; bp_l=; while kill -0 $bp_me 2>/dev/null; do sleep 1; \
 if [ -e \"$bp_dir/run\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
 bp_b=; read -r bp_b 2>/dev/null <\"$bp_dir/beat\"; \
@@ -438,8 +452,8 @@ case $bp_rp in ''|*[!0-9]*) ;; *) bp_alive \"$bp_rp\" \"$bp_rs\" \"$bp_id\" && k
 /// the script's stdin (through fd 3: a background list's own stdin is /dev/null): every line
 /// stamps `beat`; it ends at EOF or once the directory is gone.
 const GUARD_ARM: &str = "bp_stat $$; printf '%s %s %s %s\\n' $$ \"${bp_st:--}\" \"${bp_pg:--}\" \"$bp_id\" >\"$bp_dir/run\" || exit 2; \
-date +%s >\"$bp_dir/beat\" 2>/dev/null; exec 3<&0; \
-(while IFS= read -r bp_l; do date +%s >\"$bp_dir/beat\" 2>/dev/null || break; done) <&3 >/dev/null 2>&1 & ";
+bp_beat \"$bp_dir/beat\" 0 2>/dev/null; exec 3<&0; \
+(bp_c=0; while IFS= read -r bp_l; do bp_c=$((bp_c+1)); bp_beat \"$bp_dir/beat\" $bp_c 2>/dev/null || break; done) <&3 >/dev/null 2>&1 & ";
 
 impl Guard {
     fn fill(&self, text: &str) -> String {
@@ -474,7 +488,7 @@ impl Guard {
 
 /// Like [`GUARD_ARM`], without the reader.
 const GUARD_ARM_NO_READER: &str = "bp_stat $$; printf '%s %s %s %s\\n' $$ \"${bp_st:--}\" \"${bp_pg:--}\" \"$bp_id\" >\"$bp_dir/run\" || exit 2; \
-date +%s >\"$bp_dir/beat\" 2>/dev/null; ";
+bp_beat \"$bp_dir/beat\" 0 2>/dev/null; ";
 
 /// The heartbeat reader on a channel of its own, for a run whose stdin is taken (restore-tar):
 /// it records itself in `DIR/reader` (pid and start time: the run's watcher ends it with the
@@ -494,7 +508,7 @@ pub(crate) fn beat_script(dir: &str) -> Result<Vec<u8>> {
     s.extend_from_slice(
         b"; [ -d \"$bp_d\" ] && [ ! -L \"$bp_d\" ] && [ -e \"$bp_d/run\" ] || exit 0; bp_stat $$; \
           printf '%s %s\\n' $$ \"${bp_st:--}\" >\"$bp_d/reader\" || exit 0; \
-          while IFS= read -r bp_l; do date +%s >\"$bp_d/beat\" 2>/dev/null || exit 0; done",
+          bp_c=0; while IFS= read -r bp_l; do bp_c=$((bp_c+1)); bp_beat \"$bp_d/beat\" $bp_c 2>/dev/null || exit 0; done",
     );
     Ok(s)
 }
