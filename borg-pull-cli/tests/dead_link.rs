@@ -577,3 +577,38 @@ fn after_a_frozen_link_the_next_pull_via_agent_succeeds() {
 fn after_a_frozen_link_the_next_pull_via_tcp_succeeds() {
     next_run_after_a_frozen_link_via("tcp");
 }
+
+/// The other side of the bound: on a live link the heartbeats keep a run going well past
+/// [`borg_pull_tunnel::limits::CLIENT_SILENCE_LIMIT`] (45 s) without a byte of borg's own traffic.
+#[test]
+fn a_live_pull_and_restore_longer_than_the_silence_bound_are_not_stopped() {
+    let f = Fixture::new();
+    // borg create waits 55 s for its source's first byte: nothing but heartbeats go to the client.
+    let out = f
+        .pull(&[
+            "create",
+            "--content-from-command",
+            "::quiet",
+            "--",
+            "sh",
+            "-c",
+            "sleep 55; echo done",
+        ])
+        .output();
+    assert_ok(&out, "a quiet pull of 55 s");
+    // tar starts reading after 55 s: the stream waits at the client's window meanwhile.
+    let lazy_tar = f.dir().join("bin/lazy-tar");
+    fs::write(&lazy_tar, "#!/bin/sh\nsleep 55\nexec tar \"$@\"\n").unwrap();
+    fs::set_permissions(&lazy_tar, fs::Permissions::from_mode(0o755)).unwrap();
+    let data = f.data.to_str().unwrap().to_owned();
+    assert_ok(&f.local_borg(&["create", "::src", data.as_str()]), "borg create");
+    let target = f.target("lazy");
+    let out = f.restore("src", &target, Some(&lazy_tar)).output();
+    assert_ok(&out, "a restore whose tar waits 55 s");
+    let restored = target.join(f.data.join("file-3").strip_prefix("/").unwrap());
+    assert_eq!(
+        fs::read(&restored).unwrap(),
+        fs::read(f.data.join("file-3")).unwrap()
+    );
+    f.assert_clean();
+}
