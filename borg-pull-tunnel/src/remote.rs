@@ -397,7 +397,7 @@ impl Default for Guard {
 ///   while its leader is verified alive, so the group id cannot have been reused.
 /// - `bp_clear OWN`: the next run's look at the login user's other private directories in the
 ///   same TMPDIR: one whose last heartbeat (`beat`: a `date +%s` stamp, then a count) is older than the
-///   bound (the start bound until `run` records a started run) is dead; the process `run`
+///   bound (the start bound until `beats` says heartbeats flow to the run) is dead; the process `run`
 ///   recorded is stopped if it is still the same one, the directory removed and one `cleared`
 ///   line reported. A directory without a stamp (an older version's) is left to its own watcher.
 const GUARD_FUNCTIONS: &str = "bp_beat() { bp_t=$(date +%s 2>/dev/null); case $bp_t in ''|*[!0-9]*) bp_t=0;; esac; \
@@ -418,7 +418,7 @@ for bp_o in \"${TMPDIR:-/tmp}\"/@PREFIX@????????; do \
 [ \"$bp_o\" != \"$1\" ] && [ -d \"$bp_o\" ] && [ ! -L \"$bp_o\" ] || continue; \
 bp_w=$(ls -nd -- \"$bp_o\" 2>/dev/null) || continue; set -- \"$1\" $bp_w; [ \"$4\" = \"$bp_id\" ] || continue; \
 bp_b=; read -r bp_b bp_r 2>/dev/null <\"$bp_o/beat\"; case $bp_b in ''|0|*[!0-9]*) continue;; esac; \
-if [ -e \"$bp_o/run\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
+if [ -e \"$bp_o/beats\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
 [ $((bp_t - bp_b)) -gt $bp_x ] || continue; \
 bp_p=; bp_q=; bp_g=; bp_v=; read -r bp_p bp_q bp_g bp_v 2>/dev/null <\"$bp_o/run\"; \
 case $bp_p in ''|*[!0-9]*) bp_p=-;; esac; \
@@ -428,14 +428,16 @@ rm -rf -- \"$bp_o\"; printf '%scleared %s %s\\n' \"$bp_m\" \"$bp_p\" \"$bp_o\"; 
 
 /// The watcher of the run whose private directory is in `$bp_dir`, started in the background:
 /// it stamps the start, and once a second checks that `$$` (the script, later borg) still
-/// runs and that the heartbeat stamp changed; after the bound without one it stops `$$`'s
-/// process group. Then it removes the directory and, if the script leads its process group (as
+/// runs and that the heartbeat stamp changed; after the bound without one (the silence bound
+/// once `beats` says heartbeats flow to this run, before that the start bound: a restore whose
+/// heartbeat channel the client's sshd refused is not stopped for it) it stops `$$`'s process
+/// group. Then it removes the directory and, if the script leads its process group (as
 /// under sshd), ends the group's rest: the heartbeat reader and whatever borg left running (the
 /// watcher itself is in the group, so the group id cannot have been reused).
 const GUARD_WATCHER: &str = "bp_stat $$; bp_me=$$; bp_mg=$bp_pg; bp_id=$(id -u); \
 bp_beat \"$bp_dir/beat\" 0 2>/dev/null; \
 (trap '' INT TERM HUP; bp_n=0; bp_l=; while kill -0 $bp_me 2>/dev/null; do sleep 1; \
-if [ -e \"$bp_dir/run\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
+if [ -e \"$bp_dir/beats\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
 bp_b=; read -r bp_b 2>/dev/null <\"$bp_dir/beat\"; \
 if [ \"$bp_b\" != \"$bp_l\" ]; then bp_l=$bp_b; bp_n=0; else bp_n=$((bp_n+1)); fi; \
 if [ $bp_n -ge $bp_x ]; then bp_sig $bp_me - \"$bp_mg\" TERM; bp_i=0; \
@@ -448,11 +450,11 @@ case $bp_rp in ''|*[!0-9]*) ;; *) bp_alive \"$bp_rp\" \"$bp_rs\" \"$bp_id\" && k
 </dev/null >/dev/null 2>&1 & ";
 
 /// Marks the run as started (`run`: the pid borg will have, its start time, process group and
-/// uid, what the next run checks before it stops anything) and starts the heartbeat reader on
-/// the script's stdin (through fd 3: a background list's own stdin is /dev/null): every line
-/// stamps `beat`; it ends at EOF or once the directory is gone.
+/// uid, what the next run checks before it stops anything; `beats`: heartbeats flow) and starts
+/// the heartbeat reader on the script's stdin (through fd 3: a background list's own stdin is
+/// /dev/null): every line stamps `beat`; it ends at EOF or once the directory is gone.
 const GUARD_ARM: &str = "bp_stat $$; printf '%s %s %s %s\\n' $$ \"${bp_st:--}\" \"${bp_pg:--}\" \"$bp_id\" >\"$bp_dir/run\" || exit 2; \
-bp_beat \"$bp_dir/beat\" 0 2>/dev/null; exec 3<&0; \
+bp_beat \"$bp_dir/beat\" 0 2>/dev/null; : >\"$bp_dir/beats\"; exec 3<&0; \
 (bp_c=0; while IFS= read -r bp_l; do bp_c=$((bp_c+1)); bp_beat \"$bp_dir/beat\" $bp_c 2>/dev/null || break; done) <&3 >/dev/null 2>&1 & ";
 
 impl Guard {
@@ -492,7 +494,8 @@ bp_beat \"$bp_dir/beat\" 0 2>/dev/null; ";
 
 /// The heartbeat reader on a channel of its own, for a run whose stdin is taken (restore-tar):
 /// it records itself in `DIR/reader` (pid and start time: the run's watcher ends it with the
-/// run, since a dead link never brings its EOF) and stamps `DIR/beat` for every line; it ends at
+/// run, since a dead link never brings its EOF), marks `DIR/beats` (from then on the silence
+/// bound applies) and stamps `DIR/beat` for every line; it ends at
 /// EOF, or once the directory is gone. A directory that is not a started run of this user is
 /// left alone.
 pub(crate) fn beat_script(dir: &str) -> Result<Vec<u8>> {
@@ -507,7 +510,7 @@ pub(crate) fn beat_script(dir: &str) -> Result<Vec<u8>> {
     s.extend(shell_quote(dir.as_bytes())?);
     s.extend_from_slice(
         b"; [ -d \"$bp_d\" ] && [ ! -L \"$bp_d\" ] && [ -e \"$bp_d/run\" ] || exit 0; bp_stat $$; \
-          printf '%s %s\\n' $$ \"${bp_st:--}\" >\"$bp_d/reader\" || exit 0; \
+          printf '%s %s\\n' $$ \"${bp_st:--}\" >\"$bp_d/reader\" && : >\"$bp_d/beats\" || exit 0; \
           bp_c=0; while IFS= read -r bp_l; do bp_c=$((bp_c+1)); bp_beat \"$bp_d/beat\" $bp_c 2>/dev/null || exit 0; done",
     );
     Ok(s)
@@ -1121,6 +1124,7 @@ mod tests {
         std::fs::write(dir.join("beat"), format!("{}\n", now - age)).unwrap();
         if let Some(run) = run {
             std::fs::write(dir.join("run"), format!("{run}\n")).unwrap();
+            std::fs::write(dir.join("beats"), "").unwrap();
         }
         dir
     }

@@ -402,7 +402,7 @@ impl Run<'_> {
                     match never {}
                 }
                 Err(e) => {
-                    warn!("cannot open the heartbeat channel ({e}); the client's guard will stop tar");
+                    warn!("cannot open the heartbeat channel ({e}); if the link dies silently, tar on the client waits for the start bound");
                     std::future::pending().await
                 }
             }
