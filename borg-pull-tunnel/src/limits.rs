@@ -190,3 +190,40 @@ pub const REFUSAL_TEXT_SHOWN: usize = 80;
 /// Characters kept of the client's disconnect message (quoted in [`crate::Error::AuthCutOff`]):
 /// OpenSSH's are one short sentence ("Too many authentication failures").
 pub const DISCONNECT_MESSAGE_KEPT: usize = 200;
+
+/// How often the server writes a heartbeat line to the client's run (pull: the run channel's
+/// stdin; restore-tar: a small second channel), so the client can tell a live server from a link
+/// that died without a FIN or RST.
+///
+/// A few times per [`CLIENT_SILENCE_LIMIT`], so one late or lost beat never ends a run; each beat
+/// is one byte of channel data, nothing against a backup's traffic.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Once the run has started, how long the client's watcher waits without a heartbeat before it
+/// stops borg (its process group: SIGTERM, SIGKILL after [`CLIENT_STOP_GRACE`]) and removes the
+/// private directory; also the age past which the next run clears a dead run's directory.
+///
+/// The client's sshd never learns of a dead link by itself (`ClientAliveInterval` is 0 by
+/// default, TCP keepalive takes hours), and its borg would keep the cache lock. 45 s is above
+/// four heartbeats, and below the server's own end of a silent run (keepalives: about
+/// `KEEPALIVE_INTERVAL * (KEEPALIVE_MAX + 1)` = 60 s after it last heard from the client). So
+/// the client stops first: by the time `pull` has given up (exit 215) and any next run starts,
+/// the dead run's borg is gone or on its way out, and the next run finds its directory older
+/// than this bound and finishes the job itself. A link that stalls this long but recovers costs
+/// the run (its borg ends with an error), which the server would have ended 15 s later anyway.
+pub const CLIENT_SILENCE_LIMIT: Duration = Duration::from_secs(45);
+
+/// Before the run has started (the script waits for `go`), the same bound as
+/// [`CLIENT_SILENCE_LIMIT`]: above everything the server may still be doing by then (the start
+/// report [`REMOTE_HELPER_TIMEOUT`], a relay install [`RELAY_INSTALL_TIMEOUT`], the forward
+/// requests 2 × [`REQUEST_TIMEOUT`]), so only a script whose server is gone is stopped.
+pub const CLIENT_START_LIMIT: Duration = Duration::from_secs(900);
+
+/// On the client, after SIGTERM to a dead run's borg: how long it gets before SIGKILL.
+///
+/// borg releases its cache lock on SIGTERM within a second; its goodbye to a repository that no
+/// longer answers could wait for its own 30 s shutdown timeout, which we do not wait for (a borg
+/// killed while holding the lock leaves a stale lock that the next borg on the same host breaks,
+/// since its pid is gone). Short enough that the next run's start (within
+/// [`REMOTE_HELPER_TIMEOUT`]) can include it.
+pub const CLIENT_STOP_GRACE: Duration = Duration::from_secs(10);

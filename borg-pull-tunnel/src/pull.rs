@@ -553,17 +553,15 @@ impl Run<'_> {
         self.check_client_borg(client_borg.as_deref())?;
         self.start_borg(&mut channel, &dir, installed_relay.as_deref())
             .await?;
-        // On failure we return before this EOF and disconnect: sshd ends the session, the
-        // script reads EOF, exits, and its watcher removes the directory.
-        channel
-            .eof()
-            .await
-            .map_err(|e| self.session.failure("sending EOF", e))?;
+        // On failure we return before the heartbeats and disconnect: sshd ends the session, the
+        // script reads EOF, exits, and its watcher removes the directory. Otherwise stdin stays
+        // open for the heartbeats: the client's watcher stops borg when they stop coming.
         debug!("borg started on the client");
         if !early_output.is_empty() {
             let _ = stdout.write_all(&early_output).await;
         }
         let deadline = Instant::now() + self.options.max_runtime;
+        let beats = heartbeat(channel.make_writer());
         let relayed = exec::relay_output(
             &mut channel,
             stdout,
@@ -571,8 +569,11 @@ impl Run<'_> {
             &self.options.cancel,
             deadline,
             CANCEL_GRACE,
-        )
-        .await?;
+        );
+        let relayed = tokio::select! {
+            r = relayed => r?,
+            never = beats => match never {},
+        };
         match relayed.stopped {
             Some(Stop::Cancelled) => return Err(Error::Interrupted),
             Some(Stop::Deadline) => {
@@ -628,7 +629,13 @@ impl Run<'_> {
                 dir,
                 borg_version,
                 relay,
-            } => return Ok((dir, borg_version, relay)),
+                cleared,
+            } => {
+                for dead in cleared {
+                    warn!("{dead}");
+                }
+                return Ok((dir, borg_version, relay));
+            }
             Report::NeedRelay | Report::BadRelay(_) => {
                 let why = match report {
                     Report::BadRelay(got) => format!("its SHA-256 on the client was {got}"),
@@ -794,6 +801,24 @@ impl Run<'_> {
             warn!("the client did not take our disconnect in time");
         }
         stats
+    }
+}
+
+/// Writes a heartbeat line to the run's stdin every [`HEARTBEAT_INTERVAL`] (the client's
+/// guard stops borg once they stop coming), until dropped. A write waits for the client's window
+/// without holding up anything else; after a failed write (the channel is gone) it only waits.
+pub(crate) async fn heartbeat(mut stdin: impl AsyncWrite + Unpin) -> std::convert::Infallible {
+    let mut ticks = tokio::time::interval_at(
+        Instant::now() + crate::limits::HEARTBEAT_INTERVAL,
+        crate::limits::HEARTBEAT_INTERVAL,
+    );
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if stdin.write_all(b"\n").await.is_err() || stdin.flush().await.is_err() {
+            debug!("heartbeat: the run's stdin is closed");
+            return std::future::pending().await;
+        }
     }
 }
 

@@ -10,6 +10,15 @@
 //! (the watcher still cleans up). If the server dies, sshd closes the
 //! session: borg loses its relay and exits, and the watcher removes the directory.
 //!
+//! If the link dies silently (no FIN or RST: the client's sshd never learns of it, and borg would
+//! keep the cache lock), the run's [`Guard`] ends it: after `go` the server writes a heartbeat
+//! line on stdin every [`HEARTBEAT_INTERVAL`](crate::limits::HEARTBEAT_INTERVAL); a reader in the
+//! background stamps each into the private directory (borg itself gets /dev/null), and the
+//! watcher, after [`CLIENT_SILENCE_LIMIT`](crate::limits::CLIENT_SILENCE_LIMIT) without a beat,
+//! stops borg's process group and removes the directory. The directory records what the next
+//! run needs to clear a dead run whose watcher is gone or late: the pid borg has, its start time,
+//! process group and uid.
+//!
 //! The script reports on lines that start with a per-run marker, so whatever the login user's
 //! shell start-up files print cannot be mistaken for a report.
 
@@ -182,10 +191,16 @@ impl RemoteRun<'_> {
     /// The script, with `marker` starting each report line. Fails on a NUL byte or a bad or
     /// reserved variable name, before anything touches the network.
     pub fn script(&self, marker: &str) -> Result<Vec<u8>> {
+        self.script_guarded(marker, &Guard::default())
+    }
+
+    /// [`RemoteRun::script`] with the guard's bounds given.
+    pub(crate) fn script_guarded(&self, marker: &str, guard: &Guard) -> Result<Vec<u8>> {
         let q = |b: &[u8]| shell_quote(b);
         let mut s = Vec::new();
         s.extend_from_slice(format!("bp_m={marker}; ").as_bytes());
         s.extend_from_slice(CHECK_FUNCTION.as_bytes());
+        s.extend_from_slice(guard.functions().as_bytes());
         let transport = match &self.ssh_back {
             None => (self.relay, "relay"),
             Some(back) => (back.ssh, "ssh"),
@@ -241,11 +256,10 @@ impl RemoteRun<'_> {
         s.extend_from_slice(
             format!(
                 "bp_u=$(umask); umask 077; {DIR_VAR}=$(mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\") || exit 2; \
-                 umask \"$bp_u\"; \
-                 (trap '' INT TERM HUP; while kill -0 $$ 2>/dev/null; do sleep 1; done; rm -rf -- \"${DIR_VAR}\") \
-                 </dev/null >/dev/null 2>&1 & {files}\
+                 umask \"$bp_u\"; {watcher}bp_clear \"${DIR_VAR}\"; {files}\
                  printf '%sdir %s\\n' \"$bp_m\" \"${DIR_VAR}\"; \
-                 IFS= read -r bp_go && [ \"$bp_go\" = go ] || exit 0; "
+                 IFS= read -r bp_go && [ \"$bp_go\" = go ] || exit 0; ",
+                watcher = guard.watcher(),
             )
             .as_bytes(),
         );
@@ -261,7 +275,7 @@ impl RemoteRun<'_> {
         if self.ssh_back.is_none() {
             s.extend_from_slice(
                 format!(
-                    "[ -S \"${DIR_VAR}/{SOCKET_NAME}\" ] || {{ IFS= read -r bp_go; \
+                    "[ -S \"${DIR_VAR}/{SOCKET_NAME}\" ] || {{ while IFS= read -r bp_go; do :; done; \
                      echo \"borg-pull: no socket at ${DIR_VAR}/{SOCKET_NAME}; borg not started\" >&2; exit 125; }}; "
                 )
                 .as_bytes(),
@@ -278,10 +292,14 @@ impl RemoteRun<'_> {
             s.extend(q(dir.as_bytes())?);
             s.extend_from_slice(b" || exit 2; ");
         }
+        // From here on the server's heartbeats arrive on stdin: the guard's reader takes them,
+        // and borg gets /dev/null (as before, EOF for any prompt).
+        s.extend_from_slice(guard.arm().as_bytes());
         s.extend_from_slice(b"exec ");
         s.extend(shell_join(
             std::iter::once(self.borg).chain(self.borg_args.iter().map(|a| a.as_os_str())),
         )?);
+        s.extend_from_slice(b" </dev/null 3<&-");
         Ok(s)
     }
 }
@@ -339,6 +357,165 @@ impl RelayInstall<'_> {
     }
 }
 
+/// The bounds of the run guard on the client, in seconds: [`CLIENT_SILENCE_LIMIT`],
+/// [`CLIENT_START_LIMIT`] and [`CLIENT_STOP_GRACE`] (tests shorten them).
+///
+/// [`CLIENT_SILENCE_LIMIT`]: crate::limits::CLIENT_SILENCE_LIMIT
+/// [`CLIENT_START_LIMIT`]: crate::limits::CLIENT_START_LIMIT
+/// [`CLIENT_STOP_GRACE`]: crate::limits::CLIENT_STOP_GRACE
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    /// Once the run has started: seconds without a heartbeat before it is stopped.
+    pub silence: u64,
+    /// Before it has started: seconds without `go` before the script is stopped.
+    pub start: u64,
+    /// Seconds between SIGTERM and SIGKILL.
+    pub grace: u64,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Self {
+            silence: crate::limits::CLIENT_SILENCE_LIMIT.as_secs(),
+            start: crate::limits::CLIENT_START_LIMIT.as_secs(),
+            grace: crate::limits::CLIENT_STOP_GRACE.as_secs(),
+        }
+    }
+}
+
+/// The guard's shell functions (POSIX sh; `/proc` where there is one).
+///
+/// - `bp_beat FILE N`: writes the time (`date +%s`, 0 where it has no `%s`) and the count N: the
+///   line changes with every beat even where the time cannot be read (the watcher compares
+///   lines; only the next run's age check needs the time, and skips a 0).
+/// - `bp_stat PID`: `bp_st` its start time (field 22 of `/proc/PID/stat`, after the command
+///   name, which may hold spaces and parentheses), `bp_pg` its process group.
+/// - `bp_alive PID START UID`: PID still is that process (same start time) of that user (real
+///   and effective uid): a recycled pid or another user's process never matches.
+/// - `bp_stop PID START PG UID`: SIGTERM to its group (to PID alone unless PID leads PG), then
+///   SIGKILL after the grace if the same process is still there. Signals go to the group only
+///   while its leader is verified alive, so the group id cannot have been reused.
+/// - `bp_clear OWN`: the next run's look at the login user's other private directories in the
+///   same TMPDIR: one whose last heartbeat (`beat`: a `date +%s` stamp, then a count) is older than the
+///   bound (the start bound until `beats` says heartbeats flow to the run) is dead; the process `run`
+///   recorded is stopped if it is still the same one, the directory removed and one `cleared`
+///   line reported. A directory without a stamp (an older version's) is left to its own watcher.
+const GUARD_FUNCTIONS: &str = "bp_beat() { bp_t=$(date +%s 2>/dev/null); case $bp_t in ''|*[!0-9]*) bp_t=0;; esac; \
+printf '%s %s\\n' \"$bp_t\" \"$2\" >\"$1\"; }; \
+bp_stat() { bp_st=; bp_pg=; bp_s=; \
+[ -r \"/proc/$1/stat\" ] && read -r bp_s 2>/dev/null <\"/proc/$1/stat\" || return 1; \
+bp_s=${bp_s##*) }; set -- $bp_s; bp_pg=$3; bp_st=${20}; [ -n \"$bp_st\" ]; }; \
+bp_alive() { bp_stat \"$1\" && [ \"$bp_st\" = \"$2\" ] && [ -r \"/proc/$1/status\" ] || return 1; \
+while read -r bp_k bp_1 bp_2 bp_r; do [ \"$bp_k\" = Uid: ] || continue; \
+[ \"$bp_1\" = \"$3\" ] && [ \"$bp_2\" = \"$3\" ]; return; done 2>/dev/null <\"/proc/$1/status\"; return 1; }; \
+bp_sig() { if [ \"$3\" = \"$1\" ]; then kill -s \"$4\" -- \"-$1\"; else kill -s \"$4\" \"$1\"; fi 2>/dev/null; }; \
+bp_stop() { bp_alive \"$1\" \"$2\" \"$4\" || return 0; bp_sig \"$1\" \"$2\" \"$3\" TERM; bp_i=0; \
+while [ $bp_i -lt @GRACE@ ] && bp_alive \"$1\" \"$2\" \"$4\"; do sleep 1; bp_i=$((bp_i+1)); done; \
+bp_alive \"$1\" \"$2\" \"$4\" && bp_sig \"$1\" \"$2\" \"$3\" KILL; return 0; }; \
+bp_clear() { bp_id=$(id -u); bp_t=$(date +%s 2>/dev/null); \
+case $bp_t in ''|*[!0-9]*) return 0;; esac; \
+for bp_o in \"${TMPDIR:-/tmp}\"/@PREFIX@????????; do \
+[ \"$bp_o\" != \"$1\" ] && [ -d \"$bp_o\" ] && [ ! -L \"$bp_o\" ] || continue; \
+bp_w=$(ls -nd -- \"$bp_o\" 2>/dev/null) || continue; set -- \"$1\" $bp_w; [ \"$4\" = \"$bp_id\" ] || continue; \
+bp_b=; read -r bp_b bp_r 2>/dev/null <\"$bp_o/beat\"; case $bp_b in ''|0|*[!0-9]*) continue;; esac; \
+if [ -e \"$bp_o/beats\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
+[ $((bp_t - bp_b)) -gt $bp_x ] || continue; \
+bp_p=; bp_q=; bp_g=; bp_v=; read -r bp_p bp_q bp_g bp_v 2>/dev/null <\"$bp_o/run\"; \
+case $bp_p in ''|*[!0-9]*) bp_p=-;; esac; \
+if [ \"$bp_p\" != - ] && [ \"$bp_v\" = \"$bp_id\" ] && bp_alive \"$bp_p\" \"$bp_q\" \"$bp_id\"; then \
+bp_stop \"$bp_p\" \"$bp_q\" \"$bp_g\" \"$bp_id\"; else bp_p=-; fi; \
+rm -rf -- \"$bp_o\"; printf '%scleared %s %s\\n' \"$bp_m\" \"$bp_p\" \"$bp_o\"; done; }; ";
+
+/// The watcher of the run whose private directory is in `$bp_dir`, started in the background:
+/// it stamps the start, and once a second checks that `$$` (the script, later borg) still
+/// runs and that the heartbeat stamp changed; after the bound without one (the silence bound
+/// once `beats` says heartbeats flow to this run, before that the start bound: a restore whose
+/// heartbeat channel the client's sshd refused is not stopped for it) it stops `$$`'s process
+/// group. Then it removes the directory and, if the script leads its process group (as
+/// under sshd), ends the group's rest: the heartbeat reader and whatever borg left running (the
+/// watcher itself is in the group, so the group id cannot have been reused).
+const GUARD_WATCHER: &str = "bp_stat $$; bp_me=$$; bp_mg=$bp_pg; bp_id=$(id -u); \
+bp_beat \"$bp_dir/beat\" 0 2>/dev/null; \
+(trap '' INT TERM HUP; bp_n=0; bp_l=; while kill -0 $bp_me 2>/dev/null; do sleep 1; \
+if [ -e \"$bp_dir/beats\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
+bp_b=; read -r bp_b 2>/dev/null <\"$bp_dir/beat\"; \
+if [ \"$bp_b\" != \"$bp_l\" ]; then bp_l=$bp_b; bp_n=0; else bp_n=$((bp_n+1)); fi; \
+if [ $bp_n -ge $bp_x ]; then bp_sig $bp_me - \"$bp_mg\" TERM; bp_i=0; \
+while [ $bp_i -lt @GRACE@ ] && kill -0 $bp_me 2>/dev/null; do sleep 1; bp_i=$((bp_i+1)); done; \
+if [ \"$bp_mg\" != $bp_me ] && { [ -z \"$bp_st\" ] || bp_alive $bp_me \"$bp_st\" \"$bp_id\"; }; then \
+kill -s KILL $bp_me 2>/dev/null; fi; break; fi; done; \
+bp_rp=; bp_rs=; read -r bp_rp bp_rs 2>/dev/null <\"$bp_dir/reader\"; rm -rf -- \"$bp_dir\"; \
+case $bp_rp in ''|*[!0-9]*) ;; *) bp_alive \"$bp_rp\" \"$bp_rs\" \"$bp_id\" && kill -s TERM \"$bp_rp\";; esac; \
+[ \"$bp_mg\" = $bp_me ] && kill -s KILL -- \"-$bp_me\") \
+</dev/null >/dev/null 2>&1 & ";
+
+/// Marks the run as started (`run`: the pid borg will have, its start time, process group and
+/// uid, what the next run checks before it stops anything; `beats`: heartbeats flow) and starts
+/// the heartbeat reader on the script's stdin (through fd 3: a background list's own stdin is
+/// /dev/null): every line stamps `beat`; it ends at EOF or once the directory is gone.
+const GUARD_ARM: &str = "bp_stat $$; printf '%s %s %s %s\\n' $$ \"${bp_st:--}\" \"${bp_pg:--}\" \"$bp_id\" >\"$bp_dir/run\" || exit 2; \
+bp_beat \"$bp_dir/beat\" 0 2>/dev/null; : >\"$bp_dir/beats\"; exec 3<&0; \
+(bp_c=0; while IFS= read -r bp_l; do bp_c=$((bp_c+1)); bp_beat \"$bp_dir/beat\" $bp_c 2>/dev/null || break; done) <&3 >/dev/null 2>&1 & ";
+
+impl Guard {
+    fn fill(&self, text: &str) -> String {
+        text.replace("@SILENCE@", &self.silence.to_string())
+            .replace("@START@", &self.start.to_string())
+            .replace("@GRACE@", &self.grace.to_string())
+            .replace("@PREFIX@", DIR_PREFIX)
+    }
+
+    /// The functions ([`GUARD_FUNCTIONS`]); needs `bp_m`.
+    pub(crate) fn functions(&self) -> String {
+        self.fill(GUARD_FUNCTIONS)
+    }
+
+    /// The watcher ([`GUARD_WATCHER`]); needs `bp_dir` and the functions.
+    pub(crate) fn watcher(&self) -> String {
+        self.fill(GUARD_WATCHER)
+    }
+
+    /// Marks the run started and starts the heartbeat reader ([`GUARD_ARM`]); the command that
+    /// follows must be `exec`ed with `</dev/null 3<&-`.
+    pub(crate) fn arm(&self) -> String {
+        self.fill(GUARD_ARM)
+    }
+
+    /// Marks the run started without a reader on its stdin (restore-tar: tar reads the stream
+    /// there); the heartbeats come on a channel of their own ([`beat_script`]).
+    pub(crate) fn arm_without_reader(&self) -> String {
+        self.fill(GUARD_ARM_NO_READER)
+    }
+}
+
+/// Like [`GUARD_ARM`], without the reader.
+const GUARD_ARM_NO_READER: &str = "bp_stat $$; printf '%s %s %s %s\\n' $$ \"${bp_st:--}\" \"${bp_pg:--}\" \"$bp_id\" >\"$bp_dir/run\" || exit 2; \
+bp_beat \"$bp_dir/beat\" 0 2>/dev/null; ";
+
+/// The heartbeat reader on a channel of its own, for a run whose stdin is taken (restore-tar):
+/// it records itself in `DIR/reader` (pid and start time: the run's watcher ends it with the
+/// run, since a dead link never brings its EOF), marks `DIR/beats` (from then on the silence
+/// bound applies) and stamps `DIR/beat` for every line; it ends at
+/// EOF, or once the directory is gone. A directory that is not a started run of this user is
+/// left alone.
+pub(crate) fn beat_script(dir: &str) -> Result<Vec<u8>> {
+    if !is_private_dir_path(dir) {
+        return Err(Error::InvalidOption(format!(
+            "{dir:?} is not a private directory path"
+        )));
+    }
+    let mut s = b"bp_m=; ".to_vec();
+    s.extend_from_slice(Guard::default().functions().as_bytes());
+    s.extend_from_slice(b"bp_d=");
+    s.extend(shell_quote(dir.as_bytes())?);
+    s.extend_from_slice(
+        b"; [ -d \"$bp_d\" ] && [ ! -L \"$bp_d\" ] && [ -e \"$bp_d/run\" ] || exit 0; bp_stat $$; \
+          printf '%s %s\\n' $$ \"${bp_st:--}\" >\"$bp_d/reader\" && : >\"$bp_d/beats\" || exit 0; \
+          bp_c=0; while IFS= read -r bp_l; do bp_c=$((bp_c+1)); bp_beat \"$bp_d/beat\" $bp_c 2>/dev/null || exit 0; done",
+    );
+    Ok(s)
+}
+
 /// `bp_check PROGRAM ROLE`: returns if PROGRAM can be run, else reports why and exits 127.
 ///
 /// A path is checked along its parents, so "a parent directory is not searchable" is told apart
@@ -367,6 +544,33 @@ pub fn new_marker() -> String {
     format!("borg-pull-{:016x}:", h.finish())
 }
 
+/// A dead run's leftovers that the script cleared (its watcher was gone or late): the
+/// directory, and borg's pid if its process was still running and was stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleared {
+    /// The dead run's borg, if it still ran (stopped: SIGTERM, SIGKILL after the grace).
+    pub pid: Option<u32>,
+    /// Its private directory, removed (escaped for the log).
+    pub dir: String,
+}
+
+impl std::fmt::Display for Cleared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(
+                f,
+                "cleared a dead run on the client: borg pid {pid} stopped, {} removed",
+                self.dir
+            ),
+            None => write!(
+                f,
+                "cleared a dead run on the client: no process left, {} removed",
+                self.dir
+            ),
+        }
+    }
+}
+
 /// What the script reported before borg could start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
@@ -379,6 +583,8 @@ pub enum Report {
         borg_version: Option<String>,
         /// The installed relay's path (`--install-relay`).
         relay: Option<String>,
+        /// Dead runs the script cleared before it started this one ([`Cleared`]).
+        cleared: Vec<Cleared>,
     },
     /// `--install-relay`: the cached relay is missing or another version; send `relay` and it.
     NeedRelay,
@@ -437,6 +643,7 @@ fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>>
     let mut start = 0;
     let mut borg_version = None;
     let mut relay = None;
+    let mut cleared = Vec::new();
     while let Some(end) = stdout[start..]
         .iter()
         .position(|&b| b == b'\n')
@@ -448,16 +655,25 @@ fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>>
                 borg_version = Some(escape_output(version));
             } else if let Some(path) = rest.strip_prefix(b"relay ") {
                 relay = Some(String::from_utf8_lossy(path).into_owned());
+            } else if let Some(what) = rest.strip_prefix(b"cleared ") {
+                let what = escape_output(what);
+                let (pid, dir) = what.split_once(' ').unwrap_or(("-", &what));
+                cleared.push(Cleared {
+                    pid: pid.parse().ok(),
+                    dir: dir.to_owned(),
+                });
             } else {
                 let mut report = parse_report(rest)?;
                 if let Report::Dir {
                     borg_version: v,
                     relay: r,
+                    cleared: c,
                     ..
                 } = &mut report
                 {
                     *v = borg_version;
                     *r = relay;
+                    *c = cleared;
                 }
                 return Ok(Some((report, stdout[end + 1..].to_vec())));
             }
@@ -480,6 +696,7 @@ fn parse_report(line: &[u8]) -> Result<Report> {
                 dir: dir.to_owned(),
                 borg_version: None,
                 relay: None,
+                cleared: Vec::new(),
             })
         } else {
             Err(bad())
@@ -682,6 +899,334 @@ mod tests {
                 assert_eq!(out.status.code(), Some(2));
                 assert!(leftovers.is_empty(), "{leftovers:?}");
             }
+        }
+    }
+
+    /// The guard's bounds for the tests: seconds, not minutes.
+    const QUICK: Guard = Guard {
+        silence: 3,
+        start: 30,
+        grace: 2,
+    };
+
+    /// Polls (every 100 ms, at most `secs`) until `cond` holds.
+    fn within(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < until {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        cond()
+    }
+
+    /// The script started as sshd starts a session (its own process group), answered with `go`
+    /// and the socket; stdin is kept open (the heartbeat channel). A stand-in borg that starts
+    /// a child of its own (like borg's relay) and waits.
+    fn started_run(tmp: &Path) -> (std::process::Child, std::process::ChildStdin, String) {
+        use std::os::unix::process::CommandExt as _;
+        let mut f = Fixture::new();
+        f.args = vec!["-c".into(), "sleep 60 & wait".into()];
+        let script = RemoteRun {
+            relay: &f.relay,
+            borg: &f.borg,
+            borg_args: &f.args,
+            env: &f.env,
+            repo_url: b"ssh://borg-pull-server/r",
+            borgstore_rsh: false,
+            remote_dir: None,
+            passphrase: false,
+            ssh_back: None,
+            install_relay: None,
+        }
+        .script_guarded(MARKER, &QUICK)
+        .unwrap();
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(OsStr::from_bytes(&script))
+            .env("TMPDIR", tmp)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let dir = loop {
+            let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+            assert!(n > 0, "no report: {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+            if let Some((Report::Dir { dir, .. }, _)) = find_report(&seen, MARKER).unwrap() {
+                break dir;
+            }
+        };
+        let listener = std::os::unix::net::UnixListener::bind(format!("{dir}/{SOCKET_NAME}")).unwrap();
+        stdin.write_all(&go_lines(&f.relay, &dir, None).unwrap()).unwrap();
+        drop(listener);
+        assert!(
+            within(10, || Path::new(&format!("{dir}/run")).exists()),
+            "the run was not marked started"
+        );
+        (child, stdin, dir)
+    }
+
+    /// Whether any process of process group `pgid` is left (from /proc).
+    fn group_alive(pgid: u32) -> bool {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            // state, ppid, pgrp; a zombie waiting for us to reap it is gone.
+            fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z"
+        })
+    }
+
+    #[test]
+    fn heartbeats_keep_a_run_alive_and_silence_stops_its_process_group() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut child, mut stdin, dir) = started_run(tmp.path());
+        let pgid = child.id();
+        // Twice the silence bound, beating every second: nothing is stopped.
+        for _ in 0..2 * QUICK.silence {
+            stdin.write_all(b"\n").unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        assert!(child.try_wait().unwrap().is_none(), "a beating run was stopped");
+        assert!(Path::new(&dir).exists());
+        // Silence, stdin still open (a dead link sends no EOF): borg's whole group goes, and
+        // the directory with it.
+        let bound = QUICK.silence + QUICK.grace + 10;
+        assert!(within(bound, || !Path::new(&dir).exists()), "{dir} left");
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(status.signal(), Some(15), "borg gets SIGTERM: {status}");
+        assert!(
+            within(bound, || !group_alive(pgid)),
+            "borg's process group is left"
+        );
+        drop(stdin);
+    }
+
+    #[test]
+    fn a_run_whose_borg_ignores_sigterm_is_killed() {
+        use std::os::unix::process::CommandExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new();
+        f.args = vec!["-c".into(), "trap '' TERM; sleep 60 & wait; wait".into()];
+        let script = RemoteRun {
+            relay: &f.relay,
+            borg: &f.borg,
+            borg_args: &f.args,
+            env: &f.env,
+            repo_url: b"ssh://borg-pull-server/r",
+            borgstore_rsh: false,
+            remote_dir: None,
+            passphrase: false,
+            ssh_back: None,
+            install_relay: None,
+        }
+        .script_guarded(MARKER, &QUICK)
+        .unwrap();
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(OsStr::from_bytes(&script))
+            .env("TMPDIR", tmp.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // No socket, no `go`: the start bound applies; here the run is started by hand.
+        let dir = within(10, || std::fs::read_dir(tmp.path()).unwrap().count() == 1)
+            .then(|| {
+                std::fs::read_dir(tmp.path())
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .path()
+            })
+            .unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(dir.join(SOCKET_NAME)).unwrap();
+        stdin
+            .write_all(&go_lines(&f.relay, dir.to_str().unwrap(), None).unwrap())
+            .unwrap();
+        let pgid = child.id();
+        let bound = QUICK.silence + QUICK.grace + 10;
+        assert!(within(bound, || !dir.exists()), "{} left", dir.display());
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(status.signal(), Some(9), "{status}");
+        assert!(within(bound, || !group_alive(pgid)));
+    }
+
+    /// A process in a process group of its own, as the dead run's borg was; killed on drop.
+    struct Proc(std::process::Child);
+
+    impl Proc {
+        fn start(as_nobody: bool) -> Proc {
+            use std::os::unix::process::CommandExt as _;
+            let mut cmd = if as_nobody {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "120"]);
+                c
+            } else {
+                let mut c = Command::new("sleep");
+                c.arg("120");
+                c
+            };
+            let child = cmd.process_group(0).spawn().unwrap();
+            // setpriv execs sleep: wait until the uid changed.
+            let pid = child.id();
+            assert!(within(10, || std::fs::read_to_string(format!(
+                "/proc/{pid}/cmdline"
+            ))
+            .is_ok_and(|c| c.starts_with("sleep"))));
+            Proc(child)
+        }
+
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+
+        fn start_time(&self) -> String {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+            let after = stat.rsplit_once(") ").unwrap().1;
+            after.split_whitespace().nth(19).unwrap().to_owned()
+        }
+
+        fn running(&mut self) -> bool {
+            self.0.try_wait().unwrap().is_none()
+        }
+    }
+
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A run's directory as the guard leaves it: `beat` stamped `age` seconds ago, `run`
+    /// naming `pid start pgid uid`.
+    fn left_dir(tmp: &Path, name: &str, age: u64, run: Option<String>) -> std::path::PathBuf {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let dir = tmp.join(format!("{DIR_PREFIX}{name}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        std::fs::write(dir.join("beat"), format!("{}\n", now - age)).unwrap();
+        if let Some(run) = run {
+            std::fs::write(dir.join("run"), format!("{run}\n")).unwrap();
+            std::fs::write(dir.join("beats"), "").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn the_next_run_clears_a_dead_run_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let uid = rustix::process::getuid().as_raw();
+        let stale = Guard::default().silence + 30;
+        let record = |p: &Proc, start: &str, uid: u32| format!("{} {start} {} {uid}", p.pid(), p.pid());
+        // Dead: stale beat, its borg still running as recorded.
+        let mut dead_borg = Proc::start(false);
+        let dead = left_dir(
+            tmp.path(),
+            "dead0001",
+            stale,
+            Some(record(&dead_borg, &dead_borg.start_time(), uid)),
+        );
+        // Dead, but the pid is now another process (its start time differs): not signalled.
+        let mut recycled = Proc::start(false);
+        let wrong_start = left_dir(tmp.path(), "recycl01", stale, Some(record(&recycled, "1", uid)));
+        // Live: a fresh beat.
+        let mut live_borg = Proc::start(false);
+        let live = left_dir(
+            tmp.path(),
+            "live0001",
+            1,
+            Some(record(&live_borg, &live_borg.start_time(), uid)),
+        );
+        // Dead, never started (no `run`), stale beyond the start bound.
+        let unstarted = left_dir(tmp.path(), "nostart1", Guard::default().start + 30, None);
+        // Unstarted, within the start bound: left alone.
+        let starting = left_dir(tmp.path(), "starting", stale, None);
+        // As root: a process of another user recorded with our uid, and another user's directory.
+        let mut other = (uid == 0).then(|| Proc::start(true));
+        let other_dirs = other.as_ref().map(|o| {
+            let foreign_proc = left_dir(
+                tmp.path(),
+                "foreign1",
+                stale,
+                Some(record(o, &o.start_time(), uid)),
+            );
+            let foreign_dir = left_dir(
+                tmp.path(),
+                "foreign2",
+                stale,
+                Some(record(&live_borg, &live_borg.start_time(), uid)),
+            );
+            let out = Command::new("chown")
+                .arg("-R")
+                .arg("65534")
+                .arg(&foreign_dir)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            (foreign_proc, foreign_dir)
+        });
+
+        let mut f = Fixture::new();
+        f.args = vec!["-c".into(), "true".into()];
+        let (report, _, _) = f.run(tmp.path(), false);
+        let Report::Dir { cleared, .. } = report else {
+            panic!("{report:?}")
+        };
+        let mut cleared: Vec<(Option<u32>, String)> = cleared.into_iter().map(|c| (c.pid, c.dir)).collect();
+        cleared.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut expected = vec![
+            (Some(dead_borg.pid()), dead.display().to_string()),
+            (None, wrong_start.display().to_string()),
+            (None, unstarted.display().to_string()),
+        ];
+        if let Some((foreign_proc, _)) = &other_dirs {
+            expected.push((None, foreign_proc.display().to_string()));
+        }
+        expected.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(cleared, expected);
+        assert_eq!(
+            format!(
+                "{}",
+                Cleared {
+                    pid: Some(7),
+                    dir: "/t/x".into()
+                }
+            ),
+            "cleared a dead run on the client: borg pid 7 stopped, /t/x removed"
+        );
+        assert!(
+            within(5, || !dead_borg.running()),
+            "the dead run's borg still runs"
+        );
+        assert!(
+            recycled.running(),
+            "a process with another start time was signalled"
+        );
+        assert!(live_borg.running() && live.exists(), "a live run was touched");
+        assert!(starting.exists(), "a starting run was cleared");
+        for gone in [&dead, &wrong_start, &unstarted] {
+            assert!(!gone.exists(), "{} left", gone.display());
+        }
+        if let (Some(other), Some((_, foreign_dir))) = (other.as_mut(), &other_dirs) {
+            assert!(other.running(), "another user's process was signalled");
+            assert!(foreign_dir.exists(), "another user's directory was touched");
         }
     }
 
@@ -898,6 +1443,7 @@ mod tests {
                 dir: dir(),
                 borg_version: None,
                 relay: None,
+                cleared: Vec::new(),
             }
         );
         assert_eq!(rest, b"rest");
@@ -910,6 +1456,7 @@ mod tests {
                 dir: dir(),
                 borg_version: Some("borg 2.0.0b25".into()),
                 relay: None,
+                cleared: Vec::new(),
             }
         );
         // A version line alone is not yet a report.

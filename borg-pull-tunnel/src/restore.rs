@@ -18,6 +18,12 @@
 //!
 //! Deadlines as for a pull: [`REQUEST_TIMEOUT`] per request, [`REMOTE_HELPER_TIMEOUT`] for the
 //! check, [`RestoreOptions::max_runtime`] for the stream; cancelling stops borg and tar.
+//!
+//! A link that dies silently: the client's script guards tar as a pull's guards borg (a private
+//! directory, a watcher, [`crate::remote::Guard`]). tar's stdin is the stream, so the heartbeats
+//! come on a second exec channel (its script stamps the private directory), opened right after
+//! the report while the stream starts; without them the watcher stops tar and the next run
+//! clears what is left.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -46,7 +52,9 @@ use crate::limits::{
     REMOTE_HELPER_TIMEOUT, REQUEST_TIMEOUT, RESTORE_READ_BUFFER,
 };
 use crate::pull::{session_options, PullEnv};
-use crate::remote::{new_marker, CHECK_FUNCTION};
+use crate::remote::{
+    beat_script, is_private_dir_path, new_marker, Cleared, Guard, CHECK_FUNCTION, DIR_PREFIX,
+};
 use crate::secret::Passphrase;
 use crate::session::{self, Session, SessionOptions};
 use crate::{Error, Result};
@@ -126,12 +134,19 @@ impl RestoreOptions {
         Ok(serve.find_program()?)
     }
 
-    /// The script run on the client: check tar and the directory, report, `exec` tar.
+    /// The script run on the client: check tar and the directory, make the private directory and
+    /// its guard ([`crate::remote::Guard`]), report, `exec` tar.
     pub fn remote_script(&self, marker: &str) -> Result<Vec<u8>> {
+        self.remote_script_guarded(marker, &Guard::default())
+    }
+
+    /// [`RestoreOptions::remote_script`] with the guard's bounds given.
+    fn remote_script_guarded(&self, marker: &str, guard: &Guard) -> Result<Vec<u8>> {
         let tar = shell_quote(self.remote_tar.as_bytes())?;
         let dir = shell_quote(self.remote_dir.as_bytes())?;
         let mut s = format!("bp_m={marker}; ").into_bytes();
         s.extend_from_slice(CHECK_FUNCTION.as_bytes());
+        s.extend_from_slice(guard.functions().as_bytes());
         s.extend_from_slice(b"bp_check ");
         s.extend_from_slice(&tar);
         s.extend_from_slice(b" tar; bp_d=");
@@ -149,8 +164,18 @@ impl RestoreOptions {
         if self.numeric_owner {
             s.extend_from_slice(b" --numeric-owner");
         }
+        // The guard as for a pull (a private directory, its watcher, dead runs cleared), but
+        // tar reads the stream on stdin: the heartbeats come on a channel of their own.
         s.extend_from_slice(
-            b"; [ \"$(id -u)\" = 0 ] && set -- \"$@\" -p; printf '%sready\\n' \"$bp_m\"; exec \"$@\"",
+            format!(
+                "; [ \"$(id -u)\" = 0 ] && set -- \"$@\" -p; \
+                 bp_u=$(umask); umask 077; bp_dir=$(mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\") || exit 2; \
+                 umask \"$bp_u\"; {watcher}bp_clear \"$bp_dir\"; {arm}\
+                 printf '%sready %s\\n' \"$bp_m\" \"$bp_dir\"; exec \"$@\"",
+                watcher = guard.watcher(),
+                arm = guard.arm_without_reader(),
+            )
+            .as_bytes(),
         );
         Ok(s)
     }
@@ -272,8 +297,9 @@ pub async fn restore_tar(options: RestoreOptions) -> Result<RestoreOutcome> {
 /// What the script on the client reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Report {
-    /// tar is starting.
-    TarStarting,
+    /// tar is starting; the run's private directory (for the heartbeat channel), and the dead
+    /// runs the script cleared first.
+    TarStarting(String, Vec<Cleared>),
     /// The directory cannot be used, and why.
     NoDir(String),
     /// tar cannot run, and why.
@@ -330,8 +356,13 @@ impl Run<'_> {
                 report,
             )
             .await?;
-        match ready {
-            Report::TarStarting => {}
+        let dir = match ready {
+            Report::TarStarting(dir, cleared) => {
+                for dead in cleared {
+                    warn!("{dead}");
+                }
+                dir
+            }
             Report::NoDir(why) => {
                 return Err(Error::RemoteDirUnusable {
                     dir: self.options.remote_dir.to_string_lossy().into_owned(),
@@ -347,7 +378,7 @@ impl Run<'_> {
                     why,
                 })
             }
-        }
+        };
         let mut stderr = tokio::io::stderr();
         if !early.is_empty() {
             let _ = stderr.write_all(escape_keeping_lines(&early).as_bytes()).await;
@@ -361,7 +392,22 @@ impl Run<'_> {
                     program: borg.to_owned(),
                     source,
                 })?;
-        self.stream(child, channel, &mut stderr).await
+        // Opened while the stream starts, not awaited before it: no round trip of its own.
+        let beat = beat_script(&dir)?;
+        let beats = async {
+            match self.session.exec(&beat).await {
+                Ok(channel) => {
+                    let never = crate::pull::heartbeat(channel.make_writer()).await;
+                    drop(channel);
+                    match never {}
+                }
+                Err(e) => {
+                    warn!("cannot open the heartbeat channel ({e}); if the link dies silently, tar on the client waits for the start bound");
+                    std::future::pending().await
+                }
+            }
+        };
+        self.stream(child, channel, &mut stderr, beats).await
     }
 
     /// Streams borg's stdout into tar until both have ended (or we stop them).
@@ -370,7 +416,9 @@ impl Run<'_> {
         mut child: Child,
         mut channel: Channel<Msg>,
         stderr: &mut E,
+        beats: impl std::future::Future<Output = std::convert::Infallible>,
     ) -> Result<RestoreOutcome> {
+        let mut beats = std::pin::pin!(beats);
         let borg_err = child.stderr.take().expect("stderr is piped");
         let borg_said = tokio::spawn(relay_borg_stderr(borg_err).in_current_span());
         let sent = Arc::new(AtomicU64::new(0));
@@ -442,6 +490,7 @@ impl Run<'_> {
                 }
                 () = self.options.cancel.cancelled() => break Some(Stop::Cancelled),
                 () = tokio::time::sleep_until(deadline) => break Some(Stop::Deadline),
+                never = &mut beats => match never {},
             }
             // tar is gone (or cannot take more) before borg's output was all sent: stop borg
             // instead of streaming the rest. After tar's 0 it read the end-of-archive marker, and
@@ -654,6 +703,7 @@ async fn read_ready(channel: &mut Channel<Msg>, marker: &str) -> Result<(Report,
 
 fn find_ready(stdout: &[u8], marker: &str) -> Option<(Report, Vec<u8>)> {
     let mut start = 0;
+    let mut cleared = Vec::new();
     while let Some(end) = stdout[start..]
         .iter()
         .position(|&b| b == b'\n')
@@ -661,8 +711,16 @@ fn find_ready(stdout: &[u8], marker: &str) -> Option<(Report, Vec<u8>)> {
     {
         if let Some(rest) = stdout[start..end].strip_prefix(marker.as_bytes()) {
             let text = escape_for_log(rest);
-            let ready = if text == "ready" {
-                Report::TarStarting
+            let ready = if let Some(what) = text.strip_prefix("cleared ") {
+                let (pid, dir) = what.split_once(' ').unwrap_or(("-", what));
+                cleared.push(Cleared {
+                    pid: pid.parse().ok(),
+                    dir: dir.to_owned(),
+                });
+                start = end + 1;
+                continue;
+            } else if let Some(dir) = text.strip_prefix("ready ").filter(|d| is_private_dir_path(d)) {
+                Report::TarStarting(dir.to_owned(), std::mem::take(&mut cleared))
             } else if let Some(why) = text.strip_prefix("nodir ") {
                 Report::NoDir(why.to_owned())
             } else if let Some(why) = text.strip_prefix("missing tar ") {
@@ -700,9 +758,11 @@ mod tests {
     /// Runs the script in `sh` with `tar` replaced by a program that prints its argv; returns
     /// stdout.
     fn run_script(o: &RestoreOptions) -> String {
+        let tmp = tempfile::tempdir().unwrap();
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(std::ffi::OsStr::from_bytes(&o.remote_script("M:").unwrap()))
+            .env("TMPDIR", tmp.path())
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -717,7 +777,7 @@ mod tests {
         o.remote_tar = "/bin/echo".into();
         o.numeric_owner = true;
         let out = run_script(&o);
-        assert!(out.starts_with("M:ready\n"), "{out}");
+        assert!(out.starts_with("M:ready "), "{out}");
         assert!(
             out.contains(&format!("-C {} -x -f - --numeric-owner", hostile.display())),
             "{out}"
