@@ -107,6 +107,29 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "raise --max-runtime if the run needs longer",
         )),
         E::Serve(inner) => core(inner),
+        E::ClientSsh { cause, .. } => {
+            use borg_pull_tunnel::error::ClientSshCause as C;
+            match cause {
+                C::HostKey => Some(Hint::new(
+                    "--server-host-key",
+                    "pass the public host key of the sshd at --server-ssh with --server-host-key",
+                )),
+                C::Auth => Some(Hint::new(
+                    "--agent-key",
+                    "authorize the --agent-key's public key for --server-ssh's user (borg-pull-server \
+                     authorize --install), or use --ephemeral-key",
+                )),
+                C::Connect => Some(Hint::new(
+                    "--server-ssh",
+                    "check --server-ssh USER@HOST[:PORT]: the server's sshd as the client reaches it \
+                     (--via agent) or as this server does (--via tcp)",
+                )),
+                C::NotBorgServe => Some(Hint::new(
+                    "authorize",
+                    "write the key's entry with borg-pull-server authorize --repo REPO --key KEY.pub --install",
+                )),
+            }
+        }
         _ => None,
     }
 }

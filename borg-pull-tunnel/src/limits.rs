@@ -166,3 +166,15 @@ pub const BORG_STOP_GRACE: Duration = Duration::from_secs(5);
 /// `--install-relay`: how long sending the relay binary (a few MB) and the client's check of it
 /// may take; generous for a slow link, bounded for a client that stops reading.
 pub const RELAY_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The agent and TCP methods: the end of the client's ssh log (`ssh -E` in the private directory)
+/// that the script's watcher prints back once borg has exited, and the most of it we keep.
+///
+/// ssh logs a handful of short lines at its default level, and the cause of a failure is the last
+/// of them, so the script sends the log's last 4 KiB (`tail -c`): dozens of lines, ample for the
+/// cause. We keep as much again, whatever the client sends, since the client is untrusted.
+pub const CLIENT_SSH_LOG_KEPT: usize = 4 * 1024;
+
+/// How much of the end of borg's standard error we look at to tell "the server's sshd ran
+/// something other than borg serve" (borg's own message for it is its last line, under 200 bytes).
+pub const BORG_STDERR_TAIL: usize = 1024;
