@@ -1330,17 +1330,25 @@ mod tests {
                 .write_all(&go_lines_ssh(OsStr::new("/bin/sh"), &dir, target, None).unwrap())
                 .unwrap();
             drop(stdin);
-            // stderr ends when the watcher, which holds it, is done.
-            let out = child.wait_with_output().unwrap();
-            let (passed, got) = split(&out.stderr, 4096);
+            // stderr ends when the watcher, which holds it, is done; the watcher waits for the
+            // script to be gone, so it is reaped first, as sshd does.
+            let mut stderr = child.stderr.take().unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut all = Vec::new();
+                std::io::Read::read_to_end(&mut stderr, &mut all).unwrap();
+                all
+            });
+            child.wait().unwrap();
+            let err = reader.join().unwrap();
+            let (passed, got) = split(&err, 4096);
             assert!(passed.is_empty(), "{}", String::from_utf8_lossy(&passed));
-            assert!(got.complete, "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(got.complete, "{}", String::from_utf8_lossy(&err));
             let expected: Vec<Vec<u8>> = if log.is_empty() {
                 vec![]
             } else {
                 log.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect()
             };
-            assert_eq!(got.lines, expected, "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(got.lines, expected, "{}", String::from_utf8_lossy(&err));
             assert!(!Path::new(&dir).exists(), "{dir} was not removed");
         }
     }
