@@ -288,11 +288,12 @@ impl RemoteRun<'_> {
         // keeps the channel open until then; the server bounds that wait ([`EXIT_CLOSE_GRACE`]).
         let (send_log, keep_stderr) = match &self.ssh_back {
             None => (String::new(), ""),
-            // awk ends every line, the last one too, so the end line always starts a line.
+            // awk ends every line, the last one too, so the end line always starts a line. A
+            // subshell: when the server is gone, SIGPIPE ends it, not the watcher before its rm.
             Some(_) => (
                 format!(
-                    "{{ [ -s \"${DIR_VAR}/{SSH_LOG_NAME}\" ] && tail -c {kept} \"${DIR_VAR}/{SSH_LOG_NAME}\" \
-                     | awk -v m=\"${{bp_m}}{SSH_LOG_TAG}\" '{{print m $0}}'; printf '%s{SSH_LOG_END}\\n' \"$bp_m\"; }} >&3; ",
+                    "( [ -s \"${DIR_VAR}/{SSH_LOG_NAME}\" ] && tail -c {kept} \"${DIR_VAR}/{SSH_LOG_NAME}\" \
+                     | awk -v m=\"${{bp_m}}{SSH_LOG_TAG}\" '{{print m $0}}'; printf '%s{SSH_LOG_END}\\n' \"$bp_m\" ) >&3; ",
                     kept = crate::limits::CLIENT_SSH_LOG_KEPT
                 ),
                 "3>&2 ",
@@ -1272,7 +1273,12 @@ mod tests {
     /// end line; without a log only the end line.
     #[test]
     fn the_watcher_sends_the_ssh_log_back_on_stderr_then_removes_the_directory() {
-        for log in [&b"line one\nHost key verification failed."[..], b""] {
+        // The last case: the server is gone (the session's stderr closed) when the watcher writes.
+        for (log, server_gone) in [
+            (&b"line one\nHost key verification failed."[..], false),
+            (b"", false),
+            (b"Host key verification failed.", true),
+        ] {
             let tmp = tempfile::tempdir().unwrap();
             let mut f = Fixture::new();
             // "borg" writes the log where BORG_RSH's -E points, as ssh would.
@@ -1329,10 +1335,17 @@ mod tests {
             stdin
                 .write_all(&go_lines_ssh(OsStr::new("/bin/sh"), &dir, target, None).unwrap())
                 .unwrap();
+            let mut stderr = child.stderr.take().unwrap();
+            if server_gone {
+                drop(stderr);
+                drop(stdin);
+                child.wait().unwrap();
+                assert!(gone_soon(&dir), "{dir} was not removed");
+                continue;
+            }
             drop(stdin);
             // stderr ends when the watcher, which holds it, is done; the watcher waits for the
             // script to be gone, so it is reaped first, as sshd does.
-            let mut stderr = child.stderr.take().unwrap();
             let reader = std::thread::spawn(move || {
                 let mut all = Vec::new();
                 std::io::Read::read_to_end(&mut stderr, &mut all).unwrap();
