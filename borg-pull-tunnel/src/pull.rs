@@ -921,4 +921,39 @@ mod tests {
         o.env.push(("BORG_RSH".into(), "x".into()));
         assert!(o.remote_script("m:", None, None).is_err());
     }
+
+    /// One URL per repository whatever the method, so borg's "previously located at" never fires
+    /// on a switch; borg 2's absolute form has two slashes.
+    #[test]
+    fn every_method_gives_borg_the_same_repository_url() {
+        let key = russh::keys::PublicKey::from_openssh(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHj8lFdTAsv6UmfCSPwyVQ3I9OaKMYSh7QGqzNbb0xWT k",
+        )
+        .unwrap();
+        let login = |server: &str| {
+            ServerLogin::new(server, key.clone(), AgentKey::File("/k".into())).unwrap()
+        };
+        let mut urls = Vec::new();
+        for major in ["borg 1.2.4", "borg 2.0.0b25"] {
+            for via in [
+                Via::Socket,
+                Via::Agent(login("backup@192.0.2.1:2222")),
+                Via::Agent(login("other@[::1]")),
+                Via::Tcp(login("backup@localhost")),
+            ] {
+                let mut o = PullOptions::new("u@h", "/srv/borg/web 1", vec![]).unwrap();
+                o.serve.version = borg_pull_core::BorgVersion::parse(major);
+                o.via = via;
+                urls.push((major, String::from_utf8(o.repo_url()).unwrap()));
+            }
+        }
+        for (major, url) in urls {
+            let expected = if major.starts_with("borg 2") {
+                "ssh://borg-pull-server//srv/borg/web 1"
+            } else {
+                "ssh://borg-pull-server/srv/borg/web 1"
+            };
+            assert_eq!(url, expected, "{major}");
+        }
+    }
 }
