@@ -79,14 +79,14 @@ impl Fixture {
         let serve_borg = bin.join("serve-borg");
         script(
             &serve_borg,
-            &format!(
-                "BORG_BASE_DIR='{}/serve-base' exec borg \"$@\"\n",
-                work.display()
-            ),
+            &format!("BORG_BASE_DIR='{}/serve-base' exec borg \"$@\"\n", work.display()),
         );
         let socket_serve_borg = bin.join("socket-serve-borg");
         let switch = if is_root() {
-            format!("setpriv --reuid={u} --regid={u} --init-groups -- ", u = sshd::TEST_USER)
+            format!(
+                "setpriv --reuid={u} --regid={u} --init-groups -- ",
+                u = sshd::TEST_USER
+            )
         } else {
             String::new()
         };

@@ -474,7 +474,11 @@ fn an_agent_key_the_server_does_not_authorise_is_named() {
 fn refusing_port() -> (rustix::fd::OwnedFd, u16) {
     use rustix::net::{bind, getsockname, socket, AddressFamily, SocketType};
     let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    bind(&fd, &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+    bind(
+        &fd,
+        &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+    )
+    .unwrap();
     let addr = std::net::SocketAddr::try_from(getsockname(&fd).unwrap()).unwrap();
     (fd, addr.port())
 }

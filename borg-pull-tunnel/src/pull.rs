@@ -930,9 +930,8 @@ mod tests {
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHj8lFdTAsv6UmfCSPwyVQ3I9OaKMYSh7QGqzNbb0xWT k",
         )
         .unwrap();
-        let login = |server: &str| {
-            ServerLogin::new(server, key.clone(), AgentKey::File("/k".into())).unwrap()
-        };
+        let login =
+            |server: &str| ServerLogin::new(server, key.clone(), AgentKey::File("/k".into())).unwrap();
         let mut urls = Vec::new();
         for major in ["borg 1.2.4", "borg 2.0.0b25"] {
             for via in [

@@ -143,7 +143,9 @@ pub fn go_lines_ssh(
     // ssh's config parser splits option values at spaces and reads quotes; newer OpenSSH expands
     // %-tokens and ${VAR} in User, older ones do not: such a value means different things to
     // different clients, so it is refused rather than guessed at.
-    let odd = |v: &str| v.is_empty() || v.contains(|c: char| c.is_whitespace() || c.is_control() || "\"'\\".contains(c));
+    let odd = |v: &str| {
+        v.is_empty() || v.contains(|c: char| c.is_whitespace() || c.is_control() || "\"'\\".contains(c))
+    };
     if odd(target.host) || odd(target.user) || target.user.contains(['%', '$']) {
         return Err(Error::InvalidOption(format!(
             "the server login {:?}@{:?} cannot be handed to the client's ssh: the user and host may \
@@ -679,7 +681,9 @@ impl<'a, E: tokio::io::AsyncWrite + Unpin> StderrSplit<'a, E> {
         }
         let _ = self.flush().await;
         let mut log = ClientSshLog {
-            borg_tail: self.tail.split_off(self.tail.len().saturating_sub(BORG_STDERR_TAIL)),
+            borg_tail: self
+                .tail
+                .split_off(self.tail.len().saturating_sub(BORG_STDERR_TAIL)),
             ..ClientSshLog::default()
         };
         let mut kept = 0;
@@ -1203,7 +1207,10 @@ mod tests {
             assert_eq!(out, [&borg[..], b"borg-pull-tes"].concat(), "chunk {chunk}");
             assert_eq!(
                 log.lines,
-                [b"Host key verification failed.".to_vec(), b"\xff\x1b[31m odd".to_vec()]
+                [
+                    b"Host key verification failed.".to_vec(),
+                    b"\xff\x1b[31m odd".to_vec()
+                ]
             );
             assert!(log.complete);
             assert!(log.borg_tail.ends_with(b"progress\rborg-pull-tes"));
@@ -1256,15 +1263,28 @@ mod tests {
             "HostKeyAlias=borg-pull-server",
             "StrictHostKeyChecking=yes",
         ] {
-            let at = words.iter().position(|w| w == expected).unwrap_or_else(|| panic!("{expected}: {words:?}"));
+            let at = words
+                .iter()
+                .position(|w| w == expected)
+                .unwrap_or_else(|| panic!("{expected}: {words:?}"));
             assert_eq!(words[at - 1], "-o");
         }
         let e = words.iter().position(|w| w == "-E").unwrap();
         assert_eq!(words[e + 1], format!("{dir}/ssh.log"));
         assert!(!words.iter().any(|w| w == "-p"), "{words:?}");
-        for (user, host) in [("a b", "h"), ("u%r", "h"), ("u${X}", "h"), ("u", "h\"x"), ("", "h"), ("u", "")] {
+        for (user, host) in [
+            ("a b", "h"),
+            ("u%r", "h"),
+            ("u${X}", "h"),
+            ("u", "h\"x"),
+            ("", "h"),
+            ("u", ""),
+        ] {
             let bad = SshTarget { host, port: 22, user };
-            assert!(go_lines_ssh(OsStr::new("ssh"), dir, bad, None).is_err(), "{user:?} {host:?}");
+            assert!(
+                go_lines_ssh(OsStr::new("ssh"), dir, bad, None).is_err(),
+                "{user:?} {host:?}"
+            );
         }
     }
 
@@ -1286,7 +1306,8 @@ mod tests {
                 "-c".into(),
                 r#"eval "set -- $BORG_RSH"; for a; do [ "$p" = -E ] && l=$a; p=$a; done; printf %s "$BP_TEST_LOG" >>"$l""#.into(),
             ];
-            f.env.push(("BP_TEST_LOG".into(), OsStr::from_bytes(log).to_owned()));
+            f.env
+                .push(("BP_TEST_LOG".into(), OsStr::from_bytes(log).to_owned()));
             let script = RemoteRun {
                 relay: &f.relay,
                 borg: &f.borg,

@@ -33,8 +33,8 @@ use zeroize::Zeroizing;
 use crate::agent::KeyAgent;
 use crate::authorized_keys::{self, EphemeralEntry, ForcedCommand};
 use crate::error::ClientSshCause;
-use crate::remote::ClientSshLog;
 use crate::forward::agent::AgentForward;
+use crate::remote::ClientSshLog;
 use crate::{Error, Result};
 
 /// How borg on the client reaches `borg serve`; see the module documentation.
@@ -254,7 +254,10 @@ pub(crate) fn client_ssh_cause(log: &ClientSshLog, bridge_failed: bool) -> Optio
             needles.iter().any(|n| line.contains(n))
         })
     };
-    if said(&["Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED"]) {
+    if said(&[
+        "Host key verification failed",
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    ]) {
         return Some(ClientSshCause::HostKey);
     }
     if said(&["Permission denied (", "Too many authentication failures"]) {
@@ -347,19 +350,31 @@ mod tests {
         };
         let guess = "Connection closed by remote host. Is borg working on the server?\n";
         let cases = [
-            (log(&["Host key verification failed."], true, guess), false, Some(ClientSshCause::HostKey)),
+            (
+                log(&["Host key verification failed."], true, guess),
+                false,
+                Some(ClientSshCause::HostKey),
+            ),
             (
                 log(&["u@127.0.0.1: Permission denied (publickey)."], true, guess),
                 false,
                 Some(ClientSshCause::Auth),
             ),
             (
-                log(&["ssh: connect to host 127.0.0.1 port 9: Connection refused"], true, guess),
+                log(
+                    &["ssh: connect to host 127.0.0.1 port 9: Connection refused"],
+                    true,
+                    guess,
+                ),
                 false,
                 Some(ClientSshCause::Connect),
             ),
             (
-                log(&["kex_exchange_identification: Connection closed by remote host"], false, ""),
+                log(
+                    &["kex_exchange_identification: Connection closed by remote host"],
+                    false,
+                    "",
+                ),
                 false,
                 Some(ClientSshCause::Connect),
             ),
