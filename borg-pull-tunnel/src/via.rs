@@ -18,6 +18,13 @@
 //! In the agent and TCP methods the client's ssh checks the server's host key against a
 //! temporary known_hosts file with that one key (`StrictHostKeyChecking=yes`, never
 //! `StrictHostKeyChecking=no` as some recipes do), removed with the private directory.
+//!
+//! Whatever the method, borg on the client sees the repository as `ssh://borg-pull-server/REPO`:
+//! borg remembers a repository's location and will not use it under another without asking, so
+//! the agent and TCP methods give the server's address, port and user to the client's ssh as
+//! options instead of putting them in the URL. The client's ssh logs to a file in the private
+//! directory, which comes back after borg has exited, so a failure is named from what ssh said
+//! (host key, authentication, connection, forced command) rather than from borg's guess.
 
 use std::ffi::OsString;
 use std::io::Read as _;
