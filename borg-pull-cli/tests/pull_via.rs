@@ -414,7 +414,8 @@ fn ephemeral_key_is_gone_after_success_failure_and_a_killed_run() {
 }
 
 /// The client's ssh refuses a host key other than `--server-host-key`: named from ssh's own log
-/// (not borg's "Connection closed by remote host", which it often printed instead), exit 210.
+/// (not borg's "Connection closed by remote host", which it often printed instead), exit 210;
+/// for both methods that use the client's ssh.
 #[test]
 fn a_wrong_server_host_key_stops_the_clients_ssh_before_borg_serve_runs() {
     let f = Fixture::new();
@@ -423,33 +424,35 @@ fn a_wrong_server_host_key_stops_the_clients_ssh_before_borg_serve_runs() {
     keygen(&other);
     let key = f.agent_key.to_str().unwrap();
     let other_pub = other.with_extension("pub");
-    let out = f
-        .create(
-            "agent",
-            &[
-                "--agent-key",
-                key,
-                "--server-host-key",
-                other_pub.to_str().unwrap(),
-            ],
-            "never",
-        )
-        .output();
-    out.assert_code(210);
-    let err = out.stderr_text();
-    assert!(
-        err.contains("refused the server's host key")
-            && err.contains("Host key verification failed")
-            && err.contains("--server-host-key"),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(f.work_file("serve-argv"), "", "borg serve ran");
-    assert!(
-        !f.sshd.log().contains(&f.agent_fingerprint()),
-        "the agent key was offered"
-    );
-    f.assert_clean();
+    for via in ["agent", "tcp"] {
+        let out = f
+            .create(
+                via,
+                &[
+                    "--agent-key",
+                    key,
+                    "--server-host-key",
+                    other_pub.to_str().unwrap(),
+                ],
+                "never",
+            )
+            .output();
+        out.assert_code(210);
+        let err = out.stderr_text();
+        assert!(
+            err.contains("refused the server's host key")
+                && err.contains("Host key verification failed")
+                && err.contains("--server-host-key"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(f.work_file("serve-argv"), "", "borg serve ran");
+        assert!(
+            !f.sshd.log().contains(&f.agent_fingerprint()),
+            "the agent key was offered"
+        );
+        f.assert_clean();
+    }
 }
 
 /// The agent key is not in the server user's authorized_keys: exit 211, named.
