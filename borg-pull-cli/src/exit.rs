@@ -149,6 +149,14 @@ pub const REFUSED_BEFORE_KEX: Code = Code {
               or add this server to the client's PerSourcePenaltyExemptList",
 };
 
+/// `pull --via agent/tcp`: the server's sshd logged the agent key in but ran something other than
+/// borg serve for it.
+pub const NOT_BORG_SERVE: Code = Code {
+    code: 219,
+    meaning: "--via agent/tcp: the server's sshd ran something other than borg serve for the agent \
+              key (its forced command in authorized_keys)",
+};
+
 /// Every code of ours, in both binaries.
 pub const ALL: &[Code] = &[
     USAGE,
@@ -171,6 +179,7 @@ pub const ALL: &[Code] = &[
     STALE,
     REPO_UNREADABLE,
     REFUSED_BEFORE_KEX,
+    NOT_BORG_SERVE,
 ];
 
 /// The codes `borg-pull-server pull` can exit with (besides borg's own).
@@ -189,6 +198,7 @@ pub const PULL: &[Code] = &[
     CLIENT_MISBEHAVED,
     MAX_RUNTIME,
     REFUSED_BEFORE_KEX,
+    NOT_BORG_SERVE,
 ];
 
 /// The codes `borg-pull-server restore-tar` can exit with (besides borg's and tar's own).
@@ -258,6 +268,7 @@ pub fn range_note() -> String {
 
 /// Our own failures map to codes 200 and up (see [`PULL`]).
 pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
+    use borg_pull_tunnel::error::ClientSshCause;
     use borg_pull_tunnel::{Error as E, SecretKind};
     match e {
         E::InvalidOption(_) | E::NulInArgument(_) => USAGE,
@@ -272,6 +283,13 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
         ) => BORG_UNAVAILABLE,
         E::JumpHost { source, .. } => for_pull_error(source),
         E::JumpConnect { .. } => CONNECT,
+        // The client's ssh to the server: the same codes as for our own connection.
+        E::ClientSsh { cause, .. } => match cause {
+            ClientSshCause::HostKey => HOST_KEY,
+            ClientSshCause::Auth => AUTH,
+            ClientSshCause::Connect => CONNECT,
+            ClientSshCause::NotBorgServe => NOT_BORG_SERVE,
+        },
         e if e.is_host_key() => HOST_KEY,
         E::KnownHostsIo { .. } => HOST_KEY,
         E::SecretFileTooOpen {
@@ -411,6 +429,7 @@ mod tests {
                 (208, "a client"),
                 (209, "a client"),
                 (220, "the clie"),
+                (219, "--via ag"),
             ]
         );
     }

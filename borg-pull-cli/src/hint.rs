@@ -115,6 +115,29 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "raise --max-runtime if the run needs longer",
         )),
         E::Serve(inner) => core(inner),
+        E::ClientSsh { cause, .. } => {
+            use borg_pull_tunnel::error::ClientSshCause as C;
+            match cause {
+                C::HostKey => Some(Hint::new(
+                    "--server-host-key",
+                    "pass the public host key of the sshd at --server-ssh with --server-host-key",
+                )),
+                C::Auth => Some(Hint::new(
+                    "--agent-key",
+                    "authorize the --agent-key's public key for --server-ssh's user (borg-pull-server \
+                     authorize --install), or use --ephemeral-key",
+                )),
+                C::Connect => Some(Hint::new(
+                    "--server-ssh",
+                    "check --server-ssh USER@HOST[:PORT]: the server's sshd as the client reaches it \
+                     (--via agent) or as this server does (--via tcp)",
+                )),
+                C::NotBorgServe => Some(Hint::new(
+                    "authorize",
+                    "write the key's entry with borg-pull-server authorize --repo REPO --key KEY.pub --install",
+                )),
+            }
+        }
         _ => None,
     }
 }
@@ -174,6 +197,26 @@ pub fn fleet(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "storage_quota =",
             "give storage_quota as a size of at least 10M, e.g. \"500G\"",
         ),
+        E::ClientSsh { cause, .. } => {
+            use borg_pull_tunnel::error::ClientSshCause as C;
+            match cause {
+                C::HostKey => key(
+                    "server_host_key =",
+                    "set server_host_key = FILE.pub (the host key of the sshd at server_ssh)",
+                ),
+                C::Auth => key(
+                    "agent_key =",
+                    "authorize agent_key's public key for server_ssh's user (borg-pull-server \
+                     authorize --install), or use ephemeral_key = true",
+                ),
+                C::Connect => key(
+                    "server_ssh =",
+                    "check server_ssh = \"USER@HOST[:PORT]\": the server's sshd as the client (agent) \
+                     or this server (tcp) reaches it",
+                ),
+                C::NotBorgServe => None,
+            }
+        }
         _ => None,
     }
 }
@@ -318,6 +361,31 @@ mod tests {
         };
         assert!(tunnel(&at_jump_host).unwrap().text.contains("ssh-add"));
         assert_eq!(tunnel(&E::Interrupted), None);
+    }
+
+    #[test]
+    fn client_ssh_causes_get_their_flags_and_keys() {
+        use borg_pull_tunnel::error::ClientSshCause as C;
+        let err = |cause| borg_pull_tunnel::Error::ClientSsh {
+            host: "web1".into(),
+            server: "backup@srv port 22".into(),
+            cause,
+            said: "Host key verification failed.".into(),
+        };
+        for (cause, flag, config_key) in [
+            (C::HostKey, "--server-host-key", Some("server_host_key =")),
+            (C::Auth, "--agent-key", Some("agent_key =")),
+            (C::Connect, "--server-ssh", Some("server_ssh =")),
+            (C::NotBorgServe, "authorize", None),
+        ] {
+            let hint = tunnel(&err(cause.clone())).unwrap();
+            assert_eq!(hint.flag, flag);
+            assert_eq!(fleet(&err(cause.clone())).map(|h| h.flag), config_key);
+            // The not-borg-serve message already names `authorize`: the hint is left out.
+            let text = render(&err(cause.clone()));
+            let appended = usize::from(cause != C::NotBorgServe);
+            assert_eq!(text.matches(&hint.text).count(), appended, "{text}");
+        }
     }
 
     #[test]

@@ -413,6 +413,9 @@ fn ephemeral_key_is_gone_after_success_failure_and_a_killed_run() {
     f.assert_clean();
 }
 
+/// The client's ssh refuses a host key other than `--server-host-key`: named from ssh's own log
+/// (not borg's "Connection closed by remote host", which it often printed instead), exit 210;
+/// for both methods that use the client's ssh.
 #[test]
 fn a_wrong_server_host_key_stops_the_clients_ssh_before_borg_serve_runs() {
     let f = Fixture::new();
@@ -421,29 +424,122 @@ fn a_wrong_server_host_key_stops_the_clients_ssh_before_borg_serve_runs() {
     keygen(&other);
     let key = f.agent_key.to_str().unwrap();
     let other_pub = other.with_extension("pub");
-    let out = f
-        .create(
-            "agent",
-            &[
-                "--agent-key",
-                key,
-                "--server-host-key",
-                other_pub.to_str().unwrap(),
-            ],
-            "never",
-        )
-        .output();
-    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    for via in ["agent", "tcp"] {
+        let out = f
+            .create(
+                via,
+                &[
+                    "--agent-key",
+                    key,
+                    "--server-host-key",
+                    other_pub.to_str().unwrap(),
+                ],
+                "never",
+            )
+            .output();
+        out.assert_code(210);
+        let err = out.stderr_text();
+        assert!(
+            err.contains("refused the server's host key")
+                && err.contains("Host key verification failed")
+                && err.contains("--server-host-key"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(f.work_file("serve-argv"), "", "borg serve ran");
+        assert!(
+            !f.sshd.log().contains(&f.agent_fingerprint()),
+            "the agent key was offered"
+        );
+        f.assert_clean();
+    }
+}
+
+/// The agent key is not in the server user's authorized_keys: exit 211, named.
+#[test]
+fn an_agent_key_the_server_does_not_authorise_is_named() {
+    let f = Fixture::new();
+    let key = f.agent_key.to_str().unwrap();
+    let out = f.create("agent", &["--agent-key", key], "never").output();
+    out.assert_code(211);
+    let err = out.stderr_text();
     assert!(
-        out.stderr_text().contains("Host key verification failed"),
+        err.contains("was refused the agent key") && err.contains("Permission denied (publickey)"),
         "{}",
         out.describe()
     );
     assert_eq!(f.work_file("serve-argv"), "", "borg serve ran");
+    f.assert_clean();
+}
+
+/// A TCP port on 127.0.0.1 that refuses connections while the returned socket lives: bound, never
+/// listening (so no other test can take it meanwhile).
+fn refusing_port() -> (rustix::fd::OwnedFd, u16) {
+    use rustix::net::{bind, getsockname, socket, AddressFamily, SocketType};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(
+        &fd,
+        &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+    )
+    .unwrap();
+    let addr = std::net::SocketAddr::try_from(getsockname(&fd).unwrap()).unwrap();
+    (fd, addr.port())
+}
+
+/// Nothing listens at `--server-ssh`'s port: exit 213, named; for the agent method from the client
+/// ssh's log, for the TCP method from our bridge to the server's sshd.
+#[test]
+fn a_server_sshd_that_refuses_connections_is_named() {
+    let f = Fixture::new();
+    f.authorize_agent_key(&f.repo);
+    let (_socket, port) = refusing_port();
+    let server = format!("{}@127.0.0.1:{port}", f.sshd.user);
+    let key = f.agent_key.to_str().unwrap();
+    for via in ["agent", "tcp"] {
+        let out = f
+            .create(via, &["--agent-key", key, "--server-ssh", &server], "never")
+            .output();
+        out.assert_code(213);
+        let err = out.stderr_text();
+        assert!(err.contains("could not connect"), "{}", out.describe());
+        if via == "agent" {
+            assert!(err.contains("Connection refused"), "{}", out.describe());
+        }
+        assert_eq!(f.work_file("serve-argv"), "", "borg serve ran");
+        f.assert_clean();
+    }
+}
+
+/// The agent key's forced command is not borg serve (here a program that greets and exits):
+/// exit 219, named with the fix.
+#[test]
+fn a_forced_command_that_is_not_borg_serve_is_named() {
+    let f = Fixture::new();
+    let not_borg = f.dir().join("not-borg");
+    script(&not_borg, "echo 'hello from a forced command'\n");
+    let out = TestCommand::new(server_bin())
+        .arg("authorize")
+        .arg("--repo")
+        .arg(&f.repo)
+        .arg("--borg")
+        .arg(&not_borg)
+        .arg("--key")
+        .arg(f.agent_key.with_extension("pub"))
+        .arg("--install")
+        .arg("--authorized-keys")
+        .arg(f.authorized_keys())
+        .output();
+    assert_ok(&out, "authorize --install");
+    let key = f.agent_key.to_str().unwrap();
+    let out = f.create("agent", &["--agent-key", key], "never").output();
+    out.assert_code(219);
+    let err = out.stderr_text();
     assert!(
-        !f.sshd.log().contains(&f.agent_fingerprint()),
-        "the agent key was offered"
+        err.contains("does not speak borg's protocol") && err.contains("authorize"),
+        "{}",
+        out.describe()
     );
+    assert_eq!(archives(&f, &f.repo), "");
     f.assert_clean();
 }
 

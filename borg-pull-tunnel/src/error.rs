@@ -654,6 +654,21 @@ pub enum Error {
         /// How far the connection got.
         stage: KexStage,
     },
+
+    /// The agent and TCP methods: the client's ssh could not log in to the server's sshd, or what
+    /// that sshd ran for the agent key was not `borg serve`; named from the client's ssh log (and
+    /// borg's last words), not from borg's guess.
+    #[error("borg on the client {host} cannot reach borg serve: its ssh to the server {server} {cause}{}", said_text(.said))]
+    ClientSsh {
+        /// The client as given.
+        host: String,
+        /// The server's sshd as the client's ssh was told to reach it: `USER@HOST port PORT`.
+        server: String,
+        /// What went wrong.
+        cause: ClientSshCause,
+        /// The client's ssh log, escaped, lines joined with ` | ` (empty when it logged nothing).
+        said: String,
+    },
 }
 
 /// How far a connection the client's sshd closed before key exchange got (for
@@ -676,6 +691,55 @@ impl std::fmt::Display for KexStage {
             KexStage::Refused(said) => write!(f, "without sending its SSH banner (it said \"{said}\")"),
             KexStage::AfterBanner => f.write_str("right after its SSH banner"),
         }
+    }
+}
+
+/// Why the client's ssh to the server failed ([`Error::ClientSsh`]); each names the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientSshCause {
+    /// The server's sshd offered another host key than the one we pinned.
+    HostKey,
+    /// The server's sshd refused the agent key.
+    Auth,
+    /// No connection to the server's sshd (refused, unreachable, timed out, unknown name).
+    Connect,
+    /// Logged in, but what ran did not speak borg's protocol.
+    NotBorgServe,
+}
+
+impl std::fmt::Display for ClientSshCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientSshCause::HostKey => {
+                "refused the server's host key: it differs from the public host key we gave the \
+                 client's ssh to pin (give the key of the sshd at that address, e.g. its \
+                 /etc/ssh/ssh_host_ed25519_key.pub, or check that nothing else answers there)"
+            }
+            ClientSshCause::Auth => {
+                "was refused the agent key (permission denied): the key is not in that user's \
+                 authorized_keys on the server, or the account is locked (write the entry with \
+                 borg-pull-server authorize --install, or use an ephemeral key)"
+            }
+            ClientSshCause::Connect => {
+                "could not connect: nothing listens at that address and port, or it cannot be \
+                 reached from where the connection starts (the client for the agent method, this \
+                 server for the TCP method); check the server's sshd address"
+            }
+            ClientSshCause::NotBorgServe => {
+                "logged in, but what the server's sshd ran for the agent key does not speak borg's \
+                 protocol: the key's forced command in authorized_keys on the server is not borg \
+                 serve (write the entry with borg-pull-server authorize), or borg serve cannot start \
+                 there"
+            }
+        })
+    }
+}
+
+fn said_text(said: &str) -> String {
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!("; the client's ssh said: {said}")
     }
 }
 

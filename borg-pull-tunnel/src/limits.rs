@@ -227,3 +227,15 @@ pub const CLIENT_START_LIMIT: Duration = Duration::from_secs(900);
 /// since its pid is gone). Short enough that the next run's start (within
 /// [`REMOTE_HELPER_TIMEOUT`]) can include it.
 pub const CLIENT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The agent and TCP methods: the end of the client's ssh log (`ssh -E` in the private directory)
+/// that the script's watcher prints back once borg has exited, and the most of it we keep.
+///
+/// ssh logs a handful of short lines at its default level, and the cause of a failure is the last
+/// of them, so the script sends the log's last 4 KiB (`tail -c`): dozens of lines, ample for the
+/// cause. We keep as much again, whatever the client sends, since the client is untrusted.
+pub const CLIENT_SSH_LOG_KEPT: usize = 4 * 1024;
+
+/// How much of the end of borg's standard error we look at to tell "the server's sshd ran
+/// something other than borg serve" (borg's own message for it is its last line, under 200 bytes).
+pub const BORG_STDERR_TAIL: usize = 1024;

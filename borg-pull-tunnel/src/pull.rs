@@ -42,7 +42,7 @@ use crate::limits::{
     CANCEL_GRACE, CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, FORWARD_DRAIN_TIMEOUT, REMOTE_HELPER_TIMEOUT,
     REQUEST_TIMEOUT,
 };
-use crate::remote::{self, RemoteRun, Report, SshBack};
+use crate::remote::{self, ClientSshLog, RemoteRun, Report, SshBack, SshTarget, StderrSplit};
 use crate::secret::{Passphrase, SecretSources};
 use crate::secret_file::SecretString;
 use crate::session::{self, Session, SessionOptions};
@@ -52,8 +52,10 @@ pub use crate::remote::{RESERVED_ENV, SOCKET_NAME};
 use crate::via::RunAgent;
 pub use crate::via::{AgentKey, ServerLogin, Via};
 
-/// The host part of the `BORG_REPO` URL given to borg on the client. borg needs an `ssh://` URL
-/// to use `BORG_RSH`; the relay ignores the host, so this only shows up in borg's messages.
+/// The host part of the `BORG_REPO` URL given to borg on the client, in every method. borg needs
+/// an `ssh://` URL to use `BORG_RSH`; the relay ignores the host, and the agent and TCP methods
+/// give the client's ssh the real address as options, so this only names the repository to borg
+/// (which remembers it) and shows up in its messages.
 pub const REPO_URL_HOST: &str = "borg-pull-server";
 
 /// The environment a pull may use, read in one place ([`PullEnv::from_process`]) so that nothing
@@ -287,16 +289,12 @@ impl PullOptions {
         self.serve.version.as_ref().map_or(1, |v| v.major)
     }
 
-    /// `BORG_REPO` for borg on the client: the relay ignores the host; the agent method names
-    /// the server's sshd; the TCP method its forward on the client's loopback (the port comes in
-    /// `BORG_RSH`, once sshd has picked it).
+    /// `BORG_REPO` for borg on the client: `ssh://borg-pull-server/REPO` whatever the method, so
+    /// borg's record of where it last saw the repository matches on every run and switching
+    /// methods (or server addresses) needs no answer to its "previously located at" question. The
+    /// relay ignores the host; the client's ssh gets the real address as options in `BORG_RSH`.
     fn repo_url(&self) -> Vec<u8> {
-        let mut url = match &self.via {
-            Via::Socket => format!("ssh://{REPO_URL_HOST}"),
-            Via::Agent(l) => format!("ssh://{}@{}:{}", l.user, crate::via::url_host(&l.host), l.port),
-            Via::Tcp(l) => format!("ssh://{}@{}", l.user, crate::forward::tcp::LISTEN_ADDRESS),
-        }
-        .into_bytes();
+        let mut url = format!("ssh://{REPO_URL_HOST}").into_bytes();
         // borg 2: `ssh://host/path` is relative to the login directory, `ssh://host//path` absolute.
         if self.server_major() >= 2 {
             url.push(b'/');
@@ -562,15 +560,38 @@ impl Run<'_> {
         }
         let deadline = Instant::now() + self.options.max_runtime;
         let beats = heartbeat(channel.make_writer());
-        let relayed = exec::relay_output(
-            &mut channel,
-            stdout,
-            stderr,
-            &self.options.cancel,
-            deadline,
-            CANCEL_GRACE,
-        );
-        let relayed = tokio::select! {
+        let relayed = async {
+            match self.options.via.server_login() {
+                None => {
+                    let relayed = exec::relay_output(
+                        &mut channel,
+                        stdout,
+                        stderr,
+                        &self.options.cancel,
+                        deadline,
+                        CANCEL_GRACE,
+                    )
+                    .await?;
+                    Ok::<_, Error>((relayed, None))
+                }
+                // The client's ssh log comes back on stderr after borg's exit status, before the
+                // channel closes.
+                Some(_) => {
+                    let mut split = StderrSplit::new(stderr, self.marker);
+                    let relayed = exec::relay_output(
+                        &mut channel,
+                        stdout,
+                        &mut split,
+                        &self.options.cancel,
+                        deadline,
+                        CANCEL_GRACE,
+                    )
+                    .await;
+                    Ok((relayed?, Some(split.finish().await)))
+                }
+            }
+        };
+        let (relayed, ssh_log) = tokio::select! {
             r = relayed => r?,
             never = beats => match never {},
         };
@@ -584,6 +605,9 @@ impl Run<'_> {
             }
             None => {}
         }
+        if let (Some(log), Some(exit)) = (&ssh_log, &relayed.exit) {
+            self.check_client_ssh(log, exit)?;
+        }
         match relayed.exit {
             Some(exit) => Ok(exit),
             None if self.session.is_closed() => {
@@ -592,6 +616,54 @@ impl Run<'_> {
             None => Err(Error::NoExitStatus {
                 host: self.session.host().to_owned(),
             }),
+        }
+    }
+
+    /// Agent and TCP methods: when borg failed, names the cause the client's ssh logged instead of
+    /// borg's guess; the log is shown (escaped) in any case, since ssh's stderr went to it.
+    fn check_client_ssh(&self, log: &ClientSshLog, exit: &RemoteExit) -> Result<()> {
+        let said = log
+            .lines
+            .iter()
+            .map(|line| exec::escape_output(line).trim().to_owned())
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        if exit.code() == 0 {
+            if !said.is_empty() {
+                info!(said, "the client's ssh to the server logged");
+            }
+            return Ok(());
+        }
+        let bridge_failed = self
+            .bridges
+            .tcp
+            .as_ref()
+            .is_some_and(|tcp| tcp.stats().failed > 0);
+        let Some(login) = self.options.via.server_login() else {
+            return Ok(());
+        };
+        match crate::via::client_ssh_cause(log, bridge_failed) {
+            Some(cause) => Err(Error::ClientSsh {
+                host: self.session.host().to_owned(),
+                server: match self.options.via {
+                    Via::Tcp(_) => format!(
+                        "{}@{} port {} (through the TCP forward on the client's loopback)",
+                        login.user, login.host, login.port
+                    ),
+                    _ => format!("{}@{} port {}", login.user, login.host, login.port),
+                },
+                cause,
+                said,
+            }),
+            None => {
+                if !said.is_empty() {
+                    warn!(said, "the client's ssh to the server logged");
+                } else if !log.complete {
+                    warn!("the client's ssh log did not come back before the run's channel closed");
+                }
+                Ok(())
+            }
         }
     }
 
@@ -725,9 +797,21 @@ impl Run<'_> {
                     }
                     other => other?,
                 };
-                remote::go_lines_ssh(&login.ssh, dir, Some(port), passphrase)?
+                let target = SshTarget {
+                    host: crate::forward::tcp::LISTEN_ADDRESS,
+                    port,
+                    user: &login.user,
+                };
+                remote::go_lines_ssh(&login.ssh, dir, target, passphrase)?
             }
-            (_, Some(login)) => remote::go_lines_ssh(&login.ssh, dir, None, passphrase)?,
+            (_, Some(login)) => {
+                let target = SshTarget {
+                    host: &login.host,
+                    port: login.port,
+                    user: &login.user,
+                };
+                remote::go_lines_ssh(&login.ssh, dir, target, passphrase)?
+            }
             (_, None) => {
                 return self
                     .start_borg_on_socket(channel, dir, installed_relay, passphrase)
@@ -864,5 +948,39 @@ mod tests {
         o.borg_args.clear();
         o.env.push(("BORG_RSH".into(), "x".into()));
         assert!(o.remote_script("m:", None, None).is_err());
+    }
+
+    /// One URL per repository whatever the method, so borg's "previously located at" never fires
+    /// on a switch; borg 2's absolute form has two slashes.
+    #[test]
+    fn every_method_gives_borg_the_same_repository_url() {
+        let key = russh::keys::PublicKey::from_openssh(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHj8lFdTAsv6UmfCSPwyVQ3I9OaKMYSh7QGqzNbb0xWT k",
+        )
+        .unwrap();
+        let login =
+            |server: &str| ServerLogin::new(server, key.clone(), AgentKey::File("/k".into())).unwrap();
+        let mut urls = Vec::new();
+        for major in ["borg 1.2.4", "borg 2.0.0b25"] {
+            for via in [
+                Via::Socket,
+                Via::Agent(login("backup@192.0.2.1:2222")),
+                Via::Agent(login("other@[::1]")),
+                Via::Tcp(login("backup@localhost")),
+            ] {
+                let mut o = PullOptions::new("u@h", "/srv/borg/web 1", vec![]).unwrap();
+                o.serve.version = borg_pull_core::BorgVersion::parse(major);
+                o.via = via;
+                urls.push((major, String::from_utf8(o.repo_url()).unwrap()));
+            }
+        }
+        for (major, url) in urls {
+            let expected = if major.starts_with("borg 2") {
+                "ssh://borg-pull-server//srv/borg/web 1"
+            } else {
+                "ssh://borg-pull-server/srv/borg/web 1"
+            };
+            assert_eq!(url, expected, "{major}");
+        }
     }
 }

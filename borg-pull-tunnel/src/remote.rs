@@ -31,7 +31,7 @@ use russh::{Channel, ChannelMsg};
 
 use crate::error::RemoteProgram;
 use crate::exec::{escape_output, exec_refused, is_env_name, keep, shell_join, shell_quote, Captured};
-use crate::limits::HELPER_OUTPUT_KEPT;
+use crate::limits::{BORG_STDERR_TAIL, CLIENT_SSH_LOG_KEPT, HELPER_OUTPUT_KEPT};
 use crate::{Error, Result};
 
 /// The private directories' name prefix on the client.
@@ -96,6 +96,14 @@ pub const SERVER_HOST_ALIAS: &str = "borg-pull-server";
 /// File names in the private directory for the agent and TCP methods.
 const KNOWN_HOSTS_NAME: &str = "known_hosts";
 const IDENTITY_NAME: &str = "agent_key.pub";
+/// The client's ssh log (`ssh -E`) in the private directory (agent and TCP methods).
+const SSH_LOG_NAME: &str = "ssh.log";
+
+/// What starts each line of the client's ssh log when the watcher sends it back, after the run's
+/// marker.
+const SSH_LOG_TAG: &str = "ssh ";
+/// The line (after the marker) that ends the ssh log the watcher sends back, also when it is empty.
+const SSH_LOG_END: &str = "ssh-end";
 
 /// The lines the script reads once the forward listens: `go`, borg's `BORG_RSH` (the relay and
 /// the socket, each quoted for borg's shlex splitting) and the passphrase, if any.
@@ -112,20 +120,52 @@ pub fn go_lines(relay: &OsStr, dir: &str, passphrase: Option<&str>) -> Result<Ve
     Ok(go_lines_with(rsh, passphrase))
 }
 
+/// Where the client's ssh connects (agent and TCP methods). It is handed to ssh as `-o` options,
+/// not put in the repository URL: borg remembers a repository's URL and asks before it uses one
+/// it knew under another, so every method gives borg the same `ssh://borg-pull-server/REPO`.
+#[derive(Debug, Clone, Copy)]
+pub struct SshTarget<'a> {
+    /// The server's sshd: a name or an address (IPv6 without brackets).
+    pub host: &'a str,
+    /// Its TCP port.
+    pub port: u16,
+    /// The login user on the server.
+    pub user: &'a str,
+}
+
 /// Like [`go_lines`] for the agent and TCP methods: `BORG_RSH` is the client's `ssh` with the
-/// server's host key pinned (only the temporary known_hosts file, `StrictHostKeyChecking=yes`)
-/// and only the agent key offered; `port` is the TCP forward's port on the client's loopback.
-pub fn go_lines_ssh(ssh: &OsStr, dir: &str, port: Option<u16>, passphrase: Option<&str>) -> Result<Vec<u8>> {
+/// server's host key pinned (only the temporary known_hosts file, `StrictHostKeyChecking=yes`),
+/// only the agent key offered, the address, port and user of `target`, and its log going to
+/// `ssh.log` in the private directory (the script's watcher sends it back once borg has exited).
+pub fn go_lines_ssh(
+    ssh: &OsStr,
+    dir: &str,
+    target: SshTarget<'_>,
+    passphrase: Option<&str>,
+) -> Result<Vec<u8>> {
     if ssh.as_bytes().contains(&b'\n') || dir.contains(['"', '\n']) {
         return Err(Error::InvalidOption(format!(
             "the ssh program {:?} or the client's directory {dir:?} contains a newline or a double quote",
             ssh.to_string_lossy()
         )));
     }
-    // ssh expands %-tokens in these two options and splits UserKnownHostsFile at spaces: escape
-    // `%` and quote the value for ssh's own config parser.
+    // ssh's config parser splits option values at spaces and reads quotes; newer OpenSSH expands
+    // %-tokens and ${VAR} in User, older ones do not: such a value means different things to
+    // different clients, so it is refused rather than guessed at.
+    let odd = |v: &str| {
+        v.is_empty() || v.contains(|c: char| c.is_whitespace() || c.is_control() || "\"'\\".contains(c))
+    };
+    if odd(target.host) || odd(target.user) || target.user.contains(['%', '$']) {
+        return Err(Error::InvalidOption(format!(
+            "the server login {:?}@{:?} cannot be handed to the client's ssh: the user and host may \
+             not be empty or contain spaces, quotes or backslashes, and the user no % or $",
+            target.user, target.host
+        )));
+    }
+    // ssh expands %-tokens in these options and splits UserKnownHostsFile at spaces: escape `%`
+    // and quote the value for ssh's own config parser.
     let file = |name: &str| format!("\"{}/{name}\"", dir.replace('%', "%%"));
-    let mut words: Vec<String> = vec![
+    let words: Vec<String> = vec![
         "-F".into(),
         "/dev/null".into(),
         "-o".into(),
@@ -153,10 +193,16 @@ pub fn go_lines_ssh(ssh: &OsStr, dir: &str, port: Option<u16>, passphrase: Optio
             "ServerAliveInterval={}",
             crate::limits::KEEPALIVE_INTERVAL.as_secs()
         ),
+        "-o".into(),
+        format!("HostName={}", target.host.replace('%', "%%")),
+        "-o".into(),
+        format!("Port={}", target.port),
+        "-o".into(),
+        format!("User={}", target.user),
+        // Not an option with tokens: the path as it is. ssh creates it 0600 in our 0700 directory.
+        "-E".into(),
+        format!("{dir}/{SSH_LOG_NAME}"),
     ];
-    if let Some(port) = port {
-        words.extend(["-p".into(), port.to_string()]);
-    }
     let mut rsh = shell_quote(ssh.as_bytes())?;
     for word in words {
         rsh.push(b' ');
@@ -253,13 +299,30 @@ impl RemoteRun<'_> {
             )
             .as_bytes(),
         );
+        // The agent and TCP methods: once borg has exited, the watcher sends the end of the client
+        // ssh's log back on the session's stderr (its fd 3), each line tagged with the marker, so
+        // the server names the cause from what ssh said instead of from borg's guess. Holding fd 3
+        // keeps the channel open until then; the server bounds that wait ([`EXIT_CLOSE_GRACE`]).
+        let (send_log, keep_stderr) = match &self.ssh_back {
+            None => (String::new(), ""),
+            // awk ends every line, the last one too, so the end line always starts a line. A
+            // subshell: when the server is gone, SIGPIPE ends it, not the watcher before its rm.
+            Some(_) => (
+                format!(
+                    "( [ -s \"${DIR_VAR}/{SSH_LOG_NAME}\" ] && tail -c {kept} \"${DIR_VAR}/{SSH_LOG_NAME}\" \
+                     | awk -v m=\"${{bp_m}}{SSH_LOG_TAG}\" '{{print m $0}}'; printf '%s{SSH_LOG_END}\\n' \"$bp_m\" ) >&3; ",
+                    kept = crate::limits::CLIENT_SSH_LOG_KEPT
+                ),
+                "3>&2 ",
+            ),
+        };
         s.extend_from_slice(
             format!(
                 "bp_u=$(umask); umask 077; {DIR_VAR}=$(mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\") || exit 2; \
                  umask \"$bp_u\"; {watcher}bp_clear \"${DIR_VAR}\"; {files}\
                  printf '%sdir %s\\n' \"$bp_m\" \"${DIR_VAR}\"; \
                  IFS= read -r bp_go && [ \"$bp_go\" = go ] || exit 0; ",
-                watcher = guard.watcher(),
+                watcher = guard.watcher_sending(&send_log, keep_stderr),
             )
             .as_bytes(),
         );
@@ -436,18 +499,18 @@ rm -rf -- \"$bp_o\"; printf '%scleared %s %s\\n' \"$bp_m\" \"$bp_p\" \"$bp_o\"; 
 /// watcher itself is in the group, so the group id cannot have been reused).
 const GUARD_WATCHER: &str = "bp_stat $$; bp_me=$$; bp_mg=$bp_pg; bp_id=$(id -u); \
 bp_beat \"$bp_dir/beat\" 0 2>/dev/null; \
-(trap '' INT TERM HUP; bp_n=0; bp_l=; while kill -0 $bp_me 2>/dev/null; do sleep 1; \
+(trap '' INT TERM HUP; bp_n=0; bp_l=; bp_dead=; while kill -0 $bp_me 2>/dev/null; do sleep 1; \
 if [ -e \"$bp_dir/beats\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
 bp_b=; read -r bp_b 2>/dev/null <\"$bp_dir/beat\"; \
 if [ \"$bp_b\" != \"$bp_l\" ]; then bp_l=$bp_b; bp_n=0; else bp_n=$((bp_n+1)); fi; \
-if [ $bp_n -ge $bp_x ]; then bp_sig $bp_me - \"$bp_mg\" TERM; bp_i=0; \
+if [ $bp_n -ge $bp_x ]; then bp_dead=1; bp_sig $bp_me - \"$bp_mg\" TERM; bp_i=0; \
 while [ $bp_i -lt @GRACE@ ] && kill -0 $bp_me 2>/dev/null; do sleep 1; bp_i=$((bp_i+1)); done; \
 if [ \"$bp_mg\" != $bp_me ] && { [ -z \"$bp_st\" ] || bp_alive $bp_me \"$bp_st\" \"$bp_id\"; }; then \
 kill -s KILL $bp_me 2>/dev/null; fi; break; fi; done; \
-bp_rp=; bp_rs=; read -r bp_rp bp_rs 2>/dev/null <\"$bp_dir/reader\"; rm -rf -- \"$bp_dir\"; \
+@SENDLOG@bp_rp=; bp_rs=; read -r bp_rp bp_rs 2>/dev/null <\"$bp_dir/reader\"; rm -rf -- \"$bp_dir\"; \
 case $bp_rp in ''|*[!0-9]*) ;; *) bp_alive \"$bp_rp\" \"$bp_rs\" \"$bp_id\" && kill -s TERM \"$bp_rp\";; esac; \
 [ \"$bp_mg\" = $bp_me ] && kill -s KILL -- \"-$bp_me\") \
-</dev/null >/dev/null 2>&1 & ";
+</dev/null @KEEPERR@>/dev/null 2>&1 & ";
 
 /// Marks the run as started (`run`: the pid borg will have, its start time, process group and
 /// uid, what the next run checks before it stops anything; `beats`: heartbeats flow) and starts
@@ -472,7 +535,20 @@ impl Guard {
 
     /// The watcher ([`GUARD_WATCHER`]); needs `bp_dir` and the functions.
     pub(crate) fn watcher(&self) -> String {
+        self.watcher_sending("", "")
+    }
+
+    /// The watcher, which once borg has exited (not after a silence stop: the link is dead and a
+    /// write to it could block) runs `send_log` with `keep_stderr` among its redirections.
+    pub(crate) fn watcher_sending(&self, send_log: &str, keep_stderr: &str) -> String {
+        let send_log = if send_log.is_empty() {
+            String::new()
+        } else {
+            format!("[ -n \"$bp_dead\" ] || {send_log}")
+        };
         self.fill(GUARD_WATCHER)
+            .replace("@SENDLOG@", &send_log)
+            .replace("@KEEPERR@", keep_stderr)
     }
 
     /// Marks the run started and starts the heartbeat reader ([`GUARD_ARM`]); the command that
@@ -720,6 +796,179 @@ fn parse_report(line: &[u8]) -> Result<Report> {
         _ => return Err(bad()),
     };
     Ok(Report::Missing(role, escape_output(why.as_bytes())))
+}
+
+/// Borg's standard error on its way to ours (agent and TCP methods), with the lines the script's
+/// watcher sends back after borg has exited (the client ssh's log, each line after the run's
+/// marker) taken out. Both are bounded: the log to [`CLIENT_SSH_LOG_KEPT`], what we look at of
+/// borg's own output to its last [`BORG_STDERR_TAIL`] bytes; the rest passes through unchanged.
+pub struct StderrSplit<'a, E> {
+    inner: &'a mut E,
+    marker: Vec<u8>,
+    /// At the start of a line (after `\n` or `\r`, or at the start).
+    line_start: bool,
+    /// How much of the marker the bytes since the line start matched (held back until known).
+    held: usize,
+    /// Inside a marker line: its bytes go to `marked`, not to `inner`.
+    in_marked: bool,
+    marked: Vec<u8>,
+    tail: Vec<u8>,
+    pending: Vec<u8>,
+    written: usize,
+    /// Our stderr failed: what borg prints is dropped from then on, the log still collected.
+    broken: bool,
+}
+
+/// What [`StderrSplit::finish`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientSshLog {
+    /// The lines of the client ssh's log as sent back (raw; escape before showing them).
+    pub lines: Vec<Vec<u8>>,
+    /// Whether the end line came: the log is complete (possibly empty).
+    pub complete: bool,
+    /// The end of what borg printed on stderr.
+    pub borg_tail: Vec<u8>,
+}
+
+impl<'a, E: tokio::io::AsyncWrite + Unpin> StderrSplit<'a, E> {
+    /// Splits what is written to it for `inner`, for the run with this `marker`.
+    pub fn new(inner: &'a mut E, marker: &str) -> Self {
+        Self {
+            inner,
+            marker: marker.as_bytes().to_vec(),
+            line_start: true,
+            held: 0,
+            in_marked: false,
+            marked: Vec::new(),
+            tail: Vec::new(),
+            pending: Vec::new(),
+            written: 0,
+            broken: false,
+        }
+    }
+
+    fn pass(&mut self, bytes: &[u8]) {
+        if !self.broken {
+            self.pending.extend_from_slice(bytes);
+        }
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > 2 * BORG_STDERR_TAIL {
+            self.tail.drain(..self.tail.len() - BORG_STDERR_TAIL);
+        }
+    }
+
+    fn feed(&mut self, buf: &[u8]) {
+        for &b in buf {
+            if self.in_marked {
+                if self.marked.len() < CLIENT_SSH_LOG_KEPT + 64 {
+                    self.marked.push(b);
+                }
+                if b == b'\n' {
+                    self.in_marked = false;
+                    self.line_start = true;
+                }
+                continue;
+            }
+            if self.line_start && self.held < self.marker.len() && self.marker[self.held] == b {
+                self.held += 1;
+                if self.held == self.marker.len() {
+                    self.held = 0;
+                    self.in_marked = true;
+                    self.line_start = false;
+                }
+                continue;
+            }
+            if self.held > 0 {
+                let held = self.marker[..self.held].to_vec();
+                self.held = 0;
+                self.pass(&held);
+            }
+            self.pass(&[b]);
+            self.line_start = b == b'\n' || b == b'\r';
+        }
+    }
+
+    fn poll_pending(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::task::Poll;
+        while self.written < self.pending.len() && !self.broken {
+            match std::pin::Pin::new(&mut *self.inner).poll_write(cx, &self.pending[self.written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => self.written += n,
+                Poll::Ready(_) => self.broken = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.pending.clear();
+        self.written = 0;
+        Poll::Ready(())
+    }
+
+    /// Writes what was held back and returns what was taken out.
+    pub async fn finish(mut self) -> ClientSshLog {
+        use tokio::io::AsyncWriteExt as _;
+        if self.held > 0 {
+            let held = self.marker[..self.held].to_vec();
+            self.pass(&held);
+        }
+        let _ = self.flush().await;
+        let mut log = ClientSshLog {
+            borg_tail: self
+                .tail
+                .split_off(self.tail.len().saturating_sub(BORG_STDERR_TAIL)),
+            ..ClientSshLog::default()
+        };
+        let mut kept = 0;
+        for line in self.marked.split(|&b| b == b'\n') {
+            if let Some(text) = line.strip_prefix(SSH_LOG_TAG.as_bytes()) {
+                if kept + text.len() <= CLIENT_SSH_LOG_KEPT {
+                    kept += text.len() + 1;
+                    log.lines.push(text.to_vec());
+                }
+            } else if line == SSH_LOG_END.as_bytes() {
+                log.complete = true;
+            }
+        }
+        log
+    }
+}
+
+impl<E: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StderrSplit<'_, E> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.poll_pending(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        this.feed(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.poll_pending(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        if this.broken {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut *this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.poll_pending(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut *this.inner).poll_shutdown(cx)
+    }
 }
 
 /// Whether `dir` is what our mktemp makes: absolute, one line, `.../borg-pull.XXXXXXXX`. Checked
@@ -1485,6 +1734,216 @@ mod tests {
             "/tmp\n/borg-pull.AbC123xy",
         ] {
             assert!(!is_private_dir_path(bad), "{bad:?}");
+        }
+    }
+
+    /// What the splitter passes on and takes out, fed `input` in pieces of `chunk` bytes.
+    fn split(input: &[u8], chunk: usize) -> (Vec<u8>, ClientSshLog) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            use tokio::io::AsyncWriteExt as _;
+            let mut out = Vec::new();
+            let mut split = StderrSplit::new(&mut out, MARKER);
+            for piece in input.chunks(chunk.max(1)) {
+                split.write_all(piece).await.unwrap();
+                split.flush().await.unwrap();
+            }
+            let log = split.finish().await;
+            (out, log)
+        })
+    }
+
+    #[test]
+    fn the_ssh_log_is_taken_out_of_borgs_stderr_whatever_the_pieces() {
+        let borg = b"Connection closed by remote host. Is borg working on the server?\n\
+                     borg-pull-te not ours\nprogress\r";
+        let mut input = borg.to_vec();
+        input.extend_from_slice(b"borg-pull-test:ssh Host key verification failed.\n");
+        input.extend_from_slice(b"borg-pull-test:ssh \xff\x1b[31m odd\n");
+        input.extend_from_slice(b"borg-pull-test:ssh-end\n");
+        input.extend_from_slice(b"borg-pull-tes");
+        for chunk in [1, 2, 3, 7, 64, 4096] {
+            let (out, log) = split(&input, chunk);
+            assert_eq!(out, [&borg[..], b"borg-pull-tes"].concat(), "chunk {chunk}");
+            assert_eq!(
+                log.lines,
+                [
+                    b"Host key verification failed.".to_vec(),
+                    b"\xff\x1b[31m odd".to_vec()
+                ]
+            );
+            assert!(log.complete);
+            assert!(log.borg_tail.ends_with(b"progress\rborg-pull-tes"));
+        }
+        // Not at a line start: not ours.
+        let (out, log) = split(b"x borg-pull-test:ssh-end\n", 5);
+        assert_eq!(out, b"x borg-pull-test:ssh-end\n");
+        assert!(!log.complete && log.lines.is_empty());
+    }
+
+    #[test]
+    fn a_client_that_floods_marker_lines_is_cut_off() {
+        let mut input = Vec::new();
+        for _ in 0..10_000 {
+            input.extend_from_slice(b"borg-pull-test:ssh 0123456789abcdef0123456789abcdef\n");
+        }
+        input.extend_from_slice(&vec![b'x'; 100_000]);
+        let (out, log) = split(&input, 32 * 1024);
+        assert_eq!(out.len(), 100_000);
+        let kept: usize = log.lines.iter().map(|l| l.len() + 1).sum();
+        assert!(kept <= CLIENT_SSH_LOG_KEPT, "{kept}");
+        assert!(log.borg_tail.len() <= BORG_STDERR_TAIL);
+    }
+
+    #[test]
+    fn borg_rsh_hands_the_address_to_ssh_and_logs_into_the_private_directory() {
+        let target = SshTarget {
+            host: "fe80::1%eth0",
+            port: 2222,
+            user: "backup",
+        };
+        let dir = "/tmp/x y/borg-pull.AbC123xy";
+        let lines = go_lines_ssh(OsStr::new("/usr/bin/ssh"), dir, target, None).unwrap();
+        let rsh = std::str::from_utf8(&lines[3..lines.len() - 1]).unwrap();
+        // Split as borg does (shlex, POSIX rules), here by the shell.
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("for a in {rsh}; do printf '%s\\n' \"$a\"; done"))
+            .output()
+            .unwrap();
+        let words: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        for expected in [
+            "HostName=fe80::1%%eth0",
+            "Port=2222",
+            "User=backup",
+            "HostKeyAlias=borg-pull-server",
+            "StrictHostKeyChecking=yes",
+        ] {
+            let at = words
+                .iter()
+                .position(|w| w == expected)
+                .unwrap_or_else(|| panic!("{expected}: {words:?}"));
+            assert_eq!(words[at - 1], "-o");
+        }
+        let e = words.iter().position(|w| w == "-E").unwrap();
+        assert_eq!(words[e + 1], format!("{dir}/ssh.log"));
+        assert!(!words.iter().any(|w| w == "-p"), "{words:?}");
+        for (user, host) in [
+            ("a b", "h"),
+            ("u%r", "h"),
+            ("u${X}", "h"),
+            ("u", "h\"x"),
+            ("", "h"),
+            ("u", ""),
+        ] {
+            let bad = SshTarget { host, port: 22, user };
+            assert!(
+                go_lines_ssh(OsStr::new("ssh"), dir, bad, None).is_err(),
+                "{user:?} {host:?}"
+            );
+        }
+    }
+
+    /// The agent and TCP methods' watcher, run by the real `sh`: once "borg" has exited, the end
+    /// of the ssh log comes back on the session's stderr, each line after the marker, then the
+    /// end line; without a log only the end line.
+    #[test]
+    fn the_watcher_sends_the_ssh_log_back_on_stderr_then_removes_the_directory() {
+        // The last case: the server is gone (the session's stderr closed) when the watcher writes.
+        for (log, server_gone) in [
+            (&b"line one\nHost key verification failed."[..], false),
+            (b"", false),
+            (b"Host key verification failed.", true),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut f = Fixture::new();
+            // "borg" writes the log where BORG_RSH's -E points, as ssh would.
+            let args: Vec<OsString> = vec![
+                "-c".into(),
+                r#"eval "set -- $BORG_RSH"; for a; do [ "$p" = -E ] && l=$a; p=$a; done; printf %s "$BP_TEST_LOG" >>"$l""#.into(),
+            ];
+            f.env
+                .push(("BP_TEST_LOG".into(), OsStr::from_bytes(log).to_owned()));
+            let script = RemoteRun {
+                relay: &f.relay,
+                borg: &f.borg,
+                borg_args: &args,
+                env: &f.env,
+                repo_url: b"ssh://borg-pull-server/r",
+                borgstore_rsh: false,
+                remote_dir: None,
+                passphrase: false,
+                ssh_back: Some(SshBack {
+                    ssh: OsStr::new("/bin/sh"),
+                    known_hosts_line: "borg-pull-server ssh-ed25519 AAAA",
+                    identity_line: "ssh-ed25519 AAAA",
+                }),
+                install_relay: None,
+            }
+            .script(MARKER)
+            .unwrap();
+            let mut child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(OsStr::from_bytes(&script))
+                .env("TMPDIR", tmp.path())
+                .env("SSH_AUTH_SOCK", "/nonexistent/agent")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let mut stdout = child.stdout.take().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            let dir = loop {
+                let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+                assert!(n > 0, "no report: {}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buf[..n]);
+                if let Some((Report::Dir { dir, .. }, _)) = find_report(&seen, MARKER).unwrap() {
+                    break dir;
+                }
+            };
+            let target = SshTarget {
+                host: "127.0.0.1",
+                port: 22,
+                user: "u",
+            };
+            stdin
+                .write_all(&go_lines_ssh(OsStr::new("/bin/sh"), &dir, target, None).unwrap())
+                .unwrap();
+            let mut stderr = child.stderr.take().unwrap();
+            if server_gone {
+                drop(stderr);
+                drop(stdin);
+                child.wait().unwrap();
+                assert!(gone_soon(&dir), "{dir} was not removed");
+                continue;
+            }
+            drop(stdin);
+            // stderr ends when the watcher, which holds it, is done; the watcher waits for the
+            // script to be gone, so it is reaped first, as sshd does.
+            let reader = std::thread::spawn(move || {
+                let mut all = Vec::new();
+                std::io::Read::read_to_end(&mut stderr, &mut all).unwrap();
+                all
+            });
+            child.wait().unwrap();
+            let err = reader.join().unwrap();
+            let (passed, got) = split(&err, 4096);
+            assert!(passed.is_empty(), "{}", String::from_utf8_lossy(&passed));
+            assert!(got.complete, "{}", String::from_utf8_lossy(&err));
+            let expected: Vec<Vec<u8>> = if log.is_empty() {
+                vec![]
+            } else {
+                log.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect()
+            };
+            assert_eq!(got.lines, expected, "{}", String::from_utf8_lossy(&err));
+            assert!(!Path::new(&dir).exists(), "{dir} was not removed");
         }
     }
 }

@@ -18,6 +18,13 @@
 //! In the agent and TCP methods the client's ssh checks the server's host key against a
 //! temporary known_hosts file with that one key (`StrictHostKeyChecking=yes`, never
 //! `StrictHostKeyChecking=no` as some recipes do), removed with the private directory.
+//!
+//! Whatever the method, borg on the client sees the repository as `ssh://borg-pull-server/REPO`:
+//! borg remembers a repository's location and will not use it under another without asking, so
+//! the agent and TCP methods give the server's address, port and user to the client's ssh as
+//! options instead of putting them in the URL. The client's ssh logs to a file in the private
+//! directory, which comes back after borg has exited, so a failure is named from what ssh said
+//! (host key, authentication, connection, forced command) rather than from borg's guess.
 
 use std::ffi::OsString;
 use std::io::Read as _;
@@ -32,7 +39,9 @@ use zeroize::Zeroizing;
 
 use crate::agent::KeyAgent;
 use crate::authorized_keys::{self, EphemeralEntry, ForcedCommand};
+use crate::error::ClientSshCause;
 use crate::forward::agent::AgentForward;
+use crate::remote::ClientSshLog;
 use crate::{Error, Result};
 
 /// How borg on the client reaches `borg serve`; see the module documentation.
@@ -133,15 +142,6 @@ fn split_host_port(s: &str) -> Option<(String, u16)> {
         Some((host, port)) if !host.contains(':') => Some((host.to_owned(), port.parse().ok()?)),
         Some(_) => None,
         None => Some((s.to_owned(), 22)),
-    }
-}
-
-/// `HOST` for a URL: IPv6 addresses in brackets.
-pub(crate) fn url_host(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
     }
 }
 
@@ -248,6 +248,57 @@ impl RunAgent {
     }
 }
 
+/// Why the client's ssh did not get borg to `borg serve` (agent and TCP methods), from what it
+/// logged (the same causes `pull` names for its own connection), whether the TCP method's bridge
+/// failed to reach the server's sshd, and borg's last words; `None` when none of them says.
+///
+/// ssh's own lines win over borg's guess: borg often reports only "Connection closed by remote
+/// host" whatever ssh said, depending on which of ssh's pipes it reads first.
+pub(crate) fn client_ssh_cause(log: &ClientSshLog, bridge_failed: bool) -> Option<ClientSshCause> {
+    let said = |needles: &[&str]| {
+        log.lines.iter().any(|line| {
+            let line = String::from_utf8_lossy(line);
+            needles.iter().any(|n| line.contains(n))
+        })
+    };
+    if said(&[
+        "Host key verification failed",
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    ]) {
+        return Some(ClientSshCause::HostKey);
+    }
+    if said(&["Permission denied (", "Too many authentication failures"]) {
+        return Some(ClientSshCause::Auth);
+    }
+    if bridge_failed
+        || said(&[
+            "ssh: connect to host ",
+            "Could not resolve hostname",
+            "Connection timed out during banner exchange",
+            "kex_exchange_identification:",
+        ])
+    {
+        return Some(ClientSshCause::Connect);
+    }
+    // Only when the whole log came back and names nothing: a lost log must not turn a host key
+    // failure into a wrong hint about the forced command.
+    // ssh's warnings (e.g. OpenSSH 10's "** WARNING: connection is not using a post-quantum key
+    // exchange") come with successful logins too; any other line may be the real cause.
+    let only_warnings = log.lines.iter().all(|line| {
+        let line = String::from_utf8_lossy(line);
+        line.trim().is_empty() || line.starts_with("**") || line.starts_with("Warning:")
+    });
+    let borg = String::from_utf8_lossy(&log.borg_tail);
+    if log.complete
+        && only_warnings
+        && (borg.contains("Is borg working on the server?")
+            || borg.contains("Got unexpected RPC data format from server"))
+    {
+        return Some(ClientSshCause::NotBorgServe);
+    }
+    None
+}
+
 /// A fresh ed25519 key from the kernel's random source.
 fn ephemeral_key() -> Result<PrivateKey> {
     let mut seed = Zeroizing::new([0u8; 32]);
@@ -278,7 +329,7 @@ mod tests {
             ("b@x", "srv.example", 2222)
         );
         let l = login("borg@[::1]:22").unwrap();
-        assert_eq!((l.host.as_str(), url_host(&l.host)), ("::1", "[::1]".to_owned()));
+        assert_eq!(l.host, "::1");
         for bad in ["srv", "@srv", "borg@", "borg@srv:x", "borg@::1", "borg@srv:70000"] {
             assert!(login(bad).is_err(), "{bad}");
         }
@@ -295,5 +346,63 @@ mod tests {
             ephemeral_key().unwrap().public_key(),
             ephemeral_key().unwrap().public_key()
         );
+    }
+
+    #[test]
+    fn the_client_ssh_cause_comes_from_its_log_before_borgs_guess() {
+        let log = |lines: &[&str], complete: bool, borg: &str| ClientSshLog {
+            lines: lines.iter().map(|l| l.as_bytes().to_vec()).collect(),
+            complete,
+            borg_tail: borg.as_bytes().to_vec(),
+        };
+        let guess = "Connection closed by remote host. Is borg working on the server?\n";
+        let cases = [
+            (
+                log(&["Host key verification failed."], true, guess),
+                false,
+                Some(ClientSshCause::HostKey),
+            ),
+            (
+                log(&["u@127.0.0.1: Permission denied (publickey)."], true, guess),
+                false,
+                Some(ClientSshCause::Auth),
+            ),
+            (
+                log(
+                    &["ssh: connect to host 127.0.0.1 port 9: Connection refused"],
+                    true,
+                    guess,
+                ),
+                false,
+                Some(ClientSshCause::Connect),
+            ),
+            (
+                log(
+                    &["kex_exchange_identification: Connection closed by remote host"],
+                    false,
+                    "",
+                ),
+                false,
+                Some(ClientSshCause::Connect),
+            ),
+            (log(&[], true, guess), true, Some(ClientSshCause::Connect)),
+            (log(&[], true, guess), false, Some(ClientSshCause::NotBorgServe)),
+            (
+                log(
+                    &["** WARNING: connection is not using a post-quantum key exchange algorithm."],
+                    true,
+                    "Got unexpected RPC data format from server:\nhello\n",
+                ),
+                false,
+                Some(ClientSshCause::NotBorgServe),
+            ),
+            // The log did not come back, or names something else: no guess of ours either.
+            (log(&[], false, guess), false, None),
+            (log(&["Bad configuration option: x"], true, guess), false, None),
+            (log(&[], true, "Repository path not allowed\n"), false, None),
+        ];
+        for (log, bridge_failed, expected) in cases {
+            assert_eq!(client_ssh_cause(&log, bridge_failed), expected, "{log:?}");
+        }
     }
 }
