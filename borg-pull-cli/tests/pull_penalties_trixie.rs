@@ -206,8 +206,7 @@ fn assert_refused_key(t: &Trixie, out: &Outcome, failures: usize) {
 fn enforced_penalties(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| {
-            l.contains(AUTHFAIL_REASON)
-                && (l.contains(" active penalty of ") || l.contains(": activating "))
+            l.contains(AUTHFAIL_REASON) && (l.contains(" active penalty of ") || l.contains(": activating "))
         })
         .collect()
 }
@@ -262,8 +261,7 @@ fn one_failed_pull_gets_the_next_refused_by_trixie_sshd_exit_220() {
 #[test]
 fn the_exempt_list_lets_the_right_key_in_after_four_failed_pulls() {
     // The README's fix, with the same penalties that refused the second pull above.
-    let Some(t) = Trixie::start(&format!("{PENALTIES}PerSourcePenaltyExemptList 127.0.0.1\n"))
-    else {
+    let Some(t) = Trixie::start(&format!("{PENALTIES}PerSourcePenaltyExemptList 127.0.0.1\n")) else {
         return;
     };
     for failures in 1..=4 {
