@@ -33,6 +33,10 @@ pub fn core(err: &borg_pull_core::Error) -> Option<Hint> {
             "--storage-quota",
             "drop --storage-quota (borg 2 has none; use a filesystem quota) or use borg 1.x",
         )),
+        E::CannotRefuseDeletes { .. } => Some(Hint::new(
+            "--borg",
+            "serve with borg 2.0.0b17 or later (--borg PATH), or pass --allow-delete if clients may delete",
+        )),
         E::BorgNotFound { .. }
         | E::SpawnBorg { .. }
         | E::SpawnBorgVersion { .. }
@@ -77,7 +81,7 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "pass the private key with -i FILE, or add it to the agent (ssh-add)",
         )),
         E::JumpHost { source, .. } => tunnel(source),
-        E::BorgVersionMismatch { .. } => Some(Hint::new(
+        E::BorgVersionMismatch { .. } | E::BorgGenerationMismatch { .. } => Some(Hint::new(
             "--remote-borg",
             "point --remote-borg at the client's matching borg, or --borg at this server's",
         )),

@@ -287,6 +287,11 @@ impl PullOptions {
         self.serve.version.as_ref().map_or(1, |v| v.major)
     }
 
+    /// The server borg's generation (borg 1.x until [`ServeConfig::learn_version`] ran).
+    fn server_generation(&self) -> borg_pull_core::version::Generation {
+        self.serve.generation()
+    }
+
     /// `BORG_REPO` for borg on the client: the relay ignores the host; the agent method names
     /// the server's sshd; the TCP method its forward on the client's loopback (the port comes in
     /// `BORG_RSH`, once sshd has picked it).
@@ -297,8 +302,9 @@ impl PullOptions {
             Via::Tcp(l) => format!("ssh://{}@{}", l.user, crate::forward::tcp::LISTEN_ADDRESS),
         }
         .into_bytes();
-        // borg 2: `ssh://host/path` is relative to the login directory, `ssh://host//path` absolute.
-        if self.server_major() >= 2 {
+        // borgstore's URLs (2.0.0b10 and later): `ssh://host/path` is relative to the login
+        // directory, `ssh://host//path` absolute; borg 1.x and 2.0.0b1-b9 read `/path` as absolute.
+        if self.server_generation().url_path_relative() {
             url.push(b'/');
         }
         url.extend_from_slice(self.serve.repo.as_os_str().as_bytes());
@@ -342,7 +348,7 @@ impl PullOptions {
             borg_args: &self.borg_args,
             env: &self.env,
             repo_url: &url,
-            borgstore_rsh: self.server_major() >= 2,
+            borgstore_rsh: self.server_generation().uses_borgstore_rsh(),
             remote_dir: self.remote_dir.as_deref(),
             passphrase: self.passphrase.is_some(),
             ssh_back,
@@ -594,13 +600,25 @@ impl Run<'_> {
         }
     }
 
-    /// Refuses a client borg whose major version differs from the server's. A version the check
-    /// cannot read (a wrapper script, a future format) is logged and let through: borg serve's
-    /// own protocol check then fails the first connection.
+    /// Refuses a client borg whose major version or borg 2 generation differs from the server's.
+    /// A version the check cannot read (a wrapper script, a future format) is logged and let
+    /// through: borg serve's own protocol check then fails the first connection.
     fn check_client_borg(&self, reported: Option<&str>) -> Result<()> {
         let server = self.options.serve.version.as_ref();
         let client = reported.and_then(borg_pull_core::BorgVersion::parse);
         match (client, server) {
+            (Some(client), Some(server))
+                if client.major == server.major && client.generation() != server.generation() =>
+            {
+                Err(Error::BorgGenerationMismatch {
+                    host: self.session.host().to_owned(),
+                    program: self.options.remote_borg.to_string_lossy().into_owned(),
+                    client: client.to_string(),
+                    client_generation: client.generation(),
+                    server: server.to_string(),
+                    server_generation: server.generation(),
+                })
+            }
             (Some(client), Some(server)) if client.major != server.major => Err(Error::BorgVersionMismatch {
                 host: self.session.host().to_owned(),
                 program: self.options.remote_borg.to_string_lossy().into_owned(),
