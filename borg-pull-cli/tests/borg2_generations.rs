@@ -153,9 +153,10 @@ impl Beta {
 
     /// The client's URL of `repo` through the relay.
     fn url(&self, repo: &Path) -> String {
-        // `repo` is absolute: it brings the second slash of `ssh://host//ABS` itself.
-        let slash = if self.double_slash { "/" } else { "" };
-        format!("ssh://borg-pull-server/{slash}{}", repo.display())
+        // `repo` is absolute: its own leading slash is the path's in `ssh://host/ABS` and the
+        // second one of `ssh://host//ABS`.
+        let separator = if self.double_slash { "/" } else { "" };
+        format!("ssh://borg-pull-server{separator}{}", repo.display())
     }
 }
 
