@@ -157,7 +157,7 @@ impl ServeConfig {
                 args.push("--permissions".into());
                 args.push(permissions.into());
             }
-            Generation::Borg2Rest => {
+            Generation::Borg2RestScheme | Generation::Borg2Rest => {
                 let mut backend = OsString::from("FILE:");
                 backend.push(&self.repo);
                 args.extend(["--rest".into(), "--backend".into(), backend]);
@@ -411,6 +411,20 @@ pub enum ClientProtocol {
     Http,
 }
 
+/// What an HTTP client is, for messages: its first bytes do not tell the beta.
+const HTTP_CLIENT: &str = "borg 2.0.0b22 and later (it speaks HTTP)";
+
+impl ClientProtocol {
+    /// The fix to offer for a client of this protocol.
+    fn serve_with(&self) -> String {
+        match self {
+            Self::Rpc(Some(version)) => format!("or serve with a borg of {} (--borg)", version.generation()),
+            Self::Rpc(None) => "or serve with the client's borg version (--borg)".to_owned(),
+            Self::Http => "or serve with borg 2.0.0b22 or later, best the client's version (--borg)".to_owned(),
+        }
+    }
+}
+
 impl ClientProtocol {
     /// Classifies the first bytes of a connection; `None` if they fit neither.
     ///
@@ -444,14 +458,6 @@ impl ClientProtocol {
         }
     }
 
-    /// The client's generation, when its bytes tell it.
-    pub fn generation(&self) -> Option<Generation> {
-        match self {
-            Self::Rpc(version) => version.as_ref().map(BorgVersion::generation),
-            Self::Http => Some(Generation::Borg2Rest),
-        }
-    }
-
     /// Why a server of `server` (its version, if known) cannot serve this client, if it cannot.
     ///
     /// ```
@@ -471,16 +477,11 @@ impl ClientProtocol {
             Self::Rpc(None) if server_generation.wire() != Wire::Rpc => {
                 "borg 1.x or 2.0.0b1-b21 (it speaks borg's RPC)".to_owned()
             }
-            Self::Http if server_generation.wire() != Wire::Http => {
-                format!("{} (it speaks HTTP)", Generation::Borg2Rest)
-            }
+            Self::Http if server_generation.wire() != Wire::Http => HTTP_CLIENT.to_owned(),
             _ => return None,
         };
         let server_text = server.map_or_else(|| "borg 1.x".to_owned(), |v| format!("borg {v}"));
-        let fix = match self.generation() {
-            Some(g) => format!("or serve with a borg of {g} (--borg)"),
-            None => "or serve with the client's borg version (--borg)".to_owned(),
-        };
+        let fix = self.serve_with();
         Some(format!(
             "the client runs {client} but this server's borg serve is {server_text} \
              ({server_generation}): they cannot talk (install a borg of {server_generation} on the \
@@ -939,6 +940,11 @@ mod tests {
                 v("borg 2.0.0b22"),
                 false,
                 "serve --rest --backend FILE:/srv/repo --restrict-to-repository /srv/repo --permissions no-delete",
+            ),
+            (
+                v("borg 2.0.0b24"),
+                true,
+                "serve --rest --backend FILE:/srv/repo --restrict-to-repository /srv/repo --permissions all",
             ),
         ] {
             let mut config = with_borg("borg");

@@ -112,8 +112,12 @@ pub enum Generation {
     Borg2StorePermissionsEnv,
     /// 2.0.0b18-b21: borgstore over the RPC; `serve --permissions no-delete`.
     Borg2StorePermissions,
-    /// 2.0.0b22 and later (rc, release): borgstore's REST over stdio, `serve --rest --backend
-    /// FILE:REPO --permissions no-delete`; plain `serve` only serves borg 1.x repositories.
+    /// 2.0.0b22-b24: borgstore's REST over stdio, `serve --rest --backend FILE:REPO --permissions
+    /// no-delete`; the client names it `rest://host//REPO` (its `ssh://` is for borg 1.x
+    /// repositories only).
+    Borg2RestScheme,
+    /// 2.0.0b25 and later (rc, release): as 2.0.0b22-b24, but the client's URL is
+    /// `ssh://host//REPO` again (`rest://` is gone).
     Borg2Rest,
 }
 
@@ -136,14 +140,15 @@ impl Generation {
             Self::Borg2StoreUnrestricted => "borg 2.0.0b10-b16",
             Self::Borg2StorePermissionsEnv => "borg 2.0.0b17",
             Self::Borg2StorePermissions => "borg 2.0.0b18-b21",
-            Self::Borg2Rest => "borg 2.0.0b22 and later",
+            Self::Borg2RestScheme => "borg 2.0.0b22-b24",
+            Self::Borg2Rest => "borg 2.0.0b25 and later",
         }
     }
 
     /// How clients of this generation talk to borg serve.
     pub fn wire(self) -> Wire {
         match self {
-            Self::Borg2Rest => Wire::Http,
+            Self::Borg2RestScheme | Self::Borg2Rest => Wire::Http,
             _ => Wire::Rpc,
         }
     }
@@ -162,7 +167,15 @@ impl Generation {
     /// Whether borg on the client reaches the store through borgstore, which reads
     /// `BORGSTORE_RSH` rather than `BORG_RSH`.
     pub fn uses_borgstore_rsh(self) -> bool {
-        self == Self::Borg2Rest
+        self.wire() == Wire::Http
+    }
+
+    /// The scheme of the client's repository URL.
+    pub fn url_scheme(self) -> &'static str {
+        match self {
+            Self::Borg2RestScheme => "rest",
+            _ => "ssh",
+        }
     }
 }
 
@@ -183,6 +196,7 @@ impl BorgVersion {
     /// assert_eq!(g("borg 2.0.0b16"), Generation::Borg2StoreUnrestricted);
     /// assert_eq!(g("borg 2.0.0b17"), Generation::Borg2StorePermissionsEnv);
     /// assert_eq!(g("borg 2.0.0b21"), Generation::Borg2StorePermissions);
+    /// assert_eq!(g("borg 2.0.0b24"), Generation::Borg2RestScheme);
     /// assert_eq!(g("borg 2.0.0b25"), Generation::Borg2Rest);
     /// assert_eq!(g("borg 2.1.0"), Generation::Borg2Rest);
     /// ```
@@ -200,6 +214,7 @@ impl BorgVersion {
                 10..=16 => Generation::Borg2StoreUnrestricted,
                 17 => Generation::Borg2StorePermissionsEnv,
                 18..=21 => Generation::Borg2StorePermissions,
+                22..=24 => Generation::Borg2RestScheme,
                 _ => Generation::Borg2Rest,
             },
             // rc, the release, or a tag we cannot read (a dev build of the newest code).
@@ -326,7 +341,8 @@ mod tests {
             ("borg 2.0.0b18", Borg2StorePermissions),
             ("borg 2.0.0b21", Borg2StorePermissions),
             ("borg 2.0.0b21.dev4+g12ab", Borg2StorePermissions),
-            ("borg 2.0.0b22", Borg2Rest),
+            ("borg 2.0.0b22", Borg2RestScheme),
+            ("borg 2.0.0b24", Borg2RestScheme),
             ("borg 2.0.0b25", Borg2Rest),
             ("borg 2.0.0rc1", Borg2Rest),
             ("borg 2.0.0", Borg2Rest),

@@ -296,10 +296,12 @@ impl PullOptions {
     /// the server's sshd; the TCP method its forward on the client's loopback (the port comes in
     /// `BORG_RSH`, once sshd has picked it).
     fn repo_url(&self) -> Vec<u8> {
+        // `rest://` for borg 2.0.0b22-b24, whose `ssh://` is for borg 1.x repositories only.
+        let scheme = self.server_generation().url_scheme();
         let mut url = match &self.via {
-            Via::Socket => format!("ssh://{REPO_URL_HOST}"),
-            Via::Agent(l) => format!("ssh://{}@{}:{}", l.user, crate::via::url_host(&l.host), l.port),
-            Via::Tcp(l) => format!("ssh://{}@{}", l.user, crate::forward::tcp::LISTEN_ADDRESS),
+            Via::Socket => format!("{scheme}://{REPO_URL_HOST}"),
+            Via::Agent(l) => format!("{scheme}://{}@{}:{}", l.user, crate::via::url_host(&l.host), l.port),
+            Via::Tcp(l) => format!("{scheme}://{}@{}", l.user, crate::forward::tcp::LISTEN_ADDRESS),
         }
         .into_bytes();
         // borgstore's URLs (2.0.0b10 and later): `ssh://host/path` is relative to the login
@@ -857,5 +859,24 @@ mod tests {
         o.borg_args.clear();
         o.env.push(("BORG_RSH".into(), "x".into()));
         assert!(o.remote_script("m:", None, None).is_err());
+    }
+
+    #[test]
+    fn repository_url_and_rsh_variables_by_server_generation() {
+        for (server, url, borgstore_rsh) in [
+            (None, "ssh://borg-pull-server/srv/r", false),
+            (Some("borg 1.4.5"), "ssh://borg-pull-server/srv/r", false),
+            (Some("borg2 2.0.0b5"), "ssh://borg-pull-server/srv/r", false),
+            (Some("borg 2.0.0b17"), "ssh://borg-pull-server//srv/r", false),
+            (Some("borg 2.0.0b21"), "ssh://borg-pull-server//srv/r", false),
+            (Some("borg 2.0.0b24"), "rest://borg-pull-server//srv/r", true),
+            (Some("borg 2.0.0b25"), "ssh://borg-pull-server//srv/r", true),
+        ] {
+            let mut o = PullOptions::new("u@h", "/srv/r", vec!["list".into()]).unwrap();
+            o.serve.version = server.and_then(borg_pull_core::BorgVersion::parse);
+            assert_eq!(String::from_utf8(o.repo_url()).unwrap(), url, "{server:?}");
+            let script = String::from_utf8(o.remote_script("m:", None, None).unwrap()).unwrap();
+            assert_eq!(script.contains("BORGSTORE_RSH="), borgstore_rsh, "{server:?}");
+        }
     }
 }
