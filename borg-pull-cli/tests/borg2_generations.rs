@@ -1,7 +1,8 @@
 //! Every generation of the borg 2.0 betas (`borg_pull_core::version::Generation`) served with its
 //! own flags, end to end with real borg on both ends of one version: Debian 12's `borgbackup2`
 //! (2.0.0b5, borg 1's RPC and `serve --append-only`), PyPI's 2.0.0b17 (`BORG_REPO_PERMISSIONS`),
-//! 2.0.0b21 (`serve --permissions`) and 2.0.0b25 (REST, `serve --rest --backend`), each through
+//! 2.0.0b21 (`serve --permissions`), 2.0.0b24 (REST, `serve --rest --backend`, client URL
+//! `rest://`) and 2.0.0b25 (REST, client URL `ssh://` again), each through
 //! `listen` + `borg-pull-relay` and through `pull` over a real sshd, with deletes refused; 2.0.0b16
 //! (nothing there refuses deletes) refused to serve; clients of another generation named with
 //! their real version. One `#[test]` per version, sharing the helpers below.
@@ -55,6 +56,8 @@ struct Beta {
     encryption: &'static str,
     /// `ssh://host//ABS` (borgstore, 2.0.0b10 and later) rather than `ssh://host/ABS`.
     double_slash: bool,
+    /// The URL's scheme: `rest` for 2.0.0b22-b24.
+    scheme: &'static str,
     /// What `borg-pull-server listen` logs of the serve argv.
     serve_argv: &'static str,
     refusal: Refusal,
@@ -69,6 +72,7 @@ const B5: Beta = Beta {
     delete_repo: "rdelete",
     encryption: "repokey-aes-ocb",
     double_slash: false,
+    scheme: "ssh",
     serve_argv: "serve --append-only --restrict-to-repository",
     refusal: Refusal::AppendOnly,
 };
@@ -82,6 +86,7 @@ const B16: Beta = Beta {
     delete_repo: "repo-delete",
     encryption: "repokey-aes-ocb",
     double_slash: true,
+    scheme: "ssh",
     serve_argv: "serve --restrict-to-repository",
     refusal: Refusal::PermissionDenied,
 };
@@ -95,6 +100,7 @@ const B17: Beta = Beta {
     delete_repo: "repo-delete",
     encryption: "repokey-aes-ocb",
     double_slash: true,
+    scheme: "ssh",
     serve_argv: "serve --restrict-to-repository",
     refusal: Refusal::PermissionDenied,
 };
@@ -108,7 +114,22 @@ const B21: Beta = Beta {
     delete_repo: "repo-delete",
     encryption: "repokey-aes-ocb",
     double_slash: true,
+    scheme: "ssh",
     serve_argv: "--permissions no-delete",
+    refusal: Refusal::PermissionDenied,
+};
+
+const B24: Beta = Beta {
+    version: "2.0.0b24",
+    var: "BORG_PULL_BORG2_B24",
+    default: "/opt/borg-pull/venv-borg-2.0.0b24/bin/borg",
+    create_repo: "repo-create",
+    list_repo: "repo-list",
+    delete_repo: "repo-delete",
+    encryption: "aes256-ocb",
+    double_slash: true,
+    scheme: "rest",
+    serve_argv: "serve --rest --backend FILE:",
     refusal: Refusal::PermissionDenied,
 };
 
@@ -121,6 +142,7 @@ const B25: Beta = Beta {
     delete_repo: "repo-delete",
     encryption: "aes256-ocb",
     double_slash: true,
+    scheme: "ssh",
     serve_argv: "serve --rest --backend FILE:",
     refusal: Refusal::PermissionDenied,
 };
@@ -156,7 +178,7 @@ impl Beta {
         // `repo` is absolute: its own leading slash is the path's in `ssh://host/ABS` and the
         // second one of `ssh://host//ABS`.
         let separator = if self.double_slash { "/" } else { "" };
-        format!("ssh://borg-pull-server{separator}{}", repo.display())
+        format!("{}://borg-pull-server{separator}{}", self.scheme, repo.display())
     }
 }
 
@@ -464,6 +486,16 @@ fn pypi_2_0_0b21_pull_permissions_flag() {
 }
 
 #[test]
+fn pypi_2_0_0b24_listen_relay_rest_scheme() {
+    listen_case(&B24);
+}
+
+#[test]
+fn pypi_2_0_0b24_pull_rest_scheme() {
+    pull_case(&B24);
+}
+
+#[test]
 fn pypi_2_0_0b25_listen_relay_rest() {
     listen_case(&B25);
 }
@@ -508,7 +540,7 @@ fn pypi_2_0_0b16_is_refused_unless_deletes_are_allowed() {
         .arg(&repo)
         .arg("--borg")
         .arg(&borg)
-        .args(["127.0.0.1", "--", "repo-list"])
+        .args(["u@127.0.0.1", "--", "repo-list"])
         .output();
     assert_eq!(out.status.code(), Some(200), "{}", out.describe());
     assert!(out.stderr_text().contains("cannot refuse deletes"), "{}", out.describe());
@@ -569,6 +601,11 @@ fn listen_names_a_2_0_0b25_client_of_a_2_0_0b5_server() {
 }
 
 #[test]
+fn listen_names_a_2_0_0b21_client_of_a_2_0_0b24_server() {
+    cross_generation_case(&B24, &B21, "the client runs borg 2.0.0b21 (borg 2.0.0b18-b21)");
+}
+
+#[test]
 fn listen_names_a_2_0_0b17_client_of_a_2_0_0b21_server() {
     cross_generation_case(&B21, &B17, "the client runs borg 2.0.0b17 (borg 2.0.0b17)");
 }
@@ -610,7 +647,7 @@ fn pull_refuses_a_client_of_another_generation() {
     assert!(
         err.contains("has borg 2.0.0b5")
             && err.contains("borg 2.0.0b1-b9")
-            && err.contains("runs borg 2.0.0b25 (borg 2.0.0b22 and later)"),
+            && err.contains("runs borg 2.0.0b25 (borg 2.0.0b25 and later)"),
         "{}",
         out.describe()
     );
