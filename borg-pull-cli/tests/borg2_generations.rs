@@ -237,9 +237,14 @@ fn files(root: &Path) -> BTreeMap<PathBuf, u64> {
 /// A few files with awkward names and some incompressible bytes.
 fn make_data(dir: &Path) {
     fs::create_dir_all(dir.join("sub dir")).unwrap();
-    for (i, name) in [&b"plain.txt"[..], b"it's $(x)", b"non-utf8-\xff", b"sub dir/-dash"]
-        .into_iter()
-        .enumerate()
+    for (i, name) in [
+        &b"plain.txt"[..],
+        b"it's $(x)",
+        b"non-utf8-\xff",
+        b"sub dir/-dash",
+    ]
+    .into_iter()
+    .enumerate()
     {
         fs::write(dir.join(OsStr::from_bytes(name)), format!("file {i}\n")).unwrap();
     }
@@ -314,13 +319,26 @@ fn assert_deletes_refused(
         }
         Refusal::PermissionDenied => {
             assert_ne!(out.status.code(), Some(0), "delete allowed: {}", out.describe());
-            assert!(out.stderr_text().contains("PermissionDenied"), "{}", out.describe());
+            assert!(
+                out.stderr_text().contains("PermissionDenied"),
+                "{}",
+                out.describe()
+            );
             assert_eq!(archives(t, beta, borg, repo), ["first"], "borg {}", beta.version);
         }
     }
     let out = attempt(&[beta.delete_repo]);
-    assert_ne!(out.status.code(), Some(0), "repository delete allowed: {}", out.describe());
-    assert!(repo.join("config").exists(), "borg {}: the repository is gone", beta.version);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "repository delete allowed: {}",
+        out.describe()
+    );
+    assert!(
+        repo.join("config").exists(),
+        "borg {}: the repository is gone",
+        beta.version
+    );
     // What holds the archives: segments (data/), or borgstore's objects (data/ or packs/) and
     // archive entries; caches and locks come and go by design.
     let kept = files(repo);
@@ -352,7 +370,13 @@ fn listen_case(beta: &Beta) {
         .current_dir(t.path())
         .output();
     assert_ok(&out, "create through listen");
-    let out = client(&t, &borg, &socket, &["-r", &url, beta.list_repo, "--format", "{archive}{NL}"]).output();
+    let out = client(
+        &t,
+        &borg,
+        &socket,
+        &["-r", &url, beta.list_repo, "--format", "{archive}{NL}"],
+    )
+    .output();
     assert_ok(&out, "archive list through listen");
     assert_eq!(out.stdout_text().trim(), "first");
     let dest = t.join("restore");
@@ -442,7 +466,11 @@ fn pull_case(beta: &Beta) {
         &[os("create"), os("first"), data.as_os_str()],
     );
     assert_ok(&out, "pull --init create");
-    assert!(out.stderr_text().contains("repository created"), "{}", out.describe());
+    assert!(
+        out.stderr_text().contains("repository created"),
+        "{}",
+        out.describe()
+    );
     let out = pull(&[], &[os(beta.list_repo), os("--format"), os("{archive}{NL}")]);
     assert_ok(&out, "pull archive list");
     assert_eq!(out.stdout_text().trim(), "first");
@@ -543,7 +571,11 @@ fn pypi_2_0_0b16_is_refused_unless_deletes_are_allowed() {
         .args(["u@127.0.0.1", "--", "repo-list"])
         .output();
     assert_eq!(out.status.code(), Some(200), "{}", out.describe());
-    assert!(out.stderr_text().contains("cannot refuse deletes"), "{}", out.describe());
+    assert!(
+        out.stderr_text().contains("cannot refuse deletes"),
+        "{}",
+        out.describe()
+    );
 
     // With --allow-delete the operator chose it: it serves (without any delete refusal).
     let mut cmd = TestCommand::new(SERVER);
@@ -570,7 +602,12 @@ fn cross_generation_case(server_beta: &Beta, client_beta: &Beta, want: &str) {
     };
     let t = TestDir::new();
     let repo = t.join("repo");
-    let out = local(&t, &server_borg, &repo, &[server_beta.create_repo, "-e", server_beta.encryption]);
+    let out = local(
+        &t,
+        &server_borg,
+        &repo,
+        &[server_beta.create_repo, "-e", server_beta.encryption],
+    );
     assert_ok(&out, "local repository create");
     let socket = t.join("run/borg.sock");
     let server = listen(&t, &server_borg, &repo, &socket);
@@ -584,7 +621,11 @@ fn cross_generation_case(server_beta: &Beta, client_beta: &Beta, want: &str) {
     assert_ne!(out.status.code(), Some(0), "{}", out.describe());
     let log = server.log();
     assert!(
-        log.contains(want) && log.contains(&format!("this server's borg serve is borg {}", server_beta.version)),
+        log.contains(want)
+            && log.contains(&format!(
+                "this server's borg serve is borg {}",
+                server_beta.version
+            )),
         "{log}"
     );
     assert!(!log.contains("the client runs borg 1.x"), "{log}");
@@ -597,7 +638,11 @@ fn listen_names_a_2_0_0b5_client_of_a_2_0_0b25_server() {
 
 #[test]
 fn listen_names_a_2_0_0b25_client_of_a_2_0_0b5_server() {
-    cross_generation_case(&B5, &B25, "the client runs borg 2.0.0b22 and later (it speaks HTTP)");
+    cross_generation_case(
+        &B5,
+        &B25,
+        "the client runs borg 2.0.0b22 and later (it speaks HTTP)",
+    );
 }
 
 #[test]

@@ -140,7 +140,10 @@ impl ServeConfig {
             Generation::Borg2StoreUnrestricted => {
                 if !self.allow_delete {
                     return Err(Error::CannotRefuseDeletes {
-                        version: self.version.clone().expect("a generation of borg 2 has a version"),
+                        version: self
+                            .version
+                            .clone()
+                            .expect("a generation of borg 2 has a version"),
                     });
                 }
                 args.push("--restrict-to-repository".into());
@@ -420,7 +423,9 @@ impl ClientProtocol {
         match self {
             Self::Rpc(Some(version)) => format!("or serve with a borg of {} (--borg)", version.generation()),
             Self::Rpc(None) => "or serve with the client's borg version (--borg)".to_owned(),
-            Self::Http => "or serve with borg 2.0.0b22 or later, best the client's version (--borg)".to_owned(),
+            Self::Http => {
+                "or serve with borg 2.0.0b22 or later, best the client's version (--borg)".to_owned()
+            }
         }
     }
 }
@@ -966,7 +971,10 @@ mod tests {
             let mut config = with_borg("borg");
             config.version = BorgVersion::parse(version);
             let err = config.args().unwrap_err();
-            assert!(matches!(err, Error::CannotRefuseDeletes { .. }), "{version}: {err}");
+            assert!(
+                matches!(err, Error::CannotRefuseDeletes { .. }),
+                "{version}: {err}"
+            );
             let text = err.to_string();
             assert!(
                 text.contains(version) && text.contains("cannot refuse deletes") && text.contains("2.0.0b17"),
@@ -1014,11 +1022,31 @@ mod tests {
         let b17 = &b"\x83\xa1i\x01\xa1m\xa9negotiate\xa1a\x81\xabclient_data\x81\xaeclient_version\x95\x02\x00\x00\xfd\x11"[..];
         let v124 = &b"\x94\x01\x01\xa9negotiate\x91\x81\xaeclient_version\x94\x01\x02\x04\xff"[..];
         for (server, first, refused) in [
-            ("borg 2.0.0b25", b5, Some("the client runs borg 2.0.0b5 (borg 2.0.0b1-b9)")),
-            ("borg 1.2.4", b5, Some("the client runs borg 2.0.0b5 (borg 2.0.0b1-b9)")),
-            ("borg 2.0.0b17", b5, Some("the client runs borg 2.0.0b5 (borg 2.0.0b1-b9)")),
-            ("borg2 2.0.0b5", b17, Some("the client runs borg 2.0.0b17 (borg 2.0.0b17)")),
-            ("borg2 2.0.0b5", v124, Some("the client runs borg 1.2.4 (borg 1.x)")),
+            (
+                "borg 2.0.0b25",
+                b5,
+                Some("the client runs borg 2.0.0b5 (borg 2.0.0b1-b9)"),
+            ),
+            (
+                "borg 1.2.4",
+                b5,
+                Some("the client runs borg 2.0.0b5 (borg 2.0.0b1-b9)"),
+            ),
+            (
+                "borg 2.0.0b17",
+                b5,
+                Some("the client runs borg 2.0.0b5 (borg 2.0.0b1-b9)"),
+            ),
+            (
+                "borg2 2.0.0b5",
+                b17,
+                Some("the client runs borg 2.0.0b17 (borg 2.0.0b17)"),
+            ),
+            (
+                "borg2 2.0.0b5",
+                v124,
+                Some("the client runs borg 1.2.4 (borg 1.x)"),
+            ),
             ("borg2 2.0.0b5", b5, None),
             ("borg 2.0.0b17", b17, None),
             ("borg 1.4.5", v124, None),

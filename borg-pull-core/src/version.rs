@@ -278,7 +278,7 @@ impl BorgVersion {
             (Some(-2), Some(n)) => format!("rc{n}"),
             _ => return None,
         };
-        (1..=2).contains(&major).then(|| Self {
+        (1..=2).contains(&major).then_some(Self {
             major,
             minor,
             patch,

@@ -300,7 +300,12 @@ impl PullOptions {
         let scheme = self.server_generation().url_scheme();
         let mut url = match &self.via {
             Via::Socket => format!("{scheme}://{REPO_URL_HOST}"),
-            Via::Agent(l) => format!("{scheme}://{}@{}:{}", l.user, crate::via::url_host(&l.host), l.port),
+            Via::Agent(l) => format!(
+                "{scheme}://{}@{}:{}",
+                l.user,
+                crate::via::url_host(&l.host),
+                l.port
+            ),
             Via::Tcp(l) => format!("{scheme}://{}@{}", l.user, crate::forward::tcp::LISTEN_ADDRESS),
         }
         .into_bytes();
