@@ -418,19 +418,6 @@ pub enum ClientProtocol {
 const HTTP_CLIENT: &str = "borg 2.0.0b22 and later (it speaks HTTP)";
 
 impl ClientProtocol {
-    /// The fix to offer for a client of this protocol.
-    fn serve_with(&self) -> String {
-        match self {
-            Self::Rpc(Some(version)) => format!("or serve with a borg of {} (--borg)", version.generation()),
-            Self::Rpc(None) => "or serve with the client's borg version (--borg)".to_owned(),
-            Self::Http => {
-                "or serve with borg 2.0.0b22 or later, best the client's version (--borg)".to_owned()
-            }
-        }
-    }
-}
-
-impl ClientProtocol {
     /// Classifies the first bytes of a connection; `None` if they fit neither.
     ///
     /// ```
@@ -460,6 +447,17 @@ impl ClientProtocol {
         match self {
             Self::Rpc(_) => Wire::Rpc,
             Self::Http => Wire::Http,
+        }
+    }
+
+    /// The fix to offer for a client of this protocol.
+    fn serve_with(&self) -> String {
+        match self {
+            Self::Rpc(Some(version)) => format!("or serve with a borg of {} (--borg)", version.generation()),
+            Self::Rpc(None) => "or serve with the client's borg version (--borg)".to_owned(),
+            Self::Http => {
+                "or serve with borg 2.0.0b22 or later, best the client's version (--borg)".to_owned()
+            }
         }
     }
 
