@@ -35,7 +35,8 @@ pub fn core(err: &borg_pull_core::Error) -> Option<Hint> {
         )),
         E::CannotRefuseDeletes { .. } => Some(Hint::new(
             "--borg",
-            "serve with borg 2.0.0b17 or later (--borg PATH), or pass --allow-delete if clients may delete",
+            "serve with borg 2.0.0b17 or later, or 2.0.0b9 or earlier (--borg PATH); listen --allow-delete \
+             serves it anyway, letting clients delete",
         )),
         E::BorgNotFound { .. }
         | E::SpawnBorg { .. }
