@@ -275,6 +275,7 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
         E::Serve(
             borg_pull_core::Error::RepoNotAbsolute { .. } | borg_pull_core::Error::UnsupportedByBorg { .. },
         ) => USAGE,
+        E::Serve(borg_pull_core::Error::CannotRefuseDeletes { .. }) => USAGE,
         E::Serve(
             borg_pull_core::Error::BorgNotFound { .. }
             | borg_pull_core::Error::SpawnBorg { .. }
@@ -314,6 +315,7 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
         | E::RemoteDirUnusable { .. }
         | E::TcpForwardDenied { .. }
         | E::BorgVersionMismatch { .. }
+        | E::BorgGenerationMismatch { .. }
         | E::RelayInstall { .. }
         | E::AgentNotForwarded { .. }
         | E::RemoteProgramMissing { .. }

@@ -33,6 +33,11 @@ pub fn core(err: &borg_pull_core::Error) -> Option<Hint> {
             "--storage-quota",
             "drop --storage-quota (borg 2 has none; use a filesystem quota) or use borg 1.x",
         )),
+        E::CannotRefuseDeletes { .. } => Some(Hint::new(
+            "--borg",
+            "serve with borg 2.0.0b17 or later, or 2.0.0b9 or earlier (--borg PATH); listen --allow-delete \
+             serves it anyway, letting clients delete",
+        )),
         E::BorgNotFound { .. }
         | E::SpawnBorg { .. }
         | E::SpawnBorgVersion { .. }
@@ -85,7 +90,7 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "-i FILE",
             "pass the key the client authorises with -i FILE (then it is the only key offered)",
         )),
-        E::BorgVersionMismatch { .. } => Some(Hint::new(
+        E::BorgVersionMismatch { .. } | E::BorgGenerationMismatch { .. } => Some(Hint::new(
             "--remote-borg",
             "point --remote-borg at the client's matching borg, or --borg at this server's",
         )),

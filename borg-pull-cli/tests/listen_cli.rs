@@ -1300,7 +1300,7 @@ fn a_borg_1_client_of_a_borg_2_listener_is_named_in_the_log() {
     assert_ne!(out.status.code(), Some(0), "{}", out.describe());
     let log = server.log();
     assert!(
-        log.contains("the client runs borg 1.x but this server's borg serve is borg 2.0.0b25"),
+        log.contains("(borg 1.x) but this server's borg serve is borg 2.0.0b25 (borg 2.0.0b25 and later)"),
         "{log}"
     );
 }
@@ -1321,7 +1321,7 @@ fn a_borg_2_client_of_a_borg_1_listener_is_named_in_the_log() {
     assert_ne!(out.status.code(), Some(0), "{}", out.describe());
     let log = server.log();
     assert!(
-        log.contains("the client runs borg 2.x but this server's borg serve is borg 1."),
+        log.contains("the client runs borg 2.0.0b22 and later (it speaks HTTP) but this server's borg serve is borg 1."),
         "{log}"
     );
 }

@@ -48,12 +48,23 @@ pub enum Error {
         output: String,
     },
     /// A setting that the server's borg version has no flag for.
-    #[error("borg {version} serve has no {flag} (it exists in borg 1.x only)")]
+    #[error("borg {version} serve has no {flag} (it exists in borg 1.x and 2.0.0b1-b9 only)")]
     UnsupportedByBorg {
         /// The server borg's version.
         version: crate::version::BorgVersion,
         /// The flag, e.g. `--storage-quota`.
         flag: &'static str,
+    },
+    /// The server's borg is a 2.0 beta whose serve cannot refuse deletes (2.0.0b10-b16: borgstore
+    /// repositories, `--append-only` not implemented, no permissions yet).
+    #[error(
+        "borg {version} serve cannot refuse deletes (in borg 2.0.0b10-b16 --append-only does nothing \
+         and there are no permissions yet), so a client could delete the repository: use borg \
+         2.0.0b17 or later (or 2.0.0b9 and earlier) on both ends, or allow deletes explicitly"
+    )]
+    CannotRefuseDeletes {
+        /// The server borg's version.
+        version: crate::version::BorgVersion,
     },
     /// The repository path handed to the server is unusable as a restriction.
     #[error(

@@ -1,10 +1,13 @@
 //! Spawning, bridging and reaping `borg serve`.
 //!
-//! The server alone decides the flags, by the server borg's major version ([`ServeConfig::args`]):
-//! borg 1.x `serve --append-only --restrict-to-repository REPO`, borg 2 `serve --rest --backend
-//! FILE:REPO --restrict-to-repository REPO --permissions no-delete` (`--append-only` and
-//! `no-delete` dropped/widened to `all` only when the operator allowed deletes). The client's own
-//! idea of the remote command (what borg appends to `BORG_RSH`) never reaches this module.
+//! The server alone decides the flags, by the server borg's [`Generation`] ([`ServeConfig::args`]):
+//! borg 1.x and 2.0.0b1-b9 `serve --append-only --restrict-to-repository REPO`; 2.0.0b10-b16 are
+//! refused (nothing there refuses deletes); 2.0.0b17 `serve --restrict-to-repository REPO` with
+//! `BORG_REPO_PERMISSIONS=no-delete`; 2.0.0b18-b21 `serve --restrict-to-repository REPO
+//! --permissions no-delete`; 2.0.0b22 and later `serve --rest --backend FILE:REPO
+//! --restrict-to-repository REPO --permissions no-delete` (`--append-only` and `no-delete` dropped
+//! or widened to `all` only when the operator allowed deletes). The client's own idea of the
+//! remote command (what borg appends to `BORG_RSH`) never reaches this module.
 
 use std::ffi::OsString;
 use std::io;
@@ -20,7 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::limits::{LOG_LINE_MAX, SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
 use crate::text::BoundedLines;
-use crate::version::BorgVersion;
+use crate::version::{BorgVersion, Generation, Wire};
 use crate::{Error, Result};
 
 /// How the server runs `borg serve` for every connection. Fixed by the server's operator.
@@ -111,24 +114,19 @@ impl ServeConfig {
     /// );
     /// ```
     pub fn args(&self) -> Result<Vec<OsString>> {
+        let generation = self.generation();
         let mut args: Vec<OsString> = vec!["serve".into()];
-        match &self.version {
-            Some(version) if version.major >= 2 => {
-                if self.storage_quota.is_some() {
-                    return Err(Error::UnsupportedByBorg {
-                        version: version.clone(),
-                        flag: "--storage-quota",
-                    });
-                }
-                let mut backend = OsString::from("FILE:");
-                backend.push(&self.repo);
-                args.extend(["--rest".into(), "--backend".into(), backend]);
-                args.push("--restrict-to-repository".into());
-                args.push(self.repo.clone().into());
-                args.push("--permissions".into());
-                args.push(if self.allow_delete { "all" } else { "no-delete" }.into());
+        if let (Some(version), Some(_)) = (&self.version, &self.storage_quota) {
+            if !generation.has_append_only() {
+                return Err(Error::UnsupportedByBorg {
+                    version: version.clone(),
+                    flag: "--storage-quota",
+                });
             }
-            _ => {
+        }
+        let permissions = if self.allow_delete { "all" } else { "no-delete" };
+        match generation {
+            Generation::Borg1 | Generation::Borg2Segments => {
                 if !self.allow_delete {
                     args.push("--append-only".into());
                 }
@@ -139,8 +137,68 @@ impl ServeConfig {
                 args.push("--restrict-to-repository".into());
                 args.push(self.repo.clone().into());
             }
+            Generation::Borg2StoreUnrestricted => {
+                if !self.allow_delete {
+                    return Err(Error::CannotRefuseDeletes {
+                        version: self
+                            .version
+                            .clone()
+                            .expect("a generation of borg 2 has a version"),
+                    });
+                }
+                args.push("--restrict-to-repository".into());
+                args.push(self.repo.clone().into());
+            }
+            // BORG_REPO_PERMISSIONS in its environment: see `extra_env`.
+            Generation::Borg2StorePermissionsEnv => {
+                args.push("--restrict-to-repository".into());
+                args.push(self.repo.clone().into());
+            }
+            Generation::Borg2StorePermissions => {
+                args.push("--restrict-to-repository".into());
+                args.push(self.repo.clone().into());
+                args.push("--permissions".into());
+                args.push(permissions.into());
+            }
+            Generation::Borg2RestScheme | Generation::Borg2Rest => {
+                let mut backend = OsString::from("FILE:");
+                backend.push(&self.repo);
+                args.extend(["--rest".into(), "--backend".into(), backend]);
+                args.push("--restrict-to-repository".into());
+                args.push(self.repo.clone().into());
+                args.push("--permissions".into());
+                args.push(permissions.into());
+            }
         }
         Ok(args)
+    }
+
+    /// The server borg's generation; borg 1.x until [`learn_version`](Self::learn_version) ran.
+    pub fn generation(&self) -> Generation {
+        self.version
+            .as_ref()
+            .map_or(Generation::Borg1, BorgVersion::generation)
+    }
+
+    /// Variables set for borg serve on top of the allowlisted ones: 2.0.0b17 reads its
+    /// permissions only from `BORG_REPO_PERMISSIONS` (its serve has no `--permissions` yet).
+    ///
+    /// ```
+    /// use borg_pull_core::{BorgVersion, ServeConfig};
+    /// let mut config = ServeConfig::new("/srv/borg/client1").unwrap();
+    /// config.version = BorgVersion::parse("borg 2.0.0b17");
+    /// assert_eq!(config.extra_env(), [("BORG_REPO_PERMISSIONS", "no-delete")]);
+    /// config.version = BorgVersion::parse("borg 2.0.0b18");
+    /// assert!(config.extra_env().is_empty());
+    /// ```
+    pub fn extra_env(&self) -> Vec<(&'static str, &'static str)> {
+        match self.generation() {
+            Generation::Borg2StorePermissionsEnv => vec![(
+                "BORG_REPO_PERMISSIONS",
+                if self.allow_delete { "all" } else { "no-delete" },
+            )],
+            _ => Vec::new(),
+        }
     }
 
     /// Finds the borg program the way `exec` will: a path containing `/` as is, else on `PATH`.
@@ -180,6 +238,7 @@ impl ServeConfig {
         cmd.args(self.args()?)
             .env_clear()
             .envs(std::env::vars_os().filter(|(name, _)| passed_to_serve(name)))
+            .envs(self.extra_env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -345,48 +404,100 @@ where
     })
 }
 
-/// Which borg protocol a client's first bytes speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which borg a client is, as its first bytes tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientProtocol {
-    /// borg 1.x's RPC: msgpack, starting with a fixarray (`\x94\x01\x01\xa9negotiate`) or fixmap.
-    Borg1Rpc,
-    /// borg 2's HTTP/1.1 over stdio (`GET /config/config HTTP/1.1`, ...).
-    Borg2Http,
+    /// borg's msgpack RPC (borg 1.x, 2.0.0b1-b21): a fixarray (`\x94\x01\x01\xa9negotiate`) or
+    /// fixmap, whose `negotiate` call carries the client's version when it fits the first read.
+    Rpc(Option<BorgVersion>),
+    /// HTTP/1.1 over stdio (`GET /config/config HTTP/1.1`, ...): borg 2.0.0b22 and later.
+    Http,
 }
+
+/// What an HTTP client is, for messages: its first bytes do not tell the beta.
+const HTTP_CLIENT: &str = "borg 2.0.0b22 and later (it speaks HTTP)";
 
 impl ClientProtocol {
     /// Classifies the first bytes of a connection; `None` if they fit neither.
     ///
     /// ```
     /// use borg_pull_core::serve::ClientProtocol;
-    /// assert_eq!(ClientProtocol::detect(b"\x94\x01\x01\xa9negotiate"), Some(ClientProtocol::Borg1Rpc));
-    /// assert_eq!(ClientProtocol::detect(b"GET /config/config HTTP/1.1\r\n"), Some(ClientProtocol::Borg2Http));
+    /// use borg_pull_core::BorgVersion;
+    /// assert_eq!(ClientProtocol::detect(b"\x94\x01\x01\xa9negotiate"), Some(ClientProtocol::Rpc(None)));
+    /// assert_eq!(
+    ///     ClientProtocol::detect(b"\x94\x01\x01\xa9negotiate\x91\x81\xaeclient_version\x95\x02\x00\x00\xfd\x05"),
+    ///     Some(ClientProtocol::Rpc(BorgVersion::parse("borg 2.0.0b5")))
+    /// );
+    /// assert_eq!(ClientProtocol::detect(b"GET /config/config HTTP/1.1\r\n"), Some(ClientProtocol::Http));
     /// assert_eq!(ClientProtocol::detect(b"hello"), None);
     /// ```
     pub fn detect(first: &[u8]) -> Option<Self> {
         match first.first()? {
-            0x80..=0x9f | 0xdc..=0xdf => Some(Self::Borg1Rpc),
+            0x80..=0x9f | 0xdc..=0xdf => Some(Self::Rpc(BorgVersion::from_rpc_negotiate(first))),
             b'A'..=b'Z' => {
                 let method_len = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
-                (method_len >= 3 && first.get(method_len) == Some(&b' ')).then_some(Self::Borg2Http)
+                (method_len >= 3 && first.get(method_len) == Some(&b' ')).then_some(Self::Http)
             }
             _ => None,
         }
     }
 
-    /// The borg major version that speaks it.
-    pub fn major(self) -> u32 {
+    /// The wire protocol it speaks.
+    pub fn wire(&self) -> Wire {
         match self {
-            Self::Borg1Rpc => 1,
-            Self::Borg2Http => 2,
+            Self::Rpc(_) => Wire::Rpc,
+            Self::Http => Wire::Http,
         }
+    }
+
+    /// The fix to offer for a client of this protocol.
+    fn serve_with(&self) -> String {
+        match self {
+            Self::Rpc(Some(version)) => format!("or serve with a borg of {} (--borg)", version.generation()),
+            Self::Rpc(None) => "or serve with the client's borg version (--borg)".to_owned(),
+            Self::Http => {
+                "or serve with borg 2.0.0b22 or later, best the client's version (--borg)".to_owned()
+            }
+        }
+    }
+
+    /// Why a server of `server` (its version, if known) cannot serve this client, if it cannot.
+    ///
+    /// ```
+    /// use borg_pull_core::serve::ClientProtocol;
+    /// use borg_pull_core::BorgVersion;
+    /// let b5 = ClientProtocol::Rpc(BorgVersion::parse("borg 2.0.0b5"));
+    /// let why = b5.mismatch(BorgVersion::parse("borg 2.0.0b25").as_ref()).unwrap();
+    /// assert!(why.starts_with("the client runs borg 2.0.0b5 (borg 2.0.0b1-b9) but"), "{why}");
+    /// assert!(b5.mismatch(BorgVersion::parse("borg2 2.0.0b5").as_ref()).is_none());
+    /// ```
+    pub fn mismatch(&self, server: Option<&BorgVersion>) -> Option<String> {
+        let server_generation = server.map_or(Generation::Borg1, BorgVersion::generation);
+        let client = match self {
+            Self::Rpc(Some(version)) if version.generation() != server_generation => {
+                format!("borg {version} ({})", version.generation())
+            }
+            Self::Rpc(None) if server_generation.wire() != Wire::Rpc => {
+                "borg 1.x or 2.0.0b1-b21 (it speaks borg's RPC)".to_owned()
+            }
+            Self::Http if server_generation.wire() != Wire::Http => HTTP_CLIENT.to_owned(),
+            _ => return None,
+        };
+        let server_text = server.map_or_else(|| "borg 1.x".to_owned(), |v| format!("borg {v}"));
+        let fix = self.serve_with();
+        Some(format!(
+            "the client runs {client} but this server's borg serve is {server_text} \
+             ({server_generation}): they cannot talk (install a borg of {server_generation} on the \
+             client, {fix})"
+        ))
     }
 }
 
-/// The connection, read through: the first bytes tell which borg the client runs. A major version
+/// The connection, read through: the first bytes tell which borg the client runs. A generation
 /// other than the server's ends the session with an error naming both, before those bytes reach
-/// borg serve: a borg 1 client of borg 2's `serve --rest` would otherwise wait for ever, and a
-/// borg 2 client of borg 1 gets only "Got unexpected RPC data format". Other bytes pass unchanged.
+/// borg serve: an RPC client of borg 2's `serve --rest` would otherwise wait for ever, an HTTP
+/// client of an RPC serve gets only "Got unexpected RPC data format", and RPC clients of
+/// another generation fail on repository calls they do not share. Other bytes pass unchanged.
 struct SniffProtocol<S> {
     inner: S,
     server: Option<BorgVersion>,
@@ -404,25 +515,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for SniffProtocol<S> {
         if !self.done && buf.filled().len() > before {
             self.done = true;
             let protocol = ClientProtocol::detect(&buf.filled()[before..]);
-            let server_major = self.server.as_ref().map_or(1, |v| v.major);
-            match protocol {
-                Some(p) if p.major() != server_major => {
+            match protocol.as_ref().map(|p| (p, p.mismatch(self.server.as_ref()))) {
+                Some((_, Some(why))) => {
                     buf.set_filled(before);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "the client runs borg {}.x but this server's borg serve is borg {}: they cannot \
-                             talk (install borg {}.x on the client, or serve with a borg {}.x)",
-                            p.major(),
-                            self.server
-                                .as_ref()
-                                .map_or_else(|| "1.x".to_owned(), ToString::to_string),
-                            server_major,
-                            p.major(),
-                        ),
-                    )));
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
                 }
-                Some(p) => debug!(client_borg = p.major(), "client protocol"),
+                Some((p, None)) => debug!(client = ?p, "client protocol"),
                 None => debug!("client protocol not recognised"),
             }
         }
@@ -522,23 +620,33 @@ impl ServeConfig {
     /// let mut config = ServeConfig::new("/srv/borg/c1").unwrap();
     /// config.version = BorgVersion::parse("borg 1.4.5");
     /// assert_eq!(config.init_args("repokey-blake2"), ["init", "-e", "repokey-blake2", "/srv/borg/c1"]);
+    /// config.version = BorgVersion::parse("borg2 2.0.0b5");
+    /// assert_eq!(config.init_args("repokey-aes-ocb"), ["-r", "/srv/borg/c1", "rcreate", "-e", "repokey-aes-ocb"]);
     /// config.version = BorgVersion::parse("borg 2.0.0b25");
     /// assert_eq!(config.init_args("aes256-ocb"), ["-r", "/srv/borg/c1", "repo-create", "-e", "aes256-ocb"]);
     /// ```
     pub fn init_args(&self, encryption: &str) -> Vec<OsString> {
-        match &self.version {
-            Some(v) if v.major >= 2 => vec![
+        match self.generation() {
+            Generation::Borg1 => vec![
+                "init".into(),
+                "-e".into(),
+                encryption.into(),
+                self.repo.clone().into(),
+            ],
+            // Renamed r* commands to repo-* in 2.0.0b10.
+            Generation::Borg2Segments => vec![
+                "-r".into(),
+                self.repo.clone().into(),
+                "rcreate".into(),
+                "-e".into(),
+                encryption.into(),
+            ],
+            _ => vec![
                 "-r".into(),
                 self.repo.clone().into(),
                 "repo-create".into(),
                 "-e".into(),
                 encryption.into(),
-            ],
-            _ => vec![
-                "init".into(),
-                "-e".into(),
-                encryption.into(),
-                self.repo.clone().into(),
             ],
         }
     }
@@ -578,13 +686,13 @@ impl ServeConfig {
     }
 }
 
-/// Whether `repo` looks like a borg repository, for early, clear errors: borg 1.x has a `config`
-/// file and a `data/` directory, borg 2 (borgstore) the directories `config/`, `keys/`, `packs/`
-/// and `archives/`.
+/// Whether `repo` looks like a borg repository, for early, clear errors: borg 1.x and 2.0.0b1-b9
+/// have a `config` file and a `data/` directory, borgstore's (2.0.0b10 and later) the directories
+/// `config/` and `keys/`, which `repo-create` makes (`data/` or `packs/` and `archives/` appear
+/// only with the first archive in some betas).
 pub fn looks_like_repository(repo: &Path) -> bool {
     let dir = |name: &str| repo.join(name).is_dir();
-    (repo.join("config").is_file() && dir("data"))
-        || ["config", "keys", "packs", "archives"].into_iter().all(dir)
+    (repo.join("config").is_file() && dir("data")) || (dir("config") && dir("keys"))
 }
 
 #[cfg(test)]
@@ -816,6 +924,31 @@ mod tests {
                 true,
                 "serve --rest --backend FILE:/srv/repo --restrict-to-repository /srv/repo --permissions all",
             ),
+            // Debian 12's borgbackup2: `--rest` would be an ambiguous abbreviation there.
+            (v("borg2 2.0.0b5"), false, "serve --append-only --restrict-to-repository /srv/repo"),
+            (v("borg 2.0.0b9"), true, "serve --restrict-to-repository /srv/repo"),
+            (v("borg 2.0.0b16"), true, "serve --restrict-to-repository /srv/repo"),
+            (v("borg 2.0.0b17"), false, "serve --restrict-to-repository /srv/repo"),
+            (
+                v("borg 2.0.0b18"),
+                false,
+                "serve --restrict-to-repository /srv/repo --permissions no-delete",
+            ),
+            (
+                v("borg 2.0.0b21"),
+                true,
+                "serve --restrict-to-repository /srv/repo --permissions all",
+            ),
+            (
+                v("borg 2.0.0b22"),
+                false,
+                "serve --rest --backend FILE:/srv/repo --restrict-to-repository /srv/repo --permissions no-delete",
+            ),
+            (
+                v("borg 2.0.0b24"),
+                true,
+                "serve --rest --backend FILE:/srv/repo --restrict-to-repository /srv/repo --permissions all",
+            ),
         ] {
             let mut config = with_borg("borg");
             config.version = version.clone();
@@ -831,10 +964,125 @@ mod tests {
     }
 
     #[test]
+    fn betas_that_cannot_refuse_deletes_are_refused_unless_deletes_are_allowed() {
+        for version in ["borg 2.0.0b10", "borg 2.0.0b14", "borg 2.0.0b16"] {
+            let mut config = with_borg("borg");
+            config.version = BorgVersion::parse(version);
+            let err = config.args().unwrap_err();
+            assert!(
+                matches!(err, Error::CannotRefuseDeletes { .. }),
+                "{version}: {err}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(version) && text.contains("cannot refuse deletes") && text.contains("2.0.0b17"),
+                "{text}"
+            );
+            config.allow_delete = true;
+            config.args().unwrap();
+        }
+    }
+
+    #[test]
+    fn only_2_0_0b17_gets_its_permissions_from_the_environment() {
+        for (version, allow_delete, want) in [
+            ("borg 2.0.0b17", false, Some("no-delete")),
+            ("borg 2.0.0b17", true, Some("all")),
+            ("borg 2.0.0b18", false, None),
+            ("borg 2.0.0b25", false, None),
+            ("borg2 2.0.0b5", false, None),
+            ("borg 1.4.5", false, None),
+        ] {
+            let mut config = with_borg("borg");
+            config.version = BorgVersion::parse(version);
+            config.allow_delete = allow_delete;
+            let env = config.extra_env();
+            assert_eq!(
+                env.iter()
+                    .find(|(name, _)| *name == "BORG_REPO_PERMISSIONS")
+                    .map(|(_, value)| *value),
+                want,
+                "{version}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_of_another_generation_is_named_with_its_version() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let got = dir.path().join("got");
+        let script = dir.path().join("fake-borg");
+        std::fs::write(&script, format!("#!/bin/sh\nexec cat > '{}'\n", got.display())).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        // What borg 2.0.0b5 (array) and 2.0.0b17 (map) send first, as captured from them.
+        let b5 = &b"\x94\x01\x01\xa9negotiate\x91\x81\xaeclient_version\x95\x02\x00\x00\xfd\x05"[..];
+        let b17 = &b"\x83\xa1i\x01\xa1m\xa9negotiate\xa1a\x81\xabclient_data\x81\xaeclient_version\x95\x02\x00\x00\xfd\x11"[..];
+        let v124 = &b"\x94\x01\x01\xa9negotiate\x91\x81\xaeclient_version\x94\x01\x02\x04\xff"[..];
+        for (server, first, refused) in [
+            (
+                "borg 2.0.0b25",
+                b5,
+                Some("the client runs borg 2.0.0b5 (borg 2.0.0b1-b9)"),
+            ),
+            (
+                "borg 1.2.4",
+                b5,
+                Some("the client runs borg 2.0.0b5 (borg 2.0.0b1-b9)"),
+            ),
+            (
+                "borg 2.0.0b17",
+                b5,
+                Some("the client runs borg 2.0.0b5 (borg 2.0.0b1-b9)"),
+            ),
+            (
+                "borg2 2.0.0b5",
+                b17,
+                Some("the client runs borg 2.0.0b17 (borg 2.0.0b17)"),
+            ),
+            (
+                "borg2 2.0.0b5",
+                v124,
+                Some("the client runs borg 1.2.4 (borg 1.x)"),
+            ),
+            ("borg2 2.0.0b5", b5, None),
+            ("borg 2.0.0b17", b17, None),
+            ("borg 1.4.5", v124, None),
+        ] {
+            let _ = std::fs::remove_file(&got);
+            let mut config = with_borg(script.to_str().unwrap());
+            config.version = BorgVersion::parse(server);
+            let (mut client, conn) = tokio::io::duplex(1024);
+            let session =
+                tokio::spawn(async move { serve_stream(&config, conn, CancellationToken::new()).await });
+            client.write_all(first).await.unwrap();
+            client.shutdown().await.unwrap();
+            let result = session.await.unwrap();
+            match refused {
+                Some(want) => {
+                    let err = result.unwrap_err().to_string();
+                    let server_version = server.split_once(' ').unwrap().1;
+                    assert!(
+                        err.contains(want) && err.contains(&format!("borg serve is borg {server_version}")),
+                        "{server}: {err}"
+                    );
+                    assert!(std::fs::read(&got).unwrap_or_default().is_empty(), "{server}");
+                }
+                None => {
+                    result.unwrap();
+                    assert_eq!(std::fs::read(&got).unwrap(), first, "{server}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn storage_quota_only_for_borg_1() {
         let mut config = with_borg("borg");
         config.storage_quota = Some("10G".into());
         config.version = BorgVersion::parse("borg 1.4.5");
+        assert!(config.args().unwrap().contains(&"--storage-quota".into()));
+        config.version = BorgVersion::parse("borg2 2.0.0b5");
         assert!(config.args().unwrap().contains(&"--storage-quota".into()));
         config.version = BorgVersion::parse("borg 2.0.0b25");
         let err = config.args().unwrap_err();
@@ -883,11 +1131,9 @@ echo 'borg 2.0.0b25'
         std::fs::create_dir(repo.join("data")).unwrap();
         assert!(looks_like_repository(repo), "borg 1.x");
         let repo = &dir.path().join("two");
-        for name in ["config", "keys", "packs"] {
-            std::fs::create_dir_all(repo.join(name)).unwrap();
-        }
+        std::fs::create_dir_all(repo.join("config")).unwrap();
         assert!(!looks_like_repository(repo));
-        std::fs::create_dir(repo.join("archives")).unwrap();
-        assert!(looks_like_repository(repo), "borg 2");
+        std::fs::create_dir(repo.join("keys")).unwrap();
+        assert!(looks_like_repository(repo), "borgstore (borg 2.0.0b10 and later)");
     }
 }

@@ -376,6 +376,30 @@ pub enum Error {
         server_major: u32,
     },
 
+    /// The client's borg 2 is of another generation than the server's (the serve flags, the wire
+    /// protocol or the repository format changed within the 2.0 betas; see
+    /// `borg_pull_core::version::Generation`).
+    #[error(
+        "the client {host} has borg {client} ({program:?}, {client_generation}) but this server runs \
+         borg {server} ({server_generation}): these cannot use each other's serve or repositories; \
+         install a borg of {server_generation} on the client (best the same version), or use a borg \
+         of {client_generation} here"
+    )]
+    BorgGenerationMismatch {
+        /// Host as given.
+        host: String,
+        /// The client's borg program as given.
+        program: String,
+        /// The client's borg version.
+        client: String,
+        /// Its generation.
+        client_generation: borg_pull_core::version::Generation,
+        /// The server's borg version.
+        server: String,
+        /// Its generation.
+        server_generation: borg_pull_core::version::Generation,
+    },
+
     /// The agent and TCP methods: the client's sshd started our command without forwarding the
     /// agent, so the client's ssh would have no key to log in to the server with.
     #[error(

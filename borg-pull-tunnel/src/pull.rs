@@ -289,14 +289,22 @@ impl PullOptions {
         self.serve.version.as_ref().map_or(1, |v| v.major)
     }
 
+    /// The server borg's generation (borg 1.x until [`ServeConfig::learn_version`] ran).
+    fn server_generation(&self) -> borg_pull_core::version::Generation {
+        self.serve.generation()
+    }
+
     /// `BORG_REPO` for borg on the client: `ssh://borg-pull-server/REPO` whatever the method, so
     /// borg's record of where it last saw the repository matches on every run and switching
     /// methods (or server addresses) needs no answer to its "previously located at" question. The
     /// relay ignores the host; the client's ssh gets the real address as options in `BORG_RSH`.
     fn repo_url(&self) -> Vec<u8> {
-        let mut url = format!("ssh://{REPO_URL_HOST}").into_bytes();
-        // borg 2: `ssh://host/path` is relative to the login directory, `ssh://host//path` absolute.
-        if self.server_major() >= 2 {
+        // `rest://` for borg 2.0.0b22-b24, whose `ssh://` is for borg 1.x repositories only.
+        let scheme = self.server_generation().url_scheme();
+        let mut url = format!("{scheme}://{REPO_URL_HOST}").into_bytes();
+        // borgstore's URLs (2.0.0b10 and later): `ssh://host/path` is relative to the login
+        // directory, `ssh://host//path` absolute; borg 1.x and 2.0.0b1-b9 read `/path` as absolute.
+        if self.server_generation().url_path_relative() {
             url.push(b'/');
         }
         url.extend_from_slice(self.serve.repo.as_os_str().as_bytes());
@@ -340,7 +348,7 @@ impl PullOptions {
             borg_args: &self.borg_args,
             env: &self.env,
             repo_url: &url,
-            borgstore_rsh: self.server_major() >= 2,
+            borgstore_rsh: self.server_generation().uses_borgstore_rsh(),
             remote_dir: self.remote_dir.as_deref(),
             passphrase: self.passphrase.is_some(),
             ssh_back,
@@ -667,13 +675,25 @@ impl Run<'_> {
         }
     }
 
-    /// Refuses a client borg whose major version differs from the server's. A version the check
-    /// cannot read (a wrapper script, a future format) is logged and let through: borg serve's
-    /// own protocol check then fails the first connection.
+    /// Refuses a client borg whose major version or borg 2 generation differs from the server's.
+    /// A version the check cannot read (a wrapper script, a future format) is logged and let
+    /// through: borg serve's own protocol check then fails the first connection.
     fn check_client_borg(&self, reported: Option<&str>) -> Result<()> {
         let server = self.options.serve.version.as_ref();
         let client = reported.and_then(borg_pull_core::BorgVersion::parse);
         match (client, server) {
+            (Some(client), Some(server))
+                if client.major == server.major && client.generation() != server.generation() =>
+            {
+                Err(Error::BorgGenerationMismatch {
+                    host: self.session.host().to_owned(),
+                    program: self.options.remote_borg.to_string_lossy().into_owned(),
+                    client: client.to_string(),
+                    client_generation: client.generation(),
+                    server: server.to_string(),
+                    server_generation: server.generation(),
+                })
+            }
             (Some(client), Some(server)) if client.major != server.major => Err(Error::BorgVersionMismatch {
                 host: self.session.host().to_owned(),
                 program: self.options.remote_borg.to_string_lossy().into_owned(),
@@ -981,6 +1001,25 @@ mod tests {
                 "ssh://borg-pull-server/srv/borg/web 1"
             };
             assert_eq!(url, expected, "{major}");
+        }
+    }
+
+    #[test]
+    fn repository_url_and_rsh_variables_by_server_generation() {
+        for (server, url, borgstore_rsh) in [
+            (None, "ssh://borg-pull-server/srv/r", false),
+            (Some("borg 1.4.5"), "ssh://borg-pull-server/srv/r", false),
+            (Some("borg2 2.0.0b5"), "ssh://borg-pull-server/srv/r", false),
+            (Some("borg 2.0.0b17"), "ssh://borg-pull-server//srv/r", false),
+            (Some("borg 2.0.0b21"), "ssh://borg-pull-server//srv/r", false),
+            (Some("borg 2.0.0b24"), "rest://borg-pull-server//srv/r", true),
+            (Some("borg 2.0.0b25"), "ssh://borg-pull-server//srv/r", true),
+        ] {
+            let mut o = PullOptions::new("u@h", "/srv/r", vec!["list".into()]).unwrap();
+            o.serve.version = server.and_then(borg_pull_core::BorgVersion::parse);
+            assert_eq!(String::from_utf8(o.repo_url()).unwrap(), url, "{server:?}");
+            let script = String::from_utf8(o.remote_script("m:", None, None).unwrap()).unwrap();
+            assert_eq!(script.contains("BORGSTORE_RSH="), borgstore_rsh, "{server:?}");
         }
     }
 }

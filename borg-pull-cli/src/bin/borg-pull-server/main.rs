@@ -166,6 +166,7 @@ fn core_exit_code(e: &borg_pull_core::Error) -> Code {
         | E::SocketPathInvalid { .. }
         | E::StorageQuotaInvalid { .. }
         | E::UnsupportedByBorg { .. } => exit::USAGE,
+        E::CannotRefuseDeletes { .. } => exit::USAGE,
         E::BorgNotFound { .. }
         | E::SpawnBorg { .. }
         | E::SpawnBorgVersion { .. }
