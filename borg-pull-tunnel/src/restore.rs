@@ -396,10 +396,16 @@ impl Run<'_> {
         let beat = beat_script(&dir)?;
         let beats = async {
             match self.session.exec(&beat).await {
-                Ok(channel) => {
-                    let never = crate::pull::heartbeat(channel.make_writer()).await;
-                    drop(channel);
-                    match never {}
+                // Drained while the beats go out: whatever the client's sshd sends on it must not
+                // fill the connection's queue and stall the stream (russh stops reading the
+                // connection when a channel's queue is full).
+                Ok(mut channel) => {
+                    let beats = crate::pull::heartbeat(channel.make_writer());
+                    let drain = async { while channel.wait().await.is_some() {} };
+                    tokio::select! {
+                        never = beats => match never {},
+                        () = drain => std::future::pending().await,
+                    }
                 }
                 Err(e) => {
                     warn!("cannot open the heartbeat channel ({e}); if the link dies silently, tar on the client waits for the start bound");
