@@ -147,12 +147,12 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "--remote-dir",
             match purpose {
                 borg_pull_tunnel::error::RemoteDirUse::RunBorg => {
-                    "create it on the client (searchable by the login user), or pass an existing \
-                     directory with --remote-dir DIR"
+                    "create it on the client and let the login user search it (chmod +x), or pass \
+                     another directory with --remote-dir DIR"
                 }
                 borg_pull_tunnel::error::RemoteDirUse::Restore => {
-                    "create it on the client (writable by the login user), or pass another with \
-                     --remote-dir DIR"
+                    "create it on the client and let the login user write to it, or pass another \
+                     directory with --remote-dir DIR"
                 }
             },
         )),

@@ -10,6 +10,7 @@ use borg_pull_core::ServeConfig;
 use borg_pull_tunnel::pull::{pull, AgentKey, PullEnv, PullOptions, ServerLogin, Via};
 use borg_pull_tunnel::secret::Passphrase;
 use borg_pull_tunnel::Error;
+use clap::builder::TypedValueParser as _;
 
 use crate::connect_args::ConnectArgs;
 
