@@ -236,7 +236,11 @@ fn an_install_relay_without_a_clear_file_is_a_usage_error() {
             .output();
         out.assert_code(200);
         for needle in said {
-            assert!(out.stderr_text().contains(needle), "{args:?}: no {needle:?}:\n{}", out.describe());
+            assert!(
+                out.stderr_text().contains(needle),
+                "{args:?}: no {needle:?}:\n{}",
+                out.describe()
+            );
         }
     }
 }

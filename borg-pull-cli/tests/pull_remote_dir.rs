@@ -157,7 +157,11 @@ fn a_directory_borg_cannot_run_in_is_refused_before_borg_starts() {
     fs::set_permissions(&closed, fs::Permissions::from_mode(mode)).unwrap();
     let cases: [(&Path, &str, String); 4] = [
         (&f.dir().join("missing"), "missing", "no such directory".into()),
-        (&f.dir().join("missing/below"), "missing-parent", "no such directory".into()),
+        (
+            &f.dir().join("missing/below"),
+            "missing-parent",
+            "no such directory".into(),
+        ),
         (&file, "regular-file", "it is not a directory".into()),
         (
             &closed,
@@ -173,15 +177,19 @@ fn a_directory_borg_cannot_run_in_is_refused_before_borg_starts() {
             "cannot run borg in {:?} on the client 127.0.0.1: {why}",
             dir.display().to_string()
         );
-        for needle in [
-            expected.as_str(),
-            "create it on the client",
-            "--remote-dir DIR",
-        ] {
-            assert!(err.contains(needle), "{archive}: no {needle:?}:\n{}", out.describe());
+        for needle in [expected.as_str(), "create it on the client", "--remote-dir DIR"] {
+            assert!(
+                err.contains(needle),
+                "{archive}: no {needle:?}:\n{}",
+                out.describe()
+            );
         }
         for not_said in ["borg's own code", "No such file or directory", "can't cd"] {
-            assert!(!err.contains(not_said), "{archive}: {not_said:?}:\n{}", out.describe());
+            assert!(
+                !err.contains(not_said),
+                "{archive}: {not_said:?}:\n{}",
+                out.describe()
+            );
         }
         f.assert_clean();
     }

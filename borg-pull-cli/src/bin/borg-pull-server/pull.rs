@@ -223,9 +223,11 @@ fn via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
 /// next to this program for it would hide a script's empty variable.
 fn relay_file(file: OsString) -> Result<PathBuf, String> {
     if file.is_empty() {
-        return Err("no FILE after '=': write --install-relay alone for the borg-pull-relay next to \
+        return Err(
+            "no FILE after '=': write --install-relay alone for the borg-pull-relay next to \
                     this program, or --install-relay=FILE for another"
-            .into());
+                .into(),
+        );
     }
     Ok(file.into())
 }
