@@ -1,8 +1,8 @@
 //! The one shell script a pull runs on the client, and how we read what it reports.
 //!
 //! One exec does everything on the client, so set-up and clean-up cost no round trips of their
-//! own: the script checks that the relay and borg can run, makes a private directory (`mktemp -d`
-//! with umask 077), starts a watcher that removes the directory once borg has exited, reports the
+//! own: the script enters `--remote-dir` (or reports why it cannot), checks that the relay and borg
+//! can run, makes a private directory (`mktemp -d` with umask 077), starts a watcher that removes the directory once borg has exited, reports the
 //! directory on stdout and waits for one line on stdin. We request the socket forward into that
 //! directory and send `go` (with `BORG_RSH` and the passphrase line) right behind the request; the
 //! script checks that sshd made the socket, exports borg's environment and `exec`s borg, so borg
