@@ -92,8 +92,9 @@ pub const CLIENT_SETUP: Code = Code {
     code: 214,
     meaning: "the client's sshd refused the UNIX socket or TCP forward or agent forwarding, the \
               relay, ssh or borg is missing on the client, its borg's major version differs from \
-              the server's, or setting up the private directory there failed (restore-tar: tar \
-              cannot run on the client, or the directory is missing or not writable)",
+              the server's, --remote-dir is missing or not searchable, or setting up the private \
+              directory there failed (restore-tar: tar cannot run on the client, or the directory \
+              is missing or not writable)",
 };
 /// The connection to the client was lost (keepalives unanswered).
 pub const CONNECTION_LOST: Code = Code {

@@ -143,6 +143,19 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
                 )),
             }
         }
+        E::RemoteDirUnusable { purpose, .. } => Some(Hint::new(
+            "--remote-dir",
+            match purpose {
+                borg_pull_tunnel::error::RemoteDirUse::RunBorg => {
+                    "create it on the client and let the login user search it (chmod +x), or pass \
+                     another directory with --remote-dir DIR"
+                }
+                borg_pull_tunnel::error::RemoteDirUse::Restore => {
+                    "create it on the client and let the login user write to it, or pass another \
+                     directory with --remote-dir DIR"
+                }
+            },
+        )),
         _ => None,
     }
 }

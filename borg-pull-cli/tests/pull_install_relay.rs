@@ -120,3 +120,127 @@ fn the_relay_is_installed_once_verified_and_used() {
     assert_ok(&list, "borg list");
     assert_eq!(list.stdout_text(), "first\nsecond\nthird\n");
 }
+
+/// A bare `--install-relay` copies the relay next to `borg-pull-server` wherever it stands: right
+/// before the host, and before another option (neither is taken as its FILE).
+#[test]
+fn a_bare_install_relay_sends_the_relay_next_to_the_program() {
+    // What "next to this program" means for the binary under test: cargo built both there.
+    let beside = std::path::Path::new(SERVER).with_file_name("borg-pull-relay");
+    assert_eq!(beside, std::path::Path::new(BUILT_RELAY));
+    let sshd = Sshd::start();
+    let d = sshd.dir.path().to_owned();
+    let (repo, base) = (d.join("repo"), d.join("server-base"));
+    let out = TestCommand::new("borg")
+        .args(["init", "-e", "none"])
+        .arg(&repo)
+        .env("BORG_BASE_DIR", &base)
+        .output();
+    assert_ok(&out, "borg init");
+    let data = d.join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("file"), b"pulled with the relay next to the server\n").unwrap();
+    let client_base = d.join("client-base");
+    fs::create_dir(&client_base).unwrap();
+    sshd::chown_to_login_user(&client_base);
+    let cache = d.join("cache/borg-pull");
+    // `options` are given right after `pull`, `last` right before the host.
+    let pull = |archive: &str, options: &[&str], last: &[&str]| {
+        TestCommand::new(SERVER)
+            .arg("pull")
+            .args(options)
+            .arg("-p")
+            .arg(sshd.port.to_string())
+            .arg("-i")
+            .arg(sshd.client_key())
+            .arg("--known-hosts")
+            .arg(&sshd.known_hosts)
+            // Not on the client: only the installed relay can make this work.
+            .args(["--relay", "/nonexistent/borg-pull-relay"])
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--env")
+            .arg(format!("BORG_BASE_DIR={}", client_base.display()))
+            .arg("--env")
+            .arg("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes")
+            .args(last)
+            .arg(sshd.destination())
+            .arg("--")
+            .arg("create")
+            .arg(format!("::{archive}"))
+            .arg(&data)
+            .env("BORG_BASE_DIR", &base)
+            .env("BORG_PULL_LOG", "info")
+            .env_remove("BORG_PASSPHRASE")
+            .attach_log("sshd log", sshd.log_path())
+            .output()
+    };
+    let cases: [(&str, &[&str], &[&str]); 2] = [
+        ("before-the-host", &[], &["--install-relay"]),
+        ("before-an-option", &["--install-relay"], &[]),
+    ];
+    for (archive, options, last) in cases {
+        // A fresh cache each time: each form must send the relay itself.
+        if cache.exists() {
+            fs::remove_dir_all(&cache).unwrap();
+        }
+        let out = pull(archive, options, last);
+        out.assert_code(0);
+        assert!(
+            out.stderr_text().contains("installing the relay on the client"),
+            "{archive}: {}",
+            out.describe()
+        );
+        let entries: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(entries.len(), 1, "{archive}: {entries:?}");
+        assert!(
+            fs::read(&entries[0]).unwrap() == fs::read(&beside).unwrap(),
+            "{archive}: the installed relay is not the one next to the server"
+        );
+    }
+    let list = TestCommand::new("borg")
+        .args(["list", "--short"])
+        .arg(&repo)
+        .env("BORG_BASE_DIR", &base)
+        .output();
+    assert_ok(&list, "borg list");
+    assert_eq!(list.stdout_text(), "before-the-host\nbefore-an-option\n");
+}
+
+/// Forms that name no file unambiguously are usage errors (exit 200) before anything connects:
+/// `--install-relay=` (an empty FILE: a script's unset variable), and `--install-relay FILE HOST`
+/// (FILE, without `=`, is the host; HOST is then one argument too many).
+#[test]
+fn an_install_relay_without_a_clear_file_is_a_usage_error() {
+    // Port 9 on loopback: nothing listens; a parse that let these through would fail with 213.
+    let base = ["pull", "-p", "9", "--repo", "/srv/borg/none"];
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["--install-relay=", "backup@127.0.0.1"],
+            &["--install-relay alone", "--install-relay=FILE"],
+        ),
+        (
+            &["--install-relay=", "--relay", "r", "backup@127.0.0.1"],
+            &["--install-relay alone", "--install-relay=FILE"],
+        ),
+        (
+            &["--install-relay", "./my-relay", "backup@127.0.0.1"],
+            &["unexpected argument 'backup@127.0.0.1'"],
+        ),
+    ];
+    for (args, said) in cases {
+        let out = TestCommand::new(SERVER)
+            .args(base)
+            .args(args)
+            .args(["--", "create", "::a", "/etc"])
+            .output();
+        out.assert_code(200);
+        for needle in said {
+            assert!(
+                out.stderr_text().contains(needle),
+                "{args:?}: no {needle:?}:\n{}",
+                out.describe()
+            );
+        }
+    }
+}

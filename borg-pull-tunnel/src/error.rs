@@ -536,8 +536,9 @@ pub enum Error {
         secs: u64,
     },
 
-    /// A restore's target directory on the client cannot be used (checked before anything streams).
-    #[error("cannot restore into {dir:?} on the client {host}: {why}")]
+    /// A directory on the client cannot be used: a restore's target (checked before anything
+    /// streams) or the one borg runs in (`pull --remote-dir`, checked before borg starts).
+    #[error("cannot {purpose} {dir:?} on the client {host}: {why}")]
     RemoteDirUnusable {
         /// The directory as given.
         dir: String,
@@ -545,6 +546,8 @@ pub enum Error {
         host: String,
         /// What the client's shell found: missing, not a directory, not writable or searchable.
         why: String,
+        /// What the directory was for.
+        purpose: RemoteDirUse,
     },
 
     /// A restore ran longer than its maximum time; borg export-tar was stopped, tar on the client
@@ -894,6 +897,24 @@ impl std::fmt::Display for SecretKind {
             SecretKind::Identity => "identity",
             SecretKind::IdentityPassphrase => "identity passphrase file",
             SecretKind::RepoPassphrase => "passphrase file",
+        })
+    }
+}
+
+/// What a directory on the client is for (for [`Error::RemoteDirUnusable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteDirUse {
+    /// `restore-tar`: tar unpacks into it (it must be writable).
+    Restore,
+    /// `pull --remote-dir`: borg runs in it (it must be searchable).
+    RunBorg,
+}
+
+impl std::fmt::Display for RemoteDirUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemoteDirUse::Restore => "restore into",
+            RemoteDirUse::RunBorg => "run borg in",
         })
     }
 }

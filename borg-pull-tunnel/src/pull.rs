@@ -743,6 +743,21 @@ impl Run<'_> {
                     host: self.session.host().to_owned(),
                 })
             }
+            // Before the private directory was made: nothing is left on the client to clear.
+            Report::NoDir(why) => {
+                return Err(Error::RemoteDirUnusable {
+                    dir: self
+                        .options
+                        .remote_dir
+                        .as_deref()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned(),
+                    host: self.session.host().to_owned(),
+                    why,
+                    purpose: crate::error::RemoteDirUse::RunBorg,
+                })
+            }
             Report::Missing(role, why) => (role, why),
         };
         let program = match (role, self.options.via.server_login()) {

@@ -1,8 +1,8 @@
 //! The one shell script a pull runs on the client, and how we read what it reports.
 //!
 //! One exec does everything on the client, so set-up and clean-up cost no round trips of their
-//! own: the script checks that the relay and borg can run, makes a private directory (`mktemp -d`
-//! with umask 077), starts a watcher that removes the directory once borg has exited, reports the
+//! own: the script enters `--remote-dir` (or reports why it cannot), checks that the relay and borg
+//! can run, makes a private directory (`mktemp -d` with umask 077), starts a watcher that removes the directory once borg has exited, reports the
 //! directory on stdout and waits for one line on stdin. We request the socket forward into that
 //! directory and send `go` (with `BORG_RSH` and the passphrase line) right behind the request; the
 //! script checks that sshd made the socket, exports borg's environment and `exec`s borg, so borg
@@ -247,6 +247,9 @@ impl RemoteRun<'_> {
         s.extend_from_slice(format!("bp_m={marker}; ").as_bytes());
         s.extend_from_slice(CHECK_FUNCTION.as_bytes());
         s.extend_from_slice(guard.functions().as_bytes());
+        if let Some(dir) = self.remote_dir {
+            s.extend(remote_dir_script(dir)?);
+        }
         let transport = match &self.ssh_back {
             None => (self.relay, "relay"),
             Some(back) => (back.ssh, "ssh"),
@@ -349,12 +352,6 @@ impl RemoteRun<'_> {
             export(&mut s, name, value.as_bytes())?;
         }
         export(&mut s, "BORG_REPO", self.repo_url)?;
-        if let Some(dir) = self.remote_dir {
-            // A missing directory must stop a restore, not extract into the login directory.
-            s.extend_from_slice(b"cd -- ");
-            s.extend(q(dir.as_bytes())?);
-            s.extend_from_slice(b" || exit 2; ");
-        }
         // From here on the server's heartbeats arrive on stdin: the guard's reader takes them,
         // and borg gets /dev/null (as before, EOF for any prompt).
         s.extend_from_slice(guard.arm().as_bytes());
@@ -365,6 +362,34 @@ impl RemoteRun<'_> {
         s.extend_from_slice(b" </dev/null 3<&-");
         Ok(s)
     }
+}
+
+/// The part of the script that enters `--remote-dir` first, before the relay, borg or the private
+/// directory are looked at (so a relative program path means the same to the check as to `exec`),
+/// or reports why it cannot (`nodir WHY`) and exits: a missing directory must stop a restore
+/// before borg starts, not extract into the login directory, and not be blamed on borg.
+fn remote_dir_script(dir: &OsStr) -> Result<Vec<u8>> {
+    // `cd -` would go to OLDPWD, even after `--`.
+    let dir: &[u8] = match dir.as_bytes() {
+        b"-" => b"./-",
+        other => other,
+    };
+    let mut s = b"bp_rd=".to_vec();
+    s.extend(shell_quote(dir)?);
+    // CDPATH unset: a relative DIR is the login directory's, and cd prints nothing. A missing DIR
+    // is looked at along its parents, as `bp_check` does: "a parent is not searchable" is told
+    // apart from "not there".
+    s.extend_from_slice(
+        b"; if ! CDPATH= cd -- \"$bp_rd\" 2>/dev/null; then \
+          if [ -d \"$bp_rd\" ]; then bp_w=\"it is not searchable by user $(id -un)\"; \
+          elif [ -e \"$bp_rd\" ]; then bp_w='it is not a directory'; \
+          else bp_w='no such directory'; bp_p=$bp_rd; \
+          while case $bp_p in */*) bp_p=${bp_p%/*}; [ -n \"$bp_p\" ] || bp_p=/;; *) false;; esac; do \
+          if [ -d \"$bp_p\" ]; then [ -x \"$bp_p\" ] || bp_w=\"directory $bp_p is not searchable by user $(id -un)\"; break; fi; \
+          [ \"$bp_p\" = / ] && break; done; fi; \
+          printf '%snodir %s\\n' \"$bp_m\" \"$bp_w\"; exit 2; fi; ",
+    );
+    Ok(s)
 }
 
 fn check_env_name(name: &str) -> Result<()> {
@@ -670,6 +695,8 @@ pub enum Report {
     Missing(RemoteProgram, String),
     /// The client's sshd did not forward our agent (no `SSH_AUTH_SOCK` in the session).
     NoAgent,
+    /// The directory borg is to run in (`--remote-dir`) cannot be entered, and why.
+    NoDir(String),
 }
 
 /// Reads the channel until the script's first report; anything else it printed before (bounded by
@@ -777,6 +804,9 @@ fn parse_report(line: &[u8]) -> Result<Report> {
         } else {
             Err(bad())
         };
+    }
+    if let Some(why) = text.strip_prefix("nodir ") {
+        return Ok(Report::NoDir(escape_output(why.as_bytes())));
     }
     if text == "noagent" {
         return Ok(Report::NoAgent);
@@ -1660,10 +1690,34 @@ mod tests {
         f.remote_dir = Some(target.clone().into());
         let (_, out, _) = f.run(tmp.path(), true);
         assert_eq!(out, [target.as_os_str().as_bytes(), b"\n"].concat());
-        f.remote_dir = Some(tmp.path().join("missing").into());
-        let (_, out, code) = f.run(tmp.path(), true);
-        assert_eq!(code, Some(2));
-        assert!(out.is_empty(), "borg must not run: {out:?}");
+        // A relative program path is the directory's, for the check as for `exec`.
+        std::fs::copy("/bin/sh", target.join("sh")).unwrap();
+        f.borg = "./sh".into();
+        let (report, out, code) = f.run(tmp.path(), true);
+        assert!(matches!(report, Report::Dir { .. }), "{report:?}");
+        assert_eq!(code, Some(0));
+        assert_eq!(out, [target.as_os_str().as_bytes(), b"\n"].concat());
+        f.borg = "/bin/sh".into();
+        let file = tmp.path().join("a file");
+        std::fs::write(&file, b"").unwrap();
+        let made_before = std::fs::read_dir(tmp.path()).unwrap().count();
+        for (dir, why) in [
+            (tmp.path().join("missing"), "no such directory"),
+            (tmp.path().join("missing/below"), "no such directory"),
+            (file.clone(), "it is not a directory"),
+            (file.join("below"), "no such directory"),
+        ] {
+            f.remote_dir = Some(dir.clone().into());
+            let (report, out, code) = f.run(tmp.path(), true);
+            assert_eq!(report, Report::NoDir(why.into()), "{dir:?}");
+            assert_eq!(code, Some(2), "{dir:?}");
+            assert!(out.is_empty(), "borg must not run: {out:?}");
+        }
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            made_before,
+            "no private directory made"
+        );
     }
 
     #[test]

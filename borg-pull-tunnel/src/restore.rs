@@ -368,6 +368,7 @@ impl Run<'_> {
                     dir: self.options.remote_dir.to_string_lossy().into_owned(),
                     host: self.session.host().to_owned(),
                     why,
+                    purpose: crate::error::RemoteDirUse::Restore,
                 })
             }
             Report::NoTar(why) => {

@@ -10,6 +10,7 @@ use borg_pull_core::ServeConfig;
 use borg_pull_tunnel::pull::{pull, AgentKey, PullEnv, PullOptions, ServerLogin, Via};
 use borg_pull_tunnel::secret::Passphrase;
 use borg_pull_tunnel::Error;
+use clap::builder::TypedValueParser as _;
 
 use crate::connect_args::ConnectArgs;
 
@@ -59,10 +60,17 @@ pub struct PullArgs {
     /// Copy this server's relay to the client when it has none of this version: into the login
     /// user's ${XDG_CACHE_HOME:-~/.cache}/borg-pull/relay-VERSION-SHA256 (0700, written to a temp
     /// name, checksum verified, then renamed), used instead of --relay. Costs nothing when it is
-    /// already there. FILE defaults to the borg-pull-relay next to this program (the package's is
-    /// statically linked, so it runs on any x86_64 Linux client).
-    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
-    install_relay: Option<PathBuf>,
+    /// already there. Alone, it copies the borg-pull-relay next to this program (the package's is
+    /// statically linked, so it runs on any x86_64 Linux client); another file only as
+    /// --install-relay=FILE (with `=`: a word after a bare --install-relay is never taken as FILE).
+    #[arg(
+        long,
+        value_name = "FILE",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::OsStringValueParser::new().try_map(relay_file)
+    )]
+    install_relay: Option<Option<PathBuf>>,
 
     /// The borg program on the client.
     #[arg(long, value_name = "PATH", default_value = "borg")]
@@ -211,6 +219,19 @@ fn via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
     })
 }
 
+/// `--install-relay=FILE`'s FILE: `--install-relay=` names no file, and silently taking the relay
+/// next to this program for it would hide a script's empty variable.
+fn relay_file(file: OsString) -> Result<PathBuf, String> {
+    if file.is_empty() {
+        return Err(
+            "no FILE after '=': write --install-relay alone for the borg-pull-relay next to \
+                    this program, or --install-relay=FILE for another"
+                .into(),
+        );
+    }
+    Ok(file.into())
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, value)) if borg_pull_tunnel::exec::is_env_name(name) => {
@@ -260,10 +281,9 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     args.connect.apply(&mut options.session)?;
     options.relay = args.relay;
     options.install_relay = match args.install_relay {
-        Some(path) if path.as_os_str().is_empty() => {
-            Some(borg_pull_tunnel::pull::RelayBinary::beside_this_program()?)
-        }
-        other => other,
+        None => None,
+        Some(None) => Some(borg_pull_tunnel::pull::RelayBinary::beside_this_program()?),
+        Some(Some(file)) => Some(file),
     };
     options.remote_borg = args.remote_borg;
     options.remote_dir = args.remote_dir;
