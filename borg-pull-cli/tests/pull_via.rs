@@ -666,4 +666,15 @@ fn via_options_are_checked_before_connecting() {
         "{}",
         f.describe()
     );
+    // A relay that agent/tcp would never use is refused, not silently skipped.
+    let f = TestCommand::new(server_bin())
+        .args(["pull", "--via", "tcp", "--agent-key", "/k", "--server-ssh", "u@h"])
+        .args(["--install-relay", "--repo", "/r", "u@127.0.0.1", "--", "list"])
+        .output();
+    f.assert_code(200);
+    assert!(
+        f.stderr_text().contains("--install-relay needs --via socket"),
+        "{}",
+        f.describe()
+    );
 }

@@ -622,6 +622,13 @@ impl Context<'_> {
                 ViaConfig::Socket
             }
             "agent" | "tcp" => {
+                // The entry's own key only: [defaults] may set it for the socket clients.
+                if own.install_relay == Some(true) {
+                    return Err(err(
+                        "install_relay",
+                        "needs via = \"socket\": with agent or tcp the client's borg reaches this server with its own ssh, no relay".into(),
+                    ));
+                }
                 if raw.storage_quota.is_some() {
                     return Err(err(
                         "storage_quota",
@@ -1029,6 +1036,18 @@ max_runtime = "90m"
         assert!(message(&bad_via).contains("carrier-pigeon"));
         let socket_with_agent_key = GOOD.replace("via = \"agent\"\n", "");
         assert!(message(&socket_with_agent_key).contains("needs via"));
+        let agent_with_relay = GOOD.replace("via = \"agent\"\n", "via = \"agent\"\ninstall_relay = true\n");
+        let m = message(&agent_with_relay);
+        assert!(
+            m.contains("key \"install_relay\"") && m.contains("needs via = \"socket\""),
+            "{m}"
+        );
+        let relay_for_everyone = GOOD.replace("user = \"root\"", "user = \"root\"\ninstall_relay = true");
+        let fleet = parse_text(&relay_for_everyone).unwrap();
+        assert!(
+            fleet.clients[0].install_relay,
+            "[defaults] install_relay applies to socket clients"
+        );
         let name_in_defaults = GOOD.replace("user = \"root\"", "name = \"x\"");
         assert!(message(&name_in_defaults).contains("cannot be in [defaults]"));
         assert!(

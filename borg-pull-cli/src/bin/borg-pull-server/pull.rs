@@ -196,6 +196,13 @@ fn via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
              runs borg serve (add --storage-quota to it in authorized_keys)",
         );
     }
+    if args.install_relay.is_some() {
+        // Ignoring it would leave the user believing the client got a relay it never uses.
+        return usage(
+            "--install-relay needs --via socket; with --via agent or tcp the client's borg reaches \
+             this server with its own ssh and uses no relay",
+        );
+    }
     let Some(server) = &args.server_ssh else {
         return usage("--via agent and --via tcp need --server-ssh USER@HOST[:PORT] (the server's sshd)");
     };
