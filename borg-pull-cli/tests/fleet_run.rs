@@ -306,7 +306,12 @@ fn run_pulls_eight_clients_three_at_a_time_and_reports_the_failures() {
     assert_eq!(rows[2]["error"]["code"], 210);
     // The one error shape of every JSON output (status --json too): {"code", "message"}.
     let error = rows[2]["error"].as_object().unwrap();
-    assert_eq!(error.keys().collect::<Vec<_>>(), ["code", "message"], "{}", out.describe());
+    assert_eq!(
+        error.keys().collect::<Vec<_>>(),
+        ["code", "message"],
+        "{}",
+        out.describe()
+    );
     assert!(!error["message"].as_str().unwrap().is_empty());
     assert!(!out.stdout_text().contains(PASSPHRASE));
     assert!(!out.stderr_text().contains(PASSPHRASE));

@@ -104,13 +104,21 @@ fn status_flags_a_stale_client_and_writes_the_textfile_only_when_asked() {
     };
     assert!(line("fresh").contains(" ok "), "{}", out.describe());
     assert!(line("stale").contains("STALE"), "{}", out.describe());
-    assert_eq!(textfile_state(&configured), before, "status without --prometheus wrote it");
+    assert_eq!(
+        textfile_state(&configured),
+        before,
+        "status without --prometheus wrote it"
+    );
     status(&t, &cfg, &["--json"]).assert_code(208);
     assert_eq!(textfile_state(&configured), before, "status --json wrote it");
 
     // --prometheus=FILE writes FILE, and still not the configured one.
     let textfile = t.join("other.prom");
-    let out = status(&t, &cfg, &["--json", &format!("--prometheus={}", textfile.display())]);
+    let out = status(
+        &t,
+        &cfg,
+        &["--json", &format!("--prometheus={}", textfile.display())],
+    );
     out.assert_code(208);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json[0]["name"], "fresh");
@@ -166,7 +174,9 @@ fn a_bare_prometheus_needs_a_configured_textfile() {
     out.assert_code(200);
     let err = out.stderr_text();
     assert!(
-        err.contains("fleet.toml") && err.contains("[server] prometheus") && err.contains("--prometheus=FILE"),
+        err.contains("fleet.toml")
+            && err.contains("[server] prometheus")
+            && err.contains("--prometheus=FILE"),
         "{}",
         out.describe()
     );

@@ -75,7 +75,11 @@ const METRICS: &[Metric] = &[
         "borg_pull_last_success_timestamp_seconds",
         "When the last successful run of the client ended (Unix time); 0 when it never succeeded.",
         |i| {
-            let end = i.state.last_success.as_ref().map(|r| r.started + r.duration_ms / 1000);
+            let end = i
+                .state
+                .last_success
+                .as_ref()
+                .map(|r| r.started + r.duration_ms / 1000);
             one(Some(end.unwrap_or(0).to_string()))
         },
     ),
@@ -98,7 +102,14 @@ const METRICS: &[Metric] = &[
         "borg_pull_last_run_borg_exit_code",
         "borg's exit code on the client in the last run (0 ok, 1 warning, 2 error, 128+N signal N); \
          absent when borg did not run to its end.",
-        |i| one(i.state.last_run.as_ref().and_then(|r| r.borg_rc).map(|rc| rc.to_string())),
+        |i| {
+            one(i
+                .state
+                .last_run
+                .as_ref()
+                .and_then(|r| r.borg_rc)
+                .map(|rc| rc.to_string()))
+        },
     ),
     (
         "borg_pull_last_run_error",
@@ -128,7 +139,12 @@ const METRICS: &[Metric] = &[
         "borg_pull_retention_last_timestamp_seconds",
         "When the client's last prune, compact or check (label step) on this server ended (Unix \
          time).",
-        |i| i.steps().into_iter().map(|(step, at, _, _)| (Some(step), at.to_string())).collect(),
+        |i| {
+            i.steps()
+                .into_iter()
+                .map(|(step, at, _, _)| (Some(step), at.to_string()))
+                .collect()
+        },
     ),
     (
         "borg_pull_retention_last_success",
@@ -136,7 +152,9 @@ const METRICS: &[Metric] = &[
          when it failed, timed out or could not be started.",
         |i| {
             let samples = i.steps().into_iter();
-            samples.map(|(step, _, ok, _)| (Some(step), u8::from(ok).to_string())).collect()
+            samples
+                .map(|(step, _, ok, _)| (Some(step), u8::from(ok).to_string()))
+                .collect()
         },
     ),
     (
@@ -146,7 +164,9 @@ const METRICS: &[Metric] = &[
          be started.",
         |i| {
             let samples = i.steps().into_iter();
-            samples.filter_map(|(step, _, _, rc)| Some((Some(step), rc?.to_string()))).collect()
+            samples
+                .filter_map(|(step, _, _, rc)| Some((Some(step), rc?.to_string())))
+                .collect()
         },
     ),
     (

@@ -233,6 +233,10 @@ pub struct RunRecord {
     /// borg's exit code on the client, if it ran to the end.
     pub borg_rc: Option<i32>,
     /// borg-pull's own error (exit code and message), if any; `{"code", "message"}` in JSON.
-    #[serde(serialize_with = "serialize_error", deserialize_with = "deserialize_error", default)]
+    #[serde(
+        serialize_with = "serialize_error",
+        deserialize_with = "deserialize_error",
+        default
+    )]
     pub error: Option<(u8, String)>,
 }

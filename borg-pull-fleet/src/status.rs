@@ -158,7 +158,11 @@ fn client_status(
 
 /// The size of `client`'s repository: `borg info --json REPO` (borg 1.x; the repository, not an
 /// archive, so borg adds up nothing per archive).
-async fn repository_size(client: &Client, server: &ServerSettings, limits: &BorgLimits) -> Result<RepoSize, String> {
+async fn repository_size(
+    client: &Client,
+    server: &ServerSettings,
+    limits: &BorgLimits,
+) -> Result<RepoSize, String> {
     let mut args: Vec<OsString> = ["info", "--json", "--lock-wait"]
         .into_iter()
         .map(OsString::from)
@@ -202,7 +206,8 @@ fn parse_info_json(json: &[u8]) -> Result<RepoSize, String> {
     struct Cache {
         stats: RepoSize,
     }
-    let info: Info = serde_json::from_slice(json).map_err(|e| format!("cannot parse borg info --json: {e}"))?;
+    let info: Info =
+        serde_json::from_slice(json).map_err(|e| format!("cannot parse borg info --json: {e}"))?;
     let size = info.cache.stats;
     if size == RepoSize::default() {
         return Err("borg info --json gave no size".to_owned());

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use borg_pull_fleet::config::{Fleet, PassphraseSource};
-use borg_pull_fleet::metrics::{render, write_textfile, write_textfile_with_status};
 use borg_pull_fleet::limits::BorgLimits;
+use borg_pull_fleet::metrics::{render, write_textfile, write_textfile_with_status};
 use borg_pull_fleet::retention::{after_create_with, CheckPolicy, Retention};
 use borg_pull_fleet::state::{ClientState, RunRecord, StateStore, StepRecord};
 use borg_pull_fleet::status::{status, status_table};
@@ -155,7 +155,12 @@ async fn fresh_stale_empty_missing_and_encrypted_clients() {
             .repository_size
             .unwrap_or_else(|| panic!("no size for {name}"));
         // The empty repository has no archive: borg counts nothing in it.
-        let sizes = [size.unique_csize, size.unique_size, size.total_csize, size.total_size];
+        let sizes = [
+            size.unique_csize,
+            size.unique_size,
+            size.total_csize,
+            size.total_size,
+        ];
         for figure in sizes {
             assert_eq!(figure.unwrap() == 0, name == "empty", "{name}: {size:?}");
         }
@@ -245,8 +250,14 @@ async fn fresh_stale_empty_missing_and_encrypted_clients() {
     for name in ["fresh", "stale", "empty", "missing", "enc"] {
         assert_eq!(value("borg_pull_client_configured", name), Some(1.0), "{name}");
     }
-    assert_eq!(value("borg_pull_last_success_timestamp_seconds", "stale"), Some(0.0));
-    assert_eq!(value("borg_pull_last_success_timestamp_seconds", "missing"), Some(0.0));
+    assert_eq!(
+        value("borg_pull_last_success_timestamp_seconds", "stale"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value("borg_pull_last_success_timestamp_seconds", "missing"),
+        Some(0.0)
+    );
     let f_size = f.repository_size.unwrap();
     assert_eq!(
         value("borg_pull_repository_unique_csize_bytes", "fresh"),
@@ -279,7 +290,8 @@ fn assert_atomic_result(dir: &Path, file: &Path) {
 /// names another): Prometheus's own reading of the file beside the strict parser below. Missing,
 /// it fails the test under BORG_PULL_REQUIRE_DEPS=1 (scripts/test) and is skipped, said, without.
 fn promtool_check(file: &Path) {
-    let promtool = std::env::var_os("BORG_PULL_PROMTOOL").unwrap_or_else(|| "/opt/borg-pull/bin/promtool".into());
+    let promtool =
+        std::env::var_os("BORG_PULL_PROMTOOL").unwrap_or_else(|| "/opt/borg-pull/bin/promtool".into());
     let out = match std::process::Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(file).unwrap())
@@ -287,7 +299,10 @@ fn promtool_check(file: &Path) {
     {
         Ok(out) => out,
         Err(e) if std::env::var_os("BORG_PULL_REQUIRE_DEPS").is_some_and(|v| v == "1") => {
-            panic!("{}: {e} (scripts/install-deps installs it)", Path::new(&promtool).display())
+            panic!(
+                "{}: {e} (scripts/install-deps installs it)",
+                Path::new(&promtool).display()
+            )
         }
         Err(e) => {
             eprintln!("promtool not run ({e}): only the strict parser checked the textfile");
@@ -503,10 +518,7 @@ fn textfile_escapes_hostile_names_and_is_written_atomically() {
     // A client that never ran: configured, never succeeded (0), and nothing else.
     let never: Vec<_> = samples.iter().filter(|s| s.1[0].1 == "never-ran").collect();
     assert_eq!(
-        never
-            .iter()
-            .map(|s| (s.0.as_str(), s.2))
-            .collect::<Vec<_>>(),
+        never.iter().map(|s| (s.0.as_str(), s.2)).collect::<Vec<_>>(),
         [
             ("borg_pull_client_configured", 1.0),
             ("borg_pull_last_success_timestamp_seconds", 0.0)
@@ -629,7 +641,11 @@ async fn retention_results_become_metrics() {
     );
     add_archives(
         &repo,
-        &[("a1", now - 3 * 86_400), ("a2", now - 2 * 86_400), ("a3", now - 3600)],
+        &[
+            ("a1", now - 3 * 86_400),
+            ("a2", now - 2 * 86_400),
+            ("a3", now - 3600),
+        ],
         &[("BORG_PASSPHRASE", passphrase)],
     );
     let pass_file = dir.path().join("pass");
@@ -675,8 +691,16 @@ async fn retention_results_become_metrics() {
             .map(|s| s.2)
     };
     for name in ["prune", "compact", "check"] {
-        assert_eq!(step("borg_pull_retention_last_success", name), Some(1.0), "{name}\n{text}");
-        assert_eq!(step("borg_pull_retention_last_exit_code", name), Some(0.0), "{name}\n{text}");
+        assert_eq!(
+            step("borg_pull_retention_last_success", name),
+            Some(1.0),
+            "{name}\n{text}"
+        );
+        assert_eq!(
+            step("borg_pull_retention_last_exit_code", name),
+            Some(0.0),
+            "{name}\n{text}"
+        );
         let at = step("borg_pull_retention_last_timestamp_seconds", name).unwrap();
         assert!(at >= before as f64 && at <= common::now() as f64, "{name}: {at}");
     }
@@ -688,12 +712,13 @@ async fn retention_results_become_metrics() {
         &[("BORG_PASSPHRASE", passphrase)],
     );
     let info: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    assert_eq!(
-        size.unique_csize,
-        info["cache"]["stats"]["unique_csize"].as_u64()
-    );
+    assert_eq!(size.unique_csize, info["cache"]["stats"]["unique_csize"].as_u64());
     let path_len = repo.to_str().unwrap().len() as u64;
-    assert_eq!(size.total_size, Some(path_len), "one archive of the one file left");
+    assert_eq!(
+        size.total_size,
+        Some(path_len),
+        "one archive of the one file left"
+    );
     let samples_size = samples
         .iter()
         .find(|s| s.0 == "borg_pull_repository_unique_csize_bytes")
@@ -713,7 +738,10 @@ async fn retention_results_become_metrics() {
     state.record_retention(&outcome, common::now());
     assert_eq!(state.last_prune.unwrap().rc, None);
     assert_eq!(state.last_check_run.unwrap().rc, None);
-    assert_eq!(state.last_compact, compact_before, "compact did not run: its record stays");
+    assert_eq!(
+        state.last_compact, compact_before,
+        "compact did not run: its record stays"
+    );
     store.save("kept", &state).unwrap();
     let text = render(&fleet, &store, &[]);
     let samples = parse_exposition(&text);
@@ -723,11 +751,31 @@ async fn retention_results_become_metrics() {
             .find(|s| s.0 == metric && s.1[1].1 == step)
             .map(|s| s.2)
     };
-    assert_eq!(step("borg_pull_retention_last_success", "prune"), Some(0.0), "{text}");
-    assert_eq!(step("borg_pull_retention_last_exit_code", "prune"), None, "{text}");
-    assert_eq!(step("borg_pull_retention_last_success", "check"), Some(0.0), "{text}");
-    assert_eq!(step("borg_pull_retention_last_success", "compact"), Some(1.0), "{text}");
-    assert_eq!(step("borg_pull_retention_last_exit_code", "compact"), Some(0.0), "{text}");
+    assert_eq!(
+        step("borg_pull_retention_last_success", "prune"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        step("borg_pull_retention_last_exit_code", "prune"),
+        None,
+        "{text}"
+    );
+    assert_eq!(
+        step("borg_pull_retention_last_success", "check"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        step("borg_pull_retention_last_success", "compact"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        step("borg_pull_retention_last_exit_code", "compact"),
+        Some(0.0),
+        "{text}"
+    );
     let file = dir.path().join("r.prom");
     std::fs::write(&file, &text).unwrap();
     promtool_check(&file);

@@ -161,7 +161,9 @@ mod tests {
     fn prometheus_takes_an_optional_file() {
         let parse = |args: &[&str]| {
             let cli = crate::Cli::try_parse_from(
-                ["borg-pull-server", "status", "--config", "f.toml"].iter().chain(args),
+                ["borg-pull-server", "status", "--config", "f.toml"]
+                    .iter()
+                    .chain(args),
             )
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
             match cli.command {
@@ -172,7 +174,10 @@ mod tests {
         assert_eq!(parse(&[]), (None, false));
         assert_eq!(parse(&["--prometheus"]), (Some(None), false));
         assert_eq!(parse(&["--prometheus", "--json"]), (Some(None), true));
-        assert_eq!(parse(&["--prometheus=/t.prom"]), (Some(Some("/t.prom".into())), false));
+        assert_eq!(
+            parse(&["--prometheus=/t.prom"]),
+            (Some(Some("/t.prom".into())), false)
+        );
         assert_eq!(
             parse(&["--prometheus", "/t.prom", "--json"]),
             (Some(Some("/t.prom".into())), true)
