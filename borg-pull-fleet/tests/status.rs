@@ -11,11 +11,14 @@ use std::time::Duration;
 
 use borg_pull_fleet::config::{Fleet, PassphraseSource};
 use borg_pull_fleet::limits::BorgLimits;
-use borg_pull_fleet::metrics::{render, write_textfile, write_textfile_with_status};
+use borg_pull_fleet::metrics::{
+    render, write_textfile, write_textfile_after_run, write_textfile_with_status,
+};
 use borg_pull_fleet::retention::{after_create_with, CheckPolicy, Retention};
 use borg_pull_fleet::state::{ClientState, RunRecord, StateStore, StepRecord};
 use borg_pull_fleet::status::{status, status_table};
 use common::*;
+use tokio_util::sync::CancellationToken;
 
 fn fleet(
     server: borg_pull_fleet::config::ServerSettings,
@@ -779,4 +782,106 @@ async fn retention_results_become_metrics() {
     let file = dir.path().join("r.prom");
     std::fs::write(&file, &text).unwrap();
     promtool_check(&file);
+}
+
+/// The textfile at the end of `run`: the repositories are read as `status` reads them (newest
+/// archive from borg list, size from borg info); when the run was interrupted, it is written at
+/// once from the records alone, and a borg still reading a repository is stopped with its group.
+#[tokio::test]
+async fn the_runs_textfile_reads_the_repositories_unless_interrupted() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let now = now();
+    let repo = repo_with(dir.path(), "repo", &[("listed", now - 7200)]);
+    let state_dir = dir.path().join("state");
+    let store = StateStore::open(&state_dir).unwrap();
+    // The record's start differs from the archive's time: which of them is shown tells the source.
+    let recorded = now - 600;
+    let state = ClientState {
+        last_run: Some(record(recorded, Some(0), None)),
+        last_success: Some(record(recorded, Some(0), None)),
+        ..ClientState::default()
+    };
+    store.save("c", &state).unwrap();
+    let fleet_of = |borg: &Path| fleet(server(borg, &state_dir), vec![client("c", &repo)]);
+    let prom = dir.path().join("c.prom");
+    let read = |prom: &Path| {
+        let text = std::fs::read_to_string(prom).unwrap();
+        let samples = parse_exposition(&text);
+        let value = |metric: &str| samples.iter().find(|s| s.0 == metric).map(|s| s.2);
+        (
+            value("borg_pull_newest_archive_timestamp_seconds"),
+            value("borg_pull_repository_unique_csize_bytes"),
+            value("borg_pull_last_success_timestamp_seconds"),
+        )
+    };
+
+    let running = CancellationToken::new();
+    write_textfile_after_run(&prom, &fleet_of(Path::new(BORG)), &store, &running)
+        .await
+        .unwrap();
+    let (newest, size, success) = read(&prom);
+    assert_eq!(newest, Some((now - 7200) as f64), "from borg list");
+    assert!(size.is_some_and(|s| s > 0.0), "{size:?}");
+    assert_eq!(success, Some((recorded + 12) as f64));
+    promtool_check(&prom);
+
+    let interrupted = CancellationToken::new();
+    interrupted.cancel();
+    write_textfile_after_run(&prom, &fleet_of(Path::new(BORG)), &store, &interrupted)
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&prom),
+        (Some(recorded as f64), None, Some((recorded + 12) as f64)),
+        "from the records alone"
+    );
+
+    // Interrupted while borg list hangs (a stand-in that writes its pid and its child's).
+    std::fs::remove_file(&prom).unwrap();
+    let pids = dir.path().join("pids");
+    let hanging = stand_in(
+        dir.path(),
+        "hanging-borg",
+        &format!(
+            "echo $$ > '{0}.new'\nsleep 1000 &\necho $! >> '{0}.new'\nmv '{0}.new' '{0}'\nwait",
+            pids.display()
+        ),
+    );
+    let fleet = fleet_of(&hanging);
+    let token = CancellationToken::new();
+    let writer = write_textfile_after_run(&prom, &fleet, &store, &token);
+    let interrupt = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !pids.exists() {
+            assert!(std::time::Instant::now() < deadline, "the stand-in never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        token.cancel();
+    };
+    let (written, ()) = tokio::join!(writer, interrupt);
+    written.unwrap();
+    assert_eq!(read(&prom).1, None, "no size: borg was stopped");
+    for pid in std::fs::read_to_string(&pids).unwrap().split_whitespace() {
+        let proc_dir = Path::new("/proc").join(pid);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // A zombie is gone for our purpose: it holds nothing and runs nothing.
+        let alive = || {
+            std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        while alive() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} still running"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
