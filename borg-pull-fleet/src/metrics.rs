@@ -137,8 +137,8 @@ const METRICS: &[Metric] = &[
     ),
     (
         "borg_pull_retention_last_timestamp_seconds",
-        "When the client's last prune, compact or check (label step) on this server ended (Unix \
-         time).",
+        "When the client's last prune, compact or check (label step) on this server was recorded, \
+         as the run's retention ended (Unix time).",
         |i| {
             i.steps()
                 .into_iter()

@@ -170,7 +170,7 @@ impl ClientState {
 /// One retention step's last result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
-    /// When it was recorded, just after the step ended (Unix seconds).
+    /// When it was recorded: as the run's retention (all its steps) ended (Unix seconds).
     pub at: u64,
     /// borg's exit code (128 + N after signal N, e.g. 143 when its time limit stopped it);
     /// `None`: borg could not be started (e.g. the passphrase file could not be read).

@@ -1,5 +1,6 @@
-//! `status`: the newest archive per client and its age, read from the repositories on this server
-//! only (no client is contacted), with the last run's result from the [`StateStore`].
+//! `status`: the newest archive per client and its age (`borg list`) and the repository's size
+//! (`borg info`), read from the repositories on this server only (no client is contacted), with
+//! the last run's result from the [`StateStore`].
 //!
 //! A client is stale when its repository has no archive, cannot be read, or its newest archive is
 //! older than the client's `max_age`.
