@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::atomic_file::write_atomically;
 use crate::config::Fleet;
-use crate::state::{ClientState, StateStore, StepRecord};
+use crate::state::{ClientState, StateStore};
 use crate::status::{ClientStatus, RepoSize};
 
 /// One sample of a metric for one client: the `step` label when it has one, and the value.
@@ -39,18 +39,11 @@ struct Inputs<'a> {
 impl Inputs<'_> {
     /// The retention steps with a result: (step, when, succeeded, borg's exit code).
     fn steps(&self) -> Vec<(&'static str, u64, bool, Option<i32>)> {
-        let record = |r: &Option<StepRecord>| r.map(|r| (r.at, r.succeeded(), r.rc));
-        // Records written before each started check was kept know only the finished checks.
-        let check = record(&self.state.last_check_run)
-            .or_else(|| self.state.last_check.map(|(at, passed)| (at, passed, None)));
-        [
-            ("prune", record(&self.state.last_prune)),
-            ("compact", record(&self.state.last_compact)),
-            ("check", check),
-        ]
-        .into_iter()
-        .filter_map(|(step, r)| r.map(|(at, ok, rc)| (step, at, ok, rc)))
-        .collect()
+        let results = self.state.retention_results();
+        results
+            .steps()
+            .map(|(step, r)| (step, r.at, r.succeeded, r.rc))
+            .collect()
     }
 
     fn size(&self, field: fn(&RepoSize) -> Option<u64>) -> Vec<Sample> {

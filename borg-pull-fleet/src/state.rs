@@ -167,7 +167,69 @@ impl ClientState {
     }
 }
 
-/// One retention step's last result.
+impl ClientState {
+    /// The last result of each retention step, as `status --json` and the metrics show them. A
+    /// record written before started checks were kept has the check from [`Self::last_check`]
+    /// (exit code unknown).
+    pub fn retention_results(&self) -> RetentionResults {
+        let result = |r: Option<StepRecord>| {
+            r.map(|r| StepResult {
+                at: r.at,
+                succeeded: r.succeeded(),
+                rc: r.rc,
+            })
+        };
+        let old_check = || {
+            self.last_check.map(|(at, passed)| StepResult {
+                at,
+                succeeded: passed,
+                rc: None,
+            })
+        };
+        RetentionResults {
+            prune: result(self.last_prune),
+            compact: result(self.last_compact),
+            check: result(self.last_check_run).or_else(old_check),
+        }
+    }
+}
+
+/// The last result of each retention step of a client; `None`: it never ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RetentionResults {
+    /// `borg prune`.
+    pub prune: Option<StepResult>,
+    /// `borg compact`.
+    pub compact: Option<StepResult>,
+    /// `borg check`.
+    pub check: Option<StepResult>,
+}
+
+impl RetentionResults {
+    /// The steps with a result, named as borg names them.
+    pub fn steps(&self) -> impl Iterator<Item = (&'static str, StepResult)> {
+        [
+            ("prune", self.prune),
+            ("compact", self.compact),
+            ("check", self.check),
+        ]
+        .into_iter()
+        .filter_map(|(step, result)| Some((step, result?)))
+    }
+}
+
+/// One retention step's last result, for people and monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StepResult {
+    /// When it was recorded (Unix seconds).
+    pub at: u64,
+    /// borg's 0 or 1.
+    pub succeeded: bool,
+    /// borg's exit code; `None` when borg could not be started, or unknown.
+    pub rc: Option<i32>,
+}
+
+/// One retention step's last result, as recorded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// When it was recorded: as the run's retention (all its steps) ended (Unix seconds).

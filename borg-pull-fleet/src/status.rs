@@ -20,7 +20,7 @@ use crate::config::{Client, Fleet, ServerSettings};
 use crate::limits::{BorgLimits, LIST_LOCK_WAIT_SECS, MAX_INFO_JSON, MAX_LIST_JSON};
 use crate::retention::unix_now;
 use crate::server_borg::BorgRun;
-use crate::state::{RunRecord, StateStore};
+use crate::state::{RetentionResults, RunRecord, StateStore};
 
 /// One client's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,6 +43,8 @@ pub struct ClientStatus {
     pub stale: bool,
     /// The last run recorded by `run`.
     pub last_run: Option<RunRecord>,
+    /// The last prune, compact and check recorded by `run`.
+    pub retention: RetentionResults,
     /// Why the repository could not be read.
     pub error: Option<String>,
     /// The repository's size from `borg info --json`; absent when it could not be read (the
@@ -143,6 +145,7 @@ fn client_status(
         .map(|(_, time)| Duration::from_secs(now.saturating_sub(*time)));
     let stale = age.is_none_or(|age| age > client.max_age);
     let (newest_archive, newest_time) = newest.map_or((None, None), |(name, time)| (Some(name), Some(time)));
+    let state = store.load(&client.name);
     ClientStatus {
         name: client.name.clone(),
         repo: client.repo.clone(),
@@ -151,7 +154,8 @@ fn client_status(
         age,
         max_age: client.max_age,
         stale,
-        last_run: store.load(&client.name).last_run,
+        last_run: state.last_run.clone(),
+        retention: state.retention_results(),
         error,
         repository_size: None,
     }

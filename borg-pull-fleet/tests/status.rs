@@ -15,7 +15,7 @@ use borg_pull_fleet::metrics::{
     render, write_textfile, write_textfile_after_run, write_textfile_with_status,
 };
 use borg_pull_fleet::retention::{after_create_with, CheckPolicy, Retention};
-use borg_pull_fleet::state::{ClientState, RunRecord, StateStore, StepRecord};
+use borg_pull_fleet::state::{ClientState, RunRecord, StateStore, StepRecord, StepResult};
 use borg_pull_fleet::status::{status, status_table};
 use common::*;
 use tokio_util::sync::CancellationToken;
@@ -603,13 +603,24 @@ fn state_store_round_trip_and_corrupt_files() {
     std::fs::write(&file, old).unwrap();
     let read = store.load("web1");
     assert_eq!(
-        read.last_run.unwrap().error,
+        read.last_run.clone().unwrap().error,
         Some((213, "cannot connect".to_owned()))
     );
     assert_eq!(
         (read.runs_since_check, read.last_check, read.last_prune),
         (2, Some((4, true)), None)
     );
+    // Its finished check is the check's last result (exit code unknown).
+    let results = read.retention_results();
+    assert_eq!(
+        results.check,
+        Some(StepResult {
+            at: 4,
+            succeeded: true,
+            rc: None
+        })
+    );
+    assert_eq!((results.prune, results.compact), (None, None));
 
     for corrupt in ["", "{", "[1,2]", "{\"runs_since_check\": -1}", "\u{0}\u{1}"] {
         std::fs::write(&file, corrupt).unwrap();
@@ -706,6 +717,17 @@ async fn retention_results_become_metrics() {
         );
         let at = step("borg_pull_retention_last_timestamp_seconds", name).unwrap();
         assert!(at >= before as f64 && at <= common::now() as f64, "{name}: {at}");
+    }
+    // status --json shows the same results.
+    let json = serde_json::to_value(&statuses[0]).unwrap();
+    for name in ["prune", "compact", "check"] {
+        let step = &json["retention"][name];
+        assert_eq!(
+            (&step["succeeded"], &step["rc"]),
+            (&true.into(), &0.into()),
+            "{json}"
+        );
+        assert!(step["at"].as_u64().unwrap() >= before, "{json}");
     }
     // keep_last = 1: one archive is left; its size is what borg info says after the compact.
     assert_eq!(statuses[0].newest_archive.as_deref(), Some("a3"));

@@ -151,6 +151,7 @@ mod tests {
             max_age: Duration::from_secs(3600),
             stale,
             last_run: None,
+            retention: Default::default(),
             error: error.then(|| "borg list exited with 2".to_owned()),
             repository_size: None,
         }
