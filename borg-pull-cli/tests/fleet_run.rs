@@ -304,6 +304,15 @@ fn run_pulls_eight_clients_three_at_a_time_and_reports_the_failures() {
     assert!(rows[0]["error"].is_null());
     assert!(rows[1]["bytes_sent"].as_u64().unwrap() > 0);
     assert_eq!(rows[2]["error"]["code"], 210);
+    // The one error shape of every JSON output (status --json too): {"code", "message"}.
+    let error = rows[2]["error"].as_object().unwrap();
+    assert_eq!(
+        error.keys().collect::<Vec<_>>(),
+        ["code", "message"],
+        "{}",
+        out.describe()
+    );
+    assert!(!error["message"].as_str().unwrap().is_empty());
     assert!(!out.stdout_text().contains(PASSPHRASE));
     assert!(!out.stderr_text().contains(PASSPHRASE));
     // Unknown names are usage errors.
@@ -512,6 +521,15 @@ fn run_prunes_on_the_server_and_status_sees_the_result() {
     let metrics = fs::read_to_string(&prom).unwrap();
     assert!(
         metrics.contains("borg_pull_last_success_timestamp_seconds{client=\"keeper\"}"),
+        "{metrics}"
+    );
+    // The run's retention steps and the repository's size (read after the run) are there too.
+    for step in ["prune", "compact", "check"] {
+        let sample = format!("borg_pull_retention_last_success{{client=\"keeper\",step=\"{step}\"}} 1\n");
+        assert!(metrics.contains(&sample), "no {sample:?} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("borg_pull_repository_unique_csize_bytes{client=\"keeper\"} "),
         "{metrics}"
     );
 

@@ -57,7 +57,7 @@ pub struct Fleet {
 pub struct ServerSettings {
     /// Where the last run's result per client is kept (`/var/lib/borg-pull`).
     pub state_dir: PathBuf,
-    /// The node_exporter textfile `run` and `status` write, if any.
+    /// The node_exporter textfile `run` (and `status --prometheus`) write, if any.
     pub prometheus: Option<PathBuf>,
     /// Clients pulled at once unless `--jobs` says otherwise (4).
     pub jobs: usize,

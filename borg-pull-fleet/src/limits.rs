@@ -32,6 +32,21 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// timeout, must answer rather than hang.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long `status`'s `borg info --json` (the repository's size) may run per client.
+///
+/// It reads borg's chunks cache on this server: about a second when the cache is current (a
+/// prune on this server, or the previous `status`, brought it up to date). When it is not, borg
+/// first fetches the metadata of every archive it has not seen (seconds per archive of a large
+/// client); what it fetched stays in the cache, so a run cut short here is continued by the next.
+/// Five minutes keeps `status` answering; the size is then absent for that client (logged).
+pub const INFO_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// The most stdout of `borg info --json` that is read.
+///
+/// The answer is under 2 KiB (paths of the cache and security directories, ids, six numbers).
+/// 1 MiB is far more; anything larger is not borg's answer.
+pub const MAX_INFO_JSON: usize = 1024 * 1024;
+
 /// `--lock-wait` of prune, compact and check (seconds).
 ///
 /// The create before them has released the lock; what may still hold it briefly is a `status`
@@ -75,6 +90,8 @@ pub struct BorgLimits {
     pub check: Duration,
     /// See [`LIST_TIMEOUT`].
     pub list: Duration,
+    /// See [`INFO_TIMEOUT`].
+    pub info: Duration,
     /// See [`KILL_GRACE`].
     pub kill_grace: Duration,
 }
@@ -86,6 +103,7 @@ impl Default for BorgLimits {
             compact: COMPACT_TIMEOUT,
             check: CHECK_TIMEOUT,
             list: LIST_TIMEOUT,
+            info: INFO_TIMEOUT,
             kill_grace: KILL_GRACE,
         }
     }

@@ -1,90 +1,199 @@
 //! The node_exporter textfile (`[server] prometheus`): per client, the last run's and the last
-//! success's figures, in the Prometheus text exposition format, replaced atomically (mode 0644)
-//! so node_exporter never reads half a file.
+//! success's figures, the retention steps' results and the repository's size, in the Prometheus
+//! text exposition format, replaced atomically (mode 0644) so node_exporter never reads half a
+//! file.
 //!
-//! Every metric is a gauge with a `client` label; a client without a recorded run has no sample
-//! for the run metrics (rather than a misleading 0).
+//! Every metric is a gauge with a `client` label (the retention metrics also a `step` label).
+//! Every configured client has `borg_pull_client_configured 1` and a
+//! `borg_pull_last_success_timestamp_seconds`, 0 when it never succeeded, so the alert
+//! `time() - borg_pull_last_success_timestamp_seconds > 36*3600` fires for a client that never
+//! backed up too, without `absent()`. The other metrics have no sample when there is nothing to
+//! tell (no run recorded, a step never ran, the repository could not be read), rather than a
+//! misleading 0.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::atomic_file::write_atomically;
 use crate::config::Fleet;
 use crate::state::{ClientState, StateStore};
-use crate::status::ClientStatus;
+use crate::status::{ClientStatus, RepoSize};
 
-/// A metric: name, help text, and its value for one client's state (`None`: no sample).
-type Metric = (&'static str, &'static str, fn(&Inputs) -> Option<String>);
+/// One sample of a metric for one client: the `step` label when it has one, and the value.
+type Sample = (Option<&'static str>, String);
+
+/// A metric: name, help text, and its samples for one client.
+type Metric = (&'static str, &'static str, fn(&Inputs) -> Vec<Sample>);
 
 /// What one client's samples are made of.
 struct Inputs<'a> {
     state: &'a ClientState,
-    /// The newest archive's time from `status` (borg list), when it was read.
-    newest_from_status: Option<u64>,
+    /// What `status` read from the repository, when it was read.
+    status: Option<&'a ClientStatus>,
+}
+
+impl Inputs<'_> {
+    /// The retention steps with a result: (step, when, succeeded, borg's exit code).
+    fn steps(&self) -> Vec<(&'static str, u64, bool, Option<i32>)> {
+        let results = self.state.retention_results();
+        results
+            .steps()
+            .map(|(step, r)| (step, r.at, r.succeeded, r.rc))
+            .collect()
+    }
+
+    fn size(&self, field: fn(&RepoSize) -> Option<u64>) -> Vec<Sample> {
+        let size = self.status.and_then(|s| s.repository_size.as_ref());
+        one(size.and_then(field).map(|v| v.to_string()))
+    }
+}
+
+/// At most one sample, without a step label.
+fn one(value: Option<String>) -> Vec<Sample> {
+    value.map(|v| (None, v)).into_iter().collect()
 }
 
 /// The metrics, in the order they are written.
 const METRICS: &[Metric] = &[
     (
+        "borg_pull_client_configured",
+        "1 for every client in the config, whatever its state.",
+        |_| one(Some("1".to_owned())),
+    ),
+    (
         "borg_pull_last_success_timestamp_seconds",
-        "When the last successful run of the client ended (Unix time).",
+        "When the last successful run of the client ended (Unix time); 0 when it never succeeded.",
         |i| {
-            let run = i.state.last_success.as_ref()?;
-            Some((run.started + run.duration_ms / 1000).to_string())
+            let end = i
+                .state
+                .last_success
+                .as_ref()
+                .map(|r| r.started + r.duration_ms / 1000);
+            one(Some(end.unwrap_or(0).to_string()))
         },
     ),
     (
         "borg_pull_last_run_timestamp_seconds",
         "When the last run of the client started, successful or not (Unix time).",
-        |i| Some(i.state.last_run.as_ref()?.started.to_string()),
+        |i| one(i.state.last_run.as_ref().map(|r| r.started.to_string())),
     ),
     (
         "borg_pull_last_run_duration_seconds",
         "Wall time of the last run of the client.",
-        |i| Some(seconds(i.state.last_run.as_ref()?.duration_ms)),
+        |i| one(i.state.last_run.as_ref().map(|r| seconds(r.duration_ms))),
     ),
     (
         "borg_pull_last_run_bytes_sent",
         "Bytes the client sent to borg serve in its last run.",
-        |i| Some(i.state.last_run.as_ref()?.bytes_sent.to_string()),
+        |i| one(i.state.last_run.as_ref().map(|r| r.bytes_sent.to_string())),
     ),
     (
         "borg_pull_last_run_borg_exit_code",
         "borg's exit code on the client in the last run (0 ok, 1 warning, 2 error, 128+N signal N); \
          absent when borg did not run to its end.",
-        |i| Some(i.state.last_run.as_ref()?.borg_rc?.to_string()),
+        |i| {
+            one(i
+                .state
+                .last_run
+                .as_ref()
+                .and_then(|r| r.borg_rc)
+                .map(|rc| rc.to_string()))
+        },
     ),
     (
         "borg_pull_last_run_error",
         "1 when the last run failed (a borg-pull error, or borg exited with 2 or more), else 0.",
         |i| {
-            let run = i.state.last_run.as_ref()?;
-            let failed = run.error.is_some() || run.borg_rc.is_some_and(|rc| rc >= 2);
-            Some(u8::from(failed).to_string())
+            one(i.state.last_run.as_ref().map(|run| {
+                let failed = run.error.is_some() || run.borg_rc.is_some_and(|rc| rc >= 2);
+                u8::from(failed).to_string()
+            }))
         },
     ),
     (
         "borg_pull_newest_archive_timestamp_seconds",
         "Time of the newest archive in the client's repository (Unix time): from borg list when \
-         written by status, else the start of the last successful run that created an archive.",
+         the repository was read, else the start of the last successful run that created an \
+         archive.",
         |i| {
             let from_state = || {
                 let run = i.state.last_success.as_ref()?;
                 run.archive.as_ref().map(|_| run.started)
             };
-            Some(i.newest_from_status.or_else(from_state)?.to_string())
+            let from_status = i.status.and_then(|s| s.newest_time);
+            one(from_status.or_else(from_state).map(|t| t.to_string()))
         },
+    ),
+    (
+        "borg_pull_retention_last_timestamp_seconds",
+        "When the client's last prune, compact or check (label step) on this server was recorded, \
+         as the run's retention ended (Unix time).",
+        |i| {
+            i.steps()
+                .into_iter()
+                .map(|(step, at, _, _)| (Some(step), at.to_string()))
+                .collect()
+        },
+    ),
+    (
+        "borg_pull_retention_last_success",
+        "1 when the client's last prune, compact or check (label step) succeeded (borg 0 or 1), 0 \
+         when it failed, timed out or could not be started.",
+        |i| {
+            let samples = i.steps().into_iter();
+            samples
+                .map(|(step, _, ok, _)| (Some(step), u8::from(ok).to_string()))
+                .collect()
+        },
+    ),
+    (
+        "borg_pull_retention_last_exit_code",
+        "borg's exit code of the client's last prune, compact or check (label step) on this \
+         server (128+N signal N, 143 when its time limit stopped it); absent when borg could not \
+         be started.",
+        |i| {
+            let samples = i.steps().into_iter();
+            samples
+                .filter_map(|(step, _, _, rc)| Some((Some(step), rc?.to_string())))
+                .collect()
+        },
+    ),
+    (
+        "borg_pull_repository_unique_csize_bytes",
+        "What the client's repository holds: deduplicated and compressed, archive metadata \
+         included (borg info's unique_csize); absent when it could not be read.",
+        |i| i.size(|s| s.unique_csize),
+    ),
+    (
+        "borg_pull_repository_unique_size_bytes",
+        "The client's repository deduplicated, before compression (borg info's unique_size).",
+        |i| i.size(|s| s.unique_size),
+    ),
+    (
+        "borg_pull_repository_total_csize_bytes",
+        "The files of every archive of the client's repository compressed, added up as if \
+         nothing were shared (borg info's total_csize).",
+        |i| i.size(|s| s.total_csize),
+    ),
+    (
+        "borg_pull_repository_total_size_bytes",
+        "The files of every archive of the client's repository at their original size, added \
+         up (borg info's total_size).",
+        |i| i.size(|s| s.total_size),
     ),
 ];
 
-/// Writes the textfile for every client of `fleet` from the records in `store`.
+/// Writes the textfile for every client of `fleet` from the records in `store` alone (no
+/// repository is read: no newest archive from borg list, no size).
 pub fn write_textfile(path: &Path, fleet: &Fleet, store: &StateStore) -> io::Result<()> {
     write_textfile_with_status(path, fleet, store, &[])
 }
 
-/// [`write_textfile`], with the newest archive times that `status` read from the repositories.
+/// [`write_textfile`], with what `status` read from the repositories (newest archive, size).
 pub fn write_textfile_with_status(
     path: &Path,
     fleet: &Fleet,
@@ -96,28 +205,46 @@ pub fn write_textfile_with_status(
         .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
 }
 
+/// The textfile at the end of `run`: every repository is read as `status` reads it (so `run`
+/// and `status --prometheus` write the same metrics), unless the run was interrupted: then at
+/// once from the records alone, as is a part not read by the time `cancel` fires.
+pub async fn write_textfile_after_run(
+    path: &Path,
+    fleet: &Fleet,
+    store: &StateStore,
+    cancel: &CancellationToken,
+) -> io::Result<()> {
+    let statuses = if cancel.is_cancelled() {
+        Vec::new()
+    } else {
+        tokio::select! {
+            statuses = crate::status::status(fleet, store) => statuses,
+            () = cancel.cancelled() => Vec::new(),
+        }
+    };
+    write_textfile_with_status(path, fleet, store, &statuses)
+}
+
 /// The textfile's contents (see [`write_textfile_with_status`]).
 pub fn render(fleet: &Fleet, store: &StateStore, statuses: &[ClientStatus]) -> String {
-    let newest: BTreeMap<&str, u64> = statuses
-        .iter()
-        .filter_map(|s| Some((s.name.as_str(), s.newest_time?)))
-        .collect();
+    let read: BTreeMap<&str, &ClientStatus> = statuses.iter().map(|s| (s.name.as_str(), s)).collect();
     let states: Vec<(&str, ClientState)> = fleet
         .clients
         .iter()
         .map(|c| (c.name.as_str(), store.load(&c.name)))
         .collect();
     let mut out = String::new();
-    for (name, help, value) in METRICS {
+    for (name, help, samples) in METRICS {
         let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(out, "# TYPE {name} gauge");
         for (client, state) in &states {
             let inputs = Inputs {
                 state,
-                newest_from_status: newest.get(client).copied(),
+                status: read.get(client).copied(),
             };
-            if let Some(v) = value(&inputs) {
-                let _ = writeln!(out, "{name}{{client=\"{}\"}} {v}", escape_label(client));
+            for (step, value) in samples(&inputs) {
+                let step = step.map(|s| format!(",step=\"{s}\"")).unwrap_or_default();
+                let _ = writeln!(out, "{name}{{client=\"{}\"{step}}} {value}", escape_label(client));
             }
         }
     }

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Client, Fleet};
-use crate::metrics::write_textfile;
+use crate::metrics::write_textfile_after_run;
 use crate::retention::after_create;
 use crate::state::StateStore;
 use crate::state::{ClientState, RunRecord};
@@ -218,11 +218,6 @@ impl ClientResult {
 impl serde::Serialize for ClientResult {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(serde::Serialize)]
-        struct Error<'a> {
-            code: u8,
-            message: &'a str,
-        }
-        #[derive(serde::Serialize)]
         struct Json<'a> {
             client: &'a str,
             archive: Option<&'a str>,
@@ -231,7 +226,7 @@ impl serde::Serialize for ClientResult {
             duration_secs: f64,
             bytes_sent: u64,
             borg_rc: Option<i32>,
-            error: Option<Error<'a>>,
+            error: Option<crate::state::ErrorJson<'a>>,
             retention_errors: &'a [String],
         }
         Json {
@@ -241,10 +236,7 @@ impl serde::Serialize for ClientResult {
             duration_secs: self.duration.as_secs_f64(),
             bytes_sent: self.bytes_sent,
             borg_rc: self.borg_rc,
-            error: self
-                .error
-                .as_ref()
-                .map(|(code, message)| Error { code: *code, message }),
+            error: self.error.as_ref().map(Into::into),
             retention_errors: &self.retention_errors,
         }
         .serialize(s)
@@ -368,7 +360,7 @@ pub async fn run(
         }
     }
     if let (Some(path), Some(store)) = (&fleet.server.prometheus, &store) {
-        if let Err(e) = write_textfile(path, fleet, store) {
+        if let Err(e) = write_textfile_after_run(path, fleet, store, &cancel).await {
             warn!(file = %path.display(), "cannot write the metrics file: {e}");
         }
     }
@@ -485,6 +477,7 @@ impl Job {
             };
             match retention {
                 Some(outcome) => {
+                    state.record_retention(&outcome, crate::retention::unix_now());
                     info!(client = %name, pruned = ?outcome.pruned, compacted = ?outcome.compacted, checked = ?outcome.checked, "retention done");
                     for e in &outcome.errors {
                         warn!(client = %name, "retention: {e}");

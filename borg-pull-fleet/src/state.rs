@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::atomic_file::write_atomically;
+use crate::retention::RetentionOutcome;
 
 /// The largest state file read: a record is a few hundred bytes (an error message is the longest
 /// part); anything much larger is not ours.
@@ -134,6 +135,150 @@ pub struct ClientState {
     pub runs_since_check: u32,
     /// When the last `borg check` finished (Unix seconds), and whether it passed.
     pub last_check: Option<(u64, bool)>,
+    /// The last `borg prune` after a create (absent in records written before it was kept).
+    #[serde(default)]
+    pub last_prune: Option<StepRecord>,
+    /// The last `borg compact`.
+    #[serde(default)]
+    pub last_compact: Option<StepRecord>,
+    /// The last `borg check` started, finished or not ([`Self::last_check`] keeps only those
+    /// that ran to their end, for the schedule).
+    #[serde(default)]
+    pub last_check_run: Option<StepRecord>,
+}
+
+impl ClientState {
+    /// Records what retention ran after a create, at `at` (Unix seconds): each step that ran, or
+    /// was due and could not be started, replaces that step's last record; a step that was not
+    /// due keeps its old one. `run` calls it with the outcome of [`crate::retention::after_create`].
+    pub fn record_retention(&mut self, outcome: &RetentionOutcome, at: u64) {
+        let steps = [
+            ("prune", outcome.pruned, &mut self.last_prune),
+            ("compact", outcome.compacted, &mut self.last_compact),
+            ("check", outcome.checked, &mut self.last_check_run),
+        ];
+        for (what, rc, last) in steps {
+            // A step that could not be started has no exit code; retention names it so.
+            let not_started = format!("borg {what} did not run");
+            if rc.is_some() || outcome.errors.iter().any(|e| e.starts_with(&not_started)) {
+                *last = Some(StepRecord { at, rc });
+            }
+        }
+    }
+}
+
+impl ClientState {
+    /// The last result of each retention step, as `status --json` and the metrics show them. A
+    /// record written before started checks were kept has the check from [`Self::last_check`]
+    /// (exit code unknown).
+    pub fn retention_results(&self) -> RetentionResults {
+        let result = |r: Option<StepRecord>| {
+            r.map(|r| StepResult {
+                at: r.at,
+                succeeded: r.succeeded(),
+                rc: r.rc,
+            })
+        };
+        let old_check = || {
+            self.last_check.map(|(at, passed)| StepResult {
+                at,
+                succeeded: passed,
+                rc: None,
+            })
+        };
+        RetentionResults {
+            prune: result(self.last_prune),
+            compact: result(self.last_compact),
+            check: result(self.last_check_run).or_else(old_check),
+        }
+    }
+}
+
+/// The last result of each retention step of a client; `None`: it never ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RetentionResults {
+    /// `borg prune`.
+    pub prune: Option<StepResult>,
+    /// `borg compact`.
+    pub compact: Option<StepResult>,
+    /// `borg check`.
+    pub check: Option<StepResult>,
+}
+
+impl RetentionResults {
+    /// The steps with a result, named as borg names them.
+    pub fn steps(&self) -> impl Iterator<Item = (&'static str, StepResult)> {
+        [
+            ("prune", self.prune),
+            ("compact", self.compact),
+            ("check", self.check),
+        ]
+        .into_iter()
+        .filter_map(|(step, result)| Some((step, result?)))
+    }
+}
+
+/// One retention step's last result, for people and monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StepResult {
+    /// When it was recorded (Unix seconds).
+    pub at: u64,
+    /// borg's 0 or 1.
+    pub succeeded: bool,
+    /// borg's exit code; `None` when borg could not be started, or unknown.
+    pub rc: Option<i32>,
+}
+
+/// One retention step's last result, as recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// When it was recorded: as the run's retention (all its steps) ended (Unix seconds).
+    pub at: u64,
+    /// borg's exit code (128 + N after signal N, e.g. 143 when its time limit stopped it);
+    /// `None`: borg could not be started (e.g. the passphrase file could not be read).
+    pub rc: Option<i32>,
+}
+
+impl StepRecord {
+    /// borg's own view: 0 success, 1 warning (the work was done).
+    pub fn succeeded(&self) -> bool {
+        matches!(self.rc, Some(0 | 1))
+    }
+}
+
+/// A borg-pull error as every JSON output shows it: `{"code": 213, "message": "…"}` (`run
+/// --json`, `status --json` and the state files share this one shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ErrorJson<'a> {
+    /// borg-pull's exit code (200 and up).
+    pub code: u8,
+    /// What failed and what to do, as the summary shows it.
+    pub message: &'a str,
+}
+
+impl<'a> From<&'a (u8, String)> for ErrorJson<'a> {
+    fn from((code, message): &'a (u8, String)) -> Self {
+        Self { code: *code, message }
+    }
+}
+
+/// Serialises an `Option<(code, message)>` as [`ErrorJson`] (or `null`).
+pub fn serialize_error<S: serde::Serializer>(error: &Option<(u8, String)>, s: S) -> Result<S::Ok, S::Error> {
+    error.as_ref().map(ErrorJson::from).serialize(s)
+}
+
+/// Reads an error as [`serialize_error`] writes it, or as `[213, "…"]`, the shape of the state
+/// files written before it (so an upgrade keeps the last results).
+fn deserialize_error<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<(u8, String)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Shape {
+        Object { code: u8, message: String },
+        Pair(u8, String),
+    }
+    Ok(Option::<Shape>::deserialize(d)?.map(|shape| match shape {
+        Shape::Object { code, message } | Shape::Pair(code, message) => (code, message),
+    }))
 }
 
 /// One run of one client.
@@ -149,6 +294,11 @@ pub struct RunRecord {
     pub bytes_sent: u64,
     /// borg's exit code on the client, if it ran to the end.
     pub borg_rc: Option<i32>,
-    /// borg-pull's own error (exit code and message), if any.
+    /// borg-pull's own error (exit code and message), if any; `{"code", "message"}` in JSON.
+    #[serde(
+        serialize_with = "serialize_error",
+        deserialize_with = "deserialize_error",
+        default
+    )]
     pub error: Option<(u8, String)>,
 }

@@ -1,5 +1,6 @@
-//! `status`: the newest archive per client and its age, read from the repositories on this server
-//! only (no client is contacted), with the last run's result from the [`StateStore`].
+//! `status`: the newest archive per client and its age (`borg list`) and the repository's size
+//! (`borg info`), read from the repositories on this server only (no client is contacted), with
+//! the last run's result from the [`StateStore`].
 //!
 //! A client is stale when its repository has no archive, cannot be read, or its newest archive is
 //! older than the client's `max_age`.
@@ -16,10 +17,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::{Client, Fleet, ServerSettings};
-use crate::limits::{BorgLimits, LIST_LOCK_WAIT_SECS, MAX_LIST_JSON};
+use crate::limits::{BorgLimits, LIST_LOCK_WAIT_SECS, MAX_INFO_JSON, MAX_LIST_JSON};
 use crate::retention::unix_now;
 use crate::server_borg::BorgRun;
-use crate::state::{RunRecord, StateStore};
+use crate::state::{RetentionResults, RunRecord, StateStore};
 
 /// One client's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,8 +43,27 @@ pub struct ClientStatus {
     pub stale: bool,
     /// The last run recorded by `run`.
     pub last_run: Option<RunRecord>,
+    /// The last prune, compact and check recorded by `run`.
+    pub retention: RetentionResults,
     /// Why the repository could not be read.
     pub error: Option<String>,
+    /// The repository's size from `borg info --json`; absent when it could not be read (the
+    /// reason is logged; a readable repository is not stale for it).
+    pub repository_size: Option<RepoSize>,
+}
+
+/// A repository's size as borg's `info --json` gives it (`cache.stats`, bytes). borg 1.x gives
+/// all four; a field borg does not give (borg 2 dropped the compressed sizes) stays absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RepoSize {
+    /// Deduplicated and compressed: what the repository holds on disk.
+    pub unique_csize: Option<u64>,
+    /// Deduplicated, before compression.
+    pub unique_size: Option<u64>,
+    /// Every archive's compressed size added up, as if nothing were shared.
+    pub total_csize: Option<u64>,
+    /// Every archive's original size added up.
+    pub total_size: Option<u64>,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -72,10 +92,24 @@ pub async fn status_with(fleet: &Fleet, store: &StateStore, limits: &BorgLimits)
         let (client, server, slots, limits) = (client.clone(), server.clone(), slots.clone(), *limits);
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            (index, newest_archive(&client, &server, &limits).await)
+            let newest = newest_archive(&client, &server, &limits).await;
+            // Only a repository borg could list is asked for its size: one error per client.
+            let size = match &newest {
+                Ok(_) => repository_size(&client, &server, &limits)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(
+                            client = %escape_for_log(client.name.as_bytes()),
+                            "the repository's size is not known: {e}"
+                        );
+                    })
+                    .ok(),
+                Err(_) => None,
+            };
+            (index, (newest, size))
         });
     }
-    let mut newest = vec![Err("not read".to_owned()); fleet.clients.len()];
+    let mut newest = vec![(Err("not read".to_owned()), None); fleet.clients.len()];
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((index, result)) => newest[index] = result,
@@ -88,7 +122,11 @@ pub async fn status_with(fleet: &Fleet, store: &StateStore, limits: &BorgLimits)
         .clients
         .iter()
         .zip(newest)
-        .map(|(client, newest)| client_status(client, newest, store, now))
+        .map(|(client, (newest, size))| {
+            let mut status = client_status(client, newest, store, now);
+            status.repository_size = size;
+            status
+        })
         .collect()
 }
 
@@ -107,6 +145,7 @@ fn client_status(
         .map(|(_, time)| Duration::from_secs(now.saturating_sub(*time)));
     let stale = age.is_none_or(|age| age > client.max_age);
     let (newest_archive, newest_time) = newest.map_or((None, None), |(name, time)| (Some(name), Some(time)));
+    let state = store.load(&client.name);
     ClientStatus {
         name: client.name.clone(),
         repo: client.repo.clone(),
@@ -115,9 +154,70 @@ fn client_status(
         age,
         max_age: client.max_age,
         stale,
-        last_run: store.load(&client.name).last_run,
+        last_run: state.last_run.clone(),
+        retention: state.retention_results(),
         error,
+        repository_size: None,
     }
+}
+
+/// The size of `client`'s repository: `borg info --json REPO` (borg 1.x; the repository, not an
+/// archive, so borg adds up nothing per archive).
+async fn repository_size(
+    client: &Client,
+    server: &ServerSettings,
+    limits: &BorgLimits,
+) -> Result<RepoSize, String> {
+    let mut args: Vec<OsString> = ["info", "--json", "--lock-wait"]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    args.push(LIST_LOCK_WAIT_SECS.to_string().into());
+    args.push(client.repo.clone().into());
+    let run = BorgRun {
+        client,
+        borg: &server.borg,
+        args,
+        timeout: limits.info,
+        kill_grace: limits.kill_grace,
+        capture_stdout: Some(MAX_INFO_JSON),
+        env: &[],
+        quiet: true,
+    };
+    let finished = run.run().await.map_err(|e| e.to_string())?;
+    if finished.timed_out {
+        return Err(format!(
+            "borg info ran longer than {}s and was stopped",
+            limits.info.as_secs()
+        ));
+    }
+    if finished.rc != 0 {
+        let said = finished.last_error.map(|e| format!(": {e}")).unwrap_or_default();
+        return Err(format!("borg info exited with {}{said}", finished.rc));
+    }
+    if finished.stdout_cut {
+        return Err(format!("borg info printed more than {MAX_INFO_JSON} bytes"));
+    }
+    parse_info_json(&finished.stdout)
+}
+
+/// The sizes in `borg info --json` output (`cache.stats`); an error when it has none of them.
+fn parse_info_json(json: &[u8]) -> Result<RepoSize, String> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        cache: Cache,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cache {
+        stats: RepoSize,
+    }
+    let info: Info =
+        serde_json::from_slice(json).map_err(|e| format!("cannot parse borg info --json: {e}"))?;
+    let size = info.cache.stats;
+    if size == RepoSize::default() {
+        return Err("borg info --json gave no size".to_owned());
+    }
+    Ok(size)
 }
 
 /// The newest archive of `client`'s repository and its time: `borg list --json --last 1`.
@@ -420,6 +520,34 @@ mod tests {
         assert_eq!(parse_list_json(br#"{"archives": []}"#), Ok(None));
         assert!(parse_list_json(b"not json").is_err());
         assert!(parse_list_json(br#"{"archives": [{"name": "d"}]}"#).is_err());
+    }
+
+    #[test]
+    fn info_json_of_borg_1_2_and_partial() {
+        let v12 = br#"{"cache": {"path": "/c", "stats": {"total_chunks": 3, "total_csize": 6,
+            "total_size": 3, "total_unique_chunks": 3, "unique_csize": 609, "unique_size": 690}},
+            "encryption": {"mode": "none"}, "repository": {"id": "e8", "location": "/r"}}"#;
+        assert_eq!(
+            parse_info_json(v12),
+            Ok(RepoSize {
+                unique_csize: Some(609),
+                unique_size: Some(690),
+                total_csize: Some(6),
+                total_size: Some(3),
+            })
+        );
+        let no_csize = br#"{"cache": {"stats": {"total_size": 10, "unique_size": 7}}}"#;
+        assert_eq!(
+            parse_info_json(no_csize),
+            Ok(RepoSize {
+                unique_size: Some(7),
+                total_size: Some(10),
+                ..RepoSize::default()
+            })
+        );
+        assert!(parse_info_json(br#"{"cache": {"stats": {}}}"#).is_err());
+        assert!(parse_info_json(br#"{"repository": {}}"#).is_err());
+        assert!(parse_info_json(br#"{"cache": {"stats": {"unique_csize": -1}}}"#).is_err());
     }
 
     #[test]

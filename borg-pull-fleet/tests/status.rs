@@ -1,5 +1,6 @@
-//! `status` against real repositories (fresh, stale, empty, missing, encrypted), the Prometheus
-//! textfile checked by a strict parser (and promtool when installed), and the state store.
+//! `status` against real repositories (fresh, stale, empty, missing, encrypted) and their sizes
+//! (`borg info`), the Prometheus textfile checked by a strict parser and by Debian's promtool,
+//! retention results from real prunes, compacts and checks, and the state store.
 
 mod common;
 
@@ -9,10 +10,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use borg_pull_fleet::config::{Fleet, PassphraseSource};
-use borg_pull_fleet::metrics::{render, write_textfile, write_textfile_with_status};
-use borg_pull_fleet::state::{ClientState, RunRecord, StateStore};
+use borg_pull_fleet::limits::BorgLimits;
+use borg_pull_fleet::metrics::{
+    render, write_textfile, write_textfile_after_run, write_textfile_with_status,
+};
+use borg_pull_fleet::retention::{after_create_with, CheckPolicy, Retention};
+use borg_pull_fleet::state::{ClientState, RunRecord, StateStore, StepRecord, StepResult};
 use borg_pull_fleet::status::{status, status_table};
 use common::*;
+use tokio_util::sync::CancellationToken;
 
 fn fleet(
     server: borg_pull_fleet::config::ServerSettings,
@@ -146,6 +152,29 @@ async fn fresh_stale_empty_missing_and_encrypted_clients() {
         (Some("e1"), Some(now - 7200), false, &None)
     );
 
+    // borg info's sizes for every readable repository; none for the missing one.
+    for name in ["fresh", "stale", "empty", "enc"] {
+        let size = by_name[name]
+            .repository_size
+            .unwrap_or_else(|| panic!("no size for {name}"));
+        // The empty repository has no archive: borg counts nothing in it.
+        let sizes = [
+            size.unique_csize,
+            size.unique_size,
+            size.total_csize,
+            size.total_size,
+        ];
+        for figure in sizes {
+            assert_eq!(figure.unwrap() == 0, name == "empty", "{name}: {size:?}");
+        }
+    }
+    assert_eq!(m.repository_size, None);
+    // Each archive holds one file whose content is its repository's path (add_archives): the
+    // total is that file's size once per archive, however much of it is shared.
+    let path_len = |repo: &Path| repo.to_str().unwrap().len() as u64;
+    assert_eq!(s.repository_size.unwrap().total_size, Some(path_len(&stale)));
+    assert_eq!(f.repository_size.unwrap().total_size, Some(2 * path_len(&fresh)));
+
     let table = status_table(&statuses);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 6, "{table}");
@@ -176,6 +205,14 @@ async fn fresh_stale_empty_missing_and_encrypted_clients() {
     assert_eq!(json[2]["age_seconds"], serde_json::Value::Null);
     assert_eq!(json[3]["stale"], true);
     assert!(!json.to_string().contains(passphrase));
+    // Errors have one shape in every JSON output: {"code", "message"}.
+    assert_eq!(
+        json[1]["last_run"]["error"],
+        serde_json::json!({"code": 213, "message": "cannot connect to stale.invalid"})
+    );
+    assert_eq!(json[0]["last_run"]["error"], serde_json::Value::Null);
+    assert!(json[0]["repository_size"]["unique_csize"].as_u64().unwrap() > 0);
+    assert_eq!(json[3]["repository_size"], serde_json::Value::Null);
 
     // The textfile, with the newest archive times status read.
     let prom_dir = dir.path().join("textfile");
@@ -212,7 +249,28 @@ async fn fresh_stale_empty_missing_and_encrypted_clients() {
         value("borg_pull_last_success_timestamp_seconds", "fresh"),
         Some((fresh_time + 12) as f64)
     );
-    assert_eq!(value("borg_pull_last_success_timestamp_seconds", "stale"), None);
+    // Every configured client: a client that never succeeded shows 0, so the 36-hour alert fires.
+    for name in ["fresh", "stale", "empty", "missing", "enc"] {
+        assert_eq!(value("borg_pull_client_configured", name), Some(1.0), "{name}");
+    }
+    assert_eq!(
+        value("borg_pull_last_success_timestamp_seconds", "stale"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value("borg_pull_last_success_timestamp_seconds", "missing"),
+        Some(0.0)
+    );
+    let f_size = f.repository_size.unwrap();
+    assert_eq!(
+        value("borg_pull_repository_unique_csize_bytes", "fresh"),
+        Some(f_size.unique_csize.unwrap() as f64)
+    );
+    assert_eq!(
+        value("borg_pull_repository_total_size_bytes", "enc"),
+        Some(x.repository_size.unwrap().total_size.unwrap() as f64)
+    );
+    assert_eq!(value("borg_pull_repository_unique_csize_bytes", "missing"), None);
     assert_eq!(
         value("borg_pull_last_run_timestamp_seconds", "stale"),
         Some((now - 600) as f64)
@@ -231,19 +289,34 @@ fn assert_atomic_result(dir: &Path, file: &Path) {
     assert_eq!(names, [file.file_name().unwrap()]);
 }
 
-/// `promtool check metrics`, when promtool is installed (it is not required).
+/// `promtool check metrics` (Debian's, put in place by scripts/install-deps; BORG_PULL_PROMTOOL
+/// names another): Prometheus's own reading of the file beside the strict parser below. Missing,
+/// it fails the test under BORG_PULL_REQUIRE_DEPS=1 (scripts/test) and is skipped, said, without.
 fn promtool_check(file: &Path) {
-    let Ok(out) = std::process::Command::new("promtool")
+    let promtool =
+        std::env::var_os("BORG_PULL_PROMTOOL").unwrap_or_else(|| "/opt/borg-pull/bin/promtool".into());
+    let out = match std::process::Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(file).unwrap())
         .output()
-    else {
-        eprintln!("promtool not installed: only the strict parser checked the textfile");
-        return;
+    {
+        Ok(out) => out,
+        Err(e) if std::env::var_os("BORG_PULL_REQUIRE_DEPS").is_some_and(|v| v == "1") => {
+            panic!(
+                "{}: {e} (scripts/install-deps installs it)",
+                Path::new(&promtool).display()
+            )
+        }
+        Err(e) => {
+            eprintln!("promtool not run ({e}): only the strict parser checked the textfile");
+            return;
+        }
     };
+    // promtool also lints (HELP text style, metric naming): any finding is a failure too.
     assert!(
-        out.status.success(),
-        "promtool: {}{}",
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool ({}): {}{}",
+        out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -445,7 +518,15 @@ fn textfile_escapes_hostile_names_and_is_written_atomically() {
             .find(|s| s.0 == "borg_pull_newest_archive_timestamp_seconds" && s.1[0].1 == *name);
         assert_eq!(newest.map(|s| s.2), Some(1_000.0), "from the last success");
     }
-    assert!(samples.iter().all(|s| s.1[0].1 != "never-ran"));
+    // A client that never ran: configured, never succeeded (0), and nothing else.
+    let never: Vec<_> = samples.iter().filter(|s| s.1[0].1 == "never-ran").collect();
+    assert_eq!(
+        never.iter().map(|s| (s.0.as_str(), s.2)).collect::<Vec<_>>(),
+        [
+            ("borg_pull_client_configured", 1.0),
+            ("borg_pull_last_success_timestamp_seconds", 0.0)
+        ]
+    );
 
     // Written atomically over an older file: mode 0644 although the old one was 0600.
     let prom_dir = dir.path().join("textfile");
@@ -483,6 +564,18 @@ fn state_store_round_trip_and_corrupt_files() {
         last_success: Some(record(1_690_000_000, Some(0), None)),
         runs_since_check: 4,
         last_check: Some((1_680_000_000, false)),
+        last_prune: Some(StepRecord {
+            at: 1_700_000_100,
+            rc: Some(0),
+        }),
+        last_compact: Some(StepRecord {
+            at: 1_700_000_200,
+            rc: None,
+        }),
+        last_check_run: Some(StepRecord {
+            at: 1_700_000_300,
+            rc: Some(143),
+        }),
     };
     store.save("web1", &state).unwrap();
     store.save("web1", &state).unwrap();
@@ -496,6 +589,38 @@ fn state_store_round_trip_and_corrupt_files() {
     assert_eq!(names, ["web1.json"]);
     // Reopening an existing directory works and sees the same records.
     assert_eq!(StateStore::open(&state_dir).unwrap().load("web1"), state);
+
+    // The file's error has the shape of every JSON output.
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(json["last_run"]["error"]["code"], 213, "{json}");
+    assert_eq!(json["last_success"]["error"], serde_json::Value::Null, "{json}");
+
+    // A record written before this version ([code, message] errors, no retention steps) reads
+    // as it was meant.
+    let old = r#"{"last_run": {"started": 5, "duration_ms": 7, "archive": null, "bytes_sent": 9,
+        "borg_rc": null, "error": [213, "cannot connect"]}, "last_success": null,
+        "runs_since_check": 2, "last_check": [4, true]}"#;
+    std::fs::write(&file, old).unwrap();
+    let read = store.load("web1");
+    assert_eq!(
+        read.last_run.clone().unwrap().error,
+        Some((213, "cannot connect".to_owned()))
+    );
+    assert_eq!(
+        (read.runs_since_check, read.last_check, read.last_prune),
+        (2, Some((4, true)), None)
+    );
+    // Its finished check is the check's last result (exit code unknown).
+    let results = read.retention_results();
+    assert_eq!(
+        results.check,
+        Some(StepResult {
+            at: 4,
+            succeeded: true,
+            rc: None
+        })
+    );
+    assert_eq!((results.prune, results.compact), (None, None));
 
     for corrupt in ["", "{", "[1,2]", "{\"runs_since_check\": -1}", "\u{0}\u{1}"] {
         std::fs::write(&file, corrupt).unwrap();
@@ -511,4 +636,274 @@ fn state_store_round_trip_and_corrupt_files() {
         assert_eq!(store.load(bad), ClientState::default());
     }
     assert!(!dir.path().join("var/lib/escape.json").exists());
+}
+
+/// Retention's results in the textfile, from real prunes, compacts and checks run by
+/// `after_create` and recorded with `ClientState::record_retention` as `run` records them: a good
+/// prune, compact and check; then a prune that cannot start (its passphrase file is gone), which
+/// replaces the prune's record with a failure without an exit code and leaves the others.
+#[tokio::test]
+async fn retention_results_become_metrics() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let now = now();
+    let passphrase = "retention metrics";
+    let repo = dir.path().join("kept");
+    borg(
+        &["init", "-e", "repokey", repo.to_str().unwrap()],
+        &[("BORG_PASSPHRASE", passphrase)],
+    );
+    add_archives(
+        &repo,
+        &[
+            ("a1", now - 3 * 86_400),
+            ("a2", now - 2 * 86_400),
+            ("a3", now - 3600),
+        ],
+        &[("BORG_PASSPHRASE", passphrase)],
+    );
+    let pass_file = dir.path().join("pass");
+    secret_file(&pass_file, passphrase);
+    let mut kept = client("kept", &repo);
+    kept.passphrase = PassphraseSource::File(pass_file.clone());
+    kept.prune = Retention {
+        keep_last: Some(1),
+        ..Retention::default()
+    };
+    kept.compact = true;
+    kept.check = CheckPolicy {
+        every_runs: Some(1),
+        every_days: None,
+    };
+    let state_dir = dir.path().join("state");
+    let store = StateStore::open(&state_dir).unwrap();
+    let fleet = fleet(server(Path::new(BORG), &state_dir), vec![kept.clone()]);
+    let limits = BorgLimits::default();
+
+    let mut state = ClientState::default();
+    let before = now;
+    let outcome = after_create_with(&kept, &fleet.server, &mut state, &limits).await;
+    assert!(outcome.ok(), "{outcome:?}");
+    assert_eq!(
+        (outcome.pruned, outcome.compacted, outcome.checked),
+        (Some(0), Some(0), Some(0))
+    );
+    state.record_retention(&outcome, common::now());
+    store.save("kept", &state).unwrap();
+
+    let statuses = status(&fleet, &store).await;
+    let text = render(&fleet, &store, &statuses);
+    let samples = parse_exposition(&text);
+    let step = |metric: &str, step: &str| {
+        let labels = [
+            ("client".to_owned(), "kept".to_owned()),
+            ("step".to_owned(), step.to_owned()),
+        ];
+        samples
+            .iter()
+            .find(|s| s.0 == metric && s.1 == labels)
+            .map(|s| s.2)
+    };
+    for name in ["prune", "compact", "check"] {
+        assert_eq!(
+            step("borg_pull_retention_last_success", name),
+            Some(1.0),
+            "{name}\n{text}"
+        );
+        assert_eq!(
+            step("borg_pull_retention_last_exit_code", name),
+            Some(0.0),
+            "{name}\n{text}"
+        );
+        let at = step("borg_pull_retention_last_timestamp_seconds", name).unwrap();
+        assert!(at >= before as f64 && at <= common::now() as f64, "{name}: {at}");
+    }
+    // status --json shows the same results.
+    let json = serde_json::to_value(&statuses[0]).unwrap();
+    for name in ["prune", "compact", "check"] {
+        let step = &json["retention"][name];
+        assert_eq!(
+            (&step["succeeded"], &step["rc"]),
+            (&true.into(), &0.into()),
+            "{json}"
+        );
+        assert!(step["at"].as_u64().unwrap() >= before, "{json}");
+    }
+    // keep_last = 1: one archive is left; its size is what borg info says after the compact.
+    assert_eq!(statuses[0].newest_archive.as_deref(), Some("a3"));
+    let size = statuses[0].repository_size.unwrap();
+    let listed = borg(
+        &["info", "--json", repo.to_str().unwrap()],
+        &[("BORG_PASSPHRASE", passphrase)],
+    );
+    let info: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(size.unique_csize, info["cache"]["stats"]["unique_csize"].as_u64());
+    let path_len = repo.to_str().unwrap().len() as u64;
+    assert_eq!(
+        size.total_size,
+        Some(path_len),
+        "one archive of the one file left"
+    );
+    let samples_size = samples
+        .iter()
+        .find(|s| s.0 == "borg_pull_repository_unique_csize_bytes")
+        .map(|s| s.2);
+    assert_eq!(samples_size, size.unique_csize.map(|v| v as f64));
+
+    // The passphrase file is gone: prune cannot start, so compact does not run (nothing was
+    // pruned) and the check is not due again (every run: it is, and cannot start either).
+    std::fs::remove_file(&pass_file).unwrap();
+    let outcome = after_create_with(&kept, &fleet.server, &mut state, &limits).await;
+    assert_eq!(
+        (outcome.pruned, outcome.compacted, outcome.checked),
+        (None, None, None),
+        "{outcome:?}"
+    );
+    let compact_before = state.last_compact;
+    state.record_retention(&outcome, common::now());
+    assert_eq!(state.last_prune.unwrap().rc, None);
+    assert_eq!(state.last_check_run.unwrap().rc, None);
+    assert_eq!(
+        state.last_compact, compact_before,
+        "compact did not run: its record stays"
+    );
+    store.save("kept", &state).unwrap();
+    let text = render(&fleet, &store, &[]);
+    let samples = parse_exposition(&text);
+    let step = |metric: &str, step: &str| {
+        samples
+            .iter()
+            .find(|s| s.0 == metric && s.1[1].1 == step)
+            .map(|s| s.2)
+    };
+    assert_eq!(
+        step("borg_pull_retention_last_success", "prune"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        step("borg_pull_retention_last_exit_code", "prune"),
+        None,
+        "{text}"
+    );
+    assert_eq!(
+        step("borg_pull_retention_last_success", "check"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        step("borg_pull_retention_last_success", "compact"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        step("borg_pull_retention_last_exit_code", "compact"),
+        Some(0.0),
+        "{text}"
+    );
+    let file = dir.path().join("r.prom");
+    std::fs::write(&file, &text).unwrap();
+    promtool_check(&file);
+}
+
+/// The textfile at the end of `run`: the repositories are read as `status` reads them (newest
+/// archive from borg list, size from borg info); when the run was interrupted, it is written at
+/// once from the records alone, and a borg still reading a repository is stopped with its group.
+#[tokio::test]
+async fn the_runs_textfile_reads_the_repositories_unless_interrupted() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let now = now();
+    let repo = repo_with(dir.path(), "repo", &[("listed", now - 7200)]);
+    let state_dir = dir.path().join("state");
+    let store = StateStore::open(&state_dir).unwrap();
+    // The record's start differs from the archive's time: which of them is shown tells the source.
+    let recorded = now - 600;
+    let state = ClientState {
+        last_run: Some(record(recorded, Some(0), None)),
+        last_success: Some(record(recorded, Some(0), None)),
+        ..ClientState::default()
+    };
+    store.save("c", &state).unwrap();
+    let fleet_of = |borg: &Path| fleet(server(borg, &state_dir), vec![client("c", &repo)]);
+    let prom = dir.path().join("c.prom");
+    let read = |prom: &Path| {
+        let text = std::fs::read_to_string(prom).unwrap();
+        let samples = parse_exposition(&text);
+        let value = |metric: &str| samples.iter().find(|s| s.0 == metric).map(|s| s.2);
+        (
+            value("borg_pull_newest_archive_timestamp_seconds"),
+            value("borg_pull_repository_unique_csize_bytes"),
+            value("borg_pull_last_success_timestamp_seconds"),
+        )
+    };
+
+    let running = CancellationToken::new();
+    write_textfile_after_run(&prom, &fleet_of(Path::new(BORG)), &store, &running)
+        .await
+        .unwrap();
+    let (newest, size, success) = read(&prom);
+    assert_eq!(newest, Some((now - 7200) as f64), "from borg list");
+    assert!(size.is_some_and(|s| s > 0.0), "{size:?}");
+    assert_eq!(success, Some((recorded + 12) as f64));
+    promtool_check(&prom);
+
+    let interrupted = CancellationToken::new();
+    interrupted.cancel();
+    write_textfile_after_run(&prom, &fleet_of(Path::new(BORG)), &store, &interrupted)
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&prom),
+        (Some(recorded as f64), None, Some((recorded + 12) as f64)),
+        "from the records alone"
+    );
+
+    // Interrupted while borg list hangs (a stand-in that writes its pid and its child's).
+    std::fs::remove_file(&prom).unwrap();
+    let pids = dir.path().join("pids");
+    let hanging = stand_in(
+        dir.path(),
+        "hanging-borg",
+        &format!(
+            "echo $$ > '{0}.new'\nsleep 1000 &\necho $! >> '{0}.new'\nmv '{0}.new' '{0}'\nwait",
+            pids.display()
+        ),
+    );
+    let fleet = fleet_of(&hanging);
+    let token = CancellationToken::new();
+    let writer = write_textfile_after_run(&prom, &fleet, &store, &token);
+    let interrupt = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !pids.exists() {
+            assert!(std::time::Instant::now() < deadline, "the stand-in never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        token.cancel();
+    };
+    let (written, ()) = tokio::join!(writer, interrupt);
+    written.unwrap();
+    assert_eq!(read(&prom).1, None, "no size: borg was stopped");
+    for pid in std::fs::read_to_string(&pids).unwrap().split_whitespace() {
+        let proc_dir = Path::new("/proc").join(pid);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // A zombie is gone for our purpose: it holds nothing and runs nothing.
+        let alive = || {
+            std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        while alive() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} still running"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

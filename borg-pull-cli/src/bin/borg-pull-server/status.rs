@@ -49,10 +49,11 @@ pub struct StatusArgs {
     #[arg(long)]
     json: bool,
 
-    /// Also write the node_exporter textfile FILE (atomically, mode 0644); default: the config's
-    /// [server] prometheus, if set.
+    /// Also write the node_exporter textfile (atomically, mode 0644): FILE, or without one the
+    /// config's [server] prometheus. Without this option no textfile is written (`run` writes
+    /// it every night).
     #[arg(long, value_name = "FILE")]
-    prometheus: Option<PathBuf>,
+    prometheus: Option<Option<PathBuf>>,
 }
 
 /// Runs `status`; prints errors and maps the result to the exit code table.
@@ -79,6 +80,18 @@ fn exit_code(statuses: &[ClientStatus]) -> Option<Code> {
 
 fn report(args: &StatusArgs) -> Result<Vec<ClientStatus>, (Code, anyhow::Error)> {
     let fleet = load_config(&args.config).map_err(|e| (exit::USAGE, e))?;
+    let textfile = match &args.prometheus {
+        None => None,
+        Some(Some(path)) => Some(path.clone()),
+        Some(None) => Some(fleet.server.prometheus.clone().ok_or_else(|| {
+            let error = anyhow::anyhow!(
+                "--prometheus without a FILE writes the config's textfile, but {} sets no \
+                 [server] prometheus: give --prometheus=FILE or set it in the config",
+                args.config.display()
+            );
+            (exit::USAGE, error)
+        })?),
+    };
     let store = StateStore::open(&fleet.server.state_dir).map_err(|e| (exit::OS_ERROR, e.into()))?;
     let statuses = runtime::block_on(status(&fleet, &store)).map_err(|e| (exit::OS_ERROR, e.into()))?;
     let text = if args.json {
@@ -94,7 +107,7 @@ fn report(args: &StatusArgs) -> Result<Vec<ClientStatus>, (Code, anyhow::Error)>
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err((exit::OS_ERROR, e.into())),
         _ => {}
     }
-    if let Some(path) = args.prometheus.as_ref().or(fleet.server.prometheus.as_ref()) {
+    if let Some(path) = &textfile {
         write_textfile_with_status(path, &fleet, &store, &statuses)
             .map_err(|e| (exit::OS_ERROR, e.into()))?;
     }
@@ -108,7 +121,7 @@ fn load_config(path: &Path) -> anyhow::Result<Fleet> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory as _;
+    use clap::{CommandFactory as _, Parser as _};
     use std::time::Duration;
 
     #[test]
@@ -138,8 +151,38 @@ mod tests {
             max_age: Duration::from_secs(3600),
             stale,
             last_run: None,
+            retention: Default::default(),
             error: error.then(|| "borg list exited with 2".to_owned()),
+            repository_size: None,
         }
+    }
+
+    /// `--prometheus` with and without a FILE, wherever it stands.
+    #[test]
+    fn prometheus_takes_an_optional_file() {
+        let parse = |args: &[&str]| {
+            let cli = crate::Cli::try_parse_from(
+                ["borg-pull-server", "status", "--config", "f.toml"]
+                    .iter()
+                    .chain(args),
+            )
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            match cli.command {
+                crate::Command::Status(status) => (status.prometheus, status.json),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(parse(&[]), (None, false));
+        assert_eq!(parse(&["--prometheus"]), (Some(None), false));
+        assert_eq!(parse(&["--prometheus", "--json"]), (Some(None), true));
+        assert_eq!(
+            parse(&["--prometheus=/t.prom"]),
+            (Some(Some("/t.prom".into())), false)
+        );
+        assert_eq!(
+            parse(&["--prometheus", "/t.prom", "--json"]),
+            (Some(Some("/t.prom".into())), true)
+        );
     }
 
     #[test]
