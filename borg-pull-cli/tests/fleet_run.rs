@@ -897,3 +897,47 @@ fn run_on_a_terminal_draws_a_live_line_per_client() {
     assert_no_debug_text(&screen, "the terminal");
     f.assert_nothing_left();
 }
+
+/// When the repository cannot be listed (here the server's borg refuses `list`), whether the job
+/// made an archive is unknown: retention is skipped, never run blind, and that is an error of the
+/// run (201) naming borg's complaint, while the backup itself is there.
+#[test]
+fn retention_is_skipped_as_an_error_when_the_repository_cannot_be_listed() {
+    let f = Fleet::new();
+    f.init("blind", false);
+    local_archive(&f, &f.repo("blind"), "before");
+    let wrapper = f.dir().join("server-borg");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \"$1\" in list) echo 'list refused by the test' >&2; exit 2;; esac\nexec borg \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let client = f.client("blind", None, "prune = { keep_last = 1 }");
+    let config = f.config(&["create", "::blind-{now}", "DATA"], &client);
+    let text = fs::read_to_string(&config).unwrap().replacen(
+        "jobs = 2\n",
+        &format!("jobs = 2\nborg = {}\n", toml_str(&wrapper)),
+        1,
+    );
+    fs::write(&config, text).unwrap();
+    let out = f.server(&["run", "--config"]).arg(&config).output();
+    out.assert_code(201);
+    let summary = out.stdout_text();
+    let cells = row(&summary, "blind");
+    assert_eq!(cells[5], "0", "{summary}");
+    assert_eq!(cells[6], "skipped: cannot list the repository", "{summary}");
+    assert!(
+        cells[7].starts_with("201: retention: cannot tell whether the job created an archive: borg list exited with 2: list refused by the test"),
+        "{summary}"
+    );
+    let log = out.stderr_text();
+    assert!(
+        log_line(&log, "blind", "retention: skipped, cannot tell").contains("list refused by the test"),
+        "{log}"
+    );
+    // Nothing was pruned: the old archive and the new one.
+    let names = archives(&f, &f.repo("blind"));
+    assert_eq!(names.len(), 2, "{names:?}");
+    f.assert_nothing_left();
+}
