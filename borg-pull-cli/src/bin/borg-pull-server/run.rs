@@ -1,11 +1,10 @@
 //! `borg-pull-server run`: every client of a fleet config, N at a time, then a summary.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use borg_pull_cli::{exit, hint, signals};
-use std::io::IsTerminal as _;
-
 use borg_pull_fleet::progress::{Display, LiveDisplay};
 use borg_pull_fleet::run::{self, OutputSink};
 use borg_pull_tunnel::pull::PullEnv;
