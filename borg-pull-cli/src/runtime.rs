@@ -24,6 +24,15 @@ pub fn default_level(quiet: &'static str, verbose: u8) -> &'static str {
 /// Installs the stderr subscriber with [`LOG_VAR`] or else `default` as filter. An unusable
 /// [`LOG_VAR`] is reported (on stderr) and replaced by `default` rather than silently ignored.
 pub fn init_logging(default: &str) {
+    init_logging_to(default, io::stderr);
+}
+
+/// [`init_logging`] writing each event to what `writer` makes (`borg-pull-server`: above `run`'s
+/// live display while it is drawn); whether to colour still follows stderr.
+pub fn init_logging_to<W>(default: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let (filter, bad) = match std::env::var(LOG_VAR) {
         Ok(spec) => match EnvFilter::try_new(&spec) {
             Ok(filter) => (filter, None),
@@ -32,7 +41,7 @@ pub fn init_logging(default: &str) {
         Err(_) => (EnvFilter::new(default), None),
     };
     tracing_subscriber::fmt()
-        .with_writer(io::stderr)
+        .with_writer(writer)
         .with_ansi(io::stderr().is_terminal())
         .with_env_filter(filter)
         .init();

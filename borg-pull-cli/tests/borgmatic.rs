@@ -216,3 +216,152 @@ fn borgmatic_with_the_relay_as_ssh_command_reaches_listen() {
     server.signal("TERM");
     assert_eq!(server.wait_exit().code(), Some(0), "{}", server.report());
 }
+
+/// A TOML basic string (JSON's escaping is valid TOML).
+fn toml_str(s: impl AsRef<std::ffi::OsStr>) -> String {
+    serde_json::to_string(&s.as_ref().to_string_lossy()).unwrap()
+}
+
+/// The archive names in `repo`, listed locally on the server.
+fn archive_names(repo: &Path, base: &Path) -> Vec<String> {
+    let out = TestCommand::new("borg")
+        .args(["list", "--short"])
+        .arg(repo)
+        .env("BORG_BASE_DIR", base)
+        .env("BORG_PASSPHRASE", PASSPHRASE)
+        .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
+        .output();
+    assert_ok(&out, "borg list");
+    out.stdout_text().lines().map(str::to_owned).collect()
+}
+
+/// A borgmatic client in a fleet: `run` cannot tell from `-c FILE create` what borgmatic does, so
+/// it looks at the repository: after each borgmatic create an archive appeared and `keep_last =
+/// 1` prunes on the server (two runs leave one archive); a borgmatic `list` made none, and
+/// retention is skipped and said so.
+#[test]
+fn fleet_prunes_after_a_borgmatic_create_and_says_why_not_after_a_list() {
+    let Some(borgmatic) = borgmatic() else {
+        return;
+    };
+    let sshd = Sshd::start();
+    let d = sshd.dir.path().to_owned();
+    let (repo, base, work) = (d.join("repo"), d.join("server-base"), d.join("work"));
+    let out = TestCommand::new("borg")
+        .args(["init", "-e", "repokey"])
+        .arg(&repo)
+        .env("BORG_BASE_DIR", &base)
+        .env("BORG_PASSPHRASE", PASSPHRASE)
+        .output();
+    assert_ok(&out, "borg init");
+    let data = d.join("data");
+    write_data(&data);
+    fs::create_dir(&work).unwrap();
+    let config = work.join("borgmatic.yaml");
+    borgmatic_config(
+        &config,
+        &format!("ssh://borg-pull-server{}", repo.display()),
+        &data,
+        &work.join("hook-ran"),
+        "",
+    );
+    // Archive names to the microsecond: two runs never make the same name.
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("'bm-{now}'", "'bm-{now:%Y-%m-%dT%H:%M:%S.%f}'");
+    fs::write(&config, text).unwrap();
+    sshd::chown_to_login_user(&work);
+    let bin = d.join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::copy(RELAY, bin.join("borg-pull-relay")).unwrap();
+    let passphrase_file = d.join("passphrase");
+    fs::write(&passphrase_file, format!("{PASSPHRASE}\n")).unwrap();
+    fs::set_permissions(&passphrase_file, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let fleet = |action: &str| {
+        let path = d.join(format!("fleet-{action}.toml"));
+        let text = format!(
+            "[server]\nstate_dir = {state}\n\n[[client]]\nname = \"bm\"\nhost = \"127.0.0.1\"\n\
+             port = {port}\nuser = {user}\nidentity = {key}\nknown_hosts = {kh}\nrelay = {relay}\n\
+             remote_borg = {borgmatic}\nrepo = {repo}\npassphrase_file = {pf}\n\
+             env = {{ HOME = {work}, BORG_BASE_DIR = {work} }}\n\
+             args = [\"-c\", {config}, {action}, \"--verbosity\", \"1\"]\n\
+             prune = {{ keep_last = 1 }}\ncompact = true\n",
+            state = toml_str(d.join("state")),
+            port = sshd.port,
+            user = toml_str(&sshd.user),
+            key = toml_str(sshd.client_key()),
+            kh = toml_str(&sshd.known_hosts),
+            relay = toml_str(bin.join("borg-pull-relay")),
+            borgmatic = toml_str(&borgmatic),
+            repo = toml_str(&repo),
+            pf = toml_str(&passphrase_file),
+            work = toml_str(&work),
+            config = toml_str(&config),
+            action = toml_str(action),
+        );
+        fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |config: &Path| {
+        let out = TestCommand::new(SERVER)
+            .args(["run", "--json", "--config"])
+            .arg(config)
+            .env("BORG_BASE_DIR", &base)
+            .env("BORG_PULL_LOG", "info")
+            .env_remove("BORG_PASSPHRASE")
+            .env_remove("BORG_PASSCOMMAND")
+            .env_remove("SSH_AUTH_SOCK")
+            .attach_log("sshd log", sshd.log_path())
+            .output();
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("JSON: {e}: {}", out.describe()));
+        (out, json[0].clone())
+    };
+
+    let create = fleet("create");
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let (out, result) = run(&create);
+        out.assert_code(0);
+        assert_eq!(
+            result["retention"],
+            serde_json::json!({"status": "ran", "prune_rc": 0, "compact_rc": 0, "check_rc": null}),
+            "{}",
+            out.describe()
+        );
+        assert!(
+            out.stderr_text()
+                .contains("retention done: prune_rc=0 compact_rc=0"),
+            "{}",
+            out.describe()
+        );
+        let names = archive_names(&repo, &base);
+        assert_eq!(names.len(), 1, "keep_last = 1: {names:?}\n{}", out.describe());
+        assert!(
+            !made.contains(&names[0]),
+            "a new archive each run: {made:?} {names:?}"
+        );
+        made.push(names[0].clone());
+    }
+
+    let (out, result) = run(&fleet("list"));
+    out.assert_code(0);
+    assert_eq!(
+        result["retention"],
+        serde_json::json!({"status": "skipped", "reason": "no new archive"}),
+        "{}",
+        out.describe()
+    );
+    let log = out.stderr_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("retention: skipped, no new archive") && l.contains("client=bm")),
+        "{}",
+        out.describe()
+    );
+    // borgmatic's list printed the archive: the job ran, and nothing was pruned.
+    assert!(log.contains(&format!("bm: {}", made[1])), "{}", out.describe());
+    assert_eq!(archive_names(&repo, &base), [made[1].clone()]);
+}

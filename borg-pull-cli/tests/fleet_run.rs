@@ -151,15 +151,20 @@ impl Fleet {
 
     fn server(&self, args: &[&str]) -> TestCommand {
         let mut cmd = TestCommand::new(SERVER);
-        cmd.args(args)
-            .env("HOME", &self.home)
+        cmd.args(args);
+        self.server_env(&mut cmd);
+        cmd
+    }
+
+    /// The environment `server` runs in, for a command that starts it (`script`).
+    fn server_env(&self, cmd: &mut TestCommand) {
+        cmd.env("HOME", &self.home)
             .env("BORG_BASE_DIR", &self.server_base)
             .env("BORG_PULL_LOG", "info")
             .env_remove("BORG_PASSPHRASE")
             .env_remove("BORG_PASSCOMMAND")
             .env_remove("SSH_AUTH_SOCK")
             .attach_log("sshd log", self.sshd.log_path());
-        cmd
     }
 
     /// Waits until no process mentions this test's directory (borg serve, relays, ...).
@@ -216,15 +221,60 @@ fn fleet_config(f: &Fleet) -> PathBuf {
     )
 }
 
-/// The summary row of `name`, split on whitespace: client, archive, date, time, duration,
-/// bytes, rc, error...
-fn row<'a>(summary: &'a str, name: &str) -> Vec<&'a str> {
-    summary
+/// The summary's columns, as the header names them.
+const COLUMNS: [&str; 8] = [
+    "client",
+    "archive",
+    "start (UTC)",
+    "duration",
+    "sent",
+    "borg rc",
+    "retention",
+    "error",
+];
+
+/// The summary row of `name`, cut into its cells where the header's names start (cells hold
+/// spaces: `1.2 KiB`, `skipped: no new archive`): client, archive, start, duration, sent, borg
+/// rc, retention, error.
+fn row(summary: &str, name: &str) -> Vec<String> {
+    let header = summary.lines().next().unwrap_or_default();
+    let starts: Vec<usize> = COLUMNS
+        .iter()
+        .map(|c| {
+            header
+                .find(c)
+                .unwrap_or_else(|| panic!("no column {c:?} in the header {header:?}"))
+        })
+        .collect();
+    let line = summary
         .lines()
         .find(|l| l.split_whitespace().next() == Some(name))
-        .unwrap_or_else(|| panic!("no row for {name} in:\n{summary}"))
-        .split_whitespace()
+        .unwrap_or_else(|| panic!("no row for {name} in:\n{summary}"));
+    (0..COLUMNS.len())
+        .map(|i| {
+            let end = starts.get(i + 1).copied().unwrap_or(line.len()).min(line.len());
+            line.get(starts[i].min(end)..end)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
         .collect()
+}
+
+/// A human-readable size as the summary and the logs print it: `512 B`, `1.2 KiB`.
+fn is_human_size(s: &str) -> bool {
+    let Some((number, unit)) = s.split_once(' ') else {
+        return false;
+    };
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    units.contains(&unit) && number.parse::<f64>().is_ok() && (unit == "B") != number.contains('.')
+}
+
+/// What must never be in `run`'s output: Rust's debug text.
+fn assert_no_debug_text(text: &str, what: &str) {
+    for debug in ["Some(", "None", "ExitStatus(", "unix_wait_status", "Ok(", "Err("] {
+        assert!(!text.contains(debug), "{debug:?} in {what}:\n{text}");
+    }
 }
 
 #[test]
@@ -245,10 +295,14 @@ fn run_pulls_eight_clients_three_at_a_time_and_reports_the_failures() {
     assert!(summary.starts_with("client"), "{}", out.describe());
     for name in OK_CLIENTS {
         let cells = row(&summary, name);
-        assert_eq!(cells[6], "0", "borg rc of {name}: {}", out.describe());
+        assert_eq!(cells[5], "0", "borg rc of {name}: {}", out.describe());
         assert_eq!(cells[7], "-", "error of {name}: {}", out.describe());
-        assert!(cells[5].parse::<u64>().unwrap() > 0, "bytes of {name}");
-        let archive = cells[1];
+        assert_eq!(cells[6], "not configured", "retention of {name}: {summary}");
+        assert!(
+            is_human_size(&cells[4]) && cells[4] != "0 B",
+            "bytes of {name}: {summary}"
+        );
+        let archive = cells[1].as_str();
         assert!(
             archive.starts_with("arch-2"),
             "archive name from --stats: {archive}"
@@ -278,9 +332,11 @@ fn run_pulls_eight_clients_three_at_a_time_and_reports_the_failures() {
         assert_eq!(extracted.stdout_text(), "hello from the fleet\n");
     }
     let unreachable = row(&summary, "unreachable");
-    assert_eq!(unreachable[7], "213:", "{summary}");
+    assert!(unreachable[7].starts_with("213: "), "{summary}");
     let wrong = row(&summary, "wrong-key");
-    assert_eq!(wrong[7], "210:", "{summary}");
+    assert!(wrong[7].starts_with("210: "), "{summary}");
+    assert_no_debug_text(&summary, "the summary");
+    assert_no_debug_text(&stderr, "the log");
     for (name, _) in [("unreachable", 0), ("wrong-key", 0)] {
         let list = f.local_borg(&["list".as_ref(), "--short".as_ref(), f.repo(name).as_os_str()]);
         assert_eq!(list.stdout_text().trim(), "", "no archive for {name}");
@@ -301,6 +357,7 @@ fn run_pulls_eight_clients_three_at_a_time_and_reports_the_failures() {
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["client"], "c1");
     assert_eq!(rows[0]["borg_rc"], 0);
+    assert_eq!(rows[0]["retention"]["status"], "not configured");
     assert!(rows[0]["error"].is_null());
     assert!(rows[1]["bytes_sent"].as_u64().unwrap() > 0);
     assert_eq!(rows[2]["error"]["code"], 210);
@@ -504,6 +561,12 @@ fn run_prunes_on_the_server_and_status_sees_the_result() {
         "{}",
         out.describe()
     );
+    assert_eq!(
+        json[0]["retention"],
+        serde_json::json!({"status": "ran", "prune_rc": 0, "compact_rc": 0, "check_rc": 0}),
+        "{}",
+        out.describe()
+    );
     // keep_daily = 2: today's new archive and the newest of the faked days.
     let list = f.local_borg(&["list".as_ref(), "--short".as_ref(), repo.as_os_str()]);
     assert_ok(&list, "borg list");
@@ -513,7 +576,11 @@ fn run_prunes_on_the_server_and_status_sees_the_result() {
     assert_eq!(names[1], "old-5", "{names:?}");
     assert!(names[0].starts_with("fleet-"), "{names:?}");
     let log = out.stderr_text();
-    assert!(log.contains("retention done"), "{}", out.describe());
+    assert!(
+        log.contains("retention done: prune_rc=0 compact_rc=0 check_rc=0"),
+        "{}",
+        out.describe()
+    );
     let state: serde_json::Value =
         serde_json::from_slice(&fs::read(f.dir().join("state/keeper.json")).unwrap()).unwrap();
     assert_eq!(state["runs_since_check"], 0, "the check ran: {state}");
@@ -588,5 +655,307 @@ fn sigint_during_retention_kills_the_servers_borg() {
         run.report()
     );
     // The stand-in prune (its argv names the test's directory) is gone with its group.
+    f.assert_nothing_left();
+}
+
+/// The archive names in `repo`, sorted.
+fn archives(f: &Fleet, repo: &Path) -> Vec<String> {
+    let list = f.local_borg(&["list".as_ref(), "--short".as_ref(), repo.as_os_str()]);
+    assert_ok(&list, "borg list");
+    let mut names: Vec<String> = list.stdout_text().lines().map(str::to_owned).collect();
+    names.sort();
+    names
+}
+
+/// Adds archive `name` to `repo` from this server.
+fn local_archive(f: &Fleet, repo: &Path, name: &str) {
+    let spec = format!("{}::{name}", repo.display());
+    let out = f.local_borg(&["create".as_ref(), spec.as_ref(), f.data.as_os_str()]);
+    assert_ok(&out, "borg create");
+}
+
+/// The log line of `client` that contains `what`.
+fn log_line<'a>(log: &'a str, client: &str, what: &str) -> &'a str {
+    log.lines()
+        .find(|l| l.contains(what) && l.contains(&format!("client={client}")))
+        .unwrap_or_else(|| panic!("no {what:?} line for {client} in:\n{log}"))
+}
+
+/// In logs (stderr not a terminal), against the real sshd and borg: borg's `--progress` lines
+/// (carriage returns) never reach the log as they came, every field is plain (no Rust debug
+/// text), sizes read `1.9 KiB`; retention runs where the job made an archive and says why not
+/// where it did not: a `list` job ("no new archive") and a failed pull ("the job failed").
+#[test]
+fn run_logs_plain_fields_and_says_why_retention_was_skipped() {
+    let f = Fleet::new();
+    for name in ["maker", "lister", "failing"] {
+        f.init(name, name == "maker");
+        local_archive(&f, &f.repo(name), "before");
+    }
+    let retention = "prune = { keep_last = 1 }\ncompact = true";
+    let mut clients = f.client("maker", None, retention);
+    clients.push_str(&f.client("lister", None, &format!("{retention}\nargs = [\"list\"]")));
+    clients.push_str(&f.client(
+        "failing",
+        Some("127.0.0.1"),
+        &format!("{retention}\nport = {}", closed_port()),
+    ));
+    let config = f.config(
+        &["create", "--progress", "--stats", "::made-{now}", "DATA"],
+        &clients,
+    );
+    let out = f.server(&["run", "--json", "--config"]).arg(&config).output();
+    out.assert_code(213);
+    let log = out.stderr_text();
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("JSON: {e}: {}", out.describe()));
+    let by_name = |name: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["client"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {json}"))
+            .clone()
+    };
+    let (maker, lister, failing) = (by_name("maker"), by_name("lister"), by_name("failing"));
+    assert_eq!(
+        maker["retention"],
+        serde_json::json!({"status": "ran", "prune_rc": 0, "compact_rc": 0, "check_rc": null}),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        lister["retention"],
+        serde_json::json!({"status": "skipped", "reason": "no new archive"}),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        failing["retention"],
+        serde_json::json!({"status": "skipped", "reason": "the job failed"}),
+        "{}",
+        out.describe()
+    );
+    for row in [&maker, &lister, &failing] {
+        assert_eq!(row["retention_errors"], serde_json::json!([]), "{row}");
+    }
+    // Exact bytes in the JSON, a readable size in the log.
+    let sent = maker["bytes_sent"].as_u64().unwrap();
+    assert!(sent > 1024, "{maker}");
+
+    // keep_last = 1 after the create: only the new archive; the list job pruned nothing.
+    let made = archives(&f, &f.repo("maker"));
+    assert!(made.len() == 1 && made[0].starts_with("made-"), "{made:?}");
+    assert_eq!(archives(&f, &f.repo("lister")), ["before"]);
+    assert_eq!(archives(&f, &f.repo("failing")), ["before"]);
+
+    // The log: plain fields, one line each.
+    assert_no_debug_text(&log, "the log");
+    assert!(!log.contains('\r'), "a carriage return in the log:\n{log:?}");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2000, "a {longest}-byte log line:\n{log}");
+    // borg did draw progress (its "Initializing cache transaction" lines end in \r), and the
+    // lines it finished with \n are all there.
+    assert!(log.contains("maker: Archive name: made-"), "{log}");
+    let finished = log_line(&log, "maker", "pull finished");
+    assert!(finished.contains(" rc=0 "), "{finished}");
+    let size = finished
+        .split(" sent=")
+        .nth(1)
+        .and_then(|rest| rest.split(" duration=").next())
+        .unwrap_or_default();
+    assert!(is_human_size(size), "sent={size:?} in {finished}");
+    let duration = finished.split(" duration=").nth(1).unwrap_or_default();
+    assert!(
+        duration
+            .split_whitespace()
+            .next()
+            .is_some_and(|d| d.ends_with('s')),
+        "{finished}"
+    );
+    assert!(
+        log_line(&log, "maker", "retention done").contains("retention done: prune_rc=0 compact_rc=0"),
+        "{log}"
+    );
+    log_line(&log, "lister", "retention: skipped, no new archive");
+    log_line(&log, "failing", "retention: skipped, the job failed");
+    assert!(
+        log_line(&log, "failing", "pull failed").contains(" code=213 "),
+        "{log}"
+    );
+    f.assert_nothing_left();
+}
+
+/// `s` with ANSI escape sequences (CSI and OSC) removed.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                for c in chars.by_ref() {
+                    if c == '\x07' {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A single-quoted POSIX shell word.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// On a terminal (a real pseudo-terminal from util-linux `script`), `run` draws one line per
+/// running client (name, phase, time, borg's latest progress text) in place, then clears it and
+/// prints the summary. borg on the clients is held (a wrapper waits for a file the test writes
+/// once it has seen both lines), so what is asserted was on the screen whatever the timing.
+#[test]
+fn run_on_a_terminal_draws_a_live_line_per_client() {
+    if !common::require_tool("script") {
+        return;
+    }
+    let f = Fleet::new();
+    let release = f.dir().join("release");
+    let wrapper = f.relay.with_file_name("held-borg");
+    // Bounded: at most 120 s of waiting; `--version` (the pull's version check) passes at once.
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --version) exec borg \"$@\";; esac\n\
+             printf 'warming up 42%%\\r' >&2\n\
+             i=0\nwhile [ ! -e {} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n\
+             exec borg \"$@\"\n",
+            sh_quote(&release.to_string_lossy())
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut clients = String::new();
+    for name in ["live1", "live2"] {
+        f.init(name, false);
+        clients.push_str(&f.client(
+            name,
+            None,
+            &format!(
+                "remote_borg = {}\nprune = {{ keep_last = 1 }}",
+                toml_str(&wrapper)
+            ),
+        ));
+    }
+    let config = f.config(&["create", "--progress", "::tty-{now}", "DATA"], &clients);
+    let inner = format!(
+        "stty cols 100 rows 30; exec {} run --config {}",
+        sh_quote(SERVER),
+        sh_quote(&config.to_string_lossy())
+    );
+    let mut cmd = TestCommand::new("script");
+    cmd.args(["-qfec", &inner, "/dev/null"]);
+    f.server_env(&mut cmd);
+    let mut run = cmd.spawn(f.dir().join("tty.log"));
+    let drawn = |name: &str, log: &str| {
+        strip_ansi(log).lines().any(|l| {
+            let l = l.trim_end_matches('\r');
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.len() >= 5
+                && cells[0] == name
+                && cells[1] == "create"
+                && cells[2].ends_with('s')
+                && l.ends_with("warming up 42%")
+        })
+    };
+    common::wait_until("both clients' lines on the terminal", || {
+        assert!(run.is_running(), "run ended early:\n{}", run.report());
+        let log = run.log();
+        drawn("live1", &log) && drawn("live2", &log)
+    });
+    fs::write(&release, b"").unwrap();
+    let status = run.wait_exit();
+    let screen = run.log();
+    assert_eq!(status.code(), Some(0), "{}", run.report());
+    assert!(
+        screen.contains("borg-pull run: 0/2 done, 2 running, 0 waiting"),
+        "{screen:?}"
+    );
+    // Redrawn in place: cursor up over the lines, cleared to the end of the screen.
+    assert!(screen.contains("A\x1b[J"), "{screen:?}");
+    // Every drawn line fits the 100 columns.
+    let widest = strip_ansi(&screen)
+        .split(['\n', '\r'])
+        .filter(|l| l.starts_with("live") || l.starts_with("borg-pull run:"))
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    assert!(widest < 100, "a {widest}-column line");
+    // The display is cleared before the summary, which is all that follows.
+    let after = &screen[screen.rfind("\x1b[J").unwrap()..];
+    let summary = strip_ansi(after).replace('\r', "");
+    assert!(!summary.contains("borg-pull run:"), "{summary}");
+    for name in ["live1", "live2"] {
+        let cells = row(&summary[summary.find("client").unwrap_or(0)..], name);
+        assert_eq!(cells[5], "0", "{summary}");
+        assert_eq!(cells[6], "prune_rc=0", "{summary}");
+        assert_eq!(archives(&f, &f.repo(name)).len(), 1);
+    }
+    assert_no_debug_text(&screen, "the terminal");
+    f.assert_nothing_left();
+}
+
+/// When the repository cannot be listed (here the server's borg refuses `list`), whether the job
+/// made an archive is unknown: retention is skipped, never run blind, and that is an error of the
+/// run (201) naming borg's complaint, while the backup itself is there.
+#[test]
+fn retention_is_skipped_as_an_error_when_the_repository_cannot_be_listed() {
+    let f = Fleet::new();
+    f.init("blind", false);
+    local_archive(&f, &f.repo("blind"), "before");
+    let wrapper = f.dir().join("server-borg");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \"$1\" in list) echo 'list refused by the test' >&2; exit 2;; esac\nexec borg \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let client = f.client("blind", None, "prune = { keep_last = 1 }");
+    let config = f.config(&["create", "::blind-{now}", "DATA"], &client);
+    let text = fs::read_to_string(&config).unwrap().replacen(
+        "jobs = 2\n",
+        &format!("jobs = 2\nborg = {}\n", toml_str(&wrapper)),
+        1,
+    );
+    fs::write(&config, text).unwrap();
+    let out = f.server(&["run", "--config"]).arg(&config).output();
+    out.assert_code(201);
+    let summary = out.stdout_text();
+    let cells = row(&summary, "blind");
+    assert_eq!(cells[5], "0", "{summary}");
+    assert_eq!(cells[6], "skipped: cannot list the repository", "{summary}");
+    assert!(
+        cells[7].starts_with("201: retention: cannot tell whether the job created an archive: borg list exited with 2: list refused by the test"),
+        "{summary}"
+    );
+    let log = out.stderr_text();
+    assert!(
+        log_line(&log, "blind", "retention: skipped, cannot tell").contains("list refused by the test"),
+        "{log}"
+    );
+    // Nothing was pruned: the old archive and the new one.
+    let names = archives(&f, &f.repo("blind"));
+    assert_eq!(names.len(), 2, "{names:?}");
     f.assert_nothing_left();
 }

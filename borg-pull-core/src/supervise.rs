@@ -288,10 +288,23 @@ impl Inner {
             Ok(outcome) => {
                 self.to_serve.fetch_add(outcome.to_serve, Ordering::SeqCst);
                 self.from_serve.fetch_add(outcome.from_serve, Ordering::SeqCst);
+                // Plain text for the logs: `0`, `signal 9`, or killed after cancellation.
+                let rc = match outcome.status {
+                    Some(status) => status.code().map_or_else(
+                        || {
+                            format!(
+                                "signal {}",
+                                std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+                            )
+                        },
+                        |code| code.to_string(),
+                    ),
+                    None => "killed after cancellation".to_owned(),
+                };
                 info!(
                     to_serve = outcome.to_serve,
                     from_serve = outcome.from_serve,
-                    status = ?outcome.status,
+                    rc = %rc,
                     "session ended"
                 );
             }

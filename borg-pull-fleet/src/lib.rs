@@ -9,6 +9,7 @@
 //! - [`state`]: the last run's result per client, kept on the server.
 //! - [`status`]: newest archive and its age per client, read from the repositories only.
 //! - [`metrics`]: the node_exporter textfile (written atomically).
+//! - [`progress`]: borg's progress lines in logs, the live display on a terminal, readable sizes.
 //! - [`limits`]: the time limits of the borg runs on this server, with their reasons.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ mod atomic_file;
 pub mod config;
 pub mod limits;
 pub mod metrics;
+pub mod progress;
 pub mod retention;
 pub mod run;
 mod server_borg;

@@ -108,3 +108,33 @@ impl Default for BorgLimits {
         }
     }
 }
+
+/// The most stdout of `run`'s `borg list --format {id}` (every archive id of a client's
+/// repository, read before and after its job to see whether an archive appeared).
+///
+/// One id is 65 bytes (64 hex digits and a newline): 4 MiB is about 64,000 archives, an hourly
+/// backup kept for seven years. A longer answer is refused (retention is then skipped and said
+/// so) rather than held: `run` holds one such list per client in flight.
+pub const MAX_ARCHIVE_IDS: usize = 4 * 1024 * 1024;
+
+/// How often, at most, `run` logs a client's latest borg progress line (`--progress`) when its
+/// output is not a terminal (journald, a file).
+///
+/// borg redraws its progress line about five times a second with a carriage return; logged
+/// whole, a night's run filled the journal with one long line of `^M`. One line a minute shows a
+/// long create moving (480 lines for 8 hours) and costs nothing for a short one, which logs none.
+pub const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The longest progress text kept per client (borg's latest `--progress` line, for the log or
+/// the live display), in bytes; the rest is cut.
+///
+/// borg's progress line is its terminal's width plus a path; a terminal line shows at most a few
+/// hundred characters. Bounds what a client printing an endless line without newline makes us hold
+/// beyond [`crate::run::MAX_LINE`].
+pub const MAX_PROGRESS_TEXT: usize = 512;
+
+/// How often the live display on a terminal is redrawn.
+///
+/// Four times a second reads as live (borg itself redraws about five times a second) while a
+/// run of 32 clients writes at most a few KiB a second to the terminal.
+pub const REDRAW_INTERVAL: Duration = Duration::from_millis(250);

@@ -8,13 +8,18 @@
 //!   stops the running ones the way `pull` stops on Ctrl-C (borg on the client gets SIGINT and a
 //!   grace period; then everything is cleaned up).
 //! - Output is line-buffered per client and written one whole line at a time, so lines of two
-//!   clients never mix; a line longer than [`MAX_LINE`] is cut (borg's progress output without
-//!   newlines cannot grow our memory). The write itself is a blocking write under a lock: a reader
-//!   of our stdout that stalls holds the clients back (backpressure instead of an unbounded
-//!   buffer), and may stall a runtime worker while it does.
-//! - After a successful `create` (borg rc 0 or 1) retention runs on the server
-//!   ([`crate::retention`]); the result is recorded ([`crate::state`]) and the metrics file
-//!   rewritten ([`crate::metrics`]) when `[server] prometheus` is set.
+//!   clients never mix; a line longer than [`MAX_LINE`] is cut. A carriage return ends a line
+//!   too: what it ends is borg's progress text (`--progress`), which is not written as a line but
+//!   shown as [`crate::progress`] says (now and then in logs, live on a terminal). The write
+//!   itself is a blocking write under a lock: a reader of our stdout that stalls holds the
+//!   clients back (backpressure instead of an unbounded buffer), and may stall a runtime worker
+//!   while it does.
+//! - Retention runs on the server when the client's job made an archive: the repository's
+//!   archive ids are listed before and after the job, and prune, compact and check run
+//!   ([`crate::retention`]) only when the job succeeded (borg rc 0 or 1) and an id appeared.
+//!   Otherwise the result says why not ([`RetentionResult`]), in the log, the summary and the
+//!   JSON. The run is recorded ([`crate::state`]) and the metrics file rewritten
+//!   ([`crate::metrics`]) when `[server] prometheus` is set.
 //!
 //! The exit status of a whole run is [`worst_code`]: any borg-pull error (our codes, 200 and up;
 //! the highest of them when several clients failed) beats borg's codes, and among borg's a higher
@@ -31,11 +36,16 @@ use tokio::io::AsyncWrite;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, info, warn};
 
 use crate::config::{Client, Fleet};
+use crate::limits::{BorgLimits, REDRAW_INTERVAL};
 use crate::metrics::write_textfile_after_run;
-use crate::retention::after_create;
+use crate::progress::{clean_progress, human_bytes, job_label, short_duration, Display, Phase};
+use crate::retention::{
+    after_create_observed, archive_ids, is_configured, ArchiveIds, RetentionResult, SkipReason,
+};
 use crate::state::StateStore;
 use crate::state::{ClientState, RunRecord};
 
@@ -52,11 +62,13 @@ const INTERNAL_FAILURE: u8 = 201;
 pub type ErrorMapper = fn(&borg_pull_tunnel::Error) -> (u8, String);
 
 /// Where the prefixed output lines of all clients go: borg's stdout lines to `out`, its stderr
-/// lines to `err`. Each line is written with one `write_all` under a lock.
+/// lines to `err`. Each line is written with one `write_all` under a lock. Progress is shown as
+/// its [`Display`] says (by default: logged now and then).
 #[derive(Clone)]
 pub struct OutputSink {
     out: Arc<Mutex<Box<dyn Write + Send>>>,
     err: Arc<Mutex<Box<dyn Write + Send>>>,
+    display: Display,
 }
 
 impl std::fmt::Debug for OutputSink {
@@ -71,7 +83,15 @@ impl OutputSink {
         Self {
             out: Arc::new(Mutex::new(out)),
             err: Arc::new(Mutex::new(err)),
+            display: Display::default(),
         }
+    }
+
+    /// The same sink showing progress as `display` says; with [`Display::Live`] every line goes
+    /// through the live display (its writers, above its lines) instead of `out` and `err`.
+    pub fn with_display(mut self, display: Display) -> Self {
+        self.display = display;
+        self
     }
 
     /// Lines to this process's stdout and stderr.
@@ -80,85 +100,154 @@ impl OutputSink {
     }
 
     fn write_line(&self, stderr: bool, line: &[u8]) {
+        if let Display::Live(live) = &self.display {
+            live.line(stderr, line);
+            return;
+        }
         let target = if stderr { &self.err } else { &self.out };
         let mut w = target.lock().unwrap_or_else(|p| p.into_inner());
         // A closed stdout (`run | head`) is not a reason to stop backing up.
         let _ = w.write_all(line).and_then(|()| w.flush());
     }
+
+    fn phase(&self, index: usize, phase: Phase) {
+        if let Display::Live(live) = &self.display {
+            live.phase(index, phase);
+        }
+    }
 }
 
-/// One client's borg output stream: whole lines prefixed `NAME: ` into the sink; also notes
-/// borg's `Archive name:` line (`create --stats`).
+/// One client's borg output stream: whole lines prefixed `NAME: ` into the sink, progress text
+/// (what a carriage return ends) to the sink's [`Display`]; also notes borg's `Archive name:`
+/// line (`create --stats`).
 struct PrefixWriter {
     prefix: Vec<u8>,
+    index: usize,
     sink: OutputSink,
     stderr: bool,
     line: Vec<u8>,
     /// The rest of a cut line is being dropped.
     skipping: bool,
     archive: Option<String>,
+    /// The last segment ended by a carriage return, kept until the next byte: a line feed right
+    /// after it makes it a whole line (CRLF), anything else leaves it progress.
+    after_cr: Option<Vec<u8>>,
+    /// In logs: when the last progress line was logged (or borg's first progress came).
+    progress_mark: Option<Instant>,
 }
 
 impl PrefixWriter {
-    fn new(name: &str, sink: OutputSink, stderr: bool) -> Self {
+    fn new(name: &str, index: usize, sink: OutputSink, stderr: bool) -> Self {
         Self {
             prefix: format!("{name}: ").into_bytes(),
+            index,
             sink,
             stderr,
             line: Vec::new(),
             skipping: false,
             archive: None,
+            after_cr: None,
+            progress_mark: None,
         }
     }
 
-    fn emit(&mut self, cut: bool) {
-        let text = String::from_utf8_lossy(&self.line);
-        if let Some(name) = text.trim_end_matches(['\r', '\n']).strip_prefix("Archive name: ") {
+    /// Writes `line` (without its line end) as one whole prefixed line.
+    fn emit(&mut self, line: &[u8], cut: bool) {
+        let text = String::from_utf8_lossy(line);
+        if let Some(name) = text.strip_prefix("Archive name: ") {
             self.archive = Some(name.trim().to_owned());
         }
-        let mut out = Vec::with_capacity(self.prefix.len() + self.line.len() + 40);
-        out.extend_from_slice(&self.prefix);
-        out.extend_from_slice(&self.line);
-        if cut {
-            out.extend_from_slice(b" [line cut at 64 KiB]\n");
-        } else if !out.ends_with(b"\n") {
-            out.push(b'\n');
+        if let Display::Live(live) = &self.sink.display {
+            let shown = clean_progress(line);
+            if !shown.is_empty() {
+                live.progress(self.index, &shown);
+            }
         }
+        let mut out = Vec::with_capacity(self.prefix.len() + line.len() + 40);
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(line);
+        if cut {
+            out.extend_from_slice(b" [line cut at 64 KiB]");
+        }
+        out.push(b'\n');
         self.sink.write_line(self.stderr, &out);
+    }
+
+    fn emit_line(&mut self, cut: bool) {
+        let line = std::mem::take(&mut self.line);
+        self.emit(&line, cut);
+        self.line = line;
         self.line.clear();
+    }
+
+    /// borg's progress text (a segment ended by a carriage return): live on a terminal; in logs
+    /// one line per interval at most, the first an interval after borg's first progress.
+    fn progress(&mut self) {
+        let text = clean_progress(&self.line);
+        self.after_cr = Some(std::mem::take(&mut self.line));
+        if text.is_empty() {
+            return;
+        }
+        match &self.sink.display {
+            Display::Live(live) => live.progress(self.index, &text),
+            Display::Log { every } => {
+                let now = Instant::now();
+                match self.progress_mark {
+                    None => self.progress_mark = Some(now),
+                    Some(mark) if now.duration_since(mark) >= *every => {
+                        self.progress_mark = Some(now);
+                        // Logged: a CRLF line feed after it would log it twice.
+                        self.after_cr = None;
+                        self.emit(text.as_bytes(), false);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
     }
 
     fn push(&mut self, mut buf: &[u8]) {
         while !buf.is_empty() {
-            let newline = buf.iter().position(|&b| b == b'\n');
-            let (chunk, rest, ends) = match newline {
-                Some(at) => (&buf[..=at], &buf[at + 1..], true),
-                None => (buf, &[][..], false),
+            if let Some(held) = self.after_cr.take() {
+                if buf[0] == b'\n' && !self.skipping {
+                    // CRLF: that segment was a whole line after all.
+                    self.emit(&held, false);
+                    buf = &buf[1..];
+                    continue;
+                }
+            }
+            let end = buf.iter().position(|&b| b == b'\n' || b == b'\r');
+            let (chunk, rest, terminator) = match end {
+                Some(at) => (&buf[..at], &buf[at + 1..], Some(buf[at])),
+                None => (buf, &[][..], None),
             };
             buf = rest;
             if self.skipping {
-                self.skipping = !ends;
+                self.skipping = terminator.is_none();
                 continue;
             }
             let room = MAX_LINE - self.line.len();
             if chunk.len() > room {
                 self.line.extend_from_slice(&chunk[..room]);
-                self.emit(true);
-                self.skipping = !ends;
+                self.emit_line(true);
+                self.skipping = terminator.is_none();
                 continue;
             }
             self.line.extend_from_slice(chunk);
-            if ends {
-                self.emit(false);
+            match terminator {
+                Some(b'\n') => self.emit_line(false),
+                Some(_) => self.progress(),
+                None => {}
             }
         }
     }
 
-    /// Writes what is left of an unfinished last line.
+    /// Writes what is left of an unfinished last line (a last progress text is not a line).
     fn finish(&mut self) {
         if !self.line.is_empty() {
-            self.emit(false);
+            self.emit_line(false);
         }
+        self.after_cr = None;
     }
 }
 
@@ -197,8 +286,11 @@ pub struct ClientResult {
     pub borg_rc: Option<i32>,
     /// borg-pull's own failure: exit code (200 and up) and message.
     pub error: Option<(u8, String)>,
-    /// What failed of prune, compact and check on the server after a successful create.
+    /// What failed of prune, compact and check on the server after a successful create (or
+    /// why it could not be told whether the job created an archive).
     pub retention_errors: Vec<String>,
+    /// What retention did: ran (with each step's code), skipped and why, or not configured.
+    pub retention: RetentionResult,
 }
 
 impl ClientResult {
@@ -228,6 +320,7 @@ impl serde::Serialize for ClientResult {
             borg_rc: Option<i32>,
             error: Option<crate::state::ErrorJson<'a>>,
             retention_errors: &'a [String],
+            retention: &'a RetentionResult,
         }
         Json {
             client: &self.name,
@@ -238,6 +331,7 @@ impl serde::Serialize for ClientResult {
             borg_rc: self.borg_rc,
             error: self.error.as_ref().map(Into::into),
             retention_errors: &self.retention_errors,
+            retention: &self.retention,
         }
         .serialize(s)
     }
@@ -305,11 +399,28 @@ pub async fn run(
             None
         }
     };
+    // The live display's owner: redrawn by this task until every pull has ended.
+    let redraw = match &out.display {
+        Display::Live(live) => {
+            let names: Vec<String> = clients.iter().map(|c| c.name.clone()).collect();
+            live.begin(&names);
+            let live = live.clone();
+            Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut every = tokio::time::interval(REDRAW_INTERVAL);
+                loop {
+                    every.tick().await;
+                    live.tick();
+                }
+            })))
+        }
+        Display::Log { .. } => None,
+    };
     let permits = Arc::new(Semaphore::new(jobs.max(1)));
     let mut tasks = JoinSet::new();
     let mut names_by_task = std::collections::HashMap::new();
     for (index, client) in clients.iter().cloned().enumerate() {
         let job = Job {
+            index,
             client,
             server: fleet.server.clone(),
             env: env.clone(),
@@ -327,10 +438,12 @@ pub async fn run(
                 p = permits.acquire_owned() => p,
             };
             if job.cancel.is_cancelled() {
+                job.out.phase(index, Phase::Done);
                 return (index, job.not_started(started));
             }
             let result = job.pull().await;
             drop(permit);
+            job.out.phase(index, Phase::Done);
             (index, result)
         });
         names_by_task.insert(handle.id(), (index, clients[index].name.clone()));
@@ -355,9 +468,14 @@ pub async fn run(
                         format!("internal error: the pull task ended abnormally: {e}"),
                     )),
                     retention_errors: Vec::new(),
+                    retention: RetentionResult::Skipped(SkipReason::JobFailed),
                 });
             }
         }
+    }
+    drop(redraw);
+    if let Display::Live(live) = &out.display {
+        live.finish();
     }
     if let (Some(path), Some(store)) = (&fleet.server.prometheus, &store) {
         if let Err(e) = write_textfile_after_run(path, fleet, store, &cancel).await {
@@ -369,6 +487,8 @@ pub async fn run(
 
 /// One client's pull, owned by its task.
 struct Job {
+    /// Its place in the run (config order): its line in the live display.
+    index: usize,
     client: Client,
     server: crate::config::ServerSettings,
     env: PullEnv,
@@ -390,6 +510,11 @@ impl Job {
             borg_rc: None,
             error: Some((code, format!("not started: {message}"))),
             retention_errors: Vec::new(),
+            retention: if is_configured(&self.client) {
+                RetentionResult::Skipped(SkipReason::Interrupted)
+            } else {
+                RetentionResult::NotConfigured
+            },
         }
     }
 
@@ -397,9 +522,19 @@ impl Job {
         let name = &self.client.name;
         let started = SystemTime::now();
         let t0 = Instant::now();
-        let mut stdout = PrefixWriter::new(name, self.out.clone(), false);
-        let mut stderr = PrefixWriter::new(name, self.out.clone(), true);
         info!(client = %name, "pull starting");
+        // What the repository holds before the job, to tell afterwards whether it made an
+        // archive; only read when something would run after it.
+        let before = if is_configured(&self.client) {
+            self.out.phase(self.index, Phase::Listing);
+            Some(self.list_archives().await)
+        } else {
+            None
+        };
+        self.out
+            .phase(self.index, Phase::Job(job_label(&self.client.args)));
+        let mut stdout = PrefixWriter::new(name, self.index, self.out.clone(), false);
+        let mut stderr = PrefixWriter::new(name, self.index, self.out.clone(), true);
         let outcome = match self
             .client
             .pull_options(&self.server, &self.env, self.cancel.clone())
@@ -426,6 +561,7 @@ impl Job {
             borg_rc: None,
             error: None,
             retention_errors: Vec::new(),
+            retention: RetentionResult::NotConfigured,
         };
         match outcome {
             Ok(outcome) => {
@@ -434,13 +570,33 @@ impl Job {
             }
             Err(e) => result.error = Some((self.classify)(&e)),
         }
-        info!(client = %name, rc = ?result.borg_rc, error = ?result.error.as_ref().map(|e| e.0), "pull finished");
-        result.retention_errors = self.record(&result).await;
+        let (sent, took) = (human_bytes(result.bytes_sent), short_duration(result.duration));
+        match (&result.error, result.borg_rc) {
+            (Some((code, message)), _) => {
+                let message = message.replace('\n', " ");
+                warn!(client = %name, code, duration = %took, "pull failed: {message}");
+            }
+            (None, Some(rc)) => info!(client = %name, rc, sent = %sent, duration = %took, "pull finished"),
+            (None, None) => info!(client = %name, sent = %sent, duration = %took, "pull finished"),
+        }
+        (result.retention, result.retention_errors) = self.record(&result, before).await;
         result
     }
 
-    /// Retention after a successful create, and the state file.
-    async fn record(&self, result: &ClientResult) -> Vec<String> {
+    /// The repository's archive ids; stopped (and an error) on Ctrl-C.
+    async fn list_archives(&self) -> Result<ArchiveIds, String> {
+        tokio::select! {
+            ids = archive_ids(&self.client, &self.server) => ids,
+            () = self.cancel.cancelled() => Err("interrupted by SIGINT/SIGTERM".into()),
+        }
+    }
+
+    /// Retention when the job made an archive, and the state file.
+    async fn record(
+        &self,
+        result: &ClientResult,
+        before: Option<Result<ArchiveIds, String>>,
+    ) -> (RetentionResult, Vec<String>) {
         let name = &self.client.name;
         let mut state = match &self.store {
             Some(store) => store.load(name),
@@ -459,68 +615,114 @@ impl Job {
             state.last_success = Some(record.clone());
         }
         state.last_run = Some(record);
-        // borg's subcommand: its first argument that is not an option.
-        let created = self
-            .client
-            .args
-            .iter()
-            .find(|a| !a.starts_with('-'))
-            .map(String::as_str)
-            == Some("create");
-        let mut retention_errors = Vec::new();
-        if succeeded && created && !self.cancel.is_cancelled() {
-            // Ctrl-C must not wait for a long check: dropping the retention future kills its
-            // borg's process group (borg rolls the transaction back on the next access).
-            let retention = tokio::select! {
-                outcome = after_create(&self.client, &self.server, &mut state) => Some(outcome),
-                () = self.cancel.cancelled() => None,
-            };
-            match retention {
-                Some(outcome) => {
-                    state.record_retention(&outcome, crate::retention::unix_now());
-                    info!(client = %name, pruned = ?outcome.pruned, compacted = ?outcome.compacted, checked = ?outcome.checked, "retention done");
-                    for e in &outcome.errors {
-                        warn!(client = %name, "retention: {e}");
-                    }
-                    retention_errors = outcome.errors;
-                }
-                None => {
-                    warn!(client = %name, "retention stopped: interrupted");
-                    retention_errors.push("stopped: interrupted by SIGINT/SIGTERM".into());
+        let (retention, errors) = self.retention(succeeded, before, &mut state).await;
+        match &retention {
+            RetentionResult::NotConfigured => debug!(client = %name, "retention: not configured"),
+            RetentionResult::Skipped(SkipReason::CannotList) => {
+                for e in &errors {
+                    warn!(client = %name, "retention: skipped, {e}");
                 }
             }
+            RetentionResult::Skipped(reason) => {
+                info!(client = %name, "retention: skipped, {}", reason.as_str());
+            }
+            RetentionResult::Ran(_) => {
+                info!(client = %name, "retention done: {retention}");
+                for e in &errors {
+                    warn!(client = %name, "retention: {e}");
+                }
+            }
+            RetentionResult::Interrupted => warn!(client = %name, "retention stopped: interrupted"),
         }
         if let Some(store) = &self.store {
             if let Err(e) = store.save(name, &state) {
                 warn!(client = %name, "cannot record the result: {e}");
             }
         }
-        retention_errors
+        (retention, errors)
+    }
+
+    /// Decides from what ran whether retention runs, and runs it.
+    async fn retention(
+        &self,
+        succeeded: bool,
+        before: Option<Result<ArchiveIds, String>>,
+        state: &mut ClientState,
+    ) -> (RetentionResult, Vec<String>) {
+        let cannot_list = |e: String| {
+            (
+                RetentionResult::Skipped(SkipReason::CannotList),
+                vec![format!("cannot tell whether the job created an archive: {e}")],
+            )
+        };
+        let Some(before) = before else {
+            return (RetentionResult::NotConfigured, Vec::new());
+        };
+        if self.cancel.is_cancelled() {
+            return (RetentionResult::Skipped(SkipReason::Interrupted), Vec::new());
+        }
+        if !succeeded {
+            return (RetentionResult::Skipped(SkipReason::JobFailed), Vec::new());
+        }
+        let before = match before {
+            Ok(ids) => ids,
+            Err(e) => return cannot_list(e),
+        };
+        self.out.phase(self.index, Phase::Listing);
+        let after = match self.list_archives().await {
+            Ok(ids) => ids,
+            Err(_) if self.cancel.is_cancelled() => {
+                return (RetentionResult::Skipped(SkipReason::Interrupted), Vec::new())
+            }
+            Err(e) => return cannot_list(e),
+        };
+        let created = before.new_in(&after);
+        debug!(client = %self.client.name, before = before.len(), after = after.len(), created, "archives listed");
+        if created == 0 {
+            return (RetentionResult::Skipped(SkipReason::NoNewArchive), Vec::new());
+        }
+        let on_step = |step| self.out.phase(self.index, Phase::Retention(step));
+        let limits = BorgLimits::default();
+        // Ctrl-C must not wait for a long check: dropping the retention future kills its
+        // borg's process group (borg rolls the transaction back on the next access).
+        tokio::select! {
+            outcome = after_create_observed(&self.client, &self.server, state, &limits, &on_step) => {
+                state.record_retention(&outcome, crate::retention::unix_now());
+                let errors = outcome.errors.clone();
+                (RetentionResult::Ran(outcome), errors)
+            }
+            () = self.cancel.cancelled() => (
+                RetentionResult::Interrupted,
+                vec!["stopped: interrupted by SIGINT/SIGTERM".into()],
+            ),
+        }
     }
 }
 
-/// The summary: one row per client (client, archive, start in UTC, duration, bytes sent, borg's
-/// rc, our error).
+/// The summary: one row per client (client, archive, start in UTC, duration, bytes sent (`1.2
+/// GiB`), borg's rc, retention's result, our error).
 pub fn summary_table(results: &[ClientResult]) -> String {
     let header = [
         "client",
         "archive",
         "start (UTC)",
         "duration",
-        "bytes sent",
+        "sent",
         "borg rc",
+        "retention",
         "error",
     ];
-    let rows: Vec<[String; 7]> = results
+    let rows: Vec<[String; 8]> = results
         .iter()
         .map(|r| {
             [
                 r.name.clone(),
                 r.archive.clone().unwrap_or_else(|| "-".into()),
                 utc(r.started),
-                format_duration(r.duration),
-                r.bytes_sent.to_string(),
+                short_duration(r.duration),
+                human_bytes(r.bytes_sent),
                 r.borg_rc.map_or_else(|| "-".into(), |rc| rc.to_string()),
+                r.retention.to_string(),
                 match (&r.error, r.retention_errors.is_empty()) {
                     (Some((code, m)), _) => format!("{code}: {}", m.replace('\n', " ")),
                     (None, false) => format!(
@@ -558,16 +760,6 @@ pub fn summary_table(results: &[ClientResult]) -> String {
     out
 }
 
-/// `1h02m03s`, `2m05s`, `4.2s`.
-fn format_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=59 => format!("{:.1}s", d.as_secs_f64()),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60),
-    }
-}
-
 /// `YYYY-MM-DD HH:MM:SS` in UTC (civil-from-days, Howard Hinnant's algorithm).
 fn utc(t: SystemTime) -> String {
     let secs = unix_secs(t);
@@ -588,4 +780,88 @@ fn utc(t: SystemTime) -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn writer(every: Duration) -> (PrefixWriter, Buf) {
+        let buf = Buf::default();
+        let sink = OutputSink::new(Box::new(buf.clone()), Box::new(buf.clone()))
+            .with_display(Display::Log { every });
+        (PrefixWriter::new("web1", 0, sink, true), buf)
+    }
+
+    fn text(buf: &Buf) -> String {
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn progress_lines_are_not_logged_whole_and_lines_still_are() {
+        // borg create --progress, as it writes: progress ended by \r, then its log lines.
+        let (mut w, buf) = writer(Duration::from_secs(3600));
+        for i in 0..1000 {
+            w.push(format!("{i} B O 0 B C 0 B D 0 N some/path{:>40}\r", "").as_bytes());
+        }
+        w.push(b"                    \rArchive name: a1\nThis archive: 1 kB\n");
+        w.finish();
+        assert_eq!(text(&buf), "web1: Archive name: a1\nweb1: This archive: 1 kB\n");
+        assert_eq!(w.archive.as_deref(), Some("a1"));
+    }
+
+    #[test]
+    fn in_logs_progress_comes_at_most_once_an_interval_without_carriage_returns() {
+        let (mut w, buf) = writer(Duration::ZERO);
+        w.push(b"first\r");
+        w.push(b"second\r");
+        w.push(b"thi");
+        w.push(b"rd\r\x1b[2K");
+        w.finish();
+        // The first progress starts the interval; every later one is due at once here.
+        assert_eq!(text(&buf), "web1: second\nweb1: third\nweb1: \x1b[2K\n");
+    }
+
+    #[test]
+    fn crlf_lines_are_whole_lines() {
+        let (mut w, buf) = writer(Duration::from_secs(3600));
+        w.push(b"one\r");
+        w.push(b"\ntwo\r\nthree\n");
+        w.finish();
+        assert_eq!(text(&buf), "web1: one\nweb1: two\nweb1: three\n");
+    }
+
+    #[test]
+    fn an_endless_line_is_cut_and_the_rest_dropped() {
+        let (mut w, buf) = writer(Duration::from_secs(3600));
+        let chunk = vec![b'x'; 16 * 1024];
+        for _ in 0..100 {
+            w.push(&chunk);
+        }
+        w.push(b"\rnext\n");
+        w.finish();
+        let out = text(&buf);
+        assert!(
+            out.ends_with(" [line cut at 64 KiB]\nweb1: next\n"),
+            "{}",
+            &out[out.len() - 60..]
+        );
+        assert_eq!(
+            out.len(),
+            "web1: ".len() * 2 + MAX_LINE + " [line cut at 64 KiB]\n".len() + 5
+        );
+    }
 }

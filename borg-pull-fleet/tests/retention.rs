@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use borg_pull_fleet::config::PassphraseSource;
 use borg_pull_fleet::limits::BorgLimits;
-use borg_pull_fleet::retention::{after_create, after_create_with, CheckPolicy, Retention};
+use borg_pull_fleet::retention::{
+    after_create, after_create_observed, after_create_with, archive_ids, archive_ids_with, is_configured,
+    CheckPolicy, Retention, RetentionResult, SkipReason, Step,
+};
 use borg_pull_fleet::state::ClientState;
 use common::*;
 
@@ -484,4 +487,119 @@ async fn a_cancelled_run_kills_borg() {
     let shell = std::fs::read_to_string(pid_file.with_extension("sh")).unwrap();
     wait_gone(sleeper.trim()).await;
     wait_gone(shell.trim()).await;
+}
+
+/// What `run` compares before and after a client's job, read by the real borg: a new archive
+/// counts, a deleted one does not (a job that only deleted must not trigger a prune), and an
+/// encrypted repository is read with the passphrase file.
+#[tokio::test]
+async fn archive_ids_tell_whether_a_job_created_an_archive() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let passphrase = "ids 'secret' $(x)";
+    let pass_file = dir.path().join("passphrase");
+    secret_file(&pass_file, &format!("{passphrase}\n"));
+    let repo = dir.path().join("repo");
+    let env = [("BORG_PASSPHRASE", passphrase)];
+    borg(&["init", "-e", "repokey", repo.to_str().unwrap()], &env);
+    let server = server(Path::new(BORG), dir.path());
+    let mut client = client("ids", &repo);
+    client.passphrase = PassphraseSource::File(pass_file);
+
+    let empty = archive_ids(&client, &server).await.unwrap();
+    assert!(empty.is_empty());
+    add_archives(&repo, &[("a1", FIRST_DAY), ("a2", FIRST_DAY + 86_400)], &env);
+    let two = archive_ids(&client, &server).await.unwrap();
+    assert_eq!((two.len(), empty.new_in(&two), two.new_in(&two)), (2, 2, 0));
+    let target = format!("{}::a2", repo.display());
+    borg(&["delete", &target], &env);
+    let one = archive_ids(&client, &server).await.unwrap();
+    assert_eq!(
+        (one.len(), two.new_in(&one)),
+        (1, 0),
+        "a deletion is no new archive"
+    );
+    // An older timestamp than every archive is still a new archive.
+    add_archives(&repo, &[("old", FIRST_DAY - 86_400)], &env);
+    let again = archive_ids(&client, &server).await.unwrap();
+    assert_eq!(one.new_in(&again), 1);
+
+    // A wrong passphrase: an error naming borg's complaint, never a guess.
+    let wrong = dir.path().join("wrong");
+    secret_file(&wrong, "not it\n");
+    client.passphrase = PassphraseSource::File(wrong);
+    let e = archive_ids(&client, &server).await.unwrap_err();
+    assert!(e.starts_with("borg list exited with 2"), "{e}");
+}
+
+/// Whatever a stand-in borg prints instead of ids is refused, and a hanging one is stopped.
+#[tokio::test]
+async fn archive_ids_refuse_what_is_not_an_id_and_stop_a_hanging_borg() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = stand_in(dir.path(), "borg", "echo 'not an id'");
+    let client = client("c", &dir.path().join("repo"));
+    let e = archive_ids(&client, &server(&garbage, dir.path()))
+        .await
+        .unwrap_err();
+    assert!(e.contains("where an archive id was expected"), "{e}");
+
+    let other = dir.path().join("hang");
+    std::fs::create_dir(&other).unwrap();
+    let hanging = stand_in(&other, "borg", "exec sleep 1000");
+    let limits = BorgLimits {
+        list: Duration::from_millis(300),
+        kill_grace: Duration::from_millis(300),
+        ..BorgLimits::default()
+    };
+    let started = Instant::now();
+    let e = archive_ids_with(&client, &server(&hanging, dir.path()), &limits)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(e.contains("ran longer than"), "{e}");
+}
+
+/// The steps are announced as they start (the live display's phases), in borg's order.
+#[tokio::test]
+async fn retention_steps_are_announced_as_they_start() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let borg = recording_borg(dir.path(), "none", 0);
+    let mut client = client("c", &dir.path().join("repo"));
+    assert!(!is_configured(&client));
+    client.prune = policy();
+    client.compact = true;
+    client.check = CheckPolicy {
+        every_runs: Some(1),
+        every_days: None,
+    };
+    assert!(is_configured(&client));
+    let seen = std::sync::Mutex::new(Vec::new());
+    let outcome = after_create_observed(
+        &client,
+        &server(&borg, dir.path()),
+        &mut ClientState::default(),
+        &BorgLimits::default(),
+        &|step| seen.lock().unwrap().push(step),
+    )
+    .await;
+    assert_eq!(*seen.lock().unwrap(), [Step::Prune, Step::Compact, Step::Check]);
+    assert_eq!(calls(dir.path()), ["prune", "compact", "check"]);
+    // How the summary and the logs say it.
+    let ran = RetentionResult::Ran(outcome);
+    assert_eq!(ran.to_string(), "prune_rc=0 compact_rc=0 check_rc=0");
+    assert_eq!(
+        RetentionResult::Skipped(SkipReason::NoNewArchive).to_string(),
+        "skipped: no new archive"
+    );
+    assert_eq!(RetentionResult::NotConfigured.to_string(), "not configured");
+    assert_eq!(
+        serde_json::to_value(&ran).unwrap(),
+        serde_json::json!({"status": "ran", "prune_rc": 0, "compact_rc": 0, "check_rc": 0})
+    );
 }

@@ -441,7 +441,7 @@ where
             refused = stats.refused,
             to_serve = stats.to_serve,
             from_serve = stats.from_serve,
-            ?exit,
+            rc = exit.code(),
             "pull finished"
         );
         Ok(PullOutcome {
@@ -703,11 +703,13 @@ impl Run<'_> {
                 server_major: server.major,
             }),
             (Some(client), _) => {
-                info!(client_borg = %client, server_borg = ?server.map(ToString::to_string), "borg versions");
+                let server = server.map_or_else(|| "unknown".to_owned(), ToString::to_string);
+                info!(client_borg = %client, server_borg = %server, "borg versions");
                 Ok(())
             }
             (None, _) => {
-                warn!(reported = ?reported, "cannot tell the client borg's version; not checked");
+                let reported = reported.unwrap_or("nothing");
+                warn!(reported, "cannot tell the client borg's version; not checked");
                 Ok(())
             }
         }

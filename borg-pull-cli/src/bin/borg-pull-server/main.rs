@@ -119,7 +119,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    runtime::init_logging(runtime::default_level("info", cli.verbose));
+    runtime::init_logging_to(
+        runtime::default_level("info", cli.verbose),
+        borg_pull_fleet::progress::log_writer,
+    );
     match cli.command {
         Command::Listen(args) => finish(listen::run(args)),
         Command::Pull(args) => pull::run(*args),

@@ -1,9 +1,11 @@
 //! `borg-pull-server run`: every client of a fleet config, N at a time, then a summary.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use borg_pull_cli::{exit, hint, signals};
+use borg_pull_fleet::progress::{Display, LiveDisplay};
 use borg_pull_fleet::run::{self, OutputSink};
 use borg_pull_tunnel::pull::PullEnv;
 
@@ -27,9 +29,11 @@ running client as `pull` does (borg gets SIGINT and a grace period) and skips th
 ///
 /// Pulls every client of the config (or the NAMEs given), at most --jobs at once, with borg's
 /// output lines prefixed `NAME: `, then prints a summary table (client, archive, start, duration,
-/// bytes sent, borg's rc, our error) on stdout, or with --json a JSON array (borg's output then
-/// goes to stderr). After a successful create, prune/compact/check run on this server as
-/// configured.
+/// bytes sent, borg's rc, retention, our error) on stdout, or with --json a JSON array (borg's
+/// output then goes to stderr). When the job made an archive, prune/compact/check run on this
+/// server as configured; otherwise the summary says why not. On a terminal a live display shows
+/// each running client (phase, time, borg's latest progress line); in logs borg's progress
+/// lines appear at most once a minute per client.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The fleet config (TOML: [server], [defaults], [[client]]).
@@ -92,6 +96,23 @@ async fn run_async(args: RunArgs) -> ExitCode {
         OutputSink::new(Box::new(std::io::stderr()), Box::new(std::io::stderr()))
     } else {
         OutputSink::stdio()
+    };
+    // A person watching: the live display on stderr (borg's stdout lines, and with --json the
+    // JSON, still go where they went).
+    let sink = if std::io::stderr().is_terminal() {
+        let live = if args.json {
+            LiveDisplay::new(
+                Box::new(std::io::stderr()),
+                Box::new(std::io::stderr()),
+                true,
+                Box::new(borg_pull_fleet::progress::terminal_size),
+            )
+        } else {
+            LiveDisplay::stderr()
+        };
+        sink.with_display(Display::Live(live))
+    } else {
+        sink
     };
     let env = PullEnv::from_process();
     let results = run::run(&fleet, &args.names, jobs, &env, classify, shutdown.graceful, sink).await;
