@@ -46,9 +46,14 @@ pub fn run(args: GenerateDocsArgs) -> anyhow::Result<()> {
         ] {
             let dir = args.out.join("completions").join(dir);
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let mut file = fs::File::create(dir.join(&name))
-                .with_context(|| format!("creating {}", dir.join(&name).display()))?;
-            clap_complete::generate(shell, &mut visible, command.get_name().to_owned(), &mut file);
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut visible, command.get_name().to_owned(), &mut script);
+            let mut script = String::from_utf8(script).context("a completion script is not UTF-8")?;
+            if shell == Shell::Bash {
+                script = fix_bash_case_labels(&script, command.get_name());
+            }
+            fs::write(dir.join(&name), script)
+                .with_context(|| format!("writing {}", dir.join(&name).display()))?;
         }
     }
     let page = man.join(format!("{CONFIG_PAGE}.5"));
@@ -61,6 +66,17 @@ fn version() -> String {
         .get_version()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// clap_complete 4.6's bash script labels a subcommand's case
+/// `borg__subcmd__pull__subcmd__server__subcmd__run` where its dispatcher sets
+/// `cmd="borg__pull__server__subcmd__run"` (the binary's hyphens become the subcommand separator
+/// in one place only), so no option of any subcommand completed: the labels are made to match.
+fn fix_bash_case_labels(script: &str, bin: &str) -> String {
+    const SEP: &str = "__subcmd__";
+    let wrong = format!("{}{SEP}", bin.replace('-', SEP));
+    let right = format!("{}{SEP}", bin.replace('-', "__"));
+    script.replace(&wrong, &right)
 }
 
 /// `command` with its hidden subcommands left out (clap has no way to remove one, so the
