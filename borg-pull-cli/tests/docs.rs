@@ -123,7 +123,10 @@ fn man_pages_fit_80_columns_and_list_each_exit_code_as_its_own_item() {
         "borg-pull-relay.1",
         "borg-pull.toml.5",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing: {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing: {names:?}"
+        );
     }
     assert!(
         !names.iter().any(|n| n.contains("generate-docs")),
@@ -132,17 +135,17 @@ fn man_pages_fit_80_columns_and_list_each_exit_code_as_its_own_item() {
 
     for page in &pages {
         for (how, rendered) in [("man -l", man(page)), ("groff", groff(page))] {
-            let wide: Vec<&str> = rendered
-                .lines()
-                .filter(|l| l.chars().count() > WIDTH)
-                .collect();
+            let wide: Vec<&str> = rendered.lines().filter(|l| l.chars().count() > WIDTH).collect();
             assert!(
                 wide.is_empty(),
                 "{} rendered by {how} has lines over {WIDTH} columns:\n{}",
                 page.display(),
                 wide.join("\n")
             );
-            assert!(rendered.lines().count() > 10, "{how} rendered almost nothing:\n{rendered}");
+            assert!(
+                rendered.lines().count() > 10,
+                "{how} rendered almost nothing:\n{rendered}"
+            );
         }
     }
 
@@ -173,22 +176,38 @@ fn man_pages_fit_80_columns_and_list_each_exit_code_as_its_own_item() {
             let item = format!(
                 ".TP\n\\fB{}\\fR\n{}\n",
                 code.code,
-                roff_escaped(code.meaning.split_whitespace().collect::<Vec<_>>().join(" ").as_str())
+                roff_escaped(
+                    code.meaning
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .as_str()
+                )
             );
             assert!(source.contains(&item), "{name}: no item\n{item}in\n{source}");
         }
         // The prose that is not about exit codes (logging) is not in EXIT STATUS.
         let status = section(&rendered, "EXIT STATUS").join("\n");
-        assert!(!status.contains("stderr"), "{name}: logging under EXIT STATUS:\n{rendered}");
+        assert!(
+            !status.contains("stderr"),
+            "{name}: logging under EXIT STATUS:\n{rendered}"
+        );
     }
 
     // The top page points to the config's page and the relay's.
     let top = man(&docs.join("man/borg-pull-server.1"));
     let see_also = section(&top, "SEE ALSO").join(" ");
-    for wanted in ["borg-pull.toml(5)", "borg-pull-relay(1)", "borg-pull-server-run(1)"] {
+    for wanted in [
+        "borg-pull.toml(5)",
+        "borg-pull-relay(1)",
+        "borg-pull-server-run(1)",
+    ] {
         assert!(see_also.contains(wanted), "SEE ALSO lacks {wanted}:\n{top}");
     }
-    assert!(!top.contains("generate-docs"), "the hidden command is on the page:\n{top}");
+    assert!(
+        !top.contains("generate-docs"),
+        "the hidden command is on the page:\n{top}"
+    );
 }
 
 /// `(table, keys)` of the structs the config parser deserialises with `deny_unknown_fields`:
@@ -224,7 +243,10 @@ fn parser_keys(file: &str, header: &str) -> BTreeSet<String> {
                 .then(|| name.to_owned())
         })
         .collect();
-    assert!(keys.len() >= 3, "read too few keys of {header} in {file}: {keys:?}");
+    assert!(
+        keys.len() >= 3,
+        "read too few keys of {header} in {file}: {keys:?}"
+    );
     keys
 }
 
@@ -287,13 +309,31 @@ fn config_page_documents_exactly_the_keys_the_parser_accepts() {
 
     let top = parser_keys("borg-pull-fleet/src/config.rs", "struct RawFile {");
     for (section, place, file, header) in [
-        ("SERVER KEYS", "server", "borg-pull-fleet/src/config.rs", "struct RawServer {"),
-        ("CLIENT KEYS", "client", "borg-pull-fleet/src/config.rs", "struct RawClient {"),
-        ("PRUNE KEYS", "prune", "borg-pull-fleet/src/retention.rs", "pub struct Retention {"),
+        (
+            "SERVER KEYS",
+            "server",
+            "borg-pull-fleet/src/config.rs",
+            "struct RawServer {",
+        ),
+        (
+            "CLIENT KEYS",
+            "client",
+            "borg-pull-fleet/src/config.rs",
+            "struct RawClient {",
+        ),
+        (
+            "PRUNE KEYS",
+            "prune",
+            "borg-pull-fleet/src/retention.rs",
+            "pub struct Retention {",
+        ),
     ] {
         let parser = parser_keys(file, header);
         for key in &parser {
-            assert!(accepted(place, key), "the source scan read {key:?}, the parser refuses it");
+            assert!(
+                accepted(place, key),
+                "the source scan read {key:?}, the parser refuses it"
+            );
         }
         let documented = page_keys(&source, section);
         let undocumented: Vec<_> = parser.difference(&documented).collect();
@@ -330,10 +370,13 @@ fn config_page_documents_exactly_the_keys_the_parser_accepts() {
         .collect();
     assert_eq!(parse(&example), Ok(3), "the page's example:\n{example}");
     // And the one the package installs next to the README.
-    let shipped =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/examples/fleet.toml");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/examples/fleet.toml");
     let shipped = fs::read_to_string(shipped).unwrap();
-    assert!(parse(&shipped).is_ok(), "contrib/examples/fleet.toml: {:?}", parse(&shipped));
+    assert!(
+        parse(&shipped).is_ok(),
+        "contrib/examples/fleet.toml: {:?}",
+        parse(&shipped)
+    );
 
     // Defaults on the page are the parser's.
     let rendered = man(&page);
@@ -392,7 +435,15 @@ fn completions_never_offer_generate_docs_and_the_command_still_works() {
         }
         if file.contains("server") {
             // The visible subcommands are all still there.
-            for sub in ["listen", "pull", "restore-tar", "authorize", "run", "check-config", "status"] {
+            for sub in [
+                "listen",
+                "pull",
+                "restore-tar",
+                "authorize",
+                "run",
+                "check-config",
+                "status",
+            ] {
                 assert!(text.contains(sub), "{} lost {sub}", path.display());
             }
         }
@@ -417,10 +468,18 @@ fn completions_never_offer_generate_docs_and_the_command_still_works() {
     // Still usable by name, and still hidden from --help.
     let help = TestCommand::new(SERVER).arg("--help").output();
     assert_ok(&help, "--help");
-    assert!(!help.stdout_text().contains("generate-docs"), "{}", help.stdout_text());
+    assert!(
+        !help.stdout_text().contains("generate-docs"),
+        "{}",
+        help.stdout_text()
+    );
     let own_help = TestCommand::new(SERVER)
         .args(["generate-docs", "--help"])
         .output();
     assert_ok(&own_help, "generate-docs --help");
-    assert!(own_help.stdout_text().contains("--out"), "{}", own_help.stdout_text());
+    assert!(
+        own_help.stdout_text().contains("--out"),
+        "{}",
+        own_help.stdout_text()
+    );
 }

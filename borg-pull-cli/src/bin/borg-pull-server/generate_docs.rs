@@ -62,10 +62,7 @@ pub fn run(args: GenerateDocsArgs) -> anyhow::Result<()> {
 }
 
 fn version() -> String {
-    crate::Cli::command()
-        .get_version()
-        .unwrap_or_default()
-        .to_owned()
+    crate::Cli::command().get_version().unwrap_or_default().to_owned()
 }
 
 /// clap_complete 4.6's bash script labels a subcommand's case

@@ -408,7 +408,9 @@ pub fn render(version: &str) -> String {
          \\fIFILE\\fR finds them (exit code 200) and, with \\fB\\-\\-connect\\fR, also tries \
          every client.\n",
     );
-    out.push_str(&format!(".SH \"{SERVER_SECTION}\"\nThe [server] table: this server.\n"));
+    out.push_str(&format!(
+        ".SH \"{SERVER_SECTION}\"\nThe [server] table: this server.\n"
+    ));
     keys_roff(&mut out, &server_keys());
     out.push_str(&format!(
         ".SH \"{CLIENT_SECTION}\"\nThe keys of a [[client]] table, and of [defaults] (all but name).\n"
