@@ -98,7 +98,9 @@ fn listed_codes(rendered: &str) -> Vec<u8> {
 
 /// How the source writes `text` on one roff line.
 fn roff_escaped(text: &str) -> String {
-    text.replace('\\', "\\e").replace('-', "\\-")
+    text.replace('\\', "\\e")
+        .replace('-', "\\-")
+        .replace('\'', "\\*(Aq")
 }
 
 #[test]
@@ -145,6 +147,13 @@ fn man_pages_fit_80_columns_and_list_each_exit_code_as_its_own_item() {
             assert!(
                 rendered.lines().count() > 10,
                 "{how} rendered almost nothing:\n{rendered}"
+            );
+            // The header names the manual: the .TH line has all its fields in place.
+            let header = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            assert!(
+                header.contains("borg-pull") && !header.contains("General Commands"),
+                "{} by {how}: header {header:?}",
+                page.display()
             );
         }
     }
@@ -365,7 +374,8 @@ fn config_page_documents_exactly_the_keys_the_parser_accepts() {
         .filter(|l| !l.starts_with('.'))
         .map(|l| {
             let l = l.strip_prefix("\\&").unwrap_or(l);
-            format!("{}\n", l.replace("\\-", "-").replace("\\e", "\\"))
+            let l = l.replace("\\-", "-").replace("\\*(Aq", "'");
+            format!("{}\n", l.replace("\\e", "\\"))
         })
         .collect();
     assert_eq!(parse(&example), Ok(3), "the page's example:\n{example}");

@@ -132,27 +132,41 @@ fn render(command: &clap::Command, path: &Path, see_also: &[String]) -> anyhow::
     let mut command = command.clone();
     command.build();
     let man = clap_mangen::Man::new(command.clone());
-    let mut page = Vec::new();
-    let io = |r: std::io::Result<()>| r.with_context(|| format!("rendering {}", path.display()));
-    io(man.render_title(&mut page))?;
-    io(man.render_name_section(&mut page))?;
-    io(man.render_synopsis_section(&mut page))?;
-    io(man.render_description_section(&mut page))?;
+    let section = |render: &dyn Fn(&mut Vec<u8>) -> std::io::Result<()>| -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        render(&mut out).with_context(|| format!("rendering {}", path.display()))?;
+        // Each of clap_mangen's sections repeats the roff crate's preamble: once is enough.
+        Ok(String::from_utf8(out)?.replace(AQ_PREAMBLE, ""))
+    };
+    // Our own .TH: clap_mangen's leaves the date out unquoted, so the source moved into the
+    // date's place and the header read "General Commands Manual".
+    let mut page = format!(
+        "{AQ_PREAMBLE}.TH {} 1 \"\" \"borg-pull {}\" \"borg-pull\"\n",
+        command.get_name(),
+        version()
+    );
+    page += &section(&|w| man.render_name_section(w))?;
+    page += &section(&|w| man.render_synopsis_section(w))?;
+    page += &section(&|w| man.render_description_section(w))?;
     if command.get_arguments().any(|a| !a.is_hide_set()) {
-        io(man.render_options_section(&mut page))?;
+        page += &section(&|w| man.render_options_section(w))?;
     }
     if command.get_subcommands().any(|s| !s.is_hide_set()) {
-        io(man.render_subcommands_section(&mut page))?;
+        page += &section(&|w| man.render_subcommands_section(w))?;
     }
     if let Some(text) = command.get_after_long_help().or(command.get_after_help()) {
-        page.extend_from_slice(after_help_roff(&text.to_string()).as_bytes());
+        page += &after_help_roff(&text.to_string());
     }
     if command.get_version().is_some() {
-        io(man.render_version_section(&mut page))?;
+        page += &section(&|w| man.render_version_section(w))?;
     }
-    page.extend_from_slice(see_also_roff(see_also).as_bytes());
+    page += &see_also_roff(see_also);
     fs::write(path, page).with_context(|| format!("writing {}", path.display()))
 }
+
+/// The roff crate's definition of `\*(Aq`, the straight apostrophe a reader can copy into a
+/// shell (a bare `'` prints as a typographic quote in UTF-8).
+pub const AQ_PREAMBLE: &str = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
 
 /// A piece of an `after_help` text.
 #[derive(Debug, PartialEq)]
@@ -288,20 +302,22 @@ fn see_also_roff(pages: &[String]) -> String {
             None => escape(p),
         })
         .collect();
-    format!(".SH \"SEE ALSO\"\n{}\n", items.join(",\n"))
+    // Left-aligned and unhyphenated: page names are not words to stretch or split.
+    format!(".SH \"SEE ALSO\"\n.ad l\n.nh\n{}\n", items.join(",\n"))
 }
 
-/// Text for one roff input line: backslashes and hyphens escaped (`\-` is the hyphen-minus a
-/// reader can copy into a shell), a leading `.` or `'` made literal.
+/// Text for one roff input line: backslashes, hyphens and apostrophes escaped (`\-` and
+/// `\*(Aq` are what a reader can copy into a shell), a leading `.` made literal.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
-    if text.starts_with(['.', '\'']) {
+    if text.starts_with('.') {
         out.push_str("\\&");
     }
     for c in text.chars() {
         match c {
             '\\' => out.push_str("\\e"),
             '-' => out.push_str("\\-"),
+            '\'' => out.push_str("\\*(Aq"),
             c => out.push(c),
         }
     }
@@ -358,5 +374,6 @@ mod tests {
     #[test]
     fn roff_escapes() {
         assert_eq!(escape(".x --y a\\b"), "\\&.x \\-\\-y a\\eb");
+        assert_eq!(escape("'a'"), "\\*(Aqa\\*(Aq");
     }
 }

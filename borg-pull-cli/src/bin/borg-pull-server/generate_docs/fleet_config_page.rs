@@ -377,7 +377,7 @@ fn keys_roff(out: &mut String, keys: &[Key]) {
 
 /// The page, as troff.
 pub fn render(version: &str) -> String {
-    let mut out = String::new();
+    let mut out = String::from(super::AQ_PREAMBLE);
     out.push_str(&format!(
         ".TH BORG-PULL.TOML 5 \"\" \"borg-pull {version}\" \"borg-pull\"\n"
     ));
@@ -436,6 +436,8 @@ pub fn render(version: &str) -> String {
     );
     out.push_str(
         ".SH \"SEE ALSO\"\n\
+         .ad l\n\
+         .nh\n\
          \\fBborg\\-pull\\-server\\fR(1),\n\
          \\fBborg\\-pull\\-server\\-run\\fR(1),\n\
          \\fBborg\\-pull\\-server\\-check\\-config\\fR(1),\n\
