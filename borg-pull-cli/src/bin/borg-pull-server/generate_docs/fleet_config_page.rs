@@ -260,8 +260,8 @@ fn client_keys() -> Vec<Key> {
         ),
         key(
             "prune",
-            "inline table (see PRUNE KEYS)",
-            "none: no prune",
+            "inline table, see PRUNE KEYS",
+            "none (no prune)",
             "borg prune on this server after a successful backup, e.g. { keep_daily = 7, \
              keep_weekly = 4 }.",
         ),
