@@ -15,6 +15,18 @@ fn the_shipped_example_config_is_valid() {
     assert_eq!(web1.prune.keep_daily, Some(7));
     assert!(web1.compact);
     assert_eq!(web1.max_age.as_secs(), 36 * 3600);
+    // The borg user's own files, in its home (the units' StateDirectory): the hardened service can
+    // write known_hosts there (ProtectSystem=strict makes /etc read-only), and accept_new_host_key
+    // records a new client's key on first contact.
+    assert_eq!(
+        web1.known_hosts.as_deref(),
+        Some(Path::new("/var/lib/borg-pull/.ssh/known_hosts"))
+    );
+    assert_eq!(
+        web1.identity.as_deref(),
+        Some(Path::new("/var/lib/borg-pull/.ssh/id_ed25519"))
+    );
+    assert!(web1.accept_new_host_key);
     assert_eq!(
         fleet.clients[1].args.last().map(String::as_str),
         Some("/var/backups/postgres")
