@@ -90,3 +90,9 @@ impl Default for BorgLimits {
         }
     }
 }
+
+/// How long the relay `run` would install may take to answer `--version` (`check-config`).
+///
+/// The relay is a static binary that prints one line and exits, in milliseconds. Ten seconds
+/// covers a loaded machine; a program that takes longer is not the relay.
+pub const RELAY_VERSION_TIMEOUT: Duration = Duration::from_secs(10);
