@@ -67,23 +67,23 @@ pub enum RepoProblem {
         said: String,
     },
     /// borg got a passphrase and it does not open the repository.
-    #[error("the passphrase from {source} does not open the repository {} ({said}): put the repository's passphrase there (the one given to borg init)", .repo.display())]
+    #[error("the passphrase from {from} does not open the repository {} ({said}): put the repository's passphrase there (the one given to borg init)", .repo.display())]
     WrongPassphrase {
         /// The path.
         repo: PathBuf,
         /// Where the passphrase came from (config key and file or command).
-        source: String,
+        from: String,
         /// borg's message.
         said: String,
     },
     /// The passphrase could not be had: its file is unreadable or unsafe, or the passcommand
     /// failed.
-    #[error("cannot get the passphrase of {} from {source}: {said}", .repo.display())]
+    #[error("cannot get the passphrase of {} from {from}: {said}", .repo.display())]
     PassphraseUnavailable {
         /// The path.
         repo: PathBuf,
         /// Where the passphrase comes from.
-        source: String,
+        from: String,
         /// Why not.
         said: String,
     },
@@ -193,7 +193,7 @@ pub async fn repository(
         Err(BorgError::Passphrase(e)) => {
             return Err(RepoProblem::PassphraseUnavailable {
                 repo,
-                source: passphrase_source(client),
+                from: passphrase_source(client),
                 said: e.to_string(),
             })
         }
@@ -225,12 +225,12 @@ fn judge(rc: i32, said: String, repo: PathBuf, client: &Client, what: &'static s
         0 | 1 => Ok(RepoOpens::Yes),
         rc::PASSPHRASE_WRONG => Err(RepoProblem::WrongPassphrase {
             repo,
-            source: passphrase_source(client),
+            from: passphrase_source(client),
             said,
         }),
         rc::PASSCOMMAND_FAILURE => Err(RepoProblem::PassphraseUnavailable {
             repo,
-            source: passphrase_source(client),
+            from: passphrase_source(client),
             said,
         }),
         rc::REPO_DOES_NOT_EXIST => Err(RepoProblem::Missing { repo }),
@@ -238,12 +238,12 @@ fn judge(rc: i32, said: String, repo: PathBuf, client: &Client, what: &'static s
         rc::LOCK_TIMEOUT | rc::LOCK_FAILED => Ok(RepoOpens::Locked { said }),
         2 if says("passphrase") && says("incorrect") => Err(RepoProblem::WrongPassphrase {
             repo,
-            source: passphrase_source(client),
+            from: passphrase_source(client),
             said,
         }),
         2 if says("passcommand") => Err(RepoProblem::PassphraseUnavailable {
             repo,
-            source: passphrase_source(client),
+            from: passphrase_source(client),
             said,
         }),
         2 if says("does not exist") => Err(RepoProblem::Missing { repo }),

@@ -222,7 +222,7 @@ async fn check_client(
     for (role, program, flag) in &programs {
         script.push_str(&format!(
             "p={p}; if ( bp_check \"$p\" {role} ); then printf '%sfound {role} %s\\n' \"$bp_m\" \"$(command -v \"$p\")\"; \
-             bp_v \"$p\" {flag} | sed \"s/^/$bp_m{role}out /\"; echo; fi\n",
+             bp_v \"$p\" {flag} | sed \"s/^/${{bp_m}}{role}out /\"; echo; fi\n",
             p = quoted(program)?,
         ));
     }
@@ -251,6 +251,26 @@ async fn check_client(
             .collect()
     };
     let dir = get("dir").unwrap_or_default();
+    // The forward the method needs, requested and cancelled at once.
+    let forward = match &client.via {
+        _ if dir.is_empty() => Ok("forwarding not checked"),
+        ViaConfig::Socket => {
+            let path = format!("{dir}/check.sock");
+            let r = session.streamlocal_forward(&path).await;
+            if r.is_ok() {
+                let _ = session.cancel_streamlocal_forward(&path).await;
+            }
+            r.map(|()| "UNIX socket forwarding allowed")
+        }
+        ViaConfig::Agent { tcp: true, .. } => {
+            let r = session.tcpip_forward("127.0.0.1", 0).await;
+            if let Ok(port) = r {
+                let _ = session.cancel_tcpip_forward("127.0.0.1", port).await;
+            }
+            r.map(|_| "TCP forwarding allowed")
+        }
+        ViaConfig::Agent { tcp: false, .. } => Ok("agent forwarding not checked"),
+    };
     // Cleaned up before judging, whatever the verdict.
     if !dir.is_empty() {
         if let Ok(q) = quoted(std::ffi::OsStr::new(&dir)) {
@@ -361,26 +381,8 @@ async fn check_client(
     }
     let borg_version = output_of(RemoteProgram::Borg);
     let first = borg_version.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    client_borg_matches(client, options, first).map_err(fail)?;
     parts.push(borg_pull_core::text::escape_for_log(first.as_bytes()));
-    // The forward the method needs, requested and cancelled at once.
-    let forward = match &client.via {
-        ViaConfig::Socket => {
-            let path = format!("{dir}/check.sock");
-            let r = session.streamlocal_forward(&path).await;
-            if r.is_ok() {
-                let _ = session.cancel_streamlocal_forward(&path).await;
-            }
-            r.map(|()| "UNIX socket forwarding allowed")
-        }
-        ViaConfig::Agent { tcp: true, .. } => {
-            let r = session.tcpip_forward("127.0.0.1", 0).await;
-            if let Ok(port) = r {
-                let _ = session.cancel_tcpip_forward("127.0.0.1", port).await;
-            }
-            r.map(|_| "TCP forwarding allowed")
-        }
-        ViaConfig::Agent { tcp: false, .. } => Ok("agent forwarding not checked"),
-    };
     let forward = forward.map_err(|e| {
         (
             exit::CLIENT_SETUP.code,
@@ -389,6 +391,35 @@ async fn check_client(
     })?;
     parts.push(forward.into());
     Ok(parts)
+}
+
+/// The client's borg against this server's, as `pull` refuses it (pull.rs, `check_client_borg`):
+/// another major version or borg 2 generation fails; a version that cannot be read passes (borg
+/// serve's own check then decides).
+fn client_borg_matches(client: &Client, options: &PullOptions, reported: &str) -> Result<(), Error> {
+    let server = options.serve.version.as_ref();
+    let program = || options.remote_borg.to_string_lossy().into_owned();
+    match (borg_pull_core::BorgVersion::parse(reported), server) {
+        (Some(theirs), Some(ours)) if theirs.major != ours.major => Err(Error::BorgVersionMismatch {
+            host: client.host.clone(),
+            program: program(),
+            client: theirs.to_string(),
+            client_major: theirs.major,
+            server: ours.to_string(),
+            server_major: ours.major,
+        }),
+        (Some(theirs), Some(ours)) if theirs.generation() != ours.generation() => {
+            Err(Error::BorgGenerationMismatch {
+                host: client.host.clone(),
+                program: program(),
+                client: theirs.to_string(),
+                client_generation: theirs.generation(),
+                server: ours.to_string(),
+                server_generation: ours.generation(),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 async fn check(
