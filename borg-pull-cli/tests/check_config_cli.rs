@@ -167,6 +167,8 @@ impl Fixture {
             .args(names)
             .output();
         assert_clean(&out);
+        // Shown with --nocapture: what a user reads.
+        println!("{}", out.stdout_text());
         out
     }
 
@@ -183,7 +185,11 @@ impl Fixture {
 fn assert_clean(out: &Outcome) {
     let (stdout, stderr) = (out.stdout_text(), out.stderr_text());
     assert!(!stdout.contains("\\n"), "a literal \\n: {}", out.describe());
-    assert!(!stdout.contains(PASSPHRASE) && !stderr.contains(PASSPHRASE), "{}", out.describe());
+    assert!(
+        !stdout.contains(PASSPHRASE) && !stderr.contains(PASSPHRASE),
+        "{}",
+        out.describe()
+    );
 }
 
 /// The line of client `name` (its verdict: the first line starting `NAME: `).
@@ -222,7 +228,12 @@ fn passphrase_is_checked_with(borg: &Path) {
         "{}",
         out.describe()
     );
-    assert_eq!(out.stdout_text().lines().count(), 2, "only the named client: {}", out.describe());
+    assert_eq!(
+        out.stdout_text().lines().count(),
+        2,
+        "only the named client: {}",
+        out.describe()
+    );
 
     let out = f.check(&config, &["wrong"]);
     out.assert_code(212);
@@ -239,10 +250,8 @@ fn passphrase_is_checked_with(borg: &Path) {
     let out = f.check(&config, &["missing", "not-a-repo"]);
     out.assert_code(209);
     assert!(
-        line(&out, "missing").contains(&format!(
-            "FAILED (209): relay {}",
-            f.relay.display()
-        )) && line(&out, "missing").contains("does not exist on this server"),
+        line(&out, "missing").contains(&format!("FAILED (209): relay {}", f.relay.display()))
+            && line(&out, "missing").contains("does not exist on this server"),
         "{}",
         out.describe()
     );
@@ -290,9 +299,17 @@ fn names_select_as_for_run() {
     clients.push_str(&f.client("db1", ""));
     let config = f.config(&clients);
     // Without --connect the names are checked too.
-    let out = f.server(&["check-config", "--config"]).arg(&config).arg("web1").output();
+    let out = f
+        .server(&["check-config", "--config"])
+        .arg(&config)
+        .arg("web1")
+        .output();
     out.assert_code(0);
-    let check = f.server(&["check-config", "--config"]).arg(&config).arg("nope").output();
+    let check = f
+        .server(&["check-config", "--config"])
+        .arg(&config)
+        .arg("nope")
+        .output();
     check.assert_code(200);
     let run = f.server(&["run", "--config"]).arg(&config).arg("nope").output();
     run.assert_code(200);
@@ -349,18 +366,27 @@ fn install_relay_is_judged_as_run_does() {
     out.assert_code(214);
     let plain = line(&out, "plain");
     assert!(
-        plain.starts_with("plain: FAILED (214): the relay program \"/nonexistent/borg-pull-relay\" cannot be run"),
+        plain.starts_with(
+            "plain: FAILED (214): the relay program \"/nonexistent/borg-pull-relay\" cannot be run"
+        ),
         "{}",
         out.describe()
     );
     assert!(plain.contains("install_relay = true"), "{}", out.describe());
 
-    let run = f.server_at(&server, &["run", "--config"]).arg(&config).arg("inst").output();
+    let run = f
+        .server_at(&server, &["run", "--config"])
+        .arg(&config)
+        .arg("inst")
+        .output();
     run.assert_code(0);
     let out = f.check_at(&server, &config, &["inst"]);
     out.assert_code(0);
     assert!(
-        line(&out, "inst").contains(&format!("its copy {}", f.dir().join("cache/borg-pull/relay-").display())),
+        line(&out, "inst").contains(&format!(
+            "its copy {}",
+            f.dir().join("cache/borg-pull/relay-").display()
+        )),
         "{}",
         out.describe()
     );
@@ -409,7 +435,10 @@ fn relay_version_is_compared() {
     out.assert_code(0);
     let text = out.stdout_text();
     assert!(
-        line(&out, "other").starts_with(&format!("other: ok: relay {} (borg-pull-relay 0.0.1)", other.display())),
+        line(&out, "other").starts_with(&format!(
+            "other: ok: relay {} (borg-pull-relay 0.0.1)",
+            other.display()
+        )),
         "{}",
         out.describe()
     );
@@ -429,7 +458,8 @@ fn relay_version_is_compared() {
     let out = f.check(&config, &["cat"]);
     out.assert_code(214);
     assert!(
-        line(&out, "cat").contains("is not borg-pull-relay: its --version printed \"cat (GNU coreutils) 9.1\""),
+        line(&out, "cat")
+            .contains("is not borg-pull-relay: its --version printed \"cat (GNU coreutils) 9.1\""),
         "{}",
         out.describe()
     );

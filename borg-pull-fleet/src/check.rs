@@ -217,7 +217,13 @@ pub async fn repository(
 }
 
 /// What borg's exit code and last message mean.
-fn judge(rc: i32, said: String, repo: PathBuf, client: &Client, what: &'static str) -> Result<RepoOpens, RepoProblem> {
+fn judge(
+    rc: i32,
+    said: String,
+    repo: PathBuf,
+    client: &Client,
+    what: &'static str,
+) -> Result<RepoOpens, RepoProblem> {
     let lower = said.to_ascii_lowercase();
     // borg 1.2 exits 2 for all of these; its messages are stable across 1.x and 2.
     let says = |needle: &str| lower.contains(needle);
@@ -234,7 +240,9 @@ fn judge(rc: i32, said: String, repo: PathBuf, client: &Client, what: &'static s
             said,
         }),
         rc::REPO_DOES_NOT_EXIST => Err(RepoProblem::Missing { repo }),
-        rc::INVALID_REPOSITORY | rc::INVALID_REPOSITORY_CONFIG => Err(RepoProblem::NotARepository { repo, said }),
+        rc::INVALID_REPOSITORY | rc::INVALID_REPOSITORY_CONFIG => {
+            Err(RepoProblem::NotARepository { repo, said })
+        }
         rc::LOCK_TIMEOUT | rc::LOCK_FAILED => Ok(RepoOpens::Locked { said }),
         2 if says("passphrase") && says("incorrect") => Err(RepoProblem::WrongPassphrase {
             repo,
@@ -253,7 +261,11 @@ fn judge(rc: i32, said: String, repo: PathBuf, client: &Client, what: &'static s
             what,
             repo,
             rc,
-            said: if said.is_empty() { said } else { format!(": {said}") },
+            said: if said.is_empty() {
+                said
+            } else {
+                format!(": {said}")
+            },
         }),
     }
 }
@@ -349,7 +361,10 @@ mod tests {
 
     #[test]
     fn relay_versions_are_told_apart() {
-        assert_eq!(relay_version(b"borg-pull-relay 0.1.0\n", "0.1.0"), RelayVersion::Same("0.1.0".into()));
+        assert_eq!(
+            relay_version(b"borg-pull-relay 0.1.0\n", "0.1.0"),
+            RelayVersion::Same("0.1.0".into())
+        );
         assert_eq!(
             relay_version(b"borg-pull-relay 0.2.0\n", "0.1.0"),
             RelayVersion::Different("0.2.0".into())

@@ -324,7 +324,10 @@ mod tests {
             stderr: b"  first\r\nsecond \x1b[31m\n".to_vec(),
             status: Some(3),
         };
-        assert_eq!(captured.output_text(), "relay /x not found; first; second \\x1b[31m");
+        assert_eq!(
+            captured.output_text(),
+            "relay /x not found; first; second \\x1b[31m"
+        );
         assert_eq!(Captured::default().output_text(), "");
     }
 

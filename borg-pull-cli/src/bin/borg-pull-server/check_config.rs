@@ -134,7 +134,10 @@ fn quoted(s: &std::ffi::OsStr) -> Result<String, (u8, String)> {
 
 /// The relay `run` installs on the client: readable here (run reads it), answering `--version`
 /// as this server's relay. Returns it (for its cached name) and what to report.
-async fn relay_to_install(path: &Path, warnings: &mut Vec<String>) -> Result<(RelayBinary, String), (u8, String)> {
+async fn relay_to_install(
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(RelayBinary, String), (u8, String)> {
     let read = path.to_owned();
     let binary = tokio::task::spawn_blocking(move || RelayBinary::read(&read))
         .await
@@ -162,13 +165,19 @@ async fn relay_to_install(path: &Path, warnings: &mut Vec<String>) -> Result<(Re
         .await
         .map_err(|e| (exit::CLIENT_SETUP.code, e.to_string()))?;
     match check::relay_version(&output, OURS) {
-        RelayVersion::Same(v) => Ok((binary, format!("relay to install {} (borg-pull-relay {v})", path.display()))),
+        RelayVersion::Same(v) => Ok((
+            binary,
+            format!("relay to install {} (borg-pull-relay {v})", path.display()),
+        )),
         RelayVersion::Different(v) => {
             warnings.push(format!(
                 "the relay to install, {}, is borg-pull-relay {v}, this server is {OURS}",
                 path.display()
             ));
-            Ok((binary, format!("relay to install {} (borg-pull-relay {v})", path.display())))
+            Ok((
+                binary,
+                format!("relay to install {} (borg-pull-relay {v})", path.display()),
+            ))
         }
         RelayVersion::Older | RelayVersion::NotOurs(_) => Err((
             exit::CLIENT_SETUP.code,
@@ -242,7 +251,12 @@ async fn check_client(
     script.push_str("d=$(umask 077 && mktemp -d) && printf '%sdir %s\\n' \"$bp_m\" \"$d\"\n");
     let captured = session.capture(&script, CHECK_TIMEOUT).await.map_err(fail)?;
     let found = reports(&captured.stdout);
-    let get = |word: &str| found.iter().find(|(w, _)| w == word).map(|(_, rest)| rest.clone());
+    let get = |word: &str| {
+        found
+            .iter()
+            .find(|(w, _)| w == word)
+            .map(|(_, rest)| rest.clone())
+    };
     let all = |word: &str| -> Vec<String> {
         found
             .iter()
@@ -280,9 +294,7 @@ async fn check_client(
     let mut parts = Vec::new();
     let missing = all("missing");
     for (role, program, _) in &programs {
-        let why = missing
-            .iter()
-            .find_map(|m| m.strip_prefix(&format!("{role} ")));
+        let why = missing.iter().find_map(|m| m.strip_prefix(&format!("{role} ")));
         if let Some(why) = why {
             let e = Error::RemoteProgramMissing {
                 program: program.to_string_lossy().into_owned(),
@@ -309,7 +321,10 @@ async fn check_client(
     let found_path = |role: RemoteProgram| {
         all("found")
             .into_iter()
-            .find_map(|f| f.strip_prefix(&format!("{role} ")).map(|p| borg_pull_core::text::escape_for_log(p.as_bytes())))
+            .find_map(|f| {
+                f.strip_prefix(&format!("{role} "))
+                    .map(|p| borg_pull_core::text::escape_for_log(p.as_bytes()))
+            })
             .unwrap_or_default()
     };
     let output_of = |role: RemoteProgram| all(&format!("{role}out")).join("\n");
@@ -333,21 +348,22 @@ async fn check_client(
                     ));
                     parts.push(format!("relay {path} (an older borg-pull-relay)"));
                 }
-                RelayVersion::NotOurs(said) => {
-                    return Err((
-                        exit::CLIENT_SETUP.code,
-                        format!(
-                            "the relay {} on the client ({path}) is not borg-pull-relay: its --version printed \
+                RelayVersion::NotOurs(said) => return Err((
+                    exit::CLIENT_SETUP.code,
+                    format!(
+                        "the relay {} on the client ({path}) is not borg-pull-relay: its --version printed \
                              {said:?}; set relay = PATH to borg-pull-relay there, or install_relay = true",
-                            program.to_string_lossy()
-                        ),
-                    ))
-                }
+                        program.to_string_lossy()
+                    ),
+                )),
             },
             _ => {
                 let version = output_of(*role);
                 let first = version.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-                parts.push(format!("{role} {path} {}", borg_pull_core::text::escape_for_log(first.as_bytes())));
+                parts.push(format!(
+                    "{role} {path} {}",
+                    borg_pull_core::text::escape_for_log(first.as_bytes())
+                ));
             }
         }
     }
