@@ -458,8 +458,10 @@ fn relay_version_is_compared() {
     let out = f.check(&config, &["cat"]);
     out.assert_code(214);
     assert!(
-        line(&out, "cat")
-            .contains("is not borg-pull-relay: its --version printed \"cat (GNU coreutils) 9.1\""),
+        line(&out, "cat").starts_with(&format!(
+            "cat: FAILED (214): the relay {} on the client is not borg-pull-relay: its --version printed \"cat (GNU coreutils) 9.1\"",
+            cat.display()
+        )),
         "{}",
         out.describe()
     );

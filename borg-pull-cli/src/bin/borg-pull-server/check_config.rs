@@ -348,14 +348,21 @@ async fn check_client(
                     ));
                     parts.push(format!("relay {path} (an older borg-pull-relay)"));
                 }
-                RelayVersion::NotOurs(said) => return Err((
-                    exit::CLIENT_SETUP.code,
-                    format!(
-                        "the relay {} on the client ({path}) is not borg-pull-relay: its --version printed \
-                             {said:?}; set relay = PATH to borg-pull-relay there, or install_relay = true",
-                        program.to_string_lossy()
-                    ),
-                )),
+                RelayVersion::NotOurs(said) => {
+                    let given = borg_pull_core::text::escape_for_log(program.as_encoded_bytes());
+                    let found = if given == path {
+                        String::new()
+                    } else {
+                        format!(" ({path})")
+                    };
+                    return Err((
+                        exit::CLIENT_SETUP.code,
+                        format!(
+                            "the relay {given} on the client{found} is not borg-pull-relay: its --version \
+                             printed {said:?}; set relay = PATH to borg-pull-relay there, or install_relay = true"
+                        ),
+                    ));
+                }
             },
             _ => {
                 let version = output_of(*role);
