@@ -466,3 +466,44 @@ fn relay_version_is_compared() {
         out.describe()
     );
 }
+
+/// A repository locked by another borg (a backup running now) cannot show whether the passphrase
+/// opens it: a warning saying so, not a failure.
+#[test]
+fn locked_repository_is_a_warning() {
+    if !common::require_tool("borg") {
+        return;
+    }
+    let f = Fixture::new(&common::find_on_path("borg").unwrap());
+    f.init("busy", PASSPHRASE);
+    let config = f.config(&f.client("busy", ""));
+    let repo = f.repo("busy");
+    let mut holder = TestCommand::new(&f.borg);
+    holder
+        .arg("with-lock")
+        .arg(&repo)
+        .args(["sleep", "600"])
+        .env("BORG_BASE_DIR", &f.server_base)
+        .env("BORG_PASSPHRASE", PASSPHRASE);
+    let mut holder = common::Spawned::spawn(holder, f.dir().join("with-lock.log"));
+    common::wait_until("borg with-lock holds the lock", || {
+        repo.join("lock.exclusive").exists() && repo.join("lock.roster").exists()
+    });
+    holder.assert_running();
+    let out = f.check(&config, &[]);
+    out.assert_code(0);
+    assert!(
+        line(&out, "busy").contains(&format!("repository {} locked", repo.display())),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout_text().contains(&format!(
+            "busy: warning: the repository {} is locked (",
+            repo.display()
+        )) && out.stdout_text().contains("passphrase was not checked"),
+        "{}",
+        out.describe()
+    );
+    drop(holder);
+}

@@ -304,7 +304,7 @@ async fn check_client(
             };
             let (code, mut message) = fail(e);
             if *role == RemoteProgram::Relay {
-                message.push_str(" (or install_relay = true: run then copies this server's relay there)");
+                message.push_str("; or set install_relay = true (run then copies this server's relay there)");
             }
             return Err((code, message));
         }
