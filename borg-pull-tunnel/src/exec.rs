@@ -145,14 +145,9 @@ impl Captured {
     /// trimmed, escaped and joined with `; ` (escaping whole, a trailing newline showed as a
     /// literal `\n`).
     pub fn output_text(&self) -> String {
-        [&self.stdout, &self.stderr]
-            .into_iter()
-            .flat_map(|out| out.split(|&b| b == b'\n'))
-            .map(|line| line.trim_ascii())
-            .filter(|line| !line.is_empty())
-            .map(escape_output)
-            .collect::<Vec<_>>()
-            .join("; ")
+        // Both are bounded already (HELPER_OUTPUT_KEPT each).
+        let both = [&self.stdout[..], b"\n", &self.stderr[..]].concat();
+        borg_pull_core::text::escape_lines(&both, both.len())
     }
 }
 
