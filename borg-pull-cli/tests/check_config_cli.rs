@@ -425,8 +425,15 @@ fn relay_version_is_compared() {
         "error: the following required arguments were not provided:\n  --socket <PATH>\n\nUsage: borg-pull-relay --socket <PATH> [SSH_ARGS]...\n",
     );
     let cat = f.fake_relay("not-a-relay", "cat (GNU coreutils) 9.1\n");
+    let noexec = f.fake_relay("not-executable", "borg-pull-relay 0.0.1\n");
+    fs::set_permissions(&noexec, fs::Permissions::from_mode(0o644)).unwrap();
     let mut clients = String::new();
-    for (name, relay) in [("other", &other), ("older", &older), ("cat", &cat)] {
+    for (name, relay) in [
+        ("other", &other),
+        ("older", &older),
+        ("cat", &cat),
+        ("noexec", &noexec),
+    ] {
         f.init(name, PASSPHRASE);
         clients.push_str(&f.client(name, &format!("relay = {}", toml_str(relay))));
     }
@@ -452,6 +459,16 @@ fn relay_version_is_compared() {
     );
     assert!(
         text.contains("older: warning: the relay on the client") && text.contains("older than --version"),
+        "{}",
+        out.describe()
+    );
+    let out = f.check(&config, &["noexec"]);
+    out.assert_code(214);
+    assert!(
+        line(&out, "noexec").starts_with(&format!(
+            "noexec: FAILED (214): the relay program {:?} cannot be run on the client 127.0.0.1: it is not an executable file",
+            noexec.display().to_string()
+        )),
         "{}",
         out.describe()
     );
