@@ -14,8 +14,10 @@ use crate::{exit, runtime};
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "borg-pull-relay",
+    // `--version`/`-V` print `borg-pull-relay VERSION`: `check-config --connect` compares it with
+    // the server's. borg never appends either before the host, so they cannot be mistaken for
+    // the ssh arguments it adds.
     version,
-    disable_version_flag = true,
     after_help = after_help()
 )]
 pub struct RelayArgs {

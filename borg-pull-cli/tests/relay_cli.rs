@@ -267,3 +267,21 @@ fn connection_reset_mid_stream_fails_with_one_line_and_255() {
         lines[0].contains("relaying stdin -> ") || lines[0].contains("x.sock -> stdout failed");
     assert!(names_direction && lines[0].contains("x.sock"), "{lines:?}");
 }
+
+/// `--version` and `-V` print the crate's version on stdout and exit 0, with no `--socket`:
+/// `check-config --connect` reads it on the client and compares it with the server's.
+#[test]
+fn version_flag_prints_the_version_without_a_socket() {
+    for flag in ["--version", "-V"] {
+        let mut command = TestCommand::new(RELAY);
+        command.arg(flag).env_remove("BORG_PULL_SOCKET");
+        let output = run(command, Vec::new());
+        assert_eq!(output.status.code(), Some(0), "{flag}: {}", output.describe());
+        assert_eq!(
+            output.stdout_text(),
+            format!("borg-pull-relay {}\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+        assert!(output.stderr.is_empty(), "{flag}: {}", output.describe());
+    }
+}

@@ -676,10 +676,7 @@ impl ServeConfig {
                 program: self.borg.clone(),
                 repo: self.repo.clone(),
                 status: output.status,
-                output: crate::text::escape_truncated(
-                    &[&output.stdout[..], &output.stderr[..]].concat(),
-                    4096,
-                ),
+                output: crate::text::escape_lines(&[&output.stdout[..], &output.stderr[..]].concat(), 4096),
             });
         }
         Ok(true)

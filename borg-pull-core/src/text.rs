@@ -61,6 +61,24 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// What a program printed, as one line for a message: its non-empty lines, trimmed, each escaped
+/// ([`escape_for_log`]) and joined with `; `, from at most the first `max` bytes (then
+/// `… [N bytes cut]`). Escaping the whole output instead shows its line ends as literal `\n`.
+pub fn escape_lines(bytes: &[u8], max: usize) -> String {
+    let kept = &bytes[..bytes.len().min(max)];
+    let mut out = kept
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .filter(|line| !line.is_empty())
+        .map(escape_for_log)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if bytes.len() > max {
+        push_cut(&mut out, (bytes.len() - max) as u64);
+    }
+    out
+}
+
 fn push_cut(out: &mut String, cut: u64) {
     out.push_str(&format!(" … [{cut} bytes cut]"));
 }
@@ -160,6 +178,16 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_lines_joins_lines_without_escaped_line_ends() {
+        assert_eq!(
+            escape_lines(b"usage: borg\r\n\n  x \x1b\n", 100),
+            "usage: borg; x \\x1b"
+        );
+        assert_eq!(escape_lines(b"abc\ndef", 5), "abc; d … [2 bytes cut]");
+        assert_eq!(escape_lines(b"\n\n", 10), "");
+    }
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use tokio::io::ReadBuf;

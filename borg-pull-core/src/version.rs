@@ -82,7 +82,7 @@ impl BorgVersion {
             Some(v) if output.status.success() => Ok(v),
             _ => Err(Error::BorgVersionUnknown {
                 program: program.to_owned(),
-                output: crate::text::escape_truncated(
+                output: crate::text::escape_lines(
                     &[&output.stdout[..], &output.stderr[..]].concat(),
                     crate::limits::LOG_LINE_MAX,
                 ),

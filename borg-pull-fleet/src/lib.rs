@@ -10,11 +10,14 @@
 //! - [`status`]: newest archive and its age per client, read from the repositories only.
 //! - [`metrics`]: the node_exporter textfile (written atomically).
 //! - [`progress`]: borg's progress lines in logs, the live display on a terminal, readable sizes.
+//! - [`check`]: what `check-config --connect` judges here: the repository opens with its
+//!   passphrase; a relay's version.
 //! - [`limits`]: the time limits of the borg runs on this server, with their reasons.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod atomic_file;
+pub mod check;
 pub mod config;
 pub mod limits;
 pub mod metrics;

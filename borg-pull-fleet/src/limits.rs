@@ -138,3 +138,8 @@ pub const MAX_PROGRESS_TEXT: usize = 512;
 /// Four times a second reads as live (borg itself redraws about five times a second) while a
 /// run of 32 clients writes at most a few KiB a second to the terminal.
 pub const REDRAW_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the relay `run` would install may take to answer `--version` (`check-config`).
+///
+/// The relay is a static binary that prints one line and exits, in milliseconds. Ten seconds
+/// covers a loaded machine; a program that takes longer is not the relay.
+pub const RELAY_VERSION_TIMEOUT: Duration = Duration::from_secs(10);

@@ -141,17 +141,13 @@ pub struct Captured {
 }
 
 impl Captured {
-    /// stdout and stderr, escaped and trimmed, for error messages and logs.
+    /// stdout and stderr as one line for error messages and logs: their non-empty lines,
+    /// trimmed, escaped and joined with `; ` (escaping whole, a trailing newline showed as a
+    /// literal `\n`).
     pub fn output_text(&self) -> String {
-        let mut s = escape_output(&self.stdout).trim().to_owned();
-        let err = escape_output(&self.stderr);
-        if !err.trim().is_empty() {
-            if !s.is_empty() {
-                s.push_str("; ");
-            }
-            s.push_str(err.trim());
-        }
-        s
+        // Both are bounded already (HELPER_OUTPUT_KEPT each).
+        let both = [&self.stdout[..], b"\n", &self.stderr[..]].concat();
+        borg_pull_core::text::escape_lines(&both, both.len())
     }
 }
 
@@ -315,6 +311,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn output_text_is_one_line_without_escaped_line_ends() {
+        let captured = Captured {
+            stdout: b"relay /x not found\n\n".to_vec(),
+            stderr: b"  first\r\nsecond \x1b[31m\n".to_vec(),
+            status: Some(3),
+        };
+        assert_eq!(
+            captured.output_text(),
+            "relay /x not found; first; second \\x1b[31m"
+        );
+        assert_eq!(Captured::default().output_text(), "");
+    }
 
     /// Runs `sh -c 'printf %s <quoted>'` and returns what the shell printed.
     fn through_sh(quoted: &[u8]) -> Vec<u8> {

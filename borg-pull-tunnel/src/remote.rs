@@ -621,7 +621,7 @@ pub(crate) fn beat_script(dir: &str) -> Result<Vec<u8>> {
 ///
 /// A path is checked along its parents, so "a parent directory is not searchable" is told apart
 /// from "not there" (the shell sees both as a missing file).
-pub(crate) const CHECK_FUNCTION: &str = "bp_check() { \
+pub const CHECK_FUNCTION: &str = "bp_check() { \
 case $1 in \
 */*) [ -f \"$1\" ] && [ -x \"$1\" ] && return 0; \
 if [ -e \"$1\" ]; then bp_w='it is not an executable file'; \
