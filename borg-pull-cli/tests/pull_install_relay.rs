@@ -112,6 +112,29 @@ fn the_relay_is_installed_once_verified_and_used() {
     );
     assert_eq!(fs::read_dir(&cache).unwrap().count(), 2);
 
+    // A client that cannot store the copy (a cache it cannot write) stops reading half-way: the
+    // pull fails with the client's reason at once, not when the install's 600 s deadline ends.
+    fs::remove_dir_all(d.join("cache")).unwrap();
+    fs::create_dir(d.join("cache")).unwrap();
+    fs::set_permissions(d.join("cache"), fs::Permissions::from_mode(0o755)).unwrap();
+    let started = std::time::Instant::now();
+    let refused = pull("refused");
+    refused.assert_code(214);
+    let text = refused.stderr_text();
+    assert!(
+        text.contains("installing the relay")
+            && text.contains("Permission denied")
+            && !text.contains("Some("),
+        "names the step and the client's reason: {}",
+        refused.describe()
+    );
+    // A bound, not a speed: the step's own deadline is 600 s (RELAY_INSTALL_TIMEOUT).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(300),
+        "the failed install held the pull for {:?}",
+        started.elapsed()
+    );
+
     let list = TestCommand::new("borg")
         .args(["list", "--short"])
         .arg(&repo)

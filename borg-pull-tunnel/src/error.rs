@@ -321,7 +321,7 @@ pub enum Error {
     },
 
     /// A helper command on the client failed.
-    #[error("on the client, `{command}` failed (exit status {status:?}): {output}")]
+    #[error("on the client, `{command}` failed ({}): {output}", exit_text(*status))]
     RemoteHelper {
         /// The command (never contains secrets).
         command: String,
@@ -916,6 +916,14 @@ impl std::fmt::Display for RemoteDirUse {
             RemoteDirUse::Restore => "restore into",
             RemoteDirUse::RunBorg => "run borg in",
         })
+    }
+}
+
+/// A helper's exit for people: its code, or that none arrived (the channel closed without one).
+fn exit_text(status: Option<u32>) -> String {
+    match status {
+        Some(code) => format!("exit code {code}"),
+        None => "no exit code".to_owned(),
     }
 }
 

@@ -794,16 +794,42 @@ impl Run<'_> {
             bytes = relay.bytes.len(),
             "installing the relay on the client"
         );
+        // The client's answer is read while the bytes go: a client whose install stops half-way
+        // (a full disk, a cache it cannot write) closes the channel with its report, and the
+        // window it will never open again must not hold the run until the step's deadline.
+        let mut writer = channel.make_writer();
+        let bytes = &relay.bytes;
+        let send = async move {
+            writer.write_all(b"relay\n").await?;
+            writer.write_all(bytes).await?;
+            writer.flush().await
+        };
         let send = async {
-            channel
-                .data(&b"relay\n"[..])
-                .await
-                .and(channel.data(&relay.bytes[..]).await)
-                .map_err(|e| self.session.failure("sending the relay", e))?;
-            remote::read_report(channel, self.marker).await
+            let read = remote::read_report(channel, self.marker);
+            tokio::pin!(read);
+            tokio::select! {
+                biased;
+                report = &mut read => report,
+                sent = send => match sent {
+                    Ok(()) => read.await,
+                    // A write that fails means the channel went; its report, if any, says why.
+                    Err(e) => read
+                        .await
+                        .map_err(|_| self.session.failure("sending the relay", russh::Error::IO(e))),
+                },
+            }
         };
         self.step("installing the relay", crate::limits::RELAY_INSTALL_TIMEOUT, send)
             .await
+            .map_err(|e| match e {
+                // The report reader names the run's start; this failure is the install's.
+                Error::RemoteHelper { status, output, .. } => Error::RemoteHelper {
+                    command: "installing the relay into the login user's cache".into(),
+                    status,
+                    output,
+                },
+                other => other,
+            })
     }
 
     async fn start_borg(
