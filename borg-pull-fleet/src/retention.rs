@@ -418,26 +418,7 @@ pub async fn archive_ids_with(
         env: &[],
         quiet: true,
     };
-    let finished = run
-        .run()
-        .await
-        .map_err(|e| format!("borg list did not run: {e}"))?;
-    if finished.timed_out {
-        return Err(format!(
-            "borg list ran longer than {}s and was stopped",
-            limits.list.as_secs()
-        ));
-    }
-    if finished.rc != 0 {
-        let said = finished.last_error.map(|e| format!(": {e}")).unwrap_or_default();
-        return Err(format!("borg list exited with {}{said}", finished.rc));
-    }
-    if finished.stdout_cut {
-        return Err(format!(
-            "borg list printed more than {MAX_ARCHIVE_IDS} bytes of archive ids"
-        ));
-    }
-    ArchiveIds::parse(&finished.stdout)
+    ArchiveIds::parse(&run.stdout("borg list").await?)
 }
 
 /// Logs the end of a step and notes a failure; returns borg's code and whether it succeeded.

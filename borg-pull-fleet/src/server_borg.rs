@@ -118,6 +118,29 @@ impl Drop for GroupGuard {
 }
 
 impl BorgRun<'_> {
+    /// Runs a borg that reports on stdout (`list`, `info`) and returns what it printed, or why
+    /// there is nothing to read: it could not start, ran past its deadline, failed, or printed
+    /// more than its cap. `what` names it in that reason, e.g. "borg list".
+    pub async fn stdout(self, what: &str) -> Result<Vec<u8>, String> {
+        let timeout = self.timeout;
+        let cap = self.capture_stdout.unwrap_or(0);
+        let finished = self.run().await.map_err(|e| format!("{what} did not run: {e}"))?;
+        if finished.timed_out {
+            return Err(format!(
+                "{what} ran longer than {}s and was stopped",
+                timeout.as_secs()
+            ));
+        }
+        if finished.rc != 0 {
+            let said = finished.last_error.map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(format!("{what} exited with {}{said}", finished.rc));
+        }
+        if finished.stdout_cut {
+            return Err(format!("{what} printed more than {cap} bytes"));
+        }
+        Ok(finished.stdout)
+    }
+
     /// Runs borg to the end or the deadline. Errors only when it could not be started.
     pub async fn run(self) -> Result<Finished, BorgError> {
         let name = escape_for_log(self.client.name.as_bytes());

@@ -184,21 +184,7 @@ async fn repository_size(
         env: &[],
         quiet: true,
     };
-    let finished = run.run().await.map_err(|e| e.to_string())?;
-    if finished.timed_out {
-        return Err(format!(
-            "borg info ran longer than {}s and was stopped",
-            limits.info.as_secs()
-        ));
-    }
-    if finished.rc != 0 {
-        let said = finished.last_error.map(|e| format!(": {e}")).unwrap_or_default();
-        return Err(format!("borg info exited with {}{said}", finished.rc));
-    }
-    if finished.stdout_cut {
-        return Err(format!("borg info printed more than {MAX_INFO_JSON} bytes"));
-    }
-    parse_info_json(&finished.stdout)
+    parse_info_json(&run.stdout("borg info").await?)
 }
 
 /// The sizes in `borg info --json` output (`cache.stats`); an error when it has none of them.
@@ -243,21 +229,7 @@ async fn newest_archive(
         env: &[("TZ", "UTC")],
         quiet: true,
     };
-    let finished = run.run().await.map_err(|e| e.to_string())?;
-    if finished.timed_out {
-        return Err(format!(
-            "borg list ran longer than {}s and was stopped",
-            limits.list.as_secs()
-        ));
-    }
-    if finished.rc != 0 {
-        let said = finished.last_error.map(|e| format!(": {e}")).unwrap_or_default();
-        return Err(format!("borg list exited with {}{said}", finished.rc));
-    }
-    if finished.stdout_cut {
-        return Err(format!("borg list printed more than {MAX_LIST_JSON} bytes"));
-    }
-    parse_list_json(&finished.stdout)
+    parse_list_json(&run.stdout("borg list").await?)
 }
 
 /// The newest archive in `borg list --json` output: its name and time (Unix seconds).
