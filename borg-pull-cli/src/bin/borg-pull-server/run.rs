@@ -52,6 +52,13 @@ pub struct RunArgs {
     /// Only these clients (default: all), by name.
     #[arg(value_name = "NAME")]
     names: Vec<String>,
+
+    /// Pull only the clients that are due now: no success within their `every`, the back-off
+    /// after a failure passed, inside their `window` and outside their `blackout` (the hourly
+    /// timer runs this). The others are logged, one line each with their state and next due time,
+    /// and are not failures.
+    #[arg(long)]
+    due: bool,
 }
 
 /// The message and code of a failed client.
@@ -115,7 +122,14 @@ async fn run_async(args: RunArgs) -> ExitCode {
         sink
     };
     let env = PullEnv::from_process();
-    let results = run::run(&fleet, &args.names, jobs, &env, classify, shutdown.graceful, sink).await;
+    let (results, not_due) = if args.due {
+        let (results, not_due) =
+            run::run_due(&fleet, &args.names, jobs, &env, classify, shutdown.graceful, sink).await;
+        (results, Some(not_due))
+    } else {
+        let results = run::run(&fleet, &args.names, jobs, &env, classify, shutdown.graceful, sink).await;
+        (results, None)
+    };
     let summary = if args.json {
         match serde_json::to_string_pretty(&results) {
             Ok(json) => json + "\n",
@@ -125,7 +139,11 @@ async fn run_async(args: RunArgs) -> ExitCode {
             }
         }
     } else {
-        run::summary_table(&results)
+        let mut table = run::summary_table(&results);
+        if let Some(not_due) = not_due {
+            table.push_str(&run::due_line(results.len(), not_due));
+        }
+        table
     };
     use std::io::Write as _;
     // A closed stdout (`| head`) is not an error of the run.
