@@ -33,7 +33,9 @@ running client as `pull` does (borg gets SIGINT and a grace period) and skips th
 /// output then goes to stderr). When the job made an archive, prune/compact/check run on this
 /// server as configured; otherwise the summary says why not. On a terminal a live display shows
 /// each running client (phase, time, borg's latest progress line); in logs borg's progress
-/// lines appear at most once a minute per client.
+/// lines appear at most once a minute per client. With --due (the hourly timer) only the clients
+/// due now are pulled, by their every, window, blackout and retry (borg-pull.toml(5)); the
+/// summary ends with how many were due.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The fleet config (TOML: [server], [defaults], [[client]]).
