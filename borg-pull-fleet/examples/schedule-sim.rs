@@ -191,10 +191,7 @@ fn percent(part: u64, whole: u64) -> String {
 }
 
 fn main() {
-    let seed: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(19);
+    let seed: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(19);
     let mut text = String::from("[server]\nstate_dir = \"/nonexistent\"\n[defaults]\nargs = [\"create\", \"::{now}\", \"/\"]\nevery = \"24h\"\nretry = \"1h\"\n");
     let mut patterns = Vec::new();
     for (pattern, n) in MIX {
@@ -217,7 +214,10 @@ fn main() {
     let policies = [
         (Policy::Nightly, "nightly `run` at 02:00"),
         (Policy::HourlyDue, "hourly `run --due`"),
-        (Policy::HourlyDueBackoffUnreachable, "hourly `--due`, back-off when unreachable too"),
+        (
+            Policy::HourlyDueBackoffUnreachable,
+            "hourly `--due`, back-off when unreachable too",
+        ),
     ];
     let results: Vec<Vec<Tally>> = policies
         .iter()

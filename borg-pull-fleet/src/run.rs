@@ -959,6 +959,46 @@ mod tests {
     }
 
     #[test]
+    fn select_due_keeps_the_order_and_says_why_the_others_wait() {
+        let text = "[defaults]\nargs = [\"create\", \"::x\", \"/\"]\nhost = \"h\"\n\
+            [[client]]\nname = \"a\"\nrepo = \"/a\"\n\
+            [[client]]\nname = \"b\"\nrepo = \"/b\"\n\
+            [[client]]\nname = \"c\"\nrepo = \"/c\"\nblackout = [\"00:00-12:00\"]\n";
+        let fleet = crate::config::parse_with_home(text, std::path::Path::new("f.toml"), None).unwrap();
+        let now = 20_000 * 86_400 + 3_600; // 01:00 UTC
+        let state_of = |name: &str| {
+            let mut state = ClientState::default();
+            if name == "b" {
+                state.last_success = Some(RunRecord {
+                    started: now - 3_600,
+                    ..RunRecord::default()
+                });
+                state.record_attempt(Outcome::Succeeded, now - 3_600, now - 3_000);
+            }
+            state
+        };
+        let selection = select_due(&fleet.clients, now, &Zone::utc(), state_of);
+        let due: Vec<&str> = selection.due.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(due, ["a"]);
+        let waiting: Vec<(&str, schedule::Health, Option<u64>)> = selection
+            .not_due
+            .iter()
+            .map(|(c, s)| (c.name.as_str(), s.health, s.next_due))
+            .collect();
+        assert_eq!(
+            waiting,
+            [
+                (
+                    "b",
+                    schedule::Health::Ok,
+                    Some(now - 3_600 + 23 * 3_600 + 15 * 60)
+                ),
+                ("c", schedule::Health::Due, Some(now + 11 * 3_600)),
+            ]
+        );
+    }
+
+    #[test]
     fn crlf_lines_are_whole_lines() {
         let (mut w, buf) = writer(Duration::from_secs(3600));
         w.push(b"one\r");
