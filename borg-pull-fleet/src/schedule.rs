@@ -271,8 +271,12 @@ pub fn standing_in(client: &Client, state: &ClientState, now: u64, zone: &Zone) 
     let schedule = &client.schedule;
     let last_success = state.last_success.as_ref().map(|r| r.started);
     let slack = schedule.every / DUE_EARLY_DIVISOR;
-    let needed_from = last_success.map_or(0, |at| add(at, schedule.every.saturating_sub(slack)));
-    let last = state.last_attempt();
+    // A time recorded in the future (this server's clock was set back since) counts as now:
+    // otherwise the client would wait for the clock to catch up, possibly for years.
+    let needed_from = last_success.map_or(0, |at| add(at.min(now), schedule.every.saturating_sub(slack)));
+    let last = state
+        .last_attempt()
+        .map(|(ended, outcome)| (ended.min(now), outcome));
     let failures = match last {
         // A record from before the count was kept: the failure it shows is one.
         Some((_, Outcome::Failed | Outcome::Unreachable)) => state.failures_in_a_row.max(1),
@@ -363,7 +367,16 @@ impl Zone {
                 _ => "/etc/localtime".into(),
             };
             Self::read(&file).unwrap_or_else(|e| {
-                tracing::debug!("local time is UTC: {}: {e}", file.display());
+                // $TZ set but not a zone file (e.g. a POSIX rule like "CET-1CEST"): say so, the
+                // windows and blackouts are then in UTC. No /etc/localtime: UTC is what libc uses.
+                if std::env::var_os("TZ").is_some_and(|tz| !tz.is_empty()) {
+                    tracing::warn!(
+                        "windows and blackouts in UTC: TZ names no zone file ({}: {e})",
+                        file.display()
+                    );
+                } else {
+                    tracing::debug!("local time is UTC: {}: {e}", file.display());
+                }
                 Zone::utc()
             })
         })
@@ -568,17 +581,17 @@ mod tests {
             (DAY, Outcome::Failed),
             (DAY, Outcome::Failed),
         ]);
-        assert_eq!(at(&c, &st, DAY).next_due, Some(DAY + M + 4 * H));
+        assert_eq!(at(&c, &st, DAY + M).next_due, Some(DAY + M + 4 * H));
         let many: Vec<_> = std::iter::once(ok)
             .chain(std::iter::repeat_n((DAY, Outcome::Failed), 12))
             .collect();
         let st = state(&many);
         assert_eq!(
-            at(&c, &st, DAY).next_due,
+            at(&c, &st, DAY + M).next_due,
             Some(DAY + M + 24 * H),
             "capped at every"
         );
-        assert_eq!(at(&c, &st, DAY).failures_in_a_row, 12);
+        assert_eq!(at(&c, &st, DAY + M).failures_in_a_row, 12);
         let c = client("retry = \"2d\"\nevery = \"12h\"");
         assert_eq!(c.schedule.retry.first, Duration::from_secs(12 * H));
         let b = Backoff {
@@ -603,6 +616,17 @@ mod tests {
             (s.health, s.due_now, s.failures_in_a_row),
             (Health::Failing, true, 2)
         );
+    }
+
+    #[test]
+    fn times_in_the_future_count_as_now() {
+        // The clock was set back a year after a success and a failure were recorded.
+        let c = client("");
+        let later = DAY + 365 * 24 * H;
+        let st = state(&[(later, Outcome::Succeeded), (later + H, Outcome::Failed)]);
+        let s = at(&c, &st, DAY);
+        assert_eq!(s.next_due, Some(DAY + 24 * H - 45 * M), "not a year from now");
+        assert_eq!(s.health, Health::Failing);
     }
 
     #[test]
