@@ -38,7 +38,9 @@ Exit codes:
 /// Arguments of `borg-pull-server status`.
 ///
 /// Prints, per client of the config: the newest archive, its time and age, the client's max_age,
-/// whether it is stale, and the last run's result.
+/// whether it is stale, and the last run's result; then its health by the schedule (ok, due,
+/// failing: the last attempt failed, overdue: no success within max_age), its last success and
+/// its age, when `run --due` pulls it next, and its failures in a row.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// The fleet config (TOML: [server], [defaults], [[client]]).
