@@ -13,14 +13,18 @@
 //! - [`check`]: what `check-config --connect` judges here: the repository opens with its
 //!   passphrase; a relay's version.
 //! - [`limits`]: the time limits of the borg runs on this server, with their reasons.
+//! - [`history`]: every run of every client, bounded, for `status --history` and the page.
+//! - [`page`]: the self-contained HTML status page (`status --html`, `[server] html`).
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod atomic_file;
 pub mod check;
 pub mod config;
+pub mod history;
 pub mod limits;
 pub mod metrics;
+// pub mod page; (after the merge of `due`: it reads schedule::Health)
 pub mod progress;
 pub mod retention;
 pub mod run;
