@@ -385,8 +385,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let history = History::open(dir.path()).unwrap();
         // Long error messages: far fewer than the count bound fit in the size bound.
-        let long = "x".repeat(MAX_HISTORY_BYTES / 50);
-        for i in 0..120 {
+        let long = "x".repeat(MAX_HISTORY_BYTES / 30);
+        for i in 0..70 {
             let mut r = record(i);
             r.error = Some((213, format!("{i} {long}")));
             history.append("web1", &r).unwrap();
@@ -394,8 +394,8 @@ mod tests {
         let size = std::fs::metadata(dir.path().join("history/web1.jsonl")).unwrap().len();
         assert!(size <= MAX_HISTORY_BYTES as u64, "{size}");
         let kept = history.load("web1");
-        assert!(kept.len() < 60 && kept.len() > 30, "{}", kept.len());
-        assert_eq!(kept.last().unwrap().started, record(119).started);
+        assert!(kept.len() < 31 && kept.len() > 20, "{}", kept.len());
+        assert_eq!(kept.last().unwrap().started, record(69).started);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod config;
 pub mod history;
 pub mod limits;
 pub mod metrics;
-// pub mod page; (after the merge of `due`: it reads schedule::Health)
+pub mod page;
 pub mod progress;
 pub mod retention;
 pub mod run;

@@ -90,7 +90,11 @@ fn server_keys() -> Vec<Key> {
             "html",
             "path",
             "none",
-            "A self\-contained HTML status page (no external assets, no script) that run writes              at its end, atomically and mode 0644: a row per client coloured by its state (ok,              due, failing, overdue) with last success, next due and the last run, and charts of              each client's history. status \-\-html writes it too. It holds no secret; unset:              no page.",
+            "A self\\-contained HTML status page (no external assets, no script) that run writes \
+             at its end, atomically and mode 0644: a row per client coloured by its state (ok, \
+             due, failing, overdue) with last success, next due and the last run, and charts of \
+             each client's history. status \\-\\-html writes it too. It holds no secret; unset: \
+             no page.",
         ),
     ]
 }
