@@ -10,8 +10,9 @@
 //!   anything.
 //! - Every string from a config or a client (names, error messages, borg's output) is
 //!   HTML-escaped; error texts are cut at [`PAGE_MAX_ERROR_CHARS`].
-//! - It holds no secret: names, times, sizes, exit codes and our error messages (which never
-//!   carry passphrases or environment values); no repository paths, hosts or commands.
+//! - It holds no secret: names, times, sizes, exit codes and the error messages `run` prints
+//!   (they may name a host or a file, never a passphrase or an environment value); the page
+//!   itself shows no repository path, host, command or environment.
 //! - Written like the metrics textfile: temporary file, flush, rename, mode 0644.
 
 use std::fmt::Write as _;
