@@ -247,6 +247,33 @@ mod tests {
         );
     }
 
+    /// `--html` with and without a FILE; `--history` alone (it reads no repository).
+    #[test]
+    fn html_takes_an_optional_file_and_history_stands_alone() {
+        let parse = |args: &[&str]| {
+            crate::Cli::try_parse_from(
+                ["borg-pull-server", "status", "--config", "f.toml"]
+                    .iter()
+                    .chain(args),
+            )
+            .map(|cli| match cli.command {
+                crate::Command::Status(status) => (status.html, status.history),
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(parse(&["--html"]).unwrap(), (Some(None), None));
+        assert_eq!(
+            parse(&["--html=/w/s.html", "--json"]).unwrap(),
+            (Some(Some("/w/s.html".into())), None)
+        );
+        assert_eq!(
+            parse(&["--history", "web1", "--json"]).unwrap(),
+            (None, Some("web1".into()))
+        );
+        assert!(parse(&["--history", "web1", "--html"]).is_err());
+        assert!(parse(&["--history", "web1", "--prometheus"]).is_err());
+    }
+
     #[test]
     fn unreadable_wins_over_stale() {
         assert_eq!(exit_code(&[]), None);
