@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::atomic_file::write_atomically;
-use crate::limits::{MAX_HISTORY_BYTES, MAX_HISTORY_RECORDS};
+use crate::limits::{HISTORY_LOCK_WAIT, MAX_HISTORY_BYTES, MAX_HISTORY_RECORDS};
 
 /// One run of one client, as its history keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,11 +148,45 @@ impl History {
                 format!("client name {name:?} cannot name a history file"),
             )
         })?;
+        // Two runs pulling one client (an hourly `run --due` and a `run web1` by hand) would
+        // each read the old history and the second rename would drop the first's record.
+        let _lock = self.lock(name)?;
         let mut records = self.load(name);
         records.push(record.clone());
         let text = bounded_text(&records)?;
         write_atomically(&path, 0o600, &text)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// An exclusive lock on client `name`'s history (`.NAME.lock`, mode 0600), held while the
+    /// returned file is open; waited for at most [`HISTORY_LOCK_WAIT`].
+    fn lock(&self, name: &str) -> io::Result<std::fs::File> {
+        use rustix::fs::{flock, FlockOperation};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.dir.join(format!(".{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
+        let start = std::time::Instant::now();
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(file),
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK && start.elapsed() < HISTORY_LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("cannot lock {}: {e}", path.display()),
+                    ))
+                }
+            }
+        }
     }
 }
 
@@ -373,7 +407,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, ["web1.jsonl"], "no temporary file is left");
+        names.iter().for_each(|n| assert!(n == "web1.jsonl" || n == ".web1.lock", "{n:?} left"));
     }
 
     fn fs_mode(path: &Path) -> u32 {
@@ -396,6 +430,23 @@ mod tests {
         let kept = history.load("web1");
         assert!(kept.len() < 31 && kept.len() > 20, "{}", kept.len());
         assert_eq!(kept.last().unwrap().started, record(69).started);
+    }
+
+    #[test]
+    fn concurrent_appends_lose_no_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = History::open(dir.path()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let history = history.clone();
+                s.spawn(move || {
+                    for i in 0..25 {
+                        history.append("web1", &record(t * 100 + i)).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(history.load("web1").len(), 100);
     }
 
     #[test]

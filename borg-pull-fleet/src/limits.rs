@@ -176,3 +176,11 @@ pub const PAGE_CHART_RUNS: usize = 120;
 /// longer. A page meant for a glance stays readable, and its size bounded whatever a client
 /// prints.
 pub const PAGE_MAX_ERROR_CHARS: usize = 600;
+
+/// How long appending to a client's history waits for another process's append to that
+/// client's history to end.
+///
+/// An append reads, trims and rewrites at most [`MAX_HISTORY_BYTES`]: milliseconds. Five seconds
+/// covers a slow disk; past it the record is not written (a warning) rather than holding up the
+/// run's end.
+pub const HISTORY_LOCK_WAIT: Duration = Duration::from_secs(5);
