@@ -102,7 +102,11 @@ fn assert_clean_console(log: &str) {
         .lines()
         .filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught") || l.contains("Failed to load resource"))
         .collect();
-    assert!(console.is_empty(), "console messages while loading the page:\n{}", console.join("\n"));
+    assert!(
+        console.is_empty(),
+        "console messages while loading the page:\n{}",
+        console.join("\n")
+    );
 }
 
 /// The `data-health` of client `name`'s row in the DOM.
@@ -126,7 +130,11 @@ fn health_in_dom(dom: &str, name: &str) -> String {
         .and_then(|r| r.split('<').next())
         .unwrap()
         .to_owned();
-    assert_eq!((&class, &badge), (&attr, &attr), "{name}'s row: class, badge and data-health agree");
+    assert_eq!(
+        (&class, &badge),
+        (&attr, &attr),
+        "{name}'s row: class, badge and data-health agree"
+    );
     attr
 }
 
@@ -134,7 +142,13 @@ fn health_in_dom(dom: &str, name: &str) -> String {
 fn rows_in_dom(dom: &str) -> Vec<String> {
     dom.split("<tr class=\"client ")
         .skip(1)
-        .filter_map(|row| row.split("data-client=\"").nth(1)?.split('"').next().map(str::to_owned))
+        .filter_map(|row| {
+            row.split("data-client=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -283,24 +297,41 @@ fn a_real_fleet_run_records_history_and_writes_a_page_chromium_loads() {
             assert!(r.bytes_sent > 0 && r.duration_ms > 0, "{name}: {r:?}");
             let original = r.original_size.expect("--stats original size");
             assert!(original >= 50_000, "{name}: the data set is 50 KB: {r:?}");
-            assert!(r.deduplicated_size.is_some() && r.compressed_size.is_some(), "{r:?}");
+            assert!(
+                r.deduplicated_size.is_some() && r.compressed_size.is_some(),
+                "{r:?}"
+            );
         }
         // The second run found everything already there.
-        assert!(records[1].deduplicated_size < records[0].deduplicated_size, "{records:?}");
+        assert!(
+            records[1].deduplicated_size < records[0].deduplicated_size,
+            "{records:?}"
+        );
     }
     let failed = History::at(&f.dir().join("state")).load("unreachable");
     assert_eq!(failed.len(), 2);
-    assert!(failed.iter().all(|r| r.error.as_ref().is_some_and(|e| e.0 == 213)), "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|r| r.error.as_ref().is_some_and(|e| e.0 == 213)),
+        "{failed:?}"
+    );
     let file = f.dir().join("state/history/c1.jsonl");
     assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o600);
-    assert_eq!(fs::metadata(f.dir().join("state/history")).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(
+        fs::metadata(f.dir().join("state/history")).unwrap().mode() & 0o7777,
+        0o700
+    );
 
     // status --history: the table and the records.
     let table = f.server(&["status", "--history", "c1"], &config);
     assert_ok(&table, "status --history");
     let lines: Vec<String> = table.stdout_text().lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 3, "{}", table.describe());
-    assert!(lines[0].starts_with("start (UTC)") && lines[0].contains("deduplicated"), "{lines:?}");
+    assert!(
+        lines[0].starts_with("start (UTC)") && lines[0].contains("deduplicated"),
+        "{lines:?}"
+    );
     let json = f.server(&["status", "--history", "unreachable", "--json"], &config);
     assert_ok(&json, "status --history --json");
     let records: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
@@ -308,7 +339,11 @@ fn a_real_fleet_run_records_history_and_writes_a_page_chromium_loads() {
     assert_eq!(records[1]["error"]["code"], 213, "{records:?}");
     let unknown = f.server(&["status", "--history", "nobody"], &config);
     unknown.assert_code(200);
-    assert!(unknown.stderr_text().contains("\"nobody\""), "{}", unknown.describe());
+    assert!(
+        unknown.stderr_text().contains("\"nobody\""),
+        "{}",
+        unknown.describe()
+    );
 
     // The page `run` wrote: readable by all, no secret, every client with its state.
     let page = f.page();
@@ -325,7 +360,11 @@ fn a_real_fleet_run_records_history_and_writes_a_page_chromium_loads() {
     assert_eq!(health_in_dom(&loaded.dom, "c1"), "ok");
     assert_eq!(health_in_dom(&loaded.dom, "c2"), "ok");
     assert_eq!(health_in_dom(&loaded.dom, "unreachable"), "failing");
-    assert_eq!(loaded.dom.matches("<svg class=\"chart\"").count(), 9, "three charts per client");
+    assert_eq!(
+        loaded.dom.matches("<svg class=\"chart\"").count(),
+        9,
+        "three charts per client"
+    );
 
     // status --html writes the same page elsewhere.
     let other = f.dir().join("other.html");
@@ -359,9 +398,7 @@ fn offline_config(t: &TestDir, names: &[&str], page: &Path) -> PathBuf {
 /// `status --html` (the config's page), which must write it whatever the repositories say.
 fn status_html(t: &TestDir, config: &Path) -> Outcome {
     let mut cmd = TestCommand::new(SERVER);
-    t.env(&mut cmd)
-        .args(["status", "--html", "--config"])
-        .arg(config);
+    t.env(&mut cmd).args(["status", "--html", "--config"]).arg(config);
     cmd.output()
 }
 
@@ -428,18 +465,29 @@ fn hostile_error_text_is_text_in_the_dom() {
     // The repositories do not exist (209); the page is written all the same.
     out.assert_code(209);
     let html = fs::read_to_string(&page).unwrap();
-    assert!(!html.contains("<img") && !html.contains("<script"), "unescaped in the file");
+    assert!(
+        !html.contains("<img") && !html.contains("<script"),
+        "unescaped in the file"
+    );
     let loaded = dom_of(&chromium, t.path(), &page);
     assert_eq!(rows_in_dom(&loaded.dom), ["good", "evil"]);
     assert_eq!(health_in_dom(&loaded.dom, "good"), "ok");
     assert_eq!(health_in_dom(&loaded.dom, "evil"), "failing");
     // Not an element: no <img>, no <script> in the document chromium built ...
     for element in ["<img", "<script", "onerror=\"", "<svg class=\"chart\"><script"] {
-        assert!(!loaded.dom.contains(element), "{element} in the DOM:\n{}", loaded.dom);
+        assert!(
+            !loaded.dom.contains(element),
+            "{element} in the DOM:\n{}",
+            loaded.dom
+        );
     }
     // ... but the text, in the evil row's error cell, as chromium serialises text.
     let shown = "&lt;img src=x onerror=alert(1)&gt;&lt;/svg&gt;&lt;script&gt;alert(2)&lt;/script&gt; \"quoted\" &amp; 'single'";
-    assert!(loaded.dom.contains(shown), "the hostile text is not shown as text:\n{}", loaded.dom);
+    assert!(
+        loaded.dom.contains(shown),
+        "the hostile text is not shown as text:\n{}",
+        loaded.dom
+    );
     assert_eq!(loaded.dom.matches("<svg class=\"chart\"").count(), 6);
 }
 
@@ -459,15 +507,22 @@ fn demo_page_renders_in_chromium_and_screenshots() {
     let now = now();
     let day = 86_400;
     let nightly = |days: u64, last_ago: u64| -> Vec<(u64, Option<&'static str>)> {
-        (0..days).rev().map(|d| (now - last_ago - d * day, None)).collect()
+        (0..days)
+            .rev()
+            .map(|d| (now - last_ago - d * day, None))
+            .collect()
     };
     let state = t.join("state");
     record_runs(&state, "web1", &nightly(30, 3 * 3600), 4_200_000_000);
     let mut db = nightly(30, 4 * 3600);
-    db[12].1 = Some("borg-pull: cannot connect to db1 (127.0.0.1:22): Connection refused; is sshd running there?");
+    db[12].1 =
+        Some("borg-pull: cannot connect to db1 (127.0.0.1:22): Connection refused; is sshd running there?");
     record_runs(&state, "db1", &db, 61_000_000_000);
     let mut laptop: Vec<(u64, Option<&str>)> = nightly(20, 27 * 3600);
-    laptop.push((now - 2 * 3600, Some("borg-pull: cannot connect to laptop-anna: No route to host (is it on this network?)")));
+    laptop.push((
+        now - 2 * 3600,
+        Some("borg-pull: cannot connect to laptop-anna: No route to host (is it on this network?)"),
+    ));
     record_runs(&state, "laptop-anna", &laptop, 180_000_000_000);
     record_runs(&state, "nas", &nightly(25, 26 * 3600), 900_000_000_000);
     record_runs(&state, "build-03", &nightly(10, 5 * day), 12_000_000_000);
@@ -495,7 +550,8 @@ fn demo_page_renders_in_chromium_and_screenshots() {
         ],
     );
     assert_clean_console(&out.stderr_text());
-    let png = fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot {}: {e}\n{}", shot.display(), out.describe()));
+    let png = fs::read(&shot)
+        .unwrap_or_else(|e| panic!("no screenshot {}: {e}\n{}", shot.display(), out.describe()));
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     assert!(png.len() > 20_000, "a blank screenshot? {} bytes", png.len());
 }

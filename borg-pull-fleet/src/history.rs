@@ -223,7 +223,10 @@ fn read_tail(path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(limit).read_to_end(&mut bytes)?;
     if cut {
-        let start = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+        let start = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| i + 1);
         bytes.drain(..start);
     }
     Ok(bytes)
@@ -327,7 +330,15 @@ fn unit_factor(unit: &str) -> Option<f64> {
 /// borg's `--stats` original and deduplicated sizes, borg's rc, our error).
 pub fn history_table(records: &[HistoryRecord]) -> String {
     use crate::progress::{human_bytes, short_duration};
-    let header = ["start (UTC)", "duration", "sent", "size", "deduplicated", "borg rc", "error"];
+    let header = [
+        "start (UTC)",
+        "duration",
+        "sent",
+        "size",
+        "deduplicated",
+        "borg rc",
+        "error",
+    ];
     let dash = || "-".to_owned();
     let rows: Vec<[String; 7]> = records
         .iter()
@@ -407,7 +418,9 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        names.iter().for_each(|n| assert!(n == "web1.jsonl" || n == ".web1.lock", "{n:?} left"));
+        names
+            .iter()
+            .for_each(|n| assert!(n == "web1.jsonl" || n == ".web1.lock", "{n:?} left"));
     }
 
     fn fs_mode(path: &Path) -> u32 {
@@ -425,7 +438,9 @@ mod tests {
             r.error = Some((213, format!("{i} {long}")));
             history.append("web1", &r).unwrap();
         }
-        let size = std::fs::metadata(dir.path().join("history/web1.jsonl")).unwrap().len();
+        let size = std::fs::metadata(dir.path().join("history/web1.jsonl"))
+            .unwrap()
+            .len();
         assert!(size <= MAX_HISTORY_BYTES as u64, "{size}");
         let kept = history.load("web1");
         assert!(kept.len() < 31 && kept.len() > 20, "{}", kept.len());
@@ -499,9 +514,15 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3, "{table}");
         assert!(lines[0].starts_with("start (UTC)"));
-        assert!(lines[1].starts_with("2023-11-14 23:13:20") && lines[1].contains("2.0 KiB"), "{table}");
+        assert!(
+            lines[1].starts_with("2023-11-14 23:13:20") && lines[1].contains("2.0 KiB"),
+            "{table}"
+        );
         assert!(!table.contains('\u{1b}'), "{table}");
-        assert!(lines[2].ends_with("213: cannot connect \\x1b[2Jto web1"), "{table}");
+        assert!(
+            lines[2].ends_with("213: cannot connect \\x1b[2Jto web1"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -26,8 +26,8 @@ use crate::history::{History, HistoryRecord};
 use crate::limits::{PAGE_CHART_RUNS, PAGE_MAX_ERROR_CHARS};
 use crate::progress::{human_bytes, short_duration};
 use crate::retention::unix_now;
-use crate::state::StateStore;
 use crate::schedule::Health;
+use crate::state::StateStore;
 
 /// What the page shows of one client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +76,12 @@ pub fn write_fleet_page(path: &Path, fleet: &Fleet, store: &StateStore) -> io::R
 
 /// Writes the page for `clients` to `path` atomically (mode 0644: it holds no secret).
 pub fn write_page(path: &Path, clients: &[PageClient], now: u64) -> io::Result<()> {
-    write_atomically(path, 0o644, render(clients, now).as_bytes())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot write the status page {}: {e}", path.display())))
+    write_atomically(path, 0o644, render(clients, now).as_bytes()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot write the status page {}: {e}", path.display()),
+        )
+    })
 }
 
 /// `text` with `& < > " '` escaped, safe in element content and quoted attributes.
@@ -175,7 +179,11 @@ fn overview(html: &mut String, clients: &[PageClient], now: u64) {
         let health = c.health.as_str();
         let last = c.history.last();
         let success = match c.last_success {
-            Some(t) => format!("{}<br><span class=\"age\">{} ago</span>", utc(t), age(now.saturating_sub(t))),
+            Some(t) => format!(
+                "{}<br><span class=\"age\">{} ago</span>",
+                utc(t),
+                age(now.saturating_sub(t))
+            ),
             None => "never".to_owned(),
         };
         let due = match c.next_due {
@@ -188,9 +196,7 @@ fn overview(html: &mut String, clients: &[PageClient], now: u64) {
             format!("{}<br><span class=\"age\">{result}</span>", utc(r.started))
         });
         let duration = last.map_or_else(dash, |r| short_duration(Duration::from_millis(r.duration_ms)));
-        let size = last
-            .and_then(|r| r.original_size)
-            .map_or_else(dash, human_bytes);
+        let size = last.and_then(|r| r.original_size).map_or_else(dash, human_bytes);
         let dedup = last
             .and_then(|r| r.deduplicated_size)
             .map_or_else(dash, human_bytes);
@@ -239,9 +245,17 @@ fn charts(html: &mut String, index: usize, c: &PageClient) {
         utc(runs[runs.len() - 1].started)
     );
     let duration = |r: &HistoryRecord| Some(r.duration_ms);
-    chart(html, "duration", runs, duration, |v| short_duration(Duration::from_millis(v)));
+    chart(html, "duration", runs, duration, |v| {
+        short_duration(Duration::from_millis(v))
+    });
     chart(html, "size", runs, |r| r.original_size, human_bytes);
-    chart(html, "deduplicated size", runs, |r| r.deduplicated_size, human_bytes);
+    chart(
+        html,
+        "deduplicated size",
+        runs,
+        |r| r.deduplicated_size,
+        human_bytes,
+    );
     html.push_str("</div>\n</section>\n");
 }
 
@@ -376,7 +390,11 @@ mod tests {
         assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;&lt;/svg&gt;&lt;script&gt;"));
         // Nothing external: no URL at all (the charts are inline SVG without a namespace).
         assert!(!html.contains("http:") && !html.contains("https:") && !html.contains("url("));
-        assert_eq!(html.matches("<svg").count(), 6, "three charts for each client with runs");
+        assert_eq!(
+            html.matches("<svg").count(),
+            6,
+            "three charts for each client with runs"
+        );
         assert!(html.contains("No run recorded yet."));
     }
 
@@ -400,7 +418,10 @@ mod tests {
 
     #[test]
     fn long_errors_are_cut_and_control_characters_replaced() {
-        assert_eq!(cut(&"é".repeat(PAGE_MAX_ERROR_CHARS + 5)).chars().count(), PAGE_MAX_ERROR_CHARS + 6);
+        assert_eq!(
+            cut(&"é".repeat(PAGE_MAX_ERROR_CHARS + 5)).chars().count(),
+            PAGE_MAX_ERROR_CHARS + 6
+        );
         assert_eq!(escape("a\u{1b}[2Kb\nc"), "a\u{FFFD}[2Kb\nc");
         assert_eq!(age(59), "59s");
         assert_eq!(age(3 * 86400 + 4 * 3600 + 5), "3d 4h");
@@ -414,6 +435,8 @@ mod tests {
         let path = dir.path().join("status.html");
         write_page(&path, &demo_clients(1_800_000_000), 1_800_000_000).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o644);
-        assert!(std::fs::read_to_string(&path).unwrap().starts_with("<!DOCTYPE html>"));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("<!DOCTYPE html>"));
     }
 }

@@ -613,7 +613,8 @@ impl Job {
             borg_rc: result.borg_rc,
             error: result.error.clone(),
         };
-        let appended = History::open(&self.server.state_dir).and_then(|h| h.append(&self.client.name, &record));
+        let appended =
+            History::open(&self.server.state_dir).and_then(|h| h.append(&self.client.name, &record));
         if let Err(e) = appended {
             warn!(client = %self.client.name, "cannot record the run in the history: {e}");
         }

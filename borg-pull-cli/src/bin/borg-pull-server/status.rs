@@ -146,7 +146,8 @@ fn report(args: &StatusArgs) -> Result<Vec<ClientStatus>, (Code, anyhow::Error)>
             .map_err(|e| (exit::OS_ERROR, e.into()))?;
     }
     if let Some(path) = &page {
-        borg_pull_fleet::page::write_fleet_page(path, &fleet, &store).map_err(|e| (exit::OS_ERROR, e.into()))?;
+        borg_pull_fleet::page::write_fleet_page(path, &fleet, &store)
+            .map_err(|e| (exit::OS_ERROR, e.into()))?;
     }
     Ok(statuses)
 }
