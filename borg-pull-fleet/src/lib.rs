@@ -12,6 +12,8 @@
 //! - [`progress`]: borg's progress lines in logs, the live display on a terminal, readable sizes.
 //! - [`check`]: what `check-config --connect` judges here: the repository opens with its
 //!   passphrase; a relay's version.
+//! - [`schedule`]: when a client is due (`every`, window, blackout, retry back-off) and its
+//!   health (ok, due, failing, overdue), for `run --due`, `status` and the metrics.
 //! - [`limits`]: the time limits of the borg runs on this server, with their reasons.
 //! - [`history`]: every run of every client, bounded, for `status --history` and the page.
 //! - [`page`]: the self-contained HTML status page (`status --html`, `[server] html`).
@@ -28,6 +30,7 @@ pub mod page;
 pub mod progress;
 pub mod retention;
 pub mod run;
+pub mod schedule;
 mod server_borg;
 pub mod state;
 pub mod status;

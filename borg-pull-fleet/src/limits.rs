@@ -144,6 +144,15 @@ pub const REDRAW_INTERVAL: Duration = Duration::from_millis(250);
 /// covers a loaded machine; a program that takes longer is not the relay.
 pub const RELAY_VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A client is due this fraction of its `every` early (`every / 32`: 45 minutes of a day).
+///
+/// `every` is counted from the start of the last successful pull, and an hourly `run --due`
+/// starts a few seconds to minutes late (systemd's timer accuracy, clients waiting for a free
+/// slot of `jobs`). Without slack a daily client pulled at 02:00:40 would not be due at 02:00:05
+/// the next night and would slip an hour later every day; with 3% it stays at its hour, as
+/// BackupPC's `IncrPeriod = 0.97` does.
+pub const DUE_EARLY_DIVISOR: u32 = 32;
+
 /// The most records a client's run history keeps (`STATE_DIR/history/NAME.jsonl`); older ones
 /// are dropped as new ones come.
 ///
