@@ -16,7 +16,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use borg_pull_fleet::history::{History, HistoryRecord};
-use borg_pull_fleet::state::{ClientState, RunRecord, StateStore};
+use borg_pull_fleet::state::{ClientState, Outcome as Attempt, RunRecord, StateStore};
 use common::{assert_ok, Outcome, TestCommand, TestDir};
 use sshd::Sshd;
 
@@ -365,6 +365,15 @@ fn a_real_fleet_run_records_history_and_writes_a_page_chromium_loads() {
         9,
         "three charts per client"
     );
+    // The schedule's count, and the last run's error, in the failing client's row.
+    let row = loaded
+        .dom
+        .split("data-client=\"unreachable\"")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap();
+    assert!(row.contains("<td class=\"num failures\">2</td>"), "{row}");
+    assert!(row.contains("<td class=\"error\">213: "), "{row}");
 
     // status --html writes the same page elsewhere.
     let other = f.dir().join("other.html");
@@ -437,6 +446,12 @@ fn record_runs(state_dir: &Path, name: &str, runs: &[(u64, Option<&str>)], size:
         if error.is_none() {
             state.last_success = Some(run.clone());
         }
+        let outcome = if error.is_none() {
+            Attempt::Succeeded
+        } else {
+            Attempt::Failed
+        };
+        state.record_attempt(outcome, run.started, run.started + run.duration_ms / 1000);
         state.last_run = Some(run);
     }
     store.save(name, &state).unwrap();
