@@ -506,6 +506,46 @@ fn hostile_error_text_is_text_in_the_dom() {
     assert_eq!(loaded.dom.matches("<svg class=\"chart\"").count(), 6);
 }
 
+/// A config cannot name a client `<img ...>` (names are letters, digits, `.`, `_`, `-`), so the
+/// page writer itself is given one: the name is text in the DOM, in the row and its charts.
+#[test]
+fn a_hostile_client_name_is_text_in_the_dom() {
+    use borg_pull_fleet::page::{write_page, PageClient};
+    use borg_pull_fleet::schedule::Health;
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let t = TestDir::new();
+    let page = t.join("status.html");
+    let now = now();
+    let (_, record) = run_record(now - 600, Some(HOSTILE), 0);
+    let client = PageClient {
+        name: HOSTILE.to_owned(),
+        health: Health::Overdue,
+        last_success: None,
+        next_due: None,
+        failures_in_a_row: 7,
+        history: vec![record],
+    };
+    write_page(&page, &[client], now).unwrap();
+    let loaded = dom_of(&chromium, t.path(), &page);
+    for element in ["<img", "<script", "onerror=\""] {
+        assert!(
+            !loaded.dom.contains(element),
+            "{element} in the DOM:\n{}",
+            loaded.dom
+        );
+    }
+    let text = "&lt;img src=x onerror=alert(1)&gt;&lt;/svg&gt;&lt;script&gt;alert(2)&lt;/script&gt;";
+    // The row's link, the charts' heading and the error cell.
+    assert!(loaded.dom.matches(text).count() >= 3, "{}", loaded.dom);
+    assert_eq!(
+        loaded.dom.matches("<tr class=\"client health-overdue\"").count(),
+        1
+    );
+    assert_eq!(loaded.dom.matches("<svg class=\"chart\"").count(), 3);
+}
+
 /// The demo fleet of the README's screenshot: a client in each state, a month of history.
 #[test]
 fn demo_page_renders_in_chromium_and_screenshots() {
