@@ -308,8 +308,15 @@ fn a_real_fleet_run_records_history_and_writes_a_page_chromium_loads() {
             "{records:?}"
         );
     }
-    let failed = History::at(&f.dir().join("state")).load("unreachable");
-    assert_eq!(failed.len(), 2);
+    // `run --due` pulls only the client that is due (the unreachable one, which has no
+    // back-off): only it gets a record.
+    let due = f.server(&["run", "--due"], &config);
+    due.assert_code(213);
+    let state = f.dir().join("state");
+    assert_eq!(History::at(&state).load("c1").len(), 2, "{}", due.describe());
+    assert_eq!(History::at(&state).load("c2").len(), 2);
+    let failed = History::at(&state).load("unreachable");
+    assert_eq!(failed.len(), 3, "{}", due.describe());
     assert!(
         failed
             .iter()
@@ -335,8 +342,8 @@ fn a_real_fleet_run_records_history_and_writes_a_page_chromium_loads() {
     let json = f.server(&["status", "--history", "unreachable", "--json"], &config);
     assert_ok(&json, "status --history --json");
     let records: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(records.len(), 2);
-    assert_eq!(records[1]["error"]["code"], 213, "{records:?}");
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[2]["error"]["code"], 213, "{records:?}");
     let unknown = f.server(&["status", "--history", "nobody"], &config);
     unknown.assert_code(200);
     assert!(
@@ -372,7 +379,7 @@ fn a_real_fleet_run_records_history_and_writes_a_page_chromium_loads() {
         .nth(1)
         .and_then(|r| r.split("</tr>").next())
         .unwrap();
-    assert!(row.contains("<td class=\"num failures\">2</td>"), "{row}");
+    assert!(row.contains("<td class=\"num failures\">3</td>"), "{row}");
     assert!(row.contains("<td class=\"error\">213: "), "{row}");
 
     // status --html writes the same page elsewhere.
