@@ -64,6 +64,8 @@ pub struct ServerSettings {
     pub jobs: usize,
     /// The borg program on this server (`borg serve`, prune, compact, check, list).
     pub borg: PathBuf,
+    /// The status page `run` writes at its end (and `status --html` without a FILE), if any.
+    pub html: Option<PathBuf>,
 }
 
 /// One client with the defaults applied.
@@ -222,6 +224,7 @@ pub fn parse_with_home(text: &str, path: &Path, home: Option<&Path>) -> Result<F
         prometheus: server.prometheus,
         jobs,
         borg: server.borg.unwrap_or_else(|| PathBuf::from("borg")),
+        html: server.html,
     };
     let defaults = raw.defaults.map(|d| (d.span(), d.into_inner()));
     if let Some((span, d)) = &defaults {
@@ -301,6 +304,7 @@ struct RawServer {
     jobs: Option<usize>,
     borg: Option<PathBuf>,
     ssh_config: Option<PathBuf>,
+    html: Option<PathBuf>,
 }
 
 /// One `[[client]]` entry or `[defaults]` (which may not set `name`).

@@ -15,14 +15,18 @@
 //! - [`schedule`]: when a client is due (`every`, window, blackout, retry back-off) and its
 //!   health (ok, due, failing, overdue), for `run --due`, `status` and the metrics.
 //! - [`limits`]: the time limits of the borg runs on this server, with their reasons.
+//! - [`history`]: every run of every client, bounded, for `status --history` and the page.
+//! - [`page`]: the self-contained HTML status page (`status --html`, `[server] html`).
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod atomic_file;
 pub mod check;
 pub mod config;
+pub mod history;
 pub mod limits;
 pub mod metrics;
+pub mod page;
 pub mod progress;
 pub mod retention;
 pub mod run;

@@ -152,3 +152,44 @@ pub const RELAY_VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// the next night and would slip an hour later every day; with 3% it stays at its hour, as
 /// BackupPC's `IncrPeriod = 0.97` does.
 pub const DUE_EARLY_DIVISOR: u32 = 32;
+
+/// The most records a client's run history keeps (`STATE_DIR/history/NAME.jsonl`); older ones
+/// are dropped as new ones come.
+///
+/// 400 runs are more than a year of nightly runs and over two weeks of hourly `--due` attempts,
+/// enough for the status page's charts to show a trend and for `status --history` to show when
+/// a client started failing. At a few hundred bytes a record the file stays well under
+/// [`MAX_HISTORY_BYTES`], and rewriting it on each append (for an atomic replace) costs
+/// milliseconds.
+pub const MAX_HISTORY_RECORDS: usize = 400;
+
+/// The most bytes a client's run history keeps (and the most of it that is read).
+///
+/// A record is about 200 bytes; a long error message (borg's, or ours with its hint) can make one
+/// a few KiB. 1 MiB bounds the file, what `status` and the page read per client (a fleet of 100
+/// clients: at most 100 MiB, in practice 400 records of 200 bytes: 8 MiB) and the rewrite per
+/// append, whatever a client makes its error messages.
+pub const MAX_HISTORY_BYTES: usize = 1024 * 1024;
+
+/// The most runs per client the status page charts (the newest ones).
+///
+/// A chart 300 pixels wide shows 120 bars of 2 pixels or more; beyond that bars merge into a
+/// blur. It also bounds the page: a fleet of 100 clients with three charts of 120 points each is
+/// a few hundred KiB of SVG.
+pub const PAGE_CHART_RUNS: usize = 120;
+
+/// The longest error text the status page shows per client, in characters; the rest is cut (the
+/// whole message is in `status --history NAME --json`).
+///
+/// Errors are a sentence or two with a hint (under 500 characters); borg's own output can be
+/// longer. A page meant for a glance stays readable, and its size bounded whatever a client
+/// prints.
+pub const PAGE_MAX_ERROR_CHARS: usize = 600;
+
+/// How long appending to a client's history waits for another process's append to that
+/// client's history to end.
+///
+/// An append reads, trims and rewrites at most [`MAX_HISTORY_BYTES`]: milliseconds. Five seconds
+/// covers a slow disk; past it the record is not written (a warning) rather than holding up the
+/// run's end.
+pub const HISTORY_LOCK_WAIT: Duration = Duration::from_secs(5);

@@ -20,6 +20,9 @@
 //!   Otherwise the result says why not ([`RetentionResult`]), in the log, the summary and the
 //!   JSON. The run is recorded ([`crate::state`]) and the metrics file rewritten
 //!   ([`crate::metrics`]) when `[server] prometheus` is set.
+//! - Each client pulled gets one record in its history ([`crate::history`]: duration, bytes,
+//!   borg's `--stats` sizes, rc, error); clients not started (Ctrl-C) get none, as in the state.
+//!   At the end the status page ([`crate::page`]) is rewritten when `[server] html` is set.
 //!
 //! The exit status of a whole run is [`worst_code`]: any borg-pull error (our codes, 200 and up;
 //! the highest of them when several clients failed) beats borg's codes, and among borg's a higher
@@ -40,6 +43,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{Client, Fleet};
+use crate::history::{ArchiveStats, History, HistoryRecord};
 use crate::limits::{BorgLimits, REDRAW_INTERVAL};
 use crate::metrics::write_textfile_after_run;
 use crate::progress::{clean_progress, human_bytes, job_label, short_duration, Display, Phase};
@@ -135,6 +139,8 @@ struct PrefixWriter {
     after_cr: Option<Vec<u8>>,
     /// In logs: when the last progress line was logged (or borg's first progress came).
     progress_mark: Option<Instant>,
+    /// borg's `--stats` sizes, for the history.
+    stats: ArchiveStats,
 }
 
 impl PrefixWriter {
@@ -149,6 +155,7 @@ impl PrefixWriter {
             archive: None,
             after_cr: None,
             progress_mark: None,
+            stats: ArchiveStats::default(),
         }
     }
 
@@ -158,6 +165,7 @@ impl PrefixWriter {
         if let Some(name) = text.strip_prefix("Archive name: ") {
             self.archive = Some(name.trim().to_owned());
         }
+        self.stats.read_line(&text);
         if let Display::Live(live) = &self.sink.display {
             let shown = clean_progress(line);
             if !shown.is_empty() {
@@ -577,6 +585,11 @@ pub async fn run_clients(
             warn!(file = %path.display(), "cannot write the metrics file: {e}");
         }
     }
+    if let (Some(path), Some(store)) = (&fleet.server.html, &store) {
+        if let Err(e) = crate::page::write_fleet_page(path, fleet, store) {
+            warn!("cannot write the status page: {e}");
+        }
+    }
     results.into_iter().flatten().collect()
 }
 
@@ -679,7 +692,31 @@ impl Job {
             (None, None) => info!(client = %name, sent = %sent, duration = %took, "pull finished"),
         }
         (result.retention, result.retention_errors) = self.record(&result, before, reached).await;
+        self.append_history(&result, stdout.stats.or(stderr.stats));
         result
+    }
+
+    /// One record of this run in the client's history (what a failure of it costs is a warning:
+    /// the run is recorded in the state file all the same).
+    fn append_history(&self, result: &ClientResult, stats: ArchiveStats) {
+        if self.store.is_none() {
+            return;
+        }
+        let record = HistoryRecord {
+            started: unix_secs(result.started),
+            duration_ms: u64::try_from(result.duration.as_millis()).unwrap_or(u64::MAX),
+            bytes_sent: result.bytes_sent,
+            original_size: stats.original,
+            compressed_size: stats.compressed,
+            deduplicated_size: stats.deduplicated,
+            borg_rc: result.borg_rc,
+            error: result.error.clone(),
+        };
+        let appended =
+            History::open(&self.server.state_dir).and_then(|h| h.append(&self.client.name, &record));
+        if let Err(e) = appended {
+            warn!(client = %self.client.name, "cannot record the run in the history: {e}");
+        }
     }
 
     /// The repository's archive ids; stopped (and an error) on Ctrl-C.
@@ -884,7 +921,7 @@ pub fn summary_table(results: &[ClientResult]) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC (civil-from-days, Howard Hinnant's algorithm).
-fn utc(t: SystemTime) -> String {
+pub(crate) fn utc(t: SystemTime) -> String {
     let secs = unix_secs(t);
     let days = i64::try_from(secs / 86400).unwrap_or(0);
     let rem = secs % 86400;

@@ -123,6 +123,7 @@ pub fn server(borg: &Path, state_dir: &Path) -> ServerSettings {
         prometheus: None,
         jobs: 2,
         borg: borg.to_owned(),
+        html: None,
     }
 }
 

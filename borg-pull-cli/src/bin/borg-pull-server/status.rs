@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use borg_pull_cli::exit::{self, Code};
 use borg_pull_cli::{hint, runtime};
 use borg_pull_fleet::config::Fleet;
+use borg_pull_fleet::history::{history_table, History};
 use borg_pull_fleet::metrics::write_textfile_with_status;
 use borg_pull_fleet::state::StateStore;
 use borg_pull_fleet::status::{status, status_table, ClientStatus};
@@ -56,10 +57,31 @@ pub struct StatusArgs {
     /// it every night).
     #[arg(long, value_name = "FILE")]
     prometheus: Option<Option<PathBuf>>,
+
+    /// Print client NAME's run history instead (every run `run` recorded, oldest first: start,
+    /// duration, bytes sent, borg's --stats sizes, rc, error; with --json the records). No
+    /// repository is read.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["prometheus", "html"])]
+    history: Option<String>,
+
+    /// Also write the status page (one self-contained HTML file, atomically, mode 0644): FILE,
+    /// or without one the config's [server] html. `run` writes it at its end when [server] html
+    /// is set.
+    #[arg(long, value_name = "FILE")]
+    html: Option<Option<PathBuf>>,
 }
 
 /// Runs `status`; prints errors and maps the result to the exit code table.
 pub fn run(args: StatusArgs) -> ExitCode {
+    if let Some(name) = &args.history {
+        return match history(&args, name) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, err)) => {
+                eprintln!("borg-pull-server: error: {}", hint::render(err.as_ref()));
+                code.into()
+            }
+        };
+    }
     match report(&args) {
         Ok(statuses) => exit_code(&statuses).map_or(ExitCode::SUCCESS, ExitCode::from),
         Err((code, err)) => {
@@ -94,6 +116,18 @@ fn report(args: &StatusArgs) -> Result<Vec<ClientStatus>, (Code, anyhow::Error)>
             (exit::USAGE, error)
         })?),
     };
+    let page = match &args.html {
+        None => None,
+        Some(Some(path)) => Some(path.clone()),
+        Some(None) => Some(fleet.server.html.clone().ok_or_else(|| {
+            let error = anyhow::anyhow!(
+                "--html without a FILE writes the config's status page, but {} sets no \
+                 [server] html: give --html=FILE or set it in the config",
+                args.config.display()
+            );
+            (exit::USAGE, error)
+        })?),
+    };
     let store = StateStore::open(&fleet.server.state_dir).map_err(|e| (exit::OS_ERROR, e.into()))?;
     let statuses = runtime::block_on(status(&fleet, &store)).map_err(|e| (exit::OS_ERROR, e.into()))?;
     let text = if args.json {
@@ -113,7 +147,36 @@ fn report(args: &StatusArgs) -> Result<Vec<ClientStatus>, (Code, anyhow::Error)>
         write_textfile_with_status(path, &fleet, &store, &statuses)
             .map_err(|e| (exit::OS_ERROR, e.into()))?;
     }
+    if let Some(path) = &page {
+        borg_pull_fleet::page::write_fleet_page(path, &fleet, &store)
+            .map_err(|e| (exit::OS_ERROR, e.into()))?;
+    }
     Ok(statuses)
+}
+
+/// `--history NAME`: the client's records as a table or JSON.
+fn history(args: &StatusArgs, name: &str) -> Result<(), (Code, anyhow::Error)> {
+    let fleet = load_config(&args.config).map_err(|e| (exit::USAGE, e))?;
+    if !fleet.clients.iter().any(|c| c.name == name) {
+        let error = anyhow::anyhow!(
+            "--history {name:?}: {} has no client of that name; give one of its [[client]] names",
+            args.config.display()
+        );
+        return Err((exit::USAGE, error));
+    }
+    let records = History::at(&fleet.server.state_dir).load(name);
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&records).map_err(|e| (exit::FAILURE, e.into()))?;
+        json.push('\n');
+        json
+    } else {
+        history_table(&records)
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err((exit::OS_ERROR, e.into())),
+        _ => Ok(()),
+    }
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Fleet> {
@@ -193,6 +256,33 @@ mod tests {
             parse(&["--prometheus", "/t.prom", "--json"]),
             (Some(Some("/t.prom".into())), true)
         );
+    }
+
+    /// `--html` with and without a FILE; `--history` alone (it reads no repository).
+    #[test]
+    fn html_takes_an_optional_file_and_history_stands_alone() {
+        let parse = |args: &[&str]| {
+            crate::Cli::try_parse_from(
+                ["borg-pull-server", "status", "--config", "f.toml"]
+                    .iter()
+                    .chain(args),
+            )
+            .map(|cli| match cli.command {
+                crate::Command::Status(status) => (status.html, status.history),
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(parse(&["--html"]).unwrap(), (Some(None), None));
+        assert_eq!(
+            parse(&["--html=/w/s.html", "--json"]).unwrap(),
+            (Some(Some("/w/s.html".into())), None)
+        );
+        assert_eq!(
+            parse(&["--history", "web1", "--json"]).unwrap(),
+            (None, Some("web1".into()))
+        );
+        assert!(parse(&["--history", "web1", "--html"]).is_err());
+        assert!(parse(&["--history", "web1", "--prometheus"]).is_err());
     }
 
     #[test]

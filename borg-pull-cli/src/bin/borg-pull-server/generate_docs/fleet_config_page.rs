@@ -87,6 +87,16 @@ fn server_keys() -> Vec<Key> {
              alias, the HostName, User, Port, IdentityFile and ProxyJump that its entry and \
              [defaults] leave unset. When set, the file must exist.",
         ),
+        key(
+            "html",
+            "path",
+            "none",
+            "A self\\-contained HTML status page (no external assets, no script) that run writes \
+             at its end, atomically and mode 0644: a row per client coloured by its state (ok, \
+             due, failing, overdue) with last success, next due and the last run, and charts of \
+             each client's history. status \\-\\-html writes it too. It holds no secret; unset: \
+             no page.",
+        ),
     ]
 }
 
@@ -353,6 +363,7 @@ pub const EXAMPLE: &str = r#"# /etc/borg-pull/fleet.toml
 state_dir = "/var/lib/borg-pull"
 prometheus = "/var/lib/prometheus/node-exporter/borg_pull.prom"
 jobs = 4
+html = "/var/www/html/borg-pull.html"
 
 [defaults]
 user = "root"
