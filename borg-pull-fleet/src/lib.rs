@@ -12,6 +12,8 @@
 //! - [`progress`]: borg's progress lines in logs, the live display on a terminal, readable sizes.
 //! - [`check`]: what `check-config --connect` judges here: the repository opens with its
 //!   passphrase; a relay's version.
+//! - [`notify`]: `[notify]`: webhook, ntfy, Healthchecks pings and mail on failure, recovery,
+//!   overdue or every run; never blocking or failing a backup.
 //! - [`limits`]: the time limits of the borg runs on this server, with their reasons.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@ pub mod check;
 pub mod config;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod progress;
 pub mod retention;
 pub mod run;

@@ -28,6 +28,7 @@ fn fleet(
         path: PathBuf::from("/nonexistent/fleet.toml"),
         server,
         clients,
+        notify: Default::default(),
     }
 }
 
