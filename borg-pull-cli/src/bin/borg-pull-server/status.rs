@@ -54,6 +54,12 @@ pub struct StatusArgs {
     /// it every night).
     #[arg(long, value_name = "FILE")]
     prometheus: Option<Option<PathBuf>>,
+
+    /// Also send the config's [notify] `overdue` alerts: once per client with no successful
+    /// backup within its max_age, then again only after a day or once it recovered (recorded in
+    /// [server] state_dir). For cron; the exit code does not depend on the alerts being sent.
+    #[arg(long)]
+    notify: bool,
 }
 
 /// Runs `status`; prints errors and maps the result to the exit code table.
@@ -109,6 +115,10 @@ fn report(args: &StatusArgs) -> Result<Vec<ClientStatus>, (Code, anyhow::Error)>
     }
     if let Some(path) = &textfile {
         write_textfile_with_status(path, &fleet, &store, &statuses)
+            .map_err(|e| (exit::OS_ERROR, e.into()))?;
+    }
+    if args.notify {
+        runtime::block_on(borg_pull_fleet::notify::from_status(&fleet, &store))
             .map_err(|e| (exit::OS_ERROR, e.into()))?;
     }
     Ok(statuses)
