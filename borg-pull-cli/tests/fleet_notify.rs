@@ -715,6 +715,29 @@ fn check_config_refuses_a_bad_notify_table_without_showing_the_url() {
         stderr.contains("line 2") && stderr.contains("key \"ntfy\" in [notify]") && stderr.contains("http://"),
         "{stderr}"
     );
+    // A valid table: check-config names the channels by origin only, and warns about a
+    // world-readable file holding them.
+    fs::write(
+        &config,
+        format!(
+            "[notify]\nwebhook = \"https://hooks.example.org/x/{SECRET}?k={SECRET}\"\n\
+             healthchecks = \"http://user:{SECRET}@hc.example:8000/ping/{SECRET}/{{client}}\"\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cmd.output();
+    assert_ok(&out, "check-config");
+    assert_clean(&out);
+    let stdout = out.stdout_text();
+    assert!(
+        stdout.contains("notify: webhook https://hooks.example.org/…, healthchecks http://hc.example:8000/…; events: failure, recovery, overdue"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("warning: readable by every user (mode 0644)"), "{stdout}");
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o640)).unwrap();
+    let out = cmd.output();
+    assert!(!out.stdout_text().contains("warning"), "{}", out.describe());
     fs::write(&config, "[notify]\nsendmail = \"/usr/sbin/sendmail\"\n").unwrap();
     let out = cmd.output();
     out.assert_code(200);

@@ -193,6 +193,30 @@ impl NotifyConfig {
         self.webhook.is_none() && self.ntfy.is_none() && self.healthchecks.is_none() && self.mail_to.is_empty()
     }
 
+    /// One line naming the channels and events, URLs shown as `scheme://host/…` only
+    /// (`check-config`); `None` when nothing is configured.
+    pub fn describe(&self) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
+        let mut parts = Vec::new();
+        for (name, e) in [("webhook", &self.webhook), ("ntfy", &self.ntfy), ("healthchecks", &self.healthchecks)] {
+            if let Some(e) = e {
+                parts.push(format!("{name} {e}"));
+            }
+        }
+        if !self.mail_to.is_empty() {
+            parts.push(format!("mail to {} via {}", self.mail_to.join(", "), self.sendmail[0]));
+        }
+        let events: Vec<&str> = self.events.iter().map(|e| e.as_str()).collect();
+        Some(format!("{}; events: {}", parts.join(", "), events.join(", ")))
+    }
+
+    /// Whether a URL is configured (its path or query may be a token).
+    pub fn has_urls(&self) -> bool {
+        self.webhook.is_some() || self.ntfy.is_some() || self.healthchecks.is_some()
+    }
+
     /// Whether `event` goes out through the webhook, ntfy and mail.
     pub fn wants(&self, event: Event) -> bool {
         self.events.contains(&event)
