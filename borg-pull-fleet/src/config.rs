@@ -36,6 +36,7 @@ use borg_pull_tunnel::secret::{Passphrase, SecretSources};
 use tokio_util::sync::CancellationToken;
 
 use crate::retention::{CheckPolicy, Retention};
+use crate::schedule::{self, Backoff, Hours, Schedule};
 
 mod ssh_config;
 use ssh_config::read_ssh_config;
@@ -115,6 +116,8 @@ pub struct Client {
     pub check: CheckPolicy,
     /// A newest archive older than this makes `status` flag the client (36 h).
     pub max_age: Duration,
+    /// When `run --due` pulls it: `every`, `window`, `blackout`, `retry`.
+    pub schedule: Schedule,
 }
 
 /// `via = "socket" | "agent" | "tcp"` and its keys.
@@ -347,6 +350,10 @@ struct RawClient {
     check_every_runs: Option<u32>,
     check_every_days: Option<u32>,
     max_age: Option<String>,
+    every: Option<String>,
+    window: Option<String>,
+    blackout: Option<Vec<String>>,
+    retry: Option<String>,
 }
 
 impl RawClient {
@@ -401,6 +408,10 @@ impl RawClient {
             check_every_runs: self.check_every_runs.or(d.check_every_runs),
             check_every_days: self.check_every_days.or(d.check_every_days),
             max_age: self.max_age.or(d.max_age),
+            every: self.every.or(d.every),
+            window: self.window.or(d.window),
+            blackout: self.blackout.or(d.blackout),
+            retry: self.retry.or(d.retry),
         }
     }
 }
@@ -610,6 +621,11 @@ impl Context<'_> {
         };
         let max_runtime = duration("max_runtime", raw.max_runtime, DEFAULT_MAX_RUNTIME)?;
         let max_age = duration("max_age", raw.max_age, DEFAULT_MAX_AGE)?;
+        let schedule = schedule_of(
+            [&raw.every, &raw.retry, &raw.window],
+            raw.blackout.as_deref(),
+            &err,
+        )?;
         for (k, _) in raw.env.iter().flatten() {
             if !borg_pull_tunnel::exec::is_env_name(k)
                 || borg_pull_tunnel::pull::RESERVED_ENV.contains(&k.as_str())
@@ -736,8 +752,64 @@ impl Context<'_> {
                 every_days: raw.check_every_days,
             },
             max_age,
+            schedule,
         })
     }
+}
+
+/// A client's `every`, `retry`, `window` and `blackout` (defaults applied) as its [`Schedule`];
+/// `err` names the key in the client's table.
+fn schedule_of(
+    [every, retry, window]: [&Option<String>; 3],
+    blackout: Option<&[String]>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Schedule, ConfigError> {
+    let duration = |key: &str, v: &Option<String>, default: Duration| match v {
+        None => Ok(default),
+        Some(v) => parse_duration(v).map_err(|m| err(key, m)),
+    };
+    let raw_window = window;
+    let every = duration("every", every, schedule::DEFAULT_EVERY)?;
+    let first = duration("retry", retry, schedule::DEFAULT_RETRY)?;
+    let hours = |key: &str, v: &str| v.parse::<Hours>().map_err(|m| err(key, m));
+    let window = window.as_deref().map(|w| hours("window", w)).transpose()?;
+    let blackout = blackout
+        .unwrap_or_default()
+        .iter()
+        .map(|b| hours("blackout", b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let schedule = Schedule {
+        every,
+        window,
+        blackout,
+        retry: Backoff {
+            first: first.min(every),
+            cap: every,
+        },
+    };
+    if !schedule.leaves_time_to_start() {
+        let key = if raw_window.is_some() {
+            "window"
+        } else {
+            "blackout"
+        };
+        return Err(err(
+            key,
+            format!(
+                "window {} and blackout [{}] leave no minute of the day to start a pull: \
+                 shorten a blackout or widen the window ({})",
+                window.map_or_else(|| "(all day)".into(), |w| format!("\"{w}\"")),
+                schedule
+                    .blackout
+                    .iter()
+                    .map(|b| format!("\"{b}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Hours::FORM
+            ),
+        ));
+    }
+    Ok(schedule)
 }
 
 /// `(byte offset, line)` of each line of `text`.

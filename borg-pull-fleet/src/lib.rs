@@ -14,6 +14,8 @@
 //!   passphrase; a relay's version.
 //! - [`notify`]: `[notify]`: webhook, ntfy, Healthchecks pings and mail on failure, recovery,
 //!   overdue or every run; never blocking or failing a backup.
+//! - [`schedule`]: when a client is due (`every`, window, blackout, retry back-off) and its
+//!   health (ok, due, failing, overdue), for `run --due`, `status` and the metrics.
 //! - [`limits`]: the time limits of the borg runs on this server, with their reasons.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -27,6 +29,7 @@ pub mod notify;
 pub mod progress;
 pub mod retention;
 pub mod run;
+pub mod schedule;
 mod server_borg;
 pub mod state;
 pub mod status;

@@ -188,3 +188,12 @@ pub const OVERDUE_REPEAT: Duration = Duration::from_secs(24 * 3600);
 /// unless `[notify] ca_file` names another; the roots built into the program are the fallback
 /// where it is missing.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A client is due this fraction of its `every` early (`every / 32`: 45 minutes of a day).
+///
+/// `every` is counted from the start of the last successful pull, and an hourly `run --due`
+/// starts a few seconds to minutes late (systemd's timer accuracy, clients waiting for a free
+/// slot of `jobs`). Without slack a daily client pulled at 02:00:40 would not be due at 02:00:05
+/// the next night and would slip an hour later every day; with 3% it stays at its hour, as
+/// BackupPC's `IncrPeriod = 0.97` does.
+pub const DUE_EARLY_DIVISOR: u32 = 32;

@@ -46,8 +46,9 @@ use crate::progress::{clean_progress, human_bytes, job_label, short_duration, Di
 use crate::retention::{
     after_create_observed, archive_ids, is_configured, ArchiveIds, RetentionResult, SkipReason,
 };
+use crate::schedule::{self, Standing, Zone};
 use crate::state::StateStore;
-use crate::state::{ClientState, RunRecord};
+use crate::state::{ClientState, Outcome, RunRecord};
 
 /// The longest output line passed on whole; longer lines are cut there and marked. borg's own
 /// lines are short; this bounds what a client printing without newlines can make us hold.
@@ -378,6 +379,86 @@ fn archive_in_args(args: &[String]) -> Option<String> {
         .filter(|n| !n.is_empty())
 }
 
+/// What `run --due` makes of the clients it was given, at one moment.
+#[derive(Debug, Clone)]
+pub struct DueSelection<'a> {
+    /// The clients due now ([`Standing::due_now`]), in the order given: these are pulled.
+    pub due: Vec<&'a Client>,
+    /// The others, with their standing (for the log line naming each and its next due time).
+    pub not_due: Vec<(&'a Client, Standing)>,
+}
+
+/// Splits `clients` into those due at `now` (Unix seconds, `zone`'s local time for windows and
+/// blackouts) and the others, by [`schedule::standing_in`] on what `state_of` returns for each
+/// name. `run --due` calls it with the state store, the schedule simulation with its own; both
+/// record each attempt with [`ClientState::record_attempt`].
+pub fn select_due<'a>(
+    clients: impl IntoIterator<Item = &'a Client>,
+    now: u64,
+    zone: &Zone,
+    state_of: impl Fn(&str) -> ClientState,
+) -> DueSelection<'a> {
+    let mut selection = DueSelection {
+        due: Vec::new(),
+        not_due: Vec::new(),
+    };
+    for client in clients {
+        let standing = schedule::standing_in(client, &state_of(&client.name), now, zone);
+        if standing.due_now {
+            selection.due.push(client);
+        } else {
+            selection.not_due.push((client, standing));
+        }
+    }
+    selection
+}
+
+/// `run --due`: the clients named in `names` (all when empty) that are due now, pulled as
+/// [`run_clients`] does; one info line per client that is not due (its health and next due
+/// time). Returns the results of those pulled and how many were not due.
+pub async fn run_due(
+    fleet: &Fleet,
+    names: &[String],
+    jobs: usize,
+    env: &PullEnv,
+    classify: ErrorMapper,
+    cancel: CancellationToken,
+    out: OutputSink,
+) -> (Vec<ClientResult>, usize) {
+    let selected = fleet
+        .clients
+        .iter()
+        .filter(|c| names.is_empty() || names.contains(&c.name));
+    let store = StateStore::open(&fleet.server.state_dir).ok();
+    let state_of = |name: &str| store.as_ref().map(|s| s.load(name)).unwrap_or_default();
+    let now = crate::retention::unix_now();
+    let selection = select_due(selected, now, Zone::local(), state_of);
+    for (client, standing) in &selection.not_due {
+        let next = standing
+            .next_due
+            .map_or_else(|| "-".into(), |t| utc(UNIX_EPOCH + Duration::from_secs(t)));
+        info!(
+            client = %client.name,
+            health = %standing.health,
+            failures_in_a_row = standing.failures_in_a_row,
+            "not due; next due {next} UTC"
+        );
+    }
+    info!(
+        due = selection.due.len(),
+        not_due = selection.not_due.len(),
+        "{} of {} clients due",
+        selection.due.len(),
+        selection.due.len() + selection.not_due.len()
+    );
+    let due: Vec<Client> = selection.due.iter().map(|c| (*c).clone()).collect();
+    let not_due = selection.not_due.len();
+    (
+        run_clients(fleet, due, jobs, env, classify, cancel, out).await,
+        not_due,
+    )
+}
+
 /// Pulls the clients named in `names` (all when empty; unknown names are skipped, see
 /// [`select`]) at most `jobs` at a time. Returns one result per client in config order once
 /// every pull has ended. `classify` maps a pull error to our exit code and message.
@@ -396,6 +477,20 @@ pub async fn run(
         .filter(|c| names.is_empty() || names.contains(&c.name))
         .cloned()
         .collect();
+    run_clients(fleet, clients, jobs, env, classify, cancel, out).await
+}
+
+/// Pulls `clients` (of `fleet`) at most `jobs` at a time; one result per client, in their order,
+/// once every pull has ended.
+pub async fn run_clients(
+    fleet: &Fleet,
+    clients: Vec<Client>,
+    jobs: usize,
+    env: &PullEnv,
+    classify: ErrorMapper,
+    cancel: CancellationToken,
+    out: OutputSink,
+) -> Vec<ClientResult> {
     let store = match StateStore::open(&fleet.server.state_dir) {
         Ok(store) => Some(Arc::new(store)),
         Err(e) => {
@@ -580,6 +675,7 @@ impl Job {
                 .then(|| archive_in_args(&self.client.args))
                 .flatten()
         });
+        let mut reached = true;
         let mut result = ClientResult {
             name: name.clone(),
             archive,
@@ -596,7 +692,10 @@ impl Job {
                 result.bytes_sent = outcome.forwarded.to_serve;
                 result.borg_rc = Some(outcome.exit.code());
             }
-            Err(e) => result.error = Some((self.classify)(&e)),
+            Err(e) => {
+                reached = !unreachable(&e);
+                result.error = Some((self.classify)(&e));
+            }
         }
         let (sent, took) = (human_bytes(result.bytes_sent), short_duration(result.duration));
         match (&result.error, result.borg_rc) {
@@ -607,7 +706,7 @@ impl Job {
             (None, Some(rc)) => info!(client = %name, rc, sent = %sent, duration = %took, "pull finished"),
             (None, None) => info!(client = %name, sent = %sent, duration = %took, "pull finished"),
         }
-        (result.retention, result.retention_errors) = self.record(&result, before).await;
+        (result.retention, result.retention_errors) = self.record(&result, before, reached).await;
         if let Some(notify) = &self.notify {
             let mut log = stdout.tail.text() + &stderr.tail.text();
             if let Some((code, message)) = &result.error {
@@ -634,6 +733,7 @@ impl Job {
         &self,
         result: &ClientResult,
         before: Option<Result<ArchiveIds, String>>,
+        reached: bool,
     ) -> (RetentionResult, Vec<String>) {
         let name = &self.client.name;
         let mut state = match &self.store {
@@ -652,6 +752,13 @@ impl Job {
         if succeeded {
             state.last_success = Some(record.clone());
         }
+        let outcome = match (succeeded, reached) {
+            (true, _) => Outcome::Succeeded,
+            (false, true) => Outcome::Failed,
+            (false, false) => Outcome::Unreachable,
+        };
+        let ended = unix_secs(result.started + result.duration);
+        state.record_attempt(outcome, record.started, ended);
         state.last_run = Some(record);
         let (retention, errors) = self.retention(succeeded, before, &mut state).await;
         match &retention {
@@ -734,6 +841,17 @@ impl Job {
                 vec!["stopped: interrupted by SIGINT/SIGTERM".into()],
             ),
         }
+    }
+}
+
+/// Whether `e` says the client could not be reached at all (no SSH connection to it or through
+/// its jump hosts): the schedule tries such a client again at the next run, without back-off.
+fn unreachable(e: &borg_pull_tunnel::Error) -> bool {
+    use borg_pull_tunnel::Error as E;
+    match e {
+        E::Connect { .. } | E::ConnectTimeout { .. } | E::JumpConnect { .. } => true,
+        E::JumpHost { source, .. } => unreachable(source),
+        _ => false,
     }
 }
 

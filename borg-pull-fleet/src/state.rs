@@ -149,6 +149,72 @@ pub struct ClientState {
     /// once it is no longer overdue. Keeps `[notify]` from repeating it every hour.
     #[serde(default)]
     pub overdue_alerted: Option<u64>,
+    /// Failed attempts since the last success (unreachable ones included), for the retry
+    /// back-off and `status`.
+    #[serde(default)]
+    pub failures_in_a_row: u32,
+    /// When the first attempt recorded started (Unix seconds): a client never successful is
+    /// overdue `max_age` after it.
+    #[serde(default)]
+    pub first_attempt: Option<u64>,
+    /// How the last attempt ended, and when (the schedule's back-off counts from its end).
+    #[serde(default)]
+    pub last_attempt: Option<Attempt>,
+}
+
+/// How an attempt to pull a client ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// borg's create ended with 0 or 1.
+    Succeeded,
+    /// The client answered but the pull failed (borg's error, authentication, time limit...):
+    /// retried after the back-off.
+    Failed,
+    /// No SSH connection to the client (DNS, refused, timeout): tried again at the next run.
+    Unreachable,
+}
+
+/// The last attempt: when it ended (Unix seconds) and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it ended, Unix seconds.
+    pub ended: u64,
+    /// How.
+    pub outcome: Outcome,
+}
+
+impl ClientState {
+    /// Records an attempt that started at `started` and ended at `ended` (Unix seconds) for the
+    /// schedule: the first attempt, the failures in a row, the last outcome. `run` calls it after
+    /// every pull, the schedule simulation too.
+    pub fn record_attempt(&mut self, outcome: Outcome, started: u64, ended: u64) {
+        self.first_attempt.get_or_insert(started);
+        self.failures_in_a_row = match outcome {
+            Outcome::Succeeded => 0,
+            Outcome::Failed | Outcome::Unreachable => self.failures_in_a_row.saturating_add(1),
+        };
+        self.last_attempt = Some(Attempt { ended, outcome });
+    }
+
+    /// The last attempt's end and outcome; for a record written before attempts were kept, read
+    /// from [`Self::last_run`].
+    pub fn last_attempt(&self) -> Option<(u64, Outcome)> {
+        if let Some(a) = self.last_attempt {
+            return Some((a.ended, a.outcome));
+        }
+        let run = self.last_run.as_ref()?;
+        let ended = run.started.saturating_add(run.duration_ms / 1000);
+        let succeeded = run.error.is_none() && matches!(run.borg_rc, Some(0 | 1));
+        Some((
+            ended,
+            if succeeded {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed
+            },
+        ))
+    }
 }
 
 impl ClientState {

@@ -577,6 +577,12 @@ fn state_store_round_trip_and_corrupt_files() {
             at: 1_700_000_300,
             rc: Some(143),
         }),
+        failures_in_a_row: 3,
+        first_attempt: Some(1_600_000_000),
+        last_attempt: Some(borg_pull_fleet::state::Attempt {
+            ended: 1_700_000_060,
+            outcome: borg_pull_fleet::state::Outcome::Unreachable,
+        }),
     };
     store.save("web1", &state).unwrap();
     store.save("web1", &state).unwrap();

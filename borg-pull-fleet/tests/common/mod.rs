@@ -151,5 +151,6 @@ pub fn client(name: &str, repo: &Path) -> Client {
         compact: false,
         check: CheckPolicy::default(),
         max_age: Duration::from_secs(36 * 3600),
+        schedule: Default::default(),
     }
 }
