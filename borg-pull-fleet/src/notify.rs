@@ -873,6 +873,103 @@ mod tests {
         assert!(toml::from_str::<RawNotify>("events = [\"sometimes\"]").is_err());
     }
 
+    fn clients() -> Vec<Client> {
+        let text = "[[client]]\nname = \"a\"\nhost = \"h\"\nrepo = \"/r/a\"\nargs = [\"create\", \"::x\", \"/\"]\nmax_age = \"1h\"\n\
+                    [[client]]\nname = \"b\"\nhost = \"h\"\nrepo = \"/r/b\"\nargs = [\"create\", \"::x\", \"/\"]\nmax_age = \"1h\"\n";
+        crate::config::parse_with_home(text, Path::new("fleet.toml"), None).unwrap().clients
+    }
+
+    fn result(name: &str, rc: i32) -> ClientResult {
+        ClientResult {
+            name: name.into(),
+            archive: Some("x".into()),
+            started: std::time::UNIX_EPOCH,
+            duration: Duration::from_secs(1),
+            bytes_sent: 1,
+            borg_rc: Some(rc),
+            error: None,
+            retention_errors: Vec::new(),
+            retention: crate::retention::RetentionResult::NotConfigured,
+        }
+    }
+
+    fn ran(state: &mut ClientState, at: u64, ok: bool) {
+        let record = crate::state::RunRecord {
+            started: at,
+            duration_ms: 1000,
+            archive: None,
+            bytes_sent: 0,
+            borg_rc: Some(if ok { 0 } else { 2 }),
+            error: None,
+        };
+        if ok {
+            state.last_success = Some(record.clone());
+        }
+        state.last_run = Some(record);
+        let outcome = if ok {
+            crate::state::Outcome::Succeeded
+        } else {
+            crate::state::Outcome::Failed
+        };
+        state.record_attempt(outcome, at, at + 1);
+    }
+
+    #[test]
+    fn failure_then_recovery_only_after_failures() {
+        let clients = clients();
+        let now = 1_000_000;
+        let mut failing = ClientState::default();
+        ran(&mut failing, now - 7200, true);
+        ran(&mut failing, now - 3600, false);
+        let mut fine = ClientState::default();
+        ran(&mut fine, now - 600, true);
+        let before = BTreeMap::from([("a".to_owned(), failing), ("b".to_owned(), fine)]);
+        let alerts = run_alerts(&clients, &[result("a", 0), result("b", 2)], &before, now);
+        let kinds: Vec<(Event, &str)> = alerts.iter().map(|a| (a.event, a.client.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (Event::Recovery, "a"),
+                (Event::Run, "a"),
+                (Event::Failure, "b"),
+                (Event::Run, "b")
+            ]
+        );
+        assert_eq!(alerts[2].message, "borg exited with 2");
+        // A warning (rc 1) is a success: no failure.
+        let alerts = run_alerts(&clients, &[result("b", 1)], &before, now);
+        assert!(alerts.iter().all(|a| a.event == Event::Run), "{alerts:?}");
+    }
+
+    #[test]
+    fn overdue_is_alerted_once_a_day_and_cleared_by_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let clients = clients();
+        let t0 = 1_000_000;
+        let mut a = ClientState::default();
+        ran(&mut a, t0, true);
+        store.save("a", &a).unwrap();
+        let mut b = ClientState::default();
+        ran(&mut b, t0 + 7000, true);
+        store.save("b", &b).unwrap();
+        let names = |alerts: Vec<Alert>| alerts.into_iter().map(|a| a.client).collect::<Vec<_>>();
+        // An hour and a bit after a's success: a is overdue, b is not.
+        let now = t0 + 3700;
+        assert_eq!(names(overdue_alerts(&clients, &store, now)), ["a"]);
+        assert_eq!(store.load("a").overdue_alerted, Some(now));
+        assert!(overdue_alerts(&clients, &store, now + 3600).is_empty(), "not every hour");
+        let a_day = now + OVERDUE_REPEAT.as_secs();
+        assert_eq!(names(overdue_alerts(&clients, &store, a_day)), ["a", "b"], "again after a day");
+        // a backs up: its mark goes, and being overdue later is a new alert.
+        let mut a = store.load("a");
+        ran(&mut a, a_day + 10, true);
+        store.save("a", &a).unwrap();
+        assert!(overdue_alerts(&clients, &store, a_day + 20).is_empty());
+        assert_eq!(store.load("a").overdue_alerted, None);
+        assert_eq!(names(overdue_alerts(&clients, &store, a_day + 3700)), ["a"]);
+    }
+
     #[test]
     fn tails_and_titles_are_bounded() {
         let mut t = LogTail::default();
