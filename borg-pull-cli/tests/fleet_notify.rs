@@ -143,7 +143,10 @@ fn serve(stream: TcpStream, answer: Answer, requests: &Mutex<Vec<Request>>, held
             return;
         }
         let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+        let (method, path) = (
+            parts.next().unwrap_or("").to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+        );
         let mut headers = BTreeMap::new();
         for _ in 0..200 {
             let mut h = String::new();
@@ -158,7 +161,10 @@ fn serve(stream: TcpStream, answer: Answer, requests: &Mutex<Vec<Request>>, held
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
             }
         }
-        let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let length: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0; length.min(1 << 20)];
         if reader.read_exact(&mut body).is_err() {
             return;
@@ -174,7 +180,8 @@ fn serve(stream: TcpStream, answer: Answer, requests: &Mutex<Vec<Request>>, held
                 let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK");
             }
             Answer::Error500 => {
-                let _ = writer.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nnope");
+                let _ =
+                    writer.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nnope");
             }
             Answer::Never => {
                 held.lock().unwrap().push(writer);
@@ -205,7 +212,10 @@ impl Mta {
             common::missing("exim4 (package exim4-daemon-light)");
             return None;
         }
-        let dir = tempfile::Builder::new().prefix("borg-pull-mta").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("borg-pull-mta")
+            .tempdir()
+            .unwrap();
         // exim gives up root for a -C config and runs as its own user: it must reach its files.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let d = dir.path();
@@ -326,7 +336,11 @@ impl Drop for Mta {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -514,7 +528,11 @@ fn run_notifies_failure_run_and_recovery_through_every_channel() {
         assert_eq!(hc(path)[0].method, "POST");
     }
     let good = &hc("good")[0];
-    assert!(good.text().contains("Archive name: a-"), "good's ping body: {}", good.text());
+    assert!(
+        good.text().contains("Archive name: a-"),
+        "good's ping body: {}",
+        good.text()
+    );
     let bad = &hc("bad/fail")[0];
     assert!(
         bad.text().contains("does not exist") || bad.text().contains("Repository"),
@@ -528,7 +546,10 @@ fn run_notifies_failure_run_and_recovery_through_every_channel() {
     assert_eq!(failures.len(), 1, "{:#?}", http.requests());
     assert_eq!(failures[0]["clients"][0]["client"], "bad");
     assert_eq!(failures[0]["clients"][0]["event"], "failure");
-    assert_eq!(failures[0]["summary"], summary, "the webhook's summary is run --json's");
+    assert_eq!(
+        failures[0]["summary"], summary,
+        "the webhook's summary is run --json's"
+    );
     let runs = webhooks(&http, "run");
     assert_eq!(runs.len(), 1);
     let named: Vec<&str> = runs[0]["clients"]
@@ -541,7 +562,11 @@ fn run_notifies_failure_run_and_recovery_through_every_channel() {
     assert!(webhooks(&http, "recovery").is_empty());
     let hook = &http.to("/hook/")[0];
     assert_eq!(hook.header("content-type"), Some("application/json"));
-    assert_eq!(hook.path, format!("/hook/{SECRET}?token={SECRET}"), "the query is sent");
+    assert_eq!(
+        hook.path,
+        format!("/hook/{SECRET}?token={SECRET}"),
+        "the query is sent"
+    );
 
     // ntfy: plain text and its headers.
     let ntfy = http.to("/ntfy/");
@@ -552,10 +577,10 @@ fn run_notifies_failure_run_and_recovery_through_every_channel() {
     assert_eq!(failure.header("priority"), Some("high"));
     assert!(failure.header("tags").unwrap_or("").contains("warning"));
     assert!(failure.text().starts_with("bad: "), "{}", failure.text());
-    assert!(ntfy
-        .iter()
-        .any(|r| r.header("title") == Some("borg-pull: run of 2 clients: good, bad")
-            && r.header("priority") == Some("low")));
+    assert!(ntfy.iter().any(
+        |r| r.header("title") == Some("borg-pull: run of 2 clients: good, bad")
+            && r.header("priority") == Some("low")
+    ));
 
     // Mail, through exim's sendmail to its daemon on loopback, into the mailbox.
     // One copy per recipient (the mailbox takes both).
@@ -569,11 +594,28 @@ fn run_notifies_failure_run_and_recovery_through_every_channel() {
         .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("Envelope-to: ")))
         .collect();
     envelope.sort_unstable();
-    assert_eq!(envelope, ["oncall@example.net", "ops@example.org"], "{}", mta.log());
-    assert!(mail[0].contains("\nTo: ops@example.org, oncall@example.net\n"), "{}", mail[0]);
+    assert_eq!(
+        envelope,
+        ["oncall@example.net", "ops@example.org"],
+        "{}",
+        mta.log()
+    );
+    assert!(
+        mail[0].contains("\nTo: ops@example.org, oncall@example.net\n"),
+        "{}",
+        mail[0]
+    );
     assert!(mail[0].contains("\nX-Borg-Pull-Event: failure\n"));
-    assert!(mail[0].contains("\n\nbad: failed") || mail[0].contains("\n\nbad: borg exited with 2"), "{}", mail[0]);
-    assert!(mail[0].contains("Received: from [127.0.0.1]"), "delivered over loopback SMTP: {}", mail[0]);
+    assert!(
+        mail[0].contains("\n\nbad: failed") || mail[0].contains("\n\nbad: borg exited with 2"),
+        "{}",
+        mail[0]
+    );
+    assert!(
+        mail[0].contains("Received: from [127.0.0.1]"),
+        "delivered over loopback SMTP: {}",
+        mail[0]
+    );
     assert_no_secret(&mta.mailbox(), "the mail");
 
     // 2. bad gets its repository: its next success is a recovery.
@@ -613,7 +655,9 @@ fn status_notify_alerts_an_overdue_client_once_then_not_again() {
     assert_clean(&out);
     // Wait (bounded) until bad's success is older than its max_age, by the clock its state uses.
     let start = Instant::now();
-    common::wait_until("bad's backup older than max_age", || start.elapsed() > Duration::from_secs(2));
+    common::wait_until("bad's backup older than max_age", || {
+        start.elapsed() > Duration::from_secs(2)
+    });
     let overdue = |http: &Receiver| webhooks(http, "overdue");
     // The run's own overdue check may have come after max_age already: either it or the first
     // `status --notify` alerts, once.
@@ -628,10 +672,9 @@ fn status_notify_alerts_an_overdue_client_once_then_not_again() {
         .map(|c| c["client"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["bad"], "only the overdue client");
-    assert!(http
-        .to("/ntfy/")
-        .iter()
-        .any(|r| r.header("title") == Some("borg-pull: overdue: bad") && r.header("priority") == Some("high")));
+    assert!(http.to("/ntfy/").iter().any(
+        |r| r.header("title") == Some("borg-pull: overdue: bad") && r.header("priority") == Some("high")
+    ));
     // Cron again: nothing new (it was alerted less than a day ago).
     let out = f.server(&["status", "--notify"], &config).output();
     assert_clean(&out);
@@ -712,7 +755,9 @@ fn check_config_refuses_a_bad_notify_table_without_showing_the_url() {
     assert_clean(&out);
     let stderr = out.stderr_text();
     assert!(
-        stderr.contains("line 2") && stderr.contains("key \"ntfy\" in [notify]") && stderr.contains("http://"),
+        stderr.contains("line 2")
+            && stderr.contains("key \"ntfy\" in [notify]")
+            && stderr.contains("http://"),
         "{stderr}"
     );
     // A valid table: check-config names the channels by origin only, and warns about a
@@ -734,7 +779,10 @@ fn check_config_refuses_a_bad_notify_table_without_showing_the_url() {
         stdout.contains("notify: webhook https://hooks.example.org/…, healthchecks http://hc.example:8000/…; events: failure, recovery, overdue"),
         "{stdout}"
     );
-    assert!(stdout.contains("warning: readable by every user (mode 0644)"), "{stdout}");
+    assert!(
+        stdout.contains("warning: readable by every user (mode 0644)"),
+        "{stdout}"
+    );
     fs::set_permissions(&config, fs::Permissions::from_mode(0o640)).unwrap();
     let out = cmd.output();
     assert!(!out.stdout_text().contains("warning"), "{}", out.describe());

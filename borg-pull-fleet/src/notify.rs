@@ -190,7 +190,10 @@ pub const DEFAULT_SENDMAIL: &str = "/usr/sbin/sendmail";
 impl NotifyConfig {
     /// Whether any channel is configured.
     pub fn is_empty(&self) -> bool {
-        self.webhook.is_none() && self.ntfy.is_none() && self.healthchecks.is_none() && self.mail_to.is_empty()
+        self.webhook.is_none()
+            && self.ntfy.is_none()
+            && self.healthchecks.is_none()
+            && self.mail_to.is_empty()
     }
 
     /// One line naming the channels and events, URLs shown as `scheme://host/…` only
@@ -200,13 +203,21 @@ impl NotifyConfig {
             return None;
         }
         let mut parts = Vec::new();
-        for (name, e) in [("webhook", &self.webhook), ("ntfy", &self.ntfy), ("healthchecks", &self.healthchecks)] {
+        for (name, e) in [
+            ("webhook", &self.webhook),
+            ("ntfy", &self.ntfy),
+            ("healthchecks", &self.healthchecks),
+        ] {
             if let Some(e) = e {
                 parts.push(format!("{name} {e}"));
             }
         }
         if !self.mail_to.is_empty() {
-            parts.push(format!("mail to {} via {}", self.mail_to.join(", "), self.sendmail[0]));
+            parts.push(format!(
+                "mail to {} via {}",
+                self.mail_to.join(", "),
+                self.sendmail[0]
+            ));
         }
         let events: Vec<&str> = self.events.iter().map(|e| e.as_str()).collect();
         Some(format!("{}; events: {}", parts.join(", "), events.join(", ")))
@@ -257,7 +268,9 @@ impl RawNotify {
         for to in &mail_to {
             let plain = !to.is_empty()
                 && to.contains('@')
-                && !to.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',');
+                && !to
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == ',');
             if !plain {
                 return Err((
                     "mail_to",
@@ -276,7 +289,10 @@ impl RawNotify {
         }
         if mail_to.is_empty() && sendmail_set {
             // Nothing would ever be mailed: the operator meant mail and forgot whom to.
-            return Err(("sendmail", "is set but mail_to names no recipient: add mail_to = [\"ops@example.org\"]".into()));
+            return Err((
+                "sendmail",
+                "is set but mail_to names no recipient: add mail_to = [\"ops@example.org\"]".into(),
+            ));
         }
         let mut events = self.events.unwrap_or_else(|| DEFAULT_EVENTS.to_vec());
         events.sort();
@@ -319,7 +335,9 @@ pub struct Notifier {
 
 impl fmt::Debug for Notifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Notifier").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Notifier")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -371,8 +389,13 @@ impl Notifier {
             let url = if ok { url } else { url.with_path_suffix("/fail") };
             let body = tail_bytes(log, MAX_PING_BODY).as_bytes().to_vec();
             self.spawn(async move {
-                me.post("healthchecks", &url, &[("Content-Type", "text/plain; charset=utf-8")], body)
-                    .await;
+                me.post(
+                    "healthchecks",
+                    &url,
+                    &[("Content-Type", "text/plain; charset=utf-8")],
+                    body,
+                )
+                .await;
             });
         }
     }
@@ -454,8 +477,10 @@ impl Notifier {
         for attempt in 1..=2 {
             let agent = self.agent.clone();
             let target = url.secret_url().to_owned();
-            let headers: Vec<(String, String)> =
-                headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            let headers: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
             let body = body.clone();
             let call = tokio::task::spawn_blocking(move || {
                 let mut req = agent.post(&target);
@@ -539,7 +564,10 @@ fn agent(config: &NotifyConfig, timeout: Duration) -> ureq::Agent {
         .iter()
         .any(|e| e.as_ref().is_some_and(|e| e.origin().starts_with("https:")));
     let roots = if needs_tls {
-        let file = config.ca_file.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+        let file = config
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
         match read_roots(&file) {
             Ok(roots) => roots,
             Err(e) => {
@@ -600,7 +628,10 @@ async fn sendmail(argv: &[String], message: &[u8]) -> Result<(), String> {
     };
     let read = async {
         let mut buf = Vec::new();
-        let _ = (&mut stderr).take(MAX_NOTIFY_STDERR as u64).read_to_end(&mut buf).await;
+        let _ = (&mut stderr)
+            .take(MAX_NOTIFY_STDERR as u64)
+            .read_to_end(&mut buf)
+            .await;
         buf
     };
     let (written, err) = tokio::join!(write, read);
@@ -671,11 +702,9 @@ pub fn run_alerts(
     for r in results {
         let ok = r.code() <= 1;
         let message = result_line(r);
-        if let (true, Some(client), Some(state)) = (
-            ok,
-            clients.iter().find(|c| c.name == r.name),
-            before.get(&r.name),
-        ) {
+        if let (true, Some(client), Some(state)) =
+            (ok, clients.iter().find(|c| c.name == r.name), before.get(&r.name))
+        {
             if was_failing(client, state, now) || state.overdue_alerted.is_some() {
                 alerts.push(Alert {
                     event: Event::Recovery,
@@ -705,12 +734,14 @@ fn result_line(r: &ClientResult) -> String {
     match (&r.error, r.borg_rc) {
         (Some((code, m)), _) => format!("failed ({code}): {}", m.replace('\n', " ")),
         (None, _) if !r.retention_errors.is_empty() => {
-            format!("backed up, but retention failed: {}", r.retention_errors.join("; "))
+            format!(
+                "backed up, but retention failed: {}",
+                r.retention_errors.join("; ")
+            )
         }
-        (None, Some(rc @ (0 | 1))) => format!(
-            "archive {} (borg rc {rc})",
-            r.archive.as_deref().unwrap_or("-")
-        ),
+        (None, Some(rc @ (0 | 1))) => {
+            format!("archive {} (borg rc {rc})", r.archive.as_deref().unwrap_or("-"))
+        }
         (None, Some(rc)) => format!("borg exited with {rc}"),
         (None, None) => "ended without a result".into(),
     }
@@ -838,15 +869,27 @@ mod tests {
         assert_eq!(e.to_string(), "https://hc.example:8443/…");
         assert_eq!(format!("{e:?}"), "Endpoint(https://hc.example:8443/…)");
         let start = e.with_path_suffix("/start");
-        assert_eq!(start.secret_url(), "https://user:pw@hc.example:8443/ping/SECRET-UUID/start?k=TOKEN");
+        assert_eq!(
+            start.secret_url(),
+            "https://user:pw@hc.example:8443/ping/SECRET-UUID/start?k=TOKEN"
+        );
         assert!(!start.to_string().contains("SECRET"));
-        for bad in ["ftp://x/y", "hc.example/ping", "https:///path", "http://a b/c", "https://:80/x"] {
+        for bad in [
+            "ftp://x/y",
+            "hc.example/ping",
+            "https:///path",
+            "http://a b/c",
+            "https://:80/x",
+        ] {
             let err = Endpoint::parse(bad).unwrap_err();
             assert!(!err.contains("path") || !err.contains(bad), "{err}");
         }
         let msg = "error sending to https://user:pw@hc.example:8443/ping/SECRET-UUID?k=TOKEN and /ping/SECRET-UUID?k=TOKEN";
         let scrubbed = scrub(msg, &e);
-        assert!(!scrubbed.contains("SECRET") && !scrubbed.contains("TOKEN"), "{scrubbed}");
+        assert!(
+            !scrubbed.contains("SECRET") && !scrubbed.contains("TOKEN"),
+            "{scrubbed}"
+        );
     }
 
     #[test]
@@ -868,7 +911,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.0, "ntfy");
         assert!(!e.1.contains("SECRET"));
-        let e = toml::from_str::<RawNotify>("mail_to = [\"a@b, c@d\"]").unwrap().validate().unwrap_err();
+        let e = toml::from_str::<RawNotify>("mail_to = [\"a@b, c@d\"]")
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert_eq!(e.0, "mail_to");
         assert!(toml::from_str::<RawNotify>("events = [\"sometimes\"]").is_err());
     }
@@ -876,7 +922,9 @@ mod tests {
     fn clients() -> Vec<Client> {
         let text = "[[client]]\nname = \"a\"\nhost = \"h\"\nrepo = \"/r/a\"\nargs = [\"create\", \"::x\", \"/\"]\nmax_age = \"1h\"\n\
                     [[client]]\nname = \"b\"\nhost = \"h\"\nrepo = \"/r/b\"\nargs = [\"create\", \"::x\", \"/\"]\nmax_age = \"1h\"\n";
-        crate::config::parse_with_home(text, Path::new("fleet.toml"), None).unwrap().clients
+        crate::config::parse_with_home(text, Path::new("fleet.toml"), None)
+            .unwrap()
+            .clients
     }
 
     fn result(name: &str, rc: i32) -> ClientResult {
@@ -958,9 +1006,16 @@ mod tests {
         let now = t0 + 3700;
         assert_eq!(names(overdue_alerts(&clients, &store, now)), ["a"]);
         assert_eq!(store.load("a").overdue_alerted, Some(now));
-        assert!(overdue_alerts(&clients, &store, now + 3600).is_empty(), "not every hour");
+        assert!(
+            overdue_alerts(&clients, &store, now + 3600).is_empty(),
+            "not every hour"
+        );
         let a_day = now + OVERDUE_REPEAT.as_secs();
-        assert_eq!(names(overdue_alerts(&clients, &store, a_day)), ["a", "b"], "again after a day");
+        assert_eq!(
+            names(overdue_alerts(&clients, &store, a_day)),
+            ["a", "b"],
+            "again after a day"
+        );
         // a backs up: its mark goes, and being overdue later is a new alert.
         let mut a = store.load("a");
         ran(&mut a, a_day + 10, true);
