@@ -791,3 +791,127 @@ fn check_config_refuses_a_bad_notify_table_without_showing_the_url() {
     out.assert_code(200);
     assert!(out.stderr_text().contains("mail_to"), "{}", out.describe());
 }
+
+/// A TLS front on 127.0.0.1 for a [`Receiver`]: socat with a self-signed certificate for
+/// 127.0.0.1 (made by openssl), forwarding to the receiver; stopped when dropped.
+struct TlsFront {
+    port: u16,
+    cert: PathBuf,
+    socat: std::process::Child,
+}
+
+impl TlsFront {
+    fn start(dir: &Path, to: &Receiver) -> Option<TlsFront> {
+        if !common::require_tool("openssl") || !common::require_tool("socat") {
+            return None;
+        }
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let out = TestCommand::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "extendedKeyUsage=serverAuth"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output();
+        assert_ok(&out, "openssl req");
+        let port = free_port();
+        let socat = std::process::Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                cert.display(),
+                key.display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{}", to.port))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let front = TlsFront { port, cert, socat };
+        common::wait_until("socat's TLS port", || {
+            TcpStream::connect(("127.0.0.1", front.port)).is_ok()
+        });
+        Some(front)
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.socat.kill();
+        let _ = self.socat.wait();
+    }
+}
+
+#[test]
+fn https_is_verified_against_ca_file_and_refused_without_it() {
+    let dir = common::TestDir::new();
+    let http = Receiver::start(Answer::Ok);
+    let Some(tls) = TlsFront::start(dir.path(), &http) else {
+        return;
+    };
+    // No SSH here: `status --notify` alerts a client overdue by its state (first attempt long
+    // ago, never successful); its repository does not exist, which status reports (209).
+    let state = dir.join("state");
+    fs::create_dir(&state).unwrap();
+    let overdue_state = r#"{"last_run": null, "last_success": null, "runs_since_check": 0,
+        "last_check": null, "first_attempt": 1000}"#;
+    let config = dir.join("fleet.toml");
+    let write = |ca_file: Option<&Path>| {
+        fs::write(state.join("web1.json"), overdue_state).unwrap();
+        fs::write(
+            &config,
+            format!(
+                "[server]\nstate_dir = {}\n\n[[client]]\nname = \"web1\"\nhost = \"web1.invalid\"\n\
+                 repo = {}\nargs = [\"create\", \"::x\", \"/\"]\n\n[notify]\nwebhook = {}\n{}",
+                toml_str(&state),
+                toml_str(dir.join("no-repo")),
+                toml_str(format!("https://127.0.0.1:{}/hook/{SECRET}", tls.port)),
+                ca_file.map_or(String::new(), |f| format!("ca_file = {}\n", toml_str(f))),
+            ),
+        )
+        .unwrap();
+    };
+    let status = || {
+        let mut cmd = TestCommand::new(SERVER);
+        cmd.args(["status", "--notify", "--config"])
+            .arg(&config)
+            .env("HOME", dir.home())
+            .env("BORG_BASE_DIR", dir.base())
+            .env("BORG_PULL_LOG", "info")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy");
+        cmd.output()
+    };
+    write(Some(&tls.cert));
+    let out = status();
+    out.assert_code(209);
+    assert_clean(&out);
+    let hooks = webhooks(&http, "overdue");
+    assert_eq!(hooks.len(), 1, "{}\n{:#?}", out.describe(), http.requests());
+    assert_eq!(hooks[0]["clients"][0]["client"], "web1");
+    // The same server without ca_file: the system's roots do not know it, nothing is sent.
+    write(None);
+    let out = status();
+    out.assert_code(209);
+    assert_clean(&out);
+    assert_eq!(http.requests().len(), 1, "{:#?}", http.requests());
+    assert!(
+        out.stderr_text()
+            .lines()
+            .any(|l| l.contains("notification not sent (tried twice)") && l.contains("cert")),
+        "{}",
+        out.describe()
+    );
+}
