@@ -887,7 +887,8 @@ fn https_is_verified_against_ca_file_and_refused_without_it() {
             .arg(&config)
             .env("HOME", dir.home())
             .env("BORG_BASE_DIR", dir.base())
-            .env("BORG_PULL_LOG", "info")
+            // trace: even the most verbose log holds no token.
+            .env("BORG_PULL_LOG", "trace")
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
             .env_remove("ALL_PROXY")
