@@ -408,6 +408,27 @@ fn config_errors_name_file_line_and_key() {
         "{}",
         out.describe()
     );
+    // The schedule's keys: the key, the value and the accepted form.
+    for (extra, expected) in [
+        (
+            "window = \"22-06\"",
+            "key \"window\" in [[client]] c1: \"22-06\": expected \"HH:MM-HH:MM\"",
+        ),
+        (
+            "every = \"daily\"",
+            "key \"every\" in [[client]] c1: \"daily\": expected a number",
+        ),
+        (
+            "blackout = [\"00:00-24:00\"]",
+            "leave no minute of the day to start a pull",
+        ),
+    ] {
+        let clients = f.client("c1", None, extra);
+        let config = f.config(&["create", "::x", "DATA"], &clients);
+        let out = f.server(&["check-config", "--config"]).arg(&config).output();
+        out.assert_code(200);
+        assert!(out.stderr_text().contains(expected), "{}", out.describe());
+    }
 }
 
 #[test]
@@ -957,5 +978,228 @@ fn retention_is_skipped_as_an_error_when_the_repository_cannot_be_listed() {
     // Nothing was pruned: the old archive and the new one.
     let names = archives(&f, &f.repo("blind"));
     assert_eq!(names.len(), 2, "{names:?}");
+    f.assert_nothing_left();
+}
+
+/// A client's state file as `run` writes it: its last success `success_ago` seconds before
+/// `now`, and a last attempt `attempt` = (seconds ago, outcome) after it, if any.
+fn write_state(f: &Fleet, name: &str, now: u64, success_ago: Option<u64>, attempt: Option<(u64, &str)>) {
+    let record = |ago: u64, rc: i32| {
+        serde_json::json!({
+            "started": now - ago, "duration_ms": 60_000, "archive": "earlier", "bytes_sent": 1000,
+            "borg_rc": rc, "error": null,
+        })
+    };
+    let success = success_ago.map(|ago| record(ago, 0));
+    let (last_run, last_attempt, failures) = match attempt {
+        Some((ago, outcome)) => (
+            Some(record(ago, 2)),
+            Some(serde_json::json!({ "ended": now - ago + 60, "outcome": outcome })),
+            1,
+        ),
+        None => (
+            success.clone(),
+            success_ago.map(|ago| serde_json::json!({ "ended": now - ago + 60, "outcome": "succeeded" })),
+            0,
+        ),
+    };
+    let state = serde_json::json!({
+        "last_run": last_run, "last_success": success, "runs_since_check": 0, "last_check": null,
+        "failures_in_a_row": failures, "first_attempt": now - 40 * 86400, "last_attempt": last_attempt,
+    });
+    let dir = f.dir().join("state");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(format!("{name}.json")), state.to_string()).unwrap();
+}
+
+/// `run --due` against the real sshd: the clock is set by the state files (last success 25 h
+/// ago, 1 h ago; a failure 10 minutes ago) and by a blackout around the current hour of the
+/// server's local time (TZ=Asia/Kolkata, UTC+05:30 all year, so local time is not UTC here).
+/// Only the due clients are pulled; the others are logged and are not failures; `status` and the
+/// textfile show each one's standing.
+#[test]
+fn run_due_pulls_only_the_clients_that_are_due() {
+    if !common::require_tool("borg") {
+        return;
+    }
+    const KOLKATA: u64 = 5 * 3600 + 1800;
+    let f = Fleet::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let hour = (now + KOLKATA) % 86400 / 3600;
+    let blackout = format!("blackout = [\"{hour:02}:00-{:02}:00\"]", (hour + 2) % 24);
+    let mut clients = String::new();
+    for (name, extra) in [
+        ("stale", String::new()),
+        ("fresh", String::new()),
+        ("blacked-out", blackout),
+        ("backing-off", "retry = \"1h\"".to_owned()),
+        ("unreachable", format!("port = {}", closed_port())),
+        ("new", String::new()),
+    ] {
+        f.init(name, false);
+        // The unreachable one names its host so its own (closed) port counts.
+        let host = (name == "unreachable").then_some("127.0.0.1");
+        clients.push_str(&f.client(name, host, &extra));
+    }
+    let config = f.config(&["create", "::due-{now}", "DATA"], &clients);
+    let prom = f.dir().join("borg_pull.prom");
+    let text = fs::read_to_string(&config).unwrap().replacen(
+        "jobs = 2\n",
+        &format!("jobs = 2\nprometheus = {}\n", toml_str(&prom)),
+        1,
+    );
+    fs::write(&config, text).unwrap();
+    write_state(&f, "stale", now, Some(25 * 3600), None);
+    write_state(&f, "fresh", now, Some(3600), None);
+    write_state(&f, "blacked-out", now, Some(25 * 3600), None);
+    write_state(&f, "backing-off", now, Some(30 * 3600), Some((600, "failed")));
+    write_state(
+        &f,
+        "unreachable",
+        now,
+        Some(30 * 3600),
+        Some((600, "unreachable")),
+    );
+
+    let out = f
+        .server(&["run", "--due", "--config"])
+        .arg(&config)
+        .env("TZ", "Asia/Kolkata")
+        .output();
+    // The unreachable client is tried (no back-off for it) and fails: the run's worst code.
+    out.assert_code(213);
+    let summary = out.stdout_text();
+    let log = out.stderr_text();
+    for name in ["stale", "new"] {
+        let cells = row(&summary, name);
+        assert_eq!(
+            (cells[5].as_str(), cells[7].as_str()),
+            ("0", "-"),
+            "{name}: {}",
+            out.describe()
+        );
+        assert_eq!(archives(&f, &f.repo(name)).len(), 1, "{name} was pulled");
+    }
+    assert!(row(&summary, "unreachable")[7].starts_with("213: "), "{summary}");
+    for name in ["fresh", "blacked-out", "backing-off"] {
+        assert!(
+            !summary.lines().any(|l| l.split_whitespace().next() == Some(name)),
+            "{name} is not due: {}",
+            out.describe()
+        );
+        assert!(archives(&f, &f.repo(name)).is_empty(), "{name} was not pulled");
+        let line = log_line(&log, name, "not due");
+        assert!(line.contains("next due 20"), "{line}");
+    }
+    assert!(
+        log_line(&log, "backing-off", "not due").contains("health=failing"),
+        "{log}"
+    );
+    assert!(log_line(&log, "fresh", "not due").contains("health=ok"), "{log}");
+    assert!(
+        log_line(&log, "blacked-out", "not due").contains("health=due"),
+        "{log}"
+    );
+    assert!(
+        summary.ends_with("due: 3 of 6 clients (3 not due)\n"),
+        "{}",
+        out.describe()
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.dir().join("state/unreachable.json")).unwrap()).unwrap();
+    assert_eq!(state["last_attempt"]["outcome"], "unreachable", "{state}");
+    assert_eq!(state["failures_in_a_row"], 2, "{state}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.dir().join("state/stale.json")).unwrap()).unwrap();
+    assert_eq!(state["last_attempt"]["outcome"], "succeeded", "{state}");
+
+    let out = f
+        .server(&["status", "--json", "--config"])
+        .arg(&config)
+        .env("TZ", "Asia/Kolkata")
+        .output();
+    let json: serde_json::Value =
+        serde_json::from_str(&out.stdout_text()).unwrap_or_else(|e| panic!("JSON: {e}: {}", out.describe()));
+    let by_name = |name: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {json}"))
+            .clone()
+    };
+    let expect = [
+        ("stale", "ok", 0, false),
+        ("new", "ok", 0, false),
+        ("fresh", "ok", 0, false),
+        ("blacked-out", "due", 0, false),
+        ("backing-off", "failing", 1, false),
+        ("unreachable", "failing", 2, true),
+    ];
+    for (name, health, failures, due_now) in expect {
+        let c = by_name(name);
+        assert_eq!(
+            (
+                c["health"].as_str(),
+                c["failures_in_a_row"].as_u64(),
+                c["due_now"].as_bool()
+            ),
+            (Some(health), Some(failures), Some(due_now)),
+            "{name}: {c}"
+        );
+    }
+    // The back-off: 1 h after the failed attempt's end (10 minutes ago, it took a minute).
+    assert_eq!(by_name("backing-off")["next_due"], now - 540 + 3600);
+    // The blackout's end, in UTC.
+    let local_midnight = (now + KOLKATA) / 86400 * 86400;
+    let mut end = local_midnight + (hour + 2) * 3600 - KOLKATA;
+    if end <= now {
+        end += 86400;
+    }
+    assert_eq!(by_name("blacked-out")["next_due"], end);
+    let fresh = by_name("fresh");
+    assert_eq!(fresh["last_success"], now - 3600);
+    assert!(
+        fresh["last_success_age_seconds"].as_u64().unwrap() >= 3600,
+        "{fresh}"
+    );
+    // A daily client pulled now is due again in 23 h 15 min (every, less its 3%).
+    let next = by_name("stale")["next_due"].as_u64().unwrap();
+    assert!(
+        (now + 23 * 3600 + 900..now + 23 * 3600 + 900 + 600).contains(&next),
+        "{next}"
+    );
+    let out = f
+        .server(&["status", "--config"])
+        .arg(&config)
+        .env("TZ", "Asia/Kolkata")
+        .output();
+    let table = out.stdout_text();
+    assert!(
+        table.lines().next().unwrap_or_default().contains("HEALTH"),
+        "{table}"
+    );
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("backing-off"))
+        .unwrap_or_default();
+    assert!(line.contains("failing"), "{table}");
+
+    let metrics = fs::read_to_string(&prom).unwrap();
+    for sample in [
+        "borg_pull_client_health{client=\"backing-off\",state=\"failing\"} 1\n",
+        "borg_pull_client_health{client=\"backing-off\",state=\"ok\"} 0\n",
+        "borg_pull_client_health{client=\"stale\",state=\"ok\"} 1\n",
+        "borg_pull_client_failures_in_a_row{client=\"unreachable\"} 2\n",
+        &format!(
+            "borg_pull_client_next_due_timestamp_seconds{{client=\"backing-off\"}} {}\n",
+            now - 540 + 3600
+        ),
+    ] {
+        assert!(metrics.contains(sample), "no {sample:?} in\n{metrics}");
+    }
     f.assert_nothing_left();
 }

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::atomic_file::write_atomically;
 use crate::config::Fleet;
+use crate::retention::unix_now;
+use crate::schedule::{standing, Health, Standing};
 use crate::state::{ClientState, StateStore};
 use crate::status::{ClientStatus, RepoSize};
 
@@ -248,7 +250,55 @@ pub fn render(fleet: &Fleet, store: &StateStore, statuses: &[ClientStatus]) -> S
             }
         }
     }
+    render_standing(&mut out, fleet, &states, unix_now());
     out
+}
+
+/// The schedule's metrics of every client: its health one-hot (label `state`), when it is due
+/// next, its failures in a row, from [`crate::schedule::standing`] at `now`.
+fn render_standing(out: &mut String, fleet: &Fleet, states: &[(&str, ClientState)], now: u64) {
+    let standings: Vec<(&str, Standing)> = fleet
+        .clients
+        .iter()
+        .zip(states)
+        .map(|(client, (name, state))| (*name, standing(client, state, now)))
+        .collect();
+    let mut metric = |name: &str, help: &str, samples: &dyn Fn(&Standing) -> Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (client, standing) in &standings {
+            for (labels, value) in samples(standing) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{client=\"{}\"{labels}}} {value}",
+                    escape_label(client)
+                );
+            }
+        }
+    };
+    metric(
+        "borg_pull_client_health",
+        "1 for the client's state (label state): ok (backed up within its every), due (not within \
+         every), failing (its last attempt failed), overdue (no success within max_age); 0 for the \
+         others.",
+        &|s| {
+            Health::ALL
+                .iter()
+                .map(|h| (format!(",state=\"{h}\""), u8::from(*h == s.health).to_string()))
+                .collect()
+        },
+    );
+    metric(
+        "borg_pull_client_next_due_timestamp_seconds",
+        "When run --due pulls the client next (Unix time; its every, window, blackout and retry \
+         back-off); the time of writing when it is due now.",
+        &|s| vec![(String::new(), s.next_due.unwrap_or(now).to_string())],
+    );
+    metric(
+        "borg_pull_client_failures_in_a_row",
+        "Failed attempts of the client since its last success (unreachable ones included).",
+        &|s| vec![(String::new(), s.failures_in_a_row.to_string())],
+    );
 }
 
 /// Milliseconds as decimal seconds (`12.345`).

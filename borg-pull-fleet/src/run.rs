@@ -844,6 +844,11 @@ impl Job {
     }
 }
 
+/// The summary's last line after `run --due`: `due: 2 of 5 clients (3 not due)`.
+pub fn due_line(due: usize, not_due: usize) -> String {
+    format!("due: {due} of {} clients ({not_due} not due)\n", due + not_due)
+}
+
 /// Whether `e` says the client could not be reached at all (no SSH connection to it or through
 /// its jump hosts): the schedule tries such a client again at the next run, without back-off.
 fn unreachable(e: &borg_pull_tunnel::Error) -> bool {

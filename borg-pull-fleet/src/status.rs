@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use crate::config::{Client, Fleet, ServerSettings};
 use crate::limits::{BorgLimits, LIST_LOCK_WAIT_SECS, MAX_INFO_JSON, MAX_LIST_JSON};
 use crate::retention::unix_now;
+use crate::schedule::{standing, Standing};
 use crate::server_borg::BorgRun;
 use crate::state::{RetentionResults, RunRecord, StateStore};
 
@@ -50,6 +51,13 @@ pub struct ClientStatus {
     /// The repository's size from `borg info --json`; absent when it could not be read (the
     /// reason is logged; a readable repository is not stale for it).
     pub repository_size: Option<RepoSize>,
+    /// Its standing by the schedule ([`crate::schedule::standing`]): in JSON `health`,
+    /// `last_success`, `next_due`, `due_now`, `failures_in_a_row` beside the other keys.
+    #[serde(flatten)]
+    pub standing: Standing,
+    /// How long ago its last successful pull started.
+    #[serde(rename = "last_success_age_seconds", serialize_with = "serialize_secs_opt")]
+    pub last_success_age: Option<Duration>,
 }
 
 /// A repository's size as borg's `info --json` gives it (`cache.stats`, bytes). borg 1.x gives
@@ -146,6 +154,10 @@ fn client_status(
     let stale = age.is_none_or(|age| age > client.max_age);
     let (newest_archive, newest_time) = newest.map_or((None, None), |(name, time)| (Some(name), Some(time)));
     let state = store.load(&client.name);
+    let standing = standing(client, &state, now);
+    let last_success_age = standing
+        .last_success
+        .map(|at| Duration::from_secs(now.saturating_sub(at)));
     ClientStatus {
         name: client.name.clone(),
         repo: client.repo.clone(),
@@ -158,6 +170,8 @@ fn client_status(
         retention: state.retention_results(),
         error,
         repository_size: None,
+        standing,
+        last_success_age,
     }
 }
 
@@ -387,9 +401,13 @@ pub fn status_table(statuses: &[ClientStatus]) -> String {
         "MAX AGE",
         "STATE",
         "LAST RUN",
+        "HEALTH",
+        "LAST SUCCESS (UTC)",
+        "NEXT DUE (UTC)",
+        "FAILS",
         "ERROR",
     ];
-    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_owned)];
+    let mut rows: Vec<[String; 12]> = vec![header.map(str::to_owned)];
     for s in statuses {
         let state = match (&s.error, s.stale) {
             (Some(_), _) => "UNREADABLE",
@@ -417,10 +435,17 @@ pub fn status_table(statuses: &[ClientStatus]) -> String {
             format_age(s.max_age),
             state.to_owned(),
             s.last_run.as_ref().map_or("-".to_owned(), describe_run),
+            s.standing.health.as_str().to_owned(),
+            match (s.standing.last_success, s.last_success_age) {
+                (Some(at), Some(age)) => format!("{} ({} ago)", format_utc(at), format_age(age)),
+                _ => "never".to_owned(),
+            },
+            s.standing.next_due.map_or("now".to_owned(), format_utc),
+            s.standing.failures_in_a_row.to_string(),
             escape_for_log(error.as_bytes()),
         ]);
     }
-    let mut widths = [0; 8];
+    let mut widths = [0; 12];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());

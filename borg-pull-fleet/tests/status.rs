@@ -519,15 +519,39 @@ fn textfile_escapes_hostile_names_and_is_written_atomically() {
             .find(|s| s.0 == "borg_pull_newest_archive_timestamp_seconds" && s.1[0].1 == *name);
         assert_eq!(newest.map(|s| s.2), Some(1_000.0), "from the last success");
     }
-    // A client that never ran: configured, never succeeded (0), and nothing else.
+    // A client that never ran: configured, never succeeded (0), and nothing else but its
+    // standing by the schedule: due now, no failure.
+    let schedule_metric = |name: &str| {
+        [
+            "borg_pull_client_health",
+            "borg_pull_client_next_due_timestamp_seconds",
+            "borg_pull_client_failures_in_a_row",
+        ]
+        .contains(&name)
+    };
     let never: Vec<_> = samples.iter().filter(|s| s.1[0].1 == "never-ran").collect();
     assert_eq!(
-        never.iter().map(|s| (s.0.as_str(), s.2)).collect::<Vec<_>>(),
+        never
+            .iter()
+            .filter(|s| !schedule_metric(&s.0))
+            .map(|s| (s.0.as_str(), s.2))
+            .collect::<Vec<_>>(),
         [
             ("borg_pull_client_configured", 1.0),
             ("borg_pull_last_success_timestamp_seconds", 0.0)
         ]
     );
+    let health: Vec<_> = never
+        .iter()
+        .filter(|s| s.0 == "borg_pull_client_health")
+        .map(|s| (s.1[1].1.as_str(), s.2))
+        .collect();
+    assert_eq!(
+        health,
+        [("ok", 0.0), ("due", 1.0), ("failing", 0.0), ("overdue", 0.0)]
+    );
+    let failures = never.iter().find(|s| s.0 == "borg_pull_client_failures_in_a_row");
+    assert_eq!(failures.map(|s| s.2), Some(0.0));
 
     // Written atomically over an older file: mode 0644 although the old one was 0600.
     let prom_dir = dir.path().join("textfile");

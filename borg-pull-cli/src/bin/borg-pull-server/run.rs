@@ -33,7 +33,9 @@ running client as `pull` does (borg gets SIGINT and a grace period) and skips th
 /// output then goes to stderr). When the job made an archive, prune/compact/check run on this
 /// server as configured; otherwise the summary says why not. On a terminal a live display shows
 /// each running client (phase, time, borg's latest progress line); in logs borg's progress
-/// lines appear at most once a minute per client.
+/// lines appear at most once a minute per client. With --due (the hourly timer) only the clients
+/// due now are pulled, by their every, window, blackout and retry (borg-pull.toml(5)); the
+/// summary ends with how many were due.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The fleet config (TOML: [server], [defaults], [[client]]).
@@ -52,6 +54,13 @@ pub struct RunArgs {
     /// Only these clients (default: all), by name.
     #[arg(value_name = "NAME")]
     names: Vec<String>,
+
+    /// Pull only the clients that are due now: no success within their `every`, the back-off
+    /// after a failure passed, inside their `window` and outside their `blackout` (the hourly
+    /// timer runs this). The others are logged, one line each with their state and next due time,
+    /// and are not failures.
+    #[arg(long)]
+    due: bool,
 }
 
 /// The message and code of a failed client.
@@ -115,7 +124,14 @@ async fn run_async(args: RunArgs) -> ExitCode {
         sink
     };
     let env = PullEnv::from_process();
-    let results = run::run(&fleet, &args.names, jobs, &env, classify, shutdown.graceful, sink).await;
+    let (results, not_due) = if args.due {
+        let (results, not_due) =
+            run::run_due(&fleet, &args.names, jobs, &env, classify, shutdown.graceful, sink).await;
+        (results, Some(not_due))
+    } else {
+        let results = run::run(&fleet, &args.names, jobs, &env, classify, shutdown.graceful, sink).await;
+        (results, None)
+    };
     let summary = if args.json {
         match serde_json::to_string_pretty(&results) {
             Ok(json) => json + "\n",
@@ -125,7 +141,11 @@ async fn run_async(args: RunArgs) -> ExitCode {
             }
         }
     } else {
-        run::summary_table(&results)
+        let mut table = run::summary_table(&results);
+        if let Some(not_due) = not_due {
+            table.push_str(&run::due_line(results.len(), not_due));
+        }
+        table
     };
     use std::io::Write as _;
     // A closed stdout (`| head`) is not an error of the run.

@@ -164,6 +164,14 @@ mod tests {
             retention: Default::default(),
             error: error.then(|| "borg list exited with 2".to_owned()),
             repository_size: None,
+            standing: borg_pull_fleet::schedule::Standing {
+                health: borg_pull_fleet::schedule::Health::Ok,
+                last_success: None,
+                next_due: None,
+                due_now: true,
+                failures_in_a_row: 0,
+            },
+            last_success_age: None,
         }
     }
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use borg_pull_fleet::config::{DEFAULT_JOBS, DEFAULT_MAX_AGE, DEFAULT_MAX_RUNTIME, DEFAULT_STATE_DIR};
+use borg_pull_fleet::schedule::{DEFAULT_EVERY, DEFAULT_RETRY};
 
 use super::escape;
 
@@ -291,6 +292,39 @@ fn client_keys() -> Vec<Key> {
             "status flags the client as stale (exit code 208) when its newest archive is older, \
              or when it has none; the metrics carry the same age.",
         ),
+        key(
+            "every",
+            "duration",
+            &duration(DEFAULT_EVERY),
+            "run \\-\\-due (the hourly borg\\-pull\\-run.timer) pulls the client when its last \
+             success started this long ago (less 3%, so an hourly run a little early or late \
+             keeps the hour) or it never succeeded; status shows it as due from then.",
+        ),
+        key(
+            "window",
+            "string \"HH:MM\\-HH:MM\"",
+            "none (any time)",
+            "run \\-\\-due starts the client's pull only in these hours of this server's local \
+             time, e.g. \"22:00\\-06:00\" (an end before the start wraps midnight; 24:00 may end a \
+             range). A pull that started inside may run past its end.",
+        ),
+        key(
+            "blackout",
+            "array of \"HH:MM\\-HH:MM\"",
+            "[] (none)",
+            "Hours of this server's local time in which run \\-\\-due starts no pull of the \
+             client, e.g. [\"08:00\\-18:00\"]. Together with window they must leave some time \
+             of the day.",
+        ),
+        key(
+            "retry",
+            "duration",
+            &duration(DEFAULT_RETRY),
+            "After a failed pull, run \\-\\-due waits this long before the next attempt, \
+             doubled for each failure in a row, at most every. A client that could not be \
+             reached at all (no SSH connection) has no wait: it is tried at the next run. status \
+             shows it as failing; with no success within max_age, as overdue.",
+        ),
     ]
 }
 
@@ -390,6 +424,8 @@ prune = { keep_daily = 7, keep_weekly = 4, keep_monthly = 6 }
 compact = true
 check_every_days = 7
 max_age = "36h"
+every = "24h"         # run --due (hourly): a backup a day
+retry = "1h"          # after a failure: 1h, 2h, 4h ... at most every
 
 [notify]
 ntfy = "https://ntfy.example.org/borg-backups"
@@ -405,6 +441,7 @@ name = "db1"
 host = "db1"          # an alias in ~/.ssh/config
 repo = "/srv/borg/db1"
 args = ["create", "::{hostname}-{now}", "/var/backups/postgres"]
+window = "22:00-06:00"  # starts only at night (local time)
 
 [[client]]
 name = "legacy"       # its sshd forbids UNIX socket forwarding
