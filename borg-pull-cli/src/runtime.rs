@@ -40,6 +40,11 @@ where
         },
         Err(_) => (EnvFilter::new(default), None),
     };
+    // `[notify]`'s HTTP client (ureq) logs whole URLs, tokens included, at trace: never below info.
+    let filter = ["ureq=info", "ureq_proto=info"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, EnvFilter::add_directive);
     tracing_subscriber::fmt()
         .with_writer(writer)
         .with_ansi(io::stderr().is_terminal())

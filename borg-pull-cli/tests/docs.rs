@@ -295,6 +295,7 @@ fn accepted(place: &str, key: &str) -> bool {
         "server" => format!("[server]\n{key} = 1\n"),
         "client" => format!("[[client]]\n{key} = 1\n"),
         "prune" => format!("[[client]]\nprune = {{ {key} = 1 }}\n"),
+        "notify" => format!("[notify]\n{key} = 1\n"),
         other => panic!("{other}"),
     };
     match parse(&text) {
@@ -312,7 +313,7 @@ fn config_page_documents_exactly_the_keys_the_parser_accepts() {
     let source = fs::read_to_string(&page).unwrap();
 
     // The control: the parser does refuse a key it does not know, at every level.
-    for place in ["server", "client", "prune"] {
+    for place in ["server", "client", "prune", "notify"] {
         assert!(!accepted(place, "no_such_key"), "{place} accepts anything");
     }
 
@@ -335,6 +336,12 @@ fn config_page_documents_exactly_the_keys_the_parser_accepts() {
             "prune",
             "borg-pull-fleet/src/retention.rs",
             "pub struct Retention {",
+        ),
+        (
+            "NOTIFY KEYS",
+            "notify",
+            "borg-pull-fleet/src/notify.rs",
+            "pub(crate) struct RawNotify {",
         ),
     ] {
         let parser = parser_keys(file, header);

@@ -51,6 +51,8 @@ pub struct Fleet {
     pub server: ServerSettings,
     /// The clients, in file order, with `[defaults]` applied.
     pub clients: Vec<Client>,
+    /// The `[notify]` table (empty: no notifications).
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// The `[server]` table.
@@ -271,10 +273,21 @@ pub fn parse_with_home(text: &str, path: &Path, home: Option<&Path>) -> Result<F
         }
         clients.push(client);
     }
+    let notify = match raw.notify {
+        None => crate::notify::NotifyConfig::default(),
+        Some(table) => {
+            let span = table.span();
+            table
+                .into_inner()
+                .validate()
+                .map_err(|(key, message)| cx.at_key(Some(span), key, "[notify]", message))?
+        }
+    };
     Ok(Fleet {
         path: path.to_owned(),
         server: settings,
         clients,
+        notify,
     })
 }
 
@@ -294,6 +307,7 @@ struct RawFile {
     defaults: Option<toml::Spanned<RawClient>>,
     #[serde(default)]
     client: Vec<toml::Spanned<RawClient>>,
+    notify: Option<toml::Spanned<crate::notify::RawNotify>>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

@@ -12,6 +12,8 @@
 //! - [`progress`]: borg's progress lines in logs, the live display on a terminal, readable sizes.
 //! - [`check`]: what `check-config --connect` judges here: the repository opens with its
 //!   passphrase; a relay's version.
+//! - [`notify`]: `[notify]`: webhook, ntfy, Healthchecks pings and mail on failure, recovery,
+//!   overdue or every run; never blocking or failing a backup.
 //! - [`schedule`]: when a client is due (`every`, window, blackout, retry back-off) and its
 //!   health (ok, due, failing, overdue), for `run --due`, `status` and the metrics.
 //! - [`limits`]: the time limits of the borg runs on this server, with their reasons.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod history;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod page;
 pub mod progress;
 pub mod retention;

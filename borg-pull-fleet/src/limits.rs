@@ -144,6 +144,51 @@ pub const REDRAW_INTERVAL: Duration = Duration::from_millis(250);
 /// covers a loaded machine; a program that takes longer is not the relay.
 pub const RELAY_VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long one notification may take (`[notify]`): the whole HTTP request (resolve, connect,
+/// TLS, send, answer) or the `sendmail` program's run.
+///
+/// A webhook, ntfy or Healthchecks answers in well under a second; sendmail queues the message
+/// and returns in milliseconds. Ten seconds covers a slow link and a loaded MTA; past it the
+/// receiver is down, and a notification must never hold up the run (tried twice, so a receiver
+/// that never answers costs at most twice this plus [`NOTIFY_RETRY_DELAY`], beside the pulls).
+pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pause before a failed notification's second attempt.
+///
+/// Long enough for a receiver that answered 502/503 while restarting, short enough not to
+/// matter at the end of a run.
+pub const NOTIFY_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// How long the end of `run` (and `status --notify`) waits for the notifications still being
+/// sent before stopping them.
+///
+/// Every send ends by itself within two attempts ([`NOTIFY_TIMEOUT`] twice plus
+/// [`NOTIFY_RETRY_DELAY`]: 21 s); 30 s is that with slack, so this bound only stops a send that
+/// hangs despite its own timeout.
+pub const NOTIFY_DRAIN: Duration = Duration::from_secs(30);
+
+/// The most of Healthchecks' ping body (the client's last log lines) that is sent, in bytes.
+///
+/// Healthchecks keeps the first 10,000 bytes of a ping's body (its `PING_BODY_LIMIT` default);
+/// the end of the log (the error, borg's `--stats`) is what matters, so the end is kept.
+pub const MAX_PING_BODY: usize = 10_000;
+
+/// The most of `sendmail`'s stderr read (for the warn line when it fails).
+///
+/// An MTA's complaint is one or two lines; 4 KiB holds them and bounds a program that floods it.
+pub const MAX_NOTIFY_STDERR: usize = 4096;
+
+/// How long after an `overdue` alert the same client is alerted again while it stays overdue.
+///
+/// `run --due` runs hourly and `status --notify` from cron as often: one alert per client per
+/// day reminds without flooding; a recovery clears the mark at once.
+pub const OVERDUE_REPEAT: Duration = Duration::from_secs(24 * 3600);
+
+/// The system's CA bundle (Debian's `ca-certificates`), trusted for `https://` notifications
+/// unless `[notify] ca_file` names another; the roots built into the program are the fallback
+/// where it is missing.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// A client is due this fraction of its `every` early (`every / 32`: 45 minutes of a day).
 ///
 /// `every` is counted from the start of the last successful pull, and an hourly `run --due`

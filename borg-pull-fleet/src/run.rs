@@ -141,6 +141,8 @@ struct PrefixWriter {
     progress_mark: Option<Instant>,
     /// borg's `--stats` sizes, for the history.
     stats: ArchiveStats,
+    /// The last lines, for `[notify]`'s Healthchecks ping.
+    tail: crate::notify::LogTail,
 }
 
 impl PrefixWriter {
@@ -156,6 +158,7 @@ impl PrefixWriter {
             after_cr: None,
             progress_mark: None,
             stats: ArchiveStats::default(),
+            tail: crate::notify::LogTail::default(),
         }
     }
 
@@ -178,6 +181,7 @@ impl PrefixWriter {
         if cut {
             out.extend_from_slice(b" [line cut at 64 KiB]");
         }
+        self.tail.push(line);
         out.push(b'\n');
         self.sink.write_line(self.stderr, &out);
     }
@@ -518,6 +522,15 @@ pub async fn run_clients(
         }
         Display::Log { .. } => None,
     };
+    // `[notify]`: what each client's state was before this run (recovery is judged against it).
+    let notifier = crate::notify::Notifier::new(&fleet.notify);
+    let before: std::collections::BTreeMap<String, ClientState> = match (&notifier, &store) {
+        (Some(_), Some(store)) => clients
+            .iter()
+            .map(|c| (c.name.clone(), store.load(&c.name)))
+            .collect(),
+        _ => Default::default(),
+    };
     let permits = Arc::new(Semaphore::new(jobs.max(1)));
     let mut tasks = JoinSet::new();
     let mut names_by_task = std::collections::HashMap::new();
@@ -531,6 +544,7 @@ pub async fn run_clients(
             cancel: cancel.child_token(),
             out: out.clone(),
             store: store.clone(),
+            notify: notifier.clone(),
         };
         let permits = permits.clone();
         let handle = tasks.spawn(async move {
@@ -590,7 +604,16 @@ pub async fn run_clients(
             warn!("cannot write the status page: {e}");
         }
     }
-    results.into_iter().flatten().collect()
+    let results: Vec<ClientResult> = results.into_iter().flatten().collect();
+    if let Some(notifier) = &notifier {
+        if cancel.is_cancelled() {
+            // Stopping (SIGTERM): no new alerts; the pings under way get their bound.
+            notifier.finish().await;
+        } else {
+            crate::notify::after_run(notifier, fleet, &results, &before, store.as_deref()).await;
+        }
+    }
+    results
 }
 
 /// One client's pull, owned by its task.
@@ -604,6 +627,8 @@ struct Job {
     cancel: CancellationToken,
     out: OutputSink,
     store: Option<Arc<StateStore>>,
+    /// `[notify]`'s sender, when it configures a channel.
+    notify: Option<Arc<crate::notify::Notifier>>,
 }
 
 impl Job {
@@ -631,6 +656,9 @@ impl Job {
         let started = SystemTime::now();
         let t0 = Instant::now();
         info!(client = %name, "pull starting");
+        if let Some(notify) = &self.notify {
+            notify.ping_start(name);
+        }
         // What the repository holds before the job, to tell afterwards whether it made an
         // archive; only read when something would run after it.
         let before = if is_configured(&self.client) {
@@ -693,6 +721,16 @@ impl Job {
         }
         (result.retention, result.retention_errors) = self.record(&result, before, reached).await;
         self.append_history(&result, stdout.stats.or(stderr.stats));
+        if let Some(notify) = &self.notify {
+            let mut log = stdout.tail.text() + &stderr.tail.text();
+            if let Some((code, message)) = &result.error {
+                log.push_str(&format!("borg-pull error {code}: {message}\n"));
+            }
+            for e in &result.retention_errors {
+                log.push_str(&format!("retention: {e}\n"));
+            }
+            notify.ping_end(name, result.code() <= 1, &log);
+        }
         result
     }
 

@@ -145,6 +145,10 @@ pub struct ClientState {
     /// that ran to their end, for the schedule).
     #[serde(default)]
     pub last_check_run: Option<StepRecord>,
+    /// When the last `overdue` notification for this client was sent (Unix seconds); cleared
+    /// once it is no longer overdue. Keeps `[notify]` from repeating it every hour.
+    #[serde(default)]
+    pub overdue_alerted: Option<u64>,
     /// Failed attempts since the last success (unreachable ones included), for the retry
     /// back-off and `status`.
     #[serde(default)]

@@ -28,6 +28,7 @@ fn fleet(
         path: PathBuf::from("/nonexistent/fleet.toml"),
         server,
         clients,
+        notify: Default::default(),
     }
 }
 
@@ -606,6 +607,7 @@ fn state_store_round_trip_and_corrupt_files() {
             ended: 1_700_000_060,
             outcome: borg_pull_fleet::state::Outcome::Unreachable,
         }),
+        overdue_alerted: Some(1_700_000_400),
     };
     store.save("web1", &state).unwrap();
     store.save("web1", &state).unwrap();

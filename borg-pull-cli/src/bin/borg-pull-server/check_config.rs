@@ -88,6 +88,24 @@ pub fn run(args: CheckConfigArgs) -> ExitCode {
         fleet.path.display(),
         fleet.clients.len()
     );
+    if let Some(notify) = fleet.notify.describe() {
+        println!("{}: notify: {notify}", fleet.path.display());
+    }
+    // [notify] URLs often carry tokens: the file then deserves a secret's mode.
+    if fleet.notify.has_urls() {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(&fleet.path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o007 != 0 {
+                println!(
+                    "{}: warning: readable by every user (mode {mode:04o}) while its [notify] URLs may \
+                     hold tokens: chmod o-rwx {}",
+                    fleet.path.display(),
+                    fleet.path.display()
+                );
+            }
+        }
+    }
     if !args.connect {
         return ExitCode::SUCCESS;
     }

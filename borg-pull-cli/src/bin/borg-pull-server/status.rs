@@ -61,7 +61,7 @@ pub struct StatusArgs {
     /// Print client NAME's run history instead (every run `run` recorded, oldest first: start,
     /// duration, bytes sent, borg's --stats sizes, rc, error; with --json the records). No
     /// repository is read.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["prometheus", "html"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["prometheus", "html", "notify"])]
     history: Option<String>,
 
     /// Also write the status page (one self-contained HTML file, atomically, mode 0644): FILE,
@@ -69,6 +69,12 @@ pub struct StatusArgs {
     /// is set.
     #[arg(long, value_name = "FILE")]
     html: Option<Option<PathBuf>>,
+
+    /// Also send the config's [notify] `overdue` alerts: once per client with no successful
+    /// backup within its max_age, then again only after a day or once it recovered (recorded in
+    /// [server] state_dir). For cron; the exit code does not depend on the alerts being sent.
+    #[arg(long)]
+    notify: bool,
 }
 
 /// Runs `status`; prints errors and maps the result to the exit code table.
@@ -149,6 +155,10 @@ fn report(args: &StatusArgs) -> Result<Vec<ClientStatus>, (Code, anyhow::Error)>
     }
     if let Some(path) = &page {
         borg_pull_fleet::page::write_fleet_page(path, &fleet, &store)
+            .map_err(|e| (exit::OS_ERROR, e.into()))?;
+    }
+    if args.notify {
+        runtime::block_on(borg_pull_fleet::notify::from_status(&fleet, &store))
             .map_err(|e| (exit::OS_ERROR, e.into()))?;
     }
     Ok(statuses)

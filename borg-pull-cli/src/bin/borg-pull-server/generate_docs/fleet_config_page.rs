@@ -357,6 +357,64 @@ fn prune_keys() -> Vec<Key> {
     ]
 }
 
+/// The keys of `[notify]`.
+fn notify_keys() -> Vec<Key> {
+    vec![
+        key(
+            "webhook",
+            "string, an http:// or https:// URL",
+            "none",
+            "A JSON POST per event of a run: {\"event\", \"clients\": [{\"event\", \"client\", \
+             \"message\"}], \"summary\"}, the summary being run \\-\\-json's array (null from \
+             status \\-\\-notify).",
+        ),
+        key(
+            "ntfy",
+            "string, an http:// or https:// URL",
+            "none",
+            "An ntfy topic's URL: one plain\\-text message per event, with Title, Priority (high \
+             for failure and overdue) and Tags headers.",
+        ),
+        key(
+            "healthchecks",
+            "string, an http:// or https:// URL",
+            "none",
+            "A Healthchecks\\-style ping URL per client, {client} replaced by the client's name \
+             (e.g. https://hc\\-ping.com/PING_KEY/{client}): URL/start when its pull starts, the \
+             URL on success, URL/fail on failure, with the client's last log lines as the body \
+             (at most 10,000 bytes). Sent for every run, whatever events says.",
+        ),
+        key(
+            "mail_to",
+            "array of strings, one address each",
+            "none",
+            "Recipients of a mail per event, handed to sendmail.",
+        ),
+        key(
+            "sendmail",
+            "string, or an array: the program and its first arguments",
+            &format!("\"{}\"", borg_pull_fleet::notify::DEFAULT_SENDMAIL),
+            "The MTA's sendmail interface, run without a shell with \\-t \\-oi added and the \
+             message on stdin. Needs mail_to.",
+        ),
+        key(
+            "events",
+            "array of \"failure\", \"recovery\", \"overdue\", \"run\"",
+            "[\"failure\", \"recovery\", \"overdue\"]",
+            "What the webhook, ntfy and mail tell: a failed run of a client; its first success \
+             after failures in a row or an overdue alert; no success within its max_age (once, \
+             then again after a day while it lasts; from run and status \\-\\-notify); every \
+             run's summary.",
+        ),
+        key(
+            "ca_file",
+            "path",
+            "the system's /etc/ssl/certs/ca\\-certificates.crt",
+            "PEM certificates trusted for https:// notifications.",
+        ),
+    ]
+}
+
 /// The page's example; `tests/docs.rs` parses it with the real parser.
 pub const EXAMPLE: &str = r#"# /etc/borg-pull/fleet.toml
 [server]
@@ -379,6 +437,10 @@ check_every_days = 7
 max_age = "36h"
 every = "24h"         # run --due (hourly): a backup a day
 retry = "1h"          # after a failure: 1h, 2h, 4h ... at most every
+
+[notify]
+ntfy = "https://ntfy.example.org/borg-backups"
+mail_to = ["ops@example.org"]
 
 [[client]]
 name = "web1"
@@ -408,6 +470,8 @@ pub const SERVER_SECTION: &str = "SERVER KEYS";
 pub const CLIENT_SECTION: &str = "CLIENT KEYS";
 /// See [`SERVER_SECTION`].
 pub const PRUNE_SECTION: &str = "PRUNE KEYS";
+/// See [`SERVER_SECTION`].
+pub const NOTIFY_SECTION: &str = "NOTIFY KEYS";
 
 fn keys_roff(out: &mut String, keys: &[Key]) {
     for k in keys {
@@ -469,6 +533,13 @@ pub fn render(version: &str) -> String {
          options. Unset, or all 0: no prune.\n"
     ));
     keys_roff(&mut out, &prune_keys());
+    out.push_str(&format!(
+        ".SH \"{NOTIFY_SECTION}\"\nThe [notify] table (optional): alerts by webhook, ntfy, \
+         Healthchecks pings and mail. A notification never holds or fails a run: each is bounded \
+         (10 s, tried twice) and a failure is one warning. URLs are shown as scheme://host/... \
+         only, never with their path or query.\n"
+    ));
+    keys_roff(&mut out, &notify_keys());
     out.push_str(".SH EXAMPLE\n.PP\n.nf\n.RS 4\n");
     for line in EXAMPLE.lines() {
         out.push_str(&escape(line));
