@@ -338,7 +338,7 @@ fn a_fleet_cipher_the_sshd_does_not_offer_fails_check_config_with_214_and_the_ke
         assert!(text.contains(needle), "{needle:?} missing:\n{}", out.describe());
     }
     // An unknown name is a config error naming the key, its line and the accepted values.
-    let config = fleet_config(&f, "cipher = \"blowfish\"", "");
+    let config = fleet_config(&f, "", "cipher = \"blowfish\"");
     let out = TestCommand::new(SERVER)
         .args(["check-config", "--config"])
         .arg(&config)
