@@ -75,16 +75,17 @@ def main(path):
         out.append("| borg create | wall s median (min..max) | x local | CPU s, all processes: median (min..max) "
                    "| of which client's sshd side / server side | runs |")
         out.append("|---|---|---|---|---|---|")
-        order = {"local": 0, "chacha20-poly1305": 1, "aes256-gcm": 2, "aes128-gcm": 3, "auto": 4}
+        order = {"local": 0, "rpc": 1, "chacha20-poly1305": 2, "aes256-gcm": 3, "aes128-gcm": 4, "auto": 5}
         for what in sorted(bc, key=lambda w: order.get(w, 9)):
             rs = bc[what]
             wall = [r["wall_ns"] / 1e9 for r in rs]
             cpu = [(r["cpu_sshd_ns"] + r["cpu_server_ns"] + r["cpu_ends_ns"]) / 1e9 for r in rs]
             sshd = med([r["cpu_sshd_ns"] / 1e9 for r in rs])
             srv = med([r["cpu_server_ns"] / 1e9 for r in rs])
-            name = "local (no ssh; the limit)" if what == "local" else f"pull --cipher {what}"
+            name = {"local": "local (no ssh; the limit)",
+                    "rpc": "borg serve through a local pipe (no ssh; the remote floor)"}.get(what, f"pull --cipher {what}")
             x = f"{med(wall) / local:.2f}x" if local else "-"
-            side = "- / -" if what == "local" else f"{sshd:.2f} / {srv:.2f}"
+            side = "- / -" if what in ("local", "rpc") else f"{sshd:.2f} / {srv:.2f}"
             out.append(f"| {name} | **{med(wall):.2f}** ({rng(wall, '{:.2f}')}) | {x} | **{med(cpu):.2f}** "
                        f"({rng(cpu, '{:.2f}')}) | {side} | {len(rs)} |")
         out.append("")

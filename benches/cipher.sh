@@ -29,8 +29,10 @@
 # 2. A fresh `borg create` of DATA_MB MB (benches/pull_vs_openssh.py gen: random, compressible and
 #    small files; re-read before every run) into a fresh `-e none` repository per run (fresh
 #    BORG_BASE_DIR on both ends), for each of CREATE: `local` (borg create into a local
-#    repository as the login user, no ssh: the limit), or a --cipher value for pull (`auto` is the
-#    default, what a pull without --cipher does). Wall seconds and CPU seconds of every process
+#    repository as the login user, no ssh: the limit), `rpc` (borg create ssh://x/REPO with a
+#    BORG_RSH that runs `borg serve` locally through a pipe: borg's remote protocol and a second
+#    Python process, no SSH at all: the floor of any remote method), or a --cipher value for pull
+#    (`auto` is the default, what a pull without --cipher does). Wall seconds and CPU seconds of every process
 #    (both cgroups), medians over BORG_ROUNDS.
 # Rounds rotate the order of the tools. The table's header has the machine's load, the commit,
 # the tool versions and the exact command.
@@ -128,6 +130,11 @@ cat >"$BIN/cborg" <<EOF
 # The client's "borg": the real borg's version (pull checks it); sh runs the data command.
 [ "\$1" != --version ] || exec echo "$BORG_VERSION"
 exec /bin/sh "\$@"
+EOF
+cat >"$BIN/rsh-local" <<EOF
+#!/bin/sh
+# BORG_RSH of the rpc method: ignore the host, run the command (borg serve ...) here.
+shift; exec sh -c "\$*"
 EOF
 cat >"$BIN/in-cg" <<EOF
 #!/bin/sh
@@ -245,14 +252,14 @@ run_tunnel() {
 
 warm() { find "$T/data" -type f -print0 | xargs -0 cat >/dev/null; }
 
-# run_borg WHAT ROUND: WHAT is `local` or a --cipher value for pull.
+# run_borg WHAT ROUND: WHAT is `local`, `rpc` or a --cipher value for pull.
 run_borg() {
   local what=$1 round=$2 id out err repo cb sb rc=0 logpos
   N=$((N + 1)); id=$N-borg-$what
   out=$T/runs/$id.out; err=$T/runs/$id.err
   cb=$T/cbase/$id; sb=$T/sbase/$id
   mkdir -p "$cb" "$sb"; chown "$USER_NAME" "$cb"
-  if [ "$what" = local ]; then
+  if [ "$what" = local ] || [ "$what" = rpc ]; then
     repo=$T/lrepos/$id
     runuser -u "$USER_NAME" -- env HOME="$cb" BORG_BASE_DIR="$cb" borg init -e none "$repo" 2>>"$err"
   else
@@ -267,6 +274,9 @@ run_borg() {
   if [ "$what" = local ]; then
     "$BIN/in-cg" server runuser -u "$USER_NAME" -- env HOME="$cb" BORG_BASE_DIR="$cb" \
       borg create "$repo::a" "$T/data" >"$out" 2>>"$err" || rc=$?
+  elif [ "$what" = rpc ]; then
+    "$BIN/in-cg" server runuser -u "$USER_NAME" -- env HOME="$cb" BORG_BASE_DIR="$cb" BORG_RSH="$BIN/rsh-local" BORG_RELOCATED_REPO_ACCESS_IS_OK=yes \
+      borg create "ssh://x$repo::a" "$T/data" >"$out" 2>>"$err" || rc=$?
   else
     BORG_BASE_DIR=$sb "$BIN/in-cg" server "$BIN/borg-pull-server" pull "${PULL_OPTS[@]}" --cipher "$what" -p "$PORT" \
       --repo "$repo" --env BORG_BASE_DIR="$cb" --env BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
@@ -276,18 +286,18 @@ run_borg() {
   wait_quiet
   local s1 v1 e1 ok=yes note="" names seen
   s1=$(cpu sshd); v1=$(cpu server); e1=$(cpu ends)
-  if [ "$what" = local ]; then
-    names=$(runuser -u "$USER_NAME" -- env HOME="$cb" BORG_BASE_DIR="$cb" borg list --short "$repo" 2>>"$err" || true)
+  if [ "$what" = local ] || [ "$what" = rpc ]; then
+    names=$(runuser -u "$USER_NAME" -- env HOME="$cb" BORG_BASE_DIR="$cb" BORG_RELOCATED_REPO_ACCESS_IS_OK=yes borg list --short "$repo" 2>>"$err" || true)
     seen=""
   else
     names=$(BORG_BASE_DIR=$sb BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes borg list --short "$repo" 2>>"$err" || true)
     seen=$(logged_ciphers "$logpos")
   fi
-  if [ "$rc" != 0 ] || [ "$names" != a ] || { [ "$what" != local ] && [ "$seen" != "$(ssh_name "$what")" ]; }; then
+  if [ "$rc" != 0 ] || [ "$names" != a ] || { [ "$what" != local ] && [ "$what" != rpc ] && [ "$seen" != "$(ssh_name "$what")" ]; }; then
     ok=no; note="rc=$rc archives=[${names}] cipher=[$seen]; $(tail -c 300 "$err" | tr '\n\t' '  ')"
     echo "run $id FAILED: $note" >&2
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' borg "$([ "$what" = local ] && echo local || echo pull)" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' borg "$(case $what in local|rpc) echo "$what" ;; *) echo pull ;; esac)" \
     "$what" create "$round" "$DATA_BYTES" 0 $((t1 - t0)) $((s1 - s0)) $((v1 - v0)) $((e1 - e0)) "$ok" "$note" >>"$RESULTS"
   awk -v t="$what" -v n="$round" -v w=$((t1 - t0)) -v c=$((s1 - s0 + v1 - v0 + e1 - e0)) -v ok="$ok" 'BEGIN {
     printf "  borg create %-17s round %s: %.2f s wall, %.2f CPU s%s\n", t, n, w / 1e9, c / 1e9, ok == "yes" ? "" : " FAILED" }'
