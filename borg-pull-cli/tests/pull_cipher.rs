@@ -175,10 +175,8 @@ fn the_default_is_the_cheaper_cipher_for_this_cpu_and_a_named_one_is_forced() {
         ("aes256-gcm@openssh.com", "aes256-gcm@openssh.com"),
     ] {
         let archive = format!("::{}", &name[..6]);
-        let (out, ciphers) = f.run_logged(&mut f.pull(
-            &["--cipher", name],
-            &["create", &archive, "/etc/hostname"],
-        ));
+        let (out, ciphers) =
+            f.run_logged(&mut f.pull(&["--cipher", name], &["create", &archive, "/etc/hostname"]));
         assert_ok(&out, name);
         assert_negotiated(&ciphers, ssh_name, &out);
     }
@@ -191,10 +189,8 @@ fn a_forced_cipher_the_sshd_does_not_offer_fails_with_214_naming_it_and_auto_fal
         ..Default::default()
     });
     let f = Fixture::new(sshd);
-    let (out, _) = f.run_logged(&mut f.pull(
-        &["--cipher", "aes128-gcm"],
-        &["create", "::a", "/etc/hostname"],
-    ));
+    let (out, _) =
+        f.run_logged(&mut f.pull(&["--cipher", "aes128-gcm"], &["create", "::a", "/etc/hostname"]));
     out.assert_code(214);
     let err = out.stderr_text();
     for needle in [
