@@ -164,4 +164,35 @@ mod tests {
         }
         assert!(!CipherChoice::Auto.is_forced() && CipherChoice::Aes128Gcm.is_forced());
     }
+
+    // Both cases name the host, what we offered, what the sshd offered and the fix.
+    #[test]
+    fn a_cipher_the_sshd_lacks_is_named_with_the_fix() {
+        let refused = |choice: CipherChoice, ours: &str| {
+            crate::Error::CipherNotOffered {
+                host: "web1".into(),
+                port: 22,
+                choice,
+                ours: ours.into(),
+                theirs: "chacha20-poly1305@openssh.com".into(),
+            }
+            .to_string()
+        };
+        let forced = refused(CipherChoice::Aes128Gcm, "aes128-gcm@openssh.com");
+        assert_eq!(
+            forced,
+            "web1 port 22: the client's sshd does not offer the cipher aes128-gcm@openssh.com \
+             (forced with --cipher aes128-gcm / cipher = \"aes128-gcm\") (it offers: \
+             chacha20-poly1305@openssh.com); use the cipher auto (the default), or add it to \
+             Ciphers in the client's sshd_config"
+        );
+        let auto = refused(CipherChoice::Auto, "aes128-gcm@openssh.com,aes256-ctr");
+        assert!(
+            auto.starts_with(
+                "web1 port 22: the client's sshd does not offer any cipher we offer: \
+                 aes128-gcm@openssh.com,aes256-ctr (it offers: chacha20-poly1305@openssh.com); add"
+            ) && auto.ends_with("to Ciphers in the client's sshd_config"),
+            "{auto}"
+        );
+    }
 }
