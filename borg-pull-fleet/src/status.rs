@@ -22,7 +22,7 @@ use crate::retention::unix_now;
 use crate::schedule::{standing, Standing};
 use crate::server_borg::BorgRun;
 use crate::state::{ClientState, RepoReading, RetentionResults, RunRecord, StateStore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// One client's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -175,6 +175,13 @@ pub async fn status_after_run(
             }
         }
     }
+    info!(
+        read = which.len(),
+        from_state = fleet.clients.len() - which.len(),
+        "reading the repositories the run may have changed ({} of {})",
+        which.len(),
+        fleet.clients.len()
+    );
     let fresh = read_repositories(fleet, &which, limits).await;
     let mut readings: Vec<Option<RepoReading>> = states.into_iter().map(|s| s.repo_reading).collect();
     let mut read: Vec<Option<RepoReading>> = vec![None; fleet.clients.len()];
@@ -702,6 +709,51 @@ mod tests {
         assert!(parse_info_json(br#"{"cache": {"stats": {}}}"#).is_err());
         assert!(parse_info_json(br#"{"repository": {}}"#).is_err());
         assert!(parse_info_json(br#"{"cache": {"stats": {"unique_csize": -1}}}"#).is_err());
+    }
+
+    #[test]
+    fn a_stored_reading_stands_while_current_complete_and_not_pulled() {
+        let now = 1_767_268_800;
+        let size = RepoSize {
+            unique_csize: Some(1),
+            ..RepoSize::default()
+        };
+        let with = |reading: Option<RepoReading>| ClientState {
+            repo_reading: reading,
+            ..ClientState::default()
+        };
+        let read_at = |at: u64| RepoReading::new(at, Ok(Some(("a".into(), at - 60))), Some(size));
+        let bound = READING_MAX_AGE.as_secs();
+        let cases = [
+            (with(Some(read_at(now - 3600))), false, None),
+            (with(Some(read_at(now - bound))), false, None),
+            (with(Some(read_at(now - 3600))), true, Some(ReadReason::Pulled)),
+            (with(None), false, Some(ReadReason::NoReading)),
+            (with(Some(read_at(now - bound - 1))), false, Some(ReadReason::Old)),
+            (with(Some(read_at(now + 60))), false, Some(ReadReason::Old)),
+            (
+                with(Some(RepoReading::new(now, Err("locked".into()), None))),
+                false,
+                Some(ReadReason::Failed),
+            ),
+            (
+                with(Some(RepoReading::new(now, Ok(None), None))),
+                false,
+                Some(ReadReason::Failed),
+            ),
+        ];
+        for (i, (state, pulled, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(reading_due(&state, pulled, now), expected, "case {i}");
+        }
+        // What is stored is bounded, whatever borg (or a stand-in) printed.
+        let long = RepoReading::new(now, Err("é".repeat(5000)), None);
+        let error = long.error.unwrap();
+        assert!(error.len() <= crate::state::MAX_READING_TEXT && error.len() > 4000);
+        let named = RepoReading::new(now, Ok(Some(("n".repeat(9000), 5))), Some(size));
+        assert_eq!(
+            named.newest().unwrap().unwrap().0.len(),
+            crate::state::MAX_READING_TEXT
+        );
     }
 
     #[test]
