@@ -1256,11 +1256,16 @@ fn run_due_reads_only_the_repositories_that_may_have_changed() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let names = ["due", "current", "old", "unread"];
+    let names = ["due", "current", "old", "unread", "unreachable"];
     let mut clients = String::new();
     for name in names {
         f.init(name, false);
-        clients.push_str(&f.client(name, None, ""));
+        let (host, extra) = match name {
+            // Due (its last success 25 h ago) but off: its repository stays as read.
+            "unreachable" => (Some("127.0.0.1"), format!("port = {}", closed_port())),
+            _ => (None, String::new()),
+        };
+        clients.push_str(&f.client(name, host, &extra));
     }
     let config = f.config(&["create", "::hourly-{now}", "DATA"], &clients);
     let prom = f.dir().join("borg_pull.prom");
@@ -1288,7 +1293,8 @@ fn run_due_reads_only_the_repositories_that_may_have_changed() {
     // The three not due were pulled an hour ago; their repositories hold that archive.
     for name in &names[1..] {
         local_archive(&f, &f.repo(name), "an-hour-ago");
-        write_state(&f, name, now, Some(3600), None);
+        let ago = if *name == "unreachable" { 25 * 3600 } else { 3600 };
+        write_state(&f, name, now, Some(ago), None);
     }
 
     // `status` reads every repository and stores each reading beside the records.
@@ -1314,21 +1320,26 @@ fn run_due_reads_only_the_repositories_that_may_have_changed() {
     write_state(&f, "unread", now, Some(3600), None);
     fs::remove_file(&log).unwrap();
 
+    let unreachable_reading = state("unreachable")["repo_reading"].clone();
     let out = f.server(&["run", "--due", "--config"]).arg(&config).output();
-    assert_ok(&out, "run --due");
     assert!(
-        out.stdout_text().ends_with("due: 1 of 4 clients (3 not due)\n"),
+        out.stdout_text().ends_with("due: 2 of 5 clients (3 not due)\n"),
         "{}",
         out.stdout_text()
     );
+    let summary = out.stdout_text();
+    assert_eq!(row(&summary, "due")[7], "-", "{summary}");
+    assert_ne!(row(&summary, "unreachable")[7], "-", "{summary}");
     let reads: Vec<(usize, usize)> = names.iter().map(|n| status_reads(&log, &f.repo(n))).collect();
     assert_eq!(
         reads,
-        [(1, 1), (0, 0), (1, 1), (1, 1)],
-        "due, current, old, unread\n{}",
+        [(1, 1), (0, 0), (1, 1), (1, 1), (0, 0)],
+        "due, current, old, unread, unreachable\n{}",
         fs::read_to_string(&log).unwrap_or_default()
     );
     assert_eq!(state("current")["repo_reading"], current_reading);
+    assert_eq!(state("unreachable")["repo_reading"], unreachable_reading);
+    assert_eq!(state("unreachable")["last_attempt"]["outcome"], "unreachable");
     for name in ["due", "old", "unread"] {
         let at = state(name)["repo_reading"]["at"].as_u64().unwrap();
         assert!(at >= now, "{name}: {at}");

@@ -232,7 +232,8 @@ pub async fn write_textfile_after_run(
 /// repositories are read, and those without a current stored reading
 /// ([`crate::status::reading_due`]); every other client's newest archive and sizes come from its
 /// stored reading (ages from now). Interrupted: at once, from the records and the current stored
-/// readings of the clients not pulled.
+/// readings of the clients not pulled; the pulled ones' readings are dropped, so the next run
+/// reads their repositories.
 pub async fn write_textfile_after_pulls(
     path: &Path,
     fleet: &Fleet,
@@ -241,7 +242,14 @@ pub async fn write_textfile_after_pulls(
     cancel: &CancellationToken,
 ) -> io::Result<()> {
     let limits = crate::limits::BorgLimits::default();
-    let stored = || crate::status::stored_statuses(fleet, store, pulled);
+    let stored = || {
+        for name in pulled {
+            if let Err(e) = store.forget_reading(name) {
+                tracing::warn!(client = %name, "cannot drop the stored repository reading: {e}");
+            }
+        }
+        crate::status::stored_statuses(fleet, store, pulled)
+    };
     let statuses = if cancel.is_cancelled() {
         stored()
     } else {

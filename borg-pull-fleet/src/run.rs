@@ -595,7 +595,12 @@ pub async fn run_clients(
         live.finish();
     }
     if let (Some(path), Some(store)) = (&fleet.server.prometheus, &store) {
-        let pulled: Vec<&str> = clients.iter().map(|c| c.name.as_str()).collect();
+        let pulled: Vec<&str> = results
+            .iter()
+            .flatten()
+            .filter(|r| crate::status::may_have_changed(&store.load(&r.name), unix_secs(r.started)))
+            .map(|r| r.name.as_str())
+            .collect();
         if let Err(e) = write_textfile_after_pulls(path, fleet, store, &pulled, &cancel).await {
             warn!(file = %path.display(), "cannot write the metrics file: {e}");
         }

@@ -242,6 +242,16 @@ impl StateStore {
         state.repo_reading = Some(reading);
         self.save(name, &state)
     }
+
+    /// Drops client `name`'s stored repository reading (its repository may have changed since),
+    /// so the next end of `run` reads it again. Nothing is written when there is none.
+    pub fn forget_reading(&self, name: &str) -> io::Result<()> {
+        let mut state = self.load(name);
+        if state.repo_reading.take().is_none() {
+            return Ok(());
+        }
+        self.save(name, &state)
+    }
 }
 
 /// How an attempt to pull a client ended.

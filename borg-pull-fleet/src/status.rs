@@ -21,7 +21,7 @@ use crate::limits::{BorgLimits, LIST_LOCK_WAIT_SECS, MAX_INFO_JSON, MAX_LIST_JSO
 use crate::retention::unix_now;
 use crate::schedule::{standing, Standing};
 use crate::server_borg::BorgRun;
-use crate::state::{ClientState, RepoReading, RetentionResults, RunRecord, StateStore};
+use crate::state::{Attempt, ClientState, Outcome, RepoReading, RetentionResults, RunRecord, StateStore};
 use tracing::{debug, info, warn};
 
 /// One client's status.
@@ -149,6 +149,25 @@ pub fn reading_due(state: &ClientState, pulled: bool, now: u64) -> Option<ReadRe
         return Some(ReadReason::Failed);
     }
     None
+}
+
+/// Whether this run's attempt at a client, started at `started` (Unix seconds), may have changed
+/// its repository: not when it did not even reach the client (no SSH connection, so no `borg
+/// serve`) and the stored reading was taken after the client's last success. An unreachable
+/// laptop retried every hour then costs no borg start on this server.
+pub fn may_have_changed(state: &ClientState, started: u64) -> bool {
+    let unreached = matches!(
+        state.last_attempt,
+        Some(Attempt { ended, outcome: Outcome::Unreachable }) if ended >= started
+    );
+    let Some(reading) = state.repo_reading.as_ref().filter(|_| unreached) else {
+        return true;
+    };
+    let success_end = state
+        .last_success
+        .as_ref()
+        .map_or(0, |r| r.started.saturating_add(r.duration_ms / 1000));
+    reading.at < success_end
 }
 
 /// The statuses at the end of `run` that pulled the clients named in `pulled`: the repositories
@@ -754,6 +773,56 @@ mod tests {
             named.newest().unwrap().unwrap().0.len(),
             crate::state::MAX_READING_TEXT
         );
+    }
+
+    #[test]
+    fn only_an_unreachable_attempt_after_the_reading_leaves_the_repository_as_read() {
+        let started = 1_767_268_800;
+        let state = |outcome, reading_at: Option<u64>, success: Option<u64>| ClientState {
+            last_attempt: Some(Attempt {
+                ended: started + 10,
+                outcome,
+            }),
+            last_success: success.map(|at| RunRecord {
+                started: at,
+                duration_ms: 60_000,
+                ..RunRecord::default()
+            }),
+            repo_reading: reading_at.map(|at| RepoReading::new(at, Ok(None), None)),
+            ..ClientState::default()
+        };
+        let hour_ago = Some(started - 3600);
+        let day_ago = Some(started - 86_400);
+        assert!(!may_have_changed(
+            &state(Outcome::Unreachable, hour_ago, day_ago),
+            started
+        ));
+        assert!(!may_have_changed(
+            &state(Outcome::Unreachable, hour_ago, None),
+            started
+        ));
+        assert!(may_have_changed(
+            &state(Outcome::Succeeded, hour_ago, day_ago),
+            started
+        ));
+        assert!(may_have_changed(
+            &state(Outcome::Failed, hour_ago, day_ago),
+            started
+        ));
+        // No reading, or a success after it (a run that ended before reading it again).
+        assert!(may_have_changed(
+            &state(Outcome::Unreachable, None, day_ago),
+            started
+        ));
+        assert!(may_have_changed(
+            &state(Outcome::Unreachable, day_ago, hour_ago),
+            started
+        ));
+        // The unreachable attempt recorded is an older run's: this one's was not recorded.
+        assert!(may_have_changed(
+            &state(Outcome::Unreachable, hour_ago, day_ago),
+            started + 60
+        ));
     }
 
     #[test]
