@@ -1117,6 +1117,8 @@ async fn the_end_of_run_reads_only_the_pulled_and_the_unread_repositories() {
         !has("borg_pull_repository_unique_csize_bytes", "pulled"),
         "{text}"
     );
+    assert_eq!(store.load("pulled").repo_reading, None, "read again next time");
+    assert!(store.load("pulled").last_success.is_none());
     for name in ["current", "old", "none"] {
         assert!(
             has("borg_pull_repository_unique_csize_bytes", name),
