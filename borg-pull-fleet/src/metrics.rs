@@ -208,9 +208,9 @@ pub fn write_textfile_with_status(
         .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
 }
 
-/// The textfile at the end of `run`: every repository is read as `status` reads it (so `run`
-/// and `status --prometheus` write the same metrics), unless the run was interrupted: then at
-/// once from the records alone, as is a part not read by the time `cancel` fires.
+/// The textfile with every repository read as `status` reads it (and each reading stored), unless
+/// `cancel` fires: then at once from the records alone, as is a part not read by then. `run`
+/// reads less: [`write_textfile_after_pulls`].
 pub async fn write_textfile_after_run(
     path: &Path,
     fleet: &Fleet,

@@ -4,6 +4,10 @@
 //!
 //! A client is stale when its repository has no archive, cannot be read, or its newest archive is
 //! older than the client's `max_age`.
+//!
+//! Each reading is kept in the client's state record ([`crate::state::RepoReading`]): the end of
+//! `run` reads again only the repositories that may have changed ([`reading_due`],
+//! [`may_have_changed`]) and takes the others from there.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
