@@ -1203,3 +1203,174 @@ fn run_due_pulls_only_the_clients_that_are_due() {
     }
     f.assert_nothing_left();
 }
+
+/// `promtool check metrics` on `file` (Debian's, put in place by scripts/install-deps); any
+/// finding, lint included, fails.
+fn promtool_check_file(file: &Path) {
+    let promtool =
+        std::env::var_os("BORG_PULL_PROMTOOL").unwrap_or_else(|| "/opt/borg-pull/bin/promtool".into());
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(fs::File::open(file).unwrap())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (scripts/install-deps installs it)",
+                Path::new(&promtool).display()
+            )
+        });
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// How often the logging borg wrapper ran `borg list --json --last 1` and `borg info --json` on
+/// `repo` (one argv per line of `log`).
+fn status_reads(log: &Path, repo: &Path) -> (usize, usize) {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let repo = format!(" {}", repo.display());
+    let count = |start: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(start) && l.ends_with(&repo))
+            .count()
+    };
+    (count("list --json --last 1 "), count("info --json "))
+}
+
+/// An hourly `run --due` against the real sshd and borg, with `[server] borg` a wrapper that logs
+/// each argv and execs the real borg: only the due client's repository is read at the end, plus
+/// the one whose stored reading is older than a day and the one whose state file has no reading;
+/// the client with a current reading is not read, and the textfile still carries every client's
+/// newest archive and sizes as a fresh `status --json` reads them.
+#[test]
+fn run_due_reads_only_the_repositories_that_may_have_changed() {
+    if !common::require_tool("borg") {
+        return;
+    }
+    let f = Fleet::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let names = ["due", "current", "old", "unread", "unreachable"];
+    let mut clients = String::new();
+    for name in names {
+        f.init(name, false);
+        let (host, extra) = match name {
+            // Due (its last success 25 h ago) but off: its repository stays as read.
+            "unreachable" => (Some("127.0.0.1"), format!("port = {}", closed_port())),
+            _ => (None, String::new()),
+        };
+        clients.push_str(&f.client(name, host, &extra));
+    }
+    let config = f.config(&["create", "::hourly-{now}", "DATA"], &clients);
+    let prom = f.dir().join("borg_pull.prom");
+    let log = f.dir().join("borg-argv.log");
+    let wrapper = f.dir().join("logging-borg");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {}\nexec borg \"$@\"\n",
+            sh_quote(&log.to_string_lossy())
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let text = fs::read_to_string(&config).unwrap().replacen(
+        "jobs = 2\n",
+        &format!(
+            "jobs = 2\nprometheus = {}\nborg = {}\n",
+            toml_str(&prom),
+            toml_str(&wrapper)
+        ),
+        1,
+    );
+    fs::write(&config, text).unwrap();
+    // The three not due were pulled an hour ago; their repositories hold that archive.
+    for name in &names[1..] {
+        local_archive(&f, &f.repo(name), "an-hour-ago");
+        let ago = if *name == "unreachable" { 25 * 3600 } else { 3600 };
+        write_state(&f, name, now, Some(ago), None);
+    }
+
+    // `status` reads every repository and stores each reading beside the records.
+    // (The due client's repository is empty: stale, so not a success.)
+    f.server(&["status", "--config"]).arg(&config).output();
+    for name in names {
+        assert_eq!(status_reads(&log, &f.repo(name)), (1, 1), "{name}");
+    }
+    let state_file = |name: &str| f.dir().join("state").join(format!("{name}.json"));
+    let state = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(state_file(name)).unwrap()).unwrap()
+    };
+    let current_reading = state("current")["repo_reading"].clone();
+    assert!(
+        current_reading["size"]["unique_csize"].as_u64().is_some(),
+        "{current_reading}"
+    );
+    assert_eq!(state("current")["last_success"]["archive"], "earlier");
+    // "old": its reading is a day and an hour old; "unread": a state file from before readings.
+    let mut old = state("old");
+    old["repo_reading"]["at"] = (now - 25 * 3600).into();
+    fs::write(state_file("old"), old.to_string()).unwrap();
+    write_state(&f, "unread", now, Some(3600), None);
+    fs::remove_file(&log).unwrap();
+
+    let unreachable_reading = state("unreachable")["repo_reading"].clone();
+    let out = f.server(&["run", "--due", "--config"]).arg(&config).output();
+    assert!(
+        out.stdout_text().ends_with("due: 2 of 5 clients (3 not due)\n"),
+        "{}",
+        out.stdout_text()
+    );
+    let summary = out.stdout_text();
+    assert_eq!(row(&summary, "due")[7], "-", "{summary}");
+    assert_ne!(row(&summary, "unreachable")[7], "-", "{summary}");
+    let reads: Vec<(usize, usize)> = names.iter().map(|n| status_reads(&log, &f.repo(n))).collect();
+    assert_eq!(
+        reads,
+        [(1, 1), (0, 0), (1, 1), (1, 1), (0, 0)],
+        "due, current, old, unread, unreachable\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(state("current")["repo_reading"], current_reading);
+    assert_eq!(state("unreachable")["repo_reading"], unreachable_reading);
+    assert_eq!(state("unreachable")["last_attempt"]["outcome"], "unreachable");
+    for name in ["due", "old", "unread"] {
+        let at = state(name)["repo_reading"]["at"].as_u64().unwrap();
+        assert!(at >= now, "{name}: {at}");
+    }
+    promtool_check_file(&prom);
+
+    // Every client's figures are what a fresh reading gives.
+    let metrics = fs::read_to_string(&prom).unwrap();
+    let out = f.server(&["status", "--json", "--config"]).arg(&config).output();
+    let fresh: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
+    for name in names {
+        let s = fresh
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap();
+        let time = s["newest_time"].as_u64().unwrap();
+        assert!(time + 2 * 3600 > now, "{name}: {s}");
+        let mut expected = vec![format!(
+            "borg_pull_newest_archive_timestamp_seconds{{client=\"{name}\"}} {time}\n"
+        )];
+        for field in ["unique_csize", "unique_size", "total_csize", "total_size"] {
+            let bytes = s["repository_size"][field].as_u64().unwrap();
+            expected.push(format!(
+                "borg_pull_repository_{field}_bytes{{client=\"{name}\"}} {bytes}\n"
+            ));
+        }
+        for sample in expected {
+            assert!(metrics.contains(&sample), "no {sample:?} in\n{metrics}");
+        }
+    }
+    f.assert_nothing_left();
+}

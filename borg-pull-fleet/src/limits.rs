@@ -238,3 +238,14 @@ pub const PAGE_MAX_ERROR_CHARS: usize = 600;
 /// covers a slow disk; past it the record is not written (a warning) rather than holding up the
 /// run's end.
 pub const HISTORY_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// How old a stored repository reading (newest archive, sizes) may be before the end of `run`
+/// reads that repository again although the run did not pull the client.
+///
+/// Only our own pulls and retention write to a repository, and the end of `run` reads again
+/// every client it pulled, so a stored reading stays true until someone works on the
+/// repository by hand (`borg prune`, `borg delete`, a restored copy). Reading each repository
+/// once a day bounds how long such a change goes unseen in the textfile, at one `borg list` and
+/// one `borg info` per client a day instead of every hour of `run --due`. `status` always reads
+/// every repository.
+pub const READING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);

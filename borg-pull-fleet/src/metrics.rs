@@ -167,7 +167,8 @@ const METRICS: &[Metric] = &[
     (
         "borg_pull_repository_unique_csize_bytes",
         "What the client's repository holds: deduplicated and compressed, archive metadata \
-         included (borg info's unique_csize); absent when it could not be read.",
+         included (borg info's unique_csize); absent when it could not be read. After run, the \
+         sizes of a client it did not pull come from the last reading, up to a day old.",
         |i| i.size(|s| s.unique_csize),
     ),
     (
@@ -207,9 +208,9 @@ pub fn write_textfile_with_status(
         .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
 }
 
-/// The textfile at the end of `run`: every repository is read as `status` reads it (so `run`
-/// and `status --prometheus` write the same metrics), unless the run was interrupted: then at
-/// once from the records alone, as is a part not read by the time `cancel` fires.
+/// The textfile with every repository read as `status` reads it (and each reading stored), unless
+/// `cancel` fires: then at once from the records alone, as is a part not read by then. `run`
+/// reads less: [`write_textfile_after_pulls`].
 pub async fn write_textfile_after_run(
     path: &Path,
     fleet: &Fleet,
@@ -222,6 +223,39 @@ pub async fn write_textfile_after_run(
         tokio::select! {
             statuses = crate::status::status(fleet, store) => statuses,
             () = cancel.cancelled() => Vec::new(),
+        }
+    };
+    write_textfile_with_status(path, fleet, store, &statuses)
+}
+
+/// The textfile at the end of `run` that pulled the clients named in `pulled`: only their
+/// repositories are read, and those without a current stored reading
+/// ([`crate::status::reading_due`]); every other client's newest archive and sizes come from its
+/// stored reading (ages from now). Interrupted: at once, from the records and the current stored
+/// readings of the clients not pulled; the pulled ones' readings are dropped, so the next run
+/// reads their repositories.
+pub async fn write_textfile_after_pulls(
+    path: &Path,
+    fleet: &Fleet,
+    store: &StateStore,
+    pulled: &[&str],
+    cancel: &CancellationToken,
+) -> io::Result<()> {
+    let limits = crate::limits::BorgLimits::default();
+    let stored = || {
+        for name in pulled {
+            if let Err(e) = store.forget_reading(name) {
+                tracing::warn!(client = %name, "cannot drop the stored repository reading: {e}");
+            }
+        }
+        crate::status::stored_statuses(fleet, store, pulled)
+    };
+    let statuses = if cancel.is_cancelled() {
+        stored()
+    } else {
+        tokio::select! {
+            statuses = crate::status::status_after_run(fleet, store, pulled, &limits) => statuses,
+            () = cancel.cancelled() => stored(),
         }
     };
     write_textfile_with_status(path, fleet, store, &statuses)

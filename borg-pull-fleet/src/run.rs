@@ -45,7 +45,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Client, Fleet};
 use crate::history::{ArchiveStats, History, HistoryRecord};
 use crate::limits::{BorgLimits, REDRAW_INTERVAL};
-use crate::metrics::write_textfile_after_run;
+use crate::metrics::write_textfile_after_pulls;
 use crate::progress::{clean_progress, human_bytes, job_label, short_duration, Display, Phase};
 use crate::retention::{
     after_create_observed, archive_ids, is_configured, ArchiveIds, RetentionResult, SkipReason,
@@ -595,7 +595,13 @@ pub async fn run_clients(
         live.finish();
     }
     if let (Some(path), Some(store)) = (&fleet.server.prometheus, &store) {
-        if let Err(e) = write_textfile_after_run(path, fleet, store, &cancel).await {
+        let pulled: Vec<&str> = results
+            .iter()
+            .flatten()
+            .filter(|r| crate::status::may_have_changed(&store.load(&r.name), unix_secs(r.started)))
+            .map(|r| r.name.as_str())
+            .collect();
+        if let Err(e) = write_textfile_after_pulls(path, fleet, store, &pulled, &cancel).await {
             warn!(file = %path.display(), "cannot write the metrics file: {e}");
         }
     }

@@ -160,6 +160,98 @@ pub struct ClientState {
     /// How the last attempt ended, and when (the schedule's back-off counts from its end).
     #[serde(default)]
     pub last_attempt: Option<Attempt>,
+    /// The last reading of the client's repository on this server (`borg list`, `borg info`),
+    /// so the end of `run` reads again only what may have changed
+    /// ([`crate::status::reading_due`]).
+    #[serde(default)]
+    pub repo_reading: Option<RepoReading>,
+}
+
+/// What reading a client's repository gave, and when: the newest archive (its name and time; its
+/// age is computed from the time whenever it is shown), the sizes, or why it could not be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoReading {
+    /// When it was read (Unix seconds, as the reading ended).
+    pub at: u64,
+    /// The newest archive's name, cut to [`MAX_READING_TEXT`] bytes (the client chose it).
+    pub newest_archive: Option<String>,
+    /// The newest archive's time, Unix seconds.
+    pub newest_time: Option<u64>,
+    /// The repository's size (`borg info --json`); absent when it could not be read.
+    pub size: Option<crate::status::RepoSize>,
+    /// Why the repository could not be listed, cut to [`MAX_READING_TEXT`] bytes.
+    pub error: Option<String>,
+}
+
+/// The longest archive name or error kept in a [`RepoReading`], in bytes.
+///
+/// borg's archive names are at most 255 bytes and its errors a line or two; 4 KiB keeps them
+/// whole while a client choosing huge names (or a stand-in printing a flood) cannot grow the state
+/// file towards [`MAX_STATE_FILE`].
+pub const MAX_READING_TEXT: usize = 4096;
+
+impl RepoReading {
+    /// A reading taken at `at`: the newest archive (or the error) and the size, texts cut to
+    /// [`MAX_READING_TEXT`].
+    pub fn new(
+        at: u64,
+        newest: Result<Option<(String, u64)>, String>,
+        size: Option<crate::status::RepoSize>,
+    ) -> Self {
+        let (newest, error) = match newest {
+            Ok(newest) => (newest, None),
+            Err(e) => (None, Some(cut(e))),
+        };
+        let (newest_archive, newest_time) = newest.map_or((None, None), |(n, t)| (Some(cut(n)), Some(t)));
+        Self {
+            at,
+            newest_archive,
+            newest_time,
+            size,
+            error,
+        }
+    }
+
+    /// The newest archive as `borg list` gave it, or the error.
+    pub fn newest(&self) -> Result<Option<(String, u64)>, String> {
+        match (&self.error, &self.newest_archive, self.newest_time) {
+            (Some(e), _, _) => Err(e.clone()),
+            (None, Some(name), Some(time)) => Ok(Some((name.clone(), time))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// `text` cut to at most [`MAX_READING_TEXT`] bytes, at a character boundary.
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_READING_TEXT {
+        let mut end = MAX_READING_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+impl StateStore {
+    /// Stores `reading` as client `name`'s last repository reading, keeping the rest of its
+    /// record: loaded just before it is replaced, so a run recorded meanwhile is kept.
+    pub fn record_reading(&self, name: &str, reading: RepoReading) -> io::Result<()> {
+        let mut state = self.load(name);
+        state.repo_reading = Some(reading);
+        self.save(name, &state)
+    }
+
+    /// Drops client `name`'s stored repository reading (its repository may have changed since),
+    /// so the next end of `run` reads it again. Nothing is written when there is none.
+    pub fn forget_reading(&self, name: &str) -> io::Result<()> {
+        let mut state = self.load(name);
+        if state.repo_reading.take().is_none() {
+            return Ok(());
+        }
+        self.save(name, &state)
+    }
 }
 
 /// How an attempt to pull a client ended.

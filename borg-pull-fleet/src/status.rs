@@ -4,6 +4,10 @@
 //!
 //! A client is stale when its repository has no archive, cannot be read, or its newest archive is
 //! older than the client's `max_age`.
+//!
+//! Each reading is kept in the client's state record ([`crate::state::RepoReading`]): the end of
+//! `run` reads again only the repositories that may have changed ([`reading_due`],
+//! [`may_have_changed`]) and takes the others from there.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -17,11 +21,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::{Client, Fleet, ServerSettings};
-use crate::limits::{BorgLimits, LIST_LOCK_WAIT_SECS, MAX_INFO_JSON, MAX_LIST_JSON};
+use crate::limits::{BorgLimits, LIST_LOCK_WAIT_SECS, MAX_INFO_JSON, MAX_LIST_JSON, READING_MAX_AGE};
 use crate::retention::unix_now;
 use crate::schedule::{standing, Standing};
 use crate::server_borg::BorgRun;
-use crate::state::{RetentionResults, RunRecord, StateStore};
+use crate::state::{Attempt, ClientState, Outcome, RepoReading, RetentionResults, RunRecord, StateStore};
+use tracing::{debug, info, warn};
 
 /// One client's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,18 +91,196 @@ fn serialize_secs_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Resul
 }
 
 /// The status of every client of `fleet`, in config order; `server.jobs` repositories are read
-/// at once.
+/// at once. Each reading is stored in the client's state record (see [`reading_due`]).
 pub async fn status(fleet: &Fleet, store: &StateStore) -> Vec<ClientStatus> {
     status_with(fleet, store, &BorgLimits::default()).await
 }
 
 /// [`status`] with other timeouts (tests).
 pub async fn status_with(fleet: &Fleet, store: &StateStore, limits: &BorgLimits) -> Vec<ClientStatus> {
+    let all: Vec<usize> = (0..fleet.clients.len()).collect();
+    let readings = read_repositories(fleet, &all, limits).await;
+    let readings: Vec<Option<RepoReading>> = readings.into_iter().map(Some).collect();
+    store_readings(fleet, store, &readings, SaveFailure::Debug);
+    let now = unix_now();
+    fleet
+        .clients
+        .iter()
+        .zip(readings)
+        .map(|(client, reading)| client_status_read(client, reading.as_ref(), store, now))
+        .collect()
+}
+
+/// Why the end of `run` reads a client's repository again instead of using its stored reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadReason {
+    /// This run pulled the client (its create, and retention after it, may have changed it).
+    Pulled,
+    /// No reading is stored (a first run, or a state file from before readings were kept).
+    NoReading,
+    /// The stored reading is older than [`READING_MAX_AGE`] (or from the future: the clock was
+    /// set back).
+    Old,
+    /// The stored reading failed (no list, or no size): it is tried again at once.
+    Failed,
+}
+
+impl ReadReason {
+    /// For the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pulled => "pulled by this run",
+            Self::NoReading => "no stored reading",
+            Self::Old => "stored reading too old",
+            Self::Failed => "stored reading failed",
+        }
+    }
+}
+
+/// Whether (and why) a client's repository is read again at the end of `run` at `now`;
+/// `None`: its stored reading stands for it.
+pub fn reading_due(state: &ClientState, pulled: bool, now: u64) -> Option<ReadReason> {
+    if pulled {
+        return Some(ReadReason::Pulled);
+    }
+    let Some(reading) = &state.repo_reading else {
+        return Some(ReadReason::NoReading);
+    };
+    if reading.at > now || now - reading.at > READING_MAX_AGE.as_secs() {
+        return Some(ReadReason::Old);
+    }
+    if reading.error.is_some() || reading.size.is_none() {
+        return Some(ReadReason::Failed);
+    }
+    None
+}
+
+/// Whether this run's attempt at a client, started at `started` (Unix seconds), may have changed
+/// its repository: not when it did not even reach the client (no SSH connection, so no `borg
+/// serve`) and the stored reading was taken after the client's last success. An unreachable
+/// laptop retried every hour then costs no borg start on this server.
+pub fn may_have_changed(state: &ClientState, started: u64) -> bool {
+    let unreached = matches!(
+        state.last_attempt,
+        Some(Attempt { ended, outcome: Outcome::Unreachable }) if ended >= started
+    );
+    let Some(reading) = state.repo_reading.as_ref().filter(|_| unreached) else {
+        return true;
+    };
+    let success_end = state
+        .last_success
+        .as_ref()
+        .map_or(0, |r| r.started.saturating_add(r.duration_ms / 1000));
+    reading.at < success_end
+}
+
+/// The statuses at the end of `run` that pulled the clients named in `pulled`: the repositories
+/// that [`reading_due`] names are read (and their readings stored), every other client comes
+/// from its stored reading, ages from now. Clients in the same order as `fleet`.
+pub async fn status_after_run(
+    fleet: &Fleet,
+    store: &StateStore,
+    pulled: &[&str],
+    limits: &BorgLimits,
+) -> Vec<ClientStatus> {
+    let start = unix_now();
+    let states: Vec<ClientState> = fleet.clients.iter().map(|c| store.load(&c.name)).collect();
+    let mut which = Vec::new();
+    for (index, (client, state)) in fleet.clients.iter().zip(&states).enumerate() {
+        let reason = reading_due(state, pulled.contains(&client.name.as_str()), start);
+        match reason {
+            Some(reason) => {
+                debug!(client = %escape_for_log(client.name.as_bytes()), "reading the repository: {}", reason.as_str());
+                which.push(index);
+            }
+            None => {
+                debug!(client = %escape_for_log(client.name.as_bytes()), "repository not read: its stored reading is current")
+            }
+        }
+    }
+    info!(
+        read = which.len(),
+        from_state = fleet.clients.len() - which.len(),
+        "reading the repositories the run may have changed ({} of {})",
+        which.len(),
+        fleet.clients.len()
+    );
+    let fresh = read_repositories(fleet, &which, limits).await;
+    let mut readings: Vec<Option<RepoReading>> = states.into_iter().map(|s| s.repo_reading).collect();
+    let mut read: Vec<Option<RepoReading>> = vec![None; fleet.clients.len()];
+    for (index, reading) in which.into_iter().zip(fresh) {
+        read[index] = Some(reading);
+    }
+    store_readings(fleet, store, &read, SaveFailure::Warn);
+    for (slot, fresh) in readings.iter_mut().zip(read) {
+        if fresh.is_some() {
+            *slot = fresh;
+        }
+    }
+    let now = unix_now();
+    fleet
+        .clients
+        .iter()
+        .zip(readings)
+        .map(|(client, reading)| client_status_read(client, reading.as_ref(), store, now))
+        .collect()
+}
+
+/// The statuses from the stored readings alone, for the clients whose stored reading is current
+/// and that are not in `pulled` (their repositories may have changed since): what the end of an
+/// interrupted run can still tell without reading a repository.
+pub fn stored_statuses(fleet: &Fleet, store: &StateStore, pulled: &[&str]) -> Vec<ClientStatus> {
+    let now = unix_now();
+    fleet
+        .clients
+        .iter()
+        .filter(|c| !pulled.contains(&c.name.as_str()))
+        .filter_map(|client| {
+            let state = store.load(&client.name);
+            if reading_due(&state, false, now).is_some() {
+                return None;
+            }
+            Some(client_status_read(
+                client,
+                state.repo_reading.as_ref(),
+                store,
+                now,
+            ))
+        })
+        .collect()
+}
+
+/// What to do when a reading cannot be stored: `status` may run as a user who can read the
+/// repositories but not write the state directory (debug); `run` owns it (warn).
+#[derive(Debug, Clone, Copy)]
+enum SaveFailure {
+    Debug,
+    Warn,
+}
+
+/// Stores each reading taken (`Some`) in its client's state record.
+fn store_readings(fleet: &Fleet, store: &StateStore, readings: &[Option<RepoReading>], failure: SaveFailure) {
+    for (client, reading) in fleet.clients.iter().zip(readings.iter()) {
+        let Some(reading) = reading else { continue };
+        if let Err(e) = store.record_reading(&client.name, reading.clone()) {
+            let name = escape_for_log(client.name.as_bytes());
+            match failure {
+                SaveFailure::Debug => debug!(client = %name, "cannot store the repository reading: {e}"),
+                SaveFailure::Warn => warn!(client = %name, "cannot store the repository reading: {e}"),
+            }
+        }
+    }
+}
+
+/// Reads the repositories of the clients of `fleet` at `indices`, `server.jobs` at once; one
+/// reading per index, in their order.
+async fn read_repositories(fleet: &Fleet, indices: &[usize], limits: &BorgLimits) -> Vec<RepoReading> {
     let slots = Arc::new(Semaphore::new(fleet.server.jobs.max(1)));
     let server = Arc::new(fleet.server.clone());
     let mut tasks = JoinSet::new();
-    for (index, client) in fleet.clients.iter().enumerate() {
-        let (client, server, slots, limits) = (client.clone(), server.clone(), slots.clone(), *limits);
+    for (slot, &index) in indices.iter().enumerate() {
+        let client = fleet.clients[index].clone();
+        let (server, slots, limits) = (server.clone(), slots.clone(), *limits);
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
             let newest = newest_archive(&client, &server, &limits).await;
@@ -114,28 +297,32 @@ pub async fn status_with(fleet: &Fleet, store: &StateStore, limits: &BorgLimits)
                     .ok(),
                 Err(_) => None,
             };
-            (index, (newest, size))
+            (slot, RepoReading::new(unix_now(), newest, size))
         });
     }
-    let mut newest = vec![(Err("not read".to_owned()), None); fleet.clients.len()];
+    let not_read = RepoReading::new(unix_now(), Err("not read".to_owned()), None);
+    let mut readings = vec![not_read; indices.len()];
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((index, result)) => newest[index] = result,
+            Ok((slot, reading)) => readings[slot] = reading,
             // Only a panic gets here; its slot keeps "not read".
             Err(e) => tracing::error!("reading a repository failed: {e}"),
         }
     }
-    let now = unix_now();
-    fleet
-        .clients
-        .iter()
-        .zip(newest)
-        .map(|(client, (newest, size))| {
-            let mut status = client_status(client, newest, store, now);
-            status.repository_size = size;
-            status
-        })
-        .collect()
+    readings
+}
+
+/// A client's status from a reading of its repository (`None`: not read), ages at `now`.
+fn client_status_read(
+    client: &Client,
+    reading: Option<&RepoReading>,
+    store: &StateStore,
+    now: u64,
+) -> ClientStatus {
+    let newest = reading.map_or_else(|| Err("not read".to_owned()), RepoReading::newest);
+    let mut status = client_status(client, newest, store, now);
+    status.repository_size = reading.and_then(|r| r.size);
+    status
 }
 
 fn client_status(
@@ -545,6 +732,101 @@ mod tests {
         assert!(parse_info_json(br#"{"cache": {"stats": {}}}"#).is_err());
         assert!(parse_info_json(br#"{"repository": {}}"#).is_err());
         assert!(parse_info_json(br#"{"cache": {"stats": {"unique_csize": -1}}}"#).is_err());
+    }
+
+    #[test]
+    fn a_stored_reading_stands_while_current_complete_and_not_pulled() {
+        let now = 1_767_268_800;
+        let size = RepoSize {
+            unique_csize: Some(1),
+            ..RepoSize::default()
+        };
+        let with = |reading: Option<RepoReading>| ClientState {
+            repo_reading: reading,
+            ..ClientState::default()
+        };
+        let read_at = |at: u64| RepoReading::new(at, Ok(Some(("a".into(), at - 60))), Some(size));
+        let bound = READING_MAX_AGE.as_secs();
+        let cases = [
+            (with(Some(read_at(now - 3600))), false, None),
+            (with(Some(read_at(now - bound))), false, None),
+            (with(Some(read_at(now - 3600))), true, Some(ReadReason::Pulled)),
+            (with(None), false, Some(ReadReason::NoReading)),
+            (with(Some(read_at(now - bound - 1))), false, Some(ReadReason::Old)),
+            (with(Some(read_at(now + 60))), false, Some(ReadReason::Old)),
+            (
+                with(Some(RepoReading::new(now, Err("locked".into()), None))),
+                false,
+                Some(ReadReason::Failed),
+            ),
+            (
+                with(Some(RepoReading::new(now, Ok(None), None))),
+                false,
+                Some(ReadReason::Failed),
+            ),
+        ];
+        for (i, (state, pulled, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(reading_due(&state, pulled, now), expected, "case {i}");
+        }
+        // What is stored is bounded, whatever borg (or a stand-in) printed.
+        let long = RepoReading::new(now, Err("é".repeat(5000)), None);
+        let error = long.error.unwrap();
+        assert!(error.len() <= crate::state::MAX_READING_TEXT && error.len() > 4000);
+        let named = RepoReading::new(now, Ok(Some(("n".repeat(9000), 5))), Some(size));
+        assert_eq!(
+            named.newest().unwrap().unwrap().0.len(),
+            crate::state::MAX_READING_TEXT
+        );
+    }
+
+    #[test]
+    fn only_an_unreachable_attempt_after_the_reading_leaves_the_repository_as_read() {
+        let started = 1_767_268_800;
+        let state = |outcome, reading_at: Option<u64>, success: Option<u64>| ClientState {
+            last_attempt: Some(Attempt {
+                ended: started + 10,
+                outcome,
+            }),
+            last_success: success.map(|at| RunRecord {
+                started: at,
+                duration_ms: 60_000,
+                ..RunRecord::default()
+            }),
+            repo_reading: reading_at.map(|at| RepoReading::new(at, Ok(None), None)),
+            ..ClientState::default()
+        };
+        let hour_ago = Some(started - 3600);
+        let day_ago = Some(started - 86_400);
+        assert!(!may_have_changed(
+            &state(Outcome::Unreachable, hour_ago, day_ago),
+            started
+        ));
+        assert!(!may_have_changed(
+            &state(Outcome::Unreachable, hour_ago, None),
+            started
+        ));
+        assert!(may_have_changed(
+            &state(Outcome::Succeeded, hour_ago, day_ago),
+            started
+        ));
+        assert!(may_have_changed(
+            &state(Outcome::Failed, hour_ago, day_ago),
+            started
+        ));
+        // No reading, or a success after it (a run that ended before reading it again).
+        assert!(may_have_changed(
+            &state(Outcome::Unreachable, None, day_ago),
+            started
+        ));
+        assert!(may_have_changed(
+            &state(Outcome::Unreachable, day_ago, hour_ago),
+            started
+        ));
+        // The unreachable attempt recorded is an older run's: this one's was not recorded.
+        assert!(may_have_changed(
+            &state(Outcome::Unreachable, hour_ago, day_ago),
+            started + 60
+        ));
     }
 
     #[test]

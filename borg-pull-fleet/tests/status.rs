@@ -12,7 +12,7 @@ use std::time::Duration;
 use borg_pull_fleet::config::{Fleet, PassphraseSource};
 use borg_pull_fleet::limits::BorgLimits;
 use borg_pull_fleet::metrics::{
-    render, write_textfile, write_textfile_after_run, write_textfile_with_status,
+    render, write_textfile, write_textfile_after_pulls, write_textfile_after_run, write_textfile_with_status,
 };
 use borg_pull_fleet::retention::{after_create_with, CheckPolicy, Retention};
 use borg_pull_fleet::state::{ClientState, RunRecord, StateStore, StepRecord, StepResult};
@@ -608,6 +608,18 @@ fn state_store_round_trip_and_corrupt_files() {
             outcome: borg_pull_fleet::state::Outcome::Unreachable,
         }),
         overdue_alerted: Some(1_700_000_400),
+        repo_reading: Some(borg_pull_fleet::state::RepoReading {
+            at: 1_700_000_500,
+            newest_archive: Some("web1-\"2023\"".to_owned()),
+            newest_time: Some(1_699_999_000),
+            size: Some(borg_pull_fleet::status::RepoSize {
+                unique_csize: Some(1),
+                unique_size: Some(2),
+                total_csize: None,
+                total_size: Some(4),
+            }),
+            error: None,
+        }),
     };
     store.save("web1", &state).unwrap();
     store.save("web1", &state).unwrap();
@@ -937,5 +949,180 @@ async fn the_runs_textfile_reads_the_repositories_unless_interrupted() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// The `list` and `info` calls of a logging borg wrapper for `repo` (one argv per line).
+fn borg_calls(log: &Path, repo: &Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let repo = format!(" {}", repo.display());
+    let count = |verb: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(verb) && l.ends_with(&repo))
+            .count()
+    };
+    (count("list "), count("info "))
+}
+
+/// The end of `run` (real borg behind a wrapper that logs every argv): the pulled client's
+/// repository is read again, a client with a current stored reading is not read at all and its
+/// metrics come from that reading, a reading older than the bound and a state file without one are
+/// refreshed; `status` reads every repository and stores what it read.
+#[tokio::test]
+async fn the_end_of_run_reads_only_the_pulled_and_the_unread_repositories() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let now = now();
+    let names = ["pulled", "current", "old", "none"];
+    let repos: Vec<PathBuf> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| repo_with(dir.path(), name, &[("a1", now - 7200 - i as u64 * 600)]))
+        .collect();
+    let log = dir.path().join("borg-argv.log");
+    let wrapper = stand_in(
+        dir.path(),
+        "logging-borg",
+        &format!("printf '%s\\n' \"$*\" >> '{}'\nexec {BORG} \"$@\"", log.display()),
+    );
+    let state_dir = dir.path().join("state");
+    let store = StateStore::open(&state_dir).unwrap();
+    let clients = names.iter().zip(&repos).map(|(n, r)| client(n, r)).collect();
+    let fleet = fleet(server(&wrapper, &state_dir), clients);
+
+    // `status` reads all four and stores each reading.
+    let first = status(&fleet, &store).await;
+    for (name, repo) in names.iter().zip(&repos) {
+        assert_eq!(borg_calls(&log, repo), (1, 1), "{name}");
+        let reading = store.load(name).repo_reading.expect(name);
+        assert!(
+            reading.at >= now && reading.error.is_none(),
+            "{name}: {reading:?}"
+        );
+        let s = first.iter().find(|s| s.name == *name).unwrap();
+        assert_eq!(
+            (reading.newest_time, reading.size),
+            (s.newest_time, s.repository_size)
+        );
+    }
+    std::fs::remove_file(&log).unwrap();
+
+    // Since then: the pulled client got a new archive; "old"'s reading is a day and a bit old
+    // (and wrong: someone pruned by hand); "none" has a state file from before readings.
+    add_archives(&repos[0], &[("a2", now - 60)], &[]);
+    let mut old = store.load("old");
+    let reading = old.repo_reading.as_mut().unwrap();
+    reading.at = now - 25 * 3600;
+    reading.newest_time = Some(now - 30 * 86_400);
+    reading.size = Some(borg_pull_fleet::status::RepoSize {
+        unique_csize: Some(1),
+        ..Default::default()
+    });
+    store.save("old", &old).unwrap();
+    let mut none = store.load("none");
+    none.repo_reading = None;
+    store.save("none", &none).unwrap();
+    let current_reading = store.load("current").repo_reading.unwrap();
+
+    let prom = dir.path().join("fleet.prom");
+    let running = CancellationToken::new();
+    write_textfile_after_pulls(&prom, &fleet, &store, &["pulled"], &running)
+        .await
+        .unwrap();
+    let calls: Vec<(usize, usize)> = repos.iter().map(|r| borg_calls(&log, r)).collect();
+    assert_eq!(
+        calls,
+        [(1, 1), (0, 0), (1, 1), (1, 1)],
+        "pulled, current, old, none"
+    );
+    promtool_check(&prom);
+
+    // Every client has its metrics, each as a fresh reading of its repository would give them.
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let samples = parse_exposition(&text);
+    let value = |metric: &str, client: &str| {
+        let found = samples
+            .iter()
+            .find(|s| s.0 == metric && s.1.iter().any(|(k, v)| k == "client" && v == client));
+        found.map(|s| s.2)
+    };
+    let truth = status(&fleet, &StateStore::open(&dir.path().join("truth")).unwrap()).await;
+    std::fs::remove_file(&log).unwrap();
+    for s in &truth {
+        let name = s.name.as_str();
+        assert_eq!(
+            value("borg_pull_newest_archive_timestamp_seconds", name),
+            s.newest_time.map(|t| t as f64),
+            "{name}"
+        );
+        let size = s.repository_size.unwrap();
+        for (metric, bytes) in [
+            ("borg_pull_repository_unique_csize_bytes", size.unique_csize),
+            ("borg_pull_repository_unique_size_bytes", size.unique_size),
+            ("borg_pull_repository_total_csize_bytes", size.total_csize),
+            ("borg_pull_repository_total_size_bytes", size.total_size),
+        ] {
+            assert_eq!(value(metric, name), bytes.map(|b| b as f64), "{metric} {name}");
+        }
+        assert_eq!(value("borg_pull_client_configured", name), Some(1.0), "{name}");
+    }
+    assert_eq!(
+        value("borg_pull_newest_archive_timestamp_seconds", "pulled"),
+        Some((now - 60) as f64),
+        "the pulled client's new archive"
+    );
+    // The stored readings: refreshed for the three read, untouched for "current".
+    assert_eq!(store.load("current").repo_reading, Some(current_reading));
+    for name in ["pulled", "old", "none"] {
+        let reading = store.load(name).repo_reading.unwrap();
+        assert!(reading.at >= now, "{name}: {reading:?}");
+    }
+    assert_eq!(
+        store.load("old").repo_reading.unwrap().newest_time,
+        Some(now - 7200 - 2 * 600)
+    );
+
+    // A second run pulling nothing reads nothing: every reading is current.
+    write_textfile_after_pulls(&prom, &fleet, &store, &[], &running)
+        .await
+        .unwrap();
+    assert!(!log.exists(), "{:?}", std::fs::read_to_string(&log));
+    let without_next_due = |text: &str| {
+        let mut samples = parse_exposition(text);
+        samples.retain(|s| s.0 != "borg_pull_client_next_due_timestamp_seconds");
+        samples
+    };
+    assert_eq!(
+        without_next_due(&std::fs::read_to_string(&prom).unwrap()),
+        without_next_due(&text)
+    );
+    promtool_check(&prom);
+
+    // Interrupted: nothing is read; the clients not pulled keep their stored sizes, the pulled
+    // one has none (its repository may have changed) and its newest archive from its record.
+    let interrupted = CancellationToken::new();
+    interrupted.cancel();
+    write_textfile_after_pulls(&prom, &fleet, &store, &["pulled"], &interrupted)
+        .await
+        .unwrap();
+    assert!(!log.exists());
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let samples = parse_exposition(&text);
+    let has = |metric: &str, client: &str| {
+        samples
+            .iter()
+            .any(|s| s.0 == metric && s.1.iter().any(|(k, v)| k == "client" && v == client))
+    };
+    assert!(
+        !has("borg_pull_repository_unique_csize_bytes", "pulled"),
+        "{text}"
+    );
+    assert_eq!(store.load("pulled").repo_reading, None, "read again next time");
+    assert!(store.load("pulled").last_success.is_none());
+    for name in ["current", "old", "none"] {
+        assert!(
+            has("borg_pull_repository_unique_csize_bytes", name),
+            "{name}: {text}"
+        );
     }
 }
