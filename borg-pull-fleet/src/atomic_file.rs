@@ -24,6 +24,37 @@ pub(crate) fn write_atomically(path: &Path, mode: u32, contents: &[u8]) -> io::R
     result
 }
 
+/// An exclusive `flock` on `path` (created mode 0600, never through a symlink), held while the
+/// returned file is open; waited for at most `wait`. For read-modify-write of a file replaced by
+/// [`write_atomically`]: the rename makes each write whole, the lock keeps two writers from each
+/// replacing the file with their own stale copy.
+pub(crate) fn lock_exclusive(path: &Path, wait: std::time::Duration) -> io::Result<File> {
+    use rustix::fs::{flock, FlockOperation};
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
+    let start = std::time::Instant::now();
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK && start.elapsed() < wait => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("cannot lock {}: {e}", path.display()),
+                ))
+            }
+        }
+    }
+}
+
 fn temp_path(path: &Path) -> io::Result<PathBuf> {
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(

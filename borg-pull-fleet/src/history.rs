@@ -28,7 +28,7 @@ use borg_pull_core::text::escape_for_log;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::{lock_exclusive, write_atomically};
 use crate::limits::{HISTORY_LOCK_WAIT, MAX_HISTORY_BYTES, MAX_HISTORY_RECORDS};
 
 /// One run of one client, as its history keeps it.
@@ -161,32 +161,7 @@ impl History {
     /// An exclusive lock on client `name`'s history (`.NAME.lock`, mode 0600), held while the
     /// returned file is open; waited for at most [`HISTORY_LOCK_WAIT`].
     fn lock(&self, name: &str) -> io::Result<std::fs::File> {
-        use rustix::fs::{flock, FlockOperation};
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let path = self.dir.join(format!(".{name}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
-        let start = std::time::Instant::now();
-        loop {
-            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(file),
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK && start.elapsed() < HISTORY_LOCK_WAIT => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => {
-                    return Err(io::Error::new(
-                        io::Error::from(e).kind(),
-                        format!("cannot lock {}: {e}", path.display()),
-                    ))
-                }
-            }
-        }
+        lock_exclusive(&self.dir.join(format!(".{name}.lock")), HISTORY_LOCK_WAIT)
     }
 }
 

@@ -249,3 +249,10 @@ pub const HISTORY_LOCK_WAIT: Duration = Duration::from_secs(5);
 /// one `borg info` per client a day instead of every hour of `run --due`. `status` always reads
 /// every repository.
 pub const READING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// How long a change to a client's state record waits for another process's change to end.
+///
+/// A change loads, edits and atomically rewrites a file of a few hundred bytes: milliseconds. Five
+/// seconds covers a slow disk; past it the change fails with a warning (a lost record is logged,
+/// never fatal to a backup) rather than holding up a run.
+pub const STATE_LOCK_WAIT: Duration = Duration::from_secs(5);

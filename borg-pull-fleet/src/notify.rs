@@ -747,6 +747,21 @@ fn result_line(r: &ClientResult) -> String {
     }
 }
 
+/// Why `client` is overdue, for the alert.
+fn overdue_message(client: &Client, last_success: Option<u64>, now: u64) -> String {
+    match last_success {
+        Some(t) => format!(
+            "no successful backup for {} (max_age {})",
+            crate::progress::short_duration(Duration::from_secs(now.saturating_sub(t))),
+            crate::progress::short_duration(client.max_age)
+        ),
+        None => format!(
+            "never backed up successfully (max_age {})",
+            crate::progress::short_duration(client.max_age)
+        ),
+    }
+}
+
 /// The `overdue` alerts due now for `clients`, as recorded in `store`: a client overdue per
 /// [`crate::schedule::standing`] whose last overdue alert is absent or older than
 /// [`OVERDUE_REPEAT`]; records the alert's time. A client no longer overdue has its mark
@@ -754,40 +769,31 @@ fn result_line(r: &ClientResult) -> String {
 pub fn overdue_alerts(clients: &[Client], store: &StateStore, now: u64) -> Vec<Alert> {
     let mut alerts = Vec::new();
     for client in clients {
-        let mut state = store.load(&client.name);
-        let s = standing(client, &state, now);
-        let changed = match (s.health, state.overdue_alerted) {
-            (Health::Overdue, Some(at)) if now.saturating_sub(at) < OVERDUE_REPEAT.as_secs() => false,
-            (Health::Overdue, _) => {
-                let since = match s.last_success {
-                    Some(t) => format!(
-                        "no successful backup for {} (max_age {})",
-                        crate::progress::short_duration(Duration::from_secs(now.saturating_sub(t))),
-                        crate::progress::short_duration(client.max_age)
-                    ),
-                    None => format!(
-                        "never backed up successfully (max_age {})",
-                        crate::progress::short_duration(client.max_age)
-                    ),
-                };
-                alerts.push(Alert {
-                    event: Event::Overdue,
-                    client: client.name.clone(),
-                    message: since,
-                });
-                state.overdue_alerted = Some(now);
-                true
+        // Decided and marked under the record's lock: a `run` saving this client meanwhile
+        // neither loses the mark nor has it alerted twice.
+        let decided = store.update(&client.name, |state| {
+            let s = standing(client, state, now);
+            match (s.health, state.overdue_alerted) {
+                (Health::Overdue, Some(at)) if now.saturating_sub(at) < OVERDUE_REPEAT.as_secs() => None,
+                (Health::Overdue, _) => {
+                    state.overdue_alerted = Some(now);
+                    Some(overdue_message(client, s.last_success, now))
+                }
+                (_, Some(_)) => {
+                    state.overdue_alerted = None;
+                    None
+                }
+                (_, None) => None,
             }
-            (_, Some(_)) => {
-                state.overdue_alerted = None;
-                true
-            }
-            (_, None) => false,
-        };
-        if changed {
-            if let Err(e) = store.save(&client.name, &state) {
-                warn!(client = %client.name, "cannot record the overdue alert: {e}");
-            }
+        });
+        match decided {
+            Ok(Some(message)) => alerts.push(Alert {
+                event: Event::Overdue,
+                client: client.name.clone(),
+                message,
+            }),
+            Ok(None) => {}
+            Err(e) => warn!(client = %client.name, "cannot record the overdue alert: {e}"),
         }
     }
     alerts

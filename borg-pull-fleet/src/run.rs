@@ -823,7 +823,15 @@ impl Job {
             RetentionResult::Interrupted => warn!(client = %name, "retention stopped: interrupted"),
         }
         if let Some(store) = &self.store {
-            if let Err(e) = store.save(name, &state) {
+            // Loaded before the pull; what other writers changed since (a `status` storing a
+            // repository reading, `status --notify` marking an alert) is theirs and stays.
+            let saved = store.update(name, |fresh| {
+                let (reading, alerted) = (fresh.repo_reading.take(), fresh.overdue_alerted);
+                *fresh = state;
+                fresh.repo_reading = reading;
+                fresh.overdue_alerted = alerted;
+            });
+            if let Err(e) = saved {
                 warn!(client = %name, "cannot record the result: {e}");
             }
         }

@@ -21,7 +21,8 @@ use borg_pull_core::text::escape_for_log;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::{lock_exclusive, write_atomically};
+use crate::limits::STATE_LOCK_WAIT;
 use crate::retention::RetentionOutcome;
 
 /// The largest state file read: a record is a few hundred bytes (an error message is the longest
@@ -87,6 +88,27 @@ impl StateStore {
                 ClientState::default()
             }
         }
+    }
+
+    /// Changes client `name`'s record with `change` while holding its lock (`.NAME.lock`), so
+    /// writers in other processes (a `status` storing a repository reading, `status --notify`
+    /// marking an alert, a second `run`) never replace the file with a copy loaded before
+    /// another's write. Waits at most [`STATE_LOCK_WAIT`] for the lock.
+    pub fn update<R>(&self, name: &str, change: impl FnOnce(&mut ClientState) -> R) -> io::Result<R> {
+        if self.path(name).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("client name {name:?} cannot name a state file"),
+            ));
+        }
+        let _lock = lock_exclusive(&self.dir.join(format!(".{name}.lock")), STATE_LOCK_WAIT)?;
+        let mut state = self.load(name);
+        let before = state.clone();
+        let result = change(&mut state);
+        if state != before {
+            self.save(name, &state)?;
+        }
+        Ok(result)
     }
 
     /// Records `state` for client `name`: `NAME.json`, mode 0600, written to a temporary file,
@@ -238,19 +260,16 @@ impl StateStore {
     /// Stores `reading` as client `name`'s last repository reading, keeping the rest of its
     /// record: loaded just before it is replaced, so a run recorded meanwhile is kept.
     pub fn record_reading(&self, name: &str, reading: RepoReading) -> io::Result<()> {
-        let mut state = self.load(name);
-        state.repo_reading = Some(reading);
-        self.save(name, &state)
+        self.update(name, |state| state.repo_reading = Some(reading))
     }
 
     /// Drops client `name`'s stored repository reading (its repository may have changed since),
     /// so the next end of `run` reads it again. Nothing is written when there is none.
     pub fn forget_reading(&self, name: &str) -> io::Result<()> {
-        let mut state = self.load(name);
-        if state.repo_reading.take().is_none() {
+        if self.load(name).repo_reading.is_none() {
             return Ok(());
         }
-        self.save(name, &state)
+        self.update(name, |state| state.repo_reading = None)
     }
 }
 

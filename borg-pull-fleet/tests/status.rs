@@ -1126,3 +1126,49 @@ async fn the_end_of_run_reads_only_the_pulled_and_the_unread_repositories() {
         );
     }
 }
+
+/// Writers of one client's record in parallel (a `run` saving its result, a `status` storing a
+/// repository reading, `status --notify` marking an alert) each change their own fields; under
+/// the record's lock none replaces the file with a copy loaded before the other's write.
+#[test]
+fn parallel_changes_to_one_record_are_all_kept() {
+    const CHANGES: u32 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(&dir.path().join("state")).unwrap();
+    std::thread::scope(|scope| {
+        let checks = scope.spawn(|| {
+            // A store opened apart, as another process would: its own lock file descriptor.
+            let store = StateStore::open(store.dir()).unwrap();
+            for _ in 0..CHANGES {
+                store.update("web1", |s| s.runs_since_check += 1).unwrap();
+            }
+        });
+        let failures = scope.spawn(|| {
+            let store = StateStore::open(store.dir()).unwrap();
+            for _ in 0..CHANGES {
+                store.update("web1", |s| s.failures_in_a_row += 1).unwrap();
+            }
+        });
+        checks.join().unwrap();
+        failures.join().unwrap();
+    });
+    let state = store.load("web1");
+    assert_eq!(
+        (state.runs_since_check, state.failures_in_a_row),
+        (CHANGES, CHANGES)
+    );
+    // A change that changes nothing writes nothing; a name that is no file name is refused.
+    let modified = std::fs::metadata(dir.path().join("state/web1.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    store.update("web1", |_| ()).unwrap();
+    assert_eq!(
+        std::fs::metadata(dir.path().join("state/web1.json"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        modified
+    );
+    assert!(store.update("../web1", |s| s.runs_since_check = 1).is_err());
+}
