@@ -1122,29 +1122,30 @@ fn borg_major_version_mismatch_is_refused_before_anything_moves() {
         )
     };
     for round in ["asked", "remembered"] {
-    if round == "remembered" {
-        let mut versions = remembered();
-        versions.sort();
-        assert!(
-            versions.len() == 2 && versions[0].starts_with("borg 1.") && versions[1] == "borg 2.0.0b25",
-            "the client's cache holds {versions:?}"
-        );
-    }
-    for (options, client, server) in [(&server2[..], "1.", "2.0.0b25"), (&client2[..], "2.0.0b25", "1.")] {
-        let out = run(&mut f.pull_with(options, &["repo-list"]));
-        assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
-        let err = text(&out.stderr);
-        assert!(
-            err.contains(&format!("has borg {client}")) && err.contains(&format!("runs borg {server}")),
-            "{}",
-            describe(&out)
-        );
-        assert!(
-            !err.contains("borg serve"),
-            "a borg serve ran ({round}): {}",
-            describe(&out)
-        );
-    }
+        if round == "remembered" {
+            let mut versions = remembered();
+            versions.sort();
+            assert!(
+                versions.len() == 2 && versions[0].starts_with("borg 1.") && versions[1] == "borg 2.0.0b25",
+                "the client's cache holds {versions:?}"
+            );
+        }
+        for (options, client, server) in [(&server2[..], "1.", "2.0.0b25"), (&client2[..], "2.0.0b25", "1.")]
+        {
+            let out = run(&mut f.pull_with(options, &["repo-list"]));
+            assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
+            let err = text(&out.stderr);
+            assert!(
+                err.contains(&format!("has borg {client}")) && err.contains(&format!("runs borg {server}")),
+                "{}",
+                describe(&out)
+            );
+            assert!(
+                !err.contains("borg serve"),
+                "a borg serve ran ({round}): {}",
+                describe(&out)
+            );
+        }
     }
     f.assert_clean_processes_only();
 }
@@ -1174,7 +1175,11 @@ fn a_server_borg_that_cannot_tell_its_version_fails_the_pull_with_203() {
         assert_eq!(out.status.code(), Some(203), "{}", describe(&out));
         let err = text(&out.stderr);
         assert!(err.contains(&borg.display().to_string()), "{}", describe(&out));
-        assert!(f.sshd.tmpdir_entries().is_empty(), "the run started on the client: {}", describe(&out));
+        assert!(
+            f.sshd.tmpdir_entries().is_empty(),
+            "the run started on the client: {}",
+            describe(&out)
+        );
     }
     f.assert_clean_processes_only();
 }

@@ -392,11 +392,18 @@ impl Prestarted {
     /// after `grace`; reaped in every case.
     pub async fn stop(mut self, grace: std::time::Duration) {
         drop(self.child.stdin.take());
-        if let Some(pid) = self.child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
-            warn!(pid = self.child.id(), "borg serve started ahead did not exit; killing it");
+            warn!(
+                pid = self.child.id(),
+                "borg serve started ahead did not exit; killing it"
+            );
             let _ = self.child.kill().await;
         }
         debug!("borg serve started ahead stopped: no connection came");
@@ -420,17 +427,19 @@ where
         done: false,
     };
     let ready = match prestarted {
-        Some(mut p) => match p.child.try_wait() {
-            Ok(None) => Some(p.child),
-            Ok(Some(status)) => {
-                warn!("borg serve started ahead exited before its connection came ({status}); starting another");
-                None
+        Some(mut p) => {
+            match p.child.try_wait() {
+                Ok(None) => Some(p.child),
+                Ok(Some(status)) => {
+                    warn!("borg serve started ahead exited before its connection came ({status}); starting another");
+                    None
+                }
+                Err(e) => {
+                    warn!("cannot tell whether the borg serve started ahead runs ({e}); starting another");
+                    None
+                }
             }
-            Err(e) => {
-                warn!("cannot tell whether the borg serve started ahead runs ({e}); starting another");
-                None
-            }
-        },
+        }
         None => None,
     };
     let mut child = match ready {

@@ -314,7 +314,10 @@ async fn the_first_session_takes_the_borg_serve_started_ahead() {
                 .unwrap();
             line.push(byte[0]);
         }
-        (String::from_utf8(line).unwrap().trim().parse::<u32>().unwrap(), conn)
+        (
+            String::from_utf8(line).unwrap().trim().parse::<u32>().unwrap(),
+            conn,
+        )
     };
     let (pid, mut conn) = read_pid(session(&sup).await).await;
     assert_eq!(pid, ahead);
@@ -352,7 +355,9 @@ async fn a_borg_serve_started_ahead_without_a_connection_is_stopped() {
         assert!(running(pid), "{body}");
         match how {
             "stop" => {
-                let stats = tokio::time::timeout(DEADLINE, sup.stop()).await.expect("stops in time");
+                let stats = tokio::time::timeout(DEADLINE, sup.stop())
+                    .await
+                    .expect("stops in time");
                 assert_eq!(stats.accepted, 0);
                 // Reaped before stop returned: not even a zombie is left.
                 assert!(!running(pid), "{body} {how}");

@@ -296,7 +296,10 @@ impl RemoteRun<'_> {
         s.extend_from_slice(b"; ");
         s.extend_from_slice(
             BORG_VERSION_SCRIPT
-                .replace("@SECS@", &crate::limits::BORG_VERSION_TIMEOUT.as_secs().to_string())
+                .replace(
+                    "@SECS@",
+                    &crate::limits::BORG_VERSION_TIMEOUT.as_secs().to_string(),
+                )
                 .as_bytes(),
         );
         // The agent and TCP methods: once borg has exited, the watcher sends the end of the client
