@@ -1,13 +1,16 @@
 //! One whole pull: a validated plan carried out on one SSH session.
 //!
 //! 1. Connect, verify the host key against known_hosts (refused before anything runs on the
-//!    client), authenticate ([`crate::session`]).
+//!    client), authenticate ([`crate::session`]). With [`ServerVersion::Learn`] the server borg's
+//!    `--version` runs meanwhile; it is waited for before anything runs on the client.
 //! 2. One exec runs the script of [`crate::remote`]: it checks the relay and borg, makes a private
 //!    directory with `mktemp -d` (umask 077) and reports it.
 //! 3. `streamlocal-forward@openssh.com` for `DIR/borg.sock`; a refusal is diagnosed on the client
 //!    ([`crate::forward::unix`]). Each forwarded connection is bridged to its own `borg serve`.
 //! 4. We send `go`, borg's `BORG_RSH` and the passphrase (if any) on stdin and the script `exec`s
-//!    borg; its output streams to ours; we wait for the channel to close.
+//!    borg; its output streams to ours; we wait for the channel to close. Right after `go` the
+//!    first `borg serve` starts (socket method), so its Python start-up overlaps the client
+//!    borg's; the first connection takes it (one per run: a client cannot make us start more).
 //! 5. On every path: the bridges drain (or are stopped, killing and reaping `borg serve`), and we
 //!    disconnect. The script's watcher removes the directory on the client once borg has exited.
 //!
