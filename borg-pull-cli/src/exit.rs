@@ -94,7 +94,7 @@ pub const CLIENT_SETUP: Code = Code {
               relay, ssh or borg is missing on the client, its borg's major version differs from \
               the server's, --remote-dir is missing or not searchable, or setting up the private \
               directory there failed (restore-tar: tar cannot run on the client, or the directory \
-              is missing or not writable)",
+              is missing or not writable), or the client's sshd does not offer the cipher forced with --cipher",
 };
 /// The connection to the client was lost (keepalives unanswered).
 pub const CONNECTION_LOST: Code = Code {
@@ -330,6 +330,9 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
         E::MaxRuntime { .. } | E::RestoreMaxRuntime { .. } => MAX_RUNTIME,
         E::ClosedBeforeKex { .. } => REFUSED_BEFORE_KEX,
         E::Interrupted => INTERRUPTED,
+        // Like a refused forward: the client's sshd is set up without what we need; a person
+        // fixes it (its Ciphers, or our --cipher), retrying does not.
+        E::CipherNotOffered { .. } => CLIENT_SETUP,
         _ => FAILURE,
     }
 }

@@ -156,6 +156,10 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
                 }
             },
         )),
+        E::CipherNotOffered { choice, .. } if choice.is_forced() => Some(Hint::new(
+            "--cipher auto",
+            "drop --cipher (or pass --cipher auto) to let the client's sshd choose among ours",
+        )),
         _ => None,
     }
 }
@@ -235,6 +239,10 @@ pub fn fleet(err: &borg_pull_tunnel::Error) -> Option<Hint> {
                 C::NotBorgServe => None,
             }
         }
+        E::CipherNotOffered { choice, .. } if choice.is_forced() => key(
+            "cipher = \"auto\"",
+            "remove cipher (or set cipher = \"auto\") to let the client's sshd choose among ours",
+        ),
         _ => None,
     }
 }

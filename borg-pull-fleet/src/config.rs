@@ -31,6 +31,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use borg_pull_tunnel::cipher::CipherChoice;
 use borg_pull_tunnel::pull::{AgentKey, PullEnv, PullOptions, ServerLogin, Via};
 use borg_pull_tunnel::secret::{Passphrase, SecretSources};
 use tokio_util::sync::CancellationToken;
@@ -95,6 +96,8 @@ pub struct Client {
     pub via: ViaConfig,
     /// Jump hosts, first hop first (`-J`; the ssh config's `ProxyJump`).
     pub jump: Vec<String>,
+    /// The SSH cipher (`auto`: the cheaper one for this CPU first), as `pull --cipher`.
+    pub cipher: CipherChoice,
     /// Extra environment for borg on the client.
     pub env: BTreeMap<String, String>,
     /// borg's arguments on the client, e.g. `["create", "::{hostname}-{now}", "/etc"]`.
@@ -322,6 +325,7 @@ struct RawClient {
     authorized_keys: Option<PathBuf>,
     server_host_key: Option<PathBuf>,
     jump: Option<Vec<String>>,
+    cipher: Option<String>,
     env: Option<BTreeMap<String, String>>,
     args: Option<Vec<String>>,
     passphrase_file: Option<PathBuf>,
@@ -367,6 +371,7 @@ impl RawClient {
             authorized_keys: self.authorized_keys.or(d.authorized_keys),
             server_host_key: self.server_host_key.or(d.server_host_key),
             jump: self.jump.or(d.jump),
+            cipher: self.cipher.or(d.cipher),
             env,
             args: self.args.or(d.args),
             // One source of the passphrase: a client's own choice replaces the default's.
@@ -696,6 +701,10 @@ impl Context<'_> {
         for hop in &jump {
             borg_pull_tunnel::jump::JumpHost::parse(hop).map_err(|e| err("jump", e.to_string()))?;
         }
+        let cipher = match raw.cipher {
+            None => CipherChoice::Auto,
+            Some(name) => name.parse().map_err(|m| err("cipher", m))?,
+        };
         Ok(Client {
             name,
             host,
@@ -710,6 +719,7 @@ impl Context<'_> {
             repo,
             via,
             jump,
+            cipher,
             env: raw.env.unwrap_or_default(),
             args,
             passphrase,
@@ -820,6 +830,7 @@ impl Client {
             .iter()
             .map(|hop| borg_pull_tunnel::jump::JumpHost::parse(hop))
             .collect::<borg_pull_tunnel::Result<_>>()?;
+        options.session.cipher = self.cipher;
         if let Some(relay) = &self.relay {
             options.relay = relay.into();
         }

@@ -696,6 +696,32 @@ pub enum Error {
         /// The client's ssh log, escaped, lines joined with ` | ` (empty when it logged nothing).
         said: String,
     },
+
+    /// The client's sshd offers none of the ciphers we do: the one forced with `--cipher` /
+    /// `cipher =`, or (auto) none of our whole list.
+    #[error(
+        "{host} port {port}: the client's sshd does not offer {}{} (it offers: {theirs}); {}",
+        if choice.is_forced() { "the cipher " } else { "any cipher we offer: " },
+        if choice.is_forced() { format!("{ours} (forced with --cipher {choice} / cipher = \"{choice}\")") } else { ours.clone() },
+        if choice.is_forced() {
+            "use the cipher auto (the default), or add it to Ciphers in the client's sshd_config"
+        } else {
+            "add aes128-gcm@openssh.com or chacha20-poly1305@openssh.com to Ciphers in the client's sshd_config"
+        }
+    )]
+    CipherNotOffered {
+        /// Host as given.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// What was asked for.
+        choice: crate::cipher::CipherChoice,
+        /// The ciphers we offered, comma-separated.
+        ours: String,
+        /// The ciphers the sshd offered, comma-separated, escaped and cut at
+        /// [`crate::limits::CIPHER_LIST_SHOWN`] characters.
+        theirs: String,
+    },
 }
 
 /// How far a connection the client's sshd closed before key exchange got (for

@@ -7,6 +7,7 @@
 //! - [`mod@pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]), orchestration only.
 //! - [`session`]: connect, host key verification, public key authentication, the russh handler;
 //!   [`session::Session`] is what everything else uses to talk to the client.
+//! - [`cipher`]: which cipher we offer (the cheaper for this CPU first, or one forced).
 //! - [`jump`]: jump hosts (`ssh -J`), reached one through the other by [`session::connect`].
 //! - [`incoming`]: what happens to channels the client's sshd opens (one method per kind).
 //! - [`via`]: the three ways borg on the client reaches `borg serve` (socket, agent, TCP).
@@ -46,6 +47,7 @@
 
 pub mod agent;
 pub mod authorized_keys;
+pub mod cipher;
 pub mod error;
 pub mod exec;
 pub mod forward;

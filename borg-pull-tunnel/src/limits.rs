@@ -239,3 +239,10 @@ pub const CLIENT_SSH_LOG_KEPT: usize = 4 * 1024;
 /// How much of the end of borg's standard error we look at to tell "the server's sshd ran
 /// something other than borg serve" (borg's own message for it is its last line, under 200 bytes).
 pub const BORG_STDERR_TAIL: usize = 1024;
+
+/// The most of the client's cipher list (its KEXINIT, untrusted) that a "cipher not offered"
+/// error shows, in characters.
+///
+/// OpenSSH's whole default list is about 130 characters, and every cipher it can be configured
+/// with fits in about 250; the rest of a longer list says nothing a sysadmin needs.
+pub const CIPHER_LIST_SHOWN: usize = 400;

@@ -164,6 +164,7 @@ pub fn session_options(destination: &str, env: &PullEnv) -> Result<SessionOption
         keepalive_interval: crate::limits::KEEPALIVE_INTERVAL,
         channel_window: crate::limits::CHANNEL_WINDOW,
         jump: Vec::new(),
+        cipher: crate::cipher::CipherChoice::Auto,
     })
 }
 

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::{debug, warn};
 
+use crate::cipher::CipherChoice;
 use crate::error::HostKeyProblem;
 use crate::exec::Captured;
 use crate::incoming::{Decision, Incoming, RefuseAll, TcpOrigin};
@@ -66,6 +67,9 @@ pub struct SessionOptions {
     /// the one before, its host key verified against `known_hosts` and logged in to with the same
     /// keys (as its own user, or [`user`](Self::user)).
     pub jump: Vec<JumpHost>,
+    /// The cipher to offer: [`CipherChoice::Auto`] (the cheaper one for this CPU first) or the one
+    /// forced (`--cipher`, `cipher =`); the same for jump hosts.
+    pub cipher: CipherChoice,
 }
 
 impl std::fmt::Debug for SessionOptions {
@@ -86,6 +90,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("channel_window", &self.channel_window)
             .field("agent_socket", &self.agent_socket)
             .field("jump", &self.jump)
+            .field("cipher", &self.cipher)
             .finish()
     }
 }
@@ -103,6 +108,8 @@ pub struct Session {
     /// The jump host connections carrying this one, first hop first.
     hops: Vec<Session>,
     goodbye: Goodbye,
+    /// The cipher the key exchange settled on (the SSH name).
+    cipher: Negotiated,
 }
 
 /// Why our handler ended the connection (host key refused, oversized packet, channel flood):
@@ -113,6 +120,10 @@ type EndReason = Arc<Mutex<Option<Error>>>;
 /// cut at [`DISCONNECT_MESSAGE_KEPT`] characters: russh turns it into a failed request.
 type Goodbye = Arc<Mutex<Option<String>>>;
 
+/// The cipher of the last key exchange, written by the handler's `kex_done`: russh keeps it to
+/// itself otherwise.
+type Negotiated = Arc<Mutex<Option<&'static str>>>;
+
 impl Session {
     /// Host as given.
     pub fn host(&self) -> &str {
@@ -122,6 +133,11 @@ impl Session {
     /// sshd's TCP port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The cipher negotiated with the client's sshd, e.g. `aes128-gcm@openssh.com`.
+    pub fn cipher(&self) -> Option<&'static str> {
+        *self.cipher.lock().expect("not poisoned")
     }
 
     /// Whether the connection has ended (keepalive timeout, reset, disconnect).
@@ -297,6 +313,7 @@ pub struct ClientHandler {
     refused: usize,
     ended: EndReason,
     goodbye: Goodbye,
+    cipher: Negotiated,
 }
 
 impl ClientHandler {
@@ -422,6 +439,20 @@ impl client::Handler for ClientHandler {
             }
             client::DisconnectReason::Error(e) => Err(e),
         }
+    }
+
+    async fn kex_done(
+        &mut self,
+        _shared_secret: Option<&[u8]>,
+        names: &russh::Names,
+        _session: &mut RusshSession,
+    ) -> Result<(), Self::Error> {
+        let name = russh::cipher::ALL_CIPHERS
+            .iter()
+            .find(|known| ***known == names.cipher)
+            .map(|known| known.as_ref());
+        *self.cipher.lock().expect("not poisoned") = name;
+        Ok(())
     }
 
     async fn check_server_key(
@@ -554,6 +585,10 @@ impl client::Handler for ClientHandler {
 /// (see [`crate::limits`]).
 pub fn client_config(options: &SessionOptions) -> client::Config {
     client::Config {
+        preferred: russh::Preferred {
+            cipher: options.cipher.preferred(),
+            ..Default::default()
+        },
         window_size: options.channel_window,
         maximum_packet_size: MAX_PACKET,
         channel_buffer_size: CHANNEL_BUFFER,
@@ -672,6 +707,7 @@ async fn reach(
 ) -> Result<Session> {
     let ended: EndReason = Arc::default();
     let goodbye: Goodbye = Arc::default();
+    let negotiated: Negotiated = Arc::default();
     let handler = ClientHandler {
         host: target.host.to_owned(),
         port: target.port,
@@ -681,10 +717,13 @@ async fn reach(
         refused: 0,
         ended: ended.clone(),
         goodbye: goodbye.clone(),
+        cipher: negotiated.clone(),
     };
     let mut config = client_config(options);
     prefer_recorded_host_key_types(&mut config, &options.known_hosts, target)?;
-    let handle = handshake(target, Arc::new(config), via, handler, &ended, &goodbye).await?;
+    let handle = handshake(target, Arc::new(config), via, handler, &ended, &goodbye)
+        .await
+        .map_err(|e| cipher_refused(e, options.cipher, target))?;
     let mut session = Session {
         handle,
         host: target.host.to_owned(),
@@ -692,10 +731,40 @@ async fn reach(
         ended,
         hops: Vec::new(),
         goodbye,
+        cipher: negotiated,
     };
+    debug!(host = %target.host, port = target.port, cipher = %session.cipher().unwrap_or("?"), "negotiated cipher");
     login.authenticate(&mut session, target.user).await?;
     debug!(host = %target.host, port = target.port, user = %target.user, "authenticated");
     Ok(session)
+}
+
+/// `e`, from a handshake, as [`Error::CipherNotOffered`] when the sshd offers none of the ciphers
+/// we do (one forced with `--cipher`, or none of the whole list): russh's own message lists both
+/// sides but not the fix.
+fn cipher_refused(e: Error, choice: CipherChoice, target: &Target<'_>) -> Error {
+    match e {
+        Error::Ssh {
+            source:
+                russh::Error::NoCommonAlgo {
+                    kind: russh::AlgorithmKind::Cipher,
+                    ours,
+                    theirs,
+                },
+            ..
+        } => Error::CipherNotOffered {
+            host: target.host.to_owned(),
+            port: target.port,
+            choice,
+            ours: ours.join(","),
+            theirs: theirs
+                .join(",")
+                .escape_debug()
+                .take(crate::limits::CIPHER_LIST_SHOWN)
+                .collect(),
+        },
+        e => e,
+    }
 }
 
 /// The byte stream to the target's sshd: a new TCP connection, or the tunnel through the last jump
@@ -974,6 +1043,7 @@ mod tests {
             refused: 0,
             ended: Arc::default(),
             goodbye: Arc::default(),
+            cipher: Arc::default(),
         }
     }
 

@@ -212,6 +212,15 @@ fn client_keys() -> Vec<Key> {
             "Jump hosts to reach the client through, first hop first (as ssh \\-J).",
         ),
         key(
+            "cipher",
+            "string: \"auto\", \"chacha20\\-poly1305\", \"aes128\\-gcm\" or \"aes256\\-gcm\"",
+            "\"auto\"",
+            "The SSH cipher, as pull \\-\\-cipher: \"auto\" offers aes128\\-gcm first on a CPU with \
+             hardware AES (far cheaper there than chacha20\\-poly1305 for both ends) and \
+             chacha20\\-poly1305 first elsewhere; a name offers only that cipher, and a client \
+             whose sshd does not offer it fails (exit code 214).",
+        ),
+        key(
             "env",
             "table of strings",
             "none",
