@@ -187,7 +187,7 @@ echo "# commit $(git -C "$REPO_ROOT" rev-parse --short HEAD)$(git -C "$REPO_ROOT
 [ -z "$BEFORE_BIN" ] || echo "# before: $BEFORE_BIN (built $(date -u -r "$BEFORE_BIN" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$BEFORE_BIN" | cut -c1-12))"
 python3 benches/small_pulls.py gen "$T/data" "$DATA_MB" "$FILES"
 chmod -R a+rX "$T/data"
-echo "# data: $(du -sm "$T/data" | cut -f1) MiB in $(find "$T/data" -type f | wc -l) files; methods: $METHODS; $ROUNDS rounds"
+echo "# data: $(du -sm --apparent-size "$T/data" | cut -f1) MiB in $(find "$T/data" -type f | wc -l) files; methods: $METHODS; $ROUNDS rounds"
 
 # A warm-up of every method (not counted): the first run of each pays for cold caches.
 for m in $METHODS; do method "$m" 0 >/dev/null; done
