@@ -1107,18 +1107,77 @@ fn borg_major_version_mismatch_is_refused_before_anything_moves() {
         borg2.as_os_str(),
     ];
     let client2 = [OsStr::new("--remote-borg"), borg2.as_os_str()];
-    for (options, client, server) in [(&server2[..], "1.", "2.0.0b25"), (&client2[..], "2.0.0b25", "1.")] {
-        let out = run(&mut f.pull_with(options, &["repo-list"]));
-        assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
+    // The client's answer is remembered in its cache after the first run: the second round is
+    // refused on the remembered versions, just as the first on the asked ones.
+    let cache = f.sshd.dir.path().join("cache/borg-pull");
+    let remembered = || -> Vec<String> {
+        fs::read_dir(&cache).map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+                    .filter_map(|entry| entry.lines().nth(1).map(str::to_owned))
+                    .collect()
+            },
+        )
+    };
+    for round in ["asked", "remembered"] {
+        if round == "remembered" {
+            let mut versions = remembered();
+            versions.sort();
+            assert!(
+                versions.len() == 2 && versions[0].starts_with("borg 1.") && versions[1] == "borg 2.0.0b25",
+                "the client's cache holds {versions:?}"
+            );
+        }
+        for (options, client, server) in [(&server2[..], "1.", "2.0.0b25"), (&client2[..], "2.0.0b25", "1.")]
+        {
+            let out = run(&mut f.pull_with(options, &["repo-list"]));
+            assert_eq!(out.status.code(), Some(214), "{}", describe(&out));
+            let err = text(&out.stderr);
+            assert!(
+                err.contains(&format!("has borg {client}")) && err.contains(&format!("runs borg {server}")),
+                "{}",
+                describe(&out)
+            );
+            assert!(
+                !err.contains("borg serve"),
+                "a borg serve ran ({round}): {}",
+                describe(&out)
+            );
+        }
+    }
+    f.assert_clean_processes_only();
+}
+
+/// The server borg's `--version` runs while the session connects: a server borg that cannot tell
+/// its version still fails the pull with 203 naming the program, before anything runs on the
+/// client (no private directory is made), and before a connection failure (a closed port) too,
+/// as when it was asked before connecting.
+#[test]
+fn a_server_borg_that_cannot_tell_its_version_fails_the_pull_with_203() {
+    let f = Fixture::new(Sshd::start(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let not_borg = dir.path().join("not-borg");
+    fs::write(&not_borg, "#!/bin/sh\necho 'not borg at all'\nexit 1\n").unwrap();
+    fs::set_permissions(&not_borg, fs::Permissions::from_mode(0o755)).unwrap();
+    let missing = dir.path().join("missing-borg");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    for (borg, port) in [(&not_borg, None), (&missing, None), (&missing, Some(&closed))] {
+        let mut options = vec![OsStr::new("--borg"), borg.as_os_str()];
+        if let Some(port) = port {
+            options.extend([OsStr::new("-p"), OsStr::new(port)]);
+        }
+        let out = run(&mut f.pull_with(&options, &["list"]));
+        assert_eq!(out.status.code(), Some(203), "{}", describe(&out));
         let err = text(&out.stderr);
+        assert!(err.contains(&borg.display().to_string()), "{}", describe(&out));
         assert!(
-            err.contains(&format!("has borg {client}")) && err.contains(&format!("runs borg {server}")),
-            "{}",
-            describe(&out)
-        );
-        assert!(
-            !err.contains("borg serve"),
-            "a borg serve ran: {}",
+            f.sshd.tmpdir_entries().is_empty(),
+            "the run started on the client: {}",
             describe(&out)
         );
     }

@@ -359,16 +359,103 @@ pub async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    serve_stream_with(config, stream, cancel, None).await
+}
+
+/// A `borg serve` started before its connection came ([`ServeConfig::prestart`]), so that its
+/// Python start-up (a few tenths of a second) overlaps the client borg's instead of following it.
+/// Same program, flags and environment as [`serve_stream`]'s; dropped, it is killed.
+#[derive(Debug)]
+pub struct Prestarted {
+    child: Child,
+}
+
+impl ServeConfig {
+    /// Starts the `borg serve` of the next connection now ([`serve_stream_with`] takes it).
+    pub fn prestart(&self) -> Result<Prestarted> {
+        let child = self.command()?.spawn().map_err(|source| Error::SpawnBorg {
+            program: self.borg.clone(),
+            source,
+        })?;
+        debug!(pid = child.id(), repo = %self.repo.display(), "borg serve started ahead of its connection");
+        Ok(Prestarted { child })
+    }
+}
+
+impl Prestarted {
+    /// Its process id (`None` once reaped).
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Ends it without a session: stdin closed (borg serve exits on EOF) and SIGTERM, SIGKILL
+    /// after `grace`; reaped in every case.
+    pub async fn stop(mut self, grace: std::time::Duration) {
+        drop(self.child.stdin.take());
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            warn!(
+                pid = self.child.id(),
+                "borg serve started ahead did not exit; killing it"
+            );
+            let _ = self.child.kill().await;
+        }
+        debug!("borg serve started ahead stopped: no connection came");
+    }
+}
+
+/// [`serve_stream`] with a `borg serve` started ahead, if there is one that is still running
+/// (else a new one is started).
+pub async fn serve_stream_with<S>(
+    config: &ServeConfig,
+    stream: S,
+    cancel: CancellationToken,
+    prestarted: Option<Prestarted>,
+) -> Result<ServeOutcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut stream = SniffProtocol {
         inner: stream,
         server: config.version.clone(),
         done: false,
     };
-    let mut child = config.command()?.spawn().map_err(|source| Error::SpawnBorg {
-        program: config.borg.clone(),
-        source,
-    })?;
-    debug!(pid = child.id(), repo = %config.repo.display(), "borg serve started");
+    let ready = match prestarted {
+        Some(mut p) => {
+            match p.child.try_wait() {
+                Ok(None) => Some(p.child),
+                Ok(Some(status)) => {
+                    warn!("borg serve started ahead exited before its connection came ({status}); starting another");
+                    None
+                }
+                Err(e) => {
+                    warn!("cannot tell whether the borg serve started ahead runs ({e}); starting another");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let mut child = match ready {
+        Some(child) => {
+            debug!(pid = child.id(), "borg serve started ahead takes the connection");
+            child
+        }
+        None => {
+            let child = config.command()?.spawn().map_err(|source| Error::SpawnBorg {
+                program: config.borg.clone(),
+                source,
+            })?;
+            debug!(pid = child.id(), repo = %config.repo.display(), "borg serve started");
+            child
+        }
+    };
     let stderr_logger = child
         .stderr
         .take()

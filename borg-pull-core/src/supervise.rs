@@ -37,7 +37,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
-use crate::serve::{serve_stream, ServeConfig};
+use crate::limits::SERVE_CANCEL_GRACE;
+use crate::serve::{serve_stream_with, Prestarted, ServeConfig};
 
 /// What [`Supervisor::admit`] does when `max_active` sessions are running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +123,8 @@ struct Inner {
     failed: AtomicU64,
     to_serve: AtomicU64,
     from_serve: AtomicU64,
+    /// A `borg serve` started ahead ([`Supervisor::prestart`]) that no session has taken yet.
+    ahead: std::sync::Mutex<Option<Prestarted>>,
 }
 
 impl Supervisor {
@@ -142,6 +145,7 @@ impl Supervisor {
             failed: AtomicU64::new(0),
             to_serve: AtomicU64::new(0),
             from_serve: AtomicU64::new(0),
+            ahead: std::sync::Mutex::new(None),
         };
         Self {
             inner: Arc::new(inner),
@@ -177,6 +181,48 @@ impl Supervisor {
                 }))
             }
         }
+    }
+
+    /// Starts the next session's `borg serve` now, before its connection comes, so that its
+    /// start-up overlaps the client's (a pull calls this once borg on the client is on its way).
+    /// At most one waits at a time; the next admitted session takes it. One nobody took is
+    /// stopped (stdin closed, SIGTERM, SIGKILL after [`SERVE_CANCEL_GRACE`], reaped) once the
+    /// supervisor drains or stops, or its last clone is dropped. A failure to start it is only
+    /// logged: the session then starts its own and reports that failure.
+    pub fn prestart(&self) {
+        if self.inner.stopping.is_cancelled() {
+            return;
+        }
+        {
+            let mut ahead = self.inner.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            if ahead.is_some() {
+                return;
+            }
+            match self.inner.config.prestart() {
+                Ok(serve) => *ahead = Some(serve),
+                Err(e) => {
+                    warn!("cannot start borg serve ahead of its connection: {e}");
+                    return;
+                }
+            }
+        }
+        let inner = Arc::clone(&self.inner);
+        self.inner.tracker.spawn(async move {
+            tokio::select! {
+                () = inner.stopping.cancelled() => {}
+                () = inner.cancel.cancelled() => {}
+            }
+            let left = inner.ahead.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(serve) = left {
+                serve.stop(SERVE_CANCEL_GRACE).await;
+            }
+        });
+    }
+
+    /// The process id of the `borg serve` started ahead that waits for a session, if any.
+    pub fn prestarted(&self) -> Option<u32> {
+        let ahead = self.inner.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        ahead.as_ref().and_then(Prestarted::id)
     }
 
     /// Free slots right now (for a log line when the limit is reached; may change at once).
@@ -284,7 +330,8 @@ impl Inner {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         info!("starting borg serve");
-        match serve_stream(&self.config, stream, cancel).await {
+        let ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match serve_stream_with(&self.config, stream, cancel, ahead).await {
             Ok(outcome) => {
                 self.to_serve.fetch_add(outcome.to_serve, Ordering::SeqCst);
                 self.from_serve.fetch_add(outcome.from_serve, Ordering::SeqCst);

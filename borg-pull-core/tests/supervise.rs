@@ -283,3 +283,100 @@ async fn dropping_the_supervisor_cancels_sessions() {
         .expect("session cancelled")
         .unwrap();
 }
+
+fn running(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The first session takes the `borg serve` started ahead (its pid is the first thing the session
+/// reads), and the next one starts its own.
+#[tokio::test]
+async fn the_first_session_takes_the_borg_serve_started_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = SupervisorLimits {
+        max_active: 2,
+        max_total: None,
+        policy: LimitPolicy::Wait,
+    };
+    let sup = Supervisor::new(fake_borg(dir.path(), "echo $$; exec cat"), limits);
+    sup.prestart();
+    let ahead = sup.prestarted().expect("started ahead");
+    assert!(running(ahead));
+    sup.prestart();
+    assert_eq!(sup.prestarted(), Some(ahead), "at most one waits");
+    let read_pid = |mut conn: DuplexStream| async move {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while byte[0] != b'\n' {
+            tokio::time::timeout(DEADLINE, conn.read_exact(&mut byte))
+                .await
+                .expect("pid in time")
+                .unwrap();
+            line.push(byte[0]);
+        }
+        (
+            String::from_utf8(line).unwrap().trim().parse::<u32>().unwrap(),
+            conn,
+        )
+    };
+    let (pid, mut conn) = read_pid(session(&sup).await).await;
+    assert_eq!(pid, ahead);
+    assert_eq!(sup.prestarted(), None);
+    echo(&mut conn, b"hello").await;
+    finish(conn).await;
+    let (second, conn) = read_pid(session(&sup).await).await;
+    assert_ne!(second, ahead);
+    finish(conn).await;
+    let stats = sup.drain(DEADLINE).await;
+    assert_eq!((stats.accepted, stats.active), (2, 0));
+    assert!(!running(ahead) && !running(second));
+}
+
+/// A `borg serve` started ahead that no connection takes is stopped and reaped when the run
+/// stops or drains, also one that ignores EOF and SIGTERM (SIGKILL after the grace), and when the
+/// supervisor is dropped.
+#[tokio::test]
+async fn a_borg_serve_started_ahead_without_a_connection_is_stopped() {
+    for (body, how) in [
+        ("exec cat", "stop"),
+        ("exec cat", "drain"),
+        ("trap '' TERM; while :; do sleep 1; done", "stop"),
+        ("exec cat", "drop"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SupervisorLimits {
+            max_active: 1,
+            max_total: None,
+            policy: LimitPolicy::Refuse,
+        };
+        let sup = Supervisor::new(fake_borg(dir.path(), body), limits);
+        sup.prestart();
+        let pid = sup.prestarted().expect("started ahead");
+        assert!(running(pid), "{body}");
+        match how {
+            "stop" => {
+                let stats = tokio::time::timeout(DEADLINE, sup.stop())
+                    .await
+                    .expect("stops in time");
+                assert_eq!(stats.accepted, 0);
+                // Reaped before stop returned: not even a zombie is left.
+                assert!(!running(pid), "{body} {how}");
+            }
+            "drain" => {
+                tokio::time::timeout(DEADLINE, sup.drain(Duration::from_secs(1)))
+                    .await
+                    .expect("drains in time");
+                assert!(!running(pid), "{body} {how}");
+            }
+            _ => {
+                drop(sup);
+                let start = Instant::now();
+                while running(pid) {
+                    assert!(start.elapsed() < DEADLINE, "{body} {how}: pid {pid} still there");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        // Nothing starts ahead once the run is stopping.
+    }
+}

@@ -975,27 +975,45 @@ impl Client {
 }
 
 /// The server borg's version (it decides `borg serve`'s flags), asked once per program and process
-/// however many clients a run pulls.
+/// however many clients a run pulls; callers that come while it is being asked wait for that
+/// answer. A failure is not kept: the next caller asks again (and reports it).
 async fn server_borg_version(borg: &Path) -> borg_pull_tunnel::Result<borg_pull_core::BorgVersion> {
-    static KNOWN: std::sync::Mutex<Vec<(PathBuf, borg_pull_core::BorgVersion)>> =
-        std::sync::Mutex::new(Vec::new());
-    let cached = |borg: &Path| {
-        let known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
-        known.iter().find(|(p, _)| p == borg).map(|(_, v)| v.clone())
+    type Cell = std::sync::Arc<tokio::sync::OnceCell<borg_pull_core::BorgVersion>>;
+    static KNOWN: std::sync::Mutex<Vec<(PathBuf, Cell)>> = std::sync::Mutex::new(Vec::new());
+    let cell = {
+        let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+        match known.iter().find(|(p, _)| p == borg) {
+            Some((_, cell)) => cell.clone(),
+            None => {
+                let cell = Cell::default();
+                known.push((borg.to_owned(), cell.clone()));
+                cell
+            }
+        }
     };
-    if let Some(version) = cached(borg) {
-        return Ok(version);
-    }
-    let program = borg.to_owned();
-    let probed = tokio::task::spawn_blocking(move || borg_pull_core::BorgVersion::probe(&program))
-        .await
-        .map_err(|e| borg_pull_tunnel::Error::InvalidOption(format!("asking borg for its version: {e}")))?
-        .map_err(borg_pull_tunnel::Error::Serve)?;
-    KNOWN
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((borg.to_owned(), probed.clone()));
-    Ok(probed)
+    let version = cell
+        .get_or_try_init(|| async {
+            let program = borg.to_owned();
+            tokio::task::spawn_blocking(move || borg_pull_core::BorgVersion::probe(&program))
+                .await
+                .map_err(|e| {
+                    borg_pull_tunnel::Error::InvalidOption(format!("asking borg for its version: {e}"))
+                })?
+                .map_err(borg_pull_tunnel::Error::Serve)
+        })
+        .await?;
+    Ok(version.clone())
+}
+
+/// Starts asking the server borg for its version now (about 0.2 s of Python start-up), so that a
+/// run's first pull finds it known instead of asking after its own preparations (the listing
+/// before the job). The answer is kept as [`Client::pull_options`] keeps it; a failure is dropped
+/// here and reported by the pull that asks again. The returned handle owns the task.
+pub fn prefetch_server_borg_version(borg: &Path) -> tokio_util::task::AbortOnDropHandle<()> {
+    let borg = borg.to_owned();
+    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        let _ = server_borg_version(&borg).await;
+    }))
 }
 
 #[cfg(test)]

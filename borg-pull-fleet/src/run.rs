@@ -499,6 +499,9 @@ pub async fn run_clients(
     cancel: CancellationToken,
     out: OutputSink,
 ) -> Vec<ClientResult> {
+    // While the first pulls prepare: the server borg's version, which every pull needs.
+    let _version =
+        (!clients.is_empty()).then(|| crate::config::prefetch_server_borg_version(&fleet.server.borg));
     let store = match StateStore::open(&fleet.server.state_dir) {
         Ok(store) => Some(Arc::new(store)),
         Err(e) => {

@@ -1,13 +1,16 @@
 //! One whole pull: a validated plan carried out on one SSH session.
 //!
 //! 1. Connect, verify the host key against known_hosts (refused before anything runs on the
-//!    client), authenticate ([`crate::session`]).
+//!    client), authenticate ([`crate::session`]). With [`ServerVersion::Learn`] the server borg's
+//!    `--version` runs meanwhile; it is waited for before anything runs on the client.
 //! 2. One exec runs the script of [`crate::remote`]: it checks the relay and borg, makes a private
 //!    directory with `mktemp -d` (umask 077) and reports it.
 //! 3. `streamlocal-forward@openssh.com` for `DIR/borg.sock`; a refusal is diagnosed on the client
 //!    ([`crate::forward::unix`]). Each forwarded connection is bridged to its own `borg serve`.
 //! 4. We send `go`, borg's `BORG_RSH` and the passphrase (if any) on stdin and the script `exec`s
-//!    borg; its output streams to ours; we wait for the channel to close.
+//!    borg; its output streams to ours; we wait for the channel to close. Right after `go` the
+//!    first `borg serve` starts (socket method), so its Python start-up overlaps the client
+//!    borg's; the first connection takes it (one per run: a client cannot make us start more).
 //! 5. On every path: the bridges drain (or are stopped, killing and reaping `borg serve`), and we
 //!    disconnect. The script's watcher removes the directory on the client once borg has exited.
 //!
@@ -196,6 +199,22 @@ pub struct PullOptions {
     /// Install this relay binary (this server's, statically linked) into the login user's cache
     /// on the client when it is not there yet, and use it instead of [`PullOptions::relay`].
     pub install_relay: Option<PathBuf>,
+    /// How the server borg's version becomes known ([`ServerVersion::AsConfigured`] unless set).
+    pub server_version: ServerVersion,
+}
+
+/// How a pull knows the server borg's version, which decides `borg serve`'s flags, the
+/// repository URL given to the client and what the client's borg must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerVersion {
+    /// [`ServeConfig::version`] as it is (`None`: borg 1.x's flags).
+    #[default]
+    AsConfigured,
+    /// Learn it with `borg --version` (about 0.2 s of Python start-up) while the session
+    /// connects and logs in, and wait for it only before anything runs on the client. Then
+    /// `serve.args()` is checked (a `--storage-quota` this borg has no flag for). Either failure
+    /// fails the pull with [`Error::Serve`], also when the connection failed too.
+    Learn,
 }
 
 /// A relay binary to install on clients (`--install-relay`): read once, named by version and
@@ -277,6 +296,7 @@ impl PullOptions {
             cancel: CancellationToken::new(),
             via: Via::Socket,
             install_relay: None,
+            server_version: ServerVersion::AsConfigured,
         })
     }
 
@@ -379,7 +399,7 @@ pub async fn pull(options: PullOptions) -> Result<i32> {
 
 /// Runs a pull with borg's stdout and stderr written to the given writers.
 pub async fn pull_with_output<O, E>(
-    options: PullOptions,
+    mut options: PullOptions,
     stdout: &mut O,
     stderr: &mut E,
 ) -> Result<PullOutcome>
@@ -407,16 +427,59 @@ where
             }
             _ => None,
         };
-        let script =
+        let mut script =
             options.remote_script(&marker, agent.as_ref().map(RunAgent::public_line), relay.as_ref())?;
+        // Owned by this pull: a probe still running when the pull ends early finishes on its own
+        // (borg --version exits) and its result is dropped.
+        let learning = match options.server_version {
+            ServerVersion::Learn => {
+                let mut serve = options.serve.clone();
+                Some(tokio::task::spawn_blocking(
+                    move || -> borg_pull_core::Result<ServeConfig> {
+                        serve.learn_version()?;
+                        serve.args()?;
+                        Ok(serve)
+                    },
+                ))
+            }
+            ServerVersion::AsConfigured => None,
+        };
         let cancel = options.cancel.clone();
         // Not stopped by `cancel` directly: on Ctrl-C borg on the client first gets SIGINT and a
         // grace period to end its session with borg serve cleanly; clean-up stops the bridges after.
         let bridges = Bridges::new(&options, agent.as_ref());
-        let session = tokio::select! {
-            s = session::connect(&options.session, bridges.incoming()) => s?,
+        let connected = tokio::select! {
+            s = session::connect(&options.session, bridges.incoming()) => s,
             () = cancel.cancelled() => return Err(Error::Interrupted),
         };
+        if let Some(learning) = learning {
+            let learned = tokio::select! {
+                l = learning => l.map_err(|e| Error::InvalidOption(format!("asking the server's borg for its version: {e}"))),
+                () = cancel.cancelled() => Err(Error::Interrupted),
+            };
+            // The version's failure first, as when it was asked before connecting.
+            let learned = learned.and_then(|l| l.map_err(Error::Serve));
+            match (learned, &connected) {
+                (Ok(serve), _) => options.serve = serve,
+                (Err(e), Ok(session)) => {
+                    session.disconnect().await;
+                    return Err(e);
+                }
+                (Err(e), Err(_)) => return Err(e),
+            }
+            debug!(version = ?options.serve.version, "the server's borg version, learned while connecting");
+            match options.remote_script(&marker, agent.as_ref().map(RunAgent::public_line), relay.as_ref()) {
+                Ok(s) => script = s,
+                Err(e) => {
+                    if let Ok(session) = &connected {
+                        session.disconnect().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let session = connected?;
+        bridges.set_serve(&options);
         if let Some(agent) = agent.as_mut() {
             if let Err(e) = agent.authorize(&options.serve).await {
                 session.disconnect().await;
@@ -457,15 +520,31 @@ where
 /// What answers the channels the client's sshd opens during one run: the UNIX socket forward
 /// (socket method) or the TCP forward (TCP method), and the agent (agent and TCP methods).
 struct Bridges {
-    unix: Option<Arc<Forwarder>>,
+    unix: Option<Arc<UnixSlot>>,
     tcp: Option<Arc<TcpBridge>>,
     agent: Option<Arc<AgentForward>>,
+}
+
+/// The socket method's forwarder, made once the server borg's version is known (it decides
+/// borg serve's flags), which may be after the session connected ([`ServerVersion::Learn`]).
+/// Until then every forwarded connection is refused: none is expected before we ask for the
+/// forward, which comes later.
+#[derive(Default)]
+struct UnixSlot(std::sync::OnceLock<Arc<Forwarder>>);
+
+impl crate::incoming::Incoming for UnixSlot {
+    fn forwarded_streamlocal(&self, socket_path: &str) -> crate::incoming::Decision {
+        match self.0.get() {
+            Some(forwarder) => forwarder.forwarded_streamlocal(socket_path),
+            None => crate::incoming::Decision::prohibited(),
+        }
+    }
 }
 
 impl Bridges {
     fn new(options: &PullOptions, agent: Option<&RunAgent>) -> Self {
         Self {
-            unix: matches!(options.via, Via::Socket).then(|| Forwarder::new(options.serve.clone())),
+            unix: matches!(options.via, Via::Socket).then(|| Arc::new(UnixSlot::default())),
             tcp: match &options.via {
                 Via::Tcp(login) => Some(TcpBridge::new(login.host.clone(), login.port)),
                 _ => None,
@@ -487,8 +566,20 @@ impl Bridges {
         })
     }
 
+    /// Makes the socket method's forwarder with `options.serve` (once; later calls keep it).
+    fn set_serve(&self, options: &PullOptions) {
+        if let Some(slot) = &self.unix {
+            let _ = slot.0.set(Forwarder::new(options.serve.clone()));
+        }
+    }
+
+    /// The socket method's forwarder, once [`Bridges::set_serve`] made it.
+    fn unix(&self) -> Option<&Arc<Forwarder>> {
+        self.unix.as_ref().and_then(|slot| slot.0.get())
+    }
+
     async fn drain(&self, grace: Duration) -> ForwardStats {
-        match (&self.unix, &self.tcp) {
+        match (self.unix(), &self.tcp) {
             (Some(unix), _) => unix.drain(grace).await,
             (_, Some(tcp)) => tcp.drain(grace).await,
             _ => ForwardStats::default(),
@@ -496,7 +587,7 @@ impl Bridges {
     }
 
     async fn stop(&self) -> ForwardStats {
-        match (&self.unix, &self.tcp) {
+        match (self.unix(), &self.tcp) {
             (Some(unix), _) => unix.stop().await,
             (_, Some(tcp)) => tcp.stop().await,
             _ => ForwardStats::default(),
@@ -902,9 +993,8 @@ impl Run<'_> {
     ) -> Result<()> {
         let forwarder = self
             .bridges
-            .unix
-            .as_ref()
-            .expect("the socket method has a forwarder");
+            .unix()
+            .expect("the socket method has a forwarder once the server borg's version is known");
         let socket = format!("{dir}/{SOCKET_NAME}");
         let relay = installed_relay.map_or(self.options.relay.as_os_str(), std::ffi::OsStr::new);
         let lines = Zeroizing::new(remote::go_lines(relay, dir, passphrase)?);
@@ -914,6 +1004,9 @@ impl Run<'_> {
             .data_bytes(lines.to_vec())
             .await
             .map_err(|e| self.session.failure("writing to the run's stdin", e))?;
+        // borg on the client is on its way (a Python start-up): start its borg serve now, so
+        // the two start-ups overlap. Same flags; stopped with the bridges if no connection comes.
+        forwarder.prestart();
         match queued {
             std::task::Poll::Ready(result) => result,
             std::task::Poll::Pending => {

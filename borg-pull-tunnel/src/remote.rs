@@ -293,14 +293,14 @@ impl RemoteRun<'_> {
         // `timeout`, where there is one, ends a program that hangs.
         s.extend_from_slice(b"bp_b=");
         s.extend(q(self.borg.as_bytes())?);
+        s.extend_from_slice(b"; ");
         s.extend_from_slice(
-            format!(
-                "; bp_v=$({{ if command -v timeout >/dev/null 2>&1; then timeout {secs} \"$bp_b\" --version; \
-                 else \"$bp_b\" --version; fi; }} </dev/null 2>&1 | dd bs=256 count=1 2>/dev/null | sed -n 1p); \
-                 printf '%sversion %s\\n' \"$bp_m\" \"$bp_v\"; ",
-                secs = crate::limits::BORG_VERSION_TIMEOUT.as_secs()
-            )
-            .as_bytes(),
+            BORG_VERSION_SCRIPT
+                .replace(
+                    "@SECS@",
+                    &crate::limits::BORG_VERSION_TIMEOUT.as_secs().to_string(),
+                )
+                .as_bytes(),
         );
         // The agent and TCP methods: once borg has exited, the watcher sends the end of the client
         // ssh's log back on the session's stderr (its fd 3), each line tagged with the marker, so
@@ -616,6 +616,27 @@ pub(crate) fn beat_script(dir: &str) -> Result<Vec<u8>> {
     );
     Ok(s)
 }
+
+/// The client borg's version (`$bp_b`), reported on a `version` line. `borg --version` is a
+/// Python start-up (about 0.2 s) in front of every run, so its answer is remembered in the login
+/// user's cache (`${XDG_CACHE_HOME:-$HOME/.cache}/borg-pull/borg-version-CKSUM`, CKSUM of the
+/// program's resolved path) under the binary's identity: resolved path, device, inode, size,
+/// mtime and ctime (`stat -L -c`, GNU and busybox; elsewhere it asks every time). A replaced or
+/// rewritten binary (apt, pip, a new venv) changes the identity and is asked again. The
+/// answer only feeds a courtesy check (the server's borg serve flags and its protocol sniff do
+/// not depend on it), and every read is bounded: the cache file to one read of 512 bytes, the
+/// program's output to 256.
+const BORG_VERSION_SCRIPT: &str = "bp_v=; bp_c=; bp_k=; \
+bp_p=$(command -v \"$bp_b\" 2>/dev/null) && bp_k=$(stat -L -c '%d:%i:%s:%Y:%Z' -- \"$bp_p\" 2>/dev/null) && \
+bp_c=\"${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/borg-pull/borg-version-$(printf '%s' \"$bp_p\" | cksum | cut -d' ' -f1)\" && \
+[ -f \"$bp_c\" ] && bp_x=$(dd if=\"$bp_c\" bs=512 count=1 2>/dev/null) && \
+[ \"$(printf '%s\\n' \"$bp_x\" | sed -n 1p)\" = \"$bp_k $bp_p\" ] && bp_v=$(printf '%s\\n' \"$bp_x\" | sed -n 2p); \
+if [ -z \"$bp_v\" ]; then \
+bp_v=$({ if command -v timeout >/dev/null 2>&1; then timeout @SECS@ \"$bp_b\" --version; \
+else \"$bp_b\" --version; fi; } </dev/null 2>&1 | dd bs=256 count=1 2>/dev/null | sed -n 1p); \
+case $bp_v in borg*[0-9]*) [ -z \"$bp_c\" ] || ( umask 077; mkdir -p \"${bp_c%/*}\" && \
+{ printf '%s %s\\n%s\\n' \"$bp_k\" \"$bp_p\" \"$bp_v\" >\"$bp_c.$$\" && mv -f \"$bp_c.$$\" \"$bp_c\" || rm -f \"$bp_c.$$\"; } ) 2>/dev/null;; esac; fi; \
+printf '%sversion %s\\n' \"$bp_m\" \"$bp_v\"; ";
 
 /// `bp_check PROGRAM ROLE`: returns if PROGRAM can be run, else reports why and exits 127.
 ///
@@ -1074,6 +1095,8 @@ mod tests {
                 .arg("-c")
                 .arg(OsStr::from_bytes(&self.script().unwrap()))
                 .env("TMPDIR", tmpdir)
+                // The remembered borg version goes here, not into the user's own cache.
+                .env("XDG_CACHE_HOME", tmpdir.join("cache"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -1577,6 +1600,58 @@ mod tests {
         f.borgstore_rsh = false;
         let (_, out, _) = f.run(tmp.path(), true);
         assert!(String::from_utf8(out).unwrap().starts_with('|'));
+    }
+
+    /// The client borg's version is asked once and remembered under the binary's identity: the
+    /// next run reports it without starting borg; a replaced binary (another inode, size, times)
+    /// is asked again; a cache entry for another identity is not believed.
+    #[test]
+    fn the_client_borg_version_is_remembered_until_the_binary_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new();
+        let borg = tmp.path().join("borg");
+        let asked = tmp.path().join("asked");
+        let install = |version: &str| {
+            // A new file renamed into place, as apt and pip do.
+            let new = tmp.path().join("borg.new");
+            std::fs::write(
+                &new,
+                format!(
+                    "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo x >>'{}'; echo '{version}'; exit 0; }}\nexit 0\n",
+                    asked.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            std::fs::rename(&new, &borg).unwrap();
+        };
+        let times_asked = || std::fs::read_to_string(&asked).map_or(0, |s| s.lines().count());
+        let reported = |f: &Fixture| match f.run(tmp.path(), false).0 {
+            Report::Dir { borg_version, .. } => borg_version,
+            other => panic!("{other:?}"),
+        };
+        install("borg 1.2.4");
+        f.borg = borg.clone().into_os_string();
+        assert_eq!(reported(&f).as_deref(), Some("borg 1.2.4"));
+        assert_eq!(times_asked(), 1);
+        assert_eq!(reported(&f).as_deref(), Some("borg 1.2.4"));
+        assert_eq!(times_asked(), 1, "the second run used the remembered version");
+        let cache: Vec<_> = std::fs::read_dir(tmp.path().join("cache/borg-pull"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(cache.len(), 1, "{cache:?}");
+        install("borg 2.0.0b25");
+        assert_eq!(reported(&f).as_deref(), Some("borg 2.0.0b25"));
+        assert_eq!(times_asked(), 2, "a replaced binary is asked again");
+        // An entry whose identity line does not match this binary is not believed.
+        let entry = std::fs::read_to_string(&cache[0]).unwrap();
+        let (_, path) = entry.lines().next().unwrap().split_once(' ').unwrap();
+        std::fs::write(&cache[0], format!("0:0:0:0:0 {path}\nborg 9.9.9\n")).unwrap();
+        assert_eq!(reported(&f).as_deref(), Some("borg 2.0.0b25"));
+        assert_eq!(times_asked(), 3);
+        assert_eq!(reported(&f).as_deref(), Some("borg 2.0.0b25"));
+        assert_eq!(times_asked(), 3);
     }
 
     #[test]

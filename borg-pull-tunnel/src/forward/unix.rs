@@ -73,6 +73,11 @@ impl Forwarder {
         self.supervisor.stop().await
     }
 
+    /// Starts the next connection's `borg serve` ahead of it ([`Supervisor::prestart`]).
+    pub fn prestart(&self) {
+        self.supervisor.prestart();
+    }
+
     /// The totals so far.
     pub fn stats(&self) -> ForwardStats {
         self.supervisor.stats()

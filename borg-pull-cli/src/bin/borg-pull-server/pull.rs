@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use borg_pull_cli::exit;
 use borg_pull_cli::{hint, signals};
 use borg_pull_core::ServeConfig;
-use borg_pull_tunnel::pull::{pull, AgentKey, PullEnv, PullOptions, ServerLogin, Via};
+use borg_pull_tunnel::pull::{pull, AgentKey, PullEnv, PullOptions, ServerLogin, ServerVersion, Via};
 use borg_pull_tunnel::secret::Passphrase;
 use borg_pull_tunnel::Error;
 use clap::builder::TypedValueParser as _;
@@ -298,17 +298,21 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     let mut serve = ServeConfig::new(&args.repo)?;
     serve.borg = args.borg;
     serve.storage_quota = args.storage_quota;
-    // Once per run, before connecting: the version decides borg serve's flags and what the client's
-    // borg must be; a --storage-quota that this borg has no flag for fails here.
-    let serve = tokio::task::spawn_blocking(move || -> borg_pull_core::Result<ServeConfig> {
-        serve.learn_version()?;
-        serve.args()?;
-        Ok(serve)
-    })
-    .await
-    .expect("borg --version does not panic")
-    .map_err(Error::Serve)?;
+    // Once per run: the version decides borg serve's flags and what the client's borg must be; a
+    // --storage-quota that this borg has no flag for fails with it. The pull asks while it
+    // connects; only creating the repository needs it first.
+    if args.encryption.is_some() {
+        serve = tokio::task::spawn_blocking(move || -> borg_pull_core::Result<ServeConfig> {
+            serve.learn_version()?;
+            serve.args()?;
+            Ok(serve)
+        })
+        .await
+        .expect("borg --version does not panic")
+        .map_err(Error::Serve)?;
+    }
     options.serve = serve;
+    options.server_version = ServerVersion::Learn;
     options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
     if let Some(encryption) = args.encryption {
         let serve = options.serve.clone();

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Helper of benches/small-pulls.sh: generates the data set and prints the table.
+
+    small_pulls.py gen DIR MB FILES     # the data set (sentinel written last)
+    small_pulls.py table RESULTS.tsv    # markdown table (medians over the rounds)
+
+RESULTS.tsv: one line per run, tab-separated, header `method op round wall_ns rc ok note`.
+"""
+import os
+import random
+import statistics
+import sys
+
+MiB = 1 << 20
+BIG_FILES = 20
+
+
+def gen(root, total_mb, files):
+    """~total_mb MiB in `files` files: half of it in BIG_FILES big files (half random, half
+    compressible), the other half in many small files (sizes random around the mean, alternately
+    random and compressible: 1 KiB random + 3 KiB zeros per 4 KiB, so no two chunks are equal),
+    100 to a directory. A small sentinel is written last, so no data file is the newest-ctime one
+    (borg never caches that one, which would make "unchanged" re-read a big file)."""
+    rnd = random.Random(20261206)
+    total = total_mb * MiB
+    small_files = max(files - BIG_FILES - 1, 1)
+
+    def compressible(n):
+        out = bytearray()
+        while len(out) < n:
+            out += os.urandom(1024) + bytes(3072)
+        return bytes(out[:n])
+
+    def write(path, data):
+        with open(path, "wb") as f:
+            f.write(data)
+
+    os.makedirs(os.path.join(root, "big"), exist_ok=True)
+    big = total // 2 // BIG_FILES
+    for i in range(BIG_FILES):
+        write(os.path.join(root, "big", f"b{i:02d}"), (os.urandom if i % 2 else compressible)(big))
+    mean = (total - big * BIG_FILES) // small_files
+    for i in range(small_files):
+        d = os.path.join(root, "small", f"d{i // 100:04d}")
+        if i % 100 == 0:
+            os.makedirs(d, exist_ok=True)
+        n = max(1, int(mean * rnd.uniform(0.1, 1.9)))
+        write(os.path.join(d, f"s{i:05d}"), (os.urandom if i % 2 else compressible)(n))
+    write(os.path.join(root, "zz-sentinel"), b"written last\n")
+
+
+OPS = [("fresh", "`create`, fresh"), ("unchanged", "`create`, unchanged"), ("list", "`list`")]
+METHODS = [("local", "local borg"), ("push", "push over ssh"), ("recipe", "socat recipe"),
+           ("before", "pull before"), ("pull", "pull")]
+
+
+def table(path):
+    with open(path) as f:
+        lines = [l.rstrip("\n").split("\t") for l in f if l.strip()]
+    rows = [dict(zip(lines[0], l)) for l in lines[1:]]
+    bad = [r for r in rows if r["ok"] != "yes"]
+    runs = {}
+    for r in rows:
+        if r["ok"] == "yes":
+            runs.setdefault((r["method"], r["op"]), []).append(int(r["wall_ns"]) / 1e9)
+    present = [(m, name) for m, name in METHODS if any(k[0] == m for k in runs)]
+    rounds = len({r["round"] for r in rows})
+    print(f"Medians of {rounds} interleaved rounds, wall seconds of the whole command "
+          "(connect, log-in, borg on both ends, clean-up); ratios: to the socat recipe, and for "
+          "the fresh `create` also to local borg.\n")
+    print("| | " + " | ".join(name for _, name in present) + " |")
+    print("|---|" + "---|" * len(present))
+    for op, label in OPS:
+        cells = []
+        recipe = runs.get(("recipe", op))
+        local = runs.get(("local", op))
+        for m, _ in present:
+            xs = runs.get((m, op))
+            if not xs:
+                cells.append("-")
+                continue
+            med = statistics.median(xs)
+            cell = f"{med:.2f} s"
+            notes = []
+            if m in ("pull", "before", "push") and recipe:
+                notes.append(f"{med / statistics.median(recipe):.2f}x recipe")
+            if op == "fresh" and m != "local" and local:
+                notes.append(f"{med / statistics.median(local):.2f}x local")
+            if m == "pull" and runs.get(("before", op)):
+                notes.append(f"{med / statistics.median(runs[('before', op)]):.2f}x before")
+            if notes:
+                cell += " (" + "; ".join(notes) + ")"
+            cells.append(cell)
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+    print("Ranges (min..max over the rounds):\n")
+    for op, label in OPS:
+        parts = []
+        for m, name in present:
+            xs = runs.get((m, op))
+            if xs:
+                parts.append(f"{m} {min(xs):.2f}..{max(xs):.2f}")
+        print(f"- {label}: " + ", ".join(parts))
+    if bad:
+        print(f"\n**{len(bad)} failed run(s), not counted:**")
+        for r in bad:
+            print(f"- {r['method']} {r['op']} round {r['round']}: {r['note']}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["gen"] and len(sys.argv) == 5:
+        gen(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1:2] == ["table"] and len(sys.argv) == 3:
+        table(sys.argv[2])
+    else:
+        sys.exit(__doc__)
