@@ -71,7 +71,7 @@ fn the_relay_is_installed_once_verified_and_used() {
         first.describe()
     );
     let cache = d.join("cache/borg-pull");
-    let entries: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries = installed_relays(&cache);
     assert_eq!(entries.len(), 1, "only the relay, no temp file: {entries:?}");
     let installed = &entries[0];
     let name = installed.file_name().unwrap().to_string_lossy().into_owned();
@@ -110,7 +110,7 @@ fn the_relay_is_installed_once_verified_and_used() {
         "{}",
         third.describe()
     );
-    assert_eq!(fs::read_dir(&cache).unwrap().count(), 2);
+    assert_eq!(installed_relays(&cache).len(), 2);
 
     // A client that cannot store the copy (a cache it cannot write) stops reading half-way: the
     // pull fails with the client's reason at once, not when the install's 600 s deadline ends.
@@ -214,7 +214,7 @@ fn a_bare_install_relay_sends_the_relay_next_to_the_program() {
             "{archive}: {}",
             out.describe()
         );
-        let entries: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+        let entries = installed_relays(&cache);
         assert_eq!(entries.len(), 1, "{archive}: {entries:?}");
         assert!(
             fs::read(&entries[0]).unwrap() == fs::read(&beside).unwrap(),
@@ -266,4 +266,21 @@ fn an_install_relay_without_a_clear_file_is_a_usage_error() {
             );
         }
     }
+}
+
+/// The files in the client's cache other than the remembered `borg --version` answers
+/// (`borg-version-CKSUM`, which the start script keeps beside the relay): the relays and any
+/// temporary file an install left behind.
+fn installed_relays(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            // A finished answer's name is all digits after the prefix; a temporary one has a `.`.
+            !name
+                .strip_prefix("borg-version-")
+                .is_some_and(|sum| !sum.is_empty() && sum.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect()
 }
