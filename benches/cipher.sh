@@ -186,7 +186,7 @@ wait_quiet() {  # until the previous run's processes are gone (bounded: 10 s), t
 # The ciphers sshd logged since byte $1 of its log (every key exchange, rekeys too: OpenSSH rekeys
 # chacha20-poly1305 after 1 GiB), each once, space-separated.
 logged_ciphers() { tail -c +"$(($1 + 1))" "$T/sshd.log" | sed -n 's/.*kex: client->server cipher: \([^ ]*\) .*/\1/p' | sort -u | tr '\n' ' ' | sed 's/ $//'; }
-# The SSH name pull's --cipher C gives (auto: this CPU's first choice; see borg-pull-tunnel/src/cipher.rs).
+# The SSH name pull's --cipher C gives (auto: this CPU's first choice; see borg-pull-tunnel/src/ssh/cipher.rs).
 ssh_name() {
   case $1 in
     auto) if grep -qw aes /proc/cpuinfo && grep -qw pclmulqdq /proc/cpuinfo; then echo aes128-gcm@openssh.com; else echo chacha20-poly1305@openssh.com; fi ;;

@@ -31,9 +31,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use borg_pull_tunnel::cipher::CipherChoice;
-use borg_pull_tunnel::pull::{AgentKey, PullEnv, PullOptions, ServerLogin, Via};
-use borg_pull_tunnel::secret::{Passphrase, SecretSources};
+use borg_pull_tunnel::jobs::pull::{AgentKey, PullEnv, PullOptions, ServerLogin, Via};
+use borg_pull_tunnel::local::passphrase::{Passphrase, SecretSources};
+use borg_pull_tunnel::ssh::cipher::CipherChoice;
 use tokio_util::sync::CancellationToken;
 
 use crate::retention::{CheckPolicy, Retention};
@@ -636,8 +636,8 @@ impl Context<'_> {
             &err,
         )?;
         for (k, _) in raw.env.iter().flatten() {
-            if !borg_pull_tunnel::exec::is_env_name(k)
-                || borg_pull_tunnel::pull::RESERVED_ENV.contains(&k.as_str())
+            if !borg_pull_tunnel::ssh::exec::is_env_name(k)
+                || borg_pull_tunnel::jobs::pull::RESERVED_ENV.contains(&k.as_str())
             {
                 return Err(err(
                     "env",
@@ -733,7 +733,7 @@ impl Context<'_> {
             (None, None) => Vec::new(),
         };
         for hop in &jump {
-            borg_pull_tunnel::jump::JumpHost::parse(hop).map_err(|e| err("jump", e.to_string()))?;
+            borg_pull_tunnel::ssh::jump::JumpHost::parse(hop).map_err(|e| err("jump", e.to_string()))?;
         }
         let cipher = match raw.cipher {
             None => CipherChoice::Auto,
@@ -910,7 +910,7 @@ impl Client {
         options.session.identity = self.identity.clone();
         options.session.accept_new_host_key = self.accept_new_host_key;
         if self.install_relay {
-            options.install_relay = Some(borg_pull_tunnel::pull::RelayBinary::beside_this_program()?);
+            options.install_relay = Some(borg_pull_tunnel::jobs::pull::RelayBinary::beside_this_program()?);
         }
         if let Some(kh) = &self.known_hosts {
             options.session.known_hosts = kh.clone();
@@ -918,7 +918,7 @@ impl Client {
         options.session.jump = self
             .jump
             .iter()
-            .map(|hop| borg_pull_tunnel::jump::JumpHost::parse(hop))
+            .map(|hop| borg_pull_tunnel::ssh::jump::JumpHost::parse(hop))
             .collect::<borg_pull_tunnel::Result<_>>()?;
         options.session.cipher = self.cipher;
         if let Some(relay) = &self.relay {
@@ -959,7 +959,7 @@ impl Client {
                         ))
                     }
                 };
-                let host_key = borg_pull_tunnel::via::read_host_key(server_host_key)?;
+                let host_key = borg_pull_tunnel::jobs::pull::via::read_host_key(server_host_key)?;
                 let login = ServerLogin::new(server_ssh, host_key, agent_key)?;
                 if *tcp {
                     Via::Tcp(login)

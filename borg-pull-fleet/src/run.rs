@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use borg_pull_tunnel::pull::{pull_with_output, PullEnv};
+use borg_pull_tunnel::jobs::pull::{pull_with_output, PullEnv};
 use tokio::io::AsyncWrite;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;

@@ -15,7 +15,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use borg_pull_core::text::{escape_for_log, BoundedLines};
-use borg_pull_tunnel::secret_file::read_secret_line;
+use borg_pull_tunnel::local::secret_file::read_secret_line;
 use borg_pull_tunnel::SecretKind;
 use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt as _};

@@ -12,8 +12,8 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use borg_pull_tunnel::pull::{pull, PullEnv, PullOptions};
-use borg_pull_tunnel::secret::Passphrase;
+use borg_pull_tunnel::jobs::pull::{pull, PullEnv, PullOptions};
+use borg_pull_tunnel::local::passphrase::Passphrase;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use borg_pull_core::ServeConfig;
-use borg_pull_tunnel::pull::{pull_with_output, PullOptions};
+use borg_pull_tunnel::jobs::pull::{pull_with_output, PullOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -715,7 +715,7 @@ pub enum Error {
         /// TCP port.
         port: u16,
         /// What was asked for.
-        choice: crate::cipher::CipherChoice,
+        choice: crate::ssh::cipher::CipherChoice,
         /// The ciphers we offered, comma-separated.
         ours: String,
         /// The ciphers the sshd offered, comma-separated, escaped and cut at

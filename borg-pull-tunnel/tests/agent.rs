@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use borg_pull_tunnel::agent::{AgentStats, KeyAgent};
 use borg_pull_tunnel::limits::MAX_AGENT_FRAME;
+use borg_pull_tunnel::ssh::key_agent::{AgentStats, KeyAgent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};

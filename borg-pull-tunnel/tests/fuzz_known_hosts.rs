@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use borg_pull_tunnel::known_hosts::{self, hash_name, hosts_match, lookup_name, KnownHosts, Verdict};
+use borg_pull_tunnel::ssh::known_hosts::{self, hash_name, hosts_match, lookup_name, KnownHosts, Verdict};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
 use russh::keys::ssh_key::public::Ed25519PublicKey;

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use borg_pull_tunnel::pull::{pull_with_output, PullOptions, PullOutcome};
+use borg_pull_tunnel::jobs::pull::{pull_with_output, PullOptions, PullOutcome};
 use borg_pull_tunnel::{Error, ForwardDenial};
 use hostile::{memory_kib, relay_path, Capped, Fixture, Knobs};
 

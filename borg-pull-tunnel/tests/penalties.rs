@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use borg_pull_tunnel::error::KexStage;
+use borg_pull_tunnel::jobs::pull::{pull_with_output, PullOptions};
 use borg_pull_tunnel::limits::MAX_KEY_OFFERS;
-use borg_pull_tunnel::pull::{pull_with_output, PullOptions};
 use borg_pull_tunnel::Error;
 use hostile::{Capped, Fixture, Knobs};
 use russh::keys::ssh_key::LineEnding;

@@ -143,7 +143,7 @@ pub fn client(name: &str, repo: &Path) -> Client {
         repo: repo.to_owned(),
         via: ViaConfig::Socket,
         jump: Vec::new(),
-        cipher: borg_pull_tunnel::cipher::CipherChoice::Auto,
+        cipher: borg_pull_tunnel::ssh::cipher::CipherChoice::Auto,
         env: BTreeMap::new(),
         args: vec!["create".into(), "::{hostname}-{now}".into(), "/etc".into()],
         passphrase: PassphraseSource::Inherited,

@@ -1,5 +1,5 @@
 //! `borg-pull-server authorize`: the authorized_keys line that limits a key to `borg serve` of one
-//! repository, printed or installed (`borg_pull_tunnel::authorized_keys` does the work).
+//! repository, printed or installed (`borg_pull_tunnel::local::authorized_keys` does the work).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use borg_pull_cli::exit::{self, Code};
 use borg_pull_cli::hint;
-use borg_pull_tunnel::authorized_keys::{install, read_public_key, ForcedCommand};
+use borg_pull_tunnel::local::authorized_keys::{install, read_public_key, ForcedCommand};
 use borg_pull_tunnel::Error;
 
 use crate::UsageError;

@@ -11,9 +11,9 @@ use borg_pull_cli::{exit, hint};
 use borg_pull_fleet::check::{self, RelayVersion, RepoOpens, RepoProblem};
 use borg_pull_fleet::config::{Client, Fleet, ViaConfig};
 use borg_pull_fleet::limits::BorgLimits;
-use borg_pull_tunnel::exec::shell_quote;
-use borg_pull_tunnel::incoming::RefuseAll;
-use borg_pull_tunnel::pull::{PullEnv, PullOptions, RelayBinary};
+use borg_pull_tunnel::jobs::pull::{PullEnv, PullOptions, RelayBinary};
+use borg_pull_tunnel::ssh::exec::shell_quote;
+use borg_pull_tunnel::ssh::incoming::RefuseAll;
 use borg_pull_tunnel::{Error, RemoteProgram};
 use tokio_util::sync::CancellationToken;
 
@@ -227,7 +227,7 @@ async fn check_client(
     client: &Client,
     options: &PullOptions,
     install: Option<&RelayBinary>,
-    session: &borg_pull_tunnel::session::Session,
+    session: &borg_pull_tunnel::ssh::session::Session,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<String>, (u8, String)> {
     let transport = match (&client.via, install) {
@@ -239,7 +239,7 @@ async fn check_client(
         "bp_m={MARK}; {check}\
          bp_v() {{ {{ if command -v timeout >/dev/null 2>&1; then timeout {secs} \"$@\"; else \"$@\"; fi; }} \
          </dev/null 2>&1 | dd bs=1024 count=1 2>/dev/null; }}\n",
-        check = borg_pull_tunnel::remote::CHECK_FUNCTION,
+        check = borg_pull_tunnel::jobs::pull::script::CHECK_FUNCTION,
         secs = VERSION_TIMEOUT_SECS,
     );
     // Each program as `pull` checks it (bp_check), in a subshell: one missing program does not
@@ -483,7 +483,7 @@ async fn check(
         }
         _ => None,
     };
-    let session = borg_pull_tunnel::session::connect(&options.session, Arc::new(RefuseAll))
+    let session = borg_pull_tunnel::ssh::session::connect(&options.session, Arc::new(RefuseAll))
         .await
         .map_err(fail)?;
     let on_client = check_client(client, &options, install.as_ref(), &session, warnings).await;

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use borg_pull_tunnel::cipher::CipherChoice;
-use borg_pull_tunnel::jump::JumpHost;
-use borg_pull_tunnel::session::SessionOptions;
+use borg_pull_tunnel::ssh::cipher::CipherChoice;
+use borg_pull_tunnel::ssh::jump::JumpHost;
+use borg_pull_tunnel::ssh::session::SessionOptions;
 use borg_pull_tunnel::{Error, SecretKind};
 
 /// How to reach and log in to the client (flattened into `pull` and `restore-tar`).
@@ -77,8 +77,10 @@ impl ConnectArgs {
             session.known_hosts = kh;
         }
         if let Some(path) = self.identity_passphrase_file {
-            let line =
-                borg_pull_tunnel::secret_file::read_secret_line(&path, SecretKind::IdentityPassphrase)?;
+            let line = borg_pull_tunnel::local::secret_file::read_secret_line(
+                &path,
+                SecretKind::IdentityPassphrase,
+            )?;
             session.identity_passphrase = Some(line.into());
         }
         Ok(())

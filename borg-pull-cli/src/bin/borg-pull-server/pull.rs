@@ -1,4 +1,4 @@
-//! `borg-pull-server pull`: arguments, signals, a call to `borg_pull_tunnel::pull`, exit codes.
+//! `borg-pull-server pull`: arguments, signals, a call to `borg_pull_tunnel::jobs::pull`, exit codes.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use borg_pull_cli::exit;
 use borg_pull_cli::{hint, signals};
 use borg_pull_core::ServeConfig;
-use borg_pull_tunnel::pull::{pull, AgentKey, PullEnv, PullOptions, ServerLogin, ServerVersion, Via};
-use borg_pull_tunnel::secret::Passphrase;
+use borg_pull_tunnel::jobs::pull::{pull, AgentKey, PullEnv, PullOptions, ServerLogin, ServerVersion, Via};
+use borg_pull_tunnel::local::passphrase::Passphrase;
 use borg_pull_tunnel::Error;
 use clap::builder::TypedValueParser as _;
 
@@ -217,7 +217,7 @@ fn via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
         },
         _ => return usage("--via agent and --via tcp need --agent-key FILE or --ephemeral-key"),
     };
-    let host_key = borg_pull_tunnel::via::read_host_key(&args.server_host_key)?;
+    let host_key = borg_pull_tunnel::jobs::pull::via::read_host_key(&args.server_host_key)?;
     let mut login = ServerLogin::new(server, host_key, agent_key)?;
     login.ssh = args.remote_ssh.clone();
     Ok(match args.via {
@@ -241,7 +241,7 @@ fn relay_file(file: OsString) -> Result<PathBuf, String> {
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((name, value)) if borg_pull_tunnel::exec::is_env_name(name) => {
+        Some((name, value)) if borg_pull_tunnel::ssh::exec::is_env_name(name) => {
             Ok((name.to_owned(), value.to_owned()))
         }
         _ => Err(format!(
@@ -289,7 +289,7 @@ async fn run_async(args: PullArgs) -> Result<u8, Error> {
     options.relay = args.relay;
     options.install_relay = match args.install_relay {
         None => None,
-        Some(None) => Some(borg_pull_tunnel::pull::RelayBinary::beside_this_program()?),
+        Some(None) => Some(borg_pull_tunnel::jobs::pull::RelayBinary::beside_this_program()?),
         Some(Some(file)) => Some(file),
     };
     options.remote_borg = args.remote_borg;

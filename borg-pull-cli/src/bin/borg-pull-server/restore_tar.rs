@@ -1,14 +1,14 @@
 //! `borg-pull-server restore-tar`: arguments, signals, a call to
-//! `borg_pull_tunnel::restore::restore_tar`, exit codes.
+//! `borg_pull_tunnel::jobs::restore_tar::restore_tar`, exit codes.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use borg_pull_cli::{exit, hint, signals};
-use borg_pull_tunnel::pull::PullEnv;
-use borg_pull_tunnel::restore::{restore_tar, RestoreOptions, RestoreOutcome};
-use borg_pull_tunnel::secret::Passphrase;
+use borg_pull_tunnel::jobs::pull::PullEnv;
+use borg_pull_tunnel::jobs::restore_tar::{restore_tar, RestoreOptions, RestoreOutcome};
+use borg_pull_tunnel::local::passphrase::Passphrase;
 use borg_pull_tunnel::Error;
 
 use crate::connect_args::ConnectArgs;

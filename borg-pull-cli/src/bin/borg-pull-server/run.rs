@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use borg_pull_cli::{exit, hint, signals};
 use borg_pull_fleet::progress::{Display, LiveDisplay};
 use borg_pull_fleet::run::{self, OutputSink};
-use borg_pull_tunnel::pull::PullEnv;
+use borg_pull_tunnel::jobs::pull::PullEnv;
 
 /// Exit codes of `run`, shown in its `--help`.
 pub fn after_help() -> String {

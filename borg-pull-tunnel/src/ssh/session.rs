@@ -5,6 +5,8 @@
 //! This module knows nothing of borg: channels the client's sshd opens are handed to an
 //! [`Incoming`] given at connect time.
 
+pub(crate) mod login;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,18 +18,18 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::{debug, warn};
 
-use crate::cipher::CipherChoice;
 use crate::error::HostKeyProblem;
-use crate::exec::Captured;
-use crate::incoming::{Decision, Incoming, RefuseAll, TcpOrigin};
-use crate::jump::JumpHost;
-use crate::known_hosts::{self, KnownHosts, Verdict};
 use crate::limits::{
     CHANNEL_BUFFER, CONNECT_TIMEOUT, DISCONNECT_MESSAGE_KEPT, KEEPALIVE_MAX, MAX_PACKET,
     MAX_REFUSED_CHANNEL_OPENS, PEER_FIRST_BYTES_KEPT, REFUSALS_LOGGED, REFUSAL_TEXT_SHOWN, REQUEST_TIMEOUT,
 };
-use crate::login::Login;
-use crate::secret_file::SecretString;
+use crate::local::secret_file::SecretString;
+use crate::ssh::cipher::CipherChoice;
+use crate::ssh::exec::Captured;
+use crate::ssh::incoming::{Decision, Incoming, RefuseAll, TcpOrigin};
+use crate::ssh::jump::JumpHost;
+use crate::ssh::known_hosts::{self, KnownHosts, Verdict};
+use crate::ssh::session::login::Login;
 use crate::{Error, Result};
 
 /// Where and how to log in.
@@ -43,10 +45,10 @@ pub struct SessionOptions {
     /// [`agent_socket`](Self::agent_socket), then [`default_identities`](Self::default_identities).
     pub identity: Option<PathBuf>,
     /// Keys tried in order when `identity` is `None` and the agent's keys did not get us in (the
-    /// first that exists is used); set from HOME by [`crate::pull::PullOptions::from_env`]:
+    /// first that exists is used); set from HOME by [`crate::jobs::pull::PullOptions::from_env`]:
     /// `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
     pub default_identities: Vec<PathBuf>,
-    /// The user's ssh-agent (`SSH_AUTH_SOCK`, set by [`crate::pull::PullOptions::from_env`]): its
+    /// The user's ssh-agent (`SSH_AUTH_SOCK`, set by [`crate::jobs::pull::PullOptions::from_env`]): its
     /// keys are offered first when `identity` is `None` (at most
     /// [`MAX_AGENT_KEYS`](crate::limits::MAX_AGENT_KEYS)); an unreachable agent is skipped.
     pub agent_socket: Option<PathBuf>,
@@ -233,7 +235,7 @@ impl Session {
     }
 
     /// Runs a short helper `command` and collects a bounded prefix of its output; see
-    /// [`crate::exec::capture`].
+    /// [`crate::ssh::exec::capture`].
     pub async fn capture(&self, command: &str, timeout: Duration) -> Result<Captured> {
         let run = async {
             let mut channel = self.exec(command.as_bytes()).await?;
@@ -241,7 +243,7 @@ impl Session {
                 .eof()
                 .await
                 .map_err(|source| self.failure("sending EOF", source))?;
-            crate::exec::capture(&mut channel, command).await
+            crate::ssh::exec::capture(&mut channel, command).await
         };
         tokio::time::timeout(timeout, run)
             .await
@@ -1039,7 +1041,7 @@ mod tests {
             port: 22,
             known_hosts: PathBuf::from("/nonexistent"),
             accept_new: false,
-            incoming: Arc::new(crate::incoming::RefuseAll),
+            incoming: Arc::new(crate::ssh::incoming::RefuseAll),
             refused: 0,
             ended: Arc::default(),
             goodbye: Arc::default(),

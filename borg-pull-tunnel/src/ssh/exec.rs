@@ -21,7 +21,7 @@ use crate::{Error, Result};
 /// Every byte except NUL survives unchanged (NUL cannot be part of an argv; it is an error).
 ///
 /// ```
-/// use borg_pull_tunnel::exec::shell_quote;
+/// use borg_pull_tunnel::ssh::exec::shell_quote;
 /// assert_eq!(shell_quote(b"it's").unwrap(), b"'it'\\''s'");
 /// assert_eq!(shell_quote(b"").unwrap(), b"''");
 /// assert!(shell_quote(b"a\0b").is_err());
@@ -79,7 +79,7 @@ impl RemoteExit {
     /// The shell-style exit code: the status, or 128 + signal number (129 for unknown signals).
     ///
     /// ```
-    /// use borg_pull_tunnel::exec::RemoteExit;
+    /// use borg_pull_tunnel::ssh::exec::RemoteExit;
     /// assert_eq!(RemoteExit::Status(2).code(), 2);
     /// assert_eq!(RemoteExit::Signal("TERM".into()).code(), 143);
     /// ```

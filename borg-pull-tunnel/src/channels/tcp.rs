@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
-use crate::incoming::{Decision, Incoming, TcpOrigin};
 use crate::limits::{CONNECT_TIMEOUT, MAX_FORWARDED_CONNECTIONS, MAX_FORWARDED_CONNECTIONS_TOTAL};
-use crate::session::Session;
+use crate::ssh::incoming::{Decision, Incoming, TcpOrigin};
+use crate::ssh::session::Session;
 use crate::Result;
 
 /// The address the client's sshd listens on for us: its loopback only.
@@ -122,7 +122,7 @@ impl Incoming for TcpBridge {
                 ChannelOpenFailure::AdministrativelyProhibited,
                 format!(
                     "a connection for {}:{}, which we did not ask to forward",
-                    crate::exec::escape_output(origin.connected_address.as_bytes()),
+                    crate::ssh::exec::escape_output(origin.connected_address.as_bytes()),
                     origin.connected_port
                 ),
             );

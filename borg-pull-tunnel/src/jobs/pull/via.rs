@@ -6,13 +6,13 @@
 //!   Needs only exec and UNIX socket forwarding on the client's sshd, and nothing on the server
 //!   but this process.
 //! - [`Via::Agent`] (the docs' ssh-agent method): we log in with agent forwarding and answer the
-//!   agent channels with an in-process agent holding exactly one key ([`crate::agent`]); borg on
+//!   agent channels with an in-process agent holding exactly one key ([`crate::ssh::key_agent`]); borg on
 //!   the client runs the client's own `ssh` back to the server's sshd, whose `authorized_keys`
 //!   forces `borg serve` for that key. For sites where the client may only reach the server's
 //!   sshd, or where `borg serve` must be the server admin's forced command.
 //! - [`Via::Tcp`] (the docs' `ssh -R 8022:localhost:22` method): like the agent method, but the
 //!   client's ssh reaches the server's sshd through a TCP port we forward on the client's loopback
-//!   ([`crate::forward::tcp`]). For clients whose sshd forbids UNIX socket forwarding but allows
+//!   ([`crate::channels::tcp`]). For clients whose sshd forbids UNIX socket forwarding but allows
 //!   TCP, and which cannot reach the server's sshd themselves.
 //!
 //! In the agent and TCP methods the client's ssh checks the server's host key against a
@@ -37,11 +37,11 @@ use russh::keys::{PrivateKey, PublicKey};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::agent::KeyAgent;
-use crate::authorized_keys::{self, EphemeralEntry, ForcedCommand};
+use crate::channels::agent::AgentForward;
 use crate::error::ClientSshCause;
-use crate::forward::agent::AgentForward;
-use crate::remote::ClientSshLog;
+use crate::jobs::pull::script::ClientSshLog;
+use crate::local::authorized_keys::{self, EphemeralEntry, ForcedCommand};
+use crate::ssh::key_agent::KeyAgent;
 use crate::{Error, Result};
 
 /// How borg on the client reaches `borg serve`; see the module documentation.
@@ -124,7 +124,7 @@ impl ServerLogin {
             .host_key
             .to_openssh()
             .map_err(|e| Error::InvalidOption(format!("cannot encode the server's host key: {e}")))?;
-        Ok(format!("{} {key}", crate::remote::SERVER_HOST_ALIAS))
+        Ok(format!("{} {key}", crate::jobs::pull::script::SERVER_HOST_ALIAS))
     }
 }
 

@@ -79,7 +79,7 @@ pub enum Verdict {
 /// The name under which OpenSSH records `host:port`: `host` for 22, else `[host]:port`.
 ///
 /// ```
-/// use borg_pull_tunnel::known_hosts::lookup_name;
+/// use borg_pull_tunnel::ssh::known_hosts::lookup_name;
 /// assert_eq!(lookup_name("Example.COM", 22), "example.com");
 /// assert_eq!(lookup_name("127.0.0.1", 2222), "[127.0.0.1]:2222");
 /// ```
@@ -240,7 +240,7 @@ fn parse_line(line: usize, text: &str) -> Option<Entry> {
 /// A matching negated pattern (`!pat`) makes the whole list not match, as in OpenSSH.
 ///
 /// ```
-/// use borg_pull_tunnel::known_hosts::hosts_match;
+/// use borg_pull_tunnel::ssh::known_hosts::hosts_match;
 /// assert!(hosts_match("a.example,[127.0.0.1]:2222", "[127.0.0.1]:2222"));
 /// assert!(hosts_match("*.example,!bad.example", "good.example"));
 /// assert!(!hosts_match("*.example,!bad.example", "bad.example"));
@@ -382,7 +382,7 @@ fn last_byte(path: &Path) -> Option<u8> {
 /// Whether `append` can record `host` so that it reads back as exactly that host and nothing else.
 ///
 /// ```
-/// use borg_pull_tunnel::known_hosts::recordable_host;
+/// use borg_pull_tunnel::ssh::known_hosts::recordable_host;
 /// assert!(recordable_host("nas.example") && recordable_host("fe80::1%eth0") && recordable_host("10.0.0.1"));
 /// assert!(!recordable_host("*") && !recordable_host("a,b") && !recordable_host("a\nb") && !recordable_host("[a]:1"));
 /// ```

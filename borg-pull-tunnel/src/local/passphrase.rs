@@ -2,7 +2,7 @@
 //!
 //! It reaches borg on the client as a line on its channel's stdin, never in an argv or a file; in
 //! our memory it is zeroed when dropped. The environment is not read here: the caller passes
-//! what it read ([`SecretSources`], filled by [`crate::pull::PullEnv`]).
+//! what it read ([`SecretSources`], filled by [`crate::jobs::pull::PullEnv`]).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -85,7 +85,7 @@ async fn read_file(path: &Path) -> Result<Passphrase> {
     let path = path.to_owned();
     // Small and bounded, but still file I/O: keep it off the runtime's threads.
     let line = tokio::task::spawn_blocking(move || {
-        crate::secret_file::read_secret_line(&path, crate::error::SecretKind::RepoPassphrase)
+        crate::local::secret_file::read_secret_line(&path, crate::error::SecretKind::RepoPassphrase)
     })
     .await
     .map_err(|e| Error::Passphrase(format!("reading the passphrase file failed: {e}")))??;

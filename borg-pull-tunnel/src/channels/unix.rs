@@ -11,7 +11,7 @@
 //! `borg serve`'s pipes: it reads EOF, rolls back the unfinished transaction, releases the
 //! repository lock and exits (tested). The client's sshd sees the TCP connection close and ends the
 //! session, so borg create loses its relay and exits, and the run's watcher on the client removes
-//! the private directory ([`crate::remote`]). `PR_SET_PDEATHSIG` on `borg serve` (in
+//! the private directory ([`crate::jobs::pull::script`]). `PR_SET_PDEATHSIG` on `borg serve` (in
 //! borg-pull-core) would add a hard kill for a `borg serve` stuck in a write; not needed so far.
 
 use std::sync::{Arc, Mutex};
@@ -23,12 +23,12 @@ use russh::ChannelOpenFailure;
 use tracing::debug;
 
 use crate::error::ForwardDenial;
-use crate::exec::shell_quote;
-use crate::incoming::{Decision, Incoming};
 use crate::limits::{
     MAX_FORWARDED_CONNECTIONS, MAX_FORWARDED_CONNECTIONS_TOTAL, MAX_SOCKET_PATH, REMOTE_HELPER_TIMEOUT,
 };
-use crate::session::Session;
+use crate::ssh::exec::shell_quote;
+use crate::ssh::incoming::{Decision, Incoming};
+use crate::ssh::session::Session;
 use crate::{Error, Result};
 
 /// Totals over all forwarded connections of one run.

@@ -12,7 +12,7 @@
 //! without `Display` so that it cannot end up in a message by accident.
 //!
 //! ```no_run
-//! use borg_pull_tunnel::secret_file::{read_secret_line, SecretString};
+//! use borg_pull_tunnel::local::secret_file::{read_secret_line, SecretString};
 //! use borg_pull_tunnel::SecretKind;
 //! # fn run() -> borg_pull_tunnel::Result<()> {
 //! let passphrase = SecretString::from(read_secret_line("/etc/borg/pass".as_ref(), SecretKind::RepoPassphrase)?);
@@ -213,7 +213,7 @@ fn refused(kind: SecretKind, path: &Path, io_kind: std::io::ErrorKind, reason: S
 /// `Clone` because the options that carry it are; every copy is wiped when dropped.
 ///
 /// ```compile_fail
-/// let secret = borg_pull_tunnel::secret_file::SecretString::new("hunter2");
+/// let secret = borg_pull_tunnel::local::secret_file::SecretString::new("hunter2");
 /// println!("{secret}"); // no Display: a secret cannot be formatted by accident
 /// ```
 #[derive(Clone)]

@@ -30,8 +30,8 @@ use russh::client::Msg;
 use russh::{Channel, ChannelMsg};
 
 use crate::error::RemoteProgram;
-use crate::exec::{escape_output, exec_refused, is_env_name, keep, shell_join, shell_quote, Captured};
 use crate::limits::{BORG_STDERR_TAIL, CLIENT_SSH_LOG_KEPT, HELPER_OUTPUT_KEPT};
+use crate::ssh::exec::{escape_output, exec_refused, is_env_name, keep, shell_join, shell_quote, Captured};
 use crate::{Error, Result};
 
 /// The private directories' name prefix on the client.

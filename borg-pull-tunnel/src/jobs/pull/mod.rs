@@ -1,12 +1,12 @@
 //! One whole pull: a validated plan carried out on one SSH session.
 //!
 //! 1. Connect, verify the host key against known_hosts (refused before anything runs on the
-//!    client), authenticate ([`crate::session`]). With [`ServerVersion::Learn`] the server borg's
+//!    client), authenticate ([`crate::ssh::session`]). With [`ServerVersion::Learn`] the server borg's
 //!    `--version` runs meanwhile; it is waited for before anything runs on the client.
-//! 2. One exec runs the script of [`crate::remote`]: it checks the relay and borg, makes a private
+//! 2. One exec runs the script of [`crate::jobs::pull::script`]: it checks the relay and borg, makes a private
 //!    directory with `mktemp -d` (umask 077) and reports it.
 //! 3. `streamlocal-forward@openssh.com` for `DIR/borg.sock`; a refusal is diagnosed on the client
-//!    ([`crate::forward::unix`]). Each forwarded connection is bridged to its own `borg serve`.
+//!    ([`crate::channels::unix`]). Each forwarded connection is bridged to its own `borg serve`.
 //! 4. We send `go`, borg's `BORG_RSH` and the passphrase (if any) on stdin and the script `exec`s
 //!    borg; its output streams to ours; we wait for the channel to close. Right after `go` the
 //!    first `borg serve` starts (socket method), so its Python start-up overlaps the client
@@ -20,6 +20,9 @@
 //! What the client can do: talk borg's protocol to a `borg serve` whose flags the server fixed, at
 //! most [`MAX_FORWARDED_CONNECTIONS`](crate::limits::MAX_FORWARDED_CONNECTIONS) at once. It cannot
 //! open other channels to us (refused), and nothing it prints is interpreted.
+
+pub mod script;
+pub mod via;
 
 use std::ffi::OsString;
 use std::future::Future as _;
@@ -35,25 +38,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 use zeroize::Zeroizing;
 
+use crate::channels::agent::AgentForward;
+use crate::channels::tcp::TcpBridge;
+use crate::channels::unix::{self as unix_forward, ForwardStats, Forwarder};
 use crate::error::RemoteProgram;
-use crate::exec::{self, RemoteExit, Stop};
-use crate::forward::agent::AgentForward;
-use crate::forward::tcp::TcpBridge;
-use crate::forward::unix::{self as unix_forward, ForwardStats, Forwarder};
-use crate::incoming::ByKind;
+use crate::jobs::pull::script::{ClientSshLog, RemoteRun, Report, SshBack, SshTarget, StderrSplit};
 use crate::limits::{
     CANCEL_GRACE, CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, FORWARD_DRAIN_TIMEOUT, REMOTE_HELPER_TIMEOUT,
     REQUEST_TIMEOUT,
 };
-use crate::remote::{self, ClientSshLog, RemoteRun, Report, SshBack, SshTarget, StderrSplit};
-use crate::secret::{Passphrase, SecretSources};
-use crate::secret_file::SecretString;
-use crate::session::{self, Session, SessionOptions};
+use crate::local::passphrase::{Passphrase, SecretSources};
+use crate::local::secret_file::SecretString;
+use crate::ssh::exec::{self, RemoteExit, Stop};
+use crate::ssh::incoming::ByKind;
+use crate::ssh::session::{self, Session, SessionOptions};
 use crate::{Error, Result};
 
-pub use crate::remote::{RESERVED_ENV, SOCKET_NAME};
-use crate::via::RunAgent;
-pub use crate::via::{AgentKey, ServerLogin, Via};
+pub use crate::jobs::pull::script::{RESERVED_ENV, SOCKET_NAME};
+use crate::jobs::pull::via::RunAgent;
+pub use crate::jobs::pull::via::{AgentKey, ServerLogin, Via};
 
 /// The host part of the `BORG_REPO` URL given to borg on the client, in every method. borg needs
 /// an `ssh://` URL to use `BORG_RSH`; the relay ignores the host, and the agent and TCP methods
@@ -123,7 +126,7 @@ impl PullEnv {
 /// How to reach `destination` (`[USER@]HOST`) with the defaults OpenSSH takes from `env`: the
 /// login user when `destination` names none, `~/.ssh/known_hosts`, `~/.ssh/id_*`, the identity
 /// passphrase and the ssh-agent; port 22. Shared by [`PullOptions::with_env`] and
-/// [`crate::restore::RestoreOptions::with_env`].
+/// [`crate::jobs::restore_tar::RestoreOptions::with_env`].
 pub fn session_options(destination: &str, env: &PullEnv) -> Result<SessionOptions> {
     let (user, host) = match destination.rsplit_once('@') {
         Some((user, host)) => (user.to_owned(), host.to_owned()),
@@ -164,7 +167,7 @@ pub fn session_options(destination: &str, env: &PullEnv) -> Result<SessionOption
         keepalive_interval: crate::limits::KEEPALIVE_INTERVAL,
         channel_window: crate::limits::CHANNEL_WINDOW,
         jump: Vec::new(),
-        cipher: crate::cipher::CipherChoice::Auto,
+        cipher: crate::ssh::cipher::CipherChoice::Auto,
     })
 }
 
@@ -257,8 +260,8 @@ impl RelayBinary {
         &self.name
     }
 
-    fn install(&self) -> remote::RelayInstall<'_> {
-        remote::RelayInstall {
+    fn install(&self) -> script::RelayInstall<'_> {
+        script::RelayInstall {
             name: &self.name,
             size: self.bytes.len() as u64,
             sha256: &self.sha256,
@@ -332,7 +335,7 @@ impl PullOptions {
         url
     }
 
-    /// The script for the client ([`crate::remote`]), checked before anything touches the network.
+    /// The script for the client ([`crate::jobs::pull::script`]), checked before anything touches the network.
     /// `identity_line` is the agent key's public half (agent and TCP methods); `relay` the relay
     /// to install (`install_relay`).
     pub fn remote_script(
@@ -409,7 +412,7 @@ where
 {
     let span = tracing::info_span!("pull", client = %options.session.host, port = options.session.port);
     async move {
-        let marker = remote::new_marker();
+        let marker = script::new_marker();
         // Everything that can be checked is, before anything touches the network or a file.
         let mut agent = match options.via.server_login() {
             Some(login) => Some(RunAgent::prepare(login)?),
@@ -532,11 +535,11 @@ struct Bridges {
 #[derive(Default)]
 struct UnixSlot(std::sync::OnceLock<Arc<Forwarder>>);
 
-impl crate::incoming::Incoming for UnixSlot {
-    fn forwarded_streamlocal(&self, socket_path: &str) -> crate::incoming::Decision {
+impl crate::ssh::incoming::Incoming for UnixSlot {
+    fn forwarded_streamlocal(&self, socket_path: &str) -> crate::ssh::incoming::Decision {
         match self.0.get() {
             Some(forwarder) => forwarder.forwarded_streamlocal(socket_path),
-            None => crate::incoming::Decision::prohibited(),
+            None => crate::ssh::incoming::Decision::prohibited(),
         }
     }
 }
@@ -553,11 +556,11 @@ impl Bridges {
         }
     }
 
-    fn incoming(&self) -> Arc<dyn crate::incoming::Incoming> {
-        fn dyn_incoming<T: crate::incoming::Incoming>(
+    fn incoming(&self) -> Arc<dyn crate::ssh::incoming::Incoming> {
+        fn dyn_incoming<T: crate::ssh::incoming::Incoming>(
             i: &Option<Arc<T>>,
-        ) -> Option<Arc<dyn crate::incoming::Incoming>> {
-            i.clone().map(|i| i as Arc<dyn crate::incoming::Incoming>)
+        ) -> Option<Arc<dyn crate::ssh::incoming::Incoming>> {
+            i.clone().map(|i| i as Arc<dyn crate::ssh::incoming::Incoming>)
         }
         Arc::new(ByKind {
             streamlocal: dyn_incoming(&self.unix),
@@ -638,7 +641,7 @@ impl Run<'_> {
         let mut channel = self
             .step("opening the run's channel", REQUEST_TIMEOUT, exec)
             .await?;
-        let report = remote::read_report(&mut channel, self.marker);
+        let report = script::read_report(&mut channel, self.marker);
         let (mut report, mut early_output) = self
             .step("the start of the run", REMOTE_HELPER_TIMEOUT, report)
             .await?;
@@ -743,7 +746,7 @@ impl Run<'_> {
         let Some(login) = self.options.via.server_login() else {
             return Ok(());
         };
-        match crate::via::client_ssh_cause(log, bridge_failed) {
+        match crate::jobs::pull::via::client_ssh_cause(log, bridge_failed) {
             Some(cause) => Err(Error::ClientSsh {
                 host: self.session.host().to_owned(),
                 server: match self.options.via {
@@ -897,7 +900,7 @@ impl Run<'_> {
             writer.flush().await
         };
         let send = async {
-            let read = remote::read_report(channel, self.marker);
+            let read = script::read_report(channel, self.marker);
             tokio::pin!(read);
             tokio::select! {
                 biased;
@@ -953,11 +956,11 @@ impl Run<'_> {
                     other => other?,
                 };
                 let target = SshTarget {
-                    host: crate::forward::tcp::LISTEN_ADDRESS,
+                    host: crate::channels::tcp::LISTEN_ADDRESS,
                     port,
                     user: &login.user,
                 };
-                remote::go_lines_ssh(&login.ssh, dir, target, passphrase)?
+                script::go_lines_ssh(&login.ssh, dir, target, passphrase)?
             }
             (_, Some(login)) => {
                 let target = SshTarget {
@@ -965,7 +968,7 @@ impl Run<'_> {
                     port: login.port,
                     user: &login.user,
                 };
-                remote::go_lines_ssh(&login.ssh, dir, target, passphrase)?
+                script::go_lines_ssh(&login.ssh, dir, target, passphrase)?
             }
             (_, None) => {
                 return self
@@ -997,7 +1000,7 @@ impl Run<'_> {
             .expect("the socket method has a forwarder once the server borg's version is known");
         let socket = format!("{dir}/{SOCKET_NAME}");
         let relay = installed_relay.map_or(self.options.relay.as_os_str(), std::ffi::OsStr::new);
-        let lines = Zeroizing::new(remote::go_lines(relay, dir, passphrase)?);
+        let lines = Zeroizing::new(script::go_lines(relay, dir, passphrase)?);
         let mut listening = std::pin::pin!(unix_forward::listen(self.session, forwarder, &socket));
         let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(listening.as_mut().poll(cx))).await;
         channel

@@ -53,7 +53,7 @@ const MAX_PUBLIC_KEY_FILE: u64 = 64 << 10;
 /// (without `--append-only` when `allow_delete`).
 ///
 /// ```
-/// use borg_pull_tunnel::authorized_keys::ForcedCommand;
+/// use borg_pull_tunnel::local::authorized_keys::ForcedCommand;
 /// let mut forced = ForcedCommand::new("/srv/borg/it's \"web\"")?;
 /// assert_eq!(
 ///     forced.command()?,
@@ -991,7 +991,7 @@ mod tests {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "authorized_keys::tests::ephemeral_child",
+                "local::authorized_keys::tests::ephemeral_child",
                 "--ignored",
                 "--nocapture",
             ])

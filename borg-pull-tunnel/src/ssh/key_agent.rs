@@ -3,7 +3,7 @@
 //!
 //! The server logs in to the client with agent forwarding; whenever the client's `ssh` (run by
 //! borg) authenticates, the client's sshd opens an `auth-agent@openssh.com` channel back to us and
-//! [`crate::forward::agent`] hands it to [`KeyAgent::serve`]. The protocol is
+//! [`crate::channels::agent`] hands it to [`KeyAgent::serve`]. The protocol is
 //! draft-miller-ssh-agent: `u32` length, type byte, body.
 //!
 //! What it answers:
@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::limits::{AGENT_IDLE_TIMEOUT, MAX_AGENT_FRAME, REFUSALS_LOGGED};
-use crate::wire::{put_string, Reader};
+use crate::ssh::wire::{put_string, Reader};
 use crate::{Error, Result};
 
 /// `SSH_AGENT_FAILURE`.
@@ -111,10 +111,10 @@ impl KeyAgent {
     }
 
     /// An agent holding the key in the OpenSSH private key file `path` (decrypted with
-    /// `passphrase` if it is encrypted), loaded as [`crate::identity::load`] does: only this file,
+    /// `passphrase` if it is encrypted), loaded as [`crate::ssh::identity::load`] does: only this file,
     /// no default keys.
     pub fn load(path: &Path, passphrase: Option<&str>) -> Result<Arc<Self>> {
-        Ok(Self::new(crate::identity::load(path, passphrase)?))
+        Ok(Self::new(crate::ssh::identity::load(path, passphrase)?))
     }
 
     /// The public half of our key.

@@ -1,4 +1,4 @@
-//! Jump hosts (`ssh -J` semantics): the hosts a [`crate::session::Session`] goes through, each
+//! Jump hosts (`ssh -J` semantics): the hosts a [`crate::ssh::session::Session`] goes through, each
 //! reached over a `direct-tcpip` channel of the one before, to reach the client.
 
 use crate::{Error, Result};
@@ -19,7 +19,7 @@ impl JumpHost {
     /// `::1` is a host without port).
     ///
     /// ```
-    /// use borg_pull_tunnel::jump::JumpHost;
+    /// use borg_pull_tunnel::ssh::jump::JumpHost;
     /// let hop = JumpHost::parse("admin@[::1]:2222").unwrap();
     /// assert_eq!((hop.user.as_deref(), hop.host.as_str(), hop.port), (Some("admin"), "::1", 2222));
     /// assert_eq!(JumpHost::parse("bastion").unwrap().port, 22);

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 
-use crate::agent::KeyAgent;
-use crate::incoming::{Decision, Incoming};
 use crate::limits::{MAX_AGENT_CHANNELS, MAX_AGENT_CHANNELS_TOTAL};
+use crate::ssh::incoming::{Decision, Incoming};
+use crate::ssh::key_agent::KeyAgent;
 
 /// Serves agent channels with one [`KeyAgent`], each in a task it owns.
 pub struct AgentForward {
@@ -160,7 +160,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::agent::tests::agent;
+    use crate::ssh::key_agent::tests::agent;
 
     #[tokio::test]
     async fn stop_ends_a_stuck_connection() {

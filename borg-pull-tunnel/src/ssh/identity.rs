@@ -12,8 +12,8 @@ use data_encoding::BASE64;
 use russh::keys::PrivateKey;
 
 use crate::error::SecretKind;
-use crate::secret_file::{read_secret_file, Zeroizing};
-use crate::wire::{put_string, Reader};
+use crate::local::secret_file::{read_secret_file, Zeroizing};
+use crate::ssh::wire::{put_string, Reader};
 use crate::{Error, Result};
 
 const MAGIC: &[u8] = b"openssh-key-v1\0";

@@ -22,8 +22,8 @@ use tokio::net::UnixStream;
 use tracing::debug;
 
 use crate::limits::{MAX_AGENT_KEYS, MAX_KEY_OFFERS, REQUEST_TIMEOUT};
-use crate::secret_file::SecretString;
-use crate::session::{Session, SessionOptions};
+use crate::local::secret_file::SecretString;
+use crate::ssh::session::{Session, SessionOptions};
 use crate::{Error, Result};
 
 /// The keys to log in with, shared by the hops of one connection.
@@ -304,5 +304,5 @@ fn no_answer(session: &Session, what: &'static str) -> Error {
 
 fn load(path: &Path, options: &SessionOptions) -> Result<Arc<PrivateKey>> {
     let passphrase = options.identity_passphrase.as_ref().map(SecretString::as_str);
-    Ok(Arc::new(crate::identity::load(path, passphrase)?))
+    Ok(Arc::new(crate::ssh::identity::load(path, passphrase)?))
 }

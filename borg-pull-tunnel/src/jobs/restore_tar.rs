@@ -1,7 +1,7 @@
 //! `restore-tar`: borg's `borg export-tar REPO::NAME - | ssh root@host 'tar -C DIR -x'` recipe,
 //! in-process.
 //!
-//! 1. Connect as for a pull ([`crate::session::connect`]); the client's sshd may open no channel
+//! 1. Connect as for a pull ([`crate::ssh::session::connect`]); the client's sshd may open no channel
 //!    to us ([`RefuseAll`]).
 //! 2. One exec on the client: a short script checks that tar can run and that DIR is a directory
 //!    the login user can write to, reports on a marked line, then `exec`s `tar -C DIR -x -f -`
@@ -20,7 +20,7 @@
 //! check, [`RestoreOptions::max_runtime`] for the stream; cancelling stops borg and tar.
 //!
 //! A link that dies silently: the client's script guards tar as a pull's guards borg (a private
-//! directory, a watcher, [`crate::remote::Guard`]). tar's stdin is the stream, so the heartbeats
+//! directory, a watcher, [`crate::jobs::pull::script::Guard`]). tar's stdin is the stream, so the heartbeats
 //! come on a second exec channel (its script stamps the private directory), opened right after
 //! the report while the stream starts; without them the watcher stops tar and the next run
 //! clears what is left.
@@ -45,18 +45,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::RemoteProgram;
-use crate::exec::{exec_refused, keep, shell_quote, signal_name, Captured, RemoteExit};
-use crate::incoming::RefuseAll;
+use crate::jobs::pull::script::{
+    beat_script, is_private_dir_path, new_marker, Cleared, Guard, CHECK_FUNCTION, DIR_PREFIX,
+};
+use crate::jobs::pull::{session_options, PullEnv};
 use crate::limits::{
     BORG_STOP_GRACE, CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, EXIT_CLOSE_GRACE, HELPER_OUTPUT_KEPT,
     REMOTE_HELPER_TIMEOUT, REQUEST_TIMEOUT, RESTORE_READ_BUFFER,
 };
-use crate::pull::{session_options, PullEnv};
-use crate::remote::{
-    beat_script, is_private_dir_path, new_marker, Cleared, Guard, CHECK_FUNCTION, DIR_PREFIX,
-};
-use crate::secret::Passphrase;
-use crate::session::{self, Session, SessionOptions};
+use crate::local::passphrase::Passphrase;
+use crate::ssh::exec::{exec_refused, keep, shell_quote, signal_name, Captured, RemoteExit};
+use crate::ssh::incoming::RefuseAll;
+use crate::ssh::session::{self, Session, SessionOptions};
 use crate::{Error, Result};
 
 /// The longest line of borg's or tar's stderr kept for the final message.
@@ -135,7 +135,7 @@ impl RestoreOptions {
     }
 
     /// The script run on the client: check tar and the directory, make the private directory and
-    /// its guard ([`crate::remote::Guard`]), report, `exec` tar.
+    /// its guard ([`crate::jobs::pull::script::Guard`]), report, `exec` tar.
     pub fn remote_script(&self, marker: &str) -> Result<Vec<u8>> {
         self.remote_script_guarded(marker, &Guard::default())
     }
@@ -401,7 +401,7 @@ impl Run<'_> {
                 // fill the connection's queue and stall the stream (russh stops reading the
                 // connection when a channel's queue is full).
                 Ok(mut channel) => {
-                    let beats = crate::pull::heartbeat(channel.make_writer());
+                    let beats = crate::jobs::pull::heartbeat(channel.make_writer());
                     let drain = async { while channel.wait().await.is_some() {} };
                     tokio::select! {
                         never = beats => match never {},

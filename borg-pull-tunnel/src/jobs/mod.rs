@@ -1,0 +1,9 @@
+//! The borg jobs, each carried out over one SSH session.
+//!
+//! - [`mod@pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]): the client's
+//!   `borg create` reaching the server's `borg serve` by one of three ways ([`pull::via`]), run by
+//!   the one script on the client ([`pull::script`]).
+//! - [`restore_tar`]: `restore-tar`: borg export-tar here, streamed into `tar -x` on the client.
+
+pub mod pull;
+pub mod restore_tar;
