@@ -945,7 +945,7 @@ impl Client {
                 authorized_keys,
                 server_host_key,
             } => {
-                let agent_key = match (agent_key, authorized_keys, &env.home) {
+                let agent_key = match (agent_key, authorized_keys, &env.ssh.home) {
                     (Some(file), _, _) => AgentKey::File(file.clone()),
                     (None, Some(file), _) => AgentKey::Ephemeral {
                         authorized_keys: file.clone(),

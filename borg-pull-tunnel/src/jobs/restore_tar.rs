@@ -48,7 +48,7 @@ use crate::error::RemoteProgram;
 use crate::jobs::pull::script::{
     beat_script, is_private_dir_path, new_marker, Cleared, Guard, CHECK_FUNCTION, DIR_PREFIX,
 };
-use crate::jobs::pull::{session_options, PullEnv};
+use crate::jobs::pull::PullEnv;
 use crate::limits::{
     BORG_STOP_GRACE, CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, EXIT_CLOSE_GRACE, HELPER_OUTPUT_KEPT,
     REMOTE_HELPER_TIMEOUT, REQUEST_TIMEOUT, RESTORE_READ_BUFFER,
@@ -91,7 +91,7 @@ pub struct RestoreOptions {
 
 impl RestoreOptions {
     /// Options to restore `archive` of `repo` into `remote_dir` on `destination` (`[USER@]HOST`),
-    /// with the SSH defaults of `env` (see [`session_options`]).
+    /// with the SSH defaults of `env` (see [`SessionOptions::with_env`]).
     pub fn with_env(
         destination: &str,
         repo: impl Into<PathBuf>,
@@ -100,7 +100,7 @@ impl RestoreOptions {
         env: &PullEnv,
     ) -> Result<Self> {
         Ok(Self {
-            session: session_options(destination, env)?,
+            session: SessionOptions::with_env(destination, &env.ssh)?,
             borg: "borg".into(),
             repo: repo.into(),
             archive: archive.into(),
@@ -755,10 +755,8 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
 
     fn options(dir: &str) -> RestoreOptions {
-        let env = PullEnv {
-            user: Some("op".into()),
-            ..Default::default()
-        };
+        let mut env = PullEnv::default();
+        env.ssh.user = Some("op".into());
         RestoreOptions::with_env("client", "/srv/repo", "arch", dir, &env).unwrap()
     }
 

@@ -1,4 +1,4 @@
-//! Remote commands: POSIX shell quoting, running helpers, streaming borg's output, exit status.
+//! Remote commands: POSIX shell quoting, running helpers, streaming a command's output, exit status.
 //!
 //! sshd runs every command through the login user's shell (`$SHELL -c COMMAND`), so each argument
 //! is single-quoted ([`shell_quote`]); the login shell must be POSIX (sh, dash, bash, zsh, ksh).
@@ -229,9 +229,11 @@ pub struct Relayed {
 /// When `cancel` fires or `deadline` passes, the command is sent SIGINT and gets `grace` to exit
 /// before we close the channel (sshd then hangs up on it). Once the exit status has arrived the
 /// channel gets [`EXIT_CLOSE_GRACE`] to close (output of what the command left running may still
-/// come), then we close it: a client that never closes cannot hold the run.
+/// come), then we close it: a client that never closes cannot hold the run. `command` names the
+/// command in errors (sshd refusing it).
 pub async fn relay_output<O, E>(
     channel: &mut Channel<Msg>,
+    command: &str,
     stdout: &mut O,
     stderr: &mut E,
     cancel: &CancellationToken,
@@ -282,7 +284,7 @@ where
                 exit = Some(RemoteExit::Signal(signal_name(&sig)));
                 hang_up_at = hang_up_at.or(Some(tokio::time::Instant::now() + EXIT_CLOSE_GRACE));
             }
-            ChannelMsg::Failure => return Err(exec_refused("borg")),
+            ChannelMsg::Failure => return Err(exec_refused(command)),
             ChannelMsg::Close => break,
             _ => {}
         }

@@ -6,6 +6,9 @@
 //! [`Incoming`] given at connect time.
 
 pub(crate) mod login;
+mod options;
+
+pub use options::{SessionOptions, SshEnv};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,7 +26,6 @@ use crate::limits::{
     CHANNEL_BUFFER, CONNECT_TIMEOUT, DISCONNECT_MESSAGE_KEPT, KEEPALIVE_MAX, MAX_PACKET,
     MAX_REFUSED_CHANNEL_OPENS, PEER_FIRST_BYTES_KEPT, REFUSALS_LOGGED, REFUSAL_TEXT_SHOWN, REQUEST_TIMEOUT,
 };
-use crate::local::secret_file::SecretString;
 use crate::ssh::cipher::CipherChoice;
 use crate::ssh::exec::Captured;
 use crate::ssh::incoming::{Decision, Incoming, RefuseAll, TcpOrigin};
@@ -31,71 +33,6 @@ use crate::ssh::jump::JumpHost;
 use crate::ssh::known_hosts::{self, KnownHosts, Verdict};
 use crate::ssh::session::login::Login;
 use crate::{Error, Result};
-
-/// Where and how to log in.
-#[derive(Clone)]
-pub struct SessionOptions {
-    /// Host name or address of the client.
-    pub host: String,
-    /// sshd's TCP port (22).
-    pub port: u16,
-    /// Login user on the client.
-    pub user: String,
-    /// Private key file; `None` tries the keys of the agent at
-    /// [`agent_socket`](Self::agent_socket), then [`default_identities`](Self::default_identities).
-    pub identity: Option<PathBuf>,
-    /// Keys tried in order when `identity` is `None` and the agent's keys did not get us in (the
-    /// first that exists is used); set from HOME by [`crate::jobs::pull::PullOptions::from_env`]:
-    /// `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
-    pub default_identities: Vec<PathBuf>,
-    /// The user's ssh-agent (`SSH_AUTH_SOCK`, set by [`crate::jobs::pull::PullOptions::from_env`]): its
-    /// keys are offered first when `identity` is `None` (at most
-    /// [`MAX_AGENT_KEYS`](crate::limits::MAX_AGENT_KEYS)); an unreachable agent is skipped.
-    pub agent_socket: Option<PathBuf>,
-    /// Passphrase of an encrypted identity.
-    pub identity_passphrase: Option<SecretString>,
-    /// The known_hosts file to verify (and, with `accept_new_host_key`, record) host keys.
-    pub known_hosts: PathBuf,
-    /// Record the key of a host not yet in `known_hosts` (OpenSSH's `accept-new`); a changed or
-    /// revoked key is refused regardless.
-    pub accept_new_host_key: bool,
-    /// Send a keepalive after this long without hearing from the client; after
-    /// [`KEEPALIVE_MAX`] unanswered ones the connection counts as lost (like OpenSSH's
-    /// `ServerAliveInterval`). [`crate::limits::KEEPALIVE_INTERVAL`] by default.
-    pub keepalive_interval: std::time::Duration,
-    /// SSH channel window in bytes ([`crate::limits::CHANNEL_WINDOW`] unless measured otherwise).
-    pub channel_window: u32,
-    /// Jump hosts, first hop first (`ssh -J`): each is reached through a `direct-tcpip` channel of
-    /// the one before, its host key verified against `known_hosts` and logged in to with the same
-    /// keys (as its own user, or [`user`](Self::user)).
-    pub jump: Vec<JumpHost>,
-    /// The cipher to offer: [`CipherChoice::Auto`] (the cheaper one for this CPU first) or the one
-    /// forced (`--cipher`, `cipher =`); the same for jump hosts.
-    pub cipher: CipherChoice,
-}
-
-impl std::fmt::Debug for SessionOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionOptions")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("identity", &self.identity)
-            .field("default_identities", &self.default_identities)
-            .field(
-                "identity_passphrase",
-                &self.identity_passphrase.as_ref().map(|_| "<redacted>"),
-            )
-            .field("known_hosts", &self.known_hosts)
-            .field("accept_new_host_key", &self.accept_new_host_key)
-            .field("keepalive_interval", &self.keepalive_interval)
-            .field("channel_window", &self.channel_window)
-            .field("agent_socket", &self.agent_socket)
-            .field("jump", &self.jump)
-            .field("cipher", &self.cipher)
-            .finish()
-    }
-}
 
 /// An authenticated SSH connection to the client.
 ///
@@ -624,14 +561,6 @@ fn prefer_recorded_host_key_types(
     keys.sort_by_key(|a| !recorded.iter().any(|r| same_family(a, r)));
     config.preferred.key = std::borrow::Cow::Owned(keys);
     Ok(())
-}
-
-/// The keys OpenSSH tries by default, in its order, under `home`.
-pub fn default_identities(home: &Path) -> Vec<PathBuf> {
-    ["id_ed25519", "id_ecdsa", "id_rsa"]
-        .iter()
-        .map(|name| home.join(".ssh").join(name))
-        .collect()
 }
 
 /// One host to reach and log in to: a jump host or the client.

@@ -48,10 +48,9 @@ use crate::limits::{
     REQUEST_TIMEOUT,
 };
 use crate::local::passphrase::{Passphrase, SecretSources};
-use crate::local::secret_file::SecretString;
 use crate::ssh::exec::{self, RemoteExit, Stop};
 use crate::ssh::incoming::ByKind;
-use crate::ssh::session::{self, Session, SessionOptions};
+use crate::ssh::session::{self, Session, SessionOptions, SshEnv};
 use crate::{Error, Result};
 
 pub use crate::jobs::pull::script::{RESERVED_ENV, SOCKET_NAME};
@@ -65,51 +64,36 @@ pub use crate::jobs::pull::via::{AgentKey, ServerLogin, Via};
 pub const REPO_URL_HOST: &str = "borg-pull-server";
 
 /// The environment a pull may use, read in one place ([`PullEnv::from_process`]) so that nothing
-/// deeper in the library reads variables behind the caller's back.
+/// deeper in the library reads variables behind the caller's back: OpenSSH's ([`SshEnv`]) and
+/// borg's passphrase variables.
 #[derive(Clone, Default)]
 pub struct PullEnv {
-    /// `HOME`: the default known_hosts and identities.
-    pub home: Option<PathBuf>,
-    /// `USER` (or `LOGNAME`): the login user when the destination names none.
-    pub user: Option<String>,
+    /// HOME, USER, the identity passphrase and SSH_AUTH_SOCK ([`SessionOptions::with_env`]).
+    pub ssh: SshEnv,
     /// `BORG_PASSPHRASE`.
     pub borg_passphrase: Option<OsString>,
     /// `BORG_PASSCOMMAND`.
     pub borg_passcommand: Option<OsString>,
-    /// `BORG_PULL_IDENTITY_PASSPHRASE`: the identity's passphrase.
-    pub identity_passphrase: Option<OsString>,
-    /// `SSH_AUTH_SOCK`: the user's ssh-agent, whose keys are offered when no identity is given.
-    pub ssh_auth_sock: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PullEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redacted = |v: &Option<OsString>| v.as_ref().map(|_| "<redacted>");
         f.debug_struct("PullEnv")
-            .field("home", &self.home)
-            .field("user", &self.user)
-            .field("borg_passphrase", &redacted(&self.borg_passphrase))
+            .field("ssh", &self.ssh)
+            .field("borg_passphrase", &self.borg_passphrase.as_ref().map(|_| "<redacted>"))
             .field("borg_passcommand", &self.borg_passcommand)
-            .field("identity_passphrase", &redacted(&self.identity_passphrase))
-            .field("ssh_auth_sock", &self.ssh_auth_sock)
             .finish()
     }
 }
 
 impl PullEnv {
-    /// Reads HOME, USER/LOGNAME, BORG_PASSPHRASE, BORG_PASSCOMMAND,
-    /// BORG_PULL_IDENTITY_PASSPHRASE and SSH_AUTH_SOCK from this process's environment.
+    /// Reads [`SshEnv::from_process`], BORG_PASSPHRASE and BORG_PASSCOMMAND from this process's
+    /// environment.
     pub fn from_process() -> Self {
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
         Self {
-            home: var("HOME").map(PathBuf::from),
-            user: var("USER")
-                .or_else(|| var("LOGNAME"))
-                .and_then(|u| u.into_string().ok()),
+            ssh: SshEnv::from_process(),
             borg_passphrase: std::env::var_os("BORG_PASSPHRASE"),
-            borg_passcommand: var("BORG_PASSCOMMAND"),
-            identity_passphrase: std::env::var_os("BORG_PULL_IDENTITY_PASSPHRASE"),
-            ssh_auth_sock: var("SSH_AUTH_SOCK").map(PathBuf::from),
+            borg_passcommand: std::env::var_os("BORG_PASSCOMMAND").filter(|v| !v.is_empty()),
         }
     }
 
@@ -121,54 +105,6 @@ impl PullEnv {
             passcommand: self.borg_passcommand.clone(),
         }
     }
-}
-
-/// How to reach `destination` (`[USER@]HOST`) with the defaults OpenSSH takes from `env`: the
-/// login user when `destination` names none, `~/.ssh/known_hosts`, `~/.ssh/id_*`, the identity
-/// passphrase and the ssh-agent; port 22. Shared by [`PullOptions::with_env`] and
-/// [`crate::jobs::restore_tar::RestoreOptions::with_env`].
-pub fn session_options(destination: &str, env: &PullEnv) -> Result<SessionOptions> {
-    let (user, host) = match destination.rsplit_once('@') {
-        Some((user, host)) => (user.to_owned(), host.to_owned()),
-        None => (
-            env.user
-                .clone()
-                .ok_or_else(|| Error::InvalidOption("no login user: write USER@HOST".into()))?,
-            destination.to_owned(),
-        ),
-    };
-    if host.is_empty() || user.is_empty() {
-        return Err(Error::InvalidOption(format!(
-            "{destination:?} is not [USER@]HOST"
-        )));
-    }
-    let ssh_dir = env.home.as_ref().map(|home| home.join(".ssh"));
-    let identity_passphrase = match &env.identity_passphrase {
-        Some(p) => Some(SecretString::new(p.clone().into_string().map_err(|_| {
-            Error::InvalidOption("the identity passphrase is not valid UTF-8".into())
-        })?)),
-        None => None,
-    };
-    Ok(SessionOptions {
-        host,
-        port: 22,
-        user,
-        identity: None,
-        default_identities: env
-            .home
-            .as_deref()
-            .map(session::default_identities)
-            .unwrap_or_default(),
-        identity_passphrase,
-        agent_socket: env.ssh_auth_sock.clone(),
-        // Checked at connect time, so a caller that sets its own file does not need HOME.
-        known_hosts: ssh_dir.map(|d| d.join("known_hosts")).unwrap_or_default(),
-        accept_new_host_key: false,
-        keepalive_interval: crate::limits::KEEPALIVE_INTERVAL,
-        channel_window: crate::limits::CHANNEL_WINDOW,
-        jump: Vec::new(),
-        cipher: crate::ssh::cipher::CipherChoice::Auto,
-    })
 }
 
 /// Everything one pull needs.
@@ -287,7 +223,7 @@ impl PullOptions {
         env: &PullEnv,
     ) -> Result<Self> {
         Ok(Self {
-            session: session_options(destination, env)?,
+            session: SessionOptions::with_env(destination, &env.ssh)?,
             serve: ServeConfig::new(repo)?,
             relay: "borg-pull-relay".into(),
             remote_borg: "borg".into(),
@@ -668,6 +604,7 @@ impl Run<'_> {
                 None => {
                     let relayed = exec::relay_output(
                         &mut channel,
+                        "borg",
                         stdout,
                         stderr,
                         &self.options.cancel,
@@ -683,6 +620,7 @@ impl Run<'_> {
                     let mut split = StderrSplit::new(stderr, self.marker);
                     let relayed = exec::relay_output(
                         &mut channel,
+                        "borg",
                         stdout,
                         &mut split,
                         &self.options.cancel,
@@ -1080,10 +1018,13 @@ mod tests {
         assert!(o.session.default_identities.is_empty());
         assert!(o.session.agent_socket.is_none());
         let env = PullEnv {
-            home: Some("/home/op".into()),
-            user: Some("op".into()),
-            identity_passphrase: Some("pw".into()),
-            ssh_auth_sock: Some("/run/agent.sock".into()),
+            ssh: SshEnv {
+                home: Some("/home/op".into()),
+                user: Some("op".into()),
+                identity_passphrase: Some("pw".into()),
+                ssh_auth_sock: Some("/run/agent.sock".into()),
+            },
+            borg_passphrase: Some("hunter2".into()),
             ..Default::default()
         };
         let o = PullOptions::with_env("h", "/r", vec![], &env).unwrap();
@@ -1095,10 +1036,11 @@ mod tests {
             PathBuf::from("/home/op/.ssh/id_ed25519")
         );
         assert_eq!(
-            o.session.identity_passphrase.as_ref().map(SecretString::as_str),
+            o.session.identity_passphrase.as_ref().map(|p| p.as_str()),
             Some("pw")
         );
         assert!(!format!("{env:?}").contains("pw\""));
+        assert!(!format!("{env:?}").contains("hunter2"));
     }
 
     #[test]

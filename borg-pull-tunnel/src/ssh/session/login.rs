@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use tracing::debug;
 
 use crate::limits::{MAX_AGENT_KEYS, MAX_KEY_OFFERS, REQUEST_TIMEOUT};
-use crate::local::secret_file::SecretString;
+use crate::local::secret::SecretString;
 use crate::ssh::session::{Session, SessionOptions};
 use crate::{Error, Result};
 
