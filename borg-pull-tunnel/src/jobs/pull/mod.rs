@@ -11,7 +11,7 @@
 //!    borg; its output streams to ours; we wait for the channel to close. Right after `go` the
 //!    first `borg serve` starts (socket method), so its Python start-up overlaps the client
 //!    borg's; the first connection takes it (one per run: a client cannot make us start more).
-//! 5. On every path: the bridges drain (or are stopped, killing and reaping `borg serve`), and we
+//! 5. On every path: the forwards drain (or are stopped, killing and reaping `borg serve`), and we
 //!    disconnect. The script's watcher removes the directory on the client once borg has exited.
 //!
 //! Every wait on the client has a deadline: each request [`REQUEST_TIMEOUT`], the start of the
@@ -39,8 +39,9 @@ use tracing::{debug, info, warn, Instrument};
 use zeroize::Zeroizing;
 
 use crate::channels::agent::AgentForward;
-use crate::channels::tcp::TcpBridge;
-use crate::channels::unix::{self as unix_forward, ForwardStats, Forwarder};
+use crate::channels::tcp::TcpForward;
+use crate::channels::unix::UnixForward;
+use crate::channels::{Forward, ForwardStats};
 use crate::error::RemoteProgram;
 use crate::jobs::pull::script::{ClientSshLog, RemoteRun, Report, SshBack, SshTarget, StderrSplit};
 use crate::limits::{
@@ -385,10 +386,10 @@ where
         };
         let cancel = options.cancel.clone();
         // Not stopped by `cancel` directly: on Ctrl-C borg on the client first gets SIGINT and a
-        // grace period to end its session with borg serve cleanly; clean-up stops the bridges after.
-        let bridges = Bridges::new(&options, agent.as_ref());
+        // grace period to end its session with borg serve cleanly; clean-up stops the forwards after.
+        let forwards = Forwards::new(&options, agent.as_ref());
         let connected = tokio::select! {
-            s = session::connect(&options.session, bridges.incoming()) => s,
+            s = session::connect(&options.session, forwards.incoming()) => s,
             () = cancel.cancelled() => return Err(Error::Interrupted),
         };
         if let Some(learning) = learning {
@@ -418,7 +419,7 @@ where
             }
         }
         let session = connected?;
-        bridges.set_serve(&options);
+        forwards.set_serve(&options);
         if let Some(agent) = agent.as_mut() {
             if let Err(e) = agent.authorize(&options.serve).await {
                 session.disconnect().await;
@@ -427,7 +428,7 @@ where
         }
         let run = Run {
             session: &session,
-            bridges: &bridges,
+            forwards: &forwards,
             options: &options,
             marker: &marker,
             relay: relay.as_ref(),
@@ -458,9 +459,9 @@ where
 
 /// What answers the channels the client's sshd opens during one run: the UNIX socket forward
 /// (socket method) or the TCP forward (TCP method), and the agent (agent and TCP methods).
-struct Bridges {
+struct Forwards {
     unix: Option<Arc<UnixSlot>>,
-    tcp: Option<Arc<TcpBridge>>,
+    tcp: Option<Arc<TcpForward>>,
     agent: Option<Arc<AgentForward>>,
 }
 
@@ -469,7 +470,7 @@ struct Bridges {
 /// Until then every forwarded connection is refused: none is expected before we ask for the
 /// forward, which comes later.
 #[derive(Default)]
-struct UnixSlot(std::sync::OnceLock<Arc<Forwarder>>);
+struct UnixSlot(std::sync::OnceLock<Arc<UnixForward>>);
 
 impl crate::ssh::incoming::Incoming for UnixSlot {
     fn forwarded_streamlocal(&self, socket_path: &str) -> crate::ssh::incoming::Decision {
@@ -480,12 +481,12 @@ impl crate::ssh::incoming::Incoming for UnixSlot {
     }
 }
 
-impl Bridges {
+impl Forwards {
     fn new(options: &PullOptions, agent: Option<&RunAgent>) -> Self {
         Self {
             unix: matches!(options.via, Via::Socket).then(|| Arc::new(UnixSlot::default())),
             tcp: match &options.via {
-                Via::Tcp(login) => Some(TcpBridge::new(login.host.clone(), login.port)),
+                Via::Tcp(login) => Some(TcpForward::new(login.host.clone(), login.port)),
                 _ => None,
             },
             agent: agent.map(|a| a.forward.clone()),
@@ -508,12 +509,12 @@ impl Bridges {
     /// Makes the socket method's forwarder with `options.serve` (once; later calls keep it).
     fn set_serve(&self, options: &PullOptions) {
         if let Some(slot) = &self.unix {
-            let _ = slot.0.set(Forwarder::new(options.serve.clone()));
+            let _ = slot.0.set(UnixForward::new(options.serve.clone()));
         }
     }
 
-    /// The socket method's forwarder, once [`Bridges::set_serve`] made it.
-    fn unix(&self) -> Option<&Arc<Forwarder>> {
+    /// The socket method's forwarder, once [`Forwards::set_serve`] made it.
+    fn unix(&self) -> Option<&Arc<UnixForward>> {
         self.unix.as_ref().and_then(|slot| slot.0.get())
     }
 
@@ -537,7 +538,7 @@ impl Bridges {
 /// One pull on a connected session.
 struct Run<'a> {
     session: &'a Session,
-    bridges: &'a Bridges,
+    forwards: &'a Forwards,
     options: &'a PullOptions,
     marker: &'a str,
     /// The relay to install when the client asks for it.
@@ -677,7 +678,7 @@ impl Run<'_> {
             return Ok(());
         }
         let bridge_failed = self
-            .bridges
+            .forwards
             .tcp
             .as_ref()
             .is_some_and(|tcp| tcp.stats().failed > 0);
@@ -876,7 +877,7 @@ impl Run<'_> {
         let lines = match (&self.options.via, login) {
             (Via::Tcp(_), Some(login)) => {
                 let tcp = self
-                    .bridges
+                    .forwards
                     .tcp
                     .as_ref()
                     .expect("the TCP method has a TCP bridge");
@@ -933,20 +934,20 @@ impl Run<'_> {
         passphrase: Option<&str>,
     ) -> Result<()> {
         let forwarder = self
-            .bridges
+            .forwards
             .unix()
             .expect("the socket method has a forwarder once the server borg's version is known");
         let socket = format!("{dir}/{SOCKET_NAME}");
         let relay = installed_relay.map_or(self.options.relay.as_os_str(), std::ffi::OsStr::new);
         let lines = Zeroizing::new(script::go_lines(relay, dir, passphrase)?);
-        let mut listening = std::pin::pin!(unix_forward::listen(self.session, forwarder, &socket));
+        let mut listening = std::pin::pin!(forwarder.listen(self.session, &socket));
         let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(listening.as_mut().poll(cx))).await;
         channel
             .data_bytes(lines.to_vec())
             .await
             .map_err(|e| self.session.failure("writing to the run's stdin", e))?;
         // borg on the client is on its way (a Python start-up): start its borg serve now, so
-        // the two start-ups overlap. Same flags; stopped with the bridges if no connection comes.
+        // the two start-ups overlap. Same flags; stopped with the forwards if no connection comes.
         forwarder.prestart();
         match queued {
             std::task::Poll::Ready(result) => result,
@@ -957,24 +958,24 @@ impl Run<'_> {
         }
     }
 
-    /// Drains (after success) or stops the bridges, cancels a TCP forward, then disconnects;
+    /// Drains (after success) or stops the forwards, cancels a TCP forward, then disconnects;
     /// bounded in time.
     async fn clean_up(&self, succeeded: bool) -> ForwardStats {
         let stats = if succeeded && !self.options.cancel.is_cancelled() {
             match tokio::time::timeout(
                 CLEANUP_TIMEOUT + FORWARD_DRAIN_TIMEOUT,
-                self.bridges.drain(FORWARD_DRAIN_TIMEOUT),
+                self.forwards.drain(FORWARD_DRAIN_TIMEOUT),
             )
             .await
             {
                 Ok(stats) => stats,
-                Err(_) => self.bridges.stop().await,
+                Err(_) => self.forwards.stop().await,
             }
         } else {
-            self.bridges.stop().await
+            self.forwards.stop().await
         };
         let bye = async {
-            if let Some(tcp) = &self.bridges.tcp {
+            if let Some(tcp) = &self.forwards.tcp {
                 tcp.unlisten(self.session).await;
             }
             self.session.disconnect().await;

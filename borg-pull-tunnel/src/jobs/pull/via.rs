@@ -38,6 +38,7 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::channels::agent::AgentForward;
+use crate::channels::Forward as _;
 use crate::error::ClientSshCause;
 use crate::jobs::pull::script::ClientSshLog;
 use crate::local::authorized_keys::{self, EphemeralEntry, ForcedCommand};
