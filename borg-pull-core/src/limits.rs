@@ -59,10 +59,19 @@ pub const RELAY_PIPE_SIZE: usize = 1024 * 1024;
 /// SOMAXCONN, and what std's `UnixListener::bind` used) is far more than borg clients ever queue.
 pub const LISTEN_BACKLOG: i32 = 128;
 
-/// Longest line of someone else's output we log (`borg serve`'s stderr); the rest is dropped and
-/// counted (`… [N bytes cut]`).
+/// Longest line of someone else's output we log (`borg serve`'s stderr, a restore's borg, the
+/// fleet's server-side borg); the rest is dropped and counted (`… [N bytes cut]`). The one name
+/// for it in every crate.
 ///
 /// borg's own messages, tracebacks included, come one line at a time and far below this; 4 KiB
 /// keeps a full path or error in view while a program writing megabytes without a newline costs
 /// us 4 KiB, not its output's size.
 pub const LOG_LINE_MAX: usize = 4 * 1024;
+
+/// Default for the longest one pull or restore may run (`--max-runtime`, a fleet client's
+/// `max_runtime`) before borg is stopped and the run ends with its own error. The one name for it
+/// in every crate.
+///
+/// Far above a nightly backup (hours), far below "never": a client that keeps the connection
+/// alive but never finishes would hold `borg serve` and the repository lock for ever.
+pub const DEFAULT_MAX_RUNTIME: Duration = Duration::from_secs(24 * 3600);

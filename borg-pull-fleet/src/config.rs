@@ -298,8 +298,8 @@ pub fn parse_with_home(text: &str, path: &Path, home: Option<&Path>) -> Result<F
 pub const DEFAULT_JOBS: usize = 4;
 /// `[server] state_dir` when unset.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/borg-pull";
-/// `max_runtime` when unset (as `pull --max-runtime`).
-pub const DEFAULT_MAX_RUNTIME: Duration = Duration::from_secs(24 * 3600);
+/// `max_runtime` when unset (as `pull --max-runtime`): core's one constant, re-exported.
+pub use borg_pull_core::limits::DEFAULT_MAX_RUNTIME;
 /// `max_age` when unset: a nightly backup one run late is not yet stale.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
 

@@ -24,7 +24,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{Client, PassphraseSource};
-use crate::limits::MAX_LOG_LINE;
+use borg_pull_core::limits::LOG_LINE_MAX;
 
 /// What borg may read its repository passphrase from; each run sets one and removes the others,
 /// because borg takes the first it finds in this order.
@@ -272,7 +272,7 @@ fn exit_code(status: ExitStatus) -> i32 {
 
 /// Logs every line of `reader` (escaped, bounded) and returns the last non-empty one.
 async fn log_lines(reader: impl AsyncRead + Unpin, name: &str, what: &str, quiet: bool) -> Option<String> {
-    let mut lines = BoundedLines::new(reader, MAX_LOG_LINE);
+    let mut lines = BoundedLines::new(reader, LOG_LINE_MAX);
     let mut last = None;
     loop {
         match lines.next_line().await {
