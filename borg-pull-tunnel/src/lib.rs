@@ -28,7 +28,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod channels;
+pub(crate) mod channels;
 pub mod error;
 pub mod jobs;
 pub mod limits;

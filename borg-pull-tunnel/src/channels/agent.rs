@@ -103,11 +103,6 @@ impl AgentForward {
         })
     }
 
-    /// The agent the channels are served with (for its [`KeyAgent::stats`]).
-    pub fn agent(&self) -> &Arc<KeyAgent> {
-        &self.agent
-    }
-
     /// Decides about one agent channel: accepted (and served in a task this forward owns) unless
     /// the forward is stopped or a limit is reached.
     pub fn accept(&self) -> Decision {

@@ -64,6 +64,7 @@ const MESSAGE_LINE_MAX: usize = 512;
 
 /// Everything one restore needs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RestoreOptions {
     /// How to reach and log in to the client.
     pub session: SessionOptions,

@@ -41,7 +41,7 @@ use tracing::{debug, warn};
 use crate::{Error, Result};
 
 /// The first word of the comment of every entry [`add_ephemeral`] makes.
-pub const EPHEMERAL_TAG: &str = "borg-pull-ephemeral";
+pub(crate) const EPHEMERAL_TAG: &str = "borg-pull-ephemeral";
 
 /// Largest authorized_keys file we read (OpenSSH itself has no limit; a file this big is a mistake).
 const MAX_AUTHORIZED_KEYS: u64 = 16 << 20;
@@ -358,7 +358,7 @@ pub fn install(file: &Path, line: &str) -> Result<bool> {
 /// An entry [`add_ephemeral`] made; removed by [`EphemeralEntry::remove`] or, best effort, when
 /// dropped.
 #[derive(Debug)]
-pub struct EphemeralEntry {
+pub(crate) struct EphemeralEntry {
     file: PathBuf,
     /// The entry's comment, unique to it: `borg-pull-ephemeral pid=… start=… id=…`.
     tag: String,
@@ -372,6 +372,7 @@ impl EphemeralEntry {
     }
 
     /// The entry's comment, which identifies it.
+    #[cfg(test)]
     pub fn tag(&self) -> &str {
         &self.tag
     }
@@ -406,7 +407,7 @@ impl Drop for EphemeralEntry {
 
 /// Adds an entry for `key` with `forced` whose comment names this process (pid and start time)
 /// and a random id, so [`remove_stale_ephemeral`] can tell when its maker is gone.
-pub fn add_ephemeral(file: &Path, forced: &ForcedCommand, key: &PublicKey) -> Result<EphemeralEntry> {
+pub(crate) fn add_ephemeral(file: &Path, forced: &ForcedCommand, key: &PublicKey) -> Result<EphemeralEntry> {
     let pid = std::process::id();
     let start =
         process_start_time(pid).map_err(|source| io_error("read", Path::new("/proc/self/stat"), source))?;
@@ -430,7 +431,7 @@ pub fn add_ephemeral(file: &Path, forced: &ForcedCommand, key: &PublicKey) -> Re
 /// pid, or one that started at another time); returns how many. Every other line stays byte for
 /// byte, and so does an ephemeral entry whose comment we cannot read. The pid is looked up in this
 /// process's `/proc`, so pulls sharing one authorized_keys file must share a pid namespace.
-pub fn remove_stale_ephemeral(file: &Path) -> Result<usize> {
+pub(crate) fn remove_stale_ephemeral(file: &Path) -> Result<usize> {
     match fs::symlink_metadata(file) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         _ => {}

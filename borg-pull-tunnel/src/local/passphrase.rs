@@ -113,7 +113,7 @@ async fn run_passcommand(command: &OsString) -> Result<Passphrase> {
 }
 
 /// Removes one trailing `\n` or `\r\n`.
-pub fn strip_newline(mut s: String) -> String {
+fn strip_newline(mut s: String) -> String {
     if s.ends_with('\n') {
         s.pop();
         if s.ends_with('\r') {

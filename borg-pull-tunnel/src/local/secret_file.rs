@@ -25,7 +25,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
-pub use zeroize::Zeroizing;
+pub(crate) use zeroize::Zeroizing;
 
 use crate::error::SecretKind;
 use crate::local::secret::SecretString;
@@ -33,7 +33,7 @@ use crate::{Error, Result};
 
 /// The largest secret file read: far more than any private key (an RSA 16384 key is about 12 KiB)
 /// or passphrase; a larger file is not what the user meant to give.
-pub const MAX_SECRET_FILE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_SECRET_FILE_BYTES: usize = 1 << 20;
 
 /// Reads the secret file `path` after checking the open file, see the [module](self) docs.
 ///
@@ -43,7 +43,7 @@ pub const MAX_SECRET_FILE_BYTES: usize = 1 << 20;
 /// [`SecretKind::Identity`] they are [`Error::Identity`], for [`SecretKind::RepoPassphrase`]
 /// [`Error::Passphrase`] and for [`SecretKind::IdentityPassphrase`] [`Error::Io`] (except
 /// [`Error::SecretFileTooOpen`]).
-pub fn read_secret_file(path: &Path, kind: SecretKind) -> Result<Zeroizing<Vec<u8>>> {
+pub(crate) fn read_secret_file(path: &Path, kind: SecretKind) -> Result<Zeroizing<Vec<u8>>> {
     read_opened(path, kind, |_| {})
 }
 

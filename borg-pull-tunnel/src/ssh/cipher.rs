@@ -27,7 +27,7 @@ pub enum CipherChoice {
 }
 
 /// The values `--cipher` and `cipher =` accept, for messages.
-pub const ACCEPTED: &str = "auto, chacha20-poly1305, aes128-gcm or aes256-gcm";
+pub(crate) const ACCEPTED: &str = "auto, chacha20-poly1305, aes128-gcm or aes256-gcm";
 
 impl std::str::FromStr for CipherChoice {
     type Err = String;
@@ -83,7 +83,7 @@ const CHACHA_FIRST: &[Name] = &[
 impl CipherChoice {
     /// What we offer, most preferred first: the one forced name, or for [`CipherChoice::Auto`] the
     /// order for this CPU.
-    pub fn preferred(self) -> Cow<'static, [Name]> {
+    pub(crate) fn preferred(self) -> Cow<'static, [Name]> {
         match self {
             Self::Auto if hardware_aes() => Cow::Borrowed(AES_FIRST),
             Self::Auto => Cow::Borrowed(CHACHA_FIRST),

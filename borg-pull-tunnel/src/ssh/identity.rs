@@ -52,7 +52,7 @@ pub fn load(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey> {
 /// bytes, the same key with the scalar zero-padded to 32 bytes; `None` for anything else.
 ///
 /// Every buffer holding key material is allocated at its final size and wiped when dropped.
-pub fn pad_short_p256_scalar(text: &str) -> Option<Zeroizing<String>> {
+pub(crate) fn pad_short_p256_scalar(text: &str) -> Option<Zeroizing<String>> {
     let armored = text.trim().strip_prefix(BEGIN)?.strip_suffix(END)?;
     let mut b64 = Zeroizing::new(String::with_capacity(armored.len()));
     b64.extend(armored.chars().filter(|c| !c.is_whitespace()));

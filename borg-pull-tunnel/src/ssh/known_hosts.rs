@@ -93,7 +93,7 @@ pub fn lookup_name(host: &str, port: u16) -> String {
 }
 
 /// The largest known_hosts file [`KnownHosts::read`] reads: some 300 000 hashed entries.
-pub const MAX_KNOWN_HOSTS_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_KNOWN_HOSTS_BYTES: u64 = 64 << 20;
 
 /// A parsed known_hosts file.
 #[derive(Debug, Clone, Default)]

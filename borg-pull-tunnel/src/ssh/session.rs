@@ -103,7 +103,7 @@ impl Session {
 
     /// The error for a failed operation: why our handler ended the connection if it did, a lost
     /// connection if it is gone, else the protocol error.
-    pub fn failure(&self, context: &'static str, source: russh::Error) -> Error {
+    pub(crate) fn failure(&self, context: &'static str, source: russh::Error) -> Error {
         if let Some(reason) = self.ended.lock().expect("not poisoned").take() {
             return reason;
         }
@@ -142,7 +142,7 @@ impl Session {
 
     /// Opens a session channel and sends `exec command` on it without waiting for the reply (a
     /// refusal arrives on the channel as [`russh::ChannelMsg::Failure`]), saving a round trip.
-    pub async fn exec(&self, command: &[u8]) -> Result<Channel<Msg>> {
+    pub(crate) async fn exec(&self, command: &[u8]) -> Result<Channel<Msg>> {
         self.exec_with(command, false).await
     }
 
@@ -150,7 +150,7 @@ impl Session {
     /// (`auth-agent-req@openssh.com`, without waiting for its reply either: a refusal shows as
     /// no `SSH_AUTH_SOCK` in the command's environment). The agent channels the sshd then opens
     /// go to the connection's [`Incoming::agent`].
-    pub async fn exec_forwarding_agent(&self, command: &[u8]) -> Result<Channel<Msg>> {
+    pub(crate) async fn exec_forwarding_agent(&self, command: &[u8]) -> Result<Channel<Msg>> {
         self.exec_with(command, true).await
     }
 
@@ -231,7 +231,7 @@ impl Session {
     }
 
     /// Opens a `direct-tcpip` channel: the sshd connects to `host:port` on our behalf.
-    pub async fn direct_tcpip(&self, host: &str, port: u32, originator: (&str, u32)) -> Result<Channel<Msg>> {
+    pub(crate) async fn direct_tcpip(&self, host: &str, port: u32, originator: (&str, u32)) -> Result<Channel<Msg>> {
         self.answer(
             "opening a direct-tcpip channel",
             self.handle
@@ -243,7 +243,7 @@ impl Session {
 
 /// The russh client handler: verifies the host key, refuses oversized packets and hands every
 /// channel the server opens to an [`Incoming`], cutting off a peer that floods refused opens.
-pub struct ClientHandler {
+pub(crate) struct ClientHandler {
     host: String,
     port: u16,
     known_hosts: PathBuf,
@@ -522,7 +522,7 @@ impl client::Handler for ClientHandler {
 
 /// The russh client configuration: nodelay, the options' keepalive interval and channel window
 /// (see [`crate::limits`]).
-pub fn client_config(options: &SessionOptions) -> client::Config {
+pub(crate) fn client_config(options: &SessionOptions) -> client::Config {
     client::Config {
         preferred: russh::Preferred {
             cipher: options.cipher.preferred(),

@@ -81,7 +81,7 @@ impl ConnectArgs {
                 &path,
                 SecretKind::IdentityPassphrase,
             )?;
-            session.identity_passphrase = Some(line.into());
+            session.identity_passphrase = Some(line);
         }
         Ok(())
     }

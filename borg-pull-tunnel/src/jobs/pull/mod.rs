@@ -54,7 +54,8 @@ use crate::ssh::incoming::ByKind;
 use crate::ssh::session::{self, Session, SessionOptions, SshEnv};
 use crate::{Error, Result};
 
-pub use crate::jobs::pull::script::{RESERVED_ENV, SOCKET_NAME};
+pub use crate::jobs::pull::script::RESERVED_ENV;
+use crate::jobs::pull::script::SOCKET_NAME;
 use crate::jobs::pull::via::RunAgent;
 pub use crate::jobs::pull::via::{AgentKey, ServerLogin, Via};
 
@@ -62,12 +63,13 @@ pub use crate::jobs::pull::via::{AgentKey, ServerLogin, Via};
 /// an `ssh://` URL to use `BORG_RSH`; the relay ignores the host, and the agent and TCP methods
 /// give the client's ssh the real address as options, so this only names the repository to borg
 /// (which remembers it) and shows up in its messages.
-pub const REPO_URL_HOST: &str = "borg-pull-server";
+pub(crate) const REPO_URL_HOST: &str = "borg-pull-server";
 
 /// The environment a pull may use, read in one place ([`PullEnv::from_process`]) so that nothing
 /// deeper in the library reads variables behind the caller's back: OpenSSH's ([`SshEnv`]) and
 /// borg's passphrase variables.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct PullEnv {
     /// HOME, USER, the identity passphrase and SSH_AUTH_SOCK ([`SessionOptions::with_env`]).
     pub ssh: SshEnv,
@@ -108,8 +110,10 @@ impl PullEnv {
     }
 }
 
-/// Everything one pull needs.
+/// Everything one pull needs: made by [`PullOptions::new`], [`PullOptions::with_env`] or
+/// [`PullOptions::from_env`], then changed field by field.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PullOptions {
     /// How to reach and log in to the client.
     pub session: SessionOptions,
@@ -275,7 +279,7 @@ impl PullOptions {
     /// The script for the client ([`crate::jobs::pull::script`]), checked before anything touches the network.
     /// `identity_line` is the agent key's public half (agent and TCP methods); `relay` the relay
     /// to install (`install_relay`).
-    pub fn remote_script(
+    pub(crate) fn remote_script(
         &self,
         marker: &str,
         identity_line: Option<&str>,
@@ -321,6 +325,7 @@ impl PullOptions {
 
 /// What a finished pull reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PullOutcome {
     /// How borg on the client ended.
     pub exit: RemoteExit,

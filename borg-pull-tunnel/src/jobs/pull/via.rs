@@ -59,7 +59,7 @@ pub enum Via {
 
 impl Via {
     /// The server login of the agent and TCP methods.
-    pub fn server_login(&self) -> Option<&ServerLogin> {
+    pub(crate) fn server_login(&self) -> Option<&ServerLogin> {
         match self {
             Via::Socket => None,
             Via::Agent(login) | Via::Tcp(login) => Some(login),
@@ -69,6 +69,7 @@ impl Via {
 
 /// How the client's ssh logs in to the server's sshd (agent and TCP methods).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerLogin {
     /// The login user on the server, whose `authorized_keys` forces `borg serve` for the key.
     pub user: String,
@@ -120,7 +121,7 @@ impl ServerLogin {
     }
 
     /// The server's host key as the one line of the client's temporary known_hosts file.
-    pub fn known_hosts_line(&self) -> Result<String> {
+    pub(crate) fn known_hosts_line(&self) -> Result<String> {
         let key = self
             .host_key
             .to_openssh()
