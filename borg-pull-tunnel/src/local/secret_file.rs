@@ -47,7 +47,7 @@ pub(crate) fn read_secret_file(path: &Path, kind: SecretKind) -> Result<Zeroizin
     read_opened(path, kind, |_| {})
 }
 
-/// The first line of the secret file `path` (see [`read_secret_file`]), without its `\n` or
+/// The first line of the secret file `path` (checked as the [module](self) docs say), without its `\n` or
 /// `\r\n`: a passphrase file. Anything after the first line is ignored; invalid UTF-8 is an error.
 pub fn read_secret_line(path: &Path, kind: SecretKind) -> Result<SecretString> {
     let bytes = read_secret_file(path, kind)?;

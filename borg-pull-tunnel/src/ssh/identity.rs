@@ -23,7 +23,7 @@ const END: &str = "-----END OPENSSH PRIVATE KEY-----";
 /// Loads `path` (decrypting with `passphrase` if it is encrypted), working around ssh-key's
 /// short-scalar ECDSA bug for unencrypted keys.
 ///
-/// The file is opened once and checked as opened ([`read_secret_file`]): a symbolic link, a file
+/// The file is opened once and checked as opened ([`crate::local::secret_file`]): a symbolic link, a file
 /// others can read, not a regular file or one too large are refused.
 pub fn load(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey> {
     let bytes = read_secret_file(path, SecretKind::Identity)?;

@@ -114,7 +114,7 @@ impl KnownHosts {
     }
 
     /// Reads and parses `path`; a missing file is an empty one. A file larger than
-    /// [`MAX_KNOWN_HOSTS_BYTES`] (or endless, like a device) is an error, not a hang.
+    /// `MAX_KNOWN_HOSTS_BYTES` (64 MiB; or endless, like a device) is an error, not a hang.
     pub fn read(path: &Path) -> Result<Self> {
         use std::io::Read;
         let io_err = |source| Error::KnownHostsIo {

@@ -171,8 +171,8 @@ impl Session {
         Ok(channel)
     }
 
-    /// Runs a short helper `command` and collects a bounded prefix of its output; see
-    /// [`crate::ssh::exec::capture`].
+    /// Runs a short helper `command` and collects a bounded prefix of its output (at most
+    /// [`crate::limits::HELPER_OUTPUT_KEPT`] bytes of each stream).
     pub async fn capture(&self, command: &str, timeout: Duration) -> Result<Captured> {
         let run = async {
             let mut channel = self.exec(command.as_bytes()).await?;

@@ -6,7 +6,7 @@
 //! 2. One exec runs the script of [`crate::jobs::pull::script`]: it checks the relay and borg, makes a private
 //!    directory with `mktemp -d` (umask 077) and reports it.
 //! 3. `streamlocal-forward@openssh.com` for `DIR/borg.sock`; a refusal is diagnosed on the client
-//!    ([`crate::channels::unix`]). Each forwarded connection is bridged to its own `borg serve`.
+//!    (`UnixForward`, channels/unix.rs). Each forwarded connection is bridged to its own `borg serve`.
 //! 4. We send `go`, borg's `BORG_RSH` and the passphrase (if any) on stdin and the script `exec`s
 //!    borg; its output streams to ours; we wait for the channel to close. Right after `go` the
 //!    first `borg serve` starts (socket method), so its Python start-up overlaps the client

@@ -12,7 +12,7 @@
 //!   sshd, or where `borg serve` must be the server admin's forced command.
 //! - [`Via::Tcp`] (the docs' `ssh -R 8022:localhost:22` method): like the agent method, but the
 //!   client's ssh reaches the server's sshd through a TCP port we forward on the client's loopback
-//!   ([`crate::channels::tcp`]). For clients whose sshd forbids UNIX socket forwarding but allows
+//!   (`TcpForward`, channels/tcp.rs). For clients whose sshd forbids UNIX socket forwarding but allows
 //!   TCP, and which cannot reach the server's sshd themselves.
 //!
 //! In the agent and TCP methods the client's ssh checks the server's host key against a

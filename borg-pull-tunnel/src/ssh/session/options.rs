@@ -84,7 +84,7 @@ pub struct SessionOptions {
     /// revoked key is refused regardless.
     pub accept_new_host_key: bool,
     /// Send a keepalive after this long without hearing from the client; after
-    /// [`KEEPALIVE_MAX`] unanswered ones the connection counts as lost (like OpenSSH's
+    /// [`crate::limits::KEEPALIVE_MAX`] unanswered ones the connection counts as lost (like OpenSSH's
     /// `ServerAliveInterval`). [`crate::limits::KEEPALIVE_INTERVAL`] by default.
     pub keepalive_interval: std::time::Duration,
     /// SSH channel window in bytes ([`crate::limits::CHANNEL_WINDOW`] unless measured otherwise).
