@@ -143,7 +143,6 @@ impl AgentForward {
             tracker: self.tracker.clone(),
         })
     }
-
 }
 
 /// No bytes are counted (`to_serve`, `from_serve`): an agent channel carries requests to our own

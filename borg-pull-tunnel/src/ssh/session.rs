@@ -231,7 +231,12 @@ impl Session {
     }
 
     /// Opens a `direct-tcpip` channel: the sshd connects to `host:port` on our behalf.
-    pub(crate) async fn direct_tcpip(&self, host: &str, port: u32, originator: (&str, u32)) -> Result<Channel<Msg>> {
+    pub(crate) async fn direct_tcpip(
+        &self,
+        host: &str,
+        port: u32,
+        originator: (&str, u32),
+    ) -> Result<Channel<Msg>> {
         self.answer(
             "opening a direct-tcpip channel",
             self.handle

@@ -83,7 +83,10 @@ impl std::fmt::Debug for PullEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PullEnv")
             .field("ssh", &self.ssh)
-            .field("borg_passphrase", &self.borg_passphrase.as_ref().map(|_| "<redacted>"))
+            .field(
+                "borg_passphrase",
+                &self.borg_passphrase.as_ref().map(|_| "<redacted>"),
+            )
             .field("borg_passcommand", &self.borg_passcommand)
             .finish()
     }

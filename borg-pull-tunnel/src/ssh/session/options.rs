@@ -201,7 +201,10 @@ mod tests {
         assert!(o.known_hosts.as_os_str().is_empty());
         assert!(o.default_identities.is_empty() && o.agent_socket.is_none());
         for bad in ["host-only", "u@", "@h"] {
-            assert!(SessionOptions::with_env(bad, &SshEnv::default()).is_err(), "{bad}");
+            assert!(
+                SessionOptions::with_env(bad, &SshEnv::default()).is_err(),
+                "{bad}"
+            );
         }
         let env = SshEnv {
             home: Some("/home/op".into()),
@@ -214,7 +217,10 @@ mod tests {
         assert_eq!(o.known_hosts, PathBuf::from("/home/op/.ssh/known_hosts"));
         assert_eq!(o.default_identities[0], PathBuf::from("/home/op/.ssh/id_ed25519"));
         assert_eq!(o.agent_socket, Some(PathBuf::from("/run/agent.sock")));
-        assert_eq!(o.identity_passphrase.as_ref().map(SecretString::as_str), Some("pw"));
+        assert_eq!(
+            o.identity_passphrase.as_ref().map(SecretString::as_str),
+            Some("pw")
+        );
         assert!(!format!("{env:?} {o:?}").contains("pw\""));
     }
 }
