@@ -332,8 +332,9 @@ impl PullOptions {
 pub struct PullOutcome {
     /// How borg on the client ended.
     pub exit: RemoteExit,
-    /// Totals of the forwarded connections.
-    pub forwarded: ForwardStats,
+    /// Totals of the forwarded connections (the crate-private `ForwardStats` is core's
+    /// `SupervisorStats`).
+    pub forwarded: borg_pull_core::supervise::SupervisorStats,
 }
 
 /// Runs a pull with borg's output going to our stdout and stderr; returns borg's exit code
