@@ -608,6 +608,13 @@ mod tests {
         assert_eq!(proc_state(pid), None);
     }
 
+    #[test]
+    fn signals_map_like_a_shell() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(exit_code(ExitStatus::from_raw(2 << 8)), 2);
+        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+    }
+
     #[tokio::test]
     async fn a_signal_is_128_plus_its_number() {
         let mut child = sh("kill -USR1 $$").stdout(Output::Null).spawn().unwrap();
