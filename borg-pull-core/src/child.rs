@@ -371,6 +371,12 @@ impl BorgChild {
         self.life = Life::Reaped(status);
     }
 
+    /// Waits up to `limit` for it to end (and reaps it); `None` while it still runs.
+    async fn ended_within(&mut self, limit: Duration, how: HowEnded) -> Option<io::Result<Ended>> {
+        let status = tokio::time::timeout(limit, self.wait()).await.ok()?;
+        Some(status.map(|status| Ended { how, status }))
+    }
+
     /// Stops it: SIGTERM to its group, SIGKILL after `grace`; reaped in every case.
     pub async fn stop(&mut self, grace: Duration) -> io::Result<Ended> {
         if let Life::Reaped(status) = self.life {
@@ -380,11 +386,8 @@ impl BorgChild {
             });
         }
         self.terminate();
-        if let Ok(status) = tokio::time::timeout(grace, self.wait()).await {
-            return Ok(Ended {
-                how: HowEnded::AfterSigterm,
-                status: status?,
-            });
+        if let Some(ended) = self.ended_within(grace, HowEnded::AfterSigterm).await {
+            return ended;
         }
         warn!(
             pid = self.child.id(),
@@ -401,11 +404,8 @@ impl BorgChild {
     /// Lets it end by itself for up to `exit_grace`, then [`stop`](Self::stop)s it with
     /// `stop_grace`; reaped in every case.
     pub async fn finish(&mut self, exit_grace: Duration, stop_grace: Duration) -> io::Result<Ended> {
-        if let Ok(status) = tokio::time::timeout(exit_grace, self.wait()).await {
-            return Ok(Ended {
-                how: HowEnded::ByItself,
-                status: status?,
-            });
+        if let Some(ended) = self.ended_within(exit_grace, HowEnded::ByItself).await {
+            return ended;
         }
         warn!(
             pid = self.child.id(),
