@@ -36,10 +36,12 @@ use borg_pull_tunnel::local::passphrase::{Passphrase, SecretSources};
 use borg_pull_tunnel::ssh::cipher::CipherChoice;
 use tokio_util::sync::CancellationToken;
 
-use crate::retention::{CheckPolicy, Retention};
 use crate::schedule::{self, Backoff, Hours, Schedule};
+use crate::time_text::parse_duration;
 
+mod policy;
 mod ssh_config;
+pub use policy::{CheckPolicy, Retention};
 use ssh_config::read_ssh_config;
 pub use ssh_config::{HostSettings, SshConfig};
 
@@ -840,30 +842,6 @@ fn expand_tilde(path: &str, home: Option<&Path>) -> PathBuf {
     match (path.strip_prefix("~/"), home) {
         (Some(rest), Some(home)) => home.join(rest),
         _ => PathBuf::from(path),
-    }
-}
-
-/// `N`, `Ns`, `Nm`, `Nh` or `Nd` with N > 0 (as `pull --max-runtime`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => s.split_at(at),
-        None => (s, "s"),
-    };
-    let per = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: expected a number with s, m, h or d, e.g. 36h")),
-    };
-    match digits.parse::<u64>() {
-        Ok(n) if n > 0 => n
-            .checked_mul(per)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{s:?} is too long")),
-        _ => Err(format!(
-            "{s:?}: expected a number above 0 with s, m, h or d, e.g. 36h"
-        )),
     }
 }
 
