@@ -386,22 +386,19 @@ mod tests {
         use borg_pull_tunnel::error::KexStage;
         use borg_pull_tunnel::Error as E;
         let closed = E::ClosedBeforeKex {
-            host: "c".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("c", 22),
             stage: KexStage::NoBanner,
         };
         assert_eq!(for_pull_error(&closed), REFUSED_BEFORE_KEX);
         let behind = E::JumpHost {
-            host: "j".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("j", 22),
             source: Box::new(closed),
         };
         assert_eq!(for_pull_error(&behind), REFUSED_BEFORE_KEX);
         assert!(PULL.contains(&REFUSED_BEFORE_KEX) && RESTORE.contains(&REFUSED_BEFORE_KEX));
         let cut_off = E::AuthCutOff {
             user: "u".into(),
-            host: "c".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("c", 22),
             offered: 3,
             said: String::new(),
         };

@@ -378,8 +378,7 @@ mod tests {
         });
         assert_eq!(tunnel(&wrapped).unwrap().flag, "--borg");
         let at_jump_host = E::JumpHost {
-            host: "bastion".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("bastion", 22),
             source: Box::new(E::NoIdentity {
                 tried: vec![],
                 agent: Some(PathBuf::from("/run/agent.sock")),
@@ -449,8 +448,7 @@ mod key_budget_tests {
     fn auth_failed(agent_keys: usize, agent_keys_held: u32) -> E {
         E::AuthFailed {
             user: "u".into(),
-            host: "h".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("h", 22),
             identity: PathBuf::new(),
             agent: Some(PathBuf::from("/run/a.sock")),
             agent_keys,
@@ -471,8 +469,7 @@ mod key_budget_tests {
         assert_eq!(render(&all), all.to_string());
         let cut_off = E::AuthCutOff {
             user: "u".into(),
-            host: "h".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("h", 22),
             offered: 3,
             said: "Too many authentication failures".into(),
         };

@@ -996,8 +996,9 @@ async fn server_borg_version(borg: &Path) -> borg_pull_tunnel::Result<borg_pull_
             let program = borg.to_owned();
             tokio::task::spawn_blocking(move || borg_pull_core::BorgVersion::probe(&program))
                 .await
-                .map_err(|e| {
-                    borg_pull_tunnel::Error::InvalidOption(format!("asking borg for its version: {e}"))
+                .map_err(|source| borg_pull_tunnel::Error::BackgroundTask {
+                    task: "asking borg for its version",
+                    source,
                 })?
                 .map_err(borg_pull_tunnel::Error::Serve)
         })

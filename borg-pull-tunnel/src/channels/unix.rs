@@ -114,9 +114,8 @@ pub async fn listen(session: &Session, forwarder: &Forwarder, socket_path: &str)
             debug!(socket_path, "forward listening");
             Ok(())
         }
-        Err(Error::RequestDenied { host, port, .. }) => Err(Error::ForwardDenied {
-            host,
-            port,
+        Err(Error::RequestDenied { peer, .. }) => Err(Error::ForwardDenied {
+            peer,
             path: socket_path.to_owned(),
             cause: diagnose(session, socket_path).await,
         }),

@@ -331,8 +331,7 @@ impl Run<'_> {
     ) -> Result<T> {
         tokio::select! {
             r = tokio::time::timeout(limit, step) => r.map_err(|_| Error::NoAnswer {
-                host: self.session.host().to_owned(),
-                port: self.session.port(),
+                peer: self.session.peer(),
                 what,
                 secs: limit.as_secs(),
             })?,
@@ -366,7 +365,7 @@ impl Run<'_> {
             Report::NoDir(why) => {
                 return Err(Error::RemoteDirUnusable {
                     dir: self.options.remote_dir.to_string_lossy().into_owned(),
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                     purpose: crate::error::RemoteDirUse::Restore,
                 })
@@ -375,7 +374,7 @@ impl Run<'_> {
                 return Err(Error::RemoteProgramMissing {
                     program: self.options.remote_tar.to_string_lossy().into_owned(),
                     role: RemoteProgram::Tar,
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                 })
             }
@@ -409,7 +408,7 @@ impl Run<'_> {
                     }
                 }
                 Err(e) => {
-                    warn!("cannot open the heartbeat channel ({e}); if the link dies silently, tar on the client waits for the start bound");
+                    warn!("cannot open the heartbeat channel ({}); if the link dies silently, tar on the client waits for the start bound", borg_pull_core::error::Chain(&e));
                     std::future::pending().await
                 }
             }
@@ -531,7 +530,7 @@ impl Run<'_> {
                 Stop::Cancelled => Error::Interrupted,
                 Stop::Refused => exec_refused("tar"),
                 Stop::Deadline => Error::RestoreMaxRuntime {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     secs: self.options.max_runtime.as_secs(),
                 },
             });
@@ -549,7 +548,7 @@ impl Run<'_> {
             }
             None => {
                 return Err(Error::TarNoExitStatus {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                 })
             }
         };

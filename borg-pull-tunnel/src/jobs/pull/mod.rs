@@ -425,7 +425,7 @@ where
                 Some(
                     tokio::task::spawn_blocking(move || RelayBinary::read(&path))
                         .await
-                        .map_err(|e| Error::InvalidOption(format!("reading the relay to install: {e}")))??,
+                        .map_err(|source| Error::BackgroundTask { task: "reading the relay to install", source })??,
                 )
             }
             _ => None,
@@ -457,7 +457,7 @@ where
         };
         if let Some(learning) = learning {
             let learned = tokio::select! {
-                l = learning => l.map_err(|e| Error::InvalidOption(format!("asking the server's borg for its version: {e}"))),
+                l = learning => l.map_err(|source| Error::BackgroundTask { task: "asking the server's borg for its version", source }),
                 () = cancel.cancelled() => Err(Error::Interrupted),
             };
             // The version's failure first, as when it was asked before connecting.
@@ -618,8 +618,7 @@ impl Run<'_> {
     ) -> Result<T> {
         tokio::select! {
             r = tokio::time::timeout(limit, step) => r.map_err(|_| Error::NoAnswer {
-                host: self.session.host().to_owned(),
-                port: self.session.port(),
+                peer: self.session.peer(),
                 what,
                 secs: limit.as_secs(),
             })?,
@@ -702,7 +701,7 @@ impl Run<'_> {
             Some(Stop::Cancelled) => return Err(Error::Interrupted),
             Some(Stop::Deadline) => {
                 return Err(Error::MaxRuntime {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     secs: self.options.max_runtime.as_secs(),
                 })
             }
@@ -717,7 +716,7 @@ impl Run<'_> {
                 Err(self.session.failure("borg was running", russh::Error::Disconnect))
             }
             None => Err(Error::NoExitStatus {
-                host: self.session.host().to_owned(),
+                peer: self.session.peer(),
             }),
         }
     }
@@ -748,7 +747,7 @@ impl Run<'_> {
         };
         match crate::jobs::pull::via::client_ssh_cause(log, bridge_failed) {
             Some(cause) => Err(Error::ClientSsh {
-                host: self.session.host().to_owned(),
+                peer: self.session.peer(),
                 server: match self.options.via {
                     Via::Tcp(_) => format!(
                         "{}@{} port {} (through the TCP forward on the client's loopback)",
@@ -781,7 +780,7 @@ impl Run<'_> {
                 if client.major == server.major && client.generation() != server.generation() =>
             {
                 Err(Error::BorgGenerationMismatch {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     program: self.options.remote_borg.to_string_lossy().into_owned(),
                     client: client.to_string(),
                     client_generation: client.generation(),
@@ -790,7 +789,7 @@ impl Run<'_> {
                 })
             }
             (Some(client), Some(server)) if client.major != server.major => Err(Error::BorgVersionMismatch {
-                host: self.session.host().to_owned(),
+                peer: self.session.peer(),
                 program: self.options.remote_borg.to_string_lossy().into_owned(),
                 client: client.to_string(),
                 client_major: client.major,
@@ -831,13 +830,13 @@ impl Run<'_> {
                     _ => "the client asked for it twice".into(),
                 };
                 return Err(Error::RelayInstall {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                 });
             }
             Report::NoAgent => {
                 return Err(Error::AgentNotForwarded {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                 })
             }
             // Before the private directory was made: nothing is left on the client to clear.
@@ -850,7 +849,7 @@ impl Run<'_> {
                         .unwrap_or_default()
                         .to_string_lossy()
                         .into_owned(),
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                     purpose: crate::error::RemoteDirUse::RunBorg,
                 })
@@ -867,7 +866,7 @@ impl Run<'_> {
         Err(Error::RemoteProgramMissing {
             program: program.to_string_lossy().into_owned(),
             role,
-            host: self.session.host().to_owned(),
+            peer: self.session.peer(),
             why,
         })
     }
@@ -881,7 +880,7 @@ impl Run<'_> {
         channel: &mut russh::Channel<russh::client::Msg>,
     ) -> Result<(Report, Vec<u8>)> {
         let relay = self.relay.ok_or_else(|| Error::RelayInstall {
-            host: self.session.host().to_owned(),
+            peer: self.session.peer(),
             why: "the client asked for a relay we did not offer".into(),
         })?;
         info!(
@@ -950,8 +949,8 @@ impl Run<'_> {
                     )
                     .await
                 {
-                    Err(Error::RequestDenied { host, port, .. }) => {
-                        return Err(Error::TcpForwardDenied { host, port })
+                    Err(Error::RequestDenied { peer, .. }) => {
+                        return Err(Error::TcpForwardDenied { peer })
                     }
                     other => other?,
                 };
