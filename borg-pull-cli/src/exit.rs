@@ -267,73 +267,92 @@ pub fn range_note() -> String {
     )
 }
 
-/// Our own failures map to codes 200 and up (see [`PULL`]).
-pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
-    use borg_pull_tunnel::error::ClientSshCause;
-    use borg_pull_tunnel::{Error as E, SecretKind};
-    match e {
-        E::InvalidOption(_) | E::NulInArgument(_) => USAGE,
-        E::Serve(
-            borg_pull_core::Error::RepoNotAbsolute { .. } | borg_pull_core::Error::UnsupportedByBorg { .. },
-        ) => USAGE,
-        E::Serve(borg_pull_core::Error::CannotRefuseDeletes { .. }) => USAGE,
-        E::Serve(
-            borg_pull_core::Error::BorgNotFound { .. }
-            | borg_pull_core::Error::SpawnBorg { .. }
-            | borg_pull_core::Error::SpawnBorgVersion { .. }
-            | borg_pull_core::Error::BorgVersionUnknown { .. },
-        ) => BORG_UNAVAILABLE,
-        E::JumpHost { source, .. } => for_pull_error(source),
-        E::JumpConnect { .. } => CONNECT,
-        // The client's ssh to the server: the same codes as for our own connection.
-        E::ClientSsh { cause, .. } => match cause {
-            ClientSshCause::HostKey => HOST_KEY,
-            ClientSshCause::Auth => AUTH,
-            ClientSshCause::Connect => CONNECT,
-            ClientSshCause::NotBorgServe => NOT_BORG_SERVE,
-        },
-        e if e.is_host_key() => HOST_KEY,
-        E::KnownHostsIo { .. } => HOST_KEY,
-        E::SecretFileTooOpen {
-            kind: SecretKind::RepoPassphrase,
-            ..
-        } => PASSPHRASE,
-        E::Identity { .. }
-        | E::IdentityEncrypted { .. }
-        | E::NoIdentity { .. }
-        | E::SecretFileTooOpen { .. }
-        | E::AuthFailed { .. }
-        | E::AuthCutOff { .. } => AUTH,
-        E::Passphrase(_) => PASSPHRASE,
-        E::Connect { .. } | E::ConnectTimeout { .. } => CONNECT,
-        E::ServerHostKey { .. } | E::ForcedCommandInvalid { .. } => USAGE,
+/// The code of a kind of tunnel error under `pull`, `restore-tar`, `run` and `check-config` (see
+/// [`PULL`]). Exhaustive, as every mapping here: a new kind does not compile until it has a code.
+pub fn for_pull_kind(kind: borg_pull_tunnel::error::ErrorKind) -> Code {
+    use borg_pull_tunnel::error::ErrorKind as K;
+    match kind {
+        K::Usage => USAGE,
+        K::Internal | K::Protocol | K::Server => FAILURE,
+        K::Interrupted => INTERRUPTED,
+        K::BorgUnavailable => BORG_UNAVAILABLE,
         // --ephemeral-key: the server user's authorized_keys cannot be edited safely.
-        E::AuthorizedKeysIo { .. }
-        | E::AuthorizedKeysUnsafe { .. }
-        | E::AuthorizedKeysConflict { .. }
-        | E::Io { .. } => OS_ERROR,
-        E::ForwardDenied { .. }
-        | E::RemoteDirUnusable { .. }
-        | E::TcpForwardDenied { .. }
-        | E::BorgVersionMismatch { .. }
-        | E::BorgGenerationMismatch { .. }
-        | E::RelayInstall { .. }
-        | E::AgentNotForwarded { .. }
-        | E::RemoteProgramMissing { .. }
-        | E::RemoteHelper { .. }
-        | E::RemoteHelperTimeout { .. } => CLIENT_SETUP,
-        E::ConnectionLost { .. } => CONNECTION_LOST,
-        E::NoAnswer { .. }
-        | E::OversizedPacket { .. }
-        | E::ChannelOpenFlood { .. }
-        | E::RemoteOutputTooLarge { .. } => CLIENT_MISBEHAVED,
-        E::MaxRuntime { .. } | E::RestoreMaxRuntime { .. } => MAX_RUNTIME,
-        E::ClosedBeforeKex { .. } => REFUSED_BEFORE_KEX,
-        E::Interrupted => INTERRUPTED,
-        // Like a refused forward: the client's sshd is set up without what we need; a person
-        // fixes it (its Ciphers, or our --cipher), retrying does not.
-        E::CipherNotOffered { .. } => CLIENT_SETUP,
-        _ => FAILURE,
+        K::Os | K::AuthorizedKeysConflict => OS_ERROR,
+        K::HostKey => HOST_KEY,
+        K::Auth => AUTH,
+        K::Passphrase => PASSPHRASE,
+        K::Connect => CONNECT,
+        // Like a refused forward, a cipher the client's sshd lacks: a person fixes its set-up (or
+        // our --cipher); retrying does not.
+        K::ClientSetup => CLIENT_SETUP,
+        K::ConnectionLost => CONNECTION_LOST,
+        K::ClientMisbehaved => CLIENT_MISBEHAVED,
+        K::MaxRuntime => MAX_RUNTIME,
+        K::RefusedBeforeKex => REFUSED_BEFORE_KEX,
+        K::NotBorgServe => NOT_BORG_SERVE,
+    }
+}
+
+/// Our own failures of `pull` and its kin map to codes 200 and up (see [`PULL`]); a jump host's
+/// failure has its cause's code.
+pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
+    for_pull_kind(e.kind())
+}
+
+/// The code of a kind of core error under `listen` (see [`LISTEN`]).
+pub fn for_listen_kind(kind: borg_pull_core::error::ErrorKind) -> Code {
+    use borg_pull_core::error::ErrorKind as K;
+    match kind {
+        K::Usage => USAGE,
+        K::BorgUnavailable => BORG_UNAVAILABLE,
+        K::SocketUnsafe => SOCKET_UNSAFE,
+        K::SocketInUse => SOCKET_IN_USE,
+        K::Os => OS_ERROR,
+        K::Relay | K::BorgFailed => FAILURE,
+    }
+}
+
+/// `listen`'s code for an error of borg-pull-core.
+pub fn for_listen_error(e: &borg_pull_core::Error) -> Code {
+    for_listen_kind(e.kind())
+}
+
+/// The code of a kind of tunnel error under `authorize` (see [`AUTHORIZE`]): an existing entry
+/// with other options has its own code there, and nothing connects.
+pub fn for_authorize_kind(kind: borg_pull_tunnel::error::ErrorKind) -> Code {
+    use borg_pull_tunnel::error::ErrorKind as K;
+    match kind {
+        K::Usage => USAGE,
+        K::Os => OS_ERROR,
+        K::AuthorizedKeysConflict => AUTHORIZED_KEYS_CONFLICT,
+        K::Internal
+        | K::Protocol
+        | K::Server
+        | K::Interrupted
+        | K::BorgUnavailable
+        | K::HostKey
+        | K::Auth
+        | K::Passphrase
+        | K::Connect
+        | K::ClientSetup
+        | K::ConnectionLost
+        | K::ClientMisbehaved
+        | K::MaxRuntime
+        | K::RefusedBeforeKex
+        | K::NotBorgServe => FAILURE,
+    }
+}
+
+/// `authorize`'s code for an error of borg-pull-tunnel.
+pub fn for_authorize_error(e: &borg_pull_tunnel::Error) -> Code {
+    for_authorize_kind(e.kind())
+}
+
+/// The code of a fleet config that cannot be used (`run`, `check-config`, `status`).
+pub fn for_config_error(e: &borg_pull_fleet::config::ConfigError) -> Code {
+    use borg_pull_fleet::config::ConfigErrorKind as K;
+    match e.kind() {
+        K::Unreadable | K::Invalid => USAGE,
     }
 }
 

@@ -406,9 +406,27 @@ mod tests {
         let p = || PathBuf::from("/x");
         use ErrorKind as K;
         vec![
-            (Error::SpawnBorg { program: p(), source: io() }, K::BorgUnavailable),
-            (Error::SpawnBorgVersion { program: p(), source: io() }, K::BorgUnavailable),
-            (Error::BorgVersionUnknown { program: p(), output: "x".into() }, K::BorgUnavailable),
+            (
+                Error::SpawnBorg {
+                    program: p(),
+                    source: io(),
+                },
+                K::BorgUnavailable,
+            ),
+            (
+                Error::SpawnBorgVersion {
+                    program: p(),
+                    source: io(),
+                },
+                K::BorgUnavailable,
+            ),
+            (
+                Error::BorgVersionUnknown {
+                    program: p(),
+                    output: "x".into(),
+                },
+                K::BorgUnavailable,
+            ),
             (Error::BorgNotFound { program: p() }, K::BorgUnavailable),
             (
                 Error::InitFailed {
@@ -419,17 +437,45 @@ mod tests {
                 },
                 K::BorgFailed,
             ),
-            (Error::UnsupportedByBorg { version: version(), flag: "--storage-quota" }, K::Usage),
+            (
+                Error::UnsupportedByBorg {
+                    version: version(),
+                    flag: "--storage-quota",
+                },
+                K::Usage,
+            ),
             (Error::CannotRefuseDeletes { version: version() }, K::Usage),
             (Error::RepoNotAbsolute { path: p() }, K::Usage),
-            (Error::StorageQuotaInvalid { value: "1".into(), reason: "small" }, K::Usage),
-            (Error::SocketPathInvalid { path: p(), reason: "long" }, K::Usage),
+            (
+                Error::StorageQuotaInvalid {
+                    value: "1".into(),
+                    reason: "small",
+                },
+                K::Usage,
+            ),
+            (
+                Error::SocketPathInvalid {
+                    path: p(),
+                    reason: "long",
+                },
+                K::Usage,
+            ),
             (Error::ServeIo(io()), K::Relay),
             (
-                Error::SocketDirParentMissing { dir: p(), dir_display: "/x".into(), parent: p() },
+                Error::SocketDirParentMissing {
+                    dir: p(),
+                    dir_display: "/x".into(),
+                    parent: p(),
+                },
                 K::SocketUnsafe,
             ),
-            (Error::SocketDirIo { dir: p(), source: io() }, K::SocketUnsafe),
+            (
+                Error::SocketDirIo {
+                    dir: p(),
+                    source: io(),
+                },
+                K::SocketUnsafe,
+            ),
             (Error::SocketDirNotDirectory { dir: p() }, K::SocketUnsafe),
             (Error::SocketDirSymlink { dir: p() }, K::SocketUnsafe),
             (
@@ -444,25 +490,70 @@ mod tests {
                 K::SocketUnsafe,
             ),
             (
-                Error::SocketDirInsecure { dir: p(), dir_display: "/x".into(), mode: 0o777 },
+                Error::SocketDirInsecure {
+                    dir: p(),
+                    dir_display: "/x".into(),
+                    mode: 0o777,
+                },
                 K::SocketUnsafe,
             ),
             (
-                Error::SocketDirNotOwned { dir: p(), dir_display: "/x".into(), owner: 1, uid: 0 },
+                Error::SocketDirNotOwned {
+                    dir: p(),
+                    dir_display: "/x".into(),
+                    owner: 1,
+                    uid: 0,
+                },
                 K::SocketUnsafe,
             ),
-            (Error::SocketPathOccupied { path: p(), kind: "directory" }, K::SocketUnsafe),
-            (Error::StaleSocket { path: p(), source: io() }, K::SocketUnsafe),
+            (
+                Error::SocketPathOccupied {
+                    path: p(),
+                    kind: "directory",
+                },
+                K::SocketUnsafe,
+            ),
+            (
+                Error::StaleSocket {
+                    path: p(),
+                    source: io(),
+                },
+                K::SocketUnsafe,
+            ),
             (Error::SocketInUse { path: p() }, K::SocketInUse),
-            (Error::SocketBind { path: p(), source: io() }, K::Os),
+            (
+                Error::SocketBind {
+                    path: p(),
+                    source: io(),
+                },
+                K::Os,
+            ),
             (Error::SystemdSocket { source: io() }, K::Os),
-            (Error::RshArgs { arg: "-x".into(), reason: "no".into() }, K::Relay),
+            (
+                Error::RshArgs {
+                    arg: "-x".into(),
+                    reason: "no".into(),
+                },
+                K::Relay,
+            ),
             (Error::SocketMissing { path: p() }, K::Relay),
             (Error::SocketPermission { path: p() }, K::Relay),
             (Error::SocketRefused { path: p() }, K::Relay),
             (Error::NotASocket { path: p() }, K::Relay),
-            (Error::SocketConnect { path: p(), source: io() }, K::Relay),
-            (Error::Relay { direction: "a -> b".into(), source: io() }, K::Relay),
+            (
+                Error::SocketConnect {
+                    path: p(),
+                    source: io(),
+                },
+                K::Relay,
+            ),
+            (
+                Error::Relay {
+                    direction: "a -> b".into(),
+                    source: io(),
+                },
+                K::Relay,
+            ),
             (Error::RelayStdio(io()), K::Relay),
         ]
     }
@@ -499,7 +590,10 @@ mod tests {
             if let Some(source) = std::error::Error::source(&e) {
                 assert!(!text.contains(&source.to_string()), "said twice: {text}");
             }
-            assert!(!text.contains("the io cause") || std::error::Error::source(&e).is_none(), "{text}");
+            assert!(
+                !text.contains("the io cause") || std::error::Error::source(&e).is_none(),
+                "{text}"
+            );
         }
     }
 
@@ -511,8 +605,14 @@ mod tests {
         };
         let text = Chain(&e).to_string();
         assert_eq!(text.matches("the io cause").count(), 1, "{text}");
-        assert!(text.starts_with("cannot listen on socket \"/run/x.sock\""), "{text}");
+        assert!(
+            text.starts_with("cannot listen on socket \"/run/x.sock\""),
+            "{text}"
+        );
         let wrapped = Error::ServeIo(io());
-        assert_eq!(Chain(&wrapped).to_string(), "relaying to borg serve failed: the io cause");
+        assert_eq!(
+            Chain(&wrapped).to_string(),
+            "relaying to borg serve failed: the io cause"
+        );
     }
 }

@@ -163,16 +163,18 @@ pub enum PassphraseSource {
 // Loading and validation.
 
 /// Why a config cannot be used. `Display` names the file, the line and the key where known,
-/// e.g. `fleet.toml line 12: unknown key "keep_daly" in [[client]] web1`.
+/// e.g. `fleet.toml line 12: unknown key "keep_daly" in [[client]] web1`, and the cause: it is
+/// printed as one line, so it names its cause rather than handing it out as a source.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file (or the ssh config it names) cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key or a wrong type, or a value is not allowed.
     #[error("{}{}: {message}", file.display(), line.map(|l| format!(" line {l}")).unwrap_or_default())]
@@ -188,12 +190,32 @@ pub enum ConfigError {
     },
 }
 
+/// What kind of problem a [`ConfigError`] is. Not `#[non_exhaustive]`: a new kind must get an
+/// exit code in every binary before it compiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConfigErrorKind {
+    /// The file (or the ssh config it names) cannot be read.
+    Unreadable,
+    /// It is not valid TOML, or a key or value is not allowed.
+    Invalid,
+}
+
+impl ConfigError {
+    /// The kind of this error (an exhaustive match: a new variant must be classified).
+    pub fn kind(&self) -> ConfigErrorKind {
+        match self {
+            ConfigError::Io { .. } => ConfigErrorKind::Unreadable,
+            ConfigError::Invalid { .. } => ConfigErrorKind::Invalid,
+        }
+    }
+}
+
 /// Reads and validates the config at `path`; `~/.ssh/config` is `$HOME/.ssh/config` unless
 /// `[server] ssh_config` names another file.
 pub fn load(path: &Path) -> Result<Fleet, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     parse(&text, path)
 }

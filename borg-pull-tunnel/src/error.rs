@@ -327,9 +327,7 @@ pub enum Error {
     },
 
     /// The connection to the client was lost (keepalives unanswered, TCP reset, sshd exited).
-    #[error(
-        "connection to {peer} lost while {context} (the client vanished or its sshd was stopped)"
-    )]
+    #[error("connection to {peer} lost while {context} (the client vanished or its sshd was stopped)")]
     ConnectionLost {
         /// The client's sshd.
         peer: Peer,
@@ -642,8 +640,8 @@ pub enum Error {
     /// A value cannot be part of an authorized_keys entry (NUL, line break, not UTF-8).
     #[error("the {what} {value:?} cannot be part of an authorized_keys entry: {why}")]
     ForcedCommandInvalid {
-        /// Which value (`repository path`, `borg program`, `key comment`).
-        what: &'static str,
+        /// Which value.
+        what: EntryPart,
         /// The value, lossily as text.
         value: String,
         /// Why not.
@@ -1113,6 +1111,34 @@ impl std::fmt::Display for SecretKind {
             SecretKind::Identity => "identity",
             SecretKind::IdentityPassphrase => "identity passphrase file",
             SecretKind::RepoPassphrase => "passphrase file",
+        })
+    }
+}
+
+/// A part of an authorized_keys entry (for [`Error::ForcedCommandInvalid`]): which flag or file
+/// fixes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryPart {
+    /// The borg program of the forced command.
+    BorgProgram,
+    /// One of the forced command's other arguments.
+    Argument,
+    /// The repository path the forced command restricts to.
+    RepositoryPath,
+    /// The key's comment.
+    KeyComment,
+    /// A whole line written by someone else.
+    Line,
+}
+
+impl std::fmt::Display for EntryPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EntryPart::BorgProgram => "borg program",
+            EntryPart::Argument => "argument",
+            EntryPart::RepositoryPath => "repository path",
+            EntryPart::KeyComment => "key comment",
+            EntryPart::Line => "authorized_keys line",
         })
     }
 }

@@ -88,7 +88,10 @@ async fn read_file(path: &Path) -> Result<Passphrase> {
         crate::local::secret_file::read_secret_line(&path, crate::error::SecretKind::RepoPassphrase)
     })
     .await
-    .map_err(|source| Error::BackgroundTask { task: "reading the passphrase file", source })??;
+    .map_err(|source| Error::BackgroundTask {
+        task: "reading the passphrase file",
+        source,
+    })??;
     Passphrase::new(line.as_str())
 }
 

@@ -367,8 +367,16 @@ mod tests {
         ] {
             for kind in KINDS {
                 let err = read_secret_file(path, kind).unwrap_err();
-                assert!(borg_pull_core::error::Chain(&err).to_string().contains(what), "{err}");
-                assert!(borg_pull_core::error::Chain(&err).to_string().contains("regular file"), "{err}");
+                assert!(
+                    borg_pull_core::error::Chain(&err).to_string().contains(what),
+                    "{err}"
+                );
+                assert!(
+                    borg_pull_core::error::Chain(&err)
+                        .to_string()
+                        .contains("regular file"),
+                    "{err}"
+                );
             }
         }
     }
@@ -383,9 +391,19 @@ mod tests {
             std::os::fd::AsRawFd::as_raw_fd(&read)
         ));
         let err = read_secret_file(&path, SecretKind::RepoPassphrase).unwrap_err();
-        assert!(borg_pull_core::error::Chain(&err).to_string().contains("BORG_PASSCOMMAND"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("BORG_PASSCOMMAND"),
+            "{err}"
+        );
         let err = read_secret_file(&path, SecretKind::IdentityPassphrase).unwrap_err();
-        assert!(borg_pull_core::error::Chain(&err).to_string().contains("BORG_PULL_IDENTITY_PASSPHRASE"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("BORG_PULL_IDENTITY_PASSPHRASE"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -393,7 +411,12 @@ mod tests {
         let err = read_secret_file(Path::new("/nonexistent/key"), SecretKind::Identity).unwrap_err();
         assert!(matches!(&err, Error::Identity { .. }), "{err}");
         assert!(
-            borg_pull_core::error::Chain(&err).to_string().contains("/nonexistent/key") && borg_pull_core::error::Chain(&err).to_string().contains("No such file"),
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("/nonexistent/key")
+                && borg_pull_core::error::Chain(&err)
+                    .to_string()
+                    .contains("No such file"),
             "{err}"
         );
     }

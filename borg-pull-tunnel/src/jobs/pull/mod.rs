@@ -949,9 +949,7 @@ impl Run<'_> {
                     )
                     .await
                 {
-                    Err(Error::RequestDenied { peer, .. }) => {
-                        return Err(Error::TcpForwardDenied { peer })
-                    }
+                    Err(Error::RequestDenied { peer, .. }) => return Err(Error::TcpForwardDenied { peer }),
                     other => other?,
                 };
                 let target = SshTarget {

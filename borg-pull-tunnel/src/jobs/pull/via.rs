@@ -215,9 +215,13 @@ impl RunAgent {
             let removed = authorized_keys::remove_stale_ephemeral(&file)?;
             Ok((removed, authorized_keys::add_ephemeral(&file, &forced, &key)?))
         };
-        let (removed, entry) = tokio::task::spawn_blocking(edit)
-            .await
-            .map_err(|source| Error::BackgroundTask { task: "editing authorized_keys", source })??;
+        let (removed, entry) =
+            tokio::task::spawn_blocking(edit)
+                .await
+                .map_err(|source| Error::BackgroundTask {
+                    task: "editing authorized_keys",
+                    source,
+                })??;
         if removed > 0 {
             warn!(
                 removed,
