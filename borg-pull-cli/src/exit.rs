@@ -455,4 +455,88 @@ mod tests {
             ]
         );
     }
+
+    use borg_pull_core::error::ErrorKind as CoreKind;
+    use borg_pull_tunnel::error::ErrorKind as K;
+
+    /// One named test per code: the kinds that exit with it under `pull` (and `restore-tar`,
+    /// `run`, `check-config`), and that the code is in `pull`'s table.
+    macro_rules! pull_codes {
+        ($($name:ident: [$($kind:ident),+] => $code:ident,)*) => {$(
+            #[test]
+            fn $name() {
+                for kind in [$(K::$kind),+] {
+                    assert_eq!(for_pull_kind(kind), $code, "{kind:?}");
+                }
+                assert!(PULL.contains(&$code), "{:?} not in pull's table", $code);
+            }
+        )*};
+    }
+
+    pull_codes! {
+        pull_usage_errors_exit_200: [Usage] => USAGE,
+        pull_internal_protocol_and_server_failures_exit_201: [Internal, Protocol, Server] => FAILURE,
+        pull_interrupted_exits_202: [Interrupted] => INTERRUPTED,
+        pull_borg_unavailable_exits_203: [BorgUnavailable] => BORG_UNAVAILABLE,
+        pull_os_errors_and_authorized_keys_conflicts_exit_204: [Os, AuthorizedKeysConflict] => OS_ERROR,
+        pull_host_key_failures_exit_210: [HostKey] => HOST_KEY,
+        pull_auth_failures_exit_211: [Auth] => AUTH,
+        pull_passphrase_failures_exit_212: [Passphrase] => PASSPHRASE,
+        pull_connect_failures_exit_213: [Connect] => CONNECT,
+        pull_client_setup_failures_exit_214: [ClientSetup] => CLIENT_SETUP,
+        pull_a_lost_connection_exits_215: [ConnectionLost] => CONNECTION_LOST,
+        pull_a_misbehaving_client_exits_216: [ClientMisbehaved] => CLIENT_MISBEHAVED,
+        pull_max_runtime_exits_217: [MaxRuntime] => MAX_RUNTIME,
+        pull_not_borg_serve_exits_219: [NotBorgServe] => NOT_BORG_SERVE,
+        pull_a_close_before_key_exchange_exits_220: [RefusedBeforeKex] => REFUSED_BEFORE_KEX,
+    }
+
+    #[test]
+    fn listen_maps_core_kinds_to_its_table() {
+        for (kind, code) in [
+            (CoreKind::Usage, USAGE),
+            (CoreKind::BorgUnavailable, BORG_UNAVAILABLE),
+            (CoreKind::SocketUnsafe, SOCKET_UNSAFE),
+            (CoreKind::SocketInUse, SOCKET_IN_USE),
+            (CoreKind::Os, OS_ERROR),
+            (CoreKind::Relay, FAILURE),
+            (CoreKind::BorgFailed, FAILURE),
+        ] {
+            assert_eq!(for_listen_kind(kind), code, "{kind:?}");
+            assert!(LISTEN.contains(&code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn authorize_gives_a_conflict_its_own_code_and_the_rest_its_table() {
+        assert_eq!(
+            for_authorize_kind(K::AuthorizedKeysConflict),
+            AUTHORIZED_KEYS_CONFLICT
+        );
+        assert_eq!(for_pull_kind(K::AuthorizedKeysConflict), OS_ERROR);
+        assert_eq!(for_authorize_kind(K::Usage), USAGE);
+        assert_eq!(for_authorize_kind(K::Os), OS_ERROR);
+        for kind in [K::Internal, K::HostKey, K::Connect, K::ClientSetup, K::Passphrase] {
+            assert_eq!(for_authorize_kind(kind), FAILURE, "{kind:?}");
+        }
+    }
+
+    /// A task that ended abnormally was an "invalid option" (exit 200) before the kinds; it is an
+    /// internal failure.
+    #[test]
+    fn a_failed_background_task_exits_201_not_as_a_usage_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let source = rt.block_on(async {
+            let task = tokio::spawn(std::future::pending::<()>());
+            task.abort();
+            task.await.expect_err("aborted")
+        });
+        let e = borg_pull_tunnel::Error::BackgroundTask {
+            task: "reading the relay to install",
+            source,
+        };
+        assert_eq!(for_pull_error(&e), FAILURE);
+    }
 }

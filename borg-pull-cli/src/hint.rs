@@ -402,6 +402,43 @@ mod tests {
         }
     }
 
+    /// The chain is walked, each level said once: a jump host, the connection it failed at, the
+    /// operating system's reason.
+    #[test]
+    fn render_says_each_cause_of_the_chain_once() {
+        use borg_pull_tunnel::error::Peer;
+        let e = borg_pull_tunnel::Error::JumpHost {
+            peer: Peer::new("bastion", 2222),
+            source: Box::new(borg_pull_tunnel::Error::Connect {
+                peer: Peer::new("web1", 22),
+                source: std::io::Error::other("connection refused"),
+            }),
+        };
+        assert_eq!(
+            render(&e),
+            "jump host bastion port 2222: cannot connect to web1 port 22: connection refused"
+        );
+        assert_eq!(render_fleet(&e), render(&e));
+    }
+
+    /// `authorize` picks its hint by which part of the entry is unusable, not by message text.
+    #[test]
+    fn authorize_hints_follow_the_part_of_the_entry() {
+        use borg_pull_tunnel::error::EntryPart;
+        let invalid = |what| borg_pull_tunnel::Error::ForcedCommandInvalid {
+            what,
+            value: "x".into(),
+            why: "it contains a NUL byte",
+        };
+        let flag = |what| authorize(&invalid(what)).map(|h| h.flag);
+        assert_eq!(flag(EntryPart::BorgProgram), Some("--borg"));
+        assert_eq!(flag(EntryPart::RepositoryPath), Some("--repo"));
+        assert_eq!(flag(EntryPart::KeyComment), None);
+        assert!(invalid(EntryPart::BorgProgram)
+            .to_string()
+            .starts_with("the borg program \"x\""));
+    }
+
     #[test]
     fn relay_socket_errors_name_the_socket_option() {
         let err = borg_pull_core::Error::SocketMissing {

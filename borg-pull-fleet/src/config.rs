@@ -1230,6 +1230,28 @@ max_runtime = "90m"
     }
 
     #[test]
+    fn an_unreadable_config_is_classified_unreadable_and_names_its_cause_once() {
+        let e = load(Path::new("/nonexistent/fleet.toml")).unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Unreadable);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot read /nonexistent/fleet.toml: "),
+            "{text}"
+        );
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "said in the message: {text}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_config_is_classified_invalid() {
+        let e = parse_text("[server]\njobs = 0\n").unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Invalid, "{e}");
+        assert!(std::error::Error::source(&e).is_none(), "{e}");
+    }
+
+    #[test]
     fn debug_shows_no_secret_and_durations_parse() {
         let fleet = parse_text(GOOD).unwrap();
         assert!(!format!("{fleet:?}").to_lowercase().contains("passphrase(\""));

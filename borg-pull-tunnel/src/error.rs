@@ -1276,4 +1276,469 @@ mod tests {
         assert!(closed(KexStage::AfterBanner)
             .contains("closed the connection right after its SSH banner, before"));
     }
+
+    fn peer() -> Peer {
+        Peer::new("web1", 2222)
+    }
+
+    fn io() -> std::io::Error {
+        std::io::Error::other("the io cause")
+    }
+
+    fn problem() -> Box<HostKeyProblem> {
+        Box::new(HostKeyProblem {
+            host_port: "[web1]:2222".into(),
+            peer: peer(),
+            ..HostKeyProblem::default()
+        })
+    }
+
+    /// A task ended abnormally, as a `JoinError` is made: cancelled.
+    fn cancelled() -> tokio::task::JoinError {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let task = tokio::spawn(std::future::pending::<()>());
+            task.abort();
+            task.await.expect_err("aborted")
+        })
+    }
+
+    /// One of every variant, with the kind the exit tables give it.
+    fn every_variant() -> Vec<(Error, ErrorKind)> {
+        use borg_pull_core::version::Generation;
+        use ErrorKind as K;
+        let p = || PathBuf::from("/x");
+        let s = || String::from("x");
+        let core = |e| Error::Serve(e);
+        vec![
+            (Error::InvalidOption(s()), K::Usage),
+            (Error::NulInArgument(s()), K::Usage),
+            (Error::ServerHostKey { path: p(), why: s() }, K::Usage),
+            (Error::PublicKeyFile { path: p(), why: s() }, K::Usage),
+            (
+                Error::ForcedCommandInvalid {
+                    what: EntryPart::BorgProgram,
+                    value: s(),
+                    why: "NUL",
+                },
+                K::Usage,
+            ),
+            (
+                core(borg_pull_core::Error::RepoNotAbsolute { path: p() }),
+                K::Usage,
+            ),
+            (
+                Error::BackgroundTask {
+                    task: "reading",
+                    source: cancelled(),
+                },
+                K::Internal,
+            ),
+            (Error::HandlerEnded(s()), K::Internal),
+            (
+                Error::Ssh {
+                    context: "exec",
+                    source: russh::Error::Disconnect,
+                },
+                K::Protocol,
+            ),
+            (
+                Error::RequestDenied {
+                    peer: peer(),
+                    request: "a forward",
+                },
+                K::Protocol,
+            ),
+            (Error::AgentFrameTooLarge { len: 1, max: 0 }, K::Protocol),
+            (Error::AgentIdle { secs: 1 }, K::Protocol),
+            (Error::TarNoExitStatus { peer: peer() }, K::Protocol),
+            (Error::NoExitStatus { peer: peer() }, K::Protocol),
+            (Error::NoKnownHostsFile, K::Server),
+            (core(borg_pull_core::Error::ServeIo(io())), K::Server),
+            (Error::Interrupted, K::Interrupted),
+            (
+                core(borg_pull_core::Error::BorgNotFound { program: p() }),
+                K::BorgUnavailable,
+            ),
+            (
+                Error::Io {
+                    context: s(),
+                    source: io(),
+                },
+                K::Os,
+            ),
+            (
+                Error::AuthorizedKeysIo {
+                    action: "read",
+                    path: p(),
+                    source: io(),
+                },
+                K::Os,
+            ),
+            (Error::AuthorizedKeysUnsafe { path: p(), why: s() }, K::Os),
+            (
+                Error::AuthorizedKeysConflict {
+                    path: p(),
+                    line: 1,
+                    existing: s(),
+                },
+                K::AuthorizedKeysConflict,
+            ),
+            (Error::UnknownHostKey(problem()), K::HostKey),
+            (Error::HostKeyChanged(problem()), K::HostKey),
+            (Error::HostKeyTypeUnknown(problem()), K::HostKey),
+            (Error::HostKeyRevoked(problem()), K::HostKey),
+            (Error::HostCertificateUnsupported(problem()), K::HostKey),
+            (
+                Error::KnownHostsIo {
+                    action: "read",
+                    path: p(),
+                    source: io(),
+                },
+                K::HostKey,
+            ),
+            (
+                Error::ClientSsh {
+                    peer: peer(),
+                    server: s(),
+                    cause: ClientSshCause::HostKey,
+                    said: s(),
+                },
+                K::HostKey,
+            ),
+            (
+                Error::Identity {
+                    path: p(),
+                    source: russh::keys::Error::CouldNotReadKey,
+                },
+                K::Auth,
+            ),
+            (Error::IdentityEncrypted { path: p() }, K::Auth),
+            (
+                Error::SecretFileTooOpen {
+                    kind: SecretKind::Identity,
+                    path: p(),
+                    mode: 0o644,
+                },
+                K::Auth,
+            ),
+            (
+                Error::SecretFileTooOpen {
+                    kind: SecretKind::IdentityPassphrase,
+                    path: p(),
+                    mode: 0o644,
+                },
+                K::Auth,
+            ),
+            (
+                Error::NoIdentity {
+                    tried: vec![p()],
+                    agent: None,
+                },
+                K::Auth,
+            ),
+            (
+                Error::AuthFailed {
+                    user: s(),
+                    peer: peer(),
+                    identity: p(),
+                    agent: None,
+                    agent_keys: 0,
+                    agent_keys_held: 0,
+                },
+                K::Auth,
+            ),
+            (
+                Error::AuthCutOff {
+                    user: s(),
+                    peer: peer(),
+                    offered: 6,
+                    said: s(),
+                },
+                K::Auth,
+            ),
+            (
+                Error::ClientSsh {
+                    peer: peer(),
+                    server: s(),
+                    cause: ClientSshCause::Auth,
+                    said: s(),
+                },
+                K::Auth,
+            ),
+            (Error::Passphrase(s()), K::Passphrase),
+            (
+                Error::SecretFileTooOpen {
+                    kind: SecretKind::RepoPassphrase,
+                    path: p(),
+                    mode: 0o644,
+                },
+                K::Passphrase,
+            ),
+            (
+                Error::Connect {
+                    peer: peer(),
+                    source: io(),
+                },
+                K::Connect,
+            ),
+            (
+                Error::ConnectTimeout {
+                    peer: peer(),
+                    secs: 1,
+                },
+                K::Connect,
+            ),
+            (
+                Error::JumpConnect {
+                    peer: peer(),
+                    target: peer(),
+                    reason: s(),
+                },
+                K::Connect,
+            ),
+            (
+                Error::ClientSsh {
+                    peer: peer(),
+                    server: s(),
+                    cause: ClientSshCause::Connect,
+                    said: s(),
+                },
+                K::Connect,
+            ),
+            (
+                Error::ForwardDenied {
+                    peer: peer(),
+                    path: s(),
+                    cause: ForwardDenial::Forbidden,
+                },
+                K::ClientSetup,
+            ),
+            (Error::TcpForwardDenied { peer: peer() }, K::ClientSetup),
+            (
+                Error::RemoteDirUnusable {
+                    dir: s(),
+                    peer: peer(),
+                    why: s(),
+                    purpose: RemoteDirUse::RunBorg,
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::BorgVersionMismatch {
+                    peer: peer(),
+                    program: s(),
+                    client: s(),
+                    client_major: 1,
+                    server: s(),
+                    server_major: 2,
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::BorgGenerationMismatch {
+                    peer: peer(),
+                    program: s(),
+                    client: s(),
+                    client_generation: Generation::Borg2Segments,
+                    server: s(),
+                    server_generation: Generation::Borg2StoreUnrestricted,
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::RelayInstall {
+                    peer: peer(),
+                    why: s(),
+                },
+                K::ClientSetup,
+            ),
+            (Error::AgentNotForwarded { peer: peer() }, K::ClientSetup),
+            (
+                Error::RemoteProgramMissing {
+                    program: s(),
+                    role: RemoteProgram::Borg,
+                    peer: peer(),
+                    why: s(),
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::RemoteHelper {
+                    command: s(),
+                    status: Some(1),
+                    output: s(),
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::RemoteHelperTimeout {
+                    command: s(),
+                    secs: 1,
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::CipherNotOffered {
+                    peer: peer(),
+                    choice: crate::ssh::cipher::CipherChoice::Aes256Gcm,
+                    ours: s(),
+                    theirs: s(),
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::ConnectionLost {
+                    peer: peer(),
+                    context: "exec",
+                },
+                K::ConnectionLost,
+            ),
+            (
+                Error::NoAnswer {
+                    peer: peer(),
+                    what: "exec",
+                    secs: 1,
+                },
+                K::ClientMisbehaved,
+            ),
+            (
+                Error::OversizedPacket {
+                    peer: peer(),
+                    len: 2,
+                    max: 1,
+                },
+                K::ClientMisbehaved,
+            ),
+            (
+                Error::ChannelOpenFlood {
+                    peer: peer(),
+                    count: 9,
+                },
+                K::ClientMisbehaved,
+            ),
+            (
+                Error::RemoteOutputTooLarge {
+                    command: s(),
+                    limit: 1,
+                    output: s(),
+                },
+                K::ClientMisbehaved,
+            ),
+            (
+                Error::MaxRuntime {
+                    peer: peer(),
+                    secs: 1,
+                },
+                K::MaxRuntime,
+            ),
+            (
+                Error::RestoreMaxRuntime {
+                    peer: peer(),
+                    secs: 1,
+                },
+                K::MaxRuntime,
+            ),
+            (
+                Error::ClosedBeforeKex {
+                    peer: peer(),
+                    stage: KexStage::NoBanner,
+                },
+                K::RefusedBeforeKex,
+            ),
+            (
+                Error::ClientSsh {
+                    peer: peer(),
+                    server: s(),
+                    cause: ClientSshCause::NotBorgServe,
+                    said: s(),
+                },
+                K::NotBorgServe,
+            ),
+            (
+                Error::JumpHost {
+                    peer: peer(),
+                    source: Box::new(Error::AuthCutOff {
+                        user: s(),
+                        peer: peer(),
+                        offered: 6,
+                        said: s(),
+                    }),
+                },
+                K::Auth,
+            ),
+        ]
+    }
+
+    macro_rules! kind_cases {
+        ($($name:ident: $kind:ident,)*) => {$(
+            #[test]
+            fn $name() {
+                let all = every_variant();
+                let listed: Vec<&Error> =
+                    all.iter().filter(|(_, k)| *k == ErrorKind::$kind).map(|(e, _)| e).collect();
+                assert!(!listed.is_empty(), "no variant of kind {:?}", ErrorKind::$kind);
+                for e in listed {
+                    assert_eq!(e.kind(), ErrorKind::$kind, "{e:?}");
+                }
+            }
+        )*};
+    }
+
+    kind_cases! {
+        usage_errors_are_classified_usage: Usage,
+        failed_tasks_are_classified_internal_not_usage: Internal,
+        protocol_failures_are_classified_protocol: Protocol,
+        failures_of_this_server_are_classified_server: Server,
+        an_interruption_is_classified_interrupted: Interrupted,
+        an_unusable_borg_here_is_classified_borg_unavailable: BorgUnavailable,
+        refused_local_files_are_classified_os: Os,
+        a_conflicting_entry_is_classified_as_such: AuthorizedKeysConflict,
+        host_key_failures_are_classified_host_key: HostKey,
+        login_failures_are_classified_auth: Auth,
+        passphrase_failures_are_classified_passphrase: Passphrase,
+        connection_failures_are_classified_connect: Connect,
+        a_client_not_set_up_is_classified_client_setup: ClientSetup,
+        a_lost_connection_is_classified_connection_lost: ConnectionLost,
+        a_client_breaking_a_bound_is_classified_client_misbehaved: ClientMisbehaved,
+        a_run_past_its_time_is_classified_max_runtime: MaxRuntime,
+        a_close_before_key_exchange_is_classified_refused_before_kex: RefusedBeforeKex,
+        a_forced_command_not_borg_serve_is_classified_not_borg_serve: NotBorgServe,
+    }
+
+    #[test]
+    fn no_message_repeats_its_source() {
+        for (e, _) in every_variant() {
+            let text = e.to_string();
+            if let Some(source) = std::error::Error::source(&e) {
+                let cause = source.to_string();
+                assert!(!text.contains(&cause), "said twice: {text} / {cause}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_peer_is_shown_one_way_wherever_a_message_names_the_connection() {
+        for (e, _) in every_variant() {
+            // known_hosts' own name for the host (`[web1]:2222`) and ssh-keyscan's `-p` are
+            // commands to copy, not the peer shown.
+            let text = e.to_string().replace("[web1]:2222", "").replace("-p 2222", "");
+            assert!(!text.contains("web1:2222"), "{text}");
+            if text.contains("2222") {
+                assert!(text.contains("web1 port 2222"), "{text}");
+            }
+        }
+        assert_eq!(
+            Error::JumpConnect {
+                peer: peer(),
+                target: Peer::new("db", 22),
+                reason: "refused".into()
+            }
+            .peer()
+            .map(ToString::to_string),
+            Some("web1 port 2222".to_owned())
+        );
+    }
 }
