@@ -87,9 +87,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// I/O on a `borg serve` child's pipes failed.
-    #[error("relaying to borg serve failed")]
-    ServeIo(#[source] std::io::Error),
+    /// I/O on a `borg serve` child's pipes failed, or what the client sent was refused before it
+    /// reached borg (its text says why, so it is named in the message, not handed out as a source).
+    #[error("relaying to borg serve failed: {0}")]
+    ServeIo(std::io::Error),
     /// The socket path cannot be a UNIX socket address (no file name, or too long for `sun_path`).
     #[error("socket path {path:?} is unusable: {reason}")]
     SocketPathInvalid {
@@ -291,8 +292,8 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The relay could not take over this process's stdin/stdout.
-    #[error("cannot set up stdin/stdout for relaying")]
-    RelayStdio(#[source] std::io::Error),
+    #[error("cannot set up stdin/stdout for relaying: {0}")]
+    RelayStdio(std::io::Error),
 }
 
 /// What kind of failure an [`Error`] is: what a binary needs to pick its exit code and a person
@@ -610,6 +611,7 @@ mod tests {
             "{text}"
         );
         let wrapped = Error::ServeIo(io());
+        assert!(std::error::Error::source(&wrapped).is_none());
         assert_eq!(
             Chain(&wrapped).to_string(),
             "relaying to borg serve failed: the io cause"
