@@ -348,6 +348,16 @@ pub fn for_authorize_error(e: &borg_pull_tunnel::Error) -> Code {
     for_authorize_kind(e.kind())
 }
 
+/// `check-config`'s code for a client's repository that will not open for `run`.
+pub fn for_repo_problem(e: &borg_pull_fleet::check::RepoProblem) -> Code {
+    use borg_pull_fleet::check::RepoProblemKind as K;
+    match e.kind() {
+        K::Passphrase => PASSPHRASE,
+        K::BorgUnavailable => BORG_UNAVAILABLE,
+        K::Unreadable => REPO_UNREADABLE,
+    }
+}
+
 /// The code of a fleet config that cannot be used (`run`, `check-config`, `status`).
 pub fn for_config_error(e: &borg_pull_fleet::config::ConfigError) -> Code {
     use borg_pull_fleet::config::ConfigErrorKind as K;
@@ -519,6 +529,25 @@ mod tests {
         for kind in [K::Internal, K::HostKey, K::Connect, K::ClientSetup, K::Passphrase] {
             assert_eq!(for_authorize_kind(kind), FAILURE, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn check_config_maps_repository_problems_by_kind() {
+        use borg_pull_fleet::check::RepoProblem as P;
+        let repo = || std::path::PathBuf::from("/srv/borg/web1");
+        let wrong = P::WrongPassphrase {
+            repo: repo(),
+            from: "passphrase_file /p".into(),
+            said: String::new(),
+        };
+        let no_borg = P::BorgUnavailable {
+            borg: "borg".into(),
+            repo: repo(),
+            said: String::new(),
+        };
+        assert_eq!(for_repo_problem(&wrong), PASSPHRASE);
+        assert_eq!(for_repo_problem(&no_borg), BORG_UNAVAILABLE);
+        assert_eq!(for_repo_problem(&P::Missing { repo: repo() }), REPO_UNREADABLE);
     }
 
     /// A task that ended abnormally was an "invalid option" (exit 200) before the kinds; it is an

@@ -122,6 +122,34 @@ pub enum RepoProblem {
     },
 }
 
+/// What kind of problem a [`RepoProblem`] is. Not `#[non_exhaustive]`: a new kind must get an
+/// exit code in every binary before it compiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RepoProblemKind {
+    /// The passphrase is wrong or cannot be had.
+    Passphrase,
+    /// The server's borg cannot be started.
+    BorgUnavailable,
+    /// The repository is missing, not one, or borg failed on it (or hung).
+    Unreadable,
+}
+
+impl RepoProblem {
+    /// The kind of this problem (an exhaustive match: a new variant must be classified).
+    pub fn kind(&self) -> RepoProblemKind {
+        match self {
+            RepoProblem::WrongPassphrase { .. } | RepoProblem::PassphraseUnavailable { .. } => {
+                RepoProblemKind::Passphrase
+            }
+            RepoProblem::BorgUnavailable { .. } => RepoProblemKind::BorgUnavailable,
+            RepoProblem::Missing { .. }
+            | RepoProblem::NotARepository { .. }
+            | RepoProblem::TimedOut { .. }
+            | RepoProblem::Borg { .. } => RepoProblemKind::Unreadable,
+        }
+    }
+}
+
 /// Where `client`'s passphrase comes from, in the config's words.
 fn passphrase_source(client: &Client) -> String {
     match &client.passphrase {

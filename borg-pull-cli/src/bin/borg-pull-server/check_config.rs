@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use borg_pull_cli::{exit, hint};
-use borg_pull_fleet::check::{self, RelayVersion, RepoOpens, RepoProblem};
+use borg_pull_fleet::check::{self, RelayVersion, RepoOpens};
 use borg_pull_fleet::config::{Client, Fleet, ViaConfig};
 use borg_pull_fleet::limits::BorgLimits;
 use borg_pull_tunnel::jobs::pull::{PullEnv, PullOptions, RelayBinary};
@@ -508,13 +508,7 @@ async fn check(
             parts.push(format!("repository {repo} locked"));
         }
         Err(problem) => {
-            let code = match &problem {
-                RepoProblem::WrongPassphrase { .. } | RepoProblem::PassphraseUnavailable { .. } => {
-                    exit::PASSPHRASE.code
-                }
-                RepoProblem::BorgUnavailable { .. } => exit::BORG_UNAVAILABLE.code,
-                _ => exit::REPO_UNREADABLE.code,
-            };
+            let code = exit::for_repo_problem(&problem).code;
             return Err((code, format!("{}; but {problem}", parts.join("; "))));
         }
     }
