@@ -165,16 +165,18 @@ pub enum PassphraseSource {
 // Loading and validation.
 
 /// Why a config cannot be used. `Display` names the file, the line and the key where known,
-/// e.g. `fleet.toml line 12: unknown key "keep_daly" in [[client]] web1`.
+/// e.g. `fleet.toml line 12: unknown key "keep_daly" in [[client]] web1`, and the cause: it is
+/// printed as one line, so it names its cause rather than handing it out as a source.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file (or the ssh config it names) cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key or a wrong type, or a value is not allowed.
     #[error("{}{}: {message}", file.display(), line.map(|l| format!(" line {l}")).unwrap_or_default())]
@@ -190,12 +192,32 @@ pub enum ConfigError {
     },
 }
 
+/// What kind of problem a [`ConfigError`] is. Not `#[non_exhaustive]`: a new kind must get an
+/// exit code in every binary before it compiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConfigErrorKind {
+    /// The file (or the ssh config it names) cannot be read.
+    Unreadable,
+    /// It is not valid TOML, or a key or value is not allowed.
+    Invalid,
+}
+
+impl ConfigError {
+    /// The kind of this error (an exhaustive match: a new variant must be classified).
+    pub fn kind(&self) -> ConfigErrorKind {
+        match self {
+            ConfigError::Io { .. } => ConfigErrorKind::Unreadable,
+            ConfigError::Invalid { .. } => ConfigErrorKind::Invalid,
+        }
+    }
+}
+
 /// Reads and validates the config at `path`; `~/.ssh/config` is `$HOME/.ssh/config` unless
 /// `[server] ssh_config` names another file.
 pub fn load(path: &Path) -> Result<Fleet, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     parse(&text, path)
 }
@@ -974,8 +996,9 @@ async fn server_borg_version(borg: &Path) -> borg_pull_tunnel::Result<borg_pull_
             let program = borg.to_owned();
             tokio::task::spawn_blocking(move || borg_pull_core::BorgVersion::probe(&program))
                 .await
-                .map_err(|e| {
-                    borg_pull_tunnel::Error::InvalidOption(format!("asking borg for its version: {e}"))
+                .map_err(|source| borg_pull_tunnel::Error::BackgroundTask {
+                    task: "asking borg for its version",
+                    source,
                 })?
                 .map_err(borg_pull_tunnel::Error::Serve)
         })
@@ -1182,6 +1205,28 @@ max_runtime = "90m"
         // [server] ssh_config names another file, which must exist.
         let text = format!("[server]\nssh_config = \"{}/nope\"\n", home.path().display());
         assert!(matches!(parse_text(&text), Err(ConfigError::Io { .. })));
+    }
+
+    #[test]
+    fn an_unreadable_config_is_classified_unreadable_and_names_its_cause_once() {
+        let e = load(Path::new("/nonexistent/fleet.toml")).unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Unreadable);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot read /nonexistent/fleet.toml: "),
+            "{text}"
+        );
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "said in the message: {text}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_config_is_classified_invalid() {
+        let e = parse_text("[server]\njobs = 0\n").unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Invalid, "{e}");
+        assert!(std::error::Error::source(&e).is_none(), "{e}");
     }
 
     #[test]

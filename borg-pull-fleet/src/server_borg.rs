@@ -70,29 +70,28 @@ impl Finished {
     }
 }
 
-/// Why borg could not be run at all.
+/// Why borg could not be run at all. Printed as one line (in a run's report), so each variant
+/// names its cause rather than handing it out as a source.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BorgError {
     /// The passphrase file could not be read.
-    #[error("cannot read the repository passphrase: {0}")]
-    Passphrase(#[source] borg_pull_tunnel::Error),
+    #[error("cannot read the repository passphrase: {}", borg_pull_core::error::Chain(.0))]
+    Passphrase(borg_pull_tunnel::Error),
     /// borg could not be started.
-    #[error("cannot start {}: {source}", .borg.display())]
+    #[error("cannot start {}: {cause}", .borg.display())]
     Spawn {
         /// The program.
         borg: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Waiting for borg failed.
-    #[error("waiting for {}: {source}", .borg.display())]
+    #[error("waiting for {}: {cause}", .borg.display())]
     Wait {
         /// The program.
         borg: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -165,9 +164,9 @@ impl BorgRun<'_> {
             }
         }
         debug!(client = %name, "running {} {}", self.borg.display(), what);
-        let mut child = cmd.spawn().map_err(|source| BorgError::Spawn {
+        let mut child = cmd.spawn().map_err(|cause| BorgError::Spawn {
             borg: self.borg.to_owned(),
-            source,
+            cause,
         })?;
         let stdout = child.take_stdout().expect("stdout is piped");
 

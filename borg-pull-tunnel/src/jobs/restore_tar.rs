@@ -340,8 +340,7 @@ impl Run<'_> {
     ) -> Result<T> {
         tokio::select! {
             r = tokio::time::timeout(limit, step) => r.map_err(|_| Error::NoAnswer {
-                host: self.session.host().to_owned(),
-                port: self.session.port(),
+                peer: self.session.peer(),
                 what,
                 secs: limit.as_secs(),
             })?,
@@ -375,7 +374,7 @@ impl Run<'_> {
             Report::NoDir(why) => {
                 return Err(Error::RemoteDirUnusable {
                     dir: self.options.remote_dir.to_string_lossy().into_owned(),
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                     purpose: crate::error::RemoteDirUse::Restore,
                 })
@@ -384,7 +383,7 @@ impl Run<'_> {
                 return Err(Error::RemoteProgramMissing {
                     program: self.options.remote_tar.to_string_lossy().into_owned(),
                     role: RemoteProgram::Tar,
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                 })
             }
@@ -418,7 +417,7 @@ impl Run<'_> {
                     }
                 }
                 Err(e) => {
-                    warn!("cannot open the heartbeat channel ({e}); if the link dies silently, tar on the client waits for the start bound");
+                    warn!("cannot open the heartbeat channel ({}); if the link dies silently, tar on the client waits for the start bound", borg_pull_core::error::Chain(&e));
                     std::future::pending().await
                 }
             }
@@ -449,7 +448,7 @@ impl Run<'_> {
                     Stop::Cancelled => Error::Interrupted,
                     Stop::Refused => exec_refused("tar"),
                     Stop::Deadline => Error::RestoreMaxRuntime {
-                        host: self.session.host().to_owned(),
+                        peer: self.session.peer(),
                         secs: self.options.max_runtime.as_secs(),
                     },
                 })
@@ -463,7 +462,7 @@ impl Run<'_> {
             }
             None => {
                 return Err(Error::TarNoExitStatus {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                 })
             }
         };

@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use russh::keys::PublicKey;
 use tracing::{debug, warn};
 
+use crate::error::EntryPart;
 use crate::{Error, Result};
 
 /// The first word of the comment of every entry [`add_ephemeral`] makes.
@@ -109,9 +110,9 @@ impl ForcedCommand {
         let mut words = Vec::with_capacity(argv.len());
         for (i, word) in argv.iter().enumerate() {
             let what = match i {
-                0 => "borg program",
-                _ if i == argv.len() - 1 => "repository path",
-                _ => "argument",
+                0 => EntryPart::BorgProgram,
+                _ if i == argv.len() - 1 => EntryPart::RepositoryPath,
+                _ => EntryPart::Argument,
             };
             words.push(shell_word(checked_text(what, word.as_bytes())?));
         }
@@ -122,7 +123,7 @@ impl ForcedCommand {
     /// `comment` is empty).
     pub fn line(&self, key: &PublicKey, comment: &str) -> Result<String> {
         let command = self.command()?;
-        checked_text("key comment", comment.as_bytes())?;
+        checked_text(EntryPart::KeyComment, comment.as_bytes())?;
         // sshd's opt_dequote() only un-escapes `\"` (see the module docs).
         let option = command.replace('"', "\\\"");
         let mut line = format!("command=\"{option}\",restrict {}", key_text(key)?);
@@ -147,7 +148,7 @@ fn key_text(key: &PublicKey) -> Result<String> {
 }
 
 /// `bytes` as text, refusing what cannot be in an authorized_keys line.
-fn checked_text<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a str> {
+fn checked_text<'a>(what: EntryPart, bytes: &'a [u8]) -> Result<&'a str> {
     let value = || String::from_utf8_lossy(bytes).into_owned();
     let why = if bytes.contains(&0) {
         "it contains a NUL byte"
@@ -312,9 +313,9 @@ fn looks_like_key_type(word: &str) -> bool {
 /// Creates the file (mode 0600) and its directory (mode 0700) when missing; an existing file keeps
 /// its mode and owner.
 pub fn install(file: &Path, line: &str) -> Result<bool> {
-    checked_text("authorized_keys line", line.as_bytes())?;
+    checked_text(EntryPart::Line, line.as_bytes())?;
     let new = parse_entry(line).ok_or_else(|| Error::ForcedCommandInvalid {
-        what: "authorized_keys line",
+        what: EntryPart::Line,
         value: line.to_owned(),
         why: "it is not an entry of the form `[OPTIONS] TYPE BASE64 [COMMENT]`",
     })?;

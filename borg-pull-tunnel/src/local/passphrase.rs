@@ -87,7 +87,10 @@ async fn read_file(path: &Path) -> Result<Passphrase> {
         crate::local::secret_file::read_secret_line(&path, crate::error::SecretKind::RepoPassphrase)
     })
     .await
-    .map_err(|e| Error::Passphrase(format!("reading the passphrase file failed: {e}")))??;
+    .map_err(|source| Error::BackgroundTask {
+        task: "reading the passphrase file",
+        source,
+    })??;
     Passphrase::checked(line)
 }
 

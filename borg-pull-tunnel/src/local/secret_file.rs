@@ -251,7 +251,7 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         for kind in KINDS {
             let err = read_secret_file(&link, kind).unwrap_err();
-            let text = err.to_string();
+            let text = borg_pull_core::error::Chain(&err).to_string();
             assert!(
                 text.contains("symbolic link") && text.contains("link\""),
                 "{text}"
@@ -322,8 +322,16 @@ mod tests {
         ] {
             for kind in KINDS {
                 let err = read_secret_file(path, kind).unwrap_err();
-                assert!(err.to_string().contains(what), "{err}");
-                assert!(err.to_string().contains("regular file"), "{err}");
+                assert!(
+                    borg_pull_core::error::Chain(&err).to_string().contains(what),
+                    "{err}"
+                );
+                assert!(
+                    borg_pull_core::error::Chain(&err)
+                        .to_string()
+                        .contains("regular file"),
+                    "{err}"
+                );
             }
         }
     }
@@ -338,9 +346,19 @@ mod tests {
             std::os::fd::AsRawFd::as_raw_fd(&read)
         ));
         let err = read_secret_file(&path, SecretKind::RepoPassphrase).unwrap_err();
-        assert!(err.to_string().contains("BORG_PASSCOMMAND"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("BORG_PASSCOMMAND"),
+            "{err}"
+        );
         let err = read_secret_file(&path, SecretKind::IdentityPassphrase).unwrap_err();
-        assert!(err.to_string().contains("BORG_PULL_IDENTITY_PASSPHRASE"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("BORG_PULL_IDENTITY_PASSPHRASE"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -348,7 +366,12 @@ mod tests {
         let err = read_secret_file(Path::new("/nonexistent/key"), SecretKind::Identity).unwrap_err();
         assert!(matches!(&err, Error::Identity { .. }), "{err}");
         assert!(
-            err.to_string().contains("/nonexistent/key") && err.to_string().contains("No such file"),
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("/nonexistent/key")
+                && borg_pull_core::error::Chain(&err)
+                    .to_string()
+                    .contains("No such file"),
             "{err}"
         );
     }

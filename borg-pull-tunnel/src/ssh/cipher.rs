@@ -170,8 +170,7 @@ mod tests {
     fn a_cipher_the_sshd_lacks_is_named_with_the_fix() {
         let refused = |choice: CipherChoice, ours: &str| {
             crate::Error::CipherNotOffered {
-                host: "web1".into(),
-                port: 22,
+                peer: crate::error::Peer::new("web1", 22),
                 choice,
                 ours: ours.into(),
                 theirs: "chacha20-poly1305@openssh.com".into(),

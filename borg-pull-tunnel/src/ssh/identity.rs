@@ -246,15 +246,28 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let err = load(&link, None).unwrap_err();
         assert!(
-            matches!(err, Error::Identity { .. }) && err.to_string().contains("symbolic link"),
+            matches!(err, Error::Identity { .. })
+                && borg_pull_core::error::Chain(&err)
+                    .to_string()
+                    .contains("symbolic link"),
             "{err}"
         );
         let err = load(dir.path(), None).unwrap_err();
-        assert!(err.to_string().contains("a directory"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("a directory"),
+            "{err}"
+        );
         let binary = dir.path().join("binary");
         write_private(&binary, b"\xff\xfe-----BEGIN");
         let err = load(&binary, None).unwrap_err();
-        assert!(err.to_string().contains("not text"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("not text"),
+            "{err}"
+        );
     }
 
     /// Key files as ssh-keygen writes them (0600): `load` refuses anything looser.

@@ -560,7 +560,9 @@ mod tests {
         ] {
             let err = append(&path, host, 22, &key(ED1)).unwrap_err();
             assert!(
-                err.to_string().contains("refusing to record host name"),
+                borg_pull_core::error::Chain(&err)
+                    .to_string()
+                    .contains("refusing to record host name"),
                 "{host:?}: {err}"
             );
         }
@@ -617,7 +619,12 @@ mod tests {
     #[test]
     fn read_refuses_endless_files() {
         let err = KnownHosts::read(Path::new("/dev/zero")).unwrap_err();
-        assert!(err.to_string().contains("larger than"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("larger than"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::{debug, warn};
 
-use crate::error::HostKeyProblem;
+use crate::error::{HostKeyProblem, Peer};
 use crate::limits::{
     CHANNEL_BUFFER, CONNECT_TIMEOUT, DISCONNECT_MESSAGE_KEPT, KEEPALIVE_MAX, MAX_PACKET,
     MAX_REFUSED_CHANNEL_OPENS, PEER_FIRST_BYTES_KEPT, REFUSALS_LOGGED, REFUSAL_TEXT_SHOWN, REQUEST_TIMEOUT,
@@ -74,6 +74,11 @@ impl Session {
         self.port
     }
 
+    /// The client's sshd, as errors name it.
+    pub fn peer(&self) -> crate::error::Peer {
+        crate::error::Peer::new(self.host.clone(), self.port)
+    }
+
     /// The cipher negotiated with the client's sshd, e.g. `aes128-gcm@openssh.com`.
     pub fn cipher(&self) -> Option<&'static str> {
         *self.cipher.lock().expect("not poisoned")
@@ -109,8 +114,7 @@ impl Session {
         }
         if self.is_closed() {
             return Error::ConnectionLost {
-                host: self.host.clone(),
-                port: self.port,
+                peer: Peer::new(self.host.clone(), self.port),
                 context,
             };
         }
@@ -126,14 +130,12 @@ impl Session {
         match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(russh::Error::RequestDenied)) => Err(Error::RequestDenied {
-                host: self.host.clone(),
-                port: self.port,
+                peer: Peer::new(self.host.clone(), self.port),
                 request: what,
             }),
             Ok(Err(source)) => Err(self.failure(what, source)),
             Err(_) => Err(Error::NoAnswer {
-                host: self.host.clone(),
-                port: self.port,
+                peer: Peer::new(self.host.clone(), self.port),
                 what,
                 secs: REQUEST_TIMEOUT.as_secs(),
             }),
@@ -264,8 +266,7 @@ impl ClientHandler {
     fn problem(&self, key: Option<&PublicKey>) -> Box<HostKeyProblem> {
         Box::new(HostKeyProblem {
             host_port: known_hosts::lookup_name(&self.host, self.port),
-            host: self.host.clone(),
-            port: self.port,
+            peer: Peer::new(self.host.clone(), self.port),
             key_type: key.map(|k| k.algorithm().to_string()).unwrap_or_default(),
             fingerprint: key
                 .map(|k| k.fingerprint(HashAlg::Sha256).to_string())
@@ -315,7 +316,7 @@ impl ClientHandler {
     fn end(&self, e: Error) -> Error {
         let text = e.to_string();
         *self.ended.lock().expect("not poisoned") = Some(e);
-        Error::InvalidOption(text)
+        Error::HandlerEnded(text)
     }
 
     async fn decide(
@@ -339,8 +340,7 @@ impl ClientHandler {
                 }
                 if self.refused > MAX_REFUSED_CHANNEL_OPENS {
                     return Err(self.end(Error::ChannelOpenFlood {
-                        host: self.host.clone(),
-                        port: self.port,
+                        peer: Peer::new(self.host.clone(), self.port),
                         count: self.refused,
                     }));
                 }
@@ -352,8 +352,7 @@ impl ClientHandler {
     fn check_packet(&self, len: usize) -> Result<()> {
         if len > MAX_PACKET as usize {
             return Err(self.end(Error::OversizedPacket {
-                host: self.host.clone(),
-                port: self.port,
+                peer: Peer::new(self.host.clone(), self.port),
                 len,
                 max: MAX_PACKET,
             }));
@@ -689,8 +688,7 @@ fn cipher_refused(e: Error, choice: CipherChoice, target: &Target<'_>) -> Error 
                 },
             ..
         } => Error::CipherNotOffered {
-            host: target.host.to_owned(),
-            port: target.port,
+            peer: Peer::new(target.host, target.port),
             choice,
             ours: ours.join(","),
             theirs: theirs
@@ -715,8 +713,7 @@ async fn transport(
     let tcp = TcpStream::connect((target.host, target.port))
         .await
         .map_err(|source| Error::Connect {
-            host: target.host.to_owned(),
-            port: target.port,
+            peer: Peer::new(target.host, target.port),
             source,
         })?;
     if let Err(e) = tcp.set_nodelay(true) {
@@ -742,8 +739,7 @@ async fn handshake(
     let handle = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => {
             return Err(Error::ConnectTimeout {
-                host: target.host.to_owned(),
-                port: target.port,
+                peer: Peer::new(target.host, target.port),
                 secs: CONNECT_TIMEOUT.as_secs(),
             })
         }
@@ -790,8 +786,7 @@ fn closed_before_kex(e: Error, target: &Target<'_>, heard: &Heard, goodbye: &Goo
     }
     debug!(host = %target.host, port = target.port, "closed before key exchange: {e}");
     Error::ClosedBeforeKex {
-        host: target.host.to_owned(),
-        port: target.port,
+        peer: Peer::new(target.host, target.port),
         stage: heard.stage(),
     }
 }
@@ -906,10 +901,8 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
 /// Asks the jump host `hop` for a `direct-tcpip` channel to `next`, the next hop's sshd.
 async fn open_tunnel(hop: &Session, (host, port): (&str, u16)) -> Result<Channel<Msg>> {
     let refused = |reason: String| Error::JumpConnect {
-        host: hop.host().to_owned(),
-        port: hop.port(),
-        target_host: host.to_owned(),
-        target_port: port,
+        peer: hop.peer(),
+        target: Peer::new(host, port),
         reason,
     };
     match hop.direct_tcpip(host, u32::from(port), ("127.0.0.1", 0)).await {
@@ -941,8 +934,7 @@ fn at_jump_host(e: Error, jump: &JumpHost) -> Error {
         | Error::OversizedPacket { .. }
         | Error::ChannelOpenFlood { .. }
         | Error::ClosedBeforeKex { .. } => Error::JumpHost {
-            host: jump.host.clone(),
-            port: jump.port,
+            peer: Peer::new(jump.host.clone(), jump.port),
             source: Box::new(e),
         },
         e => e,
@@ -987,17 +979,16 @@ mod tests {
     fn jump_host_failures_name_the_hop_but_host_key_failures_stay_what_they_are() {
         let hop = JumpHost::parse("ops@bastion:2222").unwrap();
         let refused = Error::Connect {
-            host: "bastion".into(),
-            port: 2222,
+            peer: crate::error::Peer::new("bastion", 2222),
             source: std::io::ErrorKind::ConnectionRefused.into(),
         };
         let wrapped = at_jump_host(refused, &hop);
         assert!(
-            matches!(&wrapped, Error::JumpHost { host, port: 2222, source } if host == "bastion" && matches!(**source, Error::Connect { .. })),
+            matches!(&wrapped, Error::JumpHost { peer, source } if *peer == Peer::new("bastion", 2222) && matches!(**source, Error::Connect { .. })),
             "{wrapped:?}"
         );
         assert!(
-            wrapped
+            borg_pull_core::error::Chain(&wrapped)
                 .to_string()
                 .starts_with("jump host bastion port 2222: cannot connect"),
             "{wrapped}"

@@ -371,7 +371,7 @@ where
                 Some(
                     tokio::task::spawn_blocking(move || RelayBinary::read(&path))
                         .await
-                        .map_err(|e| Error::InvalidOption(format!("reading the relay to install: {e}")))??,
+                        .map_err(|source| Error::BackgroundTask { task: "reading the relay to install", source })??,
                 )
             }
             _ => None,
@@ -403,7 +403,7 @@ where
         };
         if let Some(learning) = learning {
             let learned = tokio::select! {
-                l = learning => l.map_err(|e| Error::InvalidOption(format!("asking the server's borg for its version: {e}"))),
+                l = learning => l.map_err(|source| Error::BackgroundTask { task: "asking the server's borg for its version", source }),
                 () = cancel.cancelled() => Err(Error::Interrupted),
             };
             // The version's failure first, as when it was asked before connecting.
@@ -564,8 +564,7 @@ impl Run<'_> {
     ) -> Result<T> {
         tokio::select! {
             r = tokio::time::timeout(limit, step) => r.map_err(|_| Error::NoAnswer {
-                host: self.session.host().to_owned(),
-                port: self.session.port(),
+                peer: self.session.peer(),
                 what,
                 secs: limit.as_secs(),
             })?,
@@ -650,7 +649,7 @@ impl Run<'_> {
             Some(Stop::Cancelled) => return Err(Error::Interrupted),
             Some(Stop::Deadline) => {
                 return Err(Error::MaxRuntime {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     secs: self.options.max_runtime.as_secs(),
                 })
             }
@@ -665,7 +664,7 @@ impl Run<'_> {
                 Err(self.session.failure("borg was running", russh::Error::Disconnect))
             }
             None => Err(Error::NoExitStatus {
-                host: self.session.host().to_owned(),
+                peer: self.session.peer(),
             }),
         }
     }
@@ -696,7 +695,7 @@ impl Run<'_> {
         };
         match crate::jobs::pull::via::client_ssh_cause(log, bridge_failed) {
             Some(cause) => Err(Error::ClientSsh {
-                host: self.session.host().to_owned(),
+                peer: self.session.peer(),
                 server: match self.options.via {
                     Via::Tcp(_) => format!(
                         "{}@{} port {} (through the TCP forward on the client's loopback)",
@@ -729,7 +728,7 @@ impl Run<'_> {
                 if client.major == server.major && client.generation() != server.generation() =>
             {
                 Err(Error::BorgGenerationMismatch {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     program: self.options.remote_borg.to_string_lossy().into_owned(),
                     client: client.to_string(),
                     client_generation: client.generation(),
@@ -738,7 +737,7 @@ impl Run<'_> {
                 })
             }
             (Some(client), Some(server)) if client.major != server.major => Err(Error::BorgVersionMismatch {
-                host: self.session.host().to_owned(),
+                peer: self.session.peer(),
                 program: self.options.remote_borg.to_string_lossy().into_owned(),
                 client: client.to_string(),
                 client_major: client.major,
@@ -779,13 +778,13 @@ impl Run<'_> {
                     _ => "the client asked for it twice".into(),
                 };
                 return Err(Error::RelayInstall {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                 });
             }
             Report::NoAgent => {
                 return Err(Error::AgentNotForwarded {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                 })
             }
             // Before the private directory was made: nothing is left on the client to clear.
@@ -798,7 +797,7 @@ impl Run<'_> {
                         .unwrap_or_default()
                         .to_string_lossy()
                         .into_owned(),
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                     purpose: crate::error::RemoteDirUse::RunBorg,
                 })
@@ -815,7 +814,7 @@ impl Run<'_> {
         Err(Error::RemoteProgramMissing {
             program: program.to_string_lossy().into_owned(),
             role,
-            host: self.session.host().to_owned(),
+            peer: self.session.peer(),
             why,
         })
     }
@@ -829,7 +828,7 @@ impl Run<'_> {
         channel: &mut russh::Channel<russh::client::Msg>,
     ) -> Result<(Report, Vec<u8>)> {
         let relay = self.relay.ok_or_else(|| Error::RelayInstall {
-            host: self.session.host().to_owned(),
+            peer: self.session.peer(),
             why: "the client asked for a relay we did not offer".into(),
         })?;
         info!(
@@ -898,9 +897,7 @@ impl Run<'_> {
                     )
                     .await
                 {
-                    Err(Error::RequestDenied { host, port, .. }) => {
-                        return Err(Error::TcpForwardDenied { host, port })
-                    }
+                    Err(Error::RequestDenied { peer, .. }) => return Err(Error::TcpForwardDenied { peer }),
                     other => other?,
                 };
                 let target = SshTarget {

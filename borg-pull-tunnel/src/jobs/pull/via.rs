@@ -217,9 +217,13 @@ impl RunAgent {
             let removed = authorized_keys::remove_stale_ephemeral(&file)?;
             Ok((removed, authorized_keys::add_ephemeral(&file, &forced, &key)?))
         };
-        let (removed, entry) = tokio::task::spawn_blocking(edit)
-            .await
-            .map_err(|e| Error::InvalidOption(format!("editing authorized_keys: {e}")))??;
+        let (removed, entry) =
+            tokio::task::spawn_blocking(edit)
+                .await
+                .map_err(|source| Error::BackgroundTask {
+                    task: "editing authorized_keys",
+                    source,
+                })??;
         if removed > 0 {
             warn!(
                 removed,
@@ -243,7 +247,7 @@ impl RunAgent {
         if let Some(entry) = self.entry {
             match tokio::task::spawn_blocking(move || entry.remove()).await {
                 Ok(Ok(())) => info!("ephemeral key removed from authorized_keys"),
-                Ok(Err(e)) => warn!("{e}"),
+                Ok(Err(e)) => warn!("{}", borg_pull_core::error::Chain(&e)),
                 Err(e) => warn!("removing the ephemeral key: {e}"),
             }
         }
