@@ -185,9 +185,9 @@ impl BorgRun<'_> {
                 }
             }
         }));
-        let wait = |source| BorgError::Wait {
+        let wait = |cause| BorgError::Wait {
             borg: self.borg.to_owned(),
-            source,
+            cause,
         };
         let (status, timed_out) = match tokio::time::timeout(self.timeout, child.wait()).await {
             Ok(status) => (status.map_err(wait)?, false),

@@ -74,9 +74,8 @@ impl UnixForward {
                 debug!(socket_path, "forward listening");
                 Ok(())
             }
-            Err(Error::RequestDenied { host, port, .. }) => Err(Error::ForwardDenied {
-                host,
-                port,
+            Err(Error::RequestDenied { peer, .. }) => Err(Error::ForwardDenied {
+                peer,
                 path: socket_path.to_owned(),
                 cause: diagnose(session, socket_path).await,
             }),
