@@ -148,7 +148,7 @@ fn key_text(key: &PublicKey) -> Result<String> {
 }
 
 /// `bytes` as text, refusing what cannot be in an authorized_keys line.
-fn checked_text<'a>(what: EntryPart, bytes: &'a [u8]) -> Result<&'a str> {
+fn checked_text(what: EntryPart, bytes: &[u8]) -> Result<&str> {
     let value = || String::from_utf8_lossy(bytes).into_owned();
     let why = if bytes.contains(&0) {
         "it contains a NUL byte"
