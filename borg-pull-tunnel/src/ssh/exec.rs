@@ -299,7 +299,8 @@ async fn interrupt(channel: &Channel<Msg>, grace: Duration) -> tokio::time::Inst
     tokio::time::Instant::now() + grace
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+/// Sleeps until `deadline`; without one, forever (a `select!` branch that is off until set).
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
