@@ -1417,6 +1417,10 @@ mod tests {
         let mut f = Fixture::new();
         f.env.push(("A-B".into(), "x".into()));
         assert!(f.script().is_err());
+        // The script's own variables (go.sh counts its exports in bp_nenv).
+        let mut f = Fixture::new();
+        f.env.push(("bp_nenv".into(), "0".into()));
+        assert!(f.script().is_err());
         let mut f = Fixture::new();
         f.args
             .push(std::os::unix::ffi::OsStringExt::from_vec(b"a\0b".to_vec()));
