@@ -14,14 +14,7 @@ bp_check() {
 			bp_w='it is not an executable file'
 		else
 			bp_w='no such file'
-			bp_d=$1
-			while case $bp_d in */*) bp_d=${bp_d%/*}; [ -n "$bp_d" ] || bp_d=/;; *) false;; esac; do
-				if [ -d "$bp_d" ]; then
-					[ -x "$bp_d" ] || bp_w="directory $bp_d is not searchable by user $(id -un)"
-					break
-				fi
-				[ "$bp_d" = / ] && break
-			done
+			bp_unsearchable "$1"
 		fi
 		;;
 	*)
@@ -31,4 +24,18 @@ bp_check() {
 	esac
 	printf '%smissing %s %s\n' "$bp_m" "$2" "$bp_w"
 	exit 127
+}
+
+# bp_unsearchable PATH: if the nearest directory above PATH that exists is one
+# the login user cannot search, says so in bp_w (to the shell a file below it
+# looks missing).
+bp_unsearchable() {
+	bp_d=$1
+	while case $bp_d in */*) bp_d=${bp_d%/*}; [ -n "$bp_d" ] || bp_d=/;; *) false;; esac; do
+		if [ -d "$bp_d" ]; then
+			[ -x "$bp_d" ] || bp_w="directory $bp_d is not searchable by user $(id -un)"
+			return 0
+		fi
+		[ "$bp_d" = / ] && return 0
+	done
 }

@@ -8,8 +8,8 @@
 # (`nodir WHY`) and exit: a missing directory must stop a restore before borg
 # starts, not extract into the login directory, and not be blamed on borg.
 # CDPATH empty: a relative directory is the login directory's, and cd prints
-# nothing. A missing directory is looked at along its parents, as bp_check
-# does: "a parent is not searchable" is told apart from "not there".
+# nothing. A missing directory is looked at along its parents (bp_unsearchable
+# of check.sh): "a parent is not searchable" is told apart from "not there".
 if ! CDPATH='' cd -- "$bp_remote_dir" 2>/dev/null; then
 	if [ -d "$bp_remote_dir" ]; then
 		bp_w="it is not searchable by user $(id -un)"
@@ -17,14 +17,7 @@ if ! CDPATH='' cd -- "$bp_remote_dir" 2>/dev/null; then
 		bp_w='it is not a directory'
 	else
 		bp_w='no such directory'
-		bp_p=$bp_remote_dir
-		while case $bp_p in */*) bp_p=${bp_p%/*}; [ -n "$bp_p" ] || bp_p=/;; *) false;; esac; do
-			if [ -d "$bp_p" ]; then
-				[ -x "$bp_p" ] || bp_w="directory $bp_p is not searchable by user $(id -un)"
-				break
-			fi
-			[ "$bp_p" = / ] && break
-		done
+		bp_unsearchable "$bp_remote_dir"
 	fi
 	printf '%snodir %s\n' "$bp_m" "$bp_w"
 	exit 2
