@@ -196,8 +196,20 @@ fn pull_socket(shell: Shell) {
         listener = Some(std::os::unix::net::UnixListener::bind(format!("{dir}/borg.sock")).unwrap());
         go_lines(OsStr::new("/bin/sh"), dir, Some("p w'd")).unwrap()
     });
-    let dir = ran.report.lines().last().unwrap().rsplit_once(' ').unwrap().1.to_owned();
-    assert!(ran.report.contains(&format!("{MARKER}version ")), "{}", ran.report);
+    let dir = ran
+        .report
+        .lines()
+        .last()
+        .unwrap()
+        .rsplit_once(' ')
+        .unwrap()
+        .1
+        .to_owned();
+    assert!(
+        ran.report.contains(&format!("{MARKER}version ")),
+        "{}",
+        ran.report
+    );
     assert_eq!(ran.code, Some(0), "{shell:?}");
     assert_eq!(
         ran.rest,
@@ -238,17 +250,30 @@ fn pull_remote_dir_and_install_relay(shell: Shell) {
         .script(MARKER)
         .unwrap()
     };
-    let missing = run(shell, &script(&tmp.path().join("nope")), tmp.path(), &[], "nodir ", |_| vec![]);
+    let missing = run(
+        shell,
+        &script(&tmp.path().join("nope")),
+        tmp.path(),
+        &[],
+        "nodir ",
+        |_| vec![],
+    );
     assert!(
-        missing.report.ends_with(&format!("{MARKER}nodir no such directory\n")),
+        missing
+            .report
+            .ends_with(&format!("{MARKER}nodir no such directory\n")),
         "{shell:?}: {}",
         missing.report
     );
     assert_eq!(missing.code, Some(2));
-    let asked = run(shell, &script(&inside), tmp.path(), &[], "needrelay", |_| b"relay\nhello".to_vec());
+    let asked = run(shell, &script(&inside), tmp.path(), &[], "needrelay", |_| {
+        b"relay\nhello".to_vec()
+    });
     let installed = tmp.path().join("cache/borg-pull/relay-test-1");
     assert!(
-        asked.rest.contains(&format!("{MARKER}relay {}\n", installed.display())),
+        asked
+            .rest
+            .contains(&format!("{MARKER}relay {}\n", installed.display())),
         "{shell:?}: {}",
         asked.rest
     );
@@ -262,7 +287,9 @@ fn pull_ssh_back(shell: Shell) {
     // "borg" writes the log where BORG_RSH's -E points, as ssh would, and shows the two files.
     let args = [
         os("-c"),
-        os(r#"eval "set -- $BORG_RSH"; for a; do [ "$p" = -E ] && l=$a; p=$a; done; printf 'Host key verification failed.' >"$l"; d=${l%/*}; cat "$d/known_hosts" "$d/agent_key.pub""#),
+        os(
+            r#"eval "set -- $BORG_RSH"; for a; do [ "$p" = -E ] && l=$a; p=$a; done; printf 'Host key verification failed.' >"$l"; d=${l%/*}; cat "$d/known_hosts" "$d/agent_key.pub""#,
+        ),
     ];
     let script = RemoteRun {
         relay: OsStr::new("/nonexistent/relay"),
@@ -352,10 +379,18 @@ fn restore_and_its_heartbeats(shell: Shell) {
     let mut o = RestoreOptions::with_env("client", "/srv/repo", "arch", target.as_os_str(), &env).unwrap();
     o.remote_tar = "/bin/echo".into();
     o.numeric_owner = true;
-    let ran = run(shell, &o.remote_script(MARKER).unwrap(), tmp.path(), &[], "ready ", |_| vec![]);
+    let ran = run(
+        shell,
+        &o.remote_script(MARKER).unwrap(),
+        tmp.path(),
+        &[],
+        "ready ",
+        |_| vec![],
+    );
     let dir = ran.report.trim_end().rsplit_once(' ').unwrap().1.to_owned();
     assert!(
-        ran.rest.starts_with(&format!("-C {} -x -f - --numeric-owner", target.display())),
+        ran.rest
+            .starts_with(&format!("-C {} -x -f - --numeric-owner", target.display())),
         "{shell:?}: {}",
         ran.rest
     );
