@@ -4,6 +4,11 @@
 //!   `borg create` reaching the server's `borg serve` by one of three ways ([`pull::via`]), run by
 //!   the one script on the client ([`pull::script`]).
 //! - [`restore_tar`]: `restore-tar`: borg export-tar here, streamed into `tar -x` on the client.
+//! - `runner`: what both share: the client script put together from `.sh` files, its exec, its
+//!   report reader, step deadlines, and the run guard on the client.
 
 pub mod pull;
 pub mod restore_tar;
+mod runner;
+#[cfg(test)]
+mod shell_tests;
