@@ -14,17 +14,15 @@
 //!
 //! The library's API is used in exactly two places, [`pull_options`] and [`run_pull`].
 
-mod hostile;
-
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::hostile::{memory_kib, relay_path, Capped, Fixture, Knobs};
 use borg_pull_tunnel::jobs::pull::{pull_with_output, PullOptions, PullOutcome};
 use borg_pull_tunnel::{Error, ForwardDenial};
-use hostile::{memory_kib, relay_path, Capped, Fixture, Knobs};
 
 /// A hang must end by the library's own doing within this long (connect to error). Per-step
 /// deadlines of up to ~30 s plus a bounded clean-up fit; today's keepalive (15 s x 4) does not.

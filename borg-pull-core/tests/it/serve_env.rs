@@ -1,7 +1,8 @@
 //! `borg serve` inherits only allowlisted environment variables, never the server's secrets.
 //!
-//! One test in its own binary: it sets variables of this process, which is only sound while no
-//! other thread reads the environment.
+//! The secrets must be in the environment of the process running `borg serve`, but setting this
+//! process's environment is unsound while other tests' threads read it (they share one binary):
+//! the test runs itself again as a child process, given the secrets with `Command::env`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use borg_pull_core::supervise::{LimitPolicy, Supervisor, SupervisorLimits};
 use borg_pull_core::ServeConfig;
+use borg_pull_testkit::{assert_ok, TestCommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -69,18 +71,38 @@ async fn dumps(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// Set only in the copy of this test binary that the test starts: that copy does the checking.
+const CHILD: &str = "BORG_PULL_TEST_SERVE_ENV_CHILD";
+const TEST: &str = "serve_env::borg_serve_never_sees_the_servers_secrets";
+
 #[test]
 fn borg_serve_never_sees_the_servers_secrets() {
-    let dir = tempfile::tempdir().unwrap();
-    std::env::set_current_dir(dir.path()).unwrap();
-    for name in SECRETS {
-        std::env::set_var(name, "s3cret");
+    if std::env::var_os(CHILD).is_some() {
+        return check_in_child();
     }
-    std::env::set_var("LC_TIME", "C");
-    std::env::set_var("BORG_HOST_ID", "test-host");
-    std::env::set_var("HOME", dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = TestCommand::new(std::env::current_exe().unwrap());
+    child
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .envs(SECRETS.iter().map(|name| (name, "s3cret")))
+        .env("LC_TIME", "C")
+        .env("BORG_HOST_ID", "test-host")
+        .env("HOME", dir.path())
+        // The fake borg writes its dump into its working directory, inherited from ours.
+        .current_dir(dir.path());
+    let out = child.output();
+    assert_ok(&out, "the test run again with the secrets in its environment");
+    // Not a vacuous pass: the child found and ran this very test.
+    assert!(out.stdout_text().contains("1 passed"), "{}", out.describe());
+}
+
+/// In the child: serve_stream and the Supervisor start the fake borg from an environment holding
+/// the secrets; none may reach it.
+fn check_in_child() {
+    let dir = std::env::current_dir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    for env in runtime.block_on(dumps(dir.path())) {
+    for env in runtime.block_on(dumps(&dir)) {
         let vars: Vec<&str> = env.split('\0').filter(|v| !v.is_empty()).collect();
         for name in SECRETS {
             assert!(

@@ -1,6 +1,5 @@
 //! What the fleet tests share: an isolated borg home, real borg runs with readable failures,
 //! stand-in borg scripts, and `Client`/`ServerSettings` values built directly.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -13,27 +12,36 @@ use borg_pull_fleet::config::{Client, PassphraseSource, ServerSettings, ViaConfi
 use borg_pull_fleet::retention::{CheckPolicy, Retention};
 
 /// The real borg (1.2 on the test machines).
-pub const BORG: &str = "/usr/bin/borg";
+const REAL_BORG: &str = "/usr/bin/borg";
 
-/// Points BORG_BASE_DIR (borg's config, keys, cache, security dir) at a temporary directory for
-/// this test process. Every test calls it first; the `OnceLock` makes all of them wait until it
-/// is set, so no thread spawns a process while the environment changes.
-pub fn setup() {
-    static BASE: OnceLock<PathBuf> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let base = tempfile::Builder::new()
+/// The borg the tests use, the library's `[server] borg` included: a wrapper running the real
+/// borg with BORG_BASE_DIR (its config, keys, cache, security dir) in a temporary directory of
+/// this test process. A wrapper, because the library's borg inherits this process's environment
+/// and setting that environment is unsound while other tests' threads run (one test binary).
+pub fn borg_bin() -> &'static Path {
+    static WRAPPER: OnceLock<PathBuf> = OnceLock::new();
+    WRAPPER.get_or_init(|| {
+        let dir = tempfile::Builder::new()
             .prefix("borg-base-")
             .tempdir()
             .unwrap()
             .keep();
-        std::env::set_var("BORG_BASE_DIR", &base);
-        base
-    });
+        let base = dir.join("base");
+        std::fs::create_dir(&base).unwrap();
+        stand_in(
+            &dir,
+            "borg",
+            &format!(
+                "BORG_BASE_DIR='{}'\nexport BORG_BASE_DIR\nexec {REAL_BORG} \"$@\"",
+                base.display()
+            ),
+        )
+    })
 }
 
 /// Runs the real borg with `args` and extra `env`; panics with its output when it fails.
 pub fn borg(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(BORG)
+    let out = Command::new(borg_bin())
         .args(args)
         .envs(env.iter().copied())
         .output()

@@ -18,8 +18,6 @@
 //! every key offered) with OpenSSH's `ssh-agent` holding more keys than sshd's MaxAuthTries
 //! allows; against real sshd it is `borg-pull-cli/tests/pull_auth_limits.rs`.
 
-mod hostile;
-
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,11 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::hostile::{Capped, Fixture, Knobs};
 use borg_pull_tunnel::error::KexStage;
 use borg_pull_tunnel::jobs::pull::{pull_with_output, PullOptions};
 use borg_pull_tunnel::limits::MAX_KEY_OFFERS;
 use borg_pull_tunnel::Error;
-use hostile::{Capped, Fixture, Knobs};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

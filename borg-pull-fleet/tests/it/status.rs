@@ -2,13 +2,12 @@
 //! (`borg info`), the Prometheus textfile checked by a strict parser and by Debian's promtool,
 //! retention results from real prunes, compacts and checks, and the state store.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::*;
 use borg_pull_fleet::config::{Fleet, PassphraseSource};
 use borg_pull_fleet::limits::BorgLimits;
 use borg_pull_fleet::metrics::{
@@ -17,7 +16,6 @@ use borg_pull_fleet::metrics::{
 use borg_pull_fleet::retention::{after_create_with, CheckPolicy, Retention};
 use borg_pull_fleet::state::{ClientState, RunRecord, StateStore, StepRecord, StepResult};
 use borg_pull_fleet::status::{status, status_table};
-use common::*;
 use tokio_util::sync::CancellationToken;
 
 fn fleet(
@@ -45,7 +43,6 @@ fn record(started: u64, rc: Option<i32>, error: Option<(u8, &str)>) -> RunRecord
 
 #[tokio::test]
 async fn fresh_stale_empty_missing_and_encrypted_clients() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let now = now();
     let fresh_time = now - 3600;
@@ -96,7 +93,7 @@ async fn fresh_stale_empty_missing_and_encrypted_clients() {
     let mut enc_client = client("enc", &enc);
     enc_client.passphrase = PassphraseSource::File(pass_file);
     let fleet = fleet(
-        server(Path::new(BORG), &state_dir),
+        server(borg_bin(), &state_dir),
         vec![
             client("fresh", &fresh),
             client("stale", &stale),
@@ -485,7 +482,6 @@ fn the_strict_parser_refuses_malformed_files() {
 
 #[test]
 fn textfile_escapes_hostile_names_and_is_written_atomically() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(&dir.path().join("state")).unwrap();
     let hostile = ["quote\"d", "back\\slash", "new\nline", "plain"];
@@ -506,7 +502,7 @@ fn textfile_escapes_hostile_names_and_is_written_atomically() {
         .chain(["never-ran"].iter())
         .map(|n| client(n, Path::new("/nonexistent")))
         .collect();
-    let fleet = fleet(server(Path::new(BORG), dir.path()), clients);
+    let fleet = fleet(server(borg_bin(), dir.path()), clients);
     let samples = parse_exposition(&render(&fleet, &store, &[]));
     for (i, name) in hostile.iter().enumerate() {
         let rc = samples
@@ -573,7 +569,6 @@ fn textfile_escapes_hostile_names_and_is_written_atomically() {
 
 #[test]
 fn state_store_round_trip_and_corrupt_files() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("var/lib/borg-pull");
     let store = StateStore::open(&state_dir).unwrap();
@@ -688,7 +683,6 @@ fn state_store_round_trip_and_corrupt_files() {
 /// replaces the prune's record with a failure without an exit code and leaves the others.
 #[tokio::test]
 async fn retention_results_become_metrics() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let now = now();
     let passphrase = "retention metrics";
@@ -721,7 +715,7 @@ async fn retention_results_become_metrics() {
     };
     let state_dir = dir.path().join("state");
     let store = StateStore::open(&state_dir).unwrap();
-    let fleet = fleet(server(Path::new(BORG), &state_dir), vec![kept.clone()]);
+    let fleet = fleet(server(borg_bin(), &state_dir), vec![kept.clone()]);
     let limits = BorgLimits::default();
 
     let mut state = ClientState::default();
@@ -732,7 +726,7 @@ async fn retention_results_become_metrics() {
         (outcome.pruned, outcome.compacted, outcome.checked),
         (Some(0), Some(0), Some(0))
     );
-    state.record_retention(&outcome, common::now());
+    state.record_retention(&outcome, crate::common::now());
     store.save("kept", &state).unwrap();
 
     let statuses = status(&fleet, &store).await;
@@ -760,7 +754,10 @@ async fn retention_results_become_metrics() {
             "{name}\n{text}"
         );
         let at = step("borg_pull_retention_last_timestamp_seconds", name).unwrap();
-        assert!(at >= before as f64 && at <= common::now() as f64, "{name}: {at}");
+        assert!(
+            at >= before as f64 && at <= crate::common::now() as f64,
+            "{name}: {at}"
+        );
     }
     // status --json shows the same results.
     let json = serde_json::to_value(&statuses[0]).unwrap();
@@ -804,7 +801,7 @@ async fn retention_results_become_metrics() {
         "{outcome:?}"
     );
     let compact_before = state.last_compact;
-    state.record_retention(&outcome, common::now());
+    state.record_retention(&outcome, crate::common::now());
     assert_eq!(state.last_prune.unwrap().rc, None);
     assert_eq!(state.last_check_run.unwrap().rc, None);
     assert_eq!(
@@ -855,7 +852,6 @@ async fn retention_results_become_metrics() {
 /// once from the records alone, and a borg still reading a repository is stopped with its group.
 #[tokio::test]
 async fn the_runs_textfile_reads_the_repositories_unless_interrupted() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let now = now();
     let repo = repo_with(dir.path(), "repo", &[("listed", now - 7200)]);
@@ -883,7 +879,7 @@ async fn the_runs_textfile_reads_the_repositories_unless_interrupted() {
     };
 
     let running = CancellationToken::new();
-    write_textfile_after_run(&prom, &fleet_of(Path::new(BORG)), &store, &running)
+    write_textfile_after_run(&prom, &fleet_of(borg_bin()), &store, &running)
         .await
         .unwrap();
     let (newest, size, success) = read(&prom);
@@ -894,7 +890,7 @@ async fn the_runs_textfile_reads_the_repositories_unless_interrupted() {
 
     let interrupted = CancellationToken::new();
     interrupted.cancel();
-    write_textfile_after_run(&prom, &fleet_of(Path::new(BORG)), &store, &interrupted)
+    write_textfile_after_run(&prom, &fleet_of(borg_bin()), &store, &interrupted)
         .await
         .unwrap();
     assert_eq!(
@@ -970,7 +966,6 @@ fn borg_calls(log: &Path, repo: &Path) -> (usize, usize) {
 /// refreshed; `status` reads every repository and stores what it read.
 #[tokio::test]
 async fn the_end_of_run_reads_only_the_pulled_and_the_unread_repositories() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let now = now();
     let names = ["pulled", "current", "old", "none"];
@@ -983,7 +978,11 @@ async fn the_end_of_run_reads_only_the_pulled_and_the_unread_repositories() {
     let wrapper = stand_in(
         dir.path(),
         "logging-borg",
-        &format!("printf '%s\\n' \"$*\" >> '{}'\nexec {BORG} \"$@\"", log.display()),
+        &format!(
+            "printf '%s\\n' \"$*\" >> '{}'\nexec {} \"$@\"",
+            log.display(),
+            borg_bin().display()
+        ),
     );
     let state_dir = dir.path().join("state");
     let store = StateStore::open(&state_dir).unwrap();

@@ -25,7 +25,6 @@
 //! Everything the fixture starts is owned: the TCP connections are shut down, every process group
 //! is killed and the accept loop stops when the [`Fixture`] drops (and when the test's runtime
 //! ends, since every task lives there).
-#![allow(dead_code)] // Each test uses its own subset.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -43,7 +42,7 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelMsg, Sig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes per write of the floods (the client's maximum packet; russh splits larger writes anyway).
@@ -1030,11 +1029,4 @@ pub fn memory_kib(pid: &str) -> Option<(u64, u64)> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// Reads everything from `r` (helper for tests that talk to sockets).
-pub async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
-    let mut v = Vec::new();
-    let _ = r.read_to_end(&mut v).await;
-    v
 }

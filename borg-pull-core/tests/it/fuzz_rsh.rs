@@ -2,12 +2,12 @@
 //! (proptest, no cargo-fuzz): arbitrary argv of arbitrary (non-UTF-8, NUL-free) words, and the
 //! argv borg really builds with ssh options around it.
 //!
-//! `cargo test -p borg-pull-core --test fuzz_rsh` runs a few hundred cases per target. Environment:
+//! `cargo test -p borg-pull-core --test it -- fuzz_rsh::` runs a few hundred cases per target. Environment:
 //!
 //! - `BORG_PULL_FUZZ_CASES=N`: cases per target (per batch in long mode).
 //! - `BORG_PULL_FUZZ_SECS=S`: long mode, every target runs batches until S seconds are up and
 //!   prints the number of cases it ran (use `--nocapture`), e.g.
-//!   `BORG_PULL_FUZZ_SECS=600 nice -n 19 cargo test -p borg-pull-core --test fuzz_rsh -- --nocapture`
+//!   `BORG_PULL_FUZZ_SECS=600 nice -n 19 cargo test -p borg-pull-core --test it -- fuzz_rsh:: --nocapture`
 //!   (`--release` runs some ten times as many cases; every target runs in its own thread, so
 //!   `--test-threads` as many as there are targets runs them all at once).
 //! - `BORG_PULL_FUZZ_CASE_SECS=S`: one input taking longer than this fails (default 10), and an
@@ -18,132 +18,25 @@
 //! which no argv word can contain) and replayed by `regressions_replay`.
 
 use std::ffi::OsString;
-use std::fmt::Debug;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use borg_pull_core::rsh::RshArgs;
 use borg_pull_core::Error;
+use borg_pull_testkit::fuzz::Fuzzer;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
 // ---------------------------------------------------------------------------------------------
-// The harness (the same in borg-pull-tunnel/tests/fuzz_known_hosts.rs).
-
-const DEFAULT_CASES: u32 = 128;
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-    )
-}
+// The harness: borg_pull_testkit::fuzz (one copy for the core and the tunnel).
 
 fn regressions_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions")
 }
 
-/// The input being tested right now, for the hang watchdog.
-type Current<T> = Arc<Mutex<Option<(Instant, T)>>>;
-
-/// Runs `test` on inputs from `strategy`: `BORG_PULL_FUZZ_CASES` of them, or batches of them
-/// until `BORG_PULL_FUZZ_SECS` are up. `save` is called with the minimal failing input (to keep
-/// it as a regression file) before the failure is reported.
-fn fuzz<S>(
-    target: &str,
-    strategy: S,
-    save: impl Fn(&S::Value),
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
-    S: Strategy,
-    S::Value: Clone + Debug + Send + 'static,
-{
-    let cases = env_u64("BORG_PULL_FUZZ_CASES").map_or(DEFAULT_CASES, |n| n.clamp(1, u32::MAX.into()) as u32);
-    let secs = env_u64("BORG_PULL_FUZZ_SECS");
-    let case_limit = Duration::from_secs(env_u64("BORG_PULL_FUZZ_CASE_SECS").unwrap_or(10));
-    let current: Current<S::Value> = Arc::new(Mutex::new(None));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = {
-        let (current, stop, target) = (current.clone(), stop.clone(), target.to_owned());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                let guard = current.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((since, input)) = &*guard {
-                    if since.elapsed() > case_limit * 12 {
-                        eprintln!(
-                            "fuzz {target}: HANG, input running for {:?}: {input:?}",
-                            since.elapsed()
-                        );
-                        std::process::abort();
-                    }
-                }
-            }
-        })
-    };
-    let persistence: &'static str =
-        Box::leak(format!("{}/{target}.seeds", regressions_dir().display()).into_boxed_str());
-    let started = Instant::now();
-    let deadline = secs.map(|s| started + Duration::from_secs(s));
-    let total = std::cell::Cell::new(0u64);
-    let result = loop {
-        let mut config = Config::with_cases(cases);
-        config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(persistence)));
-        config.max_shrink_iters = 20_000;
-        let mut runner = TestRunner::new(config);
-        let result = runner.run(&strategy, |input| {
-            *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), input.clone()));
-            let start = Instant::now();
-            let result = test(input);
-            *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            total.set(total.get() + 1);
-            let took = start.elapsed();
-            if took > case_limit {
-                return Err(TestCaseError::fail(format!(
-                    "took {took:?} (limit {case_limit:?})"
-                )));
-            }
-            result
-        });
-        if result.is_err() || deadline.is_none_or(|d| Instant::now() >= d) {
-            break result;
-        }
-    };
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = watchdog.join();
-    eprintln!(
-        "fuzz {target}: {} cases in {:.1} s{}",
-        total.get(),
-        started.elapsed().as_secs_f64(),
-        if result.is_ok() { ", no failure" } else { "" }
-    );
-    match result {
-        Ok(()) => {}
-        Err(TestError::Fail(why, input)) => {
-            save(&input);
-            panic!("fuzz {target}: {why}\nminimal failing input: {input:?}");
-        }
-        Err(TestError::Abort(why)) => panic!("fuzz {target}: aborted: {why}"),
-    }
-}
-
-/// Writes `bytes` to `tests/fuzz-regressions/<dir>/<name>` (named by a hash of the content).
-fn save_regression(dir: &str, bytes: &[u8]) {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    let dir = regressions_dir().join(dir);
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("found-{:016x}", h.finish()));
-    match std::fs::write(&path, bytes) {
-        Ok(()) => eprintln!("kept the failing input as {path:?}"),
-        Err(e) => eprintln!("could not keep the failing input as {path:?}: {e}"),
-    }
+fn fuzzer() -> Fuzzer {
+    Fuzzer::new(regressions_dir())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,20 +309,20 @@ fn check_borg(case: &BorgArgv) -> Result<(), TestCaseError> {
 
 #[test]
 fn fuzz_any_argv() {
-    fuzz(
+    fuzzer().run(
         "rsh-any-argv",
         argv(),
-        |argv| save_regression("rsh", &argv_bytes(argv)),
+        |argv| fuzzer().save_regression("rsh", &argv_bytes(argv)),
         |argv| check_any(&argv),
     );
 }
 
 #[test]
 fn fuzz_borg_argv() {
-    fuzz(
+    fuzzer().run(
         "rsh-borg-argv",
         borg_argv(),
-        |case| save_regression("rsh", &argv_bytes(&case.argv)),
+        |case| fuzzer().save_regression("rsh", &argv_bytes(&case.argv)),
         |case| check_borg(&case),
     );
 }
@@ -442,10 +335,10 @@ fn fuzz_borg_argv_with_junk() {
         borg_argv(),
         proptest::collection::vec((any::<proptest::sample::Index>(), word()), 1..4),
     );
-    fuzz(
+    fuzzer().run(
         "rsh-borg-argv-junk",
         input,
-        |(case, _)| save_regression("rsh", &argv_bytes(&case.argv)),
+        |(case, _)| fuzzer().save_regression("rsh", &argv_bytes(&case.argv)),
         |(case, junk)| {
             let destination = case.argv.len() - case.command.len() - 1;
             let mut argv = case.argv.clone();

@@ -2,14 +2,13 @@
 //! borg and the calendar say, compact only after a good prune, check by runs and by days, the
 //! passphrase only in the environment, and a hanging borg stopped at its deadline.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use borg_pull_fleet::config::PassphraseSource;
 use borg_pull_fleet::limits::BorgLimits;
 use borg_pull_fleet::retention::{
@@ -17,7 +16,6 @@ use borg_pull_fleet::retention::{
     CheckPolicy, Retention, RetentionResult, SkipReason, Step,
 };
 use borg_pull_fleet::state::ClientState;
-use common::*;
 
 /// 2025-11-23 12:00 UTC; the archives are one a day from here to 2026-01-01, 40 in all.
 const FIRST_DAY: u64 = 1_763_899_200;
@@ -40,7 +38,6 @@ fn names(list: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn prune_keeps_what_borg_and_the_calendar_say() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let days: Vec<(String, u64)> = (0..40)
         .map(|i| {
@@ -101,7 +98,7 @@ async fn prune_keeps_what_borg_and_the_calendar_say() {
     let mut client = client("web1", &repo);
     client.prune = policy();
     client.compact = true;
-    let server = server(Path::new(BORG), &dir.path().join("state"));
+    let server = server(borg_bin(), &dir.path().join("state"));
     let mut state = ClientState::default();
     let outcome = after_create(&client, &server, &mut state).await;
     assert_eq!(outcome.errors, Vec::<String>::new());
@@ -137,7 +134,6 @@ fn calls(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn compact_runs_only_after_a_successful_prune() {
-    setup();
     for (failing, rc, expected) in [
         ("none", 0, vec!["prune", "compact"]),
         ("prune", 1, vec!["prune", "compact"]), // a warning: the prune was done
@@ -173,7 +169,6 @@ async fn compact_runs_only_after_a_successful_prune() {
 
 #[tokio::test]
 async fn check_runs_every_n_runs_and_when_the_last_is_n_days_old() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let borg = recording_borg(dir.path(), "none", 0);
     let server = server(&borg, dir.path());
@@ -214,7 +209,7 @@ async fn check_runs_every_n_runs_and_when_the_last_is_n_days_old() {
     std::fs::create_dir(&other).unwrap();
     let failing = recording_borg(&other, "check", 2);
     state.last_check = None;
-    let outcome = after_create(&client, &common::server(&failing, dir.path()), &mut state).await;
+    let outcome = after_create(&client, &crate::common::server(&failing, dir.path()), &mut state).await;
     assert_eq!(outcome.checked, Some(2));
     assert_eq!(state.last_check.map(|c| c.1), Some(false));
     assert_eq!(state.runs_since_check, 0);
@@ -245,7 +240,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test]
 async fn encrypted_repository_with_passphrase_file_and_command_never_in_argv() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let passphrase = "correct horse battery staple 7f3a";
     let pass_file = dir.path().join("passphrase");
@@ -255,7 +249,7 @@ async fn encrypted_repository_with_passphrase_file_and_command_never_in_argv() {
     borg(&["init", "-e", "repokey", repo.to_str().unwrap()], &env);
     add_archives(&repo, &[("a1", FIRST_DAY), ("a2", FIRST_DAY + 86_400)], &env);
 
-    let server = server(Path::new(BORG), dir.path());
+    let server = server(borg_bin(), dir.path());
     let sources = [
         PassphraseSource::File(pass_file.clone()),
         PassphraseSource::Command(format!("cat '{}'", pass_file.display())),
@@ -349,7 +343,6 @@ async fn encrypted_repository_with_passphrase_file_and_command_never_in_argv() {
 /// A passphrase file others may read is refused before borg runs (as for `pull`), and said so.
 #[tokio::test]
 async fn a_passphrase_file_others_can_read_is_refused() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let borg = recording_borg(dir.path(), "none", 0);
     let pass = dir.path().join("pass");
@@ -387,7 +380,6 @@ async fn wait_gone(pid: &str) {
 
 #[tokio::test]
 async fn a_hanging_borg_is_stopped_at_the_timeout() {
-    setup();
     let limits = BorgLimits {
         prune: Duration::from_millis(500),
         kill_grace: Duration::from_millis(500),
@@ -429,7 +421,6 @@ async fn a_hanging_borg_is_stopped_at_the_timeout() {
 /// lost, and writing them does not fail.
 #[tokio::test]
 async fn a_stopped_borg_can_still_say_goodbye() {
-    setup();
     let limits = BorgLimits {
         prune: Duration::from_millis(500),
         kill_grace: Duration::from_secs(5),
@@ -465,7 +456,6 @@ async fn a_stopped_borg_can_still_say_goodbye() {
 
 #[tokio::test]
 async fn a_cancelled_run_kills_borg() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
     let borg = stand_in(
@@ -494,7 +484,6 @@ async fn a_cancelled_run_kills_borg() {
 /// encrypted repository is read with the passphrase file.
 #[tokio::test]
 async fn archive_ids_tell_whether_a_job_created_an_archive() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let passphrase = "ids 'secret' $(x)";
     let pass_file = dir.path().join("passphrase");
@@ -502,7 +491,7 @@ async fn archive_ids_tell_whether_a_job_created_an_archive() {
     let repo = dir.path().join("repo");
     let env = [("BORG_PASSPHRASE", passphrase)];
     borg(&["init", "-e", "repokey", repo.to_str().unwrap()], &env);
-    let server = server(Path::new(BORG), dir.path());
+    let server = server(borg_bin(), dir.path());
     let mut client = client("ids", &repo);
     client.passphrase = PassphraseSource::File(pass_file);
 
@@ -535,7 +524,6 @@ async fn archive_ids_tell_whether_a_job_created_an_archive() {
 /// Whatever a stand-in borg prints instead of ids is refused, and a hanging one is stopped.
 #[tokio::test]
 async fn archive_ids_refuse_what_is_not_an_id_and_stop_a_hanging_borg() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let garbage = stand_in(dir.path(), "borg", "echo 'not an id'");
     let client = client("c", &dir.path().join("repo"));
@@ -567,7 +555,6 @@ async fn archive_ids_refuse_what_is_not_an_id_and_stop_a_hanging_borg() {
 /// The steps are announced as they start (the live display's phases), in borg's order.
 #[tokio::test]
 async fn retention_steps_are_announced_as_they_start() {
-    setup();
     let dir = tempfile::tempdir().unwrap();
     let borg = recording_borg(dir.path(), "none", 0);
     let mut client = client("c", &dir.path().join("repo"));

@@ -1,12 +1,12 @@
 //! Fuzzing the known_hosts reader and matcher on the stable toolchain (proptest, no cargo-fuzz).
 //!
-//! `cargo test -p borg-pull-tunnel --test fuzz_known_hosts` runs a few hundred cases per target,
+//! `cargo test -p borg-pull-tunnel --test it -- fuzz_known_hosts::` runs a few hundred cases per target,
 //! enough for CI. Environment:
 //!
 //! - `BORG_PULL_FUZZ_CASES=N`: cases per target (per batch in long mode).
 //! - `BORG_PULL_FUZZ_SECS=S`: long mode, every target runs batches until S seconds are up and
 //!   prints the number of cases it ran (use `--nocapture`), e.g.
-//!   `BORG_PULL_FUZZ_SECS=600 nice -n 19 cargo test -p borg-pull-tunnel --test fuzz_known_hosts -- --nocapture`
+//!   `BORG_PULL_FUZZ_SECS=600 nice -n 19 cargo test -p borg-pull-tunnel --test it -- fuzz_known_hosts:: --nocapture`
 //!   (`--release` runs some ten times as many cases; every target runs in its own thread, so
 //!   `--test-threads` as many as there are targets runs them all at once).
 //! - `BORG_PULL_FUZZ_CASE_SECS=S`: one input taking longer than this fails (default 10), and an
@@ -17,132 +17,25 @@
 //! `tests/fuzz-regressions/known_hosts/` and replayed by `regressions_replay`.
 
 use std::collections::BTreeSet;
-use std::fmt::Debug;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use borg_pull_testkit::fuzz::Fuzzer;
 use borg_pull_tunnel::ssh::known_hosts::{self, hash_name, hosts_match, lookup_name, KnownHosts, Verdict};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use russh::keys::ssh_key::public::Ed25519PublicKey;
 use russh::keys::PublicKey;
 
 // ---------------------------------------------------------------------------------------------
-// The harness (the same in borg-pull-core/tests/fuzz_rsh.rs).
-
-const DEFAULT_CASES: u32 = 128;
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-    )
-}
+// The harness: borg_pull_testkit::fuzz (one copy for the core and the tunnel).
 
 fn regressions_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions")
 }
 
-/// The input being tested right now, for the hang watchdog.
-type Current<T> = Arc<Mutex<Option<(Instant, T)>>>;
-
-/// Runs `test` on inputs from `strategy`: `BORG_PULL_FUZZ_CASES` of them, or batches of them
-/// until `BORG_PULL_FUZZ_SECS` are up. `save` is called with the minimal failing input (to keep
-/// it as a regression file) before the failure is reported.
-fn fuzz<S>(
-    target: &str,
-    strategy: S,
-    save: impl Fn(&S::Value),
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
-    S: Strategy,
-    S::Value: Clone + Debug + Send + 'static,
-{
-    let cases = env_u64("BORG_PULL_FUZZ_CASES").map_or(DEFAULT_CASES, |n| n.clamp(1, u32::MAX.into()) as u32);
-    let secs = env_u64("BORG_PULL_FUZZ_SECS");
-    let case_limit = Duration::from_secs(env_u64("BORG_PULL_FUZZ_CASE_SECS").unwrap_or(10));
-    let current: Current<S::Value> = Arc::new(Mutex::new(None));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = {
-        let (current, stop, target) = (current.clone(), stop.clone(), target.to_owned());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                let guard = current.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((since, input)) = &*guard {
-                    if since.elapsed() > case_limit * 12 {
-                        eprintln!(
-                            "fuzz {target}: HANG, input running for {:?}: {input:?}",
-                            since.elapsed()
-                        );
-                        std::process::abort();
-                    }
-                }
-            }
-        })
-    };
-    let persistence: &'static str =
-        Box::leak(format!("{}/{target}.seeds", regressions_dir().display()).into_boxed_str());
-    let started = Instant::now();
-    let deadline = secs.map(|s| started + Duration::from_secs(s));
-    let total = std::cell::Cell::new(0u64);
-    let result = loop {
-        let mut config = Config::with_cases(cases);
-        config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(persistence)));
-        config.max_shrink_iters = 20_000;
-        let mut runner = TestRunner::new(config);
-        let result = runner.run(&strategy, |input| {
-            *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), input.clone()));
-            let start = Instant::now();
-            let result = test(input);
-            *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            total.set(total.get() + 1);
-            let took = start.elapsed();
-            if took > case_limit {
-                return Err(TestCaseError::fail(format!(
-                    "took {took:?} (limit {case_limit:?})"
-                )));
-            }
-            result
-        });
-        if result.is_err() || deadline.is_none_or(|d| Instant::now() >= d) {
-            break result;
-        }
-    };
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = watchdog.join();
-    eprintln!(
-        "fuzz {target}: {} cases in {:.1} s{}",
-        total.get(),
-        started.elapsed().as_secs_f64(),
-        if result.is_ok() { ", no failure" } else { "" }
-    );
-    match result {
-        Ok(()) => {}
-        Err(TestError::Fail(why, input)) => {
-            save(&input);
-            panic!("fuzz {target}: {why}\nminimal failing input: {input:?}");
-        }
-        Err(TestError::Abort(why)) => panic!("fuzz {target}: aborted: {why}"),
-    }
-}
-
-/// Writes `bytes` to `tests/fuzz-regressions/<dir>/<name>` (named by a hash of the content).
-fn save_regression(dir: &str, bytes: &[u8]) {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    let dir = regressions_dir().join(dir);
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("found-{:016x}", h.finish()));
-    match std::fs::write(&path, bytes) {
-        Ok(()) => eprintln!("kept the failing input as {path:?}"),
-        Err(e) => eprintln!("could not keep the failing input as {path:?}: {e}"),
-    }
+fn fuzzer() -> Fuzzer {
+    Fuzzer::new(regressions_dir())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,7 +45,7 @@ const ED1: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEX
 const ED2: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
 const ECDSA: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBJ6bf3dbzde0DkKszja6oxFLSIa2yY6qS97T6c6L8ucbHM//MO5e0bKg+26xSd2S5ay8xUDYVwAWytmEqcmOK50=";
 /// rsa 2048, ecdsa p384 and p521, dsa (from ssh-keygen), one `type base64` a line.
-const SAMPLE_KEYS: &str = include_str!("fuzz-regressions/sample-keys.pub");
+const SAMPLE_KEYS: &str = include_str!("../fuzz-regressions/sample-keys.pub");
 
 fn key(b64: &str) -> PublicKey {
     russh::keys::parse_public_key_base64(b64).unwrap()
@@ -585,10 +478,10 @@ fn tempdir() -> &'static Path {
 
 #[test]
 fn fuzz_files() {
-    fuzz(
+    fuzzer().run(
         "known_hosts-files",
         any_file(),
-        |bytes| save_regression("known_hosts", bytes),
+        |bytes| fuzzer().save_regression("known_hosts", bytes),
         |bytes| {
             let text = String::from_utf8_lossy(&bytes);
             check_file(&bytes, &probes_for(&text))?;
@@ -650,7 +543,7 @@ fn fuzz_append_then_check() {
         any_key(),
         proptest::collection::vec((append_host(), port()), 0..4),
     );
-    fuzz(
+    fuzzer().run(
         "known_hosts-append",
         input,
         |_| {},
@@ -721,7 +614,7 @@ fn fuzz_hashed_entries() {
         port(),
         any_key(),
     );
-    fuzz(
+    fuzzer().run(
         "known_hosts-hashed",
         input,
         |_| {},
@@ -809,7 +702,7 @@ fn fuzz_hosts_match_against_reference() {
         prop_oneof![4 => alphabet.prop_map(|s| s), 1 => "\\PC{0,10}", 1 => "[ab*]{0,30}"],
         prop_oneof![4 => "[aAb.:\\[\\]*?]{0,10}", 1 => "\\PC{0,10}", 1 => "[ab]{0,30}"],
     );
-    fuzz(
+    fuzzer().run(
         "known_hosts-hosts-match",
         input,
         |_| {},
