@@ -980,11 +980,27 @@ fn storage_quota_stops_a_backup_that_would_exceed_it() {
     assert!(listed.contains("small") && !listed.contains("big"), "{listed}");
 }
 
-#[test]
-fn storage_quota_is_checked_before_starting() {
-    let t = TestDir::new();
-    let sock = t.join("s.sock");
-    for bad in ["9M", "lots", "5 G"] {
+mod storage_quota_is_checked_before_starting {
+    use super::*;
+
+    #[test]
+    fn below_the_minimum_of_10m() {
+        case("9M");
+    }
+
+    #[test]
+    fn not_a_number() {
+        case("lots");
+    }
+
+    #[test]
+    fn with_a_space() {
+        case("5 G");
+    }
+
+    fn case(bad: &str) {
+        let t = TestDir::new();
+        let sock = t.join("s.sock");
         let (code, log) = run_server_to_exit(
             &t,
             &[
@@ -1211,18 +1227,33 @@ fn borg2_storage_quota_is_a_usage_error() {
     assert!(log.contains("has no --storage-quota"), "{log}");
 }
 
-#[test]
-fn init_creates_a_missing_repository_with_the_servers_borg() {
-    if !require_tool("borg") {
-        return;
+mod init_creates_a_missing_repository_with_the_servers_borg {
+    use super::*;
+
+    #[test]
+    fn borg1() {
+        if !require_tool("borg") {
+            return;
+        }
+        case(PathBuf::from("borg"), "repokey-blake2", "data", Generation::One);
     }
-    let Some(borg2) = borg2() else {
-        return;
-    };
-    for (borg, encryption, layout) in [
-        (PathBuf::from("borg"), "repokey-blake2", "data"),
-        (borg2.clone(), "aes256-ocb", "packs"),
-    ] {
+
+    #[test]
+    fn borg2() {
+        let Some(borg2) = super::borg2() else {
+            return;
+        };
+        case(borg2, "aes256-ocb", "packs", Generation::Two);
+    }
+
+    /// Which client command line the new repository is checked with.
+    #[derive(PartialEq)]
+    enum Generation {
+        One,
+        Two,
+    }
+
+    fn case(borg: PathBuf, encryption: &str, layout: &str, generation: Generation) {
         let t = TestDir::new();
         let repo = t.join("new repo");
         let socket = t.join("run/borg.sock");
@@ -1249,10 +1280,10 @@ fn init_creates_a_missing_repository_with_the_servers_borg() {
             "{borg:?}: no {layout}/ in the new repository"
         );
         // A client can use it at once.
-        let out = if borg == borg2 {
+        let out = if generation == Generation::Two {
             run(&mut client2(
                 &t,
-                &borg2,
+                &borg,
                 &socket,
                 &["-r", &url2(&repo), "repo-info"],
             ))

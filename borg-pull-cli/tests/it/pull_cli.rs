@@ -1141,22 +1141,57 @@ fn borg_major_version_mismatch_is_refused_before_anything_moves() {
 /// its version still fails the pull with 203 naming the program, before anything runs on the
 /// client (no private directory is made), and before a connection failure (a closed port) too,
 /// as when it was asked before connecting.
-#[test]
-fn a_server_borg_that_cannot_tell_its_version_fails_the_pull_with_203() {
-    let f = Fixture::new(Sshd::start(), false);
-    let dir = tempfile::tempdir().unwrap();
-    let not_borg = dir.path().join("not-borg");
-    fs::write(&not_borg, "#!/bin/sh\necho 'not borg at all'\nexit 1\n").unwrap();
-    fs::set_permissions(&not_borg, fs::Permissions::from_mode(0o755)).unwrap();
-    let missing = dir.path().join("missing-borg");
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port().to_string()
-    };
-    for (borg, port) in [(&not_borg, None), (&missing, None), (&missing, Some(&closed))] {
+mod a_server_borg_that_cannot_tell_its_version_fails_the_pull_with_203 {
+    use super::*;
+
+    #[test]
+    fn when_it_is_not_borg() {
+        case(Borg::NotBorg, Port::Sshd);
+    }
+
+    #[test]
+    fn when_it_is_missing() {
+        case(Borg::Missing, Port::Sshd);
+    }
+
+    #[test]
+    fn when_it_is_missing_and_the_port_is_closed() {
+        case(Borg::Missing, Port::Closed);
+    }
+
+    enum Borg {
+        /// A program that answers `--version` with something else and exit 1.
+        NotBorg,
+        /// No such file.
+        Missing,
+    }
+
+    enum Port {
+        /// The fixture's sshd.
+        Sshd,
+        /// A port nothing listens on.
+        Closed,
+    }
+
+    fn case(borg: Borg, port: Port) {
+        let f = Fixture::new(Sshd::start(), false);
+        let dir = tempfile::tempdir().unwrap();
+        let borg = match borg {
+            Borg::NotBorg => {
+                let not_borg = dir.path().join("not-borg");
+                fs::write(&not_borg, "#!/bin/sh\necho 'not borg at all'\nexit 1\n").unwrap();
+                fs::set_permissions(&not_borg, fs::Permissions::from_mode(0o755)).unwrap();
+                not_borg
+            }
+            Borg::Missing => dir.path().join("missing-borg"),
+        };
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port().to_string()
+        };
         let mut options = vec![OsStr::new("--borg"), borg.as_os_str()];
-        if let Some(port) = port {
-            options.extend([OsStr::new("-p"), OsStr::new(port)]);
+        if let Port::Closed = port {
+            options.extend([OsStr::new("-p"), OsStr::new(&closed)]);
         }
         let out = run(&mut f.pull_with(&options, &["list"]));
         assert_eq!(out.status.code(), Some(203), "{}", describe(&out));
@@ -1167,6 +1202,6 @@ fn a_server_borg_that_cannot_tell_its_version_fails_the_pull_with_203() {
             "the run started on the client: {}",
             describe(&out)
         );
+        f.assert_clean_processes_only();
     }
-    f.assert_clean_processes_only();
 }

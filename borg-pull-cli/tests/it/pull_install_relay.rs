@@ -227,27 +227,39 @@ fn a_bare_install_relay_sends_the_relay_next_to_the_program() {
 /// Forms that name no file unambiguously are usage errors (exit 200) before anything connects:
 /// `--install-relay=` (an empty FILE: a script's unset variable), and `--install-relay FILE HOST`
 /// (FILE, without `=`, is the host; HOST is then one argument too many).
-#[test]
-fn an_install_relay_without_a_clear_file_is_a_usage_error() {
-    // Port 9 on loopback: nothing listens; a parse that let these through would fail with 213.
-    let base = ["pull", "-p", "9", "--repo", "/srv/borg/none"];
-    let cases: [(&[&str], &[&str]); 3] = [
-        (
+mod an_install_relay_without_a_clear_file_is_a_usage_error {
+    use super::*;
+
+    #[test]
+    fn empty() {
+        case(
             &["--install-relay=", "backup@127.0.0.1"],
             &["--install-relay alone", "--install-relay=FILE"],
-        ),
-        (
+        );
+    }
+
+    #[test]
+    fn empty_beside_relay() {
+        case(
             &["--install-relay=", "--relay", "r", "backup@127.0.0.1"],
             &["--install-relay alone", "--install-relay=FILE"],
-        ),
-        (
+        );
+    }
+
+    /// A separate word after `--install-relay` is not its file: the destination is then extra.
+    #[test]
+    fn a_separate_word() {
+        case(
             &["--install-relay", "./my-relay", "backup@127.0.0.1"],
             &["unexpected argument 'backup@127.0.0.1'"],
-        ),
-    ];
-    for (args, said) in cases {
+        );
+    }
+
+    /// `pull ARGS` exits 200 saying `said`. Port 9 on loopback: nothing listens; a parse that
+    /// let these through would fail with 213.
+    fn case(args: &[&str], said: &[&str]) {
         let out = TestCommand::new(server_bin())
-            .args(base)
+            .args(["pull", "-p", "9", "--repo", "/srv/borg/none"])
             .args(args)
             .args(["--", "create", "::a", "/etc"])
             .output();

@@ -269,9 +269,20 @@ fn connection_reset_mid_stream_fails_with_one_line_and_255() {
 
 /// `--version` and `-V` print the crate's version on stdout and exit 0, with no `--socket`:
 /// `check-config --connect` reads it on the client and compares it with the server's.
-#[test]
-fn version_flag_prints_the_version_without_a_socket() {
-    for flag in ["--version", "-V"] {
+mod version_flag_prints_the_version_without_a_socket {
+    use super::*;
+
+    #[test]
+    fn long() {
+        case("--version");
+    }
+
+    #[test]
+    fn short() {
+        case("-V");
+    }
+
+    fn case(flag: &str) {
         let mut command = TestCommand::new(relay_bin());
         command.arg(flag).env_remove("BORG_PULL_SOCKET");
         let output = run(command, Vec::new());

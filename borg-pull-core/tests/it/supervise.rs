@@ -335,14 +335,31 @@ async fn the_first_session_takes_the_borg_serve_started_ahead() {
 /// A `borg serve` started ahead that no connection takes is stopped and reaped when the run
 /// stops or drains, also one that ignores EOF and SIGTERM (SIGKILL after the grace), and when the
 /// supervisor is dropped.
-#[tokio::test]
-async fn a_borg_serve_started_ahead_without_a_connection_is_stopped() {
-    for (body, how) in [
-        ("exec cat", "stop"),
-        ("exec cat", "drain"),
-        ("trap '' TERM; while :; do sleep 1; done", "stop"),
-        ("exec cat", "drop"),
-    ] {
+mod a_borg_serve_started_ahead_without_a_connection_is_stopped {
+    use super::*;
+
+    #[tokio::test]
+    async fn by_stop() {
+        case("exec cat", "stop").await;
+    }
+
+    #[tokio::test]
+    async fn by_drain() {
+        case("exec cat", "drain").await;
+    }
+
+    #[tokio::test]
+    async fn by_stop_when_it_ignores_eof_and_sigterm() {
+        case("trap '' TERM; while :; do sleep 1; done", "stop").await;
+    }
+
+    #[tokio::test]
+    async fn by_dropping_the_supervisor() {
+        case("exec cat", "drop").await;
+    }
+
+    /// A fake borg running `body` is started ahead, then the supervisor is stopped `how`.
+    async fn case(body: &str, how: &str) {
         let dir = tempfile::tempdir().unwrap();
         let limits = SupervisorLimits {
             max_active: 1,
@@ -377,6 +394,5 @@ async fn a_borg_serve_started_ahead_without_a_connection_is_stopped() {
                 }
             }
         }
-        // Nothing starts ahead once the run is stopping.
     }
 }

@@ -132,14 +132,44 @@ fn calls(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn compact_runs_only_after_a_successful_prune() {
-    for (failing, rc, expected) in [
-        ("none", 0, vec!["prune", "compact"]),
-        ("prune", 1, vec!["prune", "compact"]), // a warning: the prune was done
-        ("prune", 2, vec!["prune"]),
-        ("compact", 2, vec!["prune", "compact"]),
-    ] {
+mod compact_runs_only_after_a_successful_prune {
+    use super::*;
+
+    #[tokio::test]
+    async fn when_nothing_fails() {
+        case("none", 0, &["prune", "compact"]).await;
+    }
+
+    /// A warning: the prune was done.
+    #[tokio::test]
+    async fn when_prune_warns() {
+        case("prune", 1, &["prune", "compact"]).await;
+    }
+
+    #[tokio::test]
+    async fn not_when_prune_fails() {
+        case("prune", 2, &["prune"]).await;
+    }
+
+    #[tokio::test]
+    async fn when_compact_fails() {
+        case("compact", 2, &["prune", "compact"]).await;
+    }
+
+    /// No keep rule: neither prune (borg would refuse) nor compact.
+    #[tokio::test]
+    async fn neither_without_a_keep_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let borg = recording_borg(dir.path(), "none", 0);
+        let mut client = client("c", &dir.path().join("repo"));
+        client.compact = true;
+        let outcome = after_create(&client, &server(&borg, dir.path()), &mut ClientState::default()).await;
+        assert!(calls(dir.path()).is_empty());
+        assert_eq!(outcome, Default::default());
+    }
+
+    /// The borg calls when `failing` (a step, or "none") exits with `rc`.
+    async fn case(failing: &str, rc: i32, expected: &[&str]) {
         let dir = tempfile::tempdir().unwrap();
         let borg = recording_borg(dir.path(), failing, rc);
         let mut client = client("c", &dir.path().join("repo"));
@@ -156,15 +186,6 @@ async fn compact_runs_only_after_a_successful_prune() {
             );
         }
     }
-
-    // No keep rule: neither prune (borg would refuse) nor compact.
-    let dir = tempfile::tempdir().unwrap();
-    let borg = recording_borg(dir.path(), "none", 0);
-    let mut client = client("c", &dir.path().join("repo"));
-    client.compact = true;
-    let outcome = after_create(&client, &server(&borg, dir.path()), &mut ClientState::default()).await;
-    assert!(calls(dir.path()).is_empty());
-    assert_eq!(outcome, Default::default());
 }
 
 #[tokio::test]
@@ -378,15 +399,27 @@ async fn wait_gone(pid: &str) {
     }
 }
 
-#[tokio::test]
-async fn a_hanging_borg_is_stopped_at_the_timeout() {
-    let limits = BorgLimits {
-        prune: Duration::from_millis(500),
-        kill_grace: Duration::from_millis(500),
-        ..BorgLimits::default()
-    };
-    // One stand-in that ends on SIGTERM, one that ignores it (and so does its sleep).
-    for (trap, rc) in [("", 143), ("trap '' TERM", 137)] {
+mod a_hanging_borg_is_stopped_at_the_timeout {
+    use super::*;
+
+    #[tokio::test]
+    async fn that_ends_on_sigterm() {
+        case("", 143).await;
+    }
+
+    /// Killed after the grace (its sleep ignores SIGTERM too).
+    #[tokio::test]
+    async fn that_ignores_sigterm() {
+        case("trap '' TERM", 137).await;
+    }
+
+    /// A stand-in borg with `trap` before it waits for a sleep; `rc`: what the prune ends with.
+    async fn case(trap: &str, rc: i32) {
+        let limits = BorgLimits {
+            prune: Duration::from_millis(500),
+            kill_grace: Duration::from_millis(500),
+            ..BorgLimits::default()
+        };
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("pid");
         let borg = stand_in(

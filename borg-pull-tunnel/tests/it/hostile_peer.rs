@@ -318,7 +318,12 @@ impl ChildRun {
 /// Runs the pull in a child process (this binary, `child_pull_entry`), watching its memory.
 async fn run_pull_in_child(spec: &PullSpec) -> ChildRun {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["hostile_peer::child_pull_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "hostile_peer::child_pull_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .envs(spec.to_env())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
