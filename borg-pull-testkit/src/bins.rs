@@ -4,7 +4,9 @@
 //! binaries, never in a library such as this one; it does build those binaries before running
 //! that package's integration tests, next to the `deps/` directory holding the test binary.
 
-use std::path::PathBuf;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 /// `borg-pull-server` (`BORG_PULL_SERVER_BIN` overrides it, for trying another build).
 pub fn server_bin() -> PathBuf {
@@ -34,4 +36,18 @@ fn built(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The relay in `dir/bin/`, where the sshd's login user can run it (see [`relay_bin`]): a hard
+/// link, which costs nothing (the debug relay is ~80 MB), or a copy across file systems.
+pub fn reachable_relay(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let relay = bin.join("borg-pull-relay");
+    if fs::hard_link(relay_bin(), &relay).is_err() {
+        fs::copy(relay_bin(), &relay).unwrap();
+    }
+    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    relay
 }

@@ -20,7 +20,7 @@ pub mod fuzz;
 pub mod procs;
 pub mod sshd;
 
-pub use bins::{relay_bin, server_bin};
+pub use bins::{reachable_relay, relay_bin, server_bin};
 pub use command::{assert_ok, output, wait_until, Outcome, Spawned, TestCommand, COMMAND_DEADLINE, DEADLINE};
 pub use deps::{
     borg14, borg2, deps_required, find_on_path, missing, require_tool, trixie_root, BORG14_DEFAULT,

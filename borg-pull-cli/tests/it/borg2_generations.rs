@@ -397,14 +397,7 @@ fn listen_case(beta: &Beta) {
 /// The relay in `dir/bin` (0755), where the sshd's login user can run it wherever cargo's target
 /// directory is.
 fn client_relay(dir: &Path) -> PathBuf {
-    let bin = dir.join("bin");
-    fs::create_dir(&bin).unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-    let relay = bin.join("borg-pull-relay");
-    if fs::hard_link(relay_bin(), &relay).is_err() {
-        fs::copy(relay_bin(), &relay).unwrap();
-    }
-    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+    let relay = borg_pull_testkit::reachable_relay(&dir);
     relay
 }
 

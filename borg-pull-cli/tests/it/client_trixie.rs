@@ -15,7 +15,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use borg_pull_testkit::sshd::{Sshd, SshdOptions};
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand};
 
 const PASSPHRASE: &str = "trixie 'client' $(pass)";
 
@@ -47,7 +47,7 @@ impl Trixie {
             repo: d.join("repo"),
             server_base: d.join("server-base"),
             client_base: d.join("client-base"),
-            relay: client_reachable_relay(&d),
+            relay: borg_pull_testkit::reachable_relay(&d),
             data: d.join("data 'dir' $(x)"),
             borg14,
             sshd,
@@ -134,19 +134,6 @@ impl Trixie {
         });
         self.sshd.stop_and_assert_gone();
     }
-}
-
-/// The relay linked into `dir/bin` (0755), reachable inside the chroot at the same path.
-fn client_reachable_relay(dir: &Path) -> PathBuf {
-    let bin = dir.join("bin");
-    fs::create_dir(&bin).unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-    let relay = bin.join("borg-pull-relay");
-    if fs::hard_link(relay_bin(), &relay).is_err() {
-        fs::copy(relay_bin(), &relay).unwrap();
-    }
-    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
-    relay
 }
 
 /// Names that break naive quoting, a few sizes, a 2 MiB incompressible file.

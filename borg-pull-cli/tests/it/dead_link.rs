@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use borg_pull_testkit::sshd::Sshd;
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand};
 
 /// What the issue asks: the next run has succeeded within this long after the freeze.
 const NEXT_RUN_WITHIN: Duration = Duration::from_secs(120);
@@ -150,14 +150,7 @@ impl Fixture {
             .unwrap();
         }
         borg_pull_testkit::sshd::chown_to_login_user(&work);
-        let bin = d.join("bin");
-        fs::create_dir(&bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        let relay = bin.join("borg-pull-relay");
-        if fs::hard_link(relay_bin(), &relay).is_err() {
-            fs::copy(relay_bin(), &relay).unwrap();
-        }
-        fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+        let relay = borg_pull_testkit::reachable_relay(&d);
         let known_hosts = d.join("known_hosts_proxy");
         fs::write(
             &known_hosts,

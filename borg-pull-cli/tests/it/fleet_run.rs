@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use borg_pull_testkit::sshd::Sshd;
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand};
 
 /// The repositories' passphrase, in a file the config names; must never show in any output.
 const PASSPHRASE: &str = "fleet 'secret' $(staple) \"horse\"";
@@ -35,14 +35,7 @@ impl Fleet {
     fn new() -> Fleet {
         let sshd = Sshd::start();
         let d = sshd.dir.path().to_owned();
-        let bin = d.join("bin");
-        fs::create_dir(&bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        let relay = bin.join("borg-pull-relay");
-        if fs::hard_link(relay_bin(), &relay).is_err() {
-            fs::copy(relay_bin(), &relay).unwrap();
-        }
-        fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+        let relay = borg_pull_testkit::reachable_relay(&d);
         let data = d.join("data");
         fs::create_dir(&data).unwrap();
         fs::write(data.join("hello.txt"), b"hello from the fleet\n").unwrap();

@@ -8,12 +8,11 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use borg_pull_testkit::sshd::{Sshd, SshdOptions};
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, Spawned, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, Spawned, TestCommand};
 
 /// What sshd logs (and says) when a client reaches MaxAuthTries failures.
 const MAX_TRIES_LOGGED: &str = "maximum authentication attempts exceeded";
@@ -36,14 +35,7 @@ impl Fixture {
             ..Default::default()
         });
         let d = sshd.dir.path().to_owned();
-        let bin = d.join("bin");
-        fs::create_dir(&bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        let relay = bin.join("borg-pull-relay");
-        if fs::hard_link(relay_bin(), &relay).is_err() {
-            fs::copy(relay_bin(), &relay).unwrap();
-        }
-        fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+        let relay = borg_pull_testkit::reachable_relay(&d);
         let f = Fixture {
             repo: d.join("repo"),
             server_base: d.join("server-base"),

@@ -4,11 +4,10 @@
 //! with exit 214 naming it and the fix, an unknown name is a usage error.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use borg_pull_testkit::sshd::{Sshd, SshdOptions};
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand};
 
 /// What this CPU should get by default, judged from /proc/cpuinfo (not from the code under
 /// test): aes128-gcm with AES and carry-less multiply instructions, chacha20-poly1305 without.
@@ -64,14 +63,7 @@ struct Fixture {
 impl Fixture {
     fn new(sshd: Sshd) -> Fixture {
         let d = sshd.dir.path().to_owned();
-        let bin = d.join("bin");
-        fs::create_dir(&bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        let relay = bin.join("borg-pull-relay");
-        if fs::hard_link(relay_bin(), &relay).is_err() {
-            fs::copy(relay_bin(), &relay).unwrap();
-        }
-        fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+        let relay = borg_pull_testkit::reachable_relay(&d);
         let client_base = d.join("client-base");
         fs::create_dir(&client_base).unwrap();
         borg_pull_testkit::sshd::chown_to_login_user(&client_base);

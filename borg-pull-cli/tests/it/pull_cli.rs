@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use borg_pull_testkit::sshd::{Sshd, SshdOptions};
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, Spawned, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, Spawned, TestCommand};
 
 const PASSPHRASE: &str = "correct horse 'battery' $(staple)";
 
@@ -20,7 +20,7 @@ struct Fixture {
     repo: PathBuf,
     server_base: PathBuf,
     client_base: PathBuf,
-    /// The relay, where the client's login user can reach it (see [`client_reachable_relay`]).
+    /// The relay, where the client's login user can reach it (see [`borg_pull_testkit::reachable_relay`]).
     relay: PathBuf,
     encrypted: bool,
 }
@@ -32,7 +32,7 @@ impl Fixture {
             repo: d.join("repo"),
             server_base: d.join("server-base"),
             client_base: d.join("client base"),
-            relay: client_reachable_relay(&d),
+            relay: borg_pull_testkit::reachable_relay(&d),
             sshd,
             encrypted,
         };
@@ -135,21 +135,6 @@ impl Drop for Fixture {
             }
         }
     }
-}
-
-/// The relay linked (or copied) into `dir/bin`, which is 0755 like `dir`: the client's login user
-/// must reach what it runs, wherever the checkout and its target directory live.
-fn client_reachable_relay(dir: &Path) -> PathBuf {
-    let bin = dir.join("bin");
-    fs::create_dir(&bin).unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-    let relay = bin.join("borg-pull-relay");
-    // A hard link costs nothing (the debug relay is ~80 MB); across file systems, copy.
-    if fs::hard_link(relay_bin(), &relay).is_err() {
-        fs::copy(relay_bin(), &relay).unwrap();
-    }
-    fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
-    relay
 }
 
 fn text(bytes: &[u8]) -> String {

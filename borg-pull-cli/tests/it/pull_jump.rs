@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use borg_pull_testkit::sshd::Sshd;
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, Spawned, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, Spawned, TestCommand};
 
 /// An sshd, an unencrypted repository on "the server", borg state dirs for both ends and a HOME
 /// without any key files.
@@ -26,14 +26,7 @@ impl Fixture {
     fn new() -> Fixture {
         let sshd = Sshd::start();
         let d = sshd.dir.path().to_owned();
-        let bin = d.join("bin");
-        fs::create_dir(&bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        let relay = bin.join("borg-pull-relay");
-        if fs::hard_link(relay_bin(), &relay).is_err() {
-            fs::copy(relay_bin(), &relay).unwrap();
-        }
-        fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+        let relay = borg_pull_testkit::reachable_relay(&d);
         let f = Fixture {
             repo: d.join("repo"),
             server_base: d.join("server-base"),

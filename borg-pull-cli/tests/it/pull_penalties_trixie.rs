@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use borg_pull_testkit::sshd::{Sshd, SshdOptions};
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand};
 
 const PASSPHRASE: &str = "penalised 'client' $(pass)";
 
@@ -58,14 +58,7 @@ impl Trixie {
             ..SshdOptions::default()
         });
         let d = sshd.dir.path().to_owned();
-        let bin = d.join("bin");
-        fs::create_dir(&bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        let relay = bin.join("borg-pull-relay");
-        if fs::hard_link(relay_bin(), &relay).is_err() {
-            fs::copy(relay_bin(), &relay).unwrap();
-        }
-        fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+        let relay = borg_pull_testkit::reachable_relay(&d);
         let stranger = d.join("stranger");
         let out = TestCommand::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "stranger", "-f"])

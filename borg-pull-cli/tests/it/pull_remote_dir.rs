@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use borg_pull_testkit::sshd::Sshd;
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand};
 
 /// An sshd, a repository on "the server", data and borg state for the client.
 struct Fixture {
@@ -36,13 +36,7 @@ impl Fixture {
         fs::create_dir(&f.client_base).unwrap();
         borg_pull_testkit::sshd::chown_to_login_user(&f.client_base);
         // Where the login user can run it, wherever the checkout's target directory is.
-        let bin = d.join("bin");
-        fs::create_dir(&bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        if fs::hard_link(relay_bin(), &f.relay).is_err() {
-            fs::copy(relay_bin(), &f.relay).unwrap();
-        }
-        fs::set_permissions(&f.relay, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(borg_pull_testkit::reachable_relay(&d), f.relay);
         f
     }
 

@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use borg_pull_testkit::sshd::Sshd;
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand};
 
 const PASSPHRASE: &str = "switch 'method' $(pass)";
 
@@ -53,13 +53,8 @@ impl Fixture {
         fs::create_dir(&data).unwrap();
         fs::write(data.join("file"), b"the same data, whatever the method\n").unwrap();
         fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = d.join("bin");
-        fs::create_dir(&bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        let relay = bin.join("borg-pull-relay");
-        if fs::hard_link(relay_bin(), &relay).is_err() {
-            fs::copy(relay_bin(), &relay).unwrap();
-        }
+        let relay = borg_pull_testkit::reachable_relay(&d);
+        let bin = relay.parent().unwrap().to_owned();
         let agent_key = d.join("agent_key");
         let out = TestCommand::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "agent-key", "-f"])

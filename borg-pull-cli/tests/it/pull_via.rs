@@ -407,15 +407,26 @@ fn ephemeral_key_is_gone_after_success_failure_and_a_killed_run() {
 /// The client's ssh refuses a host key other than `--server-host-key`: named from ssh's own log
 /// (not borg's "Connection closed by remote host", which it often printed instead), exit 210;
 /// for both methods that use the client's ssh.
-#[test]
-fn a_wrong_server_host_key_stops_the_clients_ssh_before_borg_serve_runs() {
-    let f = Fixture::new();
-    f.authorize_agent_key(&f.repo);
-    let other = f.dir().join("other_host_key");
-    keygen(&other);
-    let key = f.agent_key.to_str().unwrap();
-    let other_pub = other.with_extension("pub");
-    for via in ["agent", "tcp"] {
+mod a_wrong_server_host_key_stops_the_clients_ssh_before_borg_serve_runs {
+    use super::*;
+
+    #[test]
+    fn via_agent() {
+        case("agent");
+    }
+
+    #[test]
+    fn via_tcp() {
+        case("tcp");
+    }
+
+    fn case(via: &str) {
+        let f = Fixture::new();
+        f.authorize_agent_key(&f.repo);
+        let other = f.dir().join("other_host_key");
+        keygen(&other);
+        let key = f.agent_key.to_str().unwrap();
+        let other_pub = other.with_extension("pub");
         let out = f
             .create(
                 via,
@@ -479,14 +490,25 @@ fn refusing_port() -> (rustix::fd::OwnedFd, u16) {
 
 /// Nothing listens at `--server-ssh`'s port: exit 213, named; for the agent method from the client
 /// ssh's log, for the TCP method from our bridge to the server's sshd.
-#[test]
-fn a_server_sshd_that_refuses_connections_is_named() {
-    let f = Fixture::new();
-    f.authorize_agent_key(&f.repo);
-    let (_socket, port) = refusing_port();
-    let server = format!("{}@127.0.0.1:{port}", f.sshd.user);
-    let key = f.agent_key.to_str().unwrap();
-    for via in ["agent", "tcp"] {
+mod a_server_sshd_that_refuses_connections_is_named {
+    use super::*;
+
+    #[test]
+    fn via_agent() {
+        case("agent");
+    }
+
+    #[test]
+    fn via_tcp() {
+        case("tcp");
+    }
+
+    fn case(via: &str) {
+        let f = Fixture::new();
+        f.authorize_agent_key(&f.repo);
+        let (_socket, port) = refusing_port();
+        let server = format!("{}@127.0.0.1:{port}", f.sshd.user);
+        let key = f.agent_key.to_str().unwrap();
         let out = f
             .create(via, &["--agent-key", key, "--server-ssh", &server], "never")
             .output();

@@ -9,13 +9,13 @@
 //! (`scripts/screenshot-status-page`, for the README).
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use borg_pull_fleet::history::{History, HistoryRecord};
 use borg_pull_fleet::state::{ClientState, Outcome as Attempt, RunRecord, StateStore};
 use borg_pull_testkit::sshd::Sshd;
-use borg_pull_testkit::{assert_ok, relay_bin, server_bin, Outcome, TestCommand, TestDir};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand, TestDir};
 
 /// The error text a hostile client could make us record: markup, an SVG breakout, quotes.
 const HOSTILE: &str = "<img src=x onerror=alert(1)></svg><script>alert(2)</script> \"quoted\" & 'single'";
@@ -159,14 +159,7 @@ impl Fleet {
     fn new() -> Fleet {
         let sshd = Sshd::start();
         let d = sshd.dir.path().to_owned();
-        let bin = d.join("bin");
-        fs::create_dir(&bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        let relay = bin.join("borg-pull-relay");
-        if fs::hard_link(relay_bin(), &relay).is_err() {
-            fs::copy(relay_bin(), &relay).unwrap();
-        }
-        fs::set_permissions(&relay, fs::Permissions::from_mode(0o755)).unwrap();
+        let relay = borg_pull_testkit::reachable_relay(&d);
         let data = d.join("data");
         fs::create_dir(&data).unwrap();
         fs::write(data.join("hello.txt"), "hello from the page test\n".repeat(2000)).unwrap();
