@@ -5,6 +5,8 @@
 //! - [`TestDir`]: a private temp dir with its own HOME and BORG_BASE_DIR, so borg's caches and
 //!   security dirs never collide and tests run in parallel.
 //! - [`sshd::Sshd`]: a private OpenSSH sshd on 127.0.0.1 with its own config, keys and log.
+//! - [`PullFixture`]: that sshd as the client, a repository and borg state for both ends, and
+//!   `borg-pull-server pull` pointed at them.
 //! - [`server_bin`], [`relay_bin`]: our binaries as cargo built them.
 //! - [`fuzz::Fuzzer`]: proptest fuzzing with a hang watchdog and kept regressions.
 //! - [`require_tool`] and friends: a missing dependency skips a test, or fails it under
@@ -18,6 +20,7 @@ mod deps;
 mod dir;
 pub mod fuzz;
 pub mod procs;
+mod pull;
 pub mod sshd;
 
 pub use bins::{reachable_relay, relay_bin, server_bin};
@@ -31,3 +34,4 @@ pub use procs::{
     assert_no_process_mentions, children_of, descendants, pending_connections, process_exists,
     processes_mentioning,
 };
+pub use pull::PullFixture;

@@ -10,41 +10,33 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use borg_pull_testkit::sshd::{Sshd, SshdOptions};
-use borg_pull_testkit::{assert_ok, server_bin, Outcome, Spawned, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, PullFixture, Spawned, TestCommand};
 
 const PASSPHRASE: &str = "correct horse 'battery' $(staple)";
 
-/// An sshd plus a repository on "the server" and borg state dirs for both ends.
+/// The shared pull fixture, its repository created (encrypted or not).
 struct Fixture {
-    sshd: Sshd,
-    repo: PathBuf,
-    server_base: PathBuf,
-    client_base: PathBuf,
-    /// The relay, where the client's login user can reach it (see [`borg_pull_testkit::reachable_relay`]).
-    relay: PathBuf,
+    pull: PullFixture,
     encrypted: bool,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = PullFixture;
+
+    fn deref(&self) -> &PullFixture {
+        &self.pull
+    }
 }
 
 impl Fixture {
     fn new(sshd: Sshd, encrypted: bool) -> Fixture {
-        let d = sshd.dir.path().to_owned();
         let f = Fixture {
-            repo: d.join("repo"),
-            server_base: d.join("server-base"),
-            client_base: d.join("client base"),
-            relay: borg_pull_testkit::reachable_relay(&d),
-            sshd,
+            pull: PullFixture::new(sshd),
             encrypted,
         };
-        fs::create_dir(&f.client_base).unwrap();
-        borg_pull_testkit::sshd::chown_to_login_user(&f.client_base);
         let out = f.local_borg(&["init", "-e", if encrypted { "repokey" } else { "none" }]);
         assert_ok(&out, "borg init");
         f
-    }
-
-    fn dir(&self) -> &Path {
-        self.sshd.dir.path()
     }
 
     /// `borg-pull-server pull` with this fixture's options, then `--` and `borg_args`.
@@ -52,42 +44,11 @@ impl Fixture {
         self.pull_with::<&str, S>(&[], borg_args)
     }
 
-    /// [`Fixture::pull`] with `options` (`--flag` or `--flag VALUE`) first; a flag given there
-    /// replaces the fixture's own value for it (`-i`, `--known-hosts`, `--relay`, ...).
+    /// [`PullFixture::pull_with`] with the repository's passphrase when it is encrypted.
     fn pull_with<O: AsRef<OsStr>, S: AsRef<OsStr>>(&self, options: &[O], borg_args: &[S]) -> TestCommand {
-        let given = |flag: &str| options.iter().any(|o| o.as_ref() == flag);
-        let client_base = format!("BORG_BASE_DIR={}", self.client_base.display());
-        let port = self.sshd.port.to_string();
-        let defaults: [(&str, &OsStr); 5] = [
-            ("-p", OsStr::new(&port)),
-            ("-i", self.sshd.client_key().as_os_str()),
-            ("--known-hosts", self.sshd.known_hosts.as_os_str()),
-            ("--relay", self.relay.as_os_str()),
-            ("--repo", self.repo.as_os_str()),
-        ];
-        let mut cmd = TestCommand::new(server_bin());
-        cmd.arg("pull").args(options);
-        for (flag, value) in defaults {
-            if !given(flag) {
-                cmd.arg(flag).arg(value);
-            }
-        }
-        cmd.arg("--env")
-            .arg(client_base)
-            .arg("--env")
-            .arg("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes")
-            .arg(self.sshd.destination())
-            .arg("--")
-            .args(borg_args)
-            .env("BORG_BASE_DIR", &self.server_base)
-            .env_remove("BORG_PASSCOMMAND")
-            .env_remove("BORG_REPO")
-            .env("BORG_PULL_LOG", "info")
-            .attach_log("sshd log", self.sshd.log_path());
+        let mut cmd = self.pull.pull_with(options, borg_args);
         if self.encrypted {
             cmd.env("BORG_PASSPHRASE", PASSPHRASE);
-        } else {
-            cmd.env_remove("BORG_PASSPHRASE");
         }
         cmd
     }

@@ -3,89 +3,46 @@
 //! own, instead of the client's shell failing its `cd` and the run blaming borg. Real sshd (the
 //! login user unprivileged when the tests run as root), real borg on both ends.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use borg_pull_testkit::sshd::Sshd;
-use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand};
+use borg_pull_testkit::{assert_ok, Outcome, PullFixture, TestCommand};
 
-/// An sshd, a repository on "the server", data and borg state for the client.
-struct Fixture {
-    sshd: Sshd,
-    repo: PathBuf,
-    server_base: PathBuf,
-    client_base: PathBuf,
-    relay: PathBuf,
+/// The shared pull fixture with an unencrypted repository.
+struct Fixture(PullFixture);
+
+impl std::ops::Deref for Fixture {
+    type Target = PullFixture;
+
+    fn deref(&self) -> &PullFixture {
+        &self.0
+    }
 }
 
 impl Fixture {
     fn new() -> Self {
-        let sshd = Sshd::start();
-        let d = sshd.dir.path().to_owned();
-        let f = Fixture {
-            repo: d.join("repo"),
-            server_base: d.join("server-base"),
-            client_base: d.join("client-base"),
-            relay: d.join("bin/borg-pull-relay"),
-            sshd,
-        };
+        let f = Fixture(PullFixture::new(Sshd::start()));
         let out = f.borg(&["init", "-e", "none"]).arg(&f.repo).output();
         assert_ok(&out, "borg init");
-        fs::create_dir(&f.client_base).unwrap();
-        borg_pull_testkit::sshd::chown_to_login_user(&f.client_base);
-        // Where the login user can run it, wherever the checkout's target directory is.
-        assert_eq!(borg_pull_testkit::reachable_relay(&d), f.relay);
         f
-    }
-
-    fn dir(&self) -> &Path {
-        self.sshd.dir.path()
     }
 
     /// borg on the server, with the server's borg state.
     fn borg(&self, args: &[&str]) -> TestCommand {
-        let mut cmd = TestCommand::new("borg");
-        cmd.args(args)
-            .env("BORG_BASE_DIR", &self.server_base)
-            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
-            .env_remove("BORG_PASSPHRASE")
-            .env_remove("BORG_PASSCOMMAND")
-            .env_remove("BORG_REPO");
-        cmd
+        self.server_borg(args)
     }
 
     /// `pull --remote-dir DIR ... -- create ::ARCHIVE data` (`data` relative: borg reads it in DIR).
     fn pull_in(&self, dir: &Path, archive: &str) -> Outcome {
-        TestCommand::new(server_bin())
-            .arg("pull")
-            .arg("-p")
-            .arg(self.sshd.port.to_string())
-            .arg("-i")
-            .arg(self.sshd.client_key())
-            .arg("--known-hosts")
-            .arg(&self.sshd.known_hosts)
-            .arg("--relay")
-            .arg(&self.relay)
-            .arg("--repo")
-            .arg(&self.repo)
-            .arg("--remote-dir")
-            .arg(dir)
-            .arg("--env")
-            .arg(format!("BORG_BASE_DIR={}", self.client_base.display()))
-            .arg("--env")
-            .arg("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes")
-            .arg(self.sshd.destination())
-            .arg("--")
-            .args(["create", &format!("::{archive}"), "data"])
-            .env("BORG_BASE_DIR", &self.server_base)
-            .env("BORG_PULL_LOG", "info")
-            .env_remove("BORG_PASSPHRASE")
-            .env_remove("BORG_PASSCOMMAND")
-            .env_remove("BORG_REPO")
-            .attach_log("sshd log", self.sshd.log_path())
-            .output()
+        self.pull_with(
+            &[OsStr::new("--remote-dir"), dir.as_os_str()],
+            &["create", &format!("::{archive}"), "data"],
+        )
+        .output()
     }
 
     /// The archives in the repository, as `borg list --short` prints them.
