@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use borg_pull_testkit::sshd::{Sshd, SshdOptions};
-use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, PullFixture, TestCommand};
 
 /// What this CPU should get by default, judged from /proc/cpuinfo (not from the code under
 /// test): aes128-gcm with AES and carry-less multiply instructions, chacha20-poly1305 without.
@@ -51,68 +51,30 @@ fn logged_ciphers(log: &str) -> Vec<(String, String)> {
     c2s.into_iter().zip(s2c).collect()
 }
 
-/// An sshd, a repository on "the server", the relay where the login user can run it.
-struct Fixture {
-    sshd: Sshd,
-    repo: PathBuf,
-    relay: PathBuf,
-    base: PathBuf,
-    client_base: PathBuf,
+/// The shared pull fixture with an unencrypted repository.
+struct Fixture(PullFixture);
+
+impl std::ops::Deref for Fixture {
+    type Target = PullFixture;
+
+    fn deref(&self) -> &PullFixture {
+        &self.0
+    }
 }
 
 impl Fixture {
     fn new(sshd: Sshd) -> Fixture {
-        let d = sshd.dir.path().to_owned();
-        let relay = borg_pull_testkit::reachable_relay(&d);
-        let client_base = d.join("client-base");
-        fs::create_dir(&client_base).unwrap();
-        borg_pull_testkit::sshd::chown_to_login_user(&client_base);
-        let f = Fixture {
-            repo: d.join("repo"),
-            base: d.join("server-base"),
-            relay,
-            client_base,
-            sshd,
-        };
-        let out = TestCommand::new("borg")
-            .args(["init", "-e", "none"])
-            .arg(&f.repo)
-            .env("BORG_BASE_DIR", &f.base)
-            .env_remove("BORG_PASSPHRASE")
-            .env_remove("BORG_PASSCOMMAND")
-            .output();
+        let f = Fixture(PullFixture::new(sshd));
+        let out = f.server_borg(&["init", "-e", "none"]).arg(&f.repo).output();
         assert_ok(&out, "borg init");
         f
     }
 
     /// `borg-pull-server pull` with `options` first, then borg's `args`, logging at debug.
     fn pull(&self, options: &[&str], args: &[&str]) -> TestCommand {
-        let mut cmd = TestCommand::new(server_bin());
-        cmd.arg("pull")
-            .args(options)
-            .args(["-p", &self.sshd.port.to_string()])
-            .arg("-i")
-            .arg(self.sshd.client_key())
-            .arg("--known-hosts")
-            .arg(&self.sshd.known_hosts)
-            .arg("--relay")
-            .arg(&self.relay)
-            .arg("--repo")
-            .arg(&self.repo)
-            .arg("--env")
-            .arg(format!("BORG_BASE_DIR={}", self.client_base.display()))
-            .arg("--env")
-            .arg("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes")
-            .arg(self.sshd.destination())
-            .arg("--")
-            .args(args)
-            .env("BORG_BASE_DIR", &self.base)
-            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
-            .env_remove("BORG_PASSPHRASE")
-            .env_remove("BORG_PASSCOMMAND")
-            .env_remove("BORG_REPO")
-            .env("BORG_PULL_LOG", "debug")
-            .attach_log("sshd log", self.sshd.log_path());
+        let mut cmd = self.pull_with(options, args);
+        cmd.env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+            .env("BORG_PULL_LOG", "debug");
         cmd
     }
 
@@ -192,7 +154,7 @@ fn a_forced_cipher_the_sshd_does_not_offer_fails_with_214_naming_it_and_auto_fal
     let list = TestCommand::new("borg")
         .args(["list", "--short"])
         .arg(&f.repo)
-        .env("BORG_BASE_DIR", &f.base)
+        .env("BORG_BASE_DIR", &f.server_base)
         .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
         .output();
     assert_ok(&list, "borg list");
@@ -257,7 +219,7 @@ fn check_config(f: &Fixture, config: &Path) -> TestCommand {
     let mut cmd = TestCommand::new(server_bin());
     cmd.args(["check-config", "--connect", "--config"])
         .arg(config)
-        .env("BORG_BASE_DIR", &f.base)
+        .env("BORG_BASE_DIR", &f.server_base)
         .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
         .env_remove("BORG_PASSPHRASE")
         .env_remove("BORG_PASSCOMMAND")
@@ -283,7 +245,7 @@ fn the_fleet_config_cipher_is_used_by_check_config_and_run_a_clients_own_winning
     let mut run = TestCommand::new(server_bin());
     run.args(["run", "--config"])
         .arg(&config)
-        .env("BORG_BASE_DIR", &f.base)
+        .env("BORG_BASE_DIR", &f.server_base)
         .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
         .env_remove("BORG_PASSPHRASE")
         .env_remove("BORG_PASSCOMMAND")
