@@ -12,6 +12,12 @@ pub struct TestDir {
     dir: tempfile::TempDir,
 }
 
+impl Default for TestDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TestDir {
     /// A fresh directory; removed on drop.
     pub fn new() -> Self {
