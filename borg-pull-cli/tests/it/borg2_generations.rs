@@ -397,8 +397,7 @@ fn listen_case(beta: &Beta) {
 /// The relay in `dir/bin` (0755), where the sshd's login user can run it wherever cargo's target
 /// directory is.
 fn client_relay(dir: &Path) -> PathBuf {
-    let relay = borg_pull_testkit::reachable_relay(&dir);
-    relay
+    borg_pull_testkit::reachable_relay(dir)
 }
 
 /// `borg-pull-server pull` over a real sshd: `--init` creates the repository with `beta` on the

@@ -3,6 +3,7 @@
 
 mod fuzz_rsh;
 mod listen_serve;
+mod local_borg;
 mod relay;
 mod serve_env;
 mod supervise;
