@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::atomic_file::write_atomically;
 use crate::config::Fleet;
-use crate::retention::unix_now;
+use crate::time_text::unix_now;
 use crate::schedule::{standing, Health, Standing};
 use crate::state::{ClientState, StateStore};
 use crate::status::{ClientStatus, RepoSize};
