@@ -29,11 +29,11 @@ use tracing::{info, warn};
 
 pub use crate::config::{CheckPolicy, Retention};
 // Defined in `state` (which records it, below this module); named here as retention's result.
-pub use crate::state::RetentionOutcome;
 use crate::config::{Client, ServerSettings};
 use crate::limits::{BorgLimits, MAX_ARCHIVE_IDS, RETENTION_LOCK_WAIT_SECS};
 use crate::server_borg::BorgRun;
 use crate::state::ClientState;
+pub use crate::state::RetentionOutcome;
 use crate::time_text::unix_now;
 
 // Here, not beside the type in `config`: it reads the client's run state, and `config` stays free

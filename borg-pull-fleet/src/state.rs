@@ -214,11 +214,7 @@ pub const MAX_READING_TEXT: usize = 4096;
 impl RepoReading {
     /// A reading taken at `at`: the newest archive (or the error) and the size, texts cut to
     /// [`MAX_READING_TEXT`].
-    pub fn new(
-        at: u64,
-        newest: Result<Option<(String, u64)>, String>,
-        size: Option<RepoSize>,
-    ) -> Self {
+    pub fn new(at: u64, newest: Result<Option<(String, u64)>, String>, size: Option<RepoSize>) -> Self {
         let (newest, error) = match newest {
             Ok(newest) => (newest, None),
             Err(e) => (None, Some(cut(e))),
