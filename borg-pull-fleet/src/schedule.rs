@@ -149,6 +149,8 @@ fn add(t: u64, d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::state::RunRecord;
 
