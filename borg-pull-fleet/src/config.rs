@@ -36,12 +36,13 @@ use borg_pull_tunnel::local::passphrase::{Passphrase, SecretSources};
 use borg_pull_tunnel::ssh::cipher::CipherChoice;
 use tokio_util::sync::CancellationToken;
 
-use crate::schedule::{self, Backoff, Hours, Schedule};
 use crate::time_text::parse_duration;
 
 mod policy;
+pub(crate) mod schedule;
 mod ssh_config;
 pub use policy::{CheckPolicy, Retention};
+use schedule::{Backoff, Hours, Schedule};
 use ssh_config::read_ssh_config;
 pub use ssh_config::{HostSettings, SshConfig};
 

@@ -38,3 +38,4 @@ mod server_borg;
 pub mod state;
 pub mod status;
 pub mod time_text;
+mod zone;

@@ -808,7 +808,7 @@ pub async fn after_run(
     before: &BTreeMap<String, ClientState>,
     store: Option<&StateStore>,
 ) {
-    let now = crate::retention::unix_now();
+    let now = crate::time_text::unix_now();
     let mut alerts = run_alerts(&fleet.clients, results, before, now);
     if let Some(store) = store {
         // A client that succeeded now clears its overdue mark here (it is no longer overdue).
@@ -825,7 +825,7 @@ pub async fn from_status(fleet: &Fleet, store: &StateStore) -> usize {
     let Some(notifier) = Notifier::new(&fleet.notify) else {
         return 0;
     };
-    let alerts = overdue_alerts(&fleet.clients, store, crate::retention::unix_now());
+    let alerts = overdue_alerts(&fleet.clients, store, crate::time_text::unix_now());
     notifier.alert(&alerts, None);
     notifier.finish().await;
     alerts.len()

@@ -440,7 +440,7 @@ pub async fn run_due(
         .filter(|c| names.is_empty() || names.contains(&c.name));
     let store = StateStore::open(&fleet.server.state_dir).ok();
     let state_of = |name: &str| store.as_ref().map(|s| s.load(name)).unwrap_or_default();
-    let now = crate::retention::unix_now();
+    let now = crate::time_text::unix_now();
     let selection = select_due(selected, now, Zone::local(), state_of);
     for (client, standing) in &selection.not_due {
         let next = standing.next_due.map_or_else(|| "-".into(), utc);
@@ -885,7 +885,7 @@ impl Job {
         // borg's process group (borg rolls the transaction back on the next access).
         tokio::select! {
             outcome = after_create_observed(&self.client, &self.server, state, &limits, &on_step) => {
-                state.record_retention(&outcome, crate::retention::unix_now());
+                state.record_retention(&outcome, crate::time_text::unix_now());
                 let errors = outcome.errors.clone();
                 (RetentionResult::Ran(outcome), errors)
             }

@@ -2,7 +2,7 @@
 //! lines) and dates in UTC (summaries, `status`, the page). One copy each, shared by the fleet
 //! and the binaries.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `N`, `Ns`, `Nm`, `Nh` or `Nd` with N > 0 (`pull --max-runtime`, `max_age`, `every`, ...).
 ///
@@ -118,4 +118,11 @@ mod tests {
             assert_eq!(back, days, "{date}");
         }
     }
+}
+
+/// Seconds since the Unix epoch (0 for a clock before 1970).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
