@@ -24,6 +24,7 @@
 
 mod atomic_file;
 pub mod check;
+mod client_result;
 pub mod config;
 pub mod history;
 pub mod limits;
