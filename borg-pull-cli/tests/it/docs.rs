@@ -336,7 +336,7 @@ fn config_page_documents_exactly_the_keys_the_parser_accepts() {
         (
             "NOTIFY KEYS",
             "notify",
-            "borg-pull-fleet/src/notify.rs",
+            "borg-pull-fleet/src/config/notify.rs",
             "pub(crate) struct RawNotify {",
         ),
     ] {
