@@ -559,22 +559,8 @@ mod tests {
         ]
     }
 
-    macro_rules! kind_cases {
-        ($($name:ident: $kind:ident,)*) => {$(
-            #[test]
-            fn $name() {
-                let all = every_variant();
-                let listed: Vec<&Error> =
-                    all.iter().filter(|(_, k)| *k == ErrorKind::$kind).map(|(e, _)| e).collect();
-                assert!(!listed.is_empty(), "no variant of kind {:?}", ErrorKind::$kind);
-                for e in listed {
-                    assert_eq!(e.kind(), ErrorKind::$kind, "{e:?}");
-                }
-            }
-        )*};
-    }
-
-    kind_cases! {
+    borg_pull_testkit::kind_cases! {
+        every_variant, ErrorKind;
         usage_errors_are_classified_usage: Usage,
         an_unusable_borg_is_classified_borg_unavailable: BorgUnavailable,
         unsafe_socket_places_are_classified_socket_unsafe: SocketUnsafe,

@@ -13,12 +13,14 @@
 //!   `BORG_PULL_REQUIRE_DEPS=1`.
 //! - [`wait_until`]: poll a condition with a deadline; tests never sleep a fixed time.
 //! - [`procs`]: what is left running, read from /proc.
+//! - [`kind_cases!`]: one named test per kind of a self-classifying error.
 
 mod bins;
 mod command;
 mod deps;
 mod dir;
 pub mod fuzz;
+mod kinds;
 pub mod procs;
 mod pull;
 pub mod sshd;

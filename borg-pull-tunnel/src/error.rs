@@ -1699,22 +1699,8 @@ mod tests {
         ]
     }
 
-    macro_rules! kind_cases {
-        ($($name:ident: $kind:ident,)*) => {$(
-            #[test]
-            fn $name() {
-                let all = every_variant();
-                let listed: Vec<&Error> =
-                    all.iter().filter(|(_, k)| *k == ErrorKind::$kind).map(|(e, _)| e).collect();
-                assert!(!listed.is_empty(), "no variant of kind {:?}", ErrorKind::$kind);
-                for e in listed {
-                    assert_eq!(e.kind(), ErrorKind::$kind, "{e:?}");
-                }
-            }
-        )*};
-    }
-
-    kind_cases! {
+    borg_pull_testkit::kind_cases! {
+        every_variant, ErrorKind;
         usage_errors_are_classified_usage: Usage,
         failed_tasks_are_classified_internal_not_usage: Internal,
         protocol_failures_are_classified_protocol: Protocol,
