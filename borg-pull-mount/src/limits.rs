@@ -55,10 +55,10 @@ pub const PREFETCH_DEPTH: usize = 3;
 
 /// Listings the prefetch walker keeps in flight at once.
 ///
-/// Each is one outstanding SFTP request at a time; 32 fills a 100 ms link's round trip with
-/// listings of typical directories while leaving room in the SFTP client's outstanding-request
-/// bound for borg's own reads.
-pub const PREFETCH_CONCURRENT: usize = 32;
+/// Each is one outstanding SFTP request at a time; 16 fills a 100 ms link's round trip with
+/// listings of typical directories and, with one file's read-ahead window (32 chunks), stays
+/// within the SFTP client's 64 outstanding requests so borg's own requests do not queue long.
+pub const PREFETCH_CONCURRENT: usize = 16;
 
 /// Entries the prefetch walker may list per run; after that, directories are listed when borg
 /// asks. Half of [`MAX_INODES`], so prefetching alone never fills the inode table.
@@ -70,15 +70,15 @@ pub const PREFETCH_MAX_QUEUED: usize = 20_000;
 
 /// Size of one read request and of one read-ahead chunk.
 ///
-/// OpenSSH's sftp-server answers reads of up to 255 KiB; 64 KiB keeps a small file one request
-/// and gives the read-ahead window a fine grain.
+/// The SFTP client's largest read (borg-pull-sftp's DEFAULT_MAX_READ, 64 KiB; OpenSSH's
+/// sftp-server answers up to 255 KiB): a small file is one request, the window has a fine grain.
 pub const READ_CHUNK: u32 = 64 * 1024;
 
 /// Bytes read ahead of a file's sequential reader.
 ///
-/// With this much in flight one file streams at window / RTT: 4 MiB is 40 MiB/s at 100 ms and
-/// the link's speed on a LAN.
-pub const READ_AHEAD_WINDOW: u64 = 4 * 1024 * 1024;
+/// With this much in flight one file streams at window / RTT: 2 MiB (32 chunks, half the SFTP
+/// client's 64 outstanding requests) is 20 MiB/s at 100 ms and the link's speed on a LAN.
+pub const READ_AHEAD_WINDOW: u64 = 2 * 1024 * 1024;
 
 /// Bytes of read-ahead held across all open files; beyond it reads are fetched on demand only.
 ///
