@@ -158,6 +158,14 @@ pub const NOT_BORG_SERVE: Code = Code {
               key (its forced command in authorized_keys)",
 };
 
+/// `pull --via sftp`: the client's tree cannot be mounted on this server.
+pub const SFTP_MOUNT: Code = Code {
+    code: 221,
+    meaning: "--via sftp: the client's tree cannot be mounted here (no /dev/fuse as root, no \
+              fusermount3 from fuse3 otherwise, an unusable mount point or a stale mount that \
+              will not go)",
+};
+
 /// Every code of ours, in both binaries.
 pub const ALL: &[Code] = &[
     USAGE,
@@ -181,6 +189,7 @@ pub const ALL: &[Code] = &[
     REPO_UNREADABLE,
     REFUSED_BEFORE_KEX,
     NOT_BORG_SERVE,
+    SFTP_MOUNT,
 ];
 
 /// The codes `borg-pull-server pull` can exit with (besides borg's own).
@@ -200,6 +209,7 @@ pub const PULL: &[Code] = &[
     MAX_RUNTIME,
     REFUSED_BEFORE_KEX,
     NOT_BORG_SERVE,
+    SFTP_MOUNT,
 ];
 
 /// The codes `borg-pull-server restore-tar` can exit with (besides borg's and tar's own).
@@ -333,6 +343,23 @@ pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
         // Like a refused forward: the client's sshd is set up without what we need; a person
         // fixes it (its Ciphers, or our --cipher), retrying does not.
         E::CipherNotOffered { .. } => CLIENT_SETUP,
+        E::SftpPull(e) => for_sftp_pull_error(e),
+        _ => FAILURE,
+    }
+}
+
+/// `pull --via sftp`'s own failures.
+fn for_sftp_pull_error(e: &borg_pull_tunnel::jobs::sftp_pull::SftpPullError) -> Code {
+    use borg_pull_tunnel::jobs::sftp_pull::SftpPullError as S;
+    match e {
+        S::Usage(_) => USAGE,
+        S::SubsystemRefused { .. } => CLIENT_SETUP,
+        S::Sftp(e) if e.is_status() => CLIENT_SETUP,
+        S::Sftp(_) | S::AccountsTooBig { .. } => CLIENT_MISBEHAVED,
+        S::Mount(_) => SFTP_MOUNT,
+        S::Local { .. } => OS_ERROR,
+        S::SpawnBorg { .. } => BORG_UNAVAILABLE,
+        S::MaxRuntime { .. } => MAX_RUNTIME,
         _ => FAILURE,
     }
 }

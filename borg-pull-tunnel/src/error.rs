@@ -722,6 +722,11 @@ pub enum Error {
         /// [`crate::limits::CIPHER_LIST_SHOWN`] characters.
         theirs: String,
     },
+
+    /// `pull --via sftp` failed beyond the SSH session (the SFTP subsystem, the mount, the
+    /// server's borg); see [`crate::jobs::sftp_pull::SftpPullError`].
+    #[error(transparent)]
+    SftpPull(Box<crate::jobs::sftp_pull::SftpPullError>),
 }
 
 /// How far a connection the client's sshd closed before key exchange got (for
