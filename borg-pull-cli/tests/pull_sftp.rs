@@ -381,9 +381,10 @@ fn nothing_can_be_written_through_the_mount() {
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\n{{ touch new; echo \"touch=$?\"; echo x >>small; echo \"append=$?\"; \
-             mkdir newdir; echo \"mkdir=$?\"; rm -f secret; echo \"rm=$?\"; chmod 777 exec; echo \"chmod=$?\"; \
-             ln -s x newlink; echo \"symlink=$?\"; }} >'{r}' 2>&1\nexec borg \"$@\"\n",
+            "#!/bin/sh\n{{ touch data/new; echo \"touch=$?\"; echo x >>data/small; echo \"append=$?\"; \
+             mkdir data/newdir; echo \"mkdir=$?\"; rm -f data/secret; echo \"rm=$?\"; chmod 777 data/exec; echo \"chmod=$?\"; \
+             ln -s x data/newlink; echo \"symlink=$?\"; mv data/small data/moved; echo \"rename=$?\"; \
+             cat data/small >/dev/null; echo \"read=$?\"; }} >'{r}' 2>&1\nexec borg \"$@\"\n",
             r = report.display()
         ),
     )
@@ -395,7 +396,9 @@ fn nothing_can_be_written_through_the_mount() {
         .output();
     assert_ok(&out, "pull with the writing wrapper");
     let report = fs::read_to_string(&report).unwrap();
-    for op in ["touch", "append", "mkdir", "rm", "chmod", "symlink"] {
+    // The wrapper runs where borg does, in the mount: reading works, so the writes did reach it.
+    assert!(report.lines().any(|l| l == "read=0"), "{report}");
+    for op in ["touch", "append", "mkdir", "rm", "chmod", "symlink", "rename"] {
         let line = report
             .lines()
             .find(|l| l.starts_with(&format!("{op}=")))
@@ -414,7 +417,7 @@ fn sftp_pull_stops_borg_and_unmounts_on_sigterm_and_at_max_runtime() {
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nls small >'{s}' 2>&1\nn=0; while [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done\nexec borg \"$@\"\n",
+            "#!/bin/sh\nls data/small >'{s}' 2>&1\nn=0; while [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done\nexec borg \"$@\"\n",
             s = started.display()
         ),
     )
@@ -425,7 +428,7 @@ fn sftp_pull_stops_borg_and_unmounts_on_sigterm_and_at_max_runtime() {
     let mut cmd = f.pull_cmd(&borg, &["create", "::a", "/data"]);
     let mut run = cmd.spawn(f.server.join("pull.log"));
     common::wait_until("borg started in the mount", || {
-        fs::read_to_string(&started).is_ok_and(|s| s.trim() == "small")
+        fs::read_to_string(&started).is_ok_and(|s| s.trim() == "data/small")
     });
     assert!(!f.mounts().is_empty(), "not mounted while borg runs");
     run.signal("TERM");
