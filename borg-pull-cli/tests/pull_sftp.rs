@@ -38,6 +38,8 @@ struct Fixture {
     /// The server's HOME, BORG_BASE_DIR, repository and sftp work directory.
     server: TestDir,
     repo: PathBuf,
+    /// borg on the server (pull's --borg and the tests' own calls).
+    borg: PathBuf,
     uid: u32,
     gid: u32,
 }
@@ -50,6 +52,10 @@ fn id(flag: &str) -> u32 {
 
 impl Fixture {
     fn new() -> Fixture {
+        Self::with_borg(PathBuf::from("borg"))
+    }
+
+    fn with_borg(borg: PathBuf) -> Fixture {
         assert!(
             rustix::process::geteuid().is_root(),
             "the sftp tests need root: sshd's ChrootDirectory (the client's own passwd) and borg's private mount namespace"
@@ -92,12 +98,15 @@ impl Fixture {
         write_tree(&root.join("data"), uid, gid);
         let server = TestDir::new();
         let repo = server.join("repo");
-        server.init_repo(&repo);
+        let mut init = TestCommand::new(&borg);
+        server.env(&mut init).args(["init", "-e", "none"]).arg(&repo);
+        assert_ok(&init.output(), "borg init");
         Fixture {
             sshd,
             chroot,
             server,
             repo,
+            borg,
             uid,
             gid,
         }
@@ -122,8 +131,12 @@ impl Fixture {
             .arg(&self.repo)
             .args(["--via", "sftp", "--sftp-dir"])
             .arg(self.work_dir())
-            .args(extra)
-            .arg(self.sshd.destination())
+            .args(extra);
+        // A test's own --borg (a wrapper) wins.
+        if !extra.contains(&"--borg") {
+            cmd.arg("--borg").arg(&self.borg);
+        }
+        cmd.arg(self.sshd.destination())
             .arg("--")
             .args(args)
             .env("BORG_PULL_LOG", "info")
@@ -136,7 +149,13 @@ impl Fixture {
     }
 
     fn borg(&self, args: &[&str]) -> Outcome {
-        self.server.borg(args).output()
+        self.borg_cmd(args).output()
+    }
+
+    fn borg_cmd(&self, args: &[&str]) -> TestCommand {
+        let mut cmd = TestCommand::new(&self.borg);
+        self.server.env(&mut cmd).args(args);
+        cmd
     }
 
     /// The mounts under the sftp work directory, from this process's mountinfo.
@@ -286,9 +305,9 @@ fn snapshot(dir: &Path) -> Vec<Seen> {
         .collect()
 }
 
-#[test]
-fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache() {
-    let f = Fixture::new();
+/// The first pull of `f`'s client: archive name, paths and owners as on the client, and a byte
+/// for byte round trip through borg extract. Returns the client's tree as seen.
+fn round_trip(f: &Fixture) -> Vec<Seen> {
     let out = f.pull(&["create", "--stats", "::{hostname}-1", "/data"]);
     assert_ok(&out, "pull --via sftp");
     assert!(f.mounts().is_empty(), "mounted after success: {:?}", f.mounts());
@@ -323,8 +342,7 @@ fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache
     let restore = f.server.join("restore");
     fs::create_dir(&restore).unwrap();
     let extracted = f
-        .server
-        .borg(["extract", &format!("{repo}::sftp-client-1")])
+        .borg_cmd(&["extract", &format!("{repo}::sftp-client-1")])
         .current_dir(&restore)
         .output();
     assert_ok(&extracted, "borg extract");
@@ -334,8 +352,16 @@ fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache
     for (w, g) in want.iter().zip(&got) {
         assert_eq!(w, g);
     }
-    assert!(got.iter().any(|s| s.name.contains("\\xE9") || s.name.contains("\\u{e9}") || s.name.contains("caf")));
+    let latin1 = format!("{:?}", std::ffi::OsStr::from_bytes(LATIN1_NAME));
+    assert!(got.iter().any(|s| s.name == latin1), "{latin1} missing: {got:#?}");
     assert!(got.iter().any(|s| s.kind == "fifo"));
+    want
+}
+
+#[test]
+fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache() {
+    let f = Fixture::new();
+    let want = round_trip(&f);
 
     // Unchanged: nothing added, modified or in error; the same mount point (one per client).
     // Except the file with the newest mtime: borg never keeps that one in its files cache (its
@@ -459,4 +485,46 @@ fn options_that_make_no_sense_with_sftp_are_usage_errors() {
         out.assert_code(200);
     }
     assert!(!f.work_dir().exists(), "a refused run made its work directory");
+}
+
+#[test]
+fn sftp_pull_round_trips_with_borg_1_4_on_the_server() {
+    let Some(borg14) = common::borg14() else {
+        return;
+    };
+    let f = Fixture::with_borg(borg14);
+    round_trip(&f);
+}
+
+/// After `kill -9` of a pull the client's tree stays mounted (the FUSE server is gone: ENOTCONN);
+/// the next run of the same client finds it at its stable path and removes it first.
+#[test]
+fn a_stale_mount_of_a_killed_run_is_removed_by_the_next_run() {
+    let f = Fixture::new();
+    let started = f.server.join("started");
+    let wrapper = f.server.join("borg-wrapper");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nls data/small >'{s}' 2>&1\nn=0; while [ -e '{s}' ] && [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done\nexit 3\n",
+            s = started.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = f.pull_cmd(&["--borg", wrapper.to_str().unwrap()], &["create", "::a", "/data"]);
+    let mut run = cmd.spawn(f.server.join("pull.log"));
+    common::wait_until("borg started in the mount", || {
+        fs::read_to_string(&started).is_ok_and(|s| s.trim() == "data/small")
+    });
+    run.signal("KILL");
+    let _ = run.wait_exit();
+    // The wrapper (its own process group) ends once its file is gone.
+    fs::remove_file(&started).unwrap();
+    assert_eq!(f.mounts().len(), 1, "the killed run's mount: {:?}", f.mounts());
+    let out = f.pull(&["create", "::b", "/data"]);
+    assert_ok(&out, "the run after kill -9");
+    assert!(f.mounts().is_empty(), "mounted after the next run: {:?}", f.mounts());
+    let listing = f.borg(&["list", "--short", f.repo.to_str().unwrap()]);
+    assert_eq!(listing.stdout_text().trim(), "b");
 }
