@@ -108,3 +108,9 @@ pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// They stop as soon as the session ends; only the writer's close (bounded by [`CLOSE_GRACE`])
 /// takes time. Past this they are aborted.
 pub const JOIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// WRITEs one [`crate::Client::write`] keeps in flight (never more than `max_outstanding`).
+///
+/// 16 x 64 KiB = 1 MiB in flight: a restore over a 20 ms, 400 Mbit/s link is not held back by
+/// round trips, and one large file leaves slots for the other requests of the session.
+pub const WRITE_WINDOW: usize = 16;

@@ -220,9 +220,33 @@ impl Link {
         capacity: usize,
         fill: impl FnOnce(&mut Packet),
     ) -> Result<Reply, Error> {
+        self.submit(op, packet_type, path, expect, capacity, fill)
+            .await?
+            .wait(path)
+            .await
+    }
+
+    /// Sends one request without waiting for its reply, so several can be in flight from one
+    /// caller (pipelined writes). Its deadline starts now and covers waiting for a slot.
+    pub(crate) async fn submit(
+        &self,
+        op: Op,
+        packet_type: u8,
+        path: &[u8],
+        expect: Expect,
+        capacity: usize,
+        fill: impl FnOnce(&mut Packet),
+    ) -> Result<Submitted<'_>, Error> {
         let timeout = self.session.limits.request_timeout;
-        match tokio::time::timeout(timeout, self.exchange(op, packet_type, expect, capacity, fill)).await {
-            Ok(Ok(reply)) => Ok(reply),
+        let deadline = tokio::time::Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, self.send(op, packet_type, expect, capacity, fill)).await {
+            Ok(Ok(reply)) => Ok(Submitted {
+                op,
+                reply,
+                deadline,
+                timeout,
+                link: self,
+            }),
             Ok(Err(fail)) => Err(fail.into_error(op, path)),
             Err(_) => Err(Error::Deadline {
                 request: Request::new(op, path),
@@ -231,14 +255,14 @@ impl Link {
         }
     }
 
-    async fn exchange(
+    async fn send(
         &self,
         op: Op,
         packet_type: u8,
         expect: Expect,
         capacity: usize,
         fill: impl FnOnce(&mut Packet),
-    ) -> Result<Reply, Fail> {
+    ) -> Result<oneshot::Receiver<Result<Reply, Fail>>, Fail> {
         let session = &*self.session;
         // The semaphore is never closed.
         let slot = session
@@ -279,16 +303,37 @@ impl Link {
             return Err(self.session_fail());
         }
         unsent.id = None;
-        match reply.await {
-            Ok(r) => r,
-            Err(_) => Err(self.session_fail()),
-        }
+        Ok(reply)
     }
 
     fn session_fail(&self) -> Fail {
         Fail::Session(self.session.ended().unwrap_or_else(|| Error::Closed {
             reason: "the session's tasks stopped".into(),
         }))
+    }
+}
+
+/// A request on its way: [`Submitted::wait`] for its reply. Dropped, it is abandoned: the reply
+/// is dropped when it comes, and its slot is held until then.
+pub(crate) struct Submitted<'a> {
+    op: Op,
+    reply: oneshot::Receiver<Result<Reply, Fail>>,
+    deadline: tokio::time::Instant,
+    timeout: std::time::Duration,
+    link: &'a Link,
+}
+
+impl Submitted<'_> {
+    pub(crate) async fn wait(self, path: &[u8]) -> Result<Reply, Error> {
+        match tokio::time::timeout_at(self.deadline, self.reply).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(fail))) => Err(fail.into_error(self.op, path)),
+            Ok(Err(_)) => Err(self.link.session_fail().into_error(self.op, path)),
+            Err(_) => Err(Error::Deadline {
+                request: Request::new(self.op, path),
+                timeout: self.timeout,
+            }),
+        }
     }
 }
 
