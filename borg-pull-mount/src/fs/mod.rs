@@ -32,19 +32,19 @@ use crate::source::Source;
 use dir::{DirSlot, Listing};
 use read::OpenFile;
 
-pub(crate) struct State {
+pub(crate) struct State<H> {
     inodes: Inodes,
     dirs: HashMap<u64, DirSlot>,
     dir_handles: HashMap<u64, Arc<Listing>>,
-    files: HashMap<u64, Arc<OpenFile>>,
+    files: HashMap<u64, Arc<OpenFile<H>>>,
     next_fh: u64,
 }
 
 /// Everything the request tasks share.
-pub(crate) struct Core<S> {
+pub(crate) struct Core<S: Source> {
     source: S,
     limits: Limits,
-    state: Mutex<State>,
+    state: Mutex<State<S::Handle>>,
     reporter: Arc<Reporter>,
     runtime: Runtime,
     cancel: CancellationToken,
@@ -89,7 +89,7 @@ impl<S: Source> Core<S> {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<S::Handle>> {
         // A panicking request task must not take the whole mount down with a poisoned lock.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -163,7 +163,7 @@ impl<S: Source> Core<S> {
 }
 
 /// The `fuser` face of [`Core`].
-pub(crate) struct Fs<S>(pub(crate) Arc<Core<S>>);
+pub(crate) struct Fs<S: Source>(pub(crate) Arc<Core<S>>);
 
 impl<S: Source> Fs<S> {
     fn ttl(&self) -> Duration {

@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
 use super::Core;
-use crate::remote::{Handle, ReadData};
+use crate::remote::ReadData;
 use crate::report::ProblemKind;
 use crate::source::Source;
 
@@ -39,9 +39,9 @@ struct Window {
     ahead_to: u64,
 }
 
-pub(crate) struct OpenFile {
+pub(crate) struct OpenFile<H> {
     path: Vec<u8>,
-    handle: Arc<Handle>,
+    handle: Arc<H>,
     /// Bytes served at most: the listed size plus the slack, or the absolute cap.
     bound: u64,
     window: Mutex<Window>,
@@ -76,7 +76,7 @@ impl<S: Source> Core<S> {
     }
 
     /// Reads `[start, start + len)`, asking again after short answers (bounded).
-    async fn read_full(&self, path: &[u8], handle: &Handle, start: u64, len: u64) -> ChunkResult {
+    async fn read_full(&self, path: &[u8], handle: &S::Handle, start: u64, len: u64) -> ChunkResult {
         let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         let deadline = self.limits.request_deadline;
         for _ in 0..crate::limits::MAX_SHORT_READS {
@@ -102,12 +102,12 @@ impl<S: Source> Core<S> {
     }
 }
 
-impl OpenFile {
+impl<H: Send + Sync + 'static> OpenFile<H> {
     fn lock(&self) -> MutexGuard<'_, Window> {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn spawn_chunk<S: Source>(self: &Arc<Self>, core: &Arc<Core<S>>, start: u64) -> JoinHandle<ChunkResult> {
+    fn spawn_chunk<S: Source<Handle = H>>(self: &Arc<Self>, core: &Arc<Core<S>>, start: u64) -> JoinHandle<ChunkResult> {
         let len = u64::from(core.limits.read_chunk).min(self.bound.saturating_sub(start));
         let (core, file) = (core.clone(), self.clone());
         let cancel = core.cancel.clone();
@@ -120,7 +120,7 @@ impl OpenFile {
     }
 
     /// Requests the chunks up to `until` not yet requested, while read-ahead memory lasts.
-    fn schedule_ahead<S: Source>(self: &Arc<Self>, core: &Arc<Core<S>>, window: &mut Window, until: u64) {
+    fn schedule_ahead<S: Source<Handle = H>>(self: &Arc<Self>, core: &Arc<Core<S>>, window: &mut Window, until: u64) {
         let chunk = u64::from(core.limits.read_chunk);
         let until = until.min(self.bound);
         let mut start = window.ahead_to;
@@ -135,7 +135,7 @@ impl OpenFile {
         window.ahead_to = window.ahead_to.max(start);
     }
 
-    pub(super) async fn read<S: Source>(
+    pub(super) async fn read<S: Source<Handle = H>>(
         self: &Arc<Self>,
         core: &Arc<Core<S>>,
         offset: u64,
@@ -213,7 +213,7 @@ impl OpenFile {
     }
 
     /// At the bound: whether the file goes on past it (then it is reported, once).
-    async fn check_bound<S: Source>(&self, core: &Core<S>) {
+    async fn check_bound<S: Source<Handle = H>>(&self, core: &Core<S>) {
         if self.bound_reported.load(Ordering::Relaxed) {
             return;
         }
@@ -226,7 +226,7 @@ impl OpenFile {
         }
     }
 
-    pub(super) async fn close<S: Source>(self: Arc<Self>, core: &Core<S>) {
+    pub(super) async fn close<S: Source<Handle = H>>(self: Arc<Self>, core: &Core<S>) {
         let chunks = std::mem::take(&mut self.lock().chunks);
         for (_, chunk) in chunks {
             if let ChunkState::Pending(task) = chunk.state {
