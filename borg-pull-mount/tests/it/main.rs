@@ -3,6 +3,7 @@
 
 
 
+mod borg;
 mod common;
 
 mod tree;
