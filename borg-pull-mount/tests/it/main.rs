@@ -5,5 +5,6 @@
 
 mod borg;
 mod common;
+mod stale;
 
 mod tree;
