@@ -46,6 +46,8 @@ pub(crate) struct OpenFile<H> {
     bound: u64,
     window: Mutex<Window>,
     bound_reported: AtomicBool,
+    /// The server answered a chunk with too many short reads: the file is given up.
+    trickled: AtomicBool,
 }
 
 impl<S: Source> Core<S> {
@@ -64,6 +66,7 @@ impl<S: Source> Core<S> {
             bound,
             window: Mutex::new(Window::default()),
             bound_reported: AtomicBool::new(false),
+            trickled: AtomicBool::new(false),
         });
         // The first chunks are on their way before borg's first read arrives.
         let first = listed_size.unwrap_or(0).min(self.limits.read_ahead_window).min(bound);
@@ -74,18 +77,25 @@ impl<S: Source> Core<S> {
         state.files.insert(fh, file);
         Ok(fh)
     }
+}
 
-    /// Reads `[start, start + len)`, asking again after short answers (bounded).
-    async fn read_full(&self, path: &[u8], handle: &S::Handle, start: u64, len: u64) -> ChunkResult {
+impl<H: Send + Sync + 'static> OpenFile<H> {
+    /// Reads `[start, start + len)`, asking again after short answers (bounded). A file that
+    /// trickled once fails every later read at once.
+    async fn read_full<S: Source<Handle = H>>(&self, core: &Core<S>, start: u64, len: u64) -> ChunkResult {
         let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        let deadline = self.limits.request_deadline;
+        let deadline = core.limits.request_deadline;
         for _ in 0..crate::limits::MAX_SHORT_READS {
+            if self.trickled.load(Ordering::Relaxed) {
+                return Err(Errno::EIO);
+            }
             let have = data.len() as u64;
             if have >= len {
                 return Ok(Arc::new(data));
             }
             let want = u32::try_from(len - have).unwrap_or(u32::MAX);
-            match self.call("read", path, deadline, self.source.read(handle, start + have, want)).await? {
+            let read = core.source.read(&self.handle, start + have, want);
+            match core.call("read", &self.path, deadline, read).await? {
                 ReadData::Bytes(bytes) if !bytes.is_empty() => {
                     // More than asked for is a broken peer: keep only what was asked.
                     let take = bytes.len().min(usize::try_from(len - have).unwrap_or(usize::MAX));
@@ -95,14 +105,14 @@ impl<S: Source> Core<S> {
             }
         }
         if (data.len() as u64) < len {
-            self.reporter.add(path.to_vec(), ProblemKind::TrickleRead);
+            if !self.trickled.swap(true, Ordering::Relaxed) {
+                core.reporter.add(self.path.clone(), ProblemKind::TrickleRead);
+            }
             return Err(Errno::EIO);
         }
         Ok(Arc::new(data))
     }
-}
 
-impl<H: Send + Sync + 'static> OpenFile<H> {
     fn lock(&self) -> MutexGuard<'_, Window> {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -114,7 +124,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         core.runtime.clone().spawn(async move {
             tokio::select! {
                 () = cancel.cancelled() => Err(Errno::EIO),
-                result = core.read_full(&file.path, &file.handle, start, len) => result,
+                result = file.read_full(&core, start, len) => result,
             }
         })
     }

@@ -4,6 +4,7 @@
 
 
 mod borg;
+mod bounds;
 mod common;
 mod stale;
 
