@@ -58,8 +58,13 @@ impl<S: Source> Core<S> {
             (state.inodes.path(ino).ok_or(Errno::ENOENT)?, node.attrs.size)
         };
         let deadline = self.limits.request_deadline;
-        let handle = self.call("open", &path, deadline, self.source.open_read(&path)).await?;
-        let bound = listed_size.unwrap_or(0).saturating_add(self.limits.growth_slack).min(self.limits.file_cap);
+        let handle = self
+            .call("open", &path, deadline, self.source.open_read(&path))
+            .await?;
+        let bound = listed_size
+            .unwrap_or(0)
+            .saturating_add(self.limits.growth_slack)
+            .min(self.limits.file_cap);
         let file = Arc::new(OpenFile {
             path,
             handle: Arc::new(handle),
@@ -69,7 +74,10 @@ impl<S: Source> Core<S> {
             trickled: AtomicBool::new(false),
         });
         // The first chunks are on their way before borg's first read arrives.
-        let first = listed_size.unwrap_or(0).min(self.limits.read_ahead_window).min(bound);
+        let first = listed_size
+            .unwrap_or(0)
+            .min(self.limits.read_ahead_window)
+            .min(bound);
         file.schedule_ahead(self, &mut file.lock(), first);
         let mut state = self.lock();
         let fh = state.next_fh;
@@ -117,7 +125,11 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn spawn_chunk<S: Source<Handle = H>>(self: &Arc<Self>, core: &Arc<Core<S>>, start: u64) -> JoinHandle<ChunkResult> {
+    fn spawn_chunk<S: Source<Handle = H>>(
+        self: &Arc<Self>,
+        core: &Arc<Core<S>>,
+        start: u64,
+    ) -> JoinHandle<ChunkResult> {
         let len = u64::from(core.limits.read_chunk).min(self.bound.saturating_sub(start));
         let (core, file) = (core.clone(), self.clone());
         let cancel = core.cancel.clone();
@@ -130,15 +142,25 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
     }
 
     /// Requests the chunks up to `until` not yet requested, while read-ahead memory lasts.
-    fn schedule_ahead<S: Source<Handle = H>>(self: &Arc<Self>, core: &Arc<Core<S>>, window: &mut Window, until: u64) {
+    fn schedule_ahead<S: Source<Handle = H>>(
+        self: &Arc<Self>,
+        core: &Arc<Core<S>>,
+        window: &mut Window,
+        until: u64,
+    ) {
         let chunk = u64::from(core.limits.read_chunk);
         let until = until.min(self.bound);
         let mut start = window.ahead_to;
         while start < until {
-            let Ok(permit) = core.read_ahead_bytes.clone().try_acquire_owned() else { break };
-            if !window.chunks.contains_key(&start) {
+            let Ok(permit) = core.read_ahead_bytes.clone().try_acquire_owned() else {
+                break;
+            };
+            if let std::collections::btree_map::Entry::Vacant(slot) = window.chunks.entry(start) {
                 let task = self.spawn_chunk(core, start);
-                window.chunks.insert(start, Chunk { state: ChunkState::Pending(task), _permit: Some(permit) });
+                slot.insert(Chunk {
+                    state: ChunkState::Pending(task),
+                    _permit: Some(permit),
+                });
             }
             start += chunk;
         }
@@ -204,13 +226,21 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
                 ChunkState::Ready(data) => data,
                 ChunkState::Pending(task) => task.await.map_err(|_| Errno::EIO)??,
             };
-            let from = usize::try_from(offset.saturating_sub(start)).unwrap_or(usize::MAX).min(data.len());
+            let from = usize::try_from(offset.saturating_sub(start))
+                .unwrap_or(usize::MAX)
+                .min(data.len());
             let to = usize::try_from(end - start).unwrap_or(usize::MAX).min(data.len());
             out.extend_from_slice(&data[from..to]);
             let short = (data.len() as u64) < chunk.min(self.bound - start);
             if index + 1 == count && (to < data.len()) {
                 // The reader will want the rest of this chunk next.
-                self.lock().chunks.insert(start, Chunk { state: ChunkState::Ready(data), _permit: None });
+                self.lock().chunks.insert(
+                    start,
+                    Chunk {
+                        state: ChunkState::Ready(data),
+                        _permit: None,
+                    },
+                );
             }
             if short {
                 break;
@@ -231,7 +261,10 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         let probe = core.source.read(&self.handle, self.bound, 1);
         if let Ok(ReadData::Bytes(bytes)) = core.call("read", &self.path, deadline, probe).await {
             if !bytes.is_empty() && !self.bound_reported.swap(true, Ordering::Relaxed) {
-                core.reporter.add(self.path.clone(), ProblemKind::FileExceedsBound { bound: self.bound });
+                core.reporter.add(
+                    self.path.clone(),
+                    ProblemKind::FileExceedsBound { bound: self.bound },
+                );
             }
         }
     }
@@ -250,9 +283,14 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             tracing::debug!("file still in use at release; remote handle closed with the session");
             return;
         };
-        let Ok(handle) = Arc::try_unwrap(file.handle) else { return };
+        let Ok(handle) = Arc::try_unwrap(file.handle) else {
+            return;
+        };
         let deadline = core.limits.request_deadline;
-        if let Err(errno) = core.call("close", &file.path, deadline, core.source.close(handle)).await {
+        if let Err(errno) = core
+            .call("close", &file.path, deadline, core.source.close(handle))
+            .await
+        {
             tracing::debug!(?errno, elapsed = ?started.elapsed(), "remote close failed");
         }
     }

@@ -38,7 +38,9 @@ fn borg(base: &Path, cwd: &Path, args: &[&OsStr]) -> Output {
 fn listed(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stderr)
         .lines()
-        .filter(|line| line.len() > 2 && line.as_bytes()[1] == b' ' && line.as_bytes()[0].is_ascii_uppercase())
+        .filter(|line| {
+            line.len() > 2 && line.as_bytes()[1] == b' ' && line.as_bytes()[0].is_ascii_uppercase()
+        })
         .map(str::to_owned)
         .collect()
 }
@@ -52,13 +54,23 @@ fn borg_create_through_the_mount_extracts_to_the_same_tree_and_reruns_from_the_f
     // changing): one file is the newest on purpose, so that every other one must hit the cache.
     fs::write(tree.join("newest"), b"changes every run\n").unwrap();
     let newest = fs::File::options().write(true).open(tree.join("newest")).unwrap();
-    newest.set_modified(SystemTime::now() - Duration::from_secs(10)).unwrap();
+    newest
+        .set_modified(SystemTime::now() - Duration::from_secs(10))
+        .unwrap();
     drop(newest);
 
-    let (base, repo, out) = (data.path().join("borg"), data.path().join("repo"), data.path().join("out"));
+    let (base, repo, out) = (
+        data.path().join("borg"),
+        data.path().join("repo"),
+        data.path().join("out"),
+    );
     fs::create_dir_all(&base).unwrap();
     fs::create_dir_all(&out).unwrap();
-    borg(&base, data.path(), &["init".as_ref(), "--encryption=none".as_ref(), repo.as_os_str()]);
+    borg(
+        &base,
+        data.path(),
+        &["init".as_ref(), "--encryption=none".as_ref(), repo.as_os_str()],
+    );
 
     let mut mounted = mount_sftp(&tree, Limits::default());
     let at = mounted.at().to_path_buf();
@@ -66,17 +78,31 @@ fn borg_create_through_the_mount_extracts_to_the_same_tree_and_reruns_from_the_f
         let (base, at) = (base.clone(), at.clone());
         let target = format!("{}::{archive}", repo.display());
         within(Duration::from_secs(300), move || {
-            let args = ["create", "--files-cache=mtime,size", "--list", "--filter=AME", &target, "."];
+            let args = [
+                "create",
+                "--files-cache=mtime,size",
+                "--list",
+                "--filter=AME",
+                &target,
+                ".",
+            ];
             borg(&base, &at, &args.map(OsStr::new))
         })
     };
 
     let first = listed(&create("first"));
-    assert!(first.contains(&"A big.bin".to_owned()), "first run adds the files: {first:?}");
+    assert!(
+        first.contains(&"A big.bin".to_owned()),
+        "first run adds the files: {first:?}"
+    );
     assert!(first.len() >= 10, "first run lists every file: {first:?}");
 
     let second = listed(&create("second"));
-    assert_eq!(second, ["A newest"], "second run: all but the newest file from the files cache");
+    assert_eq!(
+        second,
+        ["A newest"],
+        "second run: all but the newest file from the files cache"
+    );
     let report = mounted.stop();
     assert_eq!(report, Default::default(), "nothing hit a bound");
 

@@ -22,16 +22,21 @@ pub fn require(path: &str) -> &str {
 }
 
 pub fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// A mount and what it needs, dropped in this order: the mount (unmounted), the sftp-server
 /// child (killed), the runtime, the temp dir.
 pub struct Mounted {
     pub mount: Option<Mount>,
-    pub server: Option<tokio::process::Child>,
-    pub rt: Runtime,
-    pub dir: tempfile::TempDir,
+    /// Held for the drop order only.
+    pub _server: Option<tokio::process::Child>,
+    pub _rt: Runtime,
+    pub _dir: tempfile::TempDir,
 }
 
 impl Mounted {
@@ -62,7 +67,10 @@ impl Drop for Mounted {
 
 /// A directory to mount on and one for test data, in a fresh temp dir.
 pub fn scratch() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new().prefix("borg-pull-mount-").tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("borg-pull-mount-")
+        .tempdir()
+        .expect("temp dir");
     let mountpoint = dir.path().join("mnt");
     (dir, mountpoint)
 }
@@ -77,7 +85,9 @@ pub fn sftp_server(rt: &Runtime) -> (Client, tokio::process::Child) {
             .spawn()
             .expect("start sftp-server");
         let stream = tokio::io::join(child.stdout.take().unwrap(), child.stdin.take().unwrap());
-        let client = Client::start(stream, borg_pull_sftp::Limits::default()).await.expect("sftp session");
+        let client = Client::start(stream, borg_pull_sftp::Limits::default())
+            .await
+            .expect("sftp session");
         (client, child)
     })
 }
@@ -88,16 +98,30 @@ pub fn mount_sftp(remote_root: &Path, limits: Limits) -> Mounted {
     let (dir, mountpoint) = scratch();
     let (client, child) = sftp_server(&rt);
     let options = MountOptions::new(path_bytes(remote_root)).with_limits(limits);
-    let mount = rt.block_on(Mount::start(client, &mountpoint, options)).expect("mount");
-    Mounted { mount: Some(mount), server: Some(child), rt, dir }
+    let mount = rt
+        .block_on(Mount::start(client, &mountpoint, options))
+        .expect("mount");
+    Mounted {
+        mount: Some(mount),
+        _server: Some(child),
+        _rt: rt,
+        _dir: dir,
+    }
 }
 
 /// `source` mounted in a fresh temp dir.
 pub fn mount_source<S: Source>(source: S, options: MountOptions) -> Mounted {
     let rt = runtime();
     let (dir, mountpoint) = scratch();
-    let mount = rt.block_on(Mount::start(source, &mountpoint, options)).expect("mount");
-    Mounted { mount: Some(mount), server: None, rt, dir }
+    let mount = rt
+        .block_on(Mount::start(source, &mountpoint, options))
+        .expect("mount");
+    Mounted {
+        mount: Some(mount),
+        _server: None,
+        _rt: rt,
+        _dir: dir,
+    }
 }
 
 pub fn path_bytes(path: &Path) -> Vec<u8> {
@@ -113,5 +137,9 @@ pub fn within<T: Send + 'static>(deadline: Duration, work: impl FnOnce() -> T + 
     std::thread::spawn(move || {
         let _ = tx.send(work());
     });
-    rx.recv_timeout(deadline).unwrap_or_else(|_| panic!("file system call still running after {deadline:?}"))
+    match rx.recv_timeout(deadline) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("file system call still running after {deadline:?}"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("file system work panicked (see above)"),
+    }
 }

@@ -16,12 +16,16 @@ const READY: &str = "borg-pull-mount-test: mounted";
 #[test]
 #[ignore = "run as a child process by stale::a_stale_mount_is_removed_by_the_next_start"]
 fn stale_child_mounts_and_waits_to_be_killed() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let (tree, mountpoint) = spec.split_once('\n').expect("tree\\nmountpoint");
     let rt = runtime();
     let (client, _server) = sftp_server(&rt);
     let options = MountOptions::new(tree.as_bytes().to_vec());
-    let mount = rt.block_on(Mount::start(client, mountpoint, options)).expect("mount");
+    let mount = rt
+        .block_on(Mount::start(client, mountpoint, options))
+        .expect("mount");
     println!("{READY}");
     // Bounded: the parent kills us long before this ends.
     std::thread::sleep(Duration::from_secs(120));
@@ -37,7 +41,12 @@ fn a_stale_mount_is_removed_by_the_next_start() {
     let mountpoint = data.path().join("mnt");
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "stale::stale_child_mounts_and_waits_to_be_killed", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "stale::stale_child_mounts_and_waits_to_be_killed",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, format!("{}\n{}", tree.display(), mountpoint.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -58,7 +67,9 @@ fn a_stale_mount_is_removed_by_the_next_start() {
     ready.expect("the child mounted");
 
     let probe = mountpoint.clone();
-    let stale = within(Duration::from_secs(30), move || std::fs::metadata(&probe).map(|_| ()));
+    let stale = within(Duration::from_secs(30), move || {
+        std::fs::metadata(&probe).map(|_| ())
+    });
     assert_eq!(
         stale.unwrap_err().raw_os_error(),
         Some(rustix::io::Errno::NOTCONN.raw_os_error()),
@@ -68,11 +79,24 @@ fn a_stale_mount_is_removed_by_the_next_start() {
     let rt = runtime();
     let (client, server) = sftp_server(&rt);
     let options = MountOptions::new(path_bytes(&tree)).with_limits(Limits::default());
-    let mount = rt.block_on(Mount::start(client, &mountpoint, options)).expect("start over the stale mount");
-    let mut mounted = Mounted { mount: Some(mount), server: Some(server), rt, dir: tempfile::tempdir().unwrap() };
+    let mount = rt
+        .block_on(Mount::start(client, &mountpoint, options))
+        .expect("start over the stale mount");
+    let mut mounted = Mounted {
+        mount: Some(mount),
+        _server: Some(server),
+        _rt: rt,
+        _dir: tempfile::tempdir().unwrap(),
+    };
     let file = mountpoint.join("file");
-    assert_eq!(within(Duration::from_secs(30), move || std::fs::read(file).unwrap()), b"served\n");
+    assert_eq!(
+        within(Duration::from_secs(30), move || std::fs::read(file).unwrap()),
+        b"served\n"
+    );
     mounted.stop();
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    assert!(!mounts.contains(mountpoint.to_str().unwrap()), "neither mount is left: {mounts}");
+    assert!(
+        !mounts.contains(mountpoint.to_str().unwrap()),
+        "neither mount is left: {mounts}"
+    );
 }

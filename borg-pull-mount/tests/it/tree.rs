@@ -20,7 +20,11 @@ pub fn build_tree(root: &Path) {
     fs::create_dir(root.join("empty")).unwrap();
     fs::write(root.join("small.txt"), b"hello\n").unwrap();
     fs::write(root.join("a/b/c/deep.txt"), b"deep\n").unwrap();
-    fs::write(root.join(OsStr::from_bytes(b"caf\xe9 not utf-8")), b"latin-1 name\n").unwrap();
+    fs::write(
+        root.join(OsStr::from_bytes(b"caf\xe9 not utf-8")),
+        b"latin-1 name\n",
+    )
+    .unwrap();
     fs::write(root.join("new\nline"), b"").unwrap();
     fs::write(root.join("empty-file"), b"").unwrap();
     fs::write(root.join("big.bin"), pseudo_random(20 * 1024 * 1024 + 12345, 7)).unwrap();
@@ -37,24 +41,43 @@ pub fn build_tree(root: &Path) {
     std::os::unix::fs::symlink("small.txt", root.join("link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
     std::os::unix::fs::symlink("../../small.txt", root.join("a/b/up")).unwrap();
-    let status = Command::new("mkfifo").arg(root.join("fifo")).status().expect("mkfifo");
+    let status = Command::new("mkfifo")
+        .arg(root.join("fifo"))
+        .status()
+        .expect("mkfifo");
     assert!(status.success(), "mkfifo failed");
     // Distinct times in the past, whole seconds (SFTP carries seconds), files and links alike.
     for (index, entry) in walk(root).keys().rev().enumerate() {
         let path = root.join(OsStr::from_bytes(entry));
         let when = 1_600_000_000 + index as i64 * 3_600;
-        let stamp = rustix::fs::Timespec { tv_sec: when, tv_nsec: 0 };
-        let times = rustix::fs::Timestamps { last_access: stamp, last_modification: stamp };
-        rustix::fs::utimensat(rustix::fs::CWD, &path, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        let stamp = rustix::fs::Timespec {
+            tv_sec: when,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: stamp,
+            last_modification: stamp,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &path,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
     }
 }
 
 /// Deterministic bytes that do not compress or dedupe into nothing.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) as u8
         })
         .collect()
@@ -97,7 +120,7 @@ pub fn walk(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
                 Seen {
                     kind,
                     mode: meta.mode() & 0o7777,
-                    size: (kind == "file" || kind == "symlink").then(|| meta.len()),
+                    size: (kind == "file" || kind == "symlink").then_some(meta.len()),
                     mtime: meta.mtime(),
                     uid: meta.uid(),
                     gid: meta.gid(),
@@ -116,13 +139,31 @@ pub fn walk(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
 pub fn assert_same_tree(expected: &Path, actual: &Path) {
     let want = walk(expected);
     let got = walk(actual);
-    assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>(), "names differ");
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "names differ"
+    );
     for (name, seen) in &want {
-        assert_eq!(Some(seen), got.get(name), "metadata of {}", String::from_utf8_lossy(name));
+        assert_eq!(
+            Some(seen),
+            got.get(name),
+            "metadata of {}",
+            String::from_utf8_lossy(name)
+        );
         if seen.kind == "file" {
             let name = OsStr::from_bytes(name);
-            let (a, b) = (fs::read(expected.join(name)).unwrap(), fs::read(actual.join(name)).unwrap());
-            assert!(a == b, "content of {} differs ({} vs {} bytes)", name.to_string_lossy(), a.len(), b.len());
+            let (a, b) = (
+                fs::read(expected.join(name)).unwrap(),
+                fs::read(actual.join(name)).unwrap(),
+            );
+            assert!(
+                a == b,
+                "content of {} differs ({} vs {} bytes)",
+                name.to_string_lossy(),
+                a.len(),
+                b.len()
+            );
         }
     }
 }
@@ -147,9 +188,18 @@ fn symlinks_read_as_links_and_fifos_as_fifos() {
     let mounted = mount_sftp(&tree, Limits::default());
     let at = mounted.at().to_path_buf();
     within(Duration::from_secs(60), move || {
-        assert_eq!(fs::read_link(at.join("a/b/up")).unwrap(), Path::new("../../small.txt"));
-        assert_eq!(fs::read_link(at.join("dangling")).unwrap(), Path::new("/nonexistent/target"));
-        assert!(fs::symlink_metadata(at.join("fifo")).unwrap().file_type().is_fifo());
+        assert_eq!(
+            fs::read_link(at.join("a/b/up")).unwrap(),
+            Path::new("../../small.txt")
+        );
+        assert_eq!(
+            fs::read_link(at.join("dangling")).unwrap(),
+            Path::new("/nonexistent/target")
+        );
+        assert!(fs::symlink_metadata(at.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
         // Followed through the mount, the link reaches the file in the mount.
         assert_eq!(fs::read(at.join("link")).unwrap(), b"hello\n");
     });
@@ -214,5 +264,10 @@ fn the_mount_point_is_private_and_mounted_read_only_nosuid_nodev_noexec() {
     mounted.stop();
     let meta = fs::metadata(&at).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o700, "mount point mode");
-    assert!(!fs::read_to_string("/proc/self/mounts").unwrap().contains(at.to_str().unwrap()), "unmounted");
+    assert!(
+        !fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .contains(at.to_str().unwrap()),
+        "unmounted"
+    );
 }
