@@ -46,7 +46,12 @@ impl Inodes {
             seen_in: 0,
             depth: 0,
         };
-        Inodes { nodes: vec![root], children: HashMap::new(), root_path, max }
+        Inodes {
+            nodes: vec![root],
+            children: HashMap::new(),
+            root_path,
+            max,
+        }
     }
 
     pub(crate) fn get(&self, ino: u64) -> Option<&Node> {
@@ -142,13 +147,18 @@ mod tests {
         assert_eq!(table.path(b).unwrap(), b"/srv/a/b\xff");
         assert_eq!(table.upsert(ROOT, b"a", Attrs::default(), 3, now).unwrap(), a);
         assert_eq!(table.get(a).unwrap().seen_in, 3);
-        assert!(table.upsert(ROOT, b"c", Attrs::default(), 3, now).is_err(), "bound of 3 nodes");
+        assert!(
+            table.upsert(ROOT, b"c", Attrs::default(), 3, now).is_err(),
+            "bound of 3 nodes"
+        );
     }
 
     #[test]
     fn the_root_slash_gives_absolute_paths() {
         let mut table = Inodes::new(b"/".to_vec(), Attrs::default(), 10);
-        let a = table.upsert(ROOT, b"etc", Attrs::default(), 1, Instant::now()).unwrap();
+        let a = table
+            .upsert(ROOT, b"etc", Attrs::default(), 1, Instant::now())
+            .unwrap();
         assert_eq!(table.path(a).unwrap(), b"/etc");
     }
 }

@@ -101,8 +101,9 @@ pub const FILE_CAP: u64 = 16 << 40;
 /// Short reads in a row one chunk may need before it fails (EIO).
 ///
 /// A server answers a read with fewer bytes only at EOF or at its own maximum; a chunk needs at
-/// most two such answers. A server that trickles a byte at a time is refused.
-pub const MAX_SHORT_READS: usize = 16;
+/// most two such answers. A server that trickles a byte at a time is refused (and the file given
+/// up), so it costs a few requests per chunk in flight, not one per byte.
+pub const MAX_SHORT_READS: usize = 4;
 
 /// Problems kept for [`crate::Mount::report`]; beyond, only their number is kept.
 pub const MAX_REPORTED: usize = 1000;

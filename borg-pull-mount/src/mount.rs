@@ -30,14 +30,21 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { remote_root: b"/".to_vec(), limits: Limits::default(), fs_name: "borg-pull".into() }
+        MountOptions {
+            remote_root: b"/".to_vec(),
+            limits: Limits::default(),
+            fs_name: "borg-pull".into(),
+        }
     }
 }
 
 impl MountOptions {
     /// Options for serving `remote_root`, every bound at its default.
     pub fn new(remote_root: impl Into<Vec<u8>>) -> Self {
-        MountOptions { remote_root: remote_root.into(), ..MountOptions::default() }
+        MountOptions {
+            remote_root: remote_root.into(),
+            ..MountOptions::default()
+        }
     }
 
     /// Replaces the bounds (tests shrink them).
@@ -67,7 +74,9 @@ pub struct Mount {
 
 impl std::fmt::Debug for Mount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mount").field("mountpoint", &self.mountpoint).finish_non_exhaustive()
+        f.debug_struct("Mount")
+            .field("mountpoint", &self.mountpoint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,7 +101,12 @@ impl Mount {
         let shown = String::from_utf8_lossy(&root).into_owned();
         let deadline = options.limits.request_deadline;
         let root_attrs = match tokio::time::timeout(deadline, source.lstat(&root)).await {
-            Err(_elapsed) => return Err(Error::RemoteRootDeadline { path: shown, after: deadline }),
+            Err(_elapsed) => {
+                return Err(Error::RemoteRootDeadline {
+                    path: shown,
+                    after: deadline,
+                })
+            }
             Ok(Err(source)) => return Err(Error::RemoteRoot { path: shown, source }),
             Ok(Ok(attrs)) => attrs,
         };
@@ -102,7 +116,15 @@ impl Mount {
 
         let reporter = Arc::new(Reporter::new(options.limits.max_reported));
         let cancel = CancellationToken::new();
-        let core = Core::new(source, options.limits, root, root_attrs, reporter.clone(), runtime, cancel.clone());
+        let core = Core::new(
+            source,
+            options.limits,
+            root,
+            root_attrs,
+            reporter.clone(),
+            runtime,
+            cancel.clone(),
+        );
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName(options.fs_name),
@@ -118,10 +140,22 @@ impl Mount {
         let at = mountpoint.clone();
         let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(Fs(core), &at, &config))
             .await
-            .map_err(|join| Error::Mount { path: mountpoint.clone(), source: std::io::Error::other(join) })?
-            .map_err(|source| Error::Mount { path: mountpoint.clone(), source })?;
+            .map_err(|join| Error::Mount {
+                path: mountpoint.clone(),
+                source: std::io::Error::other(join),
+            })?
+            .map_err(|source| Error::Mount {
+                path: mountpoint.clone(),
+                source,
+            })?;
         tracing::debug!(mountpoint = %mountpoint.display(), "mounted");
-        Ok(Mount { mountpoint, privilege, session: Some(session), reporter, cancel })
+        Ok(Mount {
+            mountpoint,
+            privilege,
+            session: Some(session),
+            reporter,
+            cancel,
+        })
     }
 
     /// Where the tree is mounted.
@@ -144,17 +178,21 @@ impl Mount {
     }
 
     fn shutdown(&mut self) -> Result<(), Error> {
-        let Some(session) = self.session.take() else { return Ok(()) };
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
         self.cancel.cancel();
         let detached = detach(&self.mountpoint, self.privilege);
         // The FUSE thread ends when the kernel drops the connection (at once unless a file is
         // still open); the session is dropped only after that, so its own unmount finds nothing
         // to do and never touches a newer mount at the same path.
         let (done, wait) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new().name("borg-pull-umount".into()).spawn(move || {
-            let result = session.join();
-            let _ = done.send(result);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("borg-pull-umount".into())
+            .spawn(move || {
+                let result = session.join();
+                let _ = done.send(result);
+            });
         if spawned.is_ok() {
             match wait.recv_timeout(UNMOUNT_WAIT) {
                 Ok(Err(error)) => tracing::debug!(%error, "FUSE session ended with an error"),
@@ -162,7 +200,10 @@ impl Mount {
                 Err(_) => tracing::warn!(mountpoint = %self.mountpoint.display(), "mount busy; detached"),
             }
         }
-        detached.map_err(|source| Error::Unmount { path: self.mountpoint.clone(), source })
+        detached.map_err(|source| Error::Unmount {
+            path: self.mountpoint.clone(),
+            source,
+        })
     }
 }
 
@@ -189,7 +230,9 @@ fn privilege() -> Result<Privilege, Error> {
 }
 
 fn on_path(program: &str) -> bool {
-    let Some(path) = std::env::var_os("PATH") else { return false };
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
     std::env::split_paths(&path).any(|dir| {
         std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })
@@ -202,12 +245,19 @@ fn prepare_mountpoint(path: &Path, privilege: Privilege) -> Result<(), Error> {
     let meta = match std::fs::symlink_metadata(path) {
         Err(e) if e.raw_os_error() == Some(not_connected) => {
             tracing::info!(mountpoint = %path.display(), "removing a stale mount");
-            detach(path, privilege).map_err(|source| Error::StaleMount { path: path.into(), source })?;
+            detach(path, privilege).map_err(|source| Error::StaleMount {
+                path: path.into(),
+                source,
+            })?;
             std::fs::symlink_metadata(path)
         }
         other => other,
     };
-    let bad = |reason: String, fix| Error::MountPoint { path: path.into(), reason, fix };
+    let bad = |reason: String, fix| Error::MountPoint {
+        path: path.into(),
+        reason,
+        fix,
+    };
     match meta {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => return Err(bad("not a directory".into(), "remove it or choose another path")),
@@ -219,8 +269,12 @@ fn prepare_mountpoint(path: &Path, privilege: Privilege) -> Result<(), Error> {
         }
         Err(e) => return Err(bad(e.to_string(), "check the path")),
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| bad(format!("cannot make it 0700: {e}"), "the mount point must belong to this user"))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+        bad(
+            format!("cannot make it 0700: {e}"),
+            "the mount point must belong to this user",
+        )
+    })
 }
 
 /// A lazy unmount: the mount disappears from the tree now; a reader still inside keeps it alive
@@ -241,7 +295,9 @@ fn detach(path: &Path, privilege: Privilege) -> std::io::Result<()> {
             if output.status.success() {
                 Ok(())
             } else {
-                Err(std::io::Error::other(String::from_utf8_lossy(&output.stderr).trim().to_owned()))
+                Err(std::io::Error::other(
+                    String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                ))
             }
         }
     }

@@ -5,6 +5,8 @@ pub use borg_pull_sftp::{Attrs, Client, DirEntry, Error, FileType, Handle, ReadD
 use crate::source::Source;
 
 impl Source for Client {
+    type Handle = Handle;
+
     async fn lstat(&self, path: &[u8]) -> Result<Attrs, Error> {
         Client::lstat(self, path).await
     }

@@ -64,10 +64,16 @@ impl std::fmt::Display for Problem {
                 write!(f, "{path}: still growing after {bound} bytes; read stopped there")
             }
             ProblemKind::DirectoryTooLarge { entries, bound } => {
-                write!(f, "{path}: {entries} entries, more than the bound of {bound}; not listed")
+                write!(
+                    f,
+                    "{path}: {entries} entries, more than the bound of {bound}; not listed"
+                )
             }
             ProblemKind::TooManyInodes { bound } => {
-                write!(f, "{path}: the mount already knows {bound} entries (its bound); not listed")
+                write!(
+                    f,
+                    "{path}: the mount already knows {bound} entries (its bound); not listed"
+                )
             }
             ProblemKind::TooDeep { bound } => write!(f, "{path}: deeper than {bound} levels; not listed"),
             ProblemKind::LinkTooLong { len, bound } => {
@@ -98,7 +104,10 @@ pub(crate) struct Reporter {
 
 impl Reporter {
     pub(crate) fn new(max: usize) -> Self {
-        Reporter { report: Mutex::new(Report::default()), max }
+        Reporter {
+            report: Mutex::new(Report::default()),
+            max,
+        }
     }
 
     pub(crate) fn add(&self, path: Vec<u8>, kind: ProblemKind) {

@@ -42,8 +42,12 @@ impl<S: Source> Core<S> {
     /// The answer to `lookup(parent, name)` if the parent's fresh listing has it.
     pub(super) fn cached_entry(&self, parent: u64, name: &[u8]) -> Cached {
         let state = self.lock();
-        let Some(slot) = state.dirs.get(&parent) else { return Cached::Unknown };
-        let Some(Ok(listing)) = slot.cell.get() else { return Cached::Unknown };
+        let Some(slot) = state.dirs.get(&parent) else {
+            return Cached::Unknown;
+        };
+        let Some(Ok(listing)) = slot.cell.get() else {
+            return Cached::Unknown;
+        };
         if !self.fresh(slot.started) {
             return Cached::Unknown;
         }
@@ -76,7 +80,13 @@ impl<S: Source> Core<S> {
                 Some(slot) => slot.cell.clone(),
                 None => {
                     let cell = Arc::new(OnceCell::new());
-                    state.dirs.insert(ino, DirSlot { cell: cell.clone(), started: Instant::now() });
+                    state.dirs.insert(
+                        ino,
+                        DirSlot {
+                            cell: cell.clone(),
+                            started: Instant::now(),
+                        },
+                    );
                     cell
                 }
             }
@@ -91,14 +101,27 @@ impl<S: Source> Core<S> {
             (state.inodes.path(ino).ok_or(Errno::ENOENT)?, node.depth)
         };
         if depth >= self.limits.max_depth {
-            self.reporter.add(path, ProblemKind::TooDeep { bound: self.limits.max_depth });
+            self.reporter.add(
+                path,
+                ProblemKind::TooDeep {
+                    bound: self.limits.max_depth,
+                },
+            );
             return Err(Errno::EIO);
         }
         let deadline = self.limits.listing_deadline;
-        let entries = self.call("read_dir", &path, deadline, self.source.read_dir(&path)).await?;
+        let entries = self
+            .call("read_dir", &path, deadline, self.source.read_dir(&path))
+            .await?;
         let bound = self.limits.max_dir_entries;
         if entries.len() > bound {
-            self.reporter.add(path, ProblemKind::DirectoryTooLarge { entries: entries.len(), bound });
+            self.reporter.add(
+                path,
+                ProblemKind::DirectoryTooLarge {
+                    entries: entries.len(),
+                    bound,
+                },
+            );
             return Err(Errno::EIO);
         }
         let id = self.listing_ids.fetch_add(1, Ordering::Relaxed);
@@ -110,7 +133,12 @@ impl<S: Source> Core<S> {
             let is_dir = entry.attrs.file_type() == FileType::Directory;
             let Ok(child) = state.inodes.upsert(ino, &entry.name, entry.attrs, id, now) else {
                 drop(state);
-                self.reporter.add(path, ProblemKind::TooManyInodes { bound: self.limits.max_inodes });
+                self.reporter.add(
+                    path,
+                    ProblemKind::TooManyInodes {
+                        bound: self.limits.max_inodes,
+                    },
+                );
                 return Err(Errno::EIO);
             };
             children.push(child);
@@ -118,7 +146,11 @@ impl<S: Source> Core<S> {
                 subdirs.push(child);
             }
         }
-        Ok(Arc::new(Listing { id, children, subdirs }))
+        Ok(Arc::new(Listing {
+            id,
+            children,
+            subdirs,
+        }))
     }
 
     /// Lists the subdirectories of `listing` ahead of borg, `depth` levels down, within the
@@ -143,13 +175,15 @@ impl<S: Source> Core<S> {
             self.spawn(async move {
                 let permit = core.prefetch_slots.acquire().await;
                 core.prefetch_queued.fetch_sub(1, Ordering::Relaxed);
-                if permit.is_err() || core.prefetch_entries.load(Ordering::Relaxed) >= core.limits.prefetch_max_entries
+                if permit.is_err()
+                    || core.prefetch_entries.load(Ordering::Relaxed) >= core.limits.prefetch_max_entries
                 {
                     return;
                 }
                 if let Ok(listing) = core.listing(dir).await {
                     drop(permit);
-                    core.prefetch_entries.fetch_add(listing.children.len(), Ordering::Relaxed);
+                    core.prefetch_entries
+                        .fetch_add(listing.children.len(), Ordering::Relaxed);
                     core.prefetch_below(&listing, depth - 1);
                 }
             });

@@ -32,19 +32,19 @@ use crate::source::Source;
 use dir::{DirSlot, Listing};
 use read::OpenFile;
 
-pub(crate) struct State {
+pub(crate) struct State<H> {
     inodes: Inodes,
     dirs: HashMap<u64, DirSlot>,
     dir_handles: HashMap<u64, Arc<Listing>>,
-    files: HashMap<u64, Arc<OpenFile>>,
+    files: HashMap<u64, Arc<OpenFile<H>>>,
     next_fh: u64,
 }
 
 /// Everything the request tasks share.
-pub(crate) struct Core<S> {
+pub(crate) struct Core<S: Source> {
     source: S,
     limits: Limits,
-    state: Mutex<State>,
+    state: Mutex<State<S::Handle>>,
     reporter: Arc<Reporter>,
     runtime: Runtime,
     cancel: CancellationToken,
@@ -89,7 +89,7 @@ impl<S: Source> Core<S> {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<S::Handle>> {
         // A panicking request task must not take the whole mount down with a poisoned lock.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -128,7 +128,13 @@ impl<S: Source> Core<S> {
                 Err(Errno::from_i32(error.to_errno()))
             }
             Err(_elapsed) => {
-                self.reporter.add(path.to_vec(), ProblemKind::Deadline { operation, after: deadline });
+                self.reporter.add(
+                    path.to_vec(),
+                    ProblemKind::Deadline {
+                        operation,
+                        after: deadline,
+                    },
+                );
                 Err(Errno::EIO)
             }
         }
@@ -143,7 +149,9 @@ impl<S: Source> Core<S> {
     async fn refresh_attr(&self, ino: u64) -> Result<fuser::FileAttr, Errno> {
         let path = self.path(ino)?;
         let deadline = self.limits.request_deadline;
-        let attrs = self.call("lstat", &path, deadline, self.source.lstat(&path)).await?;
+        let attrs = self
+            .call("lstat", &path, deadline, self.source.lstat(&path))
+            .await?;
         let attr = attr::file_attr(ino, &attrs);
         self.lock().inodes.set_attrs(ino, attrs, Instant::now());
         Ok(attr)
@@ -152,9 +160,14 @@ impl<S: Source> Core<S> {
     async fn read_link(&self, ino: u64) -> Result<Vec<u8>, Errno> {
         let path = self.path(ino)?;
         let deadline = self.limits.request_deadline;
-        let target = self.call("readlink", &path, deadline, self.source.read_link(&path)).await?;
+        let target = self
+            .call("readlink", &path, deadline, self.source.read_link(&path))
+            .await?;
         if target.len() > self.limits.max_link_len {
-            let kind = ProblemKind::LinkTooLong { len: target.len(), bound: self.limits.max_link_len };
+            let kind = ProblemKind::LinkTooLong {
+                len: target.len(),
+                bound: self.limits.max_link_len,
+            };
             self.reporter.add(path, kind);
             return Err(Errno::EIO);
         }
@@ -163,7 +176,7 @@ impl<S: Source> Core<S> {
 }
 
 /// The `fuser` face of [`Core`].
-pub(crate) struct Fs<S>(pub(crate) Arc<Core<S>>);
+pub(crate) struct Fs<S: Source>(pub(crate) Arc<Core<S>>);
 
 impl<S: Source> Fs<S> {
     fn ttl(&self) -> Duration {
@@ -177,7 +190,11 @@ impl<S: Source> Filesystem for Fs<S> {
         // READDIRPLUS: a listing carries the attributes, so borg's stats cost no lookups;
         // PARALLEL_DIROPS: lookups in one directory need not queue behind each other;
         // ASYNC_DIO: a large direct read is sent as several requests at once.
-        for flag in [InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_ASYNC_DIO] {
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_DIO,
+        ] {
             if let Err(missing) = config.add_capabilities(flag) {
                 tracing::debug!(?missing, "kernel lacks a FUSE capability");
             }
@@ -268,7 +285,9 @@ impl<S: Source> Filesystem for Fs<S> {
                 1 => reply.add(INodeNo(parent), 2, fuser::FileType::Directory, ".."),
                 _ => {
                     let child = listing.children[index - 2];
-                    let Some(node) = state.inodes.get(child) else { continue };
+                    let Some(node) = state.inodes.get(child) else {
+                        continue;
+                    };
                     let name = OsStr::from_bytes(&node.name);
                     reply.add(INodeNo(child), index as u64 + 1, attr::kind(&node.attrs), name)
                 }
@@ -308,7 +327,9 @@ impl<S: Source> Filesystem for Fs<S> {
                 1 => reply.add(INodeNo(this.parent), 2, "..", &ttl, &this_attr, Generation(0)),
                 _ => {
                     let child = listing.children[index - 2];
-                    let Some(node) = state.inodes.get(child) else { continue };
+                    let Some(node) = state.inodes.get(child) else {
+                        continue;
+                    };
                     let attr = attr::file_attr(child, &node.attrs);
                     let name = OsStr::from_bytes(&node.name);
                     reply.add(INodeNo(child), index as u64 + 1, name, &ttl, &attr, Generation(0))
@@ -322,7 +343,14 @@ impl<S: Source> Filesystem for Fs<S> {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.0.lock().dir_handles.remove(&fh.0);
         reply.ok();
     }

@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
 use super::Core;
-use crate::remote::{Handle, ReadData};
+use crate::remote::ReadData;
 use crate::report::ProblemKind;
 use crate::source::Source;
 
@@ -39,13 +39,15 @@ struct Window {
     ahead_to: u64,
 }
 
-pub(crate) struct OpenFile {
+pub(crate) struct OpenFile<H> {
     path: Vec<u8>,
-    handle: Arc<Handle>,
+    handle: Arc<H>,
     /// Bytes served at most: the listed size plus the slack, or the absolute cap.
     bound: u64,
     window: Mutex<Window>,
     bound_reported: AtomicBool,
+    /// The server answered a chunk with too many short reads: the file is given up.
+    trickled: AtomicBool,
 }
 
 impl<S: Source> Core<S> {
@@ -56,17 +58,26 @@ impl<S: Source> Core<S> {
             (state.inodes.path(ino).ok_or(Errno::ENOENT)?, node.attrs.size)
         };
         let deadline = self.limits.request_deadline;
-        let handle = self.call("open", &path, deadline, self.source.open_read(&path)).await?;
-        let bound = listed_size.unwrap_or(0).saturating_add(self.limits.growth_slack).min(self.limits.file_cap);
+        let handle = self
+            .call("open", &path, deadline, self.source.open_read(&path))
+            .await?;
+        let bound = listed_size
+            .unwrap_or(0)
+            .saturating_add(self.limits.growth_slack)
+            .min(self.limits.file_cap);
         let file = Arc::new(OpenFile {
             path,
             handle: Arc::new(handle),
             bound,
             window: Mutex::new(Window::default()),
             bound_reported: AtomicBool::new(false),
+            trickled: AtomicBool::new(false),
         });
         // The first chunks are on their way before borg's first read arrives.
-        let first = listed_size.unwrap_or(0).min(self.limits.read_ahead_window).min(bound);
+        let first = listed_size
+            .unwrap_or(0)
+            .min(self.limits.read_ahead_window)
+            .min(bound);
         file.schedule_ahead(self, &mut file.lock(), first);
         let mut state = self.lock();
         let fh = state.next_fh;
@@ -74,18 +85,25 @@ impl<S: Source> Core<S> {
         state.files.insert(fh, file);
         Ok(fh)
     }
+}
 
-    /// Reads `[start, start + len)`, asking again after short answers (bounded).
-    async fn read_full(&self, path: &[u8], handle: &Handle, start: u64, len: u64) -> ChunkResult {
+impl<H: Send + Sync + 'static> OpenFile<H> {
+    /// Reads `[start, start + len)`, asking again after short answers (bounded). A file that
+    /// trickled once fails every later read at once.
+    async fn read_full<S: Source<Handle = H>>(&self, core: &Core<S>, start: u64, len: u64) -> ChunkResult {
         let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        let deadline = self.limits.request_deadline;
+        let deadline = core.limits.request_deadline;
         for _ in 0..crate::limits::MAX_SHORT_READS {
+            if self.trickled.load(Ordering::Relaxed) {
+                return Err(Errno::EIO);
+            }
             let have = data.len() as u64;
             if have >= len {
                 return Ok(Arc::new(data));
             }
             let want = u32::try_from(len - have).unwrap_or(u32::MAX);
-            match self.call("read", path, deadline, self.source.read(handle, start + have, want)).await? {
+            let read = core.source.read(&self.handle, start + have, want);
+            match core.call("read", &self.path, deadline, read).await? {
                 ReadData::Bytes(bytes) if !bytes.is_empty() => {
                     // More than asked for is a broken peer: keep only what was asked.
                     let take = bytes.len().min(usize::try_from(len - have).unwrap_or(usize::MAX));
@@ -95,47 +113,61 @@ impl<S: Source> Core<S> {
             }
         }
         if (data.len() as u64) < len {
-            self.reporter.add(path.to_vec(), ProblemKind::TrickleRead);
+            if !self.trickled.swap(true, Ordering::Relaxed) {
+                core.reporter.add(self.path.clone(), ProblemKind::TrickleRead);
+            }
             return Err(Errno::EIO);
         }
         Ok(Arc::new(data))
     }
-}
 
-impl OpenFile {
     fn lock(&self) -> MutexGuard<'_, Window> {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn spawn_chunk<S: Source>(self: &Arc<Self>, core: &Arc<Core<S>>, start: u64) -> JoinHandle<ChunkResult> {
+    fn spawn_chunk<S: Source<Handle = H>>(
+        self: &Arc<Self>,
+        core: &Arc<Core<S>>,
+        start: u64,
+    ) -> JoinHandle<ChunkResult> {
         let len = u64::from(core.limits.read_chunk).min(self.bound.saturating_sub(start));
         let (core, file) = (core.clone(), self.clone());
         let cancel = core.cancel.clone();
         core.runtime.clone().spawn(async move {
             tokio::select! {
                 () = cancel.cancelled() => Err(Errno::EIO),
-                result = core.read_full(&file.path, &file.handle, start, len) => result,
+                result = file.read_full(&core, start, len) => result,
             }
         })
     }
 
     /// Requests the chunks up to `until` not yet requested, while read-ahead memory lasts.
-    fn schedule_ahead<S: Source>(self: &Arc<Self>, core: &Arc<Core<S>>, window: &mut Window, until: u64) {
+    fn schedule_ahead<S: Source<Handle = H>>(
+        self: &Arc<Self>,
+        core: &Arc<Core<S>>,
+        window: &mut Window,
+        until: u64,
+    ) {
         let chunk = u64::from(core.limits.read_chunk);
         let until = until.min(self.bound);
         let mut start = window.ahead_to;
         while start < until {
-            let Ok(permit) = core.read_ahead_bytes.clone().try_acquire_owned() else { break };
-            if !window.chunks.contains_key(&start) {
+            let Ok(permit) = core.read_ahead_bytes.clone().try_acquire_owned() else {
+                break;
+            };
+            if let std::collections::btree_map::Entry::Vacant(slot) = window.chunks.entry(start) {
                 let task = self.spawn_chunk(core, start);
-                window.chunks.insert(start, Chunk { state: ChunkState::Pending(task), _permit: Some(permit) });
+                slot.insert(Chunk {
+                    state: ChunkState::Pending(task),
+                    _permit: Some(permit),
+                });
             }
             start += chunk;
         }
         window.ahead_to = window.ahead_to.max(start);
     }
 
-    pub(super) async fn read<S: Source>(
+    pub(super) async fn read<S: Source<Handle = H>>(
         self: &Arc<Self>,
         core: &Arc<Core<S>>,
         offset: u64,
@@ -194,13 +226,21 @@ impl OpenFile {
                 ChunkState::Ready(data) => data,
                 ChunkState::Pending(task) => task.await.map_err(|_| Errno::EIO)??,
             };
-            let from = usize::try_from(offset.saturating_sub(start)).unwrap_or(usize::MAX).min(data.len());
+            let from = usize::try_from(offset.saturating_sub(start))
+                .unwrap_or(usize::MAX)
+                .min(data.len());
             let to = usize::try_from(end - start).unwrap_or(usize::MAX).min(data.len());
             out.extend_from_slice(&data[from..to]);
             let short = (data.len() as u64) < chunk.min(self.bound - start);
             if index + 1 == count && (to < data.len()) {
                 // The reader will want the rest of this chunk next.
-                self.lock().chunks.insert(start, Chunk { state: ChunkState::Ready(data), _permit: None });
+                self.lock().chunks.insert(
+                    start,
+                    Chunk {
+                        state: ChunkState::Ready(data),
+                        _permit: None,
+                    },
+                );
             }
             if short {
                 break;
@@ -213,7 +253,7 @@ impl OpenFile {
     }
 
     /// At the bound: whether the file goes on past it (then it is reported, once).
-    async fn check_bound<S: Source>(&self, core: &Core<S>) {
+    async fn check_bound<S: Source<Handle = H>>(&self, core: &Core<S>) {
         if self.bound_reported.load(Ordering::Relaxed) {
             return;
         }
@@ -221,12 +261,15 @@ impl OpenFile {
         let probe = core.source.read(&self.handle, self.bound, 1);
         if let Ok(ReadData::Bytes(bytes)) = core.call("read", &self.path, deadline, probe).await {
             if !bytes.is_empty() && !self.bound_reported.swap(true, Ordering::Relaxed) {
-                core.reporter.add(self.path.clone(), ProblemKind::FileExceedsBound { bound: self.bound });
+                core.reporter.add(
+                    self.path.clone(),
+                    ProblemKind::FileExceedsBound { bound: self.bound },
+                );
             }
         }
     }
 
-    pub(super) async fn close<S: Source>(self: Arc<Self>, core: &Core<S>) {
+    pub(super) async fn close<S: Source<Handle = H>>(self: Arc<Self>, core: &Core<S>) {
         let chunks = std::mem::take(&mut self.lock().chunks);
         for (_, chunk) in chunks {
             if let ChunkState::Pending(task) = chunk.state {
@@ -240,9 +283,14 @@ impl OpenFile {
             tracing::debug!("file still in use at release; remote handle closed with the session");
             return;
         };
-        let Ok(handle) = Arc::try_unwrap(file.handle) else { return };
+        let Ok(handle) = Arc::try_unwrap(file.handle) else {
+            return;
+        };
         let deadline = core.limits.request_deadline;
-        if let Err(errno) = core.call("close", &file.path, deadline, core.source.close(handle)).await {
+        if let Err(errno) = core
+            .call("close", &file.path, deadline, core.source.close(handle))
+            .await
+        {
             tracing::debug!(?errno, elapsed = ?started.elapsed(), "remote close failed");
         }
     }
