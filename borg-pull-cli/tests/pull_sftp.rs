@@ -284,7 +284,10 @@ fn snapshot(dir: &Path) -> Vec<Seen> {
             let ft = meta.file_type();
             use std::os::unix::fs::FileTypeExt;
             let (kind, content) = if ft.is_symlink() {
-                ("symlink", fs::read_link(&path).unwrap().into_os_string().into_vec())
+                (
+                    "symlink",
+                    fs::read_link(&path).unwrap().into_os_string().into_vec(),
+                )
             } else if ft.is_dir() {
                 ("dir", Vec::new())
             } else if ft.is_fifo() {
@@ -329,7 +332,10 @@ fn round_trip(f: &Fixture) -> Vec<Seen> {
     assert!(lines.len() >= 15, "{items}");
     for line in &lines {
         let (owner, path) = line.split_once(' ').unwrap();
-        assert!(path == "data" || path.starts_with("data/"), "mount prefix in {line:?}");
+        assert!(
+            path == "data" || path.starts_with("data/"),
+            "mount prefix in {line:?}"
+        );
         let expected = if path == "data/rootfile" {
             "croot:croot:0:0".to_owned()
         } else {
@@ -381,11 +387,19 @@ fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache
         .filter(|l| *l != newest)
         .map(str::to_owned)
         .collect();
-    assert!(changed.is_empty(), "the files cache missed: {changed:?}\n{}", out.describe());
+    assert!(
+        changed.is_empty(),
+        "the files cache missed: {changed:?}\n{}",
+        out.describe()
+    );
 
     let clients: Vec<_> = fs::read_dir(f.work_dir().join("sftp")).unwrap().collect();
     assert_eq!(clients.len(), 1, "one directory per client: {clients:?}");
-    assert!(f.mounts().is_empty(), "mounted after the second run: {:?}", f.mounts());
+    assert!(
+        f.mounts().is_empty(),
+        "mounted after the second run: {:?}",
+        f.mounts()
+    );
 }
 
 #[test]
@@ -396,7 +410,11 @@ fn sftp_pull_unmounts_after_a_failing_borg_and_passes_its_code_through() {
     let out = f.pull(&["create", "::a", "/data"]);
     out.assert_code(2);
     assert!(out.stderr_text().contains("already exists"), "{}", out.describe());
-    assert!(f.mounts().is_empty(), "mounted after borg failed: {:?}", f.mounts());
+    assert!(
+        f.mounts().is_empty(),
+        "mounted after borg failed: {:?}",
+        f.mounts()
+    );
 }
 
 #[test]
@@ -418,7 +436,10 @@ fn nothing_can_be_written_through_the_mount() {
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
     let before = snapshot(&f.client_data());
     let out = f
-        .pull_cmd(&["--borg", wrapper.to_str().unwrap()], &["create", "::a", "/data"])
+        .pull_cmd(
+            &["--borg", wrapper.to_str().unwrap()],
+            &["create", "::a", "/data"],
+        )
         .output();
     assert_ok(&out, "pull with the writing wrapper");
     let report = fs::read_to_string(&report).unwrap();
@@ -429,7 +450,11 @@ fn nothing_can_be_written_through_the_mount() {
             .lines()
             .find(|l| l.starts_with(&format!("{op}=")))
             .unwrap_or_else(|| panic!("{op} not reported: {report}"));
-        assert_ne!(line, format!("{op}=0"), "{op} succeeded through the mount: {report}");
+        assert_ne!(
+            line,
+            format!("{op}=0"),
+            "{op} succeeded through the mount: {report}"
+        );
     }
     assert_eq!(snapshot(&f.client_data()), before, "the client's tree changed");
 }
@@ -464,10 +489,17 @@ fn sftp_pull_stops_borg_and_unmounts_on_sigterm_and_at_max_runtime() {
 
     fs::remove_file(&started).unwrap();
     let out = f
-        .pull_cmd(&[&borg[0], &borg[1], "--max-runtime", "3s"], &["create", "::b", "/data"])
+        .pull_cmd(
+            &[&borg[0], &borg[1], "--max-runtime", "3s"],
+            &["create", "::b", "/data"],
+        )
         .output();
     out.assert_code(217);
-    assert!(f.mounts().is_empty(), "mounted after --max-runtime: {:?}", f.mounts());
+    assert!(
+        f.mounts().is_empty(),
+        "mounted after --max-runtime: {:?}",
+        f.mounts()
+    );
 }
 
 #[test]
@@ -512,7 +544,10 @@ fn a_stale_mount_of_a_killed_run_is_removed_by_the_next_run() {
     )
     .unwrap();
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = f.pull_cmd(&["--borg", wrapper.to_str().unwrap()], &["create", "::a", "/data"]);
+    let mut cmd = f.pull_cmd(
+        &["--borg", wrapper.to_str().unwrap()],
+        &["create", "::a", "/data"],
+    );
     let mut run = cmd.spawn(f.server.join("pull.log"));
     common::wait_until("borg started in the mount", || {
         fs::read_to_string(&started).is_ok_and(|s| s.trim() == "data/small")
@@ -524,7 +559,11 @@ fn a_stale_mount_of_a_killed_run_is_removed_by_the_next_run() {
     assert_eq!(f.mounts().len(), 1, "the killed run's mount: {:?}", f.mounts());
     let out = f.pull(&["create", "::b", "/data"]);
     assert_ok(&out, "the run after kill -9");
-    assert!(f.mounts().is_empty(), "mounted after the next run: {:?}", f.mounts());
+    assert!(
+        f.mounts().is_empty(),
+        "mounted after the next run: {:?}",
+        f.mounts()
+    );
     let listing = f.borg(&["list", "--short", f.repo.to_str().unwrap()]);
     assert_eq!(listing.stdout_text().trim(), "b");
 }

@@ -959,7 +959,12 @@ impl Client {
             ViaConfig::Socket => Via::Socket,
             ViaConfig::Sftp => {
                 let root = borg_pull_tunnel::jobs::sftp_pull::running_as_root();
-                match borg_pull_tunnel::jobs::sftp_pull::default_work_dir(root, None, None, env.home.as_deref()) {
+                match borg_pull_tunnel::jobs::sftp_pull::default_work_dir(
+                    root,
+                    None,
+                    None,
+                    env.home.as_deref(),
+                ) {
                     Some(work_dir) => Via::Sftp(borg_pull_tunnel::jobs::sftp_pull::SftpVia { work_dir }),
                     None => {
                         return Err(borg_pull_tunnel::Error::InvalidOption(

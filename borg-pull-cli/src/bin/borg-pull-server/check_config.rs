@@ -232,7 +232,9 @@ async fn check_client(
 ) -> Result<Vec<String>, (u8, String)> {
     if client.via == ViaConfig::Sftp {
         // Nothing runs on the client: its SFTP server is all the method needs.
-        let home = borg_pull_tunnel::jobs::sftp_pull::probe(session).await.map_err(fail)?;
+        let home = borg_pull_tunnel::jobs::sftp_pull::probe(session)
+            .await
+            .map_err(fail)?;
         return Ok(vec![format!("SFTP subsystem answers (working directory {home})")]);
     }
     let transport = match (&client.via, install) {

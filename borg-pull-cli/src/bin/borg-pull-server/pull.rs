@@ -255,7 +255,11 @@ fn sftp_via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
              runs on the client and no borg serve runs here",
         );
     }
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let work_dir = match &args.sftp_dir {
         Some(dir) => Some(dir.clone()),
         None => borg_pull_tunnel::jobs::sftp_pull::default_work_dir(
@@ -266,9 +270,9 @@ fn sftp_via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
         ),
     };
     match work_dir {
-        Some(work_dir) if work_dir.is_absolute() => Ok(Via::Sftp(
-            borg_pull_tunnel::jobs::sftp_pull::SftpVia { work_dir },
-        )),
+        Some(work_dir) if work_dir.is_absolute() => {
+            Ok(Via::Sftp(borg_pull_tunnel::jobs::sftp_pull::SftpVia { work_dir }))
+        }
         _ => usage("--via sftp needs an absolute --sftp-dir DIR (no HOME or XDG_RUNTIME_DIR to default to)"),
     }
 }

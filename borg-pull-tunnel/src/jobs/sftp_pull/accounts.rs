@@ -43,7 +43,9 @@ pub(crate) async fn read(client: &Client) -> Result<Option<ClientAccounts>, Sftp
     let passwd = read_file(client, b"/etc/passwd").await?;
     let group = read_file(client, b"/etc/group").await?;
     let (Some(passwd), Some(group)) = (passwd, group) else {
-        warn!("the client's /etc/passwd or /etc/group cannot be read over SFTP; only numeric owners are stored");
+        warn!(
+            "the client's /etc/passwd or /etc/group cannot be read over SFTP; only numeric owners are stored"
+        );
         return Ok(None);
     };
     let accounts = ClientAccounts {
@@ -103,7 +105,9 @@ pub(crate) async fn read_hostname(client: &Client) -> Option<String> {
     let name = std::str::from_utf8(&text).ok()?.trim();
     let plain = !name.is_empty()
         && name.len() <= SFTP_ACCOUNT_NAME_MAX
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
     plain.then(|| name.to_owned())
 }
 
@@ -226,7 +230,10 @@ mod tests {
             passwd,
             "root:x:0:0::/nonexistent:/usr/sbin/nologin\nbob:x:1001:1001::/nonexistent:/usr/sbin/nologin\n"
         );
-        assert_eq!(std::fs::read_to_string(&files.group).unwrap(), "root:x:0:\nstaff:x:50:\n");
+        assert_eq!(
+            std::fs::read_to_string(&files.group).unwrap(),
+            "root:x:0:\nstaff:x:50:\n"
+        );
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&files.group).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -69,8 +69,14 @@ const WITH_VALUE: &[&str] = &[
 /// another repository.
 const REFUSED: &[(&str, &str)] = &[
     ("--paths-from-stdin", "the paths would be read on this server"),
-    ("--paths-from-command", "the command would run on this server, not on the client"),
-    ("--content-from-command", "the command would run on this server, not on the client"),
+    (
+        "--paths-from-command",
+        "the command would run on this server, not on the client",
+    ),
+    (
+        "--content-from-command",
+        "the command would run on this server, not on the client",
+    ),
     ("--repo", "the repository is borg-pull-server's --repo"),
     ("-r", "the repository is borg-pull-server's --repo"),
 ];
@@ -150,9 +156,9 @@ pub(crate) fn rewrite(args: &[OsString], client: &ClientView<'_>) -> Result<Vec<
 /// `{fqdn}`, which borg would otherwise fill with this server's. A `REPO::NAME` is refused: the
 /// repository is the server's `--repo`.
 fn archive_name(arg: &OsStr, hostname: &str) -> Result<OsString, SftpPullError> {
-    let text = arg.to_str().ok_or_else(|| {
-        SftpPullError::Usage(format!("the archive name {arg:?} is not valid UTF-8"))
-    })?;
+    let text = arg
+        .to_str()
+        .ok_or_else(|| SftpPullError::Usage(format!("the archive name {arg:?} is not valid UTF-8")))?;
     if let Some(at) = text.find("::") {
         if at != 0 {
             return Err(SftpPullError::Usage(format!(
@@ -161,7 +167,10 @@ fn archive_name(arg: &OsStr, hostname: &str) -> Result<OsString, SftpPullError> 
         }
     }
     let short = hostname.split('.').next().unwrap_or(hostname);
-    Ok(text.replace("{hostname}", short).replace("{fqdn}", hostname).into())
+    Ok(text
+        .replace("{hostname}", short)
+        .replace("{fqdn}", hostname)
+        .into())
 }
 
 /// A client path as borg should see it from the mount root: absolute paths lose their `/`,
@@ -212,7 +221,16 @@ mod tests {
     #[test]
     fn paths_become_relative_to_the_mount_root() {
         let got = rewrite(
-            &args(&["create", "--stats", "-e", "/etc/ssl", "::{hostname}-1", "/etc", "data", "/"]),
+            &args(&[
+                "create",
+                "--stats",
+                "-e",
+                "/etc/ssl",
+                "::{hostname}-1",
+                "/etc",
+                "data",
+                "/",
+            ]),
             &view(Owners::ClientNames),
         )
         .unwrap();

@@ -60,10 +60,19 @@ impl BorgRun<'_> {
             Namespace::Shared => tokio::process::Command::new(self.borg),
             Namespace::ClientAccounts(files) => {
                 let mut c = tokio::process::Command::new("unshare");
-                c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", BIND_ACCOUNTS, "sh"])
-                    .arg(&files.passwd)
-                    .arg(&files.group)
-                    .arg(self.borg);
+                c.args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    BIND_ACCOUNTS,
+                    "sh",
+                ])
+                .arg(&files.passwd)
+                .arg(&files.group)
+                .arg(self.borg);
                 c
             }
         };
@@ -113,7 +122,10 @@ impl BorgRun<'_> {
         let finished = async {
             // Our own writers failing (a closed stdout) must not leave borg blocked on a full pipe:
             // the copies end, borg gets EPIPE and exits.
-            let _ = tokio::join!(tokio::io::copy(&mut out, stdout), tokio::io::copy(&mut err, stderr));
+            let _ = tokio::join!(
+                tokio::io::copy(&mut out, stdout),
+                tokio::io::copy(&mut err, stderr)
+            );
             child.wait().await
         };
         tokio::pin!(finished);

@@ -212,7 +212,10 @@ where
         warn!("{problem}");
     }
     if report.dropped > 0 {
-        warn!(more = report.dropped, "more problems with the client's tree were not listed");
+        warn!(
+            more = report.dropped,
+            "more problems with the client's tree were not listed"
+        );
     }
     let unmounted = tokio::task::spawn_blocking(move || mount.stop()).await;
     let _ = client.shutdown().await;
@@ -235,7 +238,12 @@ where
 type Prepared = (PathBuf, Vec<u8>, String, Owners, Namespace);
 
 /// The client's home, host name and (as root) accounts; the per-client directory.
-async fn prepare(options: &PullOptions, via: &SftpVia, session: &Session, client: &Client) -> Result<Prepared> {
+async fn prepare(
+    options: &PullOptions,
+    via: &SftpVia,
+    session: &Session,
+    client: &Client,
+) -> Result<Prepared> {
     let home = match client.realpath(b".").await {
         Ok(home) if home.starts_with(b"/") => home,
         _ => b"/".to_vec(),

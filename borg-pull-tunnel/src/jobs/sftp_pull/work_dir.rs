@@ -46,7 +46,10 @@ pub(crate) fn client_id(user: &str, host: &str, port: u16) -> String {
             }
         })
         .collect();
-    format!("{safe}-{:02x}{:02x}{:02x}{:02x}", hash[0], hash[1], hash[2], hash[3])
+    format!(
+        "{safe}-{:02x}{:02x}{:02x}{:02x}",
+        hash[0], hash[1], hash[2], hash[3]
+    )
 }
 
 /// Makes `work/sftp/<id>` (each level we create 0700; the last two always) and returns it.
@@ -57,7 +60,10 @@ pub(crate) fn client_dir(work: &Path, id: &str) -> Result<PathBuf, SftpPullError
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(io(format!("cannot create {} (choose another --sftp-dir)", dir.display())))?;
+        .map_err(io(format!(
+            "cannot create {} (choose another --sftp-dir)",
+            dir.display()
+        )))?;
     for private in [work.join("sftp"), dir.clone()] {
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))
             .map_err(io(format!("cannot make {} private (0700)", private.display())))?;
