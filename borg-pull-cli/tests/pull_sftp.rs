@@ -490,7 +490,7 @@ fn sftp_pull_stops_borg_and_unmounts_on_sigterm_and_at_max_runtime() {
     fs::remove_file(&started).unwrap();
     let out = f
         .pull_cmd(
-            &[&borg[0], &borg[1], "--max-runtime", "3s"],
+            &[borg[0], borg[1], "--max-runtime", "3s"],
             &["create", "::b", "/data"],
         )
         .output();
