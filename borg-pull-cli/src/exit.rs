@@ -435,6 +435,16 @@ mod tests {
         assert_eq!(for_pull_error(&cut_off), AUTH);
     }
 
+    #[test]
+    fn sftp_pull_failures_have_their_codes() {
+        use borg_pull_tunnel::jobs::sftp_pull::SftpPullError as S;
+        let code = |e: S| for_pull_error(&borg_pull_tunnel::Error::from(e));
+        assert_eq!(code(S::Usage("x".into())), USAGE);
+        assert_eq!(code(S::SubsystemRefused { host: "c".into() }), CLIENT_SETUP);
+        assert_eq!(code(S::MaxRuntime { host: "c".into(), secs: 1 }), MAX_RUNTIME);
+        assert!(PULL.contains(&SFTP_MOUNT));
+    }
+
     /// The numbers are an interface (scripts test them): changing one is a breaking change.
     #[test]
     fn codes_are_stable() {
@@ -463,6 +473,7 @@ mod tests {
                 (209, "a client"),
                 (220, "the clie"),
                 (219, "--via ag"),
+                (221, "--via sf"),
             ]
         );
     }
