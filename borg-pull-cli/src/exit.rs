@@ -441,7 +441,13 @@ mod tests {
         let code = |e: S| for_pull_error(&borg_pull_tunnel::Error::from(e));
         assert_eq!(code(S::Usage("x".into())), USAGE);
         assert_eq!(code(S::SubsystemRefused { host: "c".into() }), CLIENT_SETUP);
-        assert_eq!(code(S::MaxRuntime { host: "c".into(), secs: 1 }), MAX_RUNTIME);
+        assert_eq!(
+            code(S::MaxRuntime {
+                host: "c".into(),
+                secs: 1
+            }),
+            MAX_RUNTIME
+        );
         assert!(PULL.contains(&SFTP_MOUNT));
     }
 

@@ -428,7 +428,7 @@ fn nothing_can_be_written_through_the_mount() {
             "#!/bin/sh\n{{ touch data/new; echo \"touch=$?\"; echo x >>data/small; echo \"append=$?\"; \
              mkdir data/newdir; echo \"mkdir=$?\"; rm -f data/secret; echo \"rm=$?\"; chmod 777 data/exec; echo \"chmod=$?\"; \
              ln -s x data/newlink; echo \"symlink=$?\"; mv data/small data/moved; echo \"rename=$?\"; \
-             cat data/small >/dev/null; echo \"read=$?\"; }} >'{r}' 2>&1\nexec borg \"$@\"\n",
+             cat data/small >/dev/null; echo \"read=$?\"; echo \"env=$SFTP_TEST_VAR\"; }} >'{r}' 2>&1\nexec borg \"$@\"\n",
             r = report.display()
         ),
     )
@@ -437,12 +437,19 @@ fn nothing_can_be_written_through_the_mount() {
     let before = snapshot(&f.client_data());
     let out = f
         .pull_cmd(
-            &["--borg", wrapper.to_str().unwrap()],
+            &[
+                "--borg",
+                wrapper.to_str().unwrap(),
+                "--env",
+                "SFTP_TEST_VAR=for borg here",
+            ],
             &["create", "::a", "/data"],
         )
         .output();
     assert_ok(&out, "pull with the writing wrapper");
     let report = fs::read_to_string(&report).unwrap();
+    // --env is for the borg that runs: this server's.
+    assert!(report.lines().any(|l| l == "env=for borg here"), "{report}");
     // The wrapper runs where borg does, in the mount: reading works, so the writes did reach it.
     assert!(report.lines().any(|l| l == "read=0"), "{report}");
     for op in ["touch", "append", "mkdir", "rm", "chmod", "symlink", "rename"] {

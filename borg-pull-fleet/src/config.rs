@@ -1063,6 +1063,21 @@ mod tests {
         parse_text(text).unwrap_err().to_string()
     }
 
+    #[test]
+    fn via_sftp_parses_and_refuses_what_needs_a_client_side() {
+        let sftp = GOOD.replace("via = \"agent\"", "via = \"sftp\"");
+        let sftp: String = sftp
+            .lines()
+            .filter(|l| !l.starts_with("agent_key") && !l.starts_with("server_ssh"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let fleet = parse_text(&sftp).unwrap_or_else(|e| panic!("{e}\n{sftp}"));
+        assert!(fleet.clients.iter().any(|c| c.via == ViaConfig::Sftp));
+        let with_relay = sftp.replace("via = \"sftp\"\n", "via = \"sftp\"\ninstall_relay = true\n");
+        let m = message(&with_relay);
+        assert!(m.contains("install_relay") && m.contains("sftp"), "{m}");
+    }
+
     const GOOD: &str = r#"
 [server]
 state_dir = "/var/lib/bp"

@@ -41,6 +41,9 @@ pub(crate) struct BorgRun<'a> {
     pub(crate) cwd: &'a Path,
     pub(crate) passphrase: Option<&'a str>,
     pub(crate) namespace: Namespace,
+    /// More variables for borg (`--env`); BORG_REPO, BORG_RSH and the passphrase are refused by
+    /// the option parsers.
+    pub(crate) env: &'a [(String, OsString)],
 }
 
 /// How the run ended.
@@ -79,6 +82,7 @@ impl BorgRun<'_> {
         command
             .args(&self.args)
             .current_dir(self.cwd)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("BORG_REPO", self.repo)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -70,9 +70,6 @@ fn check(options: &PullOptions) -> std::result::Result<(), SftpPullError> {
             "nothing runs on the client; give the paths to back up instead",
         );
     }
-    if !options.env.is_empty() {
-        return refuse("--env", "borg runs on this server; set its variables here");
-    }
     if options.serve.storage_quota.is_some() {
         return refuse(
             "--storage-quota",
@@ -204,6 +201,8 @@ where
         cwd: &root,
         passphrase,
         namespace,
+        // borg runs here: the variables meant for it (e.g. BORG_FILES_CACHE_TTL) are its.
+        env: &options.env,
     };
     let deadline = Instant::now() + options.max_runtime;
     let ended = run.run(stdout, stderr, cancel, deadline, CANCEL_GRACE).await;
