@@ -206,14 +206,13 @@ impl Sshd {
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
                      AllowStreamLocalForwarding {fwd}\nStreamLocalBindUnlink no\n\
                      X11Forwarding no\nPrintMotd no\nLogLevel DEBUG1\nMaxStartups 50\nMaxSessions 20\n\
-                     SetEnv TMPDIR={tmp} XDG_CACHE_HOME={cache}\n{extra}",
+                     SetEnv TMPDIR={tmp} XDG_CACHE_HOME={cache}\n",
                     hk = host_key_lines,
                     ak = d.join("authorized_keys").display(),
                     pid = d.join("sshd.pid").display(),
                     fwd = options.allow_streamlocal,
                     tmp = tmpdir.display(),
                     cache = cache.display(),
-                    extra = options.extra_config,
                 ),
             )
             .unwrap();

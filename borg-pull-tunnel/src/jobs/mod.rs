@@ -3,7 +3,10 @@
 //! - [`mod@pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]): the client's
 //!   `borg create` reaching the server's `borg serve` by one of three ways ([`pull::via`]), run by
 //!   the one script on the client ([`pull::script`]).
+//! - [`sftp_pull`]: `pull --via sftp`: the client's tree mounted here over SFTP, this server's
+//!   borg create in it.
 //! - [`restore_tar`]: `restore-tar`: borg export-tar here, streamed into `tar -x` on the client.
 
 pub mod pull;
 pub mod restore_tar;
+pub mod sftp_pull;

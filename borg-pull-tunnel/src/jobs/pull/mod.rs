@@ -23,6 +23,7 @@
 
 pub mod script;
 pub mod via;
+mod via_sftp;
 
 use std::ffi::OsString;
 use std::future::Future as _;
@@ -356,6 +357,9 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
+    if let Via::Sftp(via) = &options.via {
+        return via_sftp::pull(&options, via, stdout, stderr).await;
+    }
     let span = tracing::info_span!("pull", client = %options.session.host, port = options.session.port);
     async move {
         let marker = script::new_marker();
@@ -579,7 +583,7 @@ impl Run<'_> {
     {
         let exec = async {
             match self.options.via {
-                Via::Socket => self.session.exec(script).await,
+                Via::Socket | Via::Sftp(_) => self.session.exec(script).await,
                 Via::Agent(_) | Via::Tcp(_) => self.session.exec_forwarding_agent(script).await,
             }
         };

@@ -1,0 +1,576 @@
+//! End-to-end tests of `pull --via sftp` (Borg's SSHFS method without sshfs) against a real
+//! OpenSSH sshd whose key line is `restrict,command="internal-sftp -R"` (read-only SFTP, no exec),
+//! the in-process FUSE mount, and real borg on the server.
+//!
+//! The client's SFTP server is chrooted (`ChrootDirectory`) into a tree of the test's: its
+//! `/etc/passwd` and `/etc/group` there give the login user's uid and gid other names than this
+//! machine's, so the archive shows whose names borg used, and its files appear at `/data` on the
+//! client, a path that is not where they are on this machine.
+
+mod common;
+mod sshd;
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_ok, Outcome, TestCommand, TestDir};
+use sshd::{Sshd, SshdOptions, TEST_USER};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_borg-pull-server");
+
+/// The recommended key line for the sftp method (README).
+const SFTP_ONLY: &str = "restrict,command=\"internal-sftp -R\" ";
+
+/// A name that is not UTF-8.
+const LATIN1_NAME: &[u8] = b"caf\xe9";
+
+/// The client (a chrooted read-only SFTP server on a real sshd) and the server's state.
+struct Fixture {
+    /// First: sshd is stopped before the trees go.
+    sshd: Sshd,
+    /// The client's `/`: root-owned and not writable by others, as `ChrootDirectory` wants.
+    chroot: tempfile::TempDir,
+    /// The server's HOME, BORG_BASE_DIR, repository and sftp work directory.
+    server: TestDir,
+    repo: PathBuf,
+    /// borg on the server (pull's --borg and the tests' own calls).
+    borg: PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+fn id(flag: &str) -> u32 {
+    let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
+    assert!(out.status.success(), "id {flag} {TEST_USER}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Self::with_borg(PathBuf::from("borg"))
+    }
+
+    fn with_borg(borg: PathBuf) -> Fixture {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "the sftp tests need root: sshd's ChrootDirectory (the client's own passwd) and borg's private mount namespace"
+        );
+        // Every component above a ChrootDirectory must be root's and not writable by others,
+        // which /tmp is not: the target directory's tmp is.
+        let chroot = tempfile::Builder::new()
+            .prefix("sftp-client-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        fs::set_permissions(chroot.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let options = SshdOptions {
+            authorized_keys_options: SFTP_ONLY,
+            extra_config: format!(
+                "Subsystem sftp internal-sftp\nChrootDirectory {}\n",
+                chroot.path().display()
+            ),
+            ..SshdOptions::default()
+        };
+        let sshd = Sshd::start_with(options);
+        let (uid, gid) = (id("-u"), id("-g"));
+        let root = chroot.path();
+        fs::create_dir(root.join("etc")).unwrap();
+        // The client's own names for our login user's ids, and lines a hostile client might
+        // send (ignored).
+        fs::write(
+            root.join("etc/passwd"),
+            format!(
+                "croot:x:0:0:root:/root:/bin/sh\nclient-alice:x:{uid}:{gid}::/data:/bin/sh\nevil\n\
+                 bad name:x:5:5::/:/bin/sh\n-opt:x:6:6::/:\n"
+            ),
+        )
+        .unwrap();
+        fs::write(
+            root.join("etc/group"),
+            format!("croot:x:0:\nclient-staff:x:{gid}:client-alice\nx y:x:7:\n"),
+        )
+        .unwrap();
+        fs::write(root.join("etc/hostname"), "sftp-client\n").unwrap();
+        write_tree(&root.join("data"), uid, gid);
+        let server = TestDir::new();
+        let repo = server.join("repo");
+        let mut init = TestCommand::new(&borg);
+        server.env(&mut init).args(["init", "-e", "none"]).arg(&repo);
+        assert_ok(&init.output(), "borg init");
+        Fixture {
+            sshd,
+            chroot,
+            server,
+            repo,
+            borg,
+            uid,
+            gid,
+        }
+    }
+
+    fn work_dir(&self) -> PathBuf {
+        self.server.join("sftp-work")
+    }
+
+    /// `borg-pull-server pull --via sftp ... -- ARGS` with the server's environment.
+    fn pull_cmd(&self, extra: &[&str], args: &[&str]) -> TestCommand {
+        let mut cmd = TestCommand::new(SERVER);
+        self.server.env(&mut cmd);
+        cmd.arg("pull")
+            .arg("-p")
+            .arg(self.sshd.port.to_string())
+            .arg("-i")
+            .arg(self.sshd.client_key())
+            .arg("--known-hosts")
+            .arg(&self.sshd.known_hosts)
+            .arg("--repo")
+            .arg(&self.repo)
+            .args(["--via", "sftp", "--sftp-dir"])
+            .arg(self.work_dir())
+            .args(extra);
+        // A test's own --borg (a wrapper) wins.
+        if !extra.contains(&"--borg") {
+            cmd.arg("--borg").arg(&self.borg);
+        }
+        cmd.arg(self.sshd.destination())
+            .arg("--")
+            .args(args)
+            .env("BORG_PULL_LOG", "info")
+            .attach_log("sshd log", self.sshd.log_path());
+        cmd
+    }
+
+    fn pull(&self, args: &[&str]) -> Outcome {
+        self.pull_cmd(&[], args).output()
+    }
+
+    fn borg(&self, args: &[&str]) -> Outcome {
+        self.borg_cmd(args).output()
+    }
+
+    fn borg_cmd(&self, args: &[&str]) -> TestCommand {
+        let mut cmd = TestCommand::new(&self.borg);
+        self.server.env(&mut cmd).args(args);
+        cmd
+    }
+
+    /// The mounts under the sftp work directory, from this process's mountinfo.
+    fn mounts(&self) -> Vec<String> {
+        let work = self.work_dir();
+        let work = work.to_string_lossy();
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(work.as_ref()))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn client_data(&self) -> PathBuf {
+        self.chroot.path().join("data")
+    }
+}
+
+/// The client's tree: names (one not UTF-8), symlinks, modes, owners, mtimes, a sparse file, a
+/// fifo, an empty file and one large enough for read-ahead.
+fn write_tree(data: &Path, uid: u32, gid: u32) {
+    fs::create_dir_all(data.join("sub/deep")).unwrap();
+    let file = |name: &[u8], content: &[u8], mode: u32| {
+        let path = data.join(std::ffi::OsStr::from_bytes(name));
+        fs::write(&path, content).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    file(b"small", b"hello from the client\n", 0o640);
+    file(b"exec", b"#!/bin/sh\necho hi\n", 0o755);
+    file(b"secret", b"only the owner\n", 0o600);
+    file(LATIN1_NAME, b"latin-1 name\n", 0o644);
+    file(b"empty", b"", 0o644);
+    file(b"sub/deep/file", b"deep\n", 0o644);
+    file(b"rootfile", b"root's\n", 0o644);
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let big: Vec<u8> = (0..3 * 1024 * 1024 + 123)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    file(b"big", &big, 0o644);
+    let mut sparse = fs::File::create(data.join("sparse")).unwrap();
+    sparse.set_len(8 << 20).unwrap();
+    sparse.seek(SeekFrom::Start(4 << 20)).unwrap();
+    sparse.write_all(b"in the middle of nothing").unwrap();
+    drop(sparse);
+    std::os::unix::fs::symlink("small", data.join("link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", data.join("abs-link")).unwrap();
+    let out = Command::new("mkfifo").arg(data.join("fifo")).output().unwrap();
+    assert!(out.status.success(), "mkfifo: {out:?}");
+    fs::set_permissions(data.join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    // Owners: the login user's everywhere (it must read them), root's on one file.
+    for entry in walk(data) {
+        let path = data.join(std::ffi::OsStr::from_bytes(&entry));
+        if entry != b"rootfile" {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    std::os::unix::fs::lchown(data, Some(uid), Some(gid)).unwrap();
+    // Times last, deepest first (creating an entry changes its directory's mtime).
+    let mut entries = walk(data);
+    entries.sort_by_key(|e| std::cmp::Reverse(e.iter().filter(|&&b| b == b'/').count()));
+    for (i, entry) in entries.iter().enumerate() {
+        let path = data.join(std::ffi::OsStr::from_bytes(entry));
+        touch(&path, 1_600_000_000 + i as u64 * 1000);
+    }
+    touch(data, 1_500_000_000);
+}
+
+fn touch(path: &Path, secs: u64) {
+    let out = Command::new("touch")
+        .args(["-h", "-d", &format!("@{secs}")])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "touch {}: {out:?}", path.display());
+}
+
+/// Every entry under `dir` (relative, bytes), in no particular order.
+fn walk(dir: &Path) -> Vec<Vec<u8>> {
+    let mut found = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    // Bounded by the tree, which the test wrote.
+    while let Some(rel) = todo.pop() {
+        for entry in fs::read_dir(dir.join(&rel)).unwrap() {
+            let entry = entry.unwrap();
+            let rel = rel.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                todo.push(rel.clone());
+            }
+            found.push(rel.into_os_string().into_vec());
+        }
+    }
+    found
+}
+
+/// What a round trip must keep of each entry: name, type, permission bits, owner, mtime
+/// (seconds: SFTP carries no more), and the content or link target.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    name: String,
+    kind: &'static str,
+    mode: u32,
+    owner: (u32, u32),
+    mtime: i64,
+    content: Vec<u8>,
+}
+
+fn snapshot(dir: &Path) -> Vec<Seen> {
+    let mut names = walk(dir);
+    names.push(Vec::new());
+    names.sort();
+    names
+        .into_iter()
+        .map(|rel| {
+            let path = if rel.is_empty() {
+                dir.to_owned()
+            } else {
+                dir.join(std::ffi::OsStr::from_bytes(&rel))
+            };
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let ft = meta.file_type();
+            use std::os::unix::fs::FileTypeExt;
+            let (kind, content) = if ft.is_symlink() {
+                (
+                    "symlink",
+                    fs::read_link(&path).unwrap().into_os_string().into_vec(),
+                )
+            } else if ft.is_dir() {
+                ("dir", Vec::new())
+            } else if ft.is_fifo() {
+                ("fifo", Vec::new())
+            } else {
+                ("file", fs::read(&path).unwrap())
+            };
+            Seen {
+                name: format!("{:?}", OsString::from_vec(rel)),
+                kind,
+                // Symlink modes are not kept anywhere (always 0777 on Linux).
+                mode: if ft.is_symlink() { 0 } else { meta.mode() & 0o7777 },
+                owner: (meta.uid(), meta.gid()),
+                mtime: meta.mtime(),
+                content,
+            }
+        })
+        .collect()
+}
+
+/// The first pull of `f`'s client: archive name, paths and owners as on the client, and a byte
+/// for byte round trip through borg extract. Returns the client's tree as seen.
+fn round_trip(f: &Fixture) -> Vec<Seen> {
+    let out = f.pull(&["create", "--stats", "::{hostname}-1", "/data"]);
+    assert_ok(&out, "pull --via sftp");
+    assert!(f.mounts().is_empty(), "mounted after success: {:?}", f.mounts());
+
+    // The archive is named with the client's host name and holds the client's paths.
+    let repo = f.repo.to_str().unwrap().to_owned();
+    let listing = f.borg(&["list", "--short", &repo]);
+    assert_ok(&listing, "borg list");
+    assert_eq!(listing.stdout_text().trim(), "sftp-client-1");
+    let items = f.borg(&[
+        "list",
+        "--format",
+        "{user}:{group}:{uid}:{gid} {path}{NL}",
+        &format!("{repo}::sftp-client-1"),
+    ]);
+    assert_ok(&items, "borg list ARCHIVE");
+    let items = items.stdout_text();
+    let lines: Vec<&str> = items.lines().collect();
+    assert!(lines.len() >= 15, "{items}");
+    for line in &lines {
+        let (owner, path) = line.split_once(' ').unwrap();
+        assert!(
+            path == "data" || path.starts_with("data/"),
+            "mount prefix in {line:?}"
+        );
+        let expected = if path == "data/rootfile" {
+            "croot:croot:0:0".to_owned()
+        } else {
+            format!("client-alice:client-staff:{}:{}", f.uid, f.gid)
+        };
+        assert_eq!(owner, expected, "{line}");
+    }
+
+    // Byte for byte: borg extract (as root, so owners too) gives back the client's tree.
+    let restore = f.server.join("restore");
+    fs::create_dir(&restore).unwrap();
+    let extracted = f
+        .borg_cmd(&["extract", &format!("{repo}::sftp-client-1")])
+        .current_dir(&restore)
+        .output();
+    assert_ok(&extracted, "borg extract");
+    let want = snapshot(&f.client_data());
+    let got = snapshot(&restore.join("data"));
+    assert_eq!(want.len(), got.len(), "entries: {got:#?}");
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w, g);
+    }
+    let latin1 = format!("{:?}", std::ffi::OsStr::from_bytes(LATIN1_NAME));
+    assert!(got.iter().any(|s| s.name == latin1), "{latin1} missing: {got:#?}");
+    assert!(got.iter().any(|s| s.kind == "fifo"));
+    want
+}
+
+#[test]
+fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache() {
+    let f = Fixture::new();
+    let want = round_trip(&f);
+
+    // Unchanged: nothing added, modified or in error; the same mount point (one per client).
+    // Except the file with the newest mtime: borg never keeps that one in its files cache (its
+    // guard against mtime granularity), with a local borg too.
+    let newest = want
+        .iter()
+        .filter(|s| s.kind == "file")
+        .max_by_key(|s| s.mtime)
+        .unwrap();
+    let newest = format!("A data/{}", newest.name.trim_matches('"'));
+    let out = f.pull(&["create", "--list", "--filter=AME", "::second", "/data"]);
+    assert_ok(&out, "second pull");
+    let changed: Vec<String> = out
+        .stderr_text()
+        .lines()
+        .filter(|l| l.len() > 2 && matches!(&l[..2], "A " | "M " | "E "))
+        .filter(|l| *l != newest)
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "the files cache missed: {changed:?}\n{}",
+        out.describe()
+    );
+
+    let clients: Vec<_> = fs::read_dir(f.work_dir().join("sftp")).unwrap().collect();
+    assert_eq!(clients.len(), 1, "one directory per client: {clients:?}");
+    assert!(
+        f.mounts().is_empty(),
+        "mounted after the second run: {:?}",
+        f.mounts()
+    );
+}
+
+#[test]
+fn sftp_pull_unmounts_after_a_failing_borg_and_passes_its_code_through() {
+    let f = Fixture::new();
+    assert_ok(&f.pull(&["create", "::a", "/data"]), "first pull");
+    // The same archive name again: borg create fails (2, "Archive already exists").
+    let out = f.pull(&["create", "::a", "/data"]);
+    out.assert_code(2);
+    assert!(out.stderr_text().contains("already exists"), "{}", out.describe());
+    assert!(
+        f.mounts().is_empty(),
+        "mounted after borg failed: {:?}",
+        f.mounts()
+    );
+}
+
+#[test]
+fn nothing_can_be_written_through_the_mount() {
+    let f = Fixture::new();
+    let report = f.server.join("write-report");
+    let wrapper = f.server.join("borg-wrapper");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n{{ touch data/new; echo \"touch=$?\"; echo x >>data/small; echo \"append=$?\"; \
+             mkdir data/newdir; echo \"mkdir=$?\"; rm -f data/secret; echo \"rm=$?\"; chmod 777 data/exec; echo \"chmod=$?\"; \
+             ln -s x data/newlink; echo \"symlink=$?\"; mv data/small data/moved; echo \"rename=$?\"; \
+             cat data/small >/dev/null; echo \"read=$?\"; echo \"env=$SFTP_TEST_VAR\"; }} >'{r}' 2>&1\nexec borg \"$@\"\n",
+            r = report.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let before = snapshot(&f.client_data());
+    let out = f
+        .pull_cmd(
+            &[
+                "--borg",
+                wrapper.to_str().unwrap(),
+                "--env",
+                "SFTP_TEST_VAR=for borg here",
+            ],
+            &["create", "::a", "/data"],
+        )
+        .output();
+    assert_ok(&out, "pull with the writing wrapper");
+    let report = fs::read_to_string(&report).unwrap();
+    // --env is for the borg that runs: this server's.
+    assert!(report.lines().any(|l| l == "env=for borg here"), "{report}");
+    // The wrapper runs where borg does, in the mount: reading works, so the writes did reach it.
+    assert!(report.lines().any(|l| l == "read=0"), "{report}");
+    for op in ["touch", "append", "mkdir", "rm", "chmod", "symlink", "rename"] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("{op}=")))
+            .unwrap_or_else(|| panic!("{op} not reported: {report}"));
+        assert_ne!(
+            line,
+            format!("{op}=0"),
+            "{op} succeeded through the mount: {report}"
+        );
+    }
+    assert_eq!(snapshot(&f.client_data()), before, "the client's tree changed");
+}
+
+#[test]
+fn sftp_pull_stops_borg_and_unmounts_on_sigterm_and_at_max_runtime() {
+    let f = Fixture::new();
+    let started = f.server.join("started");
+    let wrapper = f.server.join("borg-wrapper");
+    // Holds (bounded) like a long backup, after showing that it runs in the mount.
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nls data/small >'{s}' 2>&1\nn=0; while [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done\nexec borg \"$@\"\n",
+            s = started.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let borg = ["--borg", wrapper.to_str().unwrap()];
+
+    let mut cmd = f.pull_cmd(&borg, &["create", "::a", "/data"]);
+    let mut run = cmd.spawn(f.server.join("pull.log"));
+    common::wait_until("borg started in the mount", || {
+        fs::read_to_string(&started).is_ok_and(|s| s.trim() == "data/small")
+    });
+    assert!(!f.mounts().is_empty(), "not mounted while borg runs");
+    run.signal("TERM");
+    let status = run.wait_exit();
+    assert_eq!(status.code(), Some(202), "{}", run.report());
+    assert!(f.mounts().is_empty(), "mounted after SIGTERM: {:?}", f.mounts());
+
+    fs::remove_file(&started).unwrap();
+    let out = f
+        .pull_cmd(
+            &[borg[0], borg[1], "--max-runtime", "3s"],
+            &["create", "::b", "/data"],
+        )
+        .output();
+    out.assert_code(217);
+    assert!(
+        f.mounts().is_empty(),
+        "mounted after --max-runtime: {:?}",
+        f.mounts()
+    );
+}
+
+#[test]
+fn options_that_make_no_sense_with_sftp_are_usage_errors() {
+    let f = Fixture::new();
+    for (extra, args) in [
+        (&["--install-relay"][..], &["create", "::a", "/data"][..]),
+        (&["--remote-dir", "/tmp"], &["create", "::a", "/data"]),
+        (&["--storage-quota", "10G"], &["create", "::a", "/data"]),
+        (&[], &["list", "::a"]),
+        (&[], &["create", "::a", "/data/../etc"]),
+        (&[], &["create", "--paths-from-command", "::a", "--", "sh"]),
+    ] {
+        let out = f.pull_cmd(extra, args).output();
+        out.assert_code(200);
+    }
+    assert!(!f.work_dir().exists(), "a refused run made its work directory");
+}
+
+#[test]
+fn sftp_pull_round_trips_with_borg_1_4_on_the_server() {
+    let Some(borg14) = common::borg14() else {
+        return;
+    };
+    let f = Fixture::with_borg(borg14);
+    round_trip(&f);
+}
+
+/// After `kill -9` of a pull the client's tree stays mounted (the FUSE server is gone: ENOTCONN);
+/// the next run of the same client finds it at its stable path and removes it first.
+#[test]
+fn a_stale_mount_of_a_killed_run_is_removed_by_the_next_run() {
+    let f = Fixture::new();
+    let started = f.server.join("started");
+    let wrapper = f.server.join("borg-wrapper");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nls data/small >'{s}' 2>&1\nn=0; while [ -e '{s}' ] && [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done\nexit 3\n",
+            s = started.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = f.pull_cmd(
+        &["--borg", wrapper.to_str().unwrap()],
+        &["create", "::a", "/data"],
+    );
+    let mut run = cmd.spawn(f.server.join("pull.log"));
+    common::wait_until("borg started in the mount", || {
+        fs::read_to_string(&started).is_ok_and(|s| s.trim() == "data/small")
+    });
+    run.signal("KILL");
+    let _ = run.wait_exit();
+    // The wrapper (its own process group) ends once its file is gone.
+    fs::remove_file(&started).unwrap();
+    assert_eq!(f.mounts().len(), 1, "the killed run's mount: {:?}", f.mounts());
+    let out = f.pull(&["create", "::b", "/data"]);
+    assert_ok(&out, "the run after kill -9");
+    assert!(
+        f.mounts().is_empty(),
+        "mounted after the next run: {:?}",
+        f.mounts()
+    );
+    let listing = f.borg(&["list", "--short", f.repo.to_str().unwrap()]);
+    assert_eq!(listing.stdout_text().trim(), "b");
+}
