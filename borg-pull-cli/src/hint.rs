@@ -123,7 +123,9 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "raise --max-runtime if the run needs longer",
         )),
         E::SftpMount {
-            source: borg_pull_tunnel::jobs::sftp_pull::MountError::MountPoint { .. } | borg_pull_tunnel::jobs::sftp_pull::MountError::StaleMount { .. },
+            source:
+                borg_pull_tunnel::jobs::sftp_pull::MountError::MountPoint { .. }
+                | borg_pull_tunnel::jobs::sftp_pull::MountError::StaleMount { .. },
             ..
         } => Some(Hint::new(
             "--sftp-dir",
@@ -390,7 +392,10 @@ mod tests {
     fn sftp_errors_get_their_flags_by_type() {
         use borg_pull_tunnel::Error as E;
         let peer = || borg_pull_tunnel::error::Peer::new("h", 22);
-        let late = E::SftpMaxRuntime { peer: peer(), secs: 1 };
+        let late = E::SftpMaxRuntime {
+            peer: peer(),
+            secs: 1,
+        };
         assert_eq!(tunnel(&late).unwrap().flag, "--max-runtime");
         assert_eq!(fleet(&late).unwrap().flag, "max_runtime =");
         let stale = E::SftpMount {

@@ -14,8 +14,8 @@ use borg_pull_sftp::{Client, ReadData};
 use tracing::{info, warn};
 
 use crate::error::Peer;
-use crate::Error;
 use crate::limits::{SFTP_ACCOUNTS_FILE_MAX, SFTP_ACCOUNT_NAME_MAX};
+use crate::Error;
 
 /// One table: `(name, id)` pairs in the file's order, and how many lines were refused.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

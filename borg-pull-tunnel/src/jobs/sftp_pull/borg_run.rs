@@ -93,7 +93,11 @@ impl BorgRun<'_> {
                     BIND_ACCOUNTS,
                     "sh",
                 ])
-                .args([files.passwd.as_os_str(), files.group.as_os_str(), self.borg.as_os_str()]),
+                .args([
+                    files.passwd.as_os_str(),
+                    files.group.as_os_str(),
+                    self.borg.as_os_str(),
+                ]),
         };
         let mut command = command
             .args(&self.args)

@@ -34,10 +34,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument as _};
 
-pub use work_dir::default_work_dir;
 /// What the mount says in [`Error::SftpMount`], and the SFTP client in [`Error::Sftp`].
 pub use borg_pull_mount::Error as MountError;
 pub use borg_pull_sftp::Error as SftpError;
+pub use work_dir::default_work_dir;
 
 use crate::error::Peer;
 use crate::jobs::sftp_pull::borg_args::{ClientView, Owners};
@@ -157,12 +157,7 @@ where
 }
 
 /// Everything between connecting and disconnecting; borg's exit code.
-async fn on_session<O, E>(
-    job: &SftpJob<'_>,
-    session: &Session,
-    stdout: &mut O,
-    stderr: &mut E,
-) -> Result<i32>
+async fn on_session<O, E>(job: &SftpJob<'_>, session: &Session, stdout: &mut O, stderr: &mut E) -> Result<i32>
 where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
@@ -249,11 +244,7 @@ where
 type Prepared = (PathBuf, Vec<u8>, String, Owners, Namespace);
 
 /// The client's home, host name and (as root) accounts; the per-client directory.
-async fn prepare(
-    job: &SftpJob<'_>,
-    session: &Session,
-    client: &Client,
-) -> Result<Prepared> {
+async fn prepare(job: &SftpJob<'_>, session: &Session, client: &Client) -> Result<Prepared> {
     let home = match client.realpath(b".").await {
         Ok(home) if home.starts_with(b"/") => home,
         _ => b"/".to_vec(),
