@@ -40,9 +40,24 @@ struct Fixture {
     repo: PathBuf,
     /// borg on the server (pull's --borg and the tests' own calls).
     borg: PathBuf,
+    /// borg 1 or borg 2 command lines.
+    line: BorgLine,
     uid: u32,
     gid: u32,
 }
+
+/// Which command lines the server's borg takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BorgLine {
+    /// borg 1.x: `REPO::ARCHIVE`, `init`, an unencrypted repository.
+    One,
+    /// borg 2: `-r REPO`, `repo-create`, an authenticated repository (borg 2 has no `-e none`)
+    /// whose passphrase pull hands to the server's borg.
+    Two,
+}
+
+/// The passphrase of the borg 2 repositories.
+const BORG2_PASSPHRASE: &str = "sftp 'borg 2' $(x)";
 
 fn id(flag: &str) -> u32 {
     let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
@@ -56,6 +71,10 @@ impl Fixture {
     }
 
     fn with_borg(borg: PathBuf) -> Fixture {
+        Self::with(borg, BorgLine::One)
+    }
+
+    fn with(borg: PathBuf, line: BorgLine) -> Fixture {
         assert!(
             rustix::process::geteuid().is_root(),
             "the sftp tests need root: sshd's ChrootDirectory (the client's own passwd) and borg's private mount namespace"
@@ -98,18 +117,70 @@ impl Fixture {
         write_tree(&root.join("data"), uid, gid);
         let server = TestDir::new();
         let repo = server.join("repo");
-        let mut init = TestCommand::new(&borg);
-        server.env(&mut init).args(["init", "-e", "none"]).arg(&repo);
-        assert_ok(&init.output(), "borg init");
-        Fixture {
+        let f = Fixture {
             sshd,
             chroot,
             server,
             repo,
             borg,
+            line,
             uid,
             gid,
+        };
+        let init = match line {
+            BorgLine::One => f.borg(&["init", "-e", "none", f.repo.to_str().unwrap()]),
+            BorgLine::Two => f.borg(&[
+                "-r",
+                f.repo.to_str().unwrap(),
+                "repo-create",
+                "-e",
+                "authenticated-blake3",
+            ]),
+        };
+        assert_ok(&init, "creating the repository");
+        f
+    }
+
+    /// How the archive `name` is given to `create` (for pull too).
+    fn archive(&self, name: &str) -> String {
+        match self.line {
+            BorgLine::One => format!("::{name}"),
+            BorgLine::Two => name.to_owned(),
         }
+    }
+
+    /// `borg ARGS` about the archive `name` (or the repository when `None`).
+    fn borg_on(&self, command: &[&str], name: Option<&str>) -> TestCommand {
+        let repo = self.repo.to_str().unwrap();
+        let mut args: Vec<String> = Vec::new();
+        match self.line {
+            BorgLine::One => {
+                args.extend(command.iter().map(|a| a.to_string()));
+                args.push(match name {
+                    Some(name) => format!("{repo}::{name}"),
+                    None => repo.to_owned(),
+                });
+            }
+            BorgLine::Two => {
+                args.extend(["-r".to_owned(), repo.to_owned()]);
+                args.extend(command.iter().map(|a| a.to_string()));
+                args.extend(name.map(str::to_owned));
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.borg_cmd(&args)
+    }
+
+    /// The repository's archive names, one a line.
+    fn archive_names(&self) -> String {
+        let out = match self.line {
+            BorgLine::One => self.borg_on(&["list", "--short"], None).output(),
+            BorgLine::Two => self
+                .borg_on(&["repo-list", "--format", "{archive}{NL}"], None)
+                .output(),
+        };
+        assert_ok(&out, "listing the archives");
+        out.stdout_text()
     }
 
     fn work_dir(&self) -> PathBuf {
@@ -141,6 +212,9 @@ impl Fixture {
             .args(args)
             .env("BORG_PULL_LOG", "info")
             .attach_log("sshd log", self.sshd.log_path());
+        if self.line == BorgLine::Two {
+            cmd.env("BORG_PASSPHRASE", BORG2_PASSPHRASE);
+        }
         cmd
     }
 
@@ -155,6 +229,9 @@ impl Fixture {
     fn borg_cmd(&self, args: &[&str]) -> TestCommand {
         let mut cmd = TestCommand::new(&self.borg);
         self.server.env(&mut cmd).args(args);
+        if self.line == BorgLine::Two {
+            cmd.env("BORG_PASSPHRASE", BORG2_PASSPHRASE);
+        }
         cmd
     }
 
@@ -311,21 +388,18 @@ fn snapshot(dir: &Path) -> Vec<Seen> {
 /// The first pull of `f`'s client: archive name, paths and owners as on the client, and a byte
 /// for byte round trip through borg extract. Returns the client's tree as seen.
 fn round_trip(f: &Fixture) -> Vec<Seen> {
-    let out = f.pull(&["create", "--stats", "::{hostname}-1", "/data"]);
+    let out = f.pull(&["create", "--stats", &f.archive("{hostname}-1"), "/data"]);
     assert_ok(&out, "pull --via sftp");
     assert!(f.mounts().is_empty(), "mounted after success: {:?}", f.mounts());
 
     // The archive is named with the client's host name and holds the client's paths.
-    let repo = f.repo.to_str().unwrap().to_owned();
-    let listing = f.borg(&["list", "--short", &repo]);
-    assert_ok(&listing, "borg list");
-    assert_eq!(listing.stdout_text().trim(), "sftp-client-1");
-    let items = f.borg(&[
-        "list",
-        "--format",
-        "{user}:{group}:{uid}:{gid} {path}{NL}",
-        &format!("{repo}::sftp-client-1"),
-    ]);
+    assert_eq!(f.archive_names().trim(), "sftp-client-1");
+    let items = f
+        .borg_on(
+            &["list", "--format", "{user}:{group}:{uid}:{gid} {path}{NL}"],
+            Some("sftp-client-1"),
+        )
+        .output();
     assert_ok(&items, "borg list ARCHIVE");
     let items = items.stdout_text();
     let lines: Vec<&str> = items.lines().collect();
@@ -348,7 +422,7 @@ fn round_trip(f: &Fixture) -> Vec<Seen> {
     let restore = f.server.join("restore");
     fs::create_dir(&restore).unwrap();
     let extracted = f
-        .borg_cmd(&["extract", &format!("{repo}::sftp-client-1")])
+        .borg_on(&["extract"], Some("sftp-client-1"))
         .current_dir(&restore)
         .output();
     assert_ok(&extracted, "borg extract");
@@ -368,8 +442,12 @@ fn round_trip(f: &Fixture) -> Vec<Seen> {
 fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache() {
     let f = Fixture::new();
     let want = round_trip(&f);
+    an_unchanged_second_run_hits_the_files_cache(&f, &want);
+}
 
-    // Unchanged: nothing added, modified or in error; the same mount point (one per client).
+/// A second pull of the unchanged client adds, modifies and fails nothing; the same mount
+/// point (one per client) is used and gone afterwards.
+fn an_unchanged_second_run_hits_the_files_cache(f: &Fixture, want: &[Seen]) {
     // Except the file with the newest mtime: borg never keeps that one in its files cache (its
     // guard against mtime granularity), with a local borg too.
     let newest = want
@@ -378,7 +456,13 @@ fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache
         .max_by_key(|s| s.mtime)
         .unwrap();
     let newest = format!("A data/{}", newest.name.trim_matches('"'));
-    let out = f.pull(&["create", "--list", "--filter=AME", "::second", "/data"]);
+    // borg 2 keeps a files cache per archive series (name): the second archive is of the
+    // first's series.
+    let name = match f.line {
+        BorgLine::One => "second",
+        BorgLine::Two => "{hostname}-1",
+    };
+    let out = f.pull(&["create", "--list", "--filter=AME", &f.archive(name), "/data"]);
     assert_ok(&out, "second pull");
     let changed: Vec<String> = out
         .stderr_text()
@@ -400,6 +484,16 @@ fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache
         "mounted after the second run: {:?}",
         f.mounts()
     );
+}
+
+#[test]
+fn sftp_pull_round_trips_with_borg_2_on_the_server_and_hits_its_files_cache() {
+    let Some(borg2) = common::borg2() else {
+        return;
+    };
+    let f = Fixture::with(borg2, BorgLine::Two);
+    let want = round_trip(&f);
+    an_unchanged_second_run_hits_the_files_cache(&f, &want);
 }
 
 #[test]
