@@ -560,12 +560,23 @@ fn nothing_can_be_written_through_the_mount() {
     assert_eq!(snapshot(&f.client_data()), before, "the client's tree changed");
 }
 
-#[test]
-fn sftp_pull_stops_borg_and_unmounts_on_sigterm_and_at_max_runtime() {
+/// How a long run is ended from outside.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// A signal to `borg-pull-server` (Ctrl-C is SIGINT).
+    Signal(&'static str),
+    /// `--max-runtime 3s`.
+    MaxRuntime,
+}
+
+/// A pull whose borg holds (bounded) like a long backup, after showing that it runs in the
+/// mount; while it holds, the mount is private to this server's user (looked at before a
+/// signal, not racing `--max-runtime`); `stop` ends it with
+/// `code`, the mount is gone and nothing of the run is left running.
+fn a_long_run_ends_without_a_mount(stop: Stop, code: i32) {
     let f = Fixture::new();
     let started = f.server.join("started");
     let wrapper = f.server.join("borg-wrapper");
-    // Holds (bounded) like a long backup, after showing that it runs in the mount.
     fs::write(
         &wrapper,
         format!(
@@ -575,32 +586,100 @@ fn sftp_pull_stops_borg_and_unmounts_on_sigterm_and_at_max_runtime() {
     )
     .unwrap();
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-    let borg = ["--borg", wrapper.to_str().unwrap()];
-
-    let mut cmd = f.pull_cmd(&borg, &["create", "::a", "/data"]);
+    let mut extra = vec!["--borg", wrapper.to_str().unwrap()];
+    if let Stop::MaxRuntime = stop {
+        extra.extend(["--max-runtime", "3s"]);
+    }
+    let mut cmd = f.pull_cmd(&extra, &["create", "::a", "/data"]);
     let mut run = cmd.spawn(f.server.join("pull.log"));
     common::wait_until("borg started in the mount", || {
         fs::read_to_string(&started).is_ok_and(|s| s.trim() == "data/small")
     });
-    assert!(!f.mounts().is_empty(), "not mounted while borg runs");
-    run.signal("TERM");
+    match stop {
+        Stop::Signal(signal) => {
+            the_mount_is_private(&f);
+            run.signal(signal);
+        }
+        // Looked at only while nothing ends the run by time.
+        Stop::MaxRuntime => {}
+    }
     let status = run.wait_exit();
-    assert_eq!(status.code(), Some(202), "{}", run.report());
-    assert!(f.mounts().is_empty(), "mounted after SIGTERM: {:?}", f.mounts());
+    assert_eq!(status.code(), Some(code), "{}", run.report());
+    assert!(f.mounts().is_empty(), "mounted after {stop:?}: {:?}", f.mounts());
+    // borg (here its wrapper) was stopped with its process group.
+    common::assert_no_process_mentions(&wrapper);
+}
 
-    fs::remove_file(&started).unwrap();
-    let out = f
-        .pull_cmd(
-            &[borg[0], borg[1], "--max-runtime", "3s"],
-            &["create", "::b", "/data"],
-        )
-        .output();
-    out.assert_code(217);
-    assert!(
-        f.mounts().is_empty(),
-        "mounted after --max-runtime: {:?}",
-        f.mounts()
-    );
+/// The mount of a running pull: one, read-only, without allow_other, below directories only
+/// this server's user (root) may enter; the unprivileged test user can reach nothing of it.
+fn the_mount_is_private(f: &Fixture) {
+    let mounts = f.mounts();
+    assert_eq!(mounts.len(), 1, "not mounted while borg runs: {mounts:?}");
+    let line = &mounts[0];
+    // mountinfo: ... mount point, its options, ... " - " fs type, source, super options.
+    let (before, after) = line.split_once(" - ").unwrap();
+    let options = before.split(' ').nth(5).unwrap();
+    assert!(options.split(',').any(|o| o == "ro"), "not read-only: {line}");
+    assert!(!after.contains("allow_other"), "allow_other: {line}");
+    assert!(after.starts_with("fuse"), "not FUSE: {line}");
+    let client_dir = f.work_dir().join("sftp");
+    let client_dir = fs::read_dir(&client_dir).unwrap().next().unwrap().unwrap().path();
+    for dir in [f.work_dir().join("sftp"), client_dir.clone()] {
+        let meta = fs::metadata(&dir).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{}", dir.display());
+        assert_eq!(meta.uid(), 0, "{}", dir.display());
+    }
+    let root = client_dir.join("root");
+    assert!(line.contains(&format!(" {} ", root.display())), "{line}");
+    // What stands in another user's way besides those directories: the mount itself (no
+    // allow_other). Opened for a moment to show it, as far as the mount point.
+    let chain = [
+        f.server.path().to_owned(),
+        f.work_dir(),
+        f.work_dir().join("sftp"),
+        client_dir,
+    ];
+    let chmod = |mode: u32| {
+        for dir in &chain {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    let as_test_user = |path: &Path| {
+        let (uid, gid) = (f.uid.to_string(), f.gid.to_string());
+        Command::new("/usr/bin/setpriv")
+            .args(["--reuid", &uid, "--regid", &gid, "--clear-groups", "--"])
+            .arg("/usr/bin/stat")
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let closed = as_test_user(&root);
+    chmod(0o711);
+    let open = as_test_user(&root);
+    let parent = as_test_user(root.parent().unwrap());
+    chmod(0o700);
+    for out in [&closed, &open] {
+        assert!(!out.status.success(), "{TEST_USER} reached the mount: {out:?}");
+        let refusal = String::from_utf8_lossy(&out.stderr);
+        assert!(refusal.contains("Permission denied"), "{refusal}");
+    }
+    // The path was open: the refusal above was the mount's.
+    assert!(parent.status.success(), "{parent:?}");
+}
+
+#[test]
+fn sigterm_stops_borg_and_unmounts() {
+    a_long_run_ends_without_a_mount(Stop::Signal("TERM"), 202);
+}
+
+#[test]
+fn ctrl_c_stops_borg_and_unmounts() {
+    a_long_run_ends_without_a_mount(Stop::Signal("INT"), 202);
+}
+
+#[test]
+fn max_runtime_stops_borg_and_unmounts() {
+    a_long_run_ends_without_a_mount(Stop::MaxRuntime, 217);
 }
 
 #[test]
