@@ -10,7 +10,7 @@
 mod common;
 mod sshd;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -746,4 +746,115 @@ fn a_stale_mount_of_a_killed_run_is_removed_by_the_next_run() {
     );
     let listing = f.borg(&["list", "--short", f.repo.to_str().unwrap()]);
     assert_eq!(listing.stdout_text().trim(), "b");
+}
+
+/// A place of the unprivileged test user's own (0700) with what a pull needs as that user: a copy
+/// of the client key and known_hosts, HOME, BORG_BASE_DIR, the sftp work directory.
+struct UserSide {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    known_hosts: PathBuf,
+}
+
+impl UserSide {
+    fn new(f: &Fixture) -> UserSide {
+        let dir = tempfile::Builder::new().prefix("bp-user-").tempdir().unwrap();
+        let own = |path: &Path, mode: u32| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+            std::os::unix::fs::chown(path, Some(f.uid), Some(f.gid)).unwrap();
+        };
+        own(dir.path(), 0o700);
+        for sub in ["home", "base"] {
+            fs::create_dir(dir.path().join(sub)).unwrap();
+            own(&dir.path().join(sub), 0o700);
+        }
+        let key = dir.path().join("key");
+        fs::copy(f.sshd.client_key(), &key).unwrap();
+        own(&key, 0o600);
+        let known_hosts = dir.path().join("known_hosts");
+        fs::copy(&f.sshd.known_hosts, &known_hosts).unwrap();
+        own(&known_hosts, 0o600);
+        UserSide {
+            dir,
+            key,
+            known_hosts,
+        }
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `PROGRAM ARGS` as the test user (its uid and gid, no other groups), with PATH `path`.
+    fn command(&self, f: &Fixture, path: &str, program: &Path, args: &[&OsStr]) -> TestCommand {
+        let mut cmd = TestCommand::new("/usr/bin/setpriv");
+        cmd.args(["--reuid", &f.uid.to_string(), "--regid", &f.gid.to_string()])
+            .args(["--clear-groups", "--"])
+            .arg(program)
+            .args(args)
+            .env("PATH", path)
+            .env("HOME", self.join("home"))
+            .env("BORG_BASE_DIR", self.join("base"))
+            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+            .env("BORG_PULL_LOG", "info")
+            .env_remove("BORG_PASSPHRASE")
+            .env_remove("BORG_PASSCOMMAND")
+            .env_remove("BORG_REPO")
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("RUNTIME_DIRECTORY");
+        cmd
+    }
+
+    /// `borg-pull-server pull --via sftp` of `f`'s client as the test user, into its own repo.
+    fn pull(&self, f: &Fixture, path: &str) -> Outcome {
+        let port = f.sshd.port.to_string();
+        let args: Vec<OsString> = vec![
+            "pull".into(),
+            "-p".into(),
+            port.into(),
+            "-i".into(),
+            self.key.clone().into(),
+            "--known-hosts".into(),
+            self.known_hosts.clone().into(),
+            "--repo".into(),
+            self.join("repo").into(),
+            "--via".into(),
+            "sftp".into(),
+            "--sftp-dir".into(),
+            self.join("work").into(),
+            "--borg".into(),
+            f.borg.clone().into(),
+            f.sshd.destination().into(),
+            "--".into(),
+            "create".into(),
+            "::a".into(),
+            "/data".into(),
+        ];
+        let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+        self.command(f, path, Path::new(SERVER), &args)
+            .attach_log("sshd log", f.sshd.log_path())
+            .output()
+    }
+}
+
+/// Not root and no fusermount3 on PATH (Debian's fuse3 missing): the run names what is missing
+/// and exits 221, before borg runs; nothing is mounted.
+#[test]
+fn without_root_and_without_fusermount3_the_run_names_what_is_missing() {
+    let f = Fixture::new();
+    let user = UserSide::new(&f);
+    let out = user.pull(&f, "/nonexistent-bin");
+    out.assert_code(221);
+    let text = out.stderr_text();
+    assert!(
+        text.contains("fusermount3") && text.contains("fuse3"),
+        "{}",
+        out.describe()
+    );
+    assert!(!user.join("repo").exists(), "{}", out.describe());
+    let work = user.join("work");
+    let work = work.to_string_lossy();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(work.as_ref()), "{mountinfo}");
 }
