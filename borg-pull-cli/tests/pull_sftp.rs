@@ -858,3 +858,60 @@ fn without_root_and_without_fusermount3_the_run_names_what_is_missing() {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mountinfo.contains(work.as_ref()), "{mountinfo}");
 }
+
+/// A TOML basic string (JSON's escaping is valid TOML).
+fn toml_str(s: impl AsRef<OsStr>) -> String {
+    serde_json::to_string(&s.as_ref().to_string_lossy()).unwrap()
+}
+
+/// The fleet's `via = "sftp"` end to end: `run` pulls a client that allows only read-only SFTP
+/// (the same chrooted sshd), with the mount under the unit's RUNTIME_DIRECTORY; the archive has
+/// the client's paths and names, and no mount is left.
+#[test]
+fn run_pulls_a_fleet_client_with_via_sftp() {
+    let f = Fixture::new();
+    let config = f.server.join("fleet.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\nstate_dir = {state}\nborg = {borg}\n\n[defaults]\nuser = {user}\nidentity = {key}\n\
+             known_hosts = {kh}\n\n[[client]]\nname = \"appliance\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+             repo = {repo}\nvia = \"sftp\"\nargs = [\"create\", \"--stats\", \"::{{hostname}}-fleet\", \"/data\"]\n",
+            state = toml_str(f.server.join("state")),
+            borg = toml_str(&f.borg),
+            user = toml_str(&f.sshd.user),
+            key = toml_str(f.sshd.client_key()),
+            kh = toml_str(&f.sshd.known_hosts),
+            port = f.sshd.port,
+            repo = toml_str(&f.repo),
+        ),
+    )
+    .unwrap();
+    let mut cmd = TestCommand::new(SERVER);
+    f.server.env(&mut cmd);
+    let out = cmd
+        .args(["run", "--json", "--config"])
+        .arg(&config)
+        .env("RUNTIME_DIRECTORY", f.work_dir())
+        .env("BORG_PULL_LOG", "info")
+        .attach_log("sshd log", f.sshd.log_path())
+        .output();
+    assert_ok(&out, "run with via = \"sftp\"");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["client"], "appliance", "{}", out.describe());
+    assert_eq!(f.archive_names().trim(), "sftp-client-fleet");
+    let items = f
+        .borg_on(
+            &["list", "--format", "{user}:{group} {path}{NL}"],
+            Some("sftp-client-fleet"),
+        )
+        .output();
+    assert_ok(&items, "borg list");
+    let items = items.stdout_text();
+    assert!(
+        items.lines().any(|l| l == "client-alice:client-staff data/small"),
+        "{items}"
+    );
+    assert!(f.work_dir().join("sftp").is_dir(), "not under RUNTIME_DIRECTORY");
+    assert!(f.mounts().is_empty(), "mounted after run: {:?}", f.mounts());
+}
