@@ -915,3 +915,67 @@ fn run_pulls_a_fleet_client_with_via_sftp() {
     assert!(f.work_dir().join("sftp").is_dir(), "not under RUNTIME_DIRECTORY");
     assert!(f.mounts().is_empty(), "mounted after run: {:?}", f.mounts());
 }
+
+/// `pull --via sftp` of a client on `sshd` (not the chrooted fixture), into an unused repository.
+fn pull_from(sshd: &Sshd, server: &TestDir) -> Outcome {
+    let mut cmd = TestCommand::new(SERVER);
+    server.env(&mut cmd);
+    cmd.arg("pull")
+        .arg("-p")
+        .arg(sshd.port.to_string())
+        .arg("-i")
+        .arg(sshd.client_key())
+        .arg("--known-hosts")
+        .arg(&sshd.known_hosts)
+        .arg("--repo")
+        .arg(server.join("repo"))
+        .args(["--via", "sftp", "--sftp-dir"])
+        .arg(server.join("sftp-work"))
+        .arg(sshd.destination())
+        .args(["--", "create", "::a", "/tmp"])
+        .attach_log("sshd log", sshd.log_path())
+        .output()
+}
+
+/// A client's sshd without a `Subsystem sftp` line refuses the subsystem: exit 214 (the client's
+/// set-up), naming the sshd_config line and the recommended key line; nothing is made here.
+#[test]
+fn a_client_without_an_sftp_subsystem_exits_214_naming_the_fix() {
+    let sshd = Sshd::start_with(SshdOptions {
+        authorized_keys_options: "restrict ",
+        ..SshdOptions::default()
+    });
+    let server = TestDir::new();
+    let out = pull_from(&sshd, &server);
+    out.assert_code(214);
+    let text = out.stderr_text();
+    assert!(
+        text.contains("refused the sftp subsystem")
+            && text.contains("Subsystem sftp internal-sftp")
+            && text.contains("internal-sftp -R"),
+        "{}",
+        out.describe()
+    );
+    assert!(!server.join("sftp-work").exists(), "{}", out.describe());
+}
+
+/// What answers the subsystem is not an SFTP server (a forced command that prints text): the
+/// first reply breaks the protocol, the run exits 216 (the client misbehaved) without mounting.
+#[test]
+fn a_client_whose_sftp_answer_is_not_sftp_exits_216() {
+    let sshd = Sshd::start_with(SshdOptions {
+        authorized_keys_options: "restrict,command=\"echo this is not sftp\" ",
+        extra_config: "Subsystem sftp internal-sftp\n".into(),
+        ..SshdOptions::default()
+    });
+    let server = TestDir::new();
+    let out = pull_from(&sshd, &server);
+    out.assert_code(216);
+    assert!(
+        out.stderr_text()
+            .contains("starting the SFTP session: sftp: the client's SFTP server broke the protocol"),
+        "{}",
+        out.describe()
+    );
+    assert!(!server.join("sftp-work").exists(), "{}", out.describe());
+}
