@@ -866,7 +866,8 @@ fn toml_str(s: impl AsRef<OsStr>) -> String {
 
 /// The fleet's `via = "sftp"` end to end: `run` pulls a client that allows only read-only SFTP
 /// (the same chrooted sshd), with the mount under the unit's RUNTIME_DIRECTORY; the archive has
-/// the client's paths and names, and no mount is left.
+/// the client's paths and names, and no mount is left; check-config --connect asks its SFTP
+/// server.
 #[test]
 fn run_pulls_a_fleet_client_with_via_sftp() {
     let f = Fixture::new();
@@ -914,6 +915,22 @@ fn run_pulls_a_fleet_client_with_via_sftp() {
     );
     assert!(f.work_dir().join("sftp").is_dir(), "not under RUNTIME_DIRECTORY");
     assert!(f.mounts().is_empty(), "mounted after run: {:?}", f.mounts());
+
+    // check-config --connect looks at such a client through its SFTP server alone.
+    let mut cmd = TestCommand::new(SERVER);
+    f.server.env(&mut cmd);
+    let out = cmd
+        .args(["check-config", "--connect", "--config"])
+        .arg(&config)
+        .attach_log("sshd log", f.sshd.log_path())
+        .output();
+    assert_ok(&out, "check-config --connect");
+    assert!(
+        out.stdout_text()
+            .contains("SFTP subsystem answers (working directory"),
+        "{}",
+        out.describe()
+    );
 }
 
 /// `pull --via sftp` of a client on `sshd` (not the chrooted fixture), into an unused repository.
