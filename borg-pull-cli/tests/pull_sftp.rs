@@ -996,3 +996,23 @@ fn a_client_whose_sftp_answer_is_not_sftp_exits_216() {
     );
     assert!(!server.join("sftp-work").exists(), "{}", out.describe());
 }
+
+/// The client's `/etc/passwd` is longer than the bound on what we read of it (4 MiB): the run
+/// stops before mounting with exit 216 naming the file and the bound.
+#[test]
+fn a_client_passwd_beyond_the_bound_exits_216_before_mounting() {
+    let f = Fixture::new();
+    let line = format!("client-alice:x:{}:{}::/data:/bin/sh\n", f.uid, f.gid);
+    let passwd = line.repeat(4 * 1024 * 1024 / line.len() + 1);
+    fs::write(f.chroot.path().join("etc/passwd"), passwd).unwrap();
+    let out = f.pull(&["create", "::a", "/data"]);
+    out.assert_code(216);
+    assert!(
+        out.stderr_text()
+            .contains("/etc/passwd is longer than 4194304 bytes"),
+        "{}",
+        out.describe()
+    );
+    assert!(f.mounts().is_empty(), "{:?}", f.mounts());
+    assert_eq!(f.archive_names().trim(), "");
+}
