@@ -359,15 +359,12 @@ impl<S: Source> Filesystem for Fs<S> {
         if flags.0 & libc_acc_mode() != 0 {
             return reply.error(Errno::EROFS);
         }
-        let core = self.0.clone();
-        self.0.spawn(async move {
-            match core.open_file(ino.0).await {
-                // Direct I/O: every read reaches us, so the bound on a growing file holds whatever
-                // size the kernel cached, and nothing is cached twice (borg reads each file once).
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-                Err(errno) => reply.error(errno),
-            }
-        });
+        match self.0.open_file(ino.0) {
+            // Direct I/O: every read reaches us, so the bound on a growing file holds whatever
+            // size the kernel cached, and nothing is cached twice (borg reads each file once).
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Err(errno) => reply.error(errno),
+        }
     }
 
     fn read(

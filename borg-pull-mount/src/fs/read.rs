@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use fuser::Errno;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
 use super::Core;
@@ -41,7 +41,8 @@ struct Window {
 
 pub(crate) struct OpenFile<H> {
     path: Vec<u8>,
-    handle: Arc<H>,
+    /// The remote handle, opened by the first read (or the failure to open it, kept).
+    handle: OnceCell<Result<H, Errno>>,
     /// Bytes served at most: the listed size plus the slack, or the absolute cap.
     bound: u64,
     window: Mutex<Window>,
@@ -51,35 +52,26 @@ pub(crate) struct OpenFile<H> {
 }
 
 impl<S: Source> Core<S> {
-    pub(super) async fn open_file(self: &Arc<Self>, ino: u64) -> Result<u64, Errno> {
-        let (path, listed_size) = {
-            let state = self.lock();
-            let node = state.inodes.get(ino).ok_or(Errno::ENOENT)?;
-            (state.inodes.path(ino).ok_or(Errno::ENOENT)?, node.attrs.size)
-        };
-        let deadline = self.limits.request_deadline;
-        let handle = self
-            .call("open", &path, deadline, self.source.open_read(&path))
-            .await?;
+    /// Opens a file without asking the remote side: borg (1.2) opens every file, unchanged ones
+    /// too, and checks its files cache against fstat before reading. The remote open happens at
+    /// the first read, so an unchanged file costs no round trip.
+    pub(super) fn open_file(&self, ino: u64) -> Result<u64, Errno> {
+        let mut state = self.lock();
+        let node = state.inodes.get(ino).ok_or(Errno::ENOENT)?;
+        let listed_size = node.attrs.size;
+        let path = state.inodes.path(ino).ok_or(Errno::ENOENT)?;
         let bound = listed_size
             .unwrap_or(0)
             .saturating_add(self.limits.growth_slack)
             .min(self.limits.file_cap);
         let file = Arc::new(OpenFile {
             path,
-            handle: Arc::new(handle),
+            handle: OnceCell::new(),
             bound,
             window: Mutex::new(Window::default()),
             bound_reported: AtomicBool::new(false),
             trickled: AtomicBool::new(false),
         });
-        // The first chunks are on their way before borg's first read arrives.
-        let first = listed_size
-            .unwrap_or(0)
-            .min(self.limits.read_ahead_window)
-            .min(bound);
-        file.schedule_ahead(self, &mut file.lock(), first);
-        let mut state = self.lock();
         let fh = state.next_fh;
         state.next_fh += 1;
         state.files.insert(fh, file);
@@ -88,6 +80,17 @@ impl<S: Source> Core<S> {
 }
 
 impl<H: Send + Sync + 'static> OpenFile<H> {
+    /// The remote handle, opened once by whichever read comes first.
+    async fn handle<S: Source<Handle = H>>(&self, core: &Core<S>) -> Result<&H, Errno> {
+        let deadline = core.limits.request_deadline;
+        let open = core.call("open", &self.path, deadline, core.source.open_read(&self.path));
+        self.handle
+            .get_or_init(|| open)
+            .await
+            .as_ref()
+            .map_err(|errno| *errno)
+    }
+
     /// Reads `[start, start + len)`, asking again after short answers (bounded). A file that
     /// trickled once fails every later read at once.
     async fn read_full<S: Source<Handle = H>>(&self, core: &Core<S>, start: u64, len: u64) -> ChunkResult {
@@ -102,7 +105,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
                 return Ok(Arc::new(data));
             }
             let want = u32::try_from(len - have).unwrap_or(u32::MAX);
-            let read = core.source.read(&self.handle, start + have, want);
+            let read = core.source.read(self.handle(core).await?, start + have, want);
             match core.call("read", &self.path, deadline, read).await? {
                 ReadData::Bytes(bytes) if !bytes.is_empty() => {
                     // More than asked for is a broken peer: keep only what was asked.
@@ -258,7 +261,10 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             return;
         }
         let deadline = core.limits.request_deadline;
-        let probe = core.source.read(&self.handle, self.bound, 1);
+        let Ok(handle) = self.handle(core).await else {
+            return;
+        };
+        let probe = core.source.read(handle, self.bound, 1);
         if let Ok(ReadData::Bytes(bytes)) = core.call("read", &self.path, deadline, probe).await {
             if !bytes.is_empty() && !self.bound_reported.swap(true, Ordering::Relaxed) {
                 core.reporter.add(
@@ -283,7 +289,8 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             tracing::debug!("file still in use at release; remote handle closed with the session");
             return;
         };
-        let Ok(handle) = Arc::try_unwrap(file.handle) else {
+        // Never opened (borg only checked its files cache) or failed to open: nothing to close.
+        let Some(Ok(handle)) = file.handle.into_inner() else {
             return;
         };
         let deadline = core.limits.request_deadline;

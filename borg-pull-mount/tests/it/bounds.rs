@@ -296,17 +296,31 @@ fn the_inode_table_bound_fails_the_listing_that_would_pass_it() {
 }
 
 #[test]
-fn a_stalled_open_fails_with_eio_at_the_deadline() {
+fn a_stalled_remote_open_fails_the_first_read_with_eio_at_the_deadline() {
     let source = with_root(vec![(b"/stuck", Node::Stall { dir: false })]);
     let mounted = mount_source(
-        source,
+        source.clone(),
         MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
     );
     let file = mounted.at().join("stuck");
-    let opened = within(Duration::from_secs(60), move || {
-        std::fs::File::open(file).map(|_| ())
+    let read = within(Duration::from_secs(60), move || {
+        use std::io::Read;
+        // The remote open waits for the first read: borg opens unchanged files too.
+        let mut file = std::fs::File::open(file).expect("a local open");
+        file.read(&mut [0u8; 4096])
     });
-    assert_eq!(opened.map_err(errno).unwrap_err(), Some(EIO));
+    assert_eq!(read.map_err(errno).unwrap_err(), Some(EIO));
+    let opens = source
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(call, _)| *call == "open")
+        .count();
+    assert_eq!(
+        opens, 1,
+        "one remote open, its failure kept for the file's other reads"
+    );
     let problem = &mounted.report().problems[0];
     assert_eq!(problem.path, b"/stuck");
     assert_eq!(
@@ -450,4 +464,26 @@ fn listing_a_directory_lists_its_subdirectories_ahead_of_the_reader() {
         .filter(|(c, p)| *c == "read_dir" && p == b"/a")
         .count();
     assert_eq!(a_listings, 1);
+}
+
+#[test]
+fn opening_and_closing_a_file_without_reading_it_asks_the_remote_side_nothing() {
+    let source = with_root(vec![(b"/endless", Node::Endless { listed: 100 })]);
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
+    );
+    let file = mounted.at().join("endless");
+    let size = within(Duration::from_secs(60), move || {
+        let opened = std::fs::File::open(file).unwrap();
+        opened.metadata().unwrap().len()
+    });
+    assert_eq!(size, 100, "fstat answered from the listing");
+    let calls = source.calls.lock().unwrap().clone();
+    assert!(
+        calls
+            .iter()
+            .all(|(call, _)| *call == "lstat" || *call == "read_dir"),
+        "open, fstat and close of an unread file cost no remote call: {calls:?}"
+    );
 }
