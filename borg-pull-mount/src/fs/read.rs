@@ -43,6 +43,9 @@ pub(crate) struct OpenFile<H> {
     path: Vec<u8>,
     /// The remote handle, opened by the first read (or the failure to open it, kept).
     handle: OnceCell<Result<H, Errno>>,
+    /// The size the listing reported: read ahead up to it (and one probe past it for EOF),
+    /// beyond it only on demand.
+    listed: u64,
     /// Bytes served at most: the listed size plus the slack, or the absolute cap.
     bound: u64,
     window: Mutex<Window>,
@@ -58,15 +61,15 @@ impl<S: Source> Core<S> {
     pub(super) fn open_file(&self, ino: u64) -> Result<u64, Errno> {
         let mut state = self.lock();
         let node = state.inodes.get(ino).ok_or(Errno::ENOENT)?;
-        let listed_size = node.attrs.size;
+        let listed = node.attrs.size.unwrap_or(0);
         let path = state.inodes.path(ino).ok_or(Errno::ENOENT)?;
-        let bound = listed_size
-            .unwrap_or(0)
+        let bound = listed
             .saturating_add(self.limits.growth_slack)
             .min(self.limits.file_cap);
         let file = Arc::new(OpenFile {
             path,
             handle: OnceCell::new(),
+            listed,
             bound,
             window: Mutex::new(Window::default()),
             bound_reported: AtomicBool::new(false),
@@ -128,12 +131,27 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The chunk holding `offset`: `[start, end)` on the grid of `chunk`-sized chunks, with a
+    /// boundary at the listed size too, so that the listed bytes come in full answers and the
+    /// chunk after them is the (cheap) read that finds the end of the file.
+    fn chunk_at(&self, offset: u64, chunk: u64) -> (u64, u64) {
+        let aligned = offset / chunk * chunk;
+        let next = aligned.saturating_add(chunk);
+        let (start, end) = match self.listed {
+            listed if listed > aligned && listed < next && offset < listed => (aligned, listed),
+            listed if listed > aligned && listed < next => (listed, next),
+            _ => (aligned, next),
+        };
+        (start, end.min(self.bound))
+    }
+
     fn spawn_chunk<S: Source<Handle = H>>(
         self: &Arc<Self>,
         core: &Arc<Core<S>>,
         start: u64,
     ) -> JoinHandle<ChunkResult> {
-        let len = u64::from(core.limits.read_chunk).min(self.bound.saturating_sub(start));
+        let (start, end) = self.chunk_at(start, u64::from(core.limits.read_chunk));
+        let len = end - start;
         let (core, file) = (core.clone(), self.clone());
         let cancel = core.cancel.clone();
         core.runtime.clone().spawn(async move {
@@ -152,7 +170,8 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         until: u64,
     ) {
         let chunk = u64::from(core.limits.read_chunk);
-        let until = until.min(self.bound);
+        // Past the listed size (plus the chunk that finds the end) only what is asked is read.
+        let until = until.min(self.chunk_at(self.listed, chunk).1);
         let mut start = window.ahead_to;
         while start < until {
             let Ok(permit) = core.read_ahead_bytes.clone().try_acquire_owned() else {
@@ -165,7 +184,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
                     _permit: Some(permit),
                 });
             }
-            start += chunk;
+            start = self.chunk_at(start, chunk).1;
         }
         window.ahead_to = window.ahead_to.max(start);
     }
@@ -180,9 +199,15 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             self.check_bound(core).await;
             return Ok(Vec::new());
         }
-        let end = offset.saturating_add(u64::from(size)).min(self.bound);
         let chunk = u64::from(core.limits.read_chunk);
-        let first = offset / chunk * chunk;
+        // A read stops at the listed size; past it, one chunk per read: a file that grew is
+        // read on, and the usual end costs only the probe read ahead with the last data.
+        let stop = match offset < self.listed {
+            true => self.listed,
+            false => self.chunk_at(offset, chunk).1,
+        };
+        let end = offset.saturating_add(u64::from(size)).min(stop);
+        let first = self.chunk_at(offset, chunk).0;
         let mut needed = Vec::new();
         {
             let mut window = self.lock();
@@ -217,7 +242,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
                     None => ChunkState::Pending(self.spawn_chunk(core, start)),
                 };
                 needed.push((start, state));
-                start += chunk;
+                start = self.chunk_at(start, chunk).1;
             }
             window.ahead_to = window.ahead_to.max(start);
             self.schedule_ahead(core, &mut window, end.saturating_add(reach));
@@ -234,7 +259,8 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
                 .min(data.len());
             let to = usize::try_from(end - start).unwrap_or(usize::MAX).min(data.len());
             out.extend_from_slice(&data[from..to]);
-            let short = (data.len() as u64) < chunk.min(self.bound - start);
+            let (_, chunk_end) = self.chunk_at(start, chunk);
+            let short = (data.len() as u64) < chunk_end - start;
             if index + 1 == count && (to < data.len()) {
                 // The reader will want the rest of this chunk next.
                 self.lock().chunks.insert(

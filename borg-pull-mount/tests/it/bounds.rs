@@ -20,6 +20,10 @@ enum Node {
     },
     /// A file whose reads return one byte at a time.
     Trickle,
+    /// An honest file of `len` bytes.
+    Sized {
+        len: u64,
+    },
     Link(Vec<u8>),
     /// Every call about it never answers.
     Stall {
@@ -84,6 +88,7 @@ impl Hostile {
             Node::Dir(_) | Node::Stall { dir: true } => dir_attrs(),
             Node::Endless { listed } => file_attrs(*listed),
             Node::Trickle => file_attrs(1 << 20),
+            Node::Sized { len } => file_attrs(*len),
             Node::Link(target) => Attrs {
                 permissions: Some(0o120777),
                 size: Some(target.len() as u64),
@@ -127,8 +132,13 @@ impl Source for Hostile {
         }
     }
 
-    async fn read(&self, handle: &Vec<u8>, _offset: u64, len: u32) -> Result<ReadData, Error> {
+    async fn read(&self, handle: &Vec<u8>, offset: u64, len: u32) -> Result<ReadData, Error> {
         match self.node("read", handle) {
+            Some(Node::Sized { len: size }) if offset < size => Ok(ReadData::Bytes(vec![
+                b's';
+                (size - offset).min(u64::from(len))
+                    as usize
+            ])),
             Some(Node::Endless { .. }) => Ok(ReadData::Bytes(vec![b'x'; len as usize])),
             Some(Node::Trickle) => Ok(ReadData::Bytes(vec![b't'])),
             _ => Ok(ReadData::Eof),
@@ -486,4 +496,45 @@ fn opening_and_closing_a_file_without_reading_it_asks_the_remote_side_nothing() 
             .all(|(call, _)| *call == "lstat" || *call == "read_dir"),
         "open, fstat and close of an unread file cost no remote call: {calls:?}"
     );
+}
+
+#[test]
+fn a_small_file_costs_one_open_and_two_reads_sent_together() {
+    let source = with_root(vec![(b"/small", Node::Sized { len: 1000 })]);
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
+    );
+    let file = mounted.at().join("small");
+    let data = within(Duration::from_secs(60), move || {
+        read_at_most(file, 1 << 20).unwrap()
+    });
+    assert_eq!(data, vec![b's'; 1000]);
+    let calls = source.calls.lock().unwrap().clone();
+    let count = |name: &str| calls.iter().filter(|(call, _)| *call == name).count();
+    // The listed bytes in one full answer and, sent with it, the read that finds the end.
+    assert_eq!((count("open"), count("read")), (1, 2), "{calls:?}");
+}
+
+#[test]
+fn a_big_file_is_read_in_order_with_each_chunk_asked_once() {
+    let source = with_root(vec![(b"/big", Node::Sized { len: 1_000_000 })]);
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
+    );
+    let file = mounted.at().join("big");
+    let data = within(Duration::from_secs(60), move || {
+        read_at_most(file, 2 << 20).unwrap()
+    });
+    assert_eq!(data.len(), 1_000_000);
+    let reads = source
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(call, _)| *call == "read")
+        .count();
+    // 4096-byte chunks: 245 of them hold the data, one more finds the end.
+    assert_eq!(reads, 1_000_000usize.div_ceil(4096) + 1);
 }
