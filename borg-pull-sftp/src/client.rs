@@ -178,7 +178,8 @@ impl Client {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (rd, wr) = tokio::io::split(stream);
-        // Large enough for a 64 KiB DATA reply and its header in one read from the stream.
+        // Many small replies (attributes, listings) per read(2); a large DATA body that finds it
+        // empty goes past it, straight into the buffer handed to the caller.
         let mut rd = BufReader::with_capacity(128 * 1024, rd);
         let mut wr = BufWriter::with_capacity(64 * 1024, wr);
         let timeout = limits.request_timeout;

@@ -1,9 +1,10 @@
 //! The reader task: every reply read within max_packet, matched to its request by id, and
 //! checked (by `reply`) before the caller sees it; the first violation ends the session.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, BufReader};
 
 use super::reply::parse;
 use super::{closed, protocol, read_len, Expect, Fail, Reply, Session};
@@ -91,6 +92,15 @@ async fn read_data<R: AsyncRead + Unpin>(
         return Err(protocol(Violation::DataTooLong { requested, got: n }));
     }
     let mut data = vec![0; n as usize];
-    rd.read_exact(&mut data).await.map_err(closed)?;
+    // What the buffer already holds, then the rest straight from the stream into `data`: one
+    // copy of the file's bytes instead of two (the buffer is empty after the first step).
+    let buffered = rd.buffer();
+    let from_buffer = buffered.len().min(data.len());
+    data[..from_buffer].copy_from_slice(&buffered[..from_buffer]);
+    Pin::new(&mut *rd).consume(from_buffer);
+    rd.get_mut()
+        .read_exact(&mut data[from_buffer..])
+        .await
+        .map_err(closed)?;
     Ok(Ok(Reply::Data(data)))
 }
