@@ -1,5 +1,6 @@
 //! The public client: one SFTP session over a byte stream, shared by its clones.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -8,8 +9,8 @@ use tokio::task::JoinHandle;
 
 use crate::attrs::Attrs;
 use crate::error::{Bound, Error, Op, Request, Violation};
-use crate::limits::{Limits, JOIN_GRACE};
-use crate::session::{self, Expect, Link, Reply, Session};
+use crate::limits::{Limits, JOIN_GRACE, UNANNOUNCED_MAX_READ, UNANNOUNCED_MAX_WRITE, WRITE_WINDOW};
+use crate::session::{self, Expect, Link, Reply, Session, Submitted};
 use crate::wire::{fxp, Fields, Packet};
 
 /// One directory entry: a validated name (no '/', no NUL, not "." or "..") and its attributes
@@ -177,7 +178,8 @@ impl Client {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (rd, wr) = tokio::io::split(stream);
-        // Large enough for a 64 KiB DATA reply and its header in one read from the stream.
+        // Many small replies (attributes, listings) per read(2); a large DATA body that finds it
+        // empty goes past it, straight into the buffer handed to the caller.
         let mut rd = BufReader::with_capacity(128 * 1024, rd);
         let mut wr = BufWriter::with_capacity(64 * 1024, wr);
         let timeout = limits.request_timeout;
@@ -197,18 +199,32 @@ impl Client {
             link,
             extensions,
             server_limits: None,
-            max_read: limits.max_read,
-            max_write: limits.max_write,
+            // A DATA reply is 13 bytes of header and the data: a longer read could never be
+            // answered within max_packet.
+            max_read: limits
+                .max_read
+                .min(UNANNOUNCED_MAX_READ)
+                .min(limits.max_packet.saturating_sub(13))
+                .max(1),
+            max_write: limits.max_write.clamp(1, UNANNOUNCED_MAX_WRITE),
             tasks: Mutex::new(vec![reader, writer]),
         };
         if core.extensions.limits() {
             // Dropping `core` on error ends the session and its tasks.
-            let server = query_limits(&core.link).await?;
-            core.max_read = lower(limits.max_read, server.max_read);
-            // A WRITE carries 4 (handle length) + handle + 8 + 4 + data after its 9-byte header.
-            let write_room = server.max_packet.saturating_sub(9 + 4 + 256 + 8 + 4);
-            core.max_write = lower(lower(limits.max_write, server.max_write), write_room);
-            core.server_limits = Some(server);
+            match query_limits(&core.link).await {
+                Ok(server) => {
+                    let carried = limits.max_read.min(limits.max_packet.saturating_sub(13)).max(1);
+                    core.max_read = lower(carried, server.max_read);
+                    // A WRITE carries 4 (handle length) + handle + 8 + 4 + data after its
+                    // 9-byte header.
+                    let write_room = server.max_packet.saturating_sub(9 + 4 + 256 + 8 + 4);
+                    core.max_write = lower(lower(limits.max_write, server.max_write), write_room);
+                    core.server_limits = Some(server);
+                }
+                // Announced but refused: our own bounds still hold, the session is fine.
+                Err(e) if e.is_status() => tracing::debug!("{e}; using our own read and write sizes"),
+                Err(e) => return Err(e),
+            }
         }
         tracing::debug!(
             max_read = core.max_read,
@@ -423,28 +439,48 @@ impl Client {
         }
     }
 
-    /// Writes `data` at `offset`, in WRITEs of at most [`Client::max_write`] bytes.
+    /// Writes `data` at `offset`, in WRITEs of at most [`Client::max_write`] bytes, up to
+    /// [`WRITE_WINDOW`] of them in flight at once (each with its own deadline).
     pub async fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<(), Error> {
         let chunk = self.core.max_write.max(1) as usize;
+        let window = WRITE_WINDOW
+            .min(self.link().session_limits().max_outstanding)
+            .max(1);
+        let mut in_flight = VecDeque::with_capacity(window);
         let mut at = offset;
         for piece in data.chunks(chunk) {
-            let reply = self
+            if in_flight.len() == window {
+                self.write_done(in_flight.pop_front(), handle).await?;
+            }
+            let capacity = 16 + handle.raw.len() + piece.len();
+            let sent = self
                 .link()
-                .call(
+                .submit(
                     Op::Write,
                     fxp::WRITE,
                     &handle.path,
                     Expect::Status,
-                    16 + handle.raw.len() + piece.len(),
+                    capacity,
                     |p| {
                         p.string(&handle.raw).u64(at).string(piece);
                     },
                 )
                 .await?;
-            expect_ok(Op::Write, reply)?;
+            in_flight.push_back(sent);
             at += piece.len() as u64;
         }
+        // At most `window` left: each pass takes one.
+        while let Some(sent) = in_flight.pop_front() {
+            self.write_done(Some(sent), handle).await?;
+        }
         Ok(())
+    }
+
+    async fn write_done(&self, sent: Option<Submitted<'_>>, handle: &Handle) -> Result<(), Error> {
+        match sent {
+            Some(sent) => expect_ok(Op::Write, sent.wait(&handle.path).await?),
+            None => Ok(()),
+        }
     }
 
     /// Closes a handle.

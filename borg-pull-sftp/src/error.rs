@@ -418,3 +418,19 @@ impl Error {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_request_with_hostile_bytes_escaped() {
+        let e = Error::NoSuchFile {
+            request: Request::new(Op::Lstat, b"/a\nb\xff"),
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"sftp lstat "/a\nb\xff": no such file or directory on the client"#
+        );
+    }
+}

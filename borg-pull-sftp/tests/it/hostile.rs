@@ -536,6 +536,11 @@ async fn a_stalled_server_hits_the_deadline_and_its_late_reply_is_dropped() {
         other => panic!("expected a deadline, got {other:?}"),
     }
     assert_eq!(err.to_errno(), libc::ETIMEDOUT);
+    let message = err.to_string();
+    assert!(
+        message.contains(r#"lstat "/slow""#) && message.contains("stalls"),
+        "{message}"
+    );
     assert_eq!(client.lstat(b"/next").await.unwrap().size, Some(2));
 }
 
@@ -750,4 +755,129 @@ async fn shutdown_fails_the_other_clones_at_once() {
     let other = client.clone();
     client.shutdown().await.unwrap();
     assert!(matches!(other.lstat(b"/x").await, Err(Error::Shutdown)));
+}
+
+#[tokio::test]
+async fn a_refused_limits_request_keeps_our_own_read_size() {
+    let (client, _server) = client(limits(), |mut p| async move {
+        p.version_with(3, &[("limits@openssh.com", "1")]).await;
+        let r = p.expect(EXTENDED).await;
+        p.status(r.id, 8).await;
+        p
+    })
+    .await;
+    assert_eq!(client.server_limits(), None);
+    assert_eq!(client.max_read(), borg_pull_sftp::limits::UNANNOUNCED_MAX_READ);
+    assert_eq!(client.max_write(), borg_pull_sftp::limits::UNANNOUNCED_MAX_WRITE);
+}
+
+#[tokio::test]
+async fn reads_never_ask_for_more_than_max_packet_can_carry() {
+    let (client, _server) = client(
+        Limits {
+            max_packet: 4096,
+            ..limits()
+        },
+        |mut p| async move {
+            p.version().await;
+            p
+        },
+    )
+    .await;
+    assert_eq!(client.max_read(), 4096 - 13);
+}
+
+/// The FUSE mount awaits these futures on a multi-threaded runtime: they must be Send.
+#[allow(dead_code)]
+fn client_futures_are_send(c: borg_pull_sftp::Client, h: borg_pull_sftp::Handle) {
+    fn send<T: Send>(_: T) {}
+    send(c.lstat(b"/"));
+    send(c.stat(b"/"));
+    send(c.read_dir(b"/"));
+    send(c.read_link(b"/"));
+    send(c.open_read(b"/"));
+    send(c.read(&h, 0, 1));
+    send(c.clone().close(h.clone()));
+    send(c.write(&h, 0, b"x"));
+    send(c.shutdown());
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_are_pipelined_up_to_the_window_and_no_further() {
+    let window = borg_pull_sftp::limits::WRITE_WINDOW;
+    let pieces = window + 4;
+    let (client, server) = client(
+        Limits {
+            max_write: 1000,
+            ..limits()
+        },
+        move |mut p| async move {
+            p.version().await;
+            let r = p.expect(OPEN).await;
+            p.handle(r.id, b"h").await;
+            let mut offsets = Vec::new();
+            let mut held = Vec::new();
+            for _ in 0..window {
+                // A client that waited for each reply would never send the second: the probe's
+                // paused-time timeout turns that into a failure instead of a hang.
+                let r = tokio::time::timeout(Duration::from_secs(1), p.expect(WRITE))
+                    .await
+                    .expect("pipelined");
+                held.push(r);
+            }
+            let probe = tokio::time::timeout(Duration::from_secs(1), p.io.read_u8()).await;
+            assert!(probe.is_err(), "a WRITE beyond the window was sent");
+            for _ in 0..pieces {
+                if held.is_empty() {
+                    held.push(p.expect(WRITE).await);
+                }
+                let r = held.remove(0);
+                let n = u32::from_be_bytes(r.body[..4].try_into().unwrap()) as usize;
+                offsets.push(u64::from_be_bytes(r.body[4 + n..12 + n].try_into().unwrap()));
+                p.status(r.id, 0).await;
+            }
+            offsets
+        },
+    )
+    .await;
+    let h = client
+        .open_write(b"/f", borg_pull_sftp::OpenFlags::WRITE, &Default::default())
+        .await
+        .unwrap();
+    client.write(&h, 5, &vec![9; pieces * 1000]).await.unwrap();
+    let want: Vec<u64> = (0..pieces as u64).map(|i| 5 + i * 1000).collect();
+    assert_eq!(server.await.unwrap(), want);
+}
+
+#[tokio::test]
+async fn a_refused_write_fails_the_whole_write() {
+    let (client, _server) = client(
+        Limits {
+            max_write: 10,
+            ..limits()
+        },
+        |mut p| async move {
+            p.version().await;
+            let r = p.expect(OPEN).await;
+            p.handle(r.id, b"h").await;
+            let first = p.expect(WRITE).await;
+            p.status(first.id, 0).await;
+            let second = p.expect(WRITE).await;
+            p.status(second.id, 4).await;
+            // The rest may be in flight; answer whatever comes until the client closes.
+            while let Some(r) = p.request().await {
+                p.status(r.id, 0).await;
+            }
+        },
+    )
+    .await;
+    let h = client
+        .open_write(b"/f", borg_pull_sftp::OpenFlags::WRITE, &Default::default())
+        .await
+        .unwrap();
+    let err = client.write(&h, 0, &[1; 45]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Failure { request, .. } if request.op == Op::Write && request.path == b"/f"),
+        "{err:?}"
+    );
 }

@@ -16,6 +16,7 @@ pub const EXTENDED_REPLY: u8 = 201;
 pub const OPEN: u8 = 3;
 pub const CLOSE: u8 = 4;
 pub const READ: u8 = 5;
+pub const WRITE: u8 = 6;
 pub const LSTAT: u8 = 7;
 pub const OPENDIR: u8 = 11;
 pub const READDIR: u8 = 12;
