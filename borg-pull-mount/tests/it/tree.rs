@@ -224,6 +224,55 @@ fn xattr_probes_are_answered_locally_with_no_data() {
     });
 }
 
+/// Counts fuser's "[Not Implemented]" warnings: what it logs for each call a file system leaves
+/// to fuser's defaults.
+struct NotImplemented;
+
+static NOT_IMPLEMENTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl log::Log for NotImplemented {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.args().to_string().contains("[Not Implemented]") {
+            eprintln!("fuser: {}", record.args());
+            NOT_IMPLEMENTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn calls_the_mount_does_not_support_are_answered_at_once_and_quietly() {
+    let _ = log::set_logger(&NotImplemented).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    let data = tempfile::tempdir().unwrap();
+    let tree = data.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("f"), b"some bytes").unwrap();
+    let mounted = mount_sftp(&tree, Limits::default());
+    let at = mounted.at().to_path_buf();
+    within(Duration::from_secs(60), move || {
+        let file = fs::File::open(at.join("f")).unwrap();
+        // borg asks every file for its flags: SFTP carries none.
+        assert_eq!(rustix::fs::ioctl_getflags(&file), Err(rustix::io::Errno::NOTTY));
+        // Seeking for data and holes, polling, syncing: answered as for a file without holes.
+        assert_eq!(rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(0)), Ok(0));
+        assert_eq!(rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(0)), Ok(10));
+        let mut fds = [rustix::event::PollFd::new(&file, rustix::event::PollFlags::IN)];
+        assert_eq!(rustix::event::poll(&mut fds, None), Ok(1));
+        assert_eq!(rustix::fs::fsync(&file), Ok(()));
+        assert_eq!(fs::read(at.join("f")).unwrap(), b"some bytes");
+    });
+    assert_eq!(
+        NOT_IMPLEMENTED.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "fuser logged calls left to its defaults"
+    );
+}
+
 #[test]
 fn writes_are_refused_as_a_read_only_file_system() {
     let data = tempfile::tempdir().unwrap();
