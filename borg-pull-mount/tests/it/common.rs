@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use borg_pull_mount::{Limits, Mount, MountOptions, Report, Source};
-use borg_pull_sftp::Client;
+use borg_pull_sftp::{Attrs, Client, DirEntry, ReadData};
 use tokio::runtime::Runtime;
 
 pub const SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
@@ -186,9 +186,19 @@ pub fn sftp_server(rt: &Runtime) -> (Client, tokio::process::Child) {
 
 /// `remote_root` of a real sftp-server mounted in a fresh temp dir.
 pub fn mount_sftp(remote_root: &Path, limits: Limits) -> Mounted {
+    mount_sftp_through(remote_root, limits, |client| client)
+}
+
+/// [`mount_sftp`] with the client wrapped by `wrap` (e.g. [`Counting`]).
+pub fn mount_sftp_through<S: Source>(
+    remote_root: &Path,
+    limits: Limits,
+    wrap: impl FnOnce(Client) -> S,
+) -> Mounted {
     let rt = runtime();
     let (dir, mountpoint) = scratch();
     let (client, child) = sftp_server(&rt);
+    let client = wrap(client);
     let options = MountOptions::new(path_bytes(remote_root)).with_limits(limits);
     let mount = rt
         .block_on(Mount::start(client, &mountpoint, options))
@@ -237,5 +247,63 @@ pub fn within<T: Send + 'static>(deadline: Duration, work: impl FnOnce() -> T + 
         Ok(value) => value,
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("file system call still running after {deadline:?}"),
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("file system work panicked (see above)"),
+    }
+}
+
+/// Reads per remote path.
+pub type ReadCounts = Arc<Mutex<std::collections::HashMap<Vec<u8>, usize>>>;
+
+/// A source that passes every call on and counts the reads of each path.
+pub struct Counting<S> {
+    inner: S,
+    pub reads: ReadCounts,
+}
+
+impl<S> Counting<S> {
+    pub fn new(inner: S) -> Self {
+        Counting {
+            inner,
+            reads: ReadCounts::default(),
+        }
+    }
+}
+
+impl<S: Source> Source for Counting<S> {
+    /// The inner handle and the path it was opened with.
+    type Handle = (S::Handle, Vec<u8>);
+
+    async fn lstat(&self, path: &[u8]) -> Result<Attrs, borg_pull_sftp::Error> {
+        self.inner.lstat(path).await
+    }
+
+    async fn read_dir(&self, path: &[u8]) -> Result<Vec<DirEntry>, borg_pull_sftp::Error> {
+        self.inner.read_dir(path).await
+    }
+
+    async fn read_link(&self, path: &[u8]) -> Result<Vec<u8>, borg_pull_sftp::Error> {
+        self.inner.read_link(path).await
+    }
+
+    async fn open_read(&self, path: &[u8]) -> Result<Self::Handle, borg_pull_sftp::Error> {
+        Ok((self.inner.open_read(path).await?, path.to_vec()))
+    }
+
+    async fn read(
+        &self,
+        handle: &Self::Handle,
+        offset: u64,
+        len: u32,
+    ) -> Result<ReadData, borg_pull_sftp::Error> {
+        *self
+            .reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(handle.1.clone())
+            .or_default() += 1;
+        self.inner.read(&handle.0, offset, len).await
+    }
+
+    async fn close(&self, handle: Self::Handle) -> Result<(), borg_pull_sftp::Error> {
+        self.inner.close(handle.0).await
     }
 }
