@@ -153,19 +153,49 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
         );
         if seen.kind == "file" {
             let name = OsStr::from_bytes(name);
-            let (a, b) = (
-                fs::read(expected.join(name)).unwrap(),
-                fs::read(actual.join(name)).unwrap(),
-            );
-            assert!(
-                a == b,
-                "content of {} differs ({} vs {} bytes)",
-                name.to_string_lossy(),
-                a.len(),
-                b.len()
-            );
+            assert_same_bytes(&expected.join(name), &actual.join(name));
         }
     }
+}
+
+/// Both files hold the same bytes, compared a MiB at a time (the tests' memory stays small: the
+/// hostile-source tests bound the whole process's).
+fn assert_same_bytes(expected: &Path, actual: &Path) {
+    let (mut a, mut b) = (fs::File::open(expected).unwrap(), fs::File::open(actual).unwrap());
+    let (mut block_a, mut block_b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let size = fs::metadata(expected).unwrap().len();
+    let mut at = 0u64;
+    // One pass per MiB of the expected file, and one more to see both end together.
+    for _ in 0..=size.div_ceil(1 << 20) {
+        let n = read_block(&mut a, &mut block_a);
+        let m = read_block(&mut b, &mut block_b);
+        assert!(
+            block_a[..n] == block_b[..m],
+            "content of {} differs in the MiB at {at} ({n} vs {m} bytes)",
+            actual.display()
+        );
+        if n == 0 {
+            return;
+        }
+        at += n as u64;
+    }
+    panic!("{} goes on past {size} bytes", actual.display());
+}
+
+/// Fills `block` as far as the file goes (bounded: each pass reads at least a byte or ends).
+fn read_block(file: &mut fs::File, block: &mut [u8]) -> usize {
+    use std::io::Read;
+    let mut filled = 0;
+    for _ in 0..block.len() {
+        match file.read(&mut block[filled..]).unwrap() {
+            0 => break,
+            n => filled += n,
+        }
+        if filled == block.len() {
+            break;
+        }
+    }
+    filled
 }
 
 #[test]
