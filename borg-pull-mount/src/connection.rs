@@ -26,8 +26,10 @@ pub(crate) struct Connection {
 
 #[derive(Debug, Default)]
 enum Held {
-    /// Not mounted yet, or the mount's root could not be opened (then nothing can be aborted).
+    /// Not mounted (yet, or the mount failed).
     #[default]
+    NotMounted,
+    /// Mounted, but its root could not be opened: nothing can be aborted.
     Unknown,
     /// The mount's root, holding the number.
     Root { _root: OwnedFd, number: u32 },
@@ -55,8 +57,14 @@ impl Connection {
             Err(error) => {
                 tracing::warn!(mountpoint = %mountpoint.display(), %error,
                     "cannot hold the mount's root: a stuck request could not be aborted");
+                *self.lock() = Held::Unknown;
             }
         }
+    }
+
+    /// Whether the mount was made (a session that ends before has nothing to clean up).
+    pub(crate) fn was_mounted(&self) -> bool {
+        !matches!(*self.lock(), Held::NotMounted)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {

@@ -197,8 +197,9 @@ pub(crate) struct SessionEnd {
 
 impl Drop for SessionEnd {
     fn drop(&mut self) {
-        // A stop cancels first and then ends the session; anything else ended it under us.
-        if self.cancel.is_cancelled() {
+        // A stop cancels first and then ends the session; a failed mount had no session to end;
+        // anything else ended it under us.
+        if self.cancel.is_cancelled() || !self.connection.was_mounted() {
             return;
         }
         tracing::warn!("the FUSE session ended while mounted; its requests are answered with errors");
