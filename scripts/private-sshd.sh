@@ -1,6 +1,6 @@
 # Sourced by scripts/demo and the benches: the pieces of a private OpenSSH sshd on loopback (its
 # own host key, authorized_keys, pid file and port in a temp dir, so the machine's own ssh set-up
-# is never touched). The tests have the same in Rust: borg-pull-cli/tests/sshd/mod.rs.
+# is never touched). The tests have the same in Rust: borg-pull-testkit/src/sshd.rs.
 
 # private_sshd_prepare DIR: host and client ed25519 keys, authorized_keys, a free loopback port
 # (sets PORT) and DIR/sshd_config; extra sshd_config lines come from stdin.

@@ -27,6 +27,7 @@ pub mod child;
 pub mod error;
 pub mod limits;
 pub mod listen;
+mod probe;
 pub mod relay;
 pub mod rsh;
 mod safe_dir;

@@ -6,10 +6,6 @@
 //! client's `BORG_REPO` and `BORG_RSH`/`BORGSTORE_RSH` (see `borg_pull_tunnel`).
 
 use std::fmt;
-use std::path::Path;
-use std::process::{Command, Stdio};
-
-use crate::{Error, Result};
 
 /// A borg version: `major.minor.patch` and a pre-release tag such as `b25` or `rc1`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -63,31 +59,6 @@ impl BorgVersion {
             patch,
             pre,
         })
-    }
-
-    /// Runs `program --version` and parses what it prints.
-    ///
-    /// Blocking (borg's start-up, a fraction of a second); done once per program at start-up.
-    pub fn probe(program: &Path) -> Result<Self> {
-        let output = Command::new(program)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| Error::SpawnBorgVersion {
-                program: program.to_owned(),
-                source,
-            })?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        match Self::parse(&text) {
-            Some(v) if output.status.success() => Ok(v),
-            _ => Err(Error::BorgVersionUnknown {
-                program: program.to_owned(),
-                output: crate::text::escape_lines(
-                    &[&output.stdout[..], &output.stderr[..]].concat(),
-                    crate::limits::LOG_LINE_MAX,
-                ),
-            }),
-        }
     }
 }
 

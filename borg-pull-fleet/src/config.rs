@@ -36,12 +36,15 @@ use borg_pull_tunnel::local::passphrase::{Passphrase, SecretSources};
 use borg_pull_tunnel::ssh::cipher::CipherChoice;
 use tokio_util::sync::CancellationToken;
 
-use crate::schedule::{self, Backoff, Hours, Schedule};
 use crate::time_text::parse_duration;
 
+pub(crate) mod notify;
 mod policy;
+pub(crate) mod schedule;
 mod ssh_config;
+use notify::{NotifyConfig, RawNotify};
 pub use policy::{CheckPolicy, Retention};
+use schedule::{Backoff, Hours, Schedule};
 use ssh_config::read_ssh_config;
 pub use ssh_config::{HostSettings, SshConfig};
 
@@ -55,7 +58,7 @@ pub struct Fleet {
     /// The clients, in file order, with `[defaults]` applied.
     pub clients: Vec<Client>,
     /// The `[notify]` table (empty: no notifications).
-    pub notify: crate::notify::NotifyConfig,
+    pub notify: NotifyConfig,
 }
 
 /// The `[server]` table.
@@ -303,7 +306,7 @@ pub fn parse_with_home(text: &str, path: &Path, home: Option<&Path>) -> Result<F
         clients.push(client);
     }
     let notify = match raw.notify {
-        None => crate::notify::NotifyConfig::default(),
+        None => NotifyConfig::default(),
         Some(table) => {
             let span = table.span();
             table
@@ -336,7 +339,7 @@ struct RawFile {
     defaults: Option<toml::Spanned<RawClient>>,
     #[serde(default)]
     client: Vec<toml::Spanned<RawClient>>,
-    notify: Option<toml::Spanned<crate::notify::RawNotify>>,
+    notify: Option<toml::Spanned<RawNotify>>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

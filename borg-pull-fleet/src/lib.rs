@@ -24,6 +24,7 @@
 
 mod atomic_file;
 pub mod check;
+mod client_result;
 pub mod config;
 pub mod history;
 pub mod limits;
@@ -38,3 +39,4 @@ mod server_borg;
 pub mod state;
 pub mod status;
 pub mod time_text;
+mod zone;

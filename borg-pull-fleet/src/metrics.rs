@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::atomic_file::write_atomically;
 use crate::config::Fleet;
-use crate::retention::unix_now;
 use crate::schedule::{standing, Health, Standing};
 use crate::state::{ClientState, StateStore};
 use crate::status::{ClientStatus, RepoSize};
+use crate::time_text::unix_now;
 
 /// One sample of a metric for one client: the `step` label when it has one, and the value.
 type Sample = (Option<&'static str>, String);

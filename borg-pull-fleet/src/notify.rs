@@ -23,45 +23,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::client_result::ClientResult;
+pub use crate::config::notify::{Endpoint, Event, NotifyConfig, DEFAULT_EVENTS, DEFAULT_SENDMAIL};
 use crate::config::{Client, Fleet};
 use crate::limits::{
     MAX_NOTIFY_STDERR, MAX_PING_BODY, NOTIFY_DRAIN, NOTIFY_RETRY_DELAY, NOTIFY_TIMEOUT, OVERDUE_REPEAT,
     SYSTEM_CA_BUNDLE,
 };
-use crate::run::ClientResult;
 use crate::schedule::{standing, Health};
 use crate::state::{ClientState, StateStore};
 
-/// What a notification is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Event {
-    /// A client's run failed (our error, borg's rc 2 or more, or retention failed).
-    Failure,
-    /// The first success after failures in a row, or after an overdue alert.
-    Recovery,
-    /// No success within the client's `max_age`.
-    Overdue,
-    /// Every run: its summary.
-    Run,
-}
-
+// How ntfy shows an event: a sending matter, so beside the sending rather than the config.
 impl Event {
-    /// `failure`, `recovery`, `overdue`, `run`: as the config and the JSON write it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::Failure => "failure",
-            Event::Recovery => "recovery",
-            Event::Overdue => "overdue",
-            Event::Run => "run",
-        }
-    }
-
     /// ntfy's priority: a failure or a stale backup needs someone; the rest is news.
     fn ntfy_priority(self) -> &'static str {
         match self {
@@ -79,233 +56,6 @@ impl Event {
             Event::Recovery => "white_check_mark,borg-pull",
             Event::Run => "floppy_disk,borg-pull",
         }
-    }
-}
-
-/// The events notified when `events` is unset.
-pub const DEFAULT_EVENTS: [Event; 3] = [Event::Failure, Event::Recovery, Event::Overdue];
-
-/// An `http://` or `https://` URL from the config. Its path, query and any user info may be a
-/// secret: `Display` and `Debug` show `scheme://host[:port]/…` only.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    url: String,
-    /// `scheme://host[:port]`, without user info.
-    shown: String,
-}
-
-impl Endpoint {
-    /// Checks `url`: `http://` or `https://`, a host, no white space or control characters. The
-    /// error never repeats the URL.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (scheme, rest) = match url.split_once("://") {
-            Some((s, rest)) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {
-                (s.to_ascii_lowercase(), rest)
-            }
-            _ => return Err("expected an http:// or https:// URL".into()),
-        };
-        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
-                "the {scheme}:// URL holds white space or control characters (percent-encode them)"
-            ));
-        }
-        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        if host.is_empty() || host.starts_with(':') {
-            return Err(format!("the {scheme}:// URL names no host"));
-        }
-        Ok(Self {
-            url: url.to_owned(),
-            shown: format!("{scheme}://{host}"),
-        })
-    }
-
-    /// The whole URL, secret parts included: only for sending.
-    fn secret_url(&self) -> &str {
-        &self.url
-    }
-
-    /// `scheme://host[:port]`: safe to show.
-    pub fn origin(&self) -> &str {
-        &self.shown
-    }
-
-    /// The URL with `suffix` added to its path (before any query): Healthchecks' `/start` and
-    /// `/fail`.
-    fn with_path_suffix(&self, suffix: &str) -> Endpoint {
-        let (base, query) = match self.url.split_once('?') {
-            Some((b, q)) => (b, Some(q)),
-            None => (self.url.as_str(), None),
-        };
-        let mut url = base.trim_end_matches('/').to_owned();
-        url.push_str(suffix);
-        if let Some(q) = query {
-            url.push('?');
-            url.push_str(q);
-        }
-        Endpoint {
-            url,
-            shown: self.shown.clone(),
-        }
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/…", self.shown)
-    }
-}
-
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Endpoint({self})")
-    }
-}
-
-/// The `[notify]` table, validated. Nothing set: no notification at all.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NotifyConfig {
-    /// `webhook`: a JSON POST per event of a run.
-    pub webhook: Option<Endpoint>,
-    /// `ntfy`: the topic's URL.
-    pub ntfy: Option<Endpoint>,
-    /// `healthchecks`: the ping URL per client, `{client}` replaced by the client's name (e.g.
-    /// Healthchecks' `https://hc-ping.com/PING_KEY/{client}`); without `{client}` every client
-    /// pings the same check.
-    pub healthchecks: Option<Endpoint>,
-    /// `mail_to`: recipients of mail through [`Self::sendmail`].
-    pub mail_to: Vec<String>,
-    /// `sendmail`: the program and its first arguments (`-t -oi` are added; no shell).
-    pub sendmail: Vec<String>,
-    /// `events`: what is sent through the webhook, ntfy and mail (Healthchecks pings are sent for
-    /// every run of every client).
-    pub events: Vec<Event>,
-    /// `ca_file`: a PEM bundle trusted for https:// instead of the system's.
-    pub ca_file: Option<PathBuf>,
-}
-
-/// `sendmail` when unset: where every Debian MTA puts its sendmail interface.
-pub const DEFAULT_SENDMAIL: &str = "/usr/sbin/sendmail";
-
-impl NotifyConfig {
-    /// Whether any channel is configured.
-    pub fn is_empty(&self) -> bool {
-        self.webhook.is_none()
-            && self.ntfy.is_none()
-            && self.healthchecks.is_none()
-            && self.mail_to.is_empty()
-    }
-
-    /// One line naming the channels and events, URLs shown as `scheme://host/…` only
-    /// (`check-config`); `None` when nothing is configured.
-    pub fn describe(&self) -> Option<String> {
-        if self.is_empty() {
-            return None;
-        }
-        let mut parts = Vec::new();
-        for (name, e) in [
-            ("webhook", &self.webhook),
-            ("ntfy", &self.ntfy),
-            ("healthchecks", &self.healthchecks),
-        ] {
-            if let Some(e) = e {
-                parts.push(format!("{name} {e}"));
-            }
-        }
-        if !self.mail_to.is_empty() {
-            parts.push(format!(
-                "mail to {} via {}",
-                self.mail_to.join(", "),
-                self.sendmail[0]
-            ));
-        }
-        let events: Vec<&str> = self.events.iter().map(|e| e.as_str()).collect();
-        Some(format!("{}; events: {}", parts.join(", "), events.join(", ")))
-    }
-
-    /// Whether a URL is configured (its path or query may be a token).
-    pub fn has_urls(&self) -> bool {
-        self.webhook.is_some() || self.ntfy.is_some() || self.healthchecks.is_some()
-    }
-
-    /// Whether `event` goes out through the webhook, ntfy and mail.
-    pub fn wants(&self, event: Event) -> bool {
-        self.events.contains(&event)
-    }
-}
-
-/// `sendmail = "/usr/sbin/sendmail"` or `["exim4", "-C", "/etc/x.conf"]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum RawCommand {
-    One(String),
-    Argv(Vec<String>),
-}
-
-/// The `[notify]` table as written.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawNotify {
-    webhook: Option<String>,
-    ntfy: Option<String>,
-    healthchecks: Option<String>,
-    mail_to: Option<Vec<String>>,
-    sendmail: Option<RawCommand>,
-    events: Option<Vec<Event>>,
-    ca_file: Option<PathBuf>,
-}
-
-impl RawNotify {
-    /// Validates the table; an error names the key and what is wrong, never a URL's secret part.
-    pub(crate) fn validate(self) -> Result<NotifyConfig, (&'static str, String)> {
-        let url = |key: &'static str, v: Option<String>| {
-            v.map(|u| Endpoint::parse(&u).map_err(|e| (key, e))).transpose()
-        };
-        let webhook = url("webhook", self.webhook)?;
-        let ntfy = url("ntfy", self.ntfy)?;
-        let healthchecks = url("healthchecks", self.healthchecks)?;
-        let mail_to = self.mail_to.unwrap_or_default();
-        for to in &mail_to {
-            let plain = !to.is_empty()
-                && to.contains('@')
-                && !to
-                    .chars()
-                    .any(|c| c.is_control() || c.is_whitespace() || c == ',');
-            if !plain {
-                return Err((
-                    "mail_to",
-                    format!("{to:?} is not one plain address (user@host, one per list item)"),
-                ));
-            }
-        }
-        let sendmail_set = self.sendmail.is_some();
-        let sendmail = match self.sendmail {
-            None => vec![DEFAULT_SENDMAIL.to_owned()],
-            Some(RawCommand::One(p)) => vec![p],
-            Some(RawCommand::Argv(argv)) => argv,
-        };
-        if sendmail.first().is_none_or(|p| p.is_empty()) {
-            return Err(("sendmail", "names no program".into()));
-        }
-        if mail_to.is_empty() && sendmail_set {
-            // Nothing would ever be mailed: the operator meant mail and forgot whom to.
-            return Err((
-                "sendmail",
-                "is set but mail_to names no recipient: add mail_to = [\"ops@example.org\"]".into(),
-            ));
-        }
-        let mut events = self.events.unwrap_or_else(|| DEFAULT_EVENTS.to_vec());
-        events.sort();
-        events.dedup();
-        Ok(NotifyConfig {
-            webhook,
-            ntfy,
-            healthchecks,
-            mail_to,
-            sendmail,
-            events,
-            ca_file: self.ca_file,
-        })
     }
 }
 
@@ -402,7 +152,7 @@ impl Notifier {
 
     fn ping_url(&self, client: &str) -> Option<Endpoint> {
         let base = self.config.healthchecks.as_ref()?;
-        let url = base.url.replace("{client}", client);
+        let url = base.secret_url().replace("{client}", client);
         Endpoint::parse(&url).ok()
     }
 
@@ -808,7 +558,7 @@ pub async fn after_run(
     before: &BTreeMap<String, ClientState>,
     store: Option<&StateStore>,
 ) {
-    let now = crate::retention::unix_now();
+    let now = crate::time_text::unix_now();
     let mut alerts = run_alerts(&fleet.clients, results, before, now);
     if let Some(store) = store {
         // A client that succeeded now clears its overdue mark here (it is no longer overdue).
@@ -825,7 +575,7 @@ pub async fn from_status(fleet: &Fleet, store: &StateStore) -> usize {
     let Some(notifier) = Notifier::new(&fleet.notify) else {
         return 0;
     };
-    let alerts = overdue_alerts(&fleet.clients, store, crate::retention::unix_now());
+    let alerts = overdue_alerts(&fleet.clients, store, crate::time_text::unix_now());
     notifier.alert(&alerts, None);
     notifier.finish().await;
     alerts.len()
@@ -896,33 +646,6 @@ mod tests {
             !scrubbed.contains("SECRET") && !scrubbed.contains("TOKEN"),
             "{scrubbed}"
         );
-    }
-
-    #[test]
-    fn raw_table_validates() {
-        let ok: RawNotify = toml::from_str(
-            "webhook = \"http://127.0.0.1:9/hook/SECRET\"\nmail_to = [\"ops@example.org\"]\nsendmail = [\"exim4\", \"-C\", \"/x\"]\nevents = [\"run\", \"failure\", \"run\"]\n",
-        )
-        .unwrap();
-        let c = ok.validate().unwrap();
-        assert_eq!(c.events, vec![Event::Failure, Event::Run]);
-        assert_eq!(c.sendmail, ["exim4", "-C", "/x"]);
-        let c: NotifyConfig = toml::from_str::<RawNotify>("").unwrap().validate().unwrap();
-        assert!(c.is_empty());
-        assert_eq!(c.events, DEFAULT_EVENTS.to_vec());
-        assert_eq!(c.sendmail, [DEFAULT_SENDMAIL]);
-        let e = toml::from_str::<RawNotify>("ntfy = \"gopher://x/SECRET\"")
-            .unwrap()
-            .validate()
-            .unwrap_err();
-        assert_eq!(e.0, "ntfy");
-        assert!(!e.1.contains("SECRET"));
-        let e = toml::from_str::<RawNotify>("mail_to = [\"a@b, c@d\"]")
-            .unwrap()
-            .validate()
-            .unwrap_err();
-        assert_eq!(e.0, "mail_to");
-        assert!(toml::from_str::<RawNotify>("events = [\"sometimes\"]").is_err());
     }
 
     fn clients() -> Vec<Client> {

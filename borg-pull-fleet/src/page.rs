@@ -25,9 +25,9 @@ use crate::config::Fleet;
 use crate::history::{History, HistoryRecord};
 use crate::limits::{PAGE_CHART_RUNS, PAGE_MAX_ERROR_CHARS};
 use crate::progress::{human_bytes, short_duration};
-use crate::retention::unix_now;
 use crate::schedule::Health;
 use crate::state::StateStore;
+use crate::time_text::unix_now;
 use crate::time_text::utc_minutes as utc;
 
 /// What the page shows of one client.

@@ -22,16 +22,19 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use borg_pull_core::text::escape_for_log;
 use tracing::{info, warn};
 
 pub use crate::config::{CheckPolicy, Retention};
+// Defined in `state` (which records it, below this module); named here as retention's result.
 use crate::config::{Client, ServerSettings};
 use crate::limits::{BorgLimits, MAX_ARCHIVE_IDS, RETENTION_LOCK_WAIT_SECS};
 use crate::server_borg::BorgRun;
 use crate::state::ClientState;
+pub use crate::state::RetentionOutcome;
+use crate::time_text::unix_now;
 
 // Here, not beside the type in `config`: it reads the client's run state, and `config` stays free
 // of `state` and `retention` (imports run one way: run → retention → server_borg → config).
@@ -51,28 +54,6 @@ impl CheckPolicy {
                 }
         });
         by_runs || by_days
-    }
-}
-
-/// What [`after_create`] ran: each step's borg exit code (128 + N if ended by signal N, e.g. 143
-/// after a timeout), `None` when the step did not run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RetentionOutcome {
-    /// `borg prune`.
-    pub pruned: Option<i32>,
-    /// `borg compact`.
-    pub compacted: Option<i32>,
-    /// `borg check`.
-    pub checked: Option<i32>,
-    /// One message per step that failed (could not start, timed out, or borg reported an error),
-    /// e.g. `"borg prune exited with 2: Repository /srv/borg/x is locked"`; also logged.
-    pub errors: Vec<String>,
-}
-
-impl RetentionOutcome {
-    /// Every step that ran succeeded (borg's 0 or 1).
-    pub fn ok(&self) -> bool {
-        self.errors.is_empty()
     }
 }
 
@@ -402,13 +383,6 @@ fn record(
             (None, false)
         }
     }
-}
-
-/// Seconds since the Unix epoch (0 for a clock before 1970).
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use std::io::Write;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use borg_pull_tunnel::jobs::pull::{pull_with_output, PullEnv};
 use tokio::io::AsyncWrite;
@@ -42,6 +42,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
+pub use crate::client_result::ClientResult;
+use crate::client_result::{unix_secs, INTERNAL_FAILURE};
 use crate::config::{Client, Fleet};
 use crate::history::{ArchiveStats, History, HistoryRecord};
 use crate::limits::{BorgLimits, REDRAW_INTERVAL};
@@ -58,10 +60,6 @@ use crate::time_text::utc;
 /// The longest output line passed on whole; longer lines are cut there and marked. borg's own
 /// lines are short; this bounds what a client printing without newlines can make us hold.
 pub const MAX_LINE: usize = 64 * 1024;
-
-/// The code of a pull task that panicked: borg-pull's "any other failure" (`exit::FAILURE` of
-/// borg-pull-cli).
-const INTERNAL_FAILURE: u8 = 201;
 
 /// Maps a pull error to borg-pull's exit code and the message to show (the binary owns both:
 /// the code table and the hints naming the fix).
@@ -282,79 +280,6 @@ impl AsyncWrite for PrefixWriter {
     }
 }
 
-/// How one client's pull ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientResult {
-    /// The client's name.
-    pub name: String,
-    /// The archive: borg's `Archive name:` line (`create --stats`), else the `::NAME` argument
-    /// as written (placeholders unexpanded).
-    pub archive: Option<String>,
-    /// When its pull started (or was given up, if it never started).
-    pub started: SystemTime,
-    /// How long it took.
-    pub duration: Duration,
-    /// Bytes the client sent to `borg serve`.
-    pub bytes_sent: u64,
-    /// borg's exit code on the client, if borg ran to the end.
-    pub borg_rc: Option<i32>,
-    /// borg-pull's own failure: exit code (200 and up) and message.
-    pub error: Option<(u8, String)>,
-    /// What failed of prune, compact and check on the server after a successful create (or
-    /// why it could not be told whether the job created an archive).
-    pub retention_errors: Vec<String>,
-    /// What retention did: ran (with each step's code), skipped and why, or not configured.
-    pub retention: RetentionResult,
-}
-
-impl ClientResult {
-    /// The exit code this result alone would give: ours, else borg's.
-    /// A failed prune, compact or check after a successful create counts as "any other
-    /// failure" (201): the backup is there, but the repository needs an operator.
-    pub fn code(&self) -> u8 {
-        match (&self.error, self.borg_rc) {
-            (Some((code, _)), _) => *code,
-            (None, Some(0 | 1)) if !self.retention_errors.is_empty() => INTERNAL_FAILURE,
-            (None, Some(rc)) => u8::try_from(rc).unwrap_or(255),
-            (None, None) => 0,
-        }
-    }
-}
-
-impl serde::Serialize for ClientResult {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(serde::Serialize)]
-        struct Json<'a> {
-            client: &'a str,
-            archive: Option<&'a str>,
-            /// Unix seconds.
-            started: u64,
-            duration_secs: f64,
-            bytes_sent: u64,
-            borg_rc: Option<i32>,
-            error: Option<crate::state::ErrorJson<'a>>,
-            retention_errors: &'a [String],
-            retention: &'a RetentionResult,
-        }
-        Json {
-            client: &self.name,
-            archive: self.archive.as_deref(),
-            started: unix_secs(self.started),
-            duration_secs: self.duration.as_secs_f64(),
-            bytes_sent: self.bytes_sent,
-            borg_rc: self.borg_rc,
-            error: self.error.as_ref().map(Into::into),
-            retention_errors: &self.retention_errors,
-            retention: &self.retention,
-        }
-        .serialize(s)
-    }
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 /// The exit status of a run: any borg-pull error beats borg's codes (the highest of ours when
 /// several clients failed), then the highest borg code (2 error > 1 warning > 0). 0 for no
 /// clients.
@@ -440,7 +365,7 @@ pub async fn run_due(
         .filter(|c| names.is_empty() || names.contains(&c.name));
     let store = StateStore::open(&fleet.server.state_dir).ok();
     let state_of = |name: &str| store.as_ref().map(|s| s.load(name)).unwrap_or_default();
-    let now = crate::retention::unix_now();
+    let now = crate::time_text::unix_now();
     let selection = select_due(selected, now, Zone::local(), state_of);
     for (client, standing) in &selection.not_due {
         let next = standing.next_due.map_or_else(|| "-".into(), utc);
@@ -885,7 +810,7 @@ impl Job {
         // borg's process group (borg rolls the transaction back on the next access).
         tokio::select! {
             outcome = after_create_observed(&self.client, &self.server, state, &limits, &on_step) => {
-                state.record_retention(&outcome, crate::retention::unix_now());
+                state.record_retention(&outcome, crate::time_text::unix_now());
                 let errors = outcome.errors.clone();
                 (RetentionResult::Ran(outcome), errors)
             }

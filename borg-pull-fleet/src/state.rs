@@ -23,7 +23,6 @@ use tracing::warn;
 
 use crate::atomic_file::{lock_exclusive, write_atomically};
 use crate::limits::STATE_LOCK_WAIT;
-use crate::retention::RetentionOutcome;
 
 /// The largest state file read: a record is a few hundred bytes (an error message is the longest
 /// part); anything much larger is not ours.
@@ -200,7 +199,7 @@ pub struct RepoReading {
     /// The newest archive's time, Unix seconds.
     pub newest_time: Option<u64>,
     /// The repository's size (`borg info --json`); absent when it could not be read.
-    pub size: Option<crate::status::RepoSize>,
+    pub size: Option<RepoSize>,
     /// Why the repository could not be listed, cut to [`MAX_READING_TEXT`] bytes.
     pub error: Option<String>,
 }
@@ -215,11 +214,7 @@ pub const MAX_READING_TEXT: usize = 4096;
 impl RepoReading {
     /// A reading taken at `at`: the newest archive (or the error) and the size, texts cut to
     /// [`MAX_READING_TEXT`].
-    pub fn new(
-        at: u64,
-        newest: Result<Option<(String, u64)>, String>,
-        size: Option<crate::status::RepoSize>,
-    ) -> Self {
+    pub fn new(at: u64, newest: Result<Option<(String, u64)>, String>, size: Option<RepoSize>) -> Self {
         let (newest, error) = match newest {
             Ok(newest) => (newest, None),
             Err(e) => (None, Some(cut(e))),
@@ -482,4 +477,40 @@ pub struct RunRecord {
         default
     )]
     pub error: Option<(u8, String)>,
+}
+
+/// What [`crate::retention::after_create`] ran: each step's borg exit code (128 + N if ended by signal N, e.g. 143
+/// after a timeout), `None` when the step did not run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// `borg prune`.
+    pub pruned: Option<i32>,
+    /// `borg compact`.
+    pub compacted: Option<i32>,
+    /// `borg check`.
+    pub checked: Option<i32>,
+    /// One message per step that failed (could not start, timed out, or borg reported an error),
+    /// e.g. `"borg prune exited with 2: Repository /srv/borg/x is locked"`; also logged.
+    pub errors: Vec<String>,
+}
+
+impl RetentionOutcome {
+    /// Every step that ran succeeded (borg's 0 or 1).
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// A repository's size as borg's `info --json` gives it (`cache.stats`, bytes). borg 1.x gives
+/// all four; a field borg does not give (borg 2 dropped the compressed sizes) stays absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RepoSize {
+    /// Deduplicated and compressed: what the repository holds on disk.
+    pub unique_csize: Option<u64>,
+    /// Deduplicated, before compression.
+    pub unique_size: Option<u64>,
+    /// Every archive's compressed size added up, as if nothing were shared.
+    pub total_csize: Option<u64>,
+    /// Every archive's original size added up.
+    pub total_size: Option<u64>,
 }

@@ -22,11 +22,13 @@ use tokio::task::JoinSet;
 
 use crate::config::{Client, Fleet, ServerSettings};
 use crate::limits::{BorgLimits, LIST_LOCK_WAIT_SECS, MAX_INFO_JSON, MAX_LIST_JSON, READING_MAX_AGE};
-use crate::retention::unix_now;
 use crate::schedule::{standing, Standing};
 use crate::server_borg::BorgRun;
 use crate::state::{Attempt, ClientState, Outcome, RepoReading, RetentionResults, RunRecord, StateStore};
-use crate::time_text::utc_minutes;
+use crate::time_text::{unix_now, utc_minutes};
+
+/// Kept here too (it moved down to [`crate::state`], which stores each reading's size).
+pub use crate::state::RepoSize;
 use tracing::{debug, info, warn};
 
 /// One client's status.
@@ -64,20 +66,6 @@ pub struct ClientStatus {
     /// How long ago its last successful pull started.
     #[serde(rename = "last_success_age_seconds", serialize_with = "serialize_secs_opt")]
     pub last_success_age: Option<Duration>,
-}
-
-/// A repository's size as borg's `info --json` gives it (`cache.stats`, bytes). borg 1.x gives
-/// all four; a field borg does not give (borg 2 dropped the compressed sizes) stays absent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct RepoSize {
-    /// Deduplicated and compressed: what the repository holds on disk.
-    pub unique_csize: Option<u64>,
-    /// Deduplicated, before compression.
-    pub unique_size: Option<u64>,
-    /// Every archive's compressed size added up, as if nothing were shared.
-    pub total_csize: Option<u64>,
-    /// Every archive's original size added up.
-    pub total_size: Option<u64>,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -2,7 +2,7 @@
 //! lines) and dates in UTC (summaries, `status`, the page). One copy each, shared by the fleet
 //! and the binaries.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `N`, `Ns`, `Nm`, `Nh` or `Nd` with N > 0 (`pull --max-runtime`, `max_age`, `every`, ...).
 ///
@@ -73,6 +73,13 @@ pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// Seconds since the Unix epoch (0 for a clock before 1970).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -735,7 +735,7 @@ pub enum Error {
         /// The client's sshd.
         peer: Peer,
         /// What was asked for.
-        choice: crate::ssh::cipher::CipherChoice,
+        choice: CipherOffer,
         /// The ciphers we offered, comma-separated.
         ours: String,
         /// The ciphers the sshd offered, comma-separated, escaped and cut at
@@ -803,6 +803,33 @@ pub enum Error {
         /// The limit.
         secs: u64,
     },
+}
+
+/// What we offered the client's sshd (for [`Error::CipherNotOffered`]): `--cipher` / `cipher =`
+/// as plain data, so that this module stays underneath ssh/ (whose `CipherChoice` it comes from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CipherOffer {
+    /// `auto`: our whole list, the cheaper cipher for this CPU first.
+    Auto,
+    /// Only the one forced, by its short name (`aes128-gcm`).
+    Only(&'static str),
+}
+
+impl CipherOffer {
+    /// Whether one cipher was forced (then the fix is `auto` or the sshd's Ciphers).
+    pub fn is_forced(self) -> bool {
+        matches!(self, Self::Only(_))
+    }
+}
+
+impl std::fmt::Display for CipherOffer {
+    /// As `--cipher` takes it: `auto`, `aes128-gcm`, ...
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Only(name) => name,
+        })
+    }
 }
 
 /// How far a connection the client's sshd closed before key exchange got (for
@@ -1660,7 +1687,7 @@ mod tests {
             (
                 Error::CipherNotOffered {
                     peer: peer(),
-                    choice: crate::ssh::cipher::CipherChoice::Aes256Gcm,
+                    choice: CipherOffer::Only("aes256-gcm"),
                     ours: s(),
                     theirs: s(),
                 },

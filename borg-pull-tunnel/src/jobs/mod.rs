@@ -6,7 +6,12 @@
 //! - [`sftp_pull`]: `pull --via sftp`: the client's tree mounted here over SFTP, this server's
 //!   borg create in it.
 //! - [`restore_tar`]: `restore-tar`: borg export-tar here, streamed into `tar -x` on the client.
+//! - `runner`: what both share: the client script put together from `.sh` files, its exec, its
+//!   report reader, step deadlines, and the run guard on the client.
 
 pub mod pull;
 pub mod restore_tar;
+mod runner;
+#[cfg(test)]
+mod shell_tests;
 pub mod sftp_pull;

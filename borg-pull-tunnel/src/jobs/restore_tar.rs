@@ -23,10 +23,13 @@
 //! check, [`RestoreOptions::max_runtime`] for the stream; cancelling stops borg and tar.
 //!
 //! A link that dies silently: the client's script guards tar as a pull's guards borg (a private
-//! directory, a watcher, [`crate::jobs::pull::script::Guard`]). tar's stdin is the stream, so the heartbeats
+//! directory, a watcher, [`Guard`]). tar's stdin is the stream, so the heartbeats
 //! come on a second exec channel (its script stamps the private directory), opened right after
 //! the report while the stream starts; without them the watcher stops tar and the next run
 //! clears what is left.
+//!
+//! Both scripts are shell in `restore_tar.sh` and `restore_tar_beat.sh` beside this file, after
+//! the shared `check.sh` and `guard.sh`, with every value in the prelude ([`crate::jobs::runner`]).
 
 use std::ffi::OsString;
 use std::io::Write as _;
@@ -39,28 +42,32 @@ use borg_pull_core::child::{exit_code, BorgChild, BorgCommand, Environment, Inpu
 use borg_pull_core::serve::ServeConfig;
 use borg_pull_core::text::escape_for_log;
 use russh::client::Msg;
-use russh::{Channel, ChannelMsg};
+use russh::Channel;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::RemoteProgram;
-use crate::jobs::pull::script::{
-    beat_script, is_private_dir_path, new_marker, Cleared, Guard, CHECK_FUNCTION, DIR_PREFIX,
-};
 use crate::jobs::pull::PullEnv;
-use crate::limits::{
-    CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, HELPER_OUTPUT_KEPT, REMOTE_HELPER_TIMEOUT, REQUEST_TIMEOUT,
+use crate::jobs::runner::{
+    self, is_private_dir_path, new_marker, AgentForwarding, Cleared, Guard, Prelude, Reports, Runner,
+    CHECK_SH, GUARD_SH,
 };
+use crate::limits::{CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME};
 use crate::local::passphrase::Passphrase;
-use crate::ssh::exec::{exec_refused, keep, shell_quote, Captured};
+use crate::ssh::exec::exec_refused;
 use crate::ssh::incoming::RefuseAll;
 use crate::ssh::session::{self, Session, SessionOptions};
 use crate::{Error, Result};
 
 mod stream;
 use stream::Streamed;
+
+/// Checks tar and the directory, guards the run and `exec`s tar (after [`CHECK_SH`], [`GUARD_SH`]).
+const RESTORE_TAR_SH: &str = include_str!("restore_tar.sh");
+/// The heartbeat reader on its own channel (after [`GUARD_SH`]).
+const RESTORE_TAR_BEAT_SH: &str = include_str!("restore_tar_beat.sh");
 
 /// The longest line of borg's or tar's stderr kept for the final message.
 const MESSAGE_LINE_MAX: usize = 512;
@@ -139,49 +146,20 @@ impl RestoreOptions {
     }
 
     /// The script run on the client: check tar and the directory, make the private directory and
-    /// its guard ([`crate::jobs::pull::script::Guard`]), report, `exec` tar.
+    /// its guard ([`Guard`]), report, `exec` tar.
     pub fn remote_script(&self, marker: &str) -> Result<Vec<u8>> {
         self.remote_script_guarded(marker, &Guard::default())
     }
 
     /// [`RestoreOptions::remote_script`] with the guard's bounds given.
     fn remote_script_guarded(&self, marker: &str, guard: &Guard) -> Result<Vec<u8>> {
-        let tar = shell_quote(self.remote_tar.as_bytes())?;
-        let dir = shell_quote(self.remote_dir.as_bytes())?;
-        let mut s = format!("bp_m={marker}; ").into_bytes();
-        s.extend_from_slice(CHECK_FUNCTION.as_bytes());
-        s.extend_from_slice(guard.functions().as_bytes());
-        s.extend_from_slice(b"bp_check ");
-        s.extend_from_slice(&tar);
-        s.extend_from_slice(b" tar; bp_d=");
-        s.extend_from_slice(&dir);
-        s.extend_from_slice(
-            b"; if [ ! -e \"$bp_d\" ]; then bp_w='no such directory'; \
-              elif [ ! -d \"$bp_d\" ]; then bp_w='it is not a directory'; \
-              elif [ ! -w \"$bp_d\" ] || [ ! -x \"$bp_d\" ]; then \
-              bp_w=\"it is not writable and searchable by user $(id -un)\"; else bp_w=; fi; \
-              [ -z \"$bp_w\" ] || { printf '%snodir %s\\n' \"$bp_m\" \"$bp_w\"; exit 2; }; \
-              set -- ",
-        );
-        s.extend_from_slice(&tar);
-        s.extend_from_slice(b" -C \"$bp_d\" -x -f -");
-        if self.numeric_owner {
-            s.extend_from_slice(b" --numeric-owner");
-        }
-        // The guard as for a pull (a private directory, its watcher, dead runs cleared), but
-        // tar reads the stream on stdin: the heartbeats come on a channel of their own.
-        s.extend_from_slice(
-            format!(
-                "; [ \"$(id -u)\" = 0 ] && set -- \"$@\" -p; \
-                 bp_u=$(umask); umask 077; bp_dir=$(mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\") || exit 2; \
-                 umask \"$bp_u\"; {watcher}bp_clear \"$bp_dir\"; {arm}\
-                 printf '%sready %s\\n' \"$bp_m\" \"$bp_dir\"; exec \"$@\"",
-                watcher = guard.watcher(),
-                arm = guard.arm_without_reader(),
-            )
-            .as_bytes(),
-        );
-        Ok(s)
+        let mut p = Prelude::new();
+        p.set("bp_m", marker)?;
+        guard.set(&mut p)?;
+        p.set("bp_tar", self.remote_tar.as_bytes())?
+            .set("bp_tar_dir", self.remote_dir.as_bytes())?
+            .set("bp_numeric_owner", if self.numeric_owner { "yes" } else { "no" })?;
+        Ok(runner::compose(p, &[CHECK_SH, GUARD_SH, RESTORE_TAR_SH]))
     }
 
     /// `borg export-tar -- REPO::NAME - [PATH...]` ([`borg_pull_core::child`]: its own process
@@ -331,38 +309,13 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Waits for `step`, at most `limit`; cancellation ends it with [`Error::Interrupted`].
-    async fn step<T>(
-        &self,
-        what: &'static str,
-        limit: Duration,
-        step: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        tokio::select! {
-            r = tokio::time::timeout(limit, step) => r.map_err(|_| Error::NoAnswer {
-                peer: self.session.peer(),
-                what,
-                secs: limit.as_secs(),
-            })?,
-            () = self.options.cancel.cancelled() => Err(Error::Interrupted),
-        }
-    }
-
     async fn carry_out(&self, borg: &std::path::Path, script: &[u8], marker: &str) -> Result<RestoreOutcome> {
-        let mut channel = self
-            .step(
-                "opening the restore's channel",
-                REQUEST_TIMEOUT,
-                self.session.exec(script),
-            )
+        let runner = Runner::new(self.session, &self.options.cancel);
+        let mut channel = runner
+            .exec("opening the restore's channel", script, AgentForwarding::Off)
             .await?;
-        let report = read_ready(&mut channel, marker);
-        let (ready, early) = self
-            .step(
-                "the check of tar and the directory",
-                REMOTE_HELPER_TIMEOUT,
-                report,
-            )
+        let (ready, early) = runner
+            .report::<RestoreReports>("the check of tar and the directory", &mut channel, marker)
             .await?;
         let dir = match ready {
             Report::TarStarting(dir, cleared) => {
@@ -531,75 +484,50 @@ impl LastLine {
     }
 }
 
-/// Reads the channel until the script's report; bytes after it are returned too.
-async fn read_ready(channel: &mut Channel<Msg>, marker: &str) -> Result<(Report, Vec<u8>)> {
-    let command = "the check of tar and the directory";
-    let mut out = Captured::default();
-    while let Some(msg) = channel.wait().await {
-        let fits = match msg {
-            ChannelMsg::Data { data } => {
-                let fits = keep(&mut out.stdout, &data);
-                if let Some(found) = find_ready(&out.stdout, marker) {
-                    return Ok(found);
-                }
-                fits
-            }
-            ChannelMsg::ExtendedData { data, .. } => keep(&mut out.stderr, &data),
-            ChannelMsg::ExitStatus { exit_status } => {
-                out.status = Some(exit_status);
-                true
-            }
-            ChannelMsg::Failure => return Err(exec_refused(command)),
-            ChannelMsg::Close => break,
-            _ => true,
-        };
-        if !fits {
-            return Err(Error::RemoteOutputTooLarge {
-                command: command.into(),
-                limit: HELPER_OUTPUT_KEPT,
-                output: out.output_text(),
-            });
-        }
-    }
-    Err(Error::RemoteHelper {
-        command: command.into(),
-        status: out.status,
-        output: format!("{} (expected a report)", out.output_text()),
-    })
+/// The reading of restore-tar's report lines: `cleared` lines, then the one [`Report`].
+#[derive(Debug, Default)]
+struct RestoreReports {
+    cleared: Vec<Cleared>,
 }
 
-fn find_ready(stdout: &[u8], marker: &str) -> Option<(Report, Vec<u8>)> {
-    let mut start = 0;
-    let mut cleared = Vec::new();
-    while let Some(end) = stdout[start..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|i| start + i)
-    {
-        if let Some(rest) = stdout[start..end].strip_prefix(marker.as_bytes()) {
-            let text = escape_for_log(rest);
-            let ready = if let Some(what) = text.strip_prefix("cleared ") {
-                let (pid, dir) = what.split_once(' ').unwrap_or(("-", what));
-                cleared.push(Cleared {
-                    pid: pid.parse().ok(),
-                    dir: dir.to_owned(),
-                });
-                start = end + 1;
-                continue;
-            } else if let Some(dir) = text.strip_prefix("ready ").filter(|d| is_private_dir_path(d)) {
-                Report::TarStarting(dir.to_owned(), std::mem::take(&mut cleared))
+impl Reports for RestoreReports {
+    type Report = Report;
+    const STEP: &'static str = "the check of tar and the directory";
+    const EXPECTED: &'static str = "expected a report";
+
+    fn line(&mut self, rest: &[u8]) -> Result<Option<Report>> {
+        if let Some(what) = rest.strip_prefix(b"cleared ") {
+            self.cleared.push(Cleared::parse(what));
+            return Ok(None);
+        }
+        let text = escape_for_log(rest);
+        Ok(Some(
+            if let Some(dir) = text.strip_prefix("ready ").filter(|d| is_private_dir_path(d)) {
+                Report::TarStarting(dir.to_owned(), std::mem::take(&mut self.cleared))
             } else if let Some(why) = text.strip_prefix("nodir ") {
                 Report::NoDir(why.to_owned())
             } else if let Some(why) = text.strip_prefix("missing tar ") {
                 Report::NoTar(why.to_owned())
             } else {
                 Report::NoTar(format!("unexpected report {text:?}"))
-            };
-            return Some((ready, stdout[end + 1..].to_vec()));
-        }
-        start = end + 1;
+            },
+        ))
     }
-    None
+}
+
+/// The heartbeat reader's script on a channel of its own, for a run whose stdin is taken
+/// ([`RESTORE_TAR_BEAT_SH`]). Fails unless `dir` is a private directory's path.
+pub(crate) fn beat_script(dir: &str) -> Result<Vec<u8>> {
+    if !is_private_dir_path(dir) {
+        return Err(Error::InvalidOption(format!(
+            "{dir:?} is not a private directory path"
+        )));
+    }
+    let mut p = Prelude::new();
+    p.set("bp_m", "")?;
+    Guard::default().set(&mut p)?;
+    p.set("bp_run_dir", dir)?;
+    Ok(runner::compose(p, &[GUARD_SH, RESTORE_TAR_BEAT_SH]))
 }
 
 #[cfg(test)]
@@ -650,8 +578,22 @@ mod tests {
             run_script(&no_tar)
         );
         assert_eq!(
-            find_ready(b"noise\nM:nodir x\n", "M:"),
+            runner::find_report::<RestoreReports>(b"noise\nM:cleared 7 /t/x\nM:nodir x\n", "M:").unwrap(),
             Some((Report::NoDir("x".into()), vec![]))
+        );
+        let ready = b"M:cleared 7 /t/x\nM:ready /tmp/borg-pull.AbC123xy\nrest";
+        assert_eq!(
+            runner::find_report::<RestoreReports>(ready, "M:").unwrap(),
+            Some((
+                Report::TarStarting(
+                    "/tmp/borg-pull.AbC123xy".into(),
+                    vec![Cleared {
+                        pid: Some(7),
+                        dir: "/t/x".into()
+                    }]
+                ),
+                b"rest".to_vec()
+            ))
         );
     }
 

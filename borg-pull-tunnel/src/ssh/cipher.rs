@@ -11,6 +11,8 @@ use std::borrow::Cow;
 
 use russh::cipher::{self, Name};
 
+use crate::error::CipherOffer;
+
 /// What `--cipher` / `cipher = "..."` asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CipherChoice {
@@ -46,14 +48,30 @@ impl std::str::FromStr for CipherChoice {
     }
 }
 
-impl std::fmt::Display for CipherChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl CipherChoice {
+    /// The short name, as `--cipher` and `cipher =` take it.
+    fn name(self) -> &'static str {
+        match self {
             Self::Auto => "auto",
             Self::Chacha20Poly1305 => "chacha20-poly1305",
             Self::Aes128Gcm => "aes128-gcm",
             Self::Aes256Gcm => "aes256-gcm",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for CipherChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl From<CipherChoice> for CipherOffer {
+    fn from(choice: CipherChoice) -> Self {
+        match choice {
+            CipherChoice::Auto => Self::Auto,
+            forced => Self::Only(forced.name()),
+        }
     }
 }
 
@@ -171,7 +189,7 @@ mod tests {
         let refused = |choice: CipherChoice, ours: &str| {
             crate::Error::CipherNotOffered {
                 peer: crate::error::Peer::new("web1", 22),
-                choice,
+                choice: choice.into(),
                 ours: ours.into(),
                 theirs: "chacha20-poly1305@openssh.com".into(),
             }

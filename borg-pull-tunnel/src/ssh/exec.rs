@@ -3,8 +3,6 @@
 //! sshd runs every command through the login user's shell (`$SHELL -c COMMAND`), so each argument
 //! is single-quoted ([`shell_quote`]); the login shell must be POSIX (sh, dash, bash, zsh, ksh).
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use russh::client::Msg;
@@ -40,22 +38,6 @@ pub fn shell_quote(arg: &[u8]) -> Result<Vec<u8>> {
         }
     }
     out.push(b'\'');
-    Ok(out)
-}
-
-/// Quotes each argument and joins them with spaces.
-pub(crate) fn shell_join<I, S>(args: I) -> Result<Vec<u8>>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut out = Vec::new();
-    for (i, arg) in args.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b' ');
-        }
-        out.extend(shell_quote(arg.as_ref().as_bytes())?);
-    }
     Ok(out)
 }
 
@@ -301,7 +283,8 @@ async fn interrupt(channel: &Channel<Msg>, grace: Duration) -> tokio::time::Inst
     tokio::time::Instant::now() + grace
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+/// Sleeps until `deadline`; without one, forever (a `select!` branch that is off until set).
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
@@ -361,21 +344,6 @@ mod tests {
         ] {
             assert_eq!(through_sh(&shell_quote(s).unwrap()), s, "{s:?}");
         }
-    }
-
-    #[test]
-    fn join_splits_back() {
-        let args = ["a b", "it's", "", "$HOME"];
-        let joined = shell_join(args).unwrap();
-        let mut script = b"for a in ".to_vec();
-        script.extend_from_slice(&joined);
-        script.extend_from_slice(b"; do printf '<%s>' \"$a\"; done");
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(std::ffi::OsString::from_vec(script))
-            .output()
-            .unwrap();
-        assert_eq!(out.stdout, b"<a b><it's><><$HOME>");
     }
 
     #[test]

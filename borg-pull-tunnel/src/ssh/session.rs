@@ -711,7 +711,7 @@ fn cipher_refused(e: Error, choice: CipherChoice, target: &Target<'_>) -> Error 
             ..
         } => Error::CipherNotOffered {
             peer: Peer::new(target.host, target.port),
-            choice,
+            choice: choice.into(),
             ours: ours.join(","),
             theirs: theirs
                 .join(",")

@@ -15,7 +15,8 @@
 //!    disconnect. The script's watcher removes the directory on the client once borg has exited.
 //!
 //! Every wait on the client has a deadline: each request [`REQUEST_TIMEOUT`], the start of the
-//! run [`REMOTE_HELPER_TIMEOUT`], borg itself [`PullOptions::max_runtime`].
+//! run [`REMOTE_HELPER_TIMEOUT`](crate::limits::REMOTE_HELPER_TIMEOUT), borg itself
+//! [`PullOptions::max_runtime`].
 //!
 //! What the client can do: talk borg's protocol to a `borg serve` whose flags the server fixed, at
 //! most [`MAX_FORWARDED_CONNECTIONS`](crate::limits::MAX_FORWARDED_CONNECTIONS) at once. It cannot
@@ -46,8 +47,7 @@ use crate::channels::{Forward, ForwardStats};
 use crate::error::RemoteProgram;
 use crate::jobs::pull::script::{ClientSshLog, RemoteRun, Report, SshBack, SshTarget, StderrSplit};
 use crate::limits::{
-    CANCEL_GRACE, CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, FORWARD_DRAIN_TIMEOUT, REMOTE_HELPER_TIMEOUT,
-    REQUEST_TIMEOUT,
+    CANCEL_GRACE, CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, FORWARD_DRAIN_TIMEOUT, REQUEST_TIMEOUT,
 };
 use crate::local::passphrase::{Passphrase, SecretSources};
 use crate::ssh::exec::{self, RemoteExit, Stop};
@@ -59,6 +59,7 @@ pub use crate::jobs::pull::script::RESERVED_ENV;
 use crate::jobs::pull::script::SOCKET_NAME;
 use crate::jobs::pull::via::RunAgent;
 pub use crate::jobs::pull::via::{AgentKey, ServerLogin, Via};
+use crate::jobs::runner::{AgentForwarding, Runner};
 
 /// The host part of the `BORG_REPO` URL given to borg on the client, in every method. borg needs
 /// an `ssh://` URL to use `BORG_RSH`; the relay ignores the host, and the agent and TCP methods
@@ -566,14 +567,9 @@ impl Run<'_> {
         limit: Duration,
         step: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        tokio::select! {
-            r = tokio::time::timeout(limit, step) => r.map_err(|_| Error::NoAnswer {
-                peer: self.session.peer(),
-                what,
-                secs: limit.as_secs(),
-            })?,
-            () = self.options.cancel.cancelled() => Err(Error::Interrupted),
-        }
+        Runner::new(self.session, &self.options.cancel)
+            .step(what, limit, step)
+            .await
     }
 
     async fn carry_out<O, E>(&self, script: &[u8], stdout: &mut O, stderr: &mut E) -> Result<RemoteExit>
@@ -581,18 +577,14 @@ impl Run<'_> {
         O: AsyncWrite + Unpin,
         E: AsyncWrite + Unpin,
     {
-        let exec = async {
-            match self.options.via {
-                Via::Socket | Via::Sftp(_) => self.session.exec(script).await,
-                Via::Agent(_) | Via::Tcp(_) => self.session.exec_forwarding_agent(script).await,
-            }
+        let runner = Runner::new(self.session, &self.options.cancel);
+        let agent = match self.options.via {
+            Via::Socket | Via::Sftp(_) => AgentForwarding::Off,
+            Via::Agent(_) | Via::Tcp(_) => AgentForwarding::On,
         };
-        let mut channel = self
-            .step("opening the run's channel", REQUEST_TIMEOUT, exec)
-            .await?;
-        let report = script::read_report(&mut channel, self.marker);
-        let (mut report, mut early_output) = self
-            .step("the start of the run", REMOTE_HELPER_TIMEOUT, report)
+        let mut channel = runner.exec("opening the run's channel", script, agent).await?;
+        let (mut report, mut early_output) = runner
+            .report::<script::PullReports>("the start of the run", &mut channel, self.marker)
             .await?;
         if report == Report::NeedRelay {
             (report, early_output) = self.install_relay(&mut channel).await?;
@@ -1112,7 +1104,8 @@ mod tests {
             o.serve.version = server.and_then(borg_pull_core::BorgVersion::parse);
             assert_eq!(String::from_utf8(o.repo_url()).unwrap(), url, "{server:?}");
             let script = String::from_utf8(o.remote_script("m:", None, None).unwrap()).unwrap();
-            assert_eq!(script.contains("BORGSTORE_RSH="), borgstore_rsh, "{server:?}");
+            // The prelude tells the script whether BORGSTORE_RSH follows BORG_RSH (go.sh).
+            assert_eq!(script.contains("bp_store_rsh='yes'"), borgstore_rsh, "{server:?}");
         }
     }
 }

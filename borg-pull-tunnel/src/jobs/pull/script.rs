@@ -2,13 +2,13 @@
 //!
 //! One exec does everything on the client, so set-up and clean-up cost no round trips of their
 //! own: the script enters `--remote-dir` (or reports why it cannot), checks that the relay and borg
-//! can run, makes a private directory (`mktemp -d` with umask 077), starts a watcher that removes the directory once borg has exited, reports the
-//! directory on stdout and waits for one line on stdin. We request the socket forward into that
-//! directory and send `go` (with `BORG_RSH` and the passphrase line) right behind the request; the
-//! script checks that sshd made the socket, exports borg's environment and `exec`s borg, so borg
-//! is the session's process and our SIGINT reaches it directly. EOF instead of `go` makes it exit
-//! (the watcher still cleans up). If the server dies, sshd closes the
-//! session: borg loses its relay and exits, and the watcher removes the directory.
+//! can run, makes a private directory (`mktemp -d` with umask 077), starts a watcher that removes
+//! the directory once borg has exited, reports the directory on stdout and waits for one line on
+//! stdin. We request the socket forward into that directory and send `go` (with `BORG_RSH` and the
+//! passphrase line) right behind the request; the script checks that sshd made the socket, exports
+//! borg's environment and `exec`s borg, so borg is the session's process and our SIGINT reaches it
+//! directly. EOF instead of `go` makes it exit (the watcher still cleans up). If the server dies,
+//! sshd closes the session: borg loses its relay and exits, and the watcher removes the directory.
 //!
 //! If the link dies silently (no FIN or RST: the client's sshd never learns of it, and borg would
 //! keep the cache lock), the run's [`Guard`] ends it: after `go` the server writes a heartbeat
@@ -19,23 +19,38 @@
 //! run needs to clear a dead run whose watcher is gone or late: the pid borg has, its start time,
 //! process group and uid.
 //!
-//! The script reports on lines that start with a per-run marker, so whatever the login user's
-//! shell start-up files print cannot be mistaken for a report.
+//! The script is shell in `.sh` files beside this one (`start.sh`, `borg_version.sh`, `go.sh`, and
+//! as a run needs them `remote_dir.sh`, `install_relay.sh`, `ssh_log.sh`), after the shared
+//! `check.sh` and `guard.sh` of [`crate::jobs::runner`]; every value goes in the prelude of quoted
+//! variable assignments ([`RemoteRun::script`]). It reports on lines that start with a per-run
+//! marker, so whatever the login user's shell start-up files print cannot be mistaken for a report.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 use russh::client::Msg;
-use russh::{Channel, ChannelMsg};
+use russh::Channel;
 
 use crate::error::RemoteProgram;
-use crate::limits::{BORG_STDERR_TAIL, CLIENT_SSH_LOG_KEPT, HELPER_OUTPUT_KEPT};
-use crate::ssh::exec::{escape_output, exec_refused, is_env_name, keep, shell_join, shell_quote, Captured};
+use crate::jobs::runner::{self, Prelude, Reports, CHECK_SH, GUARD_SH};
+use crate::limits::{BORG_STDERR_TAIL, CLIENT_SSH_LOG_KEPT};
+use crate::ssh::exec::{escape_output, is_env_name, shell_quote};
 use crate::{Error, Result};
 
-/// The private directories' name prefix on the client.
-pub const DIR_PREFIX: &str = "borg-pull.";
+pub use crate::jobs::runner::{is_private_dir_path, new_marker, Cleared, Guard, DIR_PREFIX};
+
+/// `bp_check PROGRAM ROLE` ([`crate::jobs::runner::CHECK_SH`]), for scripts put together
+/// elsewhere (`borg-pull-server check-config`).
+pub const CHECK_FUNCTION: &str = CHECK_SH;
+
+/// Checks what the prelude names (see `start.sh`), enters `--remote-dir`, installs the relay,
+/// sends the ssh log back; then the client borg's version, the private directory and `exec borg`.
+const START_SH: &str = include_str!("start.sh");
+const REMOTE_DIR_SH: &str = include_str!("remote_dir.sh");
+const INSTALL_RELAY_SH: &str = include_str!("install_relay.sh");
+const SSH_LOG_SH: &str = include_str!("ssh_log.sh");
+const BORG_VERSION_SH: &str = include_str!("borg_version.sh");
+const GO_SH: &str = include_str!("go.sh");
 
 /// What the script on the client needs to know: plain data, no options or sessions.
 #[derive(Debug, Clone)]
@@ -93,14 +108,15 @@ pub struct SshBack<'a> {
 /// address and port it connects to; the temporary known_hosts file has this one entry.
 pub const SERVER_HOST_ALIAS: &str = "borg-pull-server";
 
-/// File names in the private directory for the agent and TCP methods.
+/// File names in the private directory for the agent and TCP methods (as `go.sh` and
+/// `ssh_log.sh` write them).
 const KNOWN_HOSTS_NAME: &str = "known_hosts";
 const IDENTITY_NAME: &str = "agent_key.pub";
 /// The client's ssh log (`ssh -E`) in the private directory (agent and TCP methods).
 const SSH_LOG_NAME: &str = "ssh.log";
 
 /// What starts each line of the client's ssh log when the watcher sends it back, after the run's
-/// marker.
+/// marker (as `ssh_log.sh` writes it).
 const SSH_LOG_TAG: &str = "ssh ";
 /// The line (after the marker) that ends the ssh log the watcher sends back, also when it is empty.
 const SSH_LOG_END: &str = "ssh-end";
@@ -230,9 +246,6 @@ pub const RESERVED_ENV: &[&str] = &["BORG_REPO", "BORG_RSH", "BORGSTORE_RSH", "B
 /// The file name of the socket inside the private directory.
 pub const SOCKET_NAME: &str = "borg.sock";
 
-/// The variable in the script that holds the private directory.
-const DIR_VAR: &str = "bp_dir";
-
 impl RemoteRun<'_> {
     /// The script, with `marker` starting each report line. Fails on a NUL byte or a bad or
     /// reserved variable name, before anything touches the network.
@@ -242,154 +255,64 @@ impl RemoteRun<'_> {
 
     /// [`RemoteRun::script`] with the guard's bounds given.
     pub(crate) fn script_guarded(&self, marker: &str, guard: &Guard) -> Result<Vec<u8>> {
-        let q = |b: &[u8]| shell_quote(b);
-        let mut s = Vec::new();
-        s.extend_from_slice(format!("bp_m={marker}; ").as_bytes());
-        s.extend_from_slice(CHECK_FUNCTION.as_bytes());
-        s.extend_from_slice(guard.functions().as_bytes());
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let mut p = Prelude::new();
+        p.set("bp_m", marker)?;
+        guard.set(&mut p)?;
+        let mut parts = vec![CHECK_SH, GUARD_SH];
+        let (mut transport, role, via) = match &self.ssh_back {
+            None => (self.relay, "relay", "socket"),
+            Some(back) => (back.ssh, "ssh", "ssh"),
+        };
+        if let Some(back) = &self.ssh_back {
+            p.set("bp_known_hosts", back.known_hosts_line)?
+                .set("bp_identity", back.identity_line)?
+                .set("bp_log_kept", CLIENT_SSH_LOG_KEPT.to_string())?;
+            parts.push(SSH_LOG_SH);
+        }
         if let Some(dir) = self.remote_dir {
-            s.extend(remote_dir_script(dir)?);
+            // `cd -` would go to OLDPWD, even after `--`.
+            let dir: &[u8] = match dir.as_bytes() {
+                b"-" => b"./-",
+                other => other,
+            };
+            p.set("bp_remote_dir", dir)?;
+            parts.push(REMOTE_DIR_SH);
         }
-        let transport = match &self.ssh_back {
-            None => (self.relay, "relay"),
-            Some(back) => (back.ssh, "ssh"),
-        };
-        let mut checks = vec![transport, (self.borg, "borg")];
         if let (Some(install), None) = (&self.install_relay, &self.ssh_back) {
-            s.extend(install.script()?);
-            checks.remove(0);
+            install.set(&mut p)?;
+            parts.push(INSTALL_RELAY_SH);
+            // install_relay.sh checks the relay it installed.
+            transport = OsStr::new("");
         }
-        for (program, role) in checks {
-            s.extend_from_slice(b"bp_check ");
-            s.extend(q(program.as_bytes())?);
-            s.extend_from_slice(format!(" {role}; ").as_bytes());
-        }
-        if self.ssh_back.is_some() {
-            // sshd sets SSH_AUTH_SOCK only when it forwards the agent (AllowAgentForwarding,
-            // and no `restrict` without `agent-forwarding` in authorized_keys).
-            s.extend_from_slice(
-                b"[ -n \"${SSH_AUTH_SOCK-}\" ] || { printf '%snoagent\\n' \"$bp_m\"; exit 2; }; ",
-            );
-        }
-        let files = match &self.ssh_back {
-            None => String::new(),
-            Some(back) => {
-                let mut files = String::new();
-                for (name, line) in [
-                    (KNOWN_HOSTS_NAME, back.known_hosts_line),
-                    (IDENTITY_NAME, back.identity_line),
-                ] {
-                    let line = String::from_utf8(q(line.as_bytes())?).expect("quoting keeps UTF-8");
-                    files.push_str(&format!(
-                        "printf '%s\\n' {line} >\"${DIR_VAR}/{name}\" || exit 2; "
-                    ));
-                }
-                files
-            }
-        };
-        // The client borg's version, learned in this same exec (no round trip of its own): the
-        // server refuses a major version other than its own before anything is relayed. Bounded:
-        // `dd` takes one read of at most 256 bytes (a program that floods gets SIGPIPE), and
-        // `timeout`, where there is one, ends a program that hangs.
-        s.extend_from_slice(b"bp_b=");
-        s.extend(q(self.borg.as_bytes())?);
-        s.extend_from_slice(b"; ");
-        s.extend_from_slice(
-            BORG_VERSION_SCRIPT
-                .replace(
-                    "@SECS@",
-                    &crate::limits::BORG_VERSION_TIMEOUT.as_secs().to_string(),
-                )
-                .as_bytes(),
-        );
-        // The agent and TCP methods: once borg has exited, the watcher sends the end of the client
-        // ssh's log back on the session's stderr (its fd 3), each line tagged with the marker, so
-        // the server names the cause from what ssh said instead of from borg's guess. Holding fd 3
-        // keeps the channel open until then; the server bounds that wait ([`EXIT_CLOSE_GRACE`]).
-        let (send_log, keep_stderr) = match &self.ssh_back {
-            None => (String::new(), ""),
-            // awk ends every line, the last one too, so the end line always starts a line. A
-            // subshell: when the server is gone, SIGPIPE ends it, not the watcher before its rm.
-            Some(_) => (
-                format!(
-                    "( [ -s \"${DIR_VAR}/{SSH_LOG_NAME}\" ] && tail -c {kept} \"${DIR_VAR}/{SSH_LOG_NAME}\" \
-                     | awk -v m=\"${{bp_m}}{SSH_LOG_TAG}\" '{{print m $0}}'; printf '%s{SSH_LOG_END}\\n' \"$bp_m\" ) >&3; ",
-                    kept = crate::limits::CLIENT_SSH_LOG_KEPT
-                ),
-                "3>&2 ",
-            ),
-        };
-        s.extend_from_slice(
-            format!(
-                "bp_u=$(umask); umask 077; {DIR_VAR}=$(mktemp -d \"${{TMPDIR:-/tmp}}/{DIR_PREFIX}XXXXXXXX\") || exit 2; \
-                 umask \"$bp_u\"; {watcher}bp_clear \"${DIR_VAR}\"; {files}\
-                 printf '%sdir %s\\n' \"$bp_m\" \"${DIR_VAR}\"; \
-                 IFS= read -r bp_go && [ \"$bp_go\" = go ] || exit 0; ",
-                watcher = guard.watcher_sending(&send_log, keep_stderr),
-            )
-            .as_bytes(),
-        );
-        s.extend_from_slice(b"IFS= read -r BORG_RSH || exit 2; export BORG_RSH; ");
-        if self.borgstore_rsh {
-            s.extend_from_slice(b"BORGSTORE_RSH=$BORG_RSH; export BORGSTORE_RSH; ");
-        }
-        if self.passphrase {
-            s.extend_from_slice(b"IFS= read -r BORG_PASSPHRASE || exit 2; export BORG_PASSPHRASE; ");
-        }
-        // `go` arrives without waiting for the forward's reply; sshd made the socket before it
-        // passed `go` on, unless it refused: then wait for EOF, keeping the directory to diagnose.
-        if self.ssh_back.is_none() {
-            s.extend_from_slice(
-                format!(
-                    "[ -S \"${DIR_VAR}/{SOCKET_NAME}\" ] || {{ while IFS= read -r bp_go; do :; done; \
-                     echo \"borg-pull: no socket at ${DIR_VAR}/{SOCKET_NAME}; borg not started\" >&2; exit 125; }}; "
-                )
-                .as_bytes(),
-            );
-        }
+        p.set("bp_transport", transport.as_bytes())?
+            .set("bp_transport_role", role)?
+            .set("bp_via", via)?
+            .set("bp_borg", self.borg.as_bytes())?
+            .set(
+                "bp_version_secs",
+                crate::limits::BORG_VERSION_TIMEOUT.as_secs().to_string(),
+            )?
+            .set("bp_store_rsh", yes(self.borgstore_rsh))?
+            .set("bp_passphrase", yes(self.passphrase))?;
+        // Exported right before borg starts (`go.sh`), not here: the checks, `borg --version` and
+        // mktemp see the login environment, as borg's variables are borg's alone.
+        let mut exports = Vec::with_capacity(self.env.len() + 1);
         for (name, value) in self.env {
             check_env_name(name)?;
-            export(&mut s, name, value.as_bytes())?;
+            exports.push([name.as_bytes(), b"=", value.as_bytes()].concat());
         }
-        export(&mut s, "BORG_REPO", self.repo_url)?;
-        // From here on the server's heartbeats arrive on stdin: the guard's reader takes them,
-        // and borg gets /dev/null (as before, EOF for any prompt).
-        s.extend_from_slice(guard.arm().as_bytes());
-        s.extend_from_slice(b"exec ");
-        s.extend(shell_join(
-            std::iter::once(self.borg).chain(self.borg_args.iter().map(|a| a.as_os_str())),
-        )?);
-        s.extend_from_slice(b" </dev/null 3<&-");
-        Ok(s)
+        exports.push([&b"BORG_REPO="[..], self.repo_url].concat());
+        p.set("bp_nenv", exports.len().to_string())?;
+        p.words(
+            exports
+                .iter()
+                .map(Vec::as_slice)
+                .chain(self.borg_args.iter().map(|a| a.as_bytes())),
+        )?;
+        parts.extend([START_SH, BORG_VERSION_SH, GO_SH]);
+        Ok(runner::compose(p, &parts))
     }
-}
-
-/// The part of the script that enters `--remote-dir` first, before the relay, borg or the private
-/// directory are looked at (so a relative program path means the same to the check as to `exec`),
-/// or reports why it cannot (`nodir WHY`) and exits: a missing directory must stop a restore
-/// before borg starts, not extract into the login directory, and not be blamed on borg.
-fn remote_dir_script(dir: &OsStr) -> Result<Vec<u8>> {
-    // `cd -` would go to OLDPWD, even after `--`.
-    let dir: &[u8] = match dir.as_bytes() {
-        b"-" => b"./-",
-        other => other,
-    };
-    let mut s = b"bp_rd=".to_vec();
-    s.extend(shell_quote(dir)?);
-    // CDPATH unset: a relative DIR is the login directory's, and cd prints nothing. A missing DIR
-    // is looked at along its parents, as `bp_check` does: "a parent is not searchable" is told
-    // apart from "not there".
-    s.extend_from_slice(
-        b"; if ! CDPATH= cd -- \"$bp_rd\" 2>/dev/null; then \
-          if [ -d \"$bp_rd\" ]; then bp_w=\"it is not searchable by user $(id -un)\"; \
-          elif [ -e \"$bp_rd\" ]; then bp_w='it is not a directory'; \
-          else bp_w='no such directory'; bp_p=$bp_rd; \
-          while case $bp_p in */*) bp_p=${bp_p%/*}; [ -n \"$bp_p\" ] || bp_p=/;; *) false;; esac; do \
-          if [ -d \"$bp_p\" ]; then [ -x \"$bp_p\" ] || bp_w=\"directory $bp_p is not searchable by user $(id -un)\"; break; fi; \
-          [ \"$bp_p\" = / ] && break; done; fi; \
-          printf '%snodir %s\\n' \"$bp_m\" \"$bp_w\"; exit 2; fi; ",
-    );
-    Ok(s)
 }
 
 fn check_env_name(name: &str) -> Result<()> {
@@ -401,21 +324,18 @@ fn check_env_name(name: &str) -> Result<()> {
     if RESERVED_ENV.contains(&name) {
         return Err(Error::InvalidOption(format!("{name} is set by borg-pull itself")));
     }
-    Ok(())
-}
-
-fn export(script: &mut Vec<u8>, name: &str, value: &[u8]) -> Result<()> {
-    script.extend_from_slice(format!("export {name}=").as_bytes());
-    script.extend(shell_quote(value)?);
-    script.extend_from_slice(b"; ");
+    // The script's own variables: one of them set by the caller would change what it does.
+    if name.starts_with("bp_") {
+        return Err(Error::InvalidOption(format!(
+            "{name}: names that start with bp_ are the client script's own"
+        )));
+    }
     Ok(())
 }
 
 impl RelayInstall<'_> {
-    /// The part of the script that finds the cached relay, or asks for it (`needrelay`), reads
-    /// exactly `size` bytes after a `relay` line, checks the SHA-256 and renames the file into
-    /// place (0700); then it reports the relay's path (`relay PATH`).
-    fn script(&self) -> Result<Vec<u8>> {
+    /// What `install_relay.sh` reads from the prelude: the cached relay's name, size and SHA-256.
+    fn set(&self, prelude: &mut Prelude) -> Result<()> {
         let valid = |s: &str| {
             !s.is_empty()
                 && s.bytes()
@@ -427,269 +347,11 @@ impl RelayInstall<'_> {
                 self.name
             )));
         }
-        Ok(format!(
-            "bp_r=\"${{XDG_CACHE_HOME:-${{HOME:-/nonexistent}}/.cache}}/borg-pull/{name}\"; \
-             if [ ! -x \"$bp_r\" ]; then printf '%sneedrelay\\n' \"$bp_m\"; \
-             IFS= read -r bp_x && [ \"$bp_x\" = relay ] || exit 0; \
-             (umask 077; mkdir -p \"${{bp_r%/*}}\") || exit 2; bp_t=\"$bp_r.$$.tmp\"; \
-             head -c {size} >\"$bp_t\" || {{ rm -f \"$bp_t\"; exit 2; }}; \
-             bp_h=$( (sha256sum || shasum -a 256) <\"$bp_t\" 2>/dev/null ); bp_h=${{bp_h%% *}}; \
-             [ \"$bp_h\" = {sha} ] || {{ rm -f \"$bp_t\"; printf '%sbadrelay %s\\n' \"$bp_m\" \"${{bp_h:-no sha256sum or shasum}}\"; exit 2; }}; \
-             chmod 700 \"$bp_t\" && mv -f \"$bp_t\" \"$bp_r\" || {{ rm -f \"$bp_t\"; exit 2; }}; fi; \
-             bp_check \"$bp_r\" relay; printf '%srelay %s\\n' \"$bp_m\" \"$bp_r\"; ",
-            name = self.name,
-            size = self.size,
-            sha = self.sha256,
-        )
-        .into_bytes())
-    }
-}
-
-/// The bounds of the run guard on the client, in seconds: [`CLIENT_SILENCE_LIMIT`],
-/// [`CLIENT_START_LIMIT`] and [`CLIENT_STOP_GRACE`] (tests shorten them).
-///
-/// [`CLIENT_SILENCE_LIMIT`]: crate::limits::CLIENT_SILENCE_LIMIT
-/// [`CLIENT_START_LIMIT`]: crate::limits::CLIENT_START_LIMIT
-/// [`CLIENT_STOP_GRACE`]: crate::limits::CLIENT_STOP_GRACE
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Guard {
-    /// Once the run has started: seconds without a heartbeat before it is stopped.
-    pub silence: u64,
-    /// Before it has started: seconds without `go` before the script is stopped.
-    pub start: u64,
-    /// Seconds between SIGTERM and SIGKILL.
-    pub grace: u64,
-}
-
-impl Default for Guard {
-    fn default() -> Self {
-        Self {
-            silence: crate::limits::CLIENT_SILENCE_LIMIT.as_secs(),
-            start: crate::limits::CLIENT_START_LIMIT.as_secs(),
-            grace: crate::limits::CLIENT_STOP_GRACE.as_secs(),
-        }
-    }
-}
-
-/// The guard's shell functions (POSIX sh; `/proc` where there is one).
-///
-/// - `bp_beat FILE N`: writes the time (`date +%s`, 0 where it has no `%s`) and the count N: the
-///   line changes with every beat even where the time cannot be read (the watcher compares
-///   lines; only the next run's age check needs the time, and skips a 0).
-/// - `bp_stat PID`: `bp_st` its start time (field 22 of `/proc/PID/stat`, after the command
-///   name, which may hold spaces and parentheses), `bp_pg` its process group.
-/// - `bp_alive PID START UID`: PID still is that process (same start time) of that user (real
-///   and effective uid): a recycled pid or another user's process never matches.
-/// - `bp_stop PID START PG UID`: SIGTERM to its group (to PID alone unless PID leads PG), then
-///   SIGKILL after the grace if the same process is still there. Signals go to the group only
-///   while its leader is verified alive, so the group id cannot have been reused.
-/// - `bp_clear OWN`: the next run's look at the login user's other private directories in the
-///   same TMPDIR: one whose last heartbeat (`beat`: a `date +%s` stamp, then a count) is older than the
-///   bound (the start bound until `beats` says heartbeats flow to the run) is dead; the process `run`
-///   recorded is stopped if it is still the same one, the directory removed and one `cleared`
-///   line reported. A directory without a stamp (an older version's) is left to its own watcher.
-const GUARD_FUNCTIONS: &str = "bp_beat() { bp_t=$(date +%s 2>/dev/null); case $bp_t in ''|*[!0-9]*) bp_t=0;; esac; \
-printf '%s %s\\n' \"$bp_t\" \"$2\" >\"$1\"; }; \
-bp_stat() { bp_st=; bp_pg=; bp_s=; \
-[ -r \"/proc/$1/stat\" ] && read -r bp_s 2>/dev/null <\"/proc/$1/stat\" || return 1; \
-bp_s=${bp_s##*) }; set -- $bp_s; bp_pg=$3; bp_st=${20}; [ -n \"$bp_st\" ]; }; \
-bp_alive() { bp_stat \"$1\" && [ \"$bp_st\" = \"$2\" ] && [ -r \"/proc/$1/status\" ] || return 1; \
-while read -r bp_k bp_1 bp_2 bp_r; do [ \"$bp_k\" = Uid: ] || continue; \
-[ \"$bp_1\" = \"$3\" ] && [ \"$bp_2\" = \"$3\" ]; return; done 2>/dev/null <\"/proc/$1/status\"; return 1; }; \
-bp_sig() { if [ \"$3\" = \"$1\" ]; then kill -s \"$4\" -- \"-$1\"; else kill -s \"$4\" \"$1\"; fi 2>/dev/null; }; \
-bp_stop() { bp_alive \"$1\" \"$2\" \"$4\" || return 0; bp_sig \"$1\" \"$2\" \"$3\" TERM; bp_i=0; \
-while [ $bp_i -lt @GRACE@ ] && bp_alive \"$1\" \"$2\" \"$4\"; do sleep 1; bp_i=$((bp_i+1)); done; \
-bp_alive \"$1\" \"$2\" \"$4\" && bp_sig \"$1\" \"$2\" \"$3\" KILL; return 0; }; \
-bp_clear() { bp_id=$(id -u); bp_t=$(date +%s 2>/dev/null); \
-case $bp_t in ''|*[!0-9]*) return 0;; esac; \
-for bp_o in \"${TMPDIR:-/tmp}\"/@PREFIX@????????; do \
-[ \"$bp_o\" != \"$1\" ] && [ -d \"$bp_o\" ] && [ ! -L \"$bp_o\" ] || continue; \
-bp_w=$(ls -nd -- \"$bp_o\" 2>/dev/null) || continue; set -- \"$1\" $bp_w; [ \"$4\" = \"$bp_id\" ] || continue; \
-bp_b=; read -r bp_b bp_r 2>/dev/null <\"$bp_o/beat\"; case $bp_b in ''|0|*[!0-9]*) continue;; esac; \
-if [ -e \"$bp_o/beats\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
-[ $((bp_t - bp_b)) -gt $bp_x ] || continue; \
-bp_p=; bp_q=; bp_g=; bp_v=; read -r bp_p bp_q bp_g bp_v 2>/dev/null <\"$bp_o/run\"; \
-case $bp_p in ''|*[!0-9]*) bp_p=-;; esac; \
-if [ \"$bp_p\" != - ] && [ \"$bp_v\" = \"$bp_id\" ] && bp_alive \"$bp_p\" \"$bp_q\" \"$bp_id\"; then \
-bp_stop \"$bp_p\" \"$bp_q\" \"$bp_g\" \"$bp_id\"; else bp_p=-; fi; \
-rm -rf -- \"$bp_o\"; printf '%scleared %s %s\\n' \"$bp_m\" \"$bp_p\" \"$bp_o\"; done; }; ";
-
-/// The watcher of the run whose private directory is in `$bp_dir`, started in the background:
-/// it stamps the start, and once a second checks that `$$` (the script, later borg) still
-/// runs and that the heartbeat stamp changed; after the bound without one (the silence bound
-/// once `beats` says heartbeats flow to this run, before that the start bound: a restore whose
-/// heartbeat channel the client's sshd refused is not stopped for it) it stops `$$`'s process
-/// group. Then it removes the directory and, if the script leads its process group (as
-/// under sshd), ends the group's rest: the heartbeat reader and whatever borg left running (the
-/// watcher itself is in the group, so the group id cannot have been reused).
-const GUARD_WATCHER: &str = "bp_stat $$; bp_me=$$; bp_mg=$bp_pg; bp_id=$(id -u); \
-bp_beat \"$bp_dir/beat\" 0 2>/dev/null; \
-(trap '' INT TERM HUP; bp_n=0; bp_l=; bp_dead=; while kill -0 $bp_me 2>/dev/null; do sleep 1; \
-if [ -e \"$bp_dir/beats\" ]; then bp_x=@SILENCE@; else bp_x=@START@; fi; \
-bp_b=; read -r bp_b 2>/dev/null <\"$bp_dir/beat\"; \
-if [ \"$bp_b\" != \"$bp_l\" ]; then bp_l=$bp_b; bp_n=0; else bp_n=$((bp_n+1)); fi; \
-if [ $bp_n -ge $bp_x ]; then bp_dead=1; bp_sig $bp_me - \"$bp_mg\" TERM; bp_i=0; \
-while [ $bp_i -lt @GRACE@ ] && kill -0 $bp_me 2>/dev/null; do sleep 1; bp_i=$((bp_i+1)); done; \
-if [ \"$bp_mg\" != $bp_me ] && { [ -z \"$bp_st\" ] || bp_alive $bp_me \"$bp_st\" \"$bp_id\"; }; then \
-kill -s KILL $bp_me 2>/dev/null; fi; break; fi; done; \
-@SENDLOG@bp_rp=; bp_rs=; read -r bp_rp bp_rs 2>/dev/null <\"$bp_dir/reader\"; rm -rf -- \"$bp_dir\"; \
-case $bp_rp in ''|*[!0-9]*) ;; *) bp_alive \"$bp_rp\" \"$bp_rs\" \"$bp_id\" && kill -s TERM \"$bp_rp\";; esac; \
-[ \"$bp_mg\" = $bp_me ] && kill -s KILL -- \"-$bp_me\") \
-</dev/null @KEEPERR@>/dev/null 2>&1 & ";
-
-/// Marks the run as started (`run`: the pid borg will have, its start time, process group and
-/// uid, what the next run checks before it stops anything; `beats`: heartbeats flow) and starts
-/// the heartbeat reader on the script's stdin (through fd 3: a background list's own stdin is
-/// /dev/null): every line stamps `beat`; it ends at EOF or once the directory is gone.
-const GUARD_ARM: &str = "bp_stat $$; printf '%s %s %s %s\\n' $$ \"${bp_st:--}\" \"${bp_pg:--}\" \"$bp_id\" >\"$bp_dir/run\" || exit 2; \
-bp_beat \"$bp_dir/beat\" 0 2>/dev/null; : >\"$bp_dir/beats\"; exec 3<&0; \
-(bp_c=0; while IFS= read -r bp_l; do bp_c=$((bp_c+1)); bp_beat \"$bp_dir/beat\" $bp_c 2>/dev/null || break; done) <&3 >/dev/null 2>&1 & ";
-
-impl Guard {
-    fn fill(&self, text: &str) -> String {
-        text.replace("@SILENCE@", &self.silence.to_string())
-            .replace("@START@", &self.start.to_string())
-            .replace("@GRACE@", &self.grace.to_string())
-            .replace("@PREFIX@", DIR_PREFIX)
-    }
-
-    /// The functions ([`GUARD_FUNCTIONS`]); needs `bp_m`.
-    pub(crate) fn functions(&self) -> String {
-        self.fill(GUARD_FUNCTIONS)
-    }
-
-    /// The watcher ([`GUARD_WATCHER`]); needs `bp_dir` and the functions.
-    pub(crate) fn watcher(&self) -> String {
-        self.watcher_sending("", "")
-    }
-
-    /// The watcher, which once borg has exited (not after a silence stop: the link is dead and a
-    /// write to it could block) runs `send_log` with `keep_stderr` among its redirections.
-    pub(crate) fn watcher_sending(&self, send_log: &str, keep_stderr: &str) -> String {
-        let send_log = if send_log.is_empty() {
-            String::new()
-        } else {
-            format!("[ -n \"$bp_dead\" ] || {send_log}")
-        };
-        self.fill(GUARD_WATCHER)
-            .replace("@SENDLOG@", &send_log)
-            .replace("@KEEPERR@", keep_stderr)
-    }
-
-    /// Marks the run started and starts the heartbeat reader ([`GUARD_ARM`]); the command that
-    /// follows must be `exec`ed with `</dev/null 3<&-`.
-    pub(crate) fn arm(&self) -> String {
-        self.fill(GUARD_ARM)
-    }
-
-    /// Marks the run started without a reader on its stdin (restore-tar: tar reads the stream
-    /// there); the heartbeats come on a channel of their own ([`beat_script`]).
-    pub(crate) fn arm_without_reader(&self) -> String {
-        self.fill(GUARD_ARM_NO_READER)
-    }
-}
-
-/// Like [`GUARD_ARM`], without the reader.
-const GUARD_ARM_NO_READER: &str = "bp_stat $$; printf '%s %s %s %s\\n' $$ \"${bp_st:--}\" \"${bp_pg:--}\" \"$bp_id\" >\"$bp_dir/run\" || exit 2; \
-bp_beat \"$bp_dir/beat\" 0 2>/dev/null; ";
-
-/// The heartbeat reader on a channel of its own, for a run whose stdin is taken (restore-tar):
-/// it records itself in `DIR/reader` (pid and start time: the run's watcher ends it with the
-/// run, since a dead link never brings its EOF), marks `DIR/beats` (from then on the silence
-/// bound applies) and stamps `DIR/beat` for every line; it ends at
-/// EOF, or once the directory is gone. A directory that is not a started run of this user is
-/// left alone.
-pub(crate) fn beat_script(dir: &str) -> Result<Vec<u8>> {
-    if !is_private_dir_path(dir) {
-        return Err(Error::InvalidOption(format!(
-            "{dir:?} is not a private directory path"
-        )));
-    }
-    let mut s = b"bp_m=; ".to_vec();
-    s.extend_from_slice(Guard::default().functions().as_bytes());
-    s.extend_from_slice(b"bp_d=");
-    s.extend(shell_quote(dir.as_bytes())?);
-    s.extend_from_slice(
-        b"; [ -d \"$bp_d\" ] && [ ! -L \"$bp_d\" ] && [ -e \"$bp_d/run\" ] || exit 0; bp_stat $$; \
-          printf '%s %s\\n' $$ \"${bp_st:--}\" >\"$bp_d/reader\" && : >\"$bp_d/beats\" || exit 0; \
-          bp_c=0; while IFS= read -r bp_l; do bp_c=$((bp_c+1)); bp_beat \"$bp_d/beat\" $bp_c 2>/dev/null || exit 0; done",
-    );
-    Ok(s)
-}
-
-/// The client borg's version (`$bp_b`), reported on a `version` line. `borg --version` is a
-/// Python start-up (about 0.2 s) in front of every run, so its answer is remembered in the login
-/// user's cache (`${XDG_CACHE_HOME:-$HOME/.cache}/borg-pull/borg-version-CKSUM`, CKSUM of the
-/// program's resolved path) under the binary's identity: resolved path, device, inode, size,
-/// mtime and ctime (`stat -L -c`, GNU and busybox; elsewhere it asks every time). A replaced or
-/// rewritten binary (apt, pip, a new venv) changes the identity and is asked again. The
-/// answer only feeds a courtesy check (the server's borg serve flags and its protocol sniff do
-/// not depend on it), and every read is bounded: the cache file to one read of 512 bytes, the
-/// program's output to 256.
-const BORG_VERSION_SCRIPT: &str = "bp_v=; bp_c=; bp_k=; \
-bp_p=$(command -v \"$bp_b\" 2>/dev/null) && bp_k=$(stat -L -c '%d:%i:%s:%Y:%Z' -- \"$bp_p\" 2>/dev/null) && \
-bp_c=\"${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/borg-pull/borg-version-$(printf '%s' \"$bp_p\" | cksum | cut -d' ' -f1)\" && \
-[ -f \"$bp_c\" ] && bp_x=$(dd if=\"$bp_c\" bs=512 count=1 2>/dev/null) && \
-[ \"$(printf '%s\\n' \"$bp_x\" | sed -n 1p)\" = \"$bp_k $bp_p\" ] && bp_v=$(printf '%s\\n' \"$bp_x\" | sed -n 2p); \
-if [ -z \"$bp_v\" ]; then \
-bp_v=$({ if command -v timeout >/dev/null 2>&1; then timeout @SECS@ \"$bp_b\" --version; \
-else \"$bp_b\" --version; fi; } </dev/null 2>&1 | dd bs=256 count=1 2>/dev/null | sed -n 1p); \
-case $bp_v in borg*[0-9]*) [ -z \"$bp_c\" ] || ( umask 077; mkdir -p \"${bp_c%/*}\" && \
-{ printf '%s %s\\n%s\\n' \"$bp_k\" \"$bp_p\" \"$bp_v\" >\"$bp_c.$$\" && mv -f \"$bp_c.$$\" \"$bp_c\" || rm -f \"$bp_c.$$\"; } ) 2>/dev/null;; esac; fi; \
-printf '%sversion %s\\n' \"$bp_m\" \"$bp_v\"; ";
-
-/// `bp_check PROGRAM ROLE`: returns if PROGRAM can be run, else reports why and exits 127.
-///
-/// A path is checked along its parents, so "a parent directory is not searchable" is told apart
-/// from "not there" (the shell sees both as a missing file).
-pub const CHECK_FUNCTION: &str = "bp_check() { \
-case $1 in \
-*/*) [ -f \"$1\" ] && [ -x \"$1\" ] && return 0; \
-if [ -e \"$1\" ]; then bp_w='it is not an executable file'; \
-else bp_w='no such file'; bp_d=$1; \
-while case $bp_d in */*) bp_d=${bp_d%/*}; [ -n \"$bp_d\" ] || bp_d=/;; *) false;; esac; do \
-if [ -d \"$bp_d\" ]; then [ -x \"$bp_d\" ] || bp_w=\"directory $bp_d is not searchable by user $(id -un)\"; break; fi; \
-[ \"$bp_d\" = / ] && break; done; fi;; \
-*) command -v \"$1\" >/dev/null 2>&1 && return 0; bp_w=\"not found in PATH ($PATH)\";; \
-esac; printf '%smissing %s %s\\n' \"$bp_m\" \"$2\" \"$bp_w\"; exit 127; }; ";
-
-/// A marker for this run's report lines (not a secret: it only keeps start-up noise apart).
-pub fn new_marker() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    format!("borg-pull-{:016x}:", h.finish())
-}
-
-/// A dead run's leftovers that the script cleared (its watcher was gone or late): the
-/// directory, and borg's pid if its process was still running and was stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cleared {
-    /// The dead run's borg, if it still ran (stopped: SIGTERM, SIGKILL after the grace).
-    pub pid: Option<u32>,
-    /// Its private directory, removed (escaped for the log).
-    pub dir: String,
-}
-
-impl std::fmt::Display for Cleared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.pid {
-            Some(pid) => write!(
-                f,
-                "cleared a dead run on the client: borg pid {pid} stopped, {} removed",
-                self.dir
-            ),
-            None => write!(
-                f,
-                "cleared a dead run on the client: no process left, {} removed",
-                self.dir
-            ),
-        }
+        prelude
+            .set("bp_relay_name", self.name)?
+            .set("bp_relay_size", self.size.to_string())?
+            .set("bp_relay_sha", self.sha256)?;
+        Ok(())
     }
 }
 
@@ -721,96 +383,61 @@ pub enum Report {
 }
 
 /// Reads the channel until the script's first report; anything else it printed before (bounded by
-/// [`HELPER_OUTPUT_KEPT`]) only shows up in errors. Bytes after the report line are returned too.
+/// [`HELPER_OUTPUT_KEPT`](crate::limits::HELPER_OUTPUT_KEPT)) only shows up in errors. Bytes after
+/// the report line are returned too.
 pub async fn read_report(channel: &mut Channel<Msg>, marker: &str) -> Result<(Report, Vec<u8>)> {
-    let mut out = Captured::default();
-    while let Some(msg) = channel.wait().await {
-        let fits = match msg {
-            ChannelMsg::Data { data } => {
-                let fits = keep(&mut out.stdout, &data);
-                if let Some(found) = find_report(&out.stdout, marker)? {
-                    return Ok(found);
-                }
-                fits
-            }
-            ChannelMsg::ExtendedData { data, .. } => keep(&mut out.stderr, &data),
-            ChannelMsg::ExitStatus { exit_status } => {
-                out.status = Some(exit_status);
-                true
-            }
-            ChannelMsg::Failure => return Err(exec_refused(START_COMMAND)),
-            ChannelMsg::Close => break,
-            _ => true,
-        };
-        if !fits {
-            return Err(Error::RemoteOutputTooLarge {
-                command: START_COMMAND.into(),
-                limit: HELPER_OUTPUT_KEPT,
-                output: out.output_text(),
-            });
-        }
-    }
-    Err(Error::RemoteHelper {
-        command: START_COMMAND.into(),
-        status: out.status,
-        output: format!(
-            "{} (expected the new directory's absolute path)",
-            out.output_text()
-        ),
-    })
+    runner::read_report::<PullReports>(channel, marker).await
 }
 
-/// How errors name the start of the run (the script itself is long and not what failed).
-const START_COMMAND: &str = "the start of the run (mktemp -d, umask 077)";
+/// The pull's reading of its report lines: `version`, `relay` and `cleared` lines come before
+/// the one [`Report`] that ends the wait.
+#[derive(Debug, Default)]
+pub(crate) struct PullReports {
+    borg_version: Option<String>,
+    relay: Option<String>,
+    cleared: Vec<Cleared>,
+}
 
-fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>> {
-    let mut start = 0;
-    let mut borg_version = None;
-    let mut relay = None;
-    let mut cleared = Vec::new();
-    while let Some(end) = stdout[start..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|i| start + i)
-    {
-        let line = &stdout[start..end];
-        if let Some(rest) = line.strip_prefix(marker.as_bytes()) {
-            if let Some(version) = rest.strip_prefix(b"version ") {
-                borg_version = Some(escape_output(version));
-            } else if let Some(path) = rest.strip_prefix(b"relay ") {
-                relay = Some(String::from_utf8_lossy(path).into_owned());
-            } else if let Some(what) = rest.strip_prefix(b"cleared ") {
-                let what = escape_output(what);
-                let (pid, dir) = what.split_once(' ').unwrap_or(("-", &what));
-                cleared.push(Cleared {
-                    pid: pid.parse().ok(),
-                    dir: dir.to_owned(),
-                });
-            } else {
-                let mut report = parse_report(rest)?;
-                if let Report::Dir {
-                    borg_version: v,
-                    relay: r,
-                    cleared: c,
-                    ..
-                } = &mut report
-                {
-                    *v = borg_version;
-                    *r = relay;
-                    *c = cleared;
-                }
-                return Ok(Some((report, stdout[end + 1..].to_vec())));
+impl Reports for PullReports {
+    type Report = Report;
+    const STEP: &'static str = "the start of the run (mktemp -d, umask 077)";
+    const EXPECTED: &'static str = "expected the new directory's absolute path";
+
+    fn line(&mut self, rest: &[u8]) -> Result<Option<Report>> {
+        if let Some(version) = rest.strip_prefix(b"version ") {
+            self.borg_version = Some(escape_output(version));
+        } else if let Some(path) = rest.strip_prefix(b"relay ") {
+            self.relay = Some(String::from_utf8_lossy(path).into_owned());
+        } else if let Some(what) = rest.strip_prefix(b"cleared ") {
+            self.cleared.push(Cleared::parse(what));
+        } else {
+            let mut report = parse_report(rest)?;
+            if let Report::Dir {
+                borg_version,
+                relay,
+                cleared,
+                ..
+            } = &mut report
+            {
+                *borg_version = self.borg_version.take();
+                *relay = self.relay.take();
+                *cleared = std::mem::take(&mut self.cleared);
             }
+            return Ok(Some(report));
         }
-        start = end + 1;
+        Ok(None)
     }
-    Ok(None)
+}
+
+#[cfg(test)]
+fn find_report(stdout: &[u8], marker: &str) -> Result<Option<(Report, Vec<u8>)>> {
+    runner::find_report::<PullReports>(stdout, marker)
 }
 
 fn parse_report(line: &[u8]) -> Result<Report> {
     let text = String::from_utf8_lossy(line);
     let bad = || Error::RemoteHelper {
-        command: START_COMMAND.into(),
+        command: PullReports::STEP.into(),
         status: None,
         output: format!("unexpected report {:?}", escape_output(line)),
     };
@@ -1022,24 +649,11 @@ impl<E: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StderrSplit<'_,
     }
 }
 
-/// Whether `dir` is what our mktemp makes: absolute, one line, `.../borg-pull.XXXXXXXX`. Checked
-/// before it is used for the socket.
-pub fn is_private_dir_path(dir: &str) -> bool {
-    let Some((parent, name)) = dir.rsplit_once('/') else {
-        return false;
-    };
-    Path::new(dir).is_absolute()
-        && !dir.contains(['\n', '\0'])
-        && !parent.split('/').any(|c| c == "..")
-        && name
-            .strip_prefix(DIR_PREFIX)
-            .is_some_and(|rand| rand.len() == 8 && rand.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::Path;
     use std::process::{Command, Stdio};
 
     const MARKER: &str = "borg-pull-test:";
@@ -1802,6 +1416,10 @@ mod tests {
         assert!(f.script().is_err());
         let mut f = Fixture::new();
         f.env.push(("A-B".into(), "x".into()));
+        assert!(f.script().is_err());
+        // The script's own variables (go.sh counts its exports in bp_nenv).
+        let mut f = Fixture::new();
+        f.env.push(("bp_nenv".into(), "0".into()));
         assert!(f.script().is_err());
         let mut f = Fixture::new();
         f.args

@@ -360,12 +360,7 @@ impl<'e, E: AsyncWrite + Unpin> TarReplies<'e, E> {
             Tar::Running => None,
             Tar::Exited { hang_up_at, .. } => Some(*hang_up_at),
         };
-        let hang_up = async {
-            match hang_up_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let hang_up = crate::ssh::exec::sleep_until(hang_up_at);
         tokio::select! {
             msg = self.channel.wait() => self.take(msg).await,
             () = hang_up => {
