@@ -12,6 +12,6 @@
 pub mod pull;
 pub mod restore_tar;
 mod runner;
+pub mod sftp_pull;
 #[cfg(test)]
 mod shell_tests;
-pub mod sftp_pull;

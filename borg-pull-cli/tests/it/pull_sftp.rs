@@ -7,9 +7,6 @@
 //! machine's, so the archive shows whose names borg used, and its files appear at `/data` on the
 //! client, a path that is not where they are on this machine.
 
-mod common;
-mod sshd;
-
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
@@ -18,10 +15,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_ok, Outcome, TestCommand, TestDir};
-use sshd::{Sshd, SshdOptions, TEST_USER};
-
-const SERVER: &str = env!("CARGO_BIN_EXE_borg-pull-server");
+use borg_pull_testkit::sshd::{Sshd, SshdOptions, TEST_USER};
+use borg_pull_testkit::{assert_ok, server_bin, Outcome, TestCommand, TestDir};
 
 /// The recommended key line for the sftp method (README).
 const SFTP_ONLY: &str = "restrict,command=\"internal-sftp -R\" ";
@@ -189,7 +184,7 @@ impl Fixture {
 
     /// `borg-pull-server pull --via sftp ... -- ARGS` with the server's environment.
     fn pull_cmd(&self, extra: &[&str], args: &[&str]) -> TestCommand {
-        let mut cmd = TestCommand::new(SERVER);
+        let mut cmd = TestCommand::new(server_bin());
         self.server.env(&mut cmd);
         cmd.arg("pull")
             .arg("-p")
@@ -488,7 +483,7 @@ fn an_unchanged_second_run_hits_the_files_cache(f: &Fixture, want: &[Seen]) {
 
 #[test]
 fn sftp_pull_round_trips_with_borg_2_on_the_server_and_hits_its_files_cache() {
-    let Some(borg2) = common::borg2() else {
+    let Some(borg2) = borg_pull_testkit::borg2() else {
         return;
     };
     let f = Fixture::with(borg2, BorgLine::Two);
@@ -592,7 +587,7 @@ fn a_long_run_ends_without_a_mount(stop: Stop, code: i32) {
     }
     let mut cmd = f.pull_cmd(&extra, &["create", "::a", "/data"]);
     let mut run = cmd.spawn(f.server.join("pull.log"));
-    common::wait_until("borg started in the mount", || {
+    borg_pull_testkit::wait_until("borg started in the mount", || {
         fs::read_to_string(&started).is_ok_and(|s| s.trim() == "data/small")
     });
     match stop {
@@ -607,7 +602,7 @@ fn a_long_run_ends_without_a_mount(stop: Stop, code: i32) {
     assert_eq!(status.code(), Some(code), "{}", run.report());
     assert!(f.mounts().is_empty(), "mounted after {stop:?}: {:?}", f.mounts());
     // borg (here its wrapper) was stopped with its process group.
-    common::assert_no_process_mentions(&wrapper);
+    borg_pull_testkit::assert_no_process_mentions(&wrapper);
 }
 
 /// The mount of a running pull: one, read-only, without allow_other, below directories only
@@ -710,7 +705,7 @@ usage_errors! {
 
 #[test]
 fn sftp_pull_round_trips_with_borg_1_4_on_the_server() {
-    let Some(borg14) = common::borg14() else {
+    let Some(borg14) = borg_pull_testkit::borg14() else {
         return;
     };
     let f = Fixture::with_borg(borg14);
@@ -738,7 +733,7 @@ fn a_stale_mount_of_a_killed_run_is_removed_by_the_next_run() {
         &["create", "::a", "/data"],
     );
     let mut run = cmd.spawn(f.server.join("pull.log"));
-    common::wait_until("borg started in the mount", || {
+    borg_pull_testkit::wait_until("borg started in the mount", || {
         fs::read_to_string(&started).is_ok_and(|s| s.trim() == "data/small")
     });
     run.signal("KILL");
@@ -841,7 +836,7 @@ impl UserSide {
             "/data".into(),
         ];
         let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
-        self.command(f, path, Path::new(SERVER), &args)
+        self.command(f, path, &server_bin(), &args)
             .attach_log("sshd log", f.sshd.log_path())
             .output()
     }
@@ -897,7 +892,7 @@ fn run_pulls_a_fleet_client_with_via_sftp() {
         ),
     )
     .unwrap();
-    let mut cmd = TestCommand::new(SERVER);
+    let mut cmd = TestCommand::new(server_bin());
     f.server.env(&mut cmd);
     let out = cmd
         .args(["run", "--json", "--config"])
@@ -926,7 +921,7 @@ fn run_pulls_a_fleet_client_with_via_sftp() {
     assert!(f.mounts().is_empty(), "mounted after run: {:?}", f.mounts());
 
     // check-config --connect looks at such a client through its SFTP server alone.
-    let mut cmd = TestCommand::new(SERVER);
+    let mut cmd = TestCommand::new(server_bin());
     f.server.env(&mut cmd);
     let out = cmd
         .args(["check-config", "--connect", "--config"])
@@ -944,7 +939,7 @@ fn run_pulls_a_fleet_client_with_via_sftp() {
 
 /// `pull --via sftp` of a client on `sshd` (not the chrooted fixture), into an unused repository.
 fn pull_from(sshd: &Sshd, server: &TestDir) -> Outcome {
-    let mut cmd = TestCommand::new(SERVER);
+    let mut cmd = TestCommand::new(server_bin());
     server.env(&mut cmd);
     cmd.arg("pull")
         .arg("-p")
