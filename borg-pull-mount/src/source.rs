@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use crate::remote::{Attrs, DirEntry, Error, ReadData};
+use borg_pull_sftp::{Attrs, DirEntry, Error, ReadData};
 
 /// A remote tree the mount serves. Implemented by borg-pull-sftp's `Client`; tests implement
 /// hostile ones. Many calls may be outstanding at once; the mount puts a deadline on each.

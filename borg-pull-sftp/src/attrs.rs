@@ -125,6 +125,16 @@ impl Attrs {
     }
 }
 
+/// One directory entry: a validated name (no '/', no NUL, not "." or "..") and its attributes
+/// (as lstat: OpenSSH's READDIR does not follow symlinks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name, bytes as on the server.
+    pub name: Vec<u8>,
+    /// Its attributes.
+    pub attrs: Attrs,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

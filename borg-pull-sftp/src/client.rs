@@ -7,21 +7,11 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter};
 use tokio::task::JoinHandle;
 
-use crate::attrs::Attrs;
+use crate::attrs::{Attrs, DirEntry};
 use crate::error::{Bound, Error, Op, Request, Violation};
 use crate::limits::{Limits, JOIN_GRACE, UNANNOUNCED_MAX_READ, UNANNOUNCED_MAX_WRITE, WRITE_WINDOW};
 use crate::session::{self, Expect, Link, Reply, Session, Submitted};
 use crate::wire::{fxp, Fields, Packet};
-
-/// One directory entry: a validated name (no '/', no NUL, not "." or "..") and its attributes
-/// (as lstat: OpenSSH's READDIR does not follow symlinks).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
-    /// The name, bytes as on the server.
-    pub name: Vec<u8>,
-    /// Its attributes.
-    pub attrs: Attrs,
-}
 
 /// What one READ returned.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,7 +34,7 @@ pub mod limits;
 mod session;
 mod wire;
 
-pub use attrs::{Attrs, FileType};
-pub use client::{Client, DirEntry, Extensions, Handle, OpenFlags, ReadData, ServerLimits};
+pub use attrs::{Attrs, DirEntry, FileType};
+pub use client::{Client, Extensions, Handle, OpenFlags, ReadData, ServerLimits};
 pub use error::{Bound, Error, Escaped, Op, Request, Result, Violation};
 pub use limits::Limits;

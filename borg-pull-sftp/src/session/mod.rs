@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::attrs::Attrs;
-use crate::client::DirEntry;
+use crate::attrs::DirEntry;
 use crate::error::{Bound, Error, Op, Request, Violation};
 use crate::limits::Limits;
 use crate::wire::fx;

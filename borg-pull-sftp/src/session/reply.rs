@@ -3,7 +3,7 @@
 
 use super::{Expect, Fail, Reply};
 use crate::attrs::Attrs;
-use crate::client::DirEntry;
+use crate::attrs::DirEntry;
 use crate::error::{Bound, Op, Violation};
 use crate::limits::{Limits, MAX_HANDLE_LEN, MAX_STATUS_MESSAGE};
 use crate::wire::{fx, fxp, Fields};
