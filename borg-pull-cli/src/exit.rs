@@ -158,6 +158,14 @@ pub const NOT_BORG_SERVE: Code = Code {
               key (its forced command in authorized_keys)",
 };
 
+/// `pull --via sftp`: the client's tree cannot be mounted on this server.
+pub const SFTP_MOUNT: Code = Code {
+    code: 221,
+    meaning: "--via sftp: the client's tree cannot be mounted here (no /dev/fuse as root, no \
+              fusermount3 from fuse3 otherwise, an unusable mount point or a stale mount that \
+              will not go)",
+};
+
 /// Every code of ours, in both binaries.
 pub const ALL: &[Code] = &[
     USAGE,
@@ -181,6 +189,7 @@ pub const ALL: &[Code] = &[
     REPO_UNREADABLE,
     REFUSED_BEFORE_KEX,
     NOT_BORG_SERVE,
+    SFTP_MOUNT,
 ];
 
 /// The codes `borg-pull-server pull` can exit with (besides borg's own).
@@ -200,6 +209,7 @@ pub const PULL: &[Code] = &[
     MAX_RUNTIME,
     REFUSED_BEFORE_KEX,
     NOT_BORG_SERVE,
+    SFTP_MOUNT,
 ];
 
 /// The codes `borg-pull-server restore-tar` can exit with (besides borg's and tar's own).
@@ -290,6 +300,7 @@ pub fn for_pull_kind(kind: borg_pull_tunnel::error::ErrorKind) -> Code {
         K::MaxRuntime => MAX_RUNTIME,
         K::RefusedBeforeKex => REFUSED_BEFORE_KEX,
         K::NotBorgServe => NOT_BORG_SERVE,
+        K::Mount => SFTP_MOUNT,
     }
 }
 
@@ -339,7 +350,8 @@ pub fn for_authorize_kind(kind: borg_pull_tunnel::error::ErrorKind) -> Code {
         | K::ClientMisbehaved
         | K::MaxRuntime
         | K::RefusedBeforeKex
-        | K::NotBorgServe => FAILURE,
+        | K::NotBorgServe
+        | K::Mount => FAILURE,
     }
 }
 
@@ -462,6 +474,7 @@ mod tests {
                 (209, "a client"),
                 (220, "the clie"),
                 (219, "--via ag"),
+                (221, "--via sf"),
             ]
         );
     }
@@ -499,6 +512,7 @@ mod tests {
         pull_max_runtime_exits_217: [MaxRuntime] => MAX_RUNTIME,
         pull_not_borg_serve_exits_219: [NotBorgServe] => NOT_BORG_SERVE,
         pull_a_close_before_key_exchange_exits_220: [RefusedBeforeKex] => REFUSED_BEFORE_KEX,
+        pull_an_sftp_tree_that_cannot_be_mounted_exits_221: [Mount] => SFTP_MOUNT,
     }
 
     #[test]

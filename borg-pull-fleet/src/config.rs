@@ -150,6 +150,8 @@ pub enum ViaConfig {
         /// This server's public host key file.
         server_host_key: PathBuf,
     },
+    /// `via = "sftp"`: no borg on the client; its tree mounted here over SFTP.
+    Sftp,
 }
 
 /// `passphrase_file` or `passcommand` (never the passphrase itself in the config).
@@ -733,10 +735,27 @@ impl Context<'_> {
                         .unwrap_or_else(|| PathBuf::from("/etc/ssh/ssh_host_ed25519_key.pub")),
                 }
             }
+            "sftp" => {
+                for (key, set) in [
+                    ("server_ssh", own.server_ssh.is_some()),
+                    ("agent_key", own.agent_key.is_some()),
+                    ("ephemeral_key", own.ephemeral_key.unwrap_or(false)),
+                    ("install_relay", own.install_relay == Some(true)),
+                    ("storage_quota", raw.storage_quota.is_some()),
+                ] {
+                    if set {
+                        return Err(err(
+                            key,
+                            "cannot be used with via = \"sftp\": nothing runs on the client and no borg serve runs here".into(),
+                        ));
+                    }
+                }
+                ViaConfig::Sftp
+            }
             other => {
                 return Err(err(
                     "via",
-                    format!("{other:?}: expected \"socket\", \"agent\" or \"tcp\""),
+                    format!("{other:?}: expected \"socket\", \"agent\", \"tcp\" or \"sftp\""),
                 ))
             }
         };
@@ -941,6 +960,28 @@ impl Client {
         options.max_runtime = self.max_runtime;
         options.via = match &self.via {
             ViaConfig::Socket => Via::Socket,
+            ViaConfig::Sftp => {
+                let root = borg_pull_tunnel::jobs::sftp_pull::running_as_root();
+                // As for `pull --via sftp`: a systemd unit's RuntimeDirectory= first.
+                let var = |name| {
+                    std::env::var_os(name)
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from)
+                };
+                match borg_pull_tunnel::jobs::sftp_pull::default_work_dir(
+                    root,
+                    var("RUNTIME_DIRECTORY"),
+                    var("XDG_RUNTIME_DIR"),
+                    env.ssh.home.as_deref(),
+                ) {
+                    Some(work_dir) => Via::Sftp(borg_pull_tunnel::jobs::sftp_pull::SftpVia { work_dir }),
+                    None => {
+                        return Err(borg_pull_tunnel::Error::InvalidOption(
+                            "via = \"sftp\" without root needs HOME for its work directory".into(),
+                        ))
+                    }
+                }
+            }
             ViaConfig::Agent {
                 tcp,
                 server_ssh,
@@ -1030,6 +1071,21 @@ mod tests {
 
     fn message(text: &str) -> String {
         parse_text(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn via_sftp_parses_and_refuses_what_needs_a_client_side() {
+        let sftp = GOOD.replace("via = \"agent\"", "via = \"sftp\"");
+        let sftp: String = sftp
+            .lines()
+            .filter(|l| !l.starts_with("agent_key") && !l.starts_with("server_ssh"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let fleet = parse_text(&sftp).unwrap_or_else(|e| panic!("{e}\n{sftp}"));
+        assert!(fleet.clients.iter().any(|c| c.via == ViaConfig::Sftp));
+        let with_relay = sftp.replace("via = \"sftp\"\n", "via = \"sftp\"\ninstall_relay = true\n");
+        let m = message(&with_relay);
+        assert!(m.contains("install_relay") && m.contains("sftp"), "{m}");
     }
 
     const GOOD: &str = r#"

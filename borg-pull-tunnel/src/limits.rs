@@ -245,3 +245,15 @@ pub const BORG_STDERR_TAIL: usize = 1024;
 /// OpenSSH's whole default list is about 130 characters, and every cipher it can be configured
 /// with fits in about 250; the rest of a longer list says nothing a sysadmin needs.
 pub const CIPHER_LIST_SHOWN: usize = 400;
+
+/// `pull --via sftp`: the most of the client's `/etc/passwd` or `/etc/group` we read.
+///
+/// A host with 20,000 accounts has a passwd of about 1.5 MB; 4 MiB is ample for any real one and
+/// bounds what a hostile SFTP server can make us hold (a longer file fails the run, naming it).
+pub const SFTP_ACCOUNTS_FILE_MAX: usize = 4 * 1024 * 1024;
+
+/// `pull --via sftp`: the longest user or group name (and host name) we take from the client.
+///
+/// Linux's useradd allows 32 bytes, directory services a little more; 256 is far above any real
+/// name and keeps the files we write from the client's entries small.
+pub const SFTP_ACCOUNT_NAME_MAX: usize = 256;

@@ -20,6 +20,7 @@ mod pull_install_relay;
 mod pull_jump;
 mod pull_penalties_trixie;
 mod pull_remote_dir;
+mod pull_sftp;
 mod pull_switch;
 mod pull_via;
 mod relay_cli;

@@ -3,6 +3,8 @@
 //! - [`mod@pull`]: one whole pull ([`pull::pull`] with [`pull::PullOptions`]): the client's
 //!   `borg create` reaching the server's `borg serve` by one of three ways ([`pull::via`]), run by
 //!   the one script on the client ([`pull::script`]).
+//! - [`sftp_pull`]: `pull --via sftp`: the client's tree mounted here over SFTP, this server's
+//!   borg create in it.
 //! - [`restore_tar`]: `restore-tar`: borg export-tar here, streamed into `tar -x` on the client.
 //! - `runner`: what both share: the client script put together from `.sh` files, its exec, its
 //!   report reader, step deadlines, and the run guard on the client.
@@ -10,5 +12,6 @@
 pub mod pull;
 pub mod restore_tar;
 mod runner;
+pub mod sftp_pull;
 #[cfg(test)]
 mod shell_tests;

@@ -173,6 +173,28 @@ impl Session {
         Ok(channel)
     }
 
+    /// Opens a session channel and starts the subsystem `name` on it (e.g. `sftp`), waiting for
+    /// sshd's answer: sshd keeps a channel whose subsystem it refused open, so without the answer
+    /// a refusal would only show as silence. A refusal is [`Error::RequestDenied`].
+    pub async fn open_subsystem(&self, name: &'static str) -> Result<ChannelStream<Msg>> {
+        let mut channel = self
+            .answer("opening a session channel", self.handle.channel_open_session())
+            .await?;
+        let started = async {
+            channel.request_subsystem(true, name).await?;
+            // Bounded by `answer`'s deadline; sshd sends nothing else before its answer.
+            loop {
+                match channel.wait().await {
+                    Some(russh::ChannelMsg::Success) => return Ok(()),
+                    Some(russh::ChannelMsg::Failure) | None => return Err(russh::Error::RequestDenied),
+                    Some(_) => {}
+                }
+            }
+        };
+        self.answer(name, started).await?;
+        Ok(channel.into_stream())
+    }
+
     /// Runs a short helper `command` and collects a bounded prefix of its output (at most
     /// [`crate::limits::HELPER_OUTPUT_KEPT`] bytes of each stream).
     pub async fn capture(&self, command: &str, timeout: Duration) -> Result<Captured> {

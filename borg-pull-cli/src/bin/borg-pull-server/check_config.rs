@@ -230,10 +230,18 @@ async fn check_client(
     session: &borg_pull_tunnel::ssh::session::Session,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<String>, (u8, String)> {
+    if client.via == ViaConfig::Sftp {
+        // Nothing runs on the client: its SFTP server is all the method needs.
+        let home = borg_pull_tunnel::jobs::sftp_pull::probe(session)
+            .await
+            .map_err(fail)?;
+        return Ok(vec![format!("SFTP subsystem answers (working directory {home})")]);
+    }
     let transport = match (&client.via, install) {
         (ViaConfig::Socket, None) => Some((RemoteProgram::Relay, options.relay.clone(), "--version")),
         (ViaConfig::Socket, Some(_)) => None,
         (ViaConfig::Agent { .. }, _) => Some((RemoteProgram::Ssh, "ssh".into(), "-V")),
+        (ViaConfig::Sftp, _) => None,
     };
     let mut script = format!(
         "bp_m={MARK}; {check}\
@@ -302,6 +310,7 @@ async fn check_client(
             r.map(|_| "TCP forwarding allowed")
         }
         ViaConfig::Agent { tcp: false, .. } => Ok("agent forwarding not checked"),
+        ViaConfig::Sftp => Ok("forwarding not needed"),
     };
     // Cleaned up before judging, whatever the verdict.
     if !dir.is_empty() {

@@ -31,6 +31,11 @@ be limited with `restrict,port-forwarding`); --via agent needs ssh there and age
 (`restrict,agent-forwarding`); --via tcp needs ssh, agent and TCP forwarding
 (`restrict,agent-forwarding,port-forwarding`). For agent and tcp, the server's authorized_keys
 must force borg serve for the agent key (`borg-pull-server authorize`), or use --ephemeral-key.
+--via sftp needs nothing on the client but its SFTP server (the key may be limited with
+`restrict,command=\"internal-sftp -R\"`): only `create` runs, here, over a read-only FUSE mount
+of the client's / (root: /dev/fuse; other users: fusermount3 from fuse3). SFTP cannot carry ACLs,
+xattrs, file flags, ctime, inode numbers, hard-link identity (each link is stored as a file) or
+sub-second times; owners get the client's names as root, numeric ids only otherwise.
 Logging goes to stderr; {var} (e.g. {var}=debug) overrides -v.",
         exit::lines(exit::PULL).trim_end(),
         exit::range_note(),
@@ -126,9 +131,17 @@ pub struct PullArgs {
     /// command. `tcp` (the docs' `ssh -R 8022:localhost:22` method): like agent, through a TCP
     /// port forwarded on the client's loopback to --server-ssh; pick it when the client's sshd
     /// forbids UNIX socket forwarding but allows TCP forwarding, or the client cannot reach the
-    /// server.
+    /// server. `sftp` (the docs' SSHFS method without sshfs): no borg on the client; its tree
+    /// is mounted here read-only over its SFTP server and this server's borg runs `create` in it
+    /// (see below for what SFTP cannot carry).
     #[arg(long, value_enum, default_value = "socket")]
     via: ViaArg,
+
+    /// sftp: where the per-client mount points live (the same path every run, which borg's files
+    /// cache needs). Default: $RUNTIME_DIRECTORY, or /run/borg-pull for root, else
+    /// $XDG_RUNTIME_DIR/borg-pull or ~/.local/state/borg-pull.
+    #[arg(long, value_name = "DIR")]
+    sftp_dir: Option<PathBuf>,
 
     /// agent/tcp: the server's sshd as USER@HOST[:PORT]: as the client reaches it (agent), or as
     /// this server reaches it (tcp).
@@ -178,11 +191,15 @@ enum ViaArg {
     Socket,
     Agent,
     Tcp,
+    Sftp,
 }
 
 /// The method from `--via` and its options; an option of another method is a usage error.
 fn via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
     let usage = |m: &str| Err(Error::InvalidOption(m.to_owned()));
+    if args.via == ViaArg::Sftp {
+        return sftp_via(args, env);
+    }
     if args.via == ViaArg::Socket {
         if args.server_ssh.is_some() || args.agent_key.is_some() || args.ephemeral_key {
             return usage("--server-ssh, --agent-key and --ephemeral-key need --via agent or --via tcp");
@@ -224,6 +241,40 @@ fn via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
         ViaArg::Agent => Via::Agent(login),
         _ => Via::Tcp(login),
     })
+}
+
+/// `--via sftp`: its options; the other methods' are usage errors (the library refuses the rest).
+fn sftp_via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
+    let usage = |m: &str| Err(Error::InvalidOption(m.to_owned()));
+    if args.server_ssh.is_some() || args.agent_key.is_some() || args.ephemeral_key {
+        return usage("--server-ssh, --agent-key and --ephemeral-key need --via agent or --via tcp");
+    }
+    if args.install_relay.is_some() || args.storage_quota.is_some() || args.remote_dir.is_some() {
+        return usage(
+            "--install-relay, --storage-quota and --remote-dir cannot be used with --via sftp: nothing \
+             runs on the client and no borg serve runs here",
+        );
+    }
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let work_dir = match &args.sftp_dir {
+        Some(dir) => Some(dir.clone()),
+        None => borg_pull_tunnel::jobs::sftp_pull::default_work_dir(
+            borg_pull_tunnel::jobs::sftp_pull::running_as_root(),
+            var("RUNTIME_DIRECTORY"),
+            var("XDG_RUNTIME_DIR"),
+            env.ssh.home.as_deref(),
+        ),
+    };
+    match work_dir {
+        Some(work_dir) if work_dir.is_absolute() => {
+            Ok(Via::Sftp(borg_pull_tunnel::jobs::sftp_pull::SftpVia { work_dir }))
+        }
+        _ => usage("--via sftp needs an absolute --sftp-dir DIR (no HOME or XDG_RUNTIME_DIR to default to)"),
+    }
 }
 
 /// `--install-relay=FILE`'s FILE: `--install-relay=` names no file, and silently taking the relay

@@ -24,6 +24,7 @@
 
 pub mod script;
 pub mod via;
+mod via_sftp;
 
 use std::ffi::OsString;
 use std::future::Future as _;
@@ -357,6 +358,9 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
+    if let Via::Sftp(via) = &options.via {
+        return via_sftp::pull(&options, via, stdout, stderr).await;
+    }
     let span = tracing::info_span!("pull", client = %options.session.host, port = options.session.port);
     async move {
         let marker = script::new_marker();
@@ -575,7 +579,7 @@ impl Run<'_> {
     {
         let runner = Runner::new(self.session, &self.options.cancel);
         let agent = match self.options.via {
-            Via::Socket => AgentForwarding::Off,
+            Via::Socket | Via::Sftp(_) => AgentForwarding::Off,
             Via::Agent(_) | Via::Tcp(_) => AgentForwarding::On,
         };
         let mut channel = runner.exec("opening the run's channel", script, agent).await?;

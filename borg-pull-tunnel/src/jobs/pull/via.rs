@@ -55,13 +55,16 @@ pub enum Via {
     Agent(ServerLogin),
     /// The client's ssh to a TCP port forwarded to the server's sshd, with our forwarded agent.
     Tcp(ServerLogin),
+    /// No borg on the client: its tree mounted here over SFTP, this server's borg create in it
+    /// ([`crate::jobs::sftp_pull`]).
+    Sftp(crate::jobs::sftp_pull::SftpVia),
 }
 
 impl Via {
     /// The server login of the agent and TCP methods.
     pub(crate) fn server_login(&self) -> Option<&ServerLogin> {
         match self {
-            Via::Socket => None,
+            Via::Socket | Via::Sftp(_) => None,
             Via::Agent(login) | Via::Tcp(login) => Some(login),
         }
     }

@@ -175,12 +175,14 @@ fn client_keys() -> Vec<Key> {
         ),
         key(
             "via",
-            "string: \"socket\", \"agent\" or \"tcp\"",
+            "string: \"socket\", \"agent\", \"tcp\" or \"sftp\"",
             "\"socket\"",
             "How borg on the client reaches this server: \"socket\" forwards a UNIX socket to \
              the relay; \"agent\" and \"tcp\" let the client's ssh log in to this server's sshd \
              with a forwarded agent key (\"tcp\" through a forwarded TCP port), for clients whose \
-             sshd forbids UNIX socket forwarding. See borg\\-pull\\-server\\-pull(1), \\-\\-via.",
+             sshd forbids UNIX socket forwarding; \"sftp\" needs no borg on the client: its tree \
+             is mounted here read\\-only over SFTP and this server's borg runs create in it. See \
+             borg\\-pull\\-server\\-pull(1), \\-\\-via.",
         ),
         key(
             "server_ssh",
