@@ -277,90 +277,104 @@ pub fn range_note() -> String {
     )
 }
 
-/// Our own failures map to codes 200 and up (see [`PULL`]).
-pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
-    use borg_pull_tunnel::error::ClientSshCause;
-    use borg_pull_tunnel::{Error as E, SecretKind};
-    match e {
-        E::InvalidOption(_) | E::NulInArgument(_) => USAGE,
-        E::Serve(
-            borg_pull_core::Error::RepoNotAbsolute { .. } | borg_pull_core::Error::UnsupportedByBorg { .. },
-        ) => USAGE,
-        E::Serve(borg_pull_core::Error::CannotRefuseDeletes { .. }) => USAGE,
-        E::Serve(
-            borg_pull_core::Error::BorgNotFound { .. }
-            | borg_pull_core::Error::SpawnBorg { .. }
-            | borg_pull_core::Error::SpawnBorgVersion { .. }
-            | borg_pull_core::Error::BorgVersionUnknown { .. },
-        ) => BORG_UNAVAILABLE,
-        E::JumpHost { source, .. } => for_pull_error(source),
-        E::JumpConnect { .. } => CONNECT,
-        // The client's ssh to the server: the same codes as for our own connection.
-        E::ClientSsh { cause, .. } => match cause {
-            ClientSshCause::HostKey => HOST_KEY,
-            ClientSshCause::Auth => AUTH,
-            ClientSshCause::Connect => CONNECT,
-            ClientSshCause::NotBorgServe => NOT_BORG_SERVE,
-        },
-        e if e.is_host_key() => HOST_KEY,
-        E::KnownHostsIo { .. } => HOST_KEY,
-        E::SecretFileTooOpen {
-            kind: SecretKind::RepoPassphrase,
-            ..
-        } => PASSPHRASE,
-        E::Identity { .. }
-        | E::IdentityEncrypted { .. }
-        | E::NoIdentity { .. }
-        | E::SecretFileTooOpen { .. }
-        | E::AuthFailed { .. }
-        | E::AuthCutOff { .. } => AUTH,
-        E::Passphrase(_) => PASSPHRASE,
-        E::Connect { .. } | E::ConnectTimeout { .. } => CONNECT,
-        E::ServerHostKey { .. } | E::ForcedCommandInvalid { .. } => USAGE,
+/// The code of a kind of tunnel error under `pull`, `restore-tar`, `run` and `check-config` (see
+/// [`PULL`]). Exhaustive, as every mapping here: a new kind does not compile until it has a code.
+pub fn for_pull_kind(kind: borg_pull_tunnel::error::ErrorKind) -> Code {
+    use borg_pull_tunnel::error::ErrorKind as K;
+    match kind {
+        K::Usage => USAGE,
+        K::Internal | K::Protocol | K::Server => FAILURE,
+        K::Interrupted => INTERRUPTED,
+        K::BorgUnavailable => BORG_UNAVAILABLE,
         // --ephemeral-key: the server user's authorized_keys cannot be edited safely.
-        E::AuthorizedKeysIo { .. }
-        | E::AuthorizedKeysUnsafe { .. }
-        | E::AuthorizedKeysConflict { .. }
-        | E::Io { .. } => OS_ERROR,
-        E::ForwardDenied { .. }
-        | E::RemoteDirUnusable { .. }
-        | E::TcpForwardDenied { .. }
-        | E::BorgVersionMismatch { .. }
-        | E::BorgGenerationMismatch { .. }
-        | E::RelayInstall { .. }
-        | E::AgentNotForwarded { .. }
-        | E::RemoteProgramMissing { .. }
-        | E::RemoteHelper { .. }
-        | E::RemoteHelperTimeout { .. } => CLIENT_SETUP,
-        E::ConnectionLost { .. } => CONNECTION_LOST,
-        E::NoAnswer { .. }
-        | E::OversizedPacket { .. }
-        | E::ChannelOpenFlood { .. }
-        | E::RemoteOutputTooLarge { .. } => CLIENT_MISBEHAVED,
-        E::MaxRuntime { .. } | E::RestoreMaxRuntime { .. } => MAX_RUNTIME,
-        E::ClosedBeforeKex { .. } => REFUSED_BEFORE_KEX,
-        E::Interrupted => INTERRUPTED,
-        // Like a refused forward: the client's sshd is set up without what we need; a person
-        // fixes it (its Ciphers, or our --cipher), retrying does not.
-        E::CipherNotOffered { .. } => CLIENT_SETUP,
-        E::SftpPull(e) => for_sftp_pull_error(e),
-        _ => FAILURE,
+        K::Os | K::AuthorizedKeysConflict => OS_ERROR,
+        K::HostKey => HOST_KEY,
+        K::Auth => AUTH,
+        K::Passphrase => PASSPHRASE,
+        K::Connect => CONNECT,
+        // Like a refused forward, a cipher the client's sshd lacks: a person fixes its set-up (or
+        // our --cipher); retrying does not.
+        K::ClientSetup => CLIENT_SETUP,
+        K::ConnectionLost => CONNECTION_LOST,
+        K::ClientMisbehaved => CLIENT_MISBEHAVED,
+        K::MaxRuntime => MAX_RUNTIME,
+        K::RefusedBeforeKex => REFUSED_BEFORE_KEX,
+        K::NotBorgServe => NOT_BORG_SERVE,
+        K::SftpMount => SFTP_MOUNT,
     }
 }
 
-/// `pull --via sftp`'s own failures.
-fn for_sftp_pull_error(e: &borg_pull_tunnel::jobs::sftp_pull::SftpPullError) -> Code {
-    use borg_pull_tunnel::jobs::sftp_pull::SftpPullError as S;
-    match e {
-        S::Usage(_) => USAGE,
-        S::SubsystemRefused { .. } => CLIENT_SETUP,
-        S::Sftp(e) if e.is_status() => CLIENT_SETUP,
-        S::Sftp(_) | S::AccountsTooBig { .. } => CLIENT_MISBEHAVED,
-        S::Mount(_) => SFTP_MOUNT,
-        S::Local { .. } => OS_ERROR,
-        S::SpawnBorg { .. } => BORG_UNAVAILABLE,
-        S::MaxRuntime { .. } => MAX_RUNTIME,
-        _ => FAILURE,
+/// Our own failures of `pull` and its kin map to codes 200 and up (see [`PULL`]); a jump host's
+/// failure has its cause's code.
+pub fn for_pull_error(e: &borg_pull_tunnel::Error) -> Code {
+    for_pull_kind(e.kind())
+}
+
+/// The code of a kind of core error under `listen` (see [`LISTEN`]).
+pub fn for_listen_kind(kind: borg_pull_core::error::ErrorKind) -> Code {
+    use borg_pull_core::error::ErrorKind as K;
+    match kind {
+        K::Usage => USAGE,
+        K::BorgUnavailable => BORG_UNAVAILABLE,
+        K::SocketUnsafe => SOCKET_UNSAFE,
+        K::SocketInUse => SOCKET_IN_USE,
+        K::Os => OS_ERROR,
+        K::Relay | K::BorgFailed => FAILURE,
+    }
+}
+
+/// `listen`'s code for an error of borg-pull-core.
+pub fn for_listen_error(e: &borg_pull_core::Error) -> Code {
+    for_listen_kind(e.kind())
+}
+
+/// The code of a kind of tunnel error under `authorize` (see [`AUTHORIZE`]): an existing entry
+/// with other options has its own code there, and nothing connects.
+pub fn for_authorize_kind(kind: borg_pull_tunnel::error::ErrorKind) -> Code {
+    use borg_pull_tunnel::error::ErrorKind as K;
+    match kind {
+        K::Usage => USAGE,
+        K::Os => OS_ERROR,
+        K::AuthorizedKeysConflict => AUTHORIZED_KEYS_CONFLICT,
+        K::Internal
+        | K::Protocol
+        | K::Server
+        | K::Interrupted
+        | K::BorgUnavailable
+        | K::HostKey
+        | K::Auth
+        | K::Passphrase
+        | K::Connect
+        | K::ClientSetup
+        | K::ConnectionLost
+        | K::ClientMisbehaved
+        | K::MaxRuntime
+        | K::RefusedBeforeKex
+        | K::NotBorgServe
+        | K::SftpMount => FAILURE,
+    }
+}
+
+/// `authorize`'s code for an error of borg-pull-tunnel.
+pub fn for_authorize_error(e: &borg_pull_tunnel::Error) -> Code {
+    for_authorize_kind(e.kind())
+}
+
+/// `check-config`'s code for a client's repository that will not open for `run`.
+pub fn for_repo_problem(e: &borg_pull_fleet::check::RepoProblem) -> Code {
+    use borg_pull_fleet::check::RepoProblemKind as K;
+    match e.kind() {
+        K::Passphrase => PASSPHRASE,
+        K::BorgUnavailable => BORG_UNAVAILABLE,
+        K::Unreadable => REPO_UNREADABLE,
+    }
+}
+
+/// The code of a fleet config that cannot be used (`run`, `check-config`, `status`).
+pub fn for_config_error(e: &borg_pull_fleet::config::ConfigError) -> Code {
+    use borg_pull_fleet::config::ConfigErrorKind as K;
+    match e.kind() {
+        K::Unreadable | K::Invalid => USAGE,
     }
 }
 
@@ -413,22 +427,19 @@ mod tests {
         use borg_pull_tunnel::error::KexStage;
         use borg_pull_tunnel::Error as E;
         let closed = E::ClosedBeforeKex {
-            host: "c".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("c", 22),
             stage: KexStage::NoBanner,
         };
         assert_eq!(for_pull_error(&closed), REFUSED_BEFORE_KEX);
         let behind = E::JumpHost {
-            host: "j".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("j", 22),
             source: Box::new(closed),
         };
         assert_eq!(for_pull_error(&behind), REFUSED_BEFORE_KEX);
         assert!(PULL.contains(&REFUSED_BEFORE_KEX) && RESTORE.contains(&REFUSED_BEFORE_KEX));
         let cut_off = E::AuthCutOff {
             user: "u".into(),
-            host: "c".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("c", 22),
             offered: 3,
             said: String::new(),
         };
@@ -482,5 +493,109 @@ mod tests {
                 (221, "--via sf"),
             ]
         );
+    }
+
+    use borg_pull_core::error::ErrorKind as CoreKind;
+    use borg_pull_tunnel::error::ErrorKind as K;
+
+    /// One named test per code: the kinds that exit with it under `pull` (and `restore-tar`,
+    /// `run`, `check-config`), and that the code is in `pull`'s table.
+    macro_rules! pull_codes {
+        ($($name:ident: [$($kind:ident),+] => $code:ident,)*) => {$(
+            #[test]
+            fn $name() {
+                for kind in [$(K::$kind),+] {
+                    assert_eq!(for_pull_kind(kind), $code, "{kind:?}");
+                }
+                assert!(PULL.contains(&$code), "{:?} not in pull's table", $code);
+            }
+        )*};
+    }
+
+    pull_codes! {
+        pull_usage_errors_exit_200: [Usage] => USAGE,
+        pull_internal_protocol_and_server_failures_exit_201: [Internal, Protocol, Server] => FAILURE,
+        pull_interrupted_exits_202: [Interrupted] => INTERRUPTED,
+        pull_borg_unavailable_exits_203: [BorgUnavailable] => BORG_UNAVAILABLE,
+        pull_os_errors_and_authorized_keys_conflicts_exit_204: [Os, AuthorizedKeysConflict] => OS_ERROR,
+        pull_host_key_failures_exit_210: [HostKey] => HOST_KEY,
+        pull_auth_failures_exit_211: [Auth] => AUTH,
+        pull_passphrase_failures_exit_212: [Passphrase] => PASSPHRASE,
+        pull_connect_failures_exit_213: [Connect] => CONNECT,
+        pull_client_setup_failures_exit_214: [ClientSetup] => CLIENT_SETUP,
+        pull_a_lost_connection_exits_215: [ConnectionLost] => CONNECTION_LOST,
+        pull_a_misbehaving_client_exits_216: [ClientMisbehaved] => CLIENT_MISBEHAVED,
+        pull_max_runtime_exits_217: [MaxRuntime] => MAX_RUNTIME,
+        pull_not_borg_serve_exits_219: [NotBorgServe] => NOT_BORG_SERVE,
+        pull_a_close_before_key_exchange_exits_220: [RefusedBeforeKex] => REFUSED_BEFORE_KEX,
+        pull_an_sftp_mount_failure_exits_221: [SftpMount] => SFTP_MOUNT,
+    }
+
+    #[test]
+    fn listen_maps_core_kinds_to_its_table() {
+        for (kind, code) in [
+            (CoreKind::Usage, USAGE),
+            (CoreKind::BorgUnavailable, BORG_UNAVAILABLE),
+            (CoreKind::SocketUnsafe, SOCKET_UNSAFE),
+            (CoreKind::SocketInUse, SOCKET_IN_USE),
+            (CoreKind::Os, OS_ERROR),
+            (CoreKind::Relay, FAILURE),
+            (CoreKind::BorgFailed, FAILURE),
+        ] {
+            assert_eq!(for_listen_kind(kind), code, "{kind:?}");
+            assert!(LISTEN.contains(&code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn authorize_gives_a_conflict_its_own_code_and_the_rest_its_table() {
+        assert_eq!(
+            for_authorize_kind(K::AuthorizedKeysConflict),
+            AUTHORIZED_KEYS_CONFLICT
+        );
+        assert_eq!(for_pull_kind(K::AuthorizedKeysConflict), OS_ERROR);
+        assert_eq!(for_authorize_kind(K::Usage), USAGE);
+        assert_eq!(for_authorize_kind(K::Os), OS_ERROR);
+        for kind in [K::Internal, K::HostKey, K::Connect, K::ClientSetup, K::Passphrase] {
+            assert_eq!(for_authorize_kind(kind), FAILURE, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn check_config_maps_repository_problems_by_kind() {
+        use borg_pull_fleet::check::RepoProblem as P;
+        let repo = || std::path::PathBuf::from("/srv/borg/web1");
+        let wrong = P::WrongPassphrase {
+            repo: repo(),
+            from: "passphrase_file /p".into(),
+            said: String::new(),
+        };
+        let no_borg = P::BorgUnavailable {
+            borg: "borg".into(),
+            repo: repo(),
+            said: String::new(),
+        };
+        assert_eq!(for_repo_problem(&wrong), PASSPHRASE);
+        assert_eq!(for_repo_problem(&no_borg), BORG_UNAVAILABLE);
+        assert_eq!(for_repo_problem(&P::Missing { repo: repo() }), REPO_UNREADABLE);
+    }
+
+    /// A task that ended abnormally was an "invalid option" (exit 200) before the kinds; it is an
+    /// internal failure.
+    #[test]
+    fn a_failed_background_task_exits_201_not_as_a_usage_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let source = rt.block_on(async {
+            let task = tokio::spawn(std::future::pending::<()>());
+            task.abort();
+            task.await.expect_err("aborted")
+        });
+        let e = borg_pull_tunnel::Error::BackgroundTask {
+            task: "reading the relay to install",
+            source,
+        };
+        assert_eq!(for_pull_error(&e), FAILURE);
     }
 }

@@ -3,9 +3,12 @@
 //! Library errors carry data (a path, a program, a host) but no flag names: the same call may come
 //! from a config file or another program. The binary knows which flag sets what, so it appends the
 //! fix here. While the libraries' own messages still name some flags, a hint whose flag the message
-//! already mentions is left out, so nothing is said twice.
+//! already mentions is left out, so nothing is said twice. Hints are chosen by the error's type and
+//! fields, never by its text.
 
 use std::error::Error as StdError;
+
+use borg_pull_core::error::Chain;
 
 /// A fix to append to an error message; `flag` is what makes it redundant when already present.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,36 +252,34 @@ pub fn fleet(err: &borg_pull_tunnel::Error) -> Option<Hint> {
 
 /// [`render`] for a client of `run` / `check-config`: the hint names the config key ([`fleet`]).
 pub fn render_fleet(err: &borg_pull_tunnel::Error) -> String {
-    let mut out = String::new();
-    let mut cause: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-        cause = e.source();
-    }
-    append(out, fleet(err))
+    append(Chain(err).to_string(), fleet(err))
 }
 
 /// The hint for an error of `borg-pull-server authorize` (its flags differ from pull's).
 pub fn authorize(err: &borg_pull_tunnel::Error) -> Option<Hint> {
+    use borg_pull_tunnel::error::EntryPart;
     use borg_pull_tunnel::Error as E;
     match err {
         E::PublicKeyFile { .. } => Some(Hint::new(
             "--key",
             "pass the public key (the .pub file) with --key FILE.pub",
         )),
-        E::ForcedCommandInvalid { what, .. } if *what == "borg program" => {
-            Some(Hint::new("--borg", "pass another --borg PROGRAM"))
+        E::ForcedCommandInvalid {
+            what: EntryPart::BorgProgram,
+            ..
+        } => Some(Hint::new("--borg", "pass another --borg PROGRAM")),
+        E::ForcedCommandInvalid {
+            what: EntryPart::RepositoryPath,
+            ..
         }
-        E::ForcedCommandInvalid { what, .. } if *what != "repository path" => None,
-        E::ForcedCommandInvalid { .. } | E::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => Some(
-            Hint::new("--repo", "pass the repository's absolute path with --repo"),
-        ),
+        | E::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => Some(Hint::new(
+            "--repo",
+            "pass the repository's absolute path with --repo",
+        )),
+        E::ForcedCommandInvalid {
+            what: EntryPart::Argument | EntryPart::KeyComment | EntryPart::Line,
+            ..
+        } => None,
         E::AuthorizedKeysUnsafe { .. } | E::AuthorizedKeysIo { .. } => Some(Hint::new(
             "--authorized-keys",
             "or point --authorized-keys at another file",
@@ -314,22 +315,10 @@ pub fn append(message: String, hint: Option<Hint>) -> String {
     }
 }
 
-/// The error chain on one line, skipping causes a message already quotes (library errors embed
-/// theirs), then the hint.
+/// The error chain on one line (`outer: inner: innermost`; each library error says its cause once,
+/// in its message or as its source), then the hint.
 pub fn render(err: &(dyn StdError + 'static)) -> String {
-    let mut out = String::new();
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-        cause = e.source();
-    }
-    append(out, for_chain(err))
+    append(Chain(err).to_string(), for_chain(err))
 }
 
 #[cfg(test)]
@@ -357,7 +346,7 @@ mod tests {
         let missing = E::RemoteProgramMissing {
             program: "borg-pull-relay".into(),
             role: borg_pull_tunnel::RemoteProgram::Relay,
-            host: "h".into(),
+            peer: borg_pull_tunnel::error::Peer::new("h", 22),
             why: "no such file".into(),
         };
         assert_eq!(tunnel(&missing).unwrap().flag, "--relay");
@@ -378,8 +367,7 @@ mod tests {
         });
         assert_eq!(tunnel(&wrapped).unwrap().flag, "--borg");
         let at_jump_host = E::JumpHost {
-            host: "bastion".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("bastion", 22),
             source: Box::new(E::NoIdentity {
                 tried: vec![],
                 agent: Some(PathBuf::from("/run/agent.sock")),
@@ -393,7 +381,7 @@ mod tests {
     fn client_ssh_causes_get_their_flags_and_keys() {
         use borg_pull_tunnel::error::ClientSshCause as C;
         let err = |cause| borg_pull_tunnel::Error::ClientSsh {
-            host: "web1".into(),
+            peer: borg_pull_tunnel::error::Peer::new("web1", 22),
             server: "backup@srv port 22".into(),
             cause,
             said: "Host key verification failed.".into(),
@@ -412,6 +400,43 @@ mod tests {
             let appended = usize::from(cause != C::NotBorgServe);
             assert_eq!(text.matches(&hint.text).count(), appended, "{text}");
         }
+    }
+
+    /// The chain is walked, each level said once: a jump host, the connection it failed at, the
+    /// operating system's reason.
+    #[test]
+    fn render_says_each_cause_of_the_chain_once() {
+        use borg_pull_tunnel::error::Peer;
+        let e = borg_pull_tunnel::Error::JumpHost {
+            peer: Peer::new("bastion", 2222),
+            source: Box::new(borg_pull_tunnel::Error::Connect {
+                peer: Peer::new("web1", 22),
+                source: std::io::Error::other("connection refused"),
+            }),
+        };
+        assert_eq!(
+            render(&e),
+            "jump host bastion port 2222: cannot connect to web1 port 22: connection refused"
+        );
+        assert_eq!(render_fleet(&e), render(&e));
+    }
+
+    /// `authorize` picks its hint by which part of the entry is unusable, not by message text.
+    #[test]
+    fn authorize_hints_follow_the_part_of_the_entry() {
+        use borg_pull_tunnel::error::EntryPart;
+        let invalid = |what| borg_pull_tunnel::Error::ForcedCommandInvalid {
+            what,
+            value: "x".into(),
+            why: "it contains a NUL byte",
+        };
+        let flag = |what| authorize(&invalid(what)).map(|h| h.flag);
+        assert_eq!(flag(EntryPart::BorgProgram), Some("--borg"));
+        assert_eq!(flag(EntryPart::RepositoryPath), Some("--repo"));
+        assert_eq!(flag(EntryPart::KeyComment), None);
+        assert!(invalid(EntryPart::BorgProgram)
+            .to_string()
+            .starts_with("the borg program \"x\""));
     }
 
     #[test]
@@ -449,8 +474,7 @@ mod key_budget_tests {
     fn auth_failed(agent_keys: usize, agent_keys_held: u32) -> E {
         E::AuthFailed {
             user: "u".into(),
-            host: "h".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("h", 22),
             identity: PathBuf::new(),
             agent: Some(PathBuf::from("/run/a.sock")),
             agent_keys,
@@ -471,8 +495,7 @@ mod key_budget_tests {
         assert_eq!(render(&all), all.to_string());
         let cut_off = E::AuthCutOff {
             user: "u".into(),
-            host: "h".into(),
-            port: 22,
+            peer: borg_pull_tunnel::error::Peer::new("h", 22),
             offered: 3,
             said: "Too many authentication failures".into(),
         };

@@ -334,7 +334,7 @@ fn config_page_documents_exactly_the_keys_the_parser_accepts() {
         (
             "PRUNE KEYS",
             "prune",
-            "borg-pull-fleet/src/retention.rs",
+            "borg-pull-fleet/src/config/policy.rs",
             "pub struct Retention {",
         ),
         (

@@ -3,6 +3,8 @@
 //! - [`relay`]: UNIX socket <-> stdio relay with correct half-close (what `borg-pull-relay` runs as
 //!   `BORG_RSH` on the client).
 //! - [`rsh`]: parsing the ssh-style argv that borg appends to `BORG_RSH`.
+//! - [`child`]: the one way to run a local borg: own process group, stated environment, bounded
+//!   escaped stderr, SIGTERM then SIGKILL, always reaped.
 //! - [`serve`]: spawning, bridging, killing and reaping `borg serve` with restrictions that the
 //!   *server* fixes; nothing a client sends can widen them.
 //! - [`listen`]: private UNIX listeners (safe directory and socket modes, stale vs live sockets,
@@ -21,6 +23,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod child;
 pub mod error;
 pub mod limits;
 pub mod listen;

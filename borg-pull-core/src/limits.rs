@@ -59,10 +59,41 @@ pub const RELAY_PIPE_SIZE: usize = 1024 * 1024;
 /// SOMAXCONN, and what std's `UnixListener::bind` used) is far more than borg clients ever queue.
 pub const LISTEN_BACKLOG: i32 = 128;
 
-/// Longest line of someone else's output we log (`borg serve`'s stderr); the rest is dropped and
-/// counted (`… [N bytes cut]`).
+/// Longest line of someone else's output we log (`borg serve`'s stderr, a restore's borg, the
+/// fleet's server-side borg); the rest is dropped and counted (`… [N bytes cut]`). The one name
+/// for it in every crate.
 ///
 /// borg's own messages, tracebacks included, come one line at a time and far below this; 4 KiB
 /// keeps a full path or error in view while a program writing megabytes without a newline costs
 /// us 4 KiB, not its output's size.
 pub const LOG_LINE_MAX: usize = 4 * 1024;
+
+/// Default for the longest one pull or restore may run (`--max-runtime`, a fleet client's
+/// `max_runtime`) before borg is stopped and the run ends with its own error. The one name for it
+/// in every crate.
+///
+/// Far above a nightly backup (hours), far below "never": a client that keeps the connection
+/// alive but never finishes would hold `borg serve` and the repository lock for ever.
+pub const DEFAULT_MAX_RUNTIME: Duration = Duration::from_secs(24 * 3600);
+/// Most non-blank lines of a local borg's stderr kept for the error message ([`crate::child`]);
+/// every line is still logged or relayed as it comes.
+///
+/// borg's error is its last line or, with a traceback, the last few; 20 holds a short traceback
+/// while a borg printing millions of lines costs us 20 lines.
+pub const CHILD_STDERR_KEPT_LINES: usize = 20;
+
+/// Most bytes of escaped text kept of a local borg's stderr ([`CHILD_STDERR_KEPT_LINES`]); the
+/// newest line always stays.
+///
+/// Four lines of [`LOG_LINE_MAX`]: what a long path in an error needs, with room for the lines
+/// before it, while a stderr of long escaped lines (each byte of binary noise is four characters
+/// escaped) costs 16 KiB, not 20 × 16 KiB.
+pub const CHILD_STDERR_KEPT_BYTES: usize = 16 * 1024;
+
+/// How long a reaped local borg's stderr may stay open before we stop waiting for its last
+/// lines.
+///
+/// The pipe closes with the last process of the group, which we SIGKILL once borg is reaped, so
+/// this is reached only when something left the group (`setsid`) holding the pipe; 5 s is far
+/// beyond the milliseconds the kernel takes to close it otherwise.
+pub const CHILD_STDERR_DRAIN: Duration = Duration::from_secs(5);

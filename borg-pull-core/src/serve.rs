@@ -17,12 +17,12 @@ use std::process::{ExitStatus, Stdio};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::ChildStdin;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
-use crate::limits::{LOG_LINE_MAX, SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
-use crate::text::BoundedLines;
+use crate::child::{BorgChild, BorgCommand, Environment, HowEnded, Input, Output};
+use crate::limits::{SERVE_CANCEL_GRACE, SERVE_EXIT_GRACE, SERVE_RELAY_BUFFER};
 use crate::version::{BorgVersion, Generation, Wire};
 use crate::{Error, Result};
 
@@ -229,21 +229,31 @@ impl ServeConfig {
             .ok_or_else(not_found)
     }
 
-    /// The `borg serve` command, if the configuration is valid.
-    fn command(&self) -> Result<Command> {
+    /// The `borg serve` command, if the configuration is valid. Its stderr cannot cross the
+    /// socket, so it is logged line by line (escaped, each line bounded).
+    fn command(&self) -> Result<BorgCommand> {
         if let Some(quota) = &self.storage_quota {
             parse_storage_quota(quota)?;
         }
-        let mut cmd = Command::new(&self.borg);
-        cmd.args(self.args()?)
-            .env_clear()
-            .envs(std::env::vars_os().filter(|(name, _)| passed_to_serve(name)))
-            .envs(self.extra_env())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut cmd = BorgCommand::new(&self.borg, Environment::Allowlisted(passed_to_serve))
+            .args(self.args()?)
+            .stdin(Input::Piped)
+            .stdout(Output::Piped)
+            .on_stderr_line(|line| info!(target: "borg_serve", "{line}"));
+        for (name, value) in self.extra_env() {
+            cmd = cmd.env(name, value);
+        }
         Ok(cmd)
+    }
+
+    /// Starts a `borg serve` ([`command`](Self::command)).
+    fn spawn(&self) -> Result<BorgChild> {
+        let child = self.command()?.spawn().map_err(|source| Error::SpawnBorg {
+            program: self.borg.clone(),
+            source,
+        })?;
+        debug!(pid = child.id(), repo = %self.repo.display(), "borg serve started");
+        Ok(child)
     }
 }
 
@@ -348,9 +358,11 @@ pub fn passed_to_serve(name: &std::ffi::OsStr) -> bool {
 ///
 /// borg serve gets only the environment variables [`passed_to_serve`] allows.
 ///
-/// The child is killed and reaped on every path out: a clean end (after [`SERVE_EXIT_GRACE`]),
-/// a relay error, or `cancel` (stdin closed first, killed after [`SERVE_CANCEL_GRACE`]). Its stderr
-/// is logged line by line (escaped, each line bounded), since it cannot cross the socket.
+/// The child is stopped and reaped on every path out: a clean end or a relay error (it gets
+/// [`SERVE_EXIT_GRACE`] to exit by itself), or `cancel` (stdin closed first, then
+/// [`SERVE_CANCEL_GRACE`]); after that SIGTERM to its process group, SIGKILL after another
+/// [`SERVE_CANCEL_GRACE`] ([`crate::child`]). Its stderr is logged line by line (escaped, each
+/// line bounded), since it cannot cross the socket.
 pub async fn serve_stream<S>(
     config: &ServeConfig,
     stream: S,
@@ -367,17 +379,14 @@ where
 /// Same program, flags and environment as [`serve_stream`]'s; dropped, it is killed.
 #[derive(Debug)]
 pub struct Prestarted {
-    child: Child,
+    child: BorgChild,
 }
 
 impl ServeConfig {
     /// Starts the `borg serve` of the next connection now ([`serve_stream_with`] takes it).
     pub fn prestart(&self) -> Result<Prestarted> {
-        let child = self.command()?.spawn().map_err(|source| Error::SpawnBorg {
-            program: self.borg.clone(),
-            source,
-        })?;
-        debug!(pid = child.id(), repo = %self.repo.display(), "borg serve started ahead of its connection");
+        let child = self.spawn()?;
+        debug!(pid = child.id(), "that borg serve waits for its connection");
         Ok(Prestarted { child })
     }
 }
@@ -391,20 +400,9 @@ impl Prestarted {
     /// Ends it without a session: stdin closed (borg serve exits on EOF) and SIGTERM, SIGKILL
     /// after `grace`; reaped in every case.
     pub async fn stop(mut self, grace: std::time::Duration) {
-        drop(self.child.stdin.take());
-        if let Some(pid) = self
-            .child
-            .id()
-            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
-            warn!(
-                pid = self.child.id(),
-                "borg serve started ahead did not exit; killing it"
-            );
-            let _ = self.child.kill().await;
+        drop(self.child.take_stdin());
+        if let Err(e) = self.child.stop(grace).await {
+            warn!("cannot wait for the borg serve started ahead: {e}");
         }
         debug!("borg serve started ahead stopped: no connection came");
     }
@@ -447,21 +445,10 @@ where
             debug!(pid = child.id(), "borg serve started ahead takes the connection");
             child
         }
-        None => {
-            let child = config.command()?.spawn().map_err(|source| Error::SpawnBorg {
-                program: config.borg.clone(),
-                source,
-            })?;
-            debug!(pid = child.id(), repo = %config.repo.display(), "borg serve started");
-            child
-        }
+        None => config.spawn()?,
     };
-    let stderr_logger = child
-        .stderr
-        .take()
-        .map(|stderr| tokio::spawn(log_lines(stderr).in_current_span()));
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stdin = ClosingWriter(child.stdin.take());
+    let stdout = child.take_stdout().expect("stdout is piped");
+    let stdin = ClosingWriter(child.take_stdin());
     let mut serve_side = tokio::io::join(stdout, stdin);
 
     let relayed = tokio::select! {
@@ -469,16 +456,33 @@ where
         () = cancel.cancelled() => None,
     };
     drop(serve_side);
-    let status = match relayed {
-        Some(_) => reap(&mut child, SERVE_EXIT_GRACE).await,
-        // Cancelled mid-session: stdin is closed above, so borg serve rolls back and releases the
-        // lock by itself; a SIGKILL would leave a stale lock that only `borg break-lock` clears.
-        None => reap(&mut child, SERVE_CANCEL_GRACE).await,
+    // Cancelled mid-session: stdin is closed above, so borg serve rolls back and releases the
+    // lock by itself; a SIGKILL would leave a stale lock that only `borg break-lock` clears.
+    let exit_grace = if relayed.is_some() {
+        SERVE_EXIT_GRACE
+    } else {
+        SERVE_CANCEL_GRACE
     };
-    if let Some(logger) = stderr_logger {
-        // The pipe closes when the child is gone, so this ends promptly.
-        let _ = logger.await;
-    }
+    let status = match child.finish(exit_grace, SERVE_CANCEL_GRACE).await {
+        Ok(ended) if ended.how == HowEnded::ByItself => {
+            log_exit(ended.status);
+            Some(ended.status)
+        }
+        Ok(ended) => {
+            warn!(
+                "borg serve did not exit by itself; stopped ({:?}, {})",
+                ended.how,
+                ended.code()
+            );
+            None
+        }
+        Err(e) => {
+            warn!("cannot wait for borg serve: {e}");
+            None
+        }
+    };
+    // Its last lines are logged before the session's end is; the pipe closes with the group.
+    child.stderr_tail().await;
     let (to_serve, from_serve) = match relayed {
         Some(Ok(counts)) => counts,
         Some(Err(e)) => return Err(Error::ServeIo(e)),
@@ -629,42 +633,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SniffProtocol<S> {
     }
 }
 
-/// Waits up to `grace` for the child to exit, then kills it; always reaps.
-async fn reap(child: &mut Child, grace: std::time::Duration) -> Option<ExitStatus> {
-    if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
-        log_exit(status);
-        return Some(status);
-    }
-    warn!(pid = child.id(), "borg serve did not exit; killing it");
-    if let Err(e) = child.kill().await {
-        warn!("could not kill borg serve: {e}");
-    }
-    None
-}
-
 fn log_exit(status: ExitStatus) {
     if status.success() {
         debug!("borg serve exited: {status}");
     } else {
         warn!("borg serve exited: {status}");
-    }
-}
-
-/// Logs borg serve's stderr, escaped and cut to [`LOG_LINE_MAX`] bytes a line, until EOF.
-///
-/// Reading on whatever arrives matters: if we stopped, borg serve's next write to stderr would get
-/// EPIPE and it would die mid-session.
-async fn log_lines(stderr: impl AsyncRead + Unpin) {
-    let mut lines = BoundedLines::new(stderr, LOG_LINE_MAX);
-    loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => info!(target: "borg_serve", "{line}"),
-            Ok(None) => return,
-            Err(e) => {
-                warn!("cannot read borg serve's stderr any more: {e}");
-                return;
-            }
-        }
     }
 }
 

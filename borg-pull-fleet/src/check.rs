@@ -51,6 +51,7 @@ pub enum RepoOpens {
 
 /// Why the repository will not open for `run`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RepoProblem {
     /// Nothing at the configured path.
     #[error("the repository {} does not exist on this server (borg init it first, with the passphrase the config gives; or fix `repo`)", .repo.display())]
@@ -119,6 +120,34 @@ pub enum RepoProblem {
         /// `: ` and borg's last message, or nothing.
         said: String,
     },
+}
+
+/// What kind of problem a [`RepoProblem`] is. Not `#[non_exhaustive]`: a new kind must get an
+/// exit code in every binary before it compiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RepoProblemKind {
+    /// The passphrase is wrong or cannot be had.
+    Passphrase,
+    /// The server's borg cannot be started.
+    BorgUnavailable,
+    /// The repository is missing, not one, or borg failed on it (or hung).
+    Unreadable,
+}
+
+impl RepoProblem {
+    /// The kind of this problem (an exhaustive match: a new variant must be classified).
+    pub fn kind(&self) -> RepoProblemKind {
+        match self {
+            RepoProblem::WrongPassphrase { .. } | RepoProblem::PassphraseUnavailable { .. } => {
+                RepoProblemKind::Passphrase
+            }
+            RepoProblem::BorgUnavailable { .. } => RepoProblemKind::BorgUnavailable,
+            RepoProblem::Missing { .. }
+            | RepoProblem::NotARepository { .. }
+            | RepoProblem::TimedOut { .. }
+            | RepoProblem::Borg { .. } => RepoProblemKind::Unreadable,
+        }
+    }
 }
 
 /// Where `client`'s passphrase comes from, in the config's words.
@@ -194,7 +223,7 @@ pub async fn repository(
             return Err(RepoProblem::PassphraseUnavailable {
                 repo,
                 from: passphrase_source(client),
-                said: e.to_string(),
+                said: borg_pull_core::error::Chain(&e).to_string(),
             })
         }
         Err(e) => {
@@ -299,15 +328,15 @@ pub fn relay_version(output: &[u8], ours: &str) -> RelayVersion {
 
 /// Why the relay `run` would install cannot be checked on this server.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LocalRelayProblem {
     /// It could not be run (missing, not executable).
-    #[error("cannot run the relay to install, {}: {source}", .path.display())]
+    #[error("cannot run the relay to install, {}: {cause}", .path.display())]
     Spawn {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (named in the message, so not a source).
+        cause: std::io::Error,
     },
     /// It did not answer `--version` in time.
     #[error("the relay to install, {}, did not answer --version within {}s", .path.display(), .secs)]
@@ -332,9 +361,9 @@ async fn local_relay_version_within(path: &Path, timeout: Duration) -> Result<Ve
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let child = cmd.spawn().map_err(|source| LocalRelayProblem::Spawn {
+    let child = cmd.spawn().map_err(|cause| LocalRelayProblem::Spawn {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     // Dropping the future on timeout kills it (kill_on_drop) and tokio reaps it.
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
@@ -344,9 +373,9 @@ async fn local_relay_version_within(path: &Path, timeout: Duration) -> Result<Ve
             text.truncate(4096);
             Ok(text)
         }
-        Ok(Err(source)) => Err(LocalRelayProblem::Spawn {
+        Ok(Err(cause)) => Err(LocalRelayProblem::Spawn {
             path: path.to_owned(),
-            source,
+            cause,
         }),
         Err(_) => Err(LocalRelayProblem::TimedOut {
             path: path.to_owned(),

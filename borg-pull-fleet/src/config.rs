@@ -36,10 +36,12 @@ use borg_pull_tunnel::local::passphrase::{Passphrase, SecretSources};
 use borg_pull_tunnel::ssh::cipher::CipherChoice;
 use tokio_util::sync::CancellationToken;
 
-use crate::retention::{CheckPolicy, Retention};
 use crate::schedule::{self, Backoff, Hours, Schedule};
+use crate::time_text::parse_duration;
 
+mod policy;
 mod ssh_config;
+pub use policy::{CheckPolicy, Retention};
 use ssh_config::read_ssh_config;
 pub use ssh_config::{HostSettings, SshConfig};
 
@@ -165,16 +167,18 @@ pub enum PassphraseSource {
 // Loading and validation.
 
 /// Why a config cannot be used. `Display` names the file, the line and the key where known,
-/// e.g. `fleet.toml line 12: unknown key "keep_daly" in [[client]] web1`.
+/// e.g. `fleet.toml line 12: unknown key "keep_daly" in [[client]] web1`, and the cause: it is
+/// printed as one line, so it names its cause rather than handing it out as a source.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file (or the ssh config it names) cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key or a wrong type, or a value is not allowed.
     #[error("{}{}: {message}", file.display(), line.map(|l| format!(" line {l}")).unwrap_or_default())]
@@ -190,12 +194,32 @@ pub enum ConfigError {
     },
 }
 
+/// What kind of problem a [`ConfigError`] is. Not `#[non_exhaustive]`: a new kind must get an
+/// exit code in every binary before it compiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConfigErrorKind {
+    /// The file (or the ssh config it names) cannot be read.
+    Unreadable,
+    /// It is not valid TOML, or a key or value is not allowed.
+    Invalid,
+}
+
+impl ConfigError {
+    /// The kind of this error (an exhaustive match: a new variant must be classified).
+    pub fn kind(&self) -> ConfigErrorKind {
+        match self {
+            ConfigError::Io { .. } => ConfigErrorKind::Unreadable,
+            ConfigError::Invalid { .. } => ConfigErrorKind::Invalid,
+        }
+    }
+}
+
 /// Reads and validates the config at `path`; `~/.ssh/config` is `$HOME/.ssh/config` unless
 /// `[server] ssh_config` names another file.
 pub fn load(path: &Path) -> Result<Fleet, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     parse(&text, path)
 }
@@ -300,8 +324,8 @@ pub fn parse_with_home(text: &str, path: &Path, home: Option<&Path>) -> Result<F
 pub const DEFAULT_JOBS: usize = 4;
 /// `[server] state_dir` when unset.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/borg-pull";
-/// `max_runtime` when unset (as `pull --max-runtime`).
-pub const DEFAULT_MAX_RUNTIME: Duration = Duration::from_secs(24 * 3600);
+/// `max_runtime` when unset (as `pull --max-runtime`): core's one constant, re-exported.
+pub use borg_pull_core::limits::DEFAULT_MAX_RUNTIME;
 /// `max_age` when unset: a nightly backup one run late is not yet stale.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
 
@@ -862,30 +886,6 @@ fn expand_tilde(path: &str, home: Option<&Path>) -> PathBuf {
     }
 }
 
-/// `N`, `Ns`, `Nm`, `Nh` or `Nd` with N > 0 (as `pull --max-runtime`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => s.split_at(at),
-        None => (s, "s"),
-    };
-    let per = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: expected a number with s, m, h or d, e.g. 36h")),
-    };
-    match digits.parse::<u64>() {
-        Ok(n) if n > 0 => n
-            .checked_mul(per)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{s:?} is too long")),
-        _ => Err(format!(
-            "{s:?}: expected a number above 0 with s, m, h or d, e.g. 36h"
-        )),
-    }
-}
-
 impl Client {
     /// `USER@HOST` for messages and [`PullOptions::with_env`] (the login user of `env` when no
     /// user is set).
@@ -963,7 +963,7 @@ impl Client {
                     root,
                     None,
                     None,
-                    env.home.as_deref(),
+                    env.ssh.home.as_deref(),
                 ) {
                     Some(work_dir) => Via::Sftp(borg_pull_tunnel::jobs::sftp_pull::SftpVia { work_dir }),
                     None => {
@@ -980,7 +980,7 @@ impl Client {
                 authorized_keys,
                 server_host_key,
             } => {
-                let agent_key = match (agent_key, authorized_keys, &env.home) {
+                let agent_key = match (agent_key, authorized_keys, &env.ssh.home) {
                     (Some(file), _, _) => AgentKey::File(file.clone()),
                     (None, Some(file), _) => AgentKey::Ephemeral {
                         authorized_keys: file.clone(),
@@ -1031,8 +1031,9 @@ async fn server_borg_version(borg: &Path) -> borg_pull_tunnel::Result<borg_pull_
             let program = borg.to_owned();
             tokio::task::spawn_blocking(move || borg_pull_core::BorgVersion::probe(&program))
                 .await
-                .map_err(|e| {
-                    borg_pull_tunnel::Error::InvalidOption(format!("asking borg for its version: {e}"))
+                .map_err(|source| borg_pull_tunnel::Error::BackgroundTask {
+                    task: "asking borg for its version",
+                    source,
                 })?
                 .map_err(borg_pull_tunnel::Error::Serve)
         })
@@ -1254,6 +1255,28 @@ max_runtime = "90m"
         // [server] ssh_config names another file, which must exist.
         let text = format!("[server]\nssh_config = \"{}/nope\"\n", home.path().display());
         assert!(matches!(parse_text(&text), Err(ConfigError::Io { .. })));
+    }
+
+    #[test]
+    fn an_unreadable_config_is_classified_unreadable_and_names_its_cause_once() {
+        let e = load(Path::new("/nonexistent/fleet.toml")).unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Unreadable);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot read /nonexistent/fleet.toml: "),
+            "{text}"
+        );
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "said in the message: {text}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_config_is_classified_invalid() {
+        let e = parse_text("[server]\njobs = 0\n").unwrap_err();
+        assert_eq!(e.kind(), ConfigErrorKind::Invalid, "{e}");
+        assert!(std::error::Error::source(&e).is_none(), "{e}");
     }
 
     #[test]

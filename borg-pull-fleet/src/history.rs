@@ -319,7 +319,7 @@ pub fn history_table(records: &[HistoryRecord]) -> String {
         .iter()
         .map(|r| {
             [
-                crate::run::utc(std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.started)),
+                crate::time_text::utc(r.started),
                 short_duration(std::time::Duration::from_millis(r.duration_ms)),
                 human_bytes(r.bytes_sent),
                 r.original_size.map_or_else(dash, human_bytes),

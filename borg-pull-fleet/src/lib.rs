@@ -37,3 +37,4 @@ pub mod schedule;
 mod server_borg;
 pub mod state;
 pub mod status;
+pub mod time_text;

@@ -66,12 +66,6 @@ pub const LIST_LOCK_WAIT_SECS: u64 = 10;
 /// killed at once it would leave a lock that blocks the next backup until `borg break-lock`.
 pub const KILL_GRACE: Duration = Duration::from_secs(30);
 
-/// The longest line of borg's output that is logged in full; the rest is cut and counted.
-///
-/// borg's log lines are short (under 200 bytes); a path listed by `prune --list` can be up to
-/// 4096 bytes (PATH_MAX). Bounds memory whatever borg (or a stand-in) prints.
-pub const MAX_LOG_LINE: usize = 4096;
-
 /// The most stdout of `borg list --json --last 1` that is read.
 ///
 /// The answer for one archive is under 1 KiB (archive name up to 255 bytes, ids, times, the

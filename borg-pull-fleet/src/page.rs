@@ -28,6 +28,7 @@ use crate::progress::{human_bytes, short_duration};
 use crate::retention::unix_now;
 use crate::schedule::Health;
 use crate::state::StateStore;
+use crate::time_text::utc_minutes as utc;
 
 /// What the page shows of one client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,12 +319,6 @@ fn age(secs: u64) -> String {
         3600..=86399 => format!("{}h {:02}m", secs / 3600, secs / 60 % 60),
         _ => format!("{}d {}h", secs / 86400, secs / 3600 % 24),
     }
-}
-
-/// `YYYY-MM-DD HH:MM` in UTC.
-fn utc(secs: u64) -> String {
-    let full = crate::run::utc(std::time::UNIX_EPOCH + Duration::from_secs(secs));
-    full[..full.len() - 3].to_owned()
 }
 
 #[cfg(test)]

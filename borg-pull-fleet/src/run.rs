@@ -53,6 +53,7 @@ use crate::retention::{
 use crate::schedule::{self, Standing, Zone};
 use crate::state::StateStore;
 use crate::state::{ClientState, Outcome, RunRecord};
+use crate::time_text::utc;
 
 /// The longest output line passed on whole; longer lines are cut there and marked. borg's own
 /// lines are short; this bounds what a client printing without newlines can make us hold.
@@ -442,9 +443,7 @@ pub async fn run_due(
     let now = crate::retention::unix_now();
     let selection = select_due(selected, now, Zone::local(), state_of);
     for (client, standing) in &selection.not_due {
-        let next = standing
-            .next_due
-            .map_or_else(|| "-".into(), |t| utc(UNIX_EPOCH + Duration::from_secs(t)));
+        let next = standing.next_due.map_or_else(|| "-".into(), utc);
         info!(
             client = %client.name,
             health = %standing.health,
@@ -933,7 +932,7 @@ pub fn summary_table(results: &[ClientResult]) -> String {
             [
                 r.name.clone(),
                 r.archive.clone().unwrap_or_else(|| "-".into()),
-                utc(r.started),
+                utc(unix_secs(r.started)),
                 short_duration(r.duration),
                 human_bytes(r.bytes_sent),
                 r.borg_rc.map_or_else(|| "-".into(), |rc| rc.to_string()),
@@ -950,28 +949,6 @@ pub fn summary_table(results: &[ClientResult]) -> String {
         })
         .collect();
     crate::progress::text_table(header, &rows)
-}
-
-/// `YYYY-MM-DD HH:MM:SS` in UTC (civil-from-days, Howard Hinnant's algorithm).
-pub(crate) fn utc(t: SystemTime) -> String {
-    let secs = unix_secs(t);
-    let days = i64::try_from(secs / 86400).unwrap_or(0);
-    let rem = secs % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]

@@ -1,30 +1,27 @@
 //! borg run on this server, on a repository it owns: prune, compact and check after a create
 //! ([`crate::retention`]) and `list` for [`crate::status`].
 //!
-//! Each run gets the client's repository passphrase in its environment (never in its argv, which
-//! every user can read in `/proc`), its stdin from `/dev/null` (borg never waits on a prompt), its
+//! Each run is a [`borg_pull_core::child`]: it gets the client's repository passphrase in its
+//! environment (never in its argv, which every user can read in `/proc`), its stdin from `/dev/null` (borg never waits on a prompt), its
 //! output logged line by line with the client's name, and a deadline: past it the run's process
 //! group gets SIGTERM, then SIGKILL after a grace, and borg is reaped. Dropping the future (a
 //! cancelled run) kills the group too (SIGKILL: a cancelled run does not wait); tokio reaps the
 //! child, and the tasks reading its pipes are aborted.
 
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use borg_pull_core::child::{exit_code, BorgCommand, Environment, Input, Output};
 use borg_pull_core::text::{escape_for_log, BoundedLines};
 use borg_pull_tunnel::local::secret_file::read_secret_line;
 use borg_pull_tunnel::SecretKind;
-use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
-use tokio::process::Command;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{Client, PassphraseSource};
-use crate::limits::MAX_LOG_LINE;
+use borg_pull_core::limits::LOG_LINE_MAX;
 
 /// What borg may read its repository passphrase from; each run sets one and removes the others,
 /// because borg takes the first it finds in this order.
@@ -73,48 +70,29 @@ impl Finished {
     }
 }
 
-/// Why borg could not be run at all.
+/// Why borg could not be run at all. Printed as one line (in a run's report), so each variant
+/// names its cause rather than handing it out as a source.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BorgError {
     /// The passphrase file could not be read.
-    #[error("cannot read the repository passphrase: {0}")]
-    Passphrase(#[source] borg_pull_tunnel::Error),
+    #[error("cannot read the repository passphrase: {}", borg_pull_core::error::Chain(.0))]
+    Passphrase(borg_pull_tunnel::Error),
     /// borg could not be started.
-    #[error("cannot start {}: {source}", .borg.display())]
+    #[error("cannot start {}: {cause}", .borg.display())]
     Spawn {
         /// The program.
         borg: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Waiting for borg failed.
-    #[error("waiting for {}: {source}", .borg.display())]
+    #[error("waiting for {}: {cause}", .borg.display())]
     Wait {
         /// The program.
         borg: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-}
-
-/// Kills a process group when dropped, unless disarmed (the leader has been reaped).
-struct GroupGuard(Option<Pid>);
-
-impl GroupGuard {
-    fn signal(&self, signal: Signal) {
-        if let Some(pid) = self.0 {
-            // ESRCH: the group is gone already, which is what we want.
-            let _ = kill_process_group(pid, signal);
-        }
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.signal(Signal::KILL);
-    }
 }
 
 impl BorgRun<'_> {
@@ -149,53 +127,52 @@ impl BorgRun<'_> {
             .first()
             .map(|a| a.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut cmd = Command::new(self.borg);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own group, so that a timeout also stops what borg started (a passcommand).
-            .process_group(0)
-            .kill_on_drop(true);
+        // borg takes the first passphrase source it finds: the one we set must be the only one.
+        let unset = match &self.client.passphrase {
+            PassphraseSource::Inherited => Vec::new(),
+            PassphraseSource::File(_) | PassphraseSource::Command(_) => {
+                PASSPHRASE_VARS.iter().map(OsString::from).collect()
+            }
+        };
+        let quiet = self.quiet;
+        let mut cmd = BorgCommand::new(self.borg, Environment::InheritedWithout(unset))
+            .args(&self.args)
+            .stdin(Input::Null)
+            .stdout(Output::Piped)
+            .on_stderr_line({
+                let (name, what) = (name.clone(), what.clone());
+                move |line| log_line(&name, &what, quiet, line)
+            });
         // The server names the repository itself, so borg's question about a repository it has
         // not seen before (asked on the first local access to an unencrypted repository that
         // clients wrote) has one answer; without a tty borg would take it as "no".
         if std::env::var_os("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK").is_none() {
-            cmd.env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes");
+            cmd = cmd.env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes");
         }
         for (key, value) in self.env {
-            cmd.env(key, value);
+            cmd = cmd.env(key, value);
         }
         match &self.client.passphrase {
             PassphraseSource::Inherited => {}
             PassphraseSource::File(path) => {
                 let secret =
                     read_secret_line(path, SecretKind::RepoPassphrase).map_err(BorgError::Passphrase)?;
-                for var in PASSPHRASE_VARS {
-                    cmd.env_remove(var);
-                }
-                cmd.env("BORG_PASSPHRASE", secret.as_str());
+                cmd = cmd.secret_env("BORG_PASSPHRASE", secret.as_str());
             }
             PassphraseSource::Command(command) => {
-                for var in PASSPHRASE_VARS {
-                    cmd.env_remove(var);
-                }
-                cmd.env("BORG_PASSCOMMAND", command);
+                cmd = cmd.env("BORG_PASSCOMMAND", command);
             }
         }
         debug!(client = %name, "running {} {}", self.borg.display(), what);
-        let mut child = cmd.spawn().map_err(|source| BorgError::Spawn {
+        let mut child = cmd.spawn().map_err(|cause| BorgError::Spawn {
             borg: self.borg.to_owned(),
-            source,
+            cause,
         })?;
-        let mut guard = GroupGuard(child.id().and_then(|id| Pid::from_raw(id as i32)));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
+        let stdout = child.take_stdout().expect("stdout is piped");
 
-        // The pipes are read by tasks of their own, which keep reading while a timed-out borg
-        // cleans up: a closed pipe would make its last messages fail and could stop it before it
-        // has removed its lock.
-        let quiet = self.quiet;
+        // Read by a task of its own, which keeps reading while a timed-out borg cleans up: a
+        // closed pipe would make its last messages fail and could stop it before it has removed
+        // its lock. (stderr is read by the child's owner.)
         let stdout_task = AbortOnDropHandle::new(tokio::spawn({
             let (name, what, capture) = (name.clone(), what.clone(), self.capture_stdout);
             async move {
@@ -208,49 +185,31 @@ impl BorgRun<'_> {
                 }
             }
         }));
-        let stderr_task = AbortOnDropHandle::new(tokio::spawn({
-            let (name, what) = (name.clone(), what.clone());
-            async move { log_lines(stderr, &name, &what, quiet).await }
-        }));
+        let wait = |cause| BorgError::Wait {
+            borg: self.borg.to_owned(),
+            cause,
+        };
         let (status, timed_out) = match tokio::time::timeout(self.timeout, child.wait()).await {
-            Ok(status) => (status, false),
+            Ok(status) => (status.map_err(wait)?, false),
             Err(_) => {
                 warn!(
                     client = %name,
                     "borg {what} ran longer than {}s, stopping it",
                     self.timeout.as_secs_f64()
                 );
-                guard.signal(Signal::TERM);
-                let status = match tokio::time::timeout(self.kill_grace, child.wait()).await {
-                    Ok(status) => status,
-                    Err(_) => {
-                        warn!(client = %name, "borg {what} ignored SIGTERM, killing it");
-                        guard.signal(Signal::KILL);
-                        child.wait().await
-                    }
-                };
-                (status, true)
+                (child.stop(self.kill_grace).await.map_err(wait)?.status, true)
             }
         };
-        let status = status.map_err(|source| BorgError::Wait {
-            borg: self.borg.to_owned(),
-            source,
-        })?;
-        // borg is reaped. Whatever it left in its group (normally nothing) is killed too, so the
-        // pipes reach EOF: while a member lives the group id cannot be reused, and once none does
-        // the signal finds nobody.
-        guard.signal(Signal::KILL);
-        guard.0 = None;
-        // What is still in the pipes is read; only a process that left the group (setsid) could
-        // hold them open longer, and it is not waited for.
-        let output = tokio::time::timeout(self.kill_grace, async {
-            let (out, err) = tokio::join!(stdout_task, stderr_task);
-            (out.unwrap_or_default(), err.ok().flatten())
-        });
-        let ((stdout, stdout_cut), last_error) = output.await.unwrap_or_else(|_| {
-            warn!(client = %name, "borg {what}'s output was still open after it exited; not read to its end");
-            ((Vec::new(), true), None)
-        });
+        // What is still in the pipe is read; only a process that left the group (setsid) could
+        // hold it open longer, and it is not waited for.
+        let (stdout, stdout_cut) = match tokio::time::timeout(self.kill_grace, stdout_task).await {
+            Ok(read) => read.unwrap_or_default(),
+            Err(_) => {
+                warn!(client = %name, "borg {what}'s output was still open after it exited; not read to its end");
+                (Vec::new(), true)
+            }
+        };
+        let last_error = child.stderr_tail().await.last_line().map(str::to_owned);
         let rc = exit_code(status);
         debug!(client = %name, "borg {what} exited with {rc}");
         Ok(Finished {
@@ -263,34 +222,25 @@ impl BorgRun<'_> {
     }
 }
 
-/// The exit code as a shell reports it: the code, or 128 + N for signal N.
-fn exit_code(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+/// Logs one line of borg's output with the client's name.
+fn log_line(name: &str, what: &str, quiet: bool, line: &str) {
+    if quiet {
+        debug!(client = %name, "borg {what}: {line}");
+    } else {
+        info!(client = %name, "borg {what}: {line}");
+    }
 }
 
-/// Logs every line of `reader` (escaped, bounded) and returns the last non-empty one.
-async fn log_lines(reader: impl AsyncRead + Unpin, name: &str, what: &str, quiet: bool) -> Option<String> {
-    let mut lines = BoundedLines::new(reader, MAX_LOG_LINE);
-    let mut last = None;
+/// Logs every line of `reader` (escaped, bounded) to its end.
+async fn log_lines(reader: impl AsyncRead + Unpin, name: &str, what: &str, quiet: bool) {
+    let mut lines = BoundedLines::new(reader, LOG_LINE_MAX);
     loop {
         match lines.next_line().await {
-            Ok(Some(line)) => {
-                let shown = line.to_string();
-                if quiet {
-                    debug!(client = %name, "borg {what}: {shown}");
-                } else {
-                    info!(client = %name, "borg {what}: {shown}");
-                }
-                if !shown.trim().is_empty() {
-                    last = Some(shown);
-                }
-            }
-            Ok(None) => return last,
+            Ok(Some(line)) => log_line(name, what, quiet, &line.to_string()),
+            Ok(None) => return,
             Err(e) => {
                 warn!(client = %name, "reading borg {what}'s output: {e}");
-                return last;
+                return;
             }
         }
     }
@@ -323,11 +273,5 @@ mod tests {
         let input = vec![b'x'; 100_000];
         assert_eq!(read_capped(&input[..], 10).await, (vec![b'x'; 10], true));
         assert_eq!(read_capped(&b"abc"[..], 10).await, (b"abc".to_vec(), false));
-    }
-
-    #[test]
-    fn signals_map_like_a_shell() {
-        assert_eq!(exit_code(ExitStatus::from_raw(2 << 8)), 2);
-        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
     }
 }

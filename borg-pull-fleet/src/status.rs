@@ -26,6 +26,7 @@ use crate::retention::unix_now;
 use crate::schedule::{standing, Standing};
 use crate::server_borg::BorgRun;
 use crate::state::{Attempt, ClientState, Outcome, RepoReading, RetentionResults, RunRecord, StateStore};
+use crate::time_text::utc_minutes;
 use tracing::{debug, info, warn};
 
 /// One client's status.
@@ -521,38 +522,10 @@ pub(crate) fn parse_iso_time(text: &str) -> Option<u64> {
             sign * (h * 3600 + m * 60)
         }
     };
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    let seconds =
+        crate::time_text::days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+            - offset;
     u64::try_from(seconds).ok()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Unix seconds as `YYYY-MM-DD HH:MM` UTC (Howard Hinnant's `civil_from_days`).
-pub(crate) fn format_utc(seconds: u64) -> String {
-    let days = (seconds / 86_400) as i64;
-    let secs = seconds % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60
-    )
 }
 
 /// A duration for people: `45m`, `5h07m`, `3d04h`.
@@ -574,7 +547,7 @@ fn describe_run(run: &RunRecord) -> String {
         (None, Some(rc)) => format!("borg {rc}"),
         (None, None) => "unknown".to_owned(),
     };
-    format!("{} {result}", format_utc(run.started))
+    format!("{} {result}", utc_minutes(run.started))
 }
 
 /// The statuses as a table for people, one line per client and a header; text that came from a
@@ -617,17 +590,17 @@ pub fn status_table(statuses: &[ClientStatus]) -> String {
             s.newest_archive
                 .as_deref()
                 .map_or("-".to_owned(), |n| escape_for_log(n.as_bytes())),
-            s.newest_time.map_or("-".to_owned(), format_utc),
+            s.newest_time.map_or("-".to_owned(), utc_minutes),
             s.age.map_or("-".to_owned(), format_age),
             format_age(s.max_age),
             state.to_owned(),
             s.last_run.as_ref().map_or("-".to_owned(), describe_run),
             s.standing.health.as_str().to_owned(),
             match (s.standing.last_success, s.last_success_age) {
-                (Some(at), Some(age)) => format!("{} ({} ago)", format_utc(at), format_age(age)),
+                (Some(at), Some(age)) => format!("{} ({} ago)", utc_minutes(at), format_age(age)),
                 _ => "never".to_owned(),
             },
-            s.standing.next_due.map_or("now".to_owned(), format_utc),
+            s.standing.next_due.map_or("now".to_owned(), utc_minutes),
             s.standing.failures_in_a_row.to_string(),
             escape_for_log(error.as_bytes()),
         ]);
@@ -680,12 +653,12 @@ mod tests {
 
     #[test]
     fn utc_formatting_round_trips() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00");
-        assert_eq!(format_utc(1_767_268_800), "2026-01-01 12:00");
-        assert_eq!(format_utc(1_709_164_800 + 61), "2024-02-29 00:01");
+        assert_eq!(utc_minutes(0), "1970-01-01 00:00");
+        assert_eq!(utc_minutes(1_767_268_800), "2026-01-01 12:00");
+        assert_eq!(utc_minutes(1_709_164_800 + 61), "2024-02-29 00:01");
         for t in (0..4_000_000_000u64).step_by(86_400 * 97 + 3_607) {
             assert_eq!(
-                parse_iso_time(&format!("{}:00", format_utc(t).replace(' ', "T"))),
+                parse_iso_time(&format!("{}:00", utc_minutes(t).replace(' ', "T"))),
                 Some(t - t % 60)
             );
         }

@@ -3,11 +3,44 @@
 //! Messages are lowercase and name the host, key, file or sshd setting involved, the cause and the
 //! fix, in the spirit of OpenSSH's own messages: they are what a sysadmin sees when a nightly pull
 //! fails.
+//!
+//! Each cause is said once: a variant either names it in its message or hands it out as
+//! [`std::error::Error::source`], never both ([`borg_pull_core::error::Chain`] prints the chain on
+//! one line). [`Error::kind`] classifies every variant, so a binary maps kinds, not variants, to
+//! exit codes. A client's sshd is named by its [`Peer`], shown the same way everywhere.
 
 use std::path::PathBuf;
 
 /// Result alias for borg-pull-tunnel.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An sshd we talk to (the client's, a jump host's): the host as given and its TCP port. Shown as
+/// `HOST port PORT`, OpenSSH's own wording (`ssh: connect to host web1 port 22: ...`), wherever a
+/// message names the connection; a message about the machine names `host` alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Peer {
+    /// Host name or address as given.
+    pub host: String,
+    /// sshd's TCP port.
+    pub port: u16,
+}
+
+impl Peer {
+    /// The sshd at `host`, `port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} port {}", self.host, self.port)
+    }
+}
 
 /// Why the client's sshd refused to listen on our socket path (`streamlocal-forward@openssh.com`
 /// only answers "request denied"; we find the cause by looking at the client).
@@ -57,13 +90,12 @@ impl std::fmt::Display for ForwardDenial {
 
 /// The details of a host key verification failure.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct HostKeyProblem {
     /// `host` or `[host]:port`, the name looked up in known_hosts.
     pub host_port: String,
-    /// Host as given.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
+    /// The sshd that offered the key.
+    pub peer: Peer,
     /// Algorithm of the offered key, e.g. `ssh-ed25519`.
     pub key_type: String,
     /// `SHA256:...` fingerprint of the offered key.
@@ -78,6 +110,7 @@ pub struct HostKeyProblem {
 
 /// Everything that can go wrong in borg-pull-tunnel.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An option or argument is unusable; the text says which and why.
     #[error("invalid option: {0}")]
@@ -88,23 +121,19 @@ pub enum Error {
     NulInArgument(String),
 
     /// The TCP connection could not be made.
-    #[error("cannot connect to {host} port {port}: {source}")]
+    #[error("cannot connect to {peer}")]
     Connect {
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// Why.
         source: std::io::Error,
     },
 
     /// The TCP connection or SSH handshake did not complete in time.
-    #[error("connecting to {host} port {port} timed out after {secs} s (is sshd running and reachable?)")]
+    #[error("connecting to {peer} timed out after {secs} s (is sshd running and reachable?)")]
     ConnectTimeout {
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// The timeout.
         secs: u64,
     },
@@ -115,7 +144,7 @@ pub enum Error {
          If that is the client you expect, record it (ssh-keyscan -p {} -t {} {} >> {:?}) or let this \
          run record a new host key (OpenSSH's accept-new)",
         .0.key_type, .0.host_port, .0.known_hosts, .0.key_type, .0.fingerprint,
-        .0.port, .0.key_type, .0.host, .0.known_hosts
+        .0.peer.port, .0.key_type, .0.peer.host, .0.known_hosts
     )]
     UnknownHostKey(Box<HostKeyProblem>),
 
@@ -138,7 +167,7 @@ pub enum Error {
          or remove the old entries with `ssh-keygen -f {:?} -R '{}'` and let the next run record the \
          new one (accept-new)",
         .0.host_port, .0.key_type, .0.fingerprint, .0.known_hosts, .0.known_types, .0.key_type,
-        .0.port, .0.key_type, .0.host, .0.known_hosts, .0.host_port
+        .0.peer.port, .0.key_type, .0.peer.host, .0.known_hosts, .0.host_port
     )]
     HostKeyTypeUnknown(Box<HostKeyProblem>),
 
@@ -159,7 +188,7 @@ pub enum Error {
     HostCertificateUnsupported(Box<HostKeyProblem>),
 
     /// Reading or appending to known_hosts failed.
-    #[error("cannot {action} known_hosts file {path:?}: {source}")]
+    #[error("cannot {action} known_hosts file {path:?}")]
     KnownHostsIo {
         /// `read` or `append to`.
         action: &'static str,
@@ -170,7 +199,7 @@ pub enum Error {
     },
 
     /// The identity (private key) file could not be loaded.
-    #[error("cannot load identity {path:?}: {source}")]
+    #[error("cannot load identity {path:?}")]
     Identity {
         /// The key file.
         path: PathBuf,
@@ -216,7 +245,7 @@ pub enum Error {
 
     /// The client's sshd refused our key(s).
     #[error(
-        "{user}@{host} port {port}: permission denied (publickey) for {}; is its \
+        "{user}@{peer}: permission denied (publickey) for {}; is its \
          public key in ~{user}/.ssh/authorized_keys on the client (and is the account not locked)?{}",
         keys_offered(.identity, .agent, *.agent_keys),
         keys_left_out(*.agent_keys, *.agent_keys_held)
@@ -224,10 +253,8 @@ pub enum Error {
     AuthFailed {
         /// Login user.
         user: String,
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// The key file offered; empty when only the agent's keys were.
         identity: PathBuf,
         /// The agent socket whose keys were offered first, if any.
@@ -242,7 +269,7 @@ pub enum Error {
     /// The client's sshd ended the login while refusing our keys: its `MaxAuthTries` is below the
     /// number of keys offered (what it says then: "Too many authentication failures").
     #[error(
-        "{user}@{host} port {port}: the client's sshd ended the login after {offered} refused {} \
+        "{user}@{peer}: the client's sshd ended the login after {offered} refused {} \
          (it said \"{said}\"): sshd does this at MaxAuthTries failed attempts, which the client has \
          set below the {} keys a login may offer, and OpenSSH >= 9.8 also penalises this server's \
          address for it; name the key the client authorises, which is then the only key offered",
@@ -252,10 +279,8 @@ pub enum Error {
     AuthCutOff {
         /// Login user.
         user: String,
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// Keys offered on the connection, the one it ended at included.
         offered: usize,
         /// Its disconnect message, escaped; empty when it closed without one.
@@ -264,12 +289,10 @@ pub enum Error {
 
     /// Something failed at a jump host (connecting, logging in, a lost connection); host key
     /// failures of a jump host are the host key variants themselves, naming its `host:port`.
-    #[error("jump host {host} port {port}: {source}")]
+    #[error("jump host {peer}")]
     JumpHost {
-        /// The jump host as given.
-        host: String,
-        /// Its sshd's TCP port.
-        port: u16,
+        /// The jump host's sshd.
+        peer: Peer,
         /// What went wrong there.
         #[source]
         source: Box<Error>,
@@ -277,19 +300,15 @@ pub enum Error {
 
     /// A jump host could not open the `direct-tcpip` channel to the next host.
     #[error(
-        "jump host {host} port {port} cannot connect to {target_host} port {target_port}: {reason} \
+        "jump host {peer} cannot connect to {target}: {reason} \
          (can the jump host reach it, and does its sshd allow TCP forwarding: AllowTcpForwarding, \
          PermitOpen, the key's restrict / no-port-forwarding options?)"
     )]
     JumpConnect {
-        /// The jump host as given.
-        host: String,
-        /// Its sshd's TCP port.
-        port: u16,
-        /// The next host (jump host or client) as given.
-        target_host: String,
-        /// Its TCP port.
-        target_port: u16,
+        /// The jump host's sshd.
+        peer: Peer,
+        /// The next sshd (a jump host's or the client's).
+        target: Peer,
         /// What the jump host said.
         reason: String,
     },
@@ -299,7 +318,7 @@ pub enum Error {
     Passphrase(String),
 
     /// An SSH protocol operation failed.
-    #[error("ssh {context} failed: {source}")]
+    #[error("ssh {context} failed")]
     Ssh {
         /// What we were doing.
         context: &'static str,
@@ -308,14 +327,10 @@ pub enum Error {
     },
 
     /// The connection to the client was lost (keepalives unanswered, TCP reset, sshd exited).
-    #[error(
-        "connection to {host} port {port} lost while {context} (the client vanished or its sshd was stopped)"
-    )]
+    #[error("connection to {peer} lost while {context} (the client vanished or its sshd was stopped)")]
     ConnectionLost {
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// What we were doing.
         context: &'static str,
     },
@@ -341,14 +356,14 @@ pub enum Error {
     },
 
     /// A program pull needs cannot be run on the client (checked before anything is set up there).
-    #[error("the {role} program {program:?} cannot be run on the client {host}: {why}")]
+    #[error("the {role} program {program:?} cannot be run on the client {}: {why}", .peer.host)]
     RemoteProgramMissing {
         /// The program as given.
         program: String,
         /// Which program it is.
         role: RemoteProgram,
-        /// Host as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
         /// What the client's shell found: not found on PATH, not executable, a parent directory
         /// the login user cannot search.
         why: String,
@@ -357,13 +372,14 @@ pub enum Error {
     /// The client's borg is of another major version than the server's: borg 1 and borg 2 speak
     /// different protocols to `borg serve` (msgpack RPC vs. HTTP) and use different repositories.
     #[error(
-        "the client {host} has borg {client} ({program:?}) but this server runs borg {server}: \
+        "the client {} has borg {client} ({program:?}) but this server runs borg {server}: \
          borg 1 and borg 2 cannot use each other's repositories or serve; install borg {server_major}.x \
-         on the client, or use a borg {client_major}.x here"
+         on the client, or use a borg {client_major}.x here",
+        .peer.host
     )]
     BorgVersionMismatch {
-        /// Host as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
         /// The client's borg program as given.
         program: String,
         /// The client's borg version.
@@ -380,14 +396,15 @@ pub enum Error {
     /// protocol or the repository format changed within the 2.0 betas; see
     /// `borg_pull_core::version::Generation`).
     #[error(
-        "the client {host} has borg {client} ({program:?}, {client_generation}) but this server runs \
+        "the client {} has borg {client} ({program:?}, {client_generation}) but this server runs \
          borg {server} ({server_generation}): these cannot use each other's serve or repositories; \
          install a borg of {server_generation} on the client (best the same version), or use a borg \
-         of {client_generation} here"
+         of {client_generation} here",
+        .peer.host
     )]
     BorgGenerationMismatch {
-        /// Host as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
         /// The client's borg program as given.
         program: String,
         /// The client's borg version.
@@ -403,35 +420,34 @@ pub enum Error {
     /// The agent and TCP methods: the client's sshd started our command without forwarding the
     /// agent, so the client's ssh would have no key to log in to the server with.
     #[error(
-        "the client {host} did not forward the agent to borg's session (no SSH_AUTH_SOCK): its sshd \
+        "the client {} did not forward the agent to borg's session (no SSH_AUTH_SOCK): its sshd \
          has AllowAgentForwarding no, or our key's authorized_keys line has `restrict` without \
-         `agent-forwarding`"
+         `agent-forwarding`",
+        .peer.host
     )]
     AgentNotForwarded {
-        /// Host as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
     },
 
     /// `--install-relay`: the relay could not be installed on the client.
-    #[error("cannot install the relay on the client {host}: {why}")]
+    #[error("cannot install the relay on the client {}: {why}", .peer.host)]
     RelayInstall {
-        /// Host as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
         /// What went wrong.
         why: String,
     },
 
     /// `--via tcp`: the client's sshd refused to listen on its loopback for us.
     #[error(
-        "the client {host} port {port} refused to forward a TCP port on its loopback: its sshd has \
+        "the client {peer} refused to forward a TCP port on its loopback: its sshd has \
          AllowTcpForwarding no (or local), or our key's authorized_keys line has `restrict` without \
          `port-forwarding`"
     )]
     TcpForwardDenied {
-        /// Host as given.
-        host: String,
-        /// sshd's TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
     },
 
     /// The server's host key for the client's ssh (agent and TCP methods) cannot be read.
@@ -444,23 +460,19 @@ pub enum Error {
     },
 
     /// The client refused a request (a forward, usually); the caller explains why.
-    #[error("{host} port {port} refused {request}")]
+    #[error("{peer} refused {request}")]
     RequestDenied {
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// What we asked for.
         request: &'static str,
     },
 
     /// The client did not answer a request in time (while still answering keepalives, or not).
-    #[error("{host} port {port} did not answer {what} within {secs} s")]
+    #[error("{peer} did not answer {what} within {secs} s")]
     NoAnswer {
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// What we asked for.
         what: &'static str,
         /// The deadline.
@@ -469,14 +481,12 @@ pub enum Error {
 
     /// The client's sshd sent a packet larger than we allow; the connection was ended.
     #[error(
-        "{host} port {port} sent a {len}-byte data packet, above the {max} bytes we accept; connection \
+        "{peer} sent a {len}-byte data packet, above the {max} bytes we accept; connection \
          ended (the client's sshd is not a well-behaved SSH server)"
     )]
     OversizedPacket {
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// Its size.
         len: usize,
         /// Our limit.
@@ -503,12 +513,10 @@ pub enum Error {
     },
 
     /// The client's sshd kept opening channels we did not ask for; the connection was ended.
-    #[error("{host} port {port} opened {count} channels we did not ask for (all refused); connection ended")]
+    #[error("{peer} opened {count} channels we did not ask for (all refused); connection ended")]
     ChannelOpenFlood {
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// Refused opens so far.
         count: usize,
     },
@@ -526,24 +534,25 @@ pub enum Error {
 
     /// borg ran longer than the run's maximum time; it was stopped and everything cleaned up.
     #[error(
-        "borg on the client {host} was still running after the maximum run time of {secs} s; it was \
-         stopped and the run cleaned up"
+        "borg on the client {} was still running after the maximum run time of {secs} s; it was \
+         stopped and the run cleaned up",
+        .peer.host
     )]
     MaxRuntime {
-        /// Host as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
         /// The limit.
         secs: u64,
     },
 
     /// A directory on the client cannot be used: a restore's target (checked before anything
     /// streams) or the one borg runs in (`pull --remote-dir`, checked before borg starts).
-    #[error("cannot {purpose} {dir:?} on the client {host}: {why}")]
+    #[error("cannot {purpose} {dir:?} on the client {}: {why}", .peer.host)]
     RemoteDirUnusable {
         /// The directory as given.
         dir: String,
-        /// Host as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
         /// What the client's shell found: missing, not a directory, not writable or searchable.
         why: String,
         /// What the directory was for.
@@ -553,30 +562,29 @@ pub enum Error {
     /// A restore ran longer than its maximum time; borg export-tar was stopped, tar on the client
     /// hung up on, and the connection closed.
     #[error(
-        "the restore to {host} was still running after the maximum run time of {secs} s; borg \
-         export-tar was stopped and tar on the client hung up on (the directory may hold a partial restore)"
+        "the restore to {} was still running after the maximum run time of {secs} s; borg \
+         export-tar was stopped and tar on the client hung up on (the directory may hold a partial restore)",
+        .peer.host
     )]
     RestoreMaxRuntime {
-        /// Host as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
         /// The limit.
         secs: u64,
     },
 
     /// tar's channel closed without an exit status.
-    #[error("tar on the client {host} ended without reporting an exit status")]
+    #[error("tar on the client {} ended without reporting an exit status", .peer.host)]
     TarNoExitStatus {
-        /// Host as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
     },
 
     /// The client's sshd refused to listen on our socket path.
-    #[error("the ssh server {host} port {port} refused to forward UNIX socket {path}: {cause}")]
+    #[error("the ssh server {peer} refused to forward UNIX socket {path}: {cause}")]
     ForwardDenied {
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// The socket path on the client.
         path: String,
         /// What the diagnosis found.
@@ -584,18 +592,34 @@ pub enum Error {
     },
 
     /// borg's channel closed without an exit status or signal.
-    #[error("borg on the client ended without reporting an exit status (channel closed by {host})")]
+    #[error("borg on the client ended without reporting an exit status (channel closed by {})", .peer.host)]
     NoExitStatus {
-        /// Host as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
     },
 
     /// The run was cancelled (Ctrl-C / SIGTERM).
     #[error("interrupted; borg on the client was stopped and the socket directory removed")]
     Interrupted,
 
+    /// A task of ours ended abnormally (it panicked or was cancelled): a bug, not the input's or
+    /// the client's fault.
+    #[error("internal error: {task} ended abnormally")]
+    BackgroundTask {
+        /// What the task was doing, e.g. `reading the relay to install`.
+        task: &'static str,
+        /// How it ended.
+        source: tokio::task::JoinError,
+    },
+
+    /// The copy of why our russh handler ended the connection that russh hands back (it keeps
+    /// only the text); the typed reason is kept aside and returned instead, so this one reaching a
+    /// caller is a bug.
+    #[error("{0}")]
+    HandlerEnded(String),
+
     /// Local I/O failed (writing borg's output, reading a file).
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What we were doing.
         context: String,
@@ -616,8 +640,8 @@ pub enum Error {
     /// A value cannot be part of an authorized_keys entry (NUL, line break, not UTF-8).
     #[error("the {what} {value:?} cannot be part of an authorized_keys entry: {why}")]
     ForcedCommandInvalid {
-        /// Which value (`repository path`, `borg program`, `key comment`).
-        what: &'static str,
+        /// Which value.
+        what: EntryPart,
         /// The value, lossily as text.
         value: String,
         /// Why not.
@@ -625,7 +649,7 @@ pub enum Error {
     },
 
     /// Reading or writing an authorized_keys file, its lock file or its directory failed.
-    #[error("cannot {action} {path:?}: {source}")]
+    #[error("cannot {action} {path:?}")]
     AuthorizedKeysIo {
         /// What we were doing.
         action: &'static str,
@@ -668,16 +692,14 @@ pub enum Error {
     /// what OpenSSH >= 9.8 does to a source address it penalises (PerSourcePenalties) and any
     /// sshd does past MaxStartups.
     #[error(
-        "{host} port {port}: the client's sshd closed the connection {stage}, before key exchange; \
+        "{peer}: the client's sshd closed the connection {stage}, before key exchange; \
          OpenSSH >= 9.8 does this to a source address under PerSourcePenalties (after failed logins) \
          or with MaxStartups; wait for the penalty to expire or add this server to \
          PerSourcePenaltyExemptList in the client's sshd_config"
     )]
     ClosedBeforeKex {
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// How far the connection got.
         stage: KexStage,
     },
@@ -685,10 +707,10 @@ pub enum Error {
     /// The agent and TCP methods: the client's ssh could not log in to the server's sshd, or what
     /// that sshd ran for the agent key was not `borg serve`; named from the client's ssh log (and
     /// borg's last words), not from borg's guess.
-    #[error("borg on the client {host} cannot reach borg serve: its ssh to the server {server} {cause}{}", said_text(.said))]
+    #[error("borg on the client {} cannot reach borg serve: its ssh to the server {server} {cause}{}", .peer.host, said_text(.said))]
     ClientSsh {
-        /// The client as given.
-        host: String,
+        /// The client's sshd (messages name its host).
+        peer: Peer,
         /// The server's sshd as the client's ssh was told to reach it: `USER@HOST port PORT`.
         server: String,
         /// What went wrong.
@@ -700,7 +722,7 @@ pub enum Error {
     /// The client's sshd offers none of the ciphers we do: the one forced with `--cipher` /
     /// `cipher =`, or (auto) none of our whole list.
     #[error(
-        "{host} port {port}: the client's sshd does not offer {}{} (it offers: {theirs}); {}",
+        "{peer}: the client's sshd does not offer {}{} (it offers: {theirs}); {}",
         if choice.is_forced() { "the cipher " } else { "any cipher we offer: " },
         if choice.is_forced() { format!("{ours} (forced with --cipher {choice} / cipher = \"{choice}\")") } else { ours.clone() },
         if choice.is_forced() {
@@ -710,10 +732,8 @@ pub enum Error {
         }
     )]
     CipherNotOffered {
-        /// Host as given.
-        host: String,
-        /// TCP port.
-        port: u16,
+        /// The client's sshd.
+        peer: Peer,
         /// What was asked for.
         choice: crate::ssh::cipher::CipherChoice,
         /// The ciphers we offered, comma-separated.
@@ -815,7 +835,178 @@ fn left_out(agent_keys: usize, agent_keys_held: u32) -> bool {
     usize::try_from(agent_keys_held).is_ok_and(|held| held > agent_keys)
 }
 
+/// What kind of failure an [`Error`] is: what a binary needs to pick its exit code and a person
+/// needs to know where the fix lies.
+///
+/// Deliberately not `#[non_exhaustive]`: a new kind is a breaking change, so every binary's
+/// exhaustive mapping to exit codes stops compiling until it gives the kind a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// An option or argument is unusable as given.
+    Usage,
+    /// A bug of ours: a task ended abnormally.
+    Internal,
+    /// The SSH conversation failed in a way no other kind names (a protocol error, a request
+    /// refused without a known cause, a channel that closed without an exit status).
+    Protocol,
+    /// Serving borg on this server failed mid-way, or this server lacks what it needs (no HOME for
+    /// the default known_hosts file).
+    Server,
+    /// The run was interrupted (SIGINT/SIGTERM).
+    Interrupted,
+    /// The borg program on this server cannot be found or started.
+    BorgUnavailable,
+    /// The operating system refused a local operation (a file written or read on this server,
+    /// authorized_keys edited for an ephemeral key).
+    Os,
+    /// The authorized_keys file already has an entry for the key with other options.
+    AuthorizedKeysConflict,
+    /// Host key verification failed, or known_hosts cannot be read or written.
+    HostKey,
+    /// The identity cannot be used, or the client's sshd refused it.
+    Auth,
+    /// The repository passphrase could not be obtained.
+    Passphrase,
+    /// No connection to the client or a jump host (or a jump host cannot reach the next host).
+    Connect,
+    /// The client is not set up for the job: a refused forward, a missing program or directory,
+    /// a borg of another version, a cipher it does not offer, a helper that failed there.
+    ClientSetup,
+    /// The connection to the client was lost.
+    ConnectionLost,
+    /// The client broke a bound we set (no answer in time, oversized packets, floods, endless
+    /// output).
+    ClientMisbehaved,
+    /// borg (or a restore's stream) ran past the maximum run time.
+    MaxRuntime,
+    /// The client's sshd closed the connection before key exchange (penalties, MaxStartups).
+    RefusedBeforeKex,
+    /// The agent and TCP methods: the server's sshd ran something other than borg serve for the
+    /// agent key.
+    NotBorgServe,
+    /// `--via sftp`: the client's tree cannot be mounted on this server.
+    SftpMount,
+}
+
 impl Error {
+    /// The kind of this error. An exhaustive match: a new variant does not compile until it is
+    /// classified here. A jump host's failure is of its cause's kind.
+    pub fn kind(&self) -> ErrorKind {
+        use ErrorKind as K;
+        match self {
+            Error::InvalidOption(_)
+            | Error::NulInArgument(_)
+            | Error::ServerHostKey { .. }
+            | Error::PublicKeyFile { .. }
+            | Error::ForcedCommandInvalid { .. } => K::Usage,
+            Error::BackgroundTask { .. } | Error::HandlerEnded(_) => K::Internal,
+            Error::Ssh { .. }
+            | Error::RequestDenied { .. }
+            | Error::AgentFrameTooLarge { .. }
+            | Error::AgentIdle { .. }
+            | Error::TarNoExitStatus { .. }
+            | Error::NoExitStatus { .. } => K::Protocol,
+            Error::NoKnownHostsFile => K::Server,
+            Error::Serve(e) => match e.kind() {
+                borg_pull_core::error::ErrorKind::Usage => K::Usage,
+                borg_pull_core::error::ErrorKind::BorgUnavailable => K::BorgUnavailable,
+                borg_pull_core::error::ErrorKind::SocketUnsafe
+                | borg_pull_core::error::ErrorKind::SocketInUse
+                | borg_pull_core::error::ErrorKind::Os
+                | borg_pull_core::error::ErrorKind::Relay
+                | borg_pull_core::error::ErrorKind::BorgFailed => K::Server,
+            },
+            Error::Interrupted => K::Interrupted,
+            Error::Io { .. } | Error::AuthorizedKeysIo { .. } | Error::AuthorizedKeysUnsafe { .. } => K::Os,
+            Error::AuthorizedKeysConflict { .. } => K::AuthorizedKeysConflict,
+            Error::UnknownHostKey(_)
+            | Error::HostKeyChanged(_)
+            | Error::HostKeyTypeUnknown(_)
+            | Error::HostKeyRevoked(_)
+            | Error::HostCertificateUnsupported(_)
+            | Error::KnownHostsIo { .. } => K::HostKey,
+            Error::SecretFileTooOpen {
+                kind: SecretKind::RepoPassphrase,
+                ..
+            }
+            | Error::Passphrase(_) => K::Passphrase,
+            Error::SecretFileTooOpen {
+                kind: SecretKind::Identity | SecretKind::IdentityPassphrase,
+                ..
+            }
+            | Error::Identity { .. }
+            | Error::IdentityEncrypted { .. }
+            | Error::NoIdentity { .. }
+            | Error::AuthFailed { .. }
+            | Error::AuthCutOff { .. } => K::Auth,
+            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::JumpConnect { .. } => K::Connect,
+            Error::JumpHost { source, .. } => source.kind(),
+            Error::ClientSsh { cause, .. } => match cause {
+                ClientSshCause::HostKey => K::HostKey,
+                ClientSshCause::Auth => K::Auth,
+                ClientSshCause::Connect => K::Connect,
+                ClientSshCause::NotBorgServe => K::NotBorgServe,
+            },
+            Error::ForwardDenied { .. }
+            | Error::TcpForwardDenied { .. }
+            | Error::RemoteDirUnusable { .. }
+            | Error::BorgVersionMismatch { .. }
+            | Error::BorgGenerationMismatch { .. }
+            | Error::RelayInstall { .. }
+            | Error::AgentNotForwarded { .. }
+            | Error::RemoteProgramMissing { .. }
+            | Error::RemoteHelper { .. }
+            | Error::RemoteHelperTimeout { .. }
+            | Error::CipherNotOffered { .. } => K::ClientSetup,
+            Error::ConnectionLost { .. } => K::ConnectionLost,
+            Error::NoAnswer { .. }
+            | Error::OversizedPacket { .. }
+            | Error::ChannelOpenFlood { .. }
+            | Error::RemoteOutputTooLarge { .. } => K::ClientMisbehaved,
+            Error::MaxRuntime { .. } | Error::RestoreMaxRuntime { .. } => K::MaxRuntime,
+            Error::ClosedBeforeKex { .. } => K::RefusedBeforeKex,
+            Error::SftpPull(e) => e.kind(),
+        }
+    }
+
+    /// The sshd this error is about, where it names one (a jump host's failure: the jump host).
+    pub fn peer(&self) -> Option<&Peer> {
+        match self {
+            Error::Connect { peer, .. }
+            | Error::ConnectTimeout { peer, .. }
+            | Error::AuthFailed { peer, .. }
+            | Error::AuthCutOff { peer, .. }
+            | Error::JumpHost { peer, .. }
+            | Error::JumpConnect { peer, .. }
+            | Error::ConnectionLost { peer, .. }
+            | Error::RemoteProgramMissing { peer, .. }
+            | Error::BorgVersionMismatch { peer, .. }
+            | Error::BorgGenerationMismatch { peer, .. }
+            | Error::AgentNotForwarded { peer }
+            | Error::RelayInstall { peer, .. }
+            | Error::TcpForwardDenied { peer }
+            | Error::RequestDenied { peer, .. }
+            | Error::NoAnswer { peer, .. }
+            | Error::OversizedPacket { peer, .. }
+            | Error::ChannelOpenFlood { peer, .. }
+            | Error::MaxRuntime { peer, .. }
+            | Error::RemoteDirUnusable { peer, .. }
+            | Error::RestoreMaxRuntime { peer, .. }
+            | Error::TarNoExitStatus { peer }
+            | Error::ForwardDenied { peer, .. }
+            | Error::NoExitStatus { peer }
+            | Error::ClosedBeforeKex { peer, .. }
+            | Error::ClientSsh { peer, .. }
+            | Error::CipherNotOffered { peer, .. } => Some(peer),
+            Error::UnknownHostKey(p)
+            | Error::HostKeyChanged(p)
+            | Error::HostKeyTypeUnknown(p)
+            | Error::HostKeyRevoked(p)
+            | Error::HostCertificateUnsupported(p) => Some(&p.peer),
+            _ => None,
+        }
+    }
+
     /// Whether the bound on keys offered per login ([`crate::limits::MAX_KEY_OFFERS`]) left some
     /// of the agent's keys out of a refused login: naming the key is the fix.
     pub fn agent_keys_left_out(&self) -> bool {
@@ -932,6 +1123,34 @@ impl std::fmt::Display for SecretKind {
     }
 }
 
+/// A part of an authorized_keys entry (for [`Error::ForcedCommandInvalid`]): which flag or file
+/// fixes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryPart {
+    /// The borg program of the forced command.
+    BorgProgram,
+    /// One of the forced command's other arguments.
+    Argument,
+    /// The repository path the forced command restricts to.
+    RepositoryPath,
+    /// The key's comment.
+    KeyComment,
+    /// A whole line written by someone else.
+    Line,
+}
+
+impl std::fmt::Display for EntryPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EntryPart::BorgProgram => "borg program",
+            EntryPart::Argument => "argument",
+            EntryPart::RepositoryPath => "repository path",
+            EntryPart::KeyComment => "key comment",
+            EntryPart::Line => "authorized_keys line",
+        })
+    }
+}
+
 /// What a directory on the client is for (for [`Error::RemoteDirUnusable`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteDirUse {
@@ -965,8 +1184,7 @@ mod tests {
     fn auth_failed(identity: &str, agent: Option<&str>, agent_keys: usize) -> String {
         Error::AuthFailed {
             user: "u".into(),
-            host: "h".into(),
-            port: 22,
+            peer: crate::error::Peer::new("h", 22),
             identity: identity.into(),
             agent: agent.map(PathBuf::from),
             agent_keys,
@@ -1011,8 +1229,7 @@ mod tests {
         assert!(!all.contains("at most"), "{all}");
         let mut e = Error::AuthFailed {
             user: "u".into(),
-            host: "h".into(),
-            port: 22,
+            peer: crate::error::Peer::new("h", 22),
             identity: "/k".into(),
             agent: Some(PathBuf::from("/run/a.sock")),
             agent_keys: 4,
@@ -1027,8 +1244,7 @@ mod tests {
         );
         e = Error::AuthCutOff {
             user: "u".into(),
-            host: "h".into(),
-            port: 22,
+            peer: crate::error::Peer::new("h", 22),
             offered: 3,
             said: "Too many authentication failures".into(),
         };
@@ -1046,8 +1262,7 @@ mod tests {
     fn a_close_before_key_exchange_says_how_far_it_got_and_the_fix() {
         let closed = |stage| {
             Error::ClosedBeforeKex {
-                host: "client".into(),
-                port: 2222,
+                peer: crate::error::Peer::new("client", 2222),
                 stage,
             }
             .to_string()
@@ -1068,5 +1283,470 @@ mod tests {
             .contains("closed the connection without sending its SSH banner, before"));
         assert!(closed(KexStage::AfterBanner)
             .contains("closed the connection right after its SSH banner, before"));
+    }
+
+    fn peer() -> Peer {
+        Peer::new("web1", 2222)
+    }
+
+    fn io() -> std::io::Error {
+        std::io::Error::other("the io cause")
+    }
+
+    fn problem() -> Box<HostKeyProblem> {
+        Box::new(HostKeyProblem {
+            host_port: "[web1]:2222".into(),
+            peer: peer(),
+            ..HostKeyProblem::default()
+        })
+    }
+
+    /// A task ended abnormally, as a `JoinError` is made: cancelled.
+    fn cancelled() -> tokio::task::JoinError {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let task = tokio::spawn(std::future::pending::<()>());
+            task.abort();
+            task.await.expect_err("aborted")
+        })
+    }
+
+    /// One of every variant, with the kind the exit tables give it.
+    fn every_variant() -> Vec<(Error, ErrorKind)> {
+        use borg_pull_core::version::Generation;
+        use ErrorKind as K;
+        let p = || PathBuf::from("/x");
+        let s = || String::from("x");
+        let core = |e| Error::Serve(e);
+        vec![
+            (Error::InvalidOption(s()), K::Usage),
+            (Error::NulInArgument(s()), K::Usage),
+            (Error::ServerHostKey { path: p(), why: s() }, K::Usage),
+            (Error::PublicKeyFile { path: p(), why: s() }, K::Usage),
+            (
+                Error::ForcedCommandInvalid {
+                    what: EntryPart::BorgProgram,
+                    value: s(),
+                    why: "NUL",
+                },
+                K::Usage,
+            ),
+            (
+                core(borg_pull_core::Error::RepoNotAbsolute { path: p() }),
+                K::Usage,
+            ),
+            (
+                Error::BackgroundTask {
+                    task: "reading",
+                    source: cancelled(),
+                },
+                K::Internal,
+            ),
+            (Error::HandlerEnded(s()), K::Internal),
+            (
+                Error::Ssh {
+                    context: "exec",
+                    source: russh::Error::Disconnect,
+                },
+                K::Protocol,
+            ),
+            (
+                Error::RequestDenied {
+                    peer: peer(),
+                    request: "a forward",
+                },
+                K::Protocol,
+            ),
+            (Error::AgentFrameTooLarge { len: 1, max: 0 }, K::Protocol),
+            (Error::AgentIdle { secs: 1 }, K::Protocol),
+            (Error::TarNoExitStatus { peer: peer() }, K::Protocol),
+            (Error::NoExitStatus { peer: peer() }, K::Protocol),
+            (Error::NoKnownHostsFile, K::Server),
+            (core(borg_pull_core::Error::ServeIo(io())), K::Server),
+            (Error::Interrupted, K::Interrupted),
+            (
+                core(borg_pull_core::Error::BorgNotFound { program: p() }),
+                K::BorgUnavailable,
+            ),
+            (
+                Error::Io {
+                    context: s(),
+                    source: io(),
+                },
+                K::Os,
+            ),
+            (
+                Error::AuthorizedKeysIo {
+                    action: "read",
+                    path: p(),
+                    source: io(),
+                },
+                K::Os,
+            ),
+            (Error::AuthorizedKeysUnsafe { path: p(), why: s() }, K::Os),
+            (
+                Error::AuthorizedKeysConflict {
+                    path: p(),
+                    line: 1,
+                    existing: s(),
+                },
+                K::AuthorizedKeysConflict,
+            ),
+            (Error::UnknownHostKey(problem()), K::HostKey),
+            (Error::HostKeyChanged(problem()), K::HostKey),
+            (Error::HostKeyTypeUnknown(problem()), K::HostKey),
+            (Error::HostKeyRevoked(problem()), K::HostKey),
+            (Error::HostCertificateUnsupported(problem()), K::HostKey),
+            (
+                Error::KnownHostsIo {
+                    action: "read",
+                    path: p(),
+                    source: io(),
+                },
+                K::HostKey,
+            ),
+            (
+                Error::ClientSsh {
+                    peer: peer(),
+                    server: s(),
+                    cause: ClientSshCause::HostKey,
+                    said: s(),
+                },
+                K::HostKey,
+            ),
+            (
+                Error::Identity {
+                    path: p(),
+                    source: russh::keys::Error::CouldNotReadKey,
+                },
+                K::Auth,
+            ),
+            (Error::IdentityEncrypted { path: p() }, K::Auth),
+            (
+                Error::SecretFileTooOpen {
+                    kind: SecretKind::Identity,
+                    path: p(),
+                    mode: 0o644,
+                },
+                K::Auth,
+            ),
+            (
+                Error::SecretFileTooOpen {
+                    kind: SecretKind::IdentityPassphrase,
+                    path: p(),
+                    mode: 0o644,
+                },
+                K::Auth,
+            ),
+            (
+                Error::NoIdentity {
+                    tried: vec![p()],
+                    agent: None,
+                },
+                K::Auth,
+            ),
+            (
+                Error::AuthFailed {
+                    user: s(),
+                    peer: peer(),
+                    identity: p(),
+                    agent: None,
+                    agent_keys: 0,
+                    agent_keys_held: 0,
+                },
+                K::Auth,
+            ),
+            (
+                Error::AuthCutOff {
+                    user: s(),
+                    peer: peer(),
+                    offered: 6,
+                    said: s(),
+                },
+                K::Auth,
+            ),
+            (
+                Error::ClientSsh {
+                    peer: peer(),
+                    server: s(),
+                    cause: ClientSshCause::Auth,
+                    said: s(),
+                },
+                K::Auth,
+            ),
+            (Error::Passphrase(s()), K::Passphrase),
+            (
+                Error::SecretFileTooOpen {
+                    kind: SecretKind::RepoPassphrase,
+                    path: p(),
+                    mode: 0o644,
+                },
+                K::Passphrase,
+            ),
+            (
+                Error::Connect {
+                    peer: peer(),
+                    source: io(),
+                },
+                K::Connect,
+            ),
+            (
+                Error::ConnectTimeout {
+                    peer: peer(),
+                    secs: 1,
+                },
+                K::Connect,
+            ),
+            (
+                Error::JumpConnect {
+                    peer: peer(),
+                    target: peer(),
+                    reason: s(),
+                },
+                K::Connect,
+            ),
+            (
+                Error::ClientSsh {
+                    peer: peer(),
+                    server: s(),
+                    cause: ClientSshCause::Connect,
+                    said: s(),
+                },
+                K::Connect,
+            ),
+            (
+                Error::ForwardDenied {
+                    peer: peer(),
+                    path: s(),
+                    cause: ForwardDenial::Forbidden,
+                },
+                K::ClientSetup,
+            ),
+            (Error::TcpForwardDenied { peer: peer() }, K::ClientSetup),
+            (
+                Error::RemoteDirUnusable {
+                    dir: s(),
+                    peer: peer(),
+                    why: s(),
+                    purpose: RemoteDirUse::RunBorg,
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::BorgVersionMismatch {
+                    peer: peer(),
+                    program: s(),
+                    client: s(),
+                    client_major: 1,
+                    server: s(),
+                    server_major: 2,
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::BorgGenerationMismatch {
+                    peer: peer(),
+                    program: s(),
+                    client: s(),
+                    client_generation: Generation::Borg2Segments,
+                    server: s(),
+                    server_generation: Generation::Borg2StoreUnrestricted,
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::RelayInstall {
+                    peer: peer(),
+                    why: s(),
+                },
+                K::ClientSetup,
+            ),
+            (Error::AgentNotForwarded { peer: peer() }, K::ClientSetup),
+            (
+                Error::RemoteProgramMissing {
+                    program: s(),
+                    role: RemoteProgram::Borg,
+                    peer: peer(),
+                    why: s(),
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::RemoteHelper {
+                    command: s(),
+                    status: Some(1),
+                    output: s(),
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::RemoteHelperTimeout {
+                    command: s(),
+                    secs: 1,
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::CipherNotOffered {
+                    peer: peer(),
+                    choice: crate::ssh::cipher::CipherChoice::Aes256Gcm,
+                    ours: s(),
+                    theirs: s(),
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::ConnectionLost {
+                    peer: peer(),
+                    context: "exec",
+                },
+                K::ConnectionLost,
+            ),
+            (
+                Error::NoAnswer {
+                    peer: peer(),
+                    what: "exec",
+                    secs: 1,
+                },
+                K::ClientMisbehaved,
+            ),
+            (
+                Error::OversizedPacket {
+                    peer: peer(),
+                    len: 2,
+                    max: 1,
+                },
+                K::ClientMisbehaved,
+            ),
+            (
+                Error::ChannelOpenFlood {
+                    peer: peer(),
+                    count: 9,
+                },
+                K::ClientMisbehaved,
+            ),
+            (
+                Error::RemoteOutputTooLarge {
+                    command: s(),
+                    limit: 1,
+                    output: s(),
+                },
+                K::ClientMisbehaved,
+            ),
+            (
+                Error::MaxRuntime {
+                    peer: peer(),
+                    secs: 1,
+                },
+                K::MaxRuntime,
+            ),
+            (
+                Error::RestoreMaxRuntime {
+                    peer: peer(),
+                    secs: 1,
+                },
+                K::MaxRuntime,
+            ),
+            (
+                Error::ClosedBeforeKex {
+                    peer: peer(),
+                    stage: KexStage::NoBanner,
+                },
+                K::RefusedBeforeKex,
+            ),
+            (
+                Error::ClientSsh {
+                    peer: peer(),
+                    server: s(),
+                    cause: ClientSshCause::NotBorgServe,
+                    said: s(),
+                },
+                K::NotBorgServe,
+            ),
+            (
+                Error::JumpHost {
+                    peer: peer(),
+                    source: Box::new(Error::AuthCutOff {
+                        user: s(),
+                        peer: peer(),
+                        offered: 6,
+                        said: s(),
+                    }),
+                },
+                K::Auth,
+            ),
+        ]
+    }
+
+    macro_rules! kind_cases {
+        ($($name:ident: $kind:ident,)*) => {$(
+            #[test]
+            fn $name() {
+                let all = every_variant();
+                let listed: Vec<&Error> =
+                    all.iter().filter(|(_, k)| *k == ErrorKind::$kind).map(|(e, _)| e).collect();
+                assert!(!listed.is_empty(), "no variant of kind {:?}", ErrorKind::$kind);
+                for e in listed {
+                    assert_eq!(e.kind(), ErrorKind::$kind, "{e:?}");
+                }
+            }
+        )*};
+    }
+
+    kind_cases! {
+        usage_errors_are_classified_usage: Usage,
+        failed_tasks_are_classified_internal_not_usage: Internal,
+        protocol_failures_are_classified_protocol: Protocol,
+        failures_of_this_server_are_classified_server: Server,
+        an_interruption_is_classified_interrupted: Interrupted,
+        an_unusable_borg_here_is_classified_borg_unavailable: BorgUnavailable,
+        refused_local_files_are_classified_os: Os,
+        a_conflicting_entry_is_classified_as_such: AuthorizedKeysConflict,
+        host_key_failures_are_classified_host_key: HostKey,
+        login_failures_are_classified_auth: Auth,
+        passphrase_failures_are_classified_passphrase: Passphrase,
+        connection_failures_are_classified_connect: Connect,
+        a_client_not_set_up_is_classified_client_setup: ClientSetup,
+        a_lost_connection_is_classified_connection_lost: ConnectionLost,
+        a_client_breaking_a_bound_is_classified_client_misbehaved: ClientMisbehaved,
+        a_run_past_its_time_is_classified_max_runtime: MaxRuntime,
+        a_close_before_key_exchange_is_classified_refused_before_kex: RefusedBeforeKex,
+        a_forced_command_not_borg_serve_is_classified_not_borg_serve: NotBorgServe,
+    }
+
+    #[test]
+    fn no_message_repeats_its_source() {
+        for (e, _) in every_variant() {
+            let text = e.to_string();
+            if let Some(source) = std::error::Error::source(&e) {
+                let cause = source.to_string();
+                assert!(!text.contains(&cause), "said twice: {text} / {cause}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_peer_is_shown_one_way_wherever_a_message_names_the_connection() {
+        for (e, _) in every_variant() {
+            // known_hosts' own name for the host (`[web1]:2222`) and ssh-keyscan's `-p` are
+            // commands to copy, not the peer shown.
+            let text = e.to_string().replace("[web1]:2222", "").replace("-p 2222", "");
+            assert!(!text.contains("web1:2222"), "{text}");
+            if text.contains("2222") {
+                assert!(text.contains("web1 port 2222"), "{text}");
+            }
+        }
+        assert_eq!(
+            Error::JumpConnect {
+                peer: peer(),
+                target: Peer::new("db", 22),
+                reason: "refused".into()
+            }
+            .peer()
+            .map(ToString::to_string),
+            Some("web1 port 2222".to_owned())
+        );
     }
 }

@@ -8,10 +8,14 @@
 //! [`limits`] underneath everything):
 //! - speaks SSH and knows nothing of borg → [`ssh`] (connection, login, identity, known hosts,
 //!   jump hosts, remote commands, the in-process agent, the cipher choice);
-//! - answers a channel that the client's sshd opens → [`channels`] (unix, tcp, agent);
+//! - answers a channel that the client's sshd opens → `channels` (crate-private: `UnixForward`,
+//!   `TcpForward`, `AgentForward`, one API; a job builds the ones it needs);
 //! - a borg job carried out over one SSH session → [`jobs`] (pull, restore-tar);
-//! - reads or edits a file on this server → [`local`] (authorized_keys, secret files, the
-//!   passphrase).
+//! - reads or edits a file on this server → [`local`] (authorized_keys, secret files, the one
+//!   secret type, the passphrase).
+//!
+//! `scripts/check-module-graph` (in the test command) fails on an import against that direction
+//! and on any module cycle.
 //!
 //! ```no_run
 //! # async fn run() -> borg_pull_tunnel::Result<i32> {
@@ -28,7 +32,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod channels;
+pub(crate) mod channels;
 pub mod error;
 pub mod jobs;
 pub mod limits;

@@ -64,10 +64,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// error messages; the rest is read and dropped, so an endless printer costs no memory.
 pub const HELPER_OUTPUT_KEPT: usize = 16 * 1024;
 
-/// Default for the longest a pull may run before borg is stopped and the run ends with its own
-/// error: far above a nightly backup (hours), far below "never" (a client that keeps the
-/// connection alive but never finishes would hold `borg serve` and the repository lock for ever).
-pub const DEFAULT_MAX_RUNTIME: Duration = Duration::from_secs(24 * 3600);
+/// Default for the longest a pull or restore may run: defined (and its value explained) in
+/// [`borg_pull_core::limits::DEFAULT_MAX_RUNTIME`], re-exported so the jobs name it here.
+pub use borg_pull_core::limits::DEFAULT_MAX_RUNTIME;
 
 /// Channel opens we refuse (kinds we did not ask for) before ending the connection: a well-behaved
 /// sshd opens none, so this only cuts off a peer that floods us (and our logs).

@@ -291,8 +291,8 @@ async fn the_refusal_of_openssh_9_8_is_named_with_what_sshd_said() {
     let peer = RawPeer::start(Refusal::NotAllowed).await;
     let e = failed_pull(options(peer.port, Some(&files.identity), &files.known_hosts)).await;
     match &e {
-        Error::ClosedBeforeKex { port, stage, .. } => {
-            assert_eq!(*port, peer.port);
+        Error::ClosedBeforeKex { peer: at, stage, .. } => {
+            assert_eq!(at.port, peer.port);
             assert_eq!(
                 *stage,
                 KexStage::Refused("Not allowed at this time".into()),

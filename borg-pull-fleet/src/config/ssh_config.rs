@@ -47,9 +47,9 @@ pub fn read_ssh_config(path: &Path, required: bool) -> Result<Option<SshConfig>,
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(SshConfig::parse(&text))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
-        Err(source) => Err(ConfigError::Io {
+        Err(cause) => Err(ConfigError::Io {
             path: path.to_owned(),
-            source,
+            cause,
         }),
     }
 }

@@ -1,13 +1,14 @@
 //! Agent channels: after we asked for agent forwarding, the client's sshd opens an
 //! `auth-agent@openssh.com` channel back to us every time a program on the client (borg's `ssh`)
 //! connects to the forwarded `SSH_AUTH_SOCK`. Each is served by the run's one-key
-//! [`KeyAgent`] in a task this forward owns: [`AgentForward::stop`] cancels and awaits them all.
+//! [`KeyAgent`] in a task this forward owns: [`Forward::stop`] cancels and awaits them all.
 //!
 //! At most [`MAX_AGENT_CHANNELS`] are served at once and [`MAX_AGENT_CHANNELS_TOTAL`] per run; more
 //! are refused at once, never queued (the client must not make the server wait or sign on and on).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use russh::ChannelOpenFailure;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 
+use crate::channels::{Forward, ForwardStats};
 use crate::limits::{MAX_AGENT_CHANNELS, MAX_AGENT_CHANNELS_TOTAL};
 use crate::ssh::incoming::{Decision, Incoming};
 use crate::ssh::key_agent::KeyAgent;
@@ -26,6 +28,8 @@ pub struct AgentForward {
     active: Arc<AtomicUsize>,
     /// Channels admitted so far.
     accepted: AtomicU64,
+    /// Channels refused so far.
+    refused: AtomicU64,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -93,14 +97,10 @@ impl AgentForward {
             agent,
             active: Arc::new(AtomicUsize::new(0)),
             accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         })
-    }
-
-    /// The agent the channels are served with (for its [`KeyAgent::stats`]).
-    pub fn agent(&self) -> &Arc<KeyAgent> {
-        &self.agent
     }
 
     /// Decides about one agent channel: accepted (and served in a task this forward owns) unless
@@ -110,7 +110,10 @@ impl AgentForward {
             Ok(admission) => {
                 Decision::Accept(Box::new(move |channel| admission.spawn(channel.into_stream())))
             }
-            Err(why) => Decision::Refuse(ChannelOpenFailure::ResourceShortage, why),
+            Err(why) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Decision::Refuse(ChannelOpenFailure::ResourceShortage, why)
+            }
         }
     }
 
@@ -140,12 +143,33 @@ impl AgentForward {
             tracker: self.tracker.clone(),
         })
     }
+}
 
-    /// Stops every agent channel's task now and waits for them; later channels are refused.
-    pub async fn stop(&self) {
+/// No bytes are counted (`to_serve`, `from_serve`): an agent channel carries requests to our own
+/// agent, whose [`KeyAgent::stats`] say what it did.
+impl Forward for AgentForward {
+    fn stats(&self) -> ForwardStats {
+        ForwardStats {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            active: self.active.load(Ordering::Relaxed),
+            ..ForwardStats::default()
+        }
+    }
+
+    async fn drain(&self, grace: Duration) -> ForwardStats {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            return self.stop().await;
+        }
+        self.stats()
+    }
+
+    async fn stop(&self) -> ForwardStats {
         self.cancel.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+        self.stats()
     }
 }
 
@@ -157,8 +181,6 @@ impl Incoming for AgentForward {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::ssh::key_agent::tests::agent;
 
@@ -212,5 +234,6 @@ mod tests {
             panic!("admitted past the total");
         };
         assert!(why.contains("already served"), "{why}");
+        assert_eq!(forward.stats().refused, 1);
     }
 }

@@ -8,18 +8,18 @@
 //!
 //! Bounded like the UNIX socket forward: at most [`MAX_FORWARDED_CONNECTIONS`] at once and
 //! [`MAX_FORWARDED_CONNECTIONS_TOTAL`] per run, refused beyond (never queued). Each bridge is a
-//! task owned by the [`TcpBridge`]; [`TcpBridge::stop`] ends and awaits them all.
+//! task owned by the [`TcpForward`]; [`TcpForward::stop`] ends and awaits them all.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use borg_pull_core::supervise::SupervisorStats;
 use russh::ChannelOpenFailure;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
 
+use crate::channels::{Forward, ForwardStats};
 use crate::limits::{CONNECT_TIMEOUT, MAX_FORWARDED_CONNECTIONS, MAX_FORWARDED_CONNECTIONS_TOTAL};
 use crate::ssh::incoming::{Decision, Incoming, TcpOrigin};
 use crate::ssh::session::Session;
@@ -29,7 +29,7 @@ use crate::Result;
 pub const LISTEN_ADDRESS: &str = "127.0.0.1";
 
 /// Bridges the connections to our TCP forward on the client to `target` (the server's sshd).
-pub struct TcpBridge {
+pub struct TcpForward {
     target: (String, u16),
     listening: Mutex<Option<u32>>,
     counts: Arc<Counts>,
@@ -47,7 +47,7 @@ struct Counts {
     from_target: AtomicU64,
 }
 
-impl TcpBridge {
+impl TcpForward {
     /// A bridge to `host:port`, as this server reaches its own sshd.
     pub fn new(host: impl Into<String>, port: u16) -> Arc<Self> {
         Arc::new(Self {
@@ -78,27 +78,17 @@ impl TcpBridge {
         }
     }
 
-    /// Lets bridges finish for up to `grace`, then stops the rest.
-    pub async fn drain(&self, grace: Duration) -> SupervisorStats {
-        self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
-            return self.stop().await;
-        }
-        self.stats()
+    fn refuse(&self, reason: ChannelOpenFailure, why: String) -> Decision {
+        self.counts.refused.fetch_add(1, Ordering::Relaxed);
+        Decision::Refuse(reason, why)
     }
+}
 
-    /// Ends every bridge now and waits for them.
-    pub async fn stop(&self) -> SupervisorStats {
-        self.stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-        self.stats()
-    }
-
-    /// Totals so far, in the shape of the UNIX forward's (`to_serve`: bytes to the server's sshd).
-    pub fn stats(&self) -> SupervisorStats {
+/// `to_serve` in the stats: bytes to the server's sshd.
+impl Forward for TcpForward {
+    fn stats(&self) -> ForwardStats {
         let c = &self.counts;
-        SupervisorStats {
+        ForwardStats {
             accepted: c.accepted.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
             active: c.active.load(Ordering::Relaxed),
@@ -108,13 +98,23 @@ impl TcpBridge {
         }
     }
 
-    fn refuse(&self, reason: ChannelOpenFailure, why: String) -> Decision {
-        self.counts.refused.fetch_add(1, Ordering::Relaxed);
-        Decision::Refuse(reason, why)
+    async fn drain(&self, grace: Duration) -> ForwardStats {
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            return self.stop().await;
+        }
+        self.stats()
+    }
+
+    async fn stop(&self) -> ForwardStats {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.stats()
     }
 }
 
-impl Incoming for TcpBridge {
+impl Incoming for TcpForward {
     fn forwarded_tcpip(&self, origin: &TcpOrigin) -> Decision {
         let ours = *self.listening.lock().expect("not poisoned");
         if ours != Some(origin.connected_port) || origin.connected_address != LISTEN_ADDRESS {
@@ -231,7 +231,7 @@ mod tests {
     /// most MAX_FORWARDED_CONNECTIONS at once and MAX_FORWARDED_CONNECTIONS_TOTAL per run.
     #[test]
     fn only_our_forward_is_accepted_and_within_the_limits() {
-        let bridge = TcpBridge::new("127.0.0.1", 22);
+        let bridge = TcpForward::new("127.0.0.1", 22);
         // Nothing asked for yet: everything is refused.
         assert_eq!(
             refused(&bridge.forwarded_tcpip(&origin(LISTEN_ADDRESS, 1234))),

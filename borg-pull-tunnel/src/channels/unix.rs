@@ -18,10 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use borg_pull_core::serve::ServeConfig;
-use borg_pull_core::supervise::{LimitPolicy, Supervisor, SupervisorLimits, SupervisorStats};
+use borg_pull_core::supervise::{LimitPolicy, Supervisor, SupervisorLimits};
 use russh::ChannelOpenFailure;
 use tracing::debug;
 
+use crate::channels::{Forward, ForwardStats};
 use crate::error::ForwardDenial;
 use crate::limits::{
     MAX_FORWARDED_CONNECTIONS, MAX_FORWARDED_CONNECTIONS_TOTAL, MAX_SOCKET_PATH, REMOTE_HELPER_TIMEOUT,
@@ -31,19 +32,16 @@ use crate::ssh::incoming::{Decision, Incoming};
 use crate::ssh::session::Session;
 use crate::{Error, Result};
 
-/// Totals over all forwarded connections of one run.
-pub type ForwardStats = SupervisorStats;
-
 /// Accepts forwarded connections to our one socket and hands each to the run's `borg serve`
 /// [`Supervisor`]: at most [`MAX_FORWARDED_CONNECTIONS`] at once (more are refused, never queued:
 /// the client must not be able to make the server wait on its behalf) and
 /// [`MAX_FORWARDED_CONNECTIONS_TOTAL`] per run.
-pub struct Forwarder {
+pub struct UnixForward {
     supervisor: Supervisor,
     expected: Mutex<Option<String>>,
 }
 
-impl Forwarder {
+impl UnixForward {
     /// A forwarder that runs `borg serve` as `serve` says.
     pub fn new(serve: ServeConfig) -> Arc<Self> {
         let limits = SupervisorLimits {
@@ -58,19 +56,8 @@ impl Forwarder {
     }
 
     /// Accept channels for this socket path only (set before requesting the forward).
-    pub fn expect(&self, socket_path: &str) {
+    fn expect(&self, socket_path: &str) {
         *self.expected.lock().expect("not poisoned") = Some(socket_path.to_owned());
-    }
-
-    /// Lets every bridge finish on its own for up to `grace`, then stops the rest (their
-    /// `borg serve` is killed and reaped).
-    pub async fn drain(&self, grace: Duration) -> ForwardStats {
-        self.supervisor.drain(grace).await
-    }
-
-    /// Stops every bridge now (their `borg serve` is killed and reaped) and waits for them.
-    pub async fn stop(&self) -> ForwardStats {
-        self.supervisor.stop().await
     }
 
     /// Starts the next connection's `borg serve` ahead of it ([`Supervisor::prestart`]).
@@ -78,13 +65,41 @@ impl Forwarder {
         self.supervisor.prestart();
     }
 
-    /// The totals so far.
-    pub fn stats(&self) -> ForwardStats {
-        self.supervisor.stats()
+    /// Asks the client's sshd to listen on `socket_path` (accepting channels for it only); on
+    /// refusal, finds out why.
+    pub async fn listen(&self, session: &Session, socket_path: &str) -> Result<()> {
+        self.expect(socket_path);
+        match session.streamlocal_forward(socket_path).await {
+            Ok(()) => {
+                debug!(socket_path, "forward listening");
+                Ok(())
+            }
+            Err(Error::RequestDenied { peer, .. }) => Err(Error::ForwardDenied {
+                peer,
+                path: socket_path.to_owned(),
+                cause: diagnose(session, socket_path).await,
+            }),
+            Err(e) => Err(e),
+        }
     }
 }
 
-impl Incoming for Forwarder {
+/// Each bridge's `borg serve` is killed and reaped when it is stopped.
+impl Forward for UnixForward {
+    fn stats(&self) -> ForwardStats {
+        self.supervisor.stats()
+    }
+
+    async fn drain(&self, grace: Duration) -> ForwardStats {
+        self.supervisor.drain(grace).await
+    }
+
+    async fn stop(&self) -> ForwardStats {
+        self.supervisor.stop().await
+    }
+}
+
+impl Incoming for UnixForward {
     fn forwarded_streamlocal(&self, socket_path: &str) -> Decision {
         let expected = self.expected.lock().expect("not poisoned").clone();
         if expected.as_deref() != Some(socket_path) {
@@ -103,24 +118,6 @@ impl Incoming for Forwarder {
             }
             Err(refusal) => Decision::Refuse(ChannelOpenFailure::ResourceShortage, refusal.to_string()),
         }
-    }
-}
-
-/// Asks the client's sshd to listen on `socket_path`; on refusal, finds out why.
-pub async fn listen(session: &Session, forwarder: &Forwarder, socket_path: &str) -> Result<()> {
-    forwarder.expect(socket_path);
-    match session.streamlocal_forward(socket_path).await {
-        Ok(()) => {
-            debug!(socket_path, "forward listening");
-            Ok(())
-        }
-        Err(Error::RequestDenied { host, port, .. }) => Err(Error::ForwardDenied {
-            host,
-            port,
-            path: socket_path.to_owned(),
-            cause: diagnose(session, socket_path).await,
-        }),
-        Err(e) => Err(e),
     }
 }
 

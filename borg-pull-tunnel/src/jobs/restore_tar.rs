@@ -7,14 +7,17 @@
 //!    the login user can write to, reports on a marked line, then `exec`s `tar -C DIR -x -f -`
 //!    (`--numeric-owner` if asked, `-p` as root). Nothing has been read from the repository yet,
 //!    so a missing DIR or tar fails before anything streams.
-//! 3. `borg export-tar -- REPO::NAME - [PATH...]` runs here, on the server (the passphrase in its
-//!    environment, never its argv; no `--tar-filter`: `-` gets none). Its stdout goes to the
-//!    channel's stdin through a small buffer ([`RESTORE_READ_BUFFER`]); russh's writer awaits the
-//!    client's window, so the archive is never buffered in memory. Its stderr is relayed to ours,
-//!    escaped and cut per line.
+//! 3. `borg export-tar -- REPO::NAME - [PATH...]` runs here, on the server, as a
+//!    [`borg_pull_core::child`] (the passphrase in its environment, never its argv; no
+//!    `--tar-filter`: `-` gets none). Its stdout goes to the channel's stdin through a small
+//!    buffer ([`RESTORE_READ_BUFFER`](crate::limits::RESTORE_READ_BUFFER)); russh's writer awaits
+//!    the client's window, so the archive is never buffered in memory. Its stderr is relayed to
+//!    ours, escaped and cut per line.
 //! 4. borg's stdout ends: EOF to tar. tar ends first (disk full, a failing `--remote-tar`): borg
-//!    is stopped (its stdout closed, SIGTERM, SIGKILL after [`BORG_STOP_GRACE`]) and reaped
-//!    instead of streaming the rest. The result names both exit codes ([`RestoreOutcome`]).
+//!    is stopped (its stdout closed, SIGTERM, SIGKILL after
+//!    [`BORG_STOP_GRACE`](crate::limits::BORG_STOP_GRACE)) and reaped instead of streaming the
+//!    rest. The result names both exit codes ([`RestoreOutcome`]). Steps 3 and 4 are two small
+//!    state machines, one a side ([`stream`]).
 //!
 //! Deadlines as for a pull: [`REQUEST_TIMEOUT`] per request, [`REMOTE_HELPER_TIMEOUT`] for the
 //! check, [`RestoreOptions::max_runtime`] for the stream; cancelling stops borg and tar.
@@ -26,20 +29,18 @@
 //! clears what is left.
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use borg_pull_core::child::{exit_code, BorgChild, BorgCommand, Environment, Input, Output};
 use borg_pull_core::serve::ServeConfig;
-use borg_pull_core::text::{escape_for_log, BoundedLines};
+use borg_pull_core::text::escape_for_log;
 use russh::client::Msg;
-use russh::{Channel, ChannelMsg, Sig};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::process::{Child, ChildStdout, Command};
+use russh::{Channel, ChannelMsg};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -48,22 +49,25 @@ use crate::error::RemoteProgram;
 use crate::jobs::pull::script::{
     beat_script, is_private_dir_path, new_marker, Cleared, Guard, CHECK_FUNCTION, DIR_PREFIX,
 };
-use crate::jobs::pull::{session_options, PullEnv};
+use crate::jobs::pull::PullEnv;
 use crate::limits::{
-    BORG_STOP_GRACE, CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, EXIT_CLOSE_GRACE, HELPER_OUTPUT_KEPT,
-    REMOTE_HELPER_TIMEOUT, REQUEST_TIMEOUT, RESTORE_READ_BUFFER,
+    CLEANUP_TIMEOUT, DEFAULT_MAX_RUNTIME, HELPER_OUTPUT_KEPT, REMOTE_HELPER_TIMEOUT, REQUEST_TIMEOUT,
 };
 use crate::local::passphrase::Passphrase;
-use crate::ssh::exec::{exec_refused, keep, shell_quote, signal_name, Captured, RemoteExit};
+use crate::ssh::exec::{exec_refused, keep, shell_quote, Captured};
 use crate::ssh::incoming::RefuseAll;
 use crate::ssh::session::{self, Session, SessionOptions};
 use crate::{Error, Result};
+
+mod stream;
+use stream::Streamed;
 
 /// The longest line of borg's or tar's stderr kept for the final message.
 const MESSAGE_LINE_MAX: usize = 512;
 
 /// Everything one restore needs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RestoreOptions {
     /// How to reach and log in to the client.
     pub session: SessionOptions,
@@ -91,7 +95,7 @@ pub struct RestoreOptions {
 
 impl RestoreOptions {
     /// Options to restore `archive` of `repo` into `remote_dir` on `destination` (`[USER@]HOST`),
-    /// with the SSH defaults of `env` (see [`session_options`]).
+    /// with the SSH defaults of `env` (see [`SessionOptions::with_env`]).
     pub fn with_env(
         destination: &str,
         repo: impl Into<PathBuf>,
@@ -100,7 +104,7 @@ impl RestoreOptions {
         env: &PullEnv,
     ) -> Result<Self> {
         Ok(Self {
-            session: session_options(destination, env)?,
+            session: SessionOptions::with_env(destination, &env.ssh)?,
             borg: "borg".into(),
             repo: repo.into(),
             archive: archive.into(),
@@ -180,31 +184,36 @@ impl RestoreOptions {
         Ok(s)
     }
 
-    /// `borg export-tar -- REPO::NAME - [PATH...]`, the passphrase in its environment.
-    fn borg_command(&self, borg: &std::path::Path) -> Command {
+    /// `borg export-tar -- REPO::NAME - [PATH...]` ([`borg_pull_core::child`]: its own process
+    /// group, the passphrase in its environment). Its stderr is relayed to ours, escaped and cut
+    /// per line.
+    fn borg_command(&self, borg: &std::path::Path) -> BorgCommand {
         let mut location = self.repo.as_os_str().to_owned();
         location.push("::");
         location.push(&self.archive);
-        let mut cmd = Command::new(borg);
-        cmd.arg("export-tar")
-            .arg("--")
-            .arg(location)
-            .arg("-")
-            .args(&self.paths)
-            // Secrets not meant for borg, and a passcommand we already ran.
-            .env_remove("BORG_PULL_IDENTITY_PASSPHRASE")
-            .env_remove("BORG_PASSCOMMAND")
-            .env_remove("BORG_PASSPHRASE_FD")
-            .env_remove("BORG_REPO")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        // Secrets not meant for borg, a passcommand we already ran, and a passphrase we set below.
+        let unset = [
+            "BORG_PULL_IDENTITY_PASSPHRASE",
+            "BORG_PASSCOMMAND",
+            "BORG_PASSPHRASE_FD",
+            "BORG_REPO",
+            "BORG_PASSPHRASE",
+        ];
+        let cmd = BorgCommand::new(
+            borg,
+            Environment::InheritedWithout(unset.iter().map(OsString::from).collect()),
+        )
+        .args([OsString::from("export-tar"), "--".into(), location, "-".into()])
+        .args(&self.paths)
+        .stdin(Input::Null)
+        .stdout(Output::Piped)
+        .on_stderr_line(|line| {
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        });
         match &self.passphrase {
-            Some(p) => cmd.env("BORG_PASSPHRASE", p.expose()),
-            None => cmd.env_remove("BORG_PASSPHRASE"),
-        };
-        cmd
+            Some(p) => cmd.secret_env("BORG_PASSPHRASE", p.expose()),
+            None => cmd,
+        }
     }
 }
 
@@ -331,8 +340,7 @@ impl Run<'_> {
     ) -> Result<T> {
         tokio::select! {
             r = tokio::time::timeout(limit, step) => r.map_err(|_| Error::NoAnswer {
-                host: self.session.host().to_owned(),
-                port: self.session.port(),
+                peer: self.session.peer(),
                 what,
                 secs: limit.as_secs(),
             })?,
@@ -366,7 +374,7 @@ impl Run<'_> {
             Report::NoDir(why) => {
                 return Err(Error::RemoteDirUnusable {
                     dir: self.options.remote_dir.to_string_lossy().into_owned(),
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                     purpose: crate::error::RemoteDirUse::Restore,
                 })
@@ -375,7 +383,7 @@ impl Run<'_> {
                 return Err(Error::RemoteProgramMissing {
                     program: self.options.remote_tar.to_string_lossy().into_owned(),
                     role: RemoteProgram::Tar,
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                 })
             }
@@ -409,7 +417,7 @@ impl Run<'_> {
                     }
                 }
                 Err(e) => {
-                    warn!("cannot open the heartbeat channel ({e}); if the link dies silently, tar on the client waits for the start bound");
+                    warn!("cannot open the heartbeat channel ({}); if the link dies silently, tar on the client waits for the start bound", borg_pull_core::error::Chain(&e));
                     std::future::pending().await
                 }
             }
@@ -417,131 +425,36 @@ impl Run<'_> {
         self.stream(child, channel, &mut stderr, beats).await
     }
 
-    /// Streams borg's stdout into tar until both have ended (or we stop them).
+    /// Streams borg's stdout into tar until both have ended (or we stop them): [`stream`].
     async fn stream<E: AsyncWrite + Unpin>(
         &self,
-        mut child: Child,
-        mut channel: Channel<Msg>,
+        mut borg: BorgChild,
+        channel: Channel<Msg>,
         stderr: &mut E,
         beats: impl std::future::Future<Output = std::convert::Infallible>,
     ) -> Result<RestoreOutcome> {
-        let mut beats = std::pin::pin!(beats);
-        let borg_err = child.stderr.take().expect("stderr is piped");
-        let borg_said = tokio::spawn(relay_borg_stderr(borg_err).in_current_span());
-        let sent = Arc::new(AtomicU64::new(0));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut copy = Some(Box::pin(send(stdout, channel.make_writer(), sent.clone())));
-        let mut copied: Option<std::io::Result<()>> = None;
-        let mut borg_status: Option<ExitStatus> = None;
-        let mut borg_stopped = false;
-        let mut stop_at: Option<Instant> = None;
-        let mut kill_at: Option<Instant> = None;
-        let mut tar_exit: Option<RemoteExit> = None;
-        let mut tar_said = LastLine::default();
-        let mut channel_open = true;
-        let mut hang_up_at: Option<Instant> = None;
         let deadline = Instant::now() + self.options.max_runtime;
-        let mut err_ok = true;
-        let stop = loop {
-            if !channel_open && borg_status.is_some() {
-                break None;
-            }
-            tokio::select! {
-                r = async { copy.as_mut().expect("polled only while copying").await }, if copy.is_some() => {
-                    copy = None;
-                    if let Err(e) = &r {
-                        debug!("sending the archive to tar stopped: {e}");
-                    }
-                    copied = Some(r);
-                }
-                status = child.wait(), if borg_status.is_none() => {
-                    borg_status = Some(status.map_err(|source| Error::Io {
-                        context: "cannot wait for borg export-tar".into(),
-                        source,
-                    })?);
-                    kill_at = None;
-                }
-                () = sleep_until(stop_at), if !borg_stopped && borg_status.is_none() => {
-                    borg_stopped = true;
-                    copy = None;
-                    kill_at = Some(terminate(&child));
-                }
-                () = sleep_until(kill_at) => {
-                    warn!(pid = child.id(), "borg export-tar did not exit after SIGTERM; killing it");
-                    let _ = child.start_kill();
-                    kill_at = None;
-                }
-                msg = channel.wait(), if channel_open => match msg {
-                    None | Some(ChannelMsg::Close) => channel_open = false,
-                    Some(ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }) => {
-                        tar_said.push(&data);
-                        if err_ok {
-                            err_ok = stderr.write_all(escape_keeping_lines(&data).as_bytes()).await.is_ok();
-                        }
-                    }
-                    Some(ChannelMsg::ExitStatus { exit_status }) => {
-                        tar_exit = Some(RemoteExit::Status(exit_status));
-                        hang_up_at = hang_up_at.or(Some(Instant::now() + EXIT_CLOSE_GRACE));
-                    }
-                    Some(ChannelMsg::ExitSignal { signal_name: sig, .. }) => {
-                        tar_exit = Some(RemoteExit::Signal(signal_name(&sig)));
-                        hang_up_at = hang_up_at.or(Some(Instant::now() + EXIT_CLOSE_GRACE));
-                    }
-                    Some(ChannelMsg::Failure) => break Some(Stop::Refused),
-                    Some(_) => {}
-                },
-                () = sleep_until(hang_up_at), if channel_open => {
-                    debug!("tar's channel is still open after its exit status; closing it");
-                    let _ = channel.close().await;
-                    channel_open = false;
-                }
-                () = self.options.cancel.cancelled() => break Some(Stop::Cancelled),
-                () = tokio::time::sleep_until(deadline) => break Some(Stop::Deadline),
-                never = &mut beats => match never {},
-            }
-            // tar is gone (or cannot take more) before borg's output was all sent: stop borg
-            // instead of streaming the rest. After tar's 0 it read the end-of-archive marker, and
-            // all borg may still send is padding: it gets a grace period to finish by itself.
-            let tar_gone = tar_exit.is_some() || !channel_open || matches!(copied, Some(Err(_)));
-            let all_sent = matches!(copied, Some(Ok(())));
-            if tar_gone && !all_sent {
-                if borg_status.is_some() {
-                    copy = None;
-                } else if !borg_stopped && stop_at.is_none() {
-                    let grace = match tar_exit {
-                        Some(RemoteExit::Status(0)) => BORG_STOP_GRACE,
-                        _ => Duration::ZERO,
-                    };
-                    stop_at = Some(Instant::now() + grace);
-                }
+        let streamed = stream::run(&mut borg, channel, stderr, deadline, &self.options.cancel, beats).await?;
+        let (borg_status, borg_stopped, tar_exit, tar_said, bytes) = match streamed {
+            Streamed::Both {
+                borg,
+                borg_stopped,
+                tar,
+                tar_said,
+                bytes,
+            } => (borg, borg_stopped, tar, tar_said, bytes),
+            Streamed::CutOff(stop) => {
+                return Err(match stop {
+                    Stop::Cancelled => Error::Interrupted,
+                    Stop::Refused => exec_refused("tar"),
+                    Stop::Deadline => Error::RestoreMaxRuntime {
+                        peer: self.session.peer(),
+                        secs: self.options.max_runtime.as_secs(),
+                    },
+                })
             }
         };
-        if let Some(stop) = stop {
-            drop(copy);
-            if borg_status.is_none() {
-                terminate(&child);
-                if tokio::time::timeout(BORG_STOP_GRACE, child.wait()).await.is_err() {
-                    let _ = child.kill().await;
-                }
-            }
-            let _ = channel.signal(Sig::INT).await;
-            let _ = channel.close().await;
-            borg_said.abort();
-            return Err(match stop {
-                Stop::Cancelled => Error::Interrupted,
-                Stop::Refused => exec_refused("tar"),
-                Stop::Deadline => Error::RestoreMaxRuntime {
-                    host: self.session.host().to_owned(),
-                    secs: self.options.max_runtime.as_secs(),
-                },
-            });
-        }
-        let _ = stderr.flush().await;
-        let borg_status = borg_status.expect("the loop ends once borg has exited");
-        let borg_said = match tokio::time::timeout(EXIT_CLOSE_GRACE, borg_said).await {
-            Ok(Ok(said)) => said,
-            _ => None,
-        };
+        let borg_said = borg.stderr_tail().await.last_line().map(cut);
         let tar_rc = match tar_exit {
             Some(exit) => exit.code(),
             None if self.session.is_closed() => {
@@ -549,72 +462,19 @@ impl Run<'_> {
             }
             None => {
                 return Err(Error::TarNoExitStatus {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                 })
             }
         };
-        let borg_rc = borg_status
-            .code()
-            .unwrap_or_else(|| 128 + borg_status.signal().unwrap_or(1));
         Ok(RestoreOutcome {
-            borg_rc,
+            borg_rc: exit_code(borg_status),
             borg_stopped,
             tar_rc,
-            bytes: sent.load(Ordering::Relaxed),
+            bytes,
             borg_said,
-            tar_said: tar_said.get(),
+            tar_said,
         })
     }
-}
-
-/// Copies borg's stdout to the channel (each write awaits the client's window), counting bytes
-/// in `sent`, then sends EOF.
-async fn send(
-    mut stdout: ChildStdout,
-    mut writer: impl AsyncWrite + Unpin,
-    sent: Arc<AtomicU64>,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; RESTORE_READ_BUFFER];
-    loop {
-        let n = stdout.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        writer.write_all(&buf[..n]).await?;
-        sent.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    writer.flush().await?;
-    // russh's writer sends EOF on shutdown: tar sees the end of its input.
-    writer.shutdown().await
-}
-
-/// Asks borg export-tar to stop (SIGTERM: it releases the repository lock); returns when to kill it.
-fn terminate(child: &Child) -> Instant {
-    if let Some(pid) = child
-        .id()
-        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
-    {
-        debug!(pid = pid.as_raw_nonzero().get(), "stopping borg export-tar");
-        if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
-            debug!("SIGTERM to borg export-tar: {e}");
-        }
-    }
-    Instant::now() + BORG_STOP_GRACE
-}
-
-/// Relays borg's stderr to ours, escaped and cut per line; returns its last non-empty line.
-async fn relay_borg_stderr(stderr: impl tokio::io::AsyncRead + Unpin) -> Option<String> {
-    let mut lines = BoundedLines::new(stderr, borg_pull_core::limits::LOG_LINE_MAX);
-    let mut out = tokio::io::stderr();
-    let mut last = None;
-    while let Ok(Some(line)) = lines.next_line().await {
-        let shown = line.to_string();
-        let _ = out.write_all(format!("{shown}\n").as_bytes()).await;
-        if !shown.trim().is_empty() {
-            last = Some(cut(&shown));
-        }
-    }
-    last
 }
 
 fn cut(s: &str) -> String {
@@ -742,23 +602,14 @@ fn find_ready(stdout: &[u8], marker: &str) -> Option<(Report, Vec<u8>)> {
     None
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
 
     fn options(dir: &str) -> RestoreOptions {
-        let env = PullEnv {
-            user: Some("op".into()),
-            ..Default::default()
-        };
+        let mut env = PullEnv::default();
+        env.ssh.user = Some("op".into());
         RestoreOptions::with_env("client", "/srv/repo", "arch", dir, &env).unwrap()
     }
 

@@ -38,10 +38,11 @@ use std::path::{Path, PathBuf};
 use russh::keys::PublicKey;
 use tracing::{debug, warn};
 
+use crate::error::EntryPart;
 use crate::{Error, Result};
 
 /// The first word of the comment of every entry [`add_ephemeral`] makes.
-pub const EPHEMERAL_TAG: &str = "borg-pull-ephemeral";
+pub(crate) const EPHEMERAL_TAG: &str = "borg-pull-ephemeral";
 
 /// Largest authorized_keys file we read (OpenSSH itself has no limit; a file this big is a mistake).
 const MAX_AUTHORIZED_KEYS: u64 = 16 << 20;
@@ -109,9 +110,9 @@ impl ForcedCommand {
         let mut words = Vec::with_capacity(argv.len());
         for (i, word) in argv.iter().enumerate() {
             let what = match i {
-                0 => "borg program",
-                _ if i == argv.len() - 1 => "repository path",
-                _ => "argument",
+                0 => EntryPart::BorgProgram,
+                _ if i == argv.len() - 1 => EntryPart::RepositoryPath,
+                _ => EntryPart::Argument,
             };
             words.push(shell_word(checked_text(what, word.as_bytes())?));
         }
@@ -122,7 +123,7 @@ impl ForcedCommand {
     /// `comment` is empty).
     pub fn line(&self, key: &PublicKey, comment: &str) -> Result<String> {
         let command = self.command()?;
-        checked_text("key comment", comment.as_bytes())?;
+        checked_text(EntryPart::KeyComment, comment.as_bytes())?;
         // sshd's opt_dequote() only un-escapes `\"` (see the module docs).
         let option = command.replace('"', "\\\"");
         let mut line = format!("command=\"{option}\",restrict {}", key_text(key)?);
@@ -147,7 +148,7 @@ fn key_text(key: &PublicKey) -> Result<String> {
 }
 
 /// `bytes` as text, refusing what cannot be in an authorized_keys line.
-fn checked_text<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a str> {
+fn checked_text(what: EntryPart, bytes: &[u8]) -> Result<&str> {
     let value = || String::from_utf8_lossy(bytes).into_owned();
     let why = if bytes.contains(&0) {
         "it contains a NUL byte"
@@ -312,9 +313,9 @@ fn looks_like_key_type(word: &str) -> bool {
 /// Creates the file (mode 0600) and its directory (mode 0700) when missing; an existing file keeps
 /// its mode and owner.
 pub fn install(file: &Path, line: &str) -> Result<bool> {
-    checked_text("authorized_keys line", line.as_bytes())?;
+    checked_text(EntryPart::Line, line.as_bytes())?;
     let new = parse_entry(line).ok_or_else(|| Error::ForcedCommandInvalid {
-        what: "authorized_keys line",
+        what: EntryPart::Line,
         value: line.to_owned(),
         why: "it is not an entry of the form `[OPTIONS] TYPE BASE64 [COMMENT]`",
     })?;
@@ -358,7 +359,7 @@ pub fn install(file: &Path, line: &str) -> Result<bool> {
 /// An entry [`add_ephemeral`] made; removed by [`EphemeralEntry::remove`] or, best effort, when
 /// dropped.
 #[derive(Debug)]
-pub struct EphemeralEntry {
+pub(crate) struct EphemeralEntry {
     file: PathBuf,
     /// The entry's comment, unique to it: `borg-pull-ephemeral pid=… start=… id=…`.
     tag: String,
@@ -372,6 +373,7 @@ impl EphemeralEntry {
     }
 
     /// The entry's comment, which identifies it.
+    #[cfg(test)]
     pub fn tag(&self) -> &str {
         &self.tag
     }
@@ -406,7 +408,7 @@ impl Drop for EphemeralEntry {
 
 /// Adds an entry for `key` with `forced` whose comment names this process (pid and start time)
 /// and a random id, so [`remove_stale_ephemeral`] can tell when its maker is gone.
-pub fn add_ephemeral(file: &Path, forced: &ForcedCommand, key: &PublicKey) -> Result<EphemeralEntry> {
+pub(crate) fn add_ephemeral(file: &Path, forced: &ForcedCommand, key: &PublicKey) -> Result<EphemeralEntry> {
     let pid = std::process::id();
     let start =
         process_start_time(pid).map_err(|source| io_error("read", Path::new("/proc/self/stat"), source))?;
@@ -430,7 +432,7 @@ pub fn add_ephemeral(file: &Path, forced: &ForcedCommand, key: &PublicKey) -> Re
 /// pid, or one that started at another time); returns how many. Every other line stays byte for
 /// byte, and so does an ephemeral entry whose comment we cannot read. The pid is looked up in this
 /// process's `/proc`, so pulls sharing one authorized_keys file must share a pid namespace.
-pub fn remove_stale_ephemeral(file: &Path) -> Result<usize> {
+pub(crate) fn remove_stale_ephemeral(file: &Path) -> Result<usize> {
     match fs::symlink_metadata(file) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         _ => {}

@@ -10,17 +10,13 @@ use std::process::Stdio;
 
 use zeroize::Zeroizing;
 
+use crate::local::secret::SecretString;
 use crate::{Error, Result};
 
-/// The repository passphrase. `Debug` does not show it; it is zeroed when dropped.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Passphrase(Zeroizing<String>);
-
-impl std::fmt::Debug for Passphrase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Passphrase(<redacted>)")
-    }
-}
+/// The repository passphrase: a [`SecretString`] (zeroed when dropped, redacted when formatted)
+/// known to be one line, as borg on the client reads it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Passphrase(SecretString);
 
 /// Where a passphrase may come from, in this order of preference.
 #[derive(Clone, Default)]
@@ -46,18 +42,21 @@ impl std::fmt::Debug for SecretSources {
 impl Passphrase {
     /// Wraps a passphrase; it must be a single line (it is read with `read -r` on the client).
     pub fn new(passphrase: impl Into<String>) -> Result<Self> {
-        let passphrase = Zeroizing::new(passphrase.into());
-        if passphrase.contains(['\n', '\0']) {
+        Self::checked(SecretString::new(passphrase))
+    }
+
+    fn checked(secret: SecretString) -> Result<Self> {
+        if secret.as_str().contains(['\n', '\0']) {
             return Err(Error::Passphrase(
                 "it contains a newline or NUL byte, which cannot be passed on".into(),
             ));
         }
-        Ok(Self(passphrase))
+        Ok(Self(secret))
     }
 
     /// The passphrase itself.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 
     /// The passphrase from the first source that is set: the file, `BORG_PASSPHRASE`, or the
@@ -88,8 +87,11 @@ async fn read_file(path: &Path) -> Result<Passphrase> {
         crate::local::secret_file::read_secret_line(&path, crate::error::SecretKind::RepoPassphrase)
     })
     .await
-    .map_err(|e| Error::Passphrase(format!("reading the passphrase file failed: {e}")))??;
-    Passphrase::new(line.as_str())
+    .map_err(|source| Error::BackgroundTask {
+        task: "reading the passphrase file",
+        source,
+    })??;
+    Passphrase::checked(line)
 }
 
 async fn run_passcommand(command: &OsString) -> Result<Passphrase> {
@@ -114,7 +116,7 @@ async fn run_passcommand(command: &OsString) -> Result<Passphrase> {
 }
 
 /// Removes one trailing `\n` or `\r\n`.
-pub fn strip_newline(mut s: String) -> String {
+fn strip_newline(mut s: String) -> String {
     if s.ends_with('\n') {
         s.pop();
         if s.ends_with('\r') {
@@ -133,7 +135,7 @@ mod tests {
         assert!(Passphrase::new("a\nb").is_err());
         assert_eq!(
             format!("{:?}", Passphrase::new("secret").unwrap()),
-            "Passphrase(<redacted>)"
+            "Passphrase(SecretString(<redacted>))"
         );
         assert_eq!(strip_newline("x\r\n".into()), "x");
         let sources = SecretSources {

@@ -1,4 +1,4 @@
-//! Secret files (private keys, passphrase files) and secrets in memory.
+//! Secret files (private keys, passphrase files), read with their type, owner and mode checked.
 //!
 //! A secret file is opened once, without following a symbolic link (to the file itself; linked
 //! directories on the way are fine), and everything is checked on
@@ -8,14 +8,14 @@
 //! path meanwhile. What is read comes back in [`Zeroizing`] buffers, allocated once at their final
 //! size so that no copy is left behind by a reallocation, and wiped when dropped.
 //!
-//! [`SecretString`] holds a passphrase in memory: wiped when dropped, never shown by `Debug`, and
-//! without `Display` so that it cannot end up in a message by accident.
+//! A passphrase file's line comes back as the crate's one in-memory secret type,
+//! [`SecretString`] (wiped when dropped, redacted when formatted).
 //!
 //! ```no_run
-//! use borg_pull_tunnel::local::secret_file::{read_secret_line, SecretString};
+//! use borg_pull_tunnel::local::secret_file::read_secret_line;
 //! use borg_pull_tunnel::SecretKind;
 //! # fn run() -> borg_pull_tunnel::Result<()> {
-//! let passphrase = SecretString::from(read_secret_line("/etc/borg/pass".as_ref(), SecretKind::RepoPassphrase)?);
+//! let passphrase = read_secret_line("/etc/borg/pass".as_ref(), SecretKind::RepoPassphrase)?;
 //! assert_eq!(format!("{passphrase:?}"), "SecretString(<redacted>)");
 //! # Ok(()) }
 //! ```
@@ -25,14 +25,15 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
-pub use zeroize::Zeroizing;
+pub(crate) use zeroize::Zeroizing;
 
 use crate::error::SecretKind;
+use crate::local::secret::SecretString;
 use crate::{Error, Result};
 
 /// The largest secret file read: far more than any private key (an RSA 16384 key is about 12 KiB)
 /// or passphrase; a larger file is not what the user meant to give.
-pub const MAX_SECRET_FILE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_SECRET_FILE_BYTES: usize = 1 << 20;
 
 /// Reads the secret file `path` after checking the open file, see the [module](self) docs.
 ///
@@ -42,13 +43,13 @@ pub const MAX_SECRET_FILE_BYTES: usize = 1 << 20;
 /// [`SecretKind::Identity`] they are [`Error::Identity`], for [`SecretKind::RepoPassphrase`]
 /// [`Error::Passphrase`] and for [`SecretKind::IdentityPassphrase`] [`Error::Io`] (except
 /// [`Error::SecretFileTooOpen`]).
-pub fn read_secret_file(path: &Path, kind: SecretKind) -> Result<Zeroizing<Vec<u8>>> {
+pub(crate) fn read_secret_file(path: &Path, kind: SecretKind) -> Result<Zeroizing<Vec<u8>>> {
     read_opened(path, kind, |_| {})
 }
 
-/// The first line of the secret file `path` (see [`read_secret_file`]), without its `\n` or
+/// The first line of the secret file `path` (checked as the [module](self) docs say), without its `\n` or
 /// `\r\n`: a passphrase file. Anything after the first line is ignored; invalid UTF-8 is an error.
-pub fn read_secret_line(path: &Path, kind: SecretKind) -> Result<Zeroizing<String>> {
+pub fn read_secret_line(path: &Path, kind: SecretKind) -> Result<SecretString> {
     let bytes = read_secret_file(path, kind)?;
     let line = match bytes.iter().position(|&b| b == b'\n') {
         Some(end) => bytes[..end].strip_suffix(b"\r").unwrap_or(&bytes[..end]),
@@ -63,7 +64,7 @@ pub fn read_secret_line(path: &Path, kind: SecretKind) -> Result<Zeroizing<Strin
         )
     })?;
     // `to_owned` allocates exactly once, at the final size.
-    Ok(Zeroizing::new(text.to_owned()))
+    Ok(SecretString::new(text.to_owned()))
 }
 
 /// [`read_secret_file`] with a hook run right after the file is opened (tests swap the file there).
@@ -208,52 +209,6 @@ fn refused(kind: SecretKind, path: &Path, io_kind: std::io::ErrorKind, reason: S
     }
 }
 
-/// A secret (a passphrase) in memory: wiped when dropped, redacted by `Debug`, no `Display`.
-///
-/// `Clone` because the options that carry it are; every copy is wiped when dropped.
-///
-/// ```compile_fail
-/// let secret = borg_pull_tunnel::local::secret_file::SecretString::new("hunter2");
-/// println!("{secret}"); // no Display: a secret cannot be formatted by accident
-/// ```
-#[derive(Clone)]
-pub struct SecretString(Zeroizing<String>);
-
-impl SecretString {
-    /// Takes ownership of `secret` (no copy is made of a `String`).
-    pub fn new(secret: impl Into<String>) -> Self {
-        SecretString(Zeroizing::new(secret.into()))
-    }
-
-    /// The secret, for handing it to what needs it (an SSH key decoder, borg's stdin).
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the secret is the empty string.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<Zeroizing<String>> for SecretString {
-    fn from(secret: Zeroizing<String>) -> Self {
-        SecretString(secret)
-    }
-}
-
-impl From<String> for SecretString {
-    fn from(secret: String) -> Self {
-        SecretString(Zeroizing::new(secret))
-    }
-}
-
-impl std::fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretString(<redacted>)")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,7 +251,7 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         for kind in KINDS {
             let err = read_secret_file(&link, kind).unwrap_err();
-            let text = err.to_string();
+            let text = borg_pull_core::error::Chain(&err).to_string();
             assert!(
                 text.contains("symbolic link") && text.contains("link\""),
                 "{text}"
@@ -367,8 +322,16 @@ mod tests {
         ] {
             for kind in KINDS {
                 let err = read_secret_file(path, kind).unwrap_err();
-                assert!(err.to_string().contains(what), "{err}");
-                assert!(err.to_string().contains("regular file"), "{err}");
+                assert!(
+                    borg_pull_core::error::Chain(&err).to_string().contains(what),
+                    "{err}"
+                );
+                assert!(
+                    borg_pull_core::error::Chain(&err)
+                        .to_string()
+                        .contains("regular file"),
+                    "{err}"
+                );
             }
         }
     }
@@ -383,9 +346,19 @@ mod tests {
             std::os::fd::AsRawFd::as_raw_fd(&read)
         ));
         let err = read_secret_file(&path, SecretKind::RepoPassphrase).unwrap_err();
-        assert!(err.to_string().contains("BORG_PASSCOMMAND"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("BORG_PASSCOMMAND"),
+            "{err}"
+        );
         let err = read_secret_file(&path, SecretKind::IdentityPassphrase).unwrap_err();
-        assert!(err.to_string().contains("BORG_PULL_IDENTITY_PASSPHRASE"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("BORG_PULL_IDENTITY_PASSPHRASE"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -393,7 +366,12 @@ mod tests {
         let err = read_secret_file(Path::new("/nonexistent/key"), SecretKind::Identity).unwrap_err();
         assert!(matches!(&err, Error::Identity { .. }), "{err}");
         assert!(
-            err.to_string().contains("/nonexistent/key") && err.to_string().contains("No such file"),
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("/nonexistent/key")
+                && borg_pull_core::error::Chain(&err)
+                    .to_string()
+                    .contains("No such file"),
             "{err}"
         );
     }
@@ -546,33 +524,5 @@ mod tests {
             read_secret_line(&path, SecretKind::IdentityPassphrase),
             Err(Error::SecretFileTooOpen { mode: 0o640, .. })
         ));
-    }
-
-    #[test]
-    fn secret_strings_do_not_show_in_debug() {
-        let secret = SecretString::new("hunter2");
-        assert_eq!(format!("{secret:?}"), "SecretString(<redacted>)");
-        assert_eq!(format!("{secret:#?}"), "SecretString(<redacted>)");
-        assert_eq!(
-            format!("{:?}", Some(secret.clone())),
-            "Some(SecretString(<redacted>))"
-        );
-        #[derive(Debug)]
-        #[allow(dead_code)]
-        struct Options {
-            passphrase: SecretString,
-        }
-        let options = format!(
-            "{:#?}",
-            Options {
-                passphrase: secret.clone()
-            }
-        );
-        assert!(!options.contains("hunter2"), "{options}");
-        assert_eq!(secret.as_str(), "hunter2");
-        assert!(!secret.is_empty() && SecretString::new("").is_empty());
-        let from_file: SecretString = Zeroizing::new("x".to_owned()).into();
-        assert_eq!(from_file.as_str(), "x");
-        assert_eq!(SecretString::from(String::from("y")).as_str(), "y");
     }
 }

@@ -27,7 +27,7 @@ pub enum CipherChoice {
 }
 
 /// The values `--cipher` and `cipher =` accept, for messages.
-pub const ACCEPTED: &str = "auto, chacha20-poly1305, aes128-gcm or aes256-gcm";
+pub(crate) const ACCEPTED: &str = "auto, chacha20-poly1305, aes128-gcm or aes256-gcm";
 
 impl std::str::FromStr for CipherChoice {
     type Err = String;
@@ -83,7 +83,7 @@ const CHACHA_FIRST: &[Name] = &[
 impl CipherChoice {
     /// What we offer, most preferred first: the one forced name, or for [`CipherChoice::Auto`] the
     /// order for this CPU.
-    pub fn preferred(self) -> Cow<'static, [Name]> {
+    pub(crate) fn preferred(self) -> Cow<'static, [Name]> {
         match self {
             Self::Auto if hardware_aes() => Cow::Borrowed(AES_FIRST),
             Self::Auto => Cow::Borrowed(CHACHA_FIRST),
@@ -170,8 +170,7 @@ mod tests {
     fn a_cipher_the_sshd_lacks_is_named_with_the_fix() {
         let refused = |choice: CipherChoice, ours: &str| {
             crate::Error::CipherNotOffered {
-                host: "web1".into(),
-                port: 22,
+                peer: crate::error::Peer::new("web1", 22),
                 choice,
                 ours: ours.into(),
                 theirs: "chacha20-poly1305@openssh.com".into(),

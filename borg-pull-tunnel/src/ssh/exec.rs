@@ -1,4 +1,4 @@
-//! Remote commands: POSIX shell quoting, running helpers, streaming borg's output, exit status.
+//! Remote commands: POSIX shell quoting, running helpers, streaming a command's output, exit status.
 //!
 //! sshd runs every command through the login user's shell (`$SHELL -c COMMAND`), so each argument
 //! is single-quoted ([`shell_quote`]); the login shell must be POSIX (sh, dash, bash, zsh, ksh).
@@ -44,7 +44,7 @@ pub fn shell_quote(arg: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Quotes each argument and joins them with spaces.
-pub fn shell_join<I, S>(args: I) -> Result<Vec<u8>>
+pub(crate) fn shell_join<I, S>(args: I) -> Result<Vec<u8>>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -153,7 +153,7 @@ impl Captured {
 
 /// Output from the client made safe for a log line or a terminal (see
 /// [`borg_pull_core::text::escape_for_log`]).
-pub fn escape_output(bytes: &[u8]) -> String {
+pub(crate) fn escape_output(bytes: &[u8]) -> String {
     borg_pull_core::text::escape_for_log(bytes)
 }
 
@@ -178,7 +178,7 @@ pub(crate) fn exec_refused(command: &str) -> Error {
 /// Only a bounded prefix is kept: a client that prints more than [`HELPER_OUTPUT_KEPT`] bytes on
 /// either stream gets its channel closed and the run an [`Error::RemoteOutputTooLarge`]; once the
 /// channel is dropped russh discards whatever else arrives for it, so nothing piles up.
-pub async fn capture(channel: &mut Channel<Msg>, command: &str) -> Result<Captured> {
+pub(crate) async fn capture(channel: &mut Channel<Msg>, command: &str) -> Result<Captured> {
     let mut out = Captured::default();
     while let Some(msg) = channel.wait().await {
         let fits = match msg {
@@ -206,7 +206,7 @@ pub async fn capture(channel: &mut Channel<Msg>, command: &str) -> Result<Captur
 
 /// Why [`relay_output`] stopped the remote command before it ended by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// The cancel token fired.
     Cancelled,
     /// The deadline passed.
@@ -215,7 +215,7 @@ pub enum Stop {
 
 /// How [`relay_output`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relayed {
+pub(crate) struct Relayed {
     /// How the command ended, if sshd said so before closing the channel.
     pub exit: Option<RemoteExit>,
     /// Whether we stopped it (SIGINT, then its channel closed after the grace), and why.
@@ -229,9 +229,11 @@ pub struct Relayed {
 /// When `cancel` fires or `deadline` passes, the command is sent SIGINT and gets `grace` to exit
 /// before we close the channel (sshd then hangs up on it). Once the exit status has arrived the
 /// channel gets [`EXIT_CLOSE_GRACE`] to close (output of what the command left running may still
-/// come), then we close it: a client that never closes cannot hold the run.
-pub async fn relay_output<O, E>(
+/// come), then we close it: a client that never closes cannot hold the run. `command` names the
+/// command in errors (sshd refusing it).
+pub(crate) async fn relay_output<O, E>(
     channel: &mut Channel<Msg>,
+    command: &str,
     stdout: &mut O,
     stderr: &mut E,
     cancel: &CancellationToken,
@@ -282,7 +284,7 @@ where
                 exit = Some(RemoteExit::Signal(signal_name(&sig)));
                 hang_up_at = hang_up_at.or(Some(tokio::time::Instant::now() + EXIT_CLOSE_GRACE));
             }
-            ChannelMsg::Failure => return Err(exec_refused("borg")),
+            ChannelMsg::Failure => return Err(exec_refused(command)),
             ChannelMsg::Close => break,
             _ => {}
         }

@@ -23,7 +23,7 @@ const END: &str = "-----END OPENSSH PRIVATE KEY-----";
 /// Loads `path` (decrypting with `passphrase` if it is encrypted), working around ssh-key's
 /// short-scalar ECDSA bug for unencrypted keys.
 ///
-/// The file is opened once and checked as opened ([`read_secret_file`]): a symbolic link, a file
+/// The file is opened once and checked as opened ([`crate::local::secret_file`]): a symbolic link, a file
 /// others can read, not a regular file or one too large are refused.
 pub fn load(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey> {
     let bytes = read_secret_file(path, SecretKind::Identity)?;
@@ -52,7 +52,7 @@ pub fn load(path: &Path, passphrase: Option<&str>) -> Result<PrivateKey> {
 /// bytes, the same key with the scalar zero-padded to 32 bytes; `None` for anything else.
 ///
 /// Every buffer holding key material is allocated at its final size and wiped when dropped.
-pub fn pad_short_p256_scalar(text: &str) -> Option<Zeroizing<String>> {
+pub(crate) fn pad_short_p256_scalar(text: &str) -> Option<Zeroizing<String>> {
     let armored = text.trim().strip_prefix(BEGIN)?.strip_suffix(END)?;
     let mut b64 = Zeroizing::new(String::with_capacity(armored.len()));
     b64.extend(armored.chars().filter(|c| !c.is_whitespace()));
@@ -246,15 +246,28 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let err = load(&link, None).unwrap_err();
         assert!(
-            matches!(err, Error::Identity { .. }) && err.to_string().contains("symbolic link"),
+            matches!(err, Error::Identity { .. })
+                && borg_pull_core::error::Chain(&err)
+                    .to_string()
+                    .contains("symbolic link"),
             "{err}"
         );
         let err = load(dir.path(), None).unwrap_err();
-        assert!(err.to_string().contains("a directory"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("a directory"),
+            "{err}"
+        );
         let binary = dir.path().join("binary");
         write_private(&binary, b"\xff\xfe-----BEGIN");
         let err = load(&binary, None).unwrap_err();
-        assert!(err.to_string().contains("not text"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("not text"),
+            "{err}"
+        );
     }
 
     /// Key files as ssh-keygen writes them (0600): `load` refuses anything looser.

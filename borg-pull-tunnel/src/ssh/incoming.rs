@@ -1,12 +1,10 @@
 //! What happens to the channels the client's sshd opens towards us.
 //!
 //! The connection layer ([`crate::ssh::session`]) knows nothing of borg: it asks an [`Incoming`] value
-//! about every channel the peer opens and carries out the [`Decision`]. Each forward kind (the
-//! UNIX socket forward in [`crate::channels::unix`], agent channels in [`crate::channels::agent`];
-//! TCP forwards later)
-//! implements the method for its channel kind; every method refuses by default, so a kind nobody
-//! asked for is always refused. A peer that keeps opening refused channels is cut off by the
-//! session (see [`MAX_REFUSED_CHANNEL_OPENS`](crate::limits::MAX_REFUSED_CHANNEL_OPENS)).
+//! about every channel the peer opens and carries out the [`Decision`]. Each forward kind (built
+//! above this module, which never names them) implements the method for its channel kind; every
+//! method refuses by default, so a kind nobody asked for is always refused. A peer that keeps
+//! opening refused channels is cut off by the session (see [`MAX_REFUSED_CHANNEL_OPENS`](crate::limits::MAX_REFUSED_CHANNEL_OPENS)).
 
 use russh::client::Msg;
 use russh::{Channel, ChannelOpenFailure};

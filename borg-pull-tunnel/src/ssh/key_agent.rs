@@ -1,9 +1,9 @@
-//! An in-process ssh-agent that holds exactly one key, for the pull method where borg on the client
-//! logs in to the server's sshd with the server's own key (no `ssh-agent` process anywhere).
+//! An in-process ssh-agent that holds exactly one key, so that a program on the client can log in
+//! somewhere with a key that never leaves this server (no `ssh-agent` process anywhere).
 //!
-//! The server logs in to the client with agent forwarding; whenever the client's `ssh` (run by
-//! borg) authenticates, the client's sshd opens an `auth-agent@openssh.com` channel back to us and
-//! [`crate::channels::agent`] hands it to [`KeyAgent::serve`]. The protocol is
+//! The server logs in to the client with agent forwarding; whenever the client's `ssh`
+//! authenticates, the client's sshd opens an `auth-agent@openssh.com` channel back to us and the
+//! agent channel's forward (above `ssh/`) hands it to [`KeyAgent::serve`]. The protocol is
 //! draft-miller-ssh-agent: `u32` length, type byte, body.
 //!
 //! What it answers:

@@ -93,7 +93,7 @@ pub fn lookup_name(host: &str, port: u16) -> String {
 }
 
 /// The largest known_hosts file [`KnownHosts::read`] reads: some 300 000 hashed entries.
-pub const MAX_KNOWN_HOSTS_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_KNOWN_HOSTS_BYTES: u64 = 64 << 20;
 
 /// A parsed known_hosts file.
 #[derive(Debug, Clone, Default)]
@@ -114,7 +114,7 @@ impl KnownHosts {
     }
 
     /// Reads and parses `path`; a missing file is an empty one. A file larger than
-    /// [`MAX_KNOWN_HOSTS_BYTES`] (or endless, like a device) is an error, not a hang.
+    /// `MAX_KNOWN_HOSTS_BYTES` (64 MiB; or endless, like a device) is an error, not a hang.
     pub fn read(path: &Path) -> Result<Self> {
         use std::io::Read;
         let io_err = |source| Error::KnownHostsIo {
@@ -560,7 +560,9 @@ mod tests {
         ] {
             let err = append(&path, host, 22, &key(ED1)).unwrap_err();
             assert!(
-                err.to_string().contains("refusing to record host name"),
+                borg_pull_core::error::Chain(&err)
+                    .to_string()
+                    .contains("refusing to record host name"),
                 "{host:?}: {err}"
             );
         }
@@ -617,7 +619,12 @@ mod tests {
     #[test]
     fn read_refuses_endless_files() {
         let err = KnownHosts::read(Path::new("/dev/zero")).unwrap_err();
-        assert!(err.to_string().contains("larger than"), "{err}");
+        assert!(
+            borg_pull_core::error::Chain(&err)
+                .to_string()
+                .contains("larger than"),
+            "{err}"
+        );
     }
 
     #[test]

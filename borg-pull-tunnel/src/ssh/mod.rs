@@ -2,7 +2,12 @@
 //! private key, jump hosts, remote commands, the in-process agent and the cipher choice.
 //!
 //! - [`session`]: connect, host key verification, public key authentication, the russh handler;
-//!   [`session::Session`] is what everything else uses to talk to the client.
+//!   [`session::Session`] is what everything else uses to talk to the client, and
+//!   [`session::SessionOptions`] says where and how to log in (with OpenSSH's defaults from
+//!   [`session::SshEnv`]: HOME, USER, SSH_AUTH_SOCK, the identity's passphrase).
+//!
+//! Nothing here imports `channels/` or `jobs/` (checked by `scripts/check-module-graph`): what
+//! answers a channel plugs in through [`incoming::Incoming`].
 //! - [`cipher`]: which cipher we offer (the cheaper for this CPU first, or one forced).
 //! - [`jump`]: jump hosts (`ssh -J`), reached one through the other by [`session::connect`].
 //! - [`incoming`]: what happens to channels the client's sshd opens (one method per kind).

@@ -6,6 +6,9 @@
 //! [`Incoming`] given at connect time.
 
 pub(crate) mod login;
+mod options;
+
+pub use options::{SessionOptions, SshEnv};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,12 +21,11 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::{debug, warn};
 
-use crate::error::HostKeyProblem;
+use crate::error::{HostKeyProblem, Peer};
 use crate::limits::{
     CHANNEL_BUFFER, CONNECT_TIMEOUT, DISCONNECT_MESSAGE_KEPT, KEEPALIVE_MAX, MAX_PACKET,
     MAX_REFUSED_CHANNEL_OPENS, PEER_FIRST_BYTES_KEPT, REFUSALS_LOGGED, REFUSAL_TEXT_SHOWN, REQUEST_TIMEOUT,
 };
-use crate::local::secret_file::SecretString;
 use crate::ssh::cipher::CipherChoice;
 use crate::ssh::exec::Captured;
 use crate::ssh::incoming::{Decision, Incoming, RefuseAll, TcpOrigin};
@@ -31,71 +33,6 @@ use crate::ssh::jump::JumpHost;
 use crate::ssh::known_hosts::{self, KnownHosts, Verdict};
 use crate::ssh::session::login::Login;
 use crate::{Error, Result};
-
-/// Where and how to log in.
-#[derive(Clone)]
-pub struct SessionOptions {
-    /// Host name or address of the client.
-    pub host: String,
-    /// sshd's TCP port (22).
-    pub port: u16,
-    /// Login user on the client.
-    pub user: String,
-    /// Private key file; `None` tries the keys of the agent at
-    /// [`agent_socket`](Self::agent_socket), then [`default_identities`](Self::default_identities).
-    pub identity: Option<PathBuf>,
-    /// Keys tried in order when `identity` is `None` and the agent's keys did not get us in (the
-    /// first that exists is used); set from HOME by [`crate::jobs::pull::PullOptions::from_env`]:
-    /// `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
-    pub default_identities: Vec<PathBuf>,
-    /// The user's ssh-agent (`SSH_AUTH_SOCK`, set by [`crate::jobs::pull::PullOptions::from_env`]): its
-    /// keys are offered first when `identity` is `None` (at most
-    /// [`MAX_AGENT_KEYS`](crate::limits::MAX_AGENT_KEYS)); an unreachable agent is skipped.
-    pub agent_socket: Option<PathBuf>,
-    /// Passphrase of an encrypted identity.
-    pub identity_passphrase: Option<SecretString>,
-    /// The known_hosts file to verify (and, with `accept_new_host_key`, record) host keys.
-    pub known_hosts: PathBuf,
-    /// Record the key of a host not yet in `known_hosts` (OpenSSH's `accept-new`); a changed or
-    /// revoked key is refused regardless.
-    pub accept_new_host_key: bool,
-    /// Send a keepalive after this long without hearing from the client; after
-    /// [`KEEPALIVE_MAX`] unanswered ones the connection counts as lost (like OpenSSH's
-    /// `ServerAliveInterval`). [`crate::limits::KEEPALIVE_INTERVAL`] by default.
-    pub keepalive_interval: std::time::Duration,
-    /// SSH channel window in bytes ([`crate::limits::CHANNEL_WINDOW`] unless measured otherwise).
-    pub channel_window: u32,
-    /// Jump hosts, first hop first (`ssh -J`): each is reached through a `direct-tcpip` channel of
-    /// the one before, its host key verified against `known_hosts` and logged in to with the same
-    /// keys (as its own user, or [`user`](Self::user)).
-    pub jump: Vec<JumpHost>,
-    /// The cipher to offer: [`CipherChoice::Auto`] (the cheaper one for this CPU first) or the one
-    /// forced (`--cipher`, `cipher =`); the same for jump hosts.
-    pub cipher: CipherChoice,
-}
-
-impl std::fmt::Debug for SessionOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionOptions")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("identity", &self.identity)
-            .field("default_identities", &self.default_identities)
-            .field(
-                "identity_passphrase",
-                &self.identity_passphrase.as_ref().map(|_| "<redacted>"),
-            )
-            .field("known_hosts", &self.known_hosts)
-            .field("accept_new_host_key", &self.accept_new_host_key)
-            .field("keepalive_interval", &self.keepalive_interval)
-            .field("channel_window", &self.channel_window)
-            .field("agent_socket", &self.agent_socket)
-            .field("jump", &self.jump)
-            .field("cipher", &self.cipher)
-            .finish()
-    }
-}
 
 /// An authenticated SSH connection to the client.
 ///
@@ -137,6 +74,11 @@ impl Session {
         self.port
     }
 
+    /// The client's sshd, as errors name it.
+    pub fn peer(&self) -> crate::error::Peer {
+        crate::error::Peer::new(self.host.clone(), self.port)
+    }
+
     /// The cipher negotiated with the client's sshd, e.g. `aes128-gcm@openssh.com`.
     pub fn cipher(&self) -> Option<&'static str> {
         *self.cipher.lock().expect("not poisoned")
@@ -166,14 +108,13 @@ impl Session {
 
     /// The error for a failed operation: why our handler ended the connection if it did, a lost
     /// connection if it is gone, else the protocol error.
-    pub fn failure(&self, context: &'static str, source: russh::Error) -> Error {
+    pub(crate) fn failure(&self, context: &'static str, source: russh::Error) -> Error {
         if let Some(reason) = self.ended.lock().expect("not poisoned").take() {
             return reason;
         }
         if self.is_closed() {
             return Error::ConnectionLost {
-                host: self.host.clone(),
-                port: self.port,
+                peer: Peer::new(self.host.clone(), self.port),
                 context,
             };
         }
@@ -189,14 +130,12 @@ impl Session {
         match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(russh::Error::RequestDenied)) => Err(Error::RequestDenied {
-                host: self.host.clone(),
-                port: self.port,
+                peer: Peer::new(self.host.clone(), self.port),
                 request: what,
             }),
             Ok(Err(source)) => Err(self.failure(what, source)),
             Err(_) => Err(Error::NoAnswer {
-                host: self.host.clone(),
-                port: self.port,
+                peer: Peer::new(self.host.clone(), self.port),
                 what,
                 secs: REQUEST_TIMEOUT.as_secs(),
             }),
@@ -205,7 +144,7 @@ impl Session {
 
     /// Opens a session channel and sends `exec command` on it without waiting for the reply (a
     /// refusal arrives on the channel as [`russh::ChannelMsg::Failure`]), saving a round trip.
-    pub async fn exec(&self, command: &[u8]) -> Result<Channel<Msg>> {
+    pub(crate) async fn exec(&self, command: &[u8]) -> Result<Channel<Msg>> {
         self.exec_with(command, false).await
     }
 
@@ -213,7 +152,7 @@ impl Session {
     /// (`auth-agent-req@openssh.com`, without waiting for its reply either: a refusal shows as
     /// no `SSH_AUTH_SOCK` in the command's environment). The agent channels the sshd then opens
     /// go to the connection's [`Incoming::agent`].
-    pub async fn exec_forwarding_agent(&self, command: &[u8]) -> Result<Channel<Msg>> {
+    pub(crate) async fn exec_forwarding_agent(&self, command: &[u8]) -> Result<Channel<Msg>> {
         self.exec_with(command, true).await
     }
 
@@ -256,8 +195,8 @@ impl Session {
         Ok(channel.into_stream())
     }
 
-    /// Runs a short helper `command` and collects a bounded prefix of its output; see
-    /// [`crate::ssh::exec::capture`].
+    /// Runs a short helper `command` and collects a bounded prefix of its output (at most
+    /// [`crate::limits::HELPER_OUTPUT_KEPT`] bytes of each stream).
     pub async fn capture(&self, command: &str, timeout: Duration) -> Result<Captured> {
         let run = async {
             let mut channel = self.exec(command.as_bytes()).await?;
@@ -316,7 +255,12 @@ impl Session {
     }
 
     /// Opens a `direct-tcpip` channel: the sshd connects to `host:port` on our behalf.
-    pub async fn direct_tcpip(&self, host: &str, port: u32, originator: (&str, u32)) -> Result<Channel<Msg>> {
+    pub(crate) async fn direct_tcpip(
+        &self,
+        host: &str,
+        port: u32,
+        originator: (&str, u32),
+    ) -> Result<Channel<Msg>> {
         self.answer(
             "opening a direct-tcpip channel",
             self.handle
@@ -328,7 +272,7 @@ impl Session {
 
 /// The russh client handler: verifies the host key, refuses oversized packets and hands every
 /// channel the server opens to an [`Incoming`], cutting off a peer that floods refused opens.
-pub struct ClientHandler {
+pub(crate) struct ClientHandler {
     host: String,
     port: u16,
     known_hosts: PathBuf,
@@ -344,8 +288,7 @@ impl ClientHandler {
     fn problem(&self, key: Option<&PublicKey>) -> Box<HostKeyProblem> {
         Box::new(HostKeyProblem {
             host_port: known_hosts::lookup_name(&self.host, self.port),
-            host: self.host.clone(),
-            port: self.port,
+            peer: Peer::new(self.host.clone(), self.port),
             key_type: key.map(|k| k.algorithm().to_string()).unwrap_or_default(),
             fingerprint: key
                 .map(|k| k.fingerprint(HashAlg::Sha256).to_string())
@@ -395,7 +338,7 @@ impl ClientHandler {
     fn end(&self, e: Error) -> Error {
         let text = e.to_string();
         *self.ended.lock().expect("not poisoned") = Some(e);
-        Error::InvalidOption(text)
+        Error::HandlerEnded(text)
     }
 
     async fn decide(
@@ -419,8 +362,7 @@ impl ClientHandler {
                 }
                 if self.refused > MAX_REFUSED_CHANNEL_OPENS {
                     return Err(self.end(Error::ChannelOpenFlood {
-                        host: self.host.clone(),
-                        port: self.port,
+                        peer: Peer::new(self.host.clone(), self.port),
                         count: self.refused,
                     }));
                 }
@@ -432,8 +374,7 @@ impl ClientHandler {
     fn check_packet(&self, len: usize) -> Result<()> {
         if len > MAX_PACKET as usize {
             return Err(self.end(Error::OversizedPacket {
-                host: self.host.clone(),
-                port: self.port,
+                peer: Peer::new(self.host.clone(), self.port),
                 len,
                 max: MAX_PACKET,
             }));
@@ -607,7 +548,7 @@ impl client::Handler for ClientHandler {
 
 /// The russh client configuration: nodelay, the options' keepalive interval and channel window
 /// (see [`crate::limits`]).
-pub fn client_config(options: &SessionOptions) -> client::Config {
+pub(crate) fn client_config(options: &SessionOptions) -> client::Config {
     client::Config {
         preferred: russh::Preferred {
             cipher: options.cipher.preferred(),
@@ -646,14 +587,6 @@ fn prefer_recorded_host_key_types(
     keys.sort_by_key(|a| !recorded.iter().any(|r| same_family(a, r)));
     config.preferred.key = std::borrow::Cow::Owned(keys);
     Ok(())
-}
-
-/// The keys OpenSSH tries by default, in its order, under `home`.
-pub fn default_identities(home: &Path) -> Vec<PathBuf> {
-    ["id_ed25519", "id_ecdsa", "id_rsa"]
-        .iter()
-        .map(|name| home.join(".ssh").join(name))
-        .collect()
 }
 
 /// One host to reach and log in to: a jump host or the client.
@@ -777,8 +710,7 @@ fn cipher_refused(e: Error, choice: CipherChoice, target: &Target<'_>) -> Error 
                 },
             ..
         } => Error::CipherNotOffered {
-            host: target.host.to_owned(),
-            port: target.port,
+            peer: Peer::new(target.host, target.port),
             choice,
             ours: ours.join(","),
             theirs: theirs
@@ -803,8 +735,7 @@ async fn transport(
     let tcp = TcpStream::connect((target.host, target.port))
         .await
         .map_err(|source| Error::Connect {
-            host: target.host.to_owned(),
-            port: target.port,
+            peer: Peer::new(target.host, target.port),
             source,
         })?;
     if let Err(e) = tcp.set_nodelay(true) {
@@ -830,8 +761,7 @@ async fn handshake(
     let handle = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => {
             return Err(Error::ConnectTimeout {
-                host: target.host.to_owned(),
-                port: target.port,
+                peer: Peer::new(target.host, target.port),
                 secs: CONNECT_TIMEOUT.as_secs(),
             })
         }
@@ -878,8 +808,7 @@ fn closed_before_kex(e: Error, target: &Target<'_>, heard: &Heard, goodbye: &Goo
     }
     debug!(host = %target.host, port = target.port, "closed before key exchange: {e}");
     Error::ClosedBeforeKex {
-        host: target.host.to_owned(),
-        port: target.port,
+        peer: Peer::new(target.host, target.port),
         stage: heard.stage(),
     }
 }
@@ -994,10 +923,8 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
 /// Asks the jump host `hop` for a `direct-tcpip` channel to `next`, the next hop's sshd.
 async fn open_tunnel(hop: &Session, (host, port): (&str, u16)) -> Result<Channel<Msg>> {
     let refused = |reason: String| Error::JumpConnect {
-        host: hop.host().to_owned(),
-        port: hop.port(),
-        target_host: host.to_owned(),
-        target_port: port,
+        peer: hop.peer(),
+        target: Peer::new(host, port),
         reason,
     };
     match hop.direct_tcpip(host, u32::from(port), ("127.0.0.1", 0)).await {
@@ -1029,8 +956,7 @@ fn at_jump_host(e: Error, jump: &JumpHost) -> Error {
         | Error::OversizedPacket { .. }
         | Error::ChannelOpenFlood { .. }
         | Error::ClosedBeforeKex { .. } => Error::JumpHost {
-            host: jump.host.clone(),
-            port: jump.port,
+            peer: Peer::new(jump.host.clone(), jump.port),
             source: Box::new(e),
         },
         e => e,
@@ -1075,17 +1001,16 @@ mod tests {
     fn jump_host_failures_name_the_hop_but_host_key_failures_stay_what_they_are() {
         let hop = JumpHost::parse("ops@bastion:2222").unwrap();
         let refused = Error::Connect {
-            host: "bastion".into(),
-            port: 2222,
+            peer: crate::error::Peer::new("bastion", 2222),
             source: std::io::ErrorKind::ConnectionRefused.into(),
         };
         let wrapped = at_jump_host(refused, &hop);
         assert!(
-            matches!(&wrapped, Error::JumpHost { host, port: 2222, source } if host == "bastion" && matches!(**source, Error::Connect { .. })),
+            matches!(&wrapped, Error::JumpHost { peer, source } if *peer == Peer::new("bastion", 2222) && matches!(**source, Error::Connect { .. })),
             "{wrapped:?}"
         );
         assert!(
-            wrapped
+            borg_pull_core::error::Chain(&wrapped)
                 .to_string()
                 .starts_with("jump host bastion port 2222: cannot connect"),
             "{wrapped}"

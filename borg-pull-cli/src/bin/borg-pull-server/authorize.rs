@@ -156,14 +156,7 @@ fn exit_code(err: &anyhow::Error) -> Code {
             return exit::USAGE;
         }
         if let Some(e) = cause.downcast_ref::<Error>() {
-            return match e {
-                Error::PublicKeyFile { .. }
-                | Error::ForcedCommandInvalid { .. }
-                | Error::Serve(borg_pull_core::Error::RepoNotAbsolute { .. }) => exit::USAGE,
-                Error::AuthorizedKeysIo { .. } | Error::AuthorizedKeysUnsafe { .. } => exit::OS_ERROR,
-                Error::AuthorizedKeysConflict { .. } => exit::AUTHORIZED_KEYS_CONFLICT,
-                _ => exit::FAILURE,
-            };
+            return exit::for_authorize_error(e);
         }
         if cause.is::<std::io::Error>() {
             return exit::OS_ERROR;

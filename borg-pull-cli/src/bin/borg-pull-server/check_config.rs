@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use borg_pull_cli::{exit, hint};
-use borg_pull_fleet::check::{self, RelayVersion, RepoOpens, RepoProblem};
+use borg_pull_fleet::check::{self, RelayVersion, RepoOpens};
 use borg_pull_fleet::config::{Client, Fleet, ViaConfig};
 use borg_pull_fleet::limits::BorgLimits;
 use borg_pull_tunnel::jobs::pull::{PullEnv, PullOptions, RelayBinary};
@@ -73,7 +73,7 @@ pub fn run(args: CheckConfigArgs) -> ExitCode {
         Ok(fleet) => fleet,
         Err(e) => {
             eprintln!("borg-pull-server: error: {e}");
-            return exit::USAGE.into();
+            return exit::for_config_error(&e).into();
         }
     };
     let clients = match borg_pull_fleet::run::select(&fleet, &args.names) {
@@ -326,7 +326,7 @@ async fn check_client(
             let e = Error::RemoteProgramMissing {
                 program: program.to_string_lossy().into_owned(),
                 role: *role,
-                host: client.host.clone(),
+                peer: borg_pull_tunnel::error::Peer::new(client.host.clone(), client.port),
                 why: borg_pull_core::text::escape_for_log(why.as_bytes()),
             };
             let (code, mut message) = fail(e);
@@ -451,7 +451,7 @@ fn client_borg_matches(client: &Client, options: &PullOptions, reported: &str) -
     let program = || options.remote_borg.to_string_lossy().into_owned();
     match (borg_pull_core::BorgVersion::parse(reported), server) {
         (Some(theirs), Some(ours)) if theirs.major != ours.major => Err(Error::BorgVersionMismatch {
-            host: client.host.clone(),
+            peer: borg_pull_tunnel::error::Peer::new(client.host.clone(), client.port),
             program: program(),
             client: theirs.to_string(),
             client_major: theirs.major,
@@ -460,7 +460,7 @@ fn client_borg_matches(client: &Client, options: &PullOptions, reported: &str) -
         }),
         (Some(theirs), Some(ours)) if theirs.generation() != ours.generation() => {
             Err(Error::BorgGenerationMismatch {
-                host: client.host.clone(),
+                peer: borg_pull_tunnel::error::Peer::new(client.host.clone(), client.port),
                 program: program(),
                 client: theirs.to_string(),
                 client_generation: theirs.generation(),
@@ -517,13 +517,7 @@ async fn check(
             parts.push(format!("repository {repo} locked"));
         }
         Err(problem) => {
-            let code = match &problem {
-                RepoProblem::WrongPassphrase { .. } | RepoProblem::PassphraseUnavailable { .. } => {
-                    exit::PASSPHRASE.code
-                }
-                RepoProblem::BorgUnavailable { .. } => exit::BORG_UNAVAILABLE.code,
-                _ => exit::REPO_UNREADABLE.code,
-            };
+            let code = exit::for_repo_problem(&problem).code;
             return Err((code, format!("{}; but {problem}", parts.join("; "))));
         }
     }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use borg_pull_fleet::time_text::parse_duration;
 use borg_pull_tunnel::ssh::cipher::CipherChoice;
 use borg_pull_tunnel::ssh::jump::JumpHost;
 use borg_pull_tunnel::ssh::session::SessionOptions;
@@ -81,33 +82,9 @@ impl ConnectArgs {
                 &path,
                 SecretKind::IdentityPassphrase,
             )?;
-            session.identity_passphrase = Some(line.into());
+            session.identity_passphrase = Some(line);
         }
         Ok(())
-    }
-}
-
-/// `N`, `Ns`, `Nm`, `Nh` or `Nd` with N > 0.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => s.split_at(at),
-        None => (s, "s"),
-    };
-    let seconds_per = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: expected a number with s, m, h or d, e.g. 12h")),
-    };
-    match digits.parse::<u64>() {
-        Ok(n) if n > 0 => n
-            .checked_mul(seconds_per)
-            .map(std::time::Duration::from_secs)
-            .ok_or_else(|| format!("{s:?} is too long")),
-        _ => Err(format!(
-            "{s:?}: expected a number above 0 with s, m, h or d, e.g. 12h"
-        )),
     }
 }
 

@@ -152,41 +152,13 @@ fn exit_code(err: &anyhow::Error) -> Code {
             return exit::USAGE;
         }
         if let Some(e) = cause.downcast_ref::<borg_pull_core::Error>() {
-            return core_exit_code(e);
+            return exit::for_listen_error(e);
         }
         if cause.is::<std::io::Error>() {
             return exit::OS_ERROR;
         }
     }
     exit::FAILURE
-}
-
-/// The code for an error of `borg_pull_core` under `listen`.
-fn core_exit_code(e: &borg_pull_core::Error) -> Code {
-    use borg_pull_core::Error as E;
-    match e {
-        E::RepoNotAbsolute { .. }
-        | E::SocketPathInvalid { .. }
-        | E::StorageQuotaInvalid { .. }
-        | E::UnsupportedByBorg { .. } => exit::USAGE,
-        E::CannotRefuseDeletes { .. } => exit::USAGE,
-        E::BorgNotFound { .. }
-        | E::SpawnBorg { .. }
-        | E::SpawnBorgVersion { .. }
-        | E::BorgVersionUnknown { .. } => exit::BORG_UNAVAILABLE,
-        E::SocketDirParentMissing { .. }
-        | E::SocketDirIo { .. }
-        | E::SocketDirNotDirectory { .. }
-        | E::SocketDirInsecure { .. }
-        | E::SocketDirNotOwned { .. }
-        | E::SocketDirSymlink { .. }
-        | E::SocketDirAncestorUnsafe { .. }
-        | E::SocketPathOccupied { .. }
-        | E::StaleSocket { .. } => exit::SOCKET_UNSAFE,
-        E::SocketInUse { .. } => exit::SOCKET_IN_USE,
-        E::SocketBind { .. } | E::SystemdSocket { .. } => exit::OS_ERROR,
-        _ => exit::FAILURE,
-    }
 }
 
 #[cfg(test)]

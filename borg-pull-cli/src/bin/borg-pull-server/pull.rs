@@ -226,7 +226,7 @@ fn via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
     let agent_key = match (&args.agent_key, args.ephemeral_key) {
         (Some(file), false) => AgentKey::File(file.clone()),
         (None, true) => AgentKey::Ephemeral {
-            authorized_keys: match (&args.authorized_keys, &env.home) {
+            authorized_keys: match (&args.authorized_keys, &env.ssh.home) {
                 (Some(file), _) => file.clone(),
                 (None, Some(home)) => home.join(".ssh/authorized_keys"),
                 (None, None) => return usage("--ephemeral-key without HOME needs --authorized-keys FILE"),
@@ -266,7 +266,7 @@ fn sftp_via(args: &PullArgs, env: &PullEnv) -> Result<Via, Error> {
             borg_pull_tunnel::jobs::sftp_pull::running_as_root(),
             var("RUNTIME_DIRECTORY"),
             var("XDG_RUNTIME_DIR"),
-            env.home.as_deref(),
+            env.ssh.home.as_deref(),
         ),
     };
     match work_dir {

@@ -92,7 +92,7 @@ async fn run_async(args: RunArgs) -> ExitCode {
         Ok(fleet) => fleet,
         Err(e) => {
             eprintln!("borg-pull-server: error: {e}");
-            return exit::USAGE.into();
+            return exit::for_config_error(&e).into();
         }
     };
     if let Err(e) = run::select(&fleet, &args.names) {

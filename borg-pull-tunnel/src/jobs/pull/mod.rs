@@ -6,12 +6,12 @@
 //! 2. One exec runs the script of [`crate::jobs::pull::script`]: it checks the relay and borg, makes a private
 //!    directory with `mktemp -d` (umask 077) and reports it.
 //! 3. `streamlocal-forward@openssh.com` for `DIR/borg.sock`; a refusal is diagnosed on the client
-//!    ([`crate::channels::unix`]). Each forwarded connection is bridged to its own `borg serve`.
+//!    (`UnixForward`, channels/unix.rs). Each forwarded connection is bridged to its own `borg serve`.
 //! 4. We send `go`, borg's `BORG_RSH` and the passphrase (if any) on stdin and the script `exec`s
 //!    borg; its output streams to ours; we wait for the channel to close. Right after `go` the
 //!    first `borg serve` starts (socket method), so its Python start-up overlaps the client
 //!    borg's; the first connection takes it (one per run: a client cannot make us start more).
-//! 5. On every path: the bridges drain (or are stopped, killing and reaping `borg serve`), and we
+//! 5. On every path: the forwards drain (or are stopped, killing and reaping `borg serve`), and we
 //!    disconnect. The script's watcher removes the directory on the client once borg has exited.
 //!
 //! Every wait on the client has a deadline: each request [`REQUEST_TIMEOUT`], the start of the
@@ -39,8 +39,9 @@ use tracing::{debug, info, warn, Instrument};
 use zeroize::Zeroizing;
 
 use crate::channels::agent::AgentForward;
-use crate::channels::tcp::TcpBridge;
-use crate::channels::unix::{self as unix_forward, ForwardStats, Forwarder};
+use crate::channels::tcp::TcpForward;
+use crate::channels::unix::UnixForward;
+use crate::channels::{Forward, ForwardStats};
 use crate::error::RemoteProgram;
 use crate::jobs::pull::script::{ClientSshLog, RemoteRun, Report, SshBack, SshTarget, StderrSplit};
 use crate::limits::{
@@ -48,13 +49,13 @@ use crate::limits::{
     REQUEST_TIMEOUT,
 };
 use crate::local::passphrase::{Passphrase, SecretSources};
-use crate::local::secret_file::SecretString;
 use crate::ssh::exec::{self, RemoteExit, Stop};
 use crate::ssh::incoming::ByKind;
-use crate::ssh::session::{self, Session, SessionOptions};
+use crate::ssh::session::{self, Session, SessionOptions, SshEnv};
 use crate::{Error, Result};
 
-pub use crate::jobs::pull::script::{RESERVED_ENV, SOCKET_NAME};
+pub use crate::jobs::pull::script::RESERVED_ENV;
+use crate::jobs::pull::script::SOCKET_NAME;
 use crate::jobs::pull::via::RunAgent;
 pub use crate::jobs::pull::via::{AgentKey, ServerLogin, Via};
 
@@ -62,54 +63,43 @@ pub use crate::jobs::pull::via::{AgentKey, ServerLogin, Via};
 /// an `ssh://` URL to use `BORG_RSH`; the relay ignores the host, and the agent and TCP methods
 /// give the client's ssh the real address as options, so this only names the repository to borg
 /// (which remembers it) and shows up in its messages.
-pub const REPO_URL_HOST: &str = "borg-pull-server";
+pub(crate) const REPO_URL_HOST: &str = "borg-pull-server";
 
 /// The environment a pull may use, read in one place ([`PullEnv::from_process`]) so that nothing
-/// deeper in the library reads variables behind the caller's back.
+/// deeper in the library reads variables behind the caller's back: OpenSSH's ([`SshEnv`]) and
+/// borg's passphrase variables.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct PullEnv {
-    /// `HOME`: the default known_hosts and identities.
-    pub home: Option<PathBuf>,
-    /// `USER` (or `LOGNAME`): the login user when the destination names none.
-    pub user: Option<String>,
+    /// HOME, USER, the identity passphrase and SSH_AUTH_SOCK ([`SessionOptions::with_env`]).
+    pub ssh: SshEnv,
     /// `BORG_PASSPHRASE`.
     pub borg_passphrase: Option<OsString>,
     /// `BORG_PASSCOMMAND`.
     pub borg_passcommand: Option<OsString>,
-    /// `BORG_PULL_IDENTITY_PASSPHRASE`: the identity's passphrase.
-    pub identity_passphrase: Option<OsString>,
-    /// `SSH_AUTH_SOCK`: the user's ssh-agent, whose keys are offered when no identity is given.
-    pub ssh_auth_sock: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PullEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redacted = |v: &Option<OsString>| v.as_ref().map(|_| "<redacted>");
         f.debug_struct("PullEnv")
-            .field("home", &self.home)
-            .field("user", &self.user)
-            .field("borg_passphrase", &redacted(&self.borg_passphrase))
+            .field("ssh", &self.ssh)
+            .field(
+                "borg_passphrase",
+                &self.borg_passphrase.as_ref().map(|_| "<redacted>"),
+            )
             .field("borg_passcommand", &self.borg_passcommand)
-            .field("identity_passphrase", &redacted(&self.identity_passphrase))
-            .field("ssh_auth_sock", &self.ssh_auth_sock)
             .finish()
     }
 }
 
 impl PullEnv {
-    /// Reads HOME, USER/LOGNAME, BORG_PASSPHRASE, BORG_PASSCOMMAND,
-    /// BORG_PULL_IDENTITY_PASSPHRASE and SSH_AUTH_SOCK from this process's environment.
+    /// Reads [`SshEnv::from_process`], BORG_PASSPHRASE and BORG_PASSCOMMAND from this process's
+    /// environment.
     pub fn from_process() -> Self {
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
         Self {
-            home: var("HOME").map(PathBuf::from),
-            user: var("USER")
-                .or_else(|| var("LOGNAME"))
-                .and_then(|u| u.into_string().ok()),
+            ssh: SshEnv::from_process(),
             borg_passphrase: std::env::var_os("BORG_PASSPHRASE"),
-            borg_passcommand: var("BORG_PASSCOMMAND"),
-            identity_passphrase: std::env::var_os("BORG_PULL_IDENTITY_PASSPHRASE"),
-            ssh_auth_sock: var("SSH_AUTH_SOCK").map(PathBuf::from),
+            borg_passcommand: std::env::var_os("BORG_PASSCOMMAND").filter(|v| !v.is_empty()),
         }
     }
 
@@ -123,56 +113,10 @@ impl PullEnv {
     }
 }
 
-/// How to reach `destination` (`[USER@]HOST`) with the defaults OpenSSH takes from `env`: the
-/// login user when `destination` names none, `~/.ssh/known_hosts`, `~/.ssh/id_*`, the identity
-/// passphrase and the ssh-agent; port 22. Shared by [`PullOptions::with_env`] and
-/// [`crate::jobs::restore_tar::RestoreOptions::with_env`].
-pub fn session_options(destination: &str, env: &PullEnv) -> Result<SessionOptions> {
-    let (user, host) = match destination.rsplit_once('@') {
-        Some((user, host)) => (user.to_owned(), host.to_owned()),
-        None => (
-            env.user
-                .clone()
-                .ok_or_else(|| Error::InvalidOption("no login user: write USER@HOST".into()))?,
-            destination.to_owned(),
-        ),
-    };
-    if host.is_empty() || user.is_empty() {
-        return Err(Error::InvalidOption(format!(
-            "{destination:?} is not [USER@]HOST"
-        )));
-    }
-    let ssh_dir = env.home.as_ref().map(|home| home.join(".ssh"));
-    let identity_passphrase = match &env.identity_passphrase {
-        Some(p) => Some(SecretString::new(p.clone().into_string().map_err(|_| {
-            Error::InvalidOption("the identity passphrase is not valid UTF-8".into())
-        })?)),
-        None => None,
-    };
-    Ok(SessionOptions {
-        host,
-        port: 22,
-        user,
-        identity: None,
-        default_identities: env
-            .home
-            .as_deref()
-            .map(session::default_identities)
-            .unwrap_or_default(),
-        identity_passphrase,
-        agent_socket: env.ssh_auth_sock.clone(),
-        // Checked at connect time, so a caller that sets its own file does not need HOME.
-        known_hosts: ssh_dir.map(|d| d.join("known_hosts")).unwrap_or_default(),
-        accept_new_host_key: false,
-        keepalive_interval: crate::limits::KEEPALIVE_INTERVAL,
-        channel_window: crate::limits::CHANNEL_WINDOW,
-        jump: Vec::new(),
-        cipher: crate::ssh::cipher::CipherChoice::Auto,
-    })
-}
-
-/// Everything one pull needs.
+/// Everything one pull needs: made by [`PullOptions::new`], [`PullOptions::with_env`] or
+/// [`PullOptions::from_env`], then changed field by field.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PullOptions {
     /// How to reach and log in to the client.
     pub session: SessionOptions,
@@ -287,7 +231,7 @@ impl PullOptions {
         env: &PullEnv,
     ) -> Result<Self> {
         Ok(Self {
-            session: session_options(destination, env)?,
+            session: SessionOptions::with_env(destination, &env.ssh)?,
             serve: ServeConfig::new(repo)?,
             relay: "borg-pull-relay".into(),
             remote_borg: "borg".into(),
@@ -338,7 +282,7 @@ impl PullOptions {
     /// The script for the client ([`crate::jobs::pull::script`]), checked before anything touches the network.
     /// `identity_line` is the agent key's public half (agent and TCP methods); `relay` the relay
     /// to install (`install_relay`).
-    pub fn remote_script(
+    pub(crate) fn remote_script(
         &self,
         marker: &str,
         identity_line: Option<&str>,
@@ -384,11 +328,13 @@ impl PullOptions {
 
 /// What a finished pull reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PullOutcome {
     /// How borg on the client ended.
     pub exit: RemoteExit,
-    /// Totals of the forwarded connections.
-    pub forwarded: ForwardStats,
+    /// Totals of the forwarded connections (the crate-private `ForwardStats` is core's
+    /// `SupervisorStats`).
+    pub forwarded: borg_pull_core::supervise::SupervisorStats,
 }
 
 /// Runs a pull with borg's output going to our stdout and stderr; returns borg's exit code
@@ -428,7 +374,7 @@ where
                 Some(
                     tokio::task::spawn_blocking(move || RelayBinary::read(&path))
                         .await
-                        .map_err(|e| Error::InvalidOption(format!("reading the relay to install: {e}")))??,
+                        .map_err(|source| Error::BackgroundTask { task: "reading the relay to install", source })??,
                 )
             }
             _ => None,
@@ -452,15 +398,15 @@ where
         };
         let cancel = options.cancel.clone();
         // Not stopped by `cancel` directly: on Ctrl-C borg on the client first gets SIGINT and a
-        // grace period to end its session with borg serve cleanly; clean-up stops the bridges after.
-        let bridges = Bridges::new(&options, agent.as_ref());
+        // grace period to end its session with borg serve cleanly; clean-up stops the forwards after.
+        let forwards = Forwards::new(&options, agent.as_ref());
         let connected = tokio::select! {
-            s = session::connect(&options.session, bridges.incoming()) => s,
+            s = session::connect(&options.session, forwards.incoming()) => s,
             () = cancel.cancelled() => return Err(Error::Interrupted),
         };
         if let Some(learning) = learning {
             let learned = tokio::select! {
-                l = learning => l.map_err(|e| Error::InvalidOption(format!("asking the server's borg for its version: {e}"))),
+                l = learning => l.map_err(|source| Error::BackgroundTask { task: "asking the server's borg for its version", source }),
                 () = cancel.cancelled() => Err(Error::Interrupted),
             };
             // The version's failure first, as when it was asked before connecting.
@@ -485,7 +431,7 @@ where
             }
         }
         let session = connected?;
-        bridges.set_serve(&options);
+        forwards.set_serve(&options);
         if let Some(agent) = agent.as_mut() {
             if let Err(e) = agent.authorize(&options.serve).await {
                 session.disconnect().await;
@@ -494,7 +440,7 @@ where
         }
         let run = Run {
             session: &session,
-            bridges: &bridges,
+            forwards: &forwards,
             options: &options,
             marker: &marker,
             relay: relay.as_ref(),
@@ -525,9 +471,9 @@ where
 
 /// What answers the channels the client's sshd opens during one run: the UNIX socket forward
 /// (socket method) or the TCP forward (TCP method), and the agent (agent and TCP methods).
-struct Bridges {
+struct Forwards {
     unix: Option<Arc<UnixSlot>>,
-    tcp: Option<Arc<TcpBridge>>,
+    tcp: Option<Arc<TcpForward>>,
     agent: Option<Arc<AgentForward>>,
 }
 
@@ -536,7 +482,7 @@ struct Bridges {
 /// Until then every forwarded connection is refused: none is expected before we ask for the
 /// forward, which comes later.
 #[derive(Default)]
-struct UnixSlot(std::sync::OnceLock<Arc<Forwarder>>);
+struct UnixSlot(std::sync::OnceLock<Arc<UnixForward>>);
 
 impl crate::ssh::incoming::Incoming for UnixSlot {
     fn forwarded_streamlocal(&self, socket_path: &str) -> crate::ssh::incoming::Decision {
@@ -547,12 +493,12 @@ impl crate::ssh::incoming::Incoming for UnixSlot {
     }
 }
 
-impl Bridges {
+impl Forwards {
     fn new(options: &PullOptions, agent: Option<&RunAgent>) -> Self {
         Self {
             unix: matches!(options.via, Via::Socket).then(|| Arc::new(UnixSlot::default())),
             tcp: match &options.via {
-                Via::Tcp(login) => Some(TcpBridge::new(login.host.clone(), login.port)),
+                Via::Tcp(login) => Some(TcpForward::new(login.host.clone(), login.port)),
                 _ => None,
             },
             agent: agent.map(|a| a.forward.clone()),
@@ -575,12 +521,12 @@ impl Bridges {
     /// Makes the socket method's forwarder with `options.serve` (once; later calls keep it).
     fn set_serve(&self, options: &PullOptions) {
         if let Some(slot) = &self.unix {
-            let _ = slot.0.set(Forwarder::new(options.serve.clone()));
+            let _ = slot.0.set(UnixForward::new(options.serve.clone()));
         }
     }
 
-    /// The socket method's forwarder, once [`Bridges::set_serve`] made it.
-    fn unix(&self) -> Option<&Arc<Forwarder>> {
+    /// The socket method's forwarder, once [`Forwards::set_serve`] made it.
+    fn unix(&self) -> Option<&Arc<UnixForward>> {
         self.unix.as_ref().and_then(|slot| slot.0.get())
     }
 
@@ -604,7 +550,7 @@ impl Bridges {
 /// One pull on a connected session.
 struct Run<'a> {
     session: &'a Session,
-    bridges: &'a Bridges,
+    forwards: &'a Forwards,
     options: &'a PullOptions,
     marker: &'a str,
     /// The relay to install when the client asks for it.
@@ -621,8 +567,7 @@ impl Run<'_> {
     ) -> Result<T> {
         tokio::select! {
             r = tokio::time::timeout(limit, step) => r.map_err(|_| Error::NoAnswer {
-                host: self.session.host().to_owned(),
-                port: self.session.port(),
+                peer: self.session.peer(),
                 what,
                 secs: limit.as_secs(),
             })?,
@@ -671,6 +616,7 @@ impl Run<'_> {
                 None => {
                     let relayed = exec::relay_output(
                         &mut channel,
+                        "borg",
                         stdout,
                         stderr,
                         &self.options.cancel,
@@ -686,6 +632,7 @@ impl Run<'_> {
                     let mut split = StderrSplit::new(stderr, self.marker);
                     let relayed = exec::relay_output(
                         &mut channel,
+                        "borg",
                         stdout,
                         &mut split,
                         &self.options.cancel,
@@ -705,7 +652,7 @@ impl Run<'_> {
             Some(Stop::Cancelled) => return Err(Error::Interrupted),
             Some(Stop::Deadline) => {
                 return Err(Error::MaxRuntime {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     secs: self.options.max_runtime.as_secs(),
                 })
             }
@@ -720,7 +667,7 @@ impl Run<'_> {
                 Err(self.session.failure("borg was running", russh::Error::Disconnect))
             }
             None => Err(Error::NoExitStatus {
-                host: self.session.host().to_owned(),
+                peer: self.session.peer(),
             }),
         }
     }
@@ -742,7 +689,7 @@ impl Run<'_> {
             return Ok(());
         }
         let bridge_failed = self
-            .bridges
+            .forwards
             .tcp
             .as_ref()
             .is_some_and(|tcp| tcp.stats().failed > 0);
@@ -751,7 +698,7 @@ impl Run<'_> {
         };
         match crate::jobs::pull::via::client_ssh_cause(log, bridge_failed) {
             Some(cause) => Err(Error::ClientSsh {
-                host: self.session.host().to_owned(),
+                peer: self.session.peer(),
                 server: match self.options.via {
                     Via::Tcp(_) => format!(
                         "{}@{} port {} (through the TCP forward on the client's loopback)",
@@ -784,7 +731,7 @@ impl Run<'_> {
                 if client.major == server.major && client.generation() != server.generation() =>
             {
                 Err(Error::BorgGenerationMismatch {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     program: self.options.remote_borg.to_string_lossy().into_owned(),
                     client: client.to_string(),
                     client_generation: client.generation(),
@@ -793,7 +740,7 @@ impl Run<'_> {
                 })
             }
             (Some(client), Some(server)) if client.major != server.major => Err(Error::BorgVersionMismatch {
-                host: self.session.host().to_owned(),
+                peer: self.session.peer(),
                 program: self.options.remote_borg.to_string_lossy().into_owned(),
                 client: client.to_string(),
                 client_major: client.major,
@@ -834,13 +781,13 @@ impl Run<'_> {
                     _ => "the client asked for it twice".into(),
                 };
                 return Err(Error::RelayInstall {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                 });
             }
             Report::NoAgent => {
                 return Err(Error::AgentNotForwarded {
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                 })
             }
             // Before the private directory was made: nothing is left on the client to clear.
@@ -853,7 +800,7 @@ impl Run<'_> {
                         .unwrap_or_default()
                         .to_string_lossy()
                         .into_owned(),
-                    host: self.session.host().to_owned(),
+                    peer: self.session.peer(),
                     why,
                     purpose: crate::error::RemoteDirUse::RunBorg,
                 })
@@ -870,7 +817,7 @@ impl Run<'_> {
         Err(Error::RemoteProgramMissing {
             program: program.to_string_lossy().into_owned(),
             role,
-            host: self.session.host().to_owned(),
+            peer: self.session.peer(),
             why,
         })
     }
@@ -884,7 +831,7 @@ impl Run<'_> {
         channel: &mut russh::Channel<russh::client::Msg>,
     ) -> Result<(Report, Vec<u8>)> {
         let relay = self.relay.ok_or_else(|| Error::RelayInstall {
-            host: self.session.host().to_owned(),
+            peer: self.session.peer(),
             why: "the client asked for a relay we did not offer".into(),
         })?;
         info!(
@@ -941,7 +888,7 @@ impl Run<'_> {
         let lines = match (&self.options.via, login) {
             (Via::Tcp(_), Some(login)) => {
                 let tcp = self
-                    .bridges
+                    .forwards
                     .tcp
                     .as_ref()
                     .expect("the TCP method has a TCP bridge");
@@ -953,9 +900,7 @@ impl Run<'_> {
                     )
                     .await
                 {
-                    Err(Error::RequestDenied { host, port, .. }) => {
-                        return Err(Error::TcpForwardDenied { host, port })
-                    }
+                    Err(Error::RequestDenied { peer, .. }) => return Err(Error::TcpForwardDenied { peer }),
                     other => other?,
                 };
                 let target = SshTarget {
@@ -998,20 +943,20 @@ impl Run<'_> {
         passphrase: Option<&str>,
     ) -> Result<()> {
         let forwarder = self
-            .bridges
+            .forwards
             .unix()
             .expect("the socket method has a forwarder once the server borg's version is known");
         let socket = format!("{dir}/{SOCKET_NAME}");
         let relay = installed_relay.map_or(self.options.relay.as_os_str(), std::ffi::OsStr::new);
         let lines = Zeroizing::new(script::go_lines(relay, dir, passphrase)?);
-        let mut listening = std::pin::pin!(unix_forward::listen(self.session, forwarder, &socket));
+        let mut listening = std::pin::pin!(forwarder.listen(self.session, &socket));
         let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(listening.as_mut().poll(cx))).await;
         channel
             .data_bytes(lines.to_vec())
             .await
             .map_err(|e| self.session.failure("writing to the run's stdin", e))?;
         // borg on the client is on its way (a Python start-up): start its borg serve now, so
-        // the two start-ups overlap. Same flags; stopped with the bridges if no connection comes.
+        // the two start-ups overlap. Same flags; stopped with the forwards if no connection comes.
         forwarder.prestart();
         match queued {
             std::task::Poll::Ready(result) => result,
@@ -1022,24 +967,24 @@ impl Run<'_> {
         }
     }
 
-    /// Drains (after success) or stops the bridges, cancels a TCP forward, then disconnects;
+    /// Drains (after success) or stops the forwards, cancels a TCP forward, then disconnects;
     /// bounded in time.
     async fn clean_up(&self, succeeded: bool) -> ForwardStats {
         let stats = if succeeded && !self.options.cancel.is_cancelled() {
             match tokio::time::timeout(
                 CLEANUP_TIMEOUT + FORWARD_DRAIN_TIMEOUT,
-                self.bridges.drain(FORWARD_DRAIN_TIMEOUT),
+                self.forwards.drain(FORWARD_DRAIN_TIMEOUT),
             )
             .await
             {
                 Ok(stats) => stats,
-                Err(_) => self.bridges.stop().await,
+                Err(_) => self.forwards.stop().await,
             }
         } else {
-            self.bridges.stop().await
+            self.forwards.stop().await
         };
         let bye = async {
-            if let Some(tcp) = &self.bridges.tcp {
+            if let Some(tcp) = &self.forwards.tcp {
                 tcp.unlisten(self.session).await;
             }
             self.session.disconnect().await;
@@ -1083,10 +1028,13 @@ mod tests {
         assert!(o.session.default_identities.is_empty());
         assert!(o.session.agent_socket.is_none());
         let env = PullEnv {
-            home: Some("/home/op".into()),
-            user: Some("op".into()),
-            identity_passphrase: Some("pw".into()),
-            ssh_auth_sock: Some("/run/agent.sock".into()),
+            ssh: SshEnv {
+                home: Some("/home/op".into()),
+                user: Some("op".into()),
+                identity_passphrase: Some("pw".into()),
+                ssh_auth_sock: Some("/run/agent.sock".into()),
+            },
+            borg_passphrase: Some("hunter2".into()),
             ..Default::default()
         };
         let o = PullOptions::with_env("h", "/r", vec![], &env).unwrap();
@@ -1098,10 +1046,11 @@ mod tests {
             PathBuf::from("/home/op/.ssh/id_ed25519")
         );
         assert_eq!(
-            o.session.identity_passphrase.as_ref().map(SecretString::as_str),
+            o.session.identity_passphrase.as_ref().map(|p| p.as_str()),
             Some("pw")
         );
         assert!(!format!("{env:?}").contains("pw\""));
+        assert!(!format!("{env:?}").contains("hunter2"));
     }
 
     #[test]

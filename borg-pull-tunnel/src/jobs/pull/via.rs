@@ -12,7 +12,7 @@
 //!   sshd, or where `borg serve` must be the server admin's forced command.
 //! - [`Via::Tcp`] (the docs' `ssh -R 8022:localhost:22` method): like the agent method, but the
 //!   client's ssh reaches the server's sshd through a TCP port we forward on the client's loopback
-//!   ([`crate::channels::tcp`]). For clients whose sshd forbids UNIX socket forwarding but allows
+//!   (`TcpForward`, channels/tcp.rs). For clients whose sshd forbids UNIX socket forwarding but allows
 //!   TCP, and which cannot reach the server's sshd themselves.
 //!
 //! In the agent and TCP methods the client's ssh checks the server's host key against a
@@ -38,6 +38,7 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::channels::agent::AgentForward;
+use crate::channels::Forward as _;
 use crate::error::ClientSshCause;
 use crate::jobs::pull::script::ClientSshLog;
 use crate::local::authorized_keys::{self, EphemeralEntry, ForcedCommand};
@@ -61,7 +62,7 @@ pub enum Via {
 
 impl Via {
     /// The server login of the agent and TCP methods.
-    pub fn server_login(&self) -> Option<&ServerLogin> {
+    pub(crate) fn server_login(&self) -> Option<&ServerLogin> {
         match self {
             Via::Socket | Via::Sftp(_) => None,
             Via::Agent(login) | Via::Tcp(login) => Some(login),
@@ -71,6 +72,7 @@ impl Via {
 
 /// How the client's ssh logs in to the server's sshd (agent and TCP methods).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerLogin {
     /// The login user on the server, whose `authorized_keys` forces `borg serve` for the key.
     pub user: String,
@@ -122,7 +124,7 @@ impl ServerLogin {
     }
 
     /// The server's host key as the one line of the client's temporary known_hosts file.
-    pub fn known_hosts_line(&self) -> Result<String> {
+    pub(crate) fn known_hosts_line(&self) -> Result<String> {
         let key = self
             .host_key
             .to_openssh()
@@ -218,9 +220,13 @@ impl RunAgent {
             let removed = authorized_keys::remove_stale_ephemeral(&file)?;
             Ok((removed, authorized_keys::add_ephemeral(&file, &forced, &key)?))
         };
-        let (removed, entry) = tokio::task::spawn_blocking(edit)
-            .await
-            .map_err(|e| Error::InvalidOption(format!("editing authorized_keys: {e}")))??;
+        let (removed, entry) =
+            tokio::task::spawn_blocking(edit)
+                .await
+                .map_err(|source| Error::BackgroundTask {
+                    task: "editing authorized_keys",
+                    source,
+                })??;
         if removed > 0 {
             warn!(
                 removed,
@@ -244,7 +250,7 @@ impl RunAgent {
         if let Some(entry) = self.entry {
             match tokio::task::spawn_blocking(move || entry.remove()).await {
                 Ok(Ok(())) => info!("ephemeral key removed from authorized_keys"),
-                Ok(Err(e)) => warn!("{e}"),
+                Ok(Err(e)) => warn!("{}", borg_pull_core::error::Chain(&e)),
                 Err(e) => warn!("removing the ephemeral key: {e}"),
             }
         }

@@ -72,3 +72,20 @@ pub enum SftpPullError {
         secs: u64,
     },
 }
+
+impl SftpPullError {
+    /// The kind of this failure; exhaustive, as [`crate::Error::kind`].
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind as K;
+        match self {
+            SftpPullError::Usage(_) => K::Usage,
+            SftpPullError::SubsystemRefused { .. } => K::ClientSetup,
+            SftpPullError::Sftp(e) if e.is_status() => K::ClientSetup,
+            SftpPullError::Sftp(_) | SftpPullError::AccountsTooBig { .. } => K::ClientMisbehaved,
+            SftpPullError::Mount(_) => K::SftpMount,
+            SftpPullError::Local { .. } => K::Os,
+            SftpPullError::SpawnBorg { .. } => K::BorgUnavailable,
+            SftpPullError::MaxRuntime { .. } => K::MaxRuntime,
+        }
+    }
+}

@@ -35,7 +35,7 @@ use tracing::{info, warn, Instrument as _};
 pub use error::SftpPullError;
 pub use work_dir::default_work_dir;
 
-use crate::channels::unix::ForwardStats;
+use crate::channels::ForwardStats;
 use crate::jobs::pull::{PullOptions, PullOutcome};
 use crate::jobs::sftp_pull::borg_args::{ClientView, Owners};
 use crate::jobs::sftp_pull::borg_run::{BorgRun, Ended, Namespace};
@@ -89,7 +89,9 @@ fn check(options: &PullOptions) -> std::result::Result<(), SftpPullError> {
 /// SFTP server's working directory (where relative paths start).
 pub async fn probe(session: &Session) -> Result<String> {
     let stream = match session.open_subsystem("sftp").await {
-        Err(Error::RequestDenied { host, .. }) => return Err(SftpPullError::SubsystemRefused { host }.into()),
+        Err(Error::RequestDenied { peer, .. }) => {
+            return Err(SftpPullError::SubsystemRefused { host: peer.host }.into())
+        }
         other => other?,
     };
     let client = Client::start(stream, borg_pull_sftp::Limits::default())
@@ -152,7 +154,9 @@ where
 {
     let cancel = &options.cancel;
     let stream = match session.open_subsystem("sftp").await {
-        Err(Error::RequestDenied { host, .. }) => return Err(SftpPullError::SubsystemRefused { host }.into()),
+        Err(Error::RequestDenied { peer, .. }) => {
+            return Err(SftpPullError::SubsystemRefused { host: peer.host }.into())
+        }
         other => other?,
     };
     let client = Client::start(stream, borg_pull_sftp::Limits::default())

@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use tracing::debug;
 
 use crate::limits::{MAX_AGENT_KEYS, MAX_KEY_OFFERS, REQUEST_TIMEOUT};
-use crate::local::secret_file::SecretString;
+use crate::local::secret::SecretString;
 use crate::ssh::session::{Session, SessionOptions};
 use crate::{Error, Result};
 
@@ -144,8 +144,7 @@ impl<'a> Login<'a> {
         };
         Err(Error::AuthFailed {
             user: user.to_owned(),
-            host: session.host().to_owned(),
-            port: session.port(),
+            peer: session.peer(),
             identity: file.map(|(path, _)| path).unwrap_or_default(),
             agent,
             agent_keys,
@@ -222,8 +221,7 @@ fn ended_login(session: &Session, user: &str, offered: usize) -> Option<Error> {
     }
     Some(Error::AuthCutOff {
         user: user.to_owned(),
-        host: session.host().to_owned(),
-        port: session.port(),
+        peer: session.peer(),
         offered,
         said: session.goodbye()?,
     })
@@ -295,8 +293,7 @@ async fn rsa_hash(session: &Session, algorithm: Algorithm) -> Result<Option<Hash
 
 fn no_answer(session: &Session, what: &'static str) -> Error {
     Error::NoAnswer {
-        host: session.host().to_owned(),
-        port: session.port(),
+        peer: session.peer(),
         what,
         secs: REQUEST_TIMEOUT.as_secs(),
     }
