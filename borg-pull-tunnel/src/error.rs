@@ -747,6 +747,11 @@ pub enum Error {
     /// server's borg); see [`crate::jobs::sftp_pull::SftpPullError`].
     #[error(transparent)]
     SftpPull(Box<crate::jobs::sftp_pull::SftpPullError>),
+
+    /// `restore-tar --via sftp` failed beyond the SSH session (the SFTP subsystem, borg's tar
+    /// stream, a bound); see [`crate::jobs::sftp_restore::SftpRestoreError`].
+    #[error(transparent)]
+    SftpRestore(Box<crate::jobs::sftp_restore::SftpRestoreError>),
 }
 
 /// How far a connection the client's sshd closed before key exchange got (for
@@ -966,6 +971,7 @@ impl Error {
             Error::MaxRuntime { .. } | Error::RestoreMaxRuntime { .. } => K::MaxRuntime,
             Error::ClosedBeforeKex { .. } => K::RefusedBeforeKex,
             Error::SftpPull(e) => e.kind(),
+            Error::SftpRestore(e) => e.kind(),
         }
     }
 

@@ -6,7 +6,10 @@
 //! - [`sftp_pull`]: `pull --via sftp`: the client's tree mounted here over SFTP, this server's
 //!   borg create in it.
 //! - [`restore_tar`]: `restore-tar`: borg export-tar here, streamed into `tar -x` on the client.
+//! - [`sftp_restore`]: `restore-tar --via sftp`: borg export-tar here, its entries written on the
+//!   client over SFTP.
 
 pub mod pull;
 pub mod restore_tar;
 pub mod sftp_pull;
+pub mod sftp_restore;
