@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument as _};
 
-pub use borg_pull_sftp::{Client as SftpClient, Limits as SftpLimits};
+pub use borg_pull_sftp::{Client as SftpClient, Error as SftpError, Limits as SftpLimits};
 pub use error::SftpRestoreError;
 pub use writer::{Owners, Written};
 

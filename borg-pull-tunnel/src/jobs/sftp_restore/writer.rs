@@ -188,7 +188,8 @@ impl<'a> Writer<'a> {
         let done = match &h.kind {
             Kind::Directory => self.directory(path, &h).await,
             Kind::File => self.file(tar, &path, &h, data, ahead).await,
-            Kind::Symlink(target) => self.defer_link(path, target.clone()).map(|()| true),
+            // Counted when created, at the end.
+            Kind::Symlink(target) => self.defer_link(path, target.clone()).map(|()| false),
             Kind::HardLink(existing) => self.hard_link(&path, existing).await,
             Kind::Special(kind) => {
                 self.written.skipped += 1;
@@ -303,7 +304,13 @@ impl<'a> Writer<'a> {
             // An existing directory is restored into (tar does the same); anything else there
             // is the failure.
             match self.client.lstat(&path).await {
-                Ok(a) if a.file_type() == FileType::Directory => {}
+                // A read-only one (an earlier restore's 0555) is opened for us until its mode is
+                // set at the end; best effort: a directory of someone else's stays as it is.
+                Ok(a) if a.file_type() == FileType::Directory => {
+                    if a.mode().is_some_and(|m| m & 0o300 != 0o300) {
+                        let _ = self.client.setstat(&path, &private).await;
+                    }
+                }
                 _ => return Err(e.into()),
             }
         }
