@@ -103,6 +103,16 @@ impl Fixture {
 
     /// `restore-tar --via sftp` of `archive` as `login` into `dir`.
     fn restore(&self, archive: &str, login: &str, dir: &Path) -> Outcome {
+        self.restore_with(
+            archive,
+            login,
+            dir,
+            &[OsStr::new("--borg"), self.borg.as_os_str()],
+        )
+    }
+
+    /// [`Fixture::restore`] with `extra` options (`--borg` among them).
+    fn restore_with(&self, archive: &str, login: &str, dir: &Path, extra: &[&OsStr]) -> Outcome {
         TestCommand::new(SERVER)
             .arg("restore-tar")
             .args(["--via", "sftp", "-p"])
@@ -115,8 +125,7 @@ impl Fixture {
             .arg(&self.repo)
             .arg("--archive")
             .arg(archive)
-            .arg("--borg")
-            .arg(&self.borg)
+            .args(extra)
             .arg("--remote-dir")
             .arg(dir)
             .arg(format!("{login}@127.0.0.1"))
@@ -397,6 +406,41 @@ fn a_missing_archive_exits_with_borgs_code() {
         "{}",
         out.describe()
     );
+}
+
+#[test]
+fn max_runtime_stops_borg_and_the_writer() {
+    let f = Fixture::new(SFTP_READ_WRITE, borg12());
+    let login = f.sshd.user.clone();
+    let dir = f.target("restored", &login);
+    // A borg export-tar that never sends a byte (the test's directory in its command line).
+    let slow = f.sshd.dir.path().join("slow-borg");
+    fs::write(&slow, "#!/bin/sh\nsleep 300\n").unwrap();
+    fs::set_permissions(&slow, fs::Permissions::from_mode(0o755)).unwrap();
+    let started = Instant::now();
+    let out = f.restore_with(
+        ARCHIVE,
+        &login,
+        &dir,
+        &[
+            OsStr::new("--borg"),
+            slow.as_os_str(),
+            OsStr::new("--max-runtime"),
+            OsStr::new("3"),
+        ],
+    );
+    out.assert_code(217);
+    assert!(
+        out.stderr_text().contains("maximum run time of 3 s"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    common::assert_no_process_mentions(f.sshd.dir.path());
 }
 
 // ---- The writer against OpenSSH's sftp-server, with hand-made tars ----
