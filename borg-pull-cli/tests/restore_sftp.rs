@@ -463,8 +463,11 @@ fn header(name: &[u8], flag: u8, size: usize, link: &[u8]) -> [u8; 512] {
     b
 }
 
-/// A tar of (name, type flag, data, link target) entries, ended.
-fn tar(entries: &[(&[u8], u8, &[u8], &[u8])]) -> Vec<u8> {
+/// One entry of a hand-made tar: name, type flag, data, link target.
+type TarEntry<'a> = (&'a [u8], u8, &'a [u8], &'a [u8]);
+
+/// A tar of `entries`, ended.
+fn tar(entries: &[TarEntry<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, flag, data, link) in entries {
         out.extend_from_slice(&header(name, *flag, data.len(), link));
