@@ -318,7 +318,7 @@ pub fn for_pull_kind(kind: borg_pull_tunnel::error::ErrorKind) -> Code {
         K::MaxRuntime => MAX_RUNTIME,
         K::RefusedBeforeKex => REFUSED_BEFORE_KEX,
         K::NotBorgServe => NOT_BORG_SERVE,
-        K::SftpMount => SFTP_MOUNT,
+        K::Mount => SFTP_MOUNT,
     }
 }
 
@@ -382,7 +382,7 @@ pub fn for_authorize_kind(kind: borg_pull_tunnel::error::ErrorKind) -> Code {
         | K::MaxRuntime
         | K::RefusedBeforeKex
         | K::NotBorgServe
-        | K::SftpMount => FAILURE,
+        | K::Mount => FAILURE,
     }
 }
 
@@ -477,22 +477,6 @@ mod tests {
         assert_eq!(for_pull_error(&cut_off), AUTH);
     }
 
-    #[test]
-    fn sftp_pull_failures_have_their_codes() {
-        use borg_pull_tunnel::jobs::sftp_pull::SftpPullError as S;
-        let code = |e: S| for_pull_error(&borg_pull_tunnel::Error::from(e));
-        assert_eq!(code(S::Usage("x".into())), USAGE);
-        assert_eq!(code(S::SubsystemRefused { host: "c".into() }), CLIENT_SETUP);
-        assert_eq!(
-            code(S::MaxRuntime {
-                host: "c".into(),
-                secs: 1
-            }),
-            MAX_RUNTIME
-        );
-        assert!(PULL.contains(&SFTP_MOUNT));
-    }
-
     /// The numbers are an interface (scripts test them): changing one is a breaking change.
     #[test]
     fn codes_are_stable() {
@@ -561,7 +545,7 @@ mod tests {
         pull_max_runtime_exits_217: [MaxRuntime] => MAX_RUNTIME,
         pull_not_borg_serve_exits_219: [NotBorgServe] => NOT_BORG_SERVE,
         pull_a_close_before_key_exchange_exits_220: [RefusedBeforeKex] => REFUSED_BEFORE_KEX,
-        pull_an_sftp_mount_failure_exits_221: [SftpMount] => SFTP_MOUNT,
+        pull_an_sftp_tree_that_cannot_be_mounted_exits_221: [Mount] => SFTP_MOUNT,
     }
 
     #[test]

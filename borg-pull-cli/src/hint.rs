@@ -118,9 +118,18 @@ pub fn tunnel(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "--via",
             "or use --via socket or --via agent, which need no TCP forwarding on the client",
         )),
-        E::MaxRuntime { .. } | E::RestoreMaxRuntime { .. } => Some(Hint::new(
+        E::MaxRuntime { .. } | E::RestoreMaxRuntime { .. } | E::SftpMaxRuntime { .. } => Some(Hint::new(
             "--max-runtime",
             "raise --max-runtime if the run needs longer",
+        )),
+        E::SftpMount {
+            source:
+                borg_pull_tunnel::jobs::sftp_pull::MountError::MountPoint { .. }
+                | borg_pull_tunnel::jobs::sftp_pull::MountError::StaleMount { .. },
+            ..
+        } => Some(Hint::new(
+            "--sftp-dir",
+            "or pass another directory for the mount points with --sftp-dir DIR",
         )),
         E::Serve(inner) => core(inner),
         E::ClientSsh { cause, .. } => {
@@ -214,7 +223,9 @@ pub fn fleet(err: &borg_pull_tunnel::Error) -> Option<Hint> {
             "via =",
             "or use via = \"socket\" or \"agent\", which need no TCP forwarding on the client",
         ),
-        E::MaxRuntime { .. } => key("max_runtime =", "raise max_runtime if the run needs longer"),
+        E::MaxRuntime { .. } | E::SftpMaxRuntime { .. } => {
+            key("max_runtime =", "raise max_runtime if the run needs longer")
+        }
         E::Serve(borg_pull_core::Error::BorgNotFound { .. } | borg_pull_core::Error::SpawnBorg { .. }) => {
             key("borg = PATH in [server]", "set borg = PATH in [server]")
         }
@@ -375,6 +386,33 @@ mod tests {
         };
         assert!(tunnel(&at_jump_host).unwrap().text.contains("ssh-add"));
         assert_eq!(tunnel(&E::Interrupted), None);
+    }
+
+    #[test]
+    fn sftp_errors_get_their_flags_by_type() {
+        use borg_pull_tunnel::Error as E;
+        let peer = || borg_pull_tunnel::error::Peer::new("h", 22);
+        let late = E::SftpMaxRuntime {
+            peer: peer(),
+            secs: 1,
+        };
+        assert_eq!(tunnel(&late).unwrap().flag, "--max-runtime");
+        assert_eq!(fleet(&late).unwrap().flag, "max_runtime =");
+        let stale = E::SftpMount {
+            peer: peer(),
+            source: borg_pull_tunnel::jobs::sftp_pull::MountError::StaleMount {
+                path: PathBuf::from("/run/borg-pull/sftp/c/root"),
+                source: std::io::Error::other("busy"),
+            },
+        };
+        assert_eq!(tunnel(&stale).unwrap().flag, "--sftp-dir");
+        // What is missing is named by the error itself; no flag fixes it.
+        let no_fuse = E::SftpMount {
+            peer: peer(),
+            source: borg_pull_tunnel::jobs::sftp_pull::MountError::NoFusermount,
+        };
+        assert_eq!(tunnel(&no_fuse), None);
+        assert_eq!(tunnel(&E::SftpSubsystemRefused { peer: peer() }), None);
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub struct BorgCommand {
     stdin: Input,
     stdout: Output,
     on_line: Option<LineSink>,
+    cwd: Option<PathBuf>,
 }
 
 impl fmt::Debug for BorgCommand {
@@ -102,6 +103,7 @@ impl fmt::Debug for BorgCommand {
             .field("secrets", &self.secrets)
             .field("stdin", &self.stdin)
             .field("stdout", &self.stdout)
+            .field("cwd", &self.cwd)
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +121,7 @@ impl BorgCommand {
             stdin: Input::Null,
             stdout: Output::Piped,
             on_line: None,
+            cwd: None,
         }
     }
 
@@ -157,6 +160,13 @@ impl BorgCommand {
         self
     }
 
+    /// Its working directory (ours by default): `pull --via sftp` runs borg create in the
+    /// mount, so that the archive's paths are the client's.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
     /// Called with each line of stderr, escaped and cut to [`LOG_LINE_MAX`] bytes, as it comes
     /// (log it, relay it). Runs on the task that reads stderr: keep it short.
     pub fn on_stderr_line(mut self, sink: impl FnMut(&str) + Send + 'static) -> Self {
@@ -177,6 +187,9 @@ impl BorgCommand {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
         match &self.environment {
             Environment::InheritedWithout(names) => {
                 for name in names {

@@ -743,10 +743,66 @@ pub enum Error {
         theirs: String,
     },
 
-    /// `pull --via sftp` failed beyond the SSH session (the SFTP subsystem, the mount, the
-    /// server's borg); see [`crate::jobs::sftp_pull::SftpPullError`].
-    #[error(transparent)]
-    SftpPull(Box<crate::jobs::sftp_pull::SftpPullError>),
+    /// `pull --via sftp`: the client's sshd refused the `sftp` subsystem.
+    #[error(
+        "{peer} refused the sftp subsystem: set `Subsystem sftp internal-sftp` in its sshd_config, \
+         and for a restricted key `restrict,command=\"internal-sftp -R\"` in its authorized_keys line"
+    )]
+    SftpSubsystemRefused {
+        /// The client's sshd.
+        peer: Peer,
+    },
+
+    /// `pull --via sftp`: the client's SFTP server failed a request of ours, broke the protocol
+    /// or one of our bounds.
+    #[error("{peer}: {what}")]
+    Sftp {
+        /// The client's sshd.
+        peer: Peer,
+        /// What we were doing, e.g. `reading the client's accounts over SFTP`.
+        what: &'static str,
+        /// What the SFTP client saw.
+        source: borg_pull_sftp::Error,
+    },
+
+    /// `pull --via sftp`: the client's tree cannot be mounted here (FUSE missing, mount point
+    /// unusable, a stale mount that will not go).
+    #[error("cannot mount the tree of the client {} here", .peer.host)]
+    SftpMount {
+        /// The client's sshd (messages name its host).
+        peer: Peer,
+        /// What the mount said.
+        source: borg_pull_mount::Error,
+    },
+
+    /// `pull --via sftp`: the client's `/etc/passwd` or `/etc/group` is longer than we read.
+    #[error(
+        "the client {}'s {path} is longer than {limit} bytes; not read (a hostile or broken SFTP \
+         server; run without root to store numeric owners only)",
+        .peer.host
+    )]
+    SftpAccountsTooBig {
+        /// The client's sshd (messages name its host).
+        peer: Peer,
+        /// The file on the client.
+        path: &'static str,
+        /// The bound.
+        limit: usize,
+    },
+
+    /// `pull --via sftp`: this server's borg create ran past the run's maximum time; it was
+    /// stopped and the mount removed.
+    #[error(
+        "borg create over the sftp mount of the client {} was still running after the maximum run \
+         time of {secs} s; it was stopped and the mount removed",
+        .peer.host
+    )]
+    SftpMaxRuntime {
+        /// The client's sshd (messages name its host).
+        peer: Peer,
+        /// The limit.
+        secs: u64,
+    },
 
     /// `restore-tar --via sftp` failed beyond the SSH session (the SFTP subsystem, borg's tar
     /// stream, a bound); see [`crate::jobs::sftp_restore::SftpRestoreError`].
@@ -889,8 +945,9 @@ pub enum ErrorKind {
     /// The agent and TCP methods: the server's sshd ran something other than borg serve for the
     /// agent key.
     NotBorgServe,
-    /// `--via sftp`: the client's tree cannot be mounted on this server.
-    SftpMount,
+    /// `pull --via sftp`: the client's tree cannot be mounted on this server (FUSE missing, an
+    /// unusable mount point, a stale mount that will not go).
+    Mount,
 }
 
 impl Error {
@@ -962,15 +1019,22 @@ impl Error {
             | Error::RemoteProgramMissing { .. }
             | Error::RemoteHelper { .. }
             | Error::RemoteHelperTimeout { .. }
-            | Error::CipherNotOffered { .. } => K::ClientSetup,
+            | Error::CipherNotOffered { .. }
+            | Error::SftpSubsystemRefused { .. } => K::ClientSetup,
+            // A refusal (no such file, permission denied) is how the client is set up; anything
+            // else broke the protocol or a bound.
+            Error::Sftp { source, .. } if source.is_status() => K::ClientSetup,
+            Error::Sftp { .. } | Error::SftpAccountsTooBig { .. } => K::ClientMisbehaved,
+            Error::SftpMount { .. } => K::Mount,
             Error::ConnectionLost { .. } => K::ConnectionLost,
             Error::NoAnswer { .. }
             | Error::OversizedPacket { .. }
             | Error::ChannelOpenFlood { .. }
             | Error::RemoteOutputTooLarge { .. } => K::ClientMisbehaved,
-            Error::MaxRuntime { .. } | Error::RestoreMaxRuntime { .. } => K::MaxRuntime,
+            Error::MaxRuntime { .. } | Error::RestoreMaxRuntime { .. } | Error::SftpMaxRuntime { .. } => {
+                K::MaxRuntime
+            }
             Error::ClosedBeforeKex { .. } => K::RefusedBeforeKex,
-            Error::SftpPull(e) => e.kind(),
             Error::SftpRestore(e) => e.kind(),
         }
     }
@@ -1003,7 +1067,12 @@ impl Error {
             | Error::NoExitStatus { peer }
             | Error::ClosedBeforeKex { peer, .. }
             | Error::ClientSsh { peer, .. }
-            | Error::CipherNotOffered { peer, .. } => Some(peer),
+            | Error::CipherNotOffered { peer, .. }
+            | Error::SftpSubsystemRefused { peer }
+            | Error::Sftp { peer, .. }
+            | Error::SftpMount { peer, .. }
+            | Error::SftpAccountsTooBig { peer, .. }
+            | Error::SftpMaxRuntime { peer, .. } => Some(peer),
             Error::UnknownHostKey(p)
             | Error::HostKeyChanged(p)
             | Error::HostKeyTypeUnknown(p)
@@ -1671,6 +1740,50 @@ mod tests {
                 },
                 K::NotBorgServe,
             ),
+            (Error::SftpSubsystemRefused { peer: peer() }, K::ClientSetup),
+            (
+                Error::Sftp {
+                    peer: peer(),
+                    what: "reading /etc/passwd",
+                    source: borg_pull_sftp::Error::PermissionDenied {
+                        request: borg_pull_sftp::Request {
+                            op: borg_pull_sftp::Op::Open,
+                            path: b"/etc/passwd".to_vec(),
+                        },
+                    },
+                },
+                K::ClientSetup,
+            ),
+            (
+                Error::Sftp {
+                    peer: peer(),
+                    what: "reading /etc/passwd",
+                    source: borg_pull_sftp::Error::Shutdown,
+                },
+                K::ClientMisbehaved,
+            ),
+            (
+                Error::SftpAccountsTooBig {
+                    peer: peer(),
+                    path: "/etc/passwd",
+                    limit: 1,
+                },
+                K::ClientMisbehaved,
+            ),
+            (
+                Error::SftpMount {
+                    peer: peer(),
+                    source: borg_pull_mount::Error::NoFusermount,
+                },
+                K::Mount,
+            ),
+            (
+                Error::SftpMaxRuntime {
+                    peer: peer(),
+                    secs: 1,
+                },
+                K::MaxRuntime,
+            ),
             (
                 Error::JumpHost {
                     peer: peer(),
@@ -1720,6 +1833,7 @@ mod tests {
         a_run_past_its_time_is_classified_max_runtime: MaxRuntime,
         a_close_before_key_exchange_is_classified_refused_before_kex: RefusedBeforeKex,
         a_forced_command_not_borg_serve_is_classified_not_borg_serve: NotBorgServe,
+        an_sftp_tree_that_cannot_be_mounted_is_classified_mount: Mount,
     }
 
     #[test]

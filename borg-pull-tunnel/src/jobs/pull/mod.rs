@@ -23,6 +23,7 @@
 
 pub mod script;
 pub mod via;
+mod via_sftp;
 
 use std::ffi::OsString;
 use std::future::Future as _;
@@ -357,7 +358,7 @@ where
     E: AsyncWrite + Unpin,
 {
     if let Via::Sftp(via) = &options.via {
-        return crate::jobs::sftp_pull::pull(&options, via, stdout, stderr).await;
+        return via_sftp::pull(&options, via, stdout, stderr).await;
     }
     let span = tracing::info_span!("pull", client = %options.session.host, port = options.session.port);
     async move {

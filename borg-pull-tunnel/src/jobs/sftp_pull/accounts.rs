@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use borg_pull_sftp::{Client, ReadData};
 use tracing::{info, warn};
 
-use crate::jobs::sftp_pull::error::SftpPullError;
+use crate::error::Peer;
 use crate::limits::{SFTP_ACCOUNTS_FILE_MAX, SFTP_ACCOUNT_NAME_MAX};
+use crate::Error;
 
 /// One table: `(name, id)` pairs in the file's order, and how many lines were refused.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -39,9 +40,9 @@ pub(crate) struct AccountFiles {
 
 /// Reads and parses both files. A client without them (a chroot-ed SFTP server) is not an error:
 /// borg then stores numeric ids only, as with `--numeric-ids`.
-pub(crate) async fn read(client: &Client) -> Result<Option<ClientAccounts>, SftpPullError> {
-    let passwd = read_file(client, b"/etc/passwd").await?;
-    let group = read_file(client, b"/etc/group").await?;
+pub(crate) async fn read(client: &Client, peer: &Peer) -> Result<Option<ClientAccounts>, Error> {
+    let passwd = read_file(client, peer, "/etc/passwd").await?;
+    let group = read_file(client, peer, "/etc/group").await?;
     let (Some(passwd), Some(group)) = (passwd, group) else {
         warn!(
             "the client's /etc/passwd or /etc/group cannot be read over SFTP; only numeric owners are stored"
@@ -69,11 +70,16 @@ pub(crate) async fn read(client: &Client) -> Result<Option<ClientAccounts>, Sftp
 
 /// The whole file, or `None` when the client has none (or refuses it); a file longer than
 /// [`SFTP_ACCOUNTS_FILE_MAX`] is an error (the client is lying or hostile).
-async fn read_file(client: &Client, path: &'static [u8]) -> Result<Option<Vec<u8>>, SftpPullError> {
-    let handle = match client.open_read(path).await {
+async fn read_file(client: &Client, peer: &Peer, path: &'static str) -> Result<Option<Vec<u8>>, Error> {
+    let failed = |source| Error::Sftp {
+        peer: peer.clone(),
+        what: "reading the client's accounts over SFTP",
+        source,
+    };
+    let handle = match client.open_read(path.as_bytes()).await {
         Ok(handle) => handle,
         Err(e) if e.is_status() => return Ok(None),
-        Err(e) => return Err(SftpPullError::Sftp(e)),
+        Err(e) => return Err(failed(e)),
     };
     let mut data = Vec::new();
     let chunk = client.max_read();
@@ -84,14 +90,15 @@ async fn read_file(client: &Client, path: &'static [u8]) -> Result<Option<Vec<u8
             Ok(ReadData::Bytes(bytes)) if bytes.is_empty() => break Ok(Some(data)),
             Ok(ReadData::Bytes(bytes)) => {
                 if data.len() + bytes.len() > SFTP_ACCOUNTS_FILE_MAX {
-                    break Err(SftpPullError::AccountsTooBig {
-                        path: String::from_utf8_lossy(path).into_owned(),
+                    break Err(Error::SftpAccountsTooBig {
+                        peer: peer.clone(),
+                        path,
                         limit: SFTP_ACCOUNTS_FILE_MAX,
                     });
                 }
                 data.extend_from_slice(&bytes);
             }
-            Err(e) => break Err(SftpPullError::Sftp(e)),
+            Err(e) => break Err(failed(e)),
         }
     };
     let _ = client.close(handle).await;
@@ -100,8 +107,8 @@ async fn read_file(client: &Client, path: &'static [u8]) -> Result<Option<Vec<u8
 
 /// The client's host name from its `/etc/hostname` (for borg's `{hostname}`), if it has a plain
 /// one; `None` otherwise.
-pub(crate) async fn read_hostname(client: &Client) -> Option<String> {
-    let text = read_file(client, b"/etc/hostname").await.ok().flatten()?;
+pub(crate) async fn read_hostname(client: &Client, peer: &Peer) -> Option<String> {
+    let text = read_file(client, peer, "/etc/hostname").await.ok().flatten()?;
     let name = std::str::from_utf8(&text).ok()?.trim();
     let plain = !name.is_empty()
         && name.len() <= SFTP_ACCOUNT_NAME_MAX
@@ -151,7 +158,7 @@ fn plain_name(name: &[u8]) -> bool {
 }
 
 /// Writes `passwd` and `group` into `dir` (0600, replaced whole): a minimal line per entry.
-pub(crate) fn write(accounts: &ClientAccounts, dir: &Path) -> Result<AccountFiles, SftpPullError> {
+pub(crate) fn write(accounts: &ClientAccounts, dir: &Path) -> Result<AccountFiles, Error> {
     let passwd = dir.join("passwd");
     let group = dir.join("group");
     let mut text = String::new();
@@ -167,8 +174,8 @@ pub(crate) fn write(accounts: &ClientAccounts, dir: &Path) -> Result<AccountFile
     Ok(AccountFiles { passwd, group })
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SftpPullError> {
-    let io = |source| SftpPullError::Local {
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |source| Error::Io {
         context: format!("cannot write {}", path.display()),
         source,
     };

@@ -5,7 +5,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 
-use crate::jobs::sftp_pull::error::SftpPullError;
+use crate::Error;
 
 /// How borg records owners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +82,8 @@ const REFUSED: &[(&str, &str)] = &[
 ];
 
 /// The arguments for the server's borg, run with the mount root as its working directory.
-pub(crate) fn rewrite(args: &[OsString], client: &ClientView<'_>) -> Result<Vec<OsString>, SftpPullError> {
-    let usage = |s: String| Err(SftpPullError::Usage(s));
+pub(crate) fn rewrite(args: &[OsString], client: &ClientView<'_>) -> Result<Vec<OsString>, Error> {
+    let usage = |s: String| Err(super::usage(s));
     match args.first().map(OsString::as_os_str) {
         Some(c) if c == "create" => {}
         Some(other) => {
@@ -155,13 +155,13 @@ pub(crate) fn rewrite(args: &[OsString], client: &ClientView<'_>) -> Result<Vec<
 /// `::NAME` (borg 1) or `NAME` (borg 2) with the client's host name for `{hostname}` and
 /// `{fqdn}`, which borg would otherwise fill with this server's. A `REPO::NAME` is refused: the
 /// repository is the server's `--repo`.
-fn archive_name(arg: &OsStr, hostname: &str) -> Result<OsString, SftpPullError> {
+fn archive_name(arg: &OsStr, hostname: &str) -> Result<OsString, Error> {
     let text = arg
         .to_str()
-        .ok_or_else(|| SftpPullError::Usage(format!("the archive name {arg:?} is not valid UTF-8")))?;
+        .ok_or_else(|| super::usage(format!("the archive name {arg:?} is not valid UTF-8")))?;
     if let Some(at) = text.find("::") {
         if at != 0 {
-            return Err(SftpPullError::Usage(format!(
+            return Err(super::usage(format!(
                 "{text:?} names a repository; give only ::ARCHIVE (the repository is --repo)"
             )));
         }
@@ -176,7 +176,7 @@ fn archive_name(arg: &OsStr, hostname: &str) -> Result<OsString, SftpPullError> 
 /// A client path as borg should see it from the mount root: absolute paths lose their `/`,
 /// relative ones start at the SFTP server's working directory; `..` is refused (it would leave the
 /// mount, into this server's file system).
-pub(crate) fn relative_path(path: &[u8], home: &[u8]) -> Result<OsString, SftpPullError> {
+pub(crate) fn relative_path(path: &[u8], home: &[u8]) -> Result<OsString, Error> {
     let mut full = Vec::new();
     if !path.starts_with(b"/") {
         full.extend_from_slice(home);
@@ -188,7 +188,7 @@ pub(crate) fn relative_path(path: &[u8], home: &[u8]) -> Result<OsString, SftpPu
         match part {
             b"" | b"." => {}
             b".." => {
-                return Err(SftpPullError::Usage(format!(
+                return Err(super::usage(format!(
                     "the path {:?} has a `..`; give the client's paths without one",
                     OsStr::from_bytes(path)
                 )))
@@ -288,7 +288,7 @@ mod tests {
             &[],
         ] {
             let e = rewrite(&args(bad), &view(Owners::ClientNames));
-            assert!(matches!(e, Err(SftpPullError::Usage(_))), "{bad:?}: {e:?}");
+            assert!(matches!(e, Err(Error::InvalidOption(_))), "{bad:?}: {e:?}");
         }
     }
 }

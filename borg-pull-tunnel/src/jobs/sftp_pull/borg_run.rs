@@ -1,27 +1,39 @@
-//! The server's own `borg create`, run in the mount with its output streamed to ours, stopped
-//! (SIGTERM to its process group, SIGKILL after a grace) on cancellation or at its deadline.
+//! The server's own `borg create`, run in the mount through core's one child helper
+//! ([`borg_pull_core::child`]: its own process group, the passphrase in its environment, SIGTERM
+//! then SIGKILL), its output relayed to ours, stopped on cancellation or at its deadline.
 //!
 //! As root it runs in a private mount namespace (util-linux `unshare --mount`, propagation
 //! private) in which our `passwd` and `group` files, written from the client's parsed entries,
 //! are bound over `/etc/passwd` and `/etc/group`: borg then looks owners up by the client's
-//! names. Nothing of that namespace is visible outside it, and it ends with borg.
+//! names. Nothing of that namespace is visible outside it, and it ends with borg. `unshare` execs
+//! the shell, which execs borg: one process, the leader of the group the helper signals.
 
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
+use borg_pull_core::child::{exit_code, BorgCommand, Environment, Input, Output};
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::jobs::sftp_pull::accounts::AccountFiles;
-use crate::jobs::sftp_pull::error::SftpPullError;
+use crate::Error;
 
 /// Binds the two files, then becomes borg; the paths are arguments, never part of the script.
 const BIND_ACCOUNTS: &str =
     "mount --bind -- \"$1\" /etc/passwd && mount --bind -- \"$2\" /etc/group && shift 2 && exec \"$@\"";
+
+/// Secrets not meant for borg, a passcommand already run, and what we set ourselves.
+const UNSET: [&str; 5] = [
+    "BORG_PULL_IDENTITY_PASSPHRASE",
+    "BORG_PASSCOMMAND",
+    "BORG_PASSPHRASE_FD",
+    "BORG_REPO",
+    "BORG_PASSPHRASE",
+];
 
 /// Where borg's user and group lookups go.
 #[derive(Debug, Clone)]
@@ -58,12 +70,20 @@ pub(crate) enum Ended {
 }
 
 impl BorgRun<'_> {
-    fn command(&self) -> tokio::process::Command {
-        let mut command = match &self.namespace {
-            Namespace::Shared => tokio::process::Command::new(self.borg),
-            Namespace::ClientAccounts(files) => {
-                let mut c = tokio::process::Command::new("unshare");
-                c.args([
+    /// The program that is started: borg, or `unshare` wrapping it.
+    fn program(&self) -> PathBuf {
+        match self.namespace {
+            Namespace::Shared => self.borg.to_owned(),
+            Namespace::ClientAccounts(_) => "unshare".into(),
+        }
+    }
+
+    fn command(&self) -> BorgCommand {
+        let unset = Environment::InheritedWithout(UNSET.iter().map(OsString::from).collect());
+        let command = match &self.namespace {
+            Namespace::Shared => BorgCommand::new(self.borg, unset),
+            Namespace::ClientAccounts(files) => BorgCommand::new("unshare", unset)
+                .args([
                     "--mount",
                     "--propagation",
                     "private",
@@ -73,31 +93,30 @@ impl BorgRun<'_> {
                     BIND_ACCOUNTS,
                     "sh",
                 ])
-                .arg(&files.passwd)
-                .arg(&files.group)
-                .arg(self.borg);
-                c
-            }
+                .args([
+                    files.passwd.as_os_str(),
+                    files.group.as_os_str(),
+                    self.borg.as_os_str(),
+                ]),
         };
-        command
+        let mut command = command
             .args(&self.args)
             .current_dir(self.cwd)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("BORG_REPO", self.repo)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .stdin(Input::Null)
+            .stdout(Output::Piped);
+        for (name, value) in self.env {
+            command = command.env(name, value);
+        }
+        let command = command.env("BORG_REPO", self.repo);
         // The environment of a child of ours, never its argv (which every user can read).
         match self.passphrase {
-            Some(p) => command.env("BORG_PASSPHRASE", p),
-            None => command.env_remove("BORG_PASSPHRASE"),
-        };
-        command
+            Some(p) => command.secret_env("BORG_PASSPHRASE", p),
+            None => command,
+        }
     }
 
-    /// Runs borg to its end, its deadline or cancellation, writing its output to ours.
+    /// Runs borg to its end, its deadline or cancellation, writing its output to ours (stderr
+    /// line by line, escaped and cut by the helper).
     pub(crate) async fn run<O, E>(
         &self,
         stdout: &mut O,
@@ -105,58 +124,74 @@ impl BorgRun<'_> {
         cancel: &CancellationToken,
         deadline: Instant,
         grace: Duration,
-    ) -> Result<Ended, SftpPullError>
+    ) -> Result<Ended, Error>
     where
         O: AsyncWrite + Unpin,
         E: AsyncWrite + Unpin,
     {
-        let program: PathBuf = match self.namespace {
-            Namespace::Shared => self.borg.to_owned(),
-            Namespace::ClientAccounts(_) => "unshare".into(),
-        };
+        // Unbounded, yet bounded in effect: borg writes a line per file at most (`--list`), and
+        // the mount bounds the files of a run; the lines wait only while our own stderr is slow.
+        let (lines, mut said) = mpsc::unbounded_channel::<String>();
         let mut child = self
             .command()
+            .on_stderr_line(move |line| {
+                let _ = lines.send(line.to_owned());
+            })
             .spawn()
-            .map_err(|source| SftpPullError::SpawnBorg { program, source })?;
-        let group = child
-            .id()
-            .and_then(|id| rustix::process::Pid::from_raw(id as i32));
-        let mut out = child.stdout.take().expect("piped");
-        let mut err = child.stderr.take().expect("piped");
-        let finished = async {
-            // Our own writers failing (a closed stdout) must not leave borg blocked on a full pipe:
-            // the copies end, borg gets EPIPE and exits.
-            let _ = tokio::join!(
-                tokio::io::copy(&mut out, stdout),
-                tokio::io::copy(&mut err, stderr)
-            );
-            child.wait().await
-        };
-        tokio::pin!(finished);
-        let stopped = tokio::select! {
-            status = &mut finished => {
-                let status = status.map_err(|source| SftpPullError::Local {
-                    context: "waiting for borg".into(),
-                    source,
-                })?;
-                let code = status.code().or_else(|| status.signal().map(|n| 128 + n)).unwrap_or(255);
-                return Ok(Ended::Exited(code));
+            .map_err(|source| borg_pull_core::Error::SpawnBorg {
+                program: self.program(),
+                source,
+            })?;
+        let mut out = child.take_stdout().expect("stdout is piped");
+        let stopped = {
+            let relay_out = async {
+                // Our stdout failing (closed) must not leave borg blocked on a full pipe: the
+                // copy ends, borg gets EPIPE.
+                if let Err(e) = tokio::io::copy(&mut out, stdout).await {
+                    warn!("writing borg's output: {e}");
+                }
+            };
+            let relay_err = relay_lines(&mut said, stderr);
+            let finished = async {
+                let ((), (), status) = tokio::join!(relay_out, relay_err, child.wait());
+                status
+            };
+            tokio::select! {
+                status = finished => {
+                    let status = status.map_err(|source| Error::Io {
+                        context: "waiting for borg create".into(),
+                        source,
+                    })?;
+                    return Ok(Ended::Exited(exit_code(status)));
+                }
+                () = cancel.cancelled() => Ended::Cancelled,
+                () = tokio::time::sleep_until(deadline) => Ended::Deadline,
             }
-            () = cancel.cancelled() => Ended::Cancelled,
-            () = tokio::time::sleep_until(deadline) => Ended::Deadline,
         };
-        signal(group, rustix::process::Signal::TERM);
-        if tokio::time::timeout(grace, &mut finished).await.is_err() {
-            signal(group, rustix::process::Signal::KILL);
-            let _ = tokio::time::timeout(grace, &mut finished).await;
+        if let Err(e) = child.stop(grace).await {
+            warn!("stopping borg create: {e}");
+        }
+        // Its last words after SIGTERM (what it rolled back), as far as they have arrived.
+        while let Ok(line) = said.try_recv() {
+            let _ = write_line(stderr, &line).await;
         }
         Ok(stopped)
     }
 }
 
-fn signal(group: Option<rustix::process::Pid>, signal: rustix::process::Signal) {
-    if let Some(group) = group {
-        // ESRCH: it has already gone.
-        let _ = rustix::process::kill_process_group(group, signal);
+/// Writes each line of borg's stderr to ours until borg's stderr ends; a failing writer of ours
+/// only drops the lines.
+async fn relay_lines<E: AsyncWrite + Unpin>(said: &mut mpsc::UnboundedReceiver<String>, stderr: &mut E) {
+    let mut broken = false;
+    while let Some(line) = said.recv().await {
+        if !broken && write_line(stderr, &line).await.is_err() {
+            warn!("our stderr is gone; borg's messages are dropped");
+            broken = true;
+        }
     }
+}
+
+async fn write_line<E: AsyncWrite + Unpin>(stderr: &mut E, line: &str) -> std::io::Result<()> {
+    stderr.write_all(line.as_bytes()).await?;
+    stderr.write_all(b"\n").await
 }

@@ -20,29 +20,31 @@
 mod accounts;
 mod borg_args;
 mod borg_run;
-pub mod error;
 mod work_dir;
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use borg_pull_mount::{Mount, MountOptions};
 use borg_pull_sftp::Client;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument as _};
 
-pub use error::SftpPullError;
+/// What the mount says in [`Error::SftpMount`], and the SFTP client in [`Error::Sftp`].
+pub use borg_pull_mount::Error as MountError;
+pub use borg_pull_sftp::Error as SftpError;
 pub use work_dir::default_work_dir;
 
-use crate::channels::ForwardStats;
-use crate::jobs::pull::{PullOptions, PullOutcome};
+use crate::error::Peer;
 use crate::jobs::sftp_pull::borg_args::{ClientView, Owners};
 use crate::jobs::sftp_pull::borg_run::{BorgRun, Ended, Namespace};
 use crate::limits::CANCEL_GRACE;
-use crate::ssh::exec::RemoteExit;
 use crate::ssh::incoming::RefuseAll;
-use crate::ssh::session::{self, Session};
+use crate::ssh::session::{self, Session, SessionOptions};
 use crate::{Error, Result};
 
 /// The sftp method's settings.
@@ -53,75 +55,92 @@ pub struct SftpVia {
     pub work_dir: PathBuf,
 }
 
+/// What one pull over SFTP needs of a pull's options (`jobs::pull` hands it over; this module
+/// knows nothing of the other methods).
+pub(crate) struct SftpJob<'a> {
+    /// How to reach and log in to the client.
+    pub(crate) session: &'a SessionOptions,
+    /// This server's borg.
+    pub(crate) borg: &'a Path,
+    /// The local repository.
+    pub(crate) repo: &'a Path,
+    /// `create ...` as for the client's borg.
+    pub(crate) borg_args: &'a [OsString],
+    /// More variables for borg (`--env`).
+    pub(crate) env: &'a [(String, OsString)],
+    /// The repository passphrase, for this server's borg only.
+    pub(crate) passphrase: Option<&'a str>,
+    /// The longest borg may run.
+    pub(crate) max_runtime: Duration,
+    /// Ctrl-C / SIGTERM.
+    pub(crate) cancel: &'a CancellationToken,
+    /// See [`SftpVia::work_dir`].
+    pub(crate) work_dir: &'a Path,
+}
+
 /// Whether this process is root: then the mount uses /dev/fuse and borg gets the client's names.
 pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Refuses what the sftp method cannot do, before anything touches the network.
-fn check(options: &PullOptions) -> std::result::Result<(), SftpPullError> {
-    let refuse = |what: &str, why: &str| Err(SftpPullError::Usage(format!("{what} cannot be used: {why}")));
-    if options.install_relay.is_some() {
-        return refuse("--install-relay", "nothing runs on the client");
-    }
-    if options.remote_dir.is_some() {
-        return refuse(
-            "--remote-dir",
-            "nothing runs on the client; give the paths to back up instead",
-        );
-    }
-    if options.serve.storage_quota.is_some() {
-        return refuse(
-            "--storage-quota",
-            "no borg serve runs; borg writes the local repository itself",
-        );
-    }
-    // The paths and owners are checked for real once the client is known.
+/// A usage error of the sftp method.
+fn usage(text: String) -> Error {
+    Error::InvalidOption(format!("--via sftp: {text}"))
+}
+
+/// Refuses borg arguments the sftp method cannot run, before anything touches the network (the
+/// paths and owners are checked for real once the client is known).
+pub(crate) fn check_args(borg_args: &[OsString]) -> Result<()> {
     let probe = ClientView {
         home: b"/",
         hostname: "client",
         owners: Owners::ClientNames,
     };
-    borg_args::rewrite(&options.borg_args, &probe).map(drop)
+    borg_args::rewrite(borg_args, &probe).map(drop)
 }
 
 /// `check-config`'s look at an sftp client: its `sftp` subsystem starts and answers; returns the
 /// SFTP server's working directory (where relative paths start).
 pub async fn probe(session: &Session) -> Result<String> {
-    let stream = match session.open_subsystem("sftp").await {
-        Err(Error::RequestDenied { peer, .. }) => {
-            return Err(SftpPullError::SubsystemRefused { host: peer.host }.into())
-        }
-        other => other?,
-    };
-    let client = Client::start(stream, borg_pull_sftp::Limits::default())
-        .await
-        .map_err(SftpPullError::from)?;
-    let home = client.realpath(b".").await.map_err(SftpPullError::from);
+    let client = start_sftp(session).await?;
+    let home = client.realpath(b".").await.map_err(|source| Error::Sftp {
+        peer: session.peer(),
+        what: "asking the SFTP server for its working directory",
+        source,
+    });
     let _ = client.shutdown().await;
     Ok(borg_pull_core::text::escape_for_log(&home?))
 }
 
+/// Opens the client's `sftp` subsystem and starts the SFTP session on it.
+async fn start_sftp(session: &Session) -> Result<Client> {
+    let stream = match session.open_subsystem("sftp").await {
+        Err(Error::RequestDenied { peer, .. }) => return Err(Error::SftpSubsystemRefused { peer }),
+        other => other?,
+    };
+    Client::start(stream, borg_pull_sftp::Limits::default())
+        .await
+        .map_err(|source| Error::Sftp {
+            peer: session.peer(),
+            what: "starting the SFTP session",
+            source,
+        })
+}
+
 /// Carries out one pull over SFTP; see the module documentation.
-pub(crate) async fn pull<O, E>(
-    options: &PullOptions,
-    via: &SftpVia,
-    stdout: &mut O,
-    stderr: &mut E,
-) -> Result<PullOutcome>
+pub(crate) async fn pull<O, E>(job: &SftpJob<'_>, stdout: &mut O, stderr: &mut E) -> Result<i32>
 where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
-    let span = tracing::info_span!("pull", client = %options.session.host, port = options.session.port, via = "sftp");
+    let span = tracing::info_span!("pull", client = %job.session.host, port = job.session.port, via = "sftp");
     async move {
-        check(options)?;
-        let cancel = options.cancel.clone();
+        check_args(job.borg_args)?;
         let session = tokio::select! {
-            s = session::connect(&options.session, Arc::new(RefuseAll)) => s?,
-            () = cancel.cancelled() => return Err(Error::Interrupted),
+            s = session::connect(job.session, Arc::new(RefuseAll)) => s?,
+            () = job.cancel.cancelled() => return Err(Error::Interrupted),
         };
-        let result = on_session(options, via, &session, stdout, stderr).await;
+        let result = on_session(job, &session, stdout, stderr).await;
         let _ = stderr.flush().await;
         if tokio::time::timeout(crate::limits::CLEANUP_TIMEOUT, session.disconnect())
             .await
@@ -131,39 +150,22 @@ where
         }
         let code = result?;
         info!(rc = code, "pull finished");
-        Ok(PullOutcome {
-            exit: RemoteExit::Status(code as u32),
-            forwarded: ForwardStats::default(),
-        })
+        Ok(code)
     }
     .instrument(span)
     .await
 }
 
 /// Everything between connecting and disconnecting; borg's exit code.
-async fn on_session<O, E>(
-    options: &PullOptions,
-    via: &SftpVia,
-    session: &Session,
-    stdout: &mut O,
-    stderr: &mut E,
-) -> Result<i32>
+async fn on_session<O, E>(job: &SftpJob<'_>, session: &Session, stdout: &mut O, stderr: &mut E) -> Result<i32>
 where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
-    let cancel = &options.cancel;
-    let stream = match session.open_subsystem("sftp").await {
-        Err(Error::RequestDenied { peer, .. }) => {
-            return Err(SftpPullError::SubsystemRefused { host: peer.host }.into())
-        }
-        other => other?,
-    };
-    let client = Client::start(stream, borg_pull_sftp::Limits::default())
-        .await
-        .map_err(SftpPullError::from)?;
+    let cancel = job.cancel;
+    let client = start_sftp(session).await?;
     let prepared = tokio::select! {
-        r = prepare(options, via, session, &client) => r,
+        r = prepare(job, session, &client) => r,
         () = cancel.cancelled() => Err(Error::Interrupted),
     };
     let (dir, view_home, hostname, owners, namespace) = match prepared {
@@ -178,12 +180,15 @@ where
         hostname: &hostname,
         owners,
     };
-    let args = borg_args::rewrite(&options.borg_args, &view)?;
+    let args = borg_args::rewrite(job.borg_args, &view)?;
     let root = dir.join("root");
     let mut mount_options = MountOptions::new(b"/".to_vec());
-    mount_options.fs_name = format!("borg-pull-sftp:{}", options.session.host);
+    mount_options.fs_name = format!("borg-pull-sftp:{}", job.session.host);
     let mount = tokio::select! {
-        m = Mount::start(client.clone(), &root, mount_options) => m.map_err(SftpPullError::from),
+        m = Mount::start(client.clone(), &root, mount_options) => m.map_err(|source| Error::SftpMount {
+            peer: session.peer(),
+            source,
+        }),
         () = cancel.cancelled() => {
             let _ = client.shutdown().await;
             return Err(Error::Interrupted);
@@ -193,22 +198,21 @@ where
         Ok(m) => m,
         Err(e) => {
             let _ = client.shutdown().await;
-            return Err(e.into());
+            return Err(e);
         }
     };
     info!(mountpoint = %root.display(), "the client's tree is mounted read-only");
-    let passphrase = options.passphrase.as_ref().map(|p| p.expose());
     let run = BorgRun {
-        borg: &options.serve.borg,
+        borg: job.borg,
         args,
-        repo: &options.serve.repo,
+        repo: job.repo,
         cwd: &root,
-        passphrase,
+        passphrase: job.passphrase,
         namespace,
         // borg runs here: the variables meant for it (e.g. BORG_FILES_CACHE_TTL) are its.
-        env: &options.env,
+        env: job.env,
     };
-    let deadline = Instant::now() + options.max_runtime;
+    let deadline = Instant::now() + job.max_runtime;
     let ended = run.run(stdout, stderr, cancel, deadline, CANCEL_GRACE).await;
     let report = mount.report();
     for problem in &report.problems {
@@ -230,37 +234,35 @@ where
     match ended? {
         Ended::Exited(code) => Ok(code),
         Ended::Cancelled => Err(Error::Interrupted),
-        Ended::Deadline => Err(SftpPullError::MaxRuntime {
-            host: session.host().to_owned(),
-            secs: options.max_runtime.as_secs(),
-        }
-        .into()),
+        Ended::Deadline => Err(Error::SftpMaxRuntime {
+            peer: session.peer(),
+            secs: job.max_runtime.as_secs(),
+        }),
     }
 }
 
 type Prepared = (PathBuf, Vec<u8>, String, Owners, Namespace);
 
 /// The client's home, host name and (as root) accounts; the per-client directory.
-async fn prepare(
-    options: &PullOptions,
-    via: &SftpVia,
-    session: &Session,
-    client: &Client,
-) -> Result<Prepared> {
+async fn prepare(job: &SftpJob<'_>, session: &Session, client: &Client) -> Result<Prepared> {
     let home = match client.realpath(b".").await {
         Ok(home) if home.starts_with(b"/") => home,
         _ => b"/".to_vec(),
     };
-    let hostname = accounts::read_hostname(client)
+    let peer: Peer = session.peer();
+    let hostname = accounts::read_hostname(client, &peer)
         .await
         .unwrap_or_else(|| session.host().to_owned());
-    let id = work_dir::client_id(&options.session.user, session.host(), session.port());
-    let work = via.work_dir.clone();
+    let id = work_dir::client_id(&job.session.user, session.host(), session.port());
+    let work = job.work_dir.to_owned();
     let dir = tokio::task::spawn_blocking(move || work_dir::client_dir(&work, &id))
         .await
-        .map_err(|e| Error::InvalidOption(format!("making the work directory: {e}")))??;
+        .map_err(|source| Error::BackgroundTask {
+            task: "making the per-client directory",
+            source,
+        })??;
     let (owners, namespace) = if running_as_root() {
-        match accounts::read(client).await? {
+        match accounts::read(client, &peer).await? {
             Some(read) => {
                 let files = accounts::write(&read, &dir)?;
                 (Owners::ClientNames, Namespace::ClientAccounts(files))
@@ -275,10 +277,4 @@ async fn prepare(
         (Owners::NumericOnly, Namespace::Shared)
     };
     Ok((dir, home, hostname, owners, namespace))
-}
-
-impl From<SftpPullError> for Error {
-    fn from(e: SftpPullError) -> Self {
-        Error::SftpPull(Box::new(e))
-    }
 }

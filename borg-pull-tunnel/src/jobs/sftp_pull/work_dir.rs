@@ -6,7 +6,7 @@
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use crate::jobs::sftp_pull::error::SftpPullError;
+use crate::Error;
 
 /// The default work directory: `$RUNTIME_DIRECTORY` (a systemd unit's) or `/run/borg-pull` for
 /// root, `$XDG_RUNTIME_DIR/borg-pull` or `~/.local/state/borg-pull` for another user. The caller
@@ -53,9 +53,9 @@ pub(crate) fn client_id(user: &str, host: &str, port: u16) -> String {
 }
 
 /// Makes `work/sftp/<id>` (each level we create 0700; the last two always) and returns it.
-pub(crate) fn client_dir(work: &Path, id: &str) -> Result<PathBuf, SftpPullError> {
+pub(crate) fn client_dir(work: &Path, id: &str) -> Result<PathBuf, Error> {
     let dir = work.join("sftp").join(id);
-    let io = |context: String| move |source| SftpPullError::Local { context, source };
+    let io = |context: String| move |source| Error::Io { context, source };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
