@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use borg_pull_tunnel::jobs::sftp_restore::{
-    write_archive, Owners, SftpClient, SftpError, SftpLimits, SftpRestoreError, SftpRestoreOutcome, Verdict,
+    write_archive, Fatal, Owners, SftpClient, SftpError, SftpLimits, SftpRestoreOutcome, Verdict,
 };
 use common::{assert_ok, Outcome, TestCommand};
 use sshd::{Sshd, SshdOptions};
@@ -636,10 +636,7 @@ fn a_client_that_stalls_a_write_ends_the_restore_by_the_request_deadline() {
         r
     });
     let e = ended.expect_err("a stalled write fails the restore");
-    assert!(
-        matches!(e, SftpRestoreError::Sftp(SftpError::Deadline { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, Fatal::Sftp(SftpError::Deadline { .. })), "{e}");
     assert!(e.to_string().contains("no reply within"), "{e}");
     assert_eq!(written.entries, 0);
     assert!(

@@ -22,7 +22,6 @@
 //! What SFTP cannot restore: ACLs, xattrs, BSD flags, devices and FIFOs (skipped and reported),
 //! symlinks' own times and owners, sub-second times.
 
-pub mod error;
 mod names;
 mod tar_reader;
 mod writer;
@@ -36,8 +35,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument as _};
 
 pub use borg_pull_sftp::{Client as SftpClient, Error as SftpError, Limits as SftpLimits};
-pub use error::SftpRestoreError;
-pub use writer::{Owners, Written};
+pub use writer::{Fatal, Owners, Written};
 
 use crate::jobs::restore_tar::RestoreOptions;
 use crate::limits::{BORG_STOP_GRACE, CLEANUP_TIMEOUT, SFTP_RESTORE_CHUNK_MAX, SFTP_RESTORE_TRAILER_MAX};
@@ -46,7 +44,7 @@ use crate::ssh::session::{self, Session};
 use crate::{Error, Result};
 use names::Target;
 use tar_reader::{TarError, TarReader};
-use writer::{Fatal, Writer};
+use writer::Writer;
 
 /// How a restore over SFTP ended, once borg ran and its stream was read to its end (or borg
 /// failed); [`SftpRestoreOutcome::verdict`] and [`SftpRestoreOutcome::summary`] say it.
@@ -117,10 +115,9 @@ pub async fn restore_sftp(options: RestoreOptions) -> Result<SftpRestoreOutcome>
     async move {
         let borg = options.check()?;
         if options.remote_tar != "tar" {
-            return Err(SftpRestoreError::Usage(
-                "--remote-tar cannot be used: no tar runs on the client".into(),
-            )
-            .into());
+            return Err(Error::InvalidOption(
+                "--remote-tar cannot be used with --via sftp: no tar runs on the client".into(),
+            ));
         }
         let session = tokio::select! {
             s = session::connect(&options.session, Arc::new(RefuseAll)) => s?,
@@ -155,12 +152,9 @@ async fn on_session(
     session: &Session,
 ) -> Result<SftpRestoreOutcome> {
     let deadline = Instant::now() + options.max_runtime;
-    let max_runtime = || -> Error {
-        SftpRestoreError::MaxRuntime {
-            host: options.session.host.clone(),
-            secs: options.max_runtime.as_secs(),
-        }
-        .into()
+    let max_runtime = || Error::SftpRestoreMaxRuntime {
+        peer: session.peer(),
+        secs: options.max_runtime.as_secs(),
     };
     let prepared = tokio::select! {
         r = prepare(options, session) => r,
@@ -185,7 +179,7 @@ async fn on_session(
         () = tokio::time::sleep_until(deadline) => Err(max_runtime()),
     };
     let result = match streamed {
-        Ok((written, ended)) => finish(&mut child, written, ended).await,
+        Ok((written, ended)) => finish(&mut child, written, ended, session).await,
         Err(e) => {
             // borg's stdout went with the writer: it stops at its next write, or at SIGTERM.
             if let Err(wait) = child.stop(BORG_STOP_GRACE).await {
@@ -206,14 +200,15 @@ async fn on_session(
 /// Steps 1 and 2: the SFTP session, the directory checked.
 async fn prepare(options: &RestoreOptions, session: &Session) -> Result<(Client, Target, Owners)> {
     let stream = match session.open_subsystem("sftp").await {
-        Err(Error::RequestDenied { peer, .. }) => {
-            return Err(SftpRestoreError::SubsystemRefused { host: peer.host }.into())
-        }
+        Err(Error::RequestDenied { peer, .. }) => return Err(Error::SftpRestoreSubsystemRefused { peer }),
         other => other?,
     };
     let client = Client::start(stream, borg_pull_sftp::Limits::default())
         .await
-        .map_err(SftpRestoreError::from)?;
+        .map_err(|source| Error::SftpRestore {
+            peer: session.peer(),
+            source,
+        })?;
     let target = Target::new(options.remote_dir.as_encoded_bytes());
     match check_dir(&client, &target).await {
         Ok(owners) => Ok((client, target, owners)),
@@ -223,7 +218,10 @@ async fn prepare(options: &RestoreOptions, session: &Session) -> Result<(Client,
             why,
             purpose: crate::error::RemoteDirUse::Restore,
         }),
-        Err(DirProblem::Sftp(e)) => Err(SftpRestoreError::from(e).into()),
+        Err(DirProblem::Sftp(source)) => Err(Error::SftpRestore {
+            peer: session.peer(),
+            source,
+        }),
     }
 }
 
@@ -235,7 +233,7 @@ pub async fn write_archive<R: AsyncRead + Unpin>(
     tar: R,
     dir: &[u8],
     owners: Owners,
-) -> (Written, std::result::Result<(), SftpRestoreError>) {
+) -> (Written, std::result::Result<(), Fatal>) {
     let target = Target::new(dir);
     let target = &target;
     let chunk = (client.max_write() as usize)
@@ -244,10 +242,8 @@ pub async fn write_archive<R: AsyncRead + Unpin>(
     let mut writer = Writer::new(client, target, owners, chunk);
     let mut reader = TarReader::new(tar);
     let result = match writer.write_all(&mut reader).await {
-        Ok(()) => drain_trailer(reader.inner())
-            .await
-            .map_err(SftpRestoreError::from),
-        Err(e) => Err(e.into()),
+        Ok(()) => drain_trailer(reader.inner()).await,
+        Err(e) => Err(e),
     };
     (writer.written, result)
 }
@@ -272,10 +268,11 @@ async fn drain_trailer<R: AsyncRead + Unpin>(tar: &mut R) -> std::result::Result
 async fn finish(
     child: &mut BorgChild,
     written: Written,
-    ended: std::result::Result<(), SftpRestoreError>,
+    ended: std::result::Result<(), Fatal>,
+    session: &Session,
 ) -> Result<SftpRestoreOutcome> {
     let how = match &ended {
-        Ok(()) | Err(SftpRestoreError::Tar(TarError::Truncated | TarError::Io(_))) => {
+        Ok(()) | Err(Fatal::Tar(TarError::Truncated | TarError::Io(_))) => {
             child.finish(BORG_STOP_GRACE, BORG_STOP_GRACE).await
         }
         Err(_) => child.stop(BORG_STOP_GRACE).await,
@@ -288,8 +285,19 @@ async fn finish(
     let borg_said = child.stderr_tail().await.last_line().map(str::to_owned);
     match ended {
         Ok(()) => {}
-        Err(SftpRestoreError::Tar(_)) if borg_rc != 0 => {}
-        Err(e) => return Err(e.into()),
+        Err(Fatal::Tar(_)) if borg_rc != 0 => {}
+        Err(Fatal::Tar(e)) => {
+            return Err(Error::RestoreStream {
+                message: e.to_string(),
+            })
+        }
+        Err(Fatal::Sftp(source)) => {
+            return Err(Error::SftpRestore {
+                peer: session.peer(),
+                source,
+            })
+        }
+        Err(Fatal::TooMany { what, limit }) => return Err(Error::SftpRestoreTooMany { what, limit }),
     }
     Ok(SftpRestoreOutcome {
         borg_rc,
