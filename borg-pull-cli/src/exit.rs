@@ -561,6 +561,38 @@ mod tests {
     }
 
     #[test]
+    fn sftp_restore_failures_reuse_restore_tars_codes() {
+        use borg_pull_tunnel::jobs::sftp_restore::SftpError as S;
+        use borg_pull_tunnel::Error as E;
+        let peer = || borg_pull_tunnel::error::Peer::new("c", 22);
+        let sftp = |source| E::SftpRestore { peer: peer(), source };
+        assert_eq!(
+            for_pull_error(&E::SftpRestoreSubsystemRefused { peer: peer() }),
+            CLIENT_SETUP
+        );
+        assert_eq!(
+            for_pull_error(&sftp(S::Closed { reason: "EOF".into() })),
+            CONNECTION_LOST
+        );
+        assert_eq!(for_pull_error(&sftp(S::Shutdown)), FAILURE);
+        assert_eq!(
+            for_pull_error(&E::SftpRestoreMaxRuntime {
+                peer: peer(),
+                secs: 1
+            }),
+            MAX_RUNTIME
+        );
+        assert_eq!(
+            for_pull_error(&E::SftpRestoreTooMany {
+                what: "symlinks",
+                limit: 1
+            }),
+            USAGE
+        );
+        assert_eq!(for_pull_error(&E::RestoreStream { message: "x".into() }), FAILURE);
+    }
+
+    #[test]
     fn listen_maps_core_kinds_to_its_table() {
         for (kind, code) in [
             (CoreKind::Usage, USAGE),
