@@ -520,6 +520,9 @@ fn a_restored_symlink_never_redirects_a_later_entry_and_unsafe_names_are_refused
         // them out.
         (b"a", b'2', b"", outside_bytes),
         (b"a/passwd", b'0', b"pwned", b""),
+        // A symlink below another: made through it, it would land outside.
+        (b"s", b'2', b"", outside_bytes),
+        (b"s/evil", b'2', b"", b"/etc/passwd"),
         (b"d/up", b'2', b"", b"../.."),
         (b"d/up/escape", b'0', b"pwned", b""),
         (b"../escape", b'0', b"pwned", b""),
@@ -547,11 +550,12 @@ fn a_restored_symlink_never_redirects_a_later_entry_and_unsafe_names_are_refused
         "nothing was written outside"
     );
     assert!(!tmp.path().join("escape").exists());
-    assert_eq!(
-        fs::read_link(dir.join("a")).unwrap(),
-        outside,
-        "the symlink itself is restored"
-    );
+    // The entries under `a` and `d/up` made them real directories (as tar makes missing
+    // parents), so those symlinks cannot be made; `s` is, and `s/evil` is not made through it.
+    assert!(fs::symlink_metadata(dir.join("a")).unwrap().is_dir());
+    assert_eq!(fs::read(dir.join("a/passwd")).unwrap(), b"pwned");
+    assert_eq!(fs::read(dir.join("d/up/escape")).unwrap(), b"pwned");
+    assert_eq!(fs::read_link(dir.join("s")).unwrap(), outside);
     assert_eq!(fs::read(dir.join("hl in")).unwrap(), b"kept");
     assert_eq!(
         fs::metadata(dir.join("hl in")).unwrap().ino(),
@@ -559,14 +563,17 @@ fn a_restored_symlink_never_redirects_a_later_entry_and_unsafe_names_are_refused
     );
     assert!(!dir.join("hl out").exists() && !dir.join("hl never").exists());
     assert_eq!(
-        written.refused, 3,
-        "../escape, /abs, the hard link out: {written:?}"
+        written.refused, 4,
+        "../escape, /abs, the hard link out, s/evil: {written:?}"
     );
     assert_eq!(
         written.failed, 3,
-        "a/passwd, d/up/escape (no such directory yet), hl never: {written:?}"
+        "the symlinks a and d/up (directories there), hl never: {written:?}"
     );
-    assert_eq!(written.entries, 5, "d, d/f, hl in, a, d/up: {written:?}");
+    assert_eq!(
+        written.entries, 6,
+        "d, d/f, a/passwd, d/up/escape, hl in, s: {written:?}"
+    );
     let outcome = SftpRestoreOutcome {
         borg_rc: 0,
         borg_said: None,

@@ -297,7 +297,11 @@ impl<'a> Writer<'a> {
             permissions: Some(0o700),
             ..Attrs::default()
         };
-        if let Err(e) = self.client.mkdir(&path, &private).await {
+        let mut made = self.client.mkdir(&path, &private).await;
+        if matches!(made, Err(SftpError::NoSuchFile { .. })) && self.make_parents(&path).await? {
+            made = self.client.mkdir(&path, &private).await;
+        }
+        if let Err(e) = made {
             if !e.is_status() {
                 return Err(e.into());
             }
@@ -319,6 +323,39 @@ impl<'a> Writer<'a> {
         let (attrs, owner) = self.attrs_of(h);
         self.dirs.push(DeferredDir { path, attrs, owner });
         Ok(true)
+    }
+
+    /// Makes the missing directories above `path` (inside the restore's directory), as tar does
+    /// for an archive that lacks their entries (borg stores no parents of the paths it was
+    /// given): 0755, not deferred. `false` if there was nothing to make; symlinks are not yet
+    /// restored, so none of these can lead elsewhere.
+    async fn make_parents(&self, path: &[u8]) -> Result<bool, EntryFailure> {
+        let base = self.target.dir().len();
+        let parent = parent(path);
+        if parent.len() <= base {
+            return Ok(false);
+        }
+        let open = Attrs {
+            permissions: Some(0o755),
+            ..Attrs::default()
+        };
+        // One mkdir per component below the directory: a path has few.
+        for (i, &b) in parent.iter().enumerate().skip(base + 1) {
+            if b == b'/' {
+                self.mkdir_if_missing(&parent[..i], &open).await?;
+            }
+        }
+        self.mkdir_if_missing(parent, &open).await?;
+        Ok(true)
+    }
+
+    async fn mkdir_if_missing(&self, dir: &[u8], attrs: &Attrs) -> Result<(), EntryFailure> {
+        match self.client.mkdir(dir, attrs).await {
+            Ok(()) => Ok(()),
+            // Most often: it exists. Otherwise the retried request fails with the cause.
+            Err(e) if e.is_status() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn temp_name(&mut self, path: &[u8]) -> Vec<u8> {
@@ -358,7 +395,11 @@ impl<'a> Writer<'a> {
             permissions: Some(0o600),
             ..Attrs::default()
         };
-        let handle = self.client.open_write(&temp, create, &private).await?;
+        let mut opened = self.client.open_write(&temp, create, &private).await;
+        if matches!(opened, Err(SftpError::NoSuchFile { .. })) && self.make_parents(path).await? {
+            opened = self.client.open_write(&temp, create, &private).await;
+        }
+        let handle = opened?;
         let copied = self.copy(tar, &handle, data, ahead).await;
         let closed = self.client.close(handle).await;
         let placed = match (copied, closed) {
@@ -449,7 +490,11 @@ impl<'a> Writer<'a> {
             return Ok(false);
         }
         let temp = self.temp_name(path);
-        self.client.hardlink(&existing, &temp).await?;
+        let mut linked = self.client.hardlink(&existing, &temp).await;
+        if matches!(linked, Err(SftpError::NoSuchFile { .. })) && self.make_parents(path).await? {
+            linked = self.client.hardlink(&existing, &temp).await;
+        }
+        linked?;
         if let Err(e) = self.place(&temp, path).await {
             let _ = self.client.remove(&temp).await;
             return Err(e.into());
@@ -474,9 +519,23 @@ impl<'a> Writer<'a> {
     /// The symlinks, then the directories' attributes deepest first (their content, symlinks
     /// included, is in place by then, and a read-only directory's mode comes last).
     async fn finish(&mut self) -> Result<(), Fatal> {
+        // The symlinks made so far: a later one below one of them would be made through it.
+        let mut made = HashSet::new();
         for link in std::mem::take(&mut self.links) {
+            if self.below_any(&link.path, &made) {
+                self.written.refused += 1;
+                self.report(format_args!(
+                    "refused the symlink {}: it is below a symlink of this restore, which could \
+                     lead outside the restore's directory",
+                    escape_for_log(&link.path)
+                ));
+                continue;
+            }
             match self.symlink(&link).await {
-                Ok(()) => self.written.entries += 1,
+                Ok(()) => {
+                    made.insert(self.hash(&link.path));
+                    self.written.entries += 1;
+                }
                 Err(EntryFailure::Refused(e)) => {
                     self.written.failed += 1;
                     self.report(format_args!(
@@ -505,8 +564,21 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Whether a directory above `path` (below the restore's directory) is one of `links`.
+    fn below_any(&self, path: &[u8], links: &HashSet<u64>) -> bool {
+        let base = self.target.dir().len();
+        path.iter()
+            .enumerate()
+            .skip(base + 1)
+            .any(|(i, &b)| b == b'/' && links.contains(&self.hash(&path[..i])))
+    }
+
     async fn symlink(&self, link: &DeferredLink) -> Result<(), EntryFailure> {
-        let first = match self.client.symlink(&link.path, &link.target).await {
+        let mut made = self.client.symlink(&link.path, &link.target).await;
+        if matches!(made, Err(SftpError::NoSuchFile { .. })) && self.make_parents(&link.path).await? {
+            made = self.client.symlink(&link.path, &link.target).await;
+        }
+        let first = match made {
             Ok(()) => return Ok(()),
             Err(e) if e.is_status() => e,
             Err(e) => return Err(e.into()),
