@@ -108,11 +108,19 @@ impl Fixture {
             login,
             dir,
             &[OsStr::new("--borg"), self.borg.as_os_str()],
+            &[],
         )
     }
 
-    /// [`Fixture::restore`] with `extra` options (`--borg` among them).
-    fn restore_with(&self, archive: &str, login: &str, dir: &Path, extra: &[&OsStr]) -> Outcome {
+    /// [`Fixture::restore`] with `extra` options (`--borg` among them) and only `paths`.
+    fn restore_with(
+        &self,
+        archive: &str,
+        login: &str,
+        dir: &Path,
+        extra: &[&OsStr],
+        paths: &[&str],
+    ) -> Outcome {
         TestCommand::new(SERVER)
             .arg("restore-tar")
             .args(["--via", "sftp", "-p"])
@@ -129,6 +137,7 @@ impl Fixture {
             .arg("--remote-dir")
             .arg(dir)
             .arg(format!("{login}@127.0.0.1"))
+            .args(paths)
             .env("BORG_BASE_DIR", &self.server_base)
             .env("BORG_PASSPHRASE", PASSPHRASE)
             .env_remove("BORG_PASSCOMMAND")
@@ -362,6 +371,35 @@ fn an_archive_of_borg_1_4_is_restored_over_sftp() {
 }
 
 #[test]
+fn a_path_of_the_archive_is_restored_with_the_parents_borg_does_not_send() {
+    let f = Fixture::new(SFTP_READ_WRITE, borg12());
+    let login = f.sshd.user.clone();
+    let dir = f.target("restored", &login);
+    let borg = [OsStr::new("--borg"), f.borg.as_os_str()];
+    let out = f.restore_with(ARCHIVE, &login, &dir, &borg, &["tree/a/b/c"]);
+    out.assert_code(0);
+    let deep = dir.join("tree/a/b/c/deep");
+    assert_eq!(
+        fs::read(&deep).unwrap(),
+        fs::read(f.src.join("tree/a/b/c/deep")).unwrap()
+    );
+    assert_eq!(fs::metadata(&deep).unwrap().mode() & 0o7777, 0o444);
+    let names: Vec<_> = snapshot(&dir).into_keys().collect();
+    assert_eq!(
+        names,
+        [
+            &b""[..],
+            b"tree",
+            b"tree/a",
+            b"tree/a/b",
+            b"tree/a/b/c",
+            b"tree/a/b/c/deep"
+        ],
+        "only that path and its parents"
+    );
+}
+
+#[test]
 fn a_read_only_sftp_key_is_refused_before_borg_runs() {
     let f = Fixture::new(SFTP_READ_ONLY, borg12());
     let login = f.sshd.user.clone();
@@ -428,6 +466,7 @@ fn max_runtime_stops_borg_and_the_writer() {
             OsStr::new("--max-runtime"),
             OsStr::new("3"),
         ],
+        &[],
     );
     out.assert_code(217);
     assert!(
