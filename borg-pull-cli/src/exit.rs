@@ -170,14 +170,14 @@ pub const SFTP_MOUNT: Code = Code {
 pub const RESTORE_UNSAFE_NAMES: Code = Code {
     code: 222,
     meaning: "restore-tar --via sftp: entries whose names could land outside DIR (absolute, `..`) \
-              were refused, each named on stderr; the rest was restored",
+              were refused, each named in the log; the rest was restored",
 };
 
 /// `restore-tar --via sftp`: the client refused some writes, the rest restored.
 pub const RESTORE_WRITES_REFUSED: Code = Code {
     code: 223,
-    meaning: "restore-tar --via sftp: the client refused to write some entries (each named on \
-              stderr with its SFTP status: permissions, a full disk); the rest was restored",
+    meaning: "restore-tar --via sftp: the client refused to write some entries (each named in \
+              the log with its SFTP status: permissions, a full disk); the rest was restored",
 };
 
 /// Every code of ours, in both binaries.
