@@ -366,3 +366,47 @@ async fn check_dir(client: &Client, target: &Target) -> std::result::Result<Owne
         _ => Owners::LoginUser,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn what_follows_the_archive_is_read_up_to_its_bound() {
+        let padding = vec![0u8; 10 * 1024];
+        let mut rest = padding.as_slice();
+        drain_trailer(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "padding is read to EOF");
+        let endless = vec![0u8; 3 * SFTP_RESTORE_TRAILER_MAX as usize];
+        let mut rest = endless.as_slice();
+        drain_trailer(&mut rest).await.unwrap();
+        assert_eq!(
+            rest.len() as u64,
+            3 * SFTP_RESTORE_TRAILER_MAX - SFTP_RESTORE_TRAILER_MAX - 1,
+            "no more than the bound (and one byte to see it passed) is read"
+        );
+    }
+
+    #[test]
+    fn the_worst_outcome_is_the_verdict() {
+        let mut o = SftpRestoreOutcome {
+            borg_rc: 0,
+            borg_said: None,
+            written: Written::default(),
+        };
+        assert_eq!(o.verdict(), Verdict::Restored);
+        o.written.skipped = 1;
+        assert_eq!(o.verdict(), Verdict::Warning);
+        o.written.failed = 1;
+        assert_eq!(o.verdict(), Verdict::WritesRefused);
+        o.written.refused = 1;
+        assert_eq!(o.verdict(), Verdict::UnsafeNames);
+        o.borg_rc = 2;
+        assert_eq!(o.verdict(), Verdict::BorgFailed(2));
+        assert!(
+            o.summary().starts_with("borg export-tar exited 2;"),
+            "{}",
+            o.summary()
+        );
+    }
+}

@@ -504,6 +504,14 @@ pub(crate) mod tests {
         );
         let huge = entry(b"L", b'L', &vec![b'a'; TAR_LONG_NAME_MAX + 1], b"");
         assert!(matches!(all(&huge).await, Err(TarError::TooBig { .. })));
+        let huge = entry(b"x", b'x', &vec![b'a'; TAR_PAX_HEADER_MAX + 1], b"");
+        assert!(matches!(
+            all(&huge).await,
+            Err(TarError::TooBig {
+                what: "PAX header",
+                ..
+            })
+        ));
         assert_eq!(number(b"\x80\0\0\0\0\0\0\0\0\0\x01\0", "size", 0).unwrap(), 256);
         assert_eq!(number(b" 0000017 \0", "size", 0).unwrap(), 15);
         assert!(number(b"9", "size", 0).is_err());

@@ -100,6 +100,10 @@ pub struct Writer<'a> {
     dirs: Vec<DeferredDir>,
     links: Vec<DeferredLink>,
     deferred_bytes: usize,
+    /// [`SFTP_RESTORE_DEFERRED_MAX`] (smaller in tests).
+    deferred_max: usize,
+    /// [`SFTP_RESTORE_REMEMBERED_MAX`] (smaller in tests).
+    remembered_max: usize,
     /// Hashes of the files restored in this run (keyed per run): hard links may only point here.
     restored: HashSet<u64>,
     hasher: std::collections::hash_map::RandomState,
@@ -149,6 +153,8 @@ impl<'a> Writer<'a> {
             dirs: Vec::new(),
             links: Vec::new(),
             deferred_bytes: 0,
+            deferred_max: SFTP_RESTORE_DEFERRED_MAX,
+            remembered_max: SFTP_RESTORE_REMEMBERED_MAX,
             restored: HashSet::new(),
             run_id: h.finish(),
             hasher,
@@ -247,10 +253,10 @@ impl<'a> Writer<'a> {
 
     fn defer(&mut self, bytes: usize, what: &'static str) -> Result<(), Fatal> {
         self.deferred_bytes += bytes + std::mem::size_of::<DeferredDir>();
-        if self.deferred_bytes > SFTP_RESTORE_DEFERRED_MAX {
+        if self.deferred_bytes > self.deferred_max {
             return Err(Fatal::TooMany {
                 what,
-                limit: SFTP_RESTORE_DEFERRED_MAX,
+                limit: self.deferred_max,
             });
         }
         Ok(())
@@ -369,7 +375,7 @@ impl<'a> Writer<'a> {
     }
 
     fn remember(&mut self, path: &[u8]) {
-        if self.restored.len() < SFTP_RESTORE_REMEMBERED_MAX {
+        if self.restored.len() < self.remembered_max {
             let hash = self.hash(path);
             self.restored.insert(hash);
         }
@@ -592,5 +598,70 @@ impl<'a> Writer<'a> {
             }
             _ => Err(first.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::sftp_restore::tar_reader::tests::{end, entry};
+
+    /// OpenSSH's sftp-server as a child, and a client on it.
+    async fn sftp_server() -> (tokio::process::Child, Client) {
+        let mut child = tokio::process::Command::new("/usr/lib/openssh/sftp-server")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("/usr/lib/openssh/sftp-server (openssh-sftp-server)");
+        let stream = tokio::io::join(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        let client = Client::start(stream, borg_pull_sftp::Limits::default())
+            .await
+            .unwrap();
+        (child, client)
+    }
+
+    #[tokio::test]
+    async fn deferred_work_past_its_bound_ends_the_restore_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_child, client) = sftp_server().await;
+        let target = Target::new(tmp.path().as_os_str().as_encoded_bytes());
+        let mut w = Writer::new(&client, &target, Owners::LoginUser, 4096);
+        w.deferred_max = 200;
+        let mut tar = Vec::new();
+        for i in 0..10 {
+            tar.extend(entry(format!("dir{i}/").as_bytes(), b'5', b"", b""));
+        }
+        tar.extend(end());
+        let r = w.write_all(&mut TarReader::new(tar.as_slice())).await;
+        assert!(
+            matches!(
+                r,
+                Err(Fatal::TooMany {
+                    what: "directories",
+                    limit: 200
+                })
+            ),
+            "{r:?}"
+        );
+        assert!(w.written.entries < 10, "{:?}", w.written);
+    }
+
+    #[tokio::test]
+    async fn hard_links_to_files_past_the_remembered_bound_are_reported_not_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_child, client) = sftp_server().await;
+        let target = Target::new(tmp.path().as_os_str().as_encoded_bytes());
+        let mut w = Writer::new(&client, &target, Owners::LoginUser, 4096);
+        w.remembered_max = 1;
+        let mut tar = entry(b"first", b'0', b"1", b"");
+        tar.extend(entry(b"second", b'0', b"2", b""));
+        tar.extend(entry(b"to first", b'1', b"", b"first"));
+        tar.extend(entry(b"to second", b'1', b"", b"second"));
+        tar.extend(end());
+        w.write_all(&mut TarReader::new(tar.as_slice())).await.unwrap();
+        assert_eq!((w.written.entries, w.written.failed), (3, 1), "{:?}", w.written);
+        assert!(tmp.path().join("to first").exists());
+        assert!(!tmp.path().join("to second").exists());
     }
 }
