@@ -166,6 +166,20 @@ pub const SFTP_MOUNT: Code = Code {
               will not go)",
 };
 
+/// `restore-tar --via sftp`: entries with unsafe names were refused, the rest restored.
+pub const RESTORE_UNSAFE_NAMES: Code = Code {
+    code: 222,
+    meaning: "restore-tar --via sftp: entries whose names could land outside DIR (absolute, `..`) \
+              were refused, each named in the log; the rest was restored",
+};
+
+/// `restore-tar --via sftp`: the client refused some writes, the rest restored.
+pub const RESTORE_WRITES_REFUSED: Code = Code {
+    code: 223,
+    meaning: "restore-tar --via sftp: the client refused to write some entries (each named in \
+              the log with its SFTP status: permissions, a full disk); the rest was restored",
+};
+
 /// Every code of ours, in both binaries.
 pub const ALL: &[Code] = &[
     USAGE,
@@ -190,6 +204,8 @@ pub const ALL: &[Code] = &[
     REFUSED_BEFORE_KEX,
     NOT_BORG_SERVE,
     SFTP_MOUNT,
+    RESTORE_UNSAFE_NAMES,
+    RESTORE_WRITES_REFUSED,
 ];
 
 /// The codes `borg-pull-server pull` can exit with (besides borg's own).
@@ -228,6 +244,8 @@ pub const RESTORE: &[Code] = &[
     CLIENT_MISBEHAVED,
     MAX_RUNTIME,
     REFUSED_BEFORE_KEX,
+    RESTORE_UNSAFE_NAMES,
+    RESTORE_WRITES_REFUSED,
 ];
 
 /// The codes `borg-pull-server listen` can exit with (0 also after a clean stop on a signal).
@@ -301,6 +319,19 @@ pub fn for_pull_kind(kind: borg_pull_tunnel::error::ErrorKind) -> Code {
         K::RefusedBeforeKex => REFUSED_BEFORE_KEX,
         K::NotBorgServe => NOT_BORG_SERVE,
         K::Mount => SFTP_MOUNT,
+    }
+}
+
+/// The exit status of a `restore-tar --via sftp` that ran: 0 restored, 1 a warning (borg's, or
+/// entries SFTP cannot create skipped), borg's own code when it failed, else ours.
+pub fn for_sftp_restore(verdict: borg_pull_tunnel::jobs::sftp_restore::Verdict) -> u8 {
+    use borg_pull_tunnel::jobs::sftp_restore::Verdict as V;
+    match verdict {
+        V::Restored => 0,
+        V::Warning => 1,
+        V::BorgFailed(rc) => u8::try_from(rc).unwrap_or(FAILURE.code),
+        V::UnsafeNames => RESTORE_UNSAFE_NAMES.code,
+        V::WritesRefused => RESTORE_WRITES_REFUSED.code,
     }
 }
 
@@ -475,6 +506,8 @@ mod tests {
                 (220, "the clie"),
                 (219, "--via ag"),
                 (221, "--via sf"),
+                (222, "restore-"),
+                (223, "restore-"),
             ]
         );
     }
@@ -513,6 +546,50 @@ mod tests {
         pull_not_borg_serve_exits_219: [NotBorgServe] => NOT_BORG_SERVE,
         pull_a_close_before_key_exchange_exits_220: [RefusedBeforeKex] => REFUSED_BEFORE_KEX,
         pull_an_sftp_tree_that_cannot_be_mounted_exits_221: [Mount] => SFTP_MOUNT,
+    }
+
+    #[test]
+    fn sftp_restores_exit_with_borgs_code_or_their_own() {
+        use borg_pull_tunnel::jobs::sftp_restore::Verdict as V;
+        assert_eq!(for_sftp_restore(V::Restored), 0);
+        assert_eq!(for_sftp_restore(V::Warning), 1);
+        assert_eq!(for_sftp_restore(V::BorgFailed(2)), 2);
+        assert_eq!(for_sftp_restore(V::BorgFailed(143)), 143);
+        assert_eq!(for_sftp_restore(V::UnsafeNames), 222);
+        assert_eq!(for_sftp_restore(V::WritesRefused), 223);
+        assert!(RESTORE.contains(&RESTORE_UNSAFE_NAMES) && RESTORE.contains(&RESTORE_WRITES_REFUSED));
+    }
+
+    #[test]
+    fn sftp_restore_failures_reuse_restore_tars_codes() {
+        use borg_pull_tunnel::jobs::sftp_restore::SftpError as S;
+        use borg_pull_tunnel::Error as E;
+        let peer = || borg_pull_tunnel::error::Peer::new("c", 22);
+        let sftp = |source| E::SftpRestore { peer: peer(), source };
+        assert_eq!(
+            for_pull_error(&E::SftpRestoreSubsystemRefused { peer: peer() }),
+            CLIENT_SETUP
+        );
+        assert_eq!(
+            for_pull_error(&sftp(S::Closed { reason: "EOF".into() })),
+            CONNECTION_LOST
+        );
+        assert_eq!(for_pull_error(&sftp(S::Shutdown)), FAILURE);
+        assert_eq!(
+            for_pull_error(&E::SftpRestoreMaxRuntime {
+                peer: peer(),
+                secs: 1
+            }),
+            MAX_RUNTIME
+        );
+        assert_eq!(
+            for_pull_error(&E::SftpRestoreTooMany {
+                what: "symlinks",
+                limit: 1
+            }),
+            USAGE
+        );
+        assert_eq!(for_pull_error(&E::RestoreStream { message: "x".into() }), FAILURE);
     }
 
     #[test]

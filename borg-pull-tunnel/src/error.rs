@@ -803,6 +803,61 @@ pub enum Error {
         /// The limit.
         secs: u64,
     },
+
+    /// `restore-tar --via sftp`: the client's sshd refused the `sftp` subsystem.
+    #[error(
+        "{peer} refused the sftp subsystem: set `Subsystem sftp internal-sftp` in its sshd_config, \
+         and for a restricted key `restrict,command=\"internal-sftp\"` (read-write: a restore \
+         writes) in its authorized_keys line"
+    )]
+    SftpRestoreSubsystemRefused {
+        /// The client's sshd.
+        peer: Peer,
+    },
+
+    /// `restore-tar --via sftp`: the client's SFTP server ended the session, broke the protocol
+    /// or a bound, or let a request pass its deadline; the restore stopped there.
+    #[error("{peer}: restoring over SFTP: {source}; the restore stopped (the directory may hold a partial restore)")]
+    SftpRestore {
+        /// The client's sshd.
+        peer: Peer,
+        /// What the SFTP client saw.
+        source: borg_pull_sftp::Error,
+    },
+
+    /// `restore-tar --via sftp`: borg export-tar's output is not a tar we can read.
+    #[error("{message}; the restore stopped (the directory may hold a partial restore)")]
+    RestoreStream {
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// `restore-tar --via sftp`: the archive needs more deferred work (directories' modes,
+    /// symlinks) than a restore keeps in memory.
+    #[error(
+        "the archive has more {what} than a restore over SFTP keeps in memory ({limit} bytes of \
+         paths); restore it in parts (give PATHs)"
+    )]
+    SftpRestoreTooMany {
+        /// What.
+        what: &'static str,
+        /// The bound.
+        limit: usize,
+    },
+
+    /// `restore-tar --via sftp` ran longer than `--max-runtime`.
+    #[error(
+        "the restore to {} over sftp was still running after the maximum run time of {secs} s; \
+         borg export-tar was stopped and the SFTP session closed (the directory may hold a partial \
+         restore)",
+        .peer.host
+    )]
+    SftpRestoreMaxRuntime {
+        /// The client's sshd (messages name its host).
+        peer: Peer,
+        /// The limit.
+        secs: u64,
+    },
 }
 
 /// What we offered the client's sshd (for [`Error::CipherNotOffered`]): `--cipher` / `cipher =`
@@ -1057,6 +1112,16 @@ impl Error {
                 K::MaxRuntime
             }
             Error::ClosedBeforeKex { .. } => K::RefusedBeforeKex,
+            Error::SftpRestoreSubsystemRefused { .. } => K::ClientSetup,
+            Error::SftpRestore { source, .. } => match source {
+                e if e.is_status() => K::ClientSetup,
+                borg_pull_sftp::Error::Closed { .. } => K::ConnectionLost,
+                borg_pull_sftp::Error::Shutdown => K::Internal,
+                _ => K::ClientMisbehaved,
+            },
+            Error::RestoreStream { .. } => K::Server,
+            Error::SftpRestoreTooMany { .. } => K::Usage,
+            Error::SftpRestoreMaxRuntime { .. } => K::MaxRuntime,
         }
     }
 
@@ -1083,6 +1148,9 @@ impl Error {
             | Error::MaxRuntime { peer, .. }
             | Error::RemoteDirUnusable { peer, .. }
             | Error::RestoreMaxRuntime { peer, .. }
+            | Error::SftpRestoreSubsystemRefused { peer }
+            | Error::SftpRestore { peer, .. }
+            | Error::SftpRestoreMaxRuntime { peer, .. }
             | Error::TarNoExitStatus { peer }
             | Error::ForwardDenied { peer, .. }
             | Error::NoExitStatus { peer }

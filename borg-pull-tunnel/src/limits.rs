@@ -257,3 +257,51 @@ pub const SFTP_ACCOUNTS_FILE_MAX: usize = 4 * 1024 * 1024;
 /// Linux's useradd allows 32 bytes, directory services a little more; 256 is far above any real
 /// name and keeps the files we write from the client's entries small.
 pub const SFTP_ACCOUNT_NAME_MAX: usize = 256;
+
+/// `restore-tar --via sftp`: the longest GNU long name (or long link name) read from borg's tar.
+///
+/// Read whole before the entry it names. Linux paths fit in `PATH_MAX` (4 KiB); an archive may
+/// hold deeper ones, and 64 KiB is far above them while keeping a hostile name small.
+pub const TAR_LONG_NAME_MAX: usize = 64 * 1024;
+
+/// `restore-tar --via sftp`: the largest PAX extended header read from borg's tar.
+///
+/// Read whole before the entry it describes; borg 1.4's `--tar-format=PAX` puts xattrs there
+/// (values up to 64 KiB each on Linux), so 1 MiB holds a file's full set and bounds the rest.
+pub const TAR_PAX_HEADER_MAX: usize = 1024 * 1024;
+
+/// `restore-tar --via sftp`: the longest path on the client we write to.
+///
+/// The client's sftp-server passes each path to one system call, which fails above `PATH_MAX`
+/// (4096 with its NUL) anyway; refusing longer ones here names the entry instead.
+pub const SFTP_RESTORE_PATH_MAX: usize = 4095;
+
+/// `restore-tar --via sftp`: the most file data read from borg per pipelined step (the next
+/// step's data is read while this one's WRITEs are in flight, so two of these are held).
+///
+/// The client crate keeps at most its write window of WRITEs in flight (16 x up to 255 KiB);
+/// 4 MiB fills that window at OpenSSH's sizes, and 8 MiB held is small beside borg's own memory.
+pub const SFTP_RESTORE_CHUNK_MAX: usize = 4 * 1024 * 1024;
+
+/// `restore-tar --via sftp`: the most memory for work deferred to the end of a restore (the paths
+/// of directories whose modes and times are set last, and of the symlinks created last).
+///
+/// About 100 bytes an entry: 256 MiB holds two million directories and symlinks, beyond any real
+/// restore of one archive; an archive made to exceed it fails the run, naming the bound.
+pub const SFTP_RESTORE_DEFERRED_MAX: usize = 256 * 1024 * 1024;
+
+/// `restore-tar --via sftp`: how many restored files are remembered as targets for hard links
+/// (a 64-bit keyed hash each, about 16 bytes with the set's overhead: 64 MiB).
+///
+/// Four million files is more than most whole-system archives hold; past it, a hard link to a
+/// later file is reported as not restored rather than made to a file we cannot vouch for.
+pub const SFTP_RESTORE_REMEMBERED_MAX: usize = 4 * 1024 * 1024;
+
+/// `restore-tar --via sftp`: how many entries not restored (refused, failed, skipped) are named
+/// one per line; the rest are only counted in the final message, so a read-only subtree of a
+/// million files does not flood the log.
+pub const SFTP_RESTORE_REPORTS_MAX: u64 = 1000;
+
+/// `restore-tar --via sftp`: the most borg may send after the end-of-archive blocks before it is
+/// stopped (Python's tarfile pads the archive to a 10 KiB record; nothing else follows).
+pub const SFTP_RESTORE_TRAILER_MAX: u64 = 1024 * 1024;

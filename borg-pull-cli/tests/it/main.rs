@@ -24,6 +24,7 @@ mod pull_sftp;
 mod pull_switch;
 mod pull_via;
 mod relay_cli;
+mod restore_sftp;
 mod restore_tar;
 mod status_cli;
 mod status_page;

@@ -126,7 +126,7 @@ impl RestoreOptions {
     }
 
     /// Checks what can be checked before anything touches the network; returns the borg program.
-    fn check(&self) -> Result<PathBuf> {
+    pub(crate) fn check(&self) -> Result<PathBuf> {
         let mut serve = ServeConfig::new(&self.repo)?;
         serve.borg = self.borg.clone();
         if self.archive.is_empty() {
@@ -165,7 +165,7 @@ impl RestoreOptions {
     /// `borg export-tar -- REPO::NAME - [PATH...]` ([`borg_pull_core::child`]: its own process
     /// group, the passphrase in its environment). Its stderr is relayed to ours, escaped and cut
     /// per line.
-    fn borg_command(&self, borg: &std::path::Path) -> BorgCommand {
+    pub(crate) fn borg_command(&self, borg: &std::path::Path) -> BorgCommand {
         let mut location = self.repo.as_os_str().to_owned();
         location.push("::");
         location.push(&self.archive);

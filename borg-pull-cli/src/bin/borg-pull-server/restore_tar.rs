@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use borg_pull_cli::{exit, hint, signals};
 use borg_pull_tunnel::jobs::pull::PullEnv;
 use borg_pull_tunnel::jobs::restore_tar::{restore_tar, RestoreOptions, RestoreOutcome};
+use borg_pull_tunnel::jobs::sftp_restore::{restore_sftp, SftpRestoreOutcome};
 use borg_pull_tunnel::local::passphrase::Passphrase;
 use borg_pull_tunnel::Error;
 
@@ -33,10 +34,20 @@ Failures of borg-pull-server itself:
 
 On the client: a POSIX login shell and tar (GNU tar or one that takes -C, -x, -f - and, with
 --numeric-owner, --numeric-owner); no borg and no relay. DIR must exist and be writable by the
-login user. Logging goes to stderr; {var} (e.g. {var}=debug) overrides -v.",
+login user.
+
+--via sftp: nothing runs on the client; each entry is written over its SFTP server (a key
+limited to `restrict,command=\"internal-sftp\"` is enough; `internal-sftp -R` is read-only and
+refused). Directories, files, symlinks (created last), hard links (hardlink@openssh.com), modes
+and mtimes are restored; owners by number, only when the login user is root there. Not restored
+over SFTP: ACLs, xattrs, BSD flags, devices and FIFOs (skipped, exit 1), the times and owners
+of symlinks. Exit: 0 restored, 1 a warning, borg's code if it failed, {unsafe} unsafe names
+refused, {refused} writes refused by the client. Logging goes to stderr; {var} (e.g. {var}=debug) overrides -v.",
         exit::lines(exit::RESTORE).trim_end(),
         exit::range_note(),
         var = borg_pull_cli::runtime::LOG_VAR,
+        unsafe = exit::RESTORE_UNSAFE_NAMES.code,
+        refused = exit::RESTORE_WRITES_REFUSED.code,
     )
 }
 
@@ -83,6 +94,11 @@ pub struct RestoreTarArgs {
     #[arg(long, value_name = "PATH", default_value = "tar")]
     remote_tar: OsString,
 
+    /// How the entries reach the client: `tar` (its tar unpacks the stream) or `sftp` (each
+    /// entry written over its SFTP server; nothing runs there).
+    #[arg(long, value_name = "METHOD", default_value = "tar")]
+    via: RestoreVia,
+
     /// The client: [USER@]HOST.
     #[arg(value_name = "[USER@]HOST")]
     destination: String,
@@ -92,8 +108,20 @@ pub struct RestoreTarArgs {
     paths: Vec<OsString>,
 }
 
+/// `--via`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RestoreVia {
+    /// tar on the client unpacks the stream.
+    Tar,
+    /// Each entry is written over the client's SFTP server.
+    Sftp,
+}
+
 /// Runs `restore-tar`; returns the worse of borg's and tar's codes, or our own (200 and up).
 pub fn run(args: RestoreTarArgs) -> ExitCode {
+    if args.via == RestoreVia::Sftp {
+        return run_sftp(args);
+    }
     match borg_pull_cli::runtime::block_on(run_async(args)) {
         Ok(Ok(outcome)) => {
             let code = outcome.code();
@@ -116,7 +144,42 @@ pub fn run(args: RestoreTarArgs) -> ExitCode {
     }
 }
 
+/// `--via sftp`: borg's code, ours for entries refused, or our own failure's.
+fn run_sftp(args: RestoreTarArgs) -> ExitCode {
+    let run = async {
+        let options = options(args).await?;
+        restore_sftp(options).await
+    };
+    match borg_pull_cli::runtime::block_on(run) {
+        Ok(Ok(outcome)) => report_sftp(&outcome),
+        Ok(Err(e)) => {
+            eprintln!("borg-pull-server: error: {}", hint::render(&e));
+            exit::for_pull_error(&e).into()
+        }
+        Err(e) => {
+            eprintln!("borg-pull-server: error: cannot start the async runtime: {e}");
+            exit::FAILURE.into()
+        }
+    }
+}
+
+fn report_sftp(outcome: &SftpRestoreOutcome) -> ExitCode {
+    let code = exit::for_sftp_restore(outcome.verdict());
+    let summary = outcome.summary();
+    if code == 0 {
+        tracing::info!("{summary}");
+    } else {
+        eprintln!("borg-pull-server: {summary}");
+    }
+    ExitCode::from(code)
+}
+
 async fn run_async(args: RestoreTarArgs) -> Result<RestoreOutcome, Error> {
+    restore_tar(options(args).await?).await
+}
+
+/// The options of either way, with signals installed.
+async fn options(args: RestoreTarArgs) -> Result<RestoreOptions, Error> {
     let shutdown = signals::install(SIGNAL_MESSAGES).map_err(|source| Error::Io {
         context: "cannot install signal handlers".into(),
         source,
@@ -133,7 +196,7 @@ async fn run_async(args: RestoreTarArgs) -> Result<RestoreOutcome, Error> {
     options.remote_tar = args.remote_tar;
     options.passphrase = Passphrase::from_sources(&env.secret_sources(args.passphrase_file)).await?;
     options.cancel = shutdown.graceful;
-    restore_tar(options).await
+    Ok(options)
 }
 
 /// The first SIGINT/SIGTERM stops borg export-tar and tar; the second exits at once.
