@@ -19,6 +19,16 @@ pub enum Error {
     /// Not root, and Debian's `fusermount3` (package fuse3) is not on PATH.
     #[error("cannot mount as a non-root user: fusermount3 is not on PATH (install Debian's fuse3)")]
     NoFusermount,
+    /// Not root, and /dev/fuse is not open to this user: fusermount3 opens it with the user's
+    /// rights (the device's mode decides who may mount FUSE).
+    #[error(
+        "cannot mount as a non-root user: /dev/fuse is not open to this user (Debian's udev makes \
+         it 0666: install udev or chmod 0666 /dev/fuse, or run as root)"
+    )]
+    NoDevFuseAccess {
+        /// Why it could not be opened.
+        source: std::io::Error,
+    },
     /// The mount point is not a directory we can use.
     #[error("mount point {path}: {reason} ({fix})")]
     MountPoint {

@@ -297,6 +297,13 @@ fn privilege() -> Result<Privilege, Error> {
             .map_err(|source| Error::NoDevFuse { source })?;
         Ok(Privilege::Root)
     } else if on_path("fusermount3") {
+        // fusermount3 opens the device with our rights: where it is 0600 it would fail, later
+        // and less clearly.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(|source| Error::NoDevFuseAccess { source })?;
         Ok(Privilege::User)
     } else {
         Err(Error::NoFusermount)

@@ -17,6 +17,7 @@ const CHILD_ENV: &str = "BORG_PULL_MOUNT_TEST_USER_CHILD";
 const READ: &str = "borg-pull-mount-test: read ";
 const READY: &str = "borg-pull-mount-test: mounted";
 const UNMOUNTED: &str = "borg-pull-mount-test: unmounted";
+const REFUSED: &str = "borg-pull-mount-test: refused: ";
 
 /// Not a test of its own: what `a_user_mounts_through_fusermount3` runs as the test user.
 #[test]
@@ -110,10 +111,10 @@ fn lines_until(
     false
 }
 
-/// Makes `node` a /dev/fuse that any user may open, as Debian's udev makes /dev/fuse (0666);
-/// the test machine's may be 0600, and it is bind-mounted over /dev/fuse only in the test's own
-/// mount namespace, never the machine's.
-fn open_fuse_node(node: &Path) {
+/// Makes `node` a /dev/fuse of `mode`: 0666 as Debian's udev makes it, 0600 as on a machine
+/// without udev. It is bind-mounted over /dev/fuse only in the test's own mount namespace, never
+/// the machine's.
+fn fuse_node(node: &Path, mode: u32) {
     use rustix::fs::{mknodat, stat, FileType, Mode, CWD};
     let device = stat("/dev/fuse")
         .expect("/dev/fuse (load the fuse module)")
@@ -126,7 +127,7 @@ fn open_fuse_node(node: &Path) {
         device,
     )
     .unwrap();
-    std::fs::set_permissions(node, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(node, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// The child's mount table (its own mount namespace).
@@ -139,64 +140,146 @@ fn mount_line(pid: u32, mountpoint: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
-#[test]
-fn a_user_mounts_through_fusermount3() {
-    require("/usr/bin/fusermount3");
-    require("/usr/sbin/runuser");
-    require("/usr/bin/unshare");
-    require("/usr/bin/nsenter");
-    let (uid, gid) = user_ids(USER);
-    let data = tempfile::Builder::new()
-        .prefix("borg-pull-mount-user-")
-        .tempdir()
-        .unwrap();
-    let tree = data.path().join("tree");
-    std::fs::create_dir(&tree).unwrap();
-    std::fs::write(tree.join("file"), b"served by sftp-server").unwrap();
-    for path in [data.path(), &tree, &tree.join("file")] {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
-    }
-    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let node = data.path().join("fuse");
-    open_fuse_node(&node);
-    let mountpoint = data.path().join("mnt");
+/// The test user in a private mount namespace whose /dev/fuse has `mode`, running the ignored
+/// test `child_test` on a tree with one file; its mount lives and dies with the namespace, so none
+/// outlives the child (killed on drop), passed or failed.
+struct AsUser {
+    child: Reap,
+    lines: mpsc::Receiver<String>,
+    uid: u32,
+    mountpoint: std::path::PathBuf,
+    _data: tempfile::TempDir,
+}
 
-    // A private mount namespace: the user's mount lives and dies with it, so none outlives the
-    // child (killed on drop), passed or failed.
-    let child = Command::new("/usr/bin/unshare")
-        .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-        .arg(r#"mount --bind "$0" /dev/fuse && exec /usr/sbin/runuser -u "$1" -- "$2" "$@""#)
-        .arg(&node)
-        .arg(USER)
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "user::user_child_mounts_reads_and_unmounts",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, format!("{}\n{}", tree.display(), mountpoint.display()))
-        .env("PATH", "/usr/bin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the child as the test user");
-    let mut child = Reap(child);
-    let pid = child.0.id();
-    let stdout = child.0.stdout.take().unwrap();
-    let (line_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line_tx.send(line).is_err() {
-                break;
-            }
+impl AsUser {
+    fn start(mode: u32, child_test: &str) -> AsUser {
+        require("/usr/bin/fusermount3");
+        require("/usr/sbin/runuser");
+        require("/usr/bin/unshare");
+        require("/usr/bin/nsenter");
+        let (uid, gid) = user_ids(USER);
+        let data = tempfile::Builder::new()
+            .prefix("borg-pull-mount-user-")
+            .tempdir()
+            .unwrap();
+        let tree = data.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("file"), b"served by sftp-server").unwrap();
+        for path in [data.path(), &tree, &tree.join("file")] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
         }
-    });
+        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let node = data.path().join("fuse");
+        fuse_node(&node, mode);
+        let mountpoint = data.path().join("mnt");
+        let child = Command::new("/usr/bin/unshare")
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(r#"mount --bind "$0" /dev/fuse && exec /usr/sbin/runuser -u "$1" -- "$2" "$@""#)
+            .arg(&node)
+            .arg(USER)
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                child_test,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, format!("{}\n{}", tree.display(), mountpoint.display()))
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the child as the test user");
+        let mut child = Reap(child);
+        let stdout = child.0.stdout.take().unwrap();
+        let (line_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        AsUser {
+            child,
+            lines,
+            uid,
+            mountpoint,
+            _data: data,
+        }
+    }
+
+    /// Waits (bounded) for the child's exit status.
+    fn exit(&mut self) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Not a test of its own: what `a_user_is_told_when_dev_fuse_is_not_open_to_it` runs.
+#[test]
+#[ignore = "run as the test user by user::a_user_is_told_when_dev_fuse_is_not_open_to_it"]
+fn user_child_is_refused_the_device() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (tree, mountpoint) = spec.split_once('\n').expect("tree\\nmountpoint");
+    let rt = runtime();
+    let (client, _server) = sftp_server(&rt);
+    let started = rt.block_on(Mount::start(
+        client,
+        mountpoint,
+        MountOptions::new(tree.as_bytes().to_vec()),
+    ));
+    let error = started.expect_err("a 0600 /dev/fuse refuses the user");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!(" {mountpoint} ")),
+        "nothing mounted: {mounts}"
+    );
+    let cause = std::error::Error::source(&error).map(ToString::to_string);
+    println!("{REFUSED}{error}: {}", cause.unwrap_or_default());
+}
+
+#[test]
+fn a_user_is_told_when_dev_fuse_is_not_open_to_it() {
+    let mut user = AsUser::start(0o600, "user::user_child_is_refused_the_device");
     let mut seen = Vec::new();
     assert!(
-        lines_until(&lines, &mut seen, READY, Duration::from_secs(60)),
+        lines_until(&user.lines, &mut seen, REFUSED, Duration::from_secs(60)),
+        "the start fails: {seen:?}"
+    );
+    let said = seen.iter().find(|line| line.contains(REFUSED)).unwrap();
+    assert!(
+        said.contains("/dev/fuse is not open to this user") && said.contains("chmod 0666 /dev/fuse"),
+        "names what is missing and the fix: {said}"
+    );
+    assert_eq!(
+        said.matches("Permission denied").count(),
+        1,
+        "the cause, once: {said}"
+    );
+    let status = user.exit();
+    assert!(status.is_some_and(|s| s.success()), "child: {status:?} {seen:?}");
+}
+
+#[test]
+fn a_user_mounts_through_fusermount3() {
+    let mut user = AsUser::start(0o666, "user::user_child_mounts_reads_and_unmounts");
+    let (pid, uid, mountpoint) = (user.child.0.id(), user.uid, user.mountpoint.clone());
+    let mut seen = Vec::new();
+    assert!(
+        lines_until(&user.lines, &mut seen, READY, Duration::from_secs(60)),
         "the user's mount is ready: {seen:?}"
     );
     assert!(
@@ -225,20 +308,11 @@ fn a_user_mounts_through_fusermount3() {
         "only the mounting user sees the tree: {denied:?}"
     );
 
-    drop(child.0.stdin.take());
+    drop(user.child.0.stdin.take());
     assert!(
-        lines_until(&lines, &mut seen, UNMOUNTED, Duration::from_secs(60)),
+        lines_until(&user.lines, &mut seen, UNMOUNTED, Duration::from_secs(60)),
         "the user unmounted through fusermount3: {seen:?}"
     );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = user.exit();
     assert!(status.is_some_and(|s| s.success()), "child: {status:?} {seen:?}");
 }
