@@ -17,6 +17,7 @@ const CHILD_ENV: &str = "BORG_PULL_MOUNT_TEST_USER_CHILD";
 const READ: &str = "borg-pull-mount-test: read ";
 const READY: &str = "borg-pull-mount-test: mounted";
 const UNMOUNTED: &str = "borg-pull-mount-test: unmounted";
+const FS_NAME: &str = "user@client:/srv,data";
 const REFUSED: &str = "borg-pull-mount-test: refused: ";
 
 /// Not a test of its own: what `a_user_mounts_through_fusermount3` runs as the test user.
@@ -30,11 +31,10 @@ fn user_child_mounts_reads_and_unmounts() {
     let (tree, mountpoint) = spec.split_once('\n').expect("tree\\nmountpoint");
     let rt = runtime();
     let (client, server) = sftp_server(&rt);
-    let started = rt.block_on(Mount::start(
-        client,
-        mountpoint,
-        MountOptions::new(tree.as_bytes().to_vec()),
-    ));
+    let mut options = MountOptions::new(tree.as_bytes().to_vec());
+    // A comma must reach fusermount3 escaped, or it would split the option list.
+    options.fs_name = FS_NAME.into();
+    let started = rt.block_on(Mount::start(client, mountpoint, options));
     let mount = match started {
         Ok(mount) => mount,
         Err(error) => {
@@ -289,7 +289,7 @@ fn a_user_mounts_through_fusermount3() {
     );
 
     let line = mount_line(pid, &mountpoint).expect("the mount is listed");
-    assert!(line.contains(" - fuse.borg-pull "), "{line}");
+    assert!(line.contains(&format!(" - fuse.borg-pull {FS_NAME} ")), "{line}");
     assert!(
         line.contains(&format!("user_id={uid}")),
         "mounted for the user: {line}"
