@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-/// A failed [`crate::Mount::start`] or [`crate::Mount::stop`].
+/// A failed [`crate::Mount::start`] or [`crate::Mount::stop`]. A message never repeats its
+/// cause: the cause is the error's `source()`, printed after it by whoever prints the chain.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -10,7 +11,7 @@ pub enum Error {
     #[error("the mount needs a tokio runtime to serve requests on (call Mount::start inside one)")]
     NoRuntime,
     /// Running as root, but the kernel's FUSE device is missing.
-    #[error("cannot mount: /dev/fuse is missing ({source}) (load the fuse module: modprobe fuse)")]
+    #[error("cannot mount: /dev/fuse cannot be opened (load the fuse module: modprobe fuse)")]
     NoDevFuse {
         /// Why it could not be opened.
         source: std::io::Error,
@@ -18,6 +19,16 @@ pub enum Error {
     /// Not root, and Debian's `fusermount3` (package fuse3) is not on PATH.
     #[error("cannot mount as a non-root user: fusermount3 is not on PATH (install Debian's fuse3)")]
     NoFusermount,
+    /// Not root, and /dev/fuse is not open to this user: fusermount3 opens it with the user's
+    /// rights (the device's mode decides who may mount FUSE).
+    #[error(
+        "cannot mount as a non-root user: /dev/fuse is not open to this user (Debian's udev makes \
+         it 0666: install udev or chmod 0666 /dev/fuse, or run as root)"
+    )]
+    NoDevFuseAccess {
+        /// Why it could not be opened.
+        source: std::io::Error,
+    },
     /// The mount point is not a directory we can use.
     #[error("mount point {path}: {reason} ({fix})")]
     MountPoint {
@@ -29,7 +40,7 @@ pub enum Error {
         fix: &'static str,
     },
     /// A stale mount (its process killed) is at the mount point and could not be removed.
-    #[error("stale mount at {path} could not be removed: {source} (run fusermount3 -u -z {path} or umount -l as root)", path = .path.display())]
+    #[error("stale mount at {path} could not be removed (run fusermount3 -u -z {path} or umount -l as root)", path = .path.display())]
     StaleMount {
         /// The mount point.
         path: PathBuf,
@@ -37,7 +48,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The remote root could not be read.
-    #[error("remote directory {path}: {source} (check the path and the SFTP user's rights)")]
+    #[error("remote directory {path} cannot be read (check the path and the SFTP user's rights)")]
     RemoteRoot {
         /// The remote path, lossily decoded.
         path: String,
@@ -59,7 +70,7 @@ pub enum Error {
         after: std::time::Duration,
     },
     /// The kernel refused the mount.
-    #[error("cannot mount at {path}: {source}", path = .path.display())]
+    #[error("cannot mount at {path}", path = .path.display())]
     Mount {
         /// The mount point.
         path: PathBuf,
@@ -67,7 +78,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The unmount failed.
-    #[error("cannot unmount {path}: {source} (run fusermount3 -u -z {path} or umount -l as root)", path = .path.display())]
+    #[error("cannot unmount {path} (run fusermount3 -u -z {path} or umount -l as root)", path = .path.display())]
     Unmount {
         /// The mount point.
         path: PathBuf,

@@ -22,6 +22,7 @@
 mod connection;
 mod error;
 mod fs;
+mod fusermount;
 mod inodes;
 pub mod limits;
 mod mount;

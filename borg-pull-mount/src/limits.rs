@@ -125,6 +125,19 @@ pub const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
 /// we do not wait for that.
 pub const UNMOUNT_WAIT: Duration = Duration::from_secs(10);
 
+/// How long `fusermount3` (mounting or unmounting for a non-root user) may take before it is
+/// killed.
+///
+/// It does one mount(2) or umount2(2) and edits nothing else (fuse3 keeps no mtab): milliseconds.
+/// A mount point on a hung filesystem (another stuck FUSE mount above it) could block it in the
+/// kernel; half a minute ends that wait without failing a loaded machine.
+pub const FUSERMOUNT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How much of `fusermount3`'s stderr is kept for the error message (bytes).
+///
+/// Its messages are one line naming the cause; the rest of a longer output is dropped.
+pub const FUSERMOUNT_STDERR: u64 = 4096;
+
 /// The bounds one mount applies; [`Limits::default`] uses the constants of this module.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

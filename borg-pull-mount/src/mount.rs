@@ -3,7 +3,6 @@
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
@@ -12,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::fs::{Core, Fs, SessionEnd};
+use crate::fusermount;
 use crate::limits::{Limits, UNMOUNT_GRACE, UNMOUNT_WAIT};
 use crate::remote::FileType;
 use crate::report::{Report, Reporter};
@@ -127,6 +127,7 @@ impl Mount {
             runtime,
             cancel.clone(),
         );
+        let user_options = fusermount_options(&options.fs_name);
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName(options.fs_name),
@@ -146,7 +147,21 @@ impl Mount {
         };
         let (at, held) = (mountpoint.clone(), connection.clone());
         let session = tokio::task::spawn_blocking(move || {
-            let session = fuser::spawn_mount(Fs { core, _end: end }, &at, &config)?;
+            let fs = Fs { core, _end: end };
+            let session = match privilege {
+                Privilege::Root => fuser::spawn_mount(fs, &at, &config)?,
+                Privilege::User => {
+                    let device = fusermount::mount(&at, &user_options)?;
+                    // Mounted: a failed handshake must not leave the mount behind.
+                    fuser::Session::from_fd(fs, device, SessionACL::Owner, config)
+                        .and_then(fuser::Session::spawn)
+                        .inspect_err(|_| {
+                            if let Err(error) = fusermount::unmount(&at) {
+                                tracing::warn!(%error, "cannot unmount after a failed start");
+                            }
+                        })?
+                }
+            };
             held.attach(&at);
             Ok(session)
         })
@@ -236,8 +251,22 @@ impl Mount {
     }
 }
 
+/// The `-o` options of a non-root mount: the root mount's, in the syntax fusermount3 takes from a
+/// user (it adds fd, rootmode, user_id and group_id itself; no allow_other: only this user sees
+/// the tree). A comma or backslash in the name is escaped, as fusermount3 unescapes it.
+fn fusermount_options(fs_name: &str) -> String {
+    let mut name = String::with_capacity(fs_name.len());
+    for c in fs_name.chars() {
+        if matches!(c, ',' | '\\') {
+            name.push('\\');
+        }
+        name.push(c);
+    }
+    format!("ro,nosuid,nodev,noexec,noatime,fsname={name},subtype=borg-pull")
+}
+
 /// Polls `done` until it holds or `deadline` has passed (bounded: one poll per 10 ms).
-fn wait_until(deadline: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(deadline: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
     let step = std::time::Duration::from_millis(10);
     let started = std::time::Instant::now();
     for _ in 0..=deadline.as_millis() / step.as_millis() {
@@ -268,6 +297,13 @@ fn privilege() -> Result<Privilege, Error> {
             .map_err(|source| Error::NoDevFuse { source })?;
         Ok(Privilege::Root)
     } else if on_path("fusermount3") {
+        // fusermount3 opens the device with our rights: where it is 0600 it would fail, later
+        // and less clearly.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(|source| Error::NoDevFuseAccess { source })?;
         Ok(Privilege::User)
     } else {
         Err(Error::NoFusermount)
@@ -331,19 +367,6 @@ fn detach(path: &Path, privilege: Privilege) -> std::io::Result<()> {
             Err(rustix::io::Errno::INVAL) => Ok(()),
             other => other.map_err(std::io::Error::from),
         },
-        Privilege::User => {
-            let output = Command::new("fusermount3")
-                .args(["-u", "-z", "-q", "--"])
-                .arg(path)
-                .stdin(Stdio::null())
-                .output()?;
-            if output.status.success() {
-                Ok(())
-            } else {
-                Err(std::io::Error::other(
-                    String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-                ))
-            }
-        }
+        Privilege::User => fusermount::unmount(path),
     }
 }

@@ -7,3 +7,4 @@ mod common;
 mod stale;
 
 mod tree;
+mod user;
