@@ -2,7 +2,7 @@
 """Helper of benches/small-pulls.sh: generates the data set and prints the table.
 
     small_pulls.py gen DIR MB FILES     # the data set (sentinel written last)
-    small_pulls.py table RESULTS.tsv    # markdown table (medians over the rounds)
+    small_pulls.py table RESULTS.tsv [RTT_MS]   # markdown table (medians over the rounds)
 
 RESULTS.tsv: one line per run, tab-separated, header `method op round wall_ns rc ok note`.
 """
@@ -51,10 +51,15 @@ def gen(root, total_mb, files):
 
 OPS = [("fresh", "`create`, fresh"), ("unchanged", "`create`, unchanged"), ("list", "`list`")]
 METHODS = [("local", "local borg"), ("push", "push over ssh"), ("recipe", "socat recipe"),
-           ("before", "pull before"), ("pull", "pull")]
+           ("before", "pull before"), ("pull", "pull"), ("sshfs", "sshfs + borg (docs)"),
+           ("sftp", "pull --via sftp"), ("sshfs-rtt", "sshfs + borg, {rtt} ms RTT"),
+           ("sftp-rtt", "pull --via sftp, {rtt} ms RTT")]
+# issue 18's goals for `pull --via sftp`: (method, op, the method it is compared with, at most).
+GOALS = [("sftp", "fresh", "pull", 1.3), ("sftp", "unchanged", "pull", 2.0),
+         ("sftp-rtt", "unchanged", "sftp", 3.0)]
 
 
-def table(path):
+def table(path, rtt="?"):
     with open(path) as f:
         lines = [l.rstrip("\n").split("\t") for l in f if l.strip()]
     rows = [dict(zip(lines[0], l)) for l in lines[1:]]
@@ -63,11 +68,12 @@ def table(path):
     for r in rows:
         if r["ok"] == "yes":
             runs.setdefault((r["method"], r["op"]), []).append(int(r["wall_ns"]) / 1e9)
-    present = [(m, name) for m, name in METHODS if any(k[0] == m for k in runs)]
+    present = [(m, name.format(rtt=rtt)) for m, name in METHODS if any(k[0] == m for k in runs)]
     rounds = len({r["round"] for r in rows})
     print(f"Medians of {rounds} interleaved rounds, wall seconds of the whole command "
-          "(connect, log-in, borg on both ends, clean-up); ratios: to the socat recipe, and for "
-          "the fresh `create` also to local borg.\n")
+          "(connect, log-in, borg on both ends, clean-up; for sshfs the mount and unmount too); "
+          "ratios: to the socat recipe, for the fresh `create` also to local borg; sshfs and sftp "
+          "to the socket pull; at a distance (-rtt) to the same method at 0 ms.\n")
     print("| | " + " | ".join(name for _, name in present) + " |")
     print("|---|" + "---|" * len(present))
     for op, label in OPS:
@@ -88,6 +94,10 @@ def table(path):
                 notes.append(f"{med / statistics.median(local):.2f}x local")
             if m == "pull" and runs.get(("before", op)):
                 notes.append(f"{med / statistics.median(runs[('before', op)]):.2f}x before")
+            if m in ("sshfs", "sftp") and runs.get(("pull", op)):
+                notes.append(f"{med / statistics.median(runs[('pull', op)]):.2f}x pull")
+            if m.endswith("-rtt") and runs.get((m[:-4], op)):
+                notes.append(f"{med / statistics.median(runs[(m[:-4], op)]):.2f}x at 0 ms")
             if notes:
                 cell += " (" + "; ".join(notes) + ")"
             cells.append(cell)
@@ -101,6 +111,16 @@ def table(path):
             if xs:
                 parts.append(f"{m} {min(xs):.2f}..{max(xs):.2f}")
         print(f"- {label}: " + ", ".join(parts))
+    goals = []
+    for m, op, base, most in GOALS:
+        xs, ys = runs.get((m, op)), runs.get((base, op))
+        if xs and ys:
+            ratio = statistics.median(xs) / statistics.median(ys)
+            verdict = "met" if ratio <= most else "MISSED"
+            goals.append(f"- {m} {op} / {base} {op}: {ratio:.2f}x (goal <= {most}x): {verdict}")
+    if goals:
+        print("\nGoals (issue 18):\n")
+        print("\n".join(goals))
     if bad:
         print(f"\n**{len(bad)} failed run(s), not counted:**")
         for r in bad:
@@ -110,7 +130,7 @@ def table(path):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["gen"] and len(sys.argv) == 5:
         gen(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-    elif sys.argv[1:2] == ["table"] and len(sys.argv) == 3:
-        table(sys.argv[2])
+    elif sys.argv[1:2] == ["table"] and len(sys.argv) in (3, 4):
+        table(*sys.argv[2:])
     else:
         sys.exit(__doc__)
