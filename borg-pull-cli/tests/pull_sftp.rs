@@ -10,7 +10,7 @@
 mod common;
 mod sshd;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -40,9 +40,24 @@ struct Fixture {
     repo: PathBuf,
     /// borg on the server (pull's --borg and the tests' own calls).
     borg: PathBuf,
+    /// borg 1 or borg 2 command lines.
+    line: BorgLine,
     uid: u32,
     gid: u32,
 }
+
+/// Which command lines the server's borg takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BorgLine {
+    /// borg 1.x: `REPO::ARCHIVE`, `init`, an unencrypted repository.
+    One,
+    /// borg 2: `-r REPO`, `repo-create`, an authenticated repository (borg 2 has no `-e none`)
+    /// whose passphrase pull hands to the server's borg.
+    Two,
+}
+
+/// The passphrase of the borg 2 repositories.
+const BORG2_PASSPHRASE: &str = "sftp 'borg 2' $(x)";
 
 fn id(flag: &str) -> u32 {
     let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
@@ -56,6 +71,10 @@ impl Fixture {
     }
 
     fn with_borg(borg: PathBuf) -> Fixture {
+        Self::with(borg, BorgLine::One)
+    }
+
+    fn with(borg: PathBuf, line: BorgLine) -> Fixture {
         assert!(
             rustix::process::geteuid().is_root(),
             "the sftp tests need root: sshd's ChrootDirectory (the client's own passwd) and borg's private mount namespace"
@@ -98,18 +117,70 @@ impl Fixture {
         write_tree(&root.join("data"), uid, gid);
         let server = TestDir::new();
         let repo = server.join("repo");
-        let mut init = TestCommand::new(&borg);
-        server.env(&mut init).args(["init", "-e", "none"]).arg(&repo);
-        assert_ok(&init.output(), "borg init");
-        Fixture {
+        let f = Fixture {
             sshd,
             chroot,
             server,
             repo,
             borg,
+            line,
             uid,
             gid,
+        };
+        let init = match line {
+            BorgLine::One => f.borg(&["init", "-e", "none", f.repo.to_str().unwrap()]),
+            BorgLine::Two => f.borg(&[
+                "-r",
+                f.repo.to_str().unwrap(),
+                "repo-create",
+                "-e",
+                "authenticated-blake3",
+            ]),
+        };
+        assert_ok(&init, "creating the repository");
+        f
+    }
+
+    /// How the archive `name` is given to `create` (for pull too).
+    fn archive(&self, name: &str) -> String {
+        match self.line {
+            BorgLine::One => format!("::{name}"),
+            BorgLine::Two => name.to_owned(),
         }
+    }
+
+    /// `borg ARGS` about the archive `name` (or the repository when `None`).
+    fn borg_on(&self, command: &[&str], name: Option<&str>) -> TestCommand {
+        let repo = self.repo.to_str().unwrap();
+        let mut args: Vec<String> = Vec::new();
+        match self.line {
+            BorgLine::One => {
+                args.extend(command.iter().map(|a| a.to_string()));
+                args.push(match name {
+                    Some(name) => format!("{repo}::{name}"),
+                    None => repo.to_owned(),
+                });
+            }
+            BorgLine::Two => {
+                args.extend(["-r".to_owned(), repo.to_owned()]);
+                args.extend(command.iter().map(|a| a.to_string()));
+                args.extend(name.map(str::to_owned));
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.borg_cmd(&args)
+    }
+
+    /// The repository's archive names, one a line.
+    fn archive_names(&self) -> String {
+        let out = match self.line {
+            BorgLine::One => self.borg_on(&["list", "--short"], None).output(),
+            BorgLine::Two => self
+                .borg_on(&["repo-list", "--format", "{archive}{NL}"], None)
+                .output(),
+        };
+        assert_ok(&out, "listing the archives");
+        out.stdout_text()
     }
 
     fn work_dir(&self) -> PathBuf {
@@ -141,6 +212,9 @@ impl Fixture {
             .args(args)
             .env("BORG_PULL_LOG", "info")
             .attach_log("sshd log", self.sshd.log_path());
+        if self.line == BorgLine::Two {
+            cmd.env("BORG_PASSPHRASE", BORG2_PASSPHRASE);
+        }
         cmd
     }
 
@@ -155,6 +229,9 @@ impl Fixture {
     fn borg_cmd(&self, args: &[&str]) -> TestCommand {
         let mut cmd = TestCommand::new(&self.borg);
         self.server.env(&mut cmd).args(args);
+        if self.line == BorgLine::Two {
+            cmd.env("BORG_PASSPHRASE", BORG2_PASSPHRASE);
+        }
         cmd
     }
 
@@ -311,21 +388,18 @@ fn snapshot(dir: &Path) -> Vec<Seen> {
 /// The first pull of `f`'s client: archive name, paths and owners as on the client, and a byte
 /// for byte round trip through borg extract. Returns the client's tree as seen.
 fn round_trip(f: &Fixture) -> Vec<Seen> {
-    let out = f.pull(&["create", "--stats", "::{hostname}-1", "/data"]);
+    let out = f.pull(&["create", "--stats", &f.archive("{hostname}-1"), "/data"]);
     assert_ok(&out, "pull --via sftp");
     assert!(f.mounts().is_empty(), "mounted after success: {:?}", f.mounts());
 
     // The archive is named with the client's host name and holds the client's paths.
-    let repo = f.repo.to_str().unwrap().to_owned();
-    let listing = f.borg(&["list", "--short", &repo]);
-    assert_ok(&listing, "borg list");
-    assert_eq!(listing.stdout_text().trim(), "sftp-client-1");
-    let items = f.borg(&[
-        "list",
-        "--format",
-        "{user}:{group}:{uid}:{gid} {path}{NL}",
-        &format!("{repo}::sftp-client-1"),
-    ]);
+    assert_eq!(f.archive_names().trim(), "sftp-client-1");
+    let items = f
+        .borg_on(
+            &["list", "--format", "{user}:{group}:{uid}:{gid} {path}{NL}"],
+            Some("sftp-client-1"),
+        )
+        .output();
     assert_ok(&items, "borg list ARCHIVE");
     let items = items.stdout_text();
     let lines: Vec<&str> = items.lines().collect();
@@ -348,7 +422,7 @@ fn round_trip(f: &Fixture) -> Vec<Seen> {
     let restore = f.server.join("restore");
     fs::create_dir(&restore).unwrap();
     let extracted = f
-        .borg_cmd(&["extract", &format!("{repo}::sftp-client-1")])
+        .borg_on(&["extract"], Some("sftp-client-1"))
         .current_dir(&restore)
         .output();
     assert_ok(&extracted, "borg extract");
@@ -368,8 +442,12 @@ fn round_trip(f: &Fixture) -> Vec<Seen> {
 fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache() {
     let f = Fixture::new();
     let want = round_trip(&f);
+    an_unchanged_second_run_hits_the_files_cache(&f, &want);
+}
 
-    // Unchanged: nothing added, modified or in error; the same mount point (one per client).
+/// A second pull of the unchanged client adds, modifies and fails nothing; the same mount
+/// point (one per client) is used and gone afterwards.
+fn an_unchanged_second_run_hits_the_files_cache(f: &Fixture, want: &[Seen]) {
     // Except the file with the newest mtime: borg never keeps that one in its files cache (its
     // guard against mtime granularity), with a local borg too.
     let newest = want
@@ -378,7 +456,13 @@ fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache
         .max_by_key(|s| s.mtime)
         .unwrap();
     let newest = format!("A data/{}", newest.name.trim_matches('"'));
-    let out = f.pull(&["create", "--list", "--filter=AME", "::second", "/data"]);
+    // borg 2 keeps a files cache per archive series (name): the second archive is of the
+    // first's series.
+    let name = match f.line {
+        BorgLine::One => "second",
+        BorgLine::Two => "{hostname}-1",
+    };
+    let out = f.pull(&["create", "--list", "--filter=AME", &f.archive(name), "/data"]);
     assert_ok(&out, "second pull");
     let changed: Vec<String> = out
         .stderr_text()
@@ -400,6 +484,16 @@ fn sftp_pull_round_trips_the_client_tree_with_its_names_and_hits_the_files_cache
         "mounted after the second run: {:?}",
         f.mounts()
     );
+}
+
+#[test]
+fn sftp_pull_round_trips_with_borg_2_on_the_server_and_hits_its_files_cache() {
+    let Some(borg2) = common::borg2() else {
+        return;
+    };
+    let f = Fixture::with(borg2, BorgLine::Two);
+    let want = round_trip(&f);
+    an_unchanged_second_run_hits_the_files_cache(&f, &want);
 }
 
 #[test]
@@ -466,12 +560,23 @@ fn nothing_can_be_written_through_the_mount() {
     assert_eq!(snapshot(&f.client_data()), before, "the client's tree changed");
 }
 
-#[test]
-fn sftp_pull_stops_borg_and_unmounts_on_sigterm_and_at_max_runtime() {
+/// How a long run is ended from outside.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// A signal to `borg-pull-server` (Ctrl-C is SIGINT).
+    Signal(&'static str),
+    /// `--max-runtime 3s`.
+    MaxRuntime,
+}
+
+/// A pull whose borg holds (bounded) like a long backup, after showing that it runs in the
+/// mount; while it holds, the mount is private to this server's user (looked at before a
+/// signal, not racing `--max-runtime`); `stop` ends it with
+/// `code`, the mount is gone and nothing of the run is left running.
+fn a_long_run_ends_without_a_mount(stop: Stop, code: i32) {
     let f = Fixture::new();
     let started = f.server.join("started");
     let wrapper = f.server.join("borg-wrapper");
-    // Holds (bounded) like a long backup, after showing that it runs in the mount.
     fs::write(
         &wrapper,
         format!(
@@ -481,32 +586,100 @@ fn sftp_pull_stops_borg_and_unmounts_on_sigterm_and_at_max_runtime() {
     )
     .unwrap();
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-    let borg = ["--borg", wrapper.to_str().unwrap()];
-
-    let mut cmd = f.pull_cmd(&borg, &["create", "::a", "/data"]);
+    let mut extra = vec!["--borg", wrapper.to_str().unwrap()];
+    if let Stop::MaxRuntime = stop {
+        extra.extend(["--max-runtime", "3s"]);
+    }
+    let mut cmd = f.pull_cmd(&extra, &["create", "::a", "/data"]);
     let mut run = cmd.spawn(f.server.join("pull.log"));
     common::wait_until("borg started in the mount", || {
         fs::read_to_string(&started).is_ok_and(|s| s.trim() == "data/small")
     });
-    assert!(!f.mounts().is_empty(), "not mounted while borg runs");
-    run.signal("TERM");
+    match stop {
+        Stop::Signal(signal) => {
+            the_mount_is_private(&f);
+            run.signal(signal);
+        }
+        // Looked at only while nothing ends the run by time.
+        Stop::MaxRuntime => {}
+    }
     let status = run.wait_exit();
-    assert_eq!(status.code(), Some(202), "{}", run.report());
-    assert!(f.mounts().is_empty(), "mounted after SIGTERM: {:?}", f.mounts());
+    assert_eq!(status.code(), Some(code), "{}", run.report());
+    assert!(f.mounts().is_empty(), "mounted after {stop:?}: {:?}", f.mounts());
+    // borg (here its wrapper) was stopped with its process group.
+    common::assert_no_process_mentions(&wrapper);
+}
 
-    fs::remove_file(&started).unwrap();
-    let out = f
-        .pull_cmd(
-            &[borg[0], borg[1], "--max-runtime", "3s"],
-            &["create", "::b", "/data"],
-        )
-        .output();
-    out.assert_code(217);
-    assert!(
-        f.mounts().is_empty(),
-        "mounted after --max-runtime: {:?}",
-        f.mounts()
-    );
+/// The mount of a running pull: one, read-only, without allow_other, below directories only
+/// this server's user (root) may enter; the unprivileged test user can reach nothing of it.
+fn the_mount_is_private(f: &Fixture) {
+    let mounts = f.mounts();
+    assert_eq!(mounts.len(), 1, "not mounted while borg runs: {mounts:?}");
+    let line = &mounts[0];
+    // mountinfo: ... mount point, its options, ... " - " fs type, source, super options.
+    let (before, after) = line.split_once(" - ").unwrap();
+    let options = before.split(' ').nth(5).unwrap();
+    assert!(options.split(',').any(|o| o == "ro"), "not read-only: {line}");
+    assert!(!after.contains("allow_other"), "allow_other: {line}");
+    assert!(after.starts_with("fuse"), "not FUSE: {line}");
+    let client_dir = f.work_dir().join("sftp");
+    let client_dir = fs::read_dir(&client_dir).unwrap().next().unwrap().unwrap().path();
+    for dir in [f.work_dir().join("sftp"), client_dir.clone()] {
+        let meta = fs::metadata(&dir).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{}", dir.display());
+        assert_eq!(meta.uid(), 0, "{}", dir.display());
+    }
+    let root = client_dir.join("root");
+    assert!(line.contains(&format!(" {} ", root.display())), "{line}");
+    // What stands in another user's way besides those directories: the mount itself (no
+    // allow_other). Opened for a moment to show it, as far as the mount point.
+    let chain = [
+        f.server.path().to_owned(),
+        f.work_dir(),
+        f.work_dir().join("sftp"),
+        client_dir,
+    ];
+    let chmod = |mode: u32| {
+        for dir in &chain {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    let as_test_user = |path: &Path| {
+        let (uid, gid) = (f.uid.to_string(), f.gid.to_string());
+        Command::new("/usr/bin/setpriv")
+            .args(["--reuid", &uid, "--regid", &gid, "--clear-groups", "--"])
+            .arg("/usr/bin/stat")
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let closed = as_test_user(&root);
+    chmod(0o711);
+    let open = as_test_user(&root);
+    let parent = as_test_user(root.parent().unwrap());
+    chmod(0o700);
+    for out in [&closed, &open] {
+        assert!(!out.status.success(), "{TEST_USER} reached the mount: {out:?}");
+        let refusal = String::from_utf8_lossy(&out.stderr);
+        assert!(refusal.contains("Permission denied"), "{refusal}");
+    }
+    // The path was open: the refusal above was the mount's.
+    assert!(parent.status.success(), "{parent:?}");
+}
+
+#[test]
+fn sigterm_stops_borg_and_unmounts() {
+    a_long_run_ends_without_a_mount(Stop::Signal("TERM"), 202);
+}
+
+#[test]
+fn ctrl_c_stops_borg_and_unmounts() {
+    a_long_run_ends_without_a_mount(Stop::Signal("INT"), 202);
+}
+
+#[test]
+fn max_runtime_stops_borg_and_unmounts() {
+    a_long_run_ends_without_a_mount(Stop::MaxRuntime, 217);
 }
 
 #[test]
@@ -573,4 +746,273 @@ fn a_stale_mount_of_a_killed_run_is_removed_by_the_next_run() {
     );
     let listing = f.borg(&["list", "--short", f.repo.to_str().unwrap()]);
     assert_eq!(listing.stdout_text().trim(), "b");
+}
+
+/// A place of the unprivileged test user's own (0700) with what a pull needs as that user: a copy
+/// of the client key and known_hosts, HOME, BORG_BASE_DIR, the sftp work directory.
+struct UserSide {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    known_hosts: PathBuf,
+}
+
+impl UserSide {
+    fn new(f: &Fixture) -> UserSide {
+        let dir = tempfile::Builder::new().prefix("bp-user-").tempdir().unwrap();
+        let own = |path: &Path, mode: u32| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+            std::os::unix::fs::chown(path, Some(f.uid), Some(f.gid)).unwrap();
+        };
+        own(dir.path(), 0o700);
+        for sub in ["home", "base"] {
+            fs::create_dir(dir.path().join(sub)).unwrap();
+            own(&dir.path().join(sub), 0o700);
+        }
+        let key = dir.path().join("key");
+        fs::copy(f.sshd.client_key(), &key).unwrap();
+        own(&key, 0o600);
+        let known_hosts = dir.path().join("known_hosts");
+        fs::copy(&f.sshd.known_hosts, &known_hosts).unwrap();
+        own(&known_hosts, 0o600);
+        UserSide {
+            dir,
+            key,
+            known_hosts,
+        }
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `PROGRAM ARGS` as the test user (its uid and gid, no other groups), with PATH `path`.
+    fn command(&self, f: &Fixture, path: &str, program: &Path, args: &[&OsStr]) -> TestCommand {
+        let mut cmd = TestCommand::new("/usr/bin/setpriv");
+        cmd.args(["--reuid", &f.uid.to_string(), "--regid", &f.gid.to_string()])
+            .args(["--clear-groups", "--"])
+            .arg(program)
+            .args(args)
+            .env("PATH", path)
+            .env("HOME", self.join("home"))
+            .env("BORG_BASE_DIR", self.join("base"))
+            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+            .env("BORG_PULL_LOG", "info")
+            .env_remove("BORG_PASSPHRASE")
+            .env_remove("BORG_PASSCOMMAND")
+            .env_remove("BORG_REPO")
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("RUNTIME_DIRECTORY");
+        cmd
+    }
+
+    /// `borg-pull-server pull --via sftp` of `f`'s client as the test user, into its own repo.
+    fn pull(&self, f: &Fixture, path: &str) -> Outcome {
+        let port = f.sshd.port.to_string();
+        let args: Vec<OsString> = vec![
+            "pull".into(),
+            "-p".into(),
+            port.into(),
+            "-i".into(),
+            self.key.clone().into(),
+            "--known-hosts".into(),
+            self.known_hosts.clone().into(),
+            "--repo".into(),
+            self.join("repo").into(),
+            "--via".into(),
+            "sftp".into(),
+            "--sftp-dir".into(),
+            self.join("work").into(),
+            "--borg".into(),
+            f.borg.clone().into(),
+            f.sshd.destination().into(),
+            "--".into(),
+            "create".into(),
+            "::a".into(),
+            "/data".into(),
+        ];
+        let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+        self.command(f, path, Path::new(SERVER), &args)
+            .attach_log("sshd log", f.sshd.log_path())
+            .output()
+    }
+}
+
+/// Not root and no fusermount3 on PATH (Debian's fuse3 missing): the run names what is missing
+/// and exits 221, before borg runs; nothing is mounted.
+#[test]
+fn without_root_and_without_fusermount3_the_run_names_what_is_missing() {
+    let f = Fixture::new();
+    let user = UserSide::new(&f);
+    let out = user.pull(&f, "/nonexistent-bin");
+    out.assert_code(221);
+    let text = out.stderr_text();
+    assert!(
+        text.contains("fusermount3") && text.contains("fuse3"),
+        "{}",
+        out.describe()
+    );
+    assert!(!user.join("repo").exists(), "{}", out.describe());
+    let work = user.join("work");
+    let work = work.to_string_lossy();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(work.as_ref()), "{mountinfo}");
+}
+
+/// A TOML basic string (JSON's escaping is valid TOML).
+fn toml_str(s: impl AsRef<OsStr>) -> String {
+    serde_json::to_string(&s.as_ref().to_string_lossy()).unwrap()
+}
+
+/// The fleet's `via = "sftp"` end to end: `run` pulls a client that allows only read-only SFTP
+/// (the same chrooted sshd), with the mount under the unit's RUNTIME_DIRECTORY; the archive has
+/// the client's paths and names, and no mount is left; check-config --connect asks its SFTP
+/// server.
+#[test]
+fn run_pulls_a_fleet_client_with_via_sftp() {
+    let f = Fixture::new();
+    let config = f.server.join("fleet.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\nstate_dir = {state}\nborg = {borg}\n\n[defaults]\nuser = {user}\nidentity = {key}\n\
+             known_hosts = {kh}\n\n[[client]]\nname = \"appliance\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+             repo = {repo}\nvia = \"sftp\"\nargs = [\"create\", \"--stats\", \"::{{hostname}}-fleet\", \"/data\"]\n",
+            state = toml_str(f.server.join("state")),
+            borg = toml_str(&f.borg),
+            user = toml_str(&f.sshd.user),
+            key = toml_str(f.sshd.client_key()),
+            kh = toml_str(&f.sshd.known_hosts),
+            port = f.sshd.port,
+            repo = toml_str(&f.repo),
+        ),
+    )
+    .unwrap();
+    let mut cmd = TestCommand::new(SERVER);
+    f.server.env(&mut cmd);
+    let out = cmd
+        .args(["run", "--json", "--config"])
+        .arg(&config)
+        .env("RUNTIME_DIRECTORY", f.work_dir())
+        .env("BORG_PULL_LOG", "info")
+        .attach_log("sshd log", f.sshd.log_path())
+        .output();
+    assert_ok(&out, "run with via = \"sftp\"");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["client"], "appliance", "{}", out.describe());
+    assert_eq!(f.archive_names().trim(), "sftp-client-fleet");
+    let items = f
+        .borg_on(
+            &["list", "--format", "{user}:{group} {path}{NL}"],
+            Some("sftp-client-fleet"),
+        )
+        .output();
+    assert_ok(&items, "borg list");
+    let items = items.stdout_text();
+    assert!(
+        items.lines().any(|l| l == "client-alice:client-staff data/small"),
+        "{items}"
+    );
+    assert!(f.work_dir().join("sftp").is_dir(), "not under RUNTIME_DIRECTORY");
+    assert!(f.mounts().is_empty(), "mounted after run: {:?}", f.mounts());
+
+    // check-config --connect looks at such a client through its SFTP server alone.
+    let mut cmd = TestCommand::new(SERVER);
+    f.server.env(&mut cmd);
+    let out = cmd
+        .args(["check-config", "--connect", "--config"])
+        .arg(&config)
+        .attach_log("sshd log", f.sshd.log_path())
+        .output();
+    assert_ok(&out, "check-config --connect");
+    assert!(
+        out.stdout_text()
+            .contains("SFTP subsystem answers (working directory"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// `pull --via sftp` of a client on `sshd` (not the chrooted fixture), into an unused repository.
+fn pull_from(sshd: &Sshd, server: &TestDir) -> Outcome {
+    let mut cmd = TestCommand::new(SERVER);
+    server.env(&mut cmd);
+    cmd.arg("pull")
+        .arg("-p")
+        .arg(sshd.port.to_string())
+        .arg("-i")
+        .arg(sshd.client_key())
+        .arg("--known-hosts")
+        .arg(&sshd.known_hosts)
+        .arg("--repo")
+        .arg(server.join("repo"))
+        .args(["--via", "sftp", "--sftp-dir"])
+        .arg(server.join("sftp-work"))
+        .arg(sshd.destination())
+        .args(["--", "create", "::a", "/tmp"])
+        .attach_log("sshd log", sshd.log_path())
+        .output()
+}
+
+/// A client's sshd without a `Subsystem sftp` line refuses the subsystem: exit 214 (the client's
+/// set-up), naming the sshd_config line and the recommended key line; nothing is made here.
+#[test]
+fn a_client_without_an_sftp_subsystem_exits_214_naming_the_fix() {
+    let sshd = Sshd::start_with(SshdOptions {
+        authorized_keys_options: "restrict ",
+        ..SshdOptions::default()
+    });
+    let server = TestDir::new();
+    let out = pull_from(&sshd, &server);
+    out.assert_code(214);
+    let text = out.stderr_text();
+    assert!(
+        text.contains("refused the sftp subsystem")
+            && text.contains("Subsystem sftp internal-sftp")
+            && text.contains("internal-sftp -R"),
+        "{}",
+        out.describe()
+    );
+    assert!(!server.join("sftp-work").exists(), "{}", out.describe());
+}
+
+/// What answers the subsystem is not an SFTP server (a forced command that prints text): the
+/// first reply breaks the protocol, the run exits 216 (the client misbehaved) without mounting.
+#[test]
+fn a_client_whose_sftp_answer_is_not_sftp_exits_216() {
+    let sshd = Sshd::start_with(SshdOptions {
+        authorized_keys_options: "restrict,command=\"echo this is not sftp\" ",
+        extra_config: "Subsystem sftp internal-sftp\n".into(),
+        ..SshdOptions::default()
+    });
+    let server = TestDir::new();
+    let out = pull_from(&sshd, &server);
+    out.assert_code(216);
+    assert!(
+        out.stderr_text()
+            .contains("starting the SFTP session: sftp: the client's SFTP server broke the protocol"),
+        "{}",
+        out.describe()
+    );
+    assert!(!server.join("sftp-work").exists(), "{}", out.describe());
+}
+
+/// The client's `/etc/passwd` is longer than the bound on what we read of it (4 MiB): the run
+/// stops before mounting with exit 216 naming the file and the bound.
+#[test]
+fn a_client_passwd_beyond_the_bound_exits_216_before_mounting() {
+    let f = Fixture::new();
+    let line = format!("client-alice:x:{}:{}::/data:/bin/sh\n", f.uid, f.gid);
+    let passwd = line.repeat(4 * 1024 * 1024 / line.len() + 1);
+    fs::write(f.chroot.path().join("etc/passwd"), passwd).unwrap();
+    let out = f.pull(&["create", "::a", "/data"]);
+    out.assert_code(216);
+    assert!(
+        out.stderr_text()
+            .contains("/etc/passwd is longer than 4194304 bytes"),
+        "{}",
+        out.describe()
+    );
+    assert!(f.mounts().is_empty(), "{:?}", f.mounts());
+    assert_eq!(f.archive_names().trim(), "");
 }

@@ -959,10 +959,16 @@ impl Client {
             ViaConfig::Socket => Via::Socket,
             ViaConfig::Sftp => {
                 let root = borg_pull_tunnel::jobs::sftp_pull::running_as_root();
+                // As for `pull --via sftp`: a systemd unit's RuntimeDirectory= first.
+                let var = |name| {
+                    std::env::var_os(name)
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from)
+                };
                 match borg_pull_tunnel::jobs::sftp_pull::default_work_dir(
                     root,
-                    None,
-                    None,
+                    var("RUNTIME_DIRECTORY"),
+                    var("XDG_RUNTIME_DIR"),
                     env.ssh.home.as_deref(),
                 ) {
                     Some(work_dir) => Via::Sftp(borg_pull_tunnel::jobs::sftp_pull::SftpVia { work_dir }),

@@ -755,11 +755,11 @@ pub enum Error {
 
     /// `pull --via sftp`: the client's SFTP server failed a request of ours, broke the protocol
     /// or one of our bounds.
-    #[error("{peer}: {what} over SFTP")]
+    #[error("{peer}: {what}")]
     Sftp {
         /// The client's sshd.
         peer: Peer,
-        /// What we were doing, e.g. `reading /etc/passwd`.
+        /// What we were doing, e.g. `reading the client's accounts over SFTP`.
         what: &'static str,
         /// What the SFTP client saw.
         source: borg_pull_sftp::Error,

@@ -73,7 +73,7 @@ pub(crate) async fn read(client: &Client, peer: &Peer) -> Result<Option<ClientAc
 async fn read_file(client: &Client, peer: &Peer, path: &'static str) -> Result<Option<Vec<u8>>, Error> {
     let failed = |source| Error::Sftp {
         peer: peer.clone(),
-        what: "reading the client's accounts",
+        what: "reading the client's accounts over SFTP",
         source,
     };
     let handle = match client.open_read(path.as_bytes()).await {

@@ -105,7 +105,7 @@ pub async fn probe(session: &Session) -> Result<String> {
     let client = start_sftp(session).await?;
     let home = client.realpath(b".").await.map_err(|source| Error::Sftp {
         peer: session.peer(),
-        what: "asking for the working directory",
+        what: "asking the SFTP server for its working directory",
         source,
     });
     let _ = client.shutdown().await;
