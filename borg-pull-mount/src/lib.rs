@@ -9,13 +9,17 @@
 //!
 //! The remote side is untrusted: every call has a deadline, listings, inodes, depth, link targets,
 //! read-ahead memory and the bytes read from one file are bounded ([`limits`]), and what hit a
-//! bound is listed in [`Mount::report`].
+//! bound is listed in [`Mount::report`]. No caller is ever left waiting in the kernel: stopping
+//! (or a FUSE session that ends under us) cancels every request task, whose replies answer EIO,
+//! and aborts the connection if a request still has no answer (a killed caller would otherwise
+//! wait there, unkillable, for ever).
 //!
 //! The tree comes from a [`Source`] (borg-pull-sftp's client; hostile ones in the tests).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod connection;
 mod error;
 mod fs;
 mod inodes;

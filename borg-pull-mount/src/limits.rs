@@ -70,8 +70,9 @@ pub const PREFETCH_MAX_QUEUED: usize = 20_000;
 
 /// Size of one read request and of one read-ahead chunk.
 ///
-/// The SFTP client's largest read (borg-pull-sftp's DEFAULT_MAX_READ, 64 KiB; OpenSSH's
-/// sftp-server answers up to 255 KiB): a small file is one request, the window has a fine grain.
+/// What every SFTP server answers in full (borg-pull-sftp's UNANNOUNCED_MAX_READ; OpenSSH's
+/// sftp-server answers up to 255 KiB): a file below it is one request, the window has a fine
+/// grain.
 pub const READ_CHUNK: u32 = 64 * 1024;
 
 /// Bytes read ahead of a file's sequential reader.
@@ -107,6 +108,15 @@ pub const MAX_SHORT_READS: usize = 4;
 
 /// Problems kept for [`crate::Mount::report`]; beyond, only their number is kept.
 pub const MAX_REPORTED: usize = 1000;
+
+/// How long stopping a mount waits for the kernel's requests to be answered before it aborts the
+/// connection (every request still waiting then ends with ENOTCONN).
+///
+/// Stopping cancels every request task first, and each answers EIO as it ends: milliseconds,
+/// a second on a loaded machine. A request still unanswered after that is held by something
+/// that will never answer it (a task that does not yield, a dead FUSE thread), and its caller
+/// would wait in the kernel forever.
+pub const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
 
 /// How long stopping a mount waits for its FUSE thread after the (lazy) unmount.
 ///

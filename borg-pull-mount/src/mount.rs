@@ -9,9 +9,10 @@ use std::sync::Arc;
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::Connection;
 use crate::error::Error;
-use crate::fs::{Core, Fs};
-use crate::limits::{Limits, UNMOUNT_WAIT};
+use crate::fs::{Core, Fs, SessionEnd};
+use crate::limits::{Limits, UNMOUNT_GRACE, UNMOUNT_WAIT};
 use crate::remote::FileType;
 use crate::report::{Report, Reporter};
 use crate::source::Source;
@@ -70,6 +71,7 @@ pub struct Mount {
     session: Option<BackgroundSession>,
     reporter: Arc<Reporter>,
     cancel: CancellationToken,
+    connection: Arc<Connection>,
 }
 
 impl std::fmt::Debug for Mount {
@@ -137,17 +139,26 @@ impl Mount {
         ];
         // Only the mounting user sees the tree (no allow_other).
         config.acl = SessionACL::Owner;
-        let at = mountpoint.clone();
-        let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(Fs(core), &at, &config))
-            .await
-            .map_err(|join| Error::Mount {
-                path: mountpoint.clone(),
-                source: std::io::Error::other(join),
-            })?
-            .map_err(|source| Error::Mount {
-                path: mountpoint.clone(),
-                source,
-            })?;
+        let connection = Arc::new(Connection::default());
+        let end = SessionEnd {
+            cancel: cancel.clone(),
+            connection: connection.clone(),
+        };
+        let (at, held) = (mountpoint.clone(), connection.clone());
+        let session = tokio::task::spawn_blocking(move || {
+            let session = fuser::spawn_mount(Fs { core, _end: end }, &at, &config)?;
+            held.attach(&at);
+            Ok(session)
+        })
+        .await
+        .map_err(|join| Error::Mount {
+            path: mountpoint.clone(),
+            source: std::io::Error::other(join),
+        })?
+        .map_err(|source| Error::Mount {
+            path: mountpoint.clone(),
+            source,
+        })?;
         tracing::debug!(mountpoint = %mountpoint.display(), "mounted");
         Ok(Mount {
             mountpoint,
@@ -155,6 +166,7 @@ impl Mount {
             session: Some(session),
             reporter,
             cancel,
+            connection,
         })
     }
 
@@ -181,23 +193,32 @@ impl Mount {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
+        // The FUSE thread ended before we asked: nobody reads the kernel's requests any more.
+        let died = session.guard.is_finished();
+        // Every request task ends; the replies they held answer EIO as they drop.
         self.cancel.cancel();
         let detached = detach(&self.mountpoint, self.privilege);
-        // The FUSE thread ends when the kernel drops the connection (at once unless a file is
-        // still open); the session is dropped only after that, so its own unmount finds nothing
-        // to do and never touches a newer mount at the same path.
-        let (done, wait) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("borg-pull-umount".into())
-            .spawn(move || {
-                let result = session.join();
-                let _ = done.send(result);
-            });
-        if spawned.is_ok() {
-            match wait.recv_timeout(UNMOUNT_WAIT) {
-                Ok(Err(error)) => tracing::debug!(%error, "FUSE session ended with an error"),
-                Ok(Ok(())) => {}
-                Err(_) => tracing::warn!(mountpoint = %self.mountpoint.display(), "mount busy; detached"),
+        // No caller may be left waiting in the kernel for an answer that will never come: what is
+        // still unanswered after the grace (or everything, if the thread is gone) is aborted.
+        if died || !self.answered_within(UNMOUNT_GRACE) {
+            self.connection.abort();
+        }
+        // The detached mount can end now (unless a reader still holds a file in it).
+        self.connection.release();
+        // The FUSE thread ends when the kernel drops the connection; the session is dropped only
+        // after that, so its own unmount finds nothing to do and never touches a newer mount at
+        // the same path.
+        if wait_until(UNMOUNT_WAIT, || session.guard.is_finished()) {
+            if let Err(error) = session.join() {
+                tracing::debug!(%error, "FUSE session ended with an error");
+            }
+        } else {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), "mount busy; detached");
+            let joined = std::thread::Builder::new()
+                .name("borg-pull-umount".into())
+                .spawn(move || drop(session.join()));
+            if let Err(error) = joined {
+                tracing::warn!(%error, "cannot wait for the FUSE thread; it ends with the process");
             }
         }
         detached.map_err(|source| Error::Unmount {
@@ -205,6 +226,30 @@ impl Mount {
             source,
         })
     }
+
+    /// Whether the kernel has no request of this mount left waiting for an answer within
+    /// `grace`. Without fusectl it cannot be known, nor anything aborted: then true.
+    fn answered_within(&self, grace: std::time::Duration) -> bool {
+        wait_until(grace, || {
+            self.connection.waiting().is_none_or(|waiting| waiting == 0)
+        })
+    }
+}
+
+/// Polls `done` until it holds or `deadline` has passed (bounded: one poll per 10 ms).
+fn wait_until(deadline: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let step = std::time::Duration::from_millis(10);
+    let started = std::time::Instant::now();
+    for _ in 0..=deadline.as_millis() / step.as_millis() {
+        if done() {
+            return true;
+        }
+        if started.elapsed() >= deadline {
+            break;
+        }
+        std::thread::sleep(step);
+    }
+    done()
 }
 
 impl Drop for Mount {

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::attrs::Attrs;
 use crate::error::{Bound, Error, Op, Request, Violation};
-use crate::limits::{Limits, JOIN_GRACE, WRITE_WINDOW};
+use crate::limits::{Limits, JOIN_GRACE, UNANNOUNCED_MAX_READ, UNANNOUNCED_MAX_WRITE, WRITE_WINDOW};
 use crate::session::{self, Expect, Link, Reply, Session, Submitted};
 use crate::wire::{fxp, Fields, Packet};
 
@@ -178,7 +178,8 @@ impl Client {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (rd, wr) = tokio::io::split(stream);
-        // Large enough for a 64 KiB DATA reply and its header in one read from the stream.
+        // Many small replies (attributes, listings) per read(2); a large DATA body that finds it
+        // empty goes past it, straight into the buffer handed to the caller.
         let mut rd = BufReader::with_capacity(128 * 1024, rd);
         let mut wr = BufWriter::with_capacity(64 * 1024, wr);
         let timeout = limits.request_timeout;
@@ -200,15 +201,20 @@ impl Client {
             server_limits: None,
             // A DATA reply is 13 bytes of header and the data: a longer read could never be
             // answered within max_packet.
-            max_read: limits.max_read.min(limits.max_packet.saturating_sub(13)).max(1),
-            max_write: limits.max_write,
+            max_read: limits
+                .max_read
+                .min(UNANNOUNCED_MAX_READ)
+                .min(limits.max_packet.saturating_sub(13))
+                .max(1),
+            max_write: limits.max_write.clamp(1, UNANNOUNCED_MAX_WRITE),
             tasks: Mutex::new(vec![reader, writer]),
         };
         if core.extensions.limits() {
             // Dropping `core` on error ends the session and its tasks.
             match query_limits(&core.link).await {
                 Ok(server) => {
-                    core.max_read = lower(core.max_read, server.max_read);
+                    let carried = limits.max_read.min(limits.max_packet.saturating_sub(13)).max(1);
+                    core.max_read = lower(carried, server.max_read);
                     // A WRITE carries 4 (handle length) + handle + 8 + 4 + data after its
                     // 9-byte header.
                     let write_room = server.max_packet.saturating_sub(9 + 4 + 256 + 8 + 4);

@@ -38,15 +38,25 @@ pub const DEFAULT_MAX_NAME_LEN: usize = 255;
 /// Longest symlink target (and REALPATH answer), in bytes: Linux's `PATH_MAX` less its NUL.
 pub const DEFAULT_MAX_LINK_LEN: usize = 4095;
 
-/// Largest READ asked for, in bytes, when the server announces no `limits@openssh.com`.
+/// Largest READ asked for, in bytes: OpenSSH's own (its sftp-server announces 255 KiB in
+/// `limits@openssh.com` and never sends more than 256 KiB in a packet).
 ///
-/// 64 KiB: what every SFTP v3 server handles (OpenSSH's sftp client asks for 32 KiB without the
-/// extension; its server answers up to 255 KiB) and FUSE's default largest read. With the
-/// extension the smaller of this and the server's `max-read-length` is used.
-pub const DEFAULT_MAX_READ: u32 = 64 * 1024;
+/// The smaller of this and the server's announced `max-read-length` is used, and never more than
+/// `max_packet` can carry. Fewer, larger reads mean fewer round trips at a distance.
+pub const DEFAULT_MAX_READ: u32 = 255 * 1024;
 
 /// Largest WRITE sent, in bytes, under the same rule as [`DEFAULT_MAX_READ`].
-pub const DEFAULT_MAX_WRITE: u32 = 64 * 1024;
+pub const DEFAULT_MAX_WRITE: u32 = 255 * 1024;
+
+/// Largest READ asked of a server that announces no `limits@openssh.com` (OpenSSH before 8.6,
+/// other servers): 64 KiB, which they all answer (a server may send less; it never has to
+/// refuse), and FUSE's usual largest read.
+pub const UNANNOUNCED_MAX_READ: u32 = 64 * 1024;
+
+/// Largest WRITE sent to a server that announces no limits: 32 KiB, what OpenSSH's own client
+/// sends then, within the 34,000-byte packets every server must accept (draft-02, section 3).
+/// Unlike a READ, a WRITE too large for the server is refused, not shortened.
+pub const UNANNOUNCED_MAX_WRITE: u32 = 32 * 1024;
 
 /// Extensions the server may announce in VERSION; more is a hostile server (OpenSSH 9.x sends 11).
 pub const DEFAULT_MAX_EXTENSIONS: usize = 64;

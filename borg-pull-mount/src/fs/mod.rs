@@ -10,19 +10,23 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags, PollNotifier,
+    RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle as Runtime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::Connection;
 use crate::inodes::{Inodes, ROOT};
 use crate::limits::Limits;
 use crate::remote::{self, Attrs};
@@ -103,10 +107,12 @@ impl<S: Source> Core<S> {
     }
 
     /// Runs `work` as a task that ends when the mount stops (its reply, dropped, answers EIO).
+    /// Once stopped, a new request's work is dropped before it starts.
     fn spawn(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
         let cancel = self.cancel.clone();
         self.runtime.spawn(async move {
             tokio::select! {
+                biased;
                 () = cancel.cancelled() => {}
                 () = work => {}
             }
@@ -175,12 +181,38 @@ impl<S: Source> Core<S> {
     }
 }
 
-/// The `fuser` face of [`Core`].
-pub(crate) struct Fs<S: Source>(pub(crate) Arc<Core<S>>);
+/// The `fuser` face of [`Core`], and what ends with its session.
+pub(crate) struct Fs<S: Source> {
+    pub(crate) core: Arc<Core<S>>,
+    /// Dropped with the session, however it ends.
+    pub(crate) _end: SessionEnd,
+}
+
+/// Cleans up after a FUSE session however it ends (unmounted, its thread's error or panic): the
+/// fuser session drops the file system as its thread ends.
+pub(crate) struct SessionEnd {
+    pub(crate) cancel: CancellationToken,
+    pub(crate) connection: Arc<Connection>,
+}
+
+impl Drop for SessionEnd {
+    fn drop(&mut self) {
+        // A stop cancels first and then ends the session; a failed mount had no session to end;
+        // anything else ended it under us.
+        if self.cancel.is_cancelled() || !self.connection.was_mounted() {
+            return;
+        }
+        tracing::warn!("the FUSE session ended while mounted; its requests are answered with errors");
+        // The request tasks end, and the replies they held answer EIO as they drop; what the
+        // kernel still waits for (nobody reads the connection now) ends with the connection.
+        self.cancel.cancel();
+        self.connection.abort();
+    }
+}
 
 impl<S: Source> Fs<S> {
     fn ttl(&self) -> Duration {
-        self.0.limits.cache_ttl
+        self.core.limits.cache_ttl
     }
 }
 
@@ -203,7 +235,7 @@ impl<S: Source> Filesystem for Fs<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let core = &self.0;
+        let core = &self.core;
         let name = name.as_bytes().to_vec();
         let ttl = self.ttl();
         match core.cached_entry(parent.0, &name) {
@@ -225,7 +257,7 @@ impl<S: Source> Filesystem for Fs<S> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let core = &self.0;
+        let core = &self.core;
         let ttl = self.ttl();
         match core.node_attr(ino.0) {
             None => reply.error(Errno::ENOENT),
@@ -243,8 +275,8 @@ impl<S: Source> Filesystem for Fs<S> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let core = self.0.clone();
-        self.0.spawn(async move {
+        let core = self.core.clone();
+        self.core.spawn(async move {
             match core.read_link(ino.0).await {
                 Ok(target) => reply.data(&target),
                 Err(errno) => reply.error(errno),
@@ -253,8 +285,8 @@ impl<S: Source> Filesystem for Fs<S> {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let core = self.0.clone();
-        self.0.spawn(async move {
+        let core = self.core.clone();
+        self.core.spawn(async move {
             match core.listing(ino.0).await {
                 Ok(listing) => {
                     core.prefetch_below(&listing, core.limits.prefetch_depth);
@@ -271,7 +303,7 @@ impl<S: Source> Filesystem for Fs<S> {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let state = self.0.lock();
+        let state = self.core.lock();
         let Some(listing) = state.dir_handles.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
@@ -309,7 +341,7 @@ impl<S: Source> Filesystem for Fs<S> {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl();
-        let state = self.0.lock();
+        let state = self.core.lock();
         let Some(listing) = state.dir_handles.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
@@ -351,7 +383,7 @@ impl<S: Source> Filesystem for Fs<S> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.0.lock().dir_handles.remove(&fh.0);
+        self.core.lock().dir_handles.remove(&fh.0);
         reply.ok();
     }
 
@@ -359,15 +391,12 @@ impl<S: Source> Filesystem for Fs<S> {
         if flags.0 & libc_acc_mode() != 0 {
             return reply.error(Errno::EROFS);
         }
-        let core = self.0.clone();
-        self.0.spawn(async move {
-            match core.open_file(ino.0).await {
-                // Direct I/O: every read reaches us, so the bound on a growing file holds whatever
-                // size the kernel cached, and nothing is cached twice (borg reads each file once).
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-                Err(errno) => reply.error(errno),
-            }
-        });
+        match self.core.open_file(ino.0) {
+            // Direct I/O: every read reaches us, so the bound on a growing file holds whatever
+            // size the kernel cached, and nothing is cached twice (borg reads each file once).
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Err(errno) => reply.error(errno),
+        }
     }
 
     fn read(
@@ -381,11 +410,11 @@ impl<S: Source> Filesystem for Fs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(file) = self.0.lock().files.get(&fh.0).cloned() else {
+        let Some(file) = self.core.lock().files.get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        let core = self.0.clone();
-        self.0.spawn(async move {
+        let core = self.core.clone();
+        self.core.spawn(async move {
             match file.read(&core, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(errno) => reply.error(errno),
@@ -403,11 +432,11 @@ impl<S: Source> Filesystem for Fs<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let file = self.0.lock().files.remove(&fh.0);
+        let file = self.core.lock().files.remove(&fh.0);
         // The remote close is not waited for: borg's next open need not pay its round trip.
         if let Some(file) = file {
-            let core = self.0.clone();
-            self.0.spawn(async move { file.close(&core).await });
+            let core = self.core.clone();
+            self.core.spawn(async move { file.close(&core).await });
         }
         reply.ok();
     }
@@ -440,6 +469,255 @@ impl<S: Source> Filesystem for Fs<S> {
         } else {
             reply.ok();
         }
+    }
+
+    // What the mount does not do, answered at once and quietly (fuser's defaults log a warning
+    // per call: borg asks for every file's flags). The kernel refuses writes to a read-only mount
+    // itself; these answers back it up.
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // FS_IOC_GETFLAGS (borg's file flags) and the rest: SFTP carries no flags. ENOTTY is what a
+        // file system without the ioctl answers; borg then records no flags.
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // ENOSYS: the kernel stops asking and seeks by itself (SEEK_DATA/SEEK_HOLE see no holes).
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        // ENOSYS: the kernel stops asking and treats files as always ready, as for a local file.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: ReplyBmap) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        // Not asked for (no FUSE_POSIX_LOCKS): the kernel keeps locks locally.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        _sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Nothing is ever written: nothing to sync.
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // Both ends are on this mount (the kernel asks only then): the target is read-only.
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
     }
 }
 

@@ -1,14 +1,23 @@
-//! Open files: reads in chunks of `read_chunk` bytes, with a window of chunks requested ahead of
-//! a sequential reader (bounded per file and across files), and a bound on how far a file is
-//! read whatever it keeps sending.
+//! Open files: reads in chunks of `read_chunk` bytes on a fixed grid, with a window of chunks
+//! requested ahead of a sequential reader (bounded per file and across files), and a bound on how
+//! far a file is read whatever it keeps sending.
+//!
+//! What a file costs: up to its listed size a kernel read is served in full and read ahead; the
+//! answer that ends short exactly at the listed size is the end the listing promised, so the
+//! reader's last read (at the end) is answered here: a file smaller than a chunk is one READ. A
+//! file that grew is read on past its listed size, one chunk per kernel read, up to its bound.
+//!
+//! Nothing is sized from what the remote side says: a chunk's buffer is at most `read_chunk`
+//! bytes, a kernel read's answer at most what the kernel asked for, the number of chunks read
+//! ahead is bounded per file (`read_ahead_window`) and across files (`read_ahead_total`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use fuser::Errno;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
 use super::Core;
@@ -16,6 +25,7 @@ use crate::remote::ReadData;
 use crate::report::ProblemKind;
 use crate::source::Source;
 
+/// A chunk's bytes: fewer than the chunk's length where the file ends.
 type ChunkResult = Result<Arc<Vec<u8>>, Errno>;
 
 enum ChunkState {
@@ -29,21 +39,38 @@ struct Chunk {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+impl ChunkState {
+    /// Stops a chunk no reader will wait for.
+    fn abandon(self) {
+        if let ChunkState::Pending(task) = self {
+            task.abort();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Window {
     /// Chunks by offset (multiples of the chunk size).
     chunks: BTreeMap<u64, Chunk>,
     /// End of the last read: a read starting here is sequential.
     sequential_end: u64,
-    /// Chunks up to here have been requested ahead.
+    /// Chunks up to here have been requested ahead (a multiple of the chunk size).
     ahead_to: u64,
 }
 
+/// Where a file ends is not known yet.
+const END_UNKNOWN: u64 = u64::MAX;
+
 pub(crate) struct OpenFile<H> {
     path: Vec<u8>,
-    handle: Arc<H>,
+    /// The remote handle, opened by the first read (or the failure to open it, kept).
+    handle: OnceCell<Result<H, Errno>>,
+    /// The size the listing reported: read ahead up to it, beyond it only on demand.
+    listed: u64,
     /// Bytes served at most: the listed size plus the slack, or the absolute cap.
     bound: u64,
+    /// Where the file ends, once an answer showed it ([`END_UNKNOWN`] until then).
+    end: AtomicU64,
     window: Mutex<Window>,
     bound_reported: AtomicBool,
     /// The server answered a chunk with too many short reads: the file is given up.
@@ -51,35 +78,27 @@ pub(crate) struct OpenFile<H> {
 }
 
 impl<S: Source> Core<S> {
-    pub(super) async fn open_file(self: &Arc<Self>, ino: u64) -> Result<u64, Errno> {
-        let (path, listed_size) = {
-            let state = self.lock();
-            let node = state.inodes.get(ino).ok_or(Errno::ENOENT)?;
-            (state.inodes.path(ino).ok_or(Errno::ENOENT)?, node.attrs.size)
-        };
-        let deadline = self.limits.request_deadline;
-        let handle = self
-            .call("open", &path, deadline, self.source.open_read(&path))
-            .await?;
-        let bound = listed_size
-            .unwrap_or(0)
+    /// Opens a file without asking the remote side: borg (1.2) opens every file, unchanged ones
+    /// too, and checks its files cache against fstat before reading. The remote open happens at
+    /// the first read, so an unchanged file costs no round trip.
+    pub(super) fn open_file(&self, ino: u64) -> Result<u64, Errno> {
+        let mut state = self.lock();
+        let node = state.inodes.get(ino).ok_or(Errno::ENOENT)?;
+        let listed = node.attrs.size.unwrap_or(0);
+        let path = state.inodes.path(ino).ok_or(Errno::ENOENT)?;
+        let bound = listed
             .saturating_add(self.limits.growth_slack)
             .min(self.limits.file_cap);
         let file = Arc::new(OpenFile {
             path,
-            handle: Arc::new(handle),
+            handle: OnceCell::new(),
+            listed,
             bound,
+            end: AtomicU64::new(END_UNKNOWN),
             window: Mutex::new(Window::default()),
             bound_reported: AtomicBool::new(false),
             trickled: AtomicBool::new(false),
         });
-        // The first chunks are on their way before borg's first read arrives.
-        let first = listed_size
-            .unwrap_or(0)
-            .min(self.limits.read_ahead_window)
-            .min(bound);
-        file.schedule_ahead(self, &mut file.lock(), first);
-        let mut state = self.lock();
         let fh = state.next_fh;
         state.next_fh += 1;
         state.files.insert(fh, file);
@@ -88,8 +107,23 @@ impl<S: Source> Core<S> {
 }
 
 impl<H: Send + Sync + 'static> OpenFile<H> {
-    /// Reads `[start, start + len)`, asking again after short answers (bounded). A file that
-    /// trickled once fails every later read at once.
+    /// The remote handle, opened once by whichever read comes first.
+    async fn handle<S: Source<Handle = H>>(&self, core: &Core<S>) -> Result<&H, Errno> {
+        let deadline = core.limits.request_deadline;
+        let open = core.call("open", &self.path, deadline, core.source.open_read(&self.path));
+        self.handle
+            .get_or_init(|| open)
+            .await
+            .as_ref()
+            .map_err(|errno| *errno)
+    }
+
+    fn found_end(&self, at: u64) {
+        self.end.fetch_min(at, Ordering::Relaxed);
+    }
+
+    /// Reads `[start, start + len)` (`len` at most one chunk), asking again after short answers
+    /// (bounded). A file that trickled once fails every later read at once.
     async fn read_full<S: Source<Handle = H>>(&self, core: &Core<S>, start: u64, len: u64) -> ChunkResult {
         let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         let deadline = core.limits.request_deadline;
@@ -102,14 +136,24 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
                 return Ok(Arc::new(data));
             }
             let want = u32::try_from(len - have).unwrap_or(u32::MAX);
-            let read = core.source.read(&self.handle, start + have, want);
+            let read = core.source.read(self.handle(core).await?, start + have, want);
             match core.call("read", &self.path, deadline, read).await? {
                 ReadData::Bytes(bytes) if !bytes.is_empty() => {
                     // More than asked for is a broken peer: keep only what was asked.
                     let take = bytes.len().min(usize::try_from(len - have).unwrap_or(usize::MAX));
                     data.extend_from_slice(&bytes[..take]);
+                    let at = start + data.len() as u64;
+                    // Short, and ending where the listing said the file ends: that is the end
+                    // (no second READ to hear EOF; a small file costs one READ).
+                    if at == self.listed && (data.len() as u64) < len {
+                        self.found_end(at);
+                        return Ok(Arc::new(data));
+                    }
                 }
-                ReadData::Bytes(_) | ReadData::Eof => return Ok(Arc::new(data)),
+                ReadData::Bytes(_) | ReadData::Eof => {
+                    self.found_end(start + have);
+                    return Ok(Arc::new(data));
+                }
             }
         }
         if (data.len() as u64) < len {
@@ -125,23 +169,38 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The chunk holding `offset` (below the bound): `[start, end)` on the grid of `chunk`-sized
+    /// chunks, cut at the bound. Never empty.
+    fn chunk_at(&self, offset: u64, chunk: u64) -> (u64, u64) {
+        debug_assert!(
+            offset < self.bound,
+            "no chunk at {offset}: the bound is {}",
+            self.bound
+        );
+        let start = offset / chunk * chunk;
+        (start, start.saturating_add(chunk).min(self.bound))
+    }
+
     fn spawn_chunk<S: Source<Handle = H>>(
         self: &Arc<Self>,
         core: &Arc<Core<S>>,
         start: u64,
     ) -> JoinHandle<ChunkResult> {
-        let len = u64::from(core.limits.read_chunk).min(self.bound.saturating_sub(start));
+        let (start, end) = self.chunk_at(start, u64::from(core.limits.read_chunk));
+        let len = end.saturating_sub(start);
         let (core, file) = (core.clone(), self.clone());
         let cancel = core.cancel.clone();
         core.runtime.clone().spawn(async move {
             tokio::select! {
+                biased;
                 () = cancel.cancelled() => Err(Errno::EIO),
                 result = file.read_full(&core, start, len) => result,
             }
         })
     }
 
-    /// Requests the chunks up to `until` not yet requested, while read-ahead memory lasts.
+    /// Requests the chunks up to `until` not yet requested, within the listed size, while
+    /// read-ahead memory lasts.
     fn schedule_ahead<S: Source<Handle = H>>(
         self: &Arc<Self>,
         core: &Arc<Core<S>>,
@@ -149,9 +208,17 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         until: u64,
     ) {
         let chunk = u64::from(core.limits.read_chunk);
-        let until = until.min(self.bound);
+        // Past the listed size only what is asked is read: a file that grew may be endless.
+        let until = until
+            .min(self.listed)
+            .min(self.bound)
+            .min(self.end.load(Ordering::Relaxed));
+        let most = core.limits.read_ahead_window / chunk + 1;
         let mut start = window.ahead_to;
-        while start < until {
+        for _ in 0..most {
+            if start >= until {
+                break;
+            }
             let Ok(permit) = core.read_ahead_bytes.clone().try_acquire_owned() else {
                 break;
             };
@@ -173,14 +240,32 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         offset: u64,
         size: u32,
     ) -> Result<Vec<u8>, Errno> {
+        if offset >= self.end.load(Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
         if offset >= self.bound {
             self.check_bound(core).await;
             return Ok(Vec::new());
         }
-        let end = offset.saturating_add(u64::from(size)).min(self.bound);
         let chunk = u64::from(core.limits.read_chunk);
-        let first = offset / chunk * chunk;
-        let mut needed = Vec::new();
+        // Up to the listed size a read is served in full; past it (a file that grew), one chunk
+        // per read, so that an endless file is asked for no more than the reader takes.
+        let stop = match offset < self.listed {
+            true => self.listed,
+            false => self.chunk_at(offset, chunk).1,
+        };
+        let end = offset
+            .saturating_add(u64::from(size))
+            .min(stop)
+            .min(self.bound)
+            .min(self.end.load(Ordering::Relaxed));
+        if end <= offset {
+            return Ok(Vec::new());
+        }
+        let first = self.chunk_at(offset, chunk).0;
+        // offset < end <= bound: at least one chunk, at most the kernel's read size / chunk + 2.
+        let count = (end - first).div_ceil(chunk);
+        let mut needed = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         {
             let mut window = self.lock();
             let reach = core.limits.read_ahead_window;
@@ -191,9 +276,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             if seek {
                 // What was read ahead is not what will be read.
                 for (_, old) in std::mem::take(&mut window.chunks) {
-                    if let ChunkState::Pending(task) = old.state {
-                        task.abort();
-                    }
+                    old.state.abandon();
                 }
                 window.ahead_to = first;
                 window.sequential_end = end;
@@ -203,36 +286,40 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             // Chunks a window behind the reader are done with.
             let keep = window.chunks.split_off(&first.saturating_sub(reach));
             for (_, old) in std::mem::replace(&mut window.chunks, keep) {
-                if let ChunkState::Pending(task) = old.state {
-                    task.abort();
-                }
+                old.state.abandon();
             }
-            let mut start = first;
-            while start < end {
+            for index in 0..count {
+                let start = first + index * chunk;
                 let state = match window.chunks.remove(&start) {
                     Some(found) => found.state,
                     None => ChunkState::Pending(self.spawn_chunk(core, start)),
                 };
                 needed.push((start, state));
-                start += chunk;
             }
-            window.ahead_to = window.ahead_to.max(start);
+            window.ahead_to = window.ahead_to.max(first + count * chunk);
             self.schedule_ahead(core, &mut window, end.saturating_add(reach));
         }
         let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
-        let count = needed.len();
-        for (index, (start, state)) in needed.into_iter().enumerate() {
+        let mut needed = needed.into_iter();
+        while let Some((start, state)) = needed.next() {
             let data = match state {
                 ChunkState::Ready(data) => data,
-                ChunkState::Pending(task) => task.await.map_err(|_| Errno::EIO)??,
+                ChunkState::Pending(task) => match task.await {
+                    Ok(Ok(data)) => data,
+                    failed => {
+                        // The chunks after a failed one are not waited for.
+                        needed.for_each(|(_, rest)| rest.abandon());
+                        return Err(failed.map_or(Errno::EIO, |result| result.err().unwrap_or(Errno::EIO)));
+                    }
+                },
             };
             let from = usize::try_from(offset.saturating_sub(start))
                 .unwrap_or(usize::MAX)
                 .min(data.len());
             let to = usize::try_from(end - start).unwrap_or(usize::MAX).min(data.len());
             out.extend_from_slice(&data[from..to]);
-            let short = (data.len() as u64) < chunk.min(self.bound - start);
-            if index + 1 == count && (to < data.len()) {
+            let ends_here = (data.len() as u64) < self.chunk_at(start, chunk).1 - start;
+            if needed.len() == 0 && to < data.len() {
                 // The reader will want the rest of this chunk next.
                 self.lock().chunks.insert(
                     start,
@@ -242,7 +329,9 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
                     },
                 );
             }
-            if short {
+            if ends_here {
+                // The file ends in this chunk: the chunks after it were asked for in vain.
+                needed.for_each(|(_, rest)| rest.abandon());
                 break;
             }
         }
@@ -258,7 +347,10 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             return;
         }
         let deadline = core.limits.request_deadline;
-        let probe = core.source.read(&self.handle, self.bound, 1);
+        let Ok(handle) = self.handle(core).await else {
+            return;
+        };
+        let probe = core.source.read(handle, self.bound, 1);
         if let Ok(ReadData::Bytes(bytes)) = core.call("read", &self.path, deadline, probe).await {
             if !bytes.is_empty() && !self.bound_reported.swap(true, Ordering::Relaxed) {
                 core.reporter.add(
@@ -283,7 +375,8 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             tracing::debug!("file still in use at release; remote handle closed with the session");
             return;
         };
-        let Ok(handle) = Arc::try_unwrap(file.handle) else {
+        // Never opened (borg only checked its files cache) or failed to open: nothing to close.
+        let Some(Ok(handle)) = file.handle.into_inner() else {
             return;
         };
         let deadline = core.limits.request_deadline;

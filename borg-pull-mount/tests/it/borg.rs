@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use borg_pull_mount::Limits;
 
-use crate::common::{mount_sftp, require, within};
+use crate::common::{mount_sftp, mount_sftp_through, path_bytes, require, within, Counting};
 use crate::tree::{assert_same_tree, build_tree};
 
 const BORG: &str = "/usr/bin/borg";
@@ -111,4 +111,62 @@ fn borg_create_through_the_mount_extracts_to_the_same_tree_and_reruns_from_the_f
     assert_same_tree(&tree, &out);
     // The hole came back as a hole-or-zeros file with the same bytes; names came back as bytes.
     assert!(out.join(OsStr::from_bytes(b"caf\xe9 not utf-8")).exists());
+}
+
+/// What borg's reads cost over SFTP: a file under one chunk is one READ (its end answered from
+/// the listing), a bigger one a READ per chunk, each asked once.
+#[test]
+fn borg_create_reads_each_small_file_with_one_sftp_read() {
+    let data = tempfile::tempdir().unwrap();
+    let tree = data.path().join("tree");
+    fs::create_dir_all(tree.join("dir")).unwrap();
+    let chunk = u64::from(borg_pull_mount::limits::READ_CHUNK);
+    let mut expected = Vec::new();
+    for index in 0..200u64 {
+        // Sizes from 0 to just under a chunk, spread out.
+        let len = (index * 7919) % chunk;
+        let name = format!("dir/small-{index}");
+        fs::write(tree.join(&name), crate::tree::pseudo_random(len as usize, index)).unwrap();
+        // Even an empty file is read once: listed empty, it may have grown since.
+        expected.push((name, 1));
+    }
+    let big = 3 * chunk * 5 + 17;
+    fs::write(tree.join("big"), crate::tree::pseudo_random(big as usize, 1)).unwrap();
+    expected.push(("big".to_owned(), big.div_ceil(chunk) as usize));
+
+    let (base, repo) = (data.path().join("borg"), data.path().join("repo"));
+    fs::create_dir_all(&base).unwrap();
+    borg(
+        &base,
+        data.path(),
+        &["init".as_ref(), "--encryption=none".as_ref(), repo.as_os_str()],
+    );
+    let mut reads = None;
+    let mut mounted = mount_sftp_through(&tree, Limits::default(), |client| {
+        let counting = Counting::new(client);
+        reads = Some(counting.reads.clone());
+        counting
+    });
+    let reads = reads.expect("the client was wrapped");
+    let (at, target) = (mounted.at().to_path_buf(), format!("{}::first", repo.display()));
+    within(Duration::from_secs(300), move || {
+        let args = ["create", "--files-cache=mtime,size", &target, "."];
+        borg(&base, &at, &args.map(OsStr::new))
+    });
+    assert_eq!(mounted.stop(), Default::default(), "nothing hit a bound");
+    let reads = reads.lock().unwrap().clone();
+    let root = path_bytes(&tree);
+    let mut wrong = Vec::new();
+    for (name, want) in &expected {
+        let mut path = root.clone();
+        path.push(b'/');
+        path.extend_from_slice(name.as_bytes());
+        let got = reads.get(&path).copied().unwrap_or(0);
+        if got != *want {
+            wrong.push(format!("{name}: {got} reads, {want} expected"));
+        }
+    }
+    let total: usize = reads.values().sum();
+    eprintln!("{total} SFTP reads for {} files", expected.len());
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }

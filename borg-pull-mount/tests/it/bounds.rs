@@ -6,10 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::path::PathBuf;
+use std::sync::Condvar;
+
 use borg_pull_mount::{Limits, MountOptions, ProblemKind, Source};
 use borg_pull_sftp::{Attrs, DirEntry, Error, Op, ReadData, Request};
 
-use crate::common::{mount_source, within};
+use crate::common::{mount_source, mount_source_on, rss, within, MemoryWatch, RSS_BOUND};
 
 #[derive(Clone)]
 enum Node {
@@ -20,11 +23,42 @@ enum Node {
     },
     /// A file whose reads return one byte at a time.
     Trickle,
+    /// An honest file of `len` bytes.
+    Sized {
+        len: u64,
+    },
     Link(Vec<u8>),
     /// Every call about it never answers.
     Stall {
         dir: bool,
     },
+    /// Opens; its reads never answer.
+    StallRead,
+    /// Opens; its reads panic (a source whose task dies).
+    Panic,
+    /// Opens; its reads block their thread (never yielding) until the gate opens.
+    Block,
+}
+
+/// Holds [`Node::Block`]'s reads until opened (or a minute has passed: bounded).
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn wait(&self) {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let _unused = self
+            .opened
+            .wait_timeout_while(open, Duration::from_secs(60), |open| !*open);
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.opened.notify_all();
+    }
 }
 
 /// Every call a source got: its name and path.
@@ -35,6 +69,7 @@ type Calls = Arc<Mutex<Vec<(&'static str, Vec<u8>)>>>;
 struct Hostile {
     nodes: Arc<HashMap<Vec<u8>, Node>>,
     calls: Calls,
+    gate: Arc<Gate>,
 }
 
 fn dir_attrs() -> Attrs {
@@ -70,8 +105,13 @@ impl Hostile {
             .collect();
         Hostile {
             nodes: Arc::new(nodes),
-            calls: Arc::default(),
+            ..Hostile::default()
         }
+    }
+
+    fn count(&self, call: &str) -> usize {
+        let calls = self.calls.lock().unwrap();
+        calls.iter().filter(|(made, _)| *made == call).count()
     }
 
     fn node(&self, call: &'static str, path: &[u8]) -> Option<Node> {
@@ -84,12 +124,13 @@ impl Hostile {
             Node::Dir(_) | Node::Stall { dir: true } => dir_attrs(),
             Node::Endless { listed } => file_attrs(*listed),
             Node::Trickle => file_attrs(1 << 20),
+            Node::Sized { len } => file_attrs(*len),
             Node::Link(target) => Attrs {
                 permissions: Some(0o120777),
                 size: Some(target.len() as u64),
                 ..Attrs::default()
             },
-            Node::Stall { dir: false } => file_attrs(100),
+            Node::Stall { dir: false } | Node::StallRead | Node::Panic | Node::Block => file_attrs(100),
         }
     }
 }
@@ -127,10 +168,22 @@ impl Source for Hostile {
         }
     }
 
-    async fn read(&self, handle: &Vec<u8>, _offset: u64, len: u32) -> Result<ReadData, Error> {
+    async fn read(&self, handle: &Vec<u8>, offset: u64, len: u32) -> Result<ReadData, Error> {
         match self.node("read", handle) {
+            Some(Node::Sized { len: size }) if offset < size => Ok(ReadData::Bytes(vec![
+                b's';
+                (size - offset).min(u64::from(len))
+                    as usize
+            ])),
             Some(Node::Endless { .. }) => Ok(ReadData::Bytes(vec![b'x'; len as usize])),
             Some(Node::Trickle) => Ok(ReadData::Bytes(vec![b't'])),
+            Some(Node::StallRead) => std::future::pending().await,
+            Some(Node::Panic) => panic!("the source's task dies in the middle of a read"),
+            Some(Node::Block) => {
+                // Blocks the runtime's thread: this task never yields, cancelling it cannot end it.
+                self.gate.wait();
+                Ok(ReadData::Eof)
+            }
             _ => Ok(ReadData::Eof),
         }
     }
@@ -154,11 +207,15 @@ fn with_root(mut nodes: Vec<(&'static [u8], Node)>) -> Hostile {
     Hostile::new(nodes)
 }
 
+/// Small bounds, so that what a hostile source makes us hold stays small even where a bound
+/// fails: 4 KiB chunks, 16 KiB read ahead per file and 64 KiB in all, 1 MiB per file at most.
 fn small_limits() -> Limits {
     let mut limits = Limits::default();
     limits.read_chunk = 4096;
     limits.read_ahead_window = 16 * 1024;
+    limits.read_ahead_total = 64 * 1024;
     limits.growth_slack = 10_000;
+    limits.file_cap = 1 << 20;
     limits.request_deadline = Duration::from_millis(300);
     limits.listing_deadline = Duration::from_millis(300);
     limits
@@ -169,15 +226,19 @@ fn errno(error: std::io::Error) -> Option<i32> {
 }
 
 const EIO: i32 = 5;
+const ENOTCONN: i32 = 107;
+/// What the kernel answers the requests of an aborted connection.
+const ECONNABORTED: i32 = 103;
 
 /// Reads a file to its end in 64 KiB reads, failing past `most` bytes (bounded, and without
 /// `fs::read`'s allocation of the size the file claims).
-fn read_at_most(path: std::path::PathBuf, most: usize) -> std::io::Result<Vec<u8>> {
+fn read_at_most(path: PathBuf, most: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut data = Vec::new();
     let mut buffer = vec![0u8; 64 * 1024];
-    loop {
+    // Each pass reads at least one byte or ends.
+    for _ in 0..=most {
         let n = file.read(&mut buffer)?;
         if n == 0 {
             return Ok(data);
@@ -185,6 +246,21 @@ fn read_at_most(path: std::path::PathBuf, most: usize) -> std::io::Result<Vec<u8
         data.extend_from_slice(&buffer[..n]);
         assert!(data.len() <= most, "read past {most} bytes: no bound");
     }
+    unreachable!("more than {most} reads of a file of at most {most} bytes")
+}
+
+/// [`read_at_most`] of a hostile source's file, under the memory watch, within a minute; then the
+/// process holds less than [`RSS_BOUND`].
+fn read_hostile(path: PathBuf, most: usize) -> std::io::Result<Vec<u8>> {
+    let watch = MemoryWatch::start();
+    let read = within(Duration::from_secs(60), move || read_at_most(path, most));
+    drop(watch);
+    let held = rss();
+    assert!(
+        held < RSS_BOUND,
+        "{held} bytes resident after the read, more than {RSS_BOUND}"
+    );
+    read
 }
 
 #[test]
@@ -195,9 +271,7 @@ fn an_endless_file_is_read_to_its_listed_size_plus_the_slack_and_reported() {
         MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
     );
     let file = mounted.at().join("endless");
-    let data = within(Duration::from_secs(60), move || {
-        read_at_most(file, 1 << 20).unwrap()
-    });
+    let data = read_hostile(file, 1 << 20).unwrap();
     assert_eq!(data.len(), 15_000, "listed 5000 + slack 10000");
     assert!(data.iter().all(|&b| b == b'x'));
     let report = mounted.report();
@@ -215,6 +289,8 @@ fn an_endless_file_is_read_to_its_listed_size_plus_the_slack_and_reported() {
     );
 }
 
+/// The test that once held 23 GB: the listed size was far past the cap, a read's end was cut at
+/// the listed size only, and the chunk loop stood still at the cap, allocating on every turn.
 #[test]
 fn a_lying_size_is_cut_at_the_absolute_cap() {
     let source = with_root(vec![(b"/liar", Node::Endless { listed: u64::MAX / 2 })]);
@@ -222,9 +298,7 @@ fn a_lying_size_is_cut_at_the_absolute_cap() {
     limits.file_cap = 50_000;
     let mounted = mount_source(source, MountOptions::new(b"/".to_vec()).with_limits(limits));
     let file = mounted.at().join("liar");
-    let data = within(Duration::from_secs(60), move || {
-        read_at_most(file, 1 << 20).unwrap()
-    });
+    let data = read_hostile(file, 1 << 20).unwrap();
     assert_eq!(data.len(), 50_000);
     assert_eq!(
         mounted.report().problems[0].kind,
@@ -296,17 +370,31 @@ fn the_inode_table_bound_fails_the_listing_that_would_pass_it() {
 }
 
 #[test]
-fn a_stalled_open_fails_with_eio_at_the_deadline() {
+fn a_stalled_remote_open_fails_the_first_read_with_eio_at_the_deadline() {
     let source = with_root(vec![(b"/stuck", Node::Stall { dir: false })]);
     let mounted = mount_source(
-        source,
+        source.clone(),
         MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
     );
     let file = mounted.at().join("stuck");
-    let opened = within(Duration::from_secs(60), move || {
-        std::fs::File::open(file).map(|_| ())
+    let read = within(Duration::from_secs(60), move || {
+        use std::io::Read;
+        // The remote open waits for the first read: borg opens unchanged files too.
+        let mut file = std::fs::File::open(file).expect("a local open");
+        file.read(&mut [0u8; 4096])
     });
-    assert_eq!(opened.map_err(errno).unwrap_err(), Some(EIO));
+    assert_eq!(read.map_err(errno).unwrap_err(), Some(EIO));
+    let opens = source
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(call, _)| *call == "open")
+        .count();
+    assert_eq!(
+        opens, 1,
+        "one remote open, its failure kept for the file's other reads"
+    );
     let problem = &mounted.report().problems[0];
     assert_eq!(problem.path, b"/stuck");
     assert_eq!(
@@ -348,7 +436,7 @@ fn a_trickling_file_fails_with_eio_instead_of_a_request_per_byte() {
         MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
     );
     let file = mounted.at().join("trickle");
-    let read = within(Duration::from_secs(60), move || read_at_most(file, 2 << 20));
+    let read = read_hostile(file, 2 << 20);
     assert_eq!(read.map_err(errno).unwrap_err(), Some(EIO));
     assert!(mounted
         .report()
@@ -401,7 +489,7 @@ fn listing_a_directory_lists_its_subdirectories_ahead_of_the_reader() {
     nodes.insert(b"/a/b".to_vec(), Node::Dir(vec![]));
     let source = Hostile {
         nodes: Arc::new(nodes),
-        calls: Arc::default(),
+        ..Hostile::default()
     };
     let mut limits = small_limits();
     limits.prefetch_depth = 2;
@@ -450,4 +538,200 @@ fn listing_a_directory_lists_its_subdirectories_ahead_of_the_reader() {
         .filter(|(c, p)| *c == "read_dir" && p == b"/a")
         .count();
     assert_eq!(a_listings, 1);
+}
+
+#[test]
+fn opening_and_closing_a_file_without_reading_it_asks_the_remote_side_nothing() {
+    let source = with_root(vec![(b"/endless", Node::Endless { listed: 100 })]);
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
+    );
+    let file = mounted.at().join("endless");
+    let size = within(Duration::from_secs(60), move || {
+        let opened = std::fs::File::open(file).unwrap();
+        opened.metadata().unwrap().len()
+    });
+    assert_eq!(size, 100, "fstat answered from the listing");
+    let calls = source.calls.lock().unwrap().clone();
+    assert!(
+        calls
+            .iter()
+            .all(|(call, _)| *call == "lstat" || *call == "read_dir"),
+        "open, fstat and close of an unread file cost no remote call: {calls:?}"
+    );
+}
+
+#[test]
+fn a_small_file_costs_one_open_and_one_read() {
+    let source = with_root(vec![(b"/small", Node::Sized { len: 1000 })]);
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
+    );
+    let file = mounted.at().join("small");
+    let data = read_hostile(file, 1 << 20).unwrap();
+    assert_eq!(data, vec![b's'; 1000]);
+    let calls = source.calls.lock().unwrap().clone();
+    let count = |name: &str| calls.iter().filter(|(call, _)| *call == name).count();
+    // The answer ends short, at the listed size: the end, and the reader's last read (at the
+    // end) is answered without asking.
+    assert_eq!((count("open"), count("read")), (1, 1), "{calls:?}");
+}
+
+#[test]
+fn an_empty_file_costs_one_read() {
+    let source = with_root(vec![(b"/empty", Node::Sized { len: 0 })]);
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
+    );
+    let file = mounted.at().join("empty");
+    assert_eq!(read_hostile(file, 1 << 20).unwrap(), b"");
+    // Nothing to read, but a file listed empty may have grown since: one read finds out.
+    assert_eq!(source.count("read"), 1);
+}
+
+#[test]
+fn a_big_file_is_read_ahead_with_each_chunk_asked_once() {
+    let source = with_root(vec![(b"/big", Node::Sized { len: 1_000_000 })]);
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
+    );
+    let file = mounted.at().join("big");
+    let data = read_hostile(file, 2 << 20).unwrap();
+    assert_eq!(data.len(), 1_000_000);
+    // 4096-byte chunks: the 245th ends short at the listed size, which ends the file.
+    assert_eq!(source.count("read"), 1_000_000usize.div_ceil(4096));
+}
+
+#[test]
+fn a_file_that_grew_is_read_on_past_its_listed_size_to_its_end() {
+    // Listed at 5000 bytes; 6000 are served (the file grew after its listing).
+    let source = with_root(vec![(b"/grew", Node::Sized { len: 5000 })]);
+    let mut nodes: HashMap<Vec<u8>, Node> = (*source.nodes).clone();
+    nodes.insert(b"/grew".to_vec(), Node::Sized { len: 6000 });
+    let source = Hostile {
+        nodes: Arc::new(nodes),
+        ..Hostile::default()
+    };
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
+    );
+    let file = mounted.at().join("grew");
+    let data = read_hostile(file, 1 << 20).unwrap();
+    assert_eq!(data.len(), 6000);
+    assert_eq!(
+        mounted.report().problems,
+        [],
+        "within the slack: nothing to report"
+    );
+}
+
+/// A source whose task dies while the kernel waits on a read: the reader gets EIO, not a hang.
+/// The deadline is an hour, so only the dead task's own end can answer the read.
+#[test]
+fn a_source_that_panics_during_a_read_fails_the_read_with_eio() {
+    let source = with_root(vec![(b"/dies", Node::Panic)]);
+    let mut limits = small_limits();
+    limits.request_deadline = Duration::from_secs(3600);
+    let mounted = mount_source(source, MountOptions::new(b"/".to_vec()).with_limits(limits));
+    let file = mounted.at().join("dies");
+    let read = within(Duration::from_secs(60), move || read_at_most(file, 1 << 20));
+    assert_eq!(read.map_err(errno).unwrap_err(), Some(EIO));
+}
+
+/// Starts a reader of `file` on its own thread; its result arrives on the channel.
+fn reader(file: PathBuf) -> std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(read_at_most(file, 1 << 20));
+    });
+    rx
+}
+
+/// Polls until the source has been asked to read (bounded: a minute).
+fn wait_for_a_read(source: &Hostile) {
+    for _ in 0..1200 {
+        if source.count("read") > 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the source was never asked to read");
+}
+
+/// Our side stops while the kernel waits on a read the source never answers (its deadline an
+/// hour away): the reader is answered (EIO from the cancelled task, or ENOTCONN) at once.
+#[test]
+fn stopping_the_mount_answers_a_read_still_waiting_on_the_source() {
+    let source = with_root(vec![(b"/stalls", Node::StallRead)]);
+    let mut limits = small_limits();
+    limits.request_deadline = Duration::from_secs(3600);
+    let mut mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(limits),
+    );
+    let result = reader(mounted.at().join("stalls"));
+    wait_for_a_read(&source);
+    let mount = mounted.mount.take().expect("mounted");
+    within(Duration::from_secs(60), move || mount.stop()).expect("unmount");
+    let read = result
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the reader was answered");
+    let errno = read.map_err(errno).unwrap_err();
+    assert!(
+        errno == Some(EIO) || errno == Some(ENOTCONN),
+        "the reader got {errno:?}"
+    );
+}
+
+/// A request whose task never yields (it blocks the runtime's only thread) cannot be cancelled:
+/// stopping the mount aborts the connection, and the reader gets an error instead of waiting in
+/// the kernel for ever (killed, it would stay there, unkillable, holding its memory).
+#[test]
+fn a_read_held_by_a_task_that_never_yields_is_aborted_when_the_mount_stops() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|line| line.split(' ').nth(2) == Some("fusectl")),
+        "fusectl is not mounted (mount -t fusectl none /sys/fs/fuse/connections)"
+    );
+    let source = with_root(vec![(b"/blocks", Node::Block)]);
+    // Opens the gate however the test ends, so the runtime's thread is let go.
+    struct Release(Arc<Gate>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+    let mut limits = small_limits();
+    limits.request_deadline = Duration::from_secs(3600);
+    let one_thread = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut mounted = mount_source_on(
+        one_thread,
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(limits),
+    );
+    // Dropped before the mount's runtime, which waits for its thread.
+    let _release = Release(source.gate.clone());
+    let result = reader(mounted.at().join("blocks"));
+    wait_for_a_read(&source);
+    let mount = mounted.mount.take().expect("mounted");
+    within(Duration::from_secs(60), move || mount.stop()).expect("unmount");
+    let read = result
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the reader was answered");
+    let errno = read.map_err(errno).unwrap_err();
+    assert!(
+        errno == Some(ECONNABORTED) || errno == Some(ENOTCONN),
+        "the reader got {errno:?}, not the connection's abort"
+    );
 }

@@ -32,6 +32,15 @@ fn stale_child_mounts_and_waits_to_be_killed() {
     drop(mount);
 }
 
+/// Lazily unmounts a path when dropped (nothing there: nothing done).
+struct Detach(std::path::PathBuf);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
 #[test]
 fn a_stale_mount_is_removed_by_the_next_start() {
     let data = tempfile::tempdir().unwrap();
@@ -62,6 +71,8 @@ fn a_stale_mount_is_removed_by_the_next_start() {
         }
     });
     let ready = ready_rx.recv_timeout(Duration::from_secs(60));
+    // From here on the killed child's mount is gone when the test ends, passed or failed.
+    let _stale = Detach(mountpoint.clone());
     child.kill().expect("kill -9 the child");
     child.wait().expect("reap the child");
     ready.expect("the child mounted");
@@ -85,7 +96,7 @@ fn a_stale_mount_is_removed_by_the_next_start() {
     let mut mounted = Mounted {
         mount: Some(mount),
         _server: Some(server),
-        _rt: rt,
+        rt: Some(rt),
         _dir: tempfile::tempdir().unwrap(),
     };
     let file = mountpoint.join("file");

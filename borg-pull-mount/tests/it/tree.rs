@@ -153,19 +153,49 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
         );
         if seen.kind == "file" {
             let name = OsStr::from_bytes(name);
-            let (a, b) = (
-                fs::read(expected.join(name)).unwrap(),
-                fs::read(actual.join(name)).unwrap(),
-            );
-            assert!(
-                a == b,
-                "content of {} differs ({} vs {} bytes)",
-                name.to_string_lossy(),
-                a.len(),
-                b.len()
-            );
+            assert_same_bytes(&expected.join(name), &actual.join(name));
         }
     }
+}
+
+/// Both files hold the same bytes, compared a MiB at a time (the tests' memory stays small: the
+/// hostile-source tests bound the whole process's).
+fn assert_same_bytes(expected: &Path, actual: &Path) {
+    let (mut a, mut b) = (fs::File::open(expected).unwrap(), fs::File::open(actual).unwrap());
+    let (mut block_a, mut block_b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let size = fs::metadata(expected).unwrap().len();
+    let mut at = 0u64;
+    // One pass per MiB of the expected file, and one more to see both end together.
+    for _ in 0..=size.div_ceil(1 << 20) {
+        let n = read_block(&mut a, &mut block_a);
+        let m = read_block(&mut b, &mut block_b);
+        assert!(
+            block_a[..n] == block_b[..m],
+            "content of {} differs in the MiB at {at} ({n} vs {m} bytes)",
+            actual.display()
+        );
+        if n == 0 {
+            return;
+        }
+        at += n as u64;
+    }
+    panic!("{} goes on past {size} bytes", actual.display());
+}
+
+/// Fills `block` as far as the file goes (bounded: each pass reads at least a byte or ends).
+fn read_block(file: &mut fs::File, block: &mut [u8]) -> usize {
+    use std::io::Read;
+    let mut filled = 0;
+    for _ in 0..block.len() {
+        match file.read(&mut block[filled..]).unwrap() {
+            0 => break,
+            n => filled += n,
+        }
+        if filled == block.len() {
+            break;
+        }
+    }
+    filled
 }
 
 #[test]
@@ -222,6 +252,55 @@ fn xattr_probes_are_answered_locally_with_no_data() {
         let mut names = [0u8; 64];
         assert_eq!(rustix::fs::llistxattr(&file, &mut names), Ok(0));
     });
+}
+
+/// Counts fuser's "[Not Implemented]" warnings: what it logs for each call a file system leaves
+/// to fuser's defaults.
+struct NotImplemented;
+
+static NOT_IMPLEMENTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl log::Log for NotImplemented {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.args().to_string().contains("[Not Implemented]") {
+            eprintln!("fuser: {}", record.args());
+            NOT_IMPLEMENTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn calls_the_mount_does_not_support_are_answered_at_once_and_quietly() {
+    let _ = log::set_logger(&NotImplemented).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    let data = tempfile::tempdir().unwrap();
+    let tree = data.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("f"), b"some bytes").unwrap();
+    let mounted = mount_sftp(&tree, Limits::default());
+    let at = mounted.at().to_path_buf();
+    within(Duration::from_secs(60), move || {
+        let file = fs::File::open(at.join("f")).unwrap();
+        // borg asks every file for its flags: SFTP carries none.
+        assert_eq!(rustix::fs::ioctl_getflags(&file), Err(rustix::io::Errno::NOTTY));
+        // Seeking for data and holes, polling, syncing: answered as for a file without holes.
+        assert_eq!(rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(0)), Ok(0));
+        assert_eq!(rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(0)), Ok(10));
+        let mut fds = [rustix::event::PollFd::new(&file, rustix::event::PollFlags::IN)];
+        assert_eq!(rustix::event::poll(&mut fds, None), Ok(1));
+        assert_eq!(rustix::fs::fsync(&file), Ok(()));
+        assert_eq!(fs::read(at.join("f")).unwrap(), b"some bytes");
+    });
+    assert_eq!(
+        NOT_IMPLEMENTED.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "fuser logged calls left to its defaults"
+    );
 }
 
 #[test]

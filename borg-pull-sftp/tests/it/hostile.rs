@@ -767,7 +767,8 @@ async fn a_refused_limits_request_keeps_our_own_read_size() {
     })
     .await;
     assert_eq!(client.server_limits(), None);
-    assert_eq!(client.max_read(), limits().max_read);
+    assert_eq!(client.max_read(), borg_pull_sftp::limits::UNANNOUNCED_MAX_READ);
+    assert_eq!(client.max_write(), borg_pull_sftp::limits::UNANNOUNCED_MAX_WRITE);
 }
 
 #[tokio::test]
