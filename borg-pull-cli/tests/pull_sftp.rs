@@ -682,21 +682,30 @@ fn max_runtime_stops_borg_and_unmounts() {
     a_long_run_ends_without_a_mount(Stop::MaxRuntime, 217);
 }
 
-#[test]
-fn options_that_make_no_sense_with_sftp_are_usage_errors() {
-    let f = Fixture::new();
-    for (extra, args) in [
-        (&["--install-relay"][..], &["create", "::a", "/data"][..]),
-        (&["--remote-dir", "/tmp"], &["create", "::a", "/data"]),
-        (&["--storage-quota", "10G"], &["create", "::a", "/data"]),
-        (&[], &["list", "::a"]),
-        (&[], &["create", "::a", "/data/../etc"]),
-        (&[], &["create", "--paths-from-command", "::a", "--", "sh"]),
-    ] {
-        let out = f.pull_cmd(extra, args).output();
-        out.assert_code(200);
-    }
-    assert!(!f.work_dir().exists(), "a refused run made its work directory");
+/// One named test per option or argument that makes no sense with `--via sftp`: exit 200 before
+/// anything is made here.
+macro_rules! usage_errors {
+    ($($name:ident: $extra:expr, $args:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            let f = Fixture::new();
+            let extra: &[&str] = &$extra;
+            let out = f.pull_cmd(extra, &$args).output();
+            out.assert_code(200);
+            assert!(out.stderr_text().contains("--via sftp"), "{}", out.describe());
+            assert!(!f.work_dir().exists(), "a refused run made its work directory");
+        }
+    )*};
+}
+
+usage_errors! {
+    install_relay_is_a_usage_error_with_sftp: ["--install-relay"], ["create", "::a", "/data"];
+    remote_dir_is_a_usage_error_with_sftp: ["--remote-dir", "/tmp"], ["create", "::a", "/data"];
+    storage_quota_is_a_usage_error_with_sftp: ["--storage-quota", "10G"], ["create", "::a", "/data"];
+    a_command_other_than_create_is_a_usage_error_with_sftp: [], ["list", "::a"];
+    a_path_with_dotdot_is_a_usage_error_with_sftp: [], ["create", "::a", "/data/../etc"];
+    paths_from_command_is_a_usage_error_with_sftp: [], ["create", "--paths-from-command", "::a", "--", "sh"];
+    a_repository_in_the_archive_is_a_usage_error_with_sftp: [], ["create", "/srv/repo::a", "/data"];
 }
 
 #[test]
