@@ -252,7 +252,7 @@ method() {
 echo "# small pulls: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(uname -r), $(nproc) cores; uptime:$(uptime)"
 echo "# command: $COMMAND"
 echo "# commit $(git -C "$REPO_ROOT" rev-parse --short HEAD)$(git -C "$REPO_ROOT" diff --quiet HEAD -- borg-pull-core borg-pull-tunnel borg-pull-cli || echo ' (+ uncommitted changes)');" \
-  "$(ssh -V 2>&1); $(sshfs --version 2>&1 | head -1); $(socat -V | sed -n 's/^socat version \([^ ]*\).*/socat \1/p'); $(borg --version) on both ends"
+  "$(ssh -V 2>&1); $(sshfs --version 2>&1 | grep -m1 "^SSHFS"); $(socat -V | sed -n 's/^socat version \([^ ]*\).*/socat \1/p'); $(borg --version) on both ends"
 ! has_any pull sftp sftp-rtt || echo "# pull: $RELEASE/borg-pull-server (built $(date -u -r "$RELEASE/borg-pull-server" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$RELEASE/borg-pull-server" | cut -c1-12))"
 [ -z "$BEFORE_BIN" ] || echo "# before: $BEFORE_BIN (built $(date -u -r "$BEFORE_BIN" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$BEFORE_BIN" | cut -c1-12))"
 python3 benches/small_pulls.py gen "$T/data" "$DATA_MB" "$FILES"

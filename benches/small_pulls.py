@@ -10,6 +10,7 @@ import os
 import random
 import statistics
 import sys
+import time
 
 MiB = 1 << 20
 BIG_FILES = 20
@@ -20,8 +21,12 @@ def gen(root, total_mb, files):
     compressible), the other half in many small files (sizes random around the mean, alternately
     random and compressible: 1 KiB random + 3 KiB zeros per 4 KiB, so no two chunks are equal),
     100 to a directory. A small sentinel is written last, so no data file is the newest-ctime one
-    (borg never caches that one, which would make "unchanged" re-read a big file)."""
+    (borg never caches that one, which would make "unchanged" re-read a big file). The data files'
+    mtimes are set a minute back: over SFTP (and sshfs) mtimes are whole seconds, and borg leaves
+    out of its files cache every file as new as the newest one, so a small set written within
+    one second would be re-read by every "unchanged" run of sftp and sshfs."""
     rnd = random.Random(20261206)
+    back = int(time.time()) - 60
     total = total_mb * MiB
     small_files = max(files - BIG_FILES - 1, 1)
 
@@ -34,6 +39,7 @@ def gen(root, total_mb, files):
     def write(path, data):
         with open(path, "wb") as f:
             f.write(data)
+        os.utime(path, (back, back))
 
     os.makedirs(os.path.join(root, "big"), exist_ok=True)
     big = total // 2 // BIG_FILES
@@ -46,7 +52,8 @@ def gen(root, total_mb, files):
             os.makedirs(d, exist_ok=True)
         n = max(1, int(mean * rnd.uniform(0.1, 1.9)))
         write(os.path.join(d, f"s{i:05d}"), (os.urandom if i % 2 else compressible)(n))
-    write(os.path.join(root, "zz-sentinel"), b"written last\n")
+    with open(os.path.join(root, "zz-sentinel"), "wb") as f:
+        f.write(b"written last\n")
 
 
 OPS = [("fresh", "`create`, fresh"), ("unchanged", "`create`, unchanged"), ("list", "`list`")]
