@@ -110,7 +110,7 @@ fn run(mut command: Command) -> std::io::Result<ExitStatus> {
 /// Waits for `child` until [`FUSERMOUNT_DEADLINE`], then kills it.
 fn wait(child: &mut Child) -> std::io::Result<ExitStatus> {
     let mut status = None;
-    let found = crate::mount::wait_until(FUSERMOUNT_DEADLINE, || {
+    let found = crate::wait::wait_until(FUSERMOUNT_DEADLINE, || {
         status = child.try_wait().transpose();
         status.is_some()
     });

@@ -29,6 +29,7 @@ mod mount;
 pub mod remote;
 mod report;
 mod source;
+mod wait;
 
 pub use error::Error;
 pub use limits::Limits;

@@ -223,7 +223,7 @@ impl Mount {
         // The FUSE thread ends when the kernel drops the connection; the session is dropped only
         // after that, so its own unmount finds nothing to do and never touches a newer mount at
         // the same path.
-        if wait_until(UNMOUNT_WAIT, || session.guard.is_finished()) {
+        if crate::wait::wait_until(UNMOUNT_WAIT, || session.guard.is_finished()) {
             if let Err(error) = session.join() {
                 tracing::debug!(%error, "FUSE session ended with an error");
             }
@@ -245,7 +245,7 @@ impl Mount {
     /// Whether the kernel has no request of this mount left waiting for an answer within
     /// `grace`. Without fusectl it cannot be known, nor anything aborted: then true.
     fn answered_within(&self, grace: std::time::Duration) -> bool {
-        wait_until(grace, || {
+        crate::wait::wait_until(grace, || {
             self.connection.waiting().is_none_or(|waiting| waiting == 0)
         })
     }
@@ -263,22 +263,6 @@ fn fusermount_options(fs_name: &str) -> String {
         name.push(c);
     }
     format!("ro,nosuid,nodev,noexec,noatime,fsname={name},subtype=borg-pull")
-}
-
-/// Polls `done` until it holds or `deadline` has passed (bounded: one poll per 10 ms).
-pub(crate) fn wait_until(deadline: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
-    let step = std::time::Duration::from_millis(10);
-    let started = std::time::Instant::now();
-    for _ in 0..=deadline.as_millis() / step.as_millis() {
-        if done() {
-            return true;
-        }
-        if started.elapsed() >= deadline {
-            break;
-        }
-        std::thread::sleep(step);
-    }
-    done()
 }
 
 impl Drop for Mount {

@@ -8,7 +8,6 @@
 //! ([`write_archive`]) against OpenSSH's own `sftp-server` run as a child, with a hand-made tar
 //! and, for the stall, an in-process relay that holds every WRITE.
 
-
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -17,11 +16,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use borg_pull_testkit::sshd::{self, Sshd, SshdOptions};
+use borg_pull_testkit::{assert_ok, Outcome, TestCommand};
 use borg_pull_tunnel::jobs::sftp_restore::{
     write_archive, Fatal, Owners, SftpClient, SftpError, SftpLimits, SftpRestoreOutcome, Verdict,
 };
-use borg_pull_testkit::{assert_ok, Outcome, TestCommand};
-use borg_pull_testkit::sshd::{self, Sshd, SshdOptions};
 
 const PASSPHRASE: &str = "sftp 'restore' $(pass)";
 const ARCHIVE: &str = "sftp-restore";
