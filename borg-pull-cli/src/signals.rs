@@ -58,3 +58,15 @@ pub fn exit_on_forced(shutdown: &Shutdown) {
         std::process::exit(i32::from(crate::exit::INTERRUPTED.code));
     });
 }
+
+/// For a job whose library call takes one cancellation token (pull, restore-tar): the handlers
+/// installed ([`install`]) and a second signal exiting at once ([`exit_on_forced`]); the token to
+/// hand the job is [`Shutdown::graceful`].
+pub fn install_for_one_job(messages: Messages) -> Result<Shutdown, borg_pull_tunnel::Error> {
+    let shutdown = install(messages).map_err(|source| borg_pull_tunnel::Error::Io {
+        context: "cannot install signal handlers".into(),
+        source,
+    })?;
+    exit_on_forced(&shutdown);
+    Ok(shutdown)
+}

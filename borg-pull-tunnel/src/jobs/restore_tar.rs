@@ -261,12 +261,7 @@ pub async fn restore_tar(options: RestoreOptions) -> Result<RestoreOutcome> {
             options: &options,
         };
         let result = run.carry_out(&borg, &script, &marker).await;
-        if tokio::time::timeout(CLEANUP_TIMEOUT, session.disconnect())
-            .await
-            .is_err()
-        {
-            warn!("the client did not take our disconnect in time");
-        }
+        session.disconnect_within(CLEANUP_TIMEOUT).await;
         let outcome = result?;
         info!(
             bytes = outcome.bytes,

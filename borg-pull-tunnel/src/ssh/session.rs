@@ -106,6 +106,14 @@ impl Session {
         close_hops(&self.hops).await;
     }
 
+    /// [`Session::disconnect`], waiting at most `limit`: a client that does not take our goodbye
+    /// does not hold the end of the job.
+    pub async fn disconnect_within(&self, limit: std::time::Duration) {
+        if tokio::time::timeout(limit, self.disconnect()).await.is_err() {
+            warn!("the client did not take our disconnect in time");
+        }
+    }
+
     /// The error for a failed operation: why our handler ended the connection if it did, a lost
     /// connection if it is gone, else the protocol error.
     pub(crate) fn failure(&self, context: &'static str, source: russh::Error) -> Error {

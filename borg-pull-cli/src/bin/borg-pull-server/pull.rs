@@ -326,12 +326,8 @@ pub fn run(args: PullArgs) -> ExitCode {
 async fn run_async(args: PullArgs) -> Result<u8, Error> {
     // First: a signal during set-up (a slow BORG_PASSCOMMAND) then cancels the pull before it
     // connects, instead of killing us with the default action.
-    let shutdown = signals::install(SIGNAL_MESSAGES).map_err(|source| Error::Io {
-        context: "cannot install signal handlers".into(),
-        source,
-    })?;
     // The pull library takes one token; a second signal cannot wait for its clean-up.
-    signals::exit_on_forced(&shutdown);
+    let shutdown = signals::install_for_one_job(SIGNAL_MESSAGES)?;
     let env = PullEnv::from_process();
     let via = via(&args, &env)?;
     let mut options = PullOptions::with_env(&args.destination, &args.repo, args.borg_args, &env)?;

@@ -180,11 +180,7 @@ async fn run_async(args: RestoreTarArgs) -> Result<RestoreOutcome, Error> {
 
 /// The options of either way, with signals installed.
 async fn options(args: RestoreTarArgs) -> Result<RestoreOptions, Error> {
-    let shutdown = signals::install(SIGNAL_MESSAGES).map_err(|source| Error::Io {
-        context: "cannot install signal handlers".into(),
-        source,
-    })?;
-    signals::exit_on_forced(&shutdown);
+    let shutdown = signals::install_for_one_job(SIGNAL_MESSAGES)?;
     let env = PullEnv::from_process();
     let mut options =
         RestoreOptions::with_env(&args.destination, &args.repo, args.archive, args.remote_dir, &env)?;

@@ -142,12 +142,7 @@ where
         };
         let result = on_session(job, &session, stdout, stderr).await;
         let _ = stderr.flush().await;
-        if tokio::time::timeout(crate::limits::CLEANUP_TIMEOUT, session.disconnect())
-            .await
-            .is_err()
-        {
-            warn!("the client did not take our disconnect in time");
-        }
+        session.disconnect_within(crate::limits::CLEANUP_TIMEOUT).await;
         let code = result?;
         info!(rc = code, "pull finished");
         Ok(code)

@@ -124,12 +124,7 @@ pub async fn restore_sftp(options: RestoreOptions) -> Result<SftpRestoreOutcome>
             () = options.cancel.cancelled() => return Err(Error::Interrupted),
         };
         let result = on_session(&options, &borg, &session).await;
-        if tokio::time::timeout(CLEANUP_TIMEOUT, session.disconnect())
-            .await
-            .is_err()
-        {
-            warn!("the client did not take our disconnect in time");
-        }
+        session.disconnect_within(CLEANUP_TIMEOUT).await;
         let outcome = result?;
         info!(
             borg_rc = outcome.borg_rc,
