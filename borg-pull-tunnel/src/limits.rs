@@ -258,6 +258,12 @@ pub const SFTP_ACCOUNTS_FILE_MAX: usize = 4 * 1024 * 1024;
 /// name and keeps the files we write from the client's entries small.
 pub const SFTP_ACCOUNT_NAME_MAX: usize = 256;
 
+/// Lines of the server borg's stderr (`--via sftp`) waiting for our stderr: borg writes a line
+/// per file with `--list`, and the client names the files, so a slow stderr of ours must not
+/// queue them without end. 4,096 lines of at most `LOG_LINE_MAX` (4 KiB) are 16 MiB at worst;
+/// past that, lines are dropped and counted (borg is never blocked on its stderr by us).
+pub const SFTP_BORG_STDERR_QUEUED: usize = 4096;
+
 /// `restore-tar --via sftp`: the longest GNU long name (or long link name) read from borg's tar.
 ///
 /// Read whole before the entry it names. Linux paths fit in `PATH_MAX` (4 KiB); an archive may

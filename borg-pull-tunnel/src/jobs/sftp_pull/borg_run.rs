@@ -10,6 +10,8 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use borg_pull_core::child::{exit_code, BorgCommand, Environment, Input, Output};
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::jobs::sftp_pull::accounts::AccountFiles;
+use crate::limits::SFTP_BORG_STDERR_QUEUED;
 use crate::Error;
 
 /// Binds the two files, then becomes borg; the paths are arguments, never part of the script.
@@ -129,14 +132,11 @@ impl BorgRun<'_> {
         O: AsyncWrite + Unpin,
         E: AsyncWrite + Unpin,
     {
-        // Unbounded, yet bounded in effect: borg writes a line per file at most (`--list`), and
-        // the mount bounds the files of a run; the lines wait only while our own stderr is slow.
-        let (lines, mut said) = mpsc::unbounded_channel::<String>();
+        let (queue, mut said) = LineQueue::new(SFTP_BORG_STDERR_QUEUED);
+        let dropped = queue.dropped_count();
         let mut child = self
             .command()
-            .on_stderr_line(move |line| {
-                let _ = lines.send(line.to_owned());
-            })
+            .on_stderr_line(move |line| queue.push(line))
             .spawn()
             .map_err(|source| borg_pull_core::Error::SpawnBorg {
                 program: self.program(),
@@ -162,6 +162,7 @@ impl BorgRun<'_> {
                         context: "waiting for borg create".into(),
                         source,
                     })?;
+                    report_dropped(&dropped);
                     return Ok(Ended::Exited(exit_code(status)));
                 }
                 () = cancel.cancelled() => Ended::Cancelled,
@@ -175,13 +176,46 @@ impl BorgRun<'_> {
         while let Ok(line) = said.try_recv() {
             let _ = write_line(stderr, &line).await;
         }
+        report_dropped(&dropped);
         Ok(stopped)
+    }
+}
+
+/// borg's stderr lines on their way to ours: at most a bounded number wait; the ones past it are
+/// dropped and counted, so borg never waits on us and a slow stderr of ours never grows memory.
+struct LineQueue {
+    lines: mpsc::Sender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LineQueue {
+    fn new(bound: usize) -> (Self, mpsc::Receiver<String>) {
+        let (lines, said) = mpsc::channel(bound);
+        let dropped = Arc::new(AtomicU64::new(0));
+        (Self { lines, dropped }, said)
+    }
+
+    fn dropped_count(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.dropped)
+    }
+
+    fn push(&self, line: &str) {
+        if self.lines.try_send(line.to_owned()).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn report_dropped(dropped: &AtomicU64) {
+    let n = dropped.load(Ordering::Relaxed);
+    if n > 0 {
+        warn!("{n} lines of borg's stderr were dropped: our stderr did not keep up");
     }
 }
 
 /// Writes each line of borg's stderr to ours until borg's stderr ends; a failing writer of ours
 /// only drops the lines.
-async fn relay_lines<E: AsyncWrite + Unpin>(said: &mut mpsc::UnboundedReceiver<String>, stderr: &mut E) {
+async fn relay_lines<E: AsyncWrite + Unpin>(said: &mut mpsc::Receiver<String>, stderr: &mut E) {
     let mut broken = false;
     while let Some(line) = said.recv().await {
         if !broken && write_line(stderr, &line).await.is_err() {
@@ -194,4 +228,28 @@ async fn relay_lines<E: AsyncWrite + Unpin>(said: &mut mpsc::UnboundedReceiver<S
 async fn write_line<E: AsyncWrite + Unpin>(stderr: &mut E, line: &str) -> std::io::Result<()> {
     stderr.write_all(line.as_bytes()).await?;
     stderr.write_all(b"\n").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_past_the_bound_are_dropped_and_counted_never_queued() {
+        let (queue, mut said) = LineQueue::new(8);
+        let dropped = queue.dropped_count();
+        for i in 0..100 {
+            queue.push(&format!("line {i}"));
+        }
+        let mut kept = Vec::new();
+        while let Ok(line) = said.try_recv() {
+            kept.push(line);
+        }
+        assert_eq!(kept.len(), 8);
+        assert_eq!(kept[0], "line 0");
+        assert_eq!(dropped.load(Ordering::Relaxed), 92);
+        // Room again once ours has written some.
+        queue.push("after");
+        assert_eq!(said.try_recv().unwrap(), "after");
+    }
 }
