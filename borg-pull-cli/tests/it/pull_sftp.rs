@@ -60,6 +60,24 @@ fn id(flag: &str) -> u32 {
     String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
 }
 
+/// Where the client trees (sshd's `ChrootDirectory`) live. sshd refuses a chroot with any
+/// component above it not root's or writable by group or others: /tmp is, and so is a clone
+/// anywhere below it, so the trees go to a directory of root's in /run, wherever the clone lives.
+fn chroot_base() -> &'static Path {
+    let base = Path::new("/run/borg-pull-test");
+    fs::create_dir_all(base).unwrap();
+    fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
+    for dir in base.ancestors() {
+        let meta = fs::metadata(dir).unwrap();
+        assert!(
+            meta.uid() == 0 && meta.mode() & 0o022 == 0,
+            "{} must be root's and not writable by group or others for sshd's ChrootDirectory",
+            dir.display()
+        );
+    }
+    base
+}
+
 impl Fixture {
     fn new() -> Fixture {
         Self::with_borg(PathBuf::from("borg"))
@@ -74,11 +92,9 @@ impl Fixture {
             rustix::process::geteuid().is_root(),
             "the sftp tests need root: sshd's ChrootDirectory (the client's own passwd) and borg's private mount namespace"
         );
-        // Every component above a ChrootDirectory must be root's and not writable by others,
-        // which /tmp is not: the target directory's tmp is.
         let chroot = tempfile::Builder::new()
             .prefix("sftp-client-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .tempdir_in(chroot_base())
             .unwrap();
         fs::set_permissions(chroot.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let options = SshdOptions {
