@@ -172,12 +172,17 @@ impl AsUser {
         let node = data.path().join("fuse");
         fuse_node(&node, mode);
         let mountpoint = data.path().join("mnt");
+        // The test user runs a copy of this binary: the original may sit where only root can
+        // reach it (a clone in a 0700 directory).
+        let exe = data.path().join("it");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let child = Command::new("/usr/bin/unshare")
             .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
             .arg(r#"mount --bind "$0" /dev/fuse && exec /usr/sbin/runuser -u "$1" -- "$2" "$@""#)
             .arg(&node)
             .arg(USER)
-            .arg(std::env::current_exe().unwrap())
+            .arg(&exe)
             .args([
                 "--exact",
                 child_test,
