@@ -1,6 +1,7 @@
 //! Directory listings: one READDIR sweep per directory, shared by every waiter, kept for the cache
 //! TTL; and the prefetch walker that lists subdirectories before borg gets to them.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,17 @@ pub(crate) struct Listing {
     pub(crate) children: Vec<u64>,
     /// The children that are directories, for the prefetch walker.
     subdirs: Vec<u64>,
+    /// The children that are regular files, in listing order (borg's), for reading files ahead.
+    pub(crate) files: Vec<u64>,
+    /// Where each of `files` is in it.
+    file_positions: HashMap<u64, usize>,
+}
+
+impl Listing {
+    /// Where the regular file `ino` is among [`Listing::files`].
+    pub(crate) fn file_position(&self, ino: u64) -> Option<usize> {
+        self.file_positions.get(&ino).copied()
+    }
 }
 
 type ListingResult = Result<Arc<Listing>, Errno>;
@@ -29,6 +41,13 @@ type ListingResult = Result<Arc<Listing>, Errno>;
 pub(crate) struct DirSlot {
     cell: Arc<OnceCell<ListingResult>>,
     started: Instant,
+}
+
+impl DirSlot {
+    /// The listing, once fetched (whether still fresh or not).
+    pub(crate) fn listed(&self) -> Option<Arc<Listing>> {
+        self.cell.get()?.as_ref().ok().cloned()
+    }
 }
 
 /// What the caches say about a name, without asking the remote side.
@@ -128,9 +147,10 @@ impl<S: Source> Core<S> {
         let now = Instant::now();
         let mut children = Vec::with_capacity(entries.len());
         let mut subdirs = Vec::new();
+        let mut files = Vec::new();
         let mut state = self.lock();
         for entry in entries {
-            let is_dir = entry.attrs.file_type() == FileType::Directory;
+            let kind = entry.attrs.file_type();
             let Ok(child) = state.inodes.upsert(ino, &entry.name, entry.attrs, id, now) else {
                 drop(state);
                 self.reporter.add(
@@ -142,14 +162,19 @@ impl<S: Source> Core<S> {
                 return Err(Errno::EIO);
             };
             children.push(child);
-            if is_dir {
-                subdirs.push(child);
+            match kind {
+                FileType::Directory => subdirs.push(child),
+                FileType::Regular => files.push(child),
+                _ => {}
             }
         }
+        let file_positions = files.iter().enumerate().map(|(at, &ino)| (ino, at)).collect();
         Ok(Arc::new(Listing {
             id,
             children,
             subdirs,
+            files,
+            file_positions,
         }))
     }
 

@@ -2,11 +2,12 @@
 //! otherwise by a task on the tokio runtime that replies when the remote side has answered, so
 //! the FUSE thread never waits for the network.
 
+mod ahead;
 mod attr;
 mod dir;
 mod read;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
@@ -33,6 +34,7 @@ use crate::remote::{self, Attrs};
 use crate::report::{ProblemKind, Reporter};
 use crate::source::Source;
 
+use ahead::AheadFile;
 use dir::{DirSlot, Listing};
 use read::OpenFile;
 
@@ -41,6 +43,8 @@ pub(crate) struct State<H> {
     dirs: HashMap<u64, DirSlot>,
     dir_handles: HashMap<u64, Arc<Listing>>,
     files: HashMap<u64, Arc<OpenFile<H>>>,
+    /// Files read ahead of borg, in listing order (at most `files_ahead`).
+    ahead: VecDeque<AheadFile>,
     next_fh: u64,
 }
 
@@ -78,6 +82,7 @@ impl<S: Source> Core<S> {
                 dirs: HashMap::new(),
                 dir_handles: HashMap::new(),
                 files: HashMap::new(),
+                ahead: VecDeque::new(),
                 next_fh: 1,
             }),
             prefetch_slots: Semaphore::new(limits.prefetch_concurrent.max(1)),
@@ -402,7 +407,7 @@ impl<S: Source> Filesystem for Fs<S> {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -413,9 +418,16 @@ impl<S: Source> Filesystem for Fs<S> {
         let Some(file) = self.core.lock().files.get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
+        if offset == 0 {
+            self.core.read_files_after(ino.0);
+        }
         let core = self.core.clone();
         self.core.spawn(async move {
-            match file.read(&core, offset, size).await {
+            let read = file.read(&core, offset, size).await;
+            // Let go of the file before the reader hears back: its release may follow at once,
+            // and the remote handle is closed only by the file's last holder.
+            drop(file);
+            match read {
                 Ok(data) => reply.data(&data),
                 Err(errno) => reply.error(errno),
             }
@@ -442,7 +454,9 @@ impl<S: Source> Filesystem for Fs<S> {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        // Nothing is ever written. ENOSYS: the kernel remembers it for the connection and stops
+        // sending a FLUSH with every close (one call into the daemon per file borg opens).
+        reply.error(Errno::ENOSYS);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -450,17 +464,16 @@ impl<S: Source> Filesystem for Fs<S> {
         reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
     }
 
+    // SFTP carries no xattrs or ACLs. ENOSYS: the kernel remembers it for the connection and
+    // answers every later call itself (EOPNOTSUPP, as a file system without xattrs does), so
+    // probes cost neither a round trip nor a call into the daemon.
+
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        // SFTP carries no xattrs or ACLs: answered here, borg's probes cost no round trip.
-        reply.error(Errno::ENODATA);
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

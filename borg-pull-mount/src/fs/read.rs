@@ -17,19 +17,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use fuser::Errno;
-use tokio::sync::{OnceCell, OwnedSemaphorePermit};
+use tokio::sync::{watch, OnceCell, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
-use super::Core;
+use super::{ahead, Core, State};
 use crate::remote::ReadData;
 use crate::report::ProblemKind;
 use crate::source::Source;
 
 /// A chunk's bytes: fewer than the chunk's length where the file ends.
-type ChunkResult = Result<Arc<Vec<u8>>, Errno>;
+pub(crate) type ChunkResult = Result<Arc<Vec<u8>>, Errno>;
 
 enum ChunkState {
     Pending(JoinHandle<ChunkResult>),
+    /// The first chunk, read ahead of borg by another task ([`super::ahead`]).
+    ReadAhead(watch::Receiver<Option<ChunkResult>>),
     Ready(Arc<Vec<u8>>),
 }
 
@@ -81,15 +83,46 @@ impl<S: Source> Core<S> {
     /// Opens a file without asking the remote side: borg (1.2) opens every file, unchanged ones
     /// too, and checks its files cache against fstat before reading. The remote open happens at
     /// the first read, so an unchanged file costs no round trip.
+    ///
+    /// A file read ahead of borg starts with that first chunk.
     pub(super) fn open_file(&self, ino: u64) -> Result<u64, Errno> {
         let mut state = self.lock();
+        let file = self.new_open_file(&state, ino)?;
+        let attrs = state.inodes.get(ino).ok_or(Errno::ENOENT)?.attrs;
+        if let Some(first_chunk) = state
+            .ahead
+            .iter()
+            .find_map(|ahead| ahead.first_chunk_for(ino, &attrs))
+        {
+            let mut window = file.lock();
+            window.chunks.insert(
+                0,
+                Chunk {
+                    state: ChunkState::ReadAhead(first_chunk),
+                    _permit: None,
+                },
+            );
+            window.ahead_to = u64::from(self.limits.read_chunk);
+        }
+        let fh = state.next_fh;
+        state.next_fh += 1;
+        state.files.insert(fh, Arc::new(file));
+        Ok(fh)
+    }
+
+    /// A file as its listing describes it, not opened remotely yet.
+    pub(super) fn new_open_file(
+        &self,
+        state: &State<S::Handle>,
+        ino: u64,
+    ) -> Result<OpenFile<S::Handle>, Errno> {
         let node = state.inodes.get(ino).ok_or(Errno::ENOENT)?;
         let listed = node.attrs.size.unwrap_or(0);
         let path = state.inodes.path(ino).ok_or(Errno::ENOENT)?;
         let bound = listed
             .saturating_add(self.limits.growth_slack)
             .min(self.limits.file_cap);
-        let file = Arc::new(OpenFile {
+        Ok(OpenFile {
             path,
             handle: OnceCell::new(),
             listed,
@@ -98,11 +131,7 @@ impl<S: Source> Core<S> {
             window: Mutex::new(Window::default()),
             bound_reported: AtomicBool::new(false),
             trickled: AtomicBool::new(false),
-        });
-        let fh = state.next_fh;
-        state.next_fh += 1;
-        state.files.insert(fh, file);
-        Ok(fh)
+        })
     }
 }
 
@@ -116,6 +145,12 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             .await
             .as_ref()
             .map_err(|errno| *errno)
+    }
+
+    /// Reads the first chunk (for reading the file ahead of borg).
+    pub(super) async fn read_first_chunk<S: Source<Handle = H>>(&self, core: &Core<S>) -> ChunkResult {
+        let (start, end) = self.chunk_at(0, u64::from(core.limits.read_chunk));
+        self.read_full(core, start, end - start).await
     }
 
     fn found_end(&self, at: u64) {
@@ -302,16 +337,18 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         let mut out = Vec::with_capacity(usize::try_from(end - offset).unwrap_or(0));
         let mut needed = needed.into_iter();
         while let Some((start, state)) = needed.next() {
-            let data = match state {
-                ChunkState::Ready(data) => data,
-                ChunkState::Pending(task) => match task.await {
-                    Ok(Ok(data)) => data,
-                    failed => {
-                        // The chunks after a failed one are not waited for.
-                        needed.for_each(|(_, rest)| rest.abandon());
-                        return Err(failed.map_or(Errno::EIO, |result| result.err().unwrap_or(Errno::EIO)));
-                    }
-                },
+            let got = match state {
+                ChunkState::Ready(data) => Ok(data),
+                ChunkState::Pending(task) => task.await.unwrap_or(Err(Errno::EIO)),
+                ChunkState::ReadAhead(first_chunk) => ahead::wait_for(first_chunk).await,
+            };
+            let data = match got {
+                Ok(data) => data,
+                Err(errno) => {
+                    // The chunks after a failed one are not waited for.
+                    needed.for_each(|(_, rest)| rest.abandon());
+                    return Err(errno);
+                }
             };
             let from = usize::try_from(offset.saturating_sub(start))
                 .unwrap_or(usize::MAX)
@@ -319,6 +356,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             let to = usize::try_from(end - start).unwrap_or(usize::MAX).min(data.len());
             out.extend_from_slice(&data[from..to]);
             let ends_here = (data.len() as u64) < self.chunk_at(start, chunk).1 - start;
+            let chunk_end = start + data.len() as u64;
             if needed.len() == 0 && to < data.len() {
                 // The reader will want the rest of this chunk next.
                 self.lock().chunks.insert(
@@ -330,6 +368,8 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
                 );
             }
             if ends_here {
+                // Known here too when another task read the chunk (a file read ahead).
+                self.found_end(chunk_end);
                 // The file ends in this chunk: the chunks after it were asked for in vain.
                 needed.for_each(|(_, rest)| rest.abandon());
                 break;

@@ -735,3 +735,105 @@ fn a_read_held_by_a_task_that_never_yields_is_aborted_when_the_mount_stops() {
         "the reader got {errno:?}, not the connection's abort"
     );
 }
+
+/// `/f00` … `/f09`, sizes 1000 … 1009 (a file's length names it), read ahead three at a time.
+fn ten_files() -> (Hostile, Limits) {
+    let names: Vec<&'static [u8]> = (0..10)
+        .map(|i| &*Box::leak(format!("/f{i:02}").into_bytes().into_boxed_slice()))
+        .collect();
+    let source = with_root(
+        names
+            .iter()
+            .zip(1000..)
+            .map(|(name, len)| (*name, Node::Sized { len }))
+            .collect(),
+    );
+    let mut limits = small_limits();
+    limits.files_ahead = 3;
+    (source, limits)
+}
+
+/// The paths of the calls named `call`, in order.
+fn calls_of(source: &Hostile, call: &str) -> Vec<String> {
+    let calls = source.calls.lock().unwrap();
+    calls
+        .iter()
+        .filter(|(made, _)| *made == call)
+        .map(|(_, path)| String::from_utf8_lossy(path).into_owned())
+        .collect()
+}
+
+/// Polls (bounded: a minute) until `done` holds.
+fn wait_until(what: &str, source: &Hostile, done: impl Fn() -> bool) {
+    for _ in 0..1200 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{what}: not within a minute; calls {:?}",
+        source.calls.lock().unwrap()
+    );
+}
+
+#[test]
+fn reading_a_file_reads_the_next_files_ahead_and_each_file_is_read_once() {
+    let (source, limits) = ten_files();
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(limits),
+    );
+    let at = mounted.at().to_path_buf();
+    let first = at.join("f00");
+    assert_eq!(read_hostile(first, 1 << 20).unwrap(), vec![b's'; 1000]);
+    // The three files after it are opened, read and closed without anyone asking.
+    wait_until("three files read ahead", &source, || {
+        calls_of(&source, "close").len() >= 3
+    });
+    let mut opened = calls_of(&source, "open");
+    opened.sort();
+    assert_eq!(
+        opened,
+        ["/f00", "/f01", "/f02", "/f03"],
+        "only the next three, once each"
+    );
+    // The reader then finds them read: each file, read in order, is opened and read once in all.
+    for i in 1..10 {
+        let path = at.join(format!("f{i:02}"));
+        assert_eq!(
+            read_hostile(path, 1 << 20).unwrap(),
+            vec![b's'; 1000 + i],
+            "f{i:02}"
+        );
+    }
+    let mut opened = calls_of(&source, "open");
+    opened.sort();
+    let each: Vec<String> = (0..10).map(|i| format!("/f{i:02}")).collect();
+    assert_eq!(opened, each, "every file opened once");
+    let mut read = calls_of(&source, "read");
+    read.sort();
+    assert_eq!(read, each, "every file read once (it is smaller than a chunk)");
+    // No handle is left open.
+    wait_until("every handle closed", &source, || {
+        calls_of(&source, "close").len() == 10
+    });
+}
+
+#[test]
+fn files_read_out_of_order_get_their_own_bytes() {
+    let (source, limits) = ten_files();
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(limits),
+    );
+    let at = mounted.at().to_path_buf();
+    // Back and forth: what was read ahead for one position is never served for another file.
+    for i in [5, 0, 1, 9, 2, 8, 3, 4, 7, 6, 0, 1] {
+        let path = at.join(format!("f{i:02}"));
+        assert_eq!(read_hostile(path, 1 << 20).unwrap().len(), 1000 + i, "f{i:02}");
+    }
+    wait_until("every handle closed", &source, || {
+        calls_of(&source, "close").len() == calls_of(&source, "open").len()
+    });
+}

@@ -10,8 +10,9 @@
 //!    first).
 //! 4. Run this server's `borg create` against the local repository, in the mount, with the
 //!    user's paths made relative ([`borg_args`]) so the archive looks like one made on the client,
-//!    and `--files-cache=mtime,size` (SFTP carries no ctime and no inode numbers). The passphrase
-//!    never leaves this server.
+//!    `--files-cache=mtime,size` (SFTP carries no ctime and no inode numbers) and `--noflags
+//!    --noxattrs --noacls` (it carries none of them either: borg need not ask each file). The
+//!    passphrase never leaves this server.
 //! 5. Unmount on every path: success, failure, cancellation (Ctrl-C/SIGTERM), `--max-runtime`.
 //!
 //! What SFTP cannot carry, and so the archive lacks: ACLs, xattrs, file flags, ctime, inode
