@@ -114,14 +114,36 @@ impl<S: Source> Core<S> {
     /// Runs `work` as a task that ends when the mount stops (its reply, dropped, answers EIO).
     /// Once stopped, a new request's work is dropped before it starts.
     fn spawn(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(self.until_stopped(work));
+    }
+
+    /// Runs `work` here until it would wait, then as a task (see [`Core::spawn`]). For a request
+    /// that is mostly answered at once (a read of data already read ahead, a release): handing
+    /// it to a task costs thread wake-ups, on a small file as much time as the read itself.
+    fn answer(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
+        let mut work = Box::pin(self.until_stopped(work));
+        // Inside the runtime's context, so that what `work` starts (timers, tasks) has its runtime.
+        let _context = self.runtime.enter();
+        let mut here = std::task::Context::from_waker(std::task::Waker::noop());
+        if work.as_mut().poll(&mut here).is_pending() {
+            // Polled again by the runtime, with the runtime's waker: what it waits for is asked
+            // again and wakes the task, not the no-op waker of this first poll.
+            self.runtime.spawn(work);
+        }
+    }
+
+    fn until_stopped(
+        &self,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let cancel = self.cancel.clone();
-        self.runtime.spawn(async move {
+        async move {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {}
                 () = work => {}
             }
-        });
+        }
     }
 
     /// One remote call under its deadline; a passed deadline is reported.
@@ -422,7 +444,7 @@ impl<S: Source> Filesystem for Fs<S> {
             self.core.read_files_after(ino.0);
         }
         let core = self.core.clone();
-        self.core.spawn(async move {
+        self.core.answer(async move {
             let read = file.read(&core, offset, size).await;
             // Let go of the file before the reader hears back: its release may follow at once,
             // and the remote handle is closed only by the file's last holder.
@@ -448,7 +470,7 @@ impl<S: Source> Filesystem for Fs<S> {
         // The remote close is not waited for: borg's next open need not pay its round trip.
         if let Some(file) = file {
             let core = self.core.clone();
-            self.core.spawn(async move { file.close(&core).await });
+            self.core.answer(async move { file.close(&core).await });
         }
         reply.ok();
     }

@@ -381,11 +381,22 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         Ok(out)
     }
 
-    /// At the bound: whether the file goes on past it (then it is reported, once).
-    async fn check_bound<S: Source<Handle = H>>(&self, core: &Core<S>) {
+    /// At the bound: whether the file goes on past it (then it is reported, once). The remote
+    /// side is asked by a task: a read may run on the FUSE thread ([`Core::answer`]), which must
+    /// never wait inside a source.
+    async fn check_bound<S: Source<Handle = H>>(self: &Arc<Self>, core: &Arc<Core<S>>) {
         if self.bound_reported.load(Ordering::Relaxed) {
             return;
         }
+        let (file, task_core) = (self.clone(), core.clone());
+        let probe = core
+            .runtime
+            .spawn(async move { file.probe_past_bound(&task_core).await });
+        // The task has let go of the file once it is done, before the reader hears back.
+        let _ = probe.await;
+    }
+
+    async fn probe_past_bound<S: Source<Handle = H>>(&self, core: &Core<S>) {
         let deadline = core.limits.request_deadline;
         let Ok(handle) = self.handle(core).await else {
             return;
@@ -401,7 +412,9 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         }
     }
 
-    pub(super) async fn close<S: Source<Handle = H>>(self: Arc<Self>, core: &Core<S>) {
+    /// Closes the remote handle, if it was opened. The close itself is a task of its own: this
+    /// may run on the FUSE thread ([`Core::answer`]), which must never wait inside a source.
+    pub(super) async fn close<S: Source<Handle = H>>(self: Arc<Self>, core: &Arc<Core<S>>) {
         let chunks = std::mem::take(&mut self.lock().chunks);
         for (_, chunk) in chunks {
             if let ChunkState::Pending(task) = chunk.state {
@@ -419,12 +432,13 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         let Some(Ok(handle)) = file.handle.into_inner() else {
             return;
         };
-        let deadline = core.limits.request_deadline;
-        if let Err(errno) = core
-            .call("close", &file.path, deadline, core.source.close(handle))
-            .await
-        {
-            tracing::debug!(?errno, elapsed = ?started.elapsed(), "remote close failed");
-        }
+        let task_core = core.clone();
+        core.spawn(async move {
+            let deadline = task_core.limits.request_deadline;
+            let close = task_core.source.close(handle);
+            if let Err(errno) = task_core.call("close", &file.path, deadline, close).await {
+                tracing::debug!(?errno, elapsed = ?started.elapsed(), "remote close failed");
+            }
+        });
     }
 }
