@@ -55,10 +55,12 @@ pub const PREFETCH_DEPTH: usize = 3;
 
 /// Listings the prefetch walker keeps in flight at once.
 ///
-/// Each is one outstanding SFTP request at a time; 16 fills a 100 ms link's round trip with
-/// listings of typical directories and, with one file's read-ahead window (32 chunks), stays
-/// within the SFTP client's 64 outstanding requests so borg's own requests do not queue long.
-pub const PREFETCH_CONCURRENT: usize = 16;
+/// Each is one outstanding SFTP request at a time, and a listing is at least three round trips
+/// (OPENDIR, READDIR until EOF, CLOSE): 32 list a tree of 100-entry directories at about 20
+/// directories a second at 100 ms (measured: 202 directories in under 10 s, unchanged). With the
+/// files read ahead ([`FILES_AHEAD`], one request each at a time) they fill the SFTP client's
+/// 64 outstanding requests only while borg walks and reads at once.
+pub const PREFETCH_CONCURRENT: usize = 32;
 
 /// Entries the prefetch walker may list per run; after that, directories are listed when borg
 /// asks. Half of [`MAX_INODES`], so prefetching alone never fills the inode table.
@@ -98,6 +100,21 @@ pub const READ_AHEAD_TOTAL: u64 = 64 * 1024 * 1024;
 /// borg's own reads and the listings. A file borg then skips (unchanged, excluded) was read in
 /// vain: at most this many per file borg reads.
 pub const FILES_AHEAD: usize = 32;
+
+/// Files kept for reads that come without an open (by inode: the kernel sends no OPEN or
+/// RELEASE once the mount answered the first open with ENOSYS, FUSE_NO_OPEN_SUPPORT); a file is
+/// let go when read to its end, the oldest beyond this bound (its remote handle closed).
+///
+/// borg reads one file at a time, and the kernel's read-ahead keeps a few reads of it in flight;
+/// 64 leaves room for other readers of the mount while bounding the remote handles held open.
+pub const FILES_READING: usize = 64;
+
+/// Whether reads come without opens where the kernel allows it (FUSE_NO_OPEN_SUPPORT): a small
+/// file costs one call into the mount instead of four. Reads then use the page cache and stop at
+/// the listed size: a file that grew after its listing is cut there and reported. Without it
+/// (tests of the other mode, an old kernel) every read reaches the mount (direct I/O) and a file
+/// that grew is read on to [`GROWTH_SLACK`] past its listed size.
+pub const NO_OPEN: bool = true;
 
 /// Bytes a file may be read past the size its listing reported before reads stop (reported).
 ///
@@ -184,6 +201,10 @@ pub struct Limits {
     pub read_ahead_total: u64,
     /// See [`FILES_AHEAD`] (0: none).
     pub files_ahead: usize,
+    /// See [`FILES_READING`].
+    pub files_reading: usize,
+    /// See [`NO_OPEN`].
+    pub no_open: bool,
     /// See [`GROWTH_SLACK`].
     pub growth_slack: u64,
     /// See [`FILE_CAP`].
@@ -210,6 +231,8 @@ impl Default for Limits {
             read_ahead_window: READ_AHEAD_WINDOW,
             read_ahead_total: READ_AHEAD_TOTAL,
             files_ahead: FILES_AHEAD,
+            files_reading: FILES_READING,
+            no_open: NO_OPEN,
             growth_slack: GROWTH_SLACK,
             file_cap: FILE_CAP,
             max_reported: MAX_REPORTED,

@@ -97,9 +97,9 @@ impl<S: Source> Core<S> {
             self.spawn(async move {
                 let first = file.read_first_chunk(&core).await;
                 sender.send_replace(Some(first));
-                // The handle is not kept: most files ahead are small and now read whole; the
-                // rest of a larger one is read through borg's own open.
-                file.close(&core).await;
+                // The handle is not kept (closed as `file` drops): most files ahead are small
+                // and now read whole; the rest of a larger one is read through borg's own open.
+                drop(file);
             });
         }
     }

@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,11 +38,15 @@ use ahead::AheadFile;
 use dir::{DirSlot, Listing};
 use read::OpenFile;
 
-pub(crate) struct State<H> {
+pub(crate) struct State<S: Source> {
     inodes: Inodes,
     dirs: HashMap<u64, DirSlot>,
     dir_handles: HashMap<u64, Arc<Listing>>,
-    files: HashMap<u64, Arc<OpenFile<H>>>,
+    files: HashMap<u64, Arc<OpenFile<S>>>,
+    /// Files read without an open, by inode (see [`Core::file_by_inode`]), oldest first in
+    /// `by_inode_order`.
+    by_inode: HashMap<u64, Arc<OpenFile<S>>>,
+    by_inode_order: VecDeque<u64>,
     /// Files read ahead of borg, in listing order (at most `files_ahead`).
     ahead: VecDeque<AheadFile>,
     next_fh: u64,
@@ -52,7 +56,9 @@ pub(crate) struct State<H> {
 pub(crate) struct Core<S: Source> {
     source: S,
     limits: Limits,
-    state: Mutex<State<S::Handle>>,
+    state: Mutex<State<S>>,
+    /// The kernel sends no OPEN or RELEASE for files (FUSE_NO_OPEN_SUPPORT): reads come by inode.
+    no_open: AtomicBool,
     reporter: Arc<Reporter>,
     runtime: Runtime,
     cancel: CancellationToken,
@@ -82,6 +88,8 @@ impl<S: Source> Core<S> {
                 dirs: HashMap::new(),
                 dir_handles: HashMap::new(),
                 files: HashMap::new(),
+                by_inode: HashMap::new(),
+                by_inode_order: VecDeque::new(),
                 ahead: VecDeque::new(),
                 next_fh: 1,
             }),
@@ -92,13 +100,14 @@ impl<S: Source> Core<S> {
             reporter,
             runtime,
             cancel,
+            no_open: AtomicBool::new(false),
             prefetch_entries: AtomicUsize::new(0),
             prefetch_queued: AtomicUsize::new(0),
             listing_ids: AtomicU64::new(1),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<S::Handle>> {
+    fn lock(&self) -> MutexGuard<'_, State<S>> {
         // A panicking request task must not take the whole mount down with a poisoned lock.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -256,6 +265,16 @@ impl<S: Source> Filesystem for Fs<S> {
         ] {
             if let Err(missing) = config.add_capabilities(flag) {
                 tracing::debug!(?missing, "kernel lacks a FUSE capability");
+            }
+        }
+        // NO_OPEN_SUPPORT: the first open answers ENOSYS and the kernel sends no OPEN or RELEASE
+        // again: a small file is one READ instead of an OPEN, two READs and a RELEASE, each a
+        // round trip through the kernel and two thread switches. Reads then go through the page
+        // cache and stop at the listed size (see `OpenFile`); a kernel without it keeps opens.
+        if self.core.limits.no_open {
+            match config.add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT) {
+                Ok(()) => self.core.no_open.store(true, Ordering::Relaxed),
+                Err(missing) => tracing::debug!(?missing, "kernel lacks a FUSE capability"),
             }
         }
         Ok(())
@@ -418,6 +437,11 @@ impl<S: Source> Filesystem for Fs<S> {
         if flags.0 & libc_acc_mode() != 0 {
             return reply.error(Errno::EROFS);
         }
+        if self.core.no_open.load(Ordering::Relaxed) {
+            // Not an error: the kernel takes it as "no opens needed" (and the mount is
+            // read-only, so it refuses opens for writing itself).
+            return reply.error(Errno::ENOSYS);
+        }
         match self.core.open_file(ino.0) {
             // Direct I/O: every read reaches us, so the bound on a growing file holds whatever
             // size the kernel cached, and nothing is cached twice (borg reads each file once).
@@ -437,8 +461,15 @@ impl<S: Source> Filesystem for Fs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(file) = self.core.lock().files.get(&fh.0).cloned() else {
-            return reply.error(Errno::EBADF);
+        // No open (the kernel's 0): the file is kept by inode.
+        let by_inode = fh.0 == 0;
+        let file = match by_inode {
+            true => self.core.file_by_inode(ino.0),
+            false => self.core.lock().files.get(&fh.0).cloned().ok_or(Errno::EBADF),
+        };
+        let file = match file {
+            Ok(file) => file,
+            Err(errno) => return reply.error(errno),
         };
         if offset == 0 {
             self.core.read_files_after(ino.0);
@@ -446,8 +477,10 @@ impl<S: Source> Filesystem for Fs<S> {
         let core = self.core.clone();
         self.core.answer(async move {
             let read = file.read(&core, offset, size).await;
-            // Let go of the file before the reader hears back: its release may follow at once,
-            // and the remote handle is closed only by the file's last holder.
+            if by_inode && file.read_to_end(offset, size, &read) {
+                core.done_by_inode(ino.0, &file);
+            }
+            // Let go of the file before the reader hears back: its release may follow at once.
             drop(file);
             match read {
                 Ok(data) => reply.data(&data),
@@ -469,8 +502,7 @@ impl<S: Source> Filesystem for Fs<S> {
         let file = self.core.lock().files.remove(&fh.0);
         // The remote close is not waited for: borg's next open need not pay its round trip.
         if let Some(file) = file {
-            let core = self.core.clone();
-            self.core.answer(async move { file.close(&core).await });
+            self.core.answer(file.close());
         }
         reply.ok();
     }

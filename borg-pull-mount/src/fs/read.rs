@@ -4,8 +4,13 @@
 //!
 //! What a file costs: up to its listed size a kernel read is served in full and read ahead; the
 //! answer that ends short exactly at the listed size is the end the listing promised, so the
-//! reader's last read (at the end) is answered here: a file smaller than a chunk is one READ. A
-//! file that grew is read on past its listed size, one chunk per kernel read, up to its bound.
+//! reader's last read (at the end) is answered here: a file smaller than a chunk is one READ.
+//!
+//! Two ways in. Without opens (FUSE_NO_OPEN_SUPPORT, the default) reads come by inode through
+//! the page cache, and the kernel reads no further than the listed size: a file that grew is cut
+//! there (reported when the chunk holding its end shows more). With opens (direct I/O) every read
+//! reaches us, and a file that grew is read on past its listed size, one chunk per kernel read,
+//! up to its bound.
 //!
 //! Nothing is sized from what the remote side says: a chunk's buffer is at most `read_chunk`
 //! bytes, a kernel read's answer at most what the kernel asked for, the number of chunks read
@@ -13,8 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use fuser::Errno;
 use tokio::sync::{watch, OnceCell, OwnedSemaphorePermit};
@@ -63,10 +67,14 @@ struct Window {
 /// Where a file ends is not known yet.
 const END_UNKNOWN: u64 = u64::MAX;
 
-pub(crate) struct OpenFile<H> {
+pub(crate) struct OpenFile<S: Source> {
+    /// The mount, to close the remote handle when the file's last holder lets go (not kept
+    /// alive by its files: the mount's state holds them).
+    core: Weak<Core<S>>,
     path: Vec<u8>,
-    /// The remote handle, opened by the first read (or the failure to open it, kept).
-    handle: OnceCell<Result<H, Errno>>,
+    /// The remote handle, opened by the first read (or the failure to open it, kept); closed
+    /// when the file is dropped.
+    handle: OnceCell<Result<S::Handle, Errno>>,
     /// The size the listing reported: read ahead up to it, beyond it only on demand.
     listed: u64,
     /// Bytes served at most: the listed size plus the slack, or the absolute cap.
@@ -74,6 +82,9 @@ pub(crate) struct OpenFile<H> {
     /// Where the file ends, once an answer showed it ([`END_UNKNOWN`] until then).
     end: AtomicU64,
     window: Mutex<Window>,
+    /// Read without an open (page cache): the kernel reads no further than the listed size, so
+    /// that is where a file that grew is cut (and reported).
+    cut_at_listed: bool,
     bound_reported: AtomicBool,
     /// The server answered a chunk with too many short reads: the file is given up.
     trickled: AtomicBool,
@@ -85,9 +96,50 @@ impl<S: Source> Core<S> {
     /// the first read, so an unchanged file costs no round trip.
     ///
     /// A file read ahead of borg starts with that first chunk.
-    pub(super) fn open_file(&self, ino: u64) -> Result<u64, Errno> {
+    pub(super) fn open_file(self: &Arc<Self>, ino: u64) -> Result<u64, Errno> {
         let mut state = self.lock();
-        let file = self.new_open_file(&state, ino)?;
+        let file = self.file_for_reader(&state, ino)?;
+        let fh = state.next_fh;
+        state.next_fh += 1;
+        state.files.insert(fh, file);
+        Ok(fh)
+    }
+
+    /// The file a read without an open is for (the kernel sends no OPEN or RELEASE once the
+    /// open answered ENOSYS): kept by inode while it is read, the oldest let go beyond the bound.
+    pub(super) fn file_by_inode(self: &Arc<Self>, ino: u64) -> Result<Arc<OpenFile<S>>, Errno> {
+        let mut state = self.lock();
+        if let Some(file) = state.by_inode.get(&ino) {
+            return Ok(file.clone());
+        }
+        let file = self.file_for_reader(&state, ino)?;
+        state.by_inode.insert(ino, file.clone());
+        state.by_inode_order.push_back(ino);
+        while state.by_inode_order.len() > self.limits.files_reading.max(1) {
+            if let Some(oldest) = state.by_inode_order.pop_front() {
+                // Its remote handle is closed as the last read holding it ends.
+                state.by_inode.remove(&oldest);
+            }
+        }
+        Ok(file)
+    }
+
+    /// The inode's file is read to its end: let it go (the remote handle closes with it).
+    pub(super) fn done_by_inode(&self, ino: u64, file: &Arc<OpenFile<S>>) {
+        let mut state = self.lock();
+        if state
+            .by_inode
+            .get(&ino)
+            .is_some_and(|kept| Arc::ptr_eq(kept, file))
+        {
+            state.by_inode.remove(&ino);
+            state.by_inode_order.retain(|kept| *kept != ino);
+        }
+    }
+
+    /// A file for a reader; one read ahead of borg starts with that first chunk.
+    fn file_for_reader(self: &Arc<Self>, state: &State<S>, ino: u64) -> Result<Arc<OpenFile<S>>, Errno> {
+        let file = self.new_open_file(state, ino)?;
         let attrs = state.inodes.get(ino).ok_or(Errno::ENOENT)?.attrs;
         if let Some(first_chunk) = state
             .ahead
@@ -104,18 +156,11 @@ impl<S: Source> Core<S> {
             );
             window.ahead_to = u64::from(self.limits.read_chunk);
         }
-        let fh = state.next_fh;
-        state.next_fh += 1;
-        state.files.insert(fh, Arc::new(file));
-        Ok(fh)
+        Ok(Arc::new(file))
     }
 
     /// A file as its listing describes it, not opened remotely yet.
-    pub(super) fn new_open_file(
-        &self,
-        state: &State<S::Handle>,
-        ino: u64,
-    ) -> Result<OpenFile<S::Handle>, Errno> {
+    pub(super) fn new_open_file(self: &Arc<Self>, state: &State<S>, ino: u64) -> Result<OpenFile<S>, Errno> {
         let node = state.inodes.get(ino).ok_or(Errno::ENOENT)?;
         let listed = node.attrs.size.unwrap_or(0);
         let path = state.inodes.path(ino).ok_or(Errno::ENOENT)?;
@@ -123,21 +168,23 @@ impl<S: Source> Core<S> {
             .saturating_add(self.limits.growth_slack)
             .min(self.limits.file_cap);
         Ok(OpenFile {
+            core: Arc::downgrade(self),
             path,
             handle: OnceCell::new(),
             listed,
             bound,
             end: AtomicU64::new(END_UNKNOWN),
             window: Mutex::new(Window::default()),
+            cut_at_listed: self.no_open.load(Ordering::Relaxed),
             bound_reported: AtomicBool::new(false),
             trickled: AtomicBool::new(false),
         })
     }
 }
 
-impl<H: Send + Sync + 'static> OpenFile<H> {
+impl<S: Source> OpenFile<S> {
     /// The remote handle, opened once by whichever read comes first.
-    async fn handle<S: Source<Handle = H>>(&self, core: &Core<S>) -> Result<&H, Errno> {
+    async fn handle(&self, core: &Core<S>) -> Result<&S::Handle, Errno> {
         let deadline = core.limits.request_deadline;
         let open = core.call("open", &self.path, deadline, core.source.open_read(&self.path));
         self.handle
@@ -148,9 +195,21 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
     }
 
     /// Reads the first chunk (for reading the file ahead of borg).
-    pub(super) async fn read_first_chunk<S: Source<Handle = H>>(&self, core: &Core<S>) -> ChunkResult {
+    pub(super) async fn read_first_chunk(&self, core: &Core<S>) -> ChunkResult {
         let (start, end) = self.chunk_at(0, u64::from(core.limits.read_chunk));
         self.read_full(core, start, end - start).await
+    }
+
+    /// Whether a read at `offset` of `size` bytes, answered `read`, took the file to its end
+    /// for a reader without an open: short of what was asked, or at its listed size.
+    pub(super) fn read_to_end(&self, offset: u64, size: u32, read: &Result<Vec<u8>, Errno>) -> bool {
+        match read {
+            Ok(data) => {
+                let len = data.len() as u64;
+                len < u64::from(size) || offset.saturating_add(len) >= self.listed
+            }
+            Err(_) => false,
+        }
     }
 
     fn found_end(&self, at: u64) {
@@ -159,7 +218,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
 
     /// Reads `[start, start + len)` (`len` at most one chunk), asking again after short answers
     /// (bounded). A file that trickled once fails every later read at once.
-    async fn read_full<S: Source<Handle = H>>(&self, core: &Core<S>, start: u64, len: u64) -> ChunkResult {
+    async fn read_full(&self, core: &Core<S>, start: u64, len: u64) -> ChunkResult {
         let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         let deadline = core.limits.request_deadline;
         for _ in 0..crate::limits::MAX_SHORT_READS {
@@ -216,11 +275,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         (start, start.saturating_add(chunk).min(self.bound))
     }
 
-    fn spawn_chunk<S: Source<Handle = H>>(
-        self: &Arc<Self>,
-        core: &Arc<Core<S>>,
-        start: u64,
-    ) -> JoinHandle<ChunkResult> {
+    fn spawn_chunk(self: &Arc<Self>, core: &Arc<Core<S>>, start: u64) -> JoinHandle<ChunkResult> {
         let (start, end) = self.chunk_at(start, u64::from(core.limits.read_chunk));
         let len = end.saturating_sub(start);
         let (core, file) = (core.clone(), self.clone());
@@ -236,12 +291,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
 
     /// Requests the chunks up to `until` not yet requested, within the listed size, while
     /// read-ahead memory lasts.
-    fn schedule_ahead<S: Source<Handle = H>>(
-        self: &Arc<Self>,
-        core: &Arc<Core<S>>,
-        window: &mut Window,
-        until: u64,
-    ) {
+    fn schedule_ahead(self: &Arc<Self>, core: &Arc<Core<S>>, window: &mut Window, until: u64) {
         let chunk = u64::from(core.limits.read_chunk);
         // Past the listed size only what is asked is read: a file that grew may be endless.
         let until = until
@@ -269,7 +319,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         window.ahead_to = window.ahead_to.max(start);
     }
 
-    pub(super) async fn read<S: Source<Handle = H>>(
+    pub(super) async fn read(
         self: &Arc<Self>,
         core: &Arc<Core<S>>,
         offset: u64,
@@ -357,6 +407,17 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
             out.extend_from_slice(&data[from..to]);
             let ends_here = (data.len() as u64) < self.chunk_at(start, chunk).1 - start;
             let chunk_end = start + data.len() as u64;
+            if self.cut_at_listed
+                && chunk_end > self.listed
+                && !self.bound_reported.swap(true, Ordering::Relaxed)
+            {
+                // The chunk holding the listed end went on: the file grew, and the kernel
+                // reads it no further than the listed size.
+                core.reporter.add(
+                    self.path.clone(),
+                    ProblemKind::FileExceedsBound { bound: self.listed },
+                );
+            }
             if needed.len() == 0 && to < data.len() {
                 // The reader will want the rest of this chunk next.
                 self.lock().chunks.insert(
@@ -384,7 +445,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
     /// At the bound: whether the file goes on past it (then it is reported, once). The remote
     /// side is asked by a task: a read may run on the FUSE thread ([`Core::answer`]), which must
     /// never wait inside a source.
-    async fn check_bound<S: Source<Handle = H>>(self: &Arc<Self>, core: &Arc<Core<S>>) {
+    async fn check_bound(self: &Arc<Self>, core: &Arc<Core<S>>) {
         if self.bound_reported.load(Ordering::Relaxed) {
             return;
         }
@@ -396,7 +457,7 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         let _ = probe.await;
     }
 
-    async fn probe_past_bound<S: Source<Handle = H>>(&self, core: &Core<S>) {
+    async fn probe_past_bound(&self, core: &Core<S>) {
         let deadline = core.limits.request_deadline;
         let Ok(handle) = self.handle(core).await else {
             return;
@@ -412,32 +473,39 @@ impl<H: Send + Sync + 'static> OpenFile<H> {
         }
     }
 
-    /// Closes the remote handle, if it was opened. The close itself is a task of its own: this
-    /// may run on the FUSE thread ([`Core::answer`]), which must never wait inside a source.
-    pub(super) async fn close<S: Source<Handle = H>>(self: Arc<Self>, core: &Arc<Core<S>>) {
+    /// A reader is done with the file: what is still being read for it stops; the remote
+    /// handle closes as the last holder lets go (see the `Drop`).
+    pub(super) async fn close(self: Arc<Self>) {
         let chunks = std::mem::take(&mut self.lock().chunks);
         for (_, chunk) in chunks {
             if let ChunkState::Pending(task) = chunk.state {
                 task.abort();
-                // Aborted tasks end at once; their copies of the handle go with them.
+                // Aborted tasks end at once; their copies of the file go with them.
                 let _ = task.await;
             }
         }
-        let started = Instant::now();
-        let Ok(file) = Arc::try_unwrap(self) else {
-            tracing::debug!("file still in use at release; remote handle closed with the session");
+    }
+}
+
+impl<S: Source> Drop for OpenFile<S> {
+    /// Closes the remote handle, if it was opened, by a task: the last holder may be the FUSE
+    /// thread ([`Core::answer`]), which must never wait inside a source. Once the mount stops,
+    /// the handles are closed with the session instead.
+    fn drop(&mut self) {
+        // Never opened (nobody read it) or failed to open: nothing to close.
+        let Some(Ok(handle)) = self.handle.take() else {
             return;
         };
-        // Never opened (borg only checked its files cache) or failed to open: nothing to close.
-        let Some(Ok(handle)) = file.handle.into_inner() else {
+        let Some(core) = self.core.upgrade() else {
             return;
         };
+        let path = std::mem::take(&mut self.path);
         let task_core = core.clone();
         core.spawn(async move {
             let deadline = task_core.limits.request_deadline;
             let close = task_core.source.close(handle);
-            if let Err(errno) = task_core.call("close", &file.path, deadline, close).await {
-                tracing::debug!(?errno, elapsed = ?started.elapsed(), "remote close failed");
+            if let Err(errno) = task_core.call("close", &path, deadline, close).await {
+                tracing::debug!(?errno, "remote close failed");
             }
         });
     }

@@ -263,13 +263,51 @@ fn read_hostile(path: PathBuf, most: usize) -> std::io::Result<Vec<u8>> {
     read
 }
 
+/// [`small_limits`] with opens: every read reaches the mount (direct I/O), as on a kernel
+/// without FUSE_NO_OPEN_SUPPORT.
+fn with_opens() -> Limits {
+    let mut limits = small_limits();
+    limits.no_open = false;
+    limits
+}
+
+/// The problems reported, by path.
+fn problems(mounted: &crate::common::Mounted) -> Vec<(Vec<u8>, ProblemKind)> {
+    let report = mounted.report();
+    report
+        .problems
+        .iter()
+        .map(|p| (p.path.clone(), p.kind.clone()))
+        .collect()
+}
+
 #[test]
-fn an_endless_file_is_read_to_its_listed_size_plus_the_slack_and_reported() {
+fn an_endless_file_is_read_to_its_listed_size_and_reported() {
     let source = with_root(vec![(b"/endless", Node::Endless { listed: 5000 })]);
     let mounted = mount_source(
         source,
         MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
     );
+    let file = mounted.at().join("endless");
+    let data = read_hostile(file, 1 << 20).unwrap();
+    assert_eq!(
+        data,
+        vec![b'x'; 5000],
+        "the kernel reads to the listed size, no further"
+    );
+    assert_eq!(
+        problems(&mounted),
+        [(
+            b"/endless".to_vec(),
+            ProblemKind::FileExceedsBound { bound: 5000 }
+        )]
+    );
+}
+
+#[test]
+fn with_opens_an_endless_file_is_read_to_its_listed_size_plus_the_slack_and_reported() {
+    let source = with_root(vec![(b"/endless", Node::Endless { listed: 5000 })]);
+    let mounted = mount_source(source, MountOptions::new(b"/".to_vec()).with_limits(with_opens()));
     let file = mounted.at().join("endless");
     let data = read_hostile(file, 1 << 20).unwrap();
     assert_eq!(data.len(), 15_000, "listed 5000 + slack 10000");
@@ -580,11 +618,25 @@ fn a_small_file_costs_one_open_and_one_read() {
 }
 
 #[test]
-fn an_empty_file_costs_one_read() {
+fn an_empty_file_costs_no_read() {
     let source = with_root(vec![(b"/empty", Node::Sized { len: 0 })]);
     let mounted = mount_source(
         source.clone(),
         MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
+    );
+    let file = mounted.at().join("empty");
+    assert_eq!(read_hostile(file, 1 << 20).unwrap(), b"");
+    // Listed empty: the kernel asks for nothing (the file is cut at its listed size).
+    assert_eq!(source.count("open"), 0);
+    assert_eq!(source.count("read"), 0);
+}
+
+#[test]
+fn with_opens_an_empty_file_costs_one_read() {
+    let source = with_root(vec![(b"/empty", Node::Sized { len: 0 })]);
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(with_opens()),
     );
     let file = mounted.at().join("empty");
     assert_eq!(read_hostile(file, 1 << 20).unwrap(), b"");
@@ -606,20 +658,35 @@ fn a_big_file_is_read_ahead_with_each_chunk_asked_once() {
     assert_eq!(source.count("read"), 1_000_000usize.div_ceil(4096));
 }
 
-#[test]
-fn a_file_that_grew_is_read_on_past_its_listed_size_to_its_end() {
-    // Listed at 5000 bytes; 6000 are served (the file grew after its listing).
+/// Listed at 5000 bytes, 6000 when read (the file grew after its listing).
+fn grew() -> Hostile {
     let source = with_root(vec![(b"/grew", Node::Sized { len: 5000 })]);
     let mut nodes: HashMap<Vec<u8>, Node> = (*source.nodes).clone();
     nodes.insert(b"/grew".to_vec(), Node::Sized { len: 6000 });
-    let source = Hostile {
+    Hostile {
         nodes: Arc::new(nodes),
         ..Hostile::default()
-    };
+    }
+}
+
+#[test]
+fn a_file_that_grew_is_read_to_its_listed_size_and_reported() {
     let mounted = mount_source(
-        source.clone(),
+        grew(),
         MountOptions::new(b"/".to_vec()).with_limits(small_limits()),
     );
+    let file = mounted.at().join("grew");
+    let data = read_hostile(file, 1 << 20).unwrap();
+    assert_eq!(data.len(), 5000);
+    assert_eq!(
+        problems(&mounted),
+        [(b"/grew".to_vec(), ProblemKind::FileExceedsBound { bound: 5000 })]
+    );
+}
+
+#[test]
+fn with_opens_a_file_that_grew_is_read_on_past_its_listed_size_to_its_end() {
+    let mounted = mount_source(grew(), MountOptions::new(b"/".to_vec()).with_limits(with_opens()));
     let file = mounted.at().join("grew");
     let data = read_hostile(file, 1 << 20).unwrap();
     assert_eq!(data.len(), 6000);
@@ -780,6 +847,17 @@ fn wait_until(what: &str, source: &Hostile, done: impl Fn() -> bool) {
 #[test]
 fn reading_a_file_reads_the_next_files_ahead_and_each_file_is_read_once() {
     let (source, limits) = ten_files();
+    files_are_read_ahead_and_once(source, limits);
+}
+
+#[test]
+fn with_opens_reading_a_file_reads_the_next_files_ahead_and_each_file_is_read_once() {
+    let (source, mut limits) = ten_files();
+    limits.no_open = false;
+    files_are_read_ahead_and_once(source, limits);
+}
+
+fn files_are_read_ahead_and_once(source: Hostile, limits: Limits) {
     let mounted = mount_source(
         source.clone(),
         MountOptions::new(b"/".to_vec()).with_limits(limits),
@@ -836,4 +914,36 @@ fn files_read_out_of_order_get_their_own_bytes() {
     wait_until("every handle closed", &source, || {
         calls_of(&source, "close").len() == calls_of(&source, "open").len()
     });
+}
+
+#[test]
+fn files_read_without_an_open_are_let_go_beyond_the_bound_and_their_handles_closed() {
+    use std::io::Read;
+    let source = with_root(vec![
+        (b"/a", Node::Sized { len: 1_000_000 }),
+        (b"/b", Node::Sized { len: 1_000_000 }),
+    ]);
+    let mut limits = small_limits();
+    limits.files_ahead = 0;
+    limits.files_reading = 1;
+    let mounted = mount_source(
+        source.clone(),
+        MountOptions::new(b"/".to_vec()).with_limits(limits),
+    );
+    let at = mounted.at().to_path_buf();
+    // The start of each (never its end): only the bound lets /a go when /b is read.
+    within(Duration::from_secs(60), move || {
+        for name in ["a", "b"] {
+            let mut start = [0u8; 4096];
+            std::fs::File::open(at.join(name))
+                .unwrap()
+                .read_exact(&mut start)
+                .unwrap();
+            assert_eq!(start, [b's'; 4096]);
+        }
+    });
+    wait_until("the handle of /a closed", &source, || {
+        calls_of(&source, "close") == ["/a"]
+    });
+    assert_eq!(calls_of(&source, "open"), ["/a", "/b"]);
 }
