@@ -104,12 +104,3 @@ impl<S: Source> Core<S> {
         }
     }
 }
-
-/// Waits for a chunk read ahead; a task that ended without an answer (the mount is stopping)
-/// fails the read.
-pub(super) async fn wait_for(mut first_chunk: watch::Receiver<Option<ChunkResult>>) -> ChunkResult {
-    match first_chunk.wait_for(Option::is_some).await {
-        Ok(chunk) => chunk.clone().unwrap_or(Err(fuser::Errno::EIO)),
-        Err(_ended) => Err(fuser::Errno::EIO),
-    }
-}

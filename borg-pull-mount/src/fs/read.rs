@@ -24,7 +24,7 @@ use fuser::Errno;
 use tokio::sync::{watch, OnceCell, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
-use super::{ahead, Core, State};
+use super::{Core, State};
 use crate::remote::ReadData;
 use crate::report::ProblemKind;
 use crate::source::Source;
@@ -390,7 +390,7 @@ impl<S: Source> OpenFile<S> {
             let got = match state {
                 ChunkState::Ready(data) => Ok(data),
                 ChunkState::Pending(task) => task.await.unwrap_or(Err(Errno::EIO)),
-                ChunkState::ReadAhead(first_chunk) => ahead::wait_for(first_chunk).await,
+                ChunkState::ReadAhead(first_chunk) => wait_for(first_chunk).await,
             };
             let data = match got {
                 Ok(data) => data,
@@ -508,5 +508,14 @@ impl<S: Source> Drop for OpenFile<S> {
                 tracing::debug!(?errno, "remote close failed");
             }
         });
+    }
+}
+
+/// Waits for a chunk read ahead; a task that ended without an answer (the mount is stopping)
+/// fails the read.
+async fn wait_for(mut first_chunk: watch::Receiver<Option<ChunkResult>>) -> ChunkResult {
+    match first_chunk.wait_for(Option::is_some).await {
+        Ok(chunk) => chunk.clone().unwrap_or(Err(fuser::Errno::EIO)),
+        Err(_ended) => Err(fuser::Errno::EIO),
     }
 }

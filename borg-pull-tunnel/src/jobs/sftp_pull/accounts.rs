@@ -41,8 +41,11 @@ pub(crate) struct AccountFiles {
 /// Reads and parses both files. A client without them (a chroot-ed SFTP server) is not an error:
 /// borg then stores numeric ids only, as with `--numeric-ids`.
 pub(crate) async fn read(client: &Client, peer: &Peer) -> Result<Option<ClientAccounts>, Error> {
-    let passwd = read_file(client, peer, "/etc/passwd").await?;
-    let group = read_file(client, peer, "/etc/group").await?;
+    let (passwd, group) = tokio::join!(
+        read_file(client, peer, "/etc/passwd"),
+        read_file(client, peer, "/etc/group")
+    );
+    let (passwd, group) = (passwd?, group?);
     let (Some(passwd), Some(group)) = (passwd, group) else {
         warn!(
             "the client's /etc/passwd or /etc/group cannot be read over SFTP; only numeric owners are stored"

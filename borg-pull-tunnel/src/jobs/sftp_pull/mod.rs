@@ -241,14 +241,25 @@ type Prepared = (PathBuf, Vec<u8>, String, Owners, Namespace);
 
 /// The client's home, host name and (as root) accounts; the per-client directory.
 async fn prepare(job: &SftpJob<'_>, session: &Session, client: &Client) -> Result<Prepared> {
-    let home = match client.realpath(b".").await {
+    let peer: Peer = session.peer();
+    let as_root = running_as_root();
+    let client_accounts = async {
+        match as_root {
+            true => accounts::read(client, &peer).await,
+            false => Ok(None),
+        }
+    };
+    // All at once: each is a few round trips, which add up at a distance.
+    let (home, hostname, client_accounts) = tokio::join!(
+        client.realpath(b"."),
+        accounts::read_hostname(client, &peer),
+        client_accounts
+    );
+    let home = match home {
         Ok(home) if home.starts_with(b"/") => home,
         _ => b"/".to_vec(),
     };
-    let peer: Peer = session.peer();
-    let hostname = accounts::read_hostname(client, &peer)
-        .await
-        .unwrap_or_else(|| session.host().to_owned());
+    let hostname = hostname.unwrap_or_else(|| session.host().to_owned());
     let id = work_dir::client_id(&job.session.user, session.host(), session.port());
     let work = job.work_dir.to_owned();
     let dir = tokio::task::spawn_blocking(move || work_dir::client_dir(&work, &id))
@@ -257,8 +268,8 @@ async fn prepare(job: &SftpJob<'_>, session: &Session, client: &Client) -> Resul
             task: "making the per-client directory",
             source,
         })??;
-    let (owners, namespace) = if running_as_root() {
-        match accounts::read(client, &peer).await? {
+    let (owners, namespace) = if as_root {
+        match client_accounts? {
             Some(read) => {
                 let files = accounts::write(&read, &dir)?;
                 (Owners::ClientNames, Namespace::ClientAccounts(files))
