@@ -222,7 +222,7 @@ impl BorgCommand {
     /// Starts it; its stderr is read from now on, in the current span. The error is exec's:
     /// the caller names what it was starting.
     pub fn spawn(mut self) -> io::Result<BorgChild> {
-        let mut child = self.command().spawn()?;
+        let mut child = spawn_unless_busy(&mut self.command())?;
         let group = child.id().and_then(|id| Pid::from_raw(id as i32));
         debug!(pid = child.id(), program = %self.program.display(), "borg started in its own process group");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -237,6 +237,21 @@ impl BorgCommand {
             stderr: Stderr::Reading(reader),
         })
     }
+}
+
+/// Starts `command`, again after a pause while its program is busy (see
+/// [`crate::limits::SPAWN_BUSY_TRIES`]). The pause blocks the thread: it only happens on that
+/// rare error, and only for milliseconds.
+fn spawn_unless_busy(command: &mut Command) -> io::Result<tokio::process::Child> {
+    for _ in 1..crate::limits::SPAWN_BUSY_TRIES {
+        match command.spawn() {
+            Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(crate::limits::SPAWN_BUSY_PAUSE);
+            }
+            started => return started,
+        }
+    }
+    command.spawn()
 }
 
 /// Where the child is in its life.
@@ -546,6 +561,26 @@ mod tests {
 
     fn sh(script: &str) -> BorgCommand {
         BorgCommand::new("/bin/sh", Environment::InheritedWithout(Vec::new())).args(["-c", script])
+    }
+
+    #[tokio::test]
+    async fn a_program_that_stays_busy_fails_to_start_with_the_busy_error() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("fake-borg");
+        std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Held open for writing throughout: every try is refused, and the last refusal is the
+        // error (not hidden, not another one).
+        let _writer = std::fs::OpenOptions::new().append(true).open(&program).unwrap();
+        let started = Instant::now();
+        let error = BorgCommand::new(&program, Environment::InheritedWithout(Vec::new()))
+            .spawn()
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ExecutableFileBusy, "{error}");
+        let waited = crate::limits::SPAWN_BUSY_PAUSE * (crate::limits::SPAWN_BUSY_TRIES as u32 - 1);
+        assert!(started.elapsed() >= waited, "tried again for {waited:?} first");
     }
 
     /// The state letter of `/proc/PID/stat` (`R`, `S`, `Z`, ...), `None` once the pid is gone.

@@ -97,3 +97,14 @@ pub const CHILD_STDERR_KEPT_BYTES: usize = 16 * 1024;
 /// this is reached only when something left the group (`setsid`) holding the pipe; 5 s is far
 /// beyond the milliseconds the kernel takes to close it otherwise.
 pub const CHILD_STDERR_DRAIN: Duration = Duration::from_secs(5);
+
+/// How often starting borg is tried while its program is busy (ETXTBSY), and the pause between.
+///
+/// exec fails while any process holds the program open for writing: a package upgrade replacing
+/// it, or a child forked elsewhere in this process at the moment the program was written, which
+/// holds the inherited descriptor until its own exec (tests write fake borgs and start them at
+/// once). Both last milliseconds; 10 tries 20 ms apart wait out a loaded machine's slow exec
+/// without hiding a program that stays busy.
+pub const SPAWN_BUSY_TRIES: usize = 10;
+/// See [`SPAWN_BUSY_TRIES`].
+pub const SPAWN_BUSY_PAUSE: Duration = Duration::from_millis(20);
